@@ -1,0 +1,50 @@
+"""Engine layer: wasmtime configuration, modules, limits, host functions and guest ABIs.
+
+Public surface:
+- `Runtime` loads modules (`Runtime.load`) into `CompiledModule`s and owns engines, the epoch
+  ticker and the compile cache.
+- `prepare(compiled, limits, host)` links a module for one container and returns a factory
+  whose `new_guest()` makes instances; every guest has `process(messages) -> BatchResult`.
+- `Limits`, `Capabilities`, `HostContext`, `ModuleInfo`, `inspect`.
+"""
+
+from __future__ import annotations
+
+from ..errors import AbiError, InvalidModule
+from .abi_v1 import V1Factory, V1Guest
+from .capabilities import HOST_CAPABILITIES, Capabilities, Preopen
+from .host import HostContext, KeyValue, MemoryKeyValue
+from .limits import Limits, format_size, parse_count, parse_duration_ms, parse_size
+from .module import ABI_COMPONENT, ABI_NONE, ABI_V1, ABI_WASI, ModuleInfo
+from .runtime import CompiledModule, EngineSettings, Runtime
+from .wasi import WasiFactory, WasiGuest
+
+Guest = V1Guest | WasiGuest
+GuestFactory = V1Factory | WasiFactory
+
+
+def prepare(compiled: CompiledModule, limits: Limits, host: HostContext) -> GuestFactory:
+    """Link `compiled` for one container. Raises typed errors for ABI or capability problems."""
+    abi = compiled.info.abi
+    if abi == ABI_V1:
+        return V1Factory(compiled, limits, host)
+    if abi == ABI_WASI:
+        return WasiFactory(compiled, limits, host)
+    if abi == ABI_COMPONENT:
+        raise AbiError("is a component; running components is not supported yet (use "
+                       "iotwasm-v1 or a WASI command)", module=compiled.name)
+    raise AbiError("exports neither iot_process (iotwasm-v1) nor _start (wasi-command)",
+                   module=compiled.name)
+
+
+def inspect(runtime: Runtime, source, name: str | None = None) -> ModuleInfo:
+    """Describe a module (ABI, digest, imports, exports, memory) without running it."""
+    return runtime.load(source, name=name).info
+
+
+__all__ = [
+    "ABI_COMPONENT", "ABI_NONE", "ABI_V1", "ABI_WASI", "Capabilities", "CompiledModule",
+    "EngineSettings", "Guest", "GuestFactory", "HOST_CAPABILITIES", "HostContext",
+    "InvalidModule", "KeyValue", "Limits", "MemoryKeyValue", "ModuleInfo", "Preopen", "Runtime",
+    "format_size", "inspect", "parse_count", "parse_duration_ms", "parse_size", "prepare",
+]

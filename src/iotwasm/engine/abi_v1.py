@@ -1,0 +1,389 @@
+"""iotwasm ABI v1: batch-first calls into a reactor module (spec: docs/abi.md).
+
+Per batch the host makes one copy in (framed records), one call (`iot_process`) and one copy
+out (framed outputs). No Python runs per message inside the guest call, which is what makes a
+sandboxed pipeline faster than the same logic as plain Python.
+
+The guest keeps an 8-byte header (`used`, `inputs_done`) current while it works. That header
+is how a trap in the middle of a batch loses nothing: outputs of finished inputs are kept, the
+input being handled becomes a dead letter with the error, the instance is replaced by a fresh
+one, and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+import wasmtime
+
+from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
+                      OutputLimitExceeded)
+from ..message import BatchResult, DeadLetter, Message, Output
+from .fastcall import CallFailed, GuestMemory, RawFunc, StoreControl
+from .host import WASI_MODULES, HostContext, check_imports, define_host
+from .limits import Limits, format_size
+from .traps import classify
+
+ABI_VERSION = 1
+
+IN_RECORD = struct.Struct("<qII")    # timestamp_ms, topic_len, payload_len
+OUT_RECORD = struct.Struct("<IIII")  # input_index, kind, topic_len, payload_len
+OUT_HEADER = struct.Struct("<II")    # used, inputs_done
+
+IOT_OK = 0
+IOT_OUTPUT_FULL = 1
+KIND_MESSAGE = 0
+KIND_ERROR = 1
+ERROR_CODES = {-1: "IOT_ERR_FRAMING", -2: "IOT_ERR_INTERNAL"}
+
+MIN_BUFFER = 64 * 1024
+_ZERO_HEADER = bytes(OUT_HEADER.size)
+
+
+def pack_inputs(messages: Sequence[Message]) -> bytes:
+    """Frame messages as the input records of one batch."""
+    parts: list[bytes] = []
+    add = parts.append
+    pack = IN_RECORD.pack
+    for m in messages:
+        topic = m.topic.encode()
+        payload = m.payload
+        add(pack(m.timestamp_ms, len(topic), len(payload)))
+        add(topic)
+        add(payload)
+    return b"".join(parts)
+
+
+def unpack_inputs(data: bytes) -> list[Message]:
+    """Inverse of pack_inputs (used by tests and tools, not on the hot path)."""
+    out = []
+    off = 0
+    while off < len(data):
+        ts, tl, pl = IN_RECORD.unpack_from(data, off)
+        off += IN_RECORD.size
+        topic = data[off:off + tl].decode()
+        payload = data[off + tl:off + tl + pl]
+        off += tl + pl
+        out.append(Message(topic, payload, ts))
+    return out
+
+
+def pack_outputs(records: Sequence[tuple[int, int, bytes, bytes]]) -> bytes:
+    """Frame (input_index, kind, topic, payload) records the way a guest writes them."""
+    parts: list[bytes] = []
+    for idx, kind, topic, payload in records:
+        parts += [OUT_RECORD.pack(idx, kind, len(topic), len(payload)), topic, payload]
+    return b"".join(parts)
+
+
+def parse_outputs(buf: bytes, count: int, done: int, base: int
+                  ) -> tuple[list[Output], list[tuple[int, str]]]:
+    """Parse output records; keep those of inputs < `done`; indices shifted by `base`.
+
+    The guest is untrusted: any record that is truncated, points outside the batch or has an
+    unknown kind makes the whole buffer an AbiError. This loop runs once per output message,
+    so it is written for speed: no per-record function calls beyond unpack and the tuple.
+    """
+    outputs: list[Output] = []
+    errors: list[tuple[int, str]] = []
+    add = outputs.append
+    new = tuple.__new__
+    unpack = OUT_RECORD.unpack_from
+    off = 0
+    end = len(buf)
+    limit = end - 16
+    while off < end:
+        if off > limit:
+            raise AbiError(f"output record header truncated at byte {off} of {end}")
+        idx, kind, tl, pl = unpack(buf, off)
+        off += 16
+        stop = off + tl + pl
+        if stop > end or idx >= done or kind:
+            if stop > end:
+                raise AbiError(f"output record at byte {off - 16} runs past the {end} bytes written")
+            if idx >= count:
+                raise AbiError(f"output record names input {idx}, batch has {count}")
+            if kind > KIND_ERROR:
+                raise AbiError(f"output record has unknown kind {kind}")
+            if idx < done:  # an error record of a finished input
+                errors.append((base + idx, buf[off + tl:stop].decode("utf-8", "replace")))
+            off = stop
+            continue
+        if tl:
+            add(new(Output, (base + idx, buf[off:off + tl].decode("utf-8", "replace"),
+                             buf[off + tl:stop])))
+        else:
+            add(new(Output, (base + idx, None, buf[off:stop])))
+        off = stop
+    return outputs, errors
+
+
+class V1Factory:
+    """Links a compiled module once per container; makes guests (instances) cheaply."""
+
+    def __init__(self, compiled, limits: Limits, host: HostContext):
+        self.name = compiled.name
+        self.limits = limits
+        self.host = host
+        self.engine = compiled.engine
+        self.runtime = compiled.runtime
+        module: wasmtime.Module = compiled.module
+        missing = [p for p in compiled.info.problems if p.startswith("missing export")]
+        if missing:
+            raise AbiError(missing[0], module=self.name)
+        check_imports(module, self.name, host.capabilities)
+        linker = wasmtime.Linker(self.engine)
+        define_host(linker, host)
+        self.needs_wasi = any(i.module in WASI_MODULES for i in module.imports)
+        if self.needs_wasi:
+            linker.define_wasi()
+        try:
+            self.pre = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as e:
+            raise AbiError(f"cannot link: {str(e).splitlines()[0]}", module=self.name) from None
+        self.ticks = self.runtime.timeout_ticks(limits.timeout_ms)
+
+    def new_guest(self) -> "V1Guest":
+        return V1Guest(self)
+
+
+class V1Guest:
+    """One live instance of an iotwasm-v1 module. Not thread-safe: the pool serialises use."""
+
+    abi = "iotwasm-v1"
+
+    def __init__(self, factory: V1Factory):
+        self.f = factory
+        self.recycled = 0
+        self.broken: IotwasmError | None = None
+        self._start()
+
+    # -- instance lifecycle --------------------------------------------------------------
+    def _start(self) -> None:
+        f = self.f
+        store = wasmtime.Store(f.engine)
+        store.set_limits(memory_size=f.limits.memory, table_elements=100_000, instances=1,
+                         tables=4, memories=1)
+        if f.needs_wasi:
+            store.set_wasi(wasmtime.WasiConfig())  # no args, env, dirs or stdio
+        if getattr(self, "mem", None) is not None:
+            self.mem.release()  # the old store's memory goes away with it
+        self.store = store
+        self.ctl = StoreControl(store)
+        self.mem = None
+        self._arm()
+        try:
+            instance = f.pre.instantiate(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            err = classify(e, module=f.name, function="instantiate", limits=f.limits)
+            raise InitError(str(err), module=None) from None
+        exports = instance.exports(store)
+
+        def export(name: str, required: bool = True):
+            try:
+                return exports[name]
+            except KeyError:
+                if required:
+                    raise AbiError(f"missing export {name!r}", module=f.name) from None
+                return None
+
+        memory = export("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise AbiError("export 'memory' is not a memory", module=f.name)
+        self.mem = GuestMemory(store, memory)
+        bind = lambda n, p, r=("i32",): RawFunc(store, export(n), n, p, r)  # noqa: E731
+        try:
+            version_fn = bind("iot_abi_version", 0)
+            self._alloc = bind("iot_alloc", 1)
+            self._process = bind("iot_process", 5)
+            self._free = bind("iot_free", 2, ()) if export("iot_free", False) else None
+            init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
+                          if export(n, False) is not None]
+        except AbiError as e:
+            raise AbiError(str(e).split(": ", 1)[-1], module=f.name) from None
+        for hook in init_hooks:
+            rc = self._call_init(hook)
+            if rc:
+                raise InitError(f"{hook.name} returned {rc}", module=f.name, function=hook.name)
+        version = self._call_init(version_fn)
+        if version != ABI_VERSION:
+            raise AbiError(f"speaks iotwasm ABI v{version}; this host supports v{ABI_VERSION}",
+                           module=f.name)
+        self.in_ptr = self.in_cap = self.out_ptr = self.out_cap = 0
+
+    def _invoke(self, fn: RawFunc, *args: int) -> int | None:
+        """Call into the guest with fresh budgets; raise its failure as a typed error."""
+        self._arm()
+        try:
+            return fn(*args)
+        except CallFailed as e:
+            self.mem.refresh()
+            raise classify(e.cause, module=self.f.name, function=fn.name, limits=self.f.limits,
+                           memory_bytes=self.mem.size()) from None
+        finally:
+            self.mem.refresh()  # the call may have grown (and moved) memory
+
+    def _call_init(self, fn: RawFunc) -> int | None:
+        try:
+            return self._invoke(fn)
+        except IotwasmError as e:
+            raise InitError(str(e).split(": ", 1)[-1], module=self.f.name, function=fn.name) from None
+
+    def _arm(self) -> None:
+        self.ctl.set_deadline(self.f.ticks)
+        if self.f.limits.fuel is not None:
+            self.ctl.set_fuel(self.f.limits.fuel)
+
+    def _fuel_used(self) -> int:
+        if self.f.limits.fuel is None:
+            return 0
+        return self.f.limits.fuel - self.ctl.get_fuel()
+
+    def recycle(self) -> None:
+        """Replace the instance with a fresh one (after a trap its state is not trustworthy)."""
+        self.recycled += 1
+        self._start()
+
+    def memory_pages(self) -> int:
+        return self.mem.size() // 65536 if self.mem else 0
+
+    def close(self) -> None:
+        if self.mem is not None:
+            self.mem.release()
+        self.mem = None
+        self.store = None  # type: ignore[assignment]
+
+    # -- buffers -------------------------------------------------------------------------
+    def _grow(self, which: str, need: int) -> None:
+        ptr, cap = (self.in_ptr, self.in_cap) if which == "in" else (self.out_ptr, self.out_cap)
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2, MIN_BUFFER)
+        for size in dict.fromkeys((new_cap, need)):
+            new_ptr = self._invoke(self._alloc, size) & 0xFFFFFFFF
+            if new_ptr:
+                if new_ptr + size > self.mem.size():
+                    raise AbiError(f"iot_alloc({size}) returned {new_ptr}, outside memory",
+                                   module=self.f.name, function="iot_alloc")
+                break
+        else:
+            raise MemoryLimitExceeded(
+                f"no room for a {format_size(need)} {which}put buffer within memory limit "
+                f"{format_size(self.f.limits.memory)}", module=self.f.name, function="iot_alloc")
+        if ptr and self._free is not None:
+            try:
+                self._invoke(self._free, ptr, cap)
+            except IotwasmError:
+                pass  # a guest that cannot free its buffer only wastes its own memory
+        if which == "in":
+            self.in_ptr, self.in_cap = new_ptr, size
+        else:
+            self.out_ptr, self.out_cap = new_ptr, size
+
+    # -- the batch call ------------------------------------------------------------------
+    def process(self, messages: Sequence[Message]) -> BatchResult:
+        """Run a batch; every message ends up with its outputs or as a dead letter."""
+        result = BatchResult()
+        dead = result.dead_letters
+        name = self.f.name
+        n = len(messages)
+        start = 0
+        one_by_one = False
+        while start < n:
+            if self.broken is not None:
+                dead.extend(DeadLetter(i, messages[i], self.broken) for i in range(start, n))
+                break
+            end = start + 1 if one_by_one else n
+            chunk = messages[start:end]
+            data = pack_inputs(chunk)
+            try:
+                self._grow("in", len(data))
+                self._grow("out", min(max(MIN_BUFFER, len(data) * 2), self.f.limits.max_output))
+            except MemoryLimitExceeded as e:
+                if len(chunk) == 1:
+                    dead.append(DeadLetter(start, chunk[0], e))
+                    start += 1
+                else:
+                    one_by_one = True
+                continue
+            except IotwasmError as e:  # the allocator itself trapped or misbehaved
+                dead.append(DeadLetter(start, chunk[0], e))
+                start += 1
+                self._recycle_or_break()
+                continue
+            mem = self.mem
+            mem.write(self.in_ptr, data)
+            mem.write(self.out_ptr, _ZERO_HEADER)
+            failure: IotwasmError | None = None
+            status = None
+            try:
+                status = self._invoke(self._process, self.in_ptr, len(data), len(chunk),
+                                      self.out_ptr, self.out_cap)
+            except IotwasmError as e:
+                failure = e
+            result.fuel_used += self._fuel_used()
+            try:
+                used, done = OUT_HEADER.unpack(mem.read(self.out_ptr, OUT_HEADER.size))
+                if used > self.out_cap - OUT_HEADER.size or done > len(chunk):
+                    raise AbiError(f"output header claims used={used}, inputs_done={done} "
+                                   f"(buffer {self.out_cap}, batch {len(chunk)})")
+                outs, errs = parse_outputs(mem.read(self.out_ptr + OUT_HEADER.size, used),
+                                           len(chunk), done, start)
+            except AbiError as e:
+                # The header cannot be trusted, so nobody knows which input failed: redo the
+                # rest one message at a time on a fresh instance.
+                err = failure or AbiError(str(e), module=name, function="iot_process")
+                self._recycle_or_break()
+                if len(chunk) == 1:
+                    dead.append(DeadLetter(start, chunk[0], err))
+                    start += 1
+                else:
+                    one_by_one = True
+                continue
+            result.outputs.extend(outs)
+            dead.extend(DeadLetter(i, messages[i], GuestError(text, module=name, function="iot_process"))
+                        for i, text in errs)
+            if failure is None:
+                if status == IOT_OK and done == len(chunk):
+                    start = end
+                    continue
+                if status == IOT_OUTPUT_FULL:
+                    if done:
+                        start += done
+                    elif self.out_cap >= self.f.limits.max_output:
+                        dead.append(DeadLetter(start, chunk[0], OutputLimitExceeded(
+                            f"outputs of one message exceed max_output "
+                            f"{format_size(self.f.limits.max_output)}", module=name,
+                            function="iot_process")))
+                        start += 1
+                    else:
+                        try:
+                            self._grow("out", min(self.out_cap * 4, self.f.limits.max_output))
+                        except MemoryLimitExceeded as e:
+                            dead.append(DeadLetter(start, chunk[0], OutputLimitExceeded(
+                                str(e).split(": ", 2)[-1], module=name, function="iot_process")))
+                            start += 1
+                    continue
+                if status == IOT_OK:
+                    failure = AbiError(f"returned OK after {done} of {len(chunk)} inputs",
+                                       module=name, function="iot_process")
+                else:
+                    code = ERROR_CODES.get(status, "unknown code")
+                    failure = GuestError(f"returned error {status} ({code})", module=name,
+                                         function="iot_process")
+            if done >= len(chunk):  # failed after finishing everything: keep it all
+                start = end
+                self._recycle_or_break()
+                continue
+            # failure at input `done`: keep what came before, dead-letter it, go on after it
+            dead.append(DeadLetter(start + done, chunk[done], failure))
+            start += done + 1
+            self._recycle_or_break()
+        return result
+
+    def _recycle_or_break(self) -> None:
+        try:
+            self.recycle()
+        except IotwasmError as e:
+            self.broken = e

@@ -1,0 +1,194 @@
+"""The fast call path: typed, cached entries into wasm and bounds-checked guest memory access.
+
+wasmtime-py's public `Func.__call__` rebuilds the function type through FFI on every call
+(~30 µs). The hot path instead calls `wasmtime_func_call_unchecked` through ctypes with a
+preallocated array of raw values (~1.4 µs). "Unchecked" means wasmtime trusts the caller about
+the signature, so `RawFunc` checks the export's type once, when it is bound, and only ever
+passes i32 arguments. ctypes releases the GIL for the duration of the call, so wasm runs in
+parallel with other Python threads.
+
+This module is the only place that touches wasmtime's C API directly. It relies on the
+bindings of wasmtime-py 50.0.1 (pinned in pyproject.toml); tests/test_fastcall.py proves it
+agrees with the public API.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import wasmtime
+from wasmtime import _bindings as ffi
+
+from ..errors import AbiError
+
+WASMTIME_VERSION = "50.0.1"
+
+
+def _fast(symbol: str, restype):
+    """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed."""
+    fn = type(ffi.dll.wasmtime_func_call_unchecked)((symbol, ffi.dll))
+    fn.restype = restype
+    fn.argtypes = None
+    return fn
+
+
+# Without argtypes ctypes skips per-argument conversion, which is most of the cost of a call.
+# Every argument is passed as a ready-made ctypes object of the right C type.
+_call_unchecked = _fast("wasmtime_func_call_unchecked", ctypes.c_void_p)
+
+_memory_data_fast = _fast("wasmtime_memory_data", ctypes.c_void_p)
+_memory_data_size_fast = _fast("wasmtime_memory_data_size", ctypes.c_size_t)
+_set_epoch_deadline_fast = _fast("wasmtime_context_set_epoch_deadline", None)
+_set_fuel = _fast("wasmtime_context_set_fuel", ctypes.c_void_p)
+_get_fuel = _fast("wasmtime_context_get_fuel", ctypes.c_void_p)
+
+_TrapPtr = ctypes.POINTER(ffi.wasm_trap_t)
+_ErrPtr = ctypes.POINTER(ffi.wasmtime_error_t)
+
+_I32 = "i32"
+
+
+class CallFailed(Exception):
+    """Internal: a raw call trapped or errored. `cause` is the wasmtime Trap or WasmtimeError."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+# Host functions run on the thread that called into wasm. When one of ours fails, it parks the
+# typed error here before trapping, so the caller on the same thread can report the real cause
+# instead of wasmtime-py's process-wide "python exception" slot.
+host_failure = threading.local()
+
+
+def take_host_failure() -> Exception | None:
+    err = getattr(host_failure, "error", None)
+    host_failure.error = None
+    # wasmtime-py also remembers the exception globally; clear it so that a later, unrelated
+    # call through the public API does not re-raise it.
+    from wasmtime import _func
+
+    _func.LAST_EXCEPTION = None
+    return err
+
+
+class RawFunc:
+    """A wasm export bound once and called many times with i32 arguments."""
+
+    __slots__ = ("name", "_ctx", "_func", "_vals", "_args", "_nvals", "_trap", "_trap_ref",
+                 "_result")
+
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, name: str,
+                 params: int, results: tuple[str, ...] = (_I32,)):
+        ty = func.type(store)
+        got_params = [str(p) for p in ty.params]
+        got_results = tuple(str(r) for r in ty.results)
+        if got_params != [_I32] * params or got_results != results:
+            want = f"({', '.join([_I32] * params)}) -> ({', '.join(results)})"
+            have = f"({', '.join(got_params)}) -> ({', '.join(got_results)})"
+            raise AbiError(f"export {name} has signature {have}, expected {want}")
+        self.name = name
+        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._func = ctypes.byref(func._func)
+        n = max(params, len(results), 1)
+        self._nvals = ctypes.c_size_t(n)
+        self._vals = (ffi.wasmtime_val_raw * n)()
+        self._args = tuple(self._vals[i] for i in range(params))  # views into _vals
+        self._trap = _TrapPtr()
+        self._trap_ref = ctypes.byref(self._trap)
+        self._result = results[0] if results else None
+
+    def __call__(self, *args: int) -> int | None:
+        for slot, a in zip(self._args, args):
+            slot.i32 = a
+        err = _call_unchecked(self._ctx, self._func, self._vals, self._nvals, self._trap_ref)
+        if err:
+            raise CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr)))
+        if self._trap:
+            # hand the trap to its own pointer object and null ours in place, so the
+            # preallocated reference stays valid for the next call
+            trap = ctypes.cast(self._trap, _TrapPtr)
+            ctypes.memset(ctypes.addressof(self._trap), 0, ctypes.sizeof(self._trap))
+            raise CallFailed(wasmtime.Trap._from_ptr(trap))
+        if self._result is None:
+            return None
+        if self._result == "i64":
+            return self._vals[0].i64
+        return self._vals[0].i32
+
+
+class GuestMemory:
+    """Bounds-checked access to an instance's linear memory, without an FFI call per access.
+
+    A memoryview over the guest's memory is kept between calls. Linear memory can only grow
+    (and move) while the guest runs, so `refresh()` must be called after every call into the
+    guest: it re-reads the size (one FFI call) and rebuilds the view when it changed. Every
+    write is checked against that size: a raw memmove past the end would take the node down.
+    """
+
+    __slots__ = ("_ctx", "_mem", "_size", "_view")
+
+    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory):
+        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._mem = ctypes.byref(memory._memory)
+        self._size = -1
+        self._view = memoryview(b"")
+        self.refresh()
+
+    def refresh(self) -> int:
+        size = _memory_data_size_fast(self._ctx, self._mem)
+        if size != self._size:
+            self._view.release()
+            self._size = size
+            if size:
+                base = _memory_data_fast(self._ctx, self._mem)
+                self._view = memoryview((ctypes.c_char * size).from_address(base)).cast("B")
+            else:
+                self._view = memoryview(b"")
+        return size
+
+    def size(self) -> int:
+        return self._size
+
+    def release(self) -> None:
+        self._view.release()
+        self._size = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if offset < 0 or end > self._size:
+            raise AbiError(f"write of {len(data)} bytes at {offset} is outside guest memory "
+                           f"({self._size} bytes)")
+        self._view[offset:end] = data
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0 or offset + n > self._size:
+            raise AbiError(f"read of {n} bytes at {offset} is outside guest memory "
+                           f"({self._size} bytes)")
+        return self._view[offset:offset + n].tobytes()
+
+
+class StoreControl:
+    """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
+
+    __slots__ = ("_ctx", "_fuel_out")
+
+    def __init__(self, store: wasmtime.Store):
+        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._fuel_out = ctypes.c_uint64(0)
+
+    def set_deadline(self, ticks: int) -> None:
+        _set_epoch_deadline_fast(self._ctx, ctypes.c_uint64(ticks))
+
+    def set_fuel(self, fuel: int) -> None:
+        err = _set_fuel(self._ctx, ctypes.c_uint64(fuel))
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+
+    def get_fuel(self) -> int:
+        err = _get_fuel(self._ctx, ctypes.byref(self._fuel_out))
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+        return self._fuel_out.value

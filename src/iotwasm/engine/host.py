@@ -1,0 +1,222 @@
+"""The `iot` host module: what a guest can ask of the host, capability by capability.
+
+A container's host context (its name, capabilities, key-value store and the sinks for logs
+and metrics) is captured by closures defined on one wasmtime Linker per container. Only the
+functions of granted capabilities are defined, so a module that imports anything else fails
+to link with `CapabilityDenied` before any of its code runs.
+
+Host calls are the slow path (a Python round trip each); data moves through the batch
+buffers of the ABI instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import wasmtime
+
+from ..errors import AbiError, CapabilityDenied
+from ..message import now_ms
+from .capabilities import CAPABILITY_OF, WASI, Capabilities
+from .fastcall import host_failure
+
+HOST_MODULE = "iot"
+WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
+MAX_LOG_LINE = 4096
+MAX_KEY = 256
+
+guest_log = logging.getLogger("iotwasm.guest")
+
+
+class KeyValue(Protocol):
+    """Per-container key-value storage behind the `kv` capability."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def set(self, key: bytes, value: bytes) -> bool: ...  # False when over quota
+    def delete(self, key: bytes) -> bool: ...
+
+
+class MemoryKeyValue:
+    """In-memory key-value store with a byte quota (keys + values)."""
+
+    def __init__(self, quota: int = 1024 * 1024):
+        self.quota = quota
+        self._data: dict[bytes, bytes] = {}
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def set(self, key: bytes, value: bytes) -> bool:
+        with self._lock:
+            old = self._data.get(key)
+            delta = len(value) - (len(old) if old is not None else -len(key))
+            if self._used + delta > self.quota:
+                return False
+            self._data[key] = value
+            self._used += delta
+            return True
+
+    def delete(self, key: bytes) -> bool:
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is None:
+                return False
+            self._used -= len(key) + len(old)
+            return True
+
+    def items(self) -> dict[bytes, bytes]:
+        return dict(self._data)
+
+
+def _default_log(container: str, level: int, text: str) -> None:
+    guest_log.log(LOG_LEVELS.get(level, logging.INFO), "[%s] %s", container, text)
+
+
+@dataclass
+class HostContext:
+    """Everything a container's guests may reach through host functions."""
+
+    container: str
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    kv: KeyValue | None = None
+    on_log: Callable[[str, int, str], None] = _default_log
+    on_metric: Callable[[str, int, str, float], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kv is None:
+            self.kv = MemoryKeyValue(self.capabilities.kv_quota)
+
+
+def check_imports(module: wasmtime.Module, name: str, caps: Capabilities) -> None:
+    """Refuse, with the import and the capability it needs, anything the grant does not cover."""
+    for imp in module.imports:
+        if imp.module == HOST_MODULE:
+            cap = CAPABILITY_OF.get(imp.name or "")
+            if cap is None:
+                raise AbiError(f"imports unknown host function {HOST_MODULE}.{imp.name}", module=name)
+            if not caps.allows(cap):
+                raise CapabilityDenied(
+                    f"imports {HOST_MODULE}.{imp.name}, which needs capability {cap!r} (not granted)",
+                    module=name)
+        elif imp.module in WASI_MODULES:
+            if not caps.allows(WASI):
+                raise CapabilityDenied(
+                    f"imports {imp.module}.{imp.name}, which needs capability 'wasi' (not granted)",
+                    module=name)
+        else:
+            raise CapabilityDenied(f"imports {imp.module}.{imp.name}, which no capability provides",
+                                   module=name)
+
+
+def _i32(v: int) -> int:
+    return v & 0xFFFFFFFF
+
+
+def _fail(err: Exception) -> None:
+    """Trap the calling guest with a typed error the caller's thread will pick up."""
+    host_failure.error = err
+    raise err
+
+
+def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
+    mem = caller.get("memory")
+    if not isinstance(mem, wasmtime.Memory):
+        _fail(AbiError("host call from a module without an exported memory"))
+    return mem  # type: ignore[return-value]
+
+
+def _read(caller: wasmtime.Caller, ptr: int, n: int, what: str) -> bytes:
+    ptr, n = _i32(ptr), _i32(n)
+    mem = _memory(caller)
+    size = mem.data_len(caller)
+    if ptr + n > size:
+        _fail(AbiError(f"{what}: range {ptr}+{n} is outside guest memory ({size} bytes)"))
+    return bytes(mem.read(caller, ptr, ptr + n))
+
+
+def _write_out(caller: wasmtime.Caller, value: bytes | None, ptr: int, cap: int, what: str) -> int:
+    """Copy `value` to the guest buffer when it fits; return its length, or -1 when absent."""
+    if value is None:
+        return -1
+    ptr, cap = _i32(ptr), _i32(cap)
+    if len(value) <= cap:
+        mem = _memory(caller)
+        size = mem.data_len(caller)
+        if ptr + len(value) > size:
+            _fail(AbiError(f"{what}: buffer {ptr}+{len(value)} is outside guest memory ({size} bytes)"))
+        mem.write(caller, value, ptr)
+    return len(value)
+
+
+def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
+    """Define on `linker` the `iot` functions the context's capabilities grant."""
+    caps = ctx.capabilities
+    name = ctx.container
+    i32, i64, f64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
+
+    def define(fn_name: str, params: list, results: list, fn: Callable) -> None:
+        if caps.allows(CAPABILITY_OF[fn_name]):
+            linker.define_func(HOST_MODULE, fn_name, wasmtime.FuncType(params, results), fn,
+                               access_caller=True)
+
+    def log(caller, level, ptr, n):
+        text = _read(caller, ptr, min(_i32(n), MAX_LOG_LINE), "iot.log")
+        ctx.on_log(name, level, text.decode("utf-8", "replace"))
+
+    def clock(caller):
+        return now_ms()
+
+    def random_fill(caller, ptr, n):
+        ptr, n = _i32(ptr), _i32(n)
+        if n > 65536:
+            _fail(AbiError(f"iot.random_fill: {n} bytes asked, at most 65536 per call"))
+        _memory_write(caller, ptr, secrets.token_bytes(n), "iot.random_fill")
+
+    def key(caller, ptr, n):
+        if _i32(n) > MAX_KEY:
+            _fail(AbiError(f"kv key of {_i32(n)} bytes is longer than {MAX_KEY}"))
+        return _read(caller, ptr, n, "iot.kv key")
+
+    def kv_get(caller, kp, kn, vp, vcap):
+        return _write_out(caller, ctx.kv.get(key(caller, kp, kn)), vp, vcap, "iot.kv_get")
+
+    def kv_set(caller, kp, kn, vp, vn):
+        ok = ctx.kv.set(key(caller, kp, kn), _read(caller, vp, vn, "iot.kv_set value"))
+        return 0 if ok else -1
+
+    def kv_delete(caller, kp, kn):
+        return 0 if ctx.kv.delete(key(caller, kp, kn)) else -1
+
+    def config_get(caller, kp, kn, vp, vcap):
+        k = _read(caller, kp, kn, "iot.config_get key").decode("utf-8", "replace")
+        v = caps.config.get(k)
+        return _write_out(caller, None if v is None else str(v).encode(), vp, vcap, "iot.config_get")
+
+    def metric(caller, kind, np_, nn, value):
+        metric_name = _read(caller, np_, min(_i32(nn), 128), "iot.metric name").decode("utf-8", "replace")
+        if ctx.on_metric is not None:
+            ctx.on_metric(name, kind, metric_name, value)
+
+    define("log", [i32, i32, i32], [], log)
+    define("now_ms", [], [i64], clock)
+    define("random_fill", [i32, i32], [], random_fill)
+    define("kv_get", [i32, i32, i32, i32], [i32], kv_get)
+    define("kv_set", [i32, i32, i32, i32], [i32], kv_set)
+    define("kv_delete", [i32, i32], [i32], kv_delete)
+    define("config_get", [i32, i32, i32, i32], [i32], config_get)
+    define("metric", [i32, i32, i32, f64], [], metric)
+
+
+def _memory_write(caller: wasmtime.Caller, ptr: int, data: bytes, what: str) -> None:
+    mem = _memory(caller)
+    size = mem.data_len(caller)
+    if ptr + len(data) > size:
+        _fail(AbiError(f"{what}: range {ptr}+{len(data)} is outside guest memory ({size} bytes)"))
+    mem.write(caller, data, ptr)

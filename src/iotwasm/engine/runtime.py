@@ -1,0 +1,195 @@
+"""The runtime owns wasmtime: engine configuration, the epoch ticker and the compile cache.
+
+Engines are shared by every container whose limits need the same code generation (fuel
+metering on or off, wasm stack size). One daemon thread advances the epoch of every engine,
+which is what turns a per-call wall-clock timeout into a trap inside the guest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from ..errors import InvalidModule
+from .cache import CompileCache
+from .fastcall import WASMTIME_VERSION
+from .limits import Limits
+from .module import ABI_COMPONENT, ModuleInfo, ModuleSource, check_header, describe, read_source
+
+#: a small reservation keeps thousands of instances within the address space; memory can
+#: still grow beyond it (wasmtime then moves it), bounds checks become explicit.
+DEFAULT_MEMORY_RESERVATION = 64 * 1024 * 1024
+DEFAULT_MEMORY_GUARD = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    fuel: bool = False
+    stack: int = 512 * 1024
+    opt_level: str = "speed"
+    memory_reservation: int = DEFAULT_MEMORY_RESERVATION
+    memory_guard: int = DEFAULT_MEMORY_GUARD
+
+    @classmethod
+    def for_limits(cls, limits: Limits, base: "EngineSettings") -> "EngineSettings":
+        return cls(fuel=limits.fuel is not None, stack=limits.stack, opt_level=base.opt_level,
+                   memory_reservation=base.memory_reservation, memory_guard=base.memory_guard)
+
+    def fingerprint(self) -> str:
+        """Changes whenever compiled code from another setting would not be valid here."""
+        text = f"wasmtime={WASMTIME_VERSION};{self!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def make_engine(self) -> wasmtime.Engine:
+        cfg = wasmtime.Config()
+        cfg.epoch_interruption = True
+        cfg.consume_fuel = self.fuel
+        cfg.max_wasm_stack = self.stack
+        cfg.cranelift_opt_level = self.opt_level
+        cfg.memory_reservation = self.memory_reservation
+        cfg.memory_guard_size = self.memory_guard
+        cfg.memory_reservation_for_growth = 0
+        cfg.parallel_compilation = False
+        return wasmtime.Engine(cfg)
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    """A validated module compiled for one engine setting; shareable across threads."""
+
+    info: ModuleInfo
+    wasm: bytes
+    module: wasmtime.Module | None  # None for components
+    engine: wasmtime.Engine | None
+    settings: EngineSettings
+    runtime: "Runtime"
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+class Runtime:
+    """Entry point of the engine layer: load modules, hand out engines, tick epochs."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, *, epoch_tick_ms: float = 1.0,
+                 opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION):
+        self.epoch_tick_ms = epoch_tick_ms
+        self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation)
+        self.cache = CompileCache(cache_dir) if cache_dir is not None else None
+        self._engines: dict[EngineSettings, wasmtime.Engine] = {}
+        self._modules: dict[tuple[str, EngineSettings], wasmtime.Module] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
+                                                            epoch_tick_ms / 1000),
+                                        name="iotwasm-epoch", daemon=True)
+        self._ticker.start()
+
+    # -- engines -------------------------------------------------------------------------
+    def engine(self, settings: EngineSettings) -> wasmtime.Engine:
+        with self._lock:
+            eng = self._engines.get(settings)
+            if eng is None:
+                eng = self._engines[settings] = settings.make_engine()
+            return eng
+
+    def settings_for(self, limits: Limits) -> EngineSettings:
+        return EngineSettings.for_limits(limits, self.base)
+
+    def timeout_ticks(self, timeout_ms: float | None) -> int:
+        """Epoch ticks for a wall-clock timeout; +1 because the current tick is partly over."""
+        if timeout_ms is None:
+            return 1 << 40
+        return max(1, int(timeout_ms / self.epoch_tick_ms + 0.999)) + 1
+
+    def _increment_all(self) -> None:
+        for eng in list(self._engines.values()):
+            eng.increment_epoch()
+
+    # -- modules -------------------------------------------------------------------------
+    def load(self, source: ModuleSource, *, name: str | None = None,
+             limits: Limits | None = None) -> CompiledModule:
+        """Read, validate and compile (or fetch from the caches) a module.
+
+        Raises InvalidModule with the reason when the bytes are not a usable module.
+        """
+        name, wasm = read_source(source, name)
+        return self.load_bytes(name, wasm, limits or Limits())
+
+    def load_bytes(self, name: str, wasm: bytes, limits: Limits) -> CompiledModule:
+        check_header(name, wasm)
+        settings = self.settings_for(limits)
+        if describe_is_component(wasm):
+            return CompiledModule(describe(name, wasm, None), wasm, None, None, settings, self)
+        engine = self.engine(settings)
+        info_digest = hashlib.sha256(wasm).hexdigest()
+        key = (info_digest, settings)
+        module = self._modules.get(key)
+        if module is None:
+            module = self._compile(name, wasm, engine, "sha256:" + info_digest, settings)
+            with self._lock:
+                module = self._modules.setdefault(key, module)
+        return CompiledModule(describe(name, wasm, module), wasm, module, engine, settings, self)
+
+    def _compile(self, name: str, wasm: bytes, engine: wasmtime.Engine, digest: str,
+                 settings: EngineSettings) -> wasmtime.Module:
+        fp = settings.fingerprint()
+        if self.cache is not None:
+            cached = self.cache.load(engine, digest, fp)
+            if cached is not None:
+                return cached
+        try:
+            module = wasmtime.Module(engine, wasm)
+        except wasmtime.WasmtimeError as e:
+            raise InvalidModule(f"invalid wasm: {_first_cause(e)}", module=name) from None
+        if self.cache is not None:
+            self.cache.store(module, digest, fp)
+        return module
+
+    def forget(self, digest: str) -> None:
+        """Drop in-memory compiled code of a module (the disk cache stays)."""
+        hexd = digest.split(":", 1)[-1]
+        with self._lock:
+            for key in [k for k in self._modules if k[0] == hexd]:
+                del self._modules[key]
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def describe_is_component(wasm: bytes) -> bool:
+    from .module import COMPONENT_VERSION
+
+    return wasm[4:8] == COMPONENT_VERSION
+
+
+def _first_cause(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    # wasmtime prints "failed to compile ... Caused by: 0: ... 1: <root cause>"; the root
+    # cause is the most useful single line
+    causes = [ln.split(":", 1)[1].strip() for ln in lines if ln[:1].isdigit() and ":" in ln]
+    return causes[-1] if causes else (lines[0] if lines else "unknown error")
+
+
+def _tick(runtime_ref: "weakref.ref[Runtime]", stop: threading.Event, period: float) -> None:
+    # Holds only a weak reference so an abandoned Runtime can be collected; the thread then ends.
+    while not stop.wait(period):
+        rt = runtime_ref()
+        if rt is None:
+            return
+        rt._increment_all()
+        del rt

@@ -1,0 +1,118 @@
+"""Typed errors raised by iotwasm.
+
+Every failure a user or a guest module can cause has its own type, so callers can react to the
+kind (retry, dead-letter, restart the container) and people get one line that names what went
+wrong and where: the module, the function and the limit.
+"""
+
+from __future__ import annotations
+
+
+class IotwasmError(Exception):
+    """Base of every error iotwasm raises on purpose."""
+
+    #: short machine-readable kind, used in stats, dead letters and logs
+    kind = "error"
+
+    def __init__(self, message: str, *, module: str | None = None, function: str | None = None):
+        self.module = module
+        self.function = function
+        where = ""
+        if module and function:
+            where = f"{module}:{function}: "
+        elif module:
+            where = f"{module}: "
+        super().__init__(where + message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidModule(IotwasmError):
+    """The bytes are not a valid WebAssembly module (or not one we can run)."""
+
+    kind = "invalid_module"
+
+
+class AbiError(IotwasmError):
+    """The module breaks the guest ABI contract (missing export, bad framing, wrong version)."""
+
+    kind = "abi"
+
+
+class CapabilityDenied(IotwasmError):
+    """The module asked for something its capabilities do not grant."""
+
+    kind = "capability"
+
+
+class LimitExceeded(IotwasmError):
+    """A resource limit of the container was hit; the guest was stopped, the host lives on."""
+
+    kind = "limit"
+
+
+class MemoryLimitExceeded(LimitExceeded):
+    kind = "memory_limit"
+
+
+class FuelExhausted(LimitExceeded):
+    kind = "fuel_limit"
+
+
+class TimeoutExceeded(LimitExceeded):
+    kind = "timeout"
+
+
+class StackLimitExceeded(LimitExceeded):
+    kind = "stack_limit"
+
+
+class OutputLimitExceeded(LimitExceeded):
+    kind = "output_limit"
+
+
+class GuestTrap(IotwasmError):
+    """The guest trapped (unreachable, out-of-bounds access, division by zero, ...)."""
+
+    kind = "trap"
+
+
+class GuestError(IotwasmError):
+    """The guest reported a failure itself (error record, error code, non-zero exit)."""
+
+    kind = "guest_error"
+
+
+class InitError(IotwasmError):
+    """The guest failed while initialising an instance (trap or non-zero iot_init)."""
+
+    kind = "init"
+
+
+class IllegalTransition(IotwasmError):
+    """A container was asked to move between lifecycle states that are not connected."""
+
+    kind = "lifecycle"
+
+
+class ContainerUnavailable(IotwasmError):
+    """The container cannot take work now (suspended, terminated, or backing off after errors).
+
+    The caller still owns the messages it offered: nothing was consumed.
+    """
+
+    kind = "unavailable"
+
+
+class ModuleNotFound(IotwasmError):
+    """A module reference (path, name:version or digest) resolves to nothing."""
+
+    kind = "not_found"
+
+
+class ConfigError(IotwasmError):
+    """A limit, capability or option has a value that cannot be used."""
+
+    kind = "config"

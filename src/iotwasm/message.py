@@ -1,0 +1,61 @@
+"""Messages in and out of modules.
+
+These are plain data shared by every layer: a sensor reading arrives as a `Message`, a module
+turns it into zero or more `Output`s, and a message that could not be handled becomes a
+`DeadLetter` carrying the error, so nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .errors import IotwasmError
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    timestamp_ms: int = field(default_factory=now_ms)
+
+
+class Output(NamedTuple):
+    """One message a module emitted.
+
+    `index` is the position, in the batch handed to the module, of the input that produced it.
+    `topic` is None when the module left the choice to the route's default output topic.
+    A tuple rather than a dataclass: thousands are built per batch on the hot path.
+    """
+
+    index: int
+    topic: str | None
+    payload: bytes
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    index: int
+    message: Message
+    error: IotwasmError
+
+    @property
+    def reason(self) -> str:
+        return str(self.error)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: list[Output] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    fuel_used: int = 0
+
+    def extend(self, other: "BatchResult") -> None:
+        self.outputs.extend(other.outputs)
+        self.dead_letters.extend(other.dead_letters)
+        self.fuel_used += other.fuel_used
