@@ -1,0 +1,436 @@
+"""WasmContainer: a module plus its limits, capabilities and a pool of instances.
+
+The container is the unit people deploy. It moves through the lifecycle state machine, keeps
+N replicas (instances) behind a load-balancing strategy, counts what every instance does,
+and restarts itself with exponential backoff after failures, as its restart policy says.
+
+Thread-safe: several threads may call `process` at once; each batch runs on one idle
+instance, and wasm runs without holding the GIL, so replicas really run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from ..engine import (Capabilities, CompiledModule, Guest, GuestFactory, HostContext, KeyValue,
+                      Limits, Runtime, prepare)
+from ..engine.module import ModuleSource
+from ..errors import (AbiError, CapabilityDenied, ConfigError, ContainerUnavailable, GuestTrap,
+                      InvalidModule, IotwasmError, LimitExceeded)
+from ..message import BatchResult, DeadLetter, Message
+from .balancing import make_strategy
+from .lifecycle import Lifecycle, State, Transition
+
+log = logging.getLogger("iotwasm.container")
+
+#: failures that will happen again on every attempt: retrying them is pointless
+PERMANENT = (InvalidModule, AbiError, CapabilityDenied, ConfigError)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When and how fast a container in error is brought back.
+
+    - ``on-failure`` (default): restart after runtime failures (init trap, crash loop), not
+      after permanent ones (invalid module, ABI or capability errors), at most `max_restarts`.
+    - ``always``: restart after any error, permanent ones included.
+    - ``never``: stay in error until someone calls `restart()`.
+
+    Backoff starts at `backoff_s`, doubles per consecutive failed attempt up to
+    `max_backoff_s`, and resets after `reset_after_s` of healthy running.
+    """
+
+    mode: str = "on-failure"
+    backoff_s: float = 0.5
+    max_backoff_s: float = 60.0
+    max_restarts: int | None = None
+    reset_after_s: float = 60.0
+    #: consecutive batches in which every message failed by trap or limit = a crash loop
+    crash_loop_batches: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("always", "on-failure", "never"):
+            raise ConfigError(f"restart policy {self.mode!r} is not one of always, on-failure, never")
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_backoff_s, self.backoff_s * (2 ** max(0, attempt - 1)))
+
+
+@dataclass
+class InstanceStats:
+    index: int
+    calls: int = 0
+    messages: int = 0
+    outputs: int = 0
+    dead_letters: int = 0
+    errors: Counter = field(default_factory=Counter)
+    fuel_used: int = 0
+    memory_pages: int = 0
+    recycles: int = 0
+    last_latency_ms: float = 0.0
+    total_latency_ms: float = 0.0
+
+    @property
+    def avg_latency_ms(self) -> float:
+        return self.total_latency_ms / self.calls if self.calls else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index, "calls": self.calls, "messages": self.messages,
+            "outputs": self.outputs, "dead_letters": self.dead_letters,
+            "errors": dict(self.errors), "fuel_used": self.fuel_used,
+            "memory_pages": self.memory_pages, "recycles": self.recycles,
+            "last_latency_ms": round(self.last_latency_ms, 4),
+            "avg_latency_ms": round(self.avg_latency_ms, 4),
+        }
+
+
+class _Slot:
+    """One instance in the pool; the attributes the balancing strategies read."""
+
+    def __init__(self, index: int, guest: Guest, weight: int):
+        self.index = index
+        self.guest = guest
+        self.weight = weight
+        self.current_weight = 0
+        self.busy = False
+        self.busy_seconds = 0.0
+        self.stats = InstanceStats(index)
+
+    def memory_pages(self) -> int:
+        return self.guest.memory_pages()
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    name: str
+    state: str
+    module: str
+    digest: str
+    replicas: int
+    restarts: int
+    instances: tuple[InstanceStats, ...]
+    last_error: str | None
+
+    def totals(self) -> dict:
+        t = Counter()
+        errors: Counter = Counter()
+        for s in self.instances:
+            t.update(calls=s.calls, messages=s.messages, outputs=s.outputs,
+                     dead_letters=s.dead_letters, fuel_used=s.fuel_used, recycles=s.recycles)
+            errors.update(s.errors)
+        return {**t, "errors": dict(errors)}
+
+
+class WasmContainer:
+    """A deployed module: lifecycle, replicas, load balancing, stats and restarts."""
+
+    def __init__(self, name: str, module: ModuleSource | CompiledModule, *, runtime: Runtime,
+                 limits: Limits | None = None, capabilities: Capabilities | None = None,
+                 replicas: int = 1, strategy: str = "round-robin",
+                 weights: Sequence[int] | None = None, restart: RestartPolicy | None = None,
+                 kv: KeyValue | None = None,
+                 on_log: Callable[[str, int, str], None] | None = None,
+                 on_metric: Callable[[str, int, str, float], None] | None = None,
+                 on_transition: Callable[[Transition], None] | None = None):
+        self.name = name
+        self.runtime = runtime
+        self.limits = limits or Limits()
+        self.restart_policy = restart or RestartPolicy()
+        self._source = module
+        self._strategy_name = strategy
+        self.strategy = make_strategy(strategy)
+        self._weights = list(weights) if weights else None
+        self._check_replicas(replicas)
+        self._replicas = replicas
+        host_kw = {"on_log": on_log} if on_log else {}
+        self.host = HostContext(name, capabilities or Capabilities(), kv=kv, on_metric=on_metric,
+                                **host_kw)
+        self.lifecycle = Lifecycle(name, on_transition)
+        self.compiled: CompiledModule | None = None
+        self._factory: GuestFactory | None = None
+        self._slots: list[_Slot] = []
+        self._cond = threading.Condition()
+        self._admin = threading.RLock()  # serialises start/stop/scale/restart
+        self.restarts = 0
+        self._attempt = 0
+        self._next_restart_at: float | None = None
+        self._running_since = 0.0
+        self._failed_batches = 0
+        self.last_error: IotwasmError | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    def start(self) -> "WasmContainer":
+        """Load, instantiate every replica and start running. Raises the typed failure."""
+        with self._admin:
+            try:
+                self._bring_up("start")
+            except IotwasmError as e:
+                self._fail(e)
+                raise
+        return self
+
+    def _bring_up(self, reason: str) -> None:
+        lc = self.lifecycle
+        if self.compiled is None or reason != "start":
+            self.compiled = (self._source if isinstance(self._source, CompiledModule)
+                             else self.runtime.load(self._source, name=self.name, limits=self.limits))
+        lc.move(State.LOADED, f"{reason}: {self.compiled.info.abi} module "
+                              f"{self.compiled.info.short_digest} loaded")
+        self._factory = prepare(self.compiled, self.limits, self.host)
+        slots = [_Slot(i, self._factory.new_guest(), self._weight(i)) for i in range(self._replicas)]
+        with self._cond:
+            self._close_slots()
+            self._slots = slots
+        lc.move(State.INSTANTIATED, f"{len(slots)} instance(s)")
+        lc.move(State.RUNNING, reason)
+        self._running_since = time.monotonic()
+        self._failed_batches = 0
+
+    def suspend(self, reason: str = "suspended") -> None:
+        """Stop taking batches (callers get ContainerUnavailable); instances stay warm."""
+        self.lifecycle.move(State.SUSPENDED, reason)
+
+    def resume(self, reason: str = "resumed") -> None:
+        self.lifecycle.move(State.RUNNING, reason)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Terminate: wait for in-flight batches, then release every instance."""
+        with self._admin:
+            if self.state == State.TERMINATED:
+                return
+            self.lifecycle.move(State.TERMINATED, reason)
+            with self._cond:
+                while any(s.busy for s in self._slots):
+                    self._cond.wait()
+                self._close_slots()
+                self._cond.notify_all()
+
+    def restart(self, reason: str = "manual restart") -> None:
+        """Bring a container in error back now, whatever its policy and backoff say."""
+        with self._admin:
+            if self.state != State.ERROR:
+                self._fail(None, f"{reason}")
+            self._try_restart(reason)
+
+    def _fail(self, err: IotwasmError | None, reason: str | None = None) -> None:
+        if err is not None:
+            self.last_error = err
+            log.warning("container %s failed: %s", self.name, err)
+        if self.lifecycle.can(State.ERROR):
+            self.lifecycle.move(State.ERROR, reason or str(err))
+        self._attempt += 1
+        if self._will_restart(err):
+            self._next_restart_at = time.monotonic() + self.restart_policy.delay(self._attempt)
+        else:
+            self._next_restart_at = None
+
+    def _will_restart(self, err: IotwasmError | None) -> bool:
+        p = self.restart_policy
+        if p.mode == "never":
+            return False
+        if p.mode == "on-failure":
+            if isinstance(err, PERMANENT):
+                return False
+            if p.max_restarts is not None and self.restarts >= p.max_restarts:
+                return False
+        return True
+
+    def restart_due_in(self) -> float | None:
+        """Seconds until the next automatic restart attempt; None if none is planned."""
+        if self.state != State.ERROR or self._next_restart_at is None:
+            return None
+        return max(0.0, self._next_restart_at - time.monotonic())
+
+    def tick(self) -> None:
+        """Attempt a due restart. Callers with a sync loop call this periodically."""
+        due = self.restart_due_in()
+        if due is not None and due == 0:
+            with self._admin:
+                if self.restart_due_in() == 0:
+                    self._try_restart("automatic restart")
+
+    def _try_restart(self, reason: str) -> None:
+        try:
+            self._bring_up(f"{reason} #{self.restarts + 1}")
+        except IotwasmError as e:
+            self._fail(e)
+            return
+        self.restarts += 1
+        log.info("container %s restarted (%s)", self.name, reason)
+
+    # -- replicas ------------------------------------------------------------------------
+    def _check_replicas(self, n: int) -> None:
+        if not 1 <= n <= self.limits.max_instances:
+            raise ConfigError(f"replicas {n} must be between 1 and max_instances "
+                              f"{self.limits.max_instances}", module=self.name)
+
+    def _weight(self, i: int) -> int:
+        if self._weights and i < len(self._weights):
+            return max(1, int(self._weights[i]))
+        return 1
+
+    @property
+    def replicas(self) -> int:
+        return self._replicas
+
+    def scale(self, replicas: int) -> None:
+        """Add or remove instances while running; removed ones finish their batch first."""
+        self._check_replicas(replicas)
+        with self._admin:
+            self._replicas = replicas
+            if self.state not in (State.RUNNING, State.SUSPENDED) or self._factory is None:
+                return
+            with self._cond:
+                current = len(self._slots)
+            new = [_Slot(i, self._factory.new_guest(), self._weight(i))
+                   for i in range(current, replicas)]
+            with self._cond:
+                self._slots.extend(new)
+                while len(self._slots) > replicas:
+                    idle = [s for s in self._slots[replicas:] if not s.busy]
+                    if not idle:
+                        self._cond.wait()
+                        continue
+                    self._slots.remove(idle[-1])
+                    idle[-1].guest.close()
+                for i, s in enumerate(self._slots):
+                    s.index = i
+                    s.stats.index = i
+                self._cond.notify_all()
+
+    def _close_slots(self) -> None:
+        for s in self._slots:
+            s.guest.close()
+        self._slots = []
+
+    # -- work ----------------------------------------------------------------------------
+    def process(self, messages: Sequence[Message]) -> BatchResult:
+        """Run a batch on one idle instance.
+
+        Every message comes back as outputs or a dead letter. Raises ContainerUnavailable
+        (having consumed nothing) when the container is not running.
+        """
+        if not messages:
+            return BatchResult()
+        self._ensure_running()
+        slot = self._acquire()
+        t0 = time.perf_counter()
+        try:
+            try:
+                result = slot.guest.process(messages)
+            except Exception as e:  # a bug, not a guest failure: never take the caller down
+                log.exception("container %s: unexpected failure in batch", self.name)
+                err = GuestTrap(f"internal error: {e!r}", module=self.name)
+                slot.guest.broken = err
+                result = BatchResult(dead_letters=[DeadLetter(i, m, err) for i, m in enumerate(messages)])
+            elapsed = time.perf_counter() - t0
+            self._account(slot, messages, result, elapsed)
+            if slot.guest.broken is not None:
+                self._replace(slot)
+        finally:
+            self._release(slot, time.perf_counter() - t0)
+        self._watch_health(messages, result)
+        return result
+
+    def _ensure_running(self) -> None:
+        state = self.state
+        if state == State.RUNNING:
+            return
+        if state == State.ERROR:
+            self.tick()
+            if self.state == State.RUNNING:
+                return
+            due = self.restart_due_in()
+            when = f"; restart in {due:.1f}s" if due is not None else "; no restart planned"
+            raise ContainerUnavailable(f"in error ({self.last_error}){when}", module=self.name)
+        raise ContainerUnavailable(f"is {state}, not running", module=self.name)
+
+    def _acquire(self) -> _Slot:
+        with self._cond:
+            while True:
+                if self.state == State.TERMINATED or not self._slots:
+                    raise ContainerUnavailable(f"is {self.state}, not running", module=self.name)
+                idle = [s for s in self._slots if not s.busy]
+                if idle:
+                    slot = self.strategy.pick(idle, len(self._slots))
+                    slot.busy = True
+                    return slot
+                self._cond.wait()
+
+    def _release(self, slot: _Slot, busy: float) -> None:
+        with self._cond:
+            slot.busy = False
+            slot.busy_seconds += busy
+            self._cond.notify()
+
+    def _account(self, slot: _Slot, messages, result: BatchResult, elapsed: float) -> None:
+        st = slot.stats
+        st.calls += 1
+        st.messages += len(messages)
+        st.outputs += len(result.outputs)
+        st.dead_letters += len(result.dead_letters)
+        for d in result.dead_letters:
+            st.errors[d.error.kind] += 1
+        st.fuel_used += result.fuel_used
+        st.memory_pages = slot.guest.memory_pages()
+        st.recycles = slot.guest.recycled
+        st.last_latency_ms = elapsed * 1000
+        st.total_latency_ms += elapsed * 1000
+
+    def _replace(self, slot: _Slot) -> None:
+        """A guest that could not recover after a trap is swapped for a new instance."""
+        err = slot.guest.broken
+        slot.guest.close()
+        try:
+            slot.guest = self._factory.new_guest()
+        except IotwasmError as e:
+            slot.guest.broken = e  # keeps refusing work until the container restarts
+            with self._admin:
+                self._fail(e)
+
+    def _watch_health(self, messages, result: BatchResult) -> None:
+        hard = sum(1 for d in result.dead_letters if isinstance(d.error, (GuestTrap, LimitExceeded)))
+        if hard and hard == len(messages):
+            self._failed_batches += 1
+        else:
+            self._failed_batches = 0
+            if self._attempt and time.monotonic() - self._running_since > self.restart_policy.reset_after_s:
+                self._attempt = 0
+        if self._failed_batches >= self.restart_policy.crash_loop_batches and self.state == State.RUNNING:
+            err = result.dead_letters[-1].error
+            with self._admin:
+                if self.state == State.RUNNING:
+                    self._fail(err, f"crash loop: {self._failed_batches} batches in a row failed; "
+                                    f"last: {err}")
+                    self._failed_batches = 0
+
+    # -- observability -------------------------------------------------------------------
+    def stats(self) -> ContainerStats:
+        with self._cond:
+            instances = tuple(InstanceStats(**{**s.stats.__dict__, "errors": Counter(s.stats.errors)})
+                              for s in self._slots)
+        info = self.compiled.info if self.compiled else None
+        return ContainerStats(self.name, str(self.state), info.name if info else "",
+                              info.digest if info else "", self._replicas, self.restarts,
+                              instances, str(self.last_error) if self.last_error else None)
+
+    def __repr__(self) -> str:
+        return f"<WasmContainer {self.name} {self.state} replicas={self._replicas}>"
+
+    def __enter__(self) -> "WasmContainer":
+        if self.state == State.CREATED:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
