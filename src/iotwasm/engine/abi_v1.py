@@ -20,7 +20,8 @@ import wasmtime
 from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
                       OutputLimitExceeded)
 from ..message import BatchResult, DeadLetter, Message, Output
-from .fastcall import CallFailed, GuestMemory, RawFunc, StoreControl
+from .fastcall import (FUNC, MEMORY, CallFailed, Exports, GuestMemory, RawFunc, StoreControl,
+                       signature)
 from .host import WASI_MODULES, HostContext, check_imports, define_host
 from .limits import Limits, format_size
 from .traps import classify
@@ -36,6 +37,14 @@ IOT_OUTPUT_FULL = 1
 KIND_MESSAGE = 0
 KIND_ERROR = 1
 ERROR_CODES = {-1: "IOT_ERR_FRAMING", -2: "IOT_ERR_INTERNAL"}
+EXPORT_SIGNATURES = {
+    "iot_abi_version": signature(0),
+    "iot_alloc": signature(1),
+    "iot_process": signature(5),
+    "iot_free": signature(2, ()),
+    "iot_init": signature(0),
+    "_initialize": signature(0, ()),
+}
 
 MIN_BUFFER = 64 * 1024
 _ZERO_HEADER = bytes(OUT_HEADER.size)
@@ -129,9 +138,18 @@ class V1Factory:
         self.engine = compiled.engine
         self.runtime = compiled.runtime
         module: wasmtime.Module = compiled.module
-        missing = [p for p in compiled.info.problems if p.startswith("missing export")]
+        info = compiled.info
+        missing = [p for p in info.problems if p.startswith("missing export")]
         if missing:
             raise AbiError(missing[0], module=self.name)
+        # Signatures are checked once here, so instances can bind exports without re-checking.
+        for fn, want in EXPORT_SIGNATURES.items():
+            exp = info.export(fn)
+            if exp is not None and (exp.kind != "func" or exp.type != want):
+                raise AbiError(f"export {fn} has type {exp.type}, expected {want}", module=self.name)
+        if info.export("memory").kind != "memory":
+            raise AbiError("export 'memory' is not a memory", module=self.name)
+        self.optional = {fn for fn in ("iot_free", "_initialize", "iot_init") if info.export(fn)}
         check_imports(module, self.name, host.capabilities)
         linker = wasmtime.Linker(self.engine)
         define_host(linker, host)
@@ -178,30 +196,19 @@ class V1Guest:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             err = classify(e, module=f.name, function="instantiate", limits=f.limits)
             raise InitError(str(err), module=None) from None
-        exports = instance.exports(store)
+        exports = Exports(store, instance)
+        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY))
+        opt = f.optional
 
-        def export(name: str, required: bool = True):
-            try:
-                return exports[name]
-            except KeyError:
-                if required:
-                    raise AbiError(f"missing export {name!r}", module=f.name) from None
-                return None
+        def bind(n: str, params: int, results: tuple[str, ...] = ("i32",)) -> RawFunc:
+            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False)
 
-        memory = export("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            raise AbiError("export 'memory' is not a memory", module=f.name)
-        self.mem = GuestMemory(store, memory)
-        bind = lambda n, p, r=("i32",): RawFunc(store, export(n), n, p, r)  # noqa: E731
-        try:
-            version_fn = bind("iot_abi_version", 0)
-            self._alloc = bind("iot_alloc", 1)
-            self._process = bind("iot_process", 5)
-            self._free = bind("iot_free", 2, ()) if export("iot_free", False) else None
-            init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
-                          if export(n, False) is not None]
-        except AbiError as e:
-            raise AbiError(str(e).split(": ", 1)[-1], module=f.name) from None
+        version_fn = bind("iot_abi_version", 0)
+        self._alloc = bind("iot_alloc", 1)
+        self._process = bind("iot_process", 5)
+        self._free = bind("iot_free", 2, ()) if "iot_free" in opt else None
+        init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
+                      if n in opt]
         for hook in init_hooks:
             rc = self._call_init(hook)
             if rc:

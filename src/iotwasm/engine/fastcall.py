@@ -19,6 +19,7 @@ import threading
 
 import wasmtime
 from wasmtime import _bindings as ffi
+from wasmtime import _ffi
 
 from ..errors import AbiError
 
@@ -77,20 +78,26 @@ def take_host_failure() -> Exception | None:
 class RawFunc:
     """A wasm export bound once and called many times with i32 arguments."""
 
-    __slots__ = ("name", "_ctx", "_func", "_vals", "_args", "_nvals", "_trap", "_trap_ref",
+    __slots__ = ("name", "_ctx", "_keep", "_func", "_vals", "_args", "_nvals", "_trap", "_trap_ref",
                  "_result")
 
-    def __init__(self, store: wasmtime.Store, func: wasmtime.Func, name: str,
-                 params: int, results: tuple[str, ...] = (_I32,)):
-        ty = func.type(store)
-        got_params = [str(p) for p in ty.params]
-        got_results = tuple(str(r) for r in ty.results)
-        if got_params != [_I32] * params or got_results != results:
-            want = f"({', '.join([_I32] * params)}) -> ({', '.join(results)})"
-            have = f"({', '.join(got_params)}) -> ({', '.join(got_results)})"
-            raise AbiError(f"export {name} has signature {have}, expected {want}")
+    def __init__(self, store: wasmtime.Store, func, name: str,
+                 params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True):
+        """Bind `func` (a wasmtime.Func, or a raw extern from `Exports.get`).
+
+        `verify=False` is for callers that already checked the module's export type (see
+        `signature`), which saves ~100 µs per instance."""
+        if not isinstance(func, wasmtime.Func):
+            func = wasmtime.Func._from_raw(func.of.func)
+        if verify:
+            ty = func.type(store)
+            have = f"({', '.join(str(p) for p in ty.params)}) -> ({', '.join(str(r) for r in ty.results)})"
+            if have != signature(params, results):
+                raise AbiError(f"export {name} has signature {have}, expected "
+                               f"{signature(params, results)}")
         self.name = name
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._keep = func
         self._func = ctypes.byref(func._func)
         n = max(params, len(results), 1)
         self._nvals = ctypes.c_size_t(n)
@@ -119,6 +126,40 @@ class RawFunc:
         return self._vals[0].i32
 
 
+def signature(params: int, results: tuple[str, ...] = (_I32,)) -> str:
+    """The type string of an i32-only function, as `iotwasm.engine.module` renders types."""
+    return f"({', '.join([_I32] * params)}) -> ({', '.join(results)})"
+
+
+_export_get = _fast("wasmtime_instance_export_get", ctypes.c_bool)
+
+
+class Exports:
+    """Export lookup by name on one instance, without building the map of all exports.
+
+    Returns raw `wasmtime_extern_t` items: `.of.func` for RawFunc, `.of.memory` for
+    GuestMemory. Creating instances is on the path of cold starts and recycling after traps,
+    so it avoids wasmtime-py's per-export Python objects.
+    """
+
+    __slots__ = ("_ctx", "_inst")
+
+    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance):
+        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._inst = ctypes.byref(instance._instance)
+
+    def get(self, name: bytes, kind: int):
+        item = ffi.wasmtime_extern_t()
+        if not _export_get(self._ctx, self._inst, name, ctypes.c_size_t(len(name)),
+                           ctypes.byref(item)) or item.kind != kind:
+            return None
+        return item
+
+
+FUNC = _ffi.WASMTIME_EXTERN_FUNC.value
+MEMORY = _ffi.WASMTIME_EXTERN_MEMORY.value
+
+
 class GuestMemory:
     """Bounds-checked access to an instance's linear memory, without an FFI call per access.
 
@@ -128,11 +169,14 @@ class GuestMemory:
     write is checked against that size: a raw memmove past the end would take the node down.
     """
 
-    __slots__ = ("_ctx", "_mem", "_size", "_view")
+    __slots__ = ("_ctx", "_mem", "_keep", "_size", "_view")
 
-    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory):
+    def __init__(self, store: wasmtime.Store, memory):
+        """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`."""
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
-        self._mem = ctypes.byref(memory._memory)
+        raw = memory._memory if isinstance(memory, wasmtime.Memory) else memory.of.memory
+        self._keep = memory  # the struct must outlive the reference to it
+        self._mem = ctypes.byref(raw)
         self._size = -1
         self._view = memoryview(b"")
         self.refresh()

@@ -1,0 +1,214 @@
+"""`iotwasm` command line: inspect modules, run messages through them, run the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..container import RestartPolicy, WasmContainer
+from ..engine import Capabilities, Limits, Preopen, Runtime
+from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..errors import IotwasmError
+from ..message import Message
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Run IoT and edge logic as sandboxed WebAssembly containers.")
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_DEAD_LETTERS = 3
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    result = {}
+    for item in items:
+        if "=" not in item:
+            _fail(ValueError(f"{what} {item!r} must look like KEY=VALUE"))
+        k, v = item.split("=", 1)
+        result[k] = v
+    return result
+
+
+def _dirs(items: list[str]) -> tuple[Preopen, ...]:
+    dirs = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            _fail(ValueError(f"--dir {item!r} must look like HOST:GUEST[:ro|rw]"))
+        dirs.append(Preopen(parts[0], parts[1], len(parts) == 3 and parts[2] == "rw"))
+    return tuple(dirs)
+
+
+@app.command()
+def inspect(module: Path = typer.Argument(..., help="a .wasm or .wat file"),
+            output: str = typer.Option("table", "--output", "-o", help="table or json")) -> None:
+    """Show a module's ABI, digest, imports, exports and memory."""
+    with Runtime() as rt:
+        try:
+            info = rt.load(module).info
+        except IotwasmError as e:
+            _fail(e)
+    if output == "json":
+        print(json.dumps(info.to_dict(), indent=2))
+        return
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold cyan")
+    t.add_column()
+    mem = ("none" if info.memory_min_pages is None else
+           f"{info.memory_min_pages} pages min, "
+           f"{'no max' if info.memory_max_pages is None else f'{info.memory_max_pages} max'}")
+    t.add_row("module", info.name)
+    t.add_row("abi", info.abi)
+    t.add_row("digest", info.digest)
+    t.add_row("size", f"{info.size:,} bytes")
+    t.add_row("memory", mem)
+    t.add_row("imports", "\n".join(f"{i.module}.{i.name}  {i.type}" for i in info.imports) or "none")
+    t.add_row("exports", "\n".join(f"{e.name}  {e.type}" for e in info.exports) or "none")
+    if info.problems:
+        t.add_row("[red]problems", "\n".join(info.problems))
+    out.print(t)
+
+
+@app.command()
+def run(
+    module: Path = typer.Argument(..., help="a .wasm or .wat file"),
+    input: Optional[Path] = typer.Option(None, "--input", "-i",
+                                         help="file of messages, one per line (default: stdin)"),
+    topic: str = typer.Option("input", help="topic given to every input message"),
+    envelope: bool = typer.Option(False, help='lines are {"topic": .., "payload": ..} objects, '
+                                              "and outputs are printed the same way"),
+    hex_payload: bool = typer.Option(False, "--hex", help="input lines are hex-encoded binary payloads"),
+    batch: int = typer.Option(100, min=1, help="messages per call into the module"),
+    memory: str = typer.Option("64Mi", help="linear memory limit, e.g. 16Mi"),
+    fuel: Optional[str] = typer.Option(None, help="fuel per call, e.g. 10M (default: unmetered)"),
+    timeout: str = typer.Option("1s", help="wall-clock limit per call, e.g. 50ms"),
+    stack: str = typer.Option("512Ki", help="wasm stack size"),
+    allow: list[str] = typer.Option([], help=f"grant a capability: {', '.join([*HOST_CAPABILITIES, WASI])}"),
+    config: list[str] = typer.Option([], help="config entry KEY=VALUE (grants 'config')"),
+    env: list[str] = typer.Option([], help="environment variable KEY=VALUE for WASI programs"),
+    arg: list[str] = typer.Option([], help="argument for WASI programs"),
+    dir: list[str] = typer.Option([], help="preopened directory HOST:GUEST[:ro|rw] for WASI programs"),
+) -> None:
+    """Run messages (one per line) through a module; outputs go to stdout, errors to stderr.
+
+    Exit code 0 when every message was handled, 3 when some were dead-lettered, 1 when the
+    module could not run at all.
+    """
+    try:
+        limits = Limits.parse(memory=memory, fuel=fuel, timeout=timeout, stack=stack)
+        cfg = _pairs(config, "--config")
+        grants = set(allow) | ({"config"} if cfg else set())
+        caps = Capabilities(host=frozenset(grants), config=cfg, env=_pairs(env, "--env"),
+                            args=tuple(arg), dirs=_dirs(dir))
+    except IotwasmError as e:
+        _fail(e)
+    source = input.open("rb") if input else sys.stdin.buffer
+    dead = 0
+    rt = Runtime()
+    try:
+        container = WasmContainer(module.stem, module, runtime=rt, limits=limits, capabilities=caps,
+                                  restart=RestartPolicy(mode="never"),
+                                  on_log=lambda name, lvl, text: err.print(f"[dim]{name}: {text}[/]",
+                                                                           highlight=False))
+        container.start()
+    except IotwasmError as e:
+        _fail(e)
+    except OSError as e:
+        _fail(IotwasmError(f"cannot read module: {e}"))
+    write = sys.stdout.buffer.write
+    pending: list[Message] = []
+    lines: list[int] = []  # input line of each pending message, to name it in errors
+
+    def flush() -> int:
+        if not pending:
+            return 0
+        try:
+            result = container.process(pending)
+        except IotwasmError as e:
+            _fail(e)
+        for o in result.outputs:
+            if envelope:
+                line = json.dumps({"topic": o.topic or pending[o.index].topic,
+                                   "payload": o.payload.decode("utf-8", "replace")}).encode()
+            else:
+                line = o.payload
+            write(line + b"\n")
+        for d in result.dead_letters:
+            err.print(f"[yellow]dead letter[/] line {lines[d.index]}: {d.error}", highlight=False)
+        sys.stdout.flush()
+        pending.clear()
+        lines.clear()
+        return len(result.dead_letters)
+
+    for lineno, raw in enumerate(source, 1):
+        raw = raw.rstrip(b"\r\n")
+        if not raw:
+            continue
+        try:
+            msg = _parse_line(raw, topic, envelope, hex_payload)
+        except ValueError as e:
+            err.print(f"[red]bad input[/] line {lineno}: {e}", highlight=False)
+            dead += 1
+            continue
+        pending.append(msg)
+        lines.append(lineno)
+        if len(pending) >= batch:
+            dead += flush()
+    dead += flush()
+    container.stop()
+    rt.close()
+    if dead:
+        raise typer.Exit(EXIT_DEAD_LETTERS)
+
+
+def _parse_line(raw: bytes, topic: str, envelope: bool, hex_payload: bool) -> Message:
+    if envelope:
+        try:
+            obj = json.loads(raw)
+            t, p = obj["topic"], obj["payload"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError('expected {"topic": ..., "payload": ...}') from None
+        payload = p.encode() if isinstance(p, str) else json.dumps(p).encode()
+        return Message(str(t), bytes.fromhex(payload.decode()) if hex_payload else payload)
+    if hex_payload:
+        try:
+            return Message(topic, bytes.fromhex(raw.decode()))
+        except ValueError:
+            raise ValueError("not hex") from None
+    return Message(topic, raw)
+
+
+@app.command()
+def demo(
+    seconds: float = typer.Option(10.0, help="how long to run (0 = until Ctrl-C)"),
+    devices: int = typer.Option(20, help="simulated devices"),
+    rate: float = typer.Option(50.0, help="readings per second per device"),
+    modules: Optional[Path] = typer.Option(None, help="directory with the example modules"),
+) -> None:
+    """A simulated greenhouse: sensor frames → decode → convert → filter → average → sign."""
+    from .demo import run_demo
+
+    try:
+        run_demo(seconds=seconds, devices=devices, rate=rate, modules_dir=modules, console=out)
+    except IotwasmError as e:
+        _fail(e)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
