@@ -1,0 +1,85 @@
+"""The compile cache: hits, and corrupt or foreign entries detected and recompiled."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from iotwasm.engine import HostContext, Limits, Runtime, prepare
+from iotwasm.engine.runtime import EngineSettings
+from iotwasm.errors import InvalidModule
+from iotwasm.message import Message
+
+from conftest import ECHO_WAT
+
+
+def echo_once(rt: Runtime) -> bytes:
+    g = prepare(rt.load(ECHO_WAT, name="echo"), Limits(), HostContext("echo")).new_guest()
+    return g.process([Message("t", b"ping")]).outputs[0].payload
+
+
+def entries(d):
+    return sorted(p for p in os.listdir(d) if p.endswith(".cwasm"))
+
+
+def test_second_runtime_hits_the_disk_cache(tmp_path):
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert (rt.cache.hits, rt.cache.misses) == (0, 1)
+    assert len(entries(tmp_path)) == 1
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert (rt.cache.hits, rt.cache.misses) == (1, 0)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
+def test_corrupt_entry_is_detected_and_recompiled(tmp_path, damage):
+    with Runtime(tmp_path) as rt:
+        echo_once(rt)
+    path = tmp_path / entries(tmp_path)[0]
+    blob = bytearray(path.read_bytes())
+    if damage == "flip":
+        blob[len(blob) // 2] ^= 0xFF
+    elif damage == "truncate":
+        blob = blob[: len(blob) // 3]
+    elif damage == "empty":
+        blob = bytearray()
+    else:
+        blob = bytearray(os.urandom(len(blob)))
+    path.write_bytes(bytes(blob))
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"  # no crash, right answer
+        assert rt.cache.rejected == 1 and rt.cache.hits == 0
+    with Runtime(tmp_path) as rt:  # and the entry was rewritten properly
+        echo_once(rt)
+        assert rt.cache.hits == 1
+
+
+def test_entry_from_another_engine_setting_is_not_used(tmp_path):
+    with Runtime(tmp_path) as rt:
+        echo_once(rt)
+        fuel = rt.settings_for(Limits(fuel=1000))
+        plain = rt.settings_for(Limits())
+        assert fuel.fingerprint() != plain.fingerprint()
+        assert EngineSettings(stack=1 << 20).fingerprint() != EngineSettings().fingerprint()
+        # a valid artifact of the plain engine renamed to the fuel engine's key must be refused
+        src = tmp_path / entries(tmp_path)[0]
+        digest = rt.load(ECHO_WAT).info.digest
+        os.replace(src, rt.cache.path_for(digest, fuel.fingerprint()))
+    with Runtime(tmp_path) as rt:
+        rt.load(ECHO_WAT, limits=Limits(fuel=1000))
+        assert rt.cache.rejected == 1
+
+
+def test_invalid_module_is_refused_with_reason(runtime):
+    with pytest.raises(InvalidModule, match=r"^bad: not a wasm binary"):
+        runtime.load(b"\x00\x01garbage", name="bad")
+    with pytest.raises(InvalidModule, match=r"^trunc: invalid wasm"):
+        runtime.load(b"\x00asm\x01\x00\x00\x00\x01\x05", name="trunc")
+    with pytest.raises(InvalidModule, match="not valid WAT"):
+        runtime.load("(module (func (export \"f\") no.such.instruction))", name="badwat")
+    with pytest.raises(InvalidModule, match=r"^typeerr: invalid wasm: .*type mismatch"):
+        runtime.load("(module (func (export \"f\") i32.add))", name="typeerr")
+    with pytest.raises(InvalidModule, match="cannot read module file"):
+        runtime.load(os.path.join("/nonexistent", "m.wasm"))
