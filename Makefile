@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Both prepare the machine first.
+.PHONY: setup demo test bench examples check-examples
+
+PY := .venv/bin/python
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(PY) -m iotwasm.cli.main demo $(ARGS)
+
+test: setup
+	@$(PY) -m pytest $(ARGS)
+
+bench: setup
+	@$(PY) benchmarks/run.py $(ARGS)
+
+examples: setup
+	@bash examples/build.sh
+
+check-examples: setup
+	@bash examples/build.sh --check

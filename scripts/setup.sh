@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Prepares a machine for iotwasm: Debian packages (wasm toolchain, brokers) and a Python venv.
+# Idempotent and quick when nothing changed; the Makefile runs it before every target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${IOTWASM_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+# command -> Debian package that provides it
+declare -A NEED=(
+  [clang]=clang
+  [wasm-ld]=lld
+  [wat2wasm]=wabt
+)
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+# the wasm32 C runtime and libc are files, not commands
+[ -f /usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a ] || \
+  ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 || \
+  missing+=(libclang-rt-dev-wasm32)
+[ -d /usr/include/wasm32-wasi ] || missing+=(wasi-libc)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$VENV/.iotwasm-setup"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: preparing Python environment in $VENV"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+  echo "$want" > "$stamp"
+fi
