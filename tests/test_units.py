@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from iotwasm.engine import Capabilities, Limits, format_size, parse_count, parse_duration_ms, parse_size
+from iotwasm.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,value", [("16Mi", 16 * 2**20), ("512Ki", 512 * 1024), ("1G", 10**9),
+                                        ("64", 64), ("1.5Mi", 1572864), (" 2 GiB ", 2 * 2**30)])
+def test_sizes(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text,value", [("10M", 10**7), ("500k", 500_000), ("1000", 1000)])
+def test_counts(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text,value", [("50ms", 50), ("2s", 2000), ("250us", 0.25), ("7", 7)])
+def test_durations(text, value):
+    assert parse_duration_ms(text) == value
+
+
+@pytest.mark.parametrize("bad", ["16Qi", "lots", "-5Mi", ""])
+def test_bad_size_names_the_value(bad):
+    with pytest.raises(ConfigError, match="cannot read size"):
+        parse_size(bad)
+
+
+def test_limits_validation_and_description():
+    lim = Limits.parse(memory="16Mi", fuel="10M", timeout="50ms", stack="256Ki")
+    assert lim.describe() == "memory 16Mi, fuel 10,000,000, timeout 50ms, stack 256Ki, instances 64"
+    with pytest.raises(ConfigError, match="below one wasm page"):
+        Limits(memory=1000)
+    with pytest.raises(ConfigError, match="stack"):
+        Limits(stack=1024)
+    assert format_size(3 * 2**20) == "3Mi" and format_size(1000) == "1000B"
+
+
+def test_unknown_capability_is_refused():
+    with pytest.raises(ConfigError, match="unknown capability 'network'"):
+        Capabilities.grant("network")
+    assert not Capabilities().allows("log")
