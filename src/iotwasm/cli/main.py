@@ -206,6 +206,44 @@ def demo(
         _fail(e)
 
 
+@app.command()
+def up(
+    path: Optional[Path] = typer.Argument(None, help="manifest file or directory "
+                                                     "(default: the greenhouse demo)"),
+    broker: Optional[str] = typer.Option(None, help="the node's bus: mqtt://host:port or nats://… "
+                                                    "(default: in-process)"),
+    data: Path = typer.Option(Path(".iotwasm"), help="data directory (SQLite state, stores, caches)"),
+    name: Optional[str] = typer.Option(None, help="node name (default: host name)"),
+    seconds: float = typer.Option(0.0, help="stop after this many seconds (0 = until Ctrl-C)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the node does"),
+) -> None:
+    """Run a node: reconcile the manifests into running deployments and routes."""
+    import asyncio
+
+    from ..node import NodeConfig
+    from .up import configure_logging, default_manifests, run_node
+
+    path = path or default_manifests()
+    if path is None or not path.exists():
+        _fail(IotwasmError(f"manifests not found: {path or 'examples/greenhouse'}"))
+    configure_logging(verbose, err)
+    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker)
+    if name:
+        cfg.name = name
+    try:
+        asyncio.run(run_node(cfg, out, seconds))
+    except IotwasmError as e:
+        _fail(e)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of manifests (Deployment, Route)."""
+    from ..node.manifests import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

@@ -1,0 +1,109 @@
+"""`iotwasm up`: run one node in the foreground with live progress in the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from ..node import Node, NodeConfig
+
+ALERT_TABLE = "alerts"
+
+
+def render(node: Node, started: float) -> Group:
+    snap = node.snapshot()
+    up = time.monotonic() - started
+    routes = Table(title="routes", expand=True)
+    for col in ("route", "received", "delivered", "dead letters", "dropped", "queued", "backlog",
+                "p50 ms", "p99 ms"):
+        routes.add_column(col, justify="left" if col == "route" else "right")
+    for name, r in snap["routes"].items():
+        routes.add_row(name, f"{r['received']:,}", f"{r['delivered']:,}", f"{r['dead_letters']:,}",
+                       f"{r['dropped']:,}", f"{r['queued']:,}", f"{r['backlog']:,}",
+                       f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}")
+    deps = Table(title="deployments (WASM containers)", expand=True)
+    for col in ("deployment", "state", "rev", "replicas", "messages", "outputs", "errors", "restarts",
+                "rollbacks"):
+        deps.add_column(col, justify="left" if col in ("deployment", "state") else "right")
+    for name, d in snap["deployments"].items():
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(d["errors"].items())) or "-"
+        style = "green" if d["state"] == "running" else "red"
+        deps.add_row(name, f"[{style}]{d['state']}[/]", str(d["revision"]), str(d["replicas"]),
+                     f"{d.get('messages', 0):,}", f"{d.get('outputs', 0):,}", errs, str(d["restarts"]),
+                     str(d["rollbacks"]))
+    parts = [Panel(f"node [bold]{snap['node']}[/] · up {up:.0f}s · data {node.config.data_dir} · "
+                   f"bus {node.config.broker or 'in-process'} · outbox backlog {snap['outbox_backlog']:,}",
+                   title="iotwasm"), routes, deps]
+    try:
+        alerts = node.store.query(ALERT_TABLE, limit=5)
+    except Exception:
+        alerts = []
+    if alerts:
+        lines = [f"{a['topic']}: {a['payload']}" for a in alerts]
+        parts.append(Panel("\n".join(lines)[:2000], title="latest alerts (from the local store)"))
+    if snap["manifest_error"]:
+        parts.append(Panel(snap["manifest_error"], title="[red]manifest problems", border_style="red"))
+    return Group(*parts)
+
+
+async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0) -> Node:
+    node = Node(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, node.stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+    started = time.monotonic()
+    final = None
+    task = asyncio.create_task(node.run())
+    live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
+    if live:
+        live.start()
+    try:
+        last_line = 0.0
+        while not task.done():
+            await asyncio.sleep(0.25)
+            if not node.ready:
+                continue
+            if seconds and time.monotonic() - started >= seconds and not node._stop.is_set():
+                final = render(node, started)  # before shutdown empties the tables
+                node.stop()
+            if live and not node._stop.is_set():
+                final = render(node, started)
+                live.update(final)
+            elif time.monotonic() - last_line >= 5:
+                last_line = time.monotonic()
+                snap = node.snapshot()
+                console.print("routes: " + "; ".join(
+                    f"{n} {r['delivered']:,}/{r['received']:,} (dead {r['dead_letters']})"
+                    for n, r in snap["routes"].items()), highlight=False)
+        await task
+    finally:
+        if live:
+            live.stop()
+    if final is not None and not live:
+        console.print(final)
+    return node
+
+
+def default_manifests() -> Path | None:
+    for c in (Path.cwd() / "examples" / "greenhouse", Path(__file__).resolve().parents[3] / "examples" / "greenhouse"):
+        if c.is_dir():
+            return c
+    return None
+
+
+def configure_logging(verbose: bool, console: Console) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])

@@ -1,0 +1,504 @@
+"""The message bus interface, the in-process bus and `open_bus`.
+
+A `Bus` connects iotwasm to where messages come from and go to. Every bus is used from one
+asyncio event loop: `publish` and `subscribe` are coroutines, handlers are called on that loop
+(one message at a time per subscription, in arrival order), and brokers' client threads, where
+a library has them, are bridged onto the loop.
+
+Delivery guarantees, reconnect behaviour and URL forms are described in docs/messaging.md.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+import inspect
+import logging
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Union
+
+from ..errors import ConfigError
+from ..message import Message
+from .errors import BrokerUnavailable
+from .topics import matches, validate_filter, validate_topic
+
+log = logging.getLogger("iotwasm.messaging")
+
+Handler = Callable[[Message], Awaitable[None]]
+StateCallback = Callable[["BusState"], Union[None, Awaitable[None]]]
+
+#: what a subscription tells its bus about a message it took from the queue
+OK, FAILED, DROPPED = "ok", "failed", "dropped"
+Done = Callable[[str], Union[None, Awaitable[None]]]
+
+
+class BusState(str, enum.Enum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """MQTT last will: published by the broker when the client vanishes without a clean close."""
+
+    topic: str
+    payload: bytes = b""
+    qos: int = 0
+    retain: bool = False
+
+    def __post_init__(self) -> None:
+        validate_topic(self.topic)
+        if self.qos not in (0, 1, 2):
+            raise ConfigError(f"will qos must be 0, 1 or 2, not {self.qos!r}")
+
+
+@dataclass(slots=True)
+class BusStats:
+    #: messages the broker took (qos 0: handed to the connection; qos >= 1: acknowledged)
+    published: int = 0
+    #: messages that arrived from the broker (before fan-out to subscriptions)
+    received: int = 0
+    #: handler exceptions and transport errors
+    errors: int = 0
+    #: successful connections after the first one
+    reconnects: int = 0
+    #: qos 0 messages dropped because a subscription's queue was full
+    dropped: int = 0
+
+
+def as_payload(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+
+
+def check_qos(qos: int) -> int:
+    if qos not in (0, 1, 2):
+        raise ConfigError(f"qos must be 0, 1 or 2, not {qos!r}")
+    return qos
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class Subscription:
+    """One handler attached to a topic filter.
+
+    Messages wait in a queue of their own and the handler sees them one at a time, in order.
+    `pending` counts the messages that arrived but whose handler has not finished;
+    `wait_idle` waits until it is zero.
+    """
+
+    def __init__(self, bus: "Bus", topic_filter: str, handler: Handler, *, qos: int = 0,
+                 queue: str | None = None, durable: str | None = None, maxsize: int = 0):
+        self.bus = bus
+        self.filter = topic_filter
+        self.handler = handler
+        self.qos = qos
+        self.queue = queue
+        self.durable = durable
+        #: messages handed to the handler / handler returned normally / handler raised
+        self.delivered = 0
+        self.handled = 0
+        self.failed = 0
+        self._queue: asyncio.Queue[tuple[Message, Done | None]] = asyncio.Queue(maxsize)
+        self._busy = False
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.active = True
+
+    # ---- consumer side
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"iotwasm-sub:{self.filter}"
+        )
+
+    async def _run(self) -> None:
+        while True:
+            msg, done = await self._queue.get()
+            self._busy = True
+            try:
+                ok = await self._call(msg)
+                if done is not None:
+                    await _maybe_await(done(OK if ok else FAILED))
+            except Exception:  # a failing ack must not stop the subscription
+                log.exception("acknowledging a message on %r failed", self.filter)
+                self.bus.stats.errors += 1
+            finally:
+                self._busy = False
+                self._progress.set()
+
+    async def _call(self, msg: Message) -> bool:
+        self.delivered += 1
+        try:
+            await _maybe_await(self.handler(msg))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed += 1
+            self.bus.stats.errors += 1
+            log.warning("handler for %r failed on %r: %s: %s", self.filter, msg.topic,
+                        type(exc).__name__, exc)
+            return False
+        self.handled += 1
+        return True
+
+    # ---- producer side (the bus)
+
+    def offer(self, msg: Message, done: Done | None = None) -> bool:
+        """Queue without waiting; False when the queue is full."""
+        try:
+            self._queue.put_nowait((msg, done))
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def put(self, msg: Message, done: Done | None = None) -> None:
+        """Queue, waiting while the queue is full (backpressure)."""
+        await self._queue.put((msg, done))
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def _upstream_pending(self) -> int:
+        """Messages held for this subscription before its queue (e.g. in a client library)."""
+        return 0
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + (1 if self._busy else 0) + self._upstream_pending()
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every message that arrived so far has been handled."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.pending:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"subscription {self.filter!r} still has {self.pending} message(s) pending "
+                f"after {timeout}s"
+            ) from None
+
+    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False) -> None:
+        """Stop the worker: let the running handler finish (up to `grace` seconds), then
+        cancel. Queued messages are reported as DROPPED when `drop_queued`, else left alone
+        (not acknowledged, so a broker with a session redelivers them)."""
+        self.active = False
+        if self._task is None:
+            return
+        if self._busy:
+            try:
+                async with asyncio.timeout(grace):
+                    while self._busy:
+                        self._progress.clear()
+                        await self._progress.wait()
+            except TimeoutError:
+                log.warning("handler for %r still running after %ss; cancelled", self.filter, grace)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        while not self._queue.empty():
+            _msg, done = self._queue.get_nowait()
+            if drop_queued and done is not None:
+                try:
+                    await _maybe_await(done(DROPPED))
+                except Exception:
+                    log.exception("releasing a queued message on %r failed", self.filter)
+        self._progress.set()
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving. Idempotent."""
+        if self.active:
+            await self.bus._unsubscribe(self)
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f" {k}={v!r}" for k, v in (("queue", self.queue), ("durable", self.durable)) if v
+        )
+        return f"<Subscription {self.filter!r} qos={self.qos}{extra} pending={self.pending}>"
+
+
+class Bus(abc.ABC):
+    """Publish/subscribe on MQTT-style topics. See docs/messaging.md."""
+
+    #: short name used in messages ("memory", "mqtt", "nats")
+    scheme = "bus"
+
+    def __init__(self) -> None:
+        self.stats = BusStats()
+        self._state_callbacks: list[StateCallback] = []
+        self._subs: list[Subscription] = []
+        self._closed = False
+
+    # ---- lifecycle
+
+    @abc.abstractmethod
+    async def connect(self, *, timeout: float = 10.0) -> None:
+        """Connect; raise `BrokerUnavailable` if no connection is made within `timeout`."""
+
+    @abc.abstractmethod
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Flush what was published, stop the subscriptions and disconnect cleanly."""
+
+    async def flush(self, *, timeout: float = 5.0) -> None:
+        """Wait until everything published so far has left (and, for qos >= 1, was confirmed)."""
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> "Bus":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # ---- messages
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
+                      timeout: float | None = None) -> None:
+        """Publish one message.
+
+        qos 0 returns once the message is handed to the connection; qos 1 returns only after
+        the broker acknowledged it. Raises `BrokerUnavailable` when not connected and
+        `PublishTimeout` when no acknowledgement came in time; the message is then the
+        caller's to retry or keep.
+        """
+
+    @abc.abstractmethod
+    async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
+                        queue: str | None = None, durable: str | None = None) -> Subscription:
+        """Call `handler(msg)` for each message on a topic matching `topic_filter`."""
+
+    @abc.abstractmethod
+    async def _unsubscribe(self, sub: Subscription) -> None: ...
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subs)
+
+    # ---- connection state events
+
+    def on_state(self, callback: StateCallback) -> Callable[[], None]:
+        """Call `callback(BusState)` on connect, disconnect and close; returns a remover."""
+        self._state_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._state_callbacks:
+                self._state_callbacks.remove(callback)
+
+        return remove
+
+    def _emit_state(self, state: BusState) -> None:
+        for cb in list(self._state_callbacks):
+            try:
+                result = cb(state)
+                if inspect.isawaitable(result):
+                    asyncio.ensure_future(result)
+            except Exception:
+                log.exception("state callback %r failed", cb)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(f"{self.scheme} bus is closed")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class InProcessBus(Bus):
+    """A bus inside one asyncio loop, for tests, demos and single-process pipelines.
+
+    * Topic matching as MQTT (`topics.matches`), qos is accepted and ignored: every message
+      reaches every matching subscription, in publish order per subscription.
+    * Backpressure: each subscription has a bounded queue (`max_pending`); `publish` waits
+      while a matching subscription's queue is full, so a slow handler slows its publishers
+      instead of growing memory. A handler must therefore not await a publish that targets
+      its own full queue.
+    * `retain=True` keeps the last message per topic and hands it to later subscribers;
+      an empty retained payload clears it (as MQTT).
+    * `queue="name"`: subscriptions sharing the name get each message once, round-robin.
+    * `durable` is accepted and means nothing: nothing outlives the process. The `will` is
+      accepted for interface parity and never sent (the bus cannot vanish unexpectedly).
+    """
+
+    scheme = "memory"
+
+    def __init__(self, *, max_pending: int = 1000, will: Will | None = None):
+        super().__init__()
+        if max_pending < 1:
+            raise ConfigError("max_pending must be at least 1")
+        self.max_pending = max_pending
+        self.will = will
+        self._connected = False
+        self._retained: dict[str, bytes] = {}
+        self._rr: dict[str, int] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._connected and not self._closed
+
+    async def connect(self, *, timeout: float = 10.0) -> None:
+        self._check_open()
+        if not self._connected:
+            self._connected = True
+            self._emit_state(BusState.CONNECTED)
+
+    async def flush(self, *, timeout: float = 5.0) -> None:
+        """Wait until every subscription has handled what was published so far."""
+        for sub in list(self._subs):
+            await sub.wait_idle(timeout)
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush(timeout=timeout)
+        except TimeoutError as exc:
+            log.warning("closing memory bus: %s", exc)
+        self._closed = True
+        self._connected = False
+        for sub in list(self._subs):
+            await sub.stop(grace=timeout)
+        self._subs.clear()
+        self._emit_state(BusState.CLOSED)
+
+    def _targets(self, topic: str) -> list[Subscription]:
+        out: list[Subscription] = []
+        groups: dict[str, list[Subscription]] = {}
+        for sub in self._subs:
+            if not matches(sub.filter, topic):
+                continue
+            if sub.queue:
+                groups.setdefault(sub.queue, []).append(sub)
+            else:
+                out.append(sub)
+        for name, members in groups.items():
+            i = self._rr.get(name, 0)
+            self._rr[name] = i + 1
+            out.append(members[i % len(members)])
+        return out
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
+                      timeout: float | None = None) -> None:
+        validate_topic(topic)
+        payload = as_payload(payload)
+        check_qos(qos)
+        if not self.connected:
+            raise BrokerUnavailable("memory bus is not connected" if not self._closed
+                                    else "memory bus is closed")
+        if retain:
+            if payload:
+                self._retained[topic] = payload
+            else:
+                self._retained.pop(topic, None)
+        targets = self._targets(topic)
+        self.stats.published += 1
+        if targets:
+            self.stats.received += 1
+        for sub in targets:
+            if sub.active:
+                await sub.put(Message(topic, payload))
+
+    async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
+                        queue: str | None = None, durable: str | None = None) -> Subscription:
+        self._check_open()
+        validate_filter(topic_filter)
+        check_qos(qos)
+        sub = Subscription(self, topic_filter, handler, qos=qos, queue=queue, durable=durable,
+                           maxsize=self.max_pending)
+        sub.start()
+        self._subs.append(sub)
+        for topic, payload in list(self._retained.items()):
+            if matches(topic_filter, topic):
+                await sub.put(Message(topic, payload))
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+        await sub.stop(drop_queued=True)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _query_flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def open_bus(url: str | None = None, **options: Any) -> Bus:
+    """Make a bus from a URL (not yet connected: call `await bus.connect()`).
+
+    * ``None`` or ``memory://`` -> `InProcessBus`
+    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S]`` -> `MqttBus`
+    * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
+
+    Keyword options are passed to the bus's constructor and win over the query string.
+    """
+    if url is None or url in ("memory://", "memory:"):
+        return InProcessBus(**options)
+    parsed = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    base = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", ""))
+    scheme = parsed.scheme.lower()
+    if scheme == "memory":
+        return InProcessBus(**options)
+    if scheme == "mqtt":
+        from .mqtt_bus import MqttBus
+
+        kwargs: dict[str, Any] = {}
+        if "client_id" in query:
+            kwargs["client_id"] = query.pop("client_id")
+        if "keepalive" in query:
+            kwargs["keepalive"] = int(query.pop("keepalive"))
+        if query:
+            raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
+        kwargs.update(options)
+        return MqttBus(base, **kwargs)
+    if scheme == "nats":
+        from .nats_bus import NatsBus
+
+        kwargs = {}
+        if "jetstream" in query:
+            kwargs["jetstream"] = _query_flag(query.pop("jetstream"))
+        if "stream" in query:
+            kwargs["stream"] = query.pop("stream")
+            kwargs.setdefault("jetstream", True)
+        if query:
+            raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
+        kwargs.update(options)
+        return NatsBus(base, **kwargs)
+    raise ConfigError(f"unsupported bus URL {url!r}: use memory://, mqtt:// or nats://")
+
+
+def __getattr__(name: str) -> Any:
+    # `bus.MqttBus` / `bus.NatsBus` without importing the client libraries up front
+    if name == "MqttBus":
+        from .mqtt_bus import MqttBus
+
+        return MqttBus
+    if name == "NatsBus":
+        from .nats_bus import NatsBus
+
+        return NatsBus
+    raise AttributeError(name)

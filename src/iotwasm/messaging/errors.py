@@ -1,0 +1,53 @@
+"""Errors of the messaging layer.
+
+They subclass `IotwasmError`, so a caller that already reacts to iotwasm's typed errors handles
+these too. The kinds tell a caller what to do next:
+
+* `BrokerUnavailable` and `PublishTimeout`: the message was *not* confirmed; the caller still
+  owns it and decides whether to retry, keep it for later or dead-letter it.
+* `PublishDenied` and `SubscribeDenied`: an access rule said no; retrying will not help.
+* `InvalidTopic`: the topic or filter cannot be used (syntax, or not representable on NATS).
+"""
+
+from __future__ import annotations
+
+from ..errors import IotwasmError
+
+
+class MessagingError(IotwasmError):
+    """Base of the errors raised by `iotwasm.messaging`."""
+
+    kind = "messaging"
+
+
+class BrokerUnavailable(MessagingError):
+    """The bus is not connected to its broker (or was closed); nothing was sent."""
+
+    kind = "broker_unavailable"
+
+
+class PublishTimeout(MessagingError):
+    """The message went out but the broker did not acknowledge it in time.
+
+    It may or may not have been stored by the broker: retrying gives at-least-once delivery.
+    """
+
+    kind = "publish_timeout"
+
+
+class PublishDenied(MessagingError):
+    """An access rule does not allow publishing on this topic."""
+
+    kind = "publish_denied"
+
+
+class SubscribeDenied(MessagingError):
+    """An access rule (local or the broker's) does not allow subscribing to this filter."""
+
+    kind = "subscribe_denied"
+
+
+class InvalidTopic(MessagingError, ValueError):
+    """A topic or topic filter is malformed, or cannot be carried by the chosen transport."""
+
+    kind = "invalid_topic"

@@ -1,0 +1,397 @@
+"""Manifests: Kubernetes-style YAML documents that describe what a node should run.
+
+    apiVersion: iotwasm.io/v1
+    kind: Deployment | Route
+    metadata: {name: ..., labels: {...}}
+    spec: ...
+
+Validated with pydantic. A bad manifest is reported with the file, the document index, the
+field path and the reason, and every error of a file is reported at once, e.g.::
+
+    greenhouse.yaml#2 (Route greenhouse) spec.sinks[0].mqtt.qos: Input should be 0 or 1
+
+The JSON Schema is published in docs/manifest.schema.json (`iotwasm schema` prints it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
+
+from ..engine import Capabilities, Limits, Preopen
+from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..errors import ConfigError
+
+API_VERSION = "iotwasm.io/v1"
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class ManifestError(ConfigError):
+    """One or more manifests are invalid; `problems` lists one line per error."""
+
+    kind = "manifest"
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems) if len(problems) == 1 else
+                         f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Metadata(Strict):
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = {}
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("must be lowercase letters, digits and '-', at most 63 characters")
+        return v
+
+
+# --- Deployment ---------------------------------------------------------------------------
+
+class Resources(Strict):
+    memory: str = "64Mi"
+    fuel: str | None = None
+    timeout: str = "1s"
+    stack: str = "512Ki"
+    max_output: str = Field("16Mi", alias="maxOutput")
+    max_instances: int = Field(64, alias="maxInstances", ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _parse(self) -> "Resources":
+        self.to_limits()  # raises ConfigError with the unit problem
+        return self
+
+    def to_limits(self) -> Limits:
+        try:
+            return Limits.parse(memory=self.memory, fuel=self.fuel, timeout=self.timeout,
+                                stack=self.stack, max_output=self.max_output,
+                                max_instances=self.max_instances)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+
+class Topics(Strict):
+    subscribe: list[str] = []
+    publish: list[str] = []
+
+
+class FileGrant(Strict):
+    host: str
+    guest: str
+    writable: bool = False
+
+
+class CapabilitySpec(Strict):
+    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi"]] = []
+    topics: Topics = Topics()
+    env: dict[str, str] = {}
+    args: list[str] = []
+    files: list[FileGrant] = []
+    kv_quota: str = Field("1Mi", alias="kvQuota")
+
+
+class RestartSpec(Strict):
+    mode: Literal["always", "on-failure", "never"] = "on-failure"
+    backoff: str = "500ms"
+    max_backoff: str = Field("60s", alias="maxBackoff")
+    crash_loop_batches: int = Field(10, alias="crashLoopBatches", ge=1)
+
+
+class HealthGate(Strict):
+    """A new version is healthy when its first `messages` messages trap at most `max_trap_rate`."""
+
+    messages: int = Field(100, ge=1)
+    max_trap_rate: float = Field(0.2, alias="maxTrapRate", ge=0, le=1)
+
+
+class UpdateSpec(Strict):
+    health_gate: HealthGate = Field(HealthGate(), alias="healthGate")
+    rollback: bool = True
+
+
+class DeploymentSpec(Strict):
+    module: str = Field(..., description="a path, name:version, or sha256 digest")
+    abi: Literal["iotwasm-v1", "wasi-command"] | None = None
+    replicas: int = Field(1, ge=1, le=10_000)
+    strategy: Literal["round-robin", "weighted", "least-in-flight", "least-memory", "random"] = "round-robin"
+    weights: list[int] = []
+    resources: Resources = Resources()
+    capabilities: CapabilitySpec = CapabilitySpec()
+    config: dict[str, str | int | float | bool] = {}
+    restart_policy: RestartSpec = Field(RestartSpec(), alias="restartPolicy")
+    update_strategy: UpdateSpec = Field(UpdateSpec(), alias="updateStrategy")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DeploymentSpec":
+        if self.weights and len(self.weights) != self.replicas:
+            raise ValueError(f"weights has {len(self.weights)} entries for {self.replicas} replicas")
+        if self.replicas > self.resources.max_instances:
+            raise ValueError(f"replicas {self.replicas} exceeds resources.maxInstances "
+                             f"{self.resources.max_instances}")
+        return self
+
+
+class Deployment(Strict):
+    api_version: Literal["iotwasm.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["Deployment"]
+    metadata: Metadata
+    spec: DeploymentSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def limits(self) -> Limits:
+        return self.spec.resources.to_limits()
+
+    def capabilities(self) -> Capabilities:
+        from ..engine.limits import parse_size
+
+        c = self.spec.capabilities
+        host = set(c.host)
+        if self.spec.config:
+            host.add("config")
+        return Capabilities(host=frozenset(host), config={k: _str(v) for k, v in self.spec.config.items()},
+                            env=dict(c.env), args=tuple(c.args),
+                            dirs=tuple(Preopen(f.host, f.guest, f.writable) for f in c.files),
+                            kv_quota=parse_size(c.kv_quota))
+
+
+def _str(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, bool) else str(v)
+
+
+# --- Route --------------------------------------------------------------------------------
+
+class MqttEndpoint(Strict):
+    url: str | None = Field(None, description="mqtt://host:port; default: the node's broker")
+    topic: str
+    qos: Literal[0, 1] = 1
+    retain: bool = False
+
+
+class NatsEndpoint(Strict):
+    url: str | None = None
+    subject: str
+    jetstream: bool = False
+    durable: str | None = None
+    queue: str | None = None
+
+
+class HttpSource(Strict):
+    path: str = "/ingest"
+    topic: str = "http/ingest"
+
+
+class SensorsSource(Strict):
+    devices: int = Field(20, ge=1, le=100_000)
+    rate: float = Field(1.0, gt=0, description="readings per second per device and sensor")
+    sensors: list[Literal["temperature", "humidity", "vibration", "pressure"]] = ["temperature", "humidity"]
+    anomaly_rate: float = Field(0.01, alias="anomalyRate", ge=0, le=1)
+    corrupt_rate: float = Field(0.005, alias="corruptRate", ge=0, le=1)
+    seed: int = 7
+
+
+class BusEndpoint(Strict):
+    topic: str
+
+
+class Source(Strict):
+    mqtt: MqttEndpoint | None = None
+    nats: NatsEndpoint | None = None
+    http: HttpSource | None = None
+    sensors: SensorsSource | None = None
+    bus: BusEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Source":
+        given = [k for k in ("mqtt", "nats", "http", "sensors", "bus") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a source needs exactly one of mqtt, nats, http, sensors, bus (got {given or 'none'})")
+        return self
+
+    @property
+    def type(self) -> str:
+        return next(k for k in ("mqtt", "nats", "http", "sensors", "bus") if getattr(self, k) is not None)
+
+
+class StoreSink(Strict):
+    table: str = "messages"
+
+    @field_validator("table")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", v):
+            raise ValueError("must be a plain identifier")
+        return v
+
+
+class WebhookSink(Strict):
+    url: str
+    timeout: str = "5s"
+
+
+class LogSink(Strict):
+    level: Literal["debug", "info", "warning"] = "info"
+
+
+class Sink(Strict):
+    mqtt: MqttEndpoint | None = None
+    nats: NatsEndpoint | None = None
+    store: StoreSink | None = None
+    webhook: WebhookSink | None = None
+    log: LogSink | None = None
+    bus: BusEndpoint | None = None
+    store_and_forward: bool = Field(True, alias="storeAndForward",
+                                    description="uplink sinks keep unsent messages in SQLite")
+
+    @model_validator(mode="after")
+    def _one(self) -> "Sink":
+        given = [k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a sink needs exactly one of mqtt, nats, store, webhook, log, bus (got {given or 'none'})")
+        return self
+
+    @property
+    def type(self) -> str:
+        return next(k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None)
+
+
+class BatchSpec(Strict):
+    max_size: int = Field(100, alias="maxSize", ge=1, le=100_000)
+    max_linger: str = Field("1ms", alias="maxLinger")
+
+
+class QueueSpec(Strict):
+    capacity: int = Field(10_000, ge=1)
+    overflow: Literal["block", "drop-oldest"] = "block"
+
+
+class RouteSpec(Strict):
+    source: Source
+    steps: list[str] = Field(default_factory=list, description="deployment names, in order")
+    sinks: list[Sink] = Field(min_length=1)
+    batch: BatchSpec = BatchSpec()
+    queue: QueueSpec = QueueSpec()
+    order_by: str = Field("device", alias="orderBy",
+                          description="source-topic variable that keys per-device ordering")
+    dead_letter: str = Field("deadletter/{route}", alias="deadLetter")
+
+
+class Route(Strict):
+    api_version: Literal["iotwasm.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["Route"]
+    metadata: Metadata
+    spec: RouteSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+Manifest = Annotated[Union[Deployment, Route], Field(discriminator="kind")]
+_adapter: TypeAdapter = TypeAdapter(Manifest)
+KINDS = ("Deployment", "Route")
+
+
+def digest_of_manifest(m: Deployment | Route) -> str:
+    text = json.dumps(m.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in KINDS:
+            continue  # the discriminator tag adds nothing for people
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(document)"
+
+
+def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Route]:
+    """Parse and validate every document of a YAML text; raise ManifestError with all problems."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ManifestError([f"{origin}{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    problems: list[str] = []
+    out: list[Deployment | Route] = []
+    for i, doc in enumerate(docs, 1):
+        label = f"{origin}#{i}"
+        if isinstance(doc, dict):
+            md = doc.get("metadata")
+            if isinstance(md, dict) and "name" in md:
+                label += f" ({doc.get('kind', '?')} {md['name']})"
+        if not isinstance(doc, dict):
+            problems.append(f"{label}: a manifest must be a mapping")
+            continue
+        if doc.get("kind") not in KINDS:
+            problems.append(f"{label} kind: must be one of {', '.join(KINDS)} (got {doc.get('kind')!r})")
+            continue
+        try:
+            out.append(_adapter.validate_python(doc))
+        except ValidationError as e:
+            for err in e.errors():
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{label} {_loc(err['loc'])}: {msg}")
+    if problems:
+        raise ManifestError(problems)
+    return out
+
+
+def load_path(path: str | Path) -> list[Deployment | Route]:
+    """Load a manifest file, or every *.yaml / *.yml file of a directory (sorted).
+
+    All problems of all files are collected before raising, so one run shows everything.
+    """
+    path = Path(path)
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    problems: list[str] = []
+    out: list[Deployment | Route] = []
+    for f in files:
+        try:
+            out += parse_documents(f.read_text(), str(f))
+        except ManifestError as e:
+            problems += e.problems
+        except OSError as e:
+            problems.append(f"{f}: cannot read: {e.strerror}")
+    names: dict[tuple[str, str], str] = {}
+    for m in out:
+        key = (m.kind, m.name)
+        if key in names:
+            problems.append(f"{m.kind} {m.name} is defined twice")
+        names[key] = m.name
+    if problems:
+        raise ManifestError(problems)
+    return out
+
+
+def json_schema() -> dict:
+    schema = _adapter.json_schema(by_alias=True)
+    schema["$id"] = "https://iotwasm.io/schemas/manifest-v1.json"
+    schema["title"] = "iotwasm manifest (Deployment or Route)"
+    return schema
+
+
+__all__ = ["API_VERSION", "Deployment", "ManifestError", "Route", "digest_of_manifest",
+           "json_schema", "load_path", "parse_documents", "HOST_CAPABILITIES", "WASI"]

@@ -1,0 +1,134 @@
+"""The node's durable state: one SQLite database (WAL) under the data directory.
+
+It keeps what must survive a restart or a kill -9: applied deployments and their revision
+history (for rollback), events (what changed and why), dead letters, and the containers'
+key-value data.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS revisions (
+    name TEXT NOT NULL, revision INTEGER NOT NULL, module_digest TEXT NOT NULL,
+    manifest TEXT NOT NULL, created REAL NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (name, revision));
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+    object TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, route TEXT NOT NULL, step TEXT NOT NULL,
+    kind TEXT NOT NULL, error TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (
+    container TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (container, key));
+"""
+
+
+class NodeState:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _x(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- events ----------------------------------------------------------------------------
+    def event(self, kind: str, obj: str, message: str) -> None:
+        self._x("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)",
+                (time.time(), kind, obj, message))
+
+    def events(self, obj: str | None = None, limit: int = 100) -> list[dict]:
+        sql = "SELECT ts, kind, object, message FROM events"
+        args: list = []
+        if obj:
+            sql += " WHERE object = ?"
+            args.append(obj)
+        rows = self._x(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [{"ts": r[0], "kind": r[1], "object": r[2], "message": r[3]} for r in rows]
+
+    # -- revisions -------------------------------------------------------------------------
+    def add_revision(self, name: str, module_digest: str, manifest: dict, status: str,
+                     reason: str = "") -> int:
+        with self._lock:
+            (last,) = self._db.execute("SELECT coalesce(max(revision), 0) FROM revisions WHERE name = ?",
+                                       (name,)).fetchone()
+            self._db.execute("INSERT INTO revisions VALUES (?,?,?,?,?,?,?)",
+                             (name, last + 1, module_digest, json.dumps(manifest), time.time(), status, reason))
+            return last + 1
+
+    def set_revision_status(self, name: str, revision: int, status: str, reason: str = "") -> None:
+        self._x("UPDATE revisions SET status = ?, reason = ? WHERE name = ? AND revision = ?",
+                (status, reason, name, revision))
+
+    def history(self, name: str) -> list[dict]:
+        rows = self._x("SELECT revision, module_digest, created, status, reason FROM revisions "
+                       "WHERE name = ? ORDER BY revision", (name,))
+        return [{"revision": r[0], "module_digest": r[1], "created": r[2], "status": r[3], "reason": r[4]}
+                for r in rows]
+
+    # -- dead letters ----------------------------------------------------------------------
+    def dead_letter(self, route: str, step: str, kind: str, error: str, topic: str, payload: bytes) -> None:
+        self._x("INSERT INTO dead_letters(ts, route, step, kind, error, topic, payload) VALUES (?,?,?,?,?,?,?)",
+                (time.time(), route, step, kind, error, topic, payload))
+
+    def dead_letters(self, route: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT ts, route, step, kind, error, topic, payload FROM dead_letters"
+        args: list = []
+        if route:
+            sql += " WHERE route = ?"
+            args.append(route)
+        rows = self._x(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [{"ts": r[0], "route": r[1], "step": r[2], "kind": r[3], "error": r[4], "topic": r[5],
+                 "payload": r[6]} for r in rows]
+
+    def dead_letter_count(self) -> int:
+        return self._x("SELECT count(*) FROM dead_letters")[0][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SqliteKeyValue:
+    """A container's `kv` capability backed by the node database: survives restarts."""
+
+    def __init__(self, state: NodeState, container: str, quota: int):
+        self._state = state
+        self.container = container
+        self.quota = quota
+        rows = state._x("SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv WHERE container = ?",
+                        (container,))
+        self._used = rows[0][0]
+
+    def get(self, key: bytes) -> bytes | None:
+        rows = self._state._x("SELECT value FROM kv WHERE container = ? AND key = ?", (self.container, key))
+        return rows[0][0] if rows else None
+
+    def set(self, key: bytes, value: bytes) -> bool:
+        old = self.get(key)
+        delta = len(value) - (len(old) if old is not None else -len(key))
+        if self._used + delta > self.quota:
+            return False
+        self._state._x("INSERT OR REPLACE INTO kv VALUES (?,?,?)", (self.container, key, value))
+        self._used += delta
+        return True
+
+    def delete(self, key: bytes) -> bool:
+        old = self.get(key)
+        if old is None:
+            return False
+        self._state._x("DELETE FROM kv WHERE container = ? AND key = ?", (self.container, key))
+        self._used -= len(key) + len(old)
+        return True

@@ -1,0 +1,209 @@
+"""Store-and-forward: an SQLite outbox in front of an uplink.
+
+Messages for an uplink are appended to the outbox first and deleted only after the broker
+acknowledged them (MQTT PUBACK, JetStream ack). While the uplink is down they accumulate; when
+it returns they are delivered in the order they were stored. A kill -9 of the node loses
+nothing that was stored: SQLite in WAL mode has it on disk before `append` returns.
+
+Delivery is at-least-once: a crash between the broker's ack and the delete re-sends that
+message after restart. (A sample gateway that marks rows sent *before* publishing loses data
+on every outage; this one never marks a row before the ack.)
+
+The outbox is bounded by rows and bytes, with an explicit overflow policy:
+``drop-oldest`` (default: keep the freshest data, count what was dropped) or ``reject``
+(refuse new messages, count them; the caller keeps them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from ..errors import ConfigError, IotwasmError
+
+log = logging.getLogger("iotwasm.outbox")
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class OutboxFull(IotwasmError):
+    kind = "outbox_full"
+
+
+@dataclass
+class OutboxStats:
+    stored: int = 0
+    sent: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    send_failures: int = 0
+
+
+class Outbox:
+    """A durable FIFO per sink name, shared by every sink of a node (one SQLite file)."""
+
+    def __init__(self, path: str | Path, *, max_rows: int = 1_000_000, max_bytes: int = 512 * 2**20,
+                 overflow: str = "drop-oldest"):
+        if overflow not in ("drop-oldest", "reject"):
+            raise ConfigError(f"outbox overflow policy {overflow!r} is not drop-oldest or reject")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL,
+            payload BLOB NOT NULL, created REAL NOT NULL)""")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_sink ON outbox(sink, id)")
+        self.stats: dict[str, OutboxStats] = {}
+        rows, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(payload) + length(topic)), 0) FROM outbox").fetchone()
+        self._rows, self._bytes = rows, size
+
+    def _st(self, sink: str) -> OutboxStats:
+        return self.stats.setdefault(sink, OutboxStats())
+
+    def append(self, sink: str, items: list[tuple[str, bytes]]) -> int:
+        """Store (topic, payload) items durably; returns how many were stored."""
+        if not items:
+            return 0
+        st = self._st(sink)
+        size = sum(len(t) + len(p) for t, p in items)
+        with self._lock:
+            over_rows = self._rows + len(items) - self.max_rows
+            over_bytes = self._bytes + size - self.max_bytes
+            if over_rows > 0 or over_bytes > 0:
+                if self.overflow == "reject":
+                    st.rejected += len(items)
+                    raise OutboxFull(f"outbox {self.path.name} full ({self._rows} rows, "
+                                     f"{self._bytes} bytes); {len(items)} message(s) refused")
+                self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
+            now = time.time()
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO outbox(sink, topic, payload, created) VALUES (?,?,?,?)",
+                                 [(sink, t, p, now) for t, p in items])
+            self._db.execute("COMMIT")
+            self._rows += len(items)
+            self._bytes += size
+        st.stored += len(items)
+        return len(items)
+
+    def _drop_oldest(self, rows: int, nbytes: int) -> None:
+        dropped = freed = 0
+        cur = self._db.execute("SELECT id, sink, length(payload) + length(topic) FROM outbox ORDER BY id")
+        ids = []
+        for row_id, sink, size in cur:
+            if dropped >= rows and freed >= nbytes:
+                break
+            ids.append(row_id)
+            dropped += 1
+            freed += size
+            self._st(sink).dropped += 1
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        self._rows -= dropped
+        self._bytes -= freed
+        log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, dropped)
+
+    def peek(self, sink: str, limit: int = 100) -> list[tuple[int, str, bytes]]:
+        with self._lock:
+            return self._db.execute("SELECT id, topic, payload FROM outbox WHERE sink = ? ORDER BY id LIMIT ?",
+                                    (sink, limit)).fetchall()
+
+    def ack(self, sink: str, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            cur = self._db.execute(
+                f"SELECT coalesce(sum(length(payload) + length(topic)), 0), count(*) FROM outbox "
+                f"WHERE id IN ({','.join('?' * len(ids))})", ids)
+            size, n = cur.fetchone()
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            self._rows -= n
+            self._bytes -= size
+        self._st(sink).sent += n
+
+    def backlog(self, sink: str | None = None) -> int:
+        with self._lock:
+            if sink is None:
+                return self._rows
+            return self._db.execute("SELECT count(*) FROM outbox WHERE sink = ?", (sink,)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Forwarder:
+    """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages."""
+
+    def __init__(self, outbox: Outbox, sink: str, publish: Publish, *, batch: int = 100,
+                 min_backoff: float = 0.1, max_backoff: float = 5.0):
+        self.outbox = outbox
+        self.sink = sink
+        self.publish = publish
+        self.batch = batch
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"forward-{self.sink}")
+
+    def notify(self) -> None:
+        """New rows were appended: deliver them now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self, drain_timeout: float = 0.0) -> None:
+        if drain_timeout > 0:
+            deadline = time.monotonic() + drain_timeout
+            while self.outbox.backlog(self.sink) and time.monotonic() < deadline:
+                self._wake.set()
+                await asyncio.sleep(0.01)
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        backoff = self.min_backoff
+        while True:
+            rows = await asyncio.to_thread(self.outbox.peek, self.sink, self.batch)
+            if not rows:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            done: list[int] = []
+            try:
+                for row_id, topic, payload in rows:
+                    await self.publish(topic, payload)  # returns after the broker's ack
+                    done.append(row_id)
+                backoff = self.min_backoff
+                self.last_error = None
+            except asyncio.CancelledError:
+                await asyncio.to_thread(self.outbox.ack, self.sink, done)
+                raise
+            except Exception as e:  # broker down, timeout: keep the rest, retry later
+                self.outbox._st(self.sink).send_failures += 1
+                self.last_error = str(e)
+                await asyncio.to_thread(self.outbox.ack, self.sink, done)
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+                continue
+            await asyncio.to_thread(self.outbox.ack, self.sink, done)

@@ -1,0 +1,280 @@
+"""A route: messages from a source, through deployments in order, out to sinks.
+
+    source ─▶ bounded queue ─▶ lanes (batch: max size + max linger) ─▶ step 1 … step n ─▶ sinks
+
+Per-device ordering: each message is assigned to a lane by its ordering key (a source-topic
+variable such as ``device``), and a lane handles one batch at a time, so two readings of one
+device never overtake each other. Several lanes let a deployment's replicas work in parallel.
+
+Backpressure: the queue is bounded. With ``block`` the source waits (and so does the broker
+connection behind it); with ``drop-oldest`` the oldest queued message is dropped and counted.
+
+Nothing is lost silently: a message a module cannot handle becomes a dead letter with its
+error; a message a deployment may not receive, or an output it may not emit, is counted,
+logged and dead-lettered; a step whose container is unavailable is retried with backoff while
+its lane holds the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol, Sequence
+
+from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError
+from ..message import BatchResult, DeadLetter, Message
+from ..messaging.acl import TopicACL
+
+log = logging.getLogger("iotwasm.pipeline")
+
+
+class Step(Protocol):
+    """What a route needs of a deployment: a name, topic grants and a (blocking) batch call."""
+
+    name: str
+    acl: TopicACL
+
+    def process(self, messages: Sequence[Message]) -> BatchResult: ...
+
+
+class Sink(Protocol):
+    name: str
+
+    async def deliver(self, messages: list[Message], variables: list[dict[str, str]]
+                      ) -> list[tuple[int, IotwasmError]]:
+        """Take the messages; return the ones it could not take, with the reason."""
+        ...
+
+
+DeadLetterHandler = Callable[[str, str, DeadLetter, dict[str, str]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_size: int = 100
+    max_linger_s: float = 0.001
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    capacity: int = 10_000
+    overflow: str = "block"  # or "drop-oldest"
+
+
+@dataclass
+class RouteStats:
+    received: int = 0
+    dropped: int = 0
+    processed: int = 0
+    delivered: int = 0
+    dead_letters: int = 0
+    acl_denied: int = 0
+    batches: int = 0
+    step_retries: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def percentile(self, q: float) -> float:
+        data = sorted(self.latencies_ms)
+        if not data:
+            return 0.0
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+
+@dataclass(slots=True)
+class _Item:
+    msg: Message
+    vars: dict[str, str]
+    arrived: float
+
+
+class RouteRunner:
+    def __init__(self, name: str, steps: Sequence[Step], sinks: Sequence[Sink], *,
+                 batch: BatchPolicy = BatchPolicy(), queue: QueuePolicy = QueuePolicy(),
+                 lanes: int = 1, order_key: str = "device",
+                 dead_letter: DeadLetterHandler | None = None):
+        self.name = name
+        self.steps = list(steps)
+        self.sinks = list(sinks)
+        self.batch = batch
+        self.queue = queue
+        self.order_key = order_key
+        self.dead_letter = dead_letter
+        self.stats = RouteStats()
+        n = max(1, lanes)
+        per_lane = max(1, queue.capacity // n)
+        self._lanes: list[asyncio.Queue[_Item]] = [asyncio.Queue(per_lane) for _ in range(n)]
+        self._tasks: list[asyncio.Task] = []
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    # -- intake ----------------------------------------------------------------------------
+    async def offer(self, msg: Message, variables: dict[str, str] | None = None) -> None:
+        """Queue one message. Waits when the queue is full and the policy is ``block``."""
+        variables = variables or {}
+        self.stats.received += 1
+        key = variables.get(self.order_key) or msg.topic
+        lane = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)] if len(self._lanes) > 1 else self._lanes[0]
+        item = _Item(msg, variables, time.monotonic())
+        if self.queue.overflow == "drop-oldest":
+            while lane.full():
+                try:
+                    lane.get_nowait()
+                    lane.task_done()
+                    self.stats.dropped += 1
+                except asyncio.QueueEmpty:
+                    break
+            lane.put_nowait(item)
+        else:
+            await lane.put(item)
+
+    def depth(self) -> int:
+        return sum(q.qsize() for q in self._lanes)
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._lane(q), name=f"route-{self.name}-lane{i}")
+                       for i, q in enumerate(self._lanes)]
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued message went through; True when fully drained."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.depth() == 0 and self._inflight == 0:
+                return True
+            await asyncio.sleep(0.005)
+        return False
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        if drain_timeout:
+            await self.drain(drain_timeout)
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+
+    async def _lane(self, q: asyncio.Queue[_Item]) -> None:
+        max_size, linger = self.batch.max_size, self.batch.max_linger_s
+        while True:
+            first = await q.get()
+            items = [first]
+            self._inflight += 1
+            try:
+                while len(items) < max_size and not q.empty():
+                    items.append(q.get_nowait())
+                if len(items) < max_size and linger > 0:
+                    await asyncio.sleep(linger)
+                    while len(items) < max_size and not q.empty():
+                        items.append(q.get_nowait())
+                await self._run(items)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not kill the lane and strand the queue
+                log.exception("route %s: batch failed unexpectedly", self.name)
+            finally:
+                for _ in items:
+                    q.task_done()
+                self._inflight -= 1
+
+    async def _run(self, items: list[_Item]) -> None:
+        self.stats.batches += 1
+        msgs = [it.msg for it in items]
+        variables = [it.vars for it in items]
+        arrived = [it.arrived for it in items]
+        self.stats.processed += len(msgs)
+        for step in self.steps:
+            if not msgs:
+                return
+            msgs, variables, arrived = await self._step(step, msgs, variables, arrived)
+        if not msgs:
+            return
+        for sink in self.sinks:
+            try:
+                failures = await sink.deliver(msgs, variables)
+            except IotwasmError as e:
+                failures = [(i, e) for i in range(len(msgs))]
+            for i, e in failures:
+                log.warning("route %s: sink %s: %s", self.name, sink.name, e)
+                await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
+        self.stats.delivered += len(msgs)
+        now = time.monotonic()
+        self.stats.latencies_ms.extend((now - a) * 1000 for a in arrived)
+
+    async def _step(self, step: Step, msgs, variables, arrived):
+        acl = step.acl
+        keep = []
+        for i, m in enumerate(msgs):
+            if _allowed(acl.can_subscribe, m.topic):
+                keep.append(i)
+            else:
+                self.stats.acl_denied += 1
+                acl.stats.subscribe_denied += 1
+                err = CapabilityDenied(f"may not receive {m.topic!r} (subscribe grants: "
+                                       f"{', '.join(acl.subscribe) or 'none'})", module=step.name)
+                log.warning("route %s: %s", self.name, err)
+                await self._dead(step.name, DeadLetter(i, m, err), variables[i])
+        if len(keep) != len(msgs):
+            msgs = [msgs[i] for i in keep]
+            variables = [variables[i] for i in keep]
+            arrived = [arrived[i] for i in keep]
+            if not msgs:
+                return [], [], []
+        result = await self._call(step, msgs)
+        for d in result.dead_letters:
+            await self._dead(step.name, d, variables[d.index])
+        out_msgs, out_vars, out_arrived = [], [], []
+        for o in result.outputs:
+            src = msgs[o.index]
+            topic = o.topic or src.topic
+            if not _allowed(acl.can_publish, topic):
+                self.stats.acl_denied += 1
+                acl.stats.publish_denied += 1
+                err = CapabilityDenied(f"may not emit on {topic!r} (publish grants: "
+                                       f"{', '.join(acl.publish) or 'none'})", module=step.name)
+                log.warning("route %s: %s", self.name, err)
+                await self._dead(step.name, DeadLetter(o.index, Message(topic, o.payload, src.timestamp_ms), err),
+                                 variables[o.index])
+                continue
+            out_msgs.append(Message(topic, o.payload, src.timestamp_ms))
+            out_vars.append(variables[o.index])
+            out_arrived.append(arrived[o.index])
+        return out_msgs, out_vars, out_arrived
+
+    async def _call(self, step: Step, msgs: list[Message]) -> BatchResult:
+        delay = 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(step.process, msgs)
+            except ContainerUnavailable as e:
+                if self._stopping:
+                    raise
+                self.stats.step_retries += 1
+                log.info("route %s: %s; holding %d message(s) and retrying", self.name, e, len(msgs))
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
+        self.stats.dead_letters += 1
+        if self.dead_letter is not None:
+            try:
+                await self.dead_letter(self.name, where, dl, variables)
+            except Exception:
+                log.exception("route %s: dead-letter handler failed for a message from %s", self.name, where)
+
+
+def _allowed(check: Callable[[str], bool], topic: str) -> bool:
+    """An ACL check where a malformed topic (a module can emit anything) counts as denied."""
+    try:
+        return check(topic)
+    except IotwasmError:
+        return False

@@ -1,0 +1,240 @@
+"""Where a route's results go: a bus (MQTT/NATS/in-process), the local store, a webhook, a log.
+
+Uplink sinks (bus and webhook) go through the store-and-forward outbox by default: a message
+is stored durably first and removed only when the uplink acknowledged it, so broker outages
+and node restarts lose nothing. `deliver` returns the messages it could not take (with the
+error) so the route dead-letters them instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, IotwasmError
+from ..message import Message
+from .outbox import Forwarder, Outbox
+from .templates import TopicTemplate
+
+log = logging.getLogger("iotwasm.sinks")
+
+Failures = list[tuple[int, IotwasmError]]
+
+
+class SinkError(IotwasmError):
+    kind = "sink"
+
+
+def _topics(template: TopicTemplate, messages: list[Message], variables: list[dict]):
+    topics: list[str | None] = []
+    failures: Failures = []
+    for i, (m, v) in enumerate(zip(messages, variables)):
+        try:
+            topics.append(template.fill({**v, "topic": m.topic}, m.payload))
+        except KeyError as e:
+            topics.append(None)
+            failures.append((i, SinkError(str(e.args[0]))))
+    return topics, failures
+
+
+def payload_json(payload: bytes) -> Any:
+    """A payload as JSON when it is JSON, else text, else base64 — for stores and webhooks."""
+    try:
+        return json.loads(payload)
+    except ValueError:
+        pass
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(payload).decode()}
+
+
+class BusSink:
+    """Publish to a bus topic template; with an outbox, store-and-forward with QoS 1 acks."""
+
+    def __init__(self, name: str, bus, topic: str, *, qos: int = 1, retain: bool = False,
+                 outbox: Outbox | None = None):
+        self.name = name
+        self.bus = bus
+        self.template = TopicTemplate(topic)
+        self.qos = qos
+        self.retain = retain
+        self.outbox = outbox
+        self.forwarder: Forwarder | None = None
+        self.sent = 0
+
+    async def start(self) -> None:
+        if self.outbox is not None:
+            self.forwarder = Forwarder(self.outbox, self.name, self._publish)
+            self.forwarder.start()
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        await self.bus.publish(topic, payload, qos=self.qos, retain=self.retain)
+        self.sent += 1
+
+    async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
+        topics, failures = _topics(self.template, messages, variables)
+        items = [(t, m.payload) for t, m in zip(topics, messages) if t is not None]
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.append, self.name, items)
+            if self.forwarder:
+                self.forwarder.notify()
+            return failures
+        bad = {i for i, _ in failures}
+        for i, (t, m) in enumerate(zip(topics, messages)):
+            if i in bad:
+                continue
+            try:
+                await self._publish(t, m.payload)
+            except IotwasmError as e:
+                failures.append((i, e))
+        return failures
+
+    def backlog(self) -> int:
+        return self.outbox.backlog(self.name) if self.outbox else 0
+
+    async def stop(self, drain_timeout: float = 2.0) -> None:
+        if self.forwarder:
+            await self.forwarder.stop(drain_timeout)
+
+
+class WebhookSink:
+    """POST each message as JSON to a URL; through the outbox, so outages are retried."""
+
+    def __init__(self, name: str, url: str, *, timeout_s: float = 5.0, outbox: Outbox | None = None):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook url {url!r} must start with http:// or https://")
+        self.name = name
+        self.url = url
+        self.timeout_s = timeout_s
+        self.outbox = outbox
+        self.forwarder: Forwarder | None = None
+        self.sent = 0
+
+    async def start(self) -> None:
+        if self.outbox is not None:
+            self.forwarder = Forwarder(self.outbox, self.name, self._post)
+            self.forwarder.start()
+
+    def _post_sync(self, topic: str, payload: bytes) -> None:
+        body = json.dumps({"topic": topic, "payload": payload_json(payload)}).encode()
+        req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                if resp.status >= 300:
+                    raise SinkError(f"webhook {self.url} answered {resp.status}")
+        except urllib.error.HTTPError as e:
+            raise SinkError(f"webhook {self.url} answered {e.code}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise SinkError(f"webhook {self.url} unreachable: {getattr(e, 'reason', e)}") from None
+
+    async def _post(self, topic: str, payload: bytes) -> None:
+        await asyncio.to_thread(self._post_sync, topic, payload)
+        self.sent += 1
+
+    async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
+        items = [(m.topic, m.payload) for m in messages]
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.append, self.name, items)
+            if self.forwarder:
+                self.forwarder.notify()
+            return []
+        failures: Failures = []
+        for i, (t, p) in enumerate(items):
+            try:
+                await self._post(t, p)
+            except IotwasmError as e:
+                failures.append((i, e))
+        return failures
+
+    def backlog(self) -> int:
+        return self.outbox.backlog(self.name) if self.outbox else 0
+
+    async def stop(self, drain_timeout: float = 2.0) -> None:
+        if self.forwarder:
+            await self.forwarder.stop(drain_timeout)
+
+
+class LocalStore:
+    """The node's local results store: one SQLite file, one table per store sink."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.Lock()
+        self._tables: set[str] = set()
+
+    def _ensure(self, table: str) -> None:
+        if table not in self._tables:
+            self._db.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (id INTEGER PRIMARY KEY AUTOINCREMENT, '
+                             "route TEXT, topic TEXT, payload BLOB, timestamp_ms INTEGER, stored REAL)")
+            self._tables.add(table)
+
+    def insert(self, table: str, route: str, messages: list[Message]) -> None:
+        now = time.time()
+        with self._lock:
+            self._ensure(table)
+            self._db.execute("BEGIN")
+            self._db.executemany(f'INSERT INTO "{table}"(route, topic, payload, timestamp_ms, stored) '
+                                 "VALUES (?,?,?,?,?)",
+                                 [(route, m.topic, m.payload, m.timestamp_ms, now) for m in messages])
+            self._db.execute("COMMIT")
+
+    def query(self, table: str, limit: int = 100, topic_prefix: str | None = None) -> list[dict]:
+        with self._lock:
+            self._ensure(table)
+            sql = f'SELECT id, route, topic, payload, timestamp_ms FROM "{table}"'
+            args: list = []
+            if topic_prefix:
+                sql += " WHERE topic LIKE ?"
+                args.append(topic_prefix.replace("%", r"\%") + "%")
+            sql += " ORDER BY id DESC LIMIT ?"
+            rows = self._db.execute(sql, [*args, limit]).fetchall()
+        return [{"id": r[0], "route": r[1], "topic": r[2], "payload": payload_json(r[3]),
+                 "timestamp_ms": r[4]} for r in rows]
+
+    def count(self, table: str) -> int:
+        with self._lock:
+            self._ensure(table)
+            return self._db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class StoreSink:
+    def __init__(self, name: str, store: LocalStore, table: str, route: str):
+        self.name = name
+        self.store = store
+        self.table = table
+        self.route = route
+
+    async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
+        await asyncio.to_thread(self.store.insert, self.table, self.route, messages)
+        return []
+
+
+class LogSink:
+    def __init__(self, name: str, level: str = "info"):
+        self.name = name
+        self.level = getattr(logging, level.upper())
+        self.log = logging.getLogger(f"iotwasm.route.{name}")
+
+    async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
+        if self.log.isEnabledFor(self.level):
+            for m in messages:
+                self.log.log(self.level, "%s %s", m.topic, m.payload[:200].decode("utf-8", "replace"))
+        return []
