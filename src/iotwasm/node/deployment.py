@@ -61,6 +61,7 @@ class DeploymentHandle:
         self._on_event = on_event or (lambda kind, msg: None)
         self.rollbacks = 0
         self.last_rollback_reason: str | None = None
+        self.last_rolled_back_revision: int | None = None
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         while True:
@@ -109,6 +110,7 @@ class DeploymentHandle:
                 reason = (f"revision {bad_rev} failed its health gate: {gate.failed} of {gate.seen} "
                           f"messages trapped or hit limits ({gate.rate:.0%} > {gate.max_trap_rate:.0%})")
                 self.last_rollback_reason = reason
+                self.last_rolled_back_revision = bad_rev
                 to_stop = container
             else:
                 reason = None

@@ -232,6 +232,17 @@ class Node:
             log.error("%s", p)
         return problems
 
+    def _handle_event(self, name: str, kind: str, message: str) -> None:
+        """Events of a deployment's versions (called from worker threads)."""
+        self._event(kind, name, message)
+        rec = self.deployments.get(name)
+        if rec is None:
+            return
+        if kind == "rolled-back" and rec.handle.last_rolled_back_revision:
+            self.state.set_revision_status(name, rec.handle.last_rolled_back_revision, "rolled-back", message)
+        elif kind == "healthy":
+            self.state.set_revision_status(name, rec.handle.revision, "serving", message)
+
     def _event(self, kind: str, obj: str, message: str) -> None:
         log.info("%s %s: %s", obj, kind, message)
         self.state.event(kind, obj, message)
@@ -270,12 +281,13 @@ class Node:
             # a first deployment whose module fails stays in error and restarts by policy;
             # routes through it hold their messages meanwhile
             self._event("error", d.name, str(e))
-        rev = self.state.add_revision(d.name, module_digest, manifest_json, "serving")
+        gated = current is not None and d.spec.update_strategy.rollback
+        rev = self.state.add_revision(d.name, module_digest, manifest_json, "gating" if gated else "serving")
         acl = TopicACL(d.spec.capabilities.topics.publish, d.spec.capabilities.topics.subscribe,
                        principal=f"deployment {d.name}")
         if current is None:
             handle = DeploymentHandle(d.name, container, acl, rev,
-                                      on_event=lambda kind, msg, n=d.name: self._event(kind, n, msg))
+                                      on_event=lambda kind, msg, n=d.name: self._handle_event(n, kind, msg))
             self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
                                            f"{d.spec.replicas} replica(s)")

@@ -1,0 +1,238 @@
+"""A node on its in-process bus: manifests applied live, hot updates without loss, rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from iotwasm.message import Message
+from iotwasm.node import Node, NodeConfig
+
+from conftest import ECHO_WAT
+
+TRAP_ALL_WAT = ECHO_WAT.replace("local.get $first i32.const 33 i32.eq (if (then unreachable))",
+                                "unreachable")
+V2_WAT = ECHO_WAT.replace("(global $heap (mut i32) (i32.const 1024))",
+                          "(global $heap (mut i32) (i32.const 2048))")  # same behaviour, new digest
+
+
+def deployment(name: str, module: str, replicas: int = 1, gate: int = 20) -> str:
+    return f"""
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  module: {module}
+  replicas: {replicas}
+  capabilities:
+    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
+  updateStrategy: {{healthGate: {{messages: {gate}, maxTrapRate: 0.2}}}}
+"""
+
+
+def route(name: str, step: str, table: str) -> str:
+    return f"""
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: {name}}}
+spec:
+  source: {{bus: {{topic: "in/{{device}}"}}}}
+  steps: [{step}]
+  sinks: [{{store: {{table: {table}}}}}]
+"""
+
+
+@pytest.fixture()
+def site(tmp_path: Path):
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    (tmp_path / "v2.wat").write_text(V2_WAT)
+    (tmp_path / "trap.wat").write_text(TRAP_ALL_WAT)
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    return tmp_path, mdir
+
+
+def write(mdir: Path, name: str, text: str) -> None:
+    p = mdir / name
+    p.write_text(text)
+    # make sure the node sees a new stamp even within one mtime tick
+    t = time.time_ns() + 1_000_000
+    import os
+    os.utime(p, ns=(t, t))
+
+
+async def started(tmp: Path, mdir: Path) -> Node:
+    node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, sync_interval_s=0.05))
+    await node.start()
+    return node
+
+
+async def wait_for(cond, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def publish(node: Node, n: int, start: int = 0, devices: int = 5) -> None:
+    for i in range(start, start + n):
+        await node.bus.publish(f"in/d{i % devices}", b"%d" % i, qos=1)
+
+
+def test_manifest_edits_apply_without_restart(site):
+    tmp, mdir = site
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + route("r", "echo", "out1"))
+        node = await started(tmp, mdir)
+        try:
+            await publish(node, 10)
+            await wait_for(lambda: node.store.count("out1") == 10, what="10 rows in out1")
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat"), replicas=3) + "---"
+                  + route("r", "echo", "out2"))
+            await node.sync()
+            assert node.deployments["echo"].handle.current.replicas == 3
+            await publish(node, 10, start=10)
+            await wait_for(lambda: node.store.count("out2") == 10, what="10 rows in out2")
+            assert node.store.count("out1") == 10
+            kinds = [e["kind"] for e in node.state.events("echo")]
+            assert "scaled" in kinds and "created" in kinds
+            write(mdir, "a.yaml", "")  # everything removed
+            await node.sync()
+            assert not node.deployments and not node.routes
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_bad_manifest_is_rejected_and_the_node_keeps_running(site):
+    tmp, mdir = site
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + route("r", "echo", "out"))
+        node = await started(tmp, mdir)
+        try:
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat"), replicas=0) + "---"
+                  + route("r", "echo", "out"))
+            await node.sync()
+            assert "a.yaml#1 (Deployment echo) spec.replicas: Input should be greater than or equal to 1" \
+                in node.last_manifest_error
+            await publish(node, 5)
+            await wait_for(lambda: node.store.count("out") == 5, what="old route still working")
+            assert any(e["kind"] == "manifest-error" for e in node.state.events())
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_route_refused_when_first_step_may_not_receive_its_source(site):
+    tmp, mdir = site
+
+    async def main():
+        bad_route = route("r", "echo", "out").replace('"in/{device}"', '"secret/{device}"')
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + bad_route)
+        node = await started(tmp, mdir)
+        try:
+            assert "r" not in node.routes
+            ev = [e for e in node.state.events("r") if e["kind"] == "failed"]
+            assert "deployment echo may not receive 'secret/+'" in ev[0]["message"]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_hot_update_under_load_loses_and_duplicates_nothing(site):
+    tmp, mdir = site
+    total = 3000
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat"), replicas=2) + "---"
+              + route("r", "echo", "out"))
+        node = await started(tmp, mdir)
+        try:
+            async def load():
+                for i in range(total):
+                    await node.bus.publish(f"in/d{i % 7}", b"%d" % i, qos=1)
+                    if i % 50 == 0:
+                        await asyncio.sleep(0)
+
+            producer = asyncio.create_task(load())
+            await wait_for(lambda: node.store.count("out") > total // 4, what="traffic flowing")
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "v2.wat"), replicas=2) + "---"
+                  + route("r", "echo", "out"))
+            await node.sync()
+            assert node.deployments["echo"].handle.revision == 2
+            await producer
+            await wait_for(lambda: node.store.count("out") >= total, what="all messages stored")
+            rows = node.store.query("out", limit=total * 2)
+            seqs = sorted(int(r["payload"]) for r in rows)
+            assert seqs == list(range(total))  # no loss, no duplicate
+            hist = node.state.history("echo")
+            assert [h["revision"] for h in hist] == [1, 2]
+            await wait_for(lambda: not node.deployments["echo"].handle.gate_pending, what="gate decided")
+            assert node.state.history("echo")[1]["status"] == "serving"
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_failed_health_gate_rolls_back_by_itself(site):
+    tmp, mdir = site
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + route("r", "echo", "out"))
+        node = await started(tmp, mdir)
+        try:
+            await publish(node, 20)
+            await wait_for(lambda: node.store.count("out") == 20, what="v1 output")
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "trap.wat"), gate=20) + "---"
+                  + route("r", "echo", "out"))
+            await node.sync()
+            handle = node.deployments["echo"].handle
+            await publish(node, 100, start=20)
+            await wait_for(lambda: handle.rollbacks == 1, what="rollback")
+            assert handle.revision == 1
+            assert "revision 2 failed its health gate" in handle.last_rollback_reason
+            await wait_for(lambda: node.store.count("out") + node.state.dead_letter_count() == 120,
+                           what="every message stored or dead-lettered")
+            hist = node.state.history("echo")
+            assert hist[1]["status"] == "rolled-back" and "health gate" in hist[1]["reason"]
+            # after the rollback v1 handles traffic again
+            before = node.store.count("out")
+            await publish(node, 5, start=500)
+            await wait_for(lambda: node.store.count("out") == before + 5, what="v1 serving again")
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_update_to_a_module_that_cannot_start_is_refused(site):
+    tmp, mdir = site
+    (tmp / "broken.wat").write_text(ECHO_WAT.replace('(export "iot_process")', ""))
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + route("r", "echo", "out"))
+        node = await started(tmp, mdir)
+        try:
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "broken.wat")) + "---" + route("r", "echo", "out"))
+            await node.sync()
+            assert node.deployments["echo"].handle.revision == 1
+            refused = node.state.history("echo")[-1]
+            assert refused["status"] == "refused" and "missing export 'iot_process'" in refused["reason"]
+            await publish(node, 3)
+            await wait_for(lambda: node.store.count("out") == 3, what="v1 still serving")
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
