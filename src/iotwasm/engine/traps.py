@@ -74,8 +74,14 @@ def _code_from_text(text: str) -> TrapCode | None:
 
 
 def _first_line(text: str) -> str:
-    for ln in text.strip().splitlines():
-        ln = ln.strip()
-        if ln and not ln.startswith("error while executing at wasm backtrace"):
+    """The most telling single line of a wasmtime error: its root cause when it has one."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if "Caused by:" in lines:
+        causes = lines[lines.index("Caused by:") + 1:]
+        if causes:
+            last = causes[-1]
+            return last.split(":", 1)[1].strip() if last[:1].isdigit() and ":" in last else last
+    for ln in lines:
+        if not ln.startswith("error while executing at wasm backtrace") and not ln[:1].isdigit():
             return ln
     return "unknown trap"
