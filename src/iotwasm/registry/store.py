@@ -206,7 +206,7 @@ class ModuleStore:
     @contextmanager
     def _open(self) -> Iterator[None]:
         """Hold the store's lock, refusing to touch a closed connection."""
-        if True:
+        with self._lock:
             if self._closed:
                 raise ConfigError("module store is closed", module=str(self.root))
             yield
