@@ -334,8 +334,9 @@ class Node:
         bus = self._buses.get(url)
         if bus is None:
             bus = self._buses[url] = open_bus(url)
+            # never wait for an uplink: its outbox keeps the data and the bus keeps reconnecting
             try:
-                await bus.connect(timeout=10)
+                await bus.connect(timeout=0.5)
             except IotwasmError as e:
                 log.warning("bus %s not reachable yet (%s); reconnecting in background", url, e)
         return bus

@@ -189,21 +189,26 @@ class Forwarder:
                 except asyncio.TimeoutError:
                     pass
                 continue
+            # The whole window goes out at once (one connection keeps it in order) and the
+            # acks are awaited together; only the contiguous acknowledged prefix is deleted, so
+            # a failure resends from the first unacknowledged message (at-least-once, in order).
+            results = await asyncio.gather(*(self.publish(topic, payload) for _, topic, payload in rows),
+                                           return_exceptions=True)
             done: list[int] = []
-            try:
-                for row_id, topic, payload in rows:
-                    await self.publish(topic, payload)  # returns after the broker's ack
-                    done.append(row_id)
-                backoff = self.min_backoff
-                self.last_error = None
-            except asyncio.CancelledError:
-                await asyncio.to_thread(self.outbox.ack, self.sink, done)
-                raise
-            except Exception as e:  # broker down, timeout: keep the rest, retry later
+            failure: BaseException | None = None
+            for (row_id, _, _), res in zip(rows, results):
+                if isinstance(res, BaseException):
+                    failure = res
+                    break
+                done.append(row_id)
+            await asyncio.to_thread(self.outbox.ack, self.sink, done)
+            if failure is not None:
+                if isinstance(failure, asyncio.CancelledError):
+                    raise failure
                 self.outbox._st(self.sink).send_failures += 1
-                self.last_error = str(e)
-                await asyncio.to_thread(self.outbox.ack, self.sink, done)
+                self.last_error = str(failure)
                 await asyncio.sleep(backoff)
                 backoff = min(self.max_backoff, backoff * 2)
-                continue
-            await asyncio.to_thread(self.outbox.ack, self.sink, done)
+            else:
+                backoff = self.min_backoff
+                self.last_error = None

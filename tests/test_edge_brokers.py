@@ -1,0 +1,251 @@
+"""The node against real brokers it does not control: outages, kill -9, restarts.
+
+Each test starts its own Mosquitto processes on free ports (tests/brokers.py) and, where the
+node itself must die, runs the node as a separate `iotwasm up` process killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from iotwasm.message import Message
+from iotwasm.messaging import open_bus
+from iotwasm.messaging.errors import MessagingError
+from iotwasm.node import Node, NodeConfig
+
+from brokers import Mosquitto, mosquitto  # noqa: F401  (fixture)
+from conftest import ECHO_WAT
+
+DEPLOYMENT = """
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  module: {module}
+  replicas: 2
+  capabilities:
+    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
+"""
+
+UPLINK_ROUTE = """
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: uplink}}
+spec:
+  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
+  steps: [echo]
+  sinks:
+    - mqtt: {{url: "{uplink}", topic: "up/{{device}}", qos: 1}}
+"""
+
+STORE_ROUTE = """
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {name: local}
+spec:
+  source: {mqtt: {topic: "in/{device}", qos: 1}}
+  steps: [echo]
+  sinks:
+    - store: {table: out}
+"""
+
+
+def wait(cond, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def await_cond(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def wait_online(url: str, node: str = "edge1", timeout: float = 30) -> None:
+    """The node publishes its retained 'online' status once its routes are subscribed."""
+    bus = open_bus(url)
+    await bus.connect(timeout=10)
+    seen = asyncio.Event()
+
+    async def on(msg: Message):
+        if json.loads(msg.payload).get("state") == "online":
+            seen.set()
+
+    await bus.subscribe(f"iotwasm/nodes/{node}/status", on, qos=1)
+    try:
+        await asyncio.wait_for(seen.wait(), timeout)
+    finally:
+        await bus.close()
+
+
+async def publish_reliably(url: str, messages: list[tuple[str, bytes]]) -> None:
+    """A device that retries until its broker acknowledges (QoS 1, at-least-once)."""
+    bus = open_bus(url)
+    await bus.connect(timeout=10)
+    try:
+        for topic, payload in messages:
+            while True:
+                try:
+                    await bus.publish(topic, payload, qos=1, timeout=2)
+                    break
+                except MessagingError:
+                    await asyncio.sleep(0.05)
+    finally:
+        await bus.close()
+
+
+def node_process(manifests: Path, data: Path, broker: str) -> subprocess.Popen:
+    log = open(data.parent / f"node-{time.monotonic_ns()}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "up", str(manifests),
+                             "--broker", broker, "--data", str(data), "--name", "edge1", "-v"],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def outbox_rows(data: Path) -> int:
+    path = data / "outbox.db"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_uplink_outage_and_node_sigkill_lose_nothing(tmp_path, mosquitto):  # noqa: F811
+    device_broker = mosquitto
+    uplink = Mosquitto(tmp_path / "uplink")      # allocated, not started: the uplink is down
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat") + "---"
+                                 + UPLINK_ROUTE.format(uplink=uplink.url))
+    data = tmp_path / "data"
+    n = 300
+    msgs = [(f"in/d{i % 6}", json.dumps({"seq": i}).encode()) for i in range(n)]
+
+    node = node_process(mdir, data, device_broker.url)
+    try:
+        asyncio.run(wait_online(device_broker.url))
+        asyncio.run(publish_reliably(device_broker.url, msgs))
+        wait(lambda: outbox_rows(data) == n, 30, f"{n} messages kept in the outbox")
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+
+        uplink.start()
+        received: list[dict] = []
+
+        async def collect():
+            bus = open_bus(uplink.url)
+            await bus.connect(timeout=10)
+
+            async def on(msg: Message):
+                received.append({"topic": msg.topic, **json.loads(msg.payload)})
+
+            await bus.subscribe("up/#", on, qos=1)
+            node2 = node_process(mdir, data, device_broker.url)
+            try:
+                await await_cond(lambda: len({r["seq"] for r in received}) == n, 60, "all messages upstream")
+            finally:
+                node2.send_signal(signal.SIGINT)
+                await asyncio.to_thread(node2.wait, 30)
+                await bus.close()
+            return node2.returncode
+
+        rc = asyncio.run(collect())
+        assert rc == 0
+        assert {r["seq"] for r in received} == set(range(n))
+        for dev in range(6):  # in order per device (duplicates allowed: at-least-once)
+            seqs = [r["seq"] for r in received if r["topic"] == f"up/d{dev}"]
+            dedup = list(dict.fromkeys(seqs))
+            assert dedup == sorted(dedup)
+        assert outbox_rows(data) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+        if uplink.running:
+            uplink.kill()
+
+
+def test_device_broker_killed_and_restarted_mid_stream(tmp_path, mosquitto):  # noqa: F811
+    broker = mosquitto
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat") + "---" + STORE_ROUTE)
+    n = 400
+
+    async def main():
+        node = Node(NodeConfig(data_dir=tmp_path / "data", manifests=mdir, broker=broker.url, name="edge2",
+                               sync_interval_s=0.2))
+        await node.start()
+        try:
+            first = [(f"in/d{i % 4}", b"%d" % i) for i in range(n // 2)]
+            second = [(f"in/d{i % 4}", b"%d" % i) for i in range(n // 2, n)]
+            await publish_reliably(broker.url, first)
+            await await_cond(lambda: node.store.count("out") >= n // 2, 30, "first half stored")
+            broker.kill()                       # SIGKILL the broker mid-stream
+            sender = asyncio.create_task(publish_reliably(broker.url, second))  # retries meanwhile
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(broker.start)
+            await asyncio.wait_for(sender, 60)
+            await await_cond(lambda: len({int(r["payload"]) for r in node.store.query("out", limit=10 * n)}) == n,
+                             60, "every message stored after the broker came back")
+            seqs = [int(r["payload"]) for r in node.store.query("out", limit=10 * n)]
+            assert set(seqs) == set(range(n))   # at-least-once: duplicates allowed, no gaps
+            assert node.bus.stats.reconnects >= 1
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_node_status_is_retained_and_its_will_marks_it_offline(tmp_path, mosquitto):  # noqa: F811
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat") + "---" + STORE_ROUTE)
+    data = tmp_path / "data"
+    node = node_process(mdir, data, mosquitto.url)
+    states: list[dict] = []
+
+    async def watch(until_state: str, timeout: float):
+        bus = open_bus(mosquitto.url)
+        await bus.connect(timeout=10)
+
+        async def on(msg: Message):
+            states.append(json.loads(msg.payload))
+
+        await bus.subscribe("iotwasm/nodes/edge1/status", on, qos=1)
+        try:
+            await await_cond(lambda: any(s["state"] == until_state for s in states), timeout, until_state)
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(watch("online", 30))
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+        states.clear()
+        asyncio.run(watch("offline", 90))   # the broker publishes the will after keepalive expiry
+        assert any(s.get("reason") == "lost" for s in states)
+    finally:
+        if node.poll() is None:
+            node.kill()
