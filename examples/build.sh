@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds the example modules in examples/modules/ from their sources, next to them:
+#
+#   *.c        iotwasm-v1 modules on the C SDK (sdk/c/iotwasm.h), freestanding wasm32, no libc
+#   wasi_*.c   WASI command programs, wasm32-wasi with wasi-libc
+#   *.wat      hand-written modules, assembled with wat2wasm
+#
+#   examples/build.sh           build into examples/modules/
+#   examples/build.sh --check   build into a temporary directory and compare with the
+#                               committed .wasm files; exit 1 listing every difference
+#
+# Builds are deterministic: no debug info, no paths, and --strip-all drops the name and
+# producers sections (exports keep their names), so the same toolchain gives the same bytes
+# on every run and machine. A different clang or wabt release may generate different code;
+# --check prints the versions in use when it finds a difference.
+#
+# Installs nothing. Exit status: 0 ok, 1 build failed or --check found differences,
+# 2 a tool is missing (the Debian packages to install are printed), 64 bad usage.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+SRC=examples/modules
+CLANG=${CLANG:-clang}
+WAT2WASM=${WAT2WASM:-wat2wasm}
+
+CHECK=0
+case "${1:-}" in
+  "") ;;
+  --check) CHECK=1 ;;
+  -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+  *) echo "usage: examples/build.sh [--check]" >&2; exit 64 ;;
+esac
+
+# -- toolchain -------------------------------------------------------------------------------
+missing=()
+command -v "$CLANG" >/dev/null 2>&1 || missing+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || missing+=(lld)
+command -v "$WAT2WASM" >/dev/null 2>&1 || missing+=(wabt)
+if command -v "$CLANG" >/dev/null 2>&1; then
+  # clang answers with the bare file name when it cannot find the file
+  builtins=$("$CLANG" --target=wasm32-wasi -print-libgcc-file-name 2>/dev/null || true)
+  [ -f "$builtins" ] || missing+=(libclang-rt-dev-wasm32)
+  libc=$("$CLANG" --target=wasm32-wasi -print-file-name=libc.a 2>/dev/null || true)
+  [ -f "$libc" ] || missing+=(wasi-libc)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "examples/build.sh: missing tools; install the Debian packages: ${missing[*]}" >&2
+  echo "  sudo apt-get install ${missing[*]}" >&2
+  exit 2
+fi
+
+# Freestanding iotwasm-v1 modules. --stack-first puts the stack below static data, so a
+# stack overflow runs off the bottom of memory and traps instead of overwriting globals.
+CFLAGS=(--target=wasm32 -O2 -nostdlib -Wall -Wextra -I sdk/c
+        -Wl,--no-entry -Wl,--stack-first -Wl,--strip-all)
+WASI_CFLAGS=(--target=wasm32-wasi -O2 -Wall -Wextra -Wl,--strip-all)
+
+if [ $CHECK -eq 1 ]; then
+  OUT=$(mktemp -d)
+  trap 'rm -rf "$OUT"' EXIT
+else
+  OUT=$SRC
+fi
+
+build() {  # build SOURCE into $OUT, printing the command
+  local src=$1 name out
+  name=$(basename "${src%.*}")
+  out=$OUT/$name.wasm
+  local cmd
+  case "$src" in
+    *.wat) cmd=("$WAT2WASM" "$src" -o "$out") ;;
+    */wasi_*.c) cmd=("$CLANG" "${WASI_CFLAGS[@]}" -o "$out" "$src") ;;
+    *.c) cmd=("$CLANG" "${CFLAGS[@]}" -o "$out" "$src") ;;
+  esac
+  [ $CHECK -eq 1 ] || echo "${cmd[*]}"
+  "${cmd[@]}"
+  chmod 644 "$out"   # the linker marks its output executable; these are data files
+}
+
+sources=()
+for src in "$SRC"/*.c "$SRC"/*.wat; do
+  [ -e "$src" ] && sources+=("$src")
+done
+for src in "${sources[@]}"; do
+  build "$src"
+done
+
+[ $CHECK -eq 1 ] || exit 0
+
+# -- --check ---------------------------------------------------------------------------------
+problems=()
+for src in "${sources[@]}"; do
+  name=$(basename "${src%.*}").wasm
+  if [ ! -f "$SRC/$name" ]; then
+    problems+=("$SRC/$name: not committed (source $src)")
+  elif ! cmp -s "$OUT/$name" "$SRC/$name"; then
+    problems+=("$SRC/$name: differs from a build of $src")
+  fi
+done
+for wasm in "$SRC"/*.wasm; do
+  [ -e "$wasm" ] || continue
+  name=$(basename "$wasm")
+  [ -f "$OUT/$name" ] || problems+=("$wasm: no source (.c or .wat) builds it")
+done
+
+if [ ${#problems[@]} -gt 0 ]; then
+  echo "examples/build.sh --check: committed modules do not match their sources:" >&2
+  printf '  %s\n' "${problems[@]}" >&2
+  echo "run examples/build.sh (make examples) and commit the results; toolchain in use:" >&2
+  echo "  $("$CLANG" --version | head -n1); wat2wasm $("$WAT2WASM" --version)" >&2
+  exit 1
+fi
+echo "examples/build.sh --check: ${#sources[@]} modules match their sources"
