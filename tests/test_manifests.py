@@ -39,7 +39,7 @@ def test_good_manifests_parse_with_defaults():
     lim = dep.limits()
     assert (lim.memory, lim.fuel, lim.timeout_ms) == (16 * 2**20, 10_000_000, 50)
     caps = dep.capabilities()
-    assert caps.host == {"log", "kv", "config"}  # config is granted by giving config
+    assert caps.host == {"log", "kv", "config"}  # config (only this manifest's) is always granted
     assert caps.config == {"min": "10", "max": "30.5", "strict": "true"}
     assert route.spec.batch.max_size == 100 and route.spec.queue.overflow == "block"
     assert route.spec.sinks[0].store_and_forward is True

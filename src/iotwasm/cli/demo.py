@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from ..container import WasmContainer
 from ..engine import Capabilities, Limits, Runtime
@@ -122,7 +123,7 @@ def render(stages: dict[str, Stage], state: DemoState) -> Group:
     for name, s in stages.items():
         per = s.seconds / s.messages_in * 1e6 if s.messages_in else 0.0
         t.add_row(name, f"{s.messages_in:,}", f"{s.messages_out:,}", f"{s.dead:,}", f"{per:.2f}",
-                  s.last_error[:60])
+                  Text(s.last_error[:60]))
     d = Table(title="devices (moving averages)", expand=True)
     d.add_column("device")
     d.add_column("temp °F", justify="right")
@@ -131,9 +132,9 @@ def render(stages: dict[str, Stage], state: DemoState) -> Group:
         v = state.latest[dev]
         temp = v.get("temp_f")
         style = "bold red" if temp is not None and temp > ALERT_F else ""
-        d.add_row(dev, f"[{style}]{temp:.1f}[/]" if temp is not None else "-",
+        d.add_row(dev, Text(f"{temp:.1f}", style=style) if temp is not None else "-",
                   f"{v['humidity']:.1f}" if "humidity" in v else "-")
-    alerts = "\n".join(state.alerts) or "none yet"
+    alerts = Text("\n".join(state.alerts) or "none yet")
     head = (f"{state.readings:,} readings in {elapsed:.1f}s "
             f"({state.readings / elapsed:,.0f}/s) · {state.alert_count} signed alerts")
     return Group(Panel(head, title="iotwasm greenhouse demo"), t, d,

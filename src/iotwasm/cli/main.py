@@ -96,7 +96,7 @@ def run(
     timeout: str = typer.Option("1s", help="wall-clock limit per call, e.g. 50ms"),
     stack: str = typer.Option("512Ki", help="wasm stack size"),
     allow: list[str] = typer.Option([], help=f"grant a capability: {', '.join([*HOST_CAPABILITIES, WASI])}"),
-    config: list[str] = typer.Option([], help="config entry KEY=VALUE (grants 'config')"),
+    config: list[str] = typer.Option([], help="config entry KEY=VALUE for iot.config_get"),
     env: list[str] = typer.Option([], help="environment variable KEY=VALUE for WASI programs"),
     arg: list[str] = typer.Option([], help="argument for WASI programs"),
     dir: list[str] = typer.Option([], help="preopened directory HOST:GUEST[:ro|rw] for WASI programs"),
@@ -109,7 +109,7 @@ def run(
     try:
         limits = Limits.parse(memory=memory, fuel=fuel, timeout=timeout, stack=stack)
         cfg = _pairs(config, "--config")
-        grants = set(allow) | ({"config"} if cfg else set())
+        grants = set(allow) | {"config"}  # config holds only what was given on this command line
         caps = Capabilities(host=frozenset(grants), config=cfg, env=_pairs(env, "--env"),
                             args=tuple(arg), dirs=_dirs(dir))
     except IotwasmError as e:

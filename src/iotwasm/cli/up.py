@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -12,6 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from ..node import Node, NodeConfig
 
@@ -47,10 +49,10 @@ def render(node: Node, started: float) -> Group:
     except Exception:
         alerts = []
     if alerts:
-        lines = [f"{a['topic']}: {a['payload']}" for a in alerts]
-        parts.append(Panel("\n".join(lines)[:2000], title="latest alerts (from the local store)"))
+        lines = [f"{a['topic']}: {json.dumps(a['payload'])}" for a in alerts]
+        parts.append(Panel(Text("\n".join(lines)[:2000]), title="latest alerts (from the local store)"))
     if snap["manifest_error"]:
-        parts.append(Panel(snap["manifest_error"], title="[red]manifest problems", border_style="red"))
+        parts.append(Panel(Text(snap["manifest_error"]), title="[red]manifest problems", border_style="red"))
     return Group(*parts)
 
 

@@ -209,14 +209,14 @@ class V1Guest:
         self._free = bind("iot_free", 2, ()) if "iot_free" in opt else None
         init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
                       if n in opt]
+        version = self._call_init(version_fn)  # before any guest code with side effects
+        if version != ABI_VERSION:
+            raise AbiError(f"speaks iotwasm ABI v{version}; this host supports v{ABI_VERSION}",
+                           module=f.name)
         for hook in init_hooks:
             rc = self._call_init(hook)
             if rc:
                 raise InitError(f"{hook.name} returned {rc}", module=f.name, function=hook.name)
-        version = self._call_init(version_fn)
-        if version != ABI_VERSION:
-            raise AbiError(f"speaks iotwasm ABI v{version}; this host supports v{ABI_VERSION}",
-                           module=f.name)
         self.in_ptr = self.in_cap = self.out_ptr = self.out_cap = 0
 
     def _invoke(self, fn: RawFunc, *args: int) -> int | None:

@@ -16,7 +16,7 @@ import enum
 import inspect
 import logging
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Union
 
 from ..errors import ConfigError

@@ -127,7 +127,8 @@ class MqttBus(Bus):
         self._started = False
         self._acks: dict[int, asyncio.Future] = {}
         self._subacks: dict[int, asyncio.Future] = {}
-        self._first: asyncio.Future | None = None
+        self._changed: asyncio.Event | None = None  # set on connect / refusal
+        self._refusal: str | None = None
         self._last_failure = ""
 
     # ------------------------------------------------------------------ network thread side
@@ -188,15 +189,17 @@ class MqttBus(Bus):
         self._connected = True
         log.info("mqtt %s connected as %s (session present: %s)", self.url, self.client_id,
                  session)
-        if self._first is not None and not self._first.done():
-            self._first.set_result(None)
+        self._refusal = None
+        if self._changed is not None:
+            self._changed.set()
         self._emit_state(BusState.CONNECTED)
 
     def _on_refused(self, reason: str) -> None:
         self._last_failure = f"broker refused the connection: {reason}"
         log.warning("mqtt %s: %s", self.url, self._last_failure)
-        if self._first is not None and not self._first.done():
-            self._first.set_exception(BrokerUnavailable(f"{self.url}: {self._last_failure}"))
+        self._refusal = self._last_failure
+        if self._changed is not None:
+            self._changed.set()
 
     def _on_connect_failed(self) -> None:
         self._last_failure = "cannot reach the broker"
@@ -279,31 +282,38 @@ class MqttBus(Bus):
         return self._connected and not self._closed
 
     async def connect(self, *, timeout: float = 10.0, wait: bool = True) -> None:
-        """Start connecting (and keep reconnecting forever, with backoff, until `close`).
+        """Start connecting; from then on the bus reconnects by itself, with backoff, until
+        `close`.
 
-        With `wait` (the default) return once connected, or close and raise
-        `BrokerUnavailable` after `timeout` seconds or when the broker refuses the client.
+        With `wait` (the default) return once connected, or raise `BrokerUnavailable` after
+        `timeout` seconds or when the broker refuses the client. Raising does not stop the
+        bus: it keeps trying in the background (publishes raise `BrokerUnavailable` until it
+        is connected; subscriptions are made when it is). Call `close` to give up.
         """
         self._check_open()
-        if self._started:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._first = self._loop.create_future()
-        self._client.connect_async(self.host, self.port, self.keepalive)
-        self._client.loop_start()
-        self._started = True
+        if not self._started:
+            self._loop = asyncio.get_running_loop()
+            self._changed = asyncio.Event()
+            self._client.connect_async(self.host, self.port, self.keepalive)
+            self._client.loop_start()
+            self._started = True
         if not wait:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._first), timeout)
+            async with asyncio.timeout(timeout):
+                while not self._connected:
+                    self._check_open()
+                    if self._refusal is not None:
+                        reason, self._refusal = self._refusal, None
+                        raise BrokerUnavailable(
+                            f"{self.url}: {reason} (still retrying in the background)")
+                    self._changed.clear()
+                    await self._changed.wait()
         except TimeoutError:
             detail = self._last_failure or "no answer"
-            await self.close(timeout=1.0)
             raise BrokerUnavailable(
-                f"cannot connect to {self.url} within {timeout}s ({detail})") from None
-        except BrokerUnavailable:
-            await self.close(timeout=1.0)
-            raise
+                f"cannot connect to {self.url} within {timeout}s ({detail}); still trying in "
+                "the background") from None
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
                       timeout: float | None = None) -> None:
@@ -442,8 +452,8 @@ class MqttBus(Bus):
                 fut.set_exception(BrokerUnavailable(f"{self.url}: bus closed"))
         self._acks.clear()
         self._subacks.clear()
-        if self._first is not None and not self._first.done():
-            self._first.cancel()
+        if self._changed is not None:
+            self._changed.set()
         self._emit_state(BusState.CLOSED)
 
     def __repr__(self) -> str:

@@ -110,7 +110,11 @@ def covers(granted: str, requested: str) -> bool:
             return False  # requested matches topics with exactly i levels, granted needs more
         rl = r[i]
         if rl == "#":
-            return False  # requested reaches any depth from here, only '#' would cover that
+            # requested reaches any depth from here, including level i-1 itself; only '#'
+            # covers that, except at the root: every topic has a first level, so '+/#'
+            # covers '#'
+            return i == 0 and g[1:] == ["#"] and gl == "+"
+
         if rl == "+":
             if gl != "+":
                 return False

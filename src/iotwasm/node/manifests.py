@@ -163,9 +163,7 @@ class Deployment(Strict):
         from ..engine.limits import parse_size
 
         c = self.spec.capabilities
-        host = set(c.host)
-        if self.spec.config:
-            host.add("config")
+        host = set(c.host) | {"config"}  # holds only what this manifest's author wrote
         return Capabilities(host=frozenset(host), config={k: _str(v) for k, v in self.spec.config.items()},
                             env=dict(c.env), args=tuple(c.args),
                             dirs=tuple(Preopen(f.host, f.guest, f.writable) for f in c.files),
