@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(PY) -m iotwasm.cli.main demo $(ARGS)
+	@$(PY) -m iotwasm.cli.main up examples/greenhouse --data .iotwasm/demo $(ARGS)
 
 test: setup
 	@$(PY) -m pytest $(ARGS)
