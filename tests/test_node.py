@@ -236,3 +236,32 @@ def test_update_to_a_module_that_cannot_start_is_refused(site):
             await node.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_crash_looping_deployment_restarts_with_backoff_and_neighbours_keep_flowing(site):
+    tmp, mdir = site
+    crashy = deployment("crashy", str(tmp / "trap.wat")).replace(
+        "updateStrategy", "restartPolicy: {backoff: 100ms, crashLoopBatches: 3}\n  updateStrategy")
+    crashy_route = route("bad", "crashy", "bad").replace('"in/{device}"', '"in/crash/{device}"') \
+        .replace("  sinks:", "  batch: {maxSize: 10}\n  sinks:")
+
+    async def main():
+        write(mdir, "a.yaml", "---".join([deployment("echo", str(tmp / "echo.wat")), crashy,
+                                          route("good", "echo", "good").replace('"in/{device}"', '"in/ok/{device}"'),
+                                          crashy_route]))
+        node = await started(tmp, mdir)
+        try:
+            crash = node.deployments["crashy"].handle.current
+            for i in range(200):
+                await node.bus.publish(f"in/crash/d{i % 3}", b"%d" % i, qos=1)
+                await node.bus.publish(f"in/ok/d{i % 3}", b"%d" % i, qos=1)
+            await wait_for(lambda: node.store.count("good") == 200, what="healthy route delivered everything")
+            await wait_for(lambda: crash.restarts >= 1, what="crashy restarted")
+            assert node.snapshot()["routes"]["good"]["dead_letters"] == 0
+            history = [e["message"] for e in node.state.events("crashy") if e["kind"] == "state"]
+            assert any("crash loop" in m for m in history), history
+            await wait_for(lambda: node.state.dead_letter_count() >= 1, what="dead letters recorded")
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
