@@ -265,3 +265,41 @@ def test_a_crash_looping_deployment_restarts_with_backoff_and_neighbours_keep_fl
             await node.shutdown()
 
     asyncio.run(main())
+
+
+def test_http_ingest_source(site):
+    import socket
+    import urllib.request
+
+    tmp, mdir = site
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    http_route = route("web", "echo", "web").replace(
+        'source: {bus: {topic: "in/{device}"}}', 'source: {http: {path: /ingest, topic: "in/{device}"}}')
+
+    def post(path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", body, {"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + http_route)
+        node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, http=f"127.0.0.1:{port}"))
+        await node.start()
+        try:
+            assert await asyncio.to_thread(post, "/ingest?device=d1", b'{"t": 1}') == (202, {"accepted": 1})
+            assert await asyncio.to_thread(post, "/ingest?device=d2", b'[{"t": 2}, {"t": 3}]') == (202, {"accepted": 2})
+            assert (await asyncio.to_thread(post, "/ingest", b"{}"))[0] == 400  # no device for the topic
+            assert (await asyncio.to_thread(post, "/nowhere?device=x", b"{}"))[0] == 404
+            assert (await asyncio.to_thread(post, "/ingest?device=d1", b"{oops"))[0] == 400
+            await wait_for(lambda: node.store.count("web") == 3, what="3 rows from http")
+            rows = node.store.query("web", limit=10)
+            assert sorted(r["topic"] for r in rows) == ["in/d1", "in/d2", "in/d2"]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())

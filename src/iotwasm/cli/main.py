@@ -214,6 +214,7 @@ def up(
                                                     "(default: in-process)"),
     data: Path = typer.Option(Path(".iotwasm"), help="data directory (SQLite state, stores, caches)"),
     name: Optional[str] = typer.Option(None, help="node name (default: host name)"),
+    http: str = typer.Option("127.0.0.1:8181", help="HOST:PORT of the ingest server for http sources"),
     seconds: float = typer.Option(0.0, help="stop after this many seconds (0 = until Ctrl-C)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the node does"),
 ) -> None:
@@ -227,7 +228,7 @@ def up(
     if path is None or not path.exists():
         _fail(IotwasmError(f"manifests not found: {path or 'examples/greenhouse'}"))
     configure_logging(verbose, err)
-    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker)
+    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
     if name:
         cfg.name = name
     try:

@@ -106,8 +106,10 @@ class JetStreamSubscription(Subscription):
                     # ack after the handler returned, and wait until the server recorded it
                     # (so a new binding of the durable does not see it again); nak ->
                     # redelivered at once. A lost ack means a redelivery after ack_wait.
-                    if ok:
-                        await _settle(nmsg.ack_sync(timeout=bus.publish_timeout))
+                    if ok and bus.connected:
+                        await _settle(nmsg.ack_sync(timeout=bus.ack_timeout))
+                    elif ok:
+                        await _settle(nmsg.ack())  # sent after the reconnect
                     else:
                         await _settle(nmsg.nak())
                 finally:
@@ -162,7 +164,8 @@ class NatsBus(Bus):
                  stream: str | None = None, stream_subjects: list[str] | None = None,
                  publish_timeout: float = 5.0, connect_timeout: float = 2.0,
                  reconnect_time_wait: float = 0.1, max_pending: int = 1000,
-                 ack_wait: float = 30.0, max_deliver: int = -1, fetch_batch: int = 10,
+                 ack_wait: float = 30.0, ack_timeout: float = 1.0, max_deliver: int = -1,
+                 fetch_batch: int = 10,
                  fetch_timeout: float = 1.0, name: str | None = None):
         super().__init__()
         parsed = urllib.parse.urlsplit(url)
@@ -180,6 +183,7 @@ class NatsBus(Bus):
         self.reconnect_time_wait = reconnect_time_wait
         self.max_pending = max_pending
         self.ack_wait = ack_wait
+        self.ack_timeout = ack_timeout
         self.max_deliver = max_deliver
         self.fetch_batch = fetch_batch
         self.fetch_timeout = fetch_timeout

@@ -193,7 +193,7 @@ class NatsEndpoint(Strict):
 
 class HttpSource(Strict):
     path: str = "/ingest"
-    topic: str = "http/ingest"
+    topic: str = Field("http/ingest", description="topic template filled from the query parameters")
 
 
 class SensorsSource(Strict):

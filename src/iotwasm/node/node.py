@@ -31,6 +31,7 @@ from ..pipeline import (BatchPolicy, BusSink, BusSource, LocalStore, LogSink, Ou
                         RouteRunner, SensorSource, StoreSink, TopicPattern, WebhookSink)
 from ..registry import ModuleStore
 from ..sensors import SensorField
+from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .manifests import Deployment, ManifestError, Route, digest_of_manifest, load_path
 from .state import NodeState, SqliteKeyValue
@@ -47,6 +48,7 @@ class NodeConfig:
     sync_interval_s: float = 1.0
     drain_timeout_s: float = 10.0
     status_interval_s: float = 10.0
+    http: str = "127.0.0.1:8181"   # where routes with an http source are served
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Node:
         self._manifest_stamp: tuple | None = None
         self.last_manifest_error: str | None = None
         self._stop = asyncio.Event()
+        self._ingest: IngestServer | None = None
         self.started = time.time()
         self.ready = False
 
@@ -142,6 +145,8 @@ class Node:
             await self._remove_route(name, drain=True)
         for name in list(self.deployments):
             await asyncio.to_thread(self.deployments.pop(name).handle.stop)
+        if self._ingest is not None:
+            await self._ingest.stop()
         await self._publish_status("offline", reason="shutdown")
         for bus in [self.bus, *self._buses.values()]:
             if bus is not None:
@@ -358,7 +363,7 @@ class Node:
         elif src.type == "sensors":
             src_pattern = TopicPattern.parse("devices/{device}/frame")
         elif src.type == "http":
-            raise ConfigError("http sources are served by the node API, which this node does not run")
+            src_pattern = TopicPattern.parse(src.http.topic)
         if steps and src_pattern is not None and not steps[0].acl.can_subscribe(src_pattern.filter):
             raise ConfigError(f"deployment {steps[0].name} may not receive {src_pattern.filter!r} "
                               f"(subscribe grants: {', '.join(steps[0].acl.subscribe) or 'none'})")
@@ -397,6 +402,8 @@ class Node:
             field_ = SensorField(devices=ss.devices, sensors=tuple(ss.sensors), anomaly_rate=ss.anomaly_rate,
                                  corrupt_rate=ss.corrupt_rate, seed=ss.seed)
             source = SensorSource(field_, ss.rate, runner)
+        elif src.type == "http":
+            source = _HttpSource(await self._ingest_server(), src.http.path, src.http.topic, runner)
         elif src.type == "nats":
             n = src.nats
             bus = await self._bus_for(n.url or self.config.broker)
@@ -410,6 +417,14 @@ class Node:
         self.routes[r.name] = _RouteRecord(r, digest_of_manifest(r), runner, source, sinks)
         self._event("started", r.name, f"route {src.type} → {' → '.join(spec.steps) or '(no steps)'} → "
                                        f"{', '.join(s.type for s in spec.sinks)}")
+
+    async def _ingest_server(self) -> IngestServer:
+        if self._ingest is None:
+            host, _, port = self.config.http.rpartition(":")
+            server = IngestServer(host or "127.0.0.1", int(port))
+            await server.start()
+            self._ingest = server
+        return self._ingest
 
     async def _stop_source(self, rec: _RouteRecord) -> None:
         try:
@@ -461,3 +476,16 @@ class Node:
                             "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks)}
         return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
                 "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error}
+
+
+class _HttpSource:
+    """An http source is a path on the node's ingest server."""
+
+    def __init__(self, server: IngestServer, path: str, topic: str, runner: RouteRunner):
+        self.server, self.path, self.topic, self.runner = server, path, topic, runner
+
+    async def start(self) -> None:
+        self.server.add(self.path, self.topic, self.runner)
+
+    async def stop(self) -> None:
+        self.server.remove(self.runner)
