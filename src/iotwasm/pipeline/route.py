@@ -112,6 +112,7 @@ class RouteRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._acl_memo: dict = {}
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None) -> None:
@@ -213,8 +214,10 @@ class RouteRunner:
     async def _step(self, step: Step, msgs, variables, arrived):
         acl = step.acl
         keep = []
+        can_receive = self._checker(step, "subscribe")
+        can_emit = self._checker(step, "publish")
         for i, m in enumerate(msgs):
-            if _allowed(acl.can_subscribe, m.topic):
+            if can_receive(m.topic):
                 keep.append(i)
             else:
                 self.stats.acl_denied += 1
@@ -236,7 +239,7 @@ class RouteRunner:
         for o in result.outputs:
             src = msgs[o.index]
             topic = o.topic or src.topic
-            if not _allowed(acl.can_publish, topic):
+            if not can_emit(topic):
                 self.stats.acl_denied += 1
                 acl.stats.publish_denied += 1
                 err = CapabilityDenied(f"may not emit on {topic!r} (publish grants: "
@@ -249,6 +252,26 @@ class RouteRunner:
             out_vars.append(variables[o.index])
             out_arrived.append(arrived[o.index])
         return out_msgs, out_vars, out_arrived
+
+    def _checker(self, step: Step, direction: str) -> Callable[[str], bool]:
+        """A per-step, per-direction memo of ACL decisions: devices repeat their topics, and
+        matching every message against every grant would cost more than the wasm call."""
+        key = (id(step.acl), direction)
+        entry = self._acl_memo.get(key)
+        if entry is None or entry[0] is not step.acl:
+            check = step.acl.can_subscribe if direction == "subscribe" else step.acl.can_publish
+            memo: dict[str, bool] = {}
+
+            def allowed(topic: str) -> bool:
+                hit = memo.get(topic)
+                if hit is None:
+                    if len(memo) > 50_000:
+                        memo.clear()
+                    hit = memo[topic] = _allowed(check, topic)
+                return hit
+
+            entry = self._acl_memo[key] = (step.acl, allowed)
+        return entry[1]
 
     async def _call(self, step: Step, msgs: list[Message]) -> BatchResult:
         delay = 0.05
