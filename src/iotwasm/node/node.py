@@ -359,7 +359,7 @@ class Node:
         if src.type in ("mqtt", "bus"):
             src_pattern = TopicPattern.parse((src.mqtt or src.bus).topic)
         elif src.type == "nats":
-            src_pattern = TopicPattern.parse(src.nats.subject)
+            src_pattern = TopicPattern.parse(subject_to_topic(src.nats.subject))
         elif src.type == "sensors":
             src_pattern = TopicPattern.parse("devices/{device}/frame")
         elif src.type == "http":
@@ -378,8 +378,8 @@ class Node:
                                      retain=getattr(ep, "retain", False), outbox=saf))
             elif s.type == "nats":
                 bus = await self._bus_for(s.nats.url or self.config.broker)
-                sinks.append(BusSink(sink_name, bus, s.nats.subject, qos=1 if s.nats.jetstream else 0,
-                                     outbox=saf))
+                sinks.append(BusSink(sink_name, bus, subject_to_topic(s.nats.subject),
+                                     qos=1 if s.nats.jetstream else 0, outbox=saf))
             elif s.type == "store":
                 sinks.append(StoreSink(sink_name, self.store, s.store.table, r.name))
             elif s.type == "webhook":
@@ -407,8 +407,8 @@ class Node:
         elif src.type == "nats":
             n = src.nats
             bus = await self._bus_for(n.url or self.config.broker)
-            source = BusSource(bus, n.subject, runner, qos=1 if n.jetstream else 0, queue=n.queue,
-                               durable=n.durable)
+            source = BusSource(bus, subject_to_topic(n.subject), runner, qos=1 if n.jetstream else 0,
+                               queue=n.queue, durable=n.durable)
         else:
             ep = src.mqtt or src.bus
             bus = await self._bus_for(getattr(ep, "url", None))
@@ -489,3 +489,11 @@ class _HttpSource:
 
     async def stop(self) -> None:
         self.server.remove(self.runner)
+
+
+def subject_to_topic(subject: str) -> str:
+    """Manifests write NATS endpoints as NATS subjects (`in.{device}`, `a.*`, `a.>`); the
+    buses speak MQTT-style topics, which NatsBus maps back one-to-one."""
+    if "/" in subject:
+        return subject  # already topic-style
+    return "/".join({"*": "+", ">": "#"}.get(seg, seg) for seg in subject.split("."))
