@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from iotwasm.engine.capabilities import HOST_CAPABILITIES
 from iotwasm.errors import CapabilityDenied, GuestError
 from iotwasm.message import Message
 
-from conftest import ECHO_WAT, EXAMPLES, ROOT, module_path
+from conftest import ECHO_WAT, EXAMPLES, module_path
 
 ALL_HOST = ("log", "clock", "random", "kv", "config", "metrics")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from iotwasm.message import Message
 from iotwasm.node import Node, NodeConfig
 
 from conftest import ECHO_WAT

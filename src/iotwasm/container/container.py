@@ -389,7 +389,6 @@ class WasmContainer:
 
     def _replace(self, slot: _Slot) -> None:
         """A guest that could not recover after a trap is swapped for a new instance."""
-        err = slot.guest.broken
         slot.guest.close()
         try:
             slot.guest = self._factory.new_guest()

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 import wasmtime
 
@@ -21,7 +19,8 @@ from ..errors import InvalidModule
 from .cache import CompileCache
 from .fastcall import WASMTIME_VERSION
 from .limits import Limits
-from .module import ABI_COMPONENT, ModuleInfo, ModuleSource, check_header, describe, read_source
+from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
+                     read_source)
 
 #: a small reservation keeps thousands of instances within the address space; memory can
 #: still grow beyond it (wasmtime then moves it), bounds checks become explicit.
@@ -127,7 +126,7 @@ class Runtime:
     def load_bytes(self, name: str, wasm: bytes, limits: Limits) -> CompiledModule:
         check_header(name, wasm)
         settings = self.settings_for(limits)
-        if describe_is_component(wasm):
+        if wasm[4:8] == COMPONENT_VERSION:
             return CompiledModule(describe(name, wasm, None), wasm, None, None, settings, self)
         engine = self.engine(settings)
         info_digest = hashlib.sha256(wasm).hexdigest()
@@ -169,12 +168,6 @@ class Runtime:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def describe_is_component(wasm: bytes) -> bool:
-    from .module import COMPONENT_VERSION
-
-    return wasm[4:8] == COMPONENT_VERSION
 
 
 def _first_cause(e: Exception) -> str:

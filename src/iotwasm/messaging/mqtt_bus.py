@@ -128,6 +128,7 @@ class MqttBus(Bus):
         self._acks: dict[int, asyncio.Future] = {}
         self._subacks: dict[int, asyncio.Future] = {}
         self._changed: asyncio.Event | None = None  # set on connect / refusal
+        self._room: asyncio.Event | None = None  # set on every PUBACK and state change
         self._refusal: str | None = None
         self._last_failure = ""
 
@@ -207,6 +208,8 @@ class MqttBus(Bus):
     def _on_disconnected(self, reason: str) -> None:
         was = self._connected
         self._connected = False
+        if self._room is not None:
+            self._room.set()
         self._last_failure = f"connection lost: {reason}"
         # publishes waiting for PUBACK: the caller gets them back now; paho still holds them
         # and retransmits after the reconnect (duplicates are possible: at-least-once)
@@ -227,6 +230,8 @@ class MqttBus(Bus):
             self._emit_state(BusState.DISCONNECTED)
 
     def _on_puback(self, mid: int, failed: bool, reason: str) -> None:
+        if self._room is not None:
+            self._room.set()
         fut = self._acks.pop(mid, None)
         if fut is None or fut.done():
             return  # qos 0, or a publish whose caller stopped waiting
@@ -294,6 +299,7 @@ class MqttBus(Bus):
         if not self._started:
             self._loop = asyncio.get_running_loop()
             self._changed = asyncio.Event()
+            self._room = asyncio.Event()
             self._client.connect_async(self.host, self.port, self.keepalive)
             self._client.loop_start()
             self._started = True
@@ -320,26 +326,43 @@ class MqttBus(Bus):
         validate_topic(topic)
         payload = as_payload(payload)
         check_qos(qos)
-        if self._closed:
-            raise BrokerUnavailable(f"{self.url}: bus is closed")
-        if not self._connected:
-            raise BrokerUnavailable(
-                f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            raise BrokerUnavailable(
-                f"{self.url}: {self._client.max_inflight_messages} messages already wait for "
-                "an acknowledgement")
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerUnavailable(f"{self.url}: publish failed: {mqtt.error_string(info.rc)}")
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            if self._closed:
+                raise BrokerUnavailable(f"{self.url}: bus is closed")
+            if not self._connected:
+                raise BrokerUnavailable(
+                    f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                # max_inflight messages already wait for their PUBACK: wait for room
+                remaining = deadline - asyncio.get_running_loop().time()
+                self._room.clear()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    await asyncio.wait_for(self._room.wait(), remaining)
+                except TimeoutError:
+                    raise PublishTimeout(
+                        f"{self.url}: {self._client.max_inflight_messages} messages wait for an "
+                        f"acknowledgement; no room for {topic!r} within {wait}s") from None
+                continue
+            if info.rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST):
+                # the network thread lost the connection and its callback has not reached
+                # the loop yet: take note now, so `connected` agrees with this error
+                self._on_disconnected(mqtt.error_string(info.rc))
+                raise BrokerUnavailable(f"{self.url}: not connected (connection lost)")
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise BrokerUnavailable(f"{self.url}: publish failed: {mqtt.error_string(info.rc)}")
+            break
         if qos == 0:
             self.stats.published += 1
             return
         fut = self._loop.create_future()
         self._acks[info.mid] = fut  # before any await: see the module docstring
-        wait = self.publish_timeout if timeout is None else timeout
         try:
-            await asyncio.wait_for(asyncio.shield(fut), wait)
+            await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - self._loop.time()))
         except TimeoutError:
             raise PublishTimeout(
                 f"{self.url}: no acknowledgement for {topic!r} within {wait}s") from None
