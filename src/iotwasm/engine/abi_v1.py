@@ -189,6 +189,7 @@ class V1Guest:
             self.mem.release()  # the old store's memory goes away with it
         self.store = store
         self.ctl = StoreControl(store)
+        self._armed_epoch = -1
         self.mem = None
         self._arm()
         try:
@@ -238,7 +239,15 @@ class V1Guest:
             raise InitError(str(e).split(": ", 1)[-1], module=self.f.name, function=fn.name) from None
 
     def _arm(self) -> None:
-        self.ctl.set_deadline(self.f.ticks)
+        """Fresh budgets for the next call: an epoch deadline and, when metered, fuel.
+
+        The deadline is relative to the engine's epoch when it is set; while the epoch has not
+        moved since (calls closer together than one tick) it still stands, so it is not reset.
+        """
+        epoch = self.f.runtime.epoch
+        if epoch != self._armed_epoch:
+            self.ctl.set_deadline(self.f.ticks)
+            self._armed_epoch = epoch
         if self.f.limits.fuel is not None:
             self.ctl.set_fuel(self.f.limits.fuel)
 

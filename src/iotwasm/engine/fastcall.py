@@ -217,14 +217,18 @@ class GuestMemory:
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
-    __slots__ = ("_ctx", "_fuel_out")
+    __slots__ = ("_ctx", "_fuel_out", "_ticks", "_ticks_c")
 
     def __init__(self, store: wasmtime.Store):
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
         self._fuel_out = ctypes.c_uint64(0)
+        self._ticks = -1
+        self._ticks_c = ctypes.c_uint64(0)
 
     def set_deadline(self, ticks: int) -> None:
-        _set_epoch_deadline_fast(self._ctx, ctypes.c_uint64(ticks))
+        if ticks != self._ticks:
+            self._ticks, self._ticks_c = ticks, ctypes.c_uint64(ticks)
+        _set_epoch_deadline_fast(self._ctx, self._ticks_c)
 
     def set_fuel(self, fuel: int) -> None:
         err = _set_fuel(self._ctx, ctypes.c_uint64(fuel))
