@@ -360,11 +360,17 @@ class WasmContainer:
             while True:
                 if self.state == State.TERMINATED or not self._slots:
                     raise ContainerUnavailable(f"is {self.state}, not running", module=self.name)
-                idle = [s for s in self._slots if not s.busy]
-                if idle:
-                    slot = self.strategy.pick(idle, len(self._slots))
-                    slot.busy = True
-                    return slot
+                slots = self._slots
+                if len(slots) == 1:  # the common case needs no strategy
+                    if not slots[0].busy:
+                        slots[0].busy = True
+                        return slots[0]
+                else:
+                    idle = [s for s in slots if not s.busy]
+                    if idle:
+                        slot = self.strategy.pick(idle, len(slots))
+                        slot.busy = True
+                        return slot
                 self._cond.wait()
 
     def _release(self, slot: _Slot, busy: float) -> None:
