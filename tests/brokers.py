@@ -13,6 +13,7 @@ A missing broker binary fails the test with the Debian package to install; it ne
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -25,6 +26,18 @@ from pathlib import Path
 import pytest
 
 READY_TIMEOUT = 10.0
+
+#: brokers started by this process, killed at exit if a test run is interrupted
+_RUNNING: set["BrokerProcess"] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for broker in list(_RUNNING):
+        try:
+            broker.kill()
+        except Exception:
+            pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,6 +112,7 @@ class BrokerProcess:
                 cwd=self.dir, start_new_session=True,
             )
         self.starts += 1
+        _RUNNING.add(self)
         self.wait_ready()
         return self
 
@@ -122,7 +136,9 @@ class BrokerProcess:
         """Graceful stop (SIGTERM), SIGKILL if it does not exit in time."""
         if not self.running:
             self.proc = None
+            _RUNNING.discard(self)
             return
+        os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.terminate()
         try:
             self.proc.wait(timeout)
@@ -130,6 +146,7 @@ class BrokerProcess:
             self.proc.kill()
             self.proc.wait(5)
         self.proc = None
+        _RUNNING.discard(self)
 
     def kill(self) -> None:
         """SIGKILL: the broker gets no chance to save anything or say goodbye."""
@@ -137,6 +154,35 @@ class BrokerProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
         self.proc = None
+        _RUNNING.discard(self)
+
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP: connections stay open but nothing is answered (a hung broker).
+
+        Returns once every thread of the broker is stopped: the signal is delivered
+        asynchronously, and a broker still running for a moment would answer.
+        """
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} (pid {self.proc.pid}) did not stop within {timeout}s")
+            time.sleep(0.001)  # the kernel offers no notification of a stopped process
+
+    def _all_threads_stopped(self) -> bool:
+        task_dir = Path(f"/proc/{self.proc.pid}/task")
+        for task in task_dir.iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue  # thread gone
+            state = stat.rsplit(")", 1)[1].split()[0]
+            if state not in ("T", "t"):
+                return False
+        return True
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def restart(self, *, kill: bool = False) -> "BrokerProcess":
         self.kill() if kill else self.stop()
