@@ -31,6 +31,9 @@ from ..messaging.acl import TopicACL
 
 log = logging.getLogger("iotwasm.pipeline")
 
+#: batches up to this many message-steps run on the event loop instead of a worker thread
+INLINE_WORK = 32
+
 
 class Step(Protocol):
     """What a route needs of a deployment: a name, topic grants and a (blocking) batch call."""
@@ -82,6 +85,15 @@ class RouteStats:
         if not data:
             return 0.0
         return data[min(len(data) - 1, int(q * len(data)))]
+
+
+@dataclass(slots=True)
+class _Flow:
+    """A batch between steps: messages with their topic variables and arrival times."""
+
+    msgs: list[Message]
+    vars: list[dict[str, str]]
+    arrived: list[float]
 
 
 @dataclass(slots=True)
@@ -166,6 +178,7 @@ class RouteRunner:
 
     async def _lane(self, q: asyncio.Queue[_Item]) -> None:
         max_size, linger = self.batch.max_size, self.batch.max_linger_s
+        last = 1
         while True:
             first = await q.get()
             items = [first]
@@ -173,10 +186,13 @@ class RouteRunner:
             try:
                 while len(items) < max_size and not q.empty():
                     items.append(q.get_nowait())
-                if len(items) < max_size and linger > 0:
+                # Linger for more only under load (the last batch had company): a lone message
+                # on a quiet route goes through at once instead of waiting for a batch.
+                if len(items) < max_size and linger > 0 and (last > 1 or len(items) > 1):
                     await asyncio.sleep(linger)
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
+                last = len(items)
                 await self._run(items)
             except asyncio.CancelledError:
                 raise
@@ -189,14 +205,31 @@ class RouteRunner:
 
     async def _run(self, items: list[_Item]) -> None:
         self.stats.batches += 1
-        msgs = [it.msg for it in items]
-        variables = [it.vars for it in items]
-        arrived = [it.arrived for it in items]
-        self.stats.processed += len(msgs)
-        for step in self.steps:
-            if not msgs:
-                return
-            msgs, variables, arrived = await self._step(step, msgs, variables, arrived)
+        flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
+        self.stats.processed += len(flow.msgs)
+        first, delay = 0, 0.05
+        while True:
+            # A thread hop costs more (hundreds of µs on a busy VM) than a small batch's wasm
+            # calls, so small batches run right here; larger ones run every step in one worker
+            # thread, which keeps the loop responsive and lets lanes use several cores.
+            if len(flow.msgs) * (len(self.steps) - first) <= INLINE_WORK:
+                flow, dead, denied, stopped = self._chain(first, flow)
+            else:
+                flow, dead, denied, stopped = await asyncio.to_thread(self._chain, first, flow)
+            self.stats.acl_denied += denied
+            for where, dl, variables in dead:
+                await self._dead(where, dl, variables)
+            if stopped is None:
+                break
+            first, err = stopped
+            if self._stopping:
+                raise err
+            # the step's container is unavailable (suspended, restarting): hold the batch
+            self.stats.step_retries += 1
+            log.info("route %s: %s; holding %d message(s) and retrying", self.name, err, len(flow.msgs))
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+        msgs, variables = flow.msgs, flow.vars
         if not msgs:
             return
         for sink in self.sinks:
@@ -209,49 +242,61 @@ class RouteRunner:
                 await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
         self.stats.delivered += len(msgs)
         now = time.monotonic()
-        self.stats.latencies_ms.extend((now - a) * 1000 for a in arrived)
+        self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
 
-    async def _step(self, step: Step, msgs, variables, arrived):
-        acl = step.acl
-        keep = []
-        can_receive = self._checker(step, "subscribe")
-        can_emit = self._checker(step, "publish")
-        for i, m in enumerate(msgs):
-            if can_receive(m.topic):
-                keep.append(i)
-            else:
-                self.stats.acl_denied += 1
-                acl.stats.subscribe_denied += 1
-                err = CapabilityDenied(f"may not receive {m.topic!r} (subscribe grants: "
-                                       f"{', '.join(acl.subscribe) or 'none'})", module=step.name)
-                log.warning("route %s: %s", self.name, err)
-                await self._dead(step.name, DeadLetter(i, m, err), variables[i])
-        if len(keep) != len(msgs):
-            msgs = [msgs[i] for i in keep]
-            variables = [variables[i] for i in keep]
-            arrived = [arrived[i] for i in keep]
-            if not msgs:
-                return [], [], []
-        result = await self._call(step, msgs)
-        for d in result.dead_letters:
-            await self._dead(step.name, d, variables[d.index])
-        out_msgs, out_vars, out_arrived = [], [], []
-        for o in result.outputs:
-            src = msgs[o.index]
-            topic = o.topic or src.topic
-            if not can_emit(topic):
-                self.stats.acl_denied += 1
-                acl.stats.publish_denied += 1
-                err = CapabilityDenied(f"may not emit on {topic!r} (publish grants: "
-                                       f"{', '.join(acl.publish) or 'none'})", module=step.name)
-                log.warning("route %s: %s", self.name, err)
-                await self._dead(step.name, DeadLetter(o.index, Message(topic, o.payload, src.timestamp_ms), err),
-                                 variables[o.index])
-                continue
-            out_msgs.append(Message(topic, o.payload, src.timestamp_ms))
-            out_vars.append(variables[o.index])
-            out_arrived.append(arrived[o.index])
-        return out_msgs, out_vars, out_arrived
+    def _chain(self, first: int, flow: "_Flow"):
+        """Run steps[first:] on a batch (in a worker thread).
+
+        Returns the final flow, the dead letters to report, the number of ACL denials, and
+        (step index, error) when a step was unavailable — the flow is then that step's input.
+        """
+        dead: list[tuple[str, DeadLetter, dict]] = []
+        denied = 0
+        for k in range(first, len(self.steps)):
+            if not flow.msgs:
+                break
+            step = self.steps[k]
+            acl = step.acl
+            can_receive = self._checker(step, "subscribe")
+            can_emit = self._checker(step, "publish")
+            msgs, variables, arrived = flow.msgs, flow.vars, flow.arrived
+            keep = [i for i, m in enumerate(msgs) if can_receive(m.topic)]
+            if len(keep) != len(msgs):
+                for i in sorted(set(range(len(msgs))) - set(keep)):
+                    denied += 1
+                    acl.stats.subscribe_denied += 1
+                    err = CapabilityDenied(f"may not receive {msgs[i].topic!r} (subscribe grants: "
+                                           f"{', '.join(acl.subscribe) or 'none'})", module=step.name)
+                    log.warning("route %s: %s", self.name, err)
+                    dead.append((step.name, DeadLetter(i, msgs[i], err), variables[i]))
+                flow = _Flow([msgs[i] for i in keep], [variables[i] for i in keep], [arrived[i] for i in keep])
+                msgs, variables, arrived = flow.msgs, flow.vars, flow.arrived
+                if not msgs:
+                    break
+            try:
+                result = step.process(msgs)
+            except ContainerUnavailable as e:
+                return flow, dead, denied, (k, e)
+            for d in result.dead_letters:
+                dead.append((step.name, d, variables[d.index]))
+            out = _Flow([], [], [])
+            for o in result.outputs:
+                src = msgs[o.index]
+                topic = o.topic or src.topic
+                if not can_emit(topic):
+                    denied += 1
+                    acl.stats.publish_denied += 1
+                    err = CapabilityDenied(f"may not emit on {topic!r} (publish grants: "
+                                           f"{', '.join(acl.publish) or 'none'})", module=step.name)
+                    log.warning("route %s: %s", self.name, err)
+                    dead.append((step.name, DeadLetter(o.index, Message(topic, o.payload, src.timestamp_ms), err),
+                                 variables[o.index]))
+                    continue
+                out.msgs.append(Message(topic, o.payload, src.timestamp_ms))
+                out.vars.append(variables[o.index])
+                out.arrived.append(arrived[o.index])
+            flow = out
+        return flow, dead, denied, None
 
     def _checker(self, step: Step, direction: str) -> Callable[[str], bool]:
         """A per-step, per-direction memo of ACL decisions: devices repeat their topics, and
@@ -272,19 +317,6 @@ class RouteRunner:
 
             entry = self._acl_memo[key] = (step.acl, allowed)
         return entry[1]
-
-    async def _call(self, step: Step, msgs: list[Message]) -> BatchResult:
-        delay = 0.05
-        while True:
-            try:
-                return await asyncio.to_thread(step.process, msgs)
-            except ContainerUnavailable as e:
-                if self._stopping:
-                    raise
-                self.stats.step_retries += 1
-                log.info("route %s: %s; holding %d message(s) and retrying", self.name, e, len(msgs))
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
 
     async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
         self.stats.dead_letters += 1

@@ -89,14 +89,15 @@ class BusSink:
             if self.forwarder:
                 self.forwarder.notify()
             return failures
-        bad = {i for i, _ in failures}
-        for i, (t, m) in enumerate(zip(topics, messages)):
-            if i in bad:
-                continue
-            try:
-                await self._publish(t, m.payload)
-            except IotwasmError as e:
-                failures.append((i, e))
+        # all at once: one connection keeps them in order, and the acks are awaited together
+        idx = [i for i, t in enumerate(topics) if t is not None]
+        results = await asyncio.gather(*(self._publish(topics[i], messages[i].payload) for i in idx),
+                                       return_exceptions=True)
+        for i, res in zip(idx, results):
+            if isinstance(res, IotwasmError):
+                failures.append((i, res))
+            elif isinstance(res, BaseException):
+                raise res
         return failures
 
     def backlog(self) -> int:
