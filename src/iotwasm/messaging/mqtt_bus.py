@@ -16,6 +16,7 @@ which time the future is registered.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import urllib.parse
@@ -131,6 +132,10 @@ class MqttBus(Bus):
         self._room: asyncio.Event | None = None  # set on every PUBACK and state change
         self._refusal: str | None = None
         self._last_failure = ""
+        self._inbox: collections.deque = collections.deque()
+        self._inbox_scheduled = False
+        self._match_cache: dict[str, list] = {}
+        self._match_sig: tuple = ()
 
     # ------------------------------------------------------------------ network thread side
 
@@ -172,8 +177,18 @@ class MqttBus(Bus):
             topic = message.topic
         except UnicodeDecodeError:
             topic = None
-        self._post(self._on_message, topic, message.payload, message.qos, message.mid,
-                   self._net_generation)
+        # Hand messages over in bulk: waking the event loop costs a system call, so it is
+        # done once per burst, not once per message (deque appends are thread-safe).
+        self._inbox.append((topic, message.payload, message.qos, message.mid, self._net_generation))
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self._post(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False  # before draining: a message appended now reschedules
+        inbox = self._inbox
+        while inbox:
+            self._on_message(*inbox.popleft())
 
     # ------------------------------------------------------------------ loop side
 
@@ -250,7 +265,7 @@ class MqttBus(Bus):
         self.stats.received += 1
         targets = []
         if topic is not None:
-            targets = [s for s in self._subs if s.active and matches(s.filter, topic)]
+            targets = [s for s in self._matching(topic) if s.active]
         else:
             log.warning("mqtt %s: dropped a message whose topic is not UTF-8", self.url)
         if not targets:
@@ -273,6 +288,20 @@ class MqttBus(Bus):
 
         for sub in targets:
             sub.offer(Message(topic, payload), done)
+
+    def _matching(self, topic: str) -> list:
+        """Subscriptions whose filter matches `topic`, memoised until the set changes
+        (devices repeat their topics; matching every filter per message is the cost)."""
+        sig = tuple(map(id, self._subs))
+        if sig != self._match_sig:
+            self._match_cache.clear()
+            self._match_sig = sig
+        hit = self._match_cache.get(topic)
+        if hit is None:
+            if len(self._match_cache) > 50_000:
+                self._match_cache.clear()
+            hit = self._match_cache[topic] = [s for s in self._subs if matches(s.filter, topic)]
+        return hit
 
     def _ack(self, mid: int, qos: int, generation: int) -> None:
         # a message from an earlier connection is not acknowledged on the new one: its packet
