@@ -8,6 +8,7 @@ error) so the route dead-letters them instead of dropping them.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import json
@@ -58,7 +59,37 @@ def payload_json(payload: bytes) -> Any:
         return {"base64": base64.b64encode(payload).decode()}
 
 
-class BusSink:
+class _Uplink(abc.ABC):
+    """What bus and webhook sinks share: an optional outbox drained by a forwarder."""
+
+    name: str
+    outbox: Outbox | None
+    forwarder: Forwarder | None = None
+
+    @abc.abstractmethod
+    async def _send(self, topic: str, payload: bytes) -> None:
+        """Deliver one message; return only once the uplink acknowledged it."""
+
+    async def start(self) -> None:
+        if self.outbox is not None:
+            self.forwarder = Forwarder(self.outbox, self.name, self._send)
+            self.forwarder.start()
+
+    async def _keep(self, items: list[tuple[str, bytes]]) -> None:
+        """Store durably for the forwarder; returns once on disk."""
+        await asyncio.to_thread(self.outbox.append, self.name, items)
+        if self.forwarder:
+            self.forwarder.notify()
+
+    def backlog(self) -> int:
+        return self.outbox.backlog(self.name) if self.outbox else 0
+
+    async def stop(self, drain_timeout: float = 2.0) -> None:
+        if self.forwarder:
+            await self.forwarder.stop(drain_timeout)
+
+
+class BusSink(_Uplink):
     """Publish to a bus topic template; with an outbox, store-and-forward with QoS 1 acks."""
 
     def __init__(self, name: str, bus, topic: str, *, qos: int = 1, retain: bool = False,
@@ -69,29 +100,20 @@ class BusSink:
         self.qos = qos
         self.retain = retain
         self.outbox = outbox
-        self.forwarder: Forwarder | None = None
         self.sent = 0
 
-    async def start(self) -> None:
-        if self.outbox is not None:
-            self.forwarder = Forwarder(self.outbox, self.name, self._publish)
-            self.forwarder.start()
-
-    async def _publish(self, topic: str, payload: bytes) -> None:
+    async def _send(self, topic: str, payload: bytes) -> None:
         await self.bus.publish(topic, payload, qos=self.qos, retain=self.retain)
         self.sent += 1
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         topics, failures = _topics(self.template, messages, variables)
-        items = [(t, m.payload) for t, m in zip(topics, messages) if t is not None]
         if self.outbox is not None:
-            await asyncio.to_thread(self.outbox.append, self.name, items)
-            if self.forwarder:
-                self.forwarder.notify()
+            await self._keep([(t, m.payload) for t, m in zip(topics, messages) if t is not None])
             return failures
         # all at once: one connection keeps them in order, and the acks are awaited together
         idx = [i for i, t in enumerate(topics) if t is not None]
-        results = await asyncio.gather(*(self._publish(topics[i], messages[i].payload) for i in idx),
+        results = await asyncio.gather(*(self._send(topics[i], messages[i].payload) for i in idx),
                                        return_exceptions=True)
         for i, res in zip(idx, results):
             if isinstance(res, IotwasmError):
@@ -100,15 +122,8 @@ class BusSink:
                 raise res
         return failures
 
-    def backlog(self) -> int:
-        return self.outbox.backlog(self.name) if self.outbox else 0
 
-    async def stop(self, drain_timeout: float = 2.0) -> None:
-        if self.forwarder:
-            await self.forwarder.stop(drain_timeout)
-
-
-class WebhookSink:
+class WebhookSink(_Uplink):
     """POST each message as JSON to a URL; through the outbox, so outages are retried."""
 
     def __init__(self, name: str, url: str, *, timeout_s: float = 5.0, outbox: Outbox | None = None):
@@ -118,13 +133,7 @@ class WebhookSink:
         self.url = url
         self.timeout_s = timeout_s
         self.outbox = outbox
-        self.forwarder: Forwarder | None = None
         self.sent = 0
-
-    async def start(self) -> None:
-        if self.outbox is not None:
-            self.forwarder = Forwarder(self.outbox, self.name, self._post)
-            self.forwarder.start()
 
     def _post_sync(self, topic: str, payload: bytes) -> None:
         body = json.dumps({"topic": topic, "payload": payload_json(payload)}).encode()
@@ -138,31 +147,22 @@ class WebhookSink:
         except (urllib.error.URLError, OSError) as e:
             raise SinkError(f"webhook {self.url} unreachable: {getattr(e, 'reason', e)}") from None
 
-    async def _post(self, topic: str, payload: bytes) -> None:
+    async def _send(self, topic: str, payload: bytes) -> None:
         await asyncio.to_thread(self._post_sync, topic, payload)
         self.sent += 1
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         items = [(m.topic, m.payload) for m in messages]
         if self.outbox is not None:
-            await asyncio.to_thread(self.outbox.append, self.name, items)
-            if self.forwarder:
-                self.forwarder.notify()
+            await self._keep(items)
             return []
         failures: Failures = []
         for i, (t, p) in enumerate(items):
             try:
-                await self._post(t, p)
+                await self._send(t, p)
             except IotwasmError as e:
                 failures.append((i, e))
         return failures
-
-    def backlog(self) -> int:
-        return self.outbox.backlog(self.name) if self.outbox else 0
-
-    async def stop(self, drain_timeout: float = 2.0) -> None:
-        if self.forwarder:
-            await self.forwarder.stop(drain_timeout)
 
 
 class LocalStore:
