@@ -245,7 +245,7 @@ class Node:
         if kind == "rolled-back" and rec.handle.last_rolled_back_revision:
             self.state.set_revision_status(name, rec.handle.last_rolled_back_revision, "rolled-back", message)
         elif kind == "healthy":
-            self.state.set_revision_status(name, rec.handle.revision, "serving", message)
+            self.state.promote_revision(name, rec.handle.revision, message)
 
     def _event(self, kind: str, obj: str, message: str) -> None:
         log.info("%s %s: %s", obj, kind, message)
@@ -287,6 +287,8 @@ class Node:
             self._event("error", d.name, str(e))
         gated = current is not None and d.spec.update_strategy.rollback
         rev = self.state.add_revision(d.name, module_digest, manifest_json, "gating" if gated else "serving")
+        if not gated:
+            self.state.promote_revision(d.name, rev)
         acl = TopicACL(d.spec.capabilities.topics.publish, d.spec.capabilities.topics.subscribe,
                        principal=f"deployment {d.name}")
         if current is None:

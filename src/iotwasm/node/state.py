@@ -72,6 +72,21 @@ class NodeState:
         self._x("UPDATE revisions SET status = ?, reason = ? WHERE name = ? AND revision = ?",
                 (status, reason, name, revision))
 
+    def promote_revision(self, name: str, revision: int, reason: str = "") -> None:
+        """`revision` now serves alone: whichever revision served or was gating before is replaced."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE revisions SET status = 'replaced', reason = ? WHERE name = ? "
+                                 "AND revision != ? AND status IN ('serving', 'gating')",
+                                 (f"replaced by revision {revision}", name, revision))
+                self._db.execute("UPDATE revisions SET status = 'serving', reason = ? WHERE name = ? "
+                                 "AND revision = ?", (reason, name, revision))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def history(self, name: str) -> list[dict]:
         rows = self._x("SELECT revision, module_digest, created, status, reason FROM revisions "
                        "WHERE name = ? ORDER BY revision", (name,))
