@@ -287,7 +287,7 @@ def test_open_bus_urls():
     assert isinstance(m, MqttBus)
     assert (m.host, m.port, m.client_id, m.persistent, m.keepalive) == (
         "broker.local", 1884, "dev-7", True, 15)
-    assert m._client._username == b"user" and m._client._password == b"p@ss"
+    assert (m.username, m.password) == ("user", "p@ss")
     assert not open_bus("mqtt://h").persistent
     n = open_bus("nats://h:4223?jetstream=1&stream=IOT")
     assert isinstance(n, NatsBus) and n.jetstream and n.stream == "IOT"
@@ -475,6 +475,37 @@ def test_mqtt_persistent_session_keeps_qos1_messages_while_away(mosquitto):
             await pub.subscribe("x", Inbox(), durable="d")
         await back.close()
         await pub.close()
+
+    run(main())
+
+
+def test_mqtt_broker_sending_garbage_is_dropped_and_reconnected():
+    """A peer that answers CONNACK and then sends bytes that are not MQTT: the bus drops that
+    connection, says why in one line, and connects again; the process and the loop go on."""
+
+    async def main():
+        connections = []
+
+        async def peer(reader, writer):
+            connections.append(writer)
+            await reader.read(1024)  # CONNECT
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"\x30\xff\xff\xff\xff\x01")  # a remaining length of 5 bytes
+            await writer.drain()
+            await reader.read(1024)
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        bus = MqttBus(f"mqtt://127.0.0.1:{port}", reconnect_min=0.05, reconnect_max=0.1)
+        states = States(bus)
+        await bus.connect()
+        await states.until_seen(BusState.DISCONNECTED)
+        await states.until_seen(BusState.CONNECTED, 2)
+        assert len(connections) >= 2 and bus.stats.reconnects >= 1
+        await bus.close()
+        server.close()
 
     run(main())
 

@@ -17,7 +17,7 @@ import inspect
 import logging
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Iterable, Union
 
 from ..errors import ConfigError
 from ..message import Message
@@ -284,6 +284,19 @@ class Bus(abc.ABC):
         caller's to retry or keep.
         """
 
+    async def publish_many(self, items: "Iterable[tuple[str, bytes]]", *, qos: int = 0,
+                           retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
+        """Publish a batch, in order; one entry per message: None when the broker took it,
+        else the error (as `publish` would have raised it). Buses override this when they
+        can send a batch cheaper than message by message."""
+        results = await asyncio.gather(
+            *(self.publish(t, p, qos=qos, retain=retain, timeout=timeout) for t, p in items),
+            return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r
+        return [r if isinstance(r, Exception) else None for r in results]
+
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
                         queue: str | None = None, durable: str | None = None) -> Subscription:
@@ -451,6 +464,7 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
 
     * ``None`` or ``memory://`` -> `InProcessBus`
     * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S]`` -> `MqttBus`
+      (``mqtts://`` for TLS with the system's trusted CAs, port 8883)
     * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
 
     Keyword options are passed to the bus's constructor and win over the query string.
@@ -463,7 +477,7 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
     scheme = parsed.scheme.lower()
     if scheme == "memory":
         return InProcessBus(**options)
-    if scheme == "mqtt":
+    if scheme in ("mqtt", "mqtts"):
         from .mqtt_bus import MqttBus
 
         kwargs: dict[str, Any] = {}
@@ -488,7 +502,7 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
             raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
         kwargs.update(options)
         return NatsBus(base, **kwargs)
-    raise ConfigError(f"unsupported bus URL {url!r}: use memory://, mqtt:// or nats://")
+    raise ConfigError(f"unsupported bus URL {url!r}: use memory://, mqtt://, mqtts:// or nats://")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,33 +1,30 @@
-"""`MqttBus`: MQTT 3.1.1 through paho-mqtt, bridged onto asyncio.
+"""`MqttBus`: MQTT 3.1.1 on asyncio, one connection, no client thread.
 
-Threads: paho's network loop runs in its own thread (`loop_start`). Every paho callback only
-hands its facts to the asyncio loop with `loop.call_soon_threadsafe`; all bookkeeping (ack
-futures, subscriptions, stats) lives on the loop. One exception, on purpose: after a
-reconnect the subscriptions are renewed from inside paho's `on_connect`, so the SUBSCRIBE
-packets leave before anything else is sent on the new connection (paho retransmits
-unacknowledged publishes right after `on_connect` returns).
+The bus speaks the protocol itself (`mqtt_codec`) on an asyncio transport. Everything —
+parsing, acknowledgements, subscriptions, reconnects — happens on the event loop that uses the
+bus, so a message crosses no thread and no lock between the socket and its handler. Outgoing
+packets written during one pass of the loop leave in one `send` (a route acknowledging and
+publishing a batch costs one system call, not one per packet), and the socket has
+`TCP_NODELAY` (asyncio's default), so a lone PUBACK or PUBLISH is not held back by Nagle's
+algorithm. docs/messaging.md gives the measurements that led here.
 
-PUBACK race: `publish` registers the ack future for the packet id synchronously after
-`client.publish` returns, with no await in between. paho's `on_publish` can run in the network
-thread before that, but what it schedules on the loop runs only after `publish` yields, by
-which time the future is registered.
+QoS: publishes at 0 and 1; subscriptions are made at QoS 0 or 1 (2 is asked as 1).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import threading
+import socket
+import ssl
+import time
 import urllib.parse
 import uuid
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from typing import Any, Iterable
 
 from ..errors import ConfigError
 from ..message import Message
+from . import mqtt_codec as codec
 from .bus import (
     Bus,
     BusState,
@@ -45,12 +42,12 @@ log = logging.getLogger("iotwasm.messaging.mqtt")
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme.lower() != "mqtt":
-        raise ConfigError(f"not an mqtt:// URL: {url!r}")
+    if parsed.scheme.lower() not in ("mqtt", "mqtts"):
+        raise ConfigError(f"not an mqtt:// or mqtts:// URL: {url!r}")
     if not parsed.hostname:
         raise ConfigError(f"no host in {url!r}")
     try:
-        port = parsed.port or 1883
+        port = parsed.port or (8883 if parsed.scheme.lower() == "mqtts" else 1883)
     except ValueError as exc:
         raise ConfigError(f"bad port in {url!r}: {exc}") from None
     user = urllib.parse.unquote(parsed.username) if parsed.username is not None else None
@@ -60,6 +57,63 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
 
 class MqttSubscription(Subscription):
     broker_filter: str
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to the broker; hands decoded packets to its bus."""
+
+    def __init__(self, bus: "MqttBus"):
+        self.bus = bus
+        self.transport: asyncio.Transport | None = None
+        self.decoder = codec.Decoder()
+        self.connack: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        bus = self.bus
+        bus._last_recv = time.monotonic()
+        try:
+            for ptype, flags, body in self.decoder.feed(data):
+                try:
+                    bus._on_packet(self, ptype, flags, body)
+                except (codec.ProtocolError, IndexError):
+                    raise
+                except Exception:  # a bug in a consumer must not take the connection down
+                    bus.stats.errors += 1
+                    log.exception("mqtt %s: handling a packet of type %d failed", bus.url, ptype)
+        except (codec.ProtocolError, IndexError) as exc:
+            log.warning("mqtt %s: malformed packet from the broker (%s); reconnecting",
+                        bus.url, exc or type(exc).__name__)
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.writable.set()
+        reason = str(exc) if exc else "connection closed by the broker"
+        if not self.connack.done():
+            self.connack.set_exception(ConnectionError(reason))
+            self.connack.exception()  # retrieved: `_open` may have stopped waiting
+        if self.bus._conn is self:
+            self.bus._on_lost(reason)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
 
 
 class MqttBus(Bus):
@@ -73,6 +127,10 @@ class MqttBus(Bus):
     finished, so a process that dies mid-handler gets the message again from a persistent
     session. MQTT 3.1.1 has no negative acknowledgement: a message whose handler raised is
     acknowledged too (and counted in `stats.errors`).
+
+    QoS 1 publishes not yet acknowledged when the connection drops fail for their caller
+    (`BrokerUnavailable`) and are also sent again, marked DUP, right after the reconnect —
+    at-least-once, as the protocol intends. At most `max_inflight` wait for a PUBACK at a time.
     """
 
     scheme = "mqtt"
@@ -81,184 +139,223 @@ class MqttBus(Bus):
                  will: Will | None = None, keepalive: int = 30, publish_timeout: float = 10.0,
                  max_pending: int = 1000, max_inflight: int = 100,
                  reconnect_min: float = 0.1, reconnect_max: float = 5.0,
-                 connect_timeout: float = 5.0):
+                 connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None):
         super().__init__()
         self.url = url
-        self.host, self.port, user, password = parse_mqtt_url(url)
+        self.host, self.port, self.username, self.password = parse_mqtt_url(url)
+        if tls is None and urllib.parse.urlsplit(url).scheme.lower() == "mqtts":
+            tls = ssl.create_default_context()
+        self.tls = tls
         self.persistent = client_id is not None
         self.client_id = client_id or f"iotwasm-{uuid.uuid4().hex[:16]}"
         self.will = will
         self.keepalive = keepalive
         self.publish_timeout = publish_timeout
         self.max_pending = max_pending
-
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=not self.persistent,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        if user is not None:
-            c.username_pw_set(user, password)
-        if will is not None:
-            c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        c.reconnect_delay_set(reconnect_min, reconnect_max)
-        c.max_inflight_messages_set(max_inflight)
-        # bound what paho may hold: publishes in flight when a connection drops stay with
-        # paho and are retransmitted after the reconnect; nothing else is ever queued there
-        c.max_queued_messages_set(max_inflight)
-        c.connect_timeout = connect_timeout
-        c.suppress_exceptions = True
-        c.on_connect = self._net_on_connect
-        c.on_connect_fail = self._net_on_connect_fail
-        c.on_disconnect = self._net_on_disconnect
-        c.on_publish = self._net_on_publish
-        c.on_subscribe = self._net_on_subscribe
-        c.on_message = self._net_on_message
-        self._client = c
+        self.max_inflight = max_inflight
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.connect_timeout = connect_timeout
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        #: broker-side filter -> qos; read by the network thread on (re)connect
-        self._broker_filters: dict[str, int] = {}
-        self._net_generation = 0  # written by the network thread only
-        self._connected = False  # loop-side view
+        self._conn: _Connection | None = None
+        self._generation = 0
+        self._connected = False
         self._ever_connected = False
-        self._started = False
-        self._acks: dict[int, asyncio.Future] = {}
+        self._supervisor: asyncio.Task | None = None
+        self._pinger: asyncio.Task | None = None
+        #: broker-side filter -> qos, renewed on every connection
+        self._broker_filters: dict[str, int] = {}
+        #: QoS 1 publishes awaiting PUBACK: packet id -> [packet, future or None], in send order
+        self._inflight: dict[int, list] = {}
         self._subacks: dict[int, asyncio.Future] = {}
+        self._next_mid = 0
         self._changed: asyncio.Event | None = None  # set on connect / refusal
-        self._room: asyncio.Event | None = None  # set on every PUBACK and state change
+        self._room: asyncio.Event | None = None  # set when a PUBACK frees a slot
         self._refusal: str | None = None
         self._last_failure = ""
-        self._inbox: collections.deque = collections.deque()
-        self._inbox_scheduled = False
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._last_recv = self._last_sent = 0.0
+        self._topic_bytes: dict[str, bytes] = {}
         self._match_cache: dict[str, list] = {}
         self._match_sig: tuple = ()
 
-    # ------------------------------------------------------------------ network thread side
+    # ------------------------------------------------------------------ writing
 
-    def _post(self, fn, *args: Any) -> None:
+    def _write(self, packet: bytes) -> None:
+        """Queue a packet; everything queued in one pass of the loop leaves in one send."""
+        self._out += packet
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, bytearray()
+        conn = self._conn
+        if out and conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.write(out)
+            self._last_sent = time.monotonic()
+
+    def _new_mid(self) -> int:
+        for _ in range(65535):
+            self._next_mid = self._next_mid % 65535 + 1
+            if self._next_mid not in self._inflight and self._next_mid not in self._subacks:
+                return self._next_mid
+        raise BrokerUnavailable(f"{self.url}: no free MQTT packet identifier")
+
+    # ------------------------------------------------------------------ connection
+
+    async def _supervise(self) -> None:
+        """Connect, and reconnect with exponential backoff, until the bus is closed."""
+        delay = self.reconnect_min
+        while not self._closed:
+            try:
+                conn = await self._open()
+            except _Refused as exc:
+                self._last_failure = f"broker refused the connection: {exc}"
+                log.warning("mqtt %s: %s", self.url, self._last_failure)
+                self._refusal = self._last_failure
+                self._changed.set()
+            except (OSError, ConnectionError, TimeoutError, ssl.SSLError, codec.ProtocolError) as exc:
+                self._last_failure = f"cannot reach the broker ({exc or type(exc).__name__})"
+            else:
+                delay = self.reconnect_min
+                await conn.closed
+                if self._closed:
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _open(self) -> _Connection:
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closed between the check and the call
-            pass
-
-    def _net_on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._post(self._on_refused, str(reason_code))
-            return
-        self._net_generation += 1
-        with self._lock:
-            snapshot = dict(self._broker_filters)
-        if snapshot:
-            client.subscribe(list(snapshot.items()))
-        self._post(self._on_connected, self._net_generation, snapshot,
-                   bool(flags.session_present))
-
-    def _net_on_connect_fail(self, client, userdata) -> None:
-        self._post(self._on_connect_failed)
-
-    def _net_on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._post(self._on_disconnected, str(reason_code))
-
-    def _net_on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._post(self._on_puback, mid, reason_code.is_failure, str(reason_code))
-
-    def _net_on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self._post(self._on_suback, mid, [rc.is_failure for rc in reason_codes])
-
-    def _net_on_message(self, client, userdata, message) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = None
-        # Hand messages over in bulk: waking the event loop costs a system call, so it is
-        # done once per burst, not once per message (deque appends are thread-safe).
-        self._inbox.append((topic, message.payload, message.qos, message.mid, self._net_generation))
-        if not self._inbox_scheduled:
-            self._inbox_scheduled = True
-            self._post(self._drain_inbox)
-
-    def _drain_inbox(self) -> None:
-        self._inbox_scheduled = False  # before draining: a message appended now reschedules
-        inbox = self._inbox
-        while inbox:
-            self._on_message(*inbox.popleft())
-
-    # ------------------------------------------------------------------ loop side
-
-    def _on_connected(self, generation: int, snapshot: dict[str, int], session: bool) -> None:
-        if self._closed:
-            return
-        # filters added on the loop after the network thread took its snapshot
-        missing = [(f, q) for f, q in self._broker_filters.items() if snapshot.get(f, -1) < q]
-        if missing:
-            self._client.subscribe(missing)
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port,
+                                                   ssl=self.tls)
+            try:
+                will = None
+                if self.will is not None:
+                    will = (self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+                conn.transport.write(codec.connect(
+                    self.client_id, clean_session=not self.persistent, keepalive=self.keepalive,
+                    username=self.username, password=self.password, will=will))
+                session_present = await conn.connack
+            except BaseException:
+                conn.transport.abort()
+                raise
+        self._conn = conn
+        self._generation += 1
+        self._last_recv = self._last_sent = time.monotonic()
+        # subscriptions first, then the retransmissions (the order a session expects)
+        if self._broker_filters:
+            self._write(codec.subscribe(self._new_mid_for_renewal(), list(self._broker_filters.items())))
+        for entry in self._inflight.values():
+            entry[0] = codec.with_dup(entry[0])
+            self._write(entry[0])
         if self._ever_connected:
             self.stats.reconnects += 1
         self._ever_connected = True
         self._connected = True
-        log.info("mqtt %s connected as %s (session present: %s)", self.url, self.client_id,
-                 session)
         self._refusal = None
-        if self._changed is not None:
-            self._changed.set()
+        log.info("mqtt %s connected as %s (session present: %s)", self.url, self.client_id,
+                 session_present)
+        self._changed.set()
+        self._room.set()
         self._emit_state(BusState.CONNECTED)
+        return conn
 
-    def _on_refused(self, reason: str) -> None:
-        self._last_failure = f"broker refused the connection: {reason}"
-        log.warning("mqtt %s: %s", self.url, self._last_failure)
-        self._refusal = self._last_failure
-        if self._changed is not None:
-            self._changed.set()
+    def _new_mid_for_renewal(self) -> int:
+        mid = self._new_mid()
+        fut = self._loop.create_future()
+        fut.add_done_callback(self._renewed)
+        self._subacks[mid] = fut
+        return mid
 
-    def _on_connect_failed(self) -> None:
-        self._last_failure = "cannot reach the broker"
+    def _renewed(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None and any(fut.result()):
+            log.error("mqtt %s: broker refused renewing a subscription for client %r",
+                      self.url, self.client_id)
 
-    def _on_disconnected(self, reason: str) -> None:
+    def _on_lost(self, reason: str) -> None:
         was = self._connected
         self._connected = False
-        if self._room is not None:
-            self._room.set()
+        self._conn = None
+        self._out = bytearray()
+        self._room.set()
         self._last_failure = f"connection lost: {reason}"
-        # publishes waiting for PUBACK: the caller gets them back now; paho still holds them
-        # and retransmits after the reconnect (duplicates are possible: at-least-once)
-        acks, self._acks = self._acks, {}
-        for fut in acks.values():
-            if not fut.done():
+        # publishes waiting for PUBACK: the caller gets them back now; the packets stay and
+        # are sent again after the reconnect (duplicates are possible: at-least-once)
+        for entry in self._inflight.values():
+            fut, entry[1] = entry[1], None
+            if fut is not None and not fut.done():
                 fut.set_exception(BrokerUnavailable(
                     f"{self.url}: connection lost before the broker acknowledged the message "
                     "(it may or may not have been delivered)"))
+                fut.exception()  # the caller reads it; a caller that went away is no error
         subacks, self._subacks = self._subacks, {}
         for fut in subacks.values():
             if not fut.done():
                 fut.set_exception(BrokerUnavailable(
                     f"{self.url}: connection lost before the broker confirmed the subscription "
                     "(it is renewed on reconnect)"))
+                fut.exception()
         if was and not self._closed:
             log.warning("mqtt %s disconnected: %s; reconnecting", self.url, reason)
             self._emit_state(BusState.DISCONNECTED)
 
-    def _on_puback(self, mid: int, failed: bool, reason: str) -> None:
-        if self._room is not None:
-            self._room.set()
-        fut = self._acks.pop(mid, None)
-        if fut is None or fut.done():
-            return  # qos 0, or a publish whose caller stopped waiting
-        if failed:
-            fut.set_exception(BrokerUnavailable(f"{self.url}: broker rejected the publish: {reason}"))
-        else:
-            fut.set_result(None)
+    async def _keep_alive(self) -> None:
+        """PINGREQ when idle; drop a connection that has been silent for 1.5 keepalives."""
+        period = max(self.keepalive / 2, 0.5)
+        while not self._closed:
+            await asyncio.sleep(period)
+            conn = self._conn
+            if conn is None or conn.transport is None:
+                continue
+            now = time.monotonic()
+            if now - self._last_recv > self.keepalive * 1.5:
+                log.warning("mqtt %s: no answer within %.0fs; reconnecting", self.url,
+                            self.keepalive * 1.5)
+                conn.transport.abort()
+            elif now - self._last_sent >= period:
+                self._write(codec.PINGREQ_PACKET)
 
-    def _on_suback(self, mid: int, failures: list[bool]) -> None:
-        fut = self._subacks.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(failures)
+    # ------------------------------------------------------------------ packets in
+
+    def _on_packet(self, conn: _Connection, ptype: int, flags: int, body: bytes) -> None:
+        if ptype == codec.PUBLISH:
+            topic_b, qos, mid, payload = codec.parse_publish(flags, body)
+            try:
+                topic = topic_b.decode()
+            except UnicodeDecodeError:
+                topic = None
+            self._on_message(topic, payload, qos, mid, self._generation)
+        elif ptype == codec.PUBACK:
+            entry = self._inflight.pop(codec.packet_id(body), None)
+            if entry is not None:
+                fut = entry[1]
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                if len(self._inflight) == self.max_inflight - 1:
+                    self._room.set()
+        elif ptype == codec.CONNACK:
+            if len(body) < 2:
+                raise codec.ProtocolError("short CONNACK")
+            if body[1] != 0:
+                reason = codec.CONNACK_REASONS.get(body[1], f"return code {body[1]}")
+                if not conn.connack.done():
+                    conn.connack.set_exception(_Refused(reason))
+                conn.transport.close()
+            elif not conn.connack.done():
+                conn.connack.set_result(bool(body[0] & 1))
+        elif ptype == codec.SUBACK:
+            fut = self._subacks.pop(codec.packet_id(body), None)
+            if fut is not None and not fut.done():
+                fut.set_result([rc == 0x80 for rc in body[2:]])
+        elif ptype in (codec.UNSUBACK, codec.PINGRESP):
+            pass
+        else:
+            raise codec.ProtocolError(f"unexpected packet type {ptype} from the broker")
 
     def _on_message(self, topic: str | None, payload: bytes, qos: int, mid: int,
                     generation: int) -> None:
@@ -270,21 +367,24 @@ class MqttBus(Bus):
             log.warning("mqtt %s: dropped a message whose topic is not UTF-8", self.url)
         if not targets:
             if qos > 0:
-                self._ack(mid, qos, generation)
+                self._ack(mid, generation)
             return
         if qos == 0:
             for sub in targets:
                 if sub.queued() >= self.max_pending or not sub.offer(Message(topic, payload)):
                     self.stats.dropped += 1
             return
-        # qos >= 1: acknowledge when every matching handler is done with it; the broker's
+        # qos 1: acknowledge when every matching handler is done with it; the broker's
         # in-flight window bounds how many such messages can be waiting here
+        if len(targets) == 1:
+            targets[0].offer(Message(topic, payload), lambda outcome: self._ack(mid, generation))
+            return
         remaining = [len(targets)]
 
         def done(outcome: str) -> None:
             remaining[0] -= 1
             if remaining[0] == 0:
-                self._ack(mid, qos, generation)
+                self._ack(mid, generation)
 
         for sub in targets:
             sub.offer(Message(topic, payload), done)
@@ -303,11 +403,11 @@ class MqttBus(Bus):
             hit = self._match_cache[topic] = [s for s in self._subs if matches(s.filter, topic)]
         return hit
 
-    def _ack(self, mid: int, qos: int, generation: int) -> None:
+    def _ack(self, mid: int, generation: int) -> None:
         # a message from an earlier connection is not acknowledged on the new one: its packet
         # id may name a different message there; the broker redelivers it instead
-        if generation == self._net_generation and self._connected:
-            self._client.ack(mid, qos)
+        if generation == self._generation and self._connected:
+            self._write(codec.puback(mid))
 
     # ------------------------------------------------------------------ API
 
@@ -325,13 +425,12 @@ class MqttBus(Bus):
         is connected; subscriptions are made when it is). Call `close` to give up.
         """
         self._check_open()
-        if not self._started:
+        if self._supervisor is None:
             self._loop = asyncio.get_running_loop()
             self._changed = asyncio.Event()
             self._room = asyncio.Event()
-            self._client.connect_async(self.host, self.port, self.keepalive)
-            self._client.loop_start()
-            self._started = True
+            self._supervisor = self._loop.create_task(self._supervise(), name=f"mqtt:{self.url}")
+            self._pinger = self._loop.create_task(self._keep_alive(), name=f"mqtt-ping:{self.url}")
         if not wait:
             return
         try:
@@ -350,55 +449,111 @@ class MqttBus(Bus):
                 f"cannot connect to {self.url} within {timeout}s ({detail}); still trying in "
                 "the background") from None
 
+    def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0) -> bytes:
+        tb = self._topic_bytes.get(topic)
+        if tb is None:
+            validate_topic(topic)
+            if len(self._topic_bytes) > 50_000:
+                self._topic_bytes.clear()
+            tb = self._topic_bytes[topic] = topic.encode()
+        if qos not in (0, 1):
+            check_qos(qos)
+            raise ConfigError(f"{self.url}: MQTT publishes are made at QoS 0 or 1, not {qos}")
+        return codec.publish(tb, as_payload(payload), qos, retain, mid)
+
+    def _check_connected(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(f"{self.url}: bus is closed")
+        if not self._connected:
+            raise BrokerUnavailable(
+                f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
+
+    async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
+        while len(self._inflight) >= self.max_inflight or not self._conn.writable.is_set():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise PublishTimeout(
+                    f"{self.url}: {self.max_inflight} messages wait for an acknowledgement; "
+                    f"no room for {topic!r} within {wait}s")
+            self._room.clear()
+            waiter = self._room.wait() if len(self._inflight) >= self.max_inflight \
+                else self._conn.writable.wait()
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            self._check_connected()
+
+    def _send_qos1(self, topic: str, payload: Any, retain: bool) -> asyncio.Future:
+        mid = self._new_mid()
+        packet = self._packet(topic, payload, 1, retain, mid)
+        fut = self._loop.create_future()
+        self._inflight[mid] = [packet, fut]
+        self._write(packet)
+        return fut
+
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
                       timeout: float | None = None) -> None:
-        validate_topic(topic)
-        payload = as_payload(payload)
-        check_qos(qos)
-        wait = self.publish_timeout if timeout is None else timeout
-        deadline = asyncio.get_running_loop().time() + wait
-        while True:
-            if self._closed:
-                raise BrokerUnavailable(f"{self.url}: bus is closed")
-            if not self._connected:
-                raise BrokerUnavailable(
-                    f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                # max_inflight messages already wait for their PUBACK: wait for room
-                remaining = deadline - asyncio.get_running_loop().time()
-                self._room.clear()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    await asyncio.wait_for(self._room.wait(), remaining)
-                except TimeoutError:
-                    raise PublishTimeout(
-                        f"{self.url}: {self._client.max_inflight_messages} messages wait for an "
-                        f"acknowledgement; no room for {topic!r} within {wait}s") from None
-                continue
-            if info.rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST):
-                # the network thread lost the connection and its callback has not reached
-                # the loop yet: take note now, so `connected` agrees with this error
-                self._on_disconnected(mqtt.error_string(info.rc))
-                raise BrokerUnavailable(f"{self.url}: not connected (connection lost)")
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise BrokerUnavailable(f"{self.url}: publish failed: {mqtt.error_string(info.rc)}")
-            break
+        self._check_connected()
         if qos == 0:
+            self._write(self._packet(topic, payload, 0, retain))
             self.stats.published += 1
             return
-        fut = self._loop.create_future()
-        self._acks[info.mid] = fut  # before any await: see the module docstring
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - self._loop.time()))
-        except TimeoutError:
-            raise PublishTimeout(
-                f"{self.url}: no acknowledgement for {topic!r} within {wait}s") from None
-        finally:
-            if self._acks.get(info.mid) is fut:
-                del self._acks[info.mid]
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = self._loop.time() + wait
+        if len(self._inflight) >= self.max_inflight or not self._conn.writable.is_set():
+            await self._room_for_one(topic, deadline, wait)
+        fut = self._send_qos1(topic, payload, retain)
+        await self._await_acks([fut], [topic], deadline, wait)
+        if fut.exception() is not None:
+            raise fut.exception()
         self.stats.published += 1
+
+    async def publish_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+                           retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
+        """Publish a batch in order, waiting for all its acknowledgements together."""
+        items = list(items)
+        self._check_connected()
+        if qos == 0:
+            for topic, payload in items:
+                self._write(self._packet(topic, payload, 0, retain))
+            self.stats.published += len(items)
+            return [None] * len(items)
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = self._loop.time() + wait
+        futs: list[asyncio.Future] = []
+        results: list[Exception | None] = [None] * len(items)
+        for i, (topic, payload) in enumerate(items):
+            try:
+                if len(self._inflight) >= self.max_inflight or not self._conn.writable.is_set():
+                    await self._room_for_one(topic, deadline, wait)
+                futs.append(self._send_qos1(topic, payload, retain))
+            except (BrokerUnavailable, PublishTimeout, ConfigError) as exc:
+                # what follows a failed message is not sent: order is kept for the caller's retry
+                await self._await_acks(futs, [t for t, _ in items[:len(futs)]], deadline, wait)
+                results[i:] = [exc] * (len(items) - i)
+                break
+        else:
+            await self._await_acks(futs, [t for t, _ in items], deadline, wait)
+        for i, fut in enumerate(futs):
+            exc = fut.exception()
+            if exc is None:
+                self.stats.published += 1
+            results[i] = exc
+        return results
+
+    async def _await_acks(self, futs: list[asyncio.Future], topics: list[str], deadline: float,
+                          wait: float) -> None:
+        pending = [f for f in futs if not f.done()]
+        if pending:
+            remaining = max(0.0, deadline - self._loop.time())
+            await asyncio.wait(pending, timeout=remaining)
+        for fut, topic in zip(futs, topics):
+            if not fut.done():
+                # the packet stays in flight (a late PUBACK is still taken); the caller hears now
+                fut.set_exception(PublishTimeout(
+                    f"{self.url}: no acknowledgement for {topic!r} within {wait}s"))
+                fut.exception()
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
                         queue: str | None = None, durable: str | None = None,
@@ -429,16 +584,15 @@ class MqttBus(Bus):
         sub.broker_filter = broker_filter
         sub.start()
         self._subs.append(sub)
-        with self._lock:
-            old = self._broker_filters.get(broker_filter, -1)
-            if qos > old:
-                self._broker_filters[broker_filter] = qos
-        if qos > old and self._connected:
-            rc, mid = self._client.subscribe(broker_filter, qos)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-                return sub  # the connection just went; on_connect subscribes again
+        wire_qos = min(qos, 1)
+        old = self._broker_filters.get(broker_filter, -1)
+        if wire_qos > old:
+            self._broker_filters[broker_filter] = wire_qos
+        if wire_qos > old and self._connected:
+            mid = self._new_mid()
             fut = self._loop.create_future()
             self._subacks[mid] = fut
+            self._write(codec.subscribe(mid, [(broker_filter, wire_qos)]))
             wait = self.publish_timeout if timeout is None else timeout
             try:
                 failures = await asyncio.wait_for(asyncio.shield(fut), wait)
@@ -447,7 +601,7 @@ class MqttBus(Bus):
                 raise BrokerUnavailable(
                     f"{self.url}: no SUBACK for {broker_filter!r} within {wait}s") from None
             except BrokerUnavailable:
-                return sub  # renewed by on_connect after the reconnect
+                return sub  # renewed on the next connection
             finally:
                 self._subacks.pop(mid, None)
             if any(failures):
@@ -457,13 +611,12 @@ class MqttBus(Bus):
                     f"for client {self.client_id!r}")
         return sub
 
-    async def _drop_sub(self, sub: MqttSubscription) -> None:
+    async def _drop_sub(self, sub: MqttSubscription) -> str | None:
         if sub in self._subs:
             self._subs.remove(sub)
         still_used = any(s.broker_filter == sub.broker_filter for s in self._subs)
         if not still_used:
-            with self._lock:
-                self._broker_filters.pop(sub.broker_filter, None)
+            self._broker_filters.pop(sub.broker_filter, None)
         await sub.stop(drop_queued=True)
         return None if still_used else sub.broker_filter
 
@@ -471,38 +624,47 @@ class MqttBus(Bus):
         assert isinstance(sub, MqttSubscription)
         removed = await self._drop_sub(sub)
         if removed is not None and self._connected:
-            self._client.unsubscribe(removed)
+            self._write(codec.unsubscribe(self._new_mid(), [removed]))
 
     async def flush(self, *, timeout: float = 5.0) -> None:
-        """Wait for the acknowledgements of the qos >= 1 publishes in flight."""
-        pending = [f for f in self._acks.values() if not f.done()]
+        """Wait for the acknowledgements of the qos 1 publishes in flight."""
+        pending = [e[1] for e in self._inflight.values() if e[1] is not None and not e[1].done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         """Wait for outstanding acknowledgements, let running handlers finish (their QoS 1
         messages are then acknowledged), disconnect cleanly (the broker does not send the
-        will) and stop the network thread."""
+        will) and close the connection."""
         if self._closed:
             return
-        try:
-            await self.flush(timeout=timeout)
-        except Exception:  # pragma: no cover - flush only waits
-            pass
+        await self.flush(timeout=timeout)
         for sub in list(self._subs):
             await sub.stop(grace=timeout)
         self._subs.clear()
         self._closed = True
-        if self._started:
-            self._connected = False
-            # DISCONNECT is queued after what was published (qos 0 leaves first); the network
-            # thread ends once it is written, and loop_stop joins it
-            self._client.disconnect()
-            await asyncio.to_thread(self._client.loop_stop)
-        for fut in list(self._acks.values()) + list(self._subacks.values()):
-            if not fut.done():
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            self._write(codec.DISCONNECT_PACKET)
+            self._flush()
+            conn.transport.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(conn.closed), timeout)
+            except TimeoutError:
+                conn.transport.abort()
+        self._connected = False
+        self._conn = None
+        for task in (self._supervisor, self._pinger):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        for fut in [e[1] for e in self._inflight.values()] + list(self._subacks.values()):
+            if fut is not None and not fut.done():
                 fut.set_exception(BrokerUnavailable(f"{self.url}: bus closed"))
-        self._acks.clear()
+                fut.exception()
         self._subacks.clear()
         if self._changed is not None:
             self._changed.set()

@@ -29,7 +29,9 @@ from ..errors import ConfigError, IotwasmError
 
 log = logging.getLogger("iotwasm.outbox")
 
-Publish = Callable[[str, bytes], Awaitable[None]]
+#: sends a window of (topic, payload) in order; one result per message: None once the uplink
+#: acknowledged it, else the error
+SendWindow = Callable[[list[tuple[str, bytes]]], Awaitable[list[Exception | None]]]
 
 
 class OutboxFull(IotwasmError):
@@ -146,11 +148,11 @@ class Outbox:
 class Forwarder:
     """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages."""
 
-    def __init__(self, outbox: Outbox, sink: str, publish: Publish, *, batch: int = 100,
+    def __init__(self, outbox: Outbox, sink: str, send: SendWindow, *, batch: int = 100,
                  min_backoff: float = 0.1, max_backoff: float = 5.0):
         self.outbox = outbox
         self.sink = sink
-        self.publish = publish
+        self.send = send
         self.batch = batch
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
@@ -192,19 +194,16 @@ class Forwarder:
             # The whole window goes out at once (one connection keeps it in order) and the
             # acks are awaited together; only the contiguous acknowledged prefix is deleted, so
             # a failure resends from the first unacknowledged message (at-least-once, in order).
-            results = await asyncio.gather(*(self.publish(topic, payload) for _, topic, payload in rows),
-                                           return_exceptions=True)
+            results = await self.send([(topic, payload) for _, topic, payload in rows])
             done: list[int] = []
-            failure: BaseException | None = None
+            failure: Exception | None = None
             for (row_id, _, _), res in zip(rows, results):
-                if isinstance(res, BaseException):
+                if res is not None:
                     failure = res
                     break
                 done.append(row_id)
             await asyncio.to_thread(self.outbox.ack, self.sink, done)
             if failure is not None:
-                if isinstance(failure, asyncio.CancelledError):
-                    raise failure
                 self.outbox._st(self.sink).send_failures += 1
                 self.last_error = str(failure)
                 await asyncio.sleep(backoff)

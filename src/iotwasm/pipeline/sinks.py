@@ -72,8 +72,16 @@ class _Uplink(abc.ABC):
 
     async def start(self) -> None:
         if self.outbox is not None:
-            self.forwarder = Forwarder(self.outbox, self.name, self._send)
+            self.forwarder = Forwarder(self.outbox, self.name, self._send_window)
             self.forwarder.start()
+
+    async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
+        """Deliver a window in order; one result per message (None: acknowledged)."""
+        results = await asyncio.gather(*(self._send(t, p) for t, p in items), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r
+        return [r if isinstance(r, Exception) else None for r in results]
 
     async def _keep(self, items: list[tuple[str, bytes]]) -> None:
         """Store durably for the forwarder; returns once on disk."""
@@ -106,6 +114,11 @@ class BusSink(_Uplink):
         await self.bus.publish(topic, payload, qos=self.qos, retain=self.retain)
         self.sent += 1
 
+    async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
+        results = await self.bus.publish_many(items, qos=self.qos, retain=self.retain)
+        self.sent += results.count(None)
+        return results
+
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         topics, failures = _topics(self.template, messages, variables)
         if self.outbox is not None:
@@ -113,12 +126,11 @@ class BusSink(_Uplink):
             return failures
         # all at once: one connection keeps them in order, and the acks are awaited together
         idx = [i for i, t in enumerate(topics) if t is not None]
-        results = await asyncio.gather(*(self._send(topics[i], messages[i].payload) for i in idx),
-                                       return_exceptions=True)
+        results = await self._send_window([(topics[i], messages[i].payload) for i in idx])
         for i, res in zip(idx, results):
             if isinstance(res, IotwasmError):
                 failures.append((i, res))
-            elif isinstance(res, BaseException):
+            elif res is not None:
                 raise res
         return failures
 
@@ -150,6 +162,17 @@ class WebhookSink(_Uplink):
     async def _send(self, topic: str, payload: bytes) -> None:
         await asyncio.to_thread(self._post_sync, topic, payload)
         self.sent += 1
+
+    async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
+        # one request after the other: concurrent POSTs could arrive out of order
+        results: list[Exception | None] = []
+        for topic, payload in items:
+            try:
+                await self._send(topic, payload)
+            except IotwasmError as e:
+                return results + [e] * (len(items) - len(results))
+            results.append(None)
+        return results
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         items = [(m.topic, m.payload) for m in messages]

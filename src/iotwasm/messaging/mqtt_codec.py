@@ -1,0 +1,166 @@
+"""MQTT 3.1.1 packets: encoders and an incremental decoder (OASIS MQTT 3.1.1, section 2–3).
+
+Only what a client sends and receives at QoS 0 and 1. Pure functions on bytes, no I/O, so the
+wire format can be tested on its own and the bus stays about connection state.
+"""
+
+from __future__ import annotations
+
+import struct
+
+CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
+PUBREC, PUBREL, PUBCOMP = 5, 6, 7
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
+PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
+
+PINGREQ_PACKET = b"\xc0\x00"
+DISCONNECT_PACKET = b"\xe0\x00"
+MAX_REMAINING = 268_435_455
+
+#: CONNACK return codes (3.2.2.3)
+CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+_H = struct.Struct(">H")
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not MQTT 3.1.1."""
+
+
+def _length(n: int) -> bytes:
+    if n > MAX_REMAINING:
+        raise ValueError(f"MQTT packet of {n} bytes exceeds the protocol's limit")
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _str(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    if len(b) > 0xFFFF:
+        raise ValueError("MQTT string longer than 65535 bytes")
+    return _H.pack(len(b)) + b
+
+
+def connect(client_id: str, *, clean_session: bool, keepalive: int,
+            username: str | None = None, password: str | None = None,
+            will: tuple[str, bytes, int, bool] | None = None) -> bytes:
+    flags = 0x02 if clean_session else 0
+    payload = _str(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += _str(topic) + _str(message)
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _str(password)
+    body = b"\x00\x04MQTT\x04" + bytes((flags,)) + _H.pack(keepalive) + payload
+    return b"\x10" + _length(len(body)) + body
+
+
+def publish(topic: bytes, payload: bytes, qos: int, retain: bool, mid: int = 0) -> bytes:
+    """A PUBLISH; `topic` already UTF-8 encoded (callers memoise it)."""
+    head = 0x30 | (qos << 1) | (1 if retain else 0)
+    n = 2 + len(topic) + len(payload) + (2 if qos else 0)
+    if qos:
+        return b"".join((bytes((head,)), _length(n), _H.pack(len(topic)), topic, _H.pack(mid), payload))
+    return b"".join((bytes((head,)), _length(n), _H.pack(len(topic)), topic, payload))
+
+
+def with_dup(packet: bytes) -> bytes:
+    """The same PUBLISH marked as a retransmission (DUP flag, 3.3.1.1)."""
+    return bytes((packet[0] | 0x08,)) + packet[1:]
+
+
+def puback(mid: int) -> bytes:
+    return b"\x40\x02" + _H.pack(mid)
+
+
+def subscribe(mid: int, filters: list[tuple[str, int]]) -> bytes:
+    body = _H.pack(mid) + b"".join(_str(f) + bytes((q,)) for f, q in filters)
+    return b"\x82" + _length(len(body)) + body
+
+
+def unsubscribe(mid: int, filters: list[str]) -> bytes:
+    body = _H.pack(mid) + b"".join(_str(f) for f in filters)
+    return b"\xa2" + _length(len(body)) + body
+
+
+class Decoder:
+    """Splits a byte stream into packets: ``feed(data)`` returns ``[(type, flags, body)]``.
+
+    A partial packet waits for the next chunk. Bodies are `bytes` slices of what arrived, so a
+    PUBLISH's payload costs one copy.
+    """
+
+    __slots__ = ("_rest",)
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        if self._rest:
+            data = self._rest + data
+        out = []
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            first = data[pos]
+            i = pos + 1
+            n = data[i]
+            i += 1
+            if n & 0x80:
+                n &= 0x7F
+                shift = 7
+                while True:
+                    if i >= end:
+                        self._rest = data[pos:]
+                        return out
+                    b = data[i]
+                    i += 1
+                    n |= (b & 0x7F) << shift
+                    if not b & 0x80:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise ProtocolError("remaining length longer than 4 bytes")
+            stop = i + n
+            if stop > end:
+                break
+            out.append((first >> 4, first & 0x0F, data[i:stop]))
+            pos = stop
+        self._rest = data[pos:] if pos < end else b""
+        return out
+
+
+def parse_publish(flags: int, body: bytes) -> tuple[bytes, int, int, bytes]:
+    """(topic bytes, qos, packet id, payload) of an incoming PUBLISH body."""
+    if len(body) < 2:
+        raise ProtocolError("PUBLISH without a topic")
+    tl = (body[0] << 8) | body[1]
+    qos = (flags >> 1) & 3
+    if qos:
+        mid = (body[2 + tl] << 8) | body[3 + tl]
+        return body[2:2 + tl], qos, mid, body[4 + tl:]
+    return body[2:2 + tl], 0, 0, body[2 + tl:]
+
+
+def packet_id(body: bytes) -> int:
+    if len(body) < 2:
+        raise ProtocolError("packet without its packet identifier")
+    return (body[0] << 8) | body[1]
