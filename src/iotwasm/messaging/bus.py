@@ -297,6 +297,20 @@ class Bus(abc.ABC):
                 raise r
         return [r if isinstance(r, Exception) else None for r in results]
 
+    async def send_many(self, items: "Iterable[tuple[str, bytes]]", *, qos: int = 0,
+                        retain: bool = False, timeout: float | None = None
+                        ) -> "Awaitable[list[Exception | None]]":
+        """Hand a batch to the connection, in order, and return what confirms it.
+
+        Returns once the messages are on their way — a later `send_many` on the same bus
+        goes out after them — with an awaitable of `publish_many`'s results. A caller can so
+        send the next batch while the broker is still acknowledging this one. Buses that
+        cannot separate the two steps send and confirm here and return the results."""
+        results = await self.publish_many(items, qos=qos, retain=retain, timeout=timeout)
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(results)
+        return done
+
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
                         queue: str | None = None, durable: str | None = None) -> Subscription:

@@ -14,6 +14,7 @@ QoS: publishes at 0 and 1; subscriptions are made at QoS 0 or 1 (2 is asked as 1
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import ssl
@@ -55,6 +56,15 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
     return parsed.hostname, port, user, password
 
 
+async def _results(results: list) -> list:
+    return results
+
+
+def _expire_waiter(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class MqttSubscription(Subscription):
     broker_filter: str
 
@@ -78,12 +88,19 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
+        self._quickack = None
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if hasattr(socket, "TCP_QUICKACK"):
+                self._quickack = sock
 
     def data_received(self, data: bytes) -> None:
         bus = self.bus
         bus._last_recv = time.monotonic()
+        if self._quickack is not None:
+            # Linux falls back to delayed ACKs after a while; a broker that leaves Nagle on
+            # (mosquitto's default) would then hold its next packet for up to 40 ms
+            self._quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         try:
             for ptype, flags, body in self.decoder.feed(data):
                 try:
@@ -171,7 +188,7 @@ class MqttBus(Bus):
         self._subacks: dict[int, asyncio.Future] = {}
         self._next_mid = 0
         self._changed: asyncio.Event | None = None  # set on connect / refusal
-        self._room: asyncio.Event | None = None  # set when a PUBACK frees a slot
+        self._room_waiters: collections.deque[asyncio.Future] = collections.deque()
         self._refusal: str | None = None
         self._last_failure = ""
         self._out = bytearray()
@@ -261,7 +278,7 @@ class MqttBus(Bus):
         log.info("mqtt %s connected as %s (session present: %s)", self.url, self.client_id,
                  session_present)
         self._changed.set()
-        self._room.set()
+        self._wake_all_room_waiters()
         self._emit_state(BusState.CONNECTED)
         return conn
 
@@ -282,7 +299,7 @@ class MqttBus(Bus):
         self._connected = False
         self._conn = None
         self._out = bytearray()
-        self._room.set()
+        self._wake_all_room_waiters()
         self._last_failure = f"connection lost: {reason}"
         # publishes waiting for PUBACK: the caller gets them back now; the packets stay and
         # are sent again after the reconnect (duplicates are possible: at-least-once)
@@ -336,8 +353,8 @@ class MqttBus(Bus):
                 fut = entry[1]
                 if fut is not None and not fut.done():
                     fut.set_result(None)
-                if len(self._inflight) == self.max_inflight - 1:
-                    self._room.set()
+                if self._room_waiters:
+                    self._wake_room_waiter()
         elif ptype == codec.CONNACK:
             if len(body) < 2:
                 raise codec.ProtocolError("short CONNACK")
@@ -428,7 +445,6 @@ class MqttBus(Bus):
         if self._supervisor is None:
             self._loop = asyncio.get_running_loop()
             self._changed = asyncio.Event()
-            self._room = asyncio.Event()
             self._supervisor = self._loop.create_task(self._supervise(), name=f"mqtt:{self.url}")
             self._pinger = self._loop.create_task(self._keep_alive(), name=f"mqtt-ping:{self.url}")
         if not wait:
@@ -468,21 +484,57 @@ class MqttBus(Bus):
             raise BrokerUnavailable(
                 f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
 
+    def _has_room(self) -> bool:
+        return len(self._inflight) < self.max_inflight and self._conn.writable.is_set()
+
     async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
-        while len(self._inflight) >= self.max_inflight or not self._conn.writable.is_set():
+        """Wait, in line with other waiting publishers, until one more may be in flight."""
+        while not self._has_room() or self._room_waiters:
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 raise PublishTimeout(
                     f"{self.url}: {self.max_inflight} messages wait for an acknowledgement; "
                     f"no room for {topic!r} within {wait}s")
-            self._room.clear()
-            waiter = self._room.wait() if len(self._inflight) >= self.max_inflight \
-                else self._conn.writable.wait()
+            if len(self._inflight) < self.max_inflight:  # the socket's buffer is full
+                try:
+                    await asyncio.wait_for(self._conn.writable.wait(), remaining)
+                except TimeoutError:
+                    pass
+                self._check_connected()
+                if self._has_room() and not self._room_waiters:
+                    return
+                continue
+            waiter = self._loop.create_future()
+            self._room_waiters.append(waiter)
+            timer = self._loop.call_later(remaining, _expire_waiter, waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
+                await waiter
             except TimeoutError:
-                pass
+                continue  # the deadline check above raises PublishTimeout
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_room_waiter()  # we were given a slot: pass it on
+                raise
+            finally:
+                timer.cancel()
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
             self._check_connected()
+            if self._has_room():
+                return
+
+    def _wake_all_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_room_waiter(self) -> None:
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _send_qos1(self, topic: str, payload: Any, retain: bool) -> asyncio.Future:
         mid = self._new_mid()
@@ -501,7 +553,7 @@ class MqttBus(Bus):
             return
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._loop.time() + wait
-        if len(self._inflight) >= self.max_inflight or not self._conn.writable.is_set():
+        if not self._has_room() or self._room_waiters:
             await self._room_for_one(topic, deadline, wait)
         fut = self._send_qos1(topic, payload, retain)
         await self._await_acks([fut], [topic], deadline, wait)
@@ -512,34 +564,45 @@ class MqttBus(Bus):
     async def publish_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
                            retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
         """Publish a batch in order, waiting for all its acknowledgements together."""
+        return await (await self.send_many(items, qos=qos, retain=retain, timeout=timeout))
+
+    async def send_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+                        retain: bool = False, timeout: float | None = None):
+        """Write a batch in order (waiting for room in the in-flight window as needed) and
+        return a coroutine that waits for its PUBACKs: see `Bus.send_many`."""
         items = list(items)
         self._check_connected()
         if qos == 0:
             for topic, payload in items:
                 self._write(self._packet(topic, payload, 0, retain))
             self.stats.published += len(items)
-            return [None] * len(items)
+            return _results([None] * len(items))
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._loop.time() + wait
         futs: list[asyncio.Future] = []
-        results: list[Exception | None] = [None] * len(items)
-        for i, (topic, payload) in enumerate(items):
+        failure: Exception | None = None
+        for topic, payload in items:
             try:
-                if len(self._inflight) >= self.max_inflight or not self._conn.writable.is_set():
+                if not self._has_room() or self._room_waiters:
                     await self._room_for_one(topic, deadline, wait)
                 futs.append(self._send_qos1(topic, payload, retain))
             except (BrokerUnavailable, PublishTimeout, ConfigError) as exc:
-                # what follows a failed message is not sent: order is kept for the caller's retry
-                await self._await_acks(futs, [t for t, _ in items[:len(futs)]], deadline, wait)
-                results[i:] = [exc] * (len(items) - i)
+                # what follows a failed message is not sent: order is kept for a retry
+                failure = exc
                 break
-        else:
-            await self._await_acks(futs, [t for t, _ in items], deadline, wait)
-        for i, fut in enumerate(futs):
+        return self._confirm(futs, items, failure, deadline, wait)
+
+    async def _confirm(self, futs: list[asyncio.Future], items: list[tuple[str, bytes]],
+                       failure: Exception | None, deadline: float, wait: float
+                       ) -> list[Exception | None]:
+        await self._await_acks(futs, [t for t, _ in items[:len(futs)]], deadline, wait)
+        results: list[Exception | None] = []
+        for fut in futs:
             exc = fut.exception()
             if exc is None:
                 self.stats.published += 1
-            results[i] = exc
+            results.append(exc)
+        results += [failure] * (len(items) - len(futs))
         return results
 
     async def _await_acks(self, futs: list[asyncio.Future], topics: list[str], deadline: float,

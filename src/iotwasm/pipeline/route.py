@@ -33,6 +33,9 @@ log = logging.getLogger("iotwasm.pipeline")
 
 #: batches up to this many message-steps run on the event loop instead of a worker thread
 INLINE_WORK = 32
+#: batches whose sinks may still be confirming (e.g. waiting for PUBACKs) per route; beyond
+#: this a lane waits for the oldest before it goes on
+MAX_UNCONFIRMED = 32
 
 
 class Step(Protocol):
@@ -45,6 +48,10 @@ class Step(Protocol):
 
 
 class Sink(Protocol):
+    """Where a route's results go. A sink may also offer ``submit(messages, variables)``:
+    hand the batch on in order and return an awaitable of `deliver`'s result, so the lane
+    can process its next batch while an uplink is still acknowledging this one."""
+
     name: str
 
     async def deliver(self, messages: list[Message], variables: list[dict[str, str]]
@@ -125,6 +132,7 @@ class RouteRunner:
         self._idle.set()
         self._stopping = False
         self._acl_memo: dict = {}
+        self._confirming: set[asyncio.Task] = set()
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None) -> None:
@@ -159,7 +167,7 @@ class RouteRunner:
         """Wait until every queued message went through; True when fully drained."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.depth() == 0 and self._inflight == 0:
+            if self.depth() == 0 and self._inflight == 0 and not self._confirming:
                 return True
             await asyncio.sleep(0.005)
         return False
@@ -168,9 +176,10 @@ class RouteRunner:
         if drain_timeout:
             await self.drain(drain_timeout)
         self._stopping = True
-        for t in self._tasks:
+        tasks = self._tasks + list(self._confirming)
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             try:
                 await t
             except asyncio.CancelledError:
@@ -232,11 +241,34 @@ class RouteRunner:
         msgs, variables = flow.msgs, flow.vars
         if not msgs:
             return
+        # Sinks take the batch in order here; their confirmations (an uplink's acks) are
+        # awaited off the lane, so the next batch does not wait for this one's round trip.
+        confirms = []
         for sink in self.sinks:
+            submit = getattr(sink, "submit", None)
             try:
-                failures = await sink.deliver(msgs, variables)
+                if submit is None:
+                    confirms.append((sink, _ready(await sink.deliver(msgs, variables))))
+                else:
+                    confirms.append((sink, await submit(msgs, variables)))
+            except IotwasmError as e:
+                confirms.append((sink, _ready([(i, e) for i in range(len(msgs))])))
+        while len(self._confirming) >= MAX_UNCONFIRMED:
+            await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, flow: "_Flow", confirms: list) -> None:
+        msgs, variables = flow.msgs, flow.vars
+        for sink, confirm in confirms:
+            try:
+                failures = await confirm
             except IotwasmError as e:
                 failures = [(i, e) for i in range(len(msgs))]
+            except Exception:
+                log.exception("route %s: sink %s failed unexpectedly", self.name, sink.name)
+                failures = []
             for i, e in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, e)
                 await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
@@ -325,6 +357,10 @@ class RouteRunner:
                 await self.dead_letter(self.name, where, dl, variables)
             except Exception:
                 log.exception("route %s: dead-letter handler failed for a message from %s", self.name, where)
+
+
+async def _ready(failures: list) -> list:
+    return failures
 
 
 def _allowed(check: Callable[[str], bool], topic: str) -> bool:

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable
 
 from ..errors import ConfigError, IotwasmError
 from ..message import Message
@@ -120,19 +120,38 @@ class BusSink(_Uplink):
         return results
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
+        return await (await self.submit(messages, variables))
+
+    async def submit(self, messages: list[Message], variables: list[dict]) -> Awaitable[Failures]:
+        """Hand the batch on in order; return what waits for the broker's acknowledgements,
+        so the route can go on with its next batch meanwhile (`Sink.submit`)."""
         topics, failures = _topics(self.template, messages, variables)
         if self.outbox is not None:
             await self._keep([(t, m.payload) for t, m in zip(topics, messages) if t is not None])
-            return failures
+            return _settled(failures)
         # all at once: one connection keeps them in order, and the acks are awaited together
         idx = [i for i, t in enumerate(topics) if t is not None]
-        results = await self._send_window([(topics[i], messages[i].payload) for i in idx])
-        for i, res in zip(idx, results):
-            if isinstance(res, IotwasmError):
-                failures.append((i, res))
-            elif res is not None:
-                raise res
-        return failures
+        try:
+            confirm = await self.bus.send_many([(topics[i], messages[i].payload) for i in idx],
+                                               qos=self.qos, retain=self.retain)
+        except IotwasmError as e:
+            return _settled(failures + [(i, e) for i in idx])
+
+        async def confirmed() -> Failures:
+            for i, res in zip(idx, await confirm):
+                if res is None:
+                    self.sent += 1
+                elif isinstance(res, IotwasmError):
+                    failures.append((i, res))
+                else:
+                    raise res
+            return failures
+
+        return confirmed()
+
+
+async def _settled(failures: Failures) -> Failures:
+    return failures
 
 
 class WebhookSink(_Uplink):
