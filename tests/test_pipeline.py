@@ -13,6 +13,7 @@ from iotwasm.message import Message
 from iotwasm.messaging.acl import TopicACL
 from iotwasm.pipeline import BatchPolicy, QueuePolicy, RouteRunner, TopicPattern, TopicTemplate
 
+from brokers import mosquitto  # noqa: F401
 from conftest import ECHO_WAT
 
 
@@ -176,3 +177,52 @@ def test_topic_patterns_and_templates():
     assert TopicTemplate("x/{device}").fill({"device": "a/b+#"}) == "x/a_b__"
     with pytest.raises(KeyError, match="no value for {device}"):
         TopicTemplate("alerts/{device}").fill({})
+
+
+def test_mqtt_sink_keeps_order_while_batches_are_confirmed_off_the_lane(runtime, mosquitto):
+    """Lanes hand batches to the MQTT sink without waiting for the previous batch's PUBACKs;
+    with an in-flight window smaller than a batch, publishers queue for room. Everything must
+    still arrive, once per QoS 1 delivery, in order per device."""
+    from iotwasm.messaging import MqttBus
+    from iotwasm.pipeline.sinks import BusSink
+
+    n, devices = 3000, 12
+
+    async def main():
+        out_bus = MqttBus(mosquitto.url, max_inflight=16)
+        watch = MqttBus(mosquitto.url)
+        await out_bus.connect()
+        await watch.connect()
+        got: list[Message] = []
+        done = asyncio.Event()
+
+        async def on_out(msg):
+            got.append(msg)
+            if len(got) >= n:
+                done.set()
+
+        await watch.subscribe("out/#", on_out, qos=1)
+        sink = BusSink("uplink", out_bus, "out/{device}", qos=1)
+        await sink.start()
+        r = RouteRunner("r", [echo_step(runtime, replicas=3)], [sink], lanes=3,
+                        batch=BatchPolicy(max_size=50, max_linger_s=0.001))
+        r.start()
+        for i in range(n):
+            dev = f"d{i % devices}"
+            await r.offer(Message(f"in/{dev}", b"%d" % i), {"device": dev})
+        assert await r.drain(30)
+        await asyncio.wait_for(done.wait(), 30)
+        await r.stop()
+        await out_bus.close()
+        await watch.close()
+        return r.stats, sink.sent, got
+
+    stats, sent, got = asyncio.run(main())
+    assert stats.delivered == n and stats.dead_letters == 0 and sent == n
+    per_dev: dict[str, list[int]] = {}
+    for m in got:
+        per_dev.setdefault(m.topic, []).append(int(m.payload))
+    assert len(per_dev) == devices
+    for topic, seq in per_dev.items():
+        assert seq == sorted(seq), f"{topic} out of order"
+    assert sorted(int(m.payload) for m in got) == list(range(n))
