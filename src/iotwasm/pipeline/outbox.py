@@ -17,6 +17,7 @@ The outbox is bounded by rows and bytes, with an explicit overflow policy:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sqlite3
 import threading
@@ -29,9 +30,12 @@ from ..errors import ConfigError, IotwasmError
 
 log = logging.getLogger("iotwasm.outbox")
 
-#: sends a window of (topic, payload) in order; one result per message: None once the uplink
-#: acknowledged it, else the error
-SendWindow = Callable[[list[tuple[str, bytes]]], Awaitable[list[Exception | None]]]
+#: hands a window of (topic, payload) to the uplink in order and returns what confirms it:
+#: one result per message, None once the uplink acknowledged it, else the error
+SubmitWindow = Callable[[list[tuple[str, bytes]]], Awaitable[Awaitable[list[Exception | None]]]]
+
+#: SQLite work up to this many rows runs on the event loop: a thread hop costs more
+INLINE_ROWS = 16
 
 
 class OutboxFull(IotwasmError):
@@ -116,20 +120,24 @@ class Outbox:
         self._bytes -= freed
         log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, dropped)
 
-    def peek(self, sink: str, limit: int = 100) -> list[tuple[int, str, bytes]]:
+    def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple[int, str, bytes]]:
+        """The oldest stored messages of `sink` with an id above `after`."""
         with self._lock:
-            return self._db.execute("SELECT id, topic, payload FROM outbox WHERE sink = ? ORDER BY id LIMIT ?",
-                                    (sink, limit)).fetchall()
+            return self._db.execute("SELECT id, topic, payload FROM outbox WHERE sink = ? AND id > ? "
+                                    "ORDER BY id LIMIT ?", (sink, after, limit)).fetchall()
 
     def ack(self, sink: str, ids: list[int]) -> None:
         if not ids:
             return
+        marks = ",".join("?" * len(ids))
         with self._lock:
+            self._db.execute("BEGIN")
             cur = self._db.execute(
                 f"SELECT coalesce(sum(length(payload) + length(topic)), 0), count(*) FROM outbox "
-                f"WHERE id IN ({','.join('?' * len(ids))})", ids)
+                f"WHERE id IN ({marks})", ids)
             size, n = cur.fetchone()
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
+            self._db.execute("COMMIT")
             self._rows -= n
             self._bytes -= size
         self._st(sink).sent += n
@@ -148,12 +156,13 @@ class Outbox:
 class Forwarder:
     """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages."""
 
-    def __init__(self, outbox: Outbox, sink: str, send: SendWindow, *, batch: int = 100,
-                 min_backoff: float = 0.1, max_backoff: float = 5.0):
+    def __init__(self, outbox: Outbox, sink: str, submit: SubmitWindow, *, batch: int = 100,
+                 windows: int = 4, min_backoff: float = 0.1, max_backoff: float = 5.0):
         self.outbox = outbox
         self.sink = sink
-        self.send = send
+        self.submit = submit
         self.batch = batch
+        self.windows = windows
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self._wake = asyncio.Event()
@@ -180,34 +189,60 @@ class Forwarder:
             except asyncio.CancelledError:
                 pass
 
+    async def _db(self, fn, *args, rows: int):
+        if rows <= INLINE_ROWS:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
     async def _run(self) -> None:
+        """Up to `windows` windows are on their way at once (the next is sent while the
+        uplink still acknowledges the last); rows are deleted window by window, oldest
+        first, and only the acknowledged prefix: after a failure everything from the first
+        unacknowledged message is sent again, in order (at-least-once)."""
         backoff = self.min_backoff
-        while True:
-            rows = await asyncio.to_thread(self.outbox.peek, self.sink, self.batch)
-            if not rows:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            # The whole window goes out at once (one connection keeps it in order) and the
-            # acks are awaited together; only the contiguous acknowledged prefix is deleted, so
-            # a failure resends from the first unacknowledged message (at-least-once, in order).
-            results = await self.send([(topic, payload) for _, topic, payload in rows])
-            done: list[int] = []
-            failure: Exception | None = None
-            for (row_id, _, _), res in zip(rows, results):
-                if res is not None:
-                    failure = res
-                    break
-                done.append(row_id)
-            await asyncio.to_thread(self.outbox.ack, self.sink, done)
-            if failure is not None:
-                self.outbox._st(self.sink).send_failures += 1
-                self.last_error = str(failure)
-                await asyncio.sleep(backoff)
-                backoff = min(self.max_backoff, backoff * 2)
-            else:
-                backoff = self.min_backoff
-                self.last_error = None
+        after = 0  # highest id handed to the uplink
+        inflight: collections.deque[tuple[list[int], asyncio.Future]] = collections.deque()
+        try:
+            while True:
+                rows = []
+                if len(inflight) < self.windows:
+                    rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
+                                          rows=self.batch if inflight else 1)
+                if rows:
+                    confirm = await self.submit([(topic, payload) for _, topic, payload in rows])
+                    after = rows[-1][0]
+                    inflight.append(([r[0] for r in rows], asyncio.ensure_future(confirm)))
+                    continue
+                if not inflight:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                ids, confirm = inflight.popleft()
+                results = await confirm
+                done: list[int] = []
+                failure: Exception | None = None
+                for row_id, res in zip(ids, results):
+                    if res is not None:
+                        failure = res
+                        break
+                    done.append(row_id)
+                await self._db(self.outbox.ack, self.sink, done, rows=len(done))
+                if failure is not None:
+                    # later windows are abandoned (their rows stay and are sent again)
+                    for _, later in inflight:
+                        later.cancel()
+                    inflight.clear()
+                    after = 0
+                    self.outbox._st(self.sink).send_failures += 1
+                    self.last_error = str(failure)
+                    await asyncio.sleep(backoff)
+                    backoff = min(self.max_backoff, backoff * 2)
+                else:
+                    backoff = self.min_backoff
+                    self.last_error = None
+        finally:
+            for _, later in inflight:
+                later.cancel()

@@ -23,7 +23,7 @@ from typing import Any, Awaitable
 
 from ..errors import ConfigError, IotwasmError
 from ..message import Message
-from .outbox import Forwarder, Outbox
+from .outbox import INLINE_ROWS, Forwarder, Outbox
 from .templates import TopicTemplate
 
 log = logging.getLogger("iotwasm.sinks")
@@ -72,7 +72,7 @@ class _Uplink(abc.ABC):
 
     async def start(self) -> None:
         if self.outbox is not None:
-            self.forwarder = Forwarder(self.outbox, self.name, self._send_window)
+            self.forwarder = Forwarder(self.outbox, self.name, self._submit_window)
             self.forwarder.start()
 
     async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
@@ -83,9 +83,18 @@ class _Uplink(abc.ABC):
                 raise r
         return [r if isinstance(r, Exception) else None for r in results]
 
+    async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
+        """Hand a window on in order; return what confirms it (see `Forwarder`). Uplinks that
+        cannot separate the two deliver the window here."""
+        return _settled(await self._send_window(items))
+
     async def _keep(self, items: list[tuple[str, bytes]]) -> None:
-        """Store durably for the forwarder; returns once on disk."""
-        await asyncio.to_thread(self.outbox.append, self.name, items)
+        """Store durably for the forwarder; returns once on disk (small batches are written
+        from the loop: a thread hop costs more than the insert)."""
+        if len(items) <= INLINE_ROWS:
+            self.outbox.append(self.name, items)
+        else:
+            await asyncio.to_thread(self.outbox.append, self.name, items)
         if self.forwarder:
             self.forwarder.notify()
 
@@ -115,9 +124,20 @@ class BusSink(_Uplink):
         self.sent += 1
 
     async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
-        results = await self.bus.publish_many(items, qos=self.qos, retain=self.retain)
-        self.sent += results.count(None)
-        return results
+        return await (await self._submit_window(items))
+
+    async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
+        try:
+            confirm = await self.bus.send_many(items, qos=self.qos, retain=self.retain)
+        except IotwasmError as e:
+            return _settled([e] * len(items))
+
+        async def confirmed() -> list[Exception | None]:
+            results = await confirm
+            self.sent += results.count(None)
+            return results
+
+        return confirmed()
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         return await (await self.submit(messages, variables))
