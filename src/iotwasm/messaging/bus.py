@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import functools
 import inspect
 import logging
 import urllib.parse
@@ -83,9 +84,10 @@ def check_qos(qos: int) -> int:
     return qos
 
 
-async def _maybe_await(value: Any) -> None:
+async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
-        await value
+        return await value
+    return value
 
 
 class Subscription:
@@ -94,6 +96,13 @@ class Subscription:
     Messages wait in a queue of their own and the handler sees them one at a time, in order.
     `pending` counts the messages that arrived but whose handler has not finished;
     `wait_idle` waits until it is zero.
+
+    Settling later: a handler may return an `asyncio.Future` instead of None. The message is
+    then acknowledged to the broker (QoS 1 PUBACK, JetStream ack) only when that future is
+    done, while the handler already takes the next message. A pipeline uses this to
+    acknowledge a message once its results are safe, not when it was merely queued. A future
+    whose result is False counts as a failure (JetStream redelivers); a cancelled one
+    releases the message as DROPPED.
     """
 
     def __init__(self, bus: "Bus", topic_filter: str, handler: Handler, *, qos: int = 0,
@@ -110,6 +119,7 @@ class Subscription:
         self.failed = 0
         self._queue: asyncio.Queue[tuple[Message, Done | None]] = asyncio.Queue(maxsize)
         self._busy = False
+        self._settling = 0  # handled, but waiting for the future the handler returned
         self._progress = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.active = True
@@ -126,8 +136,11 @@ class Subscription:
             msg, done = await self._queue.get()
             self._busy = True
             try:
-                ok = await self._call(msg)
-                if done is not None:
+                ok, later = await self._call(msg)
+                if later is not None:
+                    self._settling += 1
+                    later.add_done_callback(functools.partial(self._settled, done))
+                elif done is not None:
                     await _maybe_await(done(OK if ok else FAILED))
             except Exception:  # a failing ack must not stop the subscription
                 log.exception("acknowledging a message on %r failed", self.filter)
@@ -136,10 +149,29 @@ class Subscription:
                 self._busy = False
                 self._progress.set()
 
-    async def _call(self, msg: Message) -> bool:
+    def _settled(self, done: Done | None, later: asyncio.Future) -> None:
+        self._settling -= 1
+        self._progress.set()
+        if done is None:
+            return
+        if later.cancelled():
+            outcome = DROPPED
+        elif later.exception() is not None or later.result() is False:
+            outcome = FAILED
+        else:
+            outcome = OK
+        try:
+            result = done(outcome)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
+        except Exception:
+            log.exception("acknowledging a message on %r failed", self.filter)
+            self.bus.stats.errors += 1
+
+    async def _call(self, msg: Message) -> tuple[bool, asyncio.Future | None]:
         self.delivered += 1
         try:
-            await _maybe_await(self.handler(msg))
+            result = await _maybe_await(self.handler(msg))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -147,9 +179,9 @@ class Subscription:
             self.bus.stats.errors += 1
             log.warning("handler for %r failed on %r: %s: %s", self.filter, msg.topic,
                         type(exc).__name__, exc)
-            return False
+            return False, None
         self.handled += 1
-        return True
+        return True, result if isinstance(result, asyncio.Future) else None
 
     # ---- producer side (the bus)
 
@@ -174,7 +206,8 @@ class Subscription:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + (1 if self._busy else 0) + self._upstream_pending()
+        return (self._queue.qsize() + (1 if self._busy else 0) + self._settling
+                + self._upstream_pending())
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every message that arrived so far has been handled."""

@@ -156,7 +156,8 @@ class MqttBus(Bus):
                  will: Will | None = None, keepalive: int = 30, publish_timeout: float = 10.0,
                  max_pending: int = 1000, max_inflight: int = 100,
                  reconnect_min: float = 0.1, reconnect_max: float = 5.0,
-                 connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None):
+                 connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None,
+                 park_timeout: float = 30.0):
         super().__init__()
         self.url = url
         self.host, self.port, self.username, self.password = parse_mqtt_url(url)
@@ -189,6 +190,12 @@ class MqttBus(Bus):
         self._next_mid = 0
         self._changed: asyncio.Event | None = None  # set on connect / refusal
         self._room_waiters: collections.deque[asyncio.Future] = collections.deque()
+        #: incoming QoS 1 messages in arrival order: [packet id, generation, handled]
+        self._ack_queue: collections.deque[list] = collections.deque()
+        #: persistent session: messages that arrived before a subscription matched them
+        self._parked: list[tuple[str, bytes, list, float]] = []
+        self._park_timer: asyncio.TimerHandle | None = None
+        self.park_timeout = park_timeout
         self._refusal: str | None = None
         self._last_failure = ""
         self._out = bytearray()
@@ -299,6 +306,8 @@ class MqttBus(Bus):
         self._connected = False
         self._conn = None
         self._out = bytearray()
+        self._ack_queue = collections.deque()  # not acknowledged there: the broker resends
+        self._parked = []
         self._wake_all_room_waiters()
         self._last_failure = f"connection lost: {reason}"
         # publishes waiting for PUBACK: the caller gets them back now; the packets stay and
@@ -382,29 +391,79 @@ class MqttBus(Bus):
             targets = [s for s in self._matching(topic) if s.active]
         else:
             log.warning("mqtt %s: dropped a message whose topic is not UTF-8", self.url)
-        if not targets:
-            if qos > 0:
-                self._ack(mid, generation)
-            return
         if qos == 0:
             for sub in targets:
                 if sub.queued() >= self.max_pending or not sub.offer(Message(topic, payload)):
                     self.stats.dropped += 1
             return
-        # qos 1: acknowledge when every matching handler is done with it; the broker's
-        # in-flight window bounds how many such messages can be waiting here
+        # qos 1: acknowledge when every matching handler is done with it, in the order the
+        # messages arrived (MQTT 3.1.1, 4.6); the broker's in-flight window bounds how many
+        # such messages can be waiting here
+        entry = [mid, generation, False]
+        self._ack_queue.append(entry)
+        if not targets:
+            if self.persistent and topic is not None:
+                self._park(topic, payload, entry)
+            else:
+                self._ready(entry)
+            return
+        self._hand_out(targets, topic, payload, entry)
+
+    def _hand_out(self, targets: list, topic: str, payload: bytes, entry: list) -> None:
         if len(targets) == 1:
-            targets[0].offer(Message(topic, payload), lambda outcome: self._ack(mid, generation))
+            targets[0].offer(Message(topic, payload), lambda outcome: self._ready(entry))
             return
         remaining = [len(targets)]
 
         def done(outcome: str) -> None:
             remaining[0] -= 1
             if remaining[0] == 0:
-                self._ack(mid, generation)
+                self._ready(entry)
 
         for sub in targets:
             sub.offer(Message(topic, payload), done)
+
+    def _park(self, topic: str, payload: bytes, entry: list) -> None:
+        """A session's message that arrived before its subscriber did (a node connects,
+        the broker delivers what it kept, the routes subscribe a moment later): hold it,
+        unacknowledged, until a matching subscription is made or `park_timeout` passes."""
+        self._parked.append((topic, payload, entry, self._loop.time()))
+        if self._park_timer is None:
+            self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
+
+    def _claim_parked(self) -> None:
+        parked, self._parked = self._parked, []
+        for topic, payload, entry, since in parked:
+            targets = [s for s in self._matching(topic) if s.active]
+            if targets:
+                self._hand_out(targets, topic, payload, entry)
+            else:
+                self._parked.append((topic, payload, entry, since))
+
+    def _expire_parked(self) -> None:
+        self._park_timer = None
+        cutoff = self._loop.time() - self.park_timeout
+        keep, dropped = [], 0
+        for item in self._parked:
+            if item[3] <= cutoff:
+                self._ready(item[2])  # acknowledged: MQTT 3.1.1 cannot hand it back
+                dropped += 1
+            else:
+                keep.append(item)
+        self._parked = keep
+        if dropped:
+            self.stats.dropped += dropped
+            log.warning("mqtt %s: dropped %d message(s) of the session that no subscription "
+                        "claimed within %ss", self.url, dropped, self.park_timeout)
+        if self._parked:
+            self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
+
+    def _ready(self, entry: list) -> None:
+        entry[2] = True
+        queue = self._ack_queue
+        while queue and queue[0][2]:
+            mid, generation, _ = queue.popleft()
+            self._ack(mid, generation)
 
     def _matching(self, topic: str) -> list:
         """Subscriptions whose filter matches `topic`, memoised until the set changes
@@ -647,6 +706,8 @@ class MqttBus(Bus):
         sub.broker_filter = broker_filter
         sub.start()
         self._subs.append(sub)
+        if self._parked:
+            self._claim_parked()
         wire_qos = min(qos, 1)
         old = self._broker_filters.get(broker_filter, -1)
         if wire_qos > old:
@@ -717,6 +778,8 @@ class MqttBus(Bus):
                 conn.transport.abort()
         self._connected = False
         self._conn = None
+        if self._park_timer is not None:
+            self._park_timer.cancel()
         for task in (self._supervisor, self._pinger):
             if task is not None:
                 task.cancel()

@@ -8,6 +8,7 @@ acknowledges them, which is what qos 1 and durable subscriptions use.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import urllib.parse
 from typing import Any
@@ -19,7 +20,7 @@ from nats.js import api as js_api
 
 from ..errors import ConfigError
 from ..message import Message
-from .bus import Bus, BusState, Handler, Subscription, as_payload, check_qos
+from .bus import FAILED, OK, Bus, BusState, Handler, Subscription, as_payload, check_qos
 from .errors import BrokerUnavailable, PublishTimeout
 from .topics import (
     from_nats_subject,
@@ -102,16 +103,13 @@ class JetStreamSubscription(Subscription):
                 self._busy = True
                 self._fetched.pop(0)
                 try:
-                    ok = await self._call(Message(topic, nmsg.data))
-                    # ack after the handler returned, and wait until the server recorded it
-                    # (so a new binding of the durable does not see it again); nak ->
-                    # redelivered at once. A lost ack means a redelivery after ack_wait.
-                    if ok and bus.connected:
-                        await _settle(nmsg.ack_sync(timeout=bus.ack_timeout))
-                    elif ok:
-                        await _settle(nmsg.ack())  # sent after the reconnect
+                    ok, later = await self._call(Message(topic, nmsg.data))
+                    if later is not None:  # the handler settles it later (see Subscription)
+                        self._settling += 1
+                        later.add_done_callback(functools.partial(
+                            self._settled, functools.partial(_finish, bus, nmsg)))
                     else:
-                        await _settle(nmsg.nak())
+                        await _finish(bus, nmsg, OK if ok else FAILED)
                 finally:
                     self._busy = False
                     self._progress.set()
@@ -122,6 +120,18 @@ class JetStreamSubscription(Subscription):
         fetched, self._fetched = self._fetched, []
         for nmsg in fetched:
             await _settle(nmsg.nak())
+
+
+async def _finish(bus, nmsg, outcome: str) -> None:
+    """Ack after the handler is done, and wait until the server recorded it (so a new binding
+    of the durable does not see it again); nak -> redelivered at once. A lost ack means a
+    redelivery after ack_wait."""
+    if outcome == OK and bus.connected:
+        await _settle(nmsg.ack_sync(timeout=bus.ack_timeout))
+    elif outcome == OK:
+        await _settle(nmsg.ack())  # sent after the reconnect
+    else:
+        await _settle(nmsg.nak())
 
 
 def _merge(have: list[str], want: list[str]) -> list[str]:

@@ -108,6 +108,7 @@ class _Item:
     msg: Message
     vars: dict[str, str]
     arrived: float
+    settled: asyncio.Future | None = None
 
 
 class RouteRunner:
@@ -135,17 +136,23 @@ class RouteRunner:
         self._confirming: set[asyncio.Task] = set()
 
     # -- intake ----------------------------------------------------------------------------
-    async def offer(self, msg: Message, variables: dict[str, str] | None = None) -> None:
-        """Queue one message. Waits when the queue is full and the policy is ``block``."""
+    async def offer(self, msg: Message, variables: dict[str, str] | None = None,
+                    settled: asyncio.Future | None = None) -> None:
+        """Queue one message. Waits when the queue is full and the policy is ``block``.
+
+        `settled`, when given, is resolved once the message is through: its results taken by
+        every sink (an uplink's acknowledgement included), or dead-lettered, filtered out, or
+        dropped by the overflow policy. A source acknowledges its broker then, so a node
+        killed meanwhile gets the message again. It is cancelled if the route stops first."""
         variables = variables or {}
         self.stats.received += 1
         key = variables.get(self.order_key) or msg.topic
         lane = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)] if len(self._lanes) > 1 else self._lanes[0]
-        item = _Item(msg, variables, time.monotonic())
+        item = _Item(msg, variables, time.monotonic(), settled)
         if self.queue.overflow == "drop-oldest":
             while lane.full():
                 try:
-                    lane.get_nowait()
+                    _settle([lane.get_nowait()])
                     lane.task_done()
                     self.stats.dropped += 1
                 except asyncio.QueueEmpty:
@@ -204,9 +211,11 @@ class RouteRunner:
                 last = len(items)
                 await self._run(items)
             except asyncio.CancelledError:
+                _settle(items, cancel=True)
                 raise
             except Exception:  # a bug must not kill the lane and strand the queue
                 log.exception("route %s: batch failed unexpectedly", self.name)
+                _settle(items)
             finally:
                 for _ in items:
                     q.task_done()
@@ -232,6 +241,7 @@ class RouteRunner:
                 break
             first, err = stopped
             if self._stopping:
+                _settle(items, cancel=True)  # not acknowledged: the broker has it again
                 raise err
             # the step's container is unavailable (suspended, restarting): hold the batch
             self.stats.step_retries += 1
@@ -240,6 +250,7 @@ class RouteRunner:
             delay = min(2.0, delay * 2)
         msgs, variables = flow.msgs, flow.vars
         if not msgs:
+            _settle(items)
             return
         # Sinks take the batch in order here; their confirmations (an uplink's acks) are
         # awaited off the lane, so the next batch does not wait for this one's round trip.
@@ -255,11 +266,19 @@ class RouteRunner:
                 confirms.append((sink, _ready([(i, e) for i in range(len(msgs))])))
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms))
+        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)
 
-    async def _confirm(self, flow: "_Flow", confirms: list) -> None:
+    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item]) -> None:
+        try:
+            await self._confirmed(flow, confirms)
+        except asyncio.CancelledError:
+            _settle(items, cancel=True)
+            raise
+        _settle(items)
+
+    async def _confirmed(self, flow: "_Flow", confirms: list) -> None:
         msgs, variables = flow.msgs, flow.vars
         for sink, confirm in confirms:
             try:
@@ -357,6 +376,16 @@ class RouteRunner:
                 await self.dead_letter(self.name, where, dl, variables)
             except Exception:
                 log.exception("route %s: dead-letter handler failed for a message from %s", self.name, where)
+
+
+def _settle(items: list[_Item], cancel: bool = False) -> None:
+    for it in items:
+        fut = it.settled
+        if fut is not None and not fut.done():
+            if cancel:
+                fut.cancel()
+            else:
+                fut.set_result(True)
 
 
 async def _ready(failures: list) -> list:

@@ -20,7 +20,11 @@ log = logging.getLogger("iotwasm.sources")
 
 
 class BusSource:
-    """Subscribe to a topic pattern on a bus and feed the route (backpressure included)."""
+    """Subscribe to a topic pattern on a bus and feed the route (backpressure included).
+
+    A message is acknowledged to the broker (QoS 1, JetStream) only after the route is done
+    with it, so a node killed with messages in its queues gets them again from a persistent
+    session or a durable consumer (at-least-once)."""
 
     def __init__(self, bus, pattern: str, runner: RouteRunner, *, qos: int = 1,
                  queue: str | None = None, durable: str | None = None):
@@ -34,9 +38,14 @@ class BusSource:
 
     async def start(self) -> None:
         pattern, runner = self.pattern, self.runner
+        loop = asyncio.get_running_loop()
 
-        async def handler(msg: Message) -> None:
-            await runner.offer(msg, pattern.capture(msg.topic))
+        async def handler(msg: Message) -> asyncio.Future:
+            # the bus acknowledges the message to its broker when this future is done:
+            # once the route is through with it, not when it was queued
+            settled = loop.create_future()
+            await runner.offer(msg, pattern.capture(msg.topic), settled)
+            return settled
 
         kw = {"qos": self.qos}
         if self.queue:
