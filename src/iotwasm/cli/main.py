@@ -217,6 +217,12 @@ def up(
     http: str = typer.Option("127.0.0.1:8181", help="HOST:PORT of the ingest server for http sources"),
     seconds: float = typer.Option(0.0, help="stop after this many seconds (0 = until Ctrl-C)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the node does"),
+    api: str = typer.Option("127.0.0.1:8282", "--api", help="HOST:PORT of the management API"),
+    no_api: bool = typer.Option(False, "--no-api", help="do not serve the management API"),
+    tls_cert: Optional[Path] = typer.Option(None, help="TLS certificate (PEM) for the API"),
+    tls_key: Optional[Path] = typer.Option(None, help="TLS private key (PEM) for the API"),
+    api_insecure: bool = typer.Option(False, "--api-insecure",
+                                      help="allow the API beyond localhost without TLS"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -231,8 +237,17 @@ def up(
     cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
     if name:
         cfg.name = name
+    settings = None
+    if not no_api:
+        from ..api.server import ApiSettings
+
+        settings = ApiSettings(api, tls_cert, tls_key, api_insecure)
+        try:
+            settings.check()
+        except IotwasmError as e:
+            _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds))
+        asyncio.run(run_node(cfg, out, seconds, api=settings))
     except IotwasmError as e:
         _fail(e)
 

@@ -39,6 +39,8 @@ class NodeState:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        #: called with each event dict after it is stored (from any thread); for live views
+        self.listeners: list = []
 
     def _x(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         with self._lock:
@@ -46,8 +48,13 @@ class NodeState:
 
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, obj: str, message: str) -> None:
-        self._x("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)",
-                (time.time(), kind, obj, message))
+        ts = time.time()
+        self._x("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)", (ts, kind, obj, message))
+        for listener in list(self.listeners):
+            try:
+                listener({"ts": ts, "kind": kind, "object": obj, "message": message})
+            except Exception:
+                pass  # a live view never breaks the node
 
     def events(self, obj: str | None = None, limit: int = 100) -> list[dict]:
         sql = "SELECT ts, kind, object, message FROM events"

@@ -1,0 +1,206 @@
+"""The management API against a real node: manifests, deployments, modules, problems, events,
+logs, metrics and health, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
+
+
+@pytest.fixture()
+def api(tmp_path):
+    n = ApiNode(tmp_path).start()
+    yield n
+    n.stop()
+
+
+def push(client: httpx.Client, wasm: bytes = ECHO_WASM, **params) -> dict:
+    r = client.post("/v1/modules", content=wasm, params=params,
+                    headers={"Content-Type": "application/wasm"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def apply(client: httpx.Client, text: str) -> httpx.Response:
+    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
+
+
+def test_admin_token_created_on_first_start_and_stored_hashed(api):
+    assert api.server.admin_token_file.stat().st_mode & 0o777 == 0o600
+    r = api.admin.get("/v1/node")
+    assert r.status_code == 200 and r.json()["you"]["role"] == "admin"
+    db = (api.data / "api.db").read_bytes()
+    assert api.admin_token.encode() not in db
+
+
+def test_deployment_lifecycle_through_the_api(api):
+    c = api.admin
+    mod = push(c, name="echo", version="1.0.0")
+    assert mod["digest"].startswith("sha256:") and mod["tags"] == ["echo:1.0.0"]
+    r = apply(c, deployment("echo", "echo:1.0.0") + "---\n" +
+              http_route("r", "echo", "/in", "in/{device}", "out"))
+    assert r.status_code == 200, r.text
+    assert {(a["kind"], a["action"]) for a in r.json()["applied"]} == {("Deployment", "created"),
+                                                                       ("Route", "created")}
+    assert r.json()["problems"] == []
+    d = c.get("/v1/deployments/echo").json()
+    assert d["state"] == "running" and d["revision"] == 1 and d["source"] == "api"
+    api.ingest("/in", "d1", [b"a", b"b", b"c"])
+    wait_for(lambda: api.node.store.count("out") == 3, what="3 rows")
+
+    r = c.post("/v1/deployments/echo/scale", json={"replicas": 3})
+    assert r.status_code == 200 and r.json()["replicas"] == 3
+    assert api.node.deployments["echo"].handle.current.replicas == 3
+
+    r = c.post("/v1/deployments/echo/suspend")
+    assert r.status_code == 200 and r.json()["state"] == "suspended"
+    r = c.post("/v1/deployments/echo/suspend")
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
+    assert c.post("/v1/deployments/echo/resume").json()["state"] == "running"
+
+    # a new revision (different memory limit), then roll back to the first one
+    assert apply(c, deployment("echo", "echo:1.0.0", replicas=3, memory="32Mi")).status_code == 200
+    wait_for(lambda: api.node.deployments["echo"].handle.revision == 2, what="revision 2")
+    api.ingest("/in", "d1", [b"d"])  # passes the one-message health gate
+    wait_for(lambda: [h["status"] for h in c.get("/v1/deployments/echo/history").json()] ==
+             ["replaced", "serving"], what="revision 2 serving")
+    r = c.post("/v1/deployments/echo/rollback", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["revision"] == 3
+    m = c.get("/v1/deployments/echo").json()["manifest"]
+    assert m["spec"]["resources"]["memory"] == "16Mi"
+
+    # the module is in use: refused; the deployment is a step: refused
+    assert c.delete(f"/v1/modules/{mod['digest']}").status_code == 409
+    assert c.delete("/v1/deployments/echo").status_code == 409
+    assert c.delete("/v1/routes/r").status_code == 200
+    assert c.delete("/v1/deployments/echo").status_code == 200
+    assert c.get("/v1/deployments").json() == []
+    assert c.delete(f"/v1/modules/{mod['digest']}").status_code == 200
+    assert c.get("/v1/modules").json() == []
+
+
+def test_api_manifests_survive_a_restart(tmp_path):
+    n = ApiNode(tmp_path).start()
+    try:
+        push(n.admin, name="echo", version="1")
+        assert apply(n.admin, deployment("echo", "echo:1")).status_code == 200
+    finally:
+        n.stop()
+    n = ApiNode(tmp_path).start()
+    try:
+        assert n.server.admin_token_file is None  # not created twice
+        assert "echo" in n.node.deployments
+    finally:
+        n.stop()
+
+
+def test_problems_are_one_format_with_a_clear_detail(api):
+    c = api.admin
+    r = apply(c, "apiVersion: iotwasm.io/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 0}\n")
+    assert r.status_code == 422
+    p = r.json()
+    assert r.headers["content-type"] == "application/problem+json"
+    assert set(p) >= {"type", "title", "status", "detail"} and p["status"] == 422
+    assert "spec.module: Field required" in p["detail"]
+    r = apply(c, deployment("x", "./x.wasm"))
+    assert r.status_code == 422 and "is a file path" in r.json()["detail"]
+    r = apply(c, deployment("x", "nothere:1"))
+    assert r.status_code == 422 and "nothere" in r.json()["detail"]
+    r = c.get("/v1/deployments/nope")
+    assert r.status_code == 404 and r.json()["detail"] == "no deployment 'nope'"
+    r = c.post("/v1/deployments/nope/scale", json={"replicas": "many"})
+    assert r.status_code == 422 and "replicas" in r.json()["detail"]
+    r = c.post("/v1/modules", content=b"\x00asm\x01\x00\x00\x00\xff")
+    assert r.status_code == 422 and "invalid wasm" in r.json()["detail"]
+    r = c.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["status"] == 404
+
+
+def test_file_manifests_cannot_be_changed_through_the_api(tmp_path):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (tmp_path / "echo.wat").write_text(__import__("conftest").ECHO_WAT)
+    (mdir / "a.yaml").write_text(deployment("filed", str(tmp_path / "echo.wat")))
+    n = ApiNode(tmp_path, manifests=mdir).start()
+    try:
+        c = n.admin
+        assert c.get("/v1/deployments/filed").json()["source"] == "file"
+        push(c, name="echo", version="1")
+        r = apply(c, deployment("filed", "echo:1"))
+        assert r.status_code == 403 and "manifest files" in r.json()["detail"]
+        assert c.post("/v1/deployments/filed/scale", json={"replicas": 2}).status_code == 403
+        # but API and file manifests live side by side
+        assert apply(c, deployment("other", "echo:1")).status_code == 200
+        assert set(n.node.deployments) == {"filed", "other"}
+    finally:
+        n.stop()
+
+
+def test_events_stream_and_guest_logs(api):
+    c = api.admin
+    push(c, name="echo", version="1")
+    got: list[dict] = []
+    opened = threading.Event()
+
+    def follow():
+        with api.client(api.admin_token) as cc, cc.stream("GET", "/v1/events/stream") as r:
+            opened.set()
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    got.append(json.loads(line[6:]))
+                    if any(e["kind"] == "created" for e in got):
+                        return
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    opened.wait(10)
+    wait_for(lambda: len(api.node.state.listeners) >= 2, what="stream subscribed")
+    assert apply(c, deployment("echo", "echo:1")).status_code == 200
+    t.join(10)
+    assert any(e["kind"] == "created" and e["object"] == "echo" for e in got)
+    assert any(e["kind"] == "created" for e in c.get("/v1/events", params={"object": "echo"}).json())
+
+    # guest logs: captured per deployment, rate limited, queryable
+    for i in range(5):
+        api.node.guest_logs.add("echo", 1, f"line {i}")
+    lines = c.get("/v1/deployments/echo/logs").json()
+    assert [ln["text"] for ln in lines] == [f"line {i}" for i in range(5)]
+    since = lines[2]["seq"]
+    assert [ln["text"] for ln in c.get("/v1/deployments/echo/logs", params={"since": since}).json()] == \
+        ["line 3", "line 4"]
+
+
+def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
+    c = api.admin
+    push(c, name="echo", version="1")
+    apply(c, deployment("echo", "echo:1") + "---\n" + http_route("r", "echo", "/in", "in/{device}", "out"))
+
+    def value(text: str, name: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = c.get("/metrics").text
+    assert value(before, "iotwasm_deployment_messages_total") == 0
+    api.ingest("/in", "d1", [b"x"] * 7 + [b"!boom"])
+    wait_for(lambda: api.node.store.count("out") == 7, what="7 rows")
+    wait_for(lambda: value(c.get("/metrics").text, "iotwasm_route_dead_letters_total") == 1, what="dead letter")
+    after = c.get("/metrics").text
+    assert value(after, "iotwasm_deployment_messages_total") == 8
+    assert value(after, "iotwasm_deployment_outputs_total") == 7
+    assert value(after, "iotwasm_route_delivered_total") == 7
+    assert 'iotwasm_deployment_errors_total{deployment="echo",kind="trap",namespace="default"} 1.0' in after
+    assert value(after, "iotwasm_deployment_instances") == 1
+
+    assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(api.url + "/readyz").status_code == 200
+    # a route that cannot start (unknown step) makes the node not ready, with the reason
+    apply(c, http_route("broken", "ghost", "/b", "b/{device}", "b"))
+    r = httpx.get(api.url + "/readyz")
+    assert r.status_code == 503 and "ghost" in r.json()["reasons"][0]
