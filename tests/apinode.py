@@ -99,7 +99,7 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
 
 
 def deployment(name: str, module: str, namespace: str = "default", replicas: int = 1,
-               publish: str = "#", subscribe: str = "#", memory: str = "16Mi") -> str:
+               publish: str = "#", subscribe: str = "#", memory: str = "16Mi", host: str = "log") -> str:
     return f"""apiVersion: iotwasm.io/v1
 kind: Deployment
 metadata: {{name: {name}, namespace: {namespace}}}
@@ -107,7 +107,7 @@ spec:
   module: "{module}"
   replicas: {replicas}
   resources: {{memory: {memory}}}
-  capabilities: {{host: [log], topics: {{publish: ["{publish}"], subscribe: ["{subscribe}"]}}}}
+  capabilities: {{host: [{host}], topics: {{publish: ["{publish}"], subscribe: ["{subscribe}"]}}}}
   updateStrategy: {{healthGate: {{messages: 1}}}}
 """
 

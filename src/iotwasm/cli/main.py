@@ -260,6 +260,12 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
+# the commands that drive a running node through its management API
+from .client import register as _register_client  # noqa: E402
+
+_register_client(app)
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 
