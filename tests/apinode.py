@@ -43,7 +43,7 @@ class ApiNode:
 
     async def _main(self) -> None:
         self.node = Node(self.config)
-        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}"))
+        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}", alert_interval_s=0.05))
         await self.server.start()
         task = asyncio.create_task(self.node.run())
         while not self.node.ready and not task.done():

@@ -204,3 +204,57 @@ def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
     apply(c, http_route("broken", "ghost", "/b", "b/{device}", "b"))
     r = httpx.get(api.url + "/readyz")
     assert r.status_code == 503 and "ghost" in r.json()["reasons"][0]
+
+
+def test_alert_rule_fires_once_per_cooldown_to_a_topic_and_a_webhook(api):
+    import http.server
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        c = api.admin
+        push(c, name="echo", version="1")
+        # the alert topic is itself routed into the local store, so the test sees what was published
+        apply(c, deployment("echo", "echo:1") + "---\n" + http_route("r", "echo", "/in", "in/{device}", "out")
+              + "---\n" + """apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {name: alerts}
+spec:
+  source: {bus: {topic: "alerts/#"}}
+  sinks: [{store: {table: alerts}}]
+""")
+        r = c.put("/v1/alerts/errors", json={"metric": "route_error_rate", "target": "r", "above": 0.2,
+                                             "cooldown_s": 3600, "topic": "alerts/errors",
+                                             "webhook": f"http://127.0.0.1:{hook.server_port}/alert"})
+        assert r.status_code == 200, r.text
+        assert c.put("/v1/alerts/bad", json={"metric": "route_error_rate", "above": 1, "topic": "a"}).status_code == 422
+        api.ingest("/in", "d1", [b"ok"] * 5)
+        wait_for(lambda: api.node.store.count("out") == 5, what="healthy traffic")
+        assert c.get("/v1/alerts").json()[0]["fired"] == 0  # 0 % errors: below the threshold
+        api.ingest("/in", "d1", [b"!a", b"!b", b"ok"])
+        wait_for(lambda: api.node.store.count("alerts") == 1, what="alert published")
+        wait_for(lambda: len(received) == 1, what="webhook called")
+        assert received[0]["alert"] == "errors" and received[0]["value"] > 0.2
+        # still failing, but inside the cooldown: no second alert
+        api.ingest("/in", "d1", [b"!c", b"!d"])
+        wait_for(lambda: api.node.routes["r"].runner.stats.dead_letters == 4, what="more dead letters")
+        n = api.server.ctx.alerts
+        wait_for(lambda: n._prev.get(("errors", "dead")) == 4, what="an evaluation after them")
+        assert api.node.store.count("alerts") == 1 and len(received) == 1
+        assert c.get("/v1/alerts").json()[0]["fired"] == 1
+        assert any(e["kind"] == "alert" for e in c.get("/v1/events").json())
+        assert c.get("/v1/audit", params={"action": "alert.fired"}).json()
+        assert c.delete("/v1/alerts/errors").status_code == 200
+    finally:
+        hook.shutdown()

@@ -48,6 +48,9 @@ ROUTES = {
     ("DELETE", "/v1/tenants/{name}"): "admin",
     ("POST", "/v1/tenants/{name}/keys"): "admin",
     ("DELETE", "/v1/tenants/{name}/keys/{key_id}"): "admin",
+    ("GET", "/v1/alerts"): "viewer",
+    ("PUT", "/v1/alerts/{name}"): "operator",
+    ("DELETE", "/v1/alerts/{name}"): "operator",
     ("GET", "/v1/audit"): "admin",
     ("GET", "/v1/audit/verify"): "admin",
 }

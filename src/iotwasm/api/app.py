@@ -30,6 +30,7 @@ from ..errors import ConfigError, IotwasmError, ModuleNotFound
 from ..node.manifests import Deployment, ManifestError, parse_documents
 from ..node.node import Node
 from ..registry.signing import Signature, SignatureError, SignatureStore
+from .alerts import METRICS, AlertEvaluator, AlertRule, AlertStore
 from .audit import AuditLog
 from .metrics import exposition, readiness
 from .policy import (LoadPolicy, PolicyError, QuotaExceeded, admit_manifests, check_signed, desired,
@@ -105,6 +106,15 @@ class KeyBody(BaseModel):
     public_pem: str = Field(min_length=1, max_length=10_000)
 
 
+class AlertBody(BaseModel):
+    metric: Literal[METRICS]  # type: ignore[valid-type]
+    above: float = Field(allow_inf_nan=False)
+    target: str | None = Field(None, max_length=63, description="route or deployment name")
+    cooldown_s: float = Field(300.0, ge=0, le=7 * 86400)
+    topic: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^#+]+$")
+    webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+
 class Applied(BaseModel):
     kind: str
     name: str
@@ -129,8 +139,14 @@ class ApiContext:
         self.signatures = SignatureStore(Path(node.registry.root) / "signatures.db")
         self.requests = 0
         self.denied = 0
+        self.alert_rules = AlertStore(data_dir / "api.db")
+        self.alerts = AlertEvaluator(node, self.alert_rules, on_fire=self._alert_fired)
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
+
+    def _alert_fired(self, rule: AlertRule, doc: dict) -> None:
+        self.audit.append("node", "alert.fired", f"alert/{rule.name}", "event",
+                          f"{rule.metric} {doc['value']:.4g} > {rule.above:g}")
 
     def _refused_at_load(self, d: Deployment, digest: str, reason: str) -> None:
         self.audit.append("node", "module.refused-at-load", f"deployment/{d.name}", "denied",
@@ -149,6 +165,7 @@ class ApiContext:
         if self.node.state.listeners and self._node_event in self.node.state.listeners:
             self.node.state.listeners.remove(self._node_event)
         self.security.close()
+        self.alert_rules.close()
         self.audit.close()
         self.signatures.close()
 
@@ -697,6 +714,48 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise Problem(404, "Not found", f"tenant {name!r} does not trust key {key_id!r}", "not-found")
         audit(who, "key.distrust", f"tenant/{name}", f"key {key_id}", tenant=name)
         return {"tenant": name, "distrusted": key_id}
+
+    # -- alerts ---------------------------------------------------------------------------
+    def alert_view(r: AlertRule) -> dict:
+        state = ctx.alerts._state.get(r.name)
+        return {**r.config(), "fired": state.fired if state else 0,
+                "last_fired": state.last_fired if state else None}
+
+    @app.get("/v1/alerts", tags=["alerts"], summary="Threshold alert rules and how often they fired")
+    async def list_alerts(who: Principal = Depends(viewer)) -> list[dict]:
+        rules = ctx.alert_rules.all()
+        if who.tenant is not None:
+            rules = [r for r in rules if r.target and (namespace_of(node, "Route", r.target) == who.tenant
+                                                       or namespace_of(node, "Deployment", r.target) == who.tenant)]
+        return [alert_view(r) for r in rules]
+
+    @app.put("/v1/alerts/{name}", tags=["alerts"], summary="Create or change an alert rule (operator without tenant)")
+    async def put_alert(name: str, body: AlertBody, who: Principal = Depends(operator)) -> dict:
+        if who.tenant is not None:
+            deny(who, "alert.put", f"alert/{name}", PolicyError("alert rules are set by node operators "
+                                                                "(tokens without tenant)"))
+        from ..node.manifests import NAME
+        if not NAME.match(name):
+            raise Problem(422, "Invalid request", f"alert name {name!r}: lowercase letters, digits and '-'",
+                          "validation")
+        if body.metric != "outbox_backlog" and not body.target:
+            raise Problem(422, "Invalid request", f"metric {body.metric} needs a target", "validation")
+        if not body.topic and not body.webhook:
+            raise Problem(422, "Invalid request", "an alert needs a topic, a webhook or both", "validation")
+        rule = AlertRule(name=name, **body.model_dump())
+        ctx.alert_rules.put(rule)
+        audit(who, "alert.put", f"alert/{name}", json.dumps(rule.config()))
+        return alert_view(rule)
+
+    @app.delete("/v1/alerts/{name}", tags=["alerts"], summary="Delete an alert rule (operator without tenant)")
+    async def delete_alert(name: str, who: Principal = Depends(operator)) -> dict:
+        if who.tenant is not None:
+            deny(who, "alert.delete", f"alert/{name}", PolicyError("alert rules are set by node operators "
+                                                                   "(tokens without tenant)"))
+        if not ctx.alert_rules.delete(name):
+            raise Problem(404, "Not found", f"no alert rule {name!r}", "not-found")
+        audit(who, "alert.delete", f"alert/{name}")
+        return {"deleted": name}
 
     # -- audit ----------------------------------------------------------------------------
     @app.get("/v1/audit", tags=["audit"], summary="Query the audit log (newest first)")

@@ -27,6 +27,7 @@ class ApiSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_insecure: bool = False
+    alert_interval_s: float = 1.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -106,8 +107,11 @@ class ApiServer:
             exc = self._task.exception()
             raise ConfigError(f"API cannot listen on {self.settings.listen}: {exc or 'exited'}")
         log.info("API listening on %s", self.url)
+        self.ctx.alerts.interval_s = self.settings.alert_interval_s
+        self.ctx.alerts.start()
 
     async def stop(self) -> None:
+        await self.ctx.alerts.stop()
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True

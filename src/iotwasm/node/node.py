@@ -99,6 +99,7 @@ class Node:
         #: problems of the last reconcile (empty = everything desired is running)
         self.last_problems: list[str] = []
         self._sync_lock = asyncio.Lock()
+        self._file_owned: set[tuple[str, str]] = set()
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -215,7 +216,7 @@ class Node:
                 self.state.event("manifest-error", str(self.config.manifests), "; ".join(e.problems))
                 return e.problems
             self.last_manifest_error = None
-            owned = {(m.kind, m.name) for m in files}
+            owned = self._file_owned = {(m.kind, m.name) for m in files}
             clash = [f"{m.kind} {m.name}: defined in the manifest files; the API copy is ignored"
                      for m in applied if (m.kind, m.name) in owned]
             problems = clash + await self.apply(files + [m for m in applied if (m.kind, m.name) not in owned])
@@ -223,13 +224,9 @@ class Node:
             return problems
 
     def file_owned(self, kind: str, name: str) -> bool:
-        """Whether the watched manifest files define `kind`/`name` (the API may not change it)."""
-        if not self.config.manifests:
-            return False
-        try:
-            return any(m.kind == kind and m.name == name for m in load_path(self.config.manifests))
-        except ManifestError:
-            return False
+        """Whether the watched manifest files defined `kind`/`name` at the last sync (the API
+        may not change it)."""
+        return (kind, name) in self._file_owned
 
     async def apply(self, manifests: list[Deployment | Route]) -> list[str]:
         """Reconcile running state to `manifests`; returns the problems found (also logged)."""
