@@ -132,13 +132,25 @@ def test_cli_drives_a_node_end_to_end(node):
     r = cli(node, "scale", "counter", "9", "--context", "acme", ok=False)
     assert r.returncode == 1 and "9 instances exceed its quota of 4" in r.stderr
     manifests.write_text(manifests.read_text().replace("memory: 16Mi", "memory: 32Mi"))
-    cli(node, "apply", "-f", str(manifests), "--context", "acme")
+    # the rollout is followed until the health gate decides, which needs traffic
+    import threading
+    stop = threading.Event()
+
+    def traffic():
+        with httpx.Client() as c:
+            while not stop.is_set():
+                c.post(f"http://127.0.0.1:{node['ingest']}/in?device=d9", content=b"x")
+                stop.wait(0.1)
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        r = cli(node, "apply", "-f", str(manifests), "--context", "acme", "--wait", "60", "-o", "json")
+    finally:
+        stop.set()
+        t.join()
+    assert json.loads(r.stdout[r.stdout.index("}\n{") + 2:]) == {"counter": "serving"}
     hist = json.loads(cli(node, "history", "counter", "-o", "json").stdout)
-    assert [h["revision"] for h in hist] == [1, 2]
-    with httpx.Client() as c:  # traffic for the health gate of revision 2
-        c.post(f"http://127.0.0.1:{node['ingest']}/in?device=d9", content=b"x")
-    wait_for(lambda: [h["status"] for h in json.loads(cli(node, "history", "counter", "-o", "json").stdout)]
-             == ["replaced", "serving"], what="revision 2 serving")
+    assert [(h["revision"], h["status"]) for h in hist] == [(1, "replaced"), (2, "serving")]
     r = json.loads(cli(node, "rollback", "counter", "-o", "json").stdout)
     assert r["revision"] == 3
     r = cli(node, "rm", "deployment", "counter", ok=False)

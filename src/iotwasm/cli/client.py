@@ -149,6 +149,8 @@ def _ts(t: float | None) -> str:
 # --- commands -------------------------------------------------------------------------------
 
 def apply(files: List[Path] = typer.Option(..., "--filename", "-f", help="manifest file or directory (repeatable)"),
+          wait: float = typer.Option(0.0, "--wait", help="seconds to follow the rollout of changed deployments "
+                                                          "until their health gate decides (0: do not wait)"),
           context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Apply manifests to the node (created / configured / unchanged)."""
     texts = []
@@ -168,6 +170,33 @@ def apply(files: List[Path] = typer.Option(..., "--filename", "-f", help="manife
         err.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
     if res["problems"]:
         raise typer.Exit(1)
+    changed = [a["name"] for a in res["applied"] if a["kind"] == "Deployment" and a["action"] != "unchanged"]
+    if wait > 0 and changed:
+        outcome = follow_rollout(Client(context), changed, wait, show=output != "json")
+        if output == "json":
+            print(json.dumps(outcome, indent=2))
+        if any(v != "serving" for v in outcome.values()):
+            raise typer.Exit(1)
+
+
+def follow_rollout(c: "Client", names: list[str], timeout: float, show: bool = True) -> dict[str, str]:
+    """Poll each deployment's newest revision until it is no longer gating; a progress line
+    per deployment. Returns name → final status (serving, rolled-back, refused or gating)."""
+    status: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    progress = Progress("[progress.description]{task.description}", BarColumn(), "{task.fields[status]}",
+                        console=err, disable=not show)
+    with progress:
+        tasks = {n: progress.add_task(f"rollout {n}", total=1, status="gating") for n in names}
+        while True:
+            for n in names:
+                hist = c.call("GET", f"/v1/deployments/{n}/history")
+                status[n] = hist[-1]["status"] if hist else "pending"
+                done = status[n] not in ("gating", "pending")
+                progress.update(tasks[n], completed=1 if done else 0, status=status[n])
+            if all(v not in ("gating", "pending") for v in status.values()) or time.monotonic() > deadline:
+                return status
+            time.sleep(0.2)
 
 
 KINDS = {"deployments": "deployments", "deployment": "deployments", "deploy": "deployments",
