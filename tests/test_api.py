@@ -258,3 +258,28 @@ spec:
         assert c.delete("/v1/alerts/errors").status_code == 200
     finally:
         hook.shutdown()
+
+
+def test_tracing_is_off_by_default_and_gives_one_span_per_batch_when_on(api):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from iotwasm.api.tracing import enable_tracing
+
+    c = api.admin
+    push(c, name="echo", version="1")
+    apply(c, deployment("echo", "echo:1") + "---\n" + http_route("r", "echo", "/in", "in/{device}", "out"))
+    assert api.node.deployments["echo"].handle.trace is None
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    enable_tracing(api.node, provider)
+    api.ingest("/in", "d1", [b"a", b"!trap"])
+    wait_for(lambda: api.node.routes["r"].runner.stats.dead_letters == 1 and api.node.store.count("out") == 1,
+             what="both messages handled")
+    spans = [s for s in exporter.get_finished_spans() if s.name == "iotwasm.batch"]
+    assert spans and all(s.attributes["iotwasm.deployment"] == "echo" for s in spans)
+    assert sum(s.attributes["iotwasm.messages"] for s in spans) == 2
+    assert sum(s.attributes["iotwasm.dead_letters"] for s in spans) == 1
+    assert any(s.attributes.get("iotwasm.error_kinds") == ("trap",) for s in spans)

@@ -223,6 +223,8 @@ def up(
     tls_key: Optional[Path] = typer.Option(None, help="TLS private key (PEM) for the API"),
     api_insecure: bool = typer.Option(False, "--api-insecure",
                                       help="allow the API beyond localhost without TLS"),
+    otel: bool = typer.Option(False, "--otel", help="OpenTelemetry span per batch (printed to stderr "
+                                                    "unless a tracer provider is configured)"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -247,7 +249,7 @@ def up(
         except IotwasmError as e:
             _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds, api=settings))
+        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel))
     except IotwasmError as e:
         _fail(e)
 

@@ -57,8 +57,20 @@ def render(node: Node, started: float) -> Group:
     return Group(*parts)
 
 
-async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None) -> Node:
+async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
+                   otel: bool = False) -> Node:
     node = Node(config)
+    if otel:
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            raise IotwasmError("--otel needs the OpenTelemetry packages: pip install 'iotwasm[otel]'") from None
+        from ..api.tracing import console_provider, enable_tracing
+
+        provider = trace.get_tracer_provider()
+        if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
+            provider = console_provider()  # nothing configured: show the spans
+        enable_tracing(node, provider)
     server = None
     if api is not None:  # an ApiSettings: serve the management API in this loop
         from ..api import ApiServer

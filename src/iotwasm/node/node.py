@@ -100,6 +100,8 @@ class Node:
         self.last_problems: list[str] = []
         self._sync_lock = asyncio.Lock()
         self._file_owned: set[tuple[str, str]] = set()
+        #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
+        self.batch_trace = None
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -321,6 +323,7 @@ class Node:
         if current is None:
             handle = DeploymentHandle(d.name, container, acl, rev,
                                       on_event=lambda kind, msg, n=d.name: self._handle_event(n, kind, msg))
+            handle.trace = self.batch_trace
             self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
                                            f"{d.spec.replicas} replica(s)")
