@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,6 +111,17 @@ def test_problems_are_one_format_with_a_clear_detail(api):
     assert "spec.module: Field required" in p["detail"]
     r = apply(c, deployment("x", "./x.wasm"))
     assert r.status_code == 422 and "is a file path" in r.json()["detail"]
+    # a name that happens to be a file where the node looks is refused too, never read
+    wasm = Path.cwd() / "api-test-module"
+    wasm.write_bytes(ECHO_WASM)
+    try:
+        r = apply(c, deployment("x", "api-test-module"))
+        assert r.status_code == 422 and "is a file path" in r.json()["detail"]
+        r = apply(c, deployment("x", str(wasm)))
+        assert r.status_code == 422 and "is a file path" in r.json()["detail"]
+    finally:
+        wasm.unlink()
+    assert api.node.registry.list() == []
     r = apply(c, deployment("x", "nothere:1"))
     assert r.status_code == 422 and "nothere" in r.json()["detail"]
     r = c.get("/v1/deployments/nope")

@@ -66,6 +66,16 @@ def _external_endpoints(r: Route) -> list[str]:
     return found
 
 
+def _is_node_path(node: Node, ref: str) -> bool:
+    """Whether the node would read `ref` as a file (it tries paths before registry names)."""
+    m = node.config.manifests
+    base = m.parent if m and m.is_file() else (m or Path.cwd())
+    try:
+        return Path(ref).is_absolute() or (base / ref).exists()
+    except (OSError, ValueError):
+        return True
+
+
 def namespace_of(node: Node, kind: str, name: str) -> str | None:
     """The namespace of a deployment or route the node knows (running or applied)."""
     if kind == "Deployment" and name in node.deployments:
@@ -111,7 +121,7 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
         confined = who.tenant is not None or bool(prefix)
         if isinstance(m, Deployment):
             ref = m.spec.module
-            if ref.endswith((".wasm", ".wat")) or "/" in ref and Path(ref).exists():
+            if ref.endswith((".wasm", ".wat")) or _is_node_path(node, ref):
                 raise ConfigError(f"{label} spec.module: {ref!r} is a file path; the API takes registry "
                                   "references (name:version or sha256:…); push the module first")
             try:
