@@ -244,3 +244,20 @@ def test_editing_one_audit_row_breaks_verification(api):
         db.execute("DELETE FROM audit WHERE id = ?", (victim,))
     v = a.get("/v1/audit/verify").json()
     assert not v["ok"] and f"row {victim} is missing" in v["problem"]
+
+
+def test_acl_denials_are_audited_per_route_with_their_count(api):
+    a = api.admin
+    assert push(a, name="echo", version="1").status_code == 201
+    # echo answers on the input topic, which this deployment may not publish to
+    r = apply(a, deployment("mute", "echo:1", publish="elsewhere/#")
+              + "---\n" + http_route("r", "mute", "/in", "in/{device}", "out"))
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    api.ingest("/in", "d1", [b"1", b"2", b"3"])
+    def counted():
+        rows = a.get("/v1/audit", params={"action": "acl.denied"}).json()
+        return rows if sum(int(r["detail"].split()[0]) for r in rows) == 3 else None
+    rows = wait_for(counted, what="3 denials audited")  # one row per sweep that saw new ones
+    assert all(r["target"] == "route/r" and "refused by topic ACLs" in r["detail"] for r in rows)
+    assert rows[0]["detail"].endswith("(3 in all)")
+    assert api.node.store.count("out") == 0

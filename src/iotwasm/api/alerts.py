@@ -93,6 +93,8 @@ class AlertEvaluator:
         self._state: dict[str, AlertRule] = {}
         self._prev: dict[tuple, float] = {}
         self._task: asyncio.Task | None = None
+        #: called after each evaluation (periodic security sweeps share this loop)
+        self.after_evaluation: list = []
 
     def rules(self) -> list[AlertRule]:
         out = []
@@ -172,6 +174,8 @@ class AlertEvaluator:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.evaluate()
+                for hook in list(self.after_evaluation):
+                    hook()
             except Exception:
                 log.exception("alert evaluation failed")
 

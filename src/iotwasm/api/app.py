@@ -141,8 +141,22 @@ class ApiContext:
         self.denied = 0
         self.alert_rules = AlertStore(data_dir / "api.db")
         self.alerts = AlertEvaluator(node, self.alert_rules, on_fire=self._alert_fired)
+        self._acl_seen: dict[str, int] = {}
+        self.alerts.after_evaluation.append(self._sweep_acl_denials)
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
+
+    def _sweep_acl_denials(self) -> None:
+        """ACL denials happen per message on the hot path; the audit gets one row per route and
+        sweep that saw new ones, with the count, instead of one per message."""
+        for name, rec in list(self.node.routes.items()):
+            n = rec.runner.stats.acl_denied
+            before = self._acl_seen.get(name, 0)
+            self._acl_seen[name] = n
+            if n > before:
+                self.audit.append("node", "acl.denied", f"route/{name}", "denied",
+                                  f"{n - before} output(s) refused by topic ACLs ({n} in all)",
+                                  tenant=rec.manifest.metadata.namespace)
 
     def _alert_fired(self, rule: AlertRule, doc: dict) -> None:
         self.audit.append("node", "alert.fired", f"alert/{rule.name}", "event",
