@@ -150,6 +150,11 @@ def test_file_manifests_cannot_be_changed_through_the_api(tmp_path):
         # but API and file manifests live side by side
         assert apply(c, deployment("other", "echo:1")).status_code == 200
         assert set(n.node.deployments) == {"filed", "other"}
+        # broken files hold back every reconcile; an API apply says so instead of pretending
+        (mdir / "a.yaml").write_text("kind: Nonsense\n")
+        r = apply(c, deployment("third", "echo:1"))
+        assert r.status_code == 200 and "not reconciled" in r.json()["problems"][0]
+        assert "third" not in n.node.deployments
     finally:
         n.stop()
 

@@ -438,7 +438,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
             audit(who, "apply", f"{m.kind.lower()}/{m.name}", action, tenant=m.metadata.namespace)
         problems = await node.sync()
         mine = {n for _, n in names}
-        return ApplyResult(applied=out, problems=[p for p in problems if any(n in p for n in mine)])
+        problems = [p for p in problems if any(n in p for n in mine)]
+        if node.last_manifest_error:
+            problems.append("stored, but not reconciled while the node's manifest files are invalid: "
+                            + node.last_manifest_error.splitlines()[0])
+        return ApplyResult(applied=out, problems=problems)
 
     # -- deployments ----------------------------------------------------------------------
     def deployment_view(name: str, full: bool = False) -> dict:
