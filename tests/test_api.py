@@ -214,6 +214,12 @@ def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
     assert value(after, "iotwasm_route_delivered_total") == 7
     assert 'iotwasm_deployment_errors_total{deployment="echo",kind="trap",namespace="default"} 1.0' in after
     assert value(after, "iotwasm_deployment_instances") == 1
+    # message latency histogram: every delivered message counted once, across scrapes
+    assert value(after, "iotwasm_route_latency_ms_count") == 7
+    assert 'iotwasm_route_latency_ms_bucket{le="+Inf",namespace="default",route="r"} 7.0' in after
+    api.ingest("/in", "d2", [b"y"] * 3)
+    wait_for(lambda: api.node.store.count("out") == 10, what="10 rows")
+    assert value(c.get("/metrics").text, "iotwasm_route_latency_ms_count") == 10
 
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(api.url + "/readyz").status_code == 200
@@ -300,3 +306,24 @@ def test_tracing_is_off_by_default_and_gives_one_span_per_batch_when_on(api):
     assert sum(s.attributes["iotwasm.messages"] for s in spans) == 2
     assert sum(s.attributes["iotwasm.dead_letters"] for s in spans) == 1
     assert any(s.attributes.get("iotwasm.error_kinds") == ("trap",) for s in spans)
+
+
+def test_latency_histogram_folds_in_only_new_messages_and_counts_what_it_missed():
+    from collections import deque
+
+    from iotwasm.api.metrics import LatencyHistograms
+
+    h = LatencyHistograms()
+    window = deque([0.05, 3.0, 20.0], maxlen=3)
+    h.update("r", 3, window)
+    h.update("r", 3, window)  # nothing new: nothing added
+    window.extend([0.2, 7000.0, 20000.0, 1.0])  # 4 new, the window keeps only the last 3
+    h.update("r", 7, window)
+    fam = h.family({"r": "default"})
+    samples = {(s.name, s.labels.get("le")): s.value for s in fam.samples}
+    assert samples[("iotwasm_route_latency_ms_count", None)] == 6
+    assert samples[("iotwasm_route_latency_ms_bucket", "0.1")] == 1
+    assert samples[("iotwasm_route_latency_ms_bucket", "1")] == 2
+    assert samples[("iotwasm_route_latency_ms_bucket", "10000")] == 5
+    assert samples[("iotwasm_route_latency_ms_bucket", "+Inf")] == 6
+    assert h.missed["r"] == 1

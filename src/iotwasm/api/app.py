@@ -32,7 +32,7 @@ from ..node.node import Node
 from ..registry.signing import Signature, SignatureError, SignatureStore
 from .alerts import METRICS, AlertEvaluator, AlertRule, AlertStore
 from .audit import AuditLog
-from .metrics import exposition, readiness
+from .metrics import LatencyHistograms, exposition, readiness
 from .policy import (LoadPolicy, PolicyError, QuotaExceeded, admit_manifests, check_signed, desired,
                      namespace_of)
 from .security import ROLES, Principal, SecurityStore, Tenant
@@ -139,6 +139,7 @@ class ApiContext:
         self.signatures = SignatureStore(Path(node.registry.root) / "signatures.db")
         self.requests = 0
         self.denied = 0
+        self.histograms = LatencyHistograms()
         self.alert_rules = AlertStore(data_dir / "api.db")
         self.alerts = AlertEvaluator(node, self.alert_rules, on_fire=self._alert_fired)
         self._acl_seen: dict[str, int] = {}
@@ -283,7 +284,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
             c = CounterMetricFamily("iotwasm_api_denied", "API requests and actions refused")
             c.add_metric([], ctx.denied)
             yield c
-        text = await asyncio.to_thread(exposition, node, api_counters)
+        # on the loop, not a worker thread: the routes' latency windows are changed by the loop
+        text = exposition(node, api_counters, ctx.histograms)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/node", tags=["node"], summary="Node information")

@@ -11,15 +11,68 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..node.node import Node
 
 
+#: upper bounds (ms) of the message latency histogram
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class LatencyHistograms:
+    """Cumulative per-route histograms of message latency (arrival → delivered to all sinks).
+
+    Routes keep the latencies of their last 10,000 delivered messages; each scrape folds in
+    the ones delivered since the previous scrape, so the histogram is exact as long as at most
+    10,000 messages per route are delivered between two scrapes; beyond that the oldest of them
+    are no longer known and are left out (counted in `missed`)."""
+
+    def __init__(self):
+        self._seen: dict[str, int] = {}
+        self._buckets: dict[str, list[int]] = {}
+        self._sum: dict[str, float] = {}
+        self.missed: dict[str, int] = {}
+
+    def update(self, route: str, delivered: int, window) -> None:
+        new = delivered - self._seen.get(route, 0)
+        if new < 0:  # the route was recreated: start again
+            self._buckets.pop(route, None), self._sum.pop(route, None)
+            new = delivered
+        self._seen[route] = delivered
+        if new == 0:
+            return
+        recent = list(window)[-new:] if new <= len(window) else list(window)
+        self.missed[route] = self.missed.get(route, 0) + new - len(recent)
+        counts = self._buckets.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 1))
+        for v in recent:
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if v <= bound:
+                    counts[i] += 1
+                    break
+            else:
+                counts[-1] += 1
+        self._sum[route] = self._sum.get(route, 0.0) + sum(recent)
+
+    def family(self, namespaces: dict[str, str]) -> HistogramMetricFamily:
+        h = HistogramMetricFamily("iotwasm_route_latency_ms", "Message latency from arrival in the route to "
+                                  "delivery to all its sinks (ms)", labels=["route", "namespace"])
+        for route, counts in self._buckets.items():
+            if route not in namespaces:
+                continue
+            cumulative, acc = [], 0
+            for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts):
+                acc += n
+                cumulative.append((bound, acc))
+            h.add_metric([route, namespaces[route]], cumulative, self._sum.get(route, 0.0))
+        return h
+
+
 class NodeCollector:
-    def __init__(self, node: Node, extra=None):
+    def __init__(self, node: Node, extra=None, histograms: LatencyHistograms | None = None):
         self.node = node
         self.extra = extra  # callable returning more metric families (API counters)
+        self.histograms = histograms
 
     def collect(self):
         node = self.node
@@ -79,8 +132,13 @@ class NodeCollector:
             backlog.add_metric(lv, sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks))
             for q in (0.5, 0.9, 0.99):
                 latency.add_metric([*lv, str(q)], s.percentile(q))
+            if self.histograms is not None:
+                self.histograms.update(name, s.delivered, s.latencies_ms)
         yield from r.values()
         yield from (depth, backlog, latency)
+        if self.histograms is not None:
+            yield self.histograms.family({n: rec.manifest.metadata.namespace
+                                          for n, rec in list(node.routes.items())})
 
         g = GaugeMetricFamily("iotwasm_node_outbox_backlog", "Messages kept for uplinks not yet acknowledged")
         g.add_metric([], node.outbox.backlog())
@@ -118,7 +176,8 @@ def readiness(node: Node) -> dict:
     return {"ready": not reasons, "reasons": reasons}
 
 
-def exposition(node: Node, extra=None) -> bytes:
+def exposition(node: Node, extra=None, histograms: LatencyHistograms | None = None) -> bytes:
+    """The text exposition; call it on the node's event loop (the routes' windows change there)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(NodeCollector(node, extra))
+    reg.register(NodeCollector(node, extra, histograms))
     return generate_latest(reg)
