@@ -2,8 +2,8 @@
 
 Nothing on the message path changes for metrics: the collector reads the containers' and
 routes' statistics (which the node keeps anyway) when Prometheus scrapes, so an idle scraper
-costs nothing and the hot path has no extra locks. Batch latency is exported as quantiles over
-each route's last 10,000 batches (the window the route keeps).
+costs nothing and the hot path has no extra locks. Message latency through a route is exported
+as a cumulative histogram and as quantiles over the route's last 10,000 messages.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ class NodeCollector:
         depth = GaugeMetricFamily("iotwasm_route_queue_depth", "Messages waiting in the route", labels=rl)
         backlog = GaugeMetricFamily("iotwasm_route_sink_backlog", "Store-and-forward backlog of the route's sinks",
                                     labels=rl)
-        latency = GaugeMetricFamily("iotwasm_route_batch_latency_ms",
-                                    "Batch latency quantiles over the last 10,000 batches",
+        latency = GaugeMetricFamily("iotwasm_route_latency_recent_ms",
+                                    "Message latency quantiles over the route's last 10,000 messages",
                                     labels=[*rl, "quantile"])
         for name, rec in list(node.routes.items()):
             lv = [name, rec.manifest.metadata.namespace]
