@@ -327,3 +327,17 @@ def test_latency_histogram_folds_in_only_new_messages_and_counts_what_it_missed(
     assert samples[("iotwasm_route_latency_ms_bucket", "10000")] == 5
     assert samples[("iotwasm_route_latency_ms_bucket", "+Inf")] == 6
     assert h.missed["r"] == 1
+
+
+def test_wasi_stderr_lands_in_the_guest_logs(api):
+    from conftest import EXAMPLES
+
+    c = api.admin
+    push(c, (EXAMPLES / "wasi_csv.wasm").read_bytes(), name="csv", version="1")
+    r = apply(c, deployment("csv", "csv:1", host="wasi") + "---\n" + http_route("r", "csv", "/in", "in/{device}", "out"))
+    assert r.json()["problems"] == [], r.text
+    api.ingest("/in", "d1", [b"dev-1,temperature,21.5", b"not,a"])
+    wait_for(lambda: api.node.store.count("out") == 1, what="the good line")
+    lines = wait_for(lambda: c.get("/v1/deployments/csv/logs").json(), what="a log line")
+    assert lines[0]["text"] == "line 1: expected 3 fields device,sensor,value"
+    assert lines[0]["level"] == "warning"
