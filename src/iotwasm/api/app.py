@@ -392,12 +392,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if who.tenant is not None and owners - {who.tenant}:
             deny(who, "module.delete", rec.digest, PolicyError(f"module {rec.digest[:19]} is shared with "
                                                                "other tenants; only a node admin can delete it"))
-        users = [n for n, d in desired(node).items() if isinstance(d, Deployment)
-                 and _uses(node, d, rec.digest)]
-        users += [("Deployment", n) for n, d in node.deployments.items() if d.module_digest == rec.digest]
+        users = {name for (kind, name), d in desired(node).items()
+                 if kind == "Deployment" and _uses(node, d, rec.digest)}
+        users |= {name for name, d in node.deployments.items() if d.module_digest == rec.digest}
         if users:
             raise Problem(409, "Conflict", f"module {rec.digest[:19]} is used by deployment(s) "
-                          f"{', '.join(sorted({n for _, n in users}))}", "in-use")
+                          f"{', '.join(sorted(users))}", "in-use")
         await asyncio.to_thread(node.registry.remove, rec.digest, True)
         ctx.signatures.remove(rec.digest)
         ctx.security.disown_module(rec.digest)
@@ -571,10 +571,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 raise Problem(409, "Conflict", f"deployment {name} has no earlier revision to roll back to",
                               "no-revision")
             target = earlier[-1]
-        rows = node.state._x("SELECT manifest FROM revisions WHERE name = ? AND revision = ?", (name, target))
-        if not rows:
+        text = node.state.revision_manifest(name, target)
+        if text is None:
             raise Problem(404, "Not found", f"deployment {name} has no revision {target}", "not-found")
-        m = parse_documents(rows[0][0], f"revision {target}")[0]
+        m = parse_documents(text, f"revision {target}")[0]
         return await reapply(who, m, "deployment.rollback", f"to revision {target}")
 
     @app.get("/v1/deployments/{name}/logs", tags=["deployments"],

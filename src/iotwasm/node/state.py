@@ -100,6 +100,11 @@ class NodeState:
         return [{"revision": r[0], "module_digest": r[1], "created": r[2], "status": r[3], "reason": r[4]}
                 for r in rows]
 
+    def revision_manifest(self, name: str, revision: int) -> str | None:
+        """The manifest (JSON text) a revision was created from, for rolling back to it."""
+        rows = self._x("SELECT manifest FROM revisions WHERE name = ? AND revision = ?", (name, revision))
+        return rows[0][0] if rows else None
+
     # -- dead letters ----------------------------------------------------------------------
     def dead_letter(self, route: str, step: str, kind: str, error: str, topic: str, payload: bytes) -> None:
         self._x("INSERT INTO dead_letters(ts, route, step, kind, error, topic, payload) VALUES (?,?,?,?,?,?,?)",
