@@ -114,10 +114,10 @@ def test_tenants_cannot_see_change_or_emit_into_each_other(api):
 
     assert push(acme, name="acme-echo", version="1").status_code == 201
     r = apply(acme, deployment("sensor", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#")
-              + "---\n" + http_route("r", "sensor", "/acme", "acme/in/{device}", "acme_out", namespace="acme",
+              + "---\n" + http_route("r", "sensor", "/acme/in", "acme/in/{device}", "acme_out", namespace="acme",
                                      dead_letter="acme/dead/{route}"))
     assert r.status_code == 200 and r.json()["problems"] == [], r.text
-    api.ingest("/acme", "d1", [b"1", b"2"])
+    api.ingest("/acme/in", "d1", [b"1", b"2"])
     wait_for(lambda: api.node.store.count("acme_out") == 2, what="acme's route works")
 
     # cannot see
@@ -151,9 +151,13 @@ def test_tenants_cannot_see_change_or_emit_into_each_other(api):
               + "---\n" + http_route("gr", "g", "/g", "acme/in/{device}", "g", namespace="globex",
                                      dead_letter="globex/dead"))
     assert r.status_code == 403 and "spec.source" in r.json()["detail"]
-    r = apply(globex, http_route("gr", "sensor", "/g", "globex/in/{device}", "g", namespace="globex",
+    r = apply(globex, http_route("gr", "sensor", "/globex/g", "globex/in/{device}", "g", namespace="globex",
                                  dead_letter="globex/dead"))
     assert r.status_code == 403 and "deployment of another namespace" in r.json()["detail"]
+    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
+              + "---\n" + http_route("gr", "g", "/acme/in", "globex/in/{device}", "g", namespace="globex",
+                                     dead_letter="globex/dead"))
+    assert r.status_code == 403 and "must start with '/globex/'" in r.json()["detail"]
     # a tenant admin manages its own tenant's tokens only, and not tenants
     assert globex_admin.post("/v1/tokens", json={"name": "x", "role": "admin", "tenant": "acme"}).status_code == 403
     assert globex_admin.post("/v1/tokens", json={"name": "x", "role": "admin"}).status_code == 403

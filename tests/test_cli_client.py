@@ -93,7 +93,7 @@ def test_cli_drives_a_node_end_to_end(node):
     manifests = tmp / "app.yaml"
     manifests.write_text(deployment("counter", "counter:1.0.0", namespace="acme", publish="acme/#",
                                     subscribe="acme/#", host="log, clock, random, kv, config, metrics")
-                         + "---\n" + http_route("ingest", "counter", "/in", "acme/in/{device}", "counted",
+                         + "---\n" + http_route("ingest", "counter", "/acme/in", "acme/in/{device}", "counted",
                                                 namespace="acme", dead_letter="acme/dead/{route}"))
     r = cli(node, "apply", "-f", str(manifests))
     assert "created" in r.stdout
@@ -103,7 +103,7 @@ def test_cli_drives_a_node_end_to_end(node):
     assert [(d["name"], d["state"]) for d in ps] == [("counter", "running")]
     with httpx.Client() as c:
         for i in range(4):
-            assert c.post(f"http://127.0.0.1:{node['ingest']}/in?device=d{i}", content=b"x").status_code == 202
+            assert c.post(f"http://127.0.0.1:{node['ingest']}/acme/in?device=d{i}", content=b"x").status_code == 202
     wait_for(lambda: json.loads(cli(node, "describe", "deployment", "counter", "-o", "json").stdout)
              .get("messages") == 4, what="4 messages counted")
     table = cli(node, "describe", "deployment", "counter").stdout
@@ -118,7 +118,7 @@ def test_cli_drives_a_node_end_to_end(node):
     try:
         time.sleep(0.5)  # let it subscribe; the assertion below does not depend on this
         with httpx.Client() as c:
-            c.post(f"http://127.0.0.1:{node['ingest']}/in?device=late", content=b"x")
+            c.post(f"http://127.0.0.1:{node['ingest']}/acme/in?device=late", content=b"x")
         first = json.loads(follower.stdout.readline())
         assert first["text"] == "host_calls: input counted" and first["seq"] > lines[-1]["seq"]
     finally:
@@ -139,7 +139,7 @@ def test_cli_drives_a_node_end_to_end(node):
     def traffic():
         with httpx.Client() as c:
             while not stop.is_set():
-                c.post(f"http://127.0.0.1:{node['ingest']}/in?device=d9", content=b"x")
+                c.post(f"http://127.0.0.1:{node['ingest']}/acme/in?device=d9", content=b"x")
                 stop.wait(0.1)
     t = threading.Thread(target=traffic, daemon=True)
     t.start()

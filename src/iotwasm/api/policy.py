@@ -148,6 +148,10 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
                 if not _confined(t, prefix):
                     raise PolicyError(f"{label} {where}: {t!r} is outside the topic prefix {prefix!r} "
                                       f"of tenant {ns}")
+            http = m.spec.source.http
+            if http is not None and confined and not http.path.startswith(f"/{ns}/"):
+                raise PolicyError(f"{label} spec.source.http.path: {http.path!r} must start with '/{ns}/' "
+                                  "(ingest paths are shared by all tenants of the node)")
             external = _external_endpoints(m)
             if external and confined:
                 raise PolicyError(f"{label} {external[0]}: other brokers and webhooks need a node admin "
