@@ -217,6 +217,14 @@ def up(
     http: str = typer.Option("127.0.0.1:8181", help="HOST:PORT of the ingest server for http sources"),
     seconds: float = typer.Option(0.0, help="stop after this many seconds (0 = until Ctrl-C)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the node does"),
+    api: str = typer.Option("127.0.0.1:8282", "--api", help="HOST:PORT of the management API"),
+    no_api: bool = typer.Option(False, "--no-api", help="do not serve the management API"),
+    tls_cert: Optional[Path] = typer.Option(None, help="TLS certificate (PEM) for the API"),
+    tls_key: Optional[Path] = typer.Option(None, help="TLS private key (PEM) for the API"),
+    api_insecure: bool = typer.Option(False, "--api-insecure",
+                                      help="allow the API beyond localhost without TLS"),
+    otel: bool = typer.Option(False, "--otel", help="OpenTelemetry span per batch (printed to stderr "
+                                                    "unless a tracer provider is configured)"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -231,8 +239,17 @@ def up(
     cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
     if name:
         cfg.name = name
+    settings = None
+    if not no_api:
+        from ..api.server import ApiSettings
+
+        settings = ApiSettings(api, tls_cert, tls_key, api_insecure)
+        try:
+            settings.check()
+        except IotwasmError as e:
+            _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds))
+        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel))
     except IotwasmError as e:
         _fail(e)
 
@@ -243,6 +260,12 @@ def schema() -> None:
     from ..node.manifests import json_schema
 
     print(json.dumps(json_schema(), indent=2))
+
+
+# the commands that drive a running node through its management API
+from .client import register as _register_client  # noqa: E402
+
+_register_client(app)
 
 
 def main() -> None:  # pragma: no cover - entry point

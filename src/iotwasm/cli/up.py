@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import IotwasmError
 from ..node import Node, NodeConfig
 
 ALERT_TABLE = "alerts"
@@ -56,8 +57,35 @@ def render(node: Node, started: float) -> Group:
     return Group(*parts)
 
 
-async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0) -> Node:
+async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
+                   otel: bool = False) -> Node:
     node = Node(config)
+    if otel:
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            raise IotwasmError("--otel needs the OpenTelemetry packages: pip install 'iotwasm[otel]'") from None
+        from ..api.tracing import console_provider, enable_tracing
+
+        provider = trace.get_tracer_provider()
+        if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
+            provider = console_provider()  # nothing configured: show the spans
+        enable_tracing(node, provider)
+    server = None
+    if api is not None:  # an ApiSettings: serve the management API in this loop
+        from ..api import ApiServer
+
+        server = ApiServer(node, api)
+        try:
+            await server.start()
+        except IotwasmError as e:
+            # edge autonomy: the node's work does not depend on being managed right now
+            console.print(f"[red]API not served:[/] {e}; the node runs without it", highlight=False)
+            await server.stop()
+            server = None
+        else:
+            console.print(f"API on {server.url}" + (f" · admin token written to {server.admin_token_file}"
+                                                    if server.admin_token_file else ""), highlight=False)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -92,6 +120,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0) -
     finally:
         if live:
             live.stop()
+        if server is not None:
+            await server.stop()
     if final is not None and not live:
         console.print(final)
     return node

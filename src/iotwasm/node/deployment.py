@@ -62,8 +62,16 @@ class DeploymentHandle:
         self.rollbacks = 0
         self.last_rollback_reason: str | None = None
         self.last_rolled_back_revision: int | None = None
+        #: optional wrapper around each batch (tracing): trace(handle, messages, process)
+        self.trace: Callable[["DeploymentHandle", Sequence[Message], Callable], BatchResult] | None = None
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
+        trace = self.trace
+        if trace is not None:
+            return trace(self, messages, self._process)
+        return self._process(messages)
+
+    def _process(self, messages: Sequence[Message]) -> BatchResult:
         while True:
             container = self.current
             try:

@@ -18,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..container import RestartPolicy, WasmContainer
 from ..engine import Runtime
@@ -32,6 +33,8 @@ from ..registry import ModuleStore
 from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
+from .applied import AppliedManifests
+from .logs import GuestLogs
 from .manifests import Deployment, ManifestError, Route, digest_of_manifest, load_path
 from .state import NodeState, SqliteKeyValue
 
@@ -87,6 +90,18 @@ class Node:
         self._ingest: IngestServer | None = None
         self.started = time.time()
         self.ready = False
+        # manifests applied through the API, reconciled together with the files
+        self.applied = AppliedManifests(self.state)
+        self.guest_logs = GuestLogs()
+        #: called with (deployment, module digest) before a module is loaded; raises
+        #: IotwasmError to refuse it (the API layer's tenant and signature policy)
+        self.admission: Callable[[Deployment, str], None] | None = None
+        #: problems of the last reconcile (empty = everything desired is running)
+        self.last_problems: list[str] = []
+        self._sync_lock = asyncio.Lock()
+        self._file_owned: set[tuple[str, str]] = set()
+        #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
+        self.batch_trace = None
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -176,7 +191,7 @@ class Node:
     def _stamp(self) -> tuple | None:
         p = self.config.manifests
         if p is None:
-            return None
+            return (("applied", self.applied.generation),)
         files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
         out = []
         for f in files:
@@ -185,23 +200,35 @@ class Node:
                 out.append((str(f), st.st_mtime_ns, st.st_size))
             except OSError:
                 out.append((str(f), None, None))
-        return tuple(out)
+        return (*out, ("applied", self.applied.generation))
 
-    async def sync(self) -> None:
-        """Re-read the manifests when they changed, and apply them."""
-        stamp = self._stamp()
-        if stamp is None or stamp == self._manifest_stamp:
-            return
-        self._manifest_stamp = stamp
-        try:
-            manifests = load_path(self.config.manifests)
-        except ManifestError as e:
-            self.last_manifest_error = str(e)
-            log.error("manifests not applied:\n  %s", "\n  ".join(e.problems))
-            self.state.event("manifest-error", str(self.config.manifests), "; ".join(e.problems))
-            return
-        self.last_manifest_error = None
-        await self.apply(manifests)
+    async def sync(self) -> list[str]:
+        """Re-read the manifests (files and API-applied) when they changed, and apply them."""
+        async with self._sync_lock:
+            stamp = self._stamp()
+            if stamp is None or stamp == self._manifest_stamp:
+                return self.last_problems
+            self._manifest_stamp = stamp
+            try:
+                files = load_path(self.config.manifests) if self.config.manifests else []
+                applied = self.applied.all()
+            except ManifestError as e:
+                self.last_manifest_error = str(e)
+                log.error("manifests not applied:\n  %s", "\n  ".join(e.problems))
+                self.state.event("manifest-error", str(self.config.manifests), "; ".join(e.problems))
+                return e.problems
+            self.last_manifest_error = None
+            owned = self._file_owned = {(m.kind, m.name) for m in files}
+            clash = [f"{m.kind} {m.name}: defined in the manifest files; the API copy is ignored"
+                     for m in applied if (m.kind, m.name) in owned]
+            problems = clash + await self.apply(files + [m for m in applied if (m.kind, m.name) not in owned])
+            self.last_problems = problems
+            return problems
+
+    def file_owned(self, kind: str, name: str) -> bool:
+        """Whether the watched manifest files defined `kind`/`name` at the last sync (the API
+        may not change it)."""
+        return (kind, name) in self._file_owned
 
     async def apply(self, manifests: list[Deployment | Route]) -> list[str]:
         """Reconcile running state to `manifests`; returns the problems found (also logged)."""
@@ -267,6 +294,8 @@ class Node:
         if current is not None and current.digest == digest:
             return
         module_digest, module_path = await asyncio.to_thread(self._resolve_module, d.spec.module, base)
+        if self.admission is not None:
+            await asyncio.to_thread(self.admission, d, module_digest)
         if current is not None and self._only_scaled(current.manifest, d) and \
                 module_digest == current.module_digest:
             await asyncio.to_thread(current.handle.current.scale, d.spec.replicas)
@@ -294,6 +323,7 @@ class Node:
         if current is None:
             handle = DeploymentHandle(d.name, container, acl, rev,
                                       on_event=lambda kind, msg, n=d.name: self._handle_event(n, kind, msg))
+            handle.trace = self.batch_trace
             self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
                                            f"{d.spec.replicas} replica(s)")
@@ -328,7 +358,8 @@ class Node:
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
             replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, d.name, caps.kv_quota),
-            on_log=lambda name, level, text: guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", text),
+            on_log=lambda name, level, text, n=d.name: (
+                self.guest_logs.add(n, level, text) and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", text)),
             on_transition=lambda tr, n=d.name: self.state.event(
                 "state", n, f"{tr.source} → {tr.target}: {tr.reason}"))
 

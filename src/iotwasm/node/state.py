@@ -39,6 +39,8 @@ class NodeState:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        #: called with each event dict after it is stored (from any thread); for live views
+        self.listeners: list = []
 
     def _x(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         with self._lock:
@@ -46,8 +48,13 @@ class NodeState:
 
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, obj: str, message: str) -> None:
-        self._x("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)",
-                (time.time(), kind, obj, message))
+        ts = time.time()
+        self._x("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)", (ts, kind, obj, message))
+        for listener in list(self.listeners):
+            try:
+                listener({"ts": ts, "kind": kind, "object": obj, "message": message})
+            except Exception:
+                pass  # a live view never breaks the node
 
     def events(self, obj: str | None = None, limit: int = 100) -> list[dict]:
         sql = "SELECT ts, kind, object, message FROM events"
@@ -92,6 +99,11 @@ class NodeState:
                        "WHERE name = ? ORDER BY revision", (name,))
         return [{"revision": r[0], "module_digest": r[1], "created": r[2], "status": r[3], "reason": r[4]}
                 for r in rows]
+
+    def revision_manifest(self, name: str, revision: int) -> str | None:
+        """The manifest (JSON text) a revision was created from, for rolling back to it."""
+        rows = self._x("SELECT manifest FROM revisions WHERE name = ? AND revision = ?", (name, revision))
+        return rows[0][0] if rows else None
 
     # -- dead letters ----------------------------------------------------------------------
     def dead_letter(self, route: str, step: str, kind: str, error: str, topic: str, payload: bytes) -> None:

@@ -1,0 +1,123 @@
+"""Serve the management API inside the node's event loop (uvicorn).
+
+Listening beyond the loopback interface needs TLS (a certificate and key) or an explicit
+``allow_insecure``: tokens travel in headers, and a token on an open network in clear text is
+a token given away. On first start the node gets an admin token, written with mode 0600 to
+``<data>/admin.token``; nothing else ever shows a token's secret again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..node.node import Node
+from .app import ApiContext, create_app
+
+log = logging.getLogger("iotwasm.api")
+
+
+@dataclass
+class ApiSettings:
+    listen: str = "127.0.0.1:8282"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_insecure: bool = False
+    alert_interval_s: float = 1.0
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"--api {self.listen!r} must look like HOST:PORT")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def check(self) -> None:
+        host, _ = self.host_port
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if not is_loopback(host) and not self.tls and not self.allow_insecure:
+            raise ConfigError(f"the API would listen on {host}, beyond this machine, without TLS; give "
+                              "--tls-cert/--tls-key, or --api-insecure to accept clear-text tokens")
+
+    @property
+    def url(self) -> str:
+        host, port = self.host_port
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiServer:
+    def __init__(self, node: Node, settings: ApiSettings):
+        settings.check()
+        self.node, self.settings = node, settings
+        data = Path(node.config.data_dir)
+        self.ctx = ApiContext(node, data)
+        self.admin_token_file = self.ctx.security.ensure_admin(data)
+        self.app = create_app(self.ctx)
+        self._server = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is not None and self._server.servers:
+            return self._server.servers[0].sockets[0].getsockname()[1]
+        return self.settings.host_port[1]
+
+    @property
+    def url(self) -> str:
+        host, _ = self.settings.host_port
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"{'https' if self.settings.tls else 'http'}://{shown}:{self.port}"
+
+    async def start(self) -> None:
+        import uvicorn
+
+        host, port = self.settings.host_port
+        kw = {}
+        if self.settings.tls:
+            kw = {"ssl_certfile": str(self.settings.tls_cert), "ssl_keyfile": str(self.settings.tls_key)}
+        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=2, **kw)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # the node owns the signals
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="api")
+        for _ in range(500):
+            if self._server.started or self._task.done():
+                break
+            await asyncio.sleep(0.01)
+        if self._task.done():
+            exc = self._task.exception()
+            raise ConfigError(f"API cannot listen on {self.settings.listen}: {exc or 'exited'}")
+        log.info("API listening on %s", self.url)
+        self.ctx.alerts.interval_s = self.settings.alert_interval_s
+        self.ctx.alerts.start()
+
+    async def stop(self) -> None:
+        await self.ctx.alerts.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError, SystemExit):
+                pass
+        self.ctx.close()

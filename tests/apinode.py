@@ -1,0 +1,126 @@
+"""A real node with its management API on free ports, run in a background thread (its own
+event loop), for tests that talk to it over HTTP like any client would."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import wasmtime
+
+from brokers import free_port
+from conftest import ECHO_WAT
+from iotwasm.api import ApiServer, ApiSettings
+from iotwasm.node import Node, NodeConfig
+
+ECHO_WASM = bytes(wasmtime.wat2wasm(ECHO_WAT))
+
+
+class ApiNode:
+    def __init__(self, tmp: Path, manifests: Path | None = None):
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.ingest_port = free_port()
+        self.config = NodeConfig(data_dir=self.data, manifests=manifests, sync_interval_s=0.05,
+                                 http=f"127.0.0.1:{self.ingest_port}", name="testnode")
+        self.node: Node | None = None
+        self.server: ApiServer | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as e:  # surfaced by start()
+            self._error = e
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self.node = Node(self.config)
+        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}", alert_interval_s=0.05))
+        await self.server.start()
+        task = asyncio.create_task(self.node.run())
+        while not self.node.ready and not task.done():
+            await asyncio.sleep(0.01)
+        self._ready.set()
+        try:
+            await task
+        finally:
+            await self.server.stop()
+
+    def start(self) -> "ApiNode":
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error:
+            raise self._error
+        self.url = self.server.url
+        self.admin_token = (self.data / "admin.token").read_text().strip()
+        return self
+
+    def stop(self) -> None:
+        if self.node is not None:
+            self.loop.call_soon_threadsafe(self.node.stop)
+        self._thread.join(30)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    @property
+    def admin(self) -> httpx.Client:
+        return self.client(self.admin_token)
+
+    def token(self, role: str, tenant: str | None = None, name: str = "t") -> str:
+        r = self.admin.post("/v1/tokens", json={"name": name, "role": role, "tenant": tenant})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    def ingest(self, path: str, device: str, payloads: list[bytes]) -> None:
+        with httpx.Client(timeout=10) as c:
+            for p in payloads:
+                r = c.post(f"http://127.0.0.1:{self.ingest_port}{path}?device={device}", content=p)
+                assert r.status_code == 202, r.text
+
+
+def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def deployment(name: str, module: str, namespace: str = "default", replicas: int = 1,
+               publish: str = "#", subscribe: str = "#", memory: str = "16Mi", host: str = "log") -> str:
+    return f"""apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  module: "{module}"
+  replicas: {replicas}
+  resources: {{memory: {memory}}}
+  capabilities: {{host: [{host}], topics: {{publish: ["{publish}"], subscribe: ["{subscribe}"]}}}}
+  updateStrategy: {{healthGate: {{messages: 1}}}}
+"""
+
+
+def http_route(name: str, step: str, path: str, topic: str, table: str, namespace: str = "default",
+               dead_letter: str = "deadletter/{route}") -> str:
+    return f"""apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  source: {{http: {{path: "{path}", topic: "{topic}"}}}}
+  steps: [{step}]
+  sinks: [{{store: {{table: {table}}}}}]
+  deadLetter: "{dead_letter}"
+  batch: {{maxSize: 10, maxLinger: 1ms}}
+"""

@@ -1,0 +1,267 @@
+"""Security of the management API: every route authorised, tenants isolated, signatures
+enforced at upload and at load, the audit chain detects an edited row."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+
+import httpx
+import pytest
+import wasmtime
+
+from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
+from conftest import ECHO_WAT
+from iotwasm.registry.signing import generate_key, load_private, sign_digest
+from iotwasm.engine.module import digest_of
+
+# every route of the API with the weakest role allowed to call it; the test below fails when
+# a route is added without being listed here
+ROUTES = {
+    ("GET", "/metrics"): "viewer",
+    ("GET", "/v1/node"): "viewer",
+    ("POST", "/v1/modules"): "operator",
+    ("GET", "/v1/modules"): "viewer",
+    ("GET", "/v1/modules/{ref}"): "viewer",
+    ("DELETE", "/v1/modules/{ref}"): "operator",
+    ("POST", "/v1/apply"): "operator",
+    ("GET", "/v1/deployments"): "viewer",
+    ("GET", "/v1/deployments/{name}"): "viewer",
+    ("DELETE", "/v1/deployments/{name}"): "operator",
+    ("POST", "/v1/deployments/{name}/scale"): "operator",
+    ("POST", "/v1/deployments/{name}/suspend"): "operator",
+    ("POST", "/v1/deployments/{name}/resume"): "operator",
+    ("GET", "/v1/deployments/{name}/history"): "viewer",
+    ("POST", "/v1/deployments/{name}/rollback"): "operator",
+    ("GET", "/v1/deployments/{name}/logs"): "viewer",
+    ("GET", "/v1/routes"): "viewer",
+    ("GET", "/v1/routes/{name}"): "viewer",
+    ("DELETE", "/v1/routes/{name}"): "operator",
+    ("GET", "/v1/events"): "viewer",
+    ("GET", "/v1/events/stream"): "viewer",
+    ("POST", "/v1/tokens"): "admin",
+    ("GET", "/v1/tokens"): "admin",
+    ("DELETE", "/v1/tokens/{token_id}"): "admin",
+    ("GET", "/v1/tenants"): "viewer",
+    ("GET", "/v1/tenants/{name}"): "viewer",
+    ("PUT", "/v1/tenants/{name}"): "admin",
+    ("DELETE", "/v1/tenants/{name}"): "admin",
+    ("POST", "/v1/tenants/{name}/keys"): "admin",
+    ("DELETE", "/v1/tenants/{name}/keys/{key_id}"): "admin",
+    ("GET", "/v1/alerts"): "viewer",
+    ("PUT", "/v1/alerts/{name}"): "operator",
+    ("DELETE", "/v1/alerts/{name}"): "operator",
+    ("GET", "/v1/audit"): "admin",
+    ("GET", "/v1/audit/verify"): "admin",
+}
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+WEAKER = {"operator": "viewer", "admin": "operator"}
+
+
+@pytest.fixture()
+def api(tmp_path):
+    n = ApiNode(tmp_path).start()
+    yield n
+    n.stop()
+
+
+def push(client, wasm=ECHO_WASM, **params):
+    return client.post("/v1/modules", content=wasm, params=params, headers={"Content-Type": "application/wasm"})
+
+
+def apply(client, text):
+    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
+
+
+def test_every_route_is_refused_without_a_token_or_with_a_weaker_role(api):
+    spec = api.admin.get("/openapi.json").json()
+    listed = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    assert listed == set(ROUTES) | PUBLIC, "a route is missing from ROUTES (or gone)"
+    tokens = {r: api.token(r, name=f"{r}-token") for r in ("viewer", "operator")}
+    for (method, path), role in ROUTES.items():
+        url = path.format(ref="sha256:" + "0" * 64, name="x", token_id="ffff", key_id="k")
+        kw = {"json": {}} if method in ("POST", "PUT") else {}
+        for headers, why in (({}, "no token"), ({"Authorization": "Bearer iot_wrong"}, "unknown token"),
+                             ({"Authorization": "Basic Zm9vOmJhcg=="}, "not a bearer token")):
+            r = httpx.request(method, api.url + url, headers=headers, timeout=10, **kw)
+            assert r.status_code in (401, 403), (method, path, why, r.status_code)
+            assert r.headers["content-type"] == "application/problem+json"
+        if role in WEAKER:
+            weak = WEAKER[role]
+            r = httpx.request(method, api.url + url, headers={"Authorization": f"Bearer {tokens[weak]}"},
+                              timeout=10, **kw)
+            assert r.status_code == 403, (method, path, weak, r.status_code, r.text)
+            assert f"needs role {role}" in r.json()["detail"]
+    # each refusal is audited as a security event
+    denied = api.admin.get("/v1/audit", params={"action": "auth.denied", "limit": 1000}).json()
+    assert len(denied) >= 3 * len(ROUTES)
+    # a revoked token stops working at once
+    tid = api.admin.post("/v1/tokens", json={"name": "short", "role": "viewer"}).json()
+    assert api.client(tid["token"]).get("/v1/node").status_code == 200
+    assert api.admin.delete(f"/v1/tokens/{tid['id']}").status_code == 200
+    assert api.client(tid["token"]).get("/v1/node").status_code == 401
+
+
+def test_tenants_cannot_see_change_or_emit_into_each_other(api):
+    a = api.admin
+    for name in ("acme", "globex"):
+        r = a.put(f"/v1/tenants/{name}", json={"topic_prefix": f"{name}/", "max_deployments": 2,
+                                                "max_instances": 3, "max_memory": "64Mi"})
+        assert r.status_code == 200, r.text
+    acme = api.client(api.token("operator", "acme"))
+    globex = api.client(api.token("operator", "globex"))
+    globex_admin = api.client(api.token("admin", "globex"))
+
+    assert push(acme, name="acme-echo", version="1").status_code == 201
+    r = apply(acme, deployment("sensor", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#")
+              + "---\n" + http_route("r", "sensor", "/acme/in", "acme/in/{device}", "acme_out", namespace="acme",
+                                     dead_letter="acme/dead/{route}"))
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    api.ingest("/acme/in", "d1", [b"1", b"2"])
+    wait_for(lambda: api.node.store.count("acme_out") == 2, what="acme's route works")
+
+    # cannot see
+    assert globex.get("/v1/deployments").json() == []
+    assert globex.get("/v1/routes").json() == []
+    assert globex.get("/v1/modules").json() == []
+    for path in ("/v1/deployments/sensor", "/v1/deployments/sensor/history", "/v1/deployments/sensor/logs",
+                 "/v1/routes/r", "/v1/tenants/acme"):
+        assert globex.get(path).status_code == 404, path
+    assert all(e["object"] != "sensor" for e in globex.get("/v1/events").json())
+    assert [d["name"] for d in acme.get("/v1/deployments").json()] == ["sensor"]
+    # cannot change
+    for method, path, body in (("POST", "/v1/deployments/sensor/scale", {"replicas": 2}),
+                               ("POST", "/v1/deployments/sensor/suspend", None),
+                               ("POST", "/v1/deployments/sensor/rollback", {}),
+                               ("DELETE", "/v1/deployments/sensor", None), ("DELETE", "/v1/routes/r", None)):
+        assert globex.request(method, path, json=body).status_code == 404, path
+    r = apply(globex, deployment("sensor", "acme-echo:1", namespace="globex", publish="globex/#"))
+    assert r.status_code == 403 and "taken by namespace 'acme'" in r.json()["detail"]
+    r = apply(globex, deployment("g", "acme-echo:1", namespace="acme"))
+    assert r.status_code == 403 and "not yours" in r.json()["detail"]
+    r = apply(globex, deployment("g", "acme-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#"))
+    assert r.status_code == 403 and "belongs to another tenant" in r.json()["detail"]
+    assert push(globex, name="globex-echo", version="1").status_code == 201
+    # cannot emit into (or listen to) another tenant's topics
+    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="acme/#", subscribe="globex/#"))
+    assert r.status_code == 403 and "outside the topic prefix 'globex/'" in r.json()["detail"]
+    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="#"))
+    assert r.status_code == 403 and "topics.subscribe" in r.json()["detail"]
+    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
+              + "---\n" + http_route("gr", "g", "/g", "acme/in/{device}", "g", namespace="globex",
+                                     dead_letter="globex/dead"))
+    assert r.status_code == 403 and "spec.source" in r.json()["detail"]
+    r = apply(globex, http_route("gr", "sensor", "/globex/g", "globex/in/{device}", "g", namespace="globex",
+                                 dead_letter="globex/dead"))
+    assert r.status_code == 403 and "deployment of another namespace" in r.json()["detail"]
+    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
+              + "---\n" + http_route("gr", "g", "/acme/in", "globex/in/{device}", "g", namespace="globex",
+                                     dead_letter="globex/dead"))
+    assert r.status_code == 403 and "must start with '/globex/'" in r.json()["detail"]
+    # a tenant admin manages its own tenant's tokens only, and not tenants
+    assert globex_admin.post("/v1/tokens", json={"name": "x", "role": "admin", "tenant": "acme"}).status_code == 403
+    assert globex_admin.post("/v1/tokens", json={"name": "x", "role": "admin"}).status_code == 403
+    assert globex_admin.put("/v1/tenants/globex", json={"max_deployments": 100}).status_code == 403
+    assert all(row["tenant"] == "globex" for row in globex_admin.get("/v1/audit").json())
+    # quotas
+    r = acme.post("/v1/deployments/sensor/scale", json={"replicas": 4})
+    assert r.status_code == 403 and "4 instances exceed its quota of 3" in r.json()["detail"]
+    r = apply(acme, deployment("big", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#",
+                               memory="60Mi"))
+    assert r.status_code == 403 and "memory" in r.json()["detail"]
+    assert apply(acme, deployment("two", "acme-echo:1", namespace="acme", publish="acme/#",
+                                  subscribe="acme/#")).status_code == 200
+    r = apply(acme, deployment("three", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#"))
+    assert r.status_code == 403 and "3 deployments exceed its quota of 2" in r.json()["detail"]
+    assert set(api.node.deployments) == {"sensor", "two"}
+    # refusals are audited with the tenant
+    rows = a.get("/v1/audit", params={"tenant": "globex"}).json()
+    assert any(r["outcome"] == "denied" and r["action"] == "apply" for r in rows)
+
+
+def _sig_param(sig) -> str:
+    return base64.urlsafe_b64encode(sig.to_json().encode()).decode().rstrip("=")
+
+
+def test_unsigned_untrusted_or_tampered_modules_are_refused_when_signatures_are_required(api):
+    a = api.admin
+    private_pem, public_pem = generate_key()
+    other_private, _ = generate_key()
+    key = load_private(private_pem)
+    assert a.put("/v1/tenants/secure", json={"require_signatures": True}).status_code == 200
+    kid = a.post("/v1/tenants/secure/keys", json={"public_pem": public_pem.decode()}).json()["key_id"]
+    op = api.client(api.token("operator", "secure"))
+    digest = digest_of(ECHO_WASM)
+
+    r = push(op, name="echo", version="1")
+    assert r.status_code == 422 and "is not signed and signatures are required" in r.json()["detail"]
+    r = push(op, signature=_sig_param(sign_digest(load_private(other_private), digest)))
+    assert r.status_code == 422 and "not trusted here" in r.json()["detail"]
+    tampered = bytes(wasmtime.wat2wasm(ECHO_WAT.replace("(i32.const 1024)", "(i32.const 2048)")))
+    r = push(op, tampered, signature=_sig_param(sign_digest(key, digest)))
+    assert r.status_code == 422 and "module changed after signing" in r.json()["detail"]
+    forged = sign_digest(key, digest)
+    forged = type(forged)(digest, forged.key_id, bytes([forged.signature[0] ^ 1]) + forged.signature[1:])
+    r = push(op, signature=_sig_param(forged))
+    assert r.status_code == 422 and "does not verify" in r.json()["detail"]
+    assert api.node.registry.list() == []  # nothing refused was stored
+
+    r = push(op, name="echo", version="1", signature=_sig_param(sign_digest(key, digest)))
+    assert r.status_code == 201 and r.json()["signed_by"] == [kid]
+    r = apply(op, deployment("s", "echo:1", namespace="secure"))
+    assert r.status_code == 200 and r.json()["problems"] == []
+    assert api.node.deployments["s"].handle.current.state == "running"
+
+    # at load: once the key is no longer trusted, a new revision of the same module is refused
+    assert a.delete(f"/v1/tenants/secure/keys/{kid}").status_code == 200
+    r = apply(op, deployment("s", "echo:1", namespace="secure", memory="32Mi"))
+    assert r.status_code == 200
+    assert any("refused at load" in p and "trusts no key" in p for p in r.json()["problems"]), r.text
+    assert api.node.deployments["s"].handle.revision == 1  # the signed revision keeps running
+    # and a blob changed on disk is refused at load even with a trusted signature
+    a.post("/v1/tenants/secure/keys", json={"public_pem": public_pem.decode()})
+    blob = api.node.registry.blob_path(digest)
+    blob.chmod(0o644)
+    blob.write_bytes(tampered)
+    r = apply(op, deployment("s", "echo:1", namespace="secure", memory="48Mi"))
+    assert any("modified on disk" in p for p in r.json()["problems"]), r.text
+    rows = a.get("/v1/audit", params={"action": "module.refused-at-load"}).json()
+    assert len(rows) == 2 and all(row["tenant"] == "secure" for row in rows)
+
+
+def test_editing_one_audit_row_breaks_verification(api):
+    a = api.admin
+    for i in range(5):
+        a.put(f"/v1/tenants/t{i}", json={"max_deployments": i})
+    v = a.get("/v1/audit/verify").json()
+    assert v["ok"] and v["rows"] >= 5
+    rows = a.get("/v1/audit", params={"action": "tenant.put"}).json()
+    victim = rows[2]["id"]
+    with sqlite3.connect(api.data / "audit.db") as db:
+        db.execute("UPDATE audit SET detail = 'nothing happened' WHERE id = ?", (victim,))
+    v = a.get("/v1/audit/verify").json()
+    assert not v["ok"] and v["problem"] == f"row {victim}: contents do not match its hash (edited)"
+    with sqlite3.connect(api.data / "audit.db") as db:
+        db.execute("UPDATE audit SET detail = ? WHERE id = ?", (rows[2]["detail"], victim))
+    assert a.get("/v1/audit/verify").json()["ok"]
+    with sqlite3.connect(api.data / "audit.db") as db:
+        db.execute("DELETE FROM audit WHERE id = ?", (victim,))
+    v = a.get("/v1/audit/verify").json()
+    assert not v["ok"] and f"row {victim} is missing" in v["problem"]
+
+
+def test_acl_denials_are_audited_per_route_with_their_count(api):
+    a = api.admin
+    assert push(a, name="echo", version="1").status_code == 201
+    # echo answers on the input topic, which this deployment may not publish to
+    r = apply(a, deployment("mute", "echo:1", publish="elsewhere/#")
+              + "---\n" + http_route("r", "mute", "/in", "in/{device}", "out"))
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    api.ingest("/in", "d1", [b"1", b"2", b"3"])
+    def counted():
+        rows = a.get("/v1/audit", params={"action": "acl.denied"}).json()
+        return rows if sum(int(r["detail"].split()[0]) for r in rows) == 3 else None
+    rows = wait_for(counted, what="3 denials audited")  # one row per sweep that saw new ones
+    assert all(r["target"] == "route/r" and "refused by topic ACLs" in r["detail"] for r in rows)
+    assert rows[0]["detail"].endswith("(3 in all)")
+    assert api.node.store.count("out") == 0
