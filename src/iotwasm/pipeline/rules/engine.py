@@ -285,27 +285,25 @@ class CompiledRule:
             return
         alert = self.spec.alert
         for r in rows:
-            try:
-                if where is not None and not where(r):
-                    if alert:
-                        out.append(Emission(self.name, {}, r[TS], False, r))
-                    continue
-                ts = self._ts(r)
-                if ts is None:
-                    raise EvalError(f"event time field {self.event_time.field!r} is missing or not a number")
-                key = _key_of([k(r) for k in self.keys]) if self.keys else None
-            except EvalError as e:
-                self._fail(e)
+            ts = self._ts(r)
+            if ts is None:
+                self._fail(EvalError(f"event time field {self.event_time.field!r} is missing or not a number"))
                 continue
             wm = self.watermark
             if wm is not None and ts < wm:
                 c.late += 1
                 continue
-            c.matched += 1
             try:
-                self._add(key, ts, r, out)
+                if where is not None and not where(r):
+                    if alert:
+                        out.append(Emission(self.name, {}, ts, False, r))
+                else:
+                    key = _key_of([k(r) for k in self.keys]) if self.keys else None
+                    c.matched += 1
+                    self._add(key, ts, r, out)
             except EvalError as e:
                 self._fail(e)
+            # the stream's clock: every message moves it, whether or not it passed WHERE
             if self.max_ts is None or ts > self.max_ts:
                 self.max_ts = ts
                 nwm = ts - self.lateness

@@ -170,6 +170,7 @@ SCALARS: dict[str, tuple[Callable, int, int | None]] = {
     # JSON
     "json_path": (_nullsafe(json_path), 2, 2),
     "json_path_exists": (lambda v, p: json_path(v, p) is not None, 2, 2),
+    "object": (lambda *kv: {str(kv[i]): kv[i + 1] for i in range(0, len(kv) - 1, 2)}, 2, None),
     "to_json": (lambda v: json.dumps(v, separators=(",", ":")), 1, 1),
     "parse_json": (_nullsafe(lambda s: json.loads(s) if isinstance(s, (str, bytes)) else s), 1, 1),
 }

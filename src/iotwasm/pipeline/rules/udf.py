@@ -2,8 +2,9 @@
 
 The module speaks the ordinary iotwasm ABI v1 (docs/abi.md); nothing rule-specific is needed
 in the guest. One call site in a rule becomes one input message per evaluation, whose payload
-is the JSON array of the arguments (`[21.5, "t1"]`; an aggregate function gets one argument,
-the array of the window's values). The function's result is the first output the module
+is the JSON of its argument when there is one (`21.5`, `{"value": 21.5, "unit": "C"}` built
+with `object(...)`), else the JSON array of the arguments (`[21.5, "t1"]`); an aggregate
+function gets the JSON array of the window's values. The function's result is the first output the module
 emits for that input, read as JSON (or as text when it is not JSON); no output is NULL.
 
 All evaluations of a batch go to the module in one `process()` call (one guest call for
@@ -59,7 +60,8 @@ class WasmFunction:
         idx = []
         for i, args in enumerate(arg_lists):
             try:
-                msgs.append(Message(self.topic, json.dumps(args, separators=(",", ":")).encode(), 0))
+                body = args[0] if len(args) == 1 else args
+                msgs.append(Message(self.topic, json.dumps(body, separators=(",", ":")).encode(), 0))
                 idx.append(i)
             except (TypeError, ValueError) as e:
                 out[i] = EvalError(f"function {self.name}: arguments are not JSON: {e}")
