@@ -628,6 +628,10 @@ class RuleEngine:
         self.rules[name].enabled = enabled
 
     # -- evaluation --------------------------------------------------------------------------
+    def filters_for(self, topic: str) -> tuple[str, ...]:
+        """The filters of enabled rules that match `topic`."""
+        return tuple(f for f in self._filters_for(topic) if any(r.enabled for r in self._by_filter[f]))
+
     def _filters_for(self, topic: str) -> tuple[str, ...]:
         hit = self._topic_memo.get(topic)
         if hit is None:
@@ -636,13 +640,19 @@ class RuleEngine:
             hit = self._topic_memo[topic] = tuple(f for f in self._by_filter if matches(f, topic))
         return hit
 
-    def process(self, messages: Sequence[Message]) -> list[Emission]:
-        """Run every rule over the messages it subscribes to; returns what the rules emitted."""
+    def process(self, messages: Sequence[Message], only: str | None = None) -> list[Emission]:
+        """Run every rule over the messages it subscribes to; returns what the rules emitted.
+
+        `only`: the messages came from this filter's subscription; rules of other filters do
+        not see them (a message matching two subscriptions arrives once from each)."""
         out: list[Emission] = []
         per_filter: dict[str, list[dict]] = {}
         loads = json.loads
+        fixed = (only,) if only is not None and only in self._by_filter else None
+        if only is not None and fixed is None:
+            return out
         for m in messages:
-            filters = self._filters_for(m.topic)
+            filters = fixed or self._filters_for(m.topic)
             if not filters:
                 continue
             try:
