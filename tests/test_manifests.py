@@ -95,7 +95,7 @@ def test_json_schema_is_published_and_current():
     from pathlib import Path
 
     schema = json_schema()
-    assert set(schema["discriminator"]["mapping"]) == {"Deployment", "Route"}
+    assert set(schema["discriminator"]["mapping"]) == {"Deployment", "Route", "Rule"}
     published = Path(__file__).parent.parent / "docs" / "manifest.schema.json"
     assert json.loads(published.read_text()) == schema, "run: iotwasm schema > docs/manifest.schema.json"
 
