@@ -30,11 +30,31 @@ class Processor(Protocol):
     def process(self, messages: Sequence[Message]) -> BatchResult: ...
 
 
+_json_decode = json.JSONDecoder().decode
+_json_encode = json.JSONEncoder(separators=(",", ":")).encode
+_NUMERIC = frozenset(b"-0123456789")
+
+
 def _decode(payload: bytes) -> Any:
+    if payload and payload[0] in _NUMERIC:   # the common case, a number: skip the JSON machinery
+        try:
+            return int(payload)
+        except ValueError:
+            try:
+                return float(payload)
+            except ValueError:
+                pass
     try:
-        return json.loads(payload)
+        return _json_decode(payload.decode("utf-8"))
     except ValueError:
         return payload.decode("utf-8", "replace")
+
+
+def _encode(v: Any) -> bytes:
+    t = type(v)
+    if t is int or (t is float and v - v == 0):   # finite numbers print as JSON already
+        return repr(v).encode()
+    return _json_encode(v).encode()
 
 
 class WasmFunction:
@@ -58,10 +78,10 @@ class WasmFunction:
         out: list[Any] = [None] * len(arg_lists)
         msgs = []
         idx = []
+        topic = self.topic
         for i, args in enumerate(arg_lists):
             try:
-                body = args[0] if len(args) == 1 else args
-                msgs.append(Message(self.topic, json.dumps(body, separators=(",", ":")).encode(), 0))
+                msgs.append(Message(topic, _encode(args[0] if len(args) == 1 else args), 0))
                 idx.append(i)
             except (TypeError, ValueError) as e:
                 out[i] = EvalError(f"function {self.name}: arguments are not JSON: {e}")
