@@ -101,10 +101,12 @@ class WindowSpec:
 
 
 class _Group:
-    __slots__ = ("accs", "row", "start", "last")
+    __slots__ = ("accs", "row", "start", "last", "feeds")
 
-    def __init__(self, accs, row, start=0, last=0):
+    def __init__(self, accs, row, start=0, last=0, args=()):
         self.accs, self.row, self.start, self.last = accs, row, start, last
+        # (argument closure, bound add) pairs: one loop, no attribute lookups per message
+        self.feeds = tuple(zip(args, [a.add for a in accs])) if args else ()
 
 
 def _hidden(k: str) -> bool:
@@ -180,6 +182,7 @@ class CompiledRule:
                                and s not in self.row_slots and self._slot_in_aggs(s)]
         self.out_slots = [s for s in row_c.udf_slots if s not in self.row_slots]
         self.udf_aggs = [i for i, a in enumerate(self.aggs) if a.udf is not None]
+        self._args = tuple(a.arg for a in self.aggs)
         self.limit = q.limit
         self.event_time = spec.event_time
         self.lateness = spec.event_time.lateness_ms
@@ -284,8 +287,17 @@ class CompiledRule:
             self._stateless(rows, out)
             return
         alert = self.spec.alert
+        tfield = self.event_time.field
+        seconds = self.event_time.unit == "s"
         for r in rows:
-            ts = self._ts(r)
+            if tfield is None:
+                ts = r[TS]
+            else:
+                ts = r.get(tfield)
+                if type(ts) is not int:
+                    ts = self._ts(r)
+                elif seconds:
+                    ts *= 1000
             if ts is None:
                 self._fail(EvalError(f"event time field {self.event_time.field!r} is missing or not a number"))
                 continue
@@ -352,8 +364,19 @@ class CompiledRule:
     def _add(self, key, ts: int, r: dict, out: list[Emission]) -> None:
         w = self.window
         kind = w.kind
-        if kind == "tumbling" or kind == "hopping":
-            hop = w.hop or w.size
+        if kind == "tumbling":
+            start = ts - ts % w.size
+            groups = self.windows.get((start, start + w.size))
+            if groups is None:
+                groups = self.windows[(start, start + w.size)] = {}
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _Group(self._new_accs(), r, args=self._args)
+            for arg, add in g.feeds:
+                add(arg(r), ts)
+            g.row = r
+        elif kind == "hopping":
+            hop = w.hop
             start = ts - ts % hop
             while start > ts - w.size:
                 bounds = (start, start + w.size)
@@ -521,7 +544,7 @@ class CompiledRule:
         def key(k):
             return tuple(k) if isinstance(k, list) else k
         for start, end, groups in state.get("windows", []):
-            self.windows[(start, end)] = {key(k): _Group(accs(a), row) for k, a, row in groups}
+            self.windows[(start, end)] = {key(k): _Group(accs(a), row, args=self._args) for k, a, row in groups}
         for k, start, last, a, row in state.get("sessions", []):
             self.sessions.setdefault(key(k), []).append(_Group(accs(a), row, start, last))
         w = self.window
