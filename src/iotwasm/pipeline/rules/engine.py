@@ -194,6 +194,7 @@ class CompiledRule:
         self.sessions: dict[Any, list[_Group]] = {}
         self.buffers: dict[Any, deque] = {}                            # sliding / count: (ts, row)
         self.counts: dict[Any, int] = {}
+        self._due = float("inf")   # no window can close before the watermark reaches this
         self.shape = hashlib.sha256(json.dumps(
             [self.window and self.window.text, [k.text.lower() for k in key_nodes],
              spec.event_time.field, spec.event_time.unit]).encode()).hexdigest()[:16]
@@ -310,7 +311,13 @@ class CompiledRule:
                     if alert:
                         out.append(Emission(self.name, {}, ts, False, r))
                 else:
-                    key = _key_of([k(r) for k in self.keys]) if self.keys else None
+                    keys = self.keys
+                    if len(keys) == 1:
+                        key = keys[0](r)
+                        if isinstance(key, (dict, list)):
+                            key = _key_of([key])
+                    else:
+                        key = _key_of([k(r) for k in keys]) if keys else None
                     c.matched += 1
                     self._add(key, ts, r, out)
             except EvalError as e:
@@ -321,7 +328,8 @@ class CompiledRule:
                 nwm = ts - self.lateness
                 if wm is None or nwm > wm:
                     self.watermark = nwm
-                    self._fire(out)
+                    if nwm >= self._due:
+                        self._fire(out)
 
     def _stateless(self, rows: list[dict], out: list[Emission]) -> None:
         c = self.counters
@@ -369,6 +377,8 @@ class CompiledRule:
             groups = self.windows.get((start, start + w.size))
             if groups is None:
                 groups = self.windows[(start, start + w.size)] = {}
+                if start + w.size < self._due:
+                    self._due = start + w.size
             g = groups.get(key)
             if g is None:
                 g = groups[key] = _Group(self._new_accs(), r, args=self._args)
@@ -383,6 +393,8 @@ class CompiledRule:
                 groups = self.windows.get(bounds)
                 if groups is None:
                     groups = self.windows[bounds] = {}
+                    if bounds[1] < self._due:
+                        self._due = bounds[1]
                 g = groups.get(key)
                 if g is None:
                     g = groups[key] = _Group(self._new_accs(), r)
@@ -400,6 +412,8 @@ class CompiledRule:
             else:
                 g = _Group(self._new_accs(), r, ts, ts)
                 sessions.append(g)
+            if g.last + gap < self._due:
+                self._due = g.last + gap
             self._feed(g.accs, r, ts)
             g.row = r
         elif kind == "sliding":
@@ -452,6 +466,7 @@ class CompiledRule:
             for b in due:
                 groups = self.windows.pop(b)
                 self._emit_many([(k, g, b[0], b[1]) for k, g in groups.items()], out)
+            self._due = min((b[1] for b in self.windows), default=float("inf"))
         elif kind == "session":
             gap = self.window.size
             ready = []
@@ -467,6 +482,7 @@ class CompiledRule:
                     del self.sessions[key]
             ready.sort(key=lambda t: t[3])
             self._emit_many(ready, out)
+            self._due = min((g.last + gap for ss in self.sessions.values() for g in ss), default=float("inf"))
 
     def tick(self, now_ms: int, out: list[Emission]) -> None:
         """Processing time moves on without messages: close windows that are due."""
@@ -547,6 +563,10 @@ class CompiledRule:
             self.windows[(start, end)] = {key(k): _Group(accs(a), row, args=self._args) for k, a, row in groups}
         for k, start, last, a, row in state.get("sessions", []):
             self.sessions.setdefault(key(k), []).append(_Group(accs(a), row, start, last))
+        ends = [b[1] for b in self.windows]
+        if self.window is not None and self.window.kind == "session":
+            ends += [g.last + self.window.size for ss in self.sessions.values() for g in ss]
+        self._due = min(ends, default=float("inf"))
         w = self.window
         for k, entries, n in state.get("buffers", []):
             buf = deque([(ts, r) for ts, r in entries], maxlen=w.size if w and w.kind == "count" else None)
