@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -148,6 +149,9 @@ class RuleRunner:
         self._tasks: list[asyncio.Task] = []
         self.action_errors = 0
         self._busy = False
+        # the engine is single-threaded: batches, clock ticks, checkpoints and rule changes
+        # take turns (they run in worker threads, and rule changes on the loop)
+        self._lock = threading.Lock()
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -169,7 +173,7 @@ class RuleRunner:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        await asyncio.to_thread(self.engine.checkpoint)
+        await asyncio.to_thread(self._locked, self.engine.checkpoint)
         for name in list(self.rules):
             await self._teardown(self.rules.pop(name), drain_timeout)
 
@@ -181,7 +185,8 @@ class RuleRunner:
         rt = _RuleRuntime(d)
         for i, a in enumerate(d.actions):
             rt.actions.append(_ActionRunner(name, i, a, self))
-        self.engine.add(d.spec)       # raises RuleSyntaxError before anything changed
+        with self._lock:
+            self.engine.add(d.spec)   # raises RuleSyntaxError before anything changed
         old = self.rules.get(name)
         if old is not None:
             await self._teardown(old, 1.0)
@@ -195,12 +200,14 @@ class RuleRunner:
         for a in rt.actions:
             await a.start()
         self.rules[name] = rt
-        self.engine.set_enabled(name, d.enabled)
+        with self._lock:
+            self.engine.set_enabled(name, d.enabled)
         await self._resubscribe()
 
     async def remove(self, name: str) -> None:
         rt = self.rules.pop(name, None)
-        self.engine.remove(name)
+        with self._lock:
+            self.engine.remove(name)
         if rt is not None:
             await self._teardown(rt, 1.0)
         await self._resubscribe()
@@ -212,7 +219,8 @@ class RuleRunner:
         for name, rt in self.rules.items():
             if (names is not None and name in names) or (tag is not None and tag in rt.definition.tags):
                 rt.definition.enabled = enabled
-                self.engine.set_enabled(name, enabled)
+                with self._lock:
+                    self.engine.set_enabled(name, enabled)
                 changed.append(name)
         await self._resubscribe()
         return changed
@@ -276,10 +284,15 @@ class RuleRunner:
             finally:
                 self._busy = False
 
+    def _locked(self, fn, *args):
+        with self._lock:
+            return fn(*args)
+
     def _process(self, by_filter: dict[str, list[Message]]) -> list[Emission]:
         out: list[Emission] = []
-        for f, msgs in by_filter.items():
-            out += self.engine.process(msgs, only=f)
+        with self._lock:
+            for f, msgs in by_filter.items():
+                out += self.engine.process(msgs, only=f)
         return out
 
     async def _clock(self) -> None:
@@ -287,12 +300,12 @@ class RuleRunner:
         while True:
             await asyncio.sleep(self.tick_s)
             try:
-                out = await asyncio.to_thread(self.engine.tick)
+                out = await asyncio.to_thread(self._locked, self.engine.tick)
                 if out:
                     await self.dispatch(out)
                 if time.monotonic() - last_cp >= self.checkpoint_s:
                     last_cp = time.monotonic()
-                    await asyncio.to_thread(self.engine.checkpoint)
+                    await asyncio.to_thread(self._locked, self.engine.checkpoint)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -322,7 +335,8 @@ class RuleRunner:
 
     # -- views -------------------------------------------------------------------------------
     def status(self) -> dict[str, dict]:
-        stats = self.engine.stats()
+        with self._lock:
+            stats = self.engine.stats()
         out = {}
         for name, rt in self.rules.items():
             s = dict(stats.get(name, {}))
