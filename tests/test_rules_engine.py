@@ -327,3 +327,15 @@ def test_wasm_aggregate_function(trapping):
     assert sorted(out, key=lambda r: r["d"]) == [{"d": "x", "vs": [3, 5], "ws": 0, "we": 10000},
                                                  {"d": "y", "vs": [4], "ws": 0, "we": 10000}]
     assert f.calls == 2   # both groups in one call
+
+
+def test_wasm_function_over_an_aggregate_and_inside_one(trapping):
+    f = WasmFunction("check", trapping, "scalar")
+    e = RuleEngine()
+    e.add(RuleSpec("r", f'SELECT d, check(avg(v)) AS a, sum(check(v)) AS s FROM "s/+" '
+                        f'GROUP BY d, TUMBLINGWINDOW(ss, 10)', ET, functions={"check": f}))
+    out = feed(e, (0, 3, {"d": "x"}), (1, 5, {"d": "x"}), (2, -1, {"d": "x"}), (10000, 0, {"d": "y"}))
+    # -1 traps inside sum(check(v)): that evaluation fails as a whole (avg does not see it
+    # either); the window keeps the others
+    assert out == [{"d": "x", "a": 4, "s": 8}]
+    assert e.stats()["r"]["udf_errors"] == 1

@@ -46,6 +46,7 @@ class UdfSlot:
     key: str
     func: Any
     args: list[Fn]
+    stage: str = "row"   # row: over message rows, before WHERE; out: over output rows
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Compiler:
     udf_slots: list[UdfSlot] = field(default_factory=list)
     allow_aggregates: bool = False
     uses_window_bounds: bool = False
+    stage: str = "row"
 
     def error(self, node: Node, message: str) -> RuleSyntaxError:
         return RuleSyntaxError(message, node.line, node.column, self.rule)
@@ -344,7 +346,7 @@ class Compiler:
             if a.signature == sig:
                 return lambda r, i=i: r[AGG][i]
         if arg is not None:
-            inner = Compiler(self.rule, self.udfs, allow_aggregates=False)
+            inner = Compiler(self.rule, self.udfs, allow_aggregates=False, stage="row")
             inner.udf_slots = self.udf_slots  # scalar WASM calls inside aggregate arguments batch too
             try:
                 argf = inner.expr(arg)
@@ -362,7 +364,7 @@ class Compiler:
     def _udf_scalar(self, n: Node, udf: Any, args: tuple) -> Fn:
         fs = [self.expr(a) for a in args]
         key = f"\x00u{self.rule}.{len(self.udf_slots)}"
-        slot = UdfSlot(key, udf, fs)
+        slot = UdfSlot(key, udf, fs, self.stage)
         self.udf_slots.append(slot)
         missing = object()
 

@@ -162,10 +162,8 @@ class CompiledRule:
         self.where = row_c.expr(q.where) if q.where is not None else None
         self.keys = [row_c.expr(k) for k in key_nodes]
         self.key_names = [self._name(k) for k in key_nodes]
-        self.row_slots = list(row_c.udf_slots)  # fetched over the whole batch before WHERE
-        out_c = Compiler(spec.name, udfs, allow_aggregates=aggregating)
-        out_c.udf_slots = row_c.udf_slots  # aggregate arguments add to the row-stage slots
-        n_row = len(row_c.udf_slots)
+        out_c = Compiler(spec.name, udfs, allow_aggregates=aggregating, stage="out")
+        out_c.udf_slots = row_c.udf_slots  # one list: slot keys stay unique within the rule
         self.items: list[tuple[str, Any]] = []
         self.star = False
         for e, alias in q.items:
@@ -175,12 +173,11 @@ class CompiledRule:
             self.items.append((alias or self._name(e), out_c.expr(e)))
         self.having = out_c.expr(q.having) if q.having is not None else None
         self.aggs: list[AggSpec] = out_c.aggs
-        # slots registered by aggregate arguments are row stage; the others are output stage
-        agg_arg_slots = row_c.udf_slots[n_row:]
-        if aggregating:
-            self.row_slots += [s for s in agg_arg_slots if s.key.startswith(f"\x00u{spec.name}.")
-                               and s not in self.row_slots and self._slot_in_aggs(s)]
-        self.out_slots = [s for s in row_c.udf_slots if s not in self.row_slots]
+        # WASM calls in WHERE, keys and aggregate arguments are fetched for the whole batch
+        # before WHERE; those in SELECT of a rule without a window, for the rows that passed;
+        # those over aggregates are called at emission
+        self.row_slots = [s for s in row_c.udf_slots if s.stage == "row"]
+        self.out_slots = [s for s in row_c.udf_slots if s.stage == "out"] if not aggregating else []
         self.udf_aggs = [i for i, a in enumerate(self.aggs) if a.udf is not None]
         self._args = tuple(a.arg for a in self.aggs)
         self.limit = q.limit
@@ -198,9 +195,6 @@ class CompiledRule:
         self.shape = hashlib.sha256(json.dumps(
             [self.window and self.window.text, [k.text.lower() for k in key_nodes],
              spec.event_time.field, spec.event_time.unit]).encode()).hexdigest()[:16]
-
-    def _slot_in_aggs(self, slot) -> bool:
-        return True
 
     @staticmethod
     def _name(e: Node) -> str:
@@ -366,8 +360,9 @@ class CompiledRule:
         return [a.new() for a in self.aggs]
 
     def _feed(self, accs: list, r: dict, ts: int) -> None:
-        for spec, acc in zip(self.aggs, accs):
-            acc.add(spec.arg(r), ts)
+        vals = [spec.arg(r) for spec in self.aggs]
+        for acc, v in zip(accs, vals):
+            acc.add(v, ts)
 
     def _add(self, key, ts: int, r: dict, out: list[Emission]) -> None:
         w = self.window
@@ -382,8 +377,13 @@ class CompiledRule:
             g = groups.get(key)
             if g is None:
                 g = groups[key] = _Group(self._new_accs(), r, args=self._args)
-            for arg, add in g.feeds:
-                add(arg(r), ts)
+            feeds = g.feeds
+            if len(feeds) == 1:
+                feeds[0][1](feeds[0][0](r), ts)
+            else:  # every argument first: a failing one must not leave the others half-added
+                vals = [arg(r) for arg, _ in feeds]
+                for (_, add), v in zip(feeds, vals):
+                    add(v, ts)
             g.row = r
         elif kind == "hopping":
             hop = w.hop
