@@ -142,3 +142,47 @@ def test_alerts_escalate_without_loss_while_the_broker_is_down(mosquitto, tmp_pa
         await watcher.close()
         assert sorted(a["key"] for a in received + [b["alert"] for b in hook.bodies]) == ["d1", "d2", "d3"]
     asyncio.run(main())
+
+
+def test_actions_publish_command_webhook_store_and_invoke(tmp_path, runtime):
+    from iotwasm.container import WasmContainer
+    from conftest import ECHO_WAT
+
+    async def main():
+        hook = Webhook()
+        bus = open_bus(None)
+        await bus.connect()
+        got: dict[str, list] = {}
+        await bus.subscribe("#", lambda m: got.setdefault(m.topic, []).append(m.payload))
+        echo = WasmContainer("echo", ECHO_WAT, runtime=runtime).start()
+        store = LocalStore(tmp_path / "store.db")
+        runner = RuleRunner(bus, outbox=Outbox(tmp_path / "outbox.db"), store=store,
+                            processors={"echo": echo}.get)
+        await runner.start()
+        await runner.put(RuleDefinition(
+            RuleSpec("heat", 'SELECT device, t * 2 AS t2 FROM "sensors/{device}/t" WHERE t > 30', EventTime()),
+            actions=[Action("publish", topic="out/{device}", payload='{"double": {t2}, "rule": "{rule}"}'),
+                     Action("command"),
+                     Action("webhook", url=hook.url),
+                     Action("store", table="heat"),
+                     Action("invoke", deployment="echo", topic="signed/{device}")]))
+        await runner.offer(hot("d1", 31))
+        await runner.offer(hot("d2", 10))
+        await runner.idle()
+        await wait_for(lambda: "out/d1" in got and "devices/d1/commands" in got and "signed/d1" in got
+                       and hook.bodies)
+        assert json.loads(got["out/d1"][0]) == {"double": 62, "rule": "heat"}
+        assert json.loads(got["devices/d1/commands"][0]) == {"device": "d1", "t2": 62}
+        assert json.loads(got["signed/d1"][0]) == {"device": "d1", "t2": 62}   # the echo module's output
+        assert hook.bodies == [{"topic": "rules/heat", "payload": {"device": "d1", "t2": 62}}]
+        assert [r["payload"] for r in store.query("heat")] == [{"device": "d1", "t2": 62}]
+        assert not any("d2" in t for t in got)
+        st = runner.status()["heat"]
+        assert [a["sent"] for a in st["actions"]] == [1, 1, 1, 1, 1]
+        # an unknown deployment is refused before anything changes
+        with pytest.raises(Exception, match="deployment 'nope' is not on this node"):
+            await runner.put(RuleDefinition(RuleSpec("x", 'SELECT 1 FROM "a"'), actions=[Action("invoke", deployment="nope")]))
+        await runner.stop()
+        echo.stop()
+        hook.close()
+    asyncio.run(main())
