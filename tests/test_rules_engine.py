@@ -339,3 +339,21 @@ def test_wasm_function_over_an_aggregate_and_inside_one(trapping):
     # either); the window keeps the others
     assert out == [{"d": "x", "a": 4, "s": 8}]
     assert e.stats()["r"]["udf_errors"] == 1
+
+
+def test_a_function_over_its_time_limit_fails_that_evaluation_only(runtime):
+    from iotwasm.engine import Limits
+
+    c = WasmContainer("spin", TEST_MODULES / "infinite_loop.wat", runtime=runtime,
+                      limits=Limits(timeout_ms=30)).start()
+    try:
+        f = WasmFunction("spin", c, "scalar")
+        e = RuleEngine()
+        e.add(RuleSpec("r", 'SELECT v FROM "s/a" WHERE spin(v) > 0 OR v > 5', EventTime(),
+                       functions={"spin": f}))
+        assert rows(e.process(msgs((0, 9)))) == []
+        st = e.stats()["r"]
+        assert st["udf_errors"] == 1 and st["errors"] == 1 and "timeout 30ms exceeded" in st["last_error"]
+        assert f.errors == 1
+    finally:
+        c.stop()

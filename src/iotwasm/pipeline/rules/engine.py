@@ -180,7 +180,6 @@ class CompiledRule:
         self.out_slots = [s for s in row_c.udf_slots if s.stage == "out"] if not aggregating else []
         self.udf_aggs = [i for i, a in enumerate(self.aggs) if a.udf is not None]
         self._args = tuple(a.arg for a in self.aggs)
-        self.limit = q.limit
         self.event_time = spec.event_time
         self.lateness = spec.event_time.lateness_ms
         self.watermark: int | None = None

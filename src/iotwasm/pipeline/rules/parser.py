@@ -26,7 +26,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ...errors import ConfigError
 
 GRAMMAR = r"""
-start: _SELECT select_list _FROM source where? group_by? having? limit?
+start: _SELECT select_list _FROM source where? group_by? having?
 
 select_list: select_item ("," select_item)*
 select_item: STAR                        -> star
@@ -37,7 +37,6 @@ source: QUOTED | STRING | NAME
 where: _WHERE expr
 group_by: _GROUP _BY expr ("," expr)*
 having: _HAVING expr
-limit: _LIMIT NUMBER
 
 ?expr: or_expr
 ?or_expr: and_expr | or_expr _OR and_expr        -> or_
@@ -84,7 +83,6 @@ _WHERE: /where\b/i
 _GROUP: /group\b/i
 _BY: /by\b/i
 _HAVING: /having\b/i
-_LIMIT: /limit\b/i
 _AS: /as\b/i
 _AND: /and\b/i
 _OR: /or\b/i
@@ -115,7 +113,7 @@ COMMENT: /--[^\n]*/
 """
 
 # keywords win over NAME when both match the same text
-for _kw in ("SELECT FROM WHERE GROUP BY HAVING LIMIT AS AND OR NOT IS NULL IN BETWEEN LIKE TRUE "
+for _kw in ("SELECT FROM WHERE GROUP BY HAVING AS AND OR NOT IS NULL IN BETWEEN LIKE TRUE "
             "FALSE CASE WHEN THEN ELSE END DISTINCT").split():
     GRAMMAR = GRAMMAR.replace(f"_{_kw}: /", f"_{_kw}.2: /", 1)
 
@@ -155,7 +153,6 @@ class Query:
     where: Node | None = None
     group_by: list[Node] = field(default_factory=list)
     having: Node | None = None
-    limit: int | None = None
     text: str = ""
 
 
@@ -295,16 +292,12 @@ class _Build(Transformer):
     def having(self, meta, c):
         return ("having", c[0])
 
-    def limit(self, meta, c):
-        return ("limit", int(c[0]))
-
     def start(self, meta, c):
         parts = {p[0]: p[1:] for p in c}
         src, pos = parts["source"]
         return Query(items=parts["items"][0], source=src, source_pos=pos,
                      where=parts.get("where", (None,))[0], group_by=parts.get("group_by", ([],))[0],
-                     having=parts.get("having", (None,))[0], limit=parts.get("limit", (None,))[0],
-                     text=self._text)
+                     having=parts.get("having", (None,))[0], text=self._text)
 
 
 _NAMES = {"_SELECT": "SELECT", "_FROM": "FROM", "_WHERE": "WHERE", "_GROUP": "GROUP", "_BY": "BY",
@@ -313,7 +306,7 @@ _NAMES = {"_SELECT": "SELECT", "_FROM": "FROM", "_WHERE": "WHERE", "_GROUP": "GR
           "COMMA": "','", "NAME": "a name", "NUMBER": "a number", "STRING": "a 'string'",
           "QUOTED": 'a "quoted" name', "$END": "the end", "COMP": "a comparison", "DOT": "'.'",
           "MINUS": "'-'", "_CASE": "CASE", "_NULL": "NULL", "_TRUE": "TRUE", "_FALSE": "FALSE",
-          "_NOT": "NOT", "_LIMIT": "LIMIT"}
+          "_NOT": "NOT"}
 
 
 def _expected(names) -> str:
