@@ -104,4 +104,4 @@ def test_demo_manifests_are_valid():
     from pathlib import Path
 
     ms = load_path(Path(__file__).parent.parent / "examples" / "greenhouse")
-    assert {m.kind for m in ms} == {"Deployment", "Route"}
+    assert {m.kind for m in ms} == {"Deployment", "Route", "Rule"}

@@ -12,7 +12,7 @@ import logging
 from typing import Callable
 
 from ..engine.limits import parse_duration_ms
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError, ContainerUnavailable, IotwasmError
 from ..pipeline import LocalStore, Outbox
 from ..pipeline.rules import (Action, AlertPolicy, EventTime, RuleDefinition, RuleRunner, RuleSpec,
                               RuleStateStore, WasmFunction)
@@ -21,13 +21,29 @@ from .manifests import Rule, digest_of_manifest
 log = logging.getLogger("iotwasm.node")
 
 
+class _DeploymentRef:
+    """A rule's function looks its deployment up at each call: a deployment that is removed
+    and created again (a new handle) is found again; one that is gone fails the evaluations
+    with a clear error instead of calling a stopped container."""
+
+    def __init__(self, lookup: Callable[[str], object | None], name: str):
+        self.lookup, self.name = lookup, name
+
+    def process(self, messages):
+        handle = self.lookup(self.name)
+        if handle is None:
+            raise ContainerUnavailable(f"deployment {self.name!r} is not on this node")
+        return handle.process(messages)
+
+
 class NodeRules:
     def __init__(self, bus, outbox: Outbox, store: LocalStore, state: RuleStateStore,
                  deployments: Callable[[str], object | None], event: Callable[[str, str, str], None]):
         self.state = state
         self.deployments = deployments
         self.event = event
-        self.runner = RuleRunner(bus, outbox=outbox, store=store, state=state, processors=deployments)
+        self.runner = RuleRunner(bus, outbox=outbox, store=store, state=state,
+                                 processors=lambda n: _DeploymentRef(deployments, n) if deployments(n) else None)
         self.digests: dict[str, str] = {}
         self.manifests: dict[str, Rule] = {}
         state._db.execute("CREATE TABLE IF NOT EXISTS rule_enabled (rule TEXT PRIMARY KEY, "
@@ -49,11 +65,11 @@ class NodeRules:
         s = r.spec
         funcs = {}
         for f in s.functions:
-            handle = self.deployments(f.deployment)
-            if handle is None:
+            if self.deployments(f.deployment) is None:
                 raise ConfigError(f"function {f.name}: deployment {f.deployment!r} is not on this node")
-            funcs[f.name] = WasmFunction(f.name, handle, f.kind, deployment=f.deployment)
-        et = EventTime(s.event_time.field, s.event_time.unit, parse_duration_ms(s.event_time.lateness))
+            funcs[f.name] = WasmFunction(f.name, _DeploymentRef(self.deployments, f.deployment), f.kind,
+                                         deployment=f.deployment)
+        et = EventTime(s.event_time.field, s.event_time.unit, int(parse_duration_ms(s.event_time.lateness)))
         actions = []
         for a in s.actions:
             t = a.type
@@ -65,12 +81,12 @@ class NodeRules:
         alert = None
         if s.alert is not None:
             al = s.alert
-            alert = AlertPolicy(al.severity, al.dedup, parse_duration_ms(al.cooldown), parse_duration_ms(al.for_),
+            alert = AlertPolicy(al.severity, al.dedup, int(parse_duration_ms(al.cooldown)), int(parse_duration_ms(al.for_)),
                                 al.topic, al.webhook, al.message)
         return RuleDefinition(RuleSpec(r.name, s.sql, et, funcs), actions, alert, list(s.tags), s.enabled)
 
-    async def apply(self, rules: dict[str, Rule], *, force: set[str] = frozenset()) -> list[str]:
-        """Reconcile to `rules`; `force` re-applies rules whose functions' deployments changed."""
+    async def apply(self, rules: dict[str, Rule]) -> list[str]:
+        """Reconcile to `rules`: create, update (keeping window state that applies), delete."""
         await self.start()
         problems = []
         for name in [n for n in self.digests if n not in rules]:
@@ -80,7 +96,7 @@ class NodeRules:
             self.event("removed", name, "rule removed")
         for name, r in rules.items():
             digest = digest_of_manifest(r)
-            if self.digests.get(name) == digest and name not in force:
+            if self.digests.get(name) == digest:
                 continue
             try:
                 d = self.definition(r)

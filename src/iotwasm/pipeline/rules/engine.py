@@ -47,6 +47,8 @@ from .parser import Node, Query, RuleSyntaxError, parse
 
 log = logging.getLogger("iotwasm.rules")
 
+CLOCK_GRACE_MS = 1000
+
 UNITS = {"ms": 1, "ss": 1000, "s": 1000, "mi": 60_000, "m": 60_000, "hh": 3_600_000,
          "h": 3_600_000, "dd": 86_400_000, "d": 86_400_000}
 
@@ -484,10 +486,11 @@ class CompiledRule:
             self._due = min((g.last + gap for ss in self.sessions.values() for g in ss), default=float("inf"))
 
     def tick(self, now_ms: int, out: list[Emission]) -> None:
-        """Processing time moves on without messages: close windows that are due."""
+        """Processing time moves on without messages: close windows that are due. The clock
+        trails by CLOCK_GRACE_MS, so messages that waited in a queue are not made late by it."""
         if self.window is None or self.event_time.field is not None or not self.enabled:
             return
-        nwm = now_ms - self.lateness
+        nwm = int(now_ms) - self.lateness - CLOCK_GRACE_MS
         if self.watermark is None or nwm > self.watermark:
             self.watermark = nwm
             self._fire(out)
@@ -708,7 +711,7 @@ class RuleEngine:
             if not isinstance(row, dict):
                 row = {"value": row}
             row[TOPIC] = m.topic
-            row[TS] = m.timestamp_ms
+            row[TS] = int(m.timestamp_ms)
             for f in filters:
                 lst = per_filter.get(f)
                 if lst is None:
