@@ -137,6 +137,11 @@ def test_alerts_escalate_without_loss_while_the_broker_is_down(mosquitto, tmp_pa
         await wait_for(lambda: len(received) == 2, timeout=20)
         assert received[1]["key"] == "d3" and received[1]["values"] == {"device": "d3", "t": 60}
         await wait_for(lambda: runner.status()["overheat"]["alerts"]["pending"] == 0)
+        # the dedup state came back with the node: d3 still firing is not alerted again
+        await runner.offer(hot("d3", 62))
+        await runner.idle()
+        assert runner.status()["overheat"]["alerts"]["fired"] == 0
+        assert runner.status()["overheat"]["alerts"]["suppressed"] == 1
         await runner.stop()
         await bus.close()
         await watcher.close()

@@ -75,6 +75,12 @@ class AlertTracker:
     fired: int = 0
     suppressed: int = 0
 
+    def dump(self) -> dict:
+        return {k: [st.since, st.firing, st.last_fired] for k, st in self.keys.items()}
+
+    def load(self, saved: dict) -> None:
+        self.keys = {k: _KeyState(*v) for k, v in saved.items()}
+
     def observe(self, ok: bool, ts: int, row: dict, source: dict | None) -> dict | None:
         """One evaluation; returns the alert to send, if one fires now."""
         values = {**{k: v for k, v in (source or {}).items() if k[:1] != "\x00"}, **row, "rule": self.rule}

@@ -668,6 +668,7 @@ class RuleEngine:
             self._unindex(rule)
         if self.store is not None:
             self.store.delete(name)
+            self.store.delete(f"alert:{name}")
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         self.rules[name].enabled = enabled

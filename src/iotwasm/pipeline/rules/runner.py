@@ -121,6 +121,10 @@ class _ActionRunner:
             log.warning("rule %s: %s action failed: %s", self.rule, a.type, err)
 
 
+def _policy_digest(policy: AlertPolicy) -> str:
+    return json.dumps(policy.__dict__, sort_keys=True)
+
+
 class _RuleRuntime:
     def __init__(self, definition: RuleDefinition):
         self.definition = definition
@@ -173,7 +177,7 @@ class RuleRunner:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        await asyncio.to_thread(self._locked, self.engine.checkpoint)
+        await asyncio.to_thread(self._checkpoint)
         for name in list(self.rules):
             await self._teardown(self.rules.pop(name), drain_timeout)
 
@@ -194,6 +198,10 @@ class RuleRunner:
             rt.tracker = AlertTracker(name, d.alert)
             if old is not None and old.tracker is not None and old.definition.alert == d.alert:
                 rt.tracker.keys = old.tracker.keys
+            elif old is None and self.engine.store is not None:
+                saved = self.engine.store.load(f"alert:{name}")
+                if saved is not None and saved[0] == _policy_digest(d.alert):
+                    rt.tracker.load(saved[1])
             rt.dispatcher = AlertDispatcher(name, d.alert, self.outbox, self.bus,
                                             publish_timeout=self.alert_publish_timeout)
             rt.dispatcher.start()
@@ -284,6 +292,15 @@ class RuleRunner:
             finally:
                 self._busy = False
 
+    def _checkpoint(self) -> None:
+        """Window state and alert state (dedup, FOR and cooldown clocks) to SQLite."""
+        with self._lock:
+            self.engine.checkpoint()
+            store = self.engine.store
+            if store is not None:
+                store.save([(f"alert:{n}", _policy_digest(rt.definition.alert), rt.tracker.dump())
+                            for n, rt in list(self.rules.items()) if rt.tracker is not None])
+
     def _locked(self, fn, *args):
         with self._lock:
             return fn(*args)
@@ -305,7 +322,7 @@ class RuleRunner:
                     await self.dispatch(out)
                 if time.monotonic() - last_cp >= self.checkpoint_s:
                     last_cp = time.monotonic()
-                    await asyncio.to_thread(self._locked, self.engine.checkpoint)
+                    await asyncio.to_thread(self._checkpoint)
             except asyncio.CancelledError:
                 raise
             except Exception:
