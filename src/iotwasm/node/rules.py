@@ -81,8 +81,8 @@ class NodeRules:
         alert = None
         if s.alert is not None:
             al = s.alert
-            alert = AlertPolicy(al.severity, al.dedup, int(parse_duration_ms(al.cooldown)), int(parse_duration_ms(al.for_)),
-                                al.topic, al.webhook, al.message)
+            alert = AlertPolicy(al.severity, al.dedup, int(parse_duration_ms(al.cooldown)),
+                                int(parse_duration_ms(al.for_)), al.topic, al.webhook, al.message)
         return RuleDefinition(RuleSpec(r.name, s.sql, et, funcs), actions, alert, list(s.tags), s.enabled)
 
     async def apply(self, rules: dict[str, Rule]) -> list[str]:

@@ -29,7 +29,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
 
 from ...errors import IotwasmError
 from ..outbox import Forwarder, Outbox
