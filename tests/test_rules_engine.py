@@ -358,3 +358,26 @@ def test_a_function_over_its_time_limit_fails_that_evaluation_only(runtime):
         assert f.errors == 1
     finally:
         c.stop()
+
+
+def test_hopping_session_and_count_windows_with_late_data():
+    # hopping, lateness 3 s: a reading 2 s out of order still counts in both its windows
+    e = engine(f'SELECT sum(v) AS s, {W} FROM "s/a" GROUP BY HOPPINGWINDOW(ss, 10, 5)',
+               EventTime("ts", lateness_ms=3000))
+    assert feed(e, (6000, 1), (9000, 2)) == []            # watermark 6000
+    assert feed(e, (7000, 4)) == []                       # 7000 ≥ 6000: on time
+    assert feed(e, (12000, 8)) == []                      # watermark 9000
+    assert feed(e, (5500, 100)) == []                     # 5500 < 9000: late
+    assert feed(e, (13000, 0)) == [{"s": 7, "ws": 0, "we": 10000}]           # watermark 10000
+    assert feed(e, (30000, 0)) == [{"s": 15, "ws": 5000, "we": 15000}, {"s": 8, "ws": 10000, "we": 20000}]
+    assert e.stats()["r"]["late"] == 1
+    # session: an out-of-order reading inside the lateness joins its session; an older one is late
+    e = engine(f'SELECT count(*) AS n, {W} FROM "s/a" GROUP BY SESSIONWINDOW(ss, 5)',
+               EventTime("ts", lateness_ms=2000))
+    assert feed(e, (10000, 1), (12000, 1), (11000, 1), (7000, 1)) == []   # 7000 < watermark 10000
+    assert feed(e, (19001, 1)) == [{"n": 3, "ws": 10000, "we": 17000}]    # watermark 17001
+    assert e.stats()["r"]["late"] == 1
+    # count windows: a late reading never reaches the window
+    e = engine('SELECT sum(v) AS s FROM "s/a" GROUP BY COUNTWINDOW(2)')
+    assert feed(e, (1000, 1), (500, 50), (2000, 2)) == [{"s": 3}]
+    assert e.stats()["r"]["late"] == 1
