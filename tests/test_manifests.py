@@ -95,7 +95,7 @@ def test_json_schema_is_published_and_current():
     from pathlib import Path
 
     schema = json_schema()
-    assert set(schema["discriminator"]["mapping"]) == {"Deployment", "Route"}
+    assert set(schema["discriminator"]["mapping"]) == {"Deployment", "Route", "Rule"}
     published = Path(__file__).parent.parent / "docs" / "manifest.schema.json"
     assert json.loads(published.read_text()) == schema, "run: iotwasm schema > docs/manifest.schema.json"
 
@@ -104,4 +104,4 @@ def test_demo_manifests_are_valid():
     from pathlib import Path
 
     ms = load_path(Path(__file__).parent.parent / "examples" / "greenhouse")
-    assert {m.kind for m in ms} == {"Deployment", "Route"}
+    assert {m.kind for m in ms} == {"Deployment", "Route", "Rule"}

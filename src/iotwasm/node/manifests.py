@@ -1,7 +1,7 @@
 """Manifests: Kubernetes-style YAML documents that describe what a node should run.
 
     apiVersion: iotwasm.io/v1
-    kind: Deployment | Route
+    kind: Deployment | Route | Rule
     metadata: {name: ..., labels: {...}}
     spec: ...
 
@@ -302,9 +302,157 @@ class Route(Strict):
         return self.metadata.name
 
 
-Manifest = Annotated[Union[Deployment, Route], Field(discriminator="kind")]
+# --- Rule ---------------------------------------------------------------------------------
+
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class RuleFunction(Strict):
+    """A deployment's module offered to the rule as a function (docs/rules.md, WASM functions)."""
+
+    name: str
+    deployment: str
+    kind: Literal["scalar", "aggregate"] = "scalar"
+
+    @field_validator("name")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not IDENT.match(v):
+            raise ValueError("must be a plain identifier")
+        return v.lower()
+
+
+class EventTimeSpec(Strict):
+    field: str | None = Field(None, description="payload field with the event time; default: arrival time")
+    unit: Literal["ms", "s"] = "ms"
+    lateness: str = Field("0s", description="allowed lateness: the watermark trails the latest event time by it")
+
+    @field_validator("lateness")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        from ..engine.limits import parse_duration_ms
+        try:
+            parse_duration_ms(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+class PublishAction(Strict):
+    topic: str = Field(..., description="template: {name} from the output row, then the message")
+    payload: str = Field("", description="template; empty: the output row as JSON")
+    qos: Literal[0, 1] = 1
+
+
+class CommandAction(Strict):
+    topic: str = "devices/{device}/commands"
+    payload: str = ""
+    qos: Literal[0, 1] = 1
+
+
+class WebhookAction(Strict):
+    url: str
+
+
+class StoreAction(Strict):
+    table: str = "rules"
+
+    @field_validator("table")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not IDENT.match(v):
+            raise ValueError("must be a plain identifier")
+        return v
+
+
+class InvokeAction(Strict):
+    deployment: str
+    topic: str = Field("", description="where the deployment's outputs go when it names no topic")
+
+
+class RuleAction(Strict):
+    publish: PublishAction | None = None
+    command: CommandAction | None = None
+    webhook: WebhookAction | None = None
+    store: StoreAction | None = None
+    invoke: InvokeAction | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "RuleAction":
+        given = [k for k in ACTION_TYPES if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"an action needs exactly one of {', '.join(ACTION_TYPES)} (got {given or 'none'})")
+        return self
+
+    @property
+    def type(self) -> str:
+        return next(k for k in ACTION_TYPES if getattr(self, k) is not None)
+
+
+ACTION_TYPES = ("publish", "command", "webhook", "store", "invoke")
+
+
+class AlertSpec(Strict):
+    severity: Literal["info", "warning", "critical"] = "warning"
+    dedup: str = Field("{rule}", description="template of the deduplication key, e.g. {device}")
+    cooldown: str = "0s"
+    for_: str = Field("0s", alias="for", description="the condition must hold this long before it fires")
+    topic: str = "alerts/{rule}"
+    webhook: str | None = Field(None, description="second channel when MQTT fails")
+    message: str = ""
+
+    @model_validator(mode="after")
+    def _durations(self) -> "AlertSpec":
+        from ..engine.limits import parse_duration_ms
+        for name in ("cooldown", "for_"):
+            try:
+                parse_duration_ms(getattr(self, name))
+            except ConfigError as e:
+                raise ValueError(f"{name.rstrip('_')}: {e}") from None
+        if self.webhook and not self.webhook.startswith(("http://", "https://")):
+            raise ValueError("webhook must start with http:// or https://")
+        return self
+
+
+class RuleManifestSpec(Strict):
+    functions: list[RuleFunction] = []   # before sql: compiling the SQL needs them
+    sql: str = Field(..., description='SELECT … FROM "topic/filter" [WHERE …] [GROUP BY …] [HAVING …]')
+    enabled: bool = True
+    tags: list[str] = []
+    event_time: EventTimeSpec = Field(EventTimeSpec(), alias="eventTime")
+    actions: list[RuleAction] = []
+    alert: AlertSpec | None = None
+
+    @field_validator("sql")
+    @classmethod
+    def _compiles(cls, sql: str, info) -> str:
+        from ..pipeline.rules import CompiledRule, RuleSpec, RuleSyntaxError
+
+        class _Sig:  # a function's signature is all compiling needs
+            def __init__(self, kind: str):
+                self.kind = kind
+        funcs = {f.name: _Sig(f.kind) for f in info.data.get("functions", [])}
+        try:
+            CompiledRule(RuleSpec("sql", sql, functions=funcs))
+        except RuleSyntaxError as e:
+            raise ValueError(str(e).removeprefix("rule sql ")) from None
+        return sql
+
+
+class Rule(Strict):
+    api_version: Literal["iotwasm.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["Rule"]
+    metadata: Metadata
+    spec: RuleManifestSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+Manifest = Annotated[Union[Deployment, Route, Rule], Field(discriminator="kind")]
 _adapter: TypeAdapter = TypeAdapter(Manifest)
-KINDS = ("Deployment", "Route")
+KINDS = ("Deployment", "Route", "Rule")
 
 
 def digest_of_manifest(m: Deployment | Route) -> str:
@@ -387,9 +535,9 @@ def load_path(path: str | Path) -> list[Deployment | Route]:
 def json_schema() -> dict:
     schema = _adapter.json_schema(by_alias=True)
     schema["$id"] = "https://iotwasm.io/schemas/manifest-v1.json"
-    schema["title"] = "iotwasm manifest (Deployment or Route)"
+    schema["title"] = "iotwasm manifest (Deployment, Route or Rule)"
     return schema
 
 
-__all__ = ["API_VERSION", "Deployment", "ManifestError", "Route", "digest_of_manifest",
+__all__ = ["API_VERSION", "Deployment", "ManifestError", "Route", "Rule", "digest_of_manifest",
            "json_schema", "load_path", "parse_documents", "HOST_CAPABILITIES", "WASI"]

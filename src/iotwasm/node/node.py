@@ -35,7 +35,8 @@ from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .applied import AppliedManifests
 from .logs import GuestLogs
-from .manifests import Deployment, ManifestError, Route, digest_of_manifest, load_path
+from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path
+from .rules import NodeRules
 from .state import NodeState, SqliteKeyValue
 
 log = logging.getLogger("iotwasm.node")
@@ -102,6 +103,7 @@ class Node:
         self._file_owned: set[tuple[str, str]] = set()
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
         self.batch_trace = None
+        self.rules: NodeRules | None = None  # created once the bus exists (start)
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -123,6 +125,9 @@ class Node:
             log.warning("node bus %s not reachable yet (%s); continuing, reconnecting in background",
                         self.config.broker, e)
         self.state.event("node", self.config.name, f"started (bus: {self.config.broker or 'in-process'})")
+        from ..pipeline.rules import RuleStateStore
+        self.rules = NodeRules(self.bus, self.outbox, self.store, RuleStateStore(Path(self.config.data_dir) / "rules.db"),
+                               self._processor, self._event)
         await self.sync()
         self.ready = True
         await self._publish_status("online")
@@ -153,6 +158,9 @@ class Node:
 
     async def shutdown(self) -> None:
         log.info("node %s shutting down: draining routes", self.config.name)
+        if self.rules is not None:
+            await self.rules.stop(self.config.drain_timeout_s)
+            self.rules.state.close()
         for rec in self.routes.values():
             await self._stop_source(rec)
         for name in list(self.routes):
@@ -230,7 +238,7 @@ class Node:
         may not change it)."""
         return (kind, name) in self._file_owned
 
-    async def apply(self, manifests: list[Deployment | Route]) -> list[str]:
+    async def apply(self, manifests: list[Deployment | Route | Rule]) -> list[str]:
         """Reconcile running state to `manifests`; returns the problems found (also logged)."""
         problems: list[str] = []
         deps = {m.name: m for m in manifests if isinstance(m, Deployment)}
@@ -259,9 +267,15 @@ class Node:
             except IotwasmError as e:
                 problems.append(f"Route {name}: {e}")
                 self._event("failed", name, str(e))
+        if self.rules is not None:
+            problems += await self.rules.apply({m.name: m for m in manifests if isinstance(m, Rule)})
         for p in problems:
             log.error("%s", p)
         return problems
+
+    def _processor(self, name: str):
+        rec = self.deployments.get(name)
+        return rec.handle if rec is not None else None
 
     def _handle_event(self, name: str, kind: str, message: str) -> None:
         """Events of a deployment's versions (called from worker threads)."""
@@ -507,6 +521,7 @@ class Node:
                             "p50_ms": round(s.percentile(0.5), 3), "p99_ms": round(s.percentile(0.99), 3),
                             "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks)}
         return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
+                "rules": self.rules.status() if self.rules is not None else {},
                 "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error}
 
 
