@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/e2e/run.py              # full run (~5.5 min), results/e2e.json
     .venv/bin/python benchmarks/e2e/run.py --quick      # smoke run (~2.5 min), results/e2e-quick.json
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm --profile --no-hot-update
-    .venv/bin/python benchmarks/e2e/run.py --only iotwasm,iotwasm-nodelay --rates 20,1000,5000
+    .venv/bin/python benchmarks/e2e/run.py --only iotwasm --rates 20,200,1000,5000 --no-hot-update
 
 Partial runs (--only, --rates, --no-hot-update) write results/e2e-partial.json, or --out PATH.
 
@@ -89,10 +89,7 @@ PASS_FRACTION = 0.8
 TARGET_RATIO = 2.0        # iotwasm sustained throughput ≥ 2× Node-RED's
 TARGET_P99_MS = 5.0       # p99 at 5k msg/s
 SYSTEMS = ("iotwasm", "iotwasm-saf", "python", "node-red")
-#: on request only (--only): iotwasm with TCP_NODELAY forced on the node's MQTT socket
-DIAGNOSTIC = ("iotwasm-nodelay",)
 TITLES = {
-    "iotwasm-nodelay": "iotwasm (storeAndForward: false, TCP_NODELAY shim)",
     "iotwasm": "iotwasm (storeAndForward: false)",
     "iotwasm-saf": "iotwasm (storeAndForward: true, default)",
     "python": "plain Python (paho-mqtt)",
@@ -479,26 +476,9 @@ class SUT:
         return {}
 
 
-#: Diagnostic only: start the node with Nagle's algorithm off on every TCP connection it opens
-#: (paho-mqtt does not set TCP_NODELAY); shows what the Nagle / delayed-ACK stalls cost.
-NODELAY_SHIM = """\
-import socket
-_create_connection = socket.create_connection
-def create_connection(*args, **kwargs):
-    sock = _create_connection(*args, **kwargs)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-socket.create_connection = create_connection
-from iotwasm.cli.main import app
-app()
-"""
-
-
 class IotwasmNode(SUT):
-    def __init__(self, key: str, workdir: Path, broker, saf: bool, name: str,
-                 nodelay: bool = False):
+    def __init__(self, key: str, workdir: Path, broker, saf: bool, name: str):
         self.key, self.workdir, self.broker, self.saf, self.name = key, workdir, broker, saf, name
-        self.nodelay = nodelay
         self.mdir = workdir / "manifests"
         self.data = workdir / "data"
         self.mdir.mkdir(parents=True)
@@ -508,9 +488,8 @@ class IotwasmNode(SUT):
 
     def start(self) -> dict:
         t0 = time.monotonic()
-        entry = ["-c", NODELAY_SHIM] if self.nodelay else ["-m", "iotwasm.cli.main"]
         self.proc = PROCS.spawn(
-            [PY, *entry, "up", str(self.mdir), "--broker", self.broker.url,
+            [PY, "-m", "iotwasm.cli.main", "up", str(self.mdir), "--broker", self.broker.url,
              "--data", str(self.data), "--name", self.name],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
         online = wait_status_online(self.broker, self.name, 60, self.alive)
@@ -627,8 +606,6 @@ def make_sut(key: str, workdir: Path, broker) -> SUT:
         return IotwasmNode(key, workdir, broker, saf=False, name="e2e-direct")
     if key == "iotwasm-saf":
         return IotwasmNode(key, workdir, broker, saf=True, name="e2e-outbox")
-    if key == "iotwasm-nodelay":
-        return IotwasmNode(key, workdir, broker, saf=False, name="e2e-nodelay", nodelay=True)
     if key == "python":
         return PlainPython(workdir, broker)
     if key == "node-red":
@@ -788,13 +765,10 @@ IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "Event.wait", "Client._
 CATEGORIES = (
     ("wasm: DeploymentHandle.process (both modules, in worker threads)", ("DeploymentHandle.process",)),
     ("outbox: SQLite append/peek/ack", ("Outbox.",)),
-    ("paho thread: handing messages and PUBACKs to the event loop (call_soon_threadsafe)",
-     ("MqttBus._post",)),
-    ("paho thread: reading and parsing packets (byte-wise recv)", ("Client.loop_read",)),
-    ("paho thread: writing packets", ("Client.loop_write",)),
-    ("event loop: PUBACK for each received message (MqttBus._ack → paho socketpair)",
-     ("MqttBus._ack",)),
-    ("event loop: publishing results (MqttBus.publish)", ("MqttBus.publish",)),
+    ("event loop: MQTT packets in (decoding, dispatch)", ("_Connection.data_received",)),
+    ("event loop: MQTT packets out (one send per loop pass)", ("MqttBus._flush",)),
+    ("event loop: publishing results (MqttBus.send_many / publish)", ("MqttBus.send_many",
+                                                                      "MqttBus.publish")),
     ("event loop: waking up on the self-pipe (_read_from_self)", ("_read_from_self",)),
     ("event loop: route (RouteRunner: queue, lanes, batching, to_thread)", ("RouteRunner.",)),
     ("event loop: subscription queue and handler (Subscription, BusSource)",
@@ -1099,7 +1073,7 @@ def summary(results: dict) -> dict:
     nr = sustained(s.get("node-red"))
     py = sustained(s.get("python"))
     out: dict = {"sustained_input_per_s": {k: sustained(v) for k, v in s.items()}}
-    for k in ("iotwasm", "iotwasm-saf", "iotwasm-nodelay"):
+    for k in ("iotwasm", "iotwasm-saf"):
         if k not in s:
             continue
         iot = sustained(s.get(k))
@@ -1158,7 +1132,7 @@ def markdown(results: dict) -> str:
     for k, v in su["sustained_input_per_s"].items():
         lines.append(f"- {TITLES[k]}: {'–' if v is None else f'{v:,.0f} msg/s'}")
     lines.append("")
-    for k in ("iotwasm", "iotwasm-saf", "iotwasm-nodelay"):
+    for k in ("iotwasm", "iotwasm-saf"):
         if k not in su or k not in results["systems"]:
             continue
         t = su[k]
@@ -1199,9 +1173,7 @@ def main() -> int:
                                              "plain Python, Node-RED.")
     ap.add_argument("--quick", action="store_true", help="short smoke run (2 s steps)")
     ap.add_argument("--only", default=",".join(SYSTEMS),
-                    help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all); also "
-                         f"{','.join(DIAGNOSTIC)}: iotwasm with Nagle's algorithm off on the node's "
-                         "MQTT socket, a diagnostic")
+                    help=f"comma-separated subset of {','.join(SYSTEMS)} (default: all)")
     ap.add_argument("--rates", help="comma-separated paced load steps in msg/s (default: "
                                     f"{','.join(map(str, RATES))})")
     ap.add_argument("--no-hot-update", action="store_true", help="skip the hot-update step")
@@ -1217,8 +1189,8 @@ def main() -> int:
         return 0
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in only:
-        if s not in SYSTEMS + DIAGNOSTIC:
-            ap.error(f"unknown system {s!r}; choose from {', '.join(SYSTEMS + DIAGNOSTIC)}")
+        if s not in SYSTEMS:
+            ap.error(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)}")
     cfg = Config.make(args.quick)
     if args.rates:
         cfg.rates = tuple(int(r) for r in args.rates.split(","))
