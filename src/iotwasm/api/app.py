@@ -635,7 +635,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def event_visible(who: Principal, ev: dict) -> bool:
         if who.tenant is None:
             return True
-        ns = namespace_of(node, "Deployment", ev["object"]) or namespace_of(node, "Route", ev["object"])
+        ns = namespace_of(node, "Deployment", ev["object"]) or namespace_of(node, "Route", ev["object"]) \
+            or namespace_of(node, "Rule", ev["object"])
         return ns == who.tenant
 
     @app.get("/v1/events", tags=["events"], summary="Recent node events (state changes, updates, errors)")
@@ -787,6 +788,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if who.tenant is not None:
             tenant = who.tenant
         return ctx.audit.query(since, until, actor, tenant, action, limit)
+
+    from .rules import install as _install_rules
+    _install_rules(app, node, viewer=viewer, operator=operator, audit=audit, visible=visible, mutable=mutable)
 
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the audit log's hash chain")
     async def audit_verify(who: Principal = Depends(admin)) -> dict:
