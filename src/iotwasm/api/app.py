@@ -188,8 +188,8 @@ class ApiContext:
 def create_app(ctx: ApiContext) -> FastAPI:
     node = ctx.node
     app = FastAPI(title="iotwasm node API", version=__version__,
-                  description="Manage one iotwasm node: modules, manifests, deployments, routes, logs, "
-                              "events, tokens, tenants and the audit log. Errors are RFC 9457 problem "
+                  description="Manage one iotwasm node: modules, manifests, deployments, routes, rules, "
+                              "logs, events, tokens, tenants and the audit log. Errors are RFC 9457 problem "
                               "documents.")
     bearer = HTTPBearer(auto_error=False, description="an API token (iot_…)")
 
