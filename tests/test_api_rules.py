@@ -175,3 +175,18 @@ def test_rules_of_manifest_files_cannot_be_changed_through_the_api(tmp_path):
         assert c.post("/v1/rules/filed/disable").json()["enabled"] is False
     finally:
         n.stop()
+
+
+def test_a_rule_that_cannot_start_is_pending_with_its_problem(api):
+    text = rule("needs", 'SELECT v FROM "climate/{d}" WHERE check(v) > 0').replace(
+        "  sql: |", "  functions: [{name: check, deployment: ghost}]\n  sql: |")
+    r = apply(api.admin, text)
+    assert r.status_code == 200, r.text
+    assert r.json()["problems"] == ["Rule needs: function check: deployment 'ghost' is not on this node"]
+    got = counters(api.admin, "needs")
+    assert (got["state"], got["received"]) == ("pending", 0)
+    assert got["last_error"] == "Rule needs: function check: deployment 'ghost' is not on this node"
+    r = api.admin.post("/v1/rules/needs/disable")
+    assert r.status_code == 409 and "is not running" in r.json()["detail"]
+    assert api.admin.delete("/v1/rules/needs").status_code == 200
+    assert api.admin.get("/v1/rules").json() == []
