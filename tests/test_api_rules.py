@@ -190,3 +190,18 @@ def test_a_rule_that_cannot_start_is_pending_with_its_problem(api):
     assert r.status_code == 409 and "is not running" in r.json()["detail"]
     assert api.admin.delete("/v1/rules/needs").status_code == 200
     assert api.admin.get("/v1/rules").json() == []
+
+
+def test_a_deployment_a_rule_uses_cannot_be_deleted_before_the_rule(api):
+    from apinode import ECHO_WASM, deployment
+    c = api.admin
+    assert c.post("/v1/modules", content=ECHO_WASM, params={"name": "echo", "version": "1"},
+                  headers={"Content-Type": "application/wasm"}).status_code == 201
+    text = deployment("echo", "echo:1") + "---\n" + rule("inv", HOT).replace(
+        "[{store: {table: hot}}]", '[{invoke: {deployment: echo, topic: "out/x"}}]')
+    r = apply(c, text)
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    r = c.delete("/v1/deployments/echo")
+    assert r.status_code == 409 and r.json()["detail"] == "deployment echo is used by rule(s) inv; delete those first"
+    assert c.delete("/v1/rules/inv").status_code == 200
+    assert c.delete("/v1/deployments/echo").status_code == 200

@@ -495,6 +495,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if users:
             raise Problem(409, "Conflict", f"deployment {name} is a step of route(s) {', '.join(users)}; "
                           "delete those first", "in-use")
+        from .rules import rules_using
+        if rules_using(node, name):
+            raise Problem(409, "Conflict", f"deployment {name} is used by rule(s) "
+                          f"{', '.join(rules_using(node, name))}; delete those first", "in-use")
         node.applied.delete("Deployment", name)
         await node.sync()
         node.guest_logs.forget(name)

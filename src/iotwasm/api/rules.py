@@ -27,6 +27,17 @@ class TagBody(BaseModel):
                                                                 "namespaces)")
 
 
+def rules_using(node: Node, deployment: str) -> list[str]:
+    """Rules (running or applied) that call `deployment` as a function or invoke it."""
+    out = []
+    for (kind, name), m in desired(node).items():
+        if kind == "Rule" and (any(f.deployment == deployment for f in m.spec.functions)
+                               or any(a.invoke is not None and a.invoke.deployment == deployment
+                                      for a in m.spec.actions)):
+            out.append(name)
+    return sorted(out)
+
+
 def install(app: FastAPI, node: Node, *, viewer: Callable, operator: Callable, audit: Callable,
             visible: Callable, mutable: Callable) -> None:
     """Add the /v1/rules routes to `app`, with the app's own auth, audit and ownership helpers."""
