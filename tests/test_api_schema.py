@@ -40,13 +40,24 @@ schemathesis.serializer("application/wasm")(RawBody)
 schemathesis.serializer("application/yaml")(RawBody)
 
 
+RULE = """apiVersion: iotwasm.io/v1
+kind: Rule
+metadata: {name: hot}
+spec:
+  tags: [climate]
+  sql: SELECT v FROM "climate/{d}" WHERE v > 10
+"""
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     n = ApiNode(tmp_path_factory.mktemp("schema")).start()
     c = n.admin
-    # something to find: a module, a deployment, a route, a tenant
+    # something to find: a module, a deployment, a route, a rule, a tenant
     c.post("/v1/modules", content=ECHO_WASM, params={"name": "echo", "version": "1"})
-    c.post("/v1/apply", content=deployment("x", "echo:1") + "---\n" + http_route("r", "x", "/in", "in/{device}", "o"))
+    r = c.post("/v1/apply", content=deployment("x", "echo:1") + "---\n" + http_route("r", "x", "/in", "in/{device}", "o")
+           + "---\n" + RULE)
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
     c.put("/v1/tenants/t", json={"max_deployments": 3})
     yield n
     n.stop()

@@ -188,8 +188,8 @@ class ApiContext:
 def create_app(ctx: ApiContext) -> FastAPI:
     node = ctx.node
     app = FastAPI(title="iotwasm node API", version=__version__,
-                  description="Manage one iotwasm node: modules, manifests, deployments, routes, logs, "
-                              "events, tokens, tenants and the audit log. Errors are RFC 9457 problem "
+                  description="Manage one iotwasm node: modules, manifests, deployments, routes, rules, "
+                              "logs, events, tokens, tenants and the audit log. Errors are RFC 9457 problem "
                               "documents.")
     bearer = HTTPBearer(auto_error=False, description="an API token (iot_…)")
 
@@ -495,6 +495,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if users:
             raise Problem(409, "Conflict", f"deployment {name} is a step of route(s) {', '.join(users)}; "
                           "delete those first", "in-use")
+        from .rules import rules_using
+        if rules_using(node, name):
+            raise Problem(409, "Conflict", f"deployment {name} is used by rule(s) "
+                          f"{', '.join(rules_using(node, name))}; delete those first", "in-use")
         node.applied.delete("Deployment", name)
         await node.sync()
         node.guest_logs.forget(name)
@@ -635,7 +639,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def event_visible(who: Principal, ev: dict) -> bool:
         if who.tenant is None:
             return True
-        ns = namespace_of(node, "Deployment", ev["object"]) or namespace_of(node, "Route", ev["object"])
+        ns = namespace_of(node, "Deployment", ev["object"]) or namespace_of(node, "Route", ev["object"]) \
+            or namespace_of(node, "Rule", ev["object"])
         return ns == who.tenant
 
     @app.get("/v1/events", tags=["events"], summary="Recent node events (state changes, updates, errors)")
@@ -787,6 +792,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if who.tenant is not None:
             tenant = who.tenant
         return ctx.audit.query(since, until, actor, tenant, action, limit)
+
+    from .rules import install as _install_rules
+    _install_rules(app, node, viewer=viewer, operator=operator, audit=audit, visible=visible, mutable=mutable)
 
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the audit log's hash chain")
     async def audit_verify(who: Principal = Depends(admin)) -> dict:

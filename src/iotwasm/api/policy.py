@@ -16,7 +16,7 @@ from typing import Callable
 from ..engine.limits import parse_size
 from ..engine.module import digest_of
 from ..errors import ConfigError, IotwasmError
-from ..node.manifests import Deployment, Route
+from ..node.manifests import Deployment, Route, Rule
 from ..node.node import Node, subject_to_topic
 from ..registry.signing import SignatureError, SignatureStore, load_public, verify_any
 from .security import Principal, SecurityStore, Tenant
@@ -82,6 +82,8 @@ def namespace_of(node: Node, kind: str, name: str) -> str | None:
         return node.deployments[name].manifest.metadata.namespace
     if kind == "Route" and name in node.routes:
         return node.routes[name].manifest.metadata.namespace
+    if kind == "Rule" and node.rules is not None and name in node.rules.manifests:
+        return node.rules.manifests[name].metadata.namespace
     m = node.applied.get(kind, name)
     return m.metadata.namespace if m else None
 
@@ -93,6 +95,9 @@ def desired(node: Node) -> dict[tuple[str, str], Deployment | Route]:
         out[("Deployment", n)] = rec.manifest
     for n, rec in node.routes.items():
         out[("Route", n)] = rec.manifest
+    if node.rules is not None:
+        for n, r in node.rules.manifests.items():
+            out[("Rule", n)] = r
     for m in node.applied.all():
         out[(m.kind, m.name)] = m
     return out
@@ -139,6 +144,8 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
                     if not _confined(t, prefix):
                         raise PolicyError(f"{label} spec.capabilities.topics.{what}: {t!r} is outside the "
                                           f"topic prefix {prefix!r} of tenant {ns}")
+        elif isinstance(m, Rule):
+            _admit_rule(m, label, ns, prefix, confined, after)
         else:
             for step in m.spec.steps:
                 dep = after.get(("Deployment", step))
@@ -159,6 +166,44 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
         if tenant is not None:
             check_quota(tenant, [d for d in after.values()
                                  if isinstance(d, Deployment) and d.metadata.namespace == ns])
+
+
+def _admit_rule(m: Rule, label: str, ns: str, prefix: str, confined: bool, after: dict) -> None:
+    """A rule reads a topic filter, writes topics, may call out and may use deployments: the
+    same confinement as a route's source, sinks, webhooks and steps."""
+    from ..pipeline.rules import CompiledRule, RuleSpec
+
+    class _Sig:
+        def __init__(self, kind: str):
+            self.kind = kind
+    s = m.spec
+    funcs = {f.name: _Sig(f.kind) for f in s.functions}
+    topics = [("spec.sql FROM", CompiledRule(RuleSpec(m.name, s.sql, functions=funcs)).filter)]
+    external = []
+    deployments = [(f"spec.functions[{i}].deployment", f.deployment) for i, f in enumerate(s.functions)]
+    for i, a in enumerate(s.actions):
+        body = getattr(a, a.type)
+        if a.type in ("publish", "command"):
+            topics.append((f"spec.actions[{i}].{a.type}.topic", body.topic))
+        elif a.type == "webhook":
+            external.append(f"spec.actions[{i}].webhook")
+        elif a.type == "invoke":
+            deployments.append((f"spec.actions[{i}].invoke.deployment", body.deployment))
+            if body.topic:
+                topics.append((f"spec.actions[{i}].invoke.topic", body.topic))
+    if s.alert is not None:
+        topics.append(("spec.alert.topic", s.alert.topic))
+        if s.alert.webhook:
+            external.append("spec.alert.webhook")
+    for where, dep_name in deployments:
+        dep = after.get(("Deployment", dep_name))
+        if dep is not None and dep.metadata.namespace != ns:
+            raise PolicyError(f"{label} {where}: {dep_name!r} is a deployment of another namespace")
+    for where, t in topics:
+        if not _confined(t, prefix):
+            raise PolicyError(f"{label} {where}: {t!r} is outside the topic prefix {prefix!r} of tenant {ns}")
+    if external and confined:
+        raise PolicyError(f"{label} {external[0]}: webhooks need a node admin token and an unconfined namespace")
 
 
 def check_quota(tenant: Tenant, deployments: list[Deployment]) -> None:

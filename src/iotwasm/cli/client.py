@@ -201,12 +201,13 @@ def follow_rollout(c: "Client", names: list[str], timeout: float, show: bool = T
 
 KINDS = {"deployments": "deployments", "deployment": "deployments", "deploy": "deployments",
          "routes": "routes", "route": "routes", "modules": "modules", "module": "modules",
-         "tenants": "tenants", "tenant": "tenants", "tokens": "tokens", "events": "events"}
+         "tenants": "tenants", "tenant": "tenants", "tokens": "tokens", "events": "events",
+         "rules": "rules", "rule": "rules"}
 
 
 def _kind(kind: str) -> str:
     if kind.lower() not in KINDS:
-        fail(f"unknown kind {kind!r}: one of deployments, routes, modules, tenants, tokens, events")
+        fail(f"unknown kind {kind!r}: one of deployments, routes, rules, modules, tenants, tokens, events")
     return KINDS[kind.lower()]
 
 
@@ -219,7 +220,15 @@ def _deployments_table(items: list[dict]) -> Table:
                     d.get("restarts", 0), d["module"]] for d in items])
 
 
-def get(kind: str = typer.Argument(..., help="deployments, routes, modules, tenants, tokens, events"),
+def _rules_table(items: list[dict]) -> Table:
+    return _table(None, ["name", "namespace", "state", "tags", "received", "matched", "emitted", "errors",
+                         "late", "last error"],
+                  [[r["name"], r["namespace"], r["state"], ", ".join(r["tags"]) or "-", r["received"],
+                    r["matched"], r["emitted"], r["errors"] + r["udf_errors"] + r["decode_errors"], r["late"],
+                    r["last_error"]] for r in items])
+
+
+def get(kind: str = typer.Argument(..., help="deployments, routes, rules, modules, tenants, tokens, events"),
         name: Optional[str] = typer.Argument(None), context: Optional[str] = CONTEXT,
         output: str = OUTPUT) -> None:
     """List objects of a kind, or show one."""
@@ -241,6 +250,8 @@ def get(kind: str = typer.Argument(..., help="deployments, routes, modules, tena
                    [[r["name"], r["namespace"], r["state"], r["source"], " → ".join(r["steps"]) or "-",
                      ", ".join(r["sinks"]), r.get("received"), r.get("delivered"), r.get("dead_letters"),
                      r.get("queued")] for r in data])
+    elif k == "rules":
+        t = _rules_table(data)
     elif k == "modules":
         t = _table(None, ["digest", "name", "tags", "abi", "size", "signed by", "used by"],
                    [[m["digest"][:19], m["name"], ", ".join(m["tags"]) or "-", m["abi"], f"{m['size']:,}",
@@ -265,7 +276,7 @@ def ps(context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     emit(data, output, _deployments_table(data))
 
 
-def describe(kind: str = typer.Argument(..., help="deployment, route, module or tenant"), name: str = typer.Argument(...),
+def describe(kind: str = typer.Argument(..., help="deployment, route, rule, module or tenant"), name: str = typer.Argument(...),
              context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Everything about one object: state, manifest, instances, recent events."""
     k = _kind(kind)
@@ -354,11 +365,11 @@ def history(name: str, context: Optional[str] = CONTEXT, output: str = OUTPUT) -
                                for h in data]))
 
 
-def rm(kind: str = typer.Argument(..., help="deployment, route or module"), name: str = typer.Argument(...),
+def rm(kind: str = typer.Argument(..., help="deployment, route, rule or module"), name: str = typer.Argument(...),
        context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
-    """Delete a deployment, route or (unused) module."""
+    """Delete a deployment, route, rule or (unused) module."""
     k = _kind(kind)
-    if k not in ("deployments", "routes", "modules"):
+    if k not in ("deployments", "routes", "rules", "modules"):
         fail(f"cannot delete {kind}")
     data = Client(context).call("DELETE", f"/v1/{k}/{name}")
     emit(data, output, _table(None, ["deleted"], [[name]]))
@@ -613,6 +624,41 @@ def sign(module: Path = typer.Argument(..., help=".wasm file"),
     out.print(f"signed {sig.digest} with key {sig.key_id} → {dest}", highlight=False)
 
 
+# --- rules ----------------------------------------------------------------------------------
+
+rules_app = typer.Typer(no_args_is_help=True, help="Enable or disable streaming rules (list them with "
+                                                   "`get rules`).")
+
+
+def _switch_rules(enabled: bool, name: str | None, tag: str | None, context: str | None, output: str) -> None:
+    if (name is None) == (tag is None):
+        fail("give a rule NAME or --tag TAG (not both)")
+    verb = "enable" if enabled else "disable"
+    c = Client(context)
+    if name is not None:
+        data = c.call("POST", f"/v1/rules/{name}/{verb}")
+        emit(data, output, _rules_table([data]))
+        return
+    data = c.call("POST", f"/v1/rules/{verb}", json={"tag": tag})
+    emit(data, output, _table(None, [f"{verb}d (tag {tag})"], [[n] for n in data["changed"]] or [["none"]]))
+
+
+@rules_app.command("enable")
+def rules_enable(name: Optional[str] = typer.Argument(None, help="rule"),
+                 tag: Optional[str] = typer.Option(None, "--tag", help="every rule with this tag"),
+                 context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
+    """Enable a rule, or every rule with a tag."""
+    _switch_rules(True, name, tag, context, output)
+
+
+@rules_app.command("disable")
+def rules_disable(name: Optional[str] = typer.Argument(None, help="rule"),
+                  tag: Optional[str] = typer.Option(None, "--tag", help="every rule with this tag"),
+                  context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
+    """Disable a rule, or every rule with a tag (they stop evaluating; window state is kept)."""
+    _switch_rules(False, name, tag, context, output)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `iotwasm` command."""
     for fn in (apply, get, ps, describe, logs, scale, suspend, resume, rollback, history, rm, keygen, sign):
@@ -622,3 +668,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(token_app, name="token")
     app.add_typer(tenant_app, name="tenant")
     app.add_typer(context_app, name="context")
+    app.add_typer(rules_app, name="rules")
