@@ -9,6 +9,7 @@ a token given away. On first start the node gets an admin token, written with mo
 from __future__ import annotations
 
 import asyncio
+import socket
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -96,9 +97,20 @@ class ApiServer:
             kw = {"ssl_certfile": str(self.settings.tls_cert), "ssl_keyfile": str(self.settings.tls_key)}
         config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=2, **kw)
+        # Bind here, not in uvicorn: uvicorn answers a port in use with sys.exit(), and a
+        # SystemExit raised in a task stops the whole event loop — the node with it.
+        try:
+            info = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                      flags=socket.AI_PASSIVE)[0]
+            sock = socket.socket(info[0], socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(info[4])
+            sock.listen(2048)  # listening now: a second node cannot bind the same port
+        except OSError as e:
+            raise ConfigError(f"API cannot listen on {self.settings.listen}: {e.strerror or e}") from None
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # the node owns the signals
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="api")
+        self._task = asyncio.get_running_loop().create_task(self._serve(sock), name="api")
         for _ in range(500):
             if self._server.started or self._task.done():
                 break
@@ -110,7 +122,16 @@ class ApiServer:
         self.ctx.alerts.interval_s = self.settings.alert_interval_s
         self.ctx.alerts.start()
 
-    async def stop(self) -> None:
+    async def _serve(self, sock: socket.socket) -> None:
+        try:
+            await self._server.serve(sockets=[sock])
+        except SystemExit as e:  # never let uvicorn's exit reach the node's loop
+            raise RuntimeError(f"the API server stopped (exit status {e.code})") from None
+
+    async def stop(self, *, keep_policy: bool = False) -> None:
+        """Stop serving. With `keep_policy` the node's load policy (tenants, signatures)
+        stays in force: a node whose API could not start still refuses what it must;
+        `close()` ends it."""
         await self.ctx.alerts.stop()
         if self._server is not None:
             self._server.should_exit = True
@@ -118,6 +139,10 @@ class ApiServer:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError, SystemExit):
-                pass
+            except (asyncio.TimeoutError, asyncio.CancelledError, SystemExit, Exception):
+                pass  # it failed to start or to stop: either way it no longer serves
+        if not keep_policy:
+            self.ctx.close()
+
+    def close(self) -> None:
         self.ctx.close()

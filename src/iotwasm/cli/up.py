@@ -71,7 +71,7 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
         if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
             provider = console_provider()  # nothing configured: show the spans
         enable_tracing(node, provider)
-    server = None
+    server = unserved = None
     if api is not None:  # an ApiSettings: serve the management API in this loop
         from ..api import ApiServer
 
@@ -81,7 +81,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
         except IotwasmError as e:
             # edge autonomy: the node's work does not depend on being managed right now
             console.print(f"[red]API not served:[/] {e}; the node runs without it", highlight=False)
-            await server.stop()
+            await server.stop(keep_policy=True)  # tenants and signature policy still apply
+            unserved = server
             server = None
         else:
             console.print(f"API on {server.url}" + (f" · admin token written to {server.admin_token_file}"
@@ -122,6 +123,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             live.stop()
         if server is not None:
             await server.stop()
+        if unserved is not None:
+            unserved.close()
     if final is not None and not live:
         console.print(final)
     return node
