@@ -84,3 +84,36 @@ def test_api_serves_https_with_the_given_certificate(tmp_path):
     finally:
         done.set()
         t.join(30)
+
+
+def test_a_second_api_on_a_taken_port_is_refused_and_the_first_keeps_serving(tmp_path):
+    """Two nodes asking for one port: the second gets a one-line error it can survive (the
+    node then runs without its API), not a process exit."""
+    port = free_port()
+
+    async def main():
+        nodes, servers = [], []
+        try:
+            for i in range(2):
+                node = Node(NodeConfig(data_dir=tmp_path / f"d{i}", manifests=None, name=f"n{i}"))
+                await node.start()
+                nodes.append(node)
+                server = ApiServer(node, ApiSettings(f"127.0.0.1:{port}"))
+                servers.append(server)
+                if i == 0:
+                    await server.start()
+                else:
+                    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+                        await server.start()
+                    await server.stop(keep_policy=True)
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"http://127.0.0.1:{port}/healthz")
+            assert r.status_code == 200
+            assert nodes[1].ready  # the loop of the second node is alive
+        finally:
+            for s in servers:
+                await s.stop()
+            for n in nodes:
+                await n.shutdown()
+
+    asyncio.run(main())
