@@ -72,6 +72,10 @@ def test_rule_lifecycle_counters_and_enable_by_name_and_tag(api):
              what="the store action's counters")
     listed = {x["name"]: x for x in ops.get("/v1/rules").json()}
     assert set(listed) == {"all", "hot"} and listed["hot"]["received"] == 3 and "manifest" not in listed["hot"]
+    metrics = ops.get("/metrics").text
+    assert 'iotwasm_rule_received_total{namespace="default",rule="hot"} 3.0' in metrics
+    assert 'iotwasm_rule_matched_total{namespace="default",rule="hot"} 2.0' in metrics
+    assert 'iotwasm_rule_enabled{namespace="default",rule="hot"} 1.0' in metrics
 
     # disabling by tag stops evaluation: the other rule on the same topic sees the next messages
     r = ops.post("/v1/rules/disable", json={"tag": "climate"})

@@ -140,6 +140,8 @@ class NodeCollector:
             yield self.histograms.family({n: rec.manifest.metadata.namespace
                                           for n, rec in list(node.routes.items())})
 
+        yield from self._rules(node)
+
         g = GaugeMetricFamily("iotwasm_node_outbox_backlog", "Messages kept for uplinks not yet acknowledged")
         g.add_metric([], node.outbox.backlog())
         yield g
@@ -157,6 +159,38 @@ class NodeCollector:
         yield g
         if self.extra:
             yield from self.extra()
+
+
+    @staticmethod
+    def _rules(node: Node):
+        """Per rule: what it saw, matched, emitted, which evaluations failed, late data."""
+        if node.rules is None:
+            return
+        rl = ["rule", "namespace"]
+        c = {k: CounterMetricFamily(f"iotwasm_rule_{k}", h, labels=rl) for k, h in (
+            ("received", "Messages offered to the rule"),
+            ("matched", "Messages that passed the rule's WHERE"),
+            ("emitted", "Results the rule emitted"),
+            ("errors", "Evaluations that failed (type errors, WASM function traps or limits)"),
+            ("udf_errors", "Evaluations failed by a WASM function"),
+            ("late", "Messages older than the watermark allowed"),
+            ("decode_errors", "Messages whose payload could not be decoded"))}
+        enabled = GaugeMetricFamily("iotwasm_rule_enabled", "1 when the rule is enabled", labels=rl)
+        windows = GaugeMetricFamily("iotwasm_rule_open_windows", "Windows (groups) open", labels=rl)
+        alerts = GaugeMetricFamily("iotwasm_rule_alerts_pending",
+                                   "Alerts kept for delivery (escalation queue)", labels=rl)
+        manifests = node.rules.manifests
+        for name, st in node.rules.status().items():
+            m = manifests.get(name)
+            lv = [name, m.metadata.namespace if m is not None else "default"]
+            for k, fam in c.items():
+                fam.add_metric(lv, st.get(k, 0) or 0)
+            enabled.add_metric(lv, 1 if st.get("enabled") else 0)
+            windows.add_metric(lv, st.get("open_windows", 0) or 0)
+            if "alerts" in st:
+                alerts.add_metric(lv, st["alerts"].get("pending", 0))
+        yield from c.values()
+        yield from (enabled, windows, alerts)
 
 
 def readiness(node: Node) -> dict:
