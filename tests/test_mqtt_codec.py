@@ -72,3 +72,15 @@ def test_subscribe_and_unsubscribe_layout():
     assert codec.subscribe(7, [("a/#", 1), ("b", 0)]) == \
         b"\x82\x0c\x00\x07\x00\x03a/#\x01\x00\x01b\x00"
     assert codec.unsubscribe(8, ["a/#"]) == b"\xa2\x07\x00\x08\x00\x03a/#"
+
+
+def test_a_large_publish_arriving_in_many_small_reads():
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    stream = codec.publish(b"big", payload, 1, False, 9) + codec.puback(3)
+    dec = codec.Decoder()
+    got = []
+    for i in range(0, len(stream), 4096):
+        got += dec.feed(stream[i:i + 4096])
+    assert [p[0] for p in got] == [codec.PUBLISH, codec.PUBACK]
+    assert codec.parse_publish(got[0][1], got[0][2]) == (b"big", 1, 9, payload)
+    assert codec.packet_id(got[1][2]) == 3

@@ -105,18 +105,26 @@ def unsubscribe(mid: int, filters: list[str]) -> bytes:
 class Decoder:
     """Splits a byte stream into packets: ``feed(data)`` returns ``[(type, flags, body)]``.
 
-    A partial packet waits for the next chunk. Bodies are `bytes` slices of what arrived, so a
-    PUBLISH's payload costs one copy.
+    A partial packet waits for the next chunk; once its length is known, further chunks are
+    only appended until it is complete (a large payload arriving in many reads is copied once,
+    not once per read). Bodies are `bytes` slices of what arrived, so a PUBLISH's payload
+    costs one copy.
     """
 
-    __slots__ = ("_rest",)
+    __slots__ = ("_buf", "_need")
 
     def __init__(self) -> None:
-        self._rest = b""
+        self._buf = bytearray()
+        self._need = 0  # bytes the partial packet in _buf needs in all (0: not yet known)
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        if self._rest:
-            data = self._rest + data
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            data = bytes(self._buf)
+            self._buf = bytearray()
+            self._need = 0
         out = []
         pos, end = 0, len(data)
         while end - pos >= 2:
@@ -129,7 +137,7 @@ class Decoder:
                 shift = 7
                 while True:
                     if i >= end:
-                        self._rest = data[pos:]
+                        self._buf = bytearray(data[pos:])
                         return out
                     b = data[i]
                     i += 1
@@ -141,10 +149,13 @@ class Decoder:
                         raise ProtocolError("remaining length longer than 4 bytes")
             stop = i + n
             if stop > end:
-                break
+                self._buf = bytearray(data[pos:])
+                self._need = stop - pos
+                return out
             out.append((first >> 4, first & 0x0F, data[i:stop]))
             pos = stop
-        self._rest = data[pos:] if pos < end else b""
+        if pos < end:
+            self._buf = bytearray(data[pos:])
         return out
 
 
