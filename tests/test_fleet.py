@@ -4,6 +4,7 @@ state, failover of a dead node, artifact checks and edge autonomy."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -245,3 +246,74 @@ def test_node_keeps_its_assignment_while_the_fleet_is_down_and_resyncs(nats_serv
             await m.stop()
 
     asyncio.run(main())
+
+
+def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path):  # noqa: F811
+    """Real `iotwasm up --fleet` processes; SIGKILL leaves no chance to say goodbye."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    def up(name: str, site: str) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "up", "--no-api", "--fleet",
+                                 nats_server.url, "--name", name, "--data", str(tmp_path / name),
+                                 "--label", f"site={site}", "--label", "arch=x86_64"],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+
+    async def main():
+        procs = {n: up(n, s) for n, s in [("p1", "a"), ("p2", "a"), ("p3", "b")]}
+        ctl = Controller(nats_server.url, interval_s=0.2)
+        await ctl.start()
+        try:
+            digest = await ctl.store.put_module(ECHO)
+            await ctl.store.put_deployment(fleet_deployment("one", digest, {"nodeSelector": {"site": "a"}}), None)
+            (tmp_path / "echo.wat").write_text(ECHO_WAT)
+            (tmp_path / "all.yaml").write_text(
+                "deployment:\n  apiVersion: iotwasm.io/v1\n  kind: Deployment\n  metadata: {name: all}\n"
+                "  spec: {module: echo.wat, resources: {memory: 16Mi}}\nplacement: {perNode: true}\n")
+            cli = [sys.executable, "-m", "iotwasm.cli.main"]
+            done = subprocess.run([*cli, "fleet", "apply", str(tmp_path / "all.yaml"), "--fleet", nats_server.url],
+                                  capture_output=True, timeout=60)
+            assert done.returncode == 0, done.stderr.decode()
+            assert b"fleet deployment all at revision" in done.stdout
+
+            async def running():
+                return {n: set(info.running) for n, (info, _) in (await ctl.store.nodes()).items()}
+
+            await wait_for(lambda: _placed(running), timeout=40, what="placement on three processes")
+            now = await running()
+            assert "one" not in now["p3"] and sum("one" in v for v in now.values()) == 1
+            holder = next(n for n, v in now.items() if "one" in v)
+            other = ({"p1", "p2"} - {holder}).pop()
+            procs[holder].send_signal(signal.SIGKILL)
+            procs[holder].wait(10)
+
+            async def rebound():
+                return "one" in (await running()).get(other, set())
+
+            await wait_for(rebound, timeout=30, what="rebind after SIGKILL")
+            assert "one" not in (await running())["p3"]   # labels still respected
+            listed = subprocess.run([*cli, "nodes", "--fleet", nats_server.url, "-o", "json"],
+                                    capture_output=True, timeout=60)
+            rows = {r["id"]: r for r in json.loads(listed.stdout)}
+            assert rows[other]["labels"] == {"site": "a", "arch": "x86_64"}
+            assert "one" in rows[other]["assigned"] and "all" in rows["p3"]["assigned"]
+        finally:
+            await asyncio.wait_for(ctl.stop(), 10)
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    asyncio.run(main())
+
+
+async def _placed(running) -> bool:
+    now = await running()
+    return len(now) == 3 and all("all" in v for v in now.values()) and sum("one" in v for v in now.values()) == 1
