@@ -11,7 +11,7 @@ port. Measured:
           to every node running it
   failover from a node's heartbeats stopping (agent stopped without leaving, as on SIGKILL) to
           the copy it held running on another node
-Results go to benchmarks/results/fleet.json and a markdown table to stdout.
+Results go to benchmarks/results/fleet-<nodes>.json and a markdown table to stdout.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
             res = asyncio.run(run(server.url, Path(tmp), args.nodes, args.repeats))
         finally:
             server.stop()
-    out = ROOT / "benchmarks" / "results" / "fleet.json"
+    out = ROOT / "benchmarks" / "results" / f"fleet-{res['nodes']}.json"
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"| nodes | place on all, median (max) | failover, median (max) |\n|---|---|---|\n"
           f"| {res['nodes']} | {statistics.median(res['place_s']):.2f} s ({max(res['place_s']):.2f} s) | "

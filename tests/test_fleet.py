@@ -104,6 +104,8 @@ def test_placement_block_is_validated():
         fleet_deployment("d", "sha256:" + "0" * 64, {"replicas": 2, "perNode": True})
     with pytest.raises(ConfigError, match="placement.nodeSelctor"):
         fleet_deployment("d", "sha256:" + "0" * 64, {"nodeSelctor": {}})
+    with pytest.raises(ConfigError, match="must be a sha256:<64 hex> digest"):
+        fleet_deployment("d", "filter:1.0.0", {})
 
 
 # -- against nats-server -------------------------------------------------------------------------

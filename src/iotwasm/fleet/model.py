@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -56,6 +57,14 @@ class Placement(Strict):
 class FleetDeployment(Strict):
     deployment: Deployment
     placement: Placement = Placement()
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "FleetDeployment":
+        # a digest names the same bytes on every node; a path or name:version would not
+        if not re.match(r"^sha256:[0-9a-f]{64}$", self.deployment.spec.module):
+            raise ValueError(f"deployment.spec.module {self.deployment.spec.module!r} must be a "
+                             "sha256:<64 hex> digest (upload the module to the fleet object store)")
+        return self
 
     @property
     def name(self) -> str:

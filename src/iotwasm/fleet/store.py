@@ -111,14 +111,15 @@ class FleetStore:
 
     async def nodes(self) -> dict[str, tuple[NodeInfo, int]]:
         """Node id → (last heartbeat, its revision); nodes whose heartbeat aged out are gone."""
-        out = {}
-        for key in await self._keys(NODES):
+        async def one(key: str):
             try:
-                e = await self._kv[NODES].get(key)
+                return await self._kv[NODES].get(key)
             except nats.js.errors.KeyNotFoundError:
-                continue
-            out[key] = (NodeInfo.from_json(e.value), e.revision)
-        return out
+                return None   # aged out between listing and reading
+
+        keys = await self._keys(NODES)
+        entries = await asyncio.gather(*(one(k) for k in keys))   # concurrent requests, one round trip
+        return {k: (NodeInfo.from_json(e.value), e.revision) for k, e in zip(keys, entries) if e is not None}
 
     async def _keys(self, bucket: str) -> list[str]:
         try:
@@ -175,10 +176,8 @@ class FleetStore:
         return json.loads(e.value), e.revision
 
     async def assignments(self) -> dict[str, tuple[dict, int]]:
-        out = {}
-        for key in await self._keys(ASSIGNMENTS):
-            out[key] = await self.assignment(key)
-        return out
+        keys = await self._keys(ASSIGNMENTS)
+        return dict(zip(keys, await asyncio.gather(*(self.assignment(k) for k in keys))))
 
     async def put_assignment(self, node_id: str, assignment: dict, revision: int) -> int:
         kv = self._kv[ASSIGNMENTS]
