@@ -251,7 +251,8 @@ def test_node_keeps_its_assignment_while_the_fleet_is_down_and_resyncs(nats_serv
 
 
 def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path):  # noqa: F811
-    """Real `iotwasm up --fleet` processes; SIGKILL leaves no chance to say goodbye."""
+    """Real `iotwasm up --fleet` processes and an `iotwasm controller` process; SIGKILL leaves
+    the killed node no chance to say goodbye."""
     import os
     import signal
     import subprocess
@@ -266,11 +267,13 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
 
     async def main():
         procs = {n: up(n, s) for n, s in [("p1", "a"), ("p2", "a"), ("p3", "b")]}
-        ctl = Controller(nats_server.url, interval_s=0.2)
-        await ctl.start()
+        clog = open(tmp_path / "controller.log", "wb")
+        procs["controller"] = subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "controller",
+                                                "--fleet", nats_server.url], stdout=clog, stderr=subprocess.STDOUT)
+        store = await FleetStore.connect(nats_server.url)
         try:
-            digest = await ctl.store.put_module(ECHO)
-            await ctl.store.put_deployment(fleet_deployment("one", digest, {"nodeSelector": {"site": "a"}}), None)
+            digest = await store.put_module(ECHO)
+            await store.put_deployment(fleet_deployment("one", digest, {"nodeSelector": {"site": "a"}}), None)
             (tmp_path / "echo.wat").write_text(ECHO_WAT)
             (tmp_path / "all.yaml").write_text(
                 "deployment:\n  apiVersion: iotwasm.io/v1\n  kind: Deployment\n  metadata: {name: all}\n"
@@ -282,7 +285,7 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             assert b"fleet deployment all at revision" in done.stdout
 
             async def running():
-                return {n: set(info.running) for n, (info, _) in (await ctl.store.nodes()).items()}
+                return {n: set(info.running) for n, (info, _) in (await store.nodes()).items()}
 
             await wait_for(lambda: _placed(running), timeout=40, what="placement on three processes")
             now = await running()
@@ -303,7 +306,7 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             assert rows[other]["labels"] == {"site": "a", "arch": "x86_64"}
             assert "one" in rows[other]["assigned"] and "all" in rows["p3"]["assigned"]
         finally:
-            await asyncio.wait_for(ctl.stop(), 10)
+            await store.close()
             for p in procs.values():
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
