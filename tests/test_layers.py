@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "iotwasm"
-ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "api", "cli"]
+ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "fleet", "api", "cli"]
 FOUNDATION = {"errors", "message", "sensors"}
 
 

@@ -225,6 +225,11 @@ def up(
                                       help="allow the API beyond localhost without TLS"),
     otel: bool = typer.Option(False, "--otel", help="OpenTelemetry span per batch (printed to stderr "
                                                     "unless a tracer provider is configured)"),
+    fleet: Optional[str] = typer.Option(None, "--fleet", help="join the fleet on this NATS server "
+                                                              "(nats://host:port, JetStream on)"),
+    label: list[str] = typer.Option([], "--label", help="fleet label KEY=VALUE (site, arch, gpio=true, …)"),
+    capacity_memory: str = typer.Option("1Gi", help="memory offered to fleet deployments"),
+    capacity_instances: int = typer.Option(64, help="module instances offered to fleet deployments"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -232,8 +237,8 @@ def up(
     from ..node import NodeConfig
     from .up import configure_logging, default_manifests, run_node
 
-    path = path or default_manifests()
-    if path is None or not path.exists():
+    path = path or (None if fleet else default_manifests())
+    if (path is None and not fleet) or (path is not None and not path.exists()):
         _fail(IotwasmError(f"manifests not found: {path or 'examples/greenhouse'}"))
     configure_logging(verbose, err)
     cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
@@ -248,8 +253,17 @@ def up(
             settings.check()
         except IotwasmError as e:
             _fail(e)
+    fleet_opts = None
+    if fleet:
+        from ..engine.limits import parse_size
+
+        try:
+            fleet_opts = {"url": fleet, "labels": _pairs(label, "--label"),
+                          "memory": parse_size(capacity_memory), "instances": capacity_instances}
+        except IotwasmError as e:
+            _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel))
+        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts))
     except IotwasmError as e:
         _fail(e)
 
@@ -266,6 +280,10 @@ def schema() -> None:
 from .client import register as _register_client  # noqa: E402
 
 _register_client(app)
+
+from .fleet import register as _register_fleet  # noqa: E402
+
+_register_fleet(app)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -58,7 +58,7 @@ def render(node: Node, started: float) -> Group:
 
 
 async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
-                   otel: bool = False) -> Node:
+                   otel: bool = False, fleet: dict | None = None) -> Node:
     node = Node(config)
     if otel:
         try:
@@ -96,6 +96,12 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     started = time.monotonic()
     final = None
     task = asyncio.create_task(node.run())
+    agent = None
+    if fleet is not None:  # {url, labels, memory, instances}: join the fleet next to the node
+        from ..fleet import FleetAgent
+
+        agent = FleetAgent(node, **fleet)
+        agent.start()
     live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
     if live:
         live.start()
@@ -119,6 +125,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
                     for n, r in snap["routes"].items()), highlight=False)
         await task
     finally:
+        if agent is not None:
+            await agent.stop()
         if live:
             live.stop()
         if server is not None:

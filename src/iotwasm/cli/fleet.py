@@ -1,0 +1,160 @@
+"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import IotwasmError
+
+out = Console()
+err = Console(stderr=True)
+
+FLEET = typer.Option(..., "--fleet", help="the fleet's NATS server: nats://host:port (JetStream on)")
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    raise typer.Exit(1)
+
+
+async def _with_store(url: str, fn):
+    from ..fleet import FleetStore
+
+    store = await FleetStore.connect(url)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def controller(fleet: str = FLEET,
+               dead_after: float = typer.Option(3.0, help="seconds without a heartbeat before a node "
+                                                          "counts as dead and its work is rebound"),
+               interval: float = typer.Option(0.5, help="seconds between reconcile passes"),
+               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the fleet controller: bind fleet deployments to live nodes until Ctrl-C."""
+    from ..fleet import Controller
+    from .up import configure_logging
+
+    configure_logging(verbose, err)
+
+    async def main():
+        ctl = Controller(fleet, dead_after_s=dead_after, interval_s=interval)
+        await ctl.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        err.print(f"controller on {fleet}", highlight=False)
+        await stop.wait()
+        await ctl.stop()
+
+    try:
+        asyncio.run(main())
+    except IotwasmError as e:
+        _fail(e)
+
+
+def nodes(fleet: str = FLEET, output: str = typer.Option("table", "--output", "-o", help="table or json")) -> None:
+    """List the fleet's nodes: labels, capacity, heartbeat age, assignments, problems."""
+    async def collect(store):
+        listing, assignments = await store.nodes(), await store.assignments()
+        rows = []
+        for node_id, (info, _) in sorted(listing.items()):
+            assigned = sorted(assignments.get(node_id, ({}, 0))[0].get("deployments", {}))
+            rows.append({"id": node_id, "labels": info.labels, "memory": info.memory,
+                         "instances": info.instances, "heartbeat_age_s": round(max(0.0, time.time() - info.time), 1),
+                         "assigned": assigned, "running": info.running, "problems": info.problems})
+        return rows
+
+    try:
+        rows = asyncio.run(_with_store(fleet, collect))
+    except IotwasmError as e:
+        _fail(e)
+    if output == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"nodes of {fleet}")
+    for col in ("node", "labels", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["id"], ", ".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+                  f"{r['memory'] >> 20} MiB", str(r["instances"]), f"{r['heartbeat_age_s']:.1f}s ago",
+                  ", ".join(r["assigned"]) or "-", ", ".join(r["running"]) or "-", "\n".join(r["problems"]) or "-")
+    out.print(t)
+
+
+fleet_app = typer.Typer(no_args_is_help=True, help="Fleet desired state: deployments with placement.")
+
+
+@fleet_app.command("apply")
+def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>, placement: {...}}"),
+          fleet: str = FLEET) -> None:
+    """Create or update a fleet deployment (compare-and-set); a module given as a local path is
+    uploaded to the fleet object store and replaced by its digest."""
+    from ..engine.module import read_source
+    from ..fleet import FleetDeployment
+
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        _fail(IotwasmError(f"{file}: {e}"))
+    if not isinstance(doc, dict) or "deployment" not in doc:
+        _fail(IotwasmError(f"{file}: expected a mapping with 'deployment' and 'placement'"))
+
+    async def put(store):
+        module = str(doc["deployment"].get("spec", {}).get("module", ""))
+        if not module.startswith("sha256:"):
+            path = (file.parent / module) if not Path(module).is_absolute() else Path(module)
+            _, wasm = read_source(path)
+            doc["deployment"]["spec"]["module"] = await store.put_module(wasm)
+        fd = FleetDeployment.parse(doc, str(file))
+        current = await store.deployment(fd.name)
+        rev = await store.put_deployment(fd, current[1] if current else None)
+        return fd, rev
+
+    try:
+        fd, rev = asyncio.run(_with_store(fleet, put))
+    except (IotwasmError, OSError) as e:
+        _fail(e)
+    out.print(f"fleet deployment {fd.name} at revision {rev} (module {fd.deployment.spec.module[:19]})",
+              highlight=False)
+
+
+@fleet_app.command("delete")
+def delete(name: str, fleet: str = FLEET) -> None:
+    """Remove a fleet deployment; the controller unbinds it from every node."""
+    try:
+        asyncio.run(_with_store(fleet, lambda s: s.delete_deployment(name)))
+    except IotwasmError as e:
+        _fail(e)
+
+
+@fleet_app.command("list")
+def list_(fleet: str = FLEET) -> None:
+    """Fleet deployments with their revision and placement."""
+    async def collect(store):
+        return await store.deployments()
+
+    try:
+        deps = asyncio.run(_with_store(fleet, collect))
+    except IotwasmError as e:
+        _fail(e)
+    for name, (fd, rev) in sorted(deps.items()):
+        out.print(f"{name}  rev {rev}  module {fd.deployment.spec.module[:19]}  placement "
+                  f"{fd.placement.model_dump_json(by_alias=True, exclude_defaults=True)}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(controller)
+    app.command()(nodes)
+    app.add_typer(fleet_app, name="fleet")

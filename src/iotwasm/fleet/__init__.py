@@ -1,0 +1,16 @@
+"""A fleet of nodes on NATS JetStream: joining, desired state, scheduling, artifacts.
+
+Everything shared lives in JetStream (KV buckets and an object store), nothing home-made:
+nodes heartbeat into a KV bucket whose entries age out, fleet deployments are KV entries
+written with compare-and-set, a controller binds them to nodes by writing one assignment per
+node, and modules travel through the object store by digest. See docs/fleet.md.
+"""
+
+from .agent import FleetAgent
+from .controller import Controller
+from .model import FleetDeployment, NodeInfo, Placement
+from .scheduler import schedule
+from .store import ArtifactError, ConflictError, FleetStore
+
+__all__ = ["ArtifactError", "ConflictError", "Controller", "FleetAgent", "FleetDeployment", "FleetStore",
+           "NodeInfo", "Placement", "schedule"]

@@ -1,0 +1,210 @@
+"""The node's side of the fleet: join, heartbeat, apply the assignment, keep working offline.
+
+The agent registers the node (stable id, labels, capacity) and heartbeats into the nodes
+bucket. It watches the node's assignment key (and re-reads it on every heartbeat, so a missed
+watch update after a reconnect costs at most one interval) and applies it through the node's
+own API path: fleet deployments become applied manifests, reconciled by the same code as
+files and API calls. Before that, every module is fetched from the object store by digest and
+checked (digest always, signatures when trusted keys are configured): nothing unchecked is
+loaded.
+
+Edge autonomy: the last applied assignment is persisted under the data directory and lives on
+as the node's applied manifests, so a node whose fleet link is down — or that restarts while it
+is down — keeps running it. The agent reconnects in the background and resyncs on return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import IotwasmError
+from ..node import Node
+from ..node.manifests import Deployment
+from ..registry.signing import verify_any
+from .model import NodeInfo
+from .store import FleetStore, check_key
+
+log = logging.getLogger("iotwasm.fleet.agent")
+
+
+class FleetAgent:
+    def __init__(self, node: Node, url: str, *, labels: dict[str, str] | None = None,
+                 memory: int = 1 << 30, instances: int = 64, heartbeat_s: float = 1.0,
+                 node_ttl_s: float = 4.0, trusted: dict | None = None):
+        self.node = node
+        self.url = url
+        self.id = check_key("node id", node.config.name)
+        self.labels = dict(labels or {})
+        self.memory, self.instances = memory, instances
+        self.heartbeat_s, self.node_ttl_s = heartbeat_s, node_ttl_s
+        self.trusted = trusted          # key id → public key: signatures required when set
+        self.store: FleetStore | None = None
+        self.dir = Path(node.config.data_dir) / "fleet"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = self._load()
+        self.applied_revision: int = saved.get("revision", 0)
+        self.owned: set[str] = set(saved.get("owned", []))
+        #: deployment name → why its assignment could not be applied (refused artifact, …)
+        self.problems: dict[str, str] = {}
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._watch_task: asyncio.Task | None = None
+        self._closing = False
+
+    # -- persistence -----------------------------------------------------------------------
+    @property
+    def _state_file(self) -> Path:
+        return self.dir / "assignment.json"
+
+    def _load(self) -> dict:
+        try:
+            return json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            log.error("fleet assignment %s unreadable (%s); starting from none", self._state_file, e)
+            return {}
+
+    def _save(self, revision: int, assignment: dict) -> None:
+        body = json.dumps({"revision": revision, "owned": sorted(self.owned), "assignment": assignment})
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_file)
+
+    # -- life ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"fleet-agent-{self.id}")
+
+    async def stop(self, leave: bool = True) -> None:
+        """Stop heartbeating; with `leave`, remove the heartbeat so the controller rebinds
+        this node's work at once instead of waiting for it to age out."""
+        # a flag as well as a cancel: a cancel that lands inside a NATS call can be absorbed
+        self._closing = True
+        self._wake.set()
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 3)
+                except asyncio.TimeoutError:
+                    log.warning("fleet agent task did not stop within 3 s")
+        if self.store is not None:
+            if leave and self.store.connected:
+                try:
+                    await asyncio.wait_for(self.store.leave(self.id), 2)
+                except Exception as e:
+                    log.debug("leave not recorded: %s", e)
+            await self.store.close()
+            self.store = None
+
+    @property
+    def connected(self) -> bool:
+        return self.store is not None and self.store.connected
+
+    async def _run(self) -> None:
+        while not self._closing:
+            if self.store is None:
+                try:
+                    self.store = await FleetStore.connect(self.url, timeout=2, node_ttl_s=self.node_ttl_s,
+                                                          name=f"iotwasm-agent-{self.id}")
+                    log.info("joined fleet %s as %s", self.url, self.id)
+                    self._watch_task = asyncio.create_task(self._watch())
+                except IotwasmError as e:
+                    log.warning("%s; the node keeps its last assignment, retrying", e)
+            if self.store is not None:
+                try:
+                    await self.sync_once()
+                except IotwasmError as e:
+                    log.error("%s", e)
+                except Exception as e:   # link down mid-call, timeouts: keep running, try again
+                    log.debug("fleet sync: %s: %s", type(e).__name__, e)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _watch(self) -> None:
+        try:
+            watcher = await self.store.watch_assignment(self.id)
+            async for entry in watcher:
+                if entry is not None and entry.revision != self.applied_revision:
+                    self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.debug("assignment watch ended (%s); polling each heartbeat", e)
+
+    async def sync_once(self) -> None:
+        """Heartbeat, then apply the assignment if it changed."""
+        assert self.store is not None
+        await self.store.heartbeat(self.info())
+        assignment, revision = await self.store.assignment(self.id)
+        if revision != self.applied_revision or self.problems:
+            await self.apply(assignment, revision)
+            await self.store.heartbeat(self.info())
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(self.id, self.labels, self.memory, self.instances,
+                        assignment_revision=self.applied_revision, running=sorted(self.node.deployments),
+                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())])
+
+    # -- applying --------------------------------------------------------------------------
+    async def apply(self, assignment: dict, revision: int) -> None:
+        wanted: dict[str, Deployment] = {}
+        problems: dict[str, str] = {}
+        for name, doc in assignment.get("deployments", {}).items():
+            try:
+                d = Deployment.model_validate(doc)
+                await self._admit(d)
+            except IotwasmError as e:
+                problems[name] = str(e)
+                continue
+            except ValueError as e:
+                problems[name] = f"assignment entry unreadable: {e}"
+                continue
+            wanted[name] = d
+        for name, why in problems.items():
+            if self.problems.get(name) != why:
+                log.error("fleet deployment %s not applied on %s: %s", name, self.id, why)
+                self.node.state.event("fleet-refused", name, why)
+        self.problems = problems
+        applied = self.node.applied
+        for name, d in wanted.items():
+            old = applied.get("Deployment", name)
+            if old is None or old.model_dump(by_alias=True) != d.model_dump(by_alias=True):
+                applied.put(d, actor="fleet")
+        for name in self.owned - set(wanted):
+            if name not in problems:   # a refused update keeps the version that runs
+                applied.delete("Deployment", name)
+        self.owned = set(wanted) | (self.owned & set(problems))
+        self.applied_revision = revision
+        self._save(revision, assignment)
+        if self.node.ready:
+            await self.node.sync()
+
+    async def _admit(self, d: Deployment) -> None:
+        """Fetch and check the module before the node may load it."""
+        digest = d.spec.module
+        have = await asyncio.to_thread(self._local, digest)
+        if not have:
+            data = await self.store.fetch_module(digest)   # raises ArtifactError on a wrong digest
+        if self.trusted is not None:
+            verify_any(await self.store.signatures(digest), digest, self.trusted)
+        if not have:
+            await asyncio.to_thread(self.node.registry.add, data)
+
+    def _local(self, digest: str) -> bool:
+        try:
+            self.node.registry.get(digest)
+            return True
+        except IotwasmError:
+            return False

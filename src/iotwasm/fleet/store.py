@@ -1,0 +1,251 @@
+"""The fleet's shared state in JetStream: three KV buckets and an object store.
+
+- ``iotwasm-nodes``: one heartbeat per node; the bucket's max age drops a node that stops.
+- ``iotwasm-deployments``: fleet deployments by name, with history; every write is a
+  compare-and-set on the revision the writer read, so concurrent writers cannot lose updates.
+- ``iotwasm-assignments``: what each node should run, written by the controller.
+- ``iotwasm-modules`` (object store): module binaries by digest, plus detached signatures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import StorageType
+
+from ..engine.module import digest_of
+from ..errors import ConfigError, IotwasmError
+from ..registry.signing import Signature
+from .model import FleetDeployment, NodeInfo
+
+log = logging.getLogger("iotwasm.fleet")
+
+NODES = "iotwasm-nodes"
+DEPLOYMENTS = "iotwasm-deployments"
+ASSIGNMENTS = "iotwasm-assignments"
+MODULES = "iotwasm-modules"
+KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class ConflictError(IotwasmError):
+    """A compare-and-set write lost: someone else wrote first; read again and retry."""
+
+
+class ArtifactError(IotwasmError):
+    """A module from the object store is missing, or is not what its digest says."""
+
+
+def check_key(what: str, key: str) -> str:
+    if not KEY.match(key):
+        raise ConfigError(f"{what} {key!r}: only letters, digits and - _ = . / are allowed")
+    return key
+
+
+class FleetStore:
+    def __init__(self, nc, node_ttl_s: float):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.node_ttl_s = node_ttl_s
+        self._kv: dict[str, object] = {}
+        self._obj = None
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = 5.0, node_ttl_s: float = 4.0,
+                      name: str = "iotwasm-fleet") -> "FleetStore":
+        """Connect (reconnecting forever afterwards) and make sure the buckets exist."""
+        try:
+            nc = await nats.connect(url, name=name, connect_timeout=timeout, allow_reconnect=True,
+                                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                    error_cb=_quiet, disconnected_cb=_quiet_cb, reconnected_cb=_quiet_cb)
+        except Exception as e:
+            raise IotwasmError(f"fleet {url}: cannot connect: {e or type(e).__name__}") from None
+        store = cls(nc, node_ttl_s)
+        try:
+            await store._buckets()
+        except Exception as e:
+            await nc.close()
+            raise IotwasmError(f"fleet {url}: JetStream not usable (is nats-server run with -js?): "
+                               f"{e or type(e).__name__}") from None
+        return store
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.nc.close(), 3)
+        except Exception as e:   # a close that hangs on a dead link must not hang the caller
+            log.warning("fleet link close: %s", e or type(e).__name__)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def _bucket(self, name: str, **cfg):
+        try:
+            kv = await self.js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await self.js.create_key_value(bucket=name, storage=StorageType.FILE, **cfg)
+        self._kv[name] = kv
+        return kv
+
+    async def _buckets(self) -> None:
+        await self._bucket(NODES, ttl=self.node_ttl_s, history=1)
+        await self._bucket(DEPLOYMENTS, history=16)
+        await self._bucket(ASSIGNMENTS, history=4)
+        try:
+            self._obj = await self.js.object_store(MODULES)
+        except nats.js.errors.BucketNotFoundError:
+            self._obj = await self.js.create_object_store(MODULES, storage=StorageType.FILE)
+
+    # -- nodes -----------------------------------------------------------------------------
+    async def heartbeat(self, info: NodeInfo) -> int:
+        return await self._kv[NODES].put(check_key("node id", info.id), info.to_json())
+
+    async def leave(self, node_id: str) -> None:
+        await self._kv[NODES].delete(node_id)
+
+    async def nodes(self) -> dict[str, tuple[NodeInfo, int]]:
+        """Node id → (last heartbeat, its revision); nodes whose heartbeat aged out are gone."""
+        async def one(key: str):
+            try:
+                return await self._kv[NODES].get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None   # aged out between listing and reading
+
+        keys = await self._keys(NODES)
+        entries = await asyncio.gather(*(one(k) for k in keys))   # concurrent requests, one round trip
+        return {k: (NodeInfo.from_json(e.value), e.revision) for k, e in zip(keys, entries) if e is not None}
+
+    async def _keys(self, bucket: str) -> list[str]:
+        try:
+            return await self._kv[bucket].keys()
+        except nats.js.errors.NoKeysError:
+            return []
+
+    # -- desired state ---------------------------------------------------------------------
+    async def deployment(self, name: str) -> tuple[FleetDeployment, int] | None:
+        try:
+            e = await self._kv[DEPLOYMENTS].get(check_key("deployment", name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return FleetDeployment.parse(e.value, f"fleet deployment {name}"), e.revision
+
+    async def deployments(self) -> dict[str, tuple[FleetDeployment, int]]:
+        out = {}
+        for key in await self._keys(DEPLOYMENTS):
+            try:
+                got = await self.deployment(key)
+            except ConfigError as e:
+                log.error("%s", e)  # one bad entry must not stop the others from being placed
+                continue
+            if got is not None:
+                out[key] = got
+        return out
+
+    async def put_deployment(self, fd: FleetDeployment, revision: int | None) -> int:
+        """Write `fd` if the stored revision is still `revision` (None or 0: must not exist
+        yet); raise ConflictError otherwise. Returns the new revision."""
+        kv = self._kv[DEPLOYMENTS]
+        key = check_key("deployment", fd.name)
+        try:
+            if not revision:
+                return await kv.create(key, fd.to_json())
+            return await kv.update(key, fd.to_json(), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConflictError(f"fleet deployment {fd.name}: changed since revision {revision or 'none'}; "
+                                "read it again and retry") from None
+
+    async def delete_deployment(self, name: str, revision: int | None = None) -> None:
+        try:
+            await self._kv[DEPLOYMENTS].delete(check_key("deployment", name), last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConflictError(f"fleet deployment {name}: changed since revision {revision}") from None
+
+    # -- assignments -----------------------------------------------------------------------
+    async def assignment(self, node_id: str) -> tuple[dict, int]:
+        """(assignment, revision); an unknown node has the empty assignment at revision 0."""
+        try:
+            e = await self._kv[ASSIGNMENTS].get(check_key("node id", node_id))
+        except nats.js.errors.KeyNotFoundError:
+            return {"deployments": {}}, 0
+        return json.loads(e.value), e.revision
+
+    async def assignments(self) -> dict[str, tuple[dict, int]]:
+        keys = await self._keys(ASSIGNMENTS)
+        return dict(zip(keys, await asyncio.gather(*(self.assignment(k) for k in keys))))
+
+    async def put_assignment(self, node_id: str, assignment: dict, revision: int) -> int:
+        kv = self._kv[ASSIGNMENTS]
+        body = json.dumps(assignment, sort_keys=True).encode()
+        try:
+            if not revision:
+                return await kv.create(node_id, body)
+            return await kv.update(node_id, body, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConflictError(f"assignment of {node_id}: changed since revision {revision}") from None
+
+    async def watch_assignment(self, node_id: str):
+        return await self._kv[ASSIGNMENTS].watch(check_key("node id", node_id))
+
+    # -- artifacts -------------------------------------------------------------------------
+    @staticmethod
+    def _object(digest: str) -> str:
+        if not DIGEST.match(digest):
+            raise ArtifactError(f"module reference {digest!r} is not a sha256:<64 hex> digest; fleet "
+                                "deployments name modules by digest")
+        return digest.replace(":", "-")
+
+    async def put_module(self, wasm: bytes) -> str:
+        """Store a module binary under its digest; returns the digest."""
+        digest = digest_of(wasm)
+        await self._obj.put(self._object(digest), bytes(wasm))
+        return digest
+
+    async def put_object(self, digest: str, data: bytes) -> None:
+        """Store raw bytes under a digest name without checking them (for tools and tests
+        that need to show what a node does with a corrupt artifact)."""
+        await self._obj.put(self._object(digest), bytes(data))
+
+    async def fetch_module(self, digest: str) -> bytes:
+        """The module with `digest`, checked: bytes that hash differently are refused."""
+        name = self._object(digest)
+        try:
+            result = await self._obj.get(name)
+        except nats.js.errors.ObjectNotFoundError:
+            raise ArtifactError(f"module {digest}: not in the fleet object store {MODULES}") from None
+        except Exception as e:
+            raise ArtifactError(f"module {digest}: fetching from {MODULES} failed: {e or type(e).__name__}") from None
+        data = result.data or b""
+        actual = digest_of(data)
+        if actual != digest:
+            raise ArtifactError(f"module {digest} refused: the object store copy hashes to {actual} "
+                                "(corrupt or tampered artifact); nothing was loaded")
+        return data
+
+    async def put_signature(self, sig: Signature) -> None:
+        sigs = [s for s in await self.signatures(sig.digest) if s.key_id != sig.key_id] + [sig]
+        await self._obj.put(self._object(sig.digest) + ".sig",
+                            json.dumps([json.loads(s.to_json()) for s in sigs]).encode())
+
+    async def signatures(self, digest: str) -> list[Signature]:
+        try:
+            result = await self._obj.get(self._object(digest) + ".sig")
+        except nats.js.errors.ObjectNotFoundError:
+            return []
+        try:
+            return [Signature.from_json(json.dumps(s), f"signature of {digest}") for s in json.loads(result.data)]
+        except (ValueError, TypeError, IotwasmError) as e:
+            raise ArtifactError(f"signatures of {digest} unreadable: {e}") from None
+
+
+async def _quiet(e: Exception) -> None:
+    log.debug("fleet link: %s", e)
+
+
+async def _quiet_cb() -> None:
+    return None
