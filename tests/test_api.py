@@ -208,6 +208,8 @@ def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
     api.ingest("/in", "d1", [b"x"] * 7 + [b"!boom"])
     wait_for(lambda: api.node.store.count("out") == 7, what="7 rows")
     wait_for(lambda: value(c.get("/metrics").text, "iotwasm_route_dead_letters_total") == 1, what="dead letter")
+    # a batch counts as delivered once every sink confirmed it, just after the rows are stored
+    wait_for(lambda: value(c.get("/metrics").text, "iotwasm_route_delivered_total") == 7, what="7 delivered")
     after = c.get("/metrics").text
     assert value(after, "iotwasm_deployment_messages_total") == 8
     assert value(after, "iotwasm_deployment_outputs_total") == 7
@@ -219,6 +221,7 @@ def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
     assert 'iotwasm_route_latency_ms_bucket{le="+Inf",namespace="default",route="r"} 7.0' in after
     api.ingest("/in", "d2", [b"y"] * 3)
     wait_for(lambda: api.node.store.count("out") == 10, what="10 rows")
+    wait_for(lambda: value(c.get("/metrics").text, "iotwasm_route_delivered_total") == 10, what="10 delivered")
     assert value(c.get("/metrics").text, "iotwasm_route_latency_ms_count") == 10
 
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
