@@ -154,6 +154,45 @@ def list_(fleet: str = FLEET) -> None:
                   f"{fd.placement.model_dump_json(by_alias=True, exclude_defaults=True)}", highlight=False)
 
 
+@fleet_app.command("invoke")
+def invoke_(deployment: str, data: str = typer.Option(None, "--data", "-d",
+                                                      help="the message payload (default: stdin)"),
+            topic: str = typer.Option(None, "--topic", help="the message's topic"),
+            timeout: float = typer.Option(1.0, "--timeout", help="seconds per try"),
+            fleet: str = FLEET) -> None:
+    """Call a deployment on one replica anywhere in the fleet; print its outputs, one per line
+    (dead letters on stderr; exit 3 when there were any)."""
+    import sys
+
+    import nats
+
+    from ..fleet.invoke import invoke
+
+    payload = (data if data is not None else sys.stdin.read()).encode()
+
+    async def call():
+        try:
+            nc = await nats.connect(fleet, connect_timeout=3, max_reconnect_attempts=0)
+        except Exception as e:
+            raise IotwasmError(f"fleet {fleet} not reachable: {e}") from None
+        try:
+            return await invoke(nc, deployment, payload, topic=topic, timeout=timeout)
+        finally:
+            await nc.close()
+
+    try:
+        result = asyncio.run(call())
+    except IotwasmError as e:
+        _fail(e)
+    for t, p in result.outputs:
+        out.print(f"{t}\t{p.decode(errors='replace')}", highlight=False, markup=False)
+    for d in result.dead_letters:
+        err.print(f"dead letter ({d['kind']}) on node {result.node}: {d['error']}", highlight=False,
+                  markup=False)
+    if result.dead_letters:
+        raise typer.Exit(3)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(controller)
     app.command()(nodes)

@@ -96,12 +96,15 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     started = time.monotonic()
     final = None
     task = asyncio.create_task(node.run())
-    agent = None
+    agent = invocations = None
     if fleet is not None:  # {url, labels, memory, instances}: join the fleet next to the node
         from ..fleet import FleetAgent
 
+        from ..fleet.invoke import serve_invocations
+
         agent = FleetAgent(node, **fleet)
         agent.start()
+        invocations = asyncio.create_task(serve_invocations(node, fleet["url"]), name="invocations")
     live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
     if live:
         live.start()
@@ -125,6 +128,12 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
                     for n, r in snap["routes"].items()), highlight=False)
         await task
     finally:
+        if invocations is not None:
+            invocations.cancel()
+            try:
+                await invocations
+            except (asyncio.CancelledError, Exception):
+                pass
         if agent is not None:
             await agent.stop()
         if live:

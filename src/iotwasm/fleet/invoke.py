@@ -1,0 +1,190 @@
+"""Remote invocation: call a deployment wherever in the fleet a replica of it runs.
+
+Every node answers on ``iotwasm.invoke.<deployment>`` for the deployments it runs, in a NATS
+queue group of the same name, so a request reaches exactly one node that has the deployment;
+NATS picks among them. The request body is the message payload (header ``topic`` optional,
+default ``invoke/<deployment>``); the reply is JSON::
+
+    {"node": "edge-3", "outputs": [{"topic": ..., "payload": ...}],
+     "dead_letters": [{"error": "...", "kind": "trap"}]}
+
+Payloads are carried as UTF-8 text when they are, else base64 (``"payload_b64"``). A trap or a
+limit in the module is a dead letter in the reply, never an error of the node.
+
+`invoke` retries with backoff when no replica answered in time or none is subscribed (a node
+that just died, a deployment being moved), and raises `InvokeError` naming the deployment and
+what happened on the last try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from dataclasses import dataclass, field
+
+from ..errors import IotwasmError
+from ..message import Message
+from ..node import Node
+
+log = logging.getLogger("iotwasm.fleet.invoke")
+
+PREFIX = "iotwasm.invoke."
+
+
+class InvokeError(IotwasmError):
+    kind = "invoke"
+
+
+@dataclass
+class InvokeResult:
+    node: str
+    outputs: list[tuple[str | None, bytes]] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
+
+
+def _payload_json(payload: bytes) -> dict:
+    try:
+        return {"payload": payload.decode()}
+    except UnicodeDecodeError:
+        return {"payload_b64": base64.b64encode(payload).decode()}
+
+
+def _payload_of(item: dict) -> bytes:
+    if "payload_b64" in item:
+        return base64.b64decode(item["payload_b64"])
+    return item.get("payload", "").encode()
+
+
+class InvokeServer:
+    """Answers invocations of this node's deployments; follows the node as deployments come
+    and go (checked every `interval_s`)."""
+
+    def __init__(self, node: Node, nc, *, interval_s: float = 0.5):
+        self.node = node
+        self.nc = nc
+        self.interval_s = interval_s
+        self._subs: dict[str, object] = {}
+        self._task: asyncio.Task | None = None
+        self.answered = 0
+
+    async def start(self) -> None:
+        await self.sync()
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name="fleet-invoke")
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sync()
+            except Exception as e:  # the link is down: try again next time
+                log.debug("invoke subscriptions not updated: %s", e)
+
+    async def sync(self) -> None:
+        want = set(self.node.deployments)
+        for name in want - set(self._subs):
+            subject = PREFIX + name
+            self._subs[name] = await self.nc.subscribe(subject, queue=subject, cb=self._answer)
+        for name in set(self._subs) - want:
+            await self._subs.pop(name).unsubscribe()
+
+    async def _answer(self, msg) -> None:
+        name = msg.subject[len(PREFIX):]
+        rec = self.node.deployments.get(name)
+        reply: dict = {"node": self.node.config.name}
+        if rec is None:
+            reply["error"] = f"deployment {name!r} is not on node {self.node.config.name}"
+        else:
+            topic = (msg.headers or {}).get("topic") or f"invoke/{name}"
+            try:
+                # one message: run it here, as a route runs its small batches (a thread hop
+                # would cost more than the call; the module's own timeout bounds it)
+                result = rec.handle.process([Message(topic, msg.data)])
+            except IotwasmError as e:
+                reply["error"] = str(e)
+            else:
+                reply["outputs"] = [{"topic": o.topic, **_payload_json(o.payload)} for o in result.outputs]
+                reply["dead_letters"] = [{"error": str(d.error), "kind": getattr(d.error, "kind", "error")}
+                                         for d in result.dead_letters]
+        self.answered += 1
+        try:
+            await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
+        except Exception as e:  # the caller went away
+            log.debug("invoke reply for %s not sent: %s", name, e)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for sub in self._subs.values():
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        self._subs.clear()
+
+
+async def serve_invocations(node: Node, url: str, *, retry_s: float = 1.0) -> None:
+    """Connect to the fleet's NATS (retrying until it answers) and answer invocations of this
+    node's deployments until cancelled. Runs next to `iotwasm up --fleet`."""
+    import nats
+
+    nc = None
+    server = None
+    try:
+        while nc is None:
+            try:
+                nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                        connect_timeout=2, name=f"iotwasm-invoke-{node.config.name}")
+            except Exception as e:
+                log.debug("invocations: %s not reachable yet (%s)", url, e)
+                await asyncio.sleep(retry_s)
+        server = InvokeServer(node, nc)
+        await server.start()
+        await asyncio.Event().wait()
+    finally:
+        if server is not None:
+            await server.stop()
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 3)
+            except Exception:
+                pass
+
+
+async def invoke(nc, deployment: str, payload: bytes, *, topic: str | None = None,
+                 timeout: float = 1.0, retries: int = 3, backoff: float = 0.05) -> InvokeResult:
+    """Call `deployment` on one healthy replica anywhere in the fleet and return its result.
+
+    Retries up to `retries` times, waiting `backoff` doubling between tries, when no replica
+    answered within `timeout` or none is subscribed; a node that answers with an error (e.g.
+    the deployment just left it) is retried too."""
+    import nats.errors
+
+    headers = {"topic": topic} if topic else None
+    last = "no attempt"
+    delay = backoff
+    for attempt in range(retries + 1):
+        try:
+            msg = await nc.request(PREFIX + deployment, payload, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            last = "no replica is subscribed"
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            last = f"no replica answered within {timeout}s"
+        else:
+            reply = json.loads(msg.data)
+            if "error" not in reply:
+                return InvokeResult(reply["node"], [(o.get("topic"), _payload_of(o)) for o in reply["outputs"]],
+                                    reply["dead_letters"])
+            last = f"node {reply.get('node')}: {reply['error']}"
+        if attempt < retries:
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise InvokeError(f"invoke {deployment!r}: {last} (after {retries + 1} tries)")
+
+
+__all__ = ["InvokeError", "InvokeResult", "InvokeServer", "invoke", "serve_invocations"]
