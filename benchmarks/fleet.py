@@ -17,7 +17,7 @@ assignment). Measured:
           heartbeat, as watched by the controller, lists the deployment as running)
   failover from a node's heartbeats stopping (agent stopped without leaving, as on SIGKILL) to
           the copy it held running on another node
-Results go to benchmarks/results/fleet-<nodes>.json and a markdown table to stdout.
+Results go to benchmarks/results/fleet-<nodes>[-p<procs>].json and a markdown table to stdout.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def main() -> None:
                 res = asyncio.run(run(server.url, Path(tmp), args.nodes, args.repeats))
         finally:
             server.stop()
-    out = ROOT / "benchmarks" / "results" / f"fleet-{res['nodes']}.json"
+    out = ROOT / "benchmarks" / "results" / (f"fleet-{res['nodes']}" + (f"-p{args.procs}" if args.procs > 1 else "") + ".json")
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"| nodes | place on all, median (max) | failover, median (max) |\n|---|---|---|\n"
           f"| {res['nodes']} | {statistics.median(res['place_s']):.2f} s ({max(res['place_s']):.2f} s) | "
