@@ -125,14 +125,16 @@ class FleetAgent:
                     log.info("joined fleet %s as %s", self.url, self.id)
                 except IotwasmError as e:
                     log.warning("%s; the node keeps its last assignment, retrying", e)
+            self._wake.clear()   # before the sync: a watch update that lands during it wakes the next
             if self.store is not None:
                 try:
                     await self.sync_once()
                 except IotwasmError as e:
                     log.error("%s", e)
+                    self._beats = 0      # read the key again next time: an update may have been dropped
                 except Exception as e:   # link down mid-call, timeouts: keep running, try again
                     log.debug("fleet sync: %s: %s", type(e).__name__, e)
-            self._wake.clear()
+                    self._beats = 0
             try:
                 await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
             except asyncio.TimeoutError:
