@@ -40,7 +40,7 @@ async def _with_store(url: str, fn):
 def controller(fleet: str = FLEET,
                dead_after: float = typer.Option(3.0, help="seconds without a heartbeat before a node "
                                                           "counts as dead and its work is rebound"),
-               interval: float = typer.Option(0.5, help="seconds between reconcile passes"),
+               interval: float = typer.Option(0.5, help="longest gap between liveness checks (0.25 s at most is used)"),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the fleet controller: bind fleet deployments to live nodes until Ctrl-C."""
     from ..fleet import Controller

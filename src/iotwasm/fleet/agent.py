@@ -1,8 +1,10 @@
 """The node's side of the fleet: join, heartbeat, apply the assignment, keep working offline.
 
 The agent registers the node (stable id, labels, capacity) and heartbeats into the nodes
-bucket. It watches the node's assignment key (and re-reads it on every heartbeat, so a missed
-watch update after a reconnect costs at most one interval) and applies it through the node's
+bucket. It watches the node's assignment key and applies what the watcher delivers; it reads the
+key itself only after (re)connecting and every `resync_every` heartbeats, so a hundred idle nodes
+cost the server one small write each per heartbeat, and a missed watch update is still picked
+up. It applies the assignment through the node's
 own API path: fleet deployments become applied manifests, reconciled by the same code as
 files and API calls. Before that, every module is fetched from the object store by digest and
 checked (digest always, signatures when trusted keys are configured): nothing unchecked is
@@ -35,13 +37,17 @@ log = logging.getLogger("iotwasm.fleet.agent")
 class FleetAgent:
     def __init__(self, node: Node, url: str, *, labels: dict[str, str] | None = None,
                  memory: int = 1 << 30, instances: int = 64, heartbeat_s: float = 1.0,
-                 node_ttl_s: float = 4.0, trusted: dict | None = None):
+                 node_ttl_s: float = 4.0, trusted: dict | None = None, resync_every: int = 10):
         self.node = node
         self.url = url
         self.id = check_key("node id", node.config.name)
         self.labels = dict(labels or {})
         self.memory, self.instances = memory, instances
         self.heartbeat_s, self.node_ttl_s = heartbeat_s, node_ttl_s
+        self.resync_every = resync_every
+        self._pending: tuple[dict, int] | None = None   # latest assignment from the watcher
+        self._beats = 0
+        self._reconnects = -1
         self.trusted = trusted          # key id → public key: signatures required when set
         self.store: FleetStore | None = None
         self.dir = Path(node.config.data_dir) / "fleet"
@@ -49,6 +55,7 @@ class FleetAgent:
         saved = self._load()
         self.applied_revision: int = saved.get("revision", 0)
         self.owned: set[str] = set(saved.get("owned", []))
+        self._last: tuple[dict, int] = (saved.get("assignment", {"deployments": {}}), self.applied_revision)
         #: deployment name → why its assignment could not be applied (refused artifact, …)
         self.problems: dict[str, str] = {}
         self._task: asyncio.Task | None = None
@@ -116,17 +123,18 @@ class FleetAgent:
                     self.store = await FleetStore.connect(self.url, timeout=2, node_ttl_s=self.node_ttl_s,
                                                           name=f"iotwasm-agent-{self.id}")
                     log.info("joined fleet %s as %s", self.url, self.id)
-                    self._watch_task = asyncio.create_task(self._watch())
                 except IotwasmError as e:
                     log.warning("%s; the node keeps its last assignment, retrying", e)
+            self._wake.clear()   # before the sync: a watch update that lands during it wakes the next
             if self.store is not None:
                 try:
                     await self.sync_once()
                 except IotwasmError as e:
                     log.error("%s", e)
+                    self._beats = 0      # read the key again next time: an update may have been dropped
                 except Exception as e:   # link down mid-call, timeouts: keep running, try again
                     log.debug("fleet sync: %s: %s", type(e).__name__, e)
-            self._wake.clear()
+                    self._beats = 0
             try:
                 await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
             except asyncio.TimeoutError:
@@ -136,20 +144,43 @@ class FleetAgent:
         try:
             watcher = await self.store.watch_assignment(self.id)
             async for entry in watcher:
-                if entry is not None and entry.revision != self.applied_revision:
-                    self._wake.set()
+                if entry is None or entry.revision == self.applied_revision:
+                    continue
+                try:
+                    value = ({"deployments": {}} if entry.operation in ("DEL", "PURGE")
+                             else json.loads(entry.value))
+                except ValueError as e:
+                    log.error("assignment of %s unreadable: %s", self.id, e)
+                    continue
+                self._pending = (value, entry.revision)
+                self._wake.set()
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.debug("assignment watch ended (%s); polling each heartbeat", e)
+            log.debug("assignment watch ended (%s); reading the key each heartbeat", e)
+        self._watch_task = None
 
     async def sync_once(self) -> None:
         """Heartbeat, then apply the assignment if it changed."""
         assert self.store is not None
+        reconnects = self.store.nc.stats.get("reconnects", 0)
+        if reconnects != self._reconnects or self._watch_task is None:
+            # (re)start the watcher: after a reconnect its consumer may be gone with the server
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+            self._reconnects = reconnects
+            self._watch_task = asyncio.create_task(self._watch())
+            self._beats = 0
         await self.store.heartbeat(self.info())
-        assignment, revision = await self.store.assignment(self.id)
-        if revision != self.applied_revision or self.problems:
-            await self.apply(assignment, revision)
+        got, self._pending = self._pending, None
+        if got is None and (self._beats % self.resync_every == 0 or self._watch_task is None):
+            got = await self.store.assignment(self.id)
+        self._beats += 1
+        if got is not None and got[1] != self.applied_revision:
+            await self.apply(*got)
+            await self.store.heartbeat(self.info())
+        elif self.problems:   # retry what was refused (a signature may have been added since)
+            await self.apply(*self._last)
             await self.store.heartbeat(self.info())
 
     def info(self) -> NodeInfo:
@@ -187,7 +218,8 @@ class FleetAgent:
                 applied.delete("Deployment", name)
         self.owned = set(wanted) | (self.owned & set(problems))
         self.applied_revision = revision
-        self._save(revision, assignment)
+        self._last = (assignment, revision)
+        await asyncio.to_thread(self._save, revision, assignment)
         if self.node.ready:
             await self.node.sync()
 

@@ -1,36 +1,56 @@
 """The control loop: desired fleet deployments + live nodes → one assignment per node.
 
+The controller keeps the fleet's state in memory from one KV watcher per bucket (nodes,
+deployments, assignments), updated entry by entry, instead of re-reading every key on a timer:
+with a hundred nodes, re-reading costs hundreds of requests a pass and slows everything else on
+the server. A pass runs when something it depends on changed (a deployment, a node joining,
+leaving, changing labels or capacity, an assignment written by someone else) or when the live
+set changes, and only the assignments that differ are written — concurrently, each a
+compare-and-set, so a second controller started by mistake cannot silently overwrite the first
+one's binds (one of them gets a conflict, re-reads that key and retries).
+
 Liveness is judged on the controller's own clock: a node is live while its heartbeat revision
-keeps changing; one whose heartbeat has not moved for `dead_after_s` (or has aged out of the
-bucket) is dead, and its copies are bound elsewhere on the next pass. With a 1 s heartbeat, a
-3 s dead-after and a 0.5 s pass, a killed node's work is rebound in under 5 s. Assignment
-writes are compare-and-set, so a second controller started by mistake cannot silently
-overwrite the first one's binds (one of them gets a conflict and retries next pass).
+keeps changing; one whose heartbeat has not moved for `dead_after_s` is dead (a timer checks
+every `check_s`), and its copies are bound elsewhere at once. With a 1 s heartbeat and a 3 s
+dead-after, a killed node's work is rebound in under 5 s. After a reconnect the watchers are
+started again, which re-delivers every key; a full pass also runs every `resync_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
-from ..errors import IotwasmError
-from .model import NodeInfo
+from ..errors import ConfigError, IotwasmError
+from .model import FleetDeployment, NodeInfo
 from .scheduler import Plan, schedule
-from .store import ConflictError, FleetStore
+from .store import ASSIGNMENTS, DEPLOYMENTS, NODES, ConflictError, FleetStore
 
 log = logging.getLogger("iotwasm.fleet.controller")
 
 
 class Controller:
     def __init__(self, url: str, *, dead_after_s: float = 3.0, interval_s: float = 0.5,
-                 node_ttl_s: float = 4.0):
+                 node_ttl_s: float = 4.0, resync_s: float = 5.0):
         self.url = url
-        self.dead_after_s, self.interval_s, self.node_ttl_s = dead_after_s, interval_s, node_ttl_s
+        self.dead_after_s, self.node_ttl_s, self.resync_s = dead_after_s, node_ttl_s, resync_s
+        #: how often liveness is checked (and the shortest gap between two passes)
+        self.interval_s = interval_s
+        self.check_s = min(interval_s, 0.25)
         self.store: FleetStore | None = None
-        self._seen: dict[str, tuple[int, float]] = {}   # node → (heartbeat revision, when it moved)
         self.last_plan = Plan()
+        # state kept from the watchers
+        self._nodes: dict[str, NodeInfo] = {}
+        self._seen: dict[str, tuple[int, float]] = {}   # node → (heartbeat revision, when it moved)
+        self._deployments: dict[str, tuple[FleetDeployment, int]] = {}
+        self._assignments: dict[str, tuple[dict, int]] = {}
+        self._ready: dict[str, asyncio.Event] = {NODES: asyncio.Event()}
+        self._dirty = asyncio.Event()
+        self._live: set[str] = set()
         self._task: asyncio.Task | None = None
+        self._watchers: list[asyncio.Task] = []
         self._closing = asyncio.Event()
 
     async def start(self) -> None:
@@ -40,54 +60,153 @@ class Controller:
     async def stop(self) -> None:
         # a flag as well as a cancel: a cancel that lands inside a NATS call can be absorbed
         self._closing.set()
-        if self._task is not None:
-            self._task.cancel()
+        for task in [self._task, *self._watchers]:
+            if task is not None:
+                task.cancel()
+        for task in [self._task, *self._watchers]:
+            if task is None:
+                continue
             try:
-                await asyncio.wait_for(asyncio.gather(self._task, return_exceptions=True), 3)
+                await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 3)
             except asyncio.TimeoutError:
-                log.warning("controller loop did not stop within 3 s")
+                log.warning("controller task did not stop within 3 s")
         if self.store is not None:
             await self.store.close()
 
+    # -- watchers --------------------------------------------------------------------------
+    async def _start_watchers(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._ready = {b: asyncio.Event() for b in (NODES, DEPLOYMENTS, ASSIGNMENTS)}
+        self._watchers = [asyncio.create_task(self._watch(b), name=f"fleet-watch-{b}") for b in self._ready]
+        # the first pass waits until every bucket's current content has arrived
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._ready.values())), 10)
+
+    async def _watch(self, bucket: str) -> None:
+        assert self.store is not None
+        try:
+            watcher = await self.store.watch_bucket(bucket)
+            initial: set[str] | None = set()
+            async for entry in watcher:
+                if entry is None:          # the bucket's current content has been delivered
+                    if initial is not None:
+                        self._forget_missing(bucket, initial)
+                        initial = None
+                        self._ready[bucket].set()
+                        self._dirty.set()
+                    continue
+                if initial is not None:
+                    initial.add(entry.key)
+                self._update(bucket, entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.debug("%s watch ended: %s: %s", bucket, type(e).__name__, e)
+        self._ready[bucket].clear()     # the next pass starts the watchers again
+
+    def _forget_missing(self, bucket: str, present: set[str]) -> None:
+        """Keys that disappeared while no watcher ran (a restart, a reconnect)."""
+        cache = {NODES: self._nodes, DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments}[bucket]
+        for key in set(cache) - present:
+            del cache[key]
+            if bucket == NODES:
+                self._seen.pop(key, None)
+
+    def _update(self, bucket: str, entry) -> None:
+        key, deleted = entry.key, entry.operation in ("DEL", "PURGE")
+        if bucket == NODES:
+            if deleted:    # a graceful leave: the node's work moves at once
+                self._nodes.pop(key, None)
+                self._seen.pop(key, None)
+                self._dirty.set()
+                return
+            try:
+                info = NodeInfo.from_json(entry.value)
+            except (ValueError, TypeError) as e:
+                log.error("heartbeat of %s unreadable: %s", key, e)
+                return
+            old = self._nodes.get(key)
+            self._nodes[key] = info
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != entry.revision:
+                self._seen[key] = (entry.revision, time.monotonic())
+            if old is None or (old.labels, old.memory, old.instances) != (info.labels, info.memory, info.instances):
+                self._dirty.set()
+        elif bucket == DEPLOYMENTS:
+            if deleted:
+                self._deployments.pop(key, None)
+            else:
+                try:
+                    self._deployments[key] = (FleetDeployment.parse(entry.value, f"fleet deployment {key}"),
+                                              entry.revision)
+                except ConfigError as e:
+                    log.error("%s", e)   # one bad entry must not stop the others from being placed
+                    self._deployments.pop(key, None)
+            self._dirty.set()
+        else:
+            have = self._assignments.get(key)
+            if have is not None and have[1] >= entry.revision:
+                return                   # the echo of our own write (or older)
+            if deleted:
+                self._assignments.pop(key, None)
+            else:
+                try:
+                    self._assignments[key] = (json.loads(entry.value), entry.revision)
+                except ValueError as e:
+                    log.error("assignment of %s unreadable: %s", key, e)
+                    self._assignments[key] = ({"deployments": {}}, entry.revision)
+            self._dirty.set()             # written by someone else: check it
+
+    # -- passes ----------------------------------------------------------------------------
     async def _run(self) -> None:
+        reconnects = -1
+        last_pass = 0.0
         while not self._closing.is_set():
             try:
-                await self.reconcile()
+                if (self.store.nc.stats.get("reconnects", 0) != reconnects
+                        or not all(e.is_set() for e in self._ready.values())):
+                    reconnects = self.store.nc.stats.get("reconnects", 0)
+                    await self._start_watchers()
+                live = set(self.live())
+                now = time.monotonic()
+                if self._dirty.is_set() or live != self._live or now - last_pass >= self.resync_s:
+                    self._dirty.clear()
+                    last_pass = now
+                    await self.reconcile()
             except (IotwasmError, ConflictError) as e:
                 log.warning("%s", e)
             except Exception as e:   # the link is down or a call timed out: next pass
                 log.debug("reconcile: %s: %s", type(e).__name__, e)
             try:
-                await asyncio.wait_for(self._closing.wait(), self.interval_s)
+                await asyncio.wait_for(self._wait_change(), self.check_s)
             except asyncio.TimeoutError:
                 pass
 
-    def live(self, nodes: dict[str, tuple[NodeInfo, int]]) -> dict[str, NodeInfo]:
+    async def _wait_change(self) -> None:
+        await self._dirty.wait()
+        await asyncio.sleep(0.02)   # let a burst of updates land before the pass
+
+    def live(self) -> dict[str, NodeInfo]:
+        """Nodes whose heartbeat revision moved within `dead_after_s` (controller clock)."""
         now = time.monotonic()
-        out = {}
-        for node_id, (info, rev) in nodes.items():
-            seen = self._seen.get(node_id)
-            if seen is None or seen[0] != rev:
-                self._seen[node_id] = seen = (rev, now)
-            if now - seen[1] <= self.dead_after_s:
-                out[node_id] = info
-        for gone in set(self._seen) - set(nodes):
-            del self._seen[gone]
-        return out
+        return {n: info for n, info in self._nodes.items()
+                if n in self._seen and now - self._seen[n][1] <= self.dead_after_s}
 
     async def reconcile(self) -> Plan:
-        """One pass: schedule, then write every assignment that differs."""
+        """One pass over the watched state: schedule, then write every assignment that differs."""
         assert self.store is not None
-        nodes = await self.store.nodes()
-        live = self.live(nodes)
-        deployments = await self.store.deployments()
-        assignments = await self.store.assignments()
+        live = self.live()
+        self._live = set(live)
+        deployments = dict(self._deployments)
+        assignments = dict(self._assignments)
         current = {n: set(a.get("deployments", {})) for n, (a, _) in assignments.items()}
         plan = schedule([fd for fd, _ in deployments.values()], live, current)
         for p in plan.problems:
             if p not in self.last_plan.problems:
                 log.warning("%s", p)
         self.last_plan = plan
+        writes = []
         for node_id in sorted(set(plan.assignments) | set(assignments)):
             names = plan.assignments.get(node_id, [])
             desired = {"deployments": {
@@ -98,6 +217,20 @@ class Controller:
                 continue
             if node_id not in live and not names and not have.get("deployments"):
                 continue
-            await self.store.put_assignment(node_id, desired, rev)
-            log.info("assigned %s: %s", node_id, ", ".join(names) or "nothing")
+            writes.append(self._write(node_id, desired, rev, names))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self._dirty.set()       # retry the failed writes on the next pass
+            raise errors[0]
         return plan
+
+    async def _write(self, node_id: str, desired: dict, rev: int, names: list[str]) -> None:
+        try:
+            new = await self.store.put_assignment(node_id, desired, rev)
+        except ConflictError:
+            self._assignments[node_id] = await self.store.assignment(node_id)
+            raise
+        if self._assignments.get(node_id, (None, 0))[1] < new:
+            self._assignments[node_id] = (desired, new)
+        log.info("assigned %s: %s", node_id, ", ".join(names) or "nothing")

@@ -189,6 +189,10 @@ class FleetStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise ConflictError(f"assignment of {node_id}: changed since revision {revision}") from None
 
+    async def watch_bucket(self, bucket: str):
+        """A watcher over every key of `bucket`: current values first, then each change."""
+        return await self._kv[bucket].watchall()
+
     async def watch_assignment(self, node_id: str):
         return await self._kv[ASSIGNMENTS].watch(check_key("node id", node_id))
 
