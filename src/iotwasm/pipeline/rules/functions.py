@@ -8,6 +8,8 @@ SQLite and restored after a restart.
 
 from __future__ import annotations
 
+import abc
+
 import json
 import math
 import re
@@ -178,8 +180,9 @@ SCALARS: dict[str, tuple[Callable, int, int | None]] = {
 
 # --- aggregates ---------------------------------------------------------------------------
 
-class Acc:
-    """An aggregate's running state; `state` is a JSON-able list (checkpointed to SQLite)."""
+class Acc(abc.ABC):
+    """An aggregate's running state; `state` is a JSON-able list (checkpointed to SQLite).
+    Each aggregate function subclasses it with its own `add` and `result`."""
 
     __slots__ = ("state",)
     nargs = 1
@@ -191,11 +194,13 @@ class Acc:
     def empty() -> list:
         return []
 
+    @abc.abstractmethod
     def add(self, v: Any, ts: int) -> None:
-        raise NotImplementedError
+        """Fold in one value (with its event time)."""
 
+    @abc.abstractmethod
     def result(self) -> Any:
-        raise NotImplementedError
+        """The aggregate's value so far."""
 
 
 class Count(Acc):
