@@ -9,7 +9,6 @@ SQLite and restored after a restart.
 from __future__ import annotations
 
 import abc
-
 import json
 import math
 import re
