@@ -84,6 +84,14 @@ def check_qos(qos: int) -> int:
     return qos
 
 
+def settled(value: Any) -> asyncio.Future:
+    """An awaitable already done with `value`. Two-step calls (hand on now, confirm later:
+    `Bus.send_many`, a sink's `submit`) return it when both steps happened at once."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
@@ -339,10 +347,7 @@ class Bus(abc.ABC):
         goes out after them — with an awaitable of `publish_many`'s results. A caller can so
         send the next batch while the broker is still acknowledging this one. Buses that
         cannot separate the two steps send and confirm here and return the results."""
-        results = await self.publish_many(items, qos=qos, retain=retain, timeout=timeout)
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        done.set_result(results)
-        return done
+        return settled(await self.publish_many(items, qos=qos, retain=retain, timeout=timeout))
 
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,

@@ -34,6 +34,7 @@ from .bus import (
     Will,
     as_payload,
     check_qos,
+    settled,
 )
 from .errors import BrokerUnavailable, PublishTimeout, SubscribeDenied
 from .topics import matches, validate_filter, validate_topic
@@ -54,10 +55,6 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
     user = urllib.parse.unquote(parsed.username) if parsed.username is not None else None
     password = urllib.parse.unquote(parsed.password) if parsed.password is not None else None
     return parsed.hostname, port, user, password
-
-
-async def _results(results: list) -> list:
-    return results
 
 
 def _expire_waiter(waiter: asyncio.Future) -> None:
@@ -635,7 +632,7 @@ class MqttBus(Bus):
             for topic, payload in items:
                 self._write(self._packet(topic, payload, 0, retain))
             self.stats.published += len(items)
-            return _results([None] * len(items))
+            return settled([None] * len(items))
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._loop.time() + wait
         futs: list[asyncio.Future] = []

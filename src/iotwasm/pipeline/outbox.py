@@ -38,6 +38,20 @@ SubmitWindow = Callable[[list[tuple[str, bytes]]], Awaitable[Awaitable[list[Exce
 INLINE_ROWS = 16
 
 
+async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
+                        items: list[tuple[str, bytes]]) -> list[Exception | None]:
+    """Deliver a window one message after the other (for uplinks where concurrent sends could
+    arrive out of order); the first failure fails the rest, which stay for a retry in order."""
+    results: list[Exception | None] = []
+    for topic, payload in items:
+        try:
+            await send(topic, payload)
+        except IotwasmError as e:
+            return results + [e] * (len(items) - len(results))
+        results.append(None)
+    return results
+
+
 class OutboxFull(IotwasmError):
     kind = "outbox_full"
 

@@ -28,6 +28,7 @@ from typing import Awaitable, Callable, Protocol, Sequence
 from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError
 from ..message import BatchResult, DeadLetter, Message
 from ..messaging.acl import TopicACL
+from ..messaging.bus import settled
 
 log = logging.getLogger("iotwasm.pipeline")
 
@@ -259,11 +260,11 @@ class RouteRunner:
             submit = getattr(sink, "submit", None)
             try:
                 if submit is None:
-                    confirms.append((sink, _ready(await sink.deliver(msgs, variables))))
+                    confirms.append((sink, settled(await sink.deliver(msgs, variables))))
                 else:
                     confirms.append((sink, await submit(msgs, variables)))
             except IotwasmError as e:
-                confirms.append((sink, _ready([(i, e) for i in range(len(msgs))])))
+                confirms.append((sink, settled([(i, e) for i in range(len(msgs))])))
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items))
@@ -386,10 +387,6 @@ def _settle(items: list[_Item], cancel: bool = False) -> None:
                 fut.cancel()
             else:
                 fut.set_result(True)
-
-
-async def _ready(failures: list) -> list:
-    return failures
 
 
 def _allowed(check: Callable[[str], bool], topic: str) -> bool:

@@ -23,7 +23,8 @@ from typing import Any, Awaitable
 
 from ..errors import ConfigError, IotwasmError
 from ..message import Message
-from .outbox import INLINE_ROWS, Forwarder, Outbox
+from ..messaging.bus import settled
+from .outbox import INLINE_ROWS, Forwarder, Outbox, send_in_order
 from .templates import TopicTemplate
 
 log = logging.getLogger("iotwasm.sinks")
@@ -67,26 +68,14 @@ class _Uplink(abc.ABC):
     forwarder: Forwarder | None = None
 
     @abc.abstractmethod
-    async def _send(self, topic: str, payload: bytes) -> None:
-        """Deliver one message; return only once the uplink acknowledged it."""
+    async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
+        """Hand a window of (topic, payload) on in order; return what confirms it: one result
+        per message, None once the uplink acknowledged it (see `Forwarder`)."""
 
     async def start(self) -> None:
         if self.outbox is not None:
             self.forwarder = Forwarder(self.outbox, self.name, self._submit_window)
             self.forwarder.start()
-
-    async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
-        """Deliver a window in order; one result per message (None: acknowledged)."""
-        results = await asyncio.gather(*(self._send(t, p) for t, p in items), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, Exception):
-                raise r
-        return [r if isinstance(r, Exception) else None for r in results]
-
-    async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
-        """Hand a window on in order; return what confirms it (see `Forwarder`). Uplinks that
-        cannot separate the two deliver the window here."""
-        return _settled(await self._send_window(items))
 
     async def _keep(self, items: list[tuple[str, bytes]]) -> None:
         """Store durably for the forwarder; returns once on disk (small batches are written
@@ -119,18 +108,11 @@ class BusSink(_Uplink):
         self.outbox = outbox
         self.sent = 0
 
-    async def _send(self, topic: str, payload: bytes) -> None:
-        await self.bus.publish(topic, payload, qos=self.qos, retain=self.retain)
-        self.sent += 1
-
-    async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
-        return await (await self._submit_window(items))
-
     async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
         try:
             confirm = await self.bus.send_many(items, qos=self.qos, retain=self.retain)
         except IotwasmError as e:
-            return _settled([e] * len(items))
+            return settled([e] * len(items))
 
         async def confirmed() -> list[Exception | None]:
             results = await confirm
@@ -148,14 +130,14 @@ class BusSink(_Uplink):
         topics, failures = _topics(self.template, messages, variables)
         if self.outbox is not None:
             await self._keep([(t, m.payload) for t, m in zip(topics, messages) if t is not None])
-            return _settled(failures)
+            return settled(failures)
         # all at once: one connection keeps them in order, and the acks are awaited together
         idx = [i for i, t in enumerate(topics) if t is not None]
         try:
             confirm = await self.bus.send_many([(topics[i], messages[i].payload) for i in idx],
                                                qos=self.qos, retain=self.retain)
         except IotwasmError as e:
-            return _settled(failures + [(i, e) for i in idx])
+            return settled(failures + [(i, e) for i in idx])
 
         async def confirmed() -> Failures:
             for i, res in zip(idx, await confirm):
@@ -168,10 +150,6 @@ class BusSink(_Uplink):
             return failures
 
         return confirmed()
-
-
-async def _settled(failures: Failures) -> Failures:
-    return failures
 
 
 class WebhookSink(_Uplink):
@@ -202,16 +180,9 @@ class WebhookSink(_Uplink):
         await asyncio.to_thread(self._post_sync, topic, payload)
         self.sent += 1
 
-    async def _send_window(self, items: list[tuple[str, bytes]]) -> list[Exception | None]:
+    async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
         # one request after the other: concurrent POSTs could arrive out of order
-        results: list[Exception | None] = []
-        for topic, payload in items:
-            try:
-                await self._send(topic, payload)
-            except IotwasmError as e:
-                return results + [e] * (len(items) - len(results))
-            results.append(None)
-        return results
+        return settled(await send_in_order(self._send, items))
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         items = [(m.topic, m.payload) for m in messages]

@@ -31,7 +31,8 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from ...errors import IotwasmError
-from ..outbox import Forwarder, Outbox
+from ...messaging.bus import settled
+from ..outbox import Forwarder, Outbox, send_in_order
 
 log = logging.getLogger("iotwasm.rules.alerts")
 
@@ -152,17 +153,7 @@ class AlertDispatcher:
     async def _submit(self, items: list[tuple[str, bytes]]):
         """The forwarder's window: alerts one after the other, each escalated on its own;
         the first that cannot go anywhere stops the window (it and the rest stay pending)."""
-        results: list[Exception | None] = []
-        for topic, payload in items:
-            try:
-                await self._deliver(topic, payload)
-            except IotwasmError as e:
-                results += [e] * (len(items) - len(results))
-                break
-            results.append(None)
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        done.set_result(results)
-        return done
+        return settled(await send_in_order(self._deliver, items))
 
     async def _deliver(self, topic: str, payload: bytes) -> None:
         first: Exception | None = None
