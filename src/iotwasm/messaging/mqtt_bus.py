@@ -199,8 +199,7 @@ class MqttBus(Bus):
         self._flush_scheduled = False
         self._last_recv = self._last_sent = 0.0
         self._topic_bytes: dict[str, bytes] = {}
-        self._match_cache: dict[str, list] = {}
-        self._match_sig: tuple = ()
+        self._match_cache: dict[str, list] = {}  # cleared whenever the subscriptions change
 
     # ------------------------------------------------------------------ writing
 
@@ -465,10 +464,6 @@ class MqttBus(Bus):
     def _matching(self, topic: str) -> list:
         """Subscriptions whose filter matches `topic`, memoised until the set changes
         (devices repeat their topics; matching every filter per message is the cost)."""
-        sig = tuple(map(id, self._subs))
-        if sig != self._match_sig:
-            self._match_cache.clear()
-            self._match_sig = sig
         hit = self._match_cache.get(topic)
         if hit is None:
             if len(self._match_cache) > 50_000:
@@ -703,6 +698,7 @@ class MqttBus(Bus):
         sub.broker_filter = broker_filter
         sub.start()
         self._subs.append(sub)
+        self._match_cache.clear()
         if self._parked:
             self._claim_parked()
         wire_qos = min(qos, 1)
@@ -735,6 +731,7 @@ class MqttBus(Bus):
     async def _drop_sub(self, sub: MqttSubscription) -> str | None:
         if sub in self._subs:
             self._subs.remove(sub)
+            self._match_cache.clear()
         still_used = any(s.broker_filter == sub.broker_filter for s in self._subs)
         if not still_used:
             self._broker_filters.pop(sub.broker_filter, None)
@@ -763,6 +760,7 @@ class MqttBus(Bus):
         for sub in list(self._subs):
             await sub.stop(grace=timeout)
         self._subs.clear()
+        self._match_cache.clear()
         self._closed = True
         conn = self._conn
         if conn is not None and conn.transport is not None:
