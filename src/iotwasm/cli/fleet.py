@@ -1,4 +1,5 @@
-"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list`."""
+"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list|invoke`,
+`iotwasm rollout status|pause|resume|abort`."""
 
 from __future__ import annotations
 
@@ -143,15 +144,17 @@ def delete(name: str, fleet: str = FLEET) -> None:
 def list_(fleet: str = FLEET) -> None:
     """Fleet deployments with their revision and placement."""
     async def collect(store):
-        return await store.deployments()
+        return await store.deployments(), await store.rollouts()
 
     try:
-        deps = asyncio.run(_with_store(fleet, collect))
+        deps, rollouts = asyncio.run(_with_store(fleet, collect))
     except IotwasmError as e:
         _fail(e)
     for name, (fd, rev) in sorted(deps.items()):
+        r = rollouts.get(name, (None, 0))[0]
+        state = f"  rollout {r.state}" if r is not None and r.revision == rev else ""
         out.print(f"{name}  rev {rev}  module {fd.deployment.spec.module[:19]}  placement "
-                  f"{fd.placement.model_dump_json(by_alias=True, exclude_defaults=True)}", highlight=False)
+                  f"{fd.placement.model_dump_json(by_alias=True, exclude_defaults=True)}{state}", highlight=False)
 
 
 @fleet_app.command("invoke")
@@ -193,7 +196,64 @@ def invoke_(deployment: str, data: str = typer.Option(None, "--data", "-d",
         raise typer.Exit(3)
 
 
+rollout_app = typer.Typer(no_args_is_help=True, help="Staged rollouts of fleet deployments.")
+
+
+@rollout_app.command("status")
+def rollout_status(name: Optional[str] = typer.Argument(None, help="one deployment (default: all)"),
+                   fleet: str = FLEET,
+                   output: str = typer.Option("table", "--output", "-o", help="table or json")) -> None:
+    """Where each rollout stands: state, stage, updated and failed nodes, reason; with a name,
+    its history too."""
+    async def collect(store):
+        if name is None:
+            return {k: r for k, (r, _) in (await store.rollouts()).items()}
+        got = await store.rollout(name)
+        if got is None:
+            raise IotwasmError(f"fleet deployment {name}: no rollout recorded")
+        return {name: got[0]}
+
+    try:
+        records = asyncio.run(_with_store(fleet, collect))
+    except IotwasmError as e:
+        _fail(e)
+    if output == "json":
+        from dataclasses import asdict
+
+        print(json.dumps({k: asdict(r) for k, r in sorted(records.items())}, indent=2))
+        return
+    t = Table(title=f"rollouts on {fleet}")
+    for col in ("deployment", "revision", "state", "stage", "updated", "failed", "reason"):
+        t.add_column(col)
+    for k, r in sorted(records.items()):
+        t.add_row(k, str(r.revision), r.state, f"{r.stage_name()} ({r.stage + 1}/{r.stages})" if r.active else "-",
+                  ", ".join(r.updated) or "-", "\n".join(f"{n}: {w}" for n, w in r.failed.items()) or "-",
+                  r.reason or "-")
+    out.print(t)
+    if name is not None:
+        for ts, text in records[name].events:
+            out.print(f"{time.strftime('%H:%M:%S', time.localtime(ts))}  {text}", highlight=False, markup=False)
+
+
+def _control(action: str):
+    def command(name: str = typer.Argument(..., help="the fleet deployment"), fleet: str = FLEET) -> None:
+        try:
+            r = asyncio.run(_with_store(fleet, lambda s: s.control_rollout(name, action)))
+        except IotwasmError as e:
+            _fail(e)
+        out.print(f"rollout of {name} (revision {r.revision}): {r.state}", highlight=False)
+    command.__doc__ = {"pause": "Hold a rollout at its stage (a newer revision still supersedes it).",
+                       "resume": "Continue a paused rollout; its stage timeout starts again.",
+                       "abort": "Stop a rollout and put every updated node back on the previous version."}[action]
+    return command
+
+
+for _action in ("pause", "resume", "abort"):
+    rollout_app.command(_action)(_control(_action))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(controller)
     app.command()(nodes)
     app.add_typer(fleet_app, name="fleet")
+    app.add_typer(rollout_app, name="rollout")

@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import IotwasmError
+from ..errors import GuestTrap, IotwasmError, LimitExceeded
 from ..node import Node
 from ..node.manifests import Deployment
 from ..registry.signing import verify_any
@@ -32,6 +32,10 @@ from .model import NodeInfo
 from .store import FleetStore, check_key
 
 log = logging.getLogger("iotwasm.fleet.agent")
+
+#: dead-letter kinds that count as traps for rollout gates: the sandbox stopped the guest
+FAULTS = frozenset({GuestTrap.kind, LimitExceeded.kind,
+                    *(c.kind for c in LimitExceeded.__subclasses__())})
 
 
 class FleetAgent:
@@ -186,7 +190,32 @@ class FleetAgent:
     def info(self) -> NodeInfo:
         return NodeInfo(self.id, self.labels, self.memory, self.instances,
                         assignment_revision=self.applied_revision, running=sorted(self.node.deployments),
-                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())])
+                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())],
+                        health=self.health())
+
+    def health(self) -> dict[str, dict]:
+        """Per fleet deployment: the module assigned and the one serving, and the serving
+        version's counters — what a rollout gate judges. Counters restart with each version."""
+        assigned = self._last[0].get("deployments", {})
+        node_problems = {p.split(": ", 1)[0]: p.split(": ", 1)[1] for p in self.node.last_problems
+                         if p.startswith("Deployment ") and ": " in p}
+        out: dict[str, dict] = {}
+        for name in sorted(set(assigned) | self.owned):
+            h: dict = {"assigned": (assigned.get(name) or {}).get("spec", {}).get("module")}
+            problem = self.problems.get(name) or node_problems.get(f"Deployment {name}")
+            if problem:
+                h["problem"] = problem
+            rec = self.node.deployments.get(name)
+            if rec is not None:
+                st = rec.handle.current.stats()
+                totals = st.totals()
+                h.update(digest=st.digest, state=st.state, messages=totals["messages"],
+                         dead_letters=totals["dead_letters"],
+                         traps=sum(v for k, v in totals["errors"].items() if k in FAULTS),
+                         rollbacks=rec.handle.rollbacks, rollback_reason=rec.handle.last_rollback_reason,
+                         error=st.last_error)
+            out[name] = h
+        return out
 
     # -- applying --------------------------------------------------------------------------
     async def apply(self, assignment: dict, revision: int) -> None:

@@ -25,10 +25,15 @@ import time
 
 from ..errors import ConfigError, IotwasmError
 from .model import FleetDeployment, NodeInfo
+from .rollout import Rollout, start, step
 from .scheduler import Plan, schedule
-from .store import ASSIGNMENTS, DEPLOYMENTS, NODES, ConflictError, FleetStore
+from .store import ASSIGNMENTS, DEPLOYMENTS, NODES, ROLLOUTS, ConflictError, FleetStore
 
 log = logging.getLogger("iotwasm.fleet.controller")
+
+#: while a rollout is under way, passes run at least this often (node health arrives with
+#: every heartbeat; nothing else marks the state dirty)
+ROLLOUT_STEP_S = 0.5
 
 
 class Controller:
@@ -46,6 +51,7 @@ class Controller:
         self._seen: dict[str, tuple[int, float]] = {}   # node → (heartbeat revision, when it moved)
         self._deployments: dict[str, tuple[FleetDeployment, int]] = {}
         self._assignments: dict[str, tuple[dict, int]] = {}
+        self._rollouts: dict[str, tuple[Rollout, int]] = {}
         self._ready: dict[str, asyncio.Event] = {NODES: asyncio.Event()}
         self._dirty = asyncio.Event()
         self._live: set[str] = set()
@@ -78,7 +84,7 @@ class Controller:
         for task in self._watchers:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
-        self._ready = {b: asyncio.Event() for b in (NODES, DEPLOYMENTS, ASSIGNMENTS)}
+        self._ready = {b: asyncio.Event() for b in (NODES, DEPLOYMENTS, ASSIGNMENTS, ROLLOUTS)}
         self._watchers = [asyncio.create_task(self._watch(b), name=f"fleet-watch-{b}") for b in self._ready]
         # the first pass waits until every bucket's current content has arrived
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._ready.values())), 10)
@@ -107,7 +113,8 @@ class Controller:
 
     def _forget_missing(self, bucket: str, present: set[str]) -> None:
         """Keys that disappeared while no watcher ran (a restart, a reconnect)."""
-        cache = {NODES: self._nodes, DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments}[bucket]
+        cache = {NODES: self._nodes, DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments,
+                 ROLLOUTS: self._rollouts}[bucket]
         for key in set(cache) - present:
             del cache[key]
             if bucket == NODES:
@@ -144,18 +151,22 @@ class Controller:
                     log.error("%s", e)   # one bad entry must not stop the others from being placed
                     self._deployments.pop(key, None)
             self._dirty.set()
-        else:
-            have = self._assignments.get(key)
+        else:   # assignments and rollouts: records controllers write (and operators, for rollouts)
+            cache, parse, what = ((self._rollouts, Rollout.from_json, "rollout record") if bucket == ROLLOUTS
+                                  else (self._assignments, json.loads, "assignment"))
+            have = cache.get(key)
             if have is not None and have[1] >= entry.revision:
                 return                   # the echo of our own write (or older)
             if deleted:
-                self._assignments.pop(key, None)
+                cache.pop(key, None)
             else:
                 try:
-                    self._assignments[key] = (json.loads(entry.value), entry.revision)
-                except ValueError as e:
-                    log.error("assignment of %s unreadable: %s", key, e)
-                    self._assignments[key] = ({"deployments": {}}, entry.revision)
+                    cache[key] = (parse(entry.value), entry.revision)
+                except (ValueError, TypeError) as e:
+                    log.error("%s of %s unreadable: %s", what, key, e)
+                    if bucket == ROLLOUTS:
+                        return
+                    cache[key] = ({"deployments": {}}, entry.revision)   # rewritten next pass
             self._dirty.set()             # written by someone else: check it
 
     # -- passes ----------------------------------------------------------------------------
@@ -170,7 +181,8 @@ class Controller:
                     await self._start_watchers()
                 live = set(self.live())
                 now = time.monotonic()
-                if self._dirty.is_set() or live != self._live or now - last_pass >= self.resync_s:
+                if (self._dirty.is_set() or live != self._live or now - last_pass >= self.resync_s
+                        or (self.rolling and now - last_pass >= ROLLOUT_STEP_S)):
                     self._dirty.clear()
                     last_pass = now
                     await self.reconcile()
@@ -186,6 +198,11 @@ class Controller:
     async def _wait_change(self) -> None:
         await self._dirty.wait()
         await asyncio.sleep(0.02)   # let a burst of updates land before the pass
+
+    @property
+    def rolling(self) -> bool:
+        """Whether a rollout is progressing (it needs passes as health arrives)."""
+        return any(r.state == "progressing" for r, _ in self._rollouts.values())
 
     def live(self) -> dict[str, NodeInfo]:
         """Nodes whose heartbeat revision moved within `dead_after_s` (controller clock)."""
@@ -206,12 +223,17 @@ class Controller:
             if p not in self.last_plan.problems:
                 log.warning("%s", p)
         self.last_plan = plan
+        rollouts = await self._advance_rollouts(deployments, assignments, plan, live)
+
+        def doc(name: str, node_id: str) -> dict:
+            r = rollouts.get(name)
+            return r.doc_for(node_id) if r else deployments[name][0].deployment.model_dump(mode="json", by_alias=True)
+
         writes = []
         for node_id in sorted(set(plan.assignments) | set(assignments)):
             names = plan.assignments.get(node_id, [])
-            desired = {"deployments": {
-                n: deployments[n][0].deployment.model_dump(mode="json", by_alias=True) for n in names},
-                "revisions": {n: deployments[n][1] for n in names}}
+            desired = {"deployments": {n: doc(n, node_id) for n in names},
+                       "revisions": {n: deployments[n][1] for n in names}}
             have, rev = assignments.get(node_id, ({"deployments": {}}, 0))
             if have.get("deployments", {}) == desired["deployments"]:
                 continue
@@ -234,3 +256,78 @@ class Controller:
         if self._assignments.get(node_id, (None, 0))[1] < new:
             self._assignments[node_id] = (desired, new)
         log.info("assigned %s: %s", node_id, ", ".join(names) or "nothing")
+
+    # -- rollouts --------------------------------------------------------------------------
+    async def _advance_rollouts(self, deployments: dict[str, tuple[FleetDeployment, int]],
+                                assignments: dict[str, tuple[dict, int]], plan: Plan,
+                                live: dict[str, NodeInfo]) -> dict[str, Rollout]:
+        """Start a rollout for each deployment whose new revision replaces a running version
+        (when it asks for one), step those in progress, store what changed; returns the record
+        that decides each deployment's version per node."""
+        now = time.time()
+        writes: list[tuple[Rollout, int]] = []
+        current: dict[str, Rollout] = {}
+        for name, (fd, rev) in deployments.items():
+            r, krev = self._rollouts.get(name, (None, 0))
+            changed = False
+            if r is None or r.revision != rev:
+                target = fd.deployment.model_dump(mode="json", by_alias=True)
+                stable = r.stable if r is not None and r.active else self._running_doc(name, assignments)
+                superseded = r is not None and r.active
+                if superseded:
+                    r.finish("superseded", f"revision {rev} replaced revision {r.revision}", now)
+                if fd.rollout is None or stable is None or stable == target:
+                    if superseded:
+                        writes.append((r, krev))
+                    continue
+                note = f" (supersedes the rollout of revision {r.revision})" if superseded else ""
+                r, changed = start(name, rev, target, stable, now), True
+                if note:
+                    r.note(r.events[-1][1] + note, now)
+            elif fd.rollout is None:
+                continue
+            seen = len(r.events)
+            bound = [n for n, names in plan.assignments.items() if name in names]
+            health = {n: live[n].health.get(name, {}) for n in bound if n in live}
+            changed = step(r, fd.rollout, bound, health, now) or changed
+            for _, text in r.events[seen:]:
+                (log.warning if r.state == "rolled-back" else log.info)("rollout of %s: %s", name, text)
+            if changed:
+                writes.append((r, krev))
+            current[name] = r
+        gone = [name for name in self._rollouts if name not in deployments]
+        for name in gone:                    # the deployment was deleted: so is its rollout
+            self._rollouts.pop(name, None)
+        results = await asyncio.gather(*(self._write_rollout(r, krev) for r, krev in writes),
+                                       *(self.store.delete_rollout(n) for n in gone), return_exceptions=True)
+        for (r, _), res in zip(writes, results):
+            if isinstance(res, BaseException):
+                # an operator paused or aborted it meanwhile: what is stored decides this pass
+                log.debug("rollout of %s not stored: %s", r.deployment, res)
+                stored = self._rollouts.get(r.deployment)
+                if stored is not None and stored[0].revision == deployments[r.deployment][1]:
+                    current[r.deployment] = stored[0]
+                else:
+                    current.pop(r.deployment, None)
+                self._dirty.set()
+        return current
+
+    async def _write_rollout(self, r: Rollout, revision: int) -> None:
+        try:
+            new = await self.store.put_rollout(r, revision)
+        except ConflictError:
+            got = await self.store.rollout(r.deployment)
+            if got is not None:
+                self._rollouts[r.deployment] = got
+            raise
+        if self._rollouts.get(r.deployment, (None, 0))[1] < new:
+            self._rollouts[r.deployment] = (r, new)
+
+    @staticmethod
+    def _running_doc(name: str, assignments: dict[str, tuple[dict, int]]) -> dict | None:
+        """The version of `name` most nodes are assigned now (what a new revision replaces)."""
+        docs: list[dict] = [a["deployments"][name] for a, _ in assignments.values()
+                            if name in a.get("deployments", {})]
+        if not docs:
+            return None
+        return max(docs, key=lambda d: sum(1 for x in docs if x == d))

@@ -4,6 +4,7 @@
 - ``iotwasm-deployments``: fleet deployments by name, with history; every write is a
   compare-and-set on the revision the writer read, so concurrent writers cannot lose updates.
 - ``iotwasm-assignments``: what each node should run, written by the controller.
+- ``iotwasm-rollouts``: the staged rollout of each deployment's newest version (fleet/rollout.py).
 - ``iotwasm-modules`` (object store): module binaries by digest, plus detached signatures.
 """
 
@@ -23,12 +24,14 @@ from ..engine.module import digest_of
 from ..errors import ConfigError, IotwasmError
 from ..registry.signing import Signature
 from .model import FleetDeployment, NodeInfo
+from .rollout import Rollout, control
 
 log = logging.getLogger("iotwasm.fleet")
 
 NODES = "iotwasm-nodes"
 DEPLOYMENTS = "iotwasm-deployments"
 ASSIGNMENTS = "iotwasm-assignments"
+ROLLOUTS = "iotwasm-rollouts"
 MODULES = "iotwasm-modules"
 KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -97,6 +100,7 @@ class FleetStore:
         await self._bucket(NODES, ttl=self.node_ttl_s, history=1)
         await self._bucket(DEPLOYMENTS, history=16)
         await self._bucket(ASSIGNMENTS, history=4)
+        await self._bucket(ROLLOUTS, history=4)
         try:
             self._obj = await self.js.object_store(MODULES)
         except nats.js.errors.BucketNotFoundError:
@@ -150,14 +154,19 @@ class FleetStore:
     async def put_deployment(self, fd: FleetDeployment, revision: int | None) -> int:
         """Write `fd` if the stored revision is still `revision` (None or 0: must not exist
         yet); raise ConflictError otherwise. Returns the new revision."""
-        kv = self._kv[DEPLOYMENTS]
-        key = check_key("deployment", fd.name)
+        return await self._cas(DEPLOYMENTS, check_key("deployment", fd.name), fd.to_json(), revision,
+                               f"fleet deployment {fd.name}")
+
+    async def _cas(self, bucket: str, key: str, body: bytes, revision: int | None, what: str) -> int:
+        """Compare-and-set: write `body` if the key is still at `revision` (None or 0: must not
+        exist yet), else raise ConflictError. Returns the new revision."""
+        kv = self._kv[bucket]
         try:
             if not revision:
-                return await kv.create(key, fd.to_json())
-            return await kv.update(key, fd.to_json(), last=revision)
+                return await kv.create(key, body)
+            return await kv.update(key, body, last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            raise ConflictError(f"fleet deployment {fd.name}: changed since revision {revision or 'none'}; "
+            raise ConflictError(f"{what}: changed since revision {revision or 'none'}; "
                                 "read it again and retry") from None
 
     async def delete_deployment(self, name: str, revision: int | None = None) -> None:
@@ -180,14 +189,48 @@ class FleetStore:
         return dict(zip(keys, await asyncio.gather(*(self.assignment(k) for k in keys))))
 
     async def put_assignment(self, node_id: str, assignment: dict, revision: int) -> int:
-        kv = self._kv[ASSIGNMENTS]
-        body = json.dumps(assignment, sort_keys=True).encode()
+        return await self._cas(ASSIGNMENTS, check_key("node id", node_id),
+                               json.dumps(assignment, sort_keys=True).encode(), revision, f"assignment of {node_id}")
+
+    # -- rollouts --------------------------------------------------------------------------
+    async def rollout(self, name: str) -> tuple[Rollout, int] | None:
         try:
-            if not revision:
-                return await kv.create(node_id, body)
-            return await kv.update(node_id, body, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise ConflictError(f"assignment of {node_id}: changed since revision {revision}") from None
+            e = await self._kv[ROLLOUTS].get(check_key("deployment", name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return Rollout.from_json(e.value), e.revision
+
+    async def rollouts(self) -> dict[str, tuple[Rollout, int]]:
+        keys = await self._keys(ROLLOUTS)
+        got = await asyncio.gather(*(self.rollout(k) for k in keys))
+        return {k: g for k, g in zip(keys, got) if g is not None}
+
+    async def put_rollout(self, r: Rollout, revision: int) -> int:
+        """Write the record if it is still at `revision` (0: must not exist); ConflictError if not."""
+        return await self._cas(ROLLOUTS, check_key("deployment", r.deployment), r.to_json(), revision,
+                               f"rollout of {r.deployment}")
+
+    async def delete_rollout(self, name: str) -> None:
+        await self._kv[ROLLOUTS].delete(check_key("deployment", name))
+
+    async def control_rollout(self, name: str, action: str, who: str = "an operator") -> Rollout:
+        """Pause, resume or abort the rollout of `name`, retrying when the controller wrote the
+        record in between."""
+        for _ in range(10):
+            got = await self.rollout(name)
+            if got is None:
+                raise IotwasmError(f"fleet deployment {name}: no rollout recorded")
+            r, rev = got
+            try:
+                control(r, action, who=who)
+            except ValueError as e:
+                raise IotwasmError(str(e)) from None
+            try:
+                await self.put_rollout(r, rev)
+                return r
+            except ConflictError:
+                await asyncio.sleep(0.05)
+        raise IotwasmError(f"rollout of {name}: the record kept changing; try again")
 
     async def watch_bucket(self, bucket: str):
         """A watcher over every key of `bucket`: current values first, then each change."""
