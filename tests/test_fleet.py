@@ -146,6 +146,52 @@ def test_placement_by_labels_and_failover_of_a_dead_node(nats_server, tmp_path):
     asyncio.run(main())
 
 
+def test_messages_flow_through_a_fleet_pipeline_on_the_nodes_it_is_placed_on(nats_server, tmp_path):  # noqa: F811
+    """A fleet deployment with a bundled route: every matching node runs the pipeline; nodes it
+    leaves drop the route with the deployment."""
+    route = {"apiVersion": "iotwasm.io/v1", "kind": "Route", "metadata": {"name": "readings"},
+             "spec": {"source": {"bus": {"topic": "in/{device}"}}, "steps": ["conv"],
+                      "sinks": [{"store": {"table": "out"}}]}}
+
+    async def main():
+        ctl = Controller(nats_server.url, dead_after_s=1.5, interval_s=0.2)
+        await ctl.start()
+        members = [await Member(tmp_path, n, nats_server.url, labels).start() for n, labels in
+                   [("f1", {"site": "a"}), ("f2", {"site": "a"}), ("f3", {"site": "b"})]]
+        try:
+            digest = await ctl.store.put_module(ECHO)
+            doc = json.loads(fleet_deployment("conv", digest, {"nodeSelector": {"site": "a"}, "perNode": True}).to_json())
+            doc["deployment"]["spec"]["capabilities"] = {"topics": {"subscribe": ["in/#"], "publish": ["in/#"]}}
+            fd = FleetDeployment.parse({**doc, "routes": [route]})
+            rev = await ctl.store.put_deployment(fd, None)
+            a_nodes = members[:2]
+            await wait_for(lambda: all("readings" in m.node.routes for m in a_nodes), what="the route on site a")
+            assert "readings" not in members[2].node.routes and "conv" not in members[2].running()
+            for m in a_nodes:
+                for i in range(5):
+                    await m.node.bus.publish(f"in/d{i}", f"{m.node.config.name}-{i}".encode(), qos=1)
+            for m in a_nodes:
+                name = m.node.config.name
+                await wait_for(lambda m=m: len(m.node.store.query("out", limit=50)) == 5, what=f"5 rows on {name}")
+                assert sorted(r["payload"] for r in m.node.store.query("out", limit=50)) == \
+                    [f"{name}-{i}" for i in range(5)]
+            # narrowed to one node: the other drops route and deployment together
+            narrowed = FleetDeployment.parse({**json.loads(fd.to_json()),
+                                              "placement": {"nodeSelector": {"site": "a"}, "replicas": 1}})
+            await ctl.store.put_deployment(narrowed, rev)
+            await wait_for(lambda: sum("readings" in m.node.routes for m in a_nodes) == 1, what="one route left")
+            left = next(m for m in a_nodes if "readings" not in m.node.routes)
+            await wait_for(lambda: "conv" not in left.running(), what="deployment removed with its route")
+            with pytest.raises(ConfigError, match="routes: names must be unique"):
+                FleetDeployment.parse({**json.loads(fd.to_json()), "routes": [route, route]})
+        finally:
+            for m in members:
+                await m.stop()
+            await asyncio.wait_for(ctl.stop(), 10)
+
+    asyncio.run(main())
+
+
 def test_concurrent_writers_are_resolved_by_compare_and_set(nats_server):  # noqa: F811
     async def main():
         stores = [await FleetStore.connect(nats_server.url) for _ in range(8)]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import GuestTrap, IotwasmError, LimitExceeded
 from ..node import Node
-from ..node.manifests import Deployment
+from ..node.manifests import Deployment, Route
 from ..registry.signing import verify_any
 from .model import NodeInfo
 from .store import FleetStore, check_key
@@ -59,6 +59,7 @@ class FleetAgent:
         saved = self._load()
         self.applied_revision: int = saved.get("revision", 0)
         self.owned: set[str] = set(saved.get("owned", []))
+        self.owned_routes: set[str] = set(saved.get("owned_routes", []))
         self._last: tuple[dict, int] = (saved.get("assignment", {"deployments": {}}), self.applied_revision)
         #: deployment name → why its assignment could not be applied (refused artifact, …)
         self.problems: dict[str, str] = {}
@@ -82,7 +83,8 @@ class FleetAgent:
             return {}
 
     def _save(self, revision: int, assignment: dict) -> None:
-        body = json.dumps({"revision": revision, "owned": sorted(self.owned), "assignment": assignment})
+        body = json.dumps({"revision": revision, "owned": sorted(self.owned),
+                           "owned_routes": sorted(self.owned_routes), "assignment": assignment})
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
         with os.fdopen(fd, "w") as f:
             f.write(body)
@@ -190,7 +192,9 @@ class FleetAgent:
     def info(self) -> NodeInfo:
         return NodeInfo(self.id, self.labels, self.memory, self.instances,
                         assignment_revision=self.applied_revision, running=sorted(self.node.deployments),
-                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())],
+                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())] +
+                        [p for p in self.node.last_problems
+                         if any(p.startswith(f"Route {r}: ") for r in self.owned_routes)],
                         health=self.health())
 
     def health(self) -> dict[str, dict]:
@@ -232,6 +236,12 @@ class FleetAgent:
                 problems[name] = f"assignment entry unreadable: {e}"
                 continue
             wanted[name] = d
+        routes: dict[str, Route] = {}
+        for name, doc in assignment.get("routes", {}).items():
+            try:
+                routes[name] = Route.model_validate(doc)
+            except ValueError as e:
+                problems[f"route {name}"] = f"assignment entry unreadable: {e}"
         for name, why in problems.items():
             if self.problems.get(name) != why:
                 log.error("fleet deployment %s not applied on %s: %s", name, self.id, why)
@@ -246,6 +256,14 @@ class FleetAgent:
             if name not in problems:   # a refused update keeps the version that runs
                 applied.delete("Deployment", name)
         self.owned = set(wanted) | (self.owned & set(problems))
+        for name, r in routes.items():
+            old = applied.get("Route", name)
+            if old is None or old.model_dump(by_alias=True) != r.model_dump(by_alias=True):
+                applied.put(r, actor="fleet")
+        for name in self.owned_routes - set(routes):
+            if f"route {name}" not in problems:
+                applied.delete("Route", name)
+        self.owned_routes = set(routes) | {n for n in self.owned_routes if f"route {n}" in problems}
         self.applied_revision = revision
         self._last = (assignment, revision)
         await asyncio.to_thread(self._save, revision, assignment)

@@ -233,9 +233,11 @@ class Controller:
         for node_id in sorted(set(plan.assignments) | set(assignments)):
             names = plan.assignments.get(node_id, [])
             desired = {"deployments": {n: doc(n, node_id) for n in names},
+                       "routes": {r.name: r.model_dump(mode="json", by_alias=True)
+                                  for n in names for r in deployments[n][0].routes},
                        "revisions": {n: deployments[n][1] for n in names}}
             have, rev = assignments.get(node_id, ({"deployments": {}}, 0))
-            if have.get("deployments", {}) == desired["deployments"]:
+            if (have.get("deployments", {}), have.get("routes", {})) == (desired["deployments"], desired["routes"]):
                 continue
             if node_id not in live and not names and not have.get("deployments"):
                 continue

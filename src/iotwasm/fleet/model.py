@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..engine.limits import parse_duration_ms, parse_size
 from ..errors import ConfigError
-from ..node.manifests import Deployment, Strict
+from ..node.manifests import Deployment, Route, Strict
 
 
 @dataclass
@@ -122,12 +122,18 @@ class RolloutSpec(Strict):
 
 class FleetDeployment(Strict):
     deployment: Deployment
+    #: routes that run on every node the deployment is placed on (the fleet's pipelines); their
+    #: steps may name this deployment and any other the node runs
+    routes: list[Route] = []
     placement: Placement = Placement()
     #: staged replacement of a running version; without it a new version goes to every node at once
     rollout: RolloutSpec | None = None
 
     @model_validator(mode="after")
     def _pinned(self) -> "FleetDeployment":
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"routes: names must be unique (got {', '.join(names)})")
         # a digest names the same bytes on every node; a path or name:version would not
         if not re.match(r"^sha256:[0-9a-f]{64}$", self.deployment.spec.module):
             raise ValueError(f"deployment.spec.module {self.deployment.spec.module!r} must be a "
