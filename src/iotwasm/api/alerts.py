@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import httpx
 
 from ..errors import IotwasmError
 from ..node.node import Node
+from ..sqlite import open_db
 
 log = logging.getLogger("iotwasm.alerts")
 
@@ -62,8 +62,9 @@ class AlertRule:
 
 class AlertStore:
     def __init__(self, path: str | Path):
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("CREATE TABLE IF NOT EXISTS alert_rules (name TEXT PRIMARY KEY, spec TEXT NOT NULL)")
+        # the file is shared with the SecurityStore (api.db), hence its FULL sync
+        self._db = open_db(path, synchronous="FULL",
+                           schema="CREATE TABLE IF NOT EXISTS alert_rules (name TEXT PRIMARY KEY, spec TEXT NOT NULL)")
         self._lock = threading.Lock()
 
     def put(self, rule: AlertRule) -> None:

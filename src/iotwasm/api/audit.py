@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from ..sqlite import open_db
 
 GENESIS = "0" * 64
 FIELDS = ("id", "ts", "actor", "tenant", "action", "target", "outcome", "detail")
@@ -36,10 +37,8 @@ def row_hash(prev: str, row: dict) -> str:
 class AuditLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        # FULL: an acknowledged audit row must outlive a power cut, or the chain loses its tail
+        self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA)
         self._lock = threading.Lock()
 
     def append(self, actor: str, action: str, target: str = "", outcome: str = "ok", detail: str = "",

@@ -18,11 +18,12 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..sqlite import open_db
 
 ROLES = ("viewer", "operator", "admin")
 
@@ -78,10 +79,8 @@ def hash_token(token: str) -> str:
 class SecurityStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        # FULL: a token created or revoked must stay so after a power cut
+        self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA)
         self._lock = threading.Lock()
 
     def _x(self, sql: str, args: tuple = ()) -> list[tuple]:

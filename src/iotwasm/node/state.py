@@ -8,11 +8,12 @@ key-value data.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from ..sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -33,11 +34,7 @@ CREATE TABLE IF NOT EXISTS kv (
 class NodeState:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA)
         self._lock = threading.Lock()
         #: called with each event dict after it is stored (from any thread); for live views
         self.listeners: list = []

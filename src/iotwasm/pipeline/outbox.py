@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from ..errors import ConfigError, IotwasmError
+from ..sqlite import open_db
 
 log = logging.getLogger("iotwasm.outbox")
 
@@ -65,6 +65,14 @@ class OutboxStats:
     send_failures: int = 0
 
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_sink ON outbox(sink, id);
+"""
+
+
 class Outbox:
     """A durable FIFO per sink name, shared by every sink of a node (one SQLite file)."""
 
@@ -73,18 +81,11 @@ class Outbox:
         if overflow not in ("drop-oldest", "reject"):
             raise ConfigError(f"outbox overflow policy {overflow!r} is not drop-oldest or reject")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.overflow = overflow
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("""CREATE TABLE IF NOT EXISTS outbox (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL,
-            payload BLOB NOT NULL, created REAL NOT NULL)""")
-        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_sink ON outbox(sink, id)")
+        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA)
         self.stats: dict[str, OutboxStats] = {}
         rows, size = self._db.execute(
             "SELECT count(*), coalesce(sum(length(payload) + length(topic)), 0) FROM outbox").fetchone()

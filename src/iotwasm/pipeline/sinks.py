@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import logging
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from typing import Any, Awaitable
 from ..errors import ConfigError, IotwasmError
 from ..message import Message
 from ..messaging.bus import settled
+from ..sqlite import open_db
 from .outbox import INLINE_ROWS, Forwarder, Outbox, send_in_order
 from .templates import TopicTemplate
 
@@ -203,10 +203,7 @@ class LocalStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_db(self.path, synchronous="NORMAL")
         self._lock = threading.Lock()
         self._tables: set[str] = set()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import ConfigError
+from ..sqlite import open_db
 
 CONTEXT = b"iotwasm module signature v1\n"
 
@@ -138,11 +138,11 @@ class SignatureStore:
     """The signatures known for each module digest (SQLite, thread-safe)."""
 
     def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS signatures (digest TEXT NOT NULL, key_id TEXT NOT NULL, "
-                         "signature BLOB NOT NULL, added REAL NOT NULL, PRIMARY KEY (digest, key_id))")
+        # FULL: a signature accepted with a module must not vanish while the module stays
+        self._db = open_db(path, synchronous="FULL",
+                           schema="CREATE TABLE IF NOT EXISTS signatures (digest TEXT NOT NULL, "
+                                  "key_id TEXT NOT NULL, signature BLOB NOT NULL, added REAL NOT NULL, "
+                                  "PRIMARY KEY (digest, key_id))")
         self._lock = threading.Lock()
 
     def add(self, sig: Signature) -> None:

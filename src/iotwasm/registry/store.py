@@ -39,6 +39,7 @@ from ..engine.limits import Limits
 from ..engine.module import ExportInfo, ImportInfo, ModuleInfo, ModuleSource, digest_of, read_source
 from ..engine.runtime import Runtime
 from ..errors import ConfigError, InvalidModule, ModuleNotFound
+from ..sqlite import open_db
 
 #: digest prefixes shorter than this are refused: with few hex characters a prefix that is
 #: unique today can become ambiguous tomorrow, and a deployment would suddenly break
@@ -171,14 +172,11 @@ class ModuleStore:
         self._runtime = runtime
         self._own_runtime: Runtime | None = None
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.root / "index.db", isolation_level=None,
-                                   check_same_thread=False, timeout=30.0)
+        # WAL lets readers in other processes proceed while one process writes; NORMAL
+        # sync is durable across application crashes and costs one fsync per checkpoint.
+        self._db = open_db(self.root / "index.db", synchronous="NORMAL")
         self._closed = False
         with self._lock:
-            # WAL lets readers in other processes proceed while one process writes; NORMAL
-            # sync is durable across application crashes and costs one fsync per checkpoint.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._write():
                 found = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from ...errors import ConfigError
 from ...message import Message
 from ...messaging.topics import matches, validate_filter
 from ...messaging.errors import InvalidTopic
+from ...sqlite import open_db
 from ..templates import TopicPattern
 from .compiler import AGG, TOPIC, TS, WE, WS, AggSpec, Compiler, contains_aggregate
 from .functions import WINDOW_FUNCTIONS, EvalError
@@ -590,12 +590,9 @@ class RuleStateStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS rule_state (rule TEXT PRIMARY KEY, shape TEXT NOT NULL, "
-                         "state TEXT NOT NULL, saved REAL NOT NULL)")
+        self._db = open_db(self.path, synchronous="NORMAL",
+                           schema="CREATE TABLE IF NOT EXISTS rule_state (rule TEXT PRIMARY KEY, "
+                                  "shape TEXT NOT NULL, state TEXT NOT NULL, saved REAL NOT NULL)")
         self._lock = threading.Lock()
 
     def save(self, items: list[tuple[str, str, dict]]) -> None:
