@@ -17,9 +17,16 @@ def test_counts(text, value):
     assert parse_count(text) == value
 
 
-@pytest.mark.parametrize("text,value", [("50ms", 50), ("2s", 2000), ("250us", 0.25), ("7", 7)])
+@pytest.mark.parametrize("text,value", [("50ms", 50), ("2s", 2000), ("250us", 0.25), ("7", 7),
+                                        ("5m", 300_000), ("12h", 43_200_000), ("30d", 2_592_000_000)])
 def test_durations(text, value):
     assert parse_duration_ms(text) == value
+
+
+@pytest.mark.parametrize("bad", ["3w", "1y", "12 hours", "-1h", "h"])
+def test_bad_duration_names_the_value(bad):
+    with pytest.raises(ConfigError, match=f"cannot read duration {bad!r}"):
+        parse_duration_ms(bad)
 
 
 @pytest.mark.parametrize("bad", ["16Qi", "lots", "-5Mi", ""])

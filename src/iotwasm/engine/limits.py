@@ -18,7 +18,7 @@ _SIZE_UNITS = {
     "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
 }
 _COUNT_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "b": 1000**3}
-_TIME_UNITS = {"us": 0.001, "µs": 0.001, "ms": 1, "s": 1000, "m": 60_000, "": 1}
+_TIME_UNITS = {"us": 0.001, "µs": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "": 1}
 _NUM = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
@@ -32,7 +32,7 @@ def _parse(text: str | int | float, units: dict[str, float], what: str) -> float
 
 
 def _example(what: str) -> str:
-    return {"size": "16Mi, 512Ki, 1G", "count": "10M, 500k, 1000", "duration": "50ms, 2s"}[what]
+    return {"size": "16Mi, 512Ki, 1G", "count": "10M, 500k, 1000", "duration": "50ms, 2s, 5m, 12h, 30d"}[what]
 
 
 def parse_size(text: str | int) -> int:
@@ -46,7 +46,7 @@ def parse_count(text: str | int) -> int:
 
 
 def parse_duration_ms(text: str | int | float) -> float:
-    """'50ms' -> 50.0; bare numbers are milliseconds."""
+    """'50ms' -> 50.0; units us, ms, s, m (minutes), h, d; bare numbers are milliseconds."""
     return _parse(text, _TIME_UNITS, "duration")
 
 
