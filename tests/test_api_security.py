@@ -12,6 +12,7 @@ import wasmtime
 
 from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
 from conftest import ECHO_WAT
+from iotwasm.api.security import SecurityStore, hash_token, utc
 from iotwasm.registry.signing import generate_key, load_private, sign_digest
 from iotwasm.engine.module import digest_of
 
@@ -272,3 +273,49 @@ def test_acl_denials_are_audited_per_route_with_their_count(api):
     assert all(r["target"] == "route/r" and "refused by topic ACLs" in r["detail"] for r in rows)
     assert rows[0]["detail"].endswith("(3 in all)")
     assert api.node.store.count("out") == 0
+
+
+def test_a_token_with_an_expiry_is_refused_as_expired_once_it_passes(api):
+    a = api.admin
+    r = a.post("/v1/tokens", json={"name": "brief", "role": "viewer", "expires_in": "1s"})
+    assert r.status_code == 201, r.text
+    tok = r.json()
+    assert tok["expires"] is not None
+    brief = api.client(tok["token"])
+    assert brief.get("/v1/node").status_code == 200
+    r = wait_for(lambda: (x := brief.get("/v1/node")).status_code == 401 and x, what="the token to expire")
+    assert r.json()["detail"] == f"token {tok['id']} expired at {utc(tok['expires'])}"
+    assert r.json()["type"].endswith("/token-expired")
+    # an unknown token is still told apart from an expired one
+    assert "unknown or revoked" in api.client("iot_wrong").get("/v1/node").json()["detail"]
+    listed = {t["id"]: t for t in a.get("/v1/tokens").json()}
+    assert listed[tok["id"]]["expires"] == tok["expires"] and listed[tok["id"]]["expired"] is True
+    admin = next(t for t in listed.values() if t["name"] == "initial-admin")
+    assert admin["expires"] is None and admin["expired"] is False  # the first admin token never expires
+    rows = a.get("/v1/audit", params={"action": "auth.denied"}).json()
+    assert any(row["actor"] == f"brief ({tok['id']})" and row["detail"] == r.json()["detail"] for row in rows)
+
+
+@pytest.mark.parametrize("bad", ["3w", "3600", "0s", "-1h", "99999d"])
+def test_a_malformed_expiry_is_refused_naming_the_field(api, bad):
+    r = api.admin.post("/v1/tokens", json={"name": "x", "role": "viewer", "expires_in": bad})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("body.expires_in: "), r.json()["detail"]
+    assert bad in r.json()["detail"]
+
+
+def test_tokens_of_a_database_from_before_expiry_keep_working(tmp_path):
+    old = tmp_path / "api.db"
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, name TEXT NOT NULL, "
+                   "role TEXT NOT NULL, tenant TEXT, created REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO tokens VALUES ('abcd1234', ?, 'old', 'operator', NULL, 1.0, 0)",
+                   (hash_token("iot_old"),))
+    store = SecurityStore(old)
+    try:
+        assert store.authenticate("iot_old").token_id == "abcd1234"
+        assert store.tokens()[0]["expires"] is None and store.tokens()[0]["expired"] is False
+        tid, secret, expires = store.create_token("new", "viewer", expires_in_s=3600)
+        assert expires is not None and store.authenticate(secret).token_id == tid
+    finally:
+        store.close()

@@ -79,6 +79,13 @@ def test_cli_drives_a_node_end_to_end(node):
     cli(node, "tenant", "trust", "acme", "--key", str(tmp / "dev.pub"))
     token = cli(node, "token", "create", "acme-ops", "--role", "operator", "--tenant", "acme").stdout.strip()
     assert token.startswith("iot_")
+    brief = json.loads(cli(node, "token", "create", "brief", "--role", "viewer", "--expires", "30d",
+                           "-o", "json").stdout)
+    assert brief["expires"] > time.time() + 29 * 86400
+    listed = cli(node, "token", "ls").stdout
+    assert time.strftime("%Y-%m-%d", time.localtime(brief["expires"])) in listed and "(expired)" not in listed
+    r = cli(node, "token", "create", "x", "--role", "viewer", "--expires", "soon", ok=False)
+    assert r.returncode == 1 and "body.expires_in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     cli(node, "context", "set", "acme", "--url", node["url"], "--token", token)  # now the current one
     pushed = json.loads(cli(node, "modules", "push", str(wasm), "--name", "counter", "--version", "1.0.0",
                             "-o", "json").stdout)

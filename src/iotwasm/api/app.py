@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, IotwasmError, ModuleNotFound
@@ -35,7 +35,7 @@ from .audit import AuditLog
 from .metrics import LatencyHistograms, exposition, readiness
 from .policy import (LoadPolicy, PolicyError, QuotaExceeded, admit_manifests, check_signed, desired,
                      namespace_of)
-from .security import ROLES, Principal, SecurityStore, Tenant
+from .security import ROLES, Principal, SecurityStore, Tenant, TokenExpired, expiry_seconds, utc
 
 MAX_MODULE = 64 * 1024 * 1024
 MAX_MANIFEST = 1024 * 1024
@@ -92,6 +92,16 @@ class TokenBody(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     role: Literal["viewer", "operator", "admin"]
     tenant: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    expires_in: str | None = Field(None, max_length=40, examples=["12h", "30d"],
+                                   description="lifetime from now: a number with a unit s, m, h or d, at most "
+                                               "3650d; omitted: the token never expires")
+
+    @field_validator("expires_in")
+    @classmethod
+    def _lifetime(cls, v: str | None) -> str | None:
+        if v is not None:
+            expiry_seconds(v)
+        return v
 
 
 class TenantBody(BaseModel):
@@ -230,7 +240,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 ctx.audit.append("anonymous", "auth.denied", where, "denied", "no bearer token")
                 raise Problem(401, "Unauthorized", "this call needs 'Authorization: Bearer <token>'",
                               "unauthorized")
-            who = ctx.security.authenticate(cred.credentials)
+            try:
+                who = ctx.security.authenticate(cred.credentials)
+            except TokenExpired as e:
+                ctx.denied += 1
+                ctx.audit.append(e.who.actor, "auth.denied", where, "denied", str(e), tenant=e.who.tenant)
+                raise Problem(401, "Unauthorized", str(e), "token-expired")
             if who is None:
                 ctx.denied += 1
                 ctx.audit.append("anonymous", "auth.denied", where, "denied", "unknown or revoked token")
@@ -667,9 +682,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def create_token(body: TokenBody, who: Principal = Depends(admin)) -> dict:
         if who.tenant is not None and body.tenant != who.tenant:
             deny(who, "token.create", body.name, PolicyError("a tenant admin creates tokens of its own tenant only"))
-        token_id, secret = ctx.security.create_token(body.name, body.role, body.tenant)
-        audit(who, "token.create", f"token/{token_id}", f"{body.name} role {body.role} tenant {body.tenant}")
-        return {"id": token_id, "token": secret, "name": body.name, "role": body.role, "tenant": body.tenant}
+        lifetime = expiry_seconds(body.expires_in) if body.expires_in else None
+        token_id, secret, expires = ctx.security.create_token(body.name, body.role, body.tenant, lifetime)
+        audit(who, "token.create", f"token/{token_id}", f"{body.name} role {body.role} tenant {body.tenant}"
+              + (f" expires {utc(expires)}" if expires else ""))
+        return {"id": token_id, "token": secret, "name": body.name, "role": body.role, "tenant": body.tenant,
+                "expires": expires}
 
     @app.get("/v1/tokens", tags=["security"], summary="List tokens (never their secrets)")
     async def list_tokens(who: Principal = Depends(admin)) -> list[dict]:

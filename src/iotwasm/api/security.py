@@ -3,7 +3,9 @@
 * **Tokens** are 32 random bytes shown once (``iot_<base64url>``); only their sha256 is stored.
   A slow password hash buys nothing for 256-bit random secrets, and a fast lookup keeps every
   request cheap. A token has a role and, optionally, a tenant: a tenant token sees and changes
-  only its own namespace; a token without a tenant acts on every namespace.
+  only its own namespace; a token without a tenant acts on every namespace. A token may expire
+  (``expires``, a UNIX time); an expired token is refused as such, not as unknown, so its
+  holder learns to get a new one instead of suspecting a typo.
 * **Roles** are ordered: viewer (read) < operator (apply, scale, suspend, delete, push
   modules) < admin (tokens, tenants, trusted keys, audit).
 * **Tenants** are manifest namespaces. Each has quotas (total memory of all replicas,
@@ -17,20 +19,26 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from ..engine.limits import parse_duration_ms
+from ..errors import ConfigError
 from ..sqlite import open_db
 
 ROLES = ("viewer", "operator", "admin")
+#: the longest expiry a token may be given: beyond it, make a token that does not expire
+MAX_EXPIRY_S = 3650 * 86400
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, name TEXT NOT NULL, role TEXT NOT NULL,
-    tenant TEXT, created REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+    tenant TEXT, created REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0, expires REAL);
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trusted_keys (
     tenant TEXT NOT NULL, key_id TEXT NOT NULL, public_pem TEXT NOT NULL, PRIMARY KEY (tenant, key_id));
@@ -72,6 +80,35 @@ class Tenant:
         return asdict(self)
 
 
+class TokenExpired(Exception):
+    """A known, unrevoked token presented after its expiry time."""
+
+    def __init__(self, who: Principal, expires: float):
+        self.who, self.expires = who, expires
+        super().__init__(f"token {who.token_id} expired at {utc(expires)}")
+
+
+def expiry_seconds(text: str) -> float:
+    """'30d' -> 2592000.0. A unit is required: a bare number would mean milliseconds elsewhere
+    and seconds to many readers, and a token that lives 1000 times shorter or longer than meant
+    is worse than a refused request. Raises ValueError (a 422 naming the field)."""
+    if re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*", text):
+        raise ValueError(f"{text!r} needs a unit: s, m, h or d (e.g. 12h, 30d)")
+    try:
+        seconds = parse_duration_ms(text) / 1000
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be more than zero")
+    if seconds > MAX_EXPIRY_S:
+        raise ValueError(f"{text!r} is longer than {MAX_EXPIRY_S // 86400}d; omit it for a token that does not expire")
+    return seconds
+
+
+def utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -81,6 +118,9 @@ class SecurityStore:
         self.path = Path(path)
         # FULL: a token created or revoked must stay so after a power cut
         self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
+        if "expires" not in columns:  # a database from before tokens could expire
+            self._db.execute("ALTER TABLE tokens ADD COLUMN expires REAL")
         self._lock = threading.Lock()
 
     def _x(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -92,25 +132,39 @@ class SecurityStore:
             self._db.close()
 
     # -- tokens ----------------------------------------------------------------------------
-    def create_token(self, name: str, role: str, tenant: str | None = None) -> tuple[str, str]:
-        """A new token; returns (id, secret). The secret is not stored and cannot be shown again."""
+    def create_token(self, name: str, role: str, tenant: str | None = None,
+                     expires_in_s: float | None = None) -> tuple[str, str, float | None]:
+        """A new token; returns (id, secret, expires). The secret is not stored and cannot be
+        shown again; `expires_in_s` None makes a token that never expires."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)} (got {role!r})")
         token_id = secrets.token_hex(4)
         secret = "iot_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-        self._x("INSERT INTO tokens VALUES (?,?,?,?,?,?,0)",
-                (token_id, hash_token(secret), name, role, tenant, time.time()))
-        return token_id, secret
+        now = time.time()
+        expires = None if expires_in_s is None else round(now + expires_in_s, 3)
+        self._x("INSERT INTO tokens(id, hash, name, role, tenant, created, revoked, expires) "
+                "VALUES (?,?,?,?,?,?,0,?)", (token_id, hash_token(secret), name, role, tenant, now, expires))
+        return token_id, secret, expires
 
     def authenticate(self, secret: str) -> Principal | None:
-        rows = self._x("SELECT id, name, role, tenant FROM tokens WHERE hash = ? AND revoked = 0",
+        """The token's principal; None for an unknown or revoked token; raises TokenExpired for
+        an expired one."""
+        rows = self._x("SELECT id, name, role, tenant, expires FROM tokens WHERE hash = ? AND revoked = 0",
                        (hash_token(secret),))
-        return Principal(*rows[0]) if rows else None
+        if not rows:
+            return None
+        *fields, expires = rows[0]
+        who = Principal(*fields)
+        if expires is not None and time.time() >= expires:
+            raise TokenExpired(who, expires)
+        return who
 
     def tokens(self) -> list[dict]:
-        rows = self._x("SELECT id, name, role, tenant, created, revoked FROM tokens ORDER BY created")
+        rows = self._x("SELECT id, name, role, tenant, created, revoked, expires FROM tokens ORDER BY created")
+        now = time.time()
         return [{"id": r[0], "name": r[1], "role": r[2], "tenant": r[3], "created": r[4],
-                 "revoked": bool(r[5])} for r in rows]
+                 "revoked": bool(r[5]), "expires": r[6], "expired": r[6] is not None and now >= r[6]}
+                for r in rows]
 
     def revoke(self, token_id: str) -> bool:
         with self._lock:
@@ -122,10 +176,11 @@ class SecurityStore:
 
     def ensure_admin(self, data_dir: Path) -> Path | None:
         """On first start, create an admin token and write it to ``admin.token`` (mode 0600)
-        under `data_dir`; returns that path when it created one."""
+        under `data_dir`; returns that path when it created one. It never expires: it is how
+        an operator gets in to make every other token, and a node must not lock its owner out."""
         if self.has_tokens():
             return None
-        _, secret = self.create_token("initial-admin", "admin")
+        _, secret, _ = self.create_token("initial-admin", "admin")
         path = Path(data_dir) / "admin.token"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -262,8 +262,10 @@ def get(kind: str = typer.Argument(..., help="deployments, routes, rules, module
                      x["max_deployments"], "required" if x["require_signatures"] else "-",
                      ", ".join(x["trusted_keys"]) or "-"] for x in data])
     elif k == "tokens":
-        t = _table(None, ["id", "name", "role", "tenant", "created", "revoked"],
-                   [[x["id"], x["name"], x["role"], x["tenant"], _ts(x["created"]), x["revoked"]] for x in data])
+        t = _table(None, ["id", "name", "role", "tenant", "created", "expires", "revoked"],
+                   [[x["id"], x["name"], x["role"], x["tenant"], _ts(x["created"]),
+                     _ts(x.get("expires")) + (" (expired)" if x.get("expired") else ""), x["revoked"]]
+                    for x in data])
     else:
         t = _table(None, ["time", "kind", "object", "message"],
                    [[_ts(e["ts"]), e["kind"], e["object"], e["message"]] for e in data])
@@ -493,9 +495,11 @@ token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
 @token_app.command("create")
 def token_create(name: str, role: str = typer.Option(..., help="viewer, operator or admin"),
                  tenant: Optional[str] = typer.Option(None, help="confine the token to this namespace"),
+                 expires: Optional[str] = typer.Option(None, help="lifetime, e.g. 12h or 30d (default: never expires)"),
                  context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Create a token; its secret is printed once."""
-    data = Client(context).call("POST", "/v1/tokens", json={"name": name, "role": role, "tenant": tenant})
+    data = Client(context).call("POST", "/v1/tokens", json={"name": name, "role": role, "tenant": tenant,
+                                                            "expires_in": expires})
     if output == "json":
         emit(data, "json")
     else:
