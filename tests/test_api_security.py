@@ -12,6 +12,7 @@ import wasmtime
 
 from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
 from conftest import ECHO_WAT
+from iotwasm.api.audit import AuditLog, DenialThrottle
 from iotwasm.api.security import SecurityStore, hash_token, utc
 from iotwasm.registry.signing import generate_key, load_private, sign_digest
 from iotwasm.engine.module import digest_of
@@ -81,6 +82,11 @@ def apply(client, text):
     return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
 
 
+def denied_total(api) -> float:
+    text = api.admin.get("/metrics").text
+    return float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("iotwasm_api_denied_total ")))
+
+
 def test_every_route_is_refused_without_a_token_or_with_a_weaker_role(api):
     spec = api.admin.get("/openapi.json").json()
     listed = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
@@ -100,9 +106,13 @@ def test_every_route_is_refused_without_a_token_or_with_a_weaker_role(api):
                               timeout=10, **kw)
             assert r.status_code == 403, (method, path, weak, r.status_code, r.text)
             assert f"needs role {role}" in r.json()["detail"]
-    # each refusal is audited as a security event
+    # each refusal is counted; those of a valid token are audited one by one, those without one
+    # at a bounded rate (see the flood test below)
+    weak = sum(1 for role in ROUTES.values() if role in WEAKER)
+    assert denied_total(api) == 3 * len(ROUTES) + weak
     denied = api.admin.get("/v1/audit", params={"action": "auth.denied", "limit": 1000}).json()
-    assert len(denied) >= 3 * len(ROUTES)
+    assert sum(1 for row in denied if row["actor"] != "anonymous") == weak
+    assert sum(1 for row in denied if row["actor"] == "anonymous") > 0
     # a revoked token stops working at once
     tid = api.admin.post("/v1/tokens", json={"name": "short", "role": "viewer"}).json()
     assert api.client(tid["token"]).get("/v1/node").status_code == 200
@@ -319,3 +329,60 @@ def test_tokens_of_a_database_from_before_expiry_keep_working(tmp_path):
         assert expires is not None and store.authenticate(secret).token_id == tid
     finally:
         store.close()
+
+
+def test_a_flood_of_requests_without_a_valid_token_writes_a_bounded_audit_with_counts(tmp_path):
+    api = ApiNode(tmp_path).start()
+    api.server.ctx.denials.window_s = 3600  # one window for the whole burst, however slow the machine
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as anon:
+            for _ in range(500):
+                assert anon.get("/v1/node").status_code == 401
+            for i in range(200):  # another path each time: still one route, one group
+                assert anon.get(f"/v1/deployments/d{i}", headers={"Authorization": "Bearer iot_guess"}).status_code == 401
+        assert denied_total(api) == 700  # every denial counted, written or not
+        rows = api.admin.get("/v1/audit", params={"actor": "anonymous", "limit": 1000}).json()
+        assert sum(1 for r in rows if r["detail"] == "no bearer token") == 10
+        assert sum(1 for r in rows if r["detail"] == "unknown or revoked token") == 10
+    finally:
+        api.stop()  # ends the window: its summaries are written, nothing is lost
+    log = AuditLog(api.data / "audit.db")
+    try:
+        rows = log.query(actor="anonymous", limit=1000)
+        summaries = {r["target"]: r["detail"] for r in rows if "suppressed" in r["detail"]}
+        assert set(summaries) == {"GET /v1/node", "GET /v1/deployments/{name}"}
+        assert summaries["GET /v1/node"].startswith("no bearer token … and 490 more denials suppressed in ")
+        assert summaries["GET /v1/deployments/{name}"].startswith("unknown or revoked token … and 190 more ")
+        assert len(rows) == 10 + 10 + 2
+        assert log.verify()["ok"]
+    finally:
+        log.close()
+
+
+def test_denial_summaries_are_written_when_the_window_ends(tmp_path):
+    now = [1000.0]
+    log = AuditLog(tmp_path / "audit.db")
+    throttle = DenialThrottle(log, per_group=3, total=5, window_s=60, clock=lambda: now[0])
+    try:
+        for i in range(20):
+            throttle.denied("anonymous", f"GET /v1/deployments/d{i}", "no bearer token", "GET /v1/deployments/{name}")
+        for i in range(4):
+            throttle.denied("anonymous", "GET /v1/node", "no bearer token", "GET /v1/node")
+        # 3 of the first group; 2 of the second before the window's total of 5 is reached
+        assert [r["target"] for r in log.query(limit=100)].count("GET /v1/node") == 2
+        assert len(log.query(limit=100)) == 5
+        throttle.sweep()
+        assert len(log.query(limit=100)) == 5  # the window has not ended yet
+        now[0] += 60
+        throttle.sweep()
+        summaries = {r["target"]: r["detail"] for r in log.query(limit=100) if "suppressed" in r["detail"]}
+        assert summaries["GET /v1/deployments/{name}"].startswith("no bearer token … and 17 more denials "
+                                                                   "suppressed in 60 s from ")
+        assert summaries["GET /v1/node"].startswith("no bearer token … and 2 more denials")
+        throttle.sweep()
+        assert len(log.query(limit=100)) == 7  # once
+        throttle.denied("anonymous", "GET /v1/node", "no bearer token", "GET /v1/node")  # a new window
+        assert len(log.query(limit=100)) == 8
+        assert log.verify() == {**log.verify(), "ok": True, "rows": 8}
+    finally:
+        log.close()

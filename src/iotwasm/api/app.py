@@ -5,7 +5,8 @@ Every route except the two probes (``/healthz``, ``/readyz``) needs a bearer tok
 sufficient role, and tenant tokens see only their namespace: an object of another namespace is
 answered 404, exactly like one that does not exist, so names do not leak across tenants.
 Errors are RFC 9457 problem documents (``application/problem+json``) with one clear line in
-``detail``. Every mutating call and every denied request goes to the audit log.
+``detail``. Every mutating call and every denied request goes to the audit log; denials of
+requests without a valid token at a bounded rate, with counts of what was left out.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..node.manifests import Deployment, ManifestError, parse_documents
 from ..node.node import Node
 from ..registry.signing import Signature, SignatureError, SignatureStore
 from .alerts import METRICS, AlertEvaluator, AlertRule, AlertStore
-from .audit import AuditLog
+from .audit import AuditLog, DenialThrottle
 from .metrics import LatencyHistograms, exposition, readiness
 from .policy import (LoadPolicy, PolicyError, QuotaExceeded, admit_manifests, check_signed, desired,
                      namespace_of)
@@ -146,6 +147,7 @@ class ApiContext:
         self.node = node
         self.security = SecurityStore(data_dir / "api.db")
         self.audit = AuditLog(data_dir / "audit.db")
+        self.denials = DenialThrottle(self.audit)
         self.signatures = SignatureStore(Path(node.registry.root) / "signatures.db")
         self.requests = 0
         self.denied = 0
@@ -154,6 +156,7 @@ class ApiContext:
         self.alerts = AlertEvaluator(node, self.alert_rules, on_fire=self._alert_fired)
         self._acl_seen: dict[str, int] = {}
         self.alerts.after_evaluation.append(self._sweep_acl_denials)
+        self.alerts.after_evaluation.append(self.denials.sweep)
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
 
@@ -191,6 +194,7 @@ class ApiContext:
             self.node.state.listeners.remove(self._node_event)
         self.security.close()
         self.alert_rules.close()
+        self.denials.flush()
         self.audit.close()
         self.signatures.close()
 
@@ -235,20 +239,22 @@ def create_app(ctx: ApiContext) -> FastAPI:
                       cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
             ctx.requests += 1
             where = f"{request.method} {request.url.path}"
+            # without a valid token, denials are audited at a bounded rate, grouped by route
+            route = f"{request.method} {getattr(request.scope.get('route'), 'path', request.url.path)}"
             if cred is None or cred.scheme.lower() != "bearer":
                 ctx.denied += 1
-                ctx.audit.append("anonymous", "auth.denied", where, "denied", "no bearer token")
+                ctx.denials.denied("anonymous", where, "no bearer token", route)
                 raise Problem(401, "Unauthorized", "this call needs 'Authorization: Bearer <token>'",
                               "unauthorized")
             try:
                 who = ctx.security.authenticate(cred.credentials)
             except TokenExpired as e:
                 ctx.denied += 1
-                ctx.audit.append(e.who.actor, "auth.denied", where, "denied", str(e), tenant=e.who.tenant)
+                ctx.denials.denied(e.who.actor, where, str(e), route, tenant=e.who.tenant)
                 raise Problem(401, "Unauthorized", str(e), "token-expired")
             if who is None:
                 ctx.denied += 1
-                ctx.audit.append("anonymous", "auth.denied", where, "denied", "unknown or revoked token")
+                ctx.denials.denied("anonymous", where, "unknown or revoked token", route)
                 raise Problem(401, "Unauthorized", "unknown or revoked token", "unauthorized")
             if not who.has(role):
                 ctx.denied += 1

@@ -5,6 +5,10 @@ changing, deleting or reordering any row breaks the chain from that row on; `ver
 the chain and names the first row that does not match. The chain detects tampering by anyone
 who cannot also recompute every later hash; pin the latest hash elsewhere (``GET
 /v1/audit/verify`` returns it) to detect even that.
+
+Denials of requests that carry no valid token go through a `DenialThrottle`: anyone who can
+reach the port can send them, so writing each one would let a flood grow the log without
+bound.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..sqlite import open_db
+from .security import utc
 
 GENESIS = "0" * 64
 FIELDS = ("id", "ts", "actor", "tenant", "action", "target", "outcome", "detail")
@@ -102,3 +108,73 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class DenialThrottle:
+    """Audits denials of unauthenticated requests (no token, an unknown or an expired one) at a
+    bounded rate, and says how many it left out.
+
+    Denials are grouped by actor, reason and route (the route's template, so varying a path
+    parameter does not make a new group). In each window of `window_s` seconds, the first
+    `per_group` denials of a group are written as usual, as long as the window has written
+    fewer than `total` in all; the others are only counted. When the window ends, each group
+    that had denials left out gets one summary row saying how many, in the same hash chain as
+    every other row. So a flood writes at most `total` rows plus one summary per group per
+    window. Windows end on the next denial after them, on `sweep()` (the API calls it every
+    second) and on `flush()` (at shutdown, so no count is lost). Denials by a valid token (too
+    weak a role, a policy) are not throttled: they name a holder who can be asked or revoked.
+    """
+
+    def __init__(self, log: AuditLog, *, per_group: int = 10, total: int = 100, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.log, self.per_group, self.total, self.window_s = log, per_group, total, window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._start: float | None = None  # the current window's start (clock), None: no window
+        self._start_wall = 0.0
+        self._written = 0
+        #: (actor, tenant, reason, route) -> [written, left out] in the current window
+        self._groups: dict[tuple[str, str, str, str], list[int]] = {}
+
+    def denied(self, actor: str, target: str, reason: str, route: str, tenant: str | None = None) -> None:
+        """One denial of a request to `target` (method and path) matched to `route`."""
+        with self._lock:
+            now = self._clock()
+            summaries = self._end_window(now) if self._start is not None and now - self._start >= self.window_s else []
+            if self._start is None:
+                self._start, self._start_wall = now, time.time()
+            group = self._groups.setdefault((actor, tenant or "", reason, route), [0, 0])
+            write = group[0] < self.per_group and self._written < self.total
+            if write:
+                group[0] += 1
+                self._written += 1
+            else:
+                group[1] += 1
+        self._write(summaries)
+        if write:
+            self.log.append(actor, "auth.denied", target, "denied", reason, tenant=tenant)
+
+    def sweep(self) -> None:
+        """Write the summaries of a window that has ended."""
+        with self._lock:
+            ended = self._start is not None and self._clock() - self._start >= self.window_s
+            summaries = self._end_window(self._clock()) if ended else []
+        self._write(summaries)
+
+    def flush(self) -> None:
+        """End the current window now and write its summaries."""
+        with self._lock:
+            summaries = self._end_window(self._clock()) if self._start is not None else []
+        self._write(summaries)
+
+    def _end_window(self, now: float) -> list[tuple]:
+        span = min(now - self._start, self.window_s)
+        out = [(key, n, span, self._start_wall) for key, (_, n) in self._groups.items() if n]
+        self._start, self._written, self._groups = None, 0, {}
+        return out
+
+    def _write(self, summaries: list[tuple]) -> None:
+        for (actor, tenant, reason, route), n, span, start in summaries:
+            self.log.append(actor, "auth.denied", route, "denied",
+                            f"{reason} … and {n:,} more denials suppressed in {span:.3g} s from {utc(start)}",
+                            tenant=tenant or None)
