@@ -17,7 +17,7 @@ from iotwasm.fleet import (ArtifactError, ConflictError, Controller, FleetAgent,
 from iotwasm.node import Node, NodeConfig
 from iotwasm.registry.signing import generate_key, key_id, load_private, load_public, sign_digest
 
-from brokers import nats_server  # noqa: F401
+from brokers import nats_server, stop_processes  # noqa: F401
 from conftest import ECHO_WAT
 
 ECHO = wasmtime.wat2wasm(ECHO_WAT)
@@ -307,14 +307,7 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             assert "one" in rows[other]["assigned"] and "all" in rows["p3"]["assigned"]
         finally:
             await store.close()
-            for p in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs.values())
 
     asyncio.run(main())
 
