@@ -104,9 +104,11 @@ fleet_app = typer.Typer(no_args_is_help=True, help="Fleet desired state: deploym
 def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>, placement: {...}}"),
           fleet: str = FLEET) -> None:
     """Create or update a fleet deployment (compare-and-set); a module given as a local path is
-    uploaded to the fleet object store and replaced by its digest."""
+    uploaded to the fleet object store and replaced by its digest, with its signature when
+    MODULE.sig (from `iotwasm sign`) lies next to it."""
     from ..engine.module import read_source
     from ..fleet import FleetDeployment
+    from ..registry.signing import Signature
 
     try:
         doc = yaml.safe_load(file.read_text())
@@ -120,7 +122,14 @@ def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>
         if not module.startswith("sha256:"):
             path = (file.parent / module) if not Path(module).is_absolute() else Path(module)
             _, wasm = read_source(path)
-            doc["deployment"]["spec"]["module"] = await store.put_module(wasm)
+            digest = doc["deployment"]["spec"]["module"] = await store.put_module(wasm)
+            sig_file = path.with_name(path.name + ".sig")
+            if sig_file.exists():
+                sig = Signature.from_json(sig_file.read_text(), str(sig_file))
+                if sig.digest != digest:
+                    raise IotwasmError(f"{sig_file}: signs {sig.digest}, but {path} is {digest} "
+                                       "(sign the module again)")
+                await store.put_signature(sig)
         fd = FleetDeployment.parse(doc, str(file))
         current = await store.deployment(fd.name)
         rev = await store.put_deployment(fd, current[1] if current else None)
