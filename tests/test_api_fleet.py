@@ -114,6 +114,10 @@ def test_fleet_views_show_the_fleet_to_operators_and_answer_503_when_the_link_is
         assert status.returncode == 0, status.stderr
         assert "2 live node(s)" in status.stdout and "b-only" in status.stdout
         assert "mars: 0 of 1 copies assigned" in status.stderr
+        status = subprocess.run([*CLI, "fleet", "status", "-o", "json"], capture_output=True, text=True, env=env,
+                                timeout=60)
+        doc = json.loads(status.stdout)
+        assert doc["summary"]["nodes"] == 2 and [d["name"] for d in doc["deployments"]] == ["b-only", "everywhere", "mars"]
 
         # a hung server (connections open, nothing answered): 503 after the API's bound
         nats_server.pause()

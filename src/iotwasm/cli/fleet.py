@@ -178,7 +178,7 @@ def status(context: Optional[str] = typer.Option(None, "--context", help="API co
     summary = c.call("GET", "/v1/fleet")
     deployments = c.call("GET", "/v1/fleet/deployments")
     if output == "json":
-        print(json.dumps({**summary, "deployment_rows": deployments}, indent=2))
+        print(json.dumps({"summary": summary, "deployments": deployments}, indent=2))
         return
     copies = summary["copies"]
     out.print(f"fleet {summary['url']} · seen from node {summary['node']} · {summary['nodes']} live node(s) · "
