@@ -20,12 +20,17 @@ ECHO_WASM = bytes(wasmtime.wat2wasm(ECHO_WAT))
 
 
 class ApiNode:
-    def __init__(self, tmp: Path, manifests: Path | None = None):
+    """`fleet`: FleetAgent keyword arguments (url, labels, …) to run the node in a fleet."""
+
+    def __init__(self, tmp: Path, manifests: Path | None = None, fleet: dict | None = None,
+                 name: str = "testnode"):
         self.tmp = tmp
+        self.fleet = fleet
+        self.agent = None
         self.data = tmp / "data"
         self.ingest_port = free_port()
         self.config = NodeConfig(data_dir=self.data, manifests=manifests, sync_interval_s=0.05,
-                                 http=f"127.0.0.1:{self.ingest_port}", name="testnode")
+                                 http=f"127.0.0.1:{self.ingest_port}", name=name)
         self.node: Node | None = None
         self.server: ApiServer | None = None
         self.loop = asyncio.new_event_loop()
@@ -40,18 +45,32 @@ class ApiNode:
         except BaseException as e:  # surfaced by start()
             self._error = e
             self._ready.set()
+        finally:  # what clients left behind (NATS subscriptions' tasks) ends with the loop
+            left = asyncio.all_tasks(self.loop)
+            for t in left:
+                t.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
     async def _main(self) -> None:
         self.node = Node(self.config)
-        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}", alert_interval_s=0.05))
+        if self.fleet is not None:
+            from iotwasm.fleet import FleetAgent
+
+            self.agent = FleetAgent(self.node, **self.fleet)
+        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}", alert_interval_s=0.05),
+                                fleet=self.agent)
         await self.server.start()
         task = asyncio.create_task(self.node.run())
         while not self.node.ready and not task.done():
             await asyncio.sleep(0.01)
+        if self.agent is not None:
+            self.agent.start()
         self._ready.set()
         try:
             await task
         finally:
+            if self.agent is not None:
+                await self.agent.stop()
             await self.server.stop()
 
     def start(self) -> "ApiNode":

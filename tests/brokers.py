@@ -272,6 +272,20 @@ class NatsServer(BrokerProcess):
         return f"nats://{self.host}:{self.port}"
 
 
+def stop_processes(procs, timeout: float = 20.0) -> None:
+    """SIGTERM every process still running, all at once, then wait; SIGKILL what does not exit."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 def _broker_fixture(cls, tmp_path_factory):
     broker = cls(tmp_path_factory.mktemp(cls.name))
     broker.start()

@@ -62,6 +62,9 @@ ROUTES = {
     ("DELETE", "/v1/alerts/{name}"): "operator",
     ("GET", "/v1/audit"): "admin",
     ("GET", "/v1/audit/verify"): "admin",
+    ("GET", "/v1/fleet"): "viewer",
+    ("GET", "/v1/fleet/nodes"): "viewer",
+    ("GET", "/v1/fleet/deployments"): "viewer",
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 WEAKER = {"operator": "viewer", "admin": "operator"}

@@ -17,7 +17,7 @@ from iotwasm.fleet import (ArtifactError, ConflictError, Controller, FleetAgent,
 from iotwasm.node import Node, NodeConfig
 from iotwasm.registry.signing import generate_key, key_id, load_private, load_public, sign_digest
 
-from brokers import nats_server  # noqa: F401
+from brokers import nats_server, stop_processes  # noqa: F401
 from conftest import ECHO_WAT
 
 ECHO = wasmtime.wat2wasm(ECHO_WAT)
@@ -353,25 +353,9 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             assert "one" in rows[other]["assigned"] and "all" in rows["p3"]["assigned"]
         finally:
             await store.close()
-            terminate(procs.values())
+            stop_processes(procs.values())
 
     asyncio.run(main())
-
-
-def terminate(procs) -> None:
-    """SIGTERM every process still running, then wait; kill what does not stop."""
-    import signal
-    import subprocess
-
-    procs = list(procs)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 async def _placed(running) -> bool:

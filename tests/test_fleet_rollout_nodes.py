@@ -17,9 +17,9 @@ from iotwasm.errors import IotwasmError
 from iotwasm.fleet import FleetStore
 from iotwasm.fleet.invoke import invoke
 
-from brokers import nats_server  # noqa: F401
+from brokers import nats_server, stop_processes  # noqa: F401
 from conftest import ECHO_WAT
-from test_fleet import terminate, wait_for
+from test_fleet import wait_for
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
 TRAPS = ECHO_WAT.replace("    local.get $in local.set $p\n", "    unreachable\n", 1)
@@ -140,6 +140,6 @@ def test_canary_failing_its_gate_is_rolled_back_and_a_good_version_rolls_out(nat
             await load
             await nc.close()
             await store.close()
-            terminate(procs.values())
+            stop_processes(procs.values())
 
     asyncio.run(main())

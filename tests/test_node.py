@@ -111,6 +111,32 @@ def test_manifest_edits_apply_without_restart(site):
     asyncio.run(main())
 
 
+def test_a_route_whose_step_goes_away_stops_and_runs_again_when_it_returns(site):
+    """A deployment removed from under a route (a fleet assignment that drops it, a file edit)
+    takes the route down with it, and the route starts again over the new deployment when the
+    name returns, instead of holding messages for a container that was stopped."""
+    tmp, mdir = site
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + route("r", "echo", "out"))
+        node = await started(tmp, mdir)
+        try:
+            await publish(node, 5)
+            await wait_for(lambda: node.store.count("out") == 5, what="5 rows")
+            write(mdir, "a.yaml", route("r", "echo", "out"))
+            problems = await node.sync()
+            assert not node.deployments and "r" not in node.routes
+            assert problems == ["Route r: step 'echo' is not a deployment on this node"]
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + route("r", "echo", "out"))
+            assert await node.sync() == [] and "r" in node.routes
+            await publish(node, 5, start=5)
+            await wait_for(lambda: node.store.count("out") == 10, what="5 more rows through the new deployment")
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
 def test_bad_manifest_is_rejected_and_the_node_keeps_running(site):
     tmp, mdir = site
 

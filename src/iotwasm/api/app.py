@@ -1,5 +1,5 @@
 """The node's management API (FastAPI): modules, manifests, deployments, routes, logs, events,
-tokens, tenants, audit, metrics and health.
+tokens, tenants, audit, metrics and health; in a fleet, read-only views of the fleet (api/fleet.py).
 
 Every route except the two probes (``/healthz``, ``/readyz``) needs a bearer token with a
 sufficient role, and tenant tokens see only their namespace: an object of another namespace is
@@ -52,16 +52,20 @@ except Exception:  # pragma: no cover - running from a source tree without metad
 class Problem(Exception):
     """An error answered as a problem document."""
 
-    def __init__(self, status: int, title: str, detail: str, kind: str | None = None):
+    def __init__(self, status: int, title: str, detail: str, kind: str | None = None,
+                 extra: dict | None = None):
         self.status, self.title, self.detail = status, title, detail
         self.kind = kind or title.lower().replace(" ", "-")
+        self.extra = extra or {}   # extension members (RFC 9457 §3.2)
 
 
-def problem_response(status: int, title: str, detail: str, kind: str, instance: str = "") -> JSONResponse:
+def problem_response(status: int, title: str, detail: str, kind: str, instance: str = "",
+                     extra: dict | None = None) -> JSONResponse:
     body = {"type": f"https://iotwasm.io/problems/{kind}", "title": title, "status": status,
             "detail": detail}
     if instance:
         body["instance"] = instance
+    body.update(extra or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
@@ -141,10 +145,13 @@ class ApplyResult(BaseModel):
 # --- the app --------------------------------------------------------------------------------
 
 class ApiContext:
-    """What the routes need: the node and the security state."""
+    """What the routes need: the node, the security state and, in a fleet, the node's fleet
+    agent (for the read-only fleet views; None when the node is not in a fleet)."""
 
-    def __init__(self, node: Node, data_dir: Path):
+    def __init__(self, node: Node, data_dir: Path, fleet=None):
         self.node = node
+        self.fleet = fleet
+        self.fleet_timeout_s = 3.0   # a fleet view never waits longer on NATS than this
         self.security = SecurityStore(data_dir / "api.db")
         self.audit = AuditLog(data_dir / "audit.db")
         self.denials = DenialThrottle(self.audit)
@@ -203,14 +210,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     node = ctx.node
     app = FastAPI(title="iotwasm node API", version=__version__,
                   description="Manage one iotwasm node: modules, manifests, deployments, routes, rules, "
-                              "logs, events, tokens, tenants and the audit log. Errors are RFC 9457 problem "
-                              "documents.")
+                              "logs, events, tokens, tenants and the audit log; in a fleet, read-only fleet "
+                              "views. Errors are RFC 9457 problem documents.")
     bearer = HTTPBearer(auto_error=False, description="an API token (iot_…)")
 
     # -- errors ---------------------------------------------------------------------------
     @app.exception_handler(Problem)
     async def _problem(request: Request, e: Problem):
-        return problem_response(e.status, e.title, e.detail, e.kind, request.url.path)
+        return problem_response(e.status, e.title, e.detail, e.kind, request.url.path, e.extra)
 
     @app.exception_handler(IotwasmError)
     async def _iotwasm(request: Request, e: IotwasmError):
@@ -819,6 +826,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     from .rules import install as _install_rules
     _install_rules(app, node, viewer=viewer, operator=operator, audit=audit, visible=visible, mutable=mutable)
+
+    from .fleet import install as _install_fleet
+    _install_fleet(app, ctx, viewer=viewer, deny=deny)
 
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the audit log's hash chain")
     async def audit_verify(who: Principal = Depends(admin)) -> dict:

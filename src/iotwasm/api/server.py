@@ -66,11 +66,12 @@ def is_loopback(host: str) -> bool:
 
 
 class ApiServer:
-    def __init__(self, node: Node, settings: ApiSettings):
+    def __init__(self, node: Node, settings: ApiSettings, fleet=None):
+        """`fleet`: the node's FleetAgent when it is in a fleet (serves the /v1/fleet views)."""
         settings.check()
         self.node, self.settings = node, settings
         data = Path(node.config.data_dir)
-        self.ctx = ApiContext(node, data)
+        self.ctx = ApiContext(node, data, fleet)
         self.admin_token_file = self.ctx.security.ensure_admin(data)
         self.app = create_app(self.ctx)
         self._server = None

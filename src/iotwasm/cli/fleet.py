@@ -1,12 +1,12 @@
-"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list|invoke`,
-`iotwasm rollout status|pause|resume|abort`."""
+"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list|invoke`
+and `iotwasm rollout status|pause|resume|abort` (straight to the fleet's NATS with --fleet), and
+`iotwasm fleet status` (through a node's API)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -65,26 +65,30 @@ def controller(fleet: str = FLEET,
         _fail(e)
 
 
-def nodes(fleet: str = FLEET, output: str = typer.Option("table", "--output", "-o", help="table or json")) -> None:
-    """List the fleet's nodes: labels, capacity, heartbeat age, assignments, problems."""
-    async def collect(store):
-        listing, assignments = await store.nodes(), await store.assignments()
-        rows = []
-        for node_id, (info, _) in sorted(listing.items()):
-            assigned = sorted(assignments.get(node_id, ({}, 0))[0].get("deployments", {}))
-            rows.append({"id": node_id, "labels": info.labels, "memory": info.memory,
-                         "instances": info.instances, "heartbeat_age_s": round(max(0.0, time.time() - info.time), 1),
-                         "assigned": assigned, "running": info.running, "problems": info.problems})
-        return rows
+def _read_view(url: str):
+    from ..fleet import FleetView
 
-    try:
-        rows = asyncio.run(_with_store(fleet, collect))
-    except IotwasmError as e:
-        _fail(e)
+    return asyncio.run(_with_store(url, lambda store: FleetView.read(store, url, timeout=10)))
+
+
+def nodes(fleet: Optional[str] = typer.Option(None, "--fleet", help="the fleet's NATS server (default: ask "
+                                              "the node of the current API context, see `iotwasm context`)"),
+          context: Optional[str] = typer.Option(None, "--context", help="API context (without --fleet)"),
+          output: str = typer.Option("table", "--output", "-o", help="table or json")) -> None:
+    """List the fleet's nodes: labels, capacity, heartbeat age, assignments, problems."""
+    if fleet:
+        try:
+            rows = _read_view(fleet).node_rows()
+        except IotwasmError as e:
+            _fail(e)
+    else:
+        from .client import Client
+
+        rows = Client(context).call("GET", "/v1/fleet/nodes")
     if output == "json":
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"nodes of {fleet}")
+    t = Table(title=f"nodes of {fleet or 'the fleet'}")
     for col in ("node", "labels", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
         t.add_column(col)
     for r in rows:
@@ -101,9 +105,11 @@ fleet_app = typer.Typer(no_args_is_help=True, help="Fleet desired state: deploym
 def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>, placement: {...}}"),
           fleet: str = FLEET) -> None:
     """Create or update a fleet deployment (compare-and-set); a module given as a local path is
-    uploaded to the fleet object store and replaced by its digest."""
+    uploaded to the fleet object store and replaced by its digest, with its signature when
+    MODULE.sig (from `iotwasm sign`) lies next to it."""
     from ..engine.module import read_source
     from ..fleet import FleetDeployment
+    from ..registry.signing import Signature
 
     try:
         doc = yaml.safe_load(file.read_text())
@@ -117,7 +123,14 @@ def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>
         if not module.startswith("sha256:"):
             path = (file.parent / module) if not Path(module).is_absolute() else Path(module)
             _, wasm = read_source(path)
-            doc["deployment"]["spec"]["module"] = await store.put_module(wasm)
+            digest = doc["deployment"]["spec"]["module"] = await store.put_module(wasm)
+            sig_file = path.with_name(path.name + ".sig")
+            if sig_file.exists():
+                sig = Signature.from_json(sig_file.read_text(), str(sig_file))
+                if sig.digest != digest:
+                    raise IotwasmError(f"{sig_file}: signs {sig.digest}, but {path} is {digest} "
+                                       "(sign the module again)")
+                await store.put_signature(sig)
         fd = FleetDeployment.parse(doc, str(file))
         current = await store.deployment(fd.name)
         rev = await store.put_deployment(fd, current[1] if current else None)
@@ -155,6 +168,38 @@ def list_(fleet: str = FLEET) -> None:
         state = f"  rollout {r.state}" if r is not None and r.revision == rev else ""
         out.print(f"{name}  rev {rev}  module {fd.deployment.spec.module[:19]}  placement "
                   f"{fd.placement.model_dump_json(by_alias=True, exclude_defaults=True)}{state}", highlight=False)
+
+
+@fleet_app.command("status")
+def status(context: Optional[str] = typer.Option(None, "--context", help="API context (default: current)"),
+           output: str = typer.Option("table", "--output", "-o", help="table or json")) -> None:
+    """The fleet as the node of an API context sees it: counts, problems and every fleet
+    deployment with where it is assigned and runs (needs a viewer token without tenant)."""
+    from .client import Client
+
+    c = Client(context)
+    summary = c.call("GET", "/v1/fleet")
+    deployments = c.call("GET", "/v1/fleet/deployments")
+    if output == "json":
+        print(json.dumps({"summary": summary, "deployments": deployments}, indent=2))
+        return
+    copies = summary["copies"]
+    out.print(f"fleet {summary['url']} · seen from node {summary['node']} · {summary['nodes']} live node(s) · "
+              f"{summary['deployments']} deployment(s) · copies {copies['assigned']}/{copies['wanted']} "
+              f"assigned, {copies['running']} running", highlight=False)
+    t = Table()
+    for col in ("deployment", "rev", "module", "placement", "copies", "assigned", "running", "problems"):
+        t.add_column(col)
+    for d in deployments:
+        p = d["placement"]
+        where = ("per node" if p["perNode"] else f"{p['replicas']} cop{'y' if p['replicas'] == 1 else 'ies'}") + \
+            "".join(f", {k}={v}" for k, v in sorted(p["nodeSelector"].items())) + \
+            (f", spread by {p['spreadBy']}" if p.get("spreadBy") else "")
+        t.add_row(d["name"], str(d["revision"]), d["module"][:19], where, f"{len(d['assigned'])}/{d['wanted']}",
+                  ", ".join(d["assigned"]) or "-", ", ".join(d["running"]) or "-", "\n".join(d["problems"]) or "-")
+    out.print(t)
+    for p in summary["problems"]:
+        err.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
 
 
 @fleet_app.command("invoke")

@@ -230,6 +230,9 @@ def up(
     label: list[str] = typer.Option([], "--label", help="fleet label KEY=VALUE (site, arch, gpio=true, …)"),
     capacity_memory: str = typer.Option("1Gi", help="memory offered to fleet deployments"),
     capacity_instances: int = typer.Option(64, help="module instances offered to fleet deployments"),
+    trust_key: list[Path] = typer.Option([], "--trust-key", help="public key PEM (from iotwasm keygen) whose "
+                                         "signature a fleet module needs before this node loads it; "
+                                         "repeatable (any one of the keys suffices)"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -254,18 +257,37 @@ def up(
         except IotwasmError as e:
             _fail(e)
     fleet_opts = None
+    if trust_key and not fleet:
+        _fail(IotwasmError("--trust-key sets the signature policy for fleet modules; give --fleet too"))
     if fleet:
         from ..engine.limits import parse_size
 
         try:
             fleet_opts = {"url": fleet, "labels": _pairs(label, "--label"),
-                          "memory": parse_size(capacity_memory), "instances": capacity_instances}
+                          "memory": parse_size(capacity_memory), "instances": capacity_instances,
+                          "trusted": _trusted_keys(trust_key) if trust_key else None}
         except IotwasmError as e:
             _fail(e)
     try:
         asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts))
     except IotwasmError as e:
         _fail(e)
+
+
+def _trusted_keys(paths: list[Path]) -> dict:
+    """Key id → public key for `--trust-key` files; a file that is not an Ed25519 public key
+    PEM stops the node before it starts."""
+    from ..registry.signing import key_id, load_public
+
+    keys = {}
+    for p in paths:
+        try:
+            pem = p.read_bytes()
+        except OSError as e:
+            raise IotwasmError(f"--trust-key {p}: cannot read: {e.strerror or e}") from None
+        key = load_public(pem, f"--trust-key {p}")
+        keys[key_id(key)] = key
+    return keys
 
 
 @app.command()

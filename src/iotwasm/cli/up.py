@@ -71,11 +71,16 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
         if type(provider).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
             provider = console_provider()  # nothing configured: show the spans
         enable_tracing(node, provider)
+    agent = invocations = None
+    if fleet is not None:  # {url, labels, memory, instances, trusted}: join the fleet next to the node
+        from ..fleet import FleetAgent
+
+        agent = FleetAgent(node, **fleet)   # before the API, which serves the fleet views through it
     server = unserved = None
     if api is not None:  # an ApiSettings: serve the management API in this loop
         from ..api import ApiServer
 
-        server = ApiServer(node, api)
+        server = ApiServer(node, api, fleet=agent)
         try:
             await server.start()
         except IotwasmError as e:
@@ -96,13 +101,9 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     started = time.monotonic()
     final = None
     task = asyncio.create_task(node.run())
-    agent = invocations = None
-    if fleet is not None:  # {url, labels, memory, instances}: join the fleet next to the node
-        from ..fleet import FleetAgent
-
+    if agent is not None:
         from ..fleet.invoke import serve_invocations
 
-        agent = FleetAgent(node, **fleet)
         agent.start()
         invocations = asyncio.create_task(serve_invocations(node, fleet["url"]), name="invocations")
     live = Live(console=console, refresh_per_second=4) if console.is_terminal else None

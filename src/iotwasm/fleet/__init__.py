@@ -10,7 +10,8 @@ from .agent import FleetAgent
 from .controller import Controller
 from .model import FleetDeployment, NodeInfo, Placement
 from .scheduler import schedule
+from .status import FleetUnavailable, FleetView
 from .store import ArtifactError, ConflictError, FleetStore
 
 __all__ = ["ArtifactError", "ConflictError", "Controller", "FleetAgent", "FleetDeployment", "FleetStore",
-           "NodeInfo", "Placement", "schedule"]
+           "FleetUnavailable", "FleetView", "NodeInfo", "Placement", "schedule"]

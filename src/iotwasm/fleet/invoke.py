@@ -138,8 +138,10 @@ async def serve_invocations(node: Node, url: str, *, retry_s: float = 1.0) -> No
     try:
         while nc is None:
             try:
+                # link errors while reconnecting are expected (the fleet is down): no traceback each try
                 nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                        connect_timeout=2, name=f"iotwasm-invoke-{node.config.name}")
+                                        connect_timeout=2, name=f"iotwasm-invoke-{node.config.name}",
+                                        error_cb=_link_error)
             except Exception as e:
                 log.debug("invocations: %s not reachable yet (%s)", url, e)
                 await asyncio.sleep(retry_s)
@@ -154,6 +156,10 @@ async def serve_invocations(node: Node, url: str, *, retry_s: float = 1.0) -> No
                 await asyncio.wait_for(nc.close(), 3)
             except Exception:
                 pass
+
+
+async def _link_error(e: Exception) -> None:
+    log.debug("invocations: fleet link: %s", e or type(e).__name__)
 
 
 async def invoke(nc, deployment: str, payload: bytes, *, topic: str | None = None,

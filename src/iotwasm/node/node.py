@@ -245,9 +245,13 @@ class Node:
         routes = {m.name: m for m in manifests if isinstance(m, Route)}
         base = self.config.manifests.parent if self.config.manifests and self.config.manifests.is_file() \
             else self.config.manifests or Path.cwd()
-        # routes that change or go away stop first, so no batch runs on a removed deployment
+        # routes that change or go away stop first, so no batch runs on a removed deployment;
+        # so do routes through a deployment that goes away (they start again when it returns,
+        # over the new one, instead of holding messages for a stopped container)
+        gone = {n for n in self.deployments if n not in deps}
         for name in [n for n in self.routes if n not in routes or
-                     digest_of_manifest(routes[n]) != self.routes[n].digest]:
+                     digest_of_manifest(routes[n]) != self.routes[n].digest or
+                     gone & set(self.routes[n].manifest.spec.steps)]:
             await self._remove_route(name, drain=True)
         for name in [n for n in self.deployments if n not in deps]:
             rec = self.deployments.pop(name)

@@ -1,0 +1,102 @@
+"""What the fleet looks like right now, shaped for people and programs.
+
+One read of the three KV buckets (heartbeats, deployments, assignments) becomes the rows that
+`iotwasm nodes` prints and the management API serves under ``/v1/fleet``, so both show the same
+thing. Every read is bounded: a fleet link that is down or a server that does not answer gives
+`FleetUnavailable` after `timeout` seconds, never a caller that waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from ..errors import IotwasmError
+from .model import FleetDeployment, NodeInfo
+from .scheduler import matches
+from .store import FleetStore
+
+
+class FleetUnavailable(IotwasmError):
+    """The fleet's NATS server cannot be asked right now (link down, or no answer in time)."""
+
+    kind = "fleet-unavailable"
+
+
+@dataclass
+class FleetView:
+    """Live nodes (heartbeats still in the bucket), fleet deployments and assignments."""
+
+    nodes: dict[str, tuple[NodeInfo, int]]
+    deployments: dict[str, tuple[FleetDeployment, int]]
+    assignments: dict[str, tuple[dict, int]]
+
+    @classmethod
+    async def read(cls, store: FleetStore | None, url: str, timeout: float = 3.0) -> "FleetView":
+        if store is None or not store.connected:
+            raise FleetUnavailable(f"fleet {url}: the link is down (reconnecting in the background)")
+        try:
+            nodes, deployments, assignments = await asyncio.wait_for(
+                asyncio.gather(store.nodes(), store.deployments(), store.assignments()), timeout)
+        except asyncio.TimeoutError:
+            raise FleetUnavailable(f"fleet {url}: no answer within {timeout:g} s") from None
+        except IotwasmError:
+            raise
+        except Exception as e:   # the link dropped mid-read: the same answer as a link that is down
+            raise FleetUnavailable(f"fleet {url}: {type(e).__name__}: {e}".rstrip(": ")) from None
+        return cls(nodes, deployments, assignments)
+
+    def assigned(self, node_id: str) -> list[str]:
+        return sorted(self.assignments.get(node_id, ({}, 0))[0].get("deployments", {}))
+
+    def node_rows(self, now: float | None = None) -> list[dict]:
+        """One row per live node; the heartbeat age is measured against the node's own clock."""
+        now = time.time() if now is None else now
+        return [{"id": node_id, "labels": info.labels, "memory": info.memory, "instances": info.instances,
+                 "heartbeat_age_s": round(max(0.0, now - info.time), 1), "assigned": self.assigned(node_id),
+                 "assignment_revision": info.assignment_revision, "running": info.running,
+                 "problems": info.problems}
+                for node_id, (info, _) in sorted(self.nodes.items())]
+
+    def wanted(self, fd: FleetDeployment) -> int:
+        """Copies the placement asks for: `replicas`, or one per live matching node."""
+        p = fd.placement
+        if p.per_node:
+            return sum(matches(info, p.node_selector) for info, _ in self.nodes.values())
+        return p.replicas or 0
+
+    def holders(self, name: str) -> list[str]:
+        """Nodes whose assignment holds deployment `name`."""
+        return sorted(n for n in self.assignments if name in self.assigned(n))
+
+    def shortfall(self, name: str) -> list[str]:
+        """The placement problem of deployment `name`, if fewer copies are assigned than wanted."""
+        have, want = len(self.holders(name)), self.wanted(self.deployments[name][0])
+        return [f"{have} of {want} copies assigned"] if have < want else []
+
+    def deployment_rows(self) -> list[dict]:
+        """One row per fleet deployment: placement, revision, where it is assigned and runs, and
+        its problems (too few copies assigned; what nodes report about it)."""
+        rows = []
+        for name, (fd, revision) in sorted(self.deployments.items()):
+            reported = [f"node {n}: {p}" for n, (info, _) in sorted(self.nodes.items())
+                        for p in info.problems if p.startswith(f"{name}: ")]
+            rows.append({"name": name, "revision": revision, "module": fd.deployment.spec.module,
+                         "replicas": fd.deployment.spec.replicas,
+                         "placement": fd.placement.model_dump(mode="json", by_alias=True),
+                         "wanted": self.wanted(fd), "assigned": self.holders(name),
+                         "running": sorted(n for n, (info, _) in self.nodes.items() if name in info.running),
+                         "problems": self.shortfall(name) + reported})
+        return rows
+
+    def summary(self) -> dict:
+        """Counts and every problem once: copies missing per deployment, then what nodes report."""
+        rows = self.deployment_rows()
+        problems = [f"deployment {n}: {p}" for n in sorted(self.deployments) for p in self.shortfall(n)]
+        problems += [f"node {n}: {p}" for n, (info, _) in sorted(self.nodes.items()) for p in info.problems]
+        return {"nodes": len(self.nodes), "deployments": len(rows),
+                "copies": {"wanted": sum(r["wanted"] for r in rows),
+                           "assigned": sum(len(r["assigned"]) for r in rows),
+                           "running": sum(len(r["running"]) for r in rows)},
+                "problems": problems}
