@@ -13,15 +13,17 @@ import threading
 
 import httpx
 import pytest
+import wasmtime
 
 from apinode import ECHO_WASM, ApiNode, wait_for
 from brokers import nats_server  # noqa: F401
-from iotwasm.fleet import Controller, FleetAgent
+from conftest import ECHO_WAT
+from iotwasm.fleet import Controller, FleetAgent, FleetDeployment
 from iotwasm.node import Node, NodeConfig
 from test_fleet import fleet_deployment
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
-VIEWS = ("/v1/fleet", "/v1/fleet/nodes", "/v1/fleet/deployments")
+VIEWS = ("/v1/fleet", "/v1/fleet/nodes", "/v1/fleet/deployments", "/v1/fleet/rollouts")
 
 
 class LoopThread:
@@ -118,6 +120,39 @@ def test_fleet_views_show_the_fleet_to_operators_and_answer_503_when_the_link_is
                                 timeout=60)
         doc = json.loads(status.stdout)
         assert doc["summary"]["nodes"] == 2 and [d["name"] for d in doc["deployments"]] == ["b-only", "everywhere", "mars"]
+
+        # rollouts: a new version of "everywhere" with a long gate waits at its canary; operators steer it
+        other = bytes(wasmtime.wat2wasm(ECHO_WAT.replace("(i32.const 1024)", "(i32.const 4096)", 1)))
+        other_digest = bg.run(ctl.store.put_module(other))
+        _, rev = bg.run(ctl.store.deployment("everywhere"))
+        doc = json.loads(fleet_deployment("everywhere", other_digest, {"perNode": True}).to_json())
+        doc["rollout"] = {"canary": 1, "gate": {"observe": "10m"}, "stageTimeout": "10m"}
+        bg.run(ctl.store.put_deployment(FleetDeployment.parse(doc), rev))
+
+        def canary():
+            r = viewer.get("/v1/fleet/rollouts")
+            return next((x for x in r.json() if x["deployment"] == "everywhere" and x["updated"]), None) \
+                if r.status_code == 200 else None
+        rec = wait_for(canary, 40, "the canary of everywhere")
+        assert rec["state"] == "progressing" and len(rec["updated"]) == 1 and rec["target"]["spec"]["module"] == other_digest
+        row = {d["name"]: d for d in viewer.get("/v1/fleet/deployments").json()}["everywhere"]
+        assert row["rollout"]["state"] == "progressing" and row["rollout"]["stage"] == "canary"
+        assert viewer.get("/v1/fleet").json()["rollouts"] == {"progressing": 1, "paused": 0}
+        assert viewer.post("/v1/fleet/rollouts/everywhere/pause").status_code == 403   # operators steer
+        op = api.client(api.token("operator", name="fleet-operator"))
+        r = op.post("/v1/fleet/rollouts/everywhere/pause")
+        assert r.status_code == 200 and r.json()["state"] == "paused", r.text
+        r = op.post("/v1/fleet/rollouts/everywhere/pause")
+        assert r.status_code == 409 and "only a progressing one can be paused" in r.json()["detail"]
+        assert op.post("/v1/fleet/rollouts/nothing/abort").status_code == 404
+        assert op.post("/v1/fleet/rollouts/everywhere/explode").status_code == 422
+        r = op.post("/v1/fleet/rollouts/everywhere/abort")
+        assert r.status_code == 200 and r.json()["state"] == "aborted" and "fleet-operator" in r.json()["reason"]
+        assert [e["action"] for e in api.admin.get("/v1/audit", params={"action": "fleet.rollout.abort"}).json()] \
+            == ["fleet.rollout.abort"]
+        # every node is back on (or still on) the old module
+        wait_for(lambda: all(n.deployments["everywhere"].handle.current.stats().digest == digest
+                             for n in (api.node, node)), 30, "the old version everywhere")
 
         # a hung server (connections open, nothing answered): 503 after the API's bound
         nats_server.pause()

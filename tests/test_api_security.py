@@ -65,6 +65,8 @@ ROUTES = {
     ("GET", "/v1/fleet"): "viewer",
     ("GET", "/v1/fleet/nodes"): "viewer",
     ("GET", "/v1/fleet/deployments"): "viewer",
+    ("GET", "/v1/fleet/rollouts"): "viewer",
+    ("POST", "/v1/fleet/rollouts/{name}/{action}"): "operator",
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 WEAKER = {"operator": "viewer", "admin": "operator"}
@@ -96,7 +98,7 @@ def test_every_route_is_refused_without_a_token_or_with_a_weaker_role(api):
     assert listed == set(ROUTES) | PUBLIC, "a route is missing from ROUTES (or gone)"
     tokens = {r: api.token(r, name=f"{r}-token") for r in ("viewer", "operator")}
     for (method, path), role in ROUTES.items():
-        url = path.format(ref="sha256:" + "0" * 64, name="x", token_id="ffff", key_id="k")
+        url = path.format(ref="sha256:" + "0" * 64, name="x", token_id="ffff", key_id="k", action="pause")
         kw = {"json": {}} if method in ("POST", "PUT") else {}
         for headers, why in (({}, "no token"), ({"Authorization": "Bearer iot_wrong"}, "unknown token"),
                              ({"Authorization": "Basic Zm9vOmJhcg=="}, "not a bearer token")):

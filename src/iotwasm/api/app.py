@@ -828,7 +828,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _install_rules(app, node, viewer=viewer, operator=operator, audit=audit, visible=visible, mutable=mutable)
 
     from .fleet import install as _install_fleet
-    _install_fleet(app, ctx, viewer=viewer, deny=deny)
+    _install_fleet(app, ctx, viewer=viewer, operator=operator, deny=deny, audit=audit)
 
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the audit log's hash chain")
     async def audit_verify(who: Principal = Depends(admin)) -> dict:

@@ -1,4 +1,5 @@
-"""The API's read-only fleet views: the fleet this node belongs to, its nodes and deployments.
+"""The API's fleet views — the fleet this node belongs to, its nodes, deployments and rollouts —
+and the operator's rollout controls (pause, resume, abort).
 
 They are read through the node's own fleet link (the `FleetAgent`'s connection), so asking costs
 no extra connection and shows what this node can see. The fleet is shared by every tenant of
@@ -9,10 +10,13 @@ that does not answer within `ApiContext.fleet_timeout_s`, answers 503 at once.
 
 from __future__ import annotations
 
-from typing import Callable
+import asyncio
+from typing import Callable, Literal
 
 from fastapi import Depends, FastAPI
 
+from ..errors import IotwasmError
+from ..fleet.rollout import NoRollout, RolloutStateError
 from ..fleet.status import FleetUnavailable, FleetView
 from .policy import PolicyError
 from .security import Principal
@@ -21,18 +25,22 @@ NOT_FOUND = {404: {"description": "this node is not in a fleet"}}
 UNAVAILABLE = {503: {"description": "the fleet link is down or the server did not answer in time"}}
 
 
-def install(app: FastAPI, ctx, *, viewer: Callable, deny: Callable) -> None:
+def install(app: FastAPI, ctx, *, viewer: Callable, operator: Callable, deny: Callable,
+            audit: Callable) -> None:
     """Add the /v1/fleet routes to `app`; `ctx.fleet` is the node's FleetAgent (or None)."""
     from .app import Problem
+
+    def member():
+        if ctx.fleet is None:
+            raise Problem(404, "Not found", "this node is not in a fleet (start it with iotwasm up --fleet)",
+                          "not-in-fleet")
+        return ctx.fleet
 
     async def view(who: Principal, what: str) -> FleetView:
         if who.tenant is not None:
             deny(who, "fleet.read", what, PolicyError("fleet views are for tokens without tenant "
                                                       "(the fleet is shared by every tenant)"))
-        agent = ctx.fleet
-        if agent is None:
-            raise Problem(404, "Not found", "this node is not in a fleet (start it with iotwasm up --fleet)",
-                          "not-in-fleet")
+        agent = member()
         try:
             return await FleetView.read(agent.store, agent.url, ctx.fleet_timeout_s)
         except FleetUnavailable as e:
@@ -57,3 +65,30 @@ def install(app: FastAPI, ctx, *, viewer: Callable, deny: Callable) -> None:
              responses={**NOT_FOUND, **UNAVAILABLE})
     async def fleet_deployments(who: Principal = Depends(viewer)) -> list[dict]:
         return (await view(who, "fleet/deployments")).deployment_rows()
+
+    @app.get("/v1/fleet/rollouts", tags=["fleet"],
+             summary="Rollouts of fleet deployments: state, stage, updated and failed nodes, history",
+             responses={**NOT_FOUND, **UNAVAILABLE})
+    async def fleet_rollouts(who: Principal = Depends(viewer)) -> list[dict]:
+        return (await view(who, "fleet/rollouts")).rollout_records()
+
+    @app.post("/v1/fleet/rollouts/{name}/{action}", tags=["fleet"],
+              summary="Pause, resume or abort the rollout of a fleet deployment (operator)",
+              responses={**NOT_FOUND, **UNAVAILABLE, 409: {"description": "the rollout is not in a state "
+                                                                          "the action applies to"}})
+    async def fleet_rollout_control(name: str, action: Literal["pause", "resume", "abort"],
+                                    who: Principal = Depends(operator)) -> dict:
+        await view(who, f"fleet/rollouts/{name}")     # same checks: operator token, in a fleet, link up
+        agent = member()
+        try:
+            r = await asyncio.wait_for(agent.store.control_rollout(name, action, who=who.actor),
+                                       ctx.fleet_timeout_s)
+        except asyncio.TimeoutError:
+            raise Problem(503, "Fleet unavailable", f"fleet {agent.url}: no answer within "
+                          f"{ctx.fleet_timeout_s:g} s", FleetUnavailable.kind) from None
+        except NoRollout as e:
+            raise Problem(404, "Not found", str(e), "not-found") from None
+        except (RolloutStateError, IotwasmError) as e:   # not applicable, or the record kept changing
+            raise Problem(409, "Conflict", str(e), "conflict") from None
+        audit(who, f"fleet.rollout.{action}", f"fleet/rollouts/{name}", f"revision {r.revision}: {r.state}")
+        return {"deployment": name, "revision": r.revision, "state": r.state, "reason": r.reason}

@@ -27,6 +27,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
+from ..errors import IotwasmError
 from .model import RolloutSpec
 
 ACTIVE = ("progressing", "paused")
@@ -34,6 +35,18 @@ FINISHED = ("succeeded", "rolled-back", "aborted", "superseded")
 #: judge a node's rates during observation once it has handled this many messages
 JUDGE_AFTER = 10
 MAX_EVENTS = 30
+
+
+class RolloutStateError(IotwasmError, ValueError):
+    """An operator action that does not apply to the rollout's state (resume what is not paused)."""
+
+    kind = "conflict"
+
+
+class NoRollout(IotwasmError):
+    """The deployment has no rollout record."""
+
+    kind = "not_found"
 
 
 @dataclass
@@ -99,24 +112,24 @@ class Rollout:
 
 def control(r: Rollout, action: str, now: float | None = None, who: str = "an operator") -> None:
     """An operator's `pause`, `resume` or `abort` (the controller acts on it next pass). Raises
-    ValueError, saying why, when the rollout is not in a state the action applies to."""
+    RolloutStateError, saying why, when the rollout is not in a state the action applies to."""
     now = time.time() if now is None else now
     if action == "pause":
         if r.state != "progressing":
-            raise ValueError(f"rollout of {r.deployment} is {r.state}; only a progressing one can be paused")
+            raise RolloutStateError(f"rollout of {r.deployment} is {r.state}; only a progressing one can be paused")
         r.state = "paused"
         r.note(f"paused by {who} at {r.stage_name()}", now)
     elif action == "resume":
         if r.state != "paused":
-            raise ValueError(f"rollout of {r.deployment} is {r.state}; only a paused one can be resumed")
+            raise RolloutStateError(f"rollout of {r.deployment} is {r.state}; only a paused one can be resumed")
         r.state, r.stage_started, r.observing_since = "progressing", now, None   # the stage clock restarts
         r.note(f"resumed by {who}", now)
     elif action == "abort":
         if not r.active:
-            raise ValueError(f"rollout of {r.deployment} is already {r.state}")
+            raise RolloutStateError(f"rollout of {r.deployment} is already {r.state}")
         r.finish("aborted", f"aborted by {who}; every node runs the previous version", now)
     else:
-        raise ValueError(f"unknown rollout action {action!r} (pause, resume, abort)")
+        raise RolloutStateError(f"unknown rollout action {action!r} (pause, resume, abort)")
 
 
 def start(name: str, revision: int, target: dict, stable: dict, now: float | None = None) -> Rollout:

@@ -1,6 +1,6 @@
 """What the fleet looks like right now, shaped for people and programs.
 
-One read of the three KV buckets (heartbeats, deployments, assignments) becomes the rows that
+One read of the KV buckets (heartbeats, deployments, assignments, rollouts) becomes the rows that
 `iotwasm nodes` prints and the management API serves under ``/v1/fleet``, so both show the same
 thing. Every read is bounded: a fleet link that is down or a server that does not answer gives
 `FleetUnavailable` after `timeout` seconds, never a caller that waits forever.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import IotwasmError
 from .model import FleetDeployment, NodeInfo
+from .rollout import Rollout
 from .scheduler import matches
 from .store import FleetStore
 
@@ -26,26 +27,27 @@ class FleetUnavailable(IotwasmError):
 
 @dataclass
 class FleetView:
-    """Live nodes (heartbeats still in the bucket), fleet deployments and assignments."""
+    """Live nodes (heartbeats still in the bucket), fleet deployments, assignments, rollouts."""
 
     nodes: dict[str, tuple[NodeInfo, int]]
     deployments: dict[str, tuple[FleetDeployment, int]]
     assignments: dict[str, tuple[dict, int]]
+    rollouts: dict[str, tuple[Rollout, int]]
 
     @classmethod
     async def read(cls, store: FleetStore | None, url: str, timeout: float = 3.0) -> "FleetView":
         if store is None or not store.connected:
             raise FleetUnavailable(f"fleet {url}: the link is down (reconnecting in the background)")
         try:
-            nodes, deployments, assignments = await asyncio.wait_for(
-                asyncio.gather(store.nodes(), store.deployments(), store.assignments()), timeout)
+            nodes, deployments, assignments, rollouts = await asyncio.wait_for(
+                asyncio.gather(store.nodes(), store.deployments(), store.assignments(), store.rollouts()), timeout)
         except asyncio.TimeoutError:
             raise FleetUnavailable(f"fleet {url}: no answer within {timeout:g} s") from None
         except IotwasmError:
             raise
         except Exception as e:   # the link dropped mid-read: the same answer as a link that is down
             raise FleetUnavailable(f"fleet {url}: {type(e).__name__}: {e}".rstrip(": ")) from None
-        return cls(nodes, deployments, assignments)
+        return cls(nodes, deployments, assignments, rollouts)
 
     def assigned(self, node_id: str) -> list[str]:
         return sorted(self.assignments.get(node_id, ({}, 0))[0].get("deployments", {}))
@@ -87,8 +89,24 @@ class FleetView:
                          "placement": fd.placement.model_dump(mode="json", by_alias=True),
                          "wanted": self.wanted(fd), "assigned": self.holders(name),
                          "running": sorted(n for n, (info, _) in self.nodes.items() if name in info.running),
+                         "rollout": self.rollout_row(name),
                          "problems": self.shortfall(name) + reported})
         return rows
+
+    def rollout_row(self, name: str) -> dict | None:
+        """The rollout of the deployment's current revision, if it has one."""
+        r = self.rollouts.get(name, (None, 0))[0]
+        current = self.deployments.get(name, (None, 0))[1]
+        if r is None or r.revision != current:
+            return None
+        return {"revision": r.revision, "state": r.state, "stage": r.stage_name() if r.active else None,
+                "stages": r.stages, "updated": r.updated, "failed": r.failed, "reason": r.reason}
+
+    def rollout_records(self) -> list[dict]:
+        """Every rollout record in full (history included), newest revision first per name."""
+        from dataclasses import asdict
+
+        return [asdict(r) for _, (r, _) in sorted(self.rollouts.items())]
 
     def summary(self) -> dict:
         """Counts and every problem once: copies missing per deployment, then what nodes report."""
@@ -99,4 +117,8 @@ class FleetView:
                 "copies": {"wanted": sum(r["wanted"] for r in rows),
                            "assigned": sum(len(r["assigned"]) for r in rows),
                            "running": sum(len(r["running"]) for r in rows)},
+                "rollouts": {"progressing": sum(r["rollout"] is not None and r["rollout"]["state"] == "progressing"
+                                                for r in rows),
+                             "paused": sum(r["rollout"] is not None and r["rollout"]["state"] == "paused"
+                                           for r in rows)},
                 "problems": problems}

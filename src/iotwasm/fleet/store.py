@@ -24,7 +24,7 @@ from ..engine.module import digest_of
 from ..errors import ConfigError, IotwasmError
 from ..registry.signing import Signature
 from .model import FleetDeployment, NodeInfo
-from .rollout import Rollout, control
+from .rollout import NoRollout, Rollout, control
 
 log = logging.getLogger("iotwasm.fleet")
 
@@ -219,12 +219,9 @@ class FleetStore:
         for _ in range(10):
             got = await self.rollout(name)
             if got is None:
-                raise IotwasmError(f"fleet deployment {name}: no rollout recorded")
+                raise NoRollout(f"fleet deployment {name}: no rollout recorded")
             r, rev = got
-            try:
-                control(r, action, who=who)
-            except ValueError as e:
-                raise IotwasmError(str(e)) from None
+            control(r, action, who=who)      # RolloutStateError when the action does not apply
             try:
                 await self.put_rollout(r, rev)
                 return r
