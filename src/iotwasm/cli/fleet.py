@@ -71,7 +71,7 @@ def nodes(fleet: str = FLEET, output: str = typer.Option("table", "--output", "-
         rows = []
         for node_id, (info, _) in sorted(listing.items()):
             assigned = sorted(assignments.get(node_id, ({}, 0))[0].get("deployments", {}))
-            rows.append({"id": node_id, "labels": info.labels, "memory": info.memory,
+            rows.append({"id": node_id, "labels": info.labels, "taints": info.taints, "memory": info.memory,
                          "instances": info.instances, "heartbeat_age_s": round(max(0.0, time.time() - info.time), 1),
                          "assigned": assigned, "running": info.running, "problems": info.problems})
         return rows
@@ -84,10 +84,11 @@ def nodes(fleet: str = FLEET, output: str = typer.Option("table", "--output", "-
         print(json.dumps(rows, indent=2))
         return
     t = Table(title=f"nodes of {fleet}")
-    for col in ("node", "labels", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
+    for col in ("node", "labels", "taints", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["id"], ", ".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+                  ", ".join(r["taints"]) or "-",
                   f"{r['memory'] >> 20} MiB", str(r["instances"]), f"{r['heartbeat_age_s']:.1f}s ago",
                   ", ".join(r["assigned"]) or "-", ", ".join(r["running"]) or "-", "\n".join(r["problems"]) or "-")
     out.print(t)

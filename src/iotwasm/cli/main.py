@@ -228,6 +228,9 @@ def up(
     fleet: Optional[str] = typer.Option(None, "--fleet", help="join the fleet on this NATS server "
                                                               "(nats://host:port, JetStream on)"),
     label: list[str] = typer.Option([], "--label", help="fleet label KEY=VALUE (site, arch, gpio=true, …)"),
+    taint: list[str] = typer.Option([], "--taint", help="fleet taint KEY=VALUE:EFFECT or KEY:EFFECT "
+                                                        "(NoSchedule, NoExecute): only deployments that "
+                                                        "tolerate it are placed here"),
     capacity_memory: str = typer.Option("1Gi", help="memory offered to fleet deployments"),
     capacity_instances: int = typer.Option(64, help="module instances offered to fleet deployments"),
 ) -> None:
@@ -254,11 +257,15 @@ def up(
         except IotwasmError as e:
             _fail(e)
     fleet_opts = None
+    if taint and not fleet:
+        _fail(IotwasmError("--taint needs --fleet"))
     if fleet:
         from ..engine.limits import parse_size
+        from ..fleet.model import Taint
 
         try:
             fleet_opts = {"url": fleet, "labels": _pairs(label, "--label"),
+                          "taints": [str(Taint.parse(t, "--taint")) for t in taint],
                           "memory": parse_size(capacity_memory), "instances": capacity_instances}
         except IotwasmError as e:
             _fail(e)

@@ -8,9 +8,9 @@ node, and modules travel through the object store by digest. See docs/fleet.md.
 
 from .agent import FleetAgent
 from .controller import Controller
-from .model import FleetDeployment, NodeInfo, Placement
+from .model import FleetDeployment, NodeInfo, Placement, Taint, Toleration
 from .scheduler import schedule
 from .store import ArtifactError, ConflictError, FleetStore
 
 __all__ = ["ArtifactError", "ConflictError", "Controller", "FleetAgent", "FleetDeployment", "FleetStore",
-           "NodeInfo", "Placement", "schedule"]
+           "NodeInfo", "Placement", "Taint", "Toleration", "schedule"]

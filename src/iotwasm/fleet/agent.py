@@ -28,7 +28,7 @@ from ..errors import IotwasmError
 from ..node import Node
 from ..node.manifests import Deployment
 from ..registry.signing import verify_any
-from .model import NodeInfo
+from .model import NodeInfo, Taint
 from .store import FleetStore, check_key
 
 log = logging.getLogger("iotwasm.fleet.agent")
@@ -37,11 +37,13 @@ log = logging.getLogger("iotwasm.fleet.agent")
 class FleetAgent:
     def __init__(self, node: Node, url: str, *, labels: dict[str, str] | None = None,
                  memory: int = 1 << 30, instances: int = 64, heartbeat_s: float = 1.0,
-                 node_ttl_s: float = 4.0, trusted: dict | None = None, resync_every: int = 10):
+                 node_ttl_s: float = 4.0, trusted: dict | None = None, resync_every: int = 10,
+                 taints: list[str] | None = None):
         self.node = node
         self.url = url
         self.id = check_key("node id", node.config.name)
         self.labels = dict(labels or {})
+        self.taints = [str(Taint.parse(t)) for t in taints or []]
         self.memory, self.instances = memory, instances
         self.heartbeat_s, self.node_ttl_s = heartbeat_s, node_ttl_s
         self.resync_every = resync_every
@@ -186,7 +188,8 @@ class FleetAgent:
     def info(self) -> NodeInfo:
         return NodeInfo(self.id, self.labels, self.memory, self.instances,
                         assignment_revision=self.applied_revision, running=sorted(self.node.deployments),
-                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())])
+                        problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())],
+                        taints=self.taints)
 
     # -- applying --------------------------------------------------------------------------
     async def apply(self, assignment: dict, revision: int) -> None:

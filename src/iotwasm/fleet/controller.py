@@ -41,6 +41,7 @@ class Controller:
         self.check_s = min(interval_s, 0.25)
         self.store: FleetStore | None = None
         self.last_plan = Plan()
+        self.passes = 0                 # passes run
         # state kept from the watchers
         self._nodes: dict[str, NodeInfo] = {}
         self._seen: dict[str, tuple[int, float]] = {}   # node → (heartbeat revision, when it moved)
@@ -131,7 +132,8 @@ class Controller:
             seen = self._seen.get(key)
             if seen is None or seen[0] != entry.revision:
                 self._seen[key] = (entry.revision, time.monotonic())
-            if old is None or (old.labels, old.memory, old.instances) != (info.labels, info.memory, info.instances):
+            if old is None or ((old.labels, old.memory, old.instances, old.taints)
+                               != (info.labels, info.memory, info.instances, info.taints)):
                 self._dirty.set()
         elif bucket == DEPLOYMENTS:
             if deleted:
@@ -173,6 +175,7 @@ class Controller:
                 if self._dirty.is_set() or live != self._live or now - last_pass >= self.resync_s:
                     self._dirty.clear()
                     last_pass = now
+                    self.passes += 1
                     await self.reconcile()
             except (IotwasmError, ConflictError) as e:
                 log.warning("%s", e)
