@@ -307,16 +307,25 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             assert "one" in rows[other]["assigned"] and "all" in rows["p3"]["assigned"]
         finally:
             await store.close()
-            for p in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            terminate(procs.values())
 
     asyncio.run(main())
+
+
+def terminate(procs) -> None:
+    """SIGTERM every process still running (a clean stop), then SIGKILL what has not ended in 20 s."""
+    import signal
+    import subprocess
+
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 async def _placed(running) -> bool:

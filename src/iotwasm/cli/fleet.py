@@ -1,4 +1,4 @@
-"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list`."""
+"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list|leader`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..errors import IotwasmError
 out = Console()
 err = Console(stderr=True)
 
+EXIT_NO_LEADER = 4
 FLEET = typer.Option(..., "--fleet", help="the fleet's NATS server: nats://host:port (JetStream on)")
 
 
@@ -41,20 +42,31 @@ def controller(fleet: str = FLEET,
                dead_after: float = typer.Option(3.0, help="seconds without a heartbeat before a node "
                                                           "counts as dead and its work is rebound"),
                interval: float = typer.Option(0.5, help="longest gap between liveness checks (0.25 s at most is used)"),
+               id: Optional[str] = typer.Option(None, "--id", help="this controller's name in the leader "
+                                                                   "lease (default: HOST-PID)"),
+               lease_ttl: float = typer.Option(3.0, "--lease-ttl", help="seconds a leader's lease lasts "
+                                                                        "unrenewed (the bucket's max age, "
+                                                                        "set by its first creator)"),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Run the fleet controller: bind fleet deployments to live nodes until Ctrl-C."""
+    """Run a fleet controller until Ctrl-C: a candidate in the leader election; while it holds
+    the lease it binds fleet deployments to live nodes, otherwise it stands by."""
+    import logging
+
     from ..fleet import Controller
     from .up import configure_logging
 
     configure_logging(verbose, err)
+    logging.getLogger("iotwasm.fleet.lease").setLevel(logging.INFO)   # leader/standby changes
+    if lease_ttl <= 0:
+        _fail(IotwasmError(f"--lease-ttl {lease_ttl}: must be more than 0 seconds"))
 
     async def main():
-        ctl = Controller(fleet, dead_after_s=dead_after, interval_s=interval)
+        ctl = Controller(fleet, dead_after_s=dead_after, interval_s=interval, id=id, lease_ttl_s=lease_ttl)
         await ctl.start()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        err.print(f"controller on {fleet}", highlight=False)
+        err.print(f"controller {ctl.id} on {fleet}", highlight=False)
         await stop.wait()
         await ctl.stop()
 
@@ -153,6 +165,25 @@ def list_(fleet: str = FLEET) -> None:
     for name, (fd, rev) in sorted(deps.items()):
         out.print(f"{name}  rev {rev}  module {fd.deployment.spec.module[:19]}  placement "
                   f"{fd.placement.model_dump_json(by_alias=True, exclude_defaults=True)}", highlight=False)
+
+
+@fleet_app.command("leader")
+def leader(fleet: str = FLEET, output: str = typer.Option("text", "--output", "-o", help="text or json")) -> None:
+    """Which controller leads (holds the lease) and since when; exit 4 when none does."""
+    try:
+        got = asyncio.run(_with_store(fleet, lambda s: s.lease_holder()))
+    except IotwasmError as e:
+        _fail(e)
+    holder = {"id": got[0].get("id"), "since": got[0].get("since"), "revision": got[1]} if got else None
+    if output == "json":
+        print(json.dumps(holder))
+    elif holder is None:
+        out.print("no controller leads (nobody holds the lease)", highlight=False)
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"])) if holder["since"] else "?"
+        out.print(f"{holder['id']} leads since {since} (lease revision {holder['revision']})", highlight=False)
+    if holder is None:
+        raise typer.Exit(EXIT_NO_LEADER)
 
 
 @fleet_app.command("invoke")

@@ -231,6 +231,8 @@ def up(
     taint: list[str] = typer.Option([], "--taint", help="fleet taint KEY=VALUE:EFFECT or KEY:EFFECT "
                                                         "(NoSchedule, NoExecute): only deployments that "
                                                         "tolerate it are placed here"),
+    controller: bool = typer.Option(False, "--controller", help="also be a candidate fleet controller "
+                                                                "(leader election: one leads at a time)"),
     capacity_memory: str = typer.Option("1Gi", help="memory offered to fleet deployments"),
     capacity_instances: int = typer.Option(64, help="module instances offered to fleet deployments"),
 ) -> None:
@@ -257,8 +259,8 @@ def up(
         except IotwasmError as e:
             _fail(e)
     fleet_opts = None
-    if taint and not fleet:
-        _fail(IotwasmError("--taint needs --fleet"))
+    if (taint or controller) and not fleet:
+        _fail(IotwasmError(f"{'--taint' if taint else '--controller'} needs --fleet"))
     if fleet:
         from ..engine.limits import parse_size
         from ..fleet.model import Taint
@@ -270,7 +272,8 @@ def up(
         except IotwasmError as e:
             _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts))
+        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts,
+                             controller=controller))
     except IotwasmError as e:
         _fail(e)
 
