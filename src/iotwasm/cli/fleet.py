@@ -1,4 +1,4 @@
-"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list|invoke`
+"""Fleet commands: `iotwasm controller`, `iotwasm nodes`, `iotwasm fleet apply|delete|list|invoke|leader`
 and `iotwasm rollout status|pause|resume|abort` (straight to the fleet's NATS with --fleet), and
 `iotwasm fleet status` (through a node's API)."""
 
@@ -20,6 +20,7 @@ from ..errors import IotwasmError
 out = Console()
 err = Console(stderr=True)
 
+EXIT_NO_LEADER = 4
 FLEET = typer.Option(..., "--fleet", help="the fleet's NATS server: nats://host:port (JetStream on)")
 
 
@@ -42,20 +43,31 @@ def controller(fleet: str = FLEET,
                dead_after: float = typer.Option(3.0, help="seconds without a heartbeat before a node "
                                                           "counts as dead and its work is rebound"),
                interval: float = typer.Option(0.5, help="longest gap between liveness checks (0.25 s at most is used)"),
+               id: Optional[str] = typer.Option(None, "--id", help="this controller's name in the leader "
+                                                                   "lease (default: HOST-PID)"),
+               lease_ttl: float = typer.Option(3.0, "--lease-ttl", help="seconds a leader's lease lasts "
+                                                                        "unrenewed (the bucket's max age, "
+                                                                        "set by its first creator)"),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Run the fleet controller: bind fleet deployments to live nodes until Ctrl-C."""
+    """Run a fleet controller until Ctrl-C: a candidate in the leader election; while it holds
+    the lease it binds fleet deployments to live nodes, otherwise it stands by."""
+    import logging
+
     from ..fleet import Controller
     from .up import configure_logging
 
     configure_logging(verbose, err)
+    logging.getLogger("iotwasm.fleet.lease").setLevel(logging.INFO)   # leader/standby changes
+    if lease_ttl <= 0:
+        _fail(IotwasmError(f"--lease-ttl {lease_ttl}: must be more than 0 seconds"))
 
     async def main():
-        ctl = Controller(fleet, dead_after_s=dead_after, interval_s=interval)
+        ctl = Controller(fleet, dead_after_s=dead_after, interval_s=interval, id=id, lease_ttl_s=lease_ttl)
         await ctl.start()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        err.print(f"controller on {fleet}", highlight=False)
+        err.print(f"controller {ctl.id} on {fleet}", highlight=False)
         await stop.wait()
         await ctl.stop()
 
@@ -89,10 +101,11 @@ def nodes(fleet: Optional[str] = typer.Option(None, "--fleet", help="the fleet's
         print(json.dumps(rows, indent=2))
         return
     t = Table(title=f"nodes of {fleet or 'the fleet'}")
-    for col in ("node", "labels", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
+    for col in ("node", "labels", "taints", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["id"], ", ".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
+                  ", ".join(r["taints"]) or "-",
                   f"{r['memory'] >> 20} MiB", str(r["instances"]), f"{r['heartbeat_age_s']:.1f}s ago",
                   ", ".join(r["assigned"]) or "-", ", ".join(r["running"]) or "-", "\n".join(r["problems"]) or "-")
     out.print(t)
@@ -200,6 +213,25 @@ def status(context: Optional[str] = typer.Option(None, "--context", help="API co
     out.print(t)
     for p in summary["problems"]:
         err.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+
+
+@fleet_app.command("leader")
+def leader(fleet: str = FLEET, output: str = typer.Option("text", "--output", "-o", help="text or json")) -> None:
+    """Which controller leads (holds the lease) and since when; exit 4 when none does."""
+    try:
+        got = asyncio.run(_with_store(fleet, lambda s: s.lease_holder()))
+    except IotwasmError as e:
+        _fail(e)
+    holder = {"id": got[0].get("id"), "since": got[0].get("since"), "revision": got[1]} if got else None
+    if output == "json":
+        print(json.dumps(holder))
+    elif holder is None:
+        out.print("no controller leads (nobody holds the lease)", highlight=False)
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"])) if holder["since"] else "?"
+        out.print(f"{holder['id']} leads since {since} (lease revision {holder['revision']})", highlight=False)
+    if holder is None:
+        raise typer.Exit(EXIT_NO_LEADER)
 
 
 @fleet_app.command("invoke")

@@ -228,6 +228,11 @@ def up(
     fleet: Optional[str] = typer.Option(None, "--fleet", help="join the fleet on this NATS server "
                                                               "(nats://host:port, JetStream on)"),
     label: list[str] = typer.Option([], "--label", help="fleet label KEY=VALUE (site, arch, gpio=true, …)"),
+    taint: list[str] = typer.Option([], "--taint", help="fleet taint KEY=VALUE:EFFECT or KEY:EFFECT "
+                                                        "(NoSchedule, NoExecute): only deployments that "
+                                                        "tolerate it are placed here"),
+    controller: bool = typer.Option(False, "--controller", help="also be a candidate fleet controller "
+                                                                "(leader election: one leads at a time)"),
     capacity_memory: str = typer.Option("1Gi", help="memory offered to fleet deployments"),
     capacity_instances: int = typer.Option(64, help="module instances offered to fleet deployments"),
     trust_key: list[Path] = typer.Option([], "--trust-key", help="public key PEM (from iotwasm keygen) whose "
@@ -259,17 +264,22 @@ def up(
     fleet_opts = None
     if trust_key and not fleet:
         _fail(IotwasmError("--trust-key sets the signature policy for fleet modules; give --fleet too"))
+    if (taint or controller) and not fleet:
+        _fail(IotwasmError(f"{'--taint' if taint else '--controller'} needs --fleet"))
     if fleet:
         from ..engine.limits import parse_size
+        from ..fleet.model import Taint
 
         try:
             fleet_opts = {"url": fleet, "labels": _pairs(label, "--label"),
+                          "taints": [str(Taint.parse(t, "--taint")) for t in taint],
                           "memory": parse_size(capacity_memory), "instances": capacity_instances,
                           "trusted": _trusted_keys(trust_key) if trust_key else None}
         except IotwasmError as e:
             _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts))
+        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts,
+                             controller=controller))
     except IotwasmError as e:
         _fail(e)
 

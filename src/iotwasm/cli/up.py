@@ -58,7 +58,10 @@ def render(node: Node, started: float) -> Group:
 
 
 async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
-                   otel: bool = False, fleet: dict | None = None) -> Node:
+                   otel: bool = False, fleet: dict | None = None, controller: bool = False) -> Node:
+    """Run `config`'s node until it stops; with `fleet` ({url, labels, taints, memory,
+    instances}) it joins that fleet, and with `controller` it is also a candidate controller
+    (leader election: only the lease holder of the fleet places work)."""
     node = Node(config)
     if otel:
         try:
@@ -72,7 +75,7 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             provider = console_provider()  # nothing configured: show the spans
         enable_tracing(node, provider)
     agent = invocations = None
-    if fleet is not None:  # {url, labels, memory, instances, trusted}: join the fleet next to the node
+    if fleet is not None:  # {url, labels, taints, memory, instances, trusted}: join the fleet next to the node
         from ..fleet import FleetAgent
 
         agent = FleetAgent(node, **fleet)   # before the API, which serves the fleet views through it
@@ -101,11 +104,14 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     started = time.monotonic()
     final = None
     task = asyncio.create_task(node.run())
+    candidate = None
     if agent is not None:
         from ..fleet.invoke import serve_invocations
 
         agent.start()
         invocations = asyncio.create_task(serve_invocations(node, fleet["url"]), name="invocations")
+        if controller:
+            candidate = asyncio.create_task(_candidate(fleet["url"], agent.id), name="controller-candidate")
     live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
     if live:
         live.start()
@@ -129,6 +135,9 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
                     for n, r in snap["routes"].items()), highlight=False)
         await task
     finally:
+        if candidate is not None:   # first: releasing the lease lets another candidate lead at once
+            candidate.cancel()
+            await asyncio.gather(candidate, return_exceptions=True)
         if invocations is not None:
             invocations.cancel()
             try:
@@ -146,6 +155,26 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     if final is not None and not live:
         console.print(final)
     return node
+
+
+async def _candidate(url: str, node_id: str) -> None:
+    """A controller candidate inside the node; it keeps trying to reach the fleet, as the agent
+    does, so a node started while the fleet is down becomes a candidate when it returns."""
+    from ..fleet import Controller
+
+    logging.getLogger("iotwasm.fleet.lease").setLevel(logging.INFO)   # show leader/standby changes
+    ctl = Controller(url, id=node_id)
+    while True:
+        try:
+            await ctl.start()
+            break
+        except IotwasmError as e:
+            logging.getLogger("iotwasm.fleet.controller").warning("%s; controller candidate retrying", e)
+            await asyncio.sleep(2)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await ctl.stop()
 
 
 def default_manifests() -> Path | None:

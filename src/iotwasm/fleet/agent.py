@@ -28,7 +28,7 @@ from ..errors import GuestTrap, IotwasmError, LimitExceeded
 from ..node import Node
 from ..node.manifests import Deployment, Route
 from ..registry.signing import verify_any
-from .model import NodeInfo
+from .model import NodeInfo, Taint
 from .store import FleetStore, check_key
 
 log = logging.getLogger("iotwasm.fleet.agent")
@@ -41,11 +41,13 @@ FAULTS = frozenset({GuestTrap.kind, LimitExceeded.kind,
 class FleetAgent:
     def __init__(self, node: Node, url: str, *, labels: dict[str, str] | None = None,
                  memory: int = 1 << 30, instances: int = 64, heartbeat_s: float = 1.0,
-                 node_ttl_s: float = 4.0, trusted: dict | None = None, resync_every: int = 10):
+                 node_ttl_s: float = 4.0, trusted: dict | None = None, resync_every: int = 10,
+                 taints: list[str] | None = None):
         self.node = node
         self.url = url
         self.id = check_key("node id", node.config.name)
         self.labels = dict(labels or {})
+        self.taints = [str(Taint.parse(t)) for t in taints or []]
         self.memory, self.instances = memory, instances
         self.heartbeat_s, self.node_ttl_s = heartbeat_s, node_ttl_s
         self.resync_every = resync_every
@@ -195,7 +197,7 @@ class FleetAgent:
                         problems=[f"{n}: {p}" for n, p in sorted(self.problems.items())] +
                         [p for p in self.node.last_problems
                          if any(p.startswith(f"Route {r}: ") for r in self.owned_routes)],
-                        health=self.health())
+                        taints=self.taints, health=self.health())
 
     def health(self) -> dict[str, dict]:
         """Per fleet deployment: the module assigned and the one serving, and the serving

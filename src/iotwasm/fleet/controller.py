@@ -14,6 +14,13 @@ keeps changing; one whose heartbeat has not moved for `dead_after_s` is dead (a 
 every `check_s`), and its copies are bound elsewhere at once. With a 1 s heartbeat and a 3 s
 dead-after, a killed node's work is rebound in under 5 s. After a reconnect the watchers are
 started again, which re-delivers every key; a full pass also runs every `resync_s`.
+
+Election (on by default): controllers are candidates for a lease (`lease.py`); only the holder
+runs passes. A standby keeps its watchers running — writing nothing — so on takeover it knows
+which heartbeats stopped moving while it watched and passes at once. A node first heard of in
+a bucket's initial content (a controller that just started) is not taken as freshly alive: its
+heartbeat's age, measured against the newest heartbeat on the server's clock, counts towards
+`dead_after_s`.
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 
 from ..errors import ConfigError, IotwasmError
+from .lease import Lease
 from .model import FleetDeployment, NodeInfo
 from .rollout import Rollout, start, step
 from .scheduler import Plan, schedule
@@ -38,14 +48,21 @@ ROLLOUT_STEP_S = 0.5
 
 class Controller:
     def __init__(self, url: str, *, dead_after_s: float = 3.0, interval_s: float = 0.5,
-                 node_ttl_s: float = 4.0, resync_s: float = 5.0):
+                 node_ttl_s: float = 4.0, resync_s: float = 5.0, election: bool = True,
+                 id: str | None = None, lease_ttl_s: float = 3.0):
         self.url = url
+        #: the candidate's name in the lease (default host name and process id)
+        self.id = id or f"{socket.gethostname()}-{os.getpid()}"
+        self.election, self.lease_ttl_s = election, lease_ttl_s
+        self.lease: Lease | None = None
+        self._lease_task: asyncio.Task | None = None
         self.dead_after_s, self.node_ttl_s, self.resync_s = dead_after_s, node_ttl_s, resync_s
         #: how often liveness is checked (and the shortest gap between two passes)
         self.interval_s = interval_s
         self.check_s = min(interval_s, 0.25)
         self.store: FleetStore | None = None
         self.last_plan = Plan()
+        self.passes = 0                 # passes run (a standby runs none)
         # state kept from the watchers
         self._nodes: dict[str, NodeInfo] = {}
         self._seen: dict[str, tuple[int, float]] = {}   # node → (heartbeat revision, when it moved)
@@ -61,21 +78,36 @@ class Controller:
 
     async def start(self) -> None:
         self.store = await FleetStore.connect(self.url, node_ttl_s=self.node_ttl_s, name="iotwasm-controller")
+        if self.election:
+            self.lease = Lease(self.store, self.id, ttl_s=self.lease_ttl_s, on_change=self._leadership)
+            self._lease_task = asyncio.create_task(self.lease.run(), name="fleet-lease")
         self._task = asyncio.create_task(self._run(), name="fleet-controller")
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this controller may write: it holds the lease (or runs without election)."""
+        return not self.election or (self.lease is not None and self.lease.held)
+
+    def _leadership(self, held: bool) -> None:
+        if held:
+            self._dirty.set()   # wake the loop: a new leader passes at once
 
     async def stop(self) -> None:
         # a flag as well as a cancel: a cancel that lands inside a NATS call can be absorbed
         self._closing.set()
-        for task in [self._task, *self._watchers]:
+        tasks = [self._task, self._lease_task, *self._watchers]
+        for task in tasks:
             if task is not None:
                 task.cancel()
-        for task in [self._task, *self._watchers]:
+        for task in tasks:
             if task is None:
                 continue
             try:
                 await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 3)
             except asyncio.TimeoutError:
                 log.warning("controller task did not stop within 3 s")
+        if self.lease is not None:   # passes have stopped: a standby may take over at once
+            await self.lease.release()
         if self.store is not None:
             await self.store.close()
 
@@ -94,16 +126,23 @@ class Controller:
         try:
             watcher = await self.store.watch_bucket(bucket)
             initial: set[str] | None = set()
+            written: dict[str, object] = {}    # node → server time of its heartbeat, initial content
+            unknown: set[str] = set()          # nodes this controller has no history of
             async for entry in watcher:
                 if entry is None:          # the bucket's current content has been delivered
                     if initial is not None:
                         self._forget_missing(bucket, initial)
+                        self._age_unknown(written, unknown)
                         initial = None
                         self._ready[bucket].set()
                         self._dirty.set()
                     continue
                 if initial is not None:
                     initial.add(entry.key)
+                    if bucket == NODES and entry.created is not None:
+                        written[entry.key] = entry.created
+                        if entry.key not in self._seen:
+                            unknown.add(entry.key)
                 self._update(bucket, entry)
         except asyncio.CancelledError:
             raise
@@ -119,6 +158,19 @@ class Controller:
             del cache[key]
             if bucket == NODES:
                 self._seen.pop(key, None)
+
+    def _age_unknown(self, written: dict, unknown: set[str]) -> None:
+        """Back-date nodes first heard of in the initial content by their heartbeat's age
+        against the newest heartbeat (both on the server's clock): a controller that starts or
+        takes over shortly after a node died does not count it alive for another dead_after_s.
+        With every node dead at once, the newest is taken as fresh."""
+        if not unknown:
+            return
+        newest = max(written.values())
+        for key in unknown:
+            if key in self._seen:
+                rev, moved = self._seen[key]
+                self._seen[key] = (rev, moved - max(0.0, (newest - written[key]).total_seconds()))
 
     def _update(self, bucket: str, entry) -> None:
         key, deleted = entry.key, entry.operation in ("DEL", "PURGE")
@@ -138,7 +190,8 @@ class Controller:
             seen = self._seen.get(key)
             if seen is None or seen[0] != entry.revision:
                 self._seen[key] = (entry.revision, time.monotonic())
-            if old is None or (old.labels, old.memory, old.instances) != (info.labels, info.memory, info.instances):
+            if old is None or ((old.labels, old.memory, old.instances, old.taints)
+                               != (info.labels, info.memory, info.instances, info.taints)):
                 self._dirty.set()
         elif bucket == DEPLOYMENTS:
             if deleted:
@@ -173,6 +226,7 @@ class Controller:
     async def _run(self) -> None:
         reconnects = -1
         last_pass = 0.0
+        leading = False
         while not self._closing.is_set():
             try:
                 if (self.store.nc.stats.get("reconnects", 0) != reconnects
@@ -181,10 +235,14 @@ class Controller:
                     await self._start_watchers()
                 live = set(self.live())
                 now = time.monotonic()
-                if (self._dirty.is_set() or live != self._live or now - last_pass >= self.resync_s
-                        or (self.rolling and now - last_pass >= ROLLOUT_STEP_S)):
+                was_leading, leading = leading, self.is_leader
+                if not leading:
+                    self._dirty.clear()   # a standby watches and writes nothing
+                elif (not was_leading or self._dirty.is_set() or live != self._live
+                      or now - last_pass >= self.resync_s or (self.rolling and now - last_pass >= ROLLOUT_STEP_S)):
                     self._dirty.clear()
                     last_pass = now
+                    self.passes += 1
                     await self.reconcile()
             except (IotwasmError, ConflictError) as e:
                 log.warning("%s", e)

@@ -7,6 +7,8 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
+from typing import Literal
+
 from pydantic import Field, ValidationError, model_validator
 
 from ..engine.limits import parse_duration_ms, parse_size
@@ -26,6 +28,7 @@ class NodeInfo:
     assignment_revision: int = 0     # the assignment the node has applied
     running: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    taints: list[str] = field(default_factory=list)   # "key=value:Effect"; absent in older heartbeats
     #: per fleet deployment: the module digest assigned and running, state, and counters of the
     #: running version (messages, dead letters, traps, local rollbacks): what rollout gates read
     health: dict[str, dict] = field(default_factory=dict)
@@ -39,14 +42,80 @@ class NodeInfo:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+# Taints and tolerations follow Kubernetes: a tainted node repels deployments that do not
+# tolerate the taint. Keys are label-like (letters, digits, - _ . /), values may be empty.
+TAINT_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_./]{0,251}[A-Za-z0-9])?$")
+TAINT_VALUE = re.compile(r"^[-A-Za-z0-9_.]{0,63}$")
+EFFECTS = ("NoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class Taint:
+    """`NoSchedule`: no new copy is bound to the node unless tolerated; copies already there
+    stay. `NoExecute`: besides, copies already there that do not tolerate it are moved away."""
+
+    key: str
+    value: str
+    effect: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+    @classmethod
+    def parse(cls, text: str, where: str = "taint") -> "Taint":
+        """`key=value:Effect` or `key:Effect`."""
+        head, sep, effect = text.rpartition(":")
+        key, _, value = head.partition("=")
+        if not sep or effect not in EFFECTS or not TAINT_KEY.match(key) or not TAINT_VALUE.match(value):
+            raise ConfigError(f"{where} {text!r} must look like KEY=VALUE:EFFECT or KEY:EFFECT with EFFECT "
+                              f"{' or '.join(EFFECTS)} (key: letters, digits, - _ . /; value: letters, "
+                              "digits, - _ .)")
+        return cls(key, value, effect)
+
+
+class Toleration(Strict):
+    """Lets a deployment onto nodes with a matching taint. No `effect` matches every effect;
+    `Exists` matches any value; `Exists` without a key tolerates every taint."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = ""
+    effect: Literal["NoSchedule", "NoExecute"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Toleration":
+        self.key, self.value = self.key or None, self.value or ""
+        if self.key is not None and not TAINT_KEY.match(self.key):
+            raise ValueError(f"key {self.key!r}: letters, digits and - _ . / only")
+        if not TAINT_VALUE.match(self.value):
+            raise ValueError(f"value {self.value!r}: at most 63 letters, digits and - _ . only")
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("operator Equal needs a key (a key-less toleration must use operator Exists)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value")
+        return self
+
+    def tolerates(self, taint: Taint) -> bool:
+        if self.effect is not None and self.effect != taint.effect:
+            return False
+        if self.key is None:
+            return True          # Exists without a key (Equal needs one)
+        return self.key == taint.key and (self.operator == "Exists" or self.value == taint.value)
+
+
 class Placement(Strict):
     """Where a fleet deployment runs. `replicas` copies (one per node), or one on every
-    matching node with `perNode`; `spreadBy` names a label whose values share the copies."""
+    matching node with `perNode`; `spreadBy` names a label whose values share the copies;
+    `tolerations` let it onto tainted nodes."""
 
     node_selector: dict[str, str] = Field({}, alias="nodeSelector")
     replicas: int | None = Field(None, ge=0, le=10_000)
     per_node: bool = Field(False, alias="perNode")
     spread_by: str | None = Field(None, alias="spreadBy")
+    tolerations: list[Toleration] = []
+
+    def untolerated(self, taints: list[Taint]) -> list[Taint]:
+        return [t for t in taints if not any(tol.tolerates(t) for tol in self.tolerations)]
 
     @model_validator(mode="after")
     def _one_mode(self) -> "Placement":

@@ -55,7 +55,8 @@ class FleetView:
     def node_rows(self, now: float | None = None) -> list[dict]:
         """One row per live node; the heartbeat age is measured against the node's own clock."""
         now = time.time() if now is None else now
-        return [{"id": node_id, "labels": info.labels, "memory": info.memory, "instances": info.instances,
+        return [{"id": node_id, "labels": info.labels, "taints": info.taints, "memory": info.memory,
+                 "instances": info.instances,
                  "heartbeat_age_s": round(max(0.0, now - info.time), 1), "assigned": self.assigned(node_id),
                  "assignment_revision": info.assignment_revision, "running": info.running,
                  "problems": info.problems}

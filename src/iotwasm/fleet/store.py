@@ -5,6 +5,7 @@
   compare-and-set on the revision the writer read, so concurrent writers cannot lose updates.
 - ``iotwasm-assignments``: what each node should run, written by the controller.
 - ``iotwasm-rollouts``: the staged rollout of each deployment's newest version (fleet/rollout.py).
+- ``iotwasm-leader``: leases (key ``controller``): who runs the passes; entries age out.
 - ``iotwasm-modules`` (object store): module binaries by digest, plus detached signatures.
 """
 
@@ -32,6 +33,7 @@ NODES = "iotwasm-nodes"
 DEPLOYMENTS = "iotwasm-deployments"
 ASSIGNMENTS = "iotwasm-assignments"
 ROLLOUTS = "iotwasm-rollouts"
+LEADER = "iotwasm-leader"
 MODULES = "iotwasm-modules"
 KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -105,6 +107,26 @@ class FleetStore:
             self._obj = await self.js.object_store(MODULES)
         except nats.js.errors.BucketNotFoundError:
             self._obj = await self.js.create_object_store(MODULES, storage=StorageType.FILE)
+
+    # -- leases ----------------------------------------------------------------------------
+    async def lease_bucket(self, ttl_s: float):
+        """The leader bucket, created with max age `ttl_s` when missing, and the max age it
+        really has: the first creator's wins, and holders must renew within that one."""
+        kv = self._kv.get(LEADER) or await self._bucket(LEADER, ttl=ttl_s, history=1)
+        return kv, (await kv.status()).ttl or ttl_s
+
+    async def lease_holder(self, key: str = "controller") -> tuple[dict, int] | None:
+        """(holder, revision) of a lease, or None when nobody holds it; reads only, so that
+        looking does not create the bucket."""
+        try:
+            kv = self._kv.get(LEADER) or await self.js.key_value(LEADER)
+            e = await kv.get(key)
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+            return None
+        try:
+            return json.loads(e.value), e.revision
+        except ValueError:
+            return {"id": e.value.decode(errors="replace")}, e.revision
 
     # -- nodes -----------------------------------------------------------------------------
     async def heartbeat(self, info: NodeInfo) -> int:
