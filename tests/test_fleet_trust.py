@@ -1,4 +1,4 @@
-"""Trusted keys on the command line: `iotwasm up --fleet … --trust-key FILE` loads only fleet
+"""Trusted keys on the command line: three `iotwasm up --fleet … --trust-key FILE` nodes load only fleet
 modules signed by one of those keys. Keys and signatures come from the CLI's own `keygen` and
 `sign`; `fleet apply` uploads a module's signature along with it."""
 
@@ -11,10 +11,11 @@ import sys
 import time
 
 import wasmtime
+import yaml
 
 from brokers import nats_server, stop_processes  # noqa: F401
 from conftest import ECHO_WAT
-from iotwasm.fleet import Controller, FleetStore
+from iotwasm.fleet import Controller, FleetDeployment, FleetStore
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
 
@@ -32,7 +33,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_a_node_with_trusted_keys_runs_only_fleet_modules_signed_by_them(nats_server, tmp_path):  # noqa: F811
+def test_nodes_with_trusted_keys_run_only_signed_fleet_modules_and_refuse_forged_ones(nats_server, tmp_path):  # noqa: F811
     cli("keygen", "--out", str(tmp_path / "ops"))
     cli("keygen", "--out", str(tmp_path / "stranger"))
     for name, heap, key in (("unsigned", 1024, None), ("signed", 2048, "ops"), ("foreign", 3072, "stranger")):
@@ -42,10 +43,11 @@ def test_a_node_with_trusted_keys_runs_only_fleet_modules_signed_by_them(nats_se
         (tmp_path / f"{name}.yaml").write_text(
             f"deployment:\n  apiVersion: iotwasm.io/v1\n  kind: Deployment\n  metadata: {{name: {name}}}\n"
             f"  spec: {{module: {name}.wasm, resources: {{memory: 16Mi}}}}\nplacement: {{perNode: true}}\n")
-    log = open(tmp_path / "strict.log", "wb")
-    node = subprocess.Popen([*CLI, "up", "--no-api", "--fleet", nats_server.url, "--name", "strict",
-                             "--data", str(tmp_path / "strict"), "--trust-key", str(tmp_path / "ops.pub")],
-                            stdout=log, stderr=subprocess.STDOUT)
+    names = ("strict-1", "strict-2", "strict-3")
+    nodes = [subprocess.Popen([*CLI, "up", "--no-api", "--fleet", nats_server.url, "--name", n,
+                               "--data", str(tmp_path / n), "--trust-key", str(tmp_path / "ops.pub")],
+                              stdout=open(tmp_path / f"{n}.log", "wb"), stderr=subprocess.STDOUT)
+             for n in names]
 
     async def main():
         ctl = Controller(nats_server.url, interval_s=0.2)
@@ -55,18 +57,30 @@ def test_a_node_with_trusted_keys_runs_only_fleet_modules_signed_by_them(nats_se
             for name in ("unsigned", "signed", "foreign"):
                 out = cli("fleet", "apply", str(tmp_path / f"{name}.yaml"), "--fleet", nats_server.url).stdout
                 assert f"fleet deployment {name} at revision" in out
+            # an artifact whose stored bytes are not the ones its digest names
+            forged = await store.put_module(variant(4096))
+            await store.put_object(forged, variant(1024))
+            doc = yaml.safe_load((tmp_path / "signed.yaml").read_text())
+            doc["deployment"]["metadata"]["name"] = "forged"
+            doc["deployment"]["spec"]["module"] = forged
+            await store.put_deployment(FleetDeployment.parse(doc), None)
 
-            deadline = time.monotonic() + 60
+            def settled(info) -> bool:
+                return info is not None and info.running == ["signed"] and len(info.problems) == 3
+
+            deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                info = (await store.nodes()).get("strict", (None, 0))[0]
-                if info is not None and info.running == ["signed"] and len(info.problems) == 2:
+                listing = await store.nodes()
+                if all(settled(listing.get(n, (None, 0))[0]) for n in names):
                     break
                 await asyncio.sleep(0.2)
             else:
-                raise AssertionError(f"strict node did not settle: {info}")
-            problems = dict(p.split(": ", 1) for p in info.problems)
-            assert "is not signed and signatures are required" in problems["unsigned"]
-            assert "which is not trusted here" in problems["foreign"]
+                raise AssertionError(f"nodes did not settle: {listing}")
+            for n in names:      # every node refuses all three, each for its own reason
+                problems = dict(p.split(": ", 1) for p in listing[n][0].problems)
+                assert "is not signed and signatures are required" in problems["unsigned"], n
+                assert "which is not trusted here" in problems["foreign"], n
+                assert "corrupt or tampered artifact" in problems["forged"], n
         finally:
             await store.close()
             await asyncio.wait_for(ctl.stop(), 10)
@@ -74,7 +88,7 @@ def test_a_node_with_trusted_keys_runs_only_fleet_modules_signed_by_them(nats_se
     try:
         asyncio.run(main())
     finally:
-        stop_processes([node])
+        stop_processes(nodes)
 
 
 def test_trust_key_problems_stop_the_node_before_it_starts(tmp_path):
