@@ -82,6 +82,8 @@ def test_fleet_views_show_the_fleet_to_operators_and_answer_503_when_the_link_is
         rows = wait_for(settled, 40, "both nodes running their fleet deployments")
         assert rows["n2"]["labels"] == {"site": "b"} and rows["api-node"]["assigned"] == ["everywhere"]
         assert rows["n2"]["assigned"] == ["b-only", "everywhere"] and rows["n2"]["problems"] == []
+        assert rows["n2"]["health"] == "ok" and rows["n2"]["deployments"]["b-only"]["state"] == "running"
+        assert rows["n2"]["deployments"]["b-only"]["digest"] == digest
 
         summary = viewer.get("/v1/fleet").json()
         assert summary["url"] == nats_server.url and summary["connected"] is True

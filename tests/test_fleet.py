@@ -361,3 +361,17 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
 async def _placed(running) -> bool:
     now = await running()
     return len(now) == 3 and all("all" in v for v in now.values()) and sum("one" in v for v in now.values()) == 1
+
+
+def test_the_fleet_view_sums_up_each_nodes_health():
+    from iotwasm.fleet import FleetView
+
+    view = FleetView(
+        nodes={"a": (NodeInfo("a", running=["x"], health={"x": {"state": "running"}}), 1),
+               "b": (NodeInfo("b", running=["x"], problems=["y: module refused"],
+                              health={"x": {"state": "error"}, "y": {}}), 1)},
+        deployments={}, rollouts={},
+        assignments={"a": ({"deployments": {"x": {}}}, 1), "b": ({"deployments": {"x": {}, "y": {}}}, 1)})
+    rows = {r["id"]: r for r in view.node_rows()}
+    assert rows["a"]["health"] == "ok"
+    assert rows["b"]["health"] == "not running y; x error; 1 problem(s)"

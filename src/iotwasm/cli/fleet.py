@@ -101,12 +101,15 @@ def nodes(fleet: Optional[str] = typer.Option(None, "--fleet", help="the fleet's
         print(json.dumps(rows, indent=2))
         return
     t = Table(title=f"nodes of {fleet or 'the fleet'}")
-    for col in ("node", "labels", "taints", "memory", "instances", "heartbeat", "assigned", "running", "problems"):
+    for col in ("node", "labels", "taints", "memory", "instances", "heartbeat", "health", "assigned", "running",
+                "problems"):
         t.add_column(col)
     for r in rows:
+        health = r.get("health", "ok")
         t.add_row(r["id"], ", ".join(f"{k}={v}" for k, v in sorted(r["labels"].items())),
-                  ", ".join(r["taints"]) or "-",
+                  ", ".join(r.get("taints", [])) or "-",
                   f"{r['memory'] >> 20} MiB", str(r["instances"]), f"{r['heartbeat_age_s']:.1f}s ago",
+                  f"[green]{health}[/]" if health == "ok" else f"[red]{health}[/]",
                   ", ".join(r["assigned"]) or "-", ", ".join(r["running"]) or "-", "\n".join(r["problems"]) or "-")
     out.print(t)
 

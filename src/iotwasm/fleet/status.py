@@ -59,8 +59,23 @@ class FleetView:
                  "instances": info.instances,
                  "heartbeat_age_s": round(max(0.0, now - info.time), 1), "assigned": self.assigned(node_id),
                  "assignment_revision": info.assignment_revision, "running": info.running,
+                 "health": self.health(node_id, info), "deployments": info.health,
                  "problems": info.problems}
                 for node_id, (info, _) in sorted(self.nodes.items())]
+
+    def health(self, node_id: str, info: NodeInfo) -> str:
+        """`ok`, or what is wrong in a few words: problems reported, assigned deployments not
+        running, containers not in the running state."""
+        issues = []
+        missing = [n for n in self.assigned(node_id) if n not in info.running]
+        if missing:
+            issues.append(f"not running {', '.join(missing)}")
+        broken = [n for n, h in sorted(info.health.items()) if h.get("state") not in (None, "running")]
+        if broken:
+            issues.append(", ".join(f"{n} {info.health[n]['state']}" for n in broken))
+        if info.problems:
+            issues.append(f"{len(info.problems)} problem(s)")
+        return "; ".join(issues) or "ok"
 
     def wanted(self, fd: FleetDeployment) -> int:
         """Copies the placement asks for: `replicas`, or one per live matching node."""
