@@ -375,3 +375,37 @@ def test_the_fleet_view_sums_up_each_nodes_health():
     rows = {r["id"]: r for r in view.node_rows()}
     assert rows["a"]["health"] == "ok"
     assert rows["b"]["health"] == "not running y; x error; 1 problem(s)"
+
+
+def test_the_example_fleet_pipeline_applies_and_runs_where_it_is_placed(nats_server, tmp_path):  # noqa: F811
+    """examples/fleet/decode.yaml through `iotwasm fleet apply`: the module is uploaded, the
+    gateways of site berlin decode frames into their store, others run nothing."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "fleet" / "decode.yaml"
+
+    async def main():
+        ctl = Controller(nats_server.url, dead_after_s=1.5, interval_s=0.2)
+        await ctl.start()
+        members = [await Member(tmp_path, n, nats_server.url, labels).start() for n, labels in
+                   [("berlin-1", {"site": "berlin"}), ("paris-1", {"site": "paris"})]]
+        try:
+            done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "iotwasm.cli.main", "fleet",
+                                           "apply", str(example), "--fleet", nats_server.url],
+                                           capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            fd, _ = await ctl.store.deployment("decode")
+            assert fd.rollout is not None and fd.rollout.waves == 2 and fd.routes[0].name == "frames"
+            berlin, paris = members
+            await wait_for(lambda: len(berlin.node.store.query("readings", limit=5)) >= 3, timeout=40,
+                           what="decoded readings on the berlin gateway")
+            row = berlin.node.store.query("readings", limit=1)[0]
+            assert row["topic"].startswith("sensors/") and row["topic"].endswith("/temperature")
+            assert "decode" not in paris.running() and "frames" not in paris.node.routes
+        finally:
+            for m in members:
+                await m.stop()
+            await asyncio.wait_for(ctl.stop(), 10)
+
+    asyncio.run(main())
