@@ -70,6 +70,24 @@ def test_tumbling_allowed_lateness():
     assert feed(e, (40000, 0)) == [{"s": 12, "ws": 10000, "we": 20000}]
 
 
+def test_a_quiet_event_time_stream_closes_its_windows_after_the_idle_timeout():
+    sql = f'SELECT sum(v) AS s, {W} FROM "s/a" GROUP BY TUMBLINGWINDOW(ss, 10)'
+    waits = engine(sql, EventTime("ts"))
+    idles = engine(sql, EventTime("ts", idle_ms=5000))
+    for e in (waits, idles):
+        assert feed(e, (0, 1), (4000, 2)) == []
+    for now in (100_000, 103_000, 104_900):             # the clock at which ticks run
+        assert rows(waits.tick(now)) == [] and rows(idles.tick(now)) == []
+    assert rows(waits.tick(200_000)) == []              # without idleTimeout: open until the next event
+    # quiet for 5 s of processing time since the tick that saw 4000: event time goes on from it
+    assert rows(idles.tick(105_000)) == []              # watermark 4000 + 5000 = 9000 < 10000
+    assert rows(idles.tick(106_000)) == [{"s": 3, "ws": 0, "we": 10000}]
+    assert feed(idles, (8000, 50)) == []                # behind the watermark now: late
+    assert idles.stats()["r"]["late"] == 1
+    assert feed(idles, (31000, 4)) == []                # the stream resumes: event time rules again
+    assert rows(idles.tick(107_000)) == []              # a newer event: quiet again from this tick
+
+
 def test_tumbling_event_time_in_seconds_and_groups():
     e = engine(f'SELECT d, max(v) AS m, {W} FROM "s/+" GROUP BY d, TUMBLINGWINDOW(ss, 10)',
                EventTime("ts", "s"))

@@ -102,6 +102,28 @@ def test_window_state_survives_a_node_restart_and_functions_come_from_deployment
     asyncio.run(main())
 
 
+def test_an_event_time_rule_with_idle_timeout_closes_its_window_when_the_stream_goes_quiet(tmp_path):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    quiet = rule("quiet", 'SELECT d, sum(v) AS s FROM "climate/{d}" GROUP BY d, TUMBLINGWINDOW(ss, 10)', "quiet")
+    quiet = quiet.replace("eventTime: {field: ts, lateness: 0s}", "eventTime: {field: ts, idleTimeout: 300ms}")
+    quiet = quiet.replace("  functions: [{name: check, deployment: check}]\n", "")
+    write(mdir, "a.yaml", quiet)
+    bad = quiet.replace("idleTimeout: 300ms", "idleTimeout: soon")
+
+    async def main():
+        node = Node(NodeConfig(data_dir=tmp_path / "data", manifests=mdir, sync_interval_s=0.05))
+        await node.start()
+        await send(node, "a", (1000, 1), (2000, 2))      # then nothing: the window must close anyway
+        await wait_for(lambda: stored(node, "quiet") == [{"d": "a", "s": 3}], what="the quiet window closed")
+        write(mdir, "a.yaml", bad)
+        await node.sync()
+        assert "eventTime.idleTimeout" in node.last_manifest_error and "cannot read duration 'soon'" in \
+            node.last_manifest_error
+        await node.shutdown()
+    asyncio.run(main())
+
+
 def test_rules_created_updated_disabled_by_tag_and_deleted(tmp_path):
     mdir = tmp_path / "m"
     mdir.mkdir()

@@ -326,11 +326,17 @@ class EventTimeSpec(Strict):
     field: str | None = Field(None, description="payload field with the event time; default: arrival time")
     unit: Literal["ms", "s"] = "ms"
     lateness: str = Field("0s", description="allowed lateness: the watermark trails the latest event time by it")
+    idle_timeout: str | None = Field(None, alias="idleTimeout",
+                                     description="after this long without a newer event, event time "
+                                                 "follows the clock so open windows close (default: "
+                                                 "wait for the next event)")
 
-    @field_validator("lateness")
+    @field_validator("lateness", "idle_timeout")
     @classmethod
-    def _duration(cls, v: str) -> str:
+    def _duration(cls, v: str | None) -> str | None:
         from ..engine.limits import parse_duration_ms
+        if v is None:
+            return v
         try:
             parse_duration_ms(v)
         except ConfigError as e:

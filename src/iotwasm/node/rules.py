@@ -69,7 +69,9 @@ class NodeRules:
                 raise ConfigError(f"function {f.name}: deployment {f.deployment!r} is not on this node")
             funcs[f.name] = WasmFunction(f.name, _DeploymentRef(self.deployments, f.deployment), f.kind,
                                          deployment=f.deployment)
-        et = EventTime(s.event_time.field, s.event_time.unit, int(parse_duration_ms(s.event_time.lateness)))
+        idle = s.event_time.idle_timeout
+        et = EventTime(s.event_time.field, s.event_time.unit, int(parse_duration_ms(s.event_time.lateness)),
+                       int(parse_duration_ms(idle)) if idle is not None else None)
         actions = []
         for a in s.actions:
             t = a.type

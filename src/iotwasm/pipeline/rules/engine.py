@@ -60,6 +60,9 @@ class EventTime:
     field: str | None = None
     unit: str = "ms"             # ms or s
     lateness_ms: int = 0
+    #: after this much processing time without a newer event, event time is taken to go on with
+    #: the clock, so a stream that goes quiet still closes its windows (None: wait for events)
+    idle_ms: int | None = None
 
 
 @dataclass
@@ -186,6 +189,8 @@ class CompiledRule:
         self.lateness = spec.event_time.lateness_ms
         self.watermark: int | None = None
         self.max_ts: int | None = None
+        self._ticked_ts: int | None = None   # max_ts at the last tick that saw it change
+        self._quiet_since = 0                # processing time (ms) of that tick
         self.enabled = True
         # window state
         self.windows: dict[tuple[int, int], dict[Any, _Group]] = {}   # tumbling / hopping
@@ -488,9 +493,29 @@ class CompiledRule:
     def tick(self, now_ms: int, out: list[Emission]) -> None:
         """Processing time moves on without messages: close windows that are due. The clock
         trails by CLOCK_GRACE_MS, so messages that waited in a queue are not made late by it."""
-        if self.window is None or self.event_time.field is not None or not self.enabled:
+        if self.window is None or not self.enabled:
+            return
+        if self.event_time.field is not None:
+            self._idle(int(now_ms), out)
             return
         nwm = int(now_ms) - self.lateness - CLOCK_GRACE_MS
+        if self.watermark is None or nwm > self.watermark:
+            self.watermark = nwm
+            self._fire(out)
+
+    def _idle(self, now_ms: int, out: list[Emission]) -> None:
+        """An event-time stream with `idle_ms`: once no newer event has come for that long, the
+        watermark follows processing time from the last event time (events behind it are late)."""
+        idle = self.event_time.idle_ms
+        if idle is None or self.max_ts is None:
+            return
+        if self.max_ts != self._ticked_ts:          # newer events since the last tick
+            self._ticked_ts, self._quiet_since = self.max_ts, now_ms
+            return
+        quiet = now_ms - self._quiet_since
+        if quiet < idle:
+            return
+        nwm = self.max_ts + quiet - self.lateness
         if self.watermark is None or nwm > self.watermark:
             self.watermark = nwm
             self._fire(out)
