@@ -112,7 +112,7 @@ async def publish_reliably(url: str, messages: list[tuple[str, bytes]]) -> None:
 def node_process(manifests: Path, data: Path, broker: str) -> subprocess.Popen:
     log = open(data.parent / f"node-{time.monotonic_ns()}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "up", str(manifests),
-                             "--broker", broker, "--data", str(data), "--name", "edge1", "-v"],
+                             "--broker", broker, "--data", str(data), "--name", "edge1", "--no-api", "-v"],
                             stdout=log, stderr=subprocess.STDOUT)
 
 

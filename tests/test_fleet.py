@@ -192,6 +192,64 @@ def test_messages_flow_through_a_fleet_pipeline_on_the_nodes_it_is_placed_on(nat
     asyncio.run(main())
 
 
+def test_a_controller_that_sees_no_heartbeat_at_all_keeps_the_work_where_it_is(nats_server, tmp_path):  # noqa: F811
+    """A hung server stops every heartbeat at once, for longer than dead-after: the controller
+    must not strip every node of its work when the server answers again."""
+    async def main():
+        ctl = Controller(nats_server.url, dead_after_s=1.0, interval_s=0.2)
+        await ctl.start()
+        members = [await Member(tmp_path, n, nats_server.url, {"site": "a"}).start() for n in ("h1", "h2", "h3")]
+        try:
+            digest = await ctl.store.put_module(ECHO)
+            await ctl.store.put_deployment(fleet_deployment("steady", digest, {"perNode": True}), None)
+            await ctl.store.put_deployment(fleet_deployment("single", digest, {"replicas": 1}), None)
+            await wait_for(lambda: all("steady" in m.running() for m in members)
+                           and sum("single" in m.running() for m in members) == 1, what="placement")
+            holder = next(m for m in members if "single" in m.running())
+            lost: list[str] = []
+
+            async def watch():
+                while True:
+                    lost.extend(f"{m.node.config.name} lost {name}" for m in members
+                                for name in ("steady",) if name not in m.running())
+                    if "single" not in holder.running():
+                        lost.append("single moved")
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.to_thread(nats_server.pause)
+            await asyncio.sleep(4)                  # four times dead-after without any heartbeat
+            nats_server.resume()
+            await asyncio.sleep(4)                  # heartbeats return, one node after another
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            assert lost == []
+            assert set(ctl.live()) == {"h1", "h2", "h3"}
+        finally:
+            nats_server.resume()
+            for m in members:
+                await m.stop()
+            await asyncio.wait_for(ctl.stop(), 10)
+
+    asyncio.run(main())
+
+
+def test_time_in_which_the_controller_hears_nobody_does_not_count_against_nodes():
+    """The liveness rule on its own (dead-after 1 s, blind after 0.5 s of silence from everyone)."""
+    ctl = Controller("nats://127.0.0.1:1", dead_after_s=1.0)
+    t0 = time.monotonic()
+    ctl._nodes = {n: NodeInfo(n) for n in ("a", "b", "c")}
+    ctl._last_heard = t0 - 5                      # nobody heard from for 5 s …
+    ctl._seen = {"a": (1, t0 - 5.2), "b": (1, t0 - 5.4), "c": (1, t0 - 7)}   # … c was silent before
+    assert set(ctl.live()) == {"a", "b"}          # judged at the last moment anyone was heard
+    ctl._heard(t0)                                # a's heartbeat arrives first: 4.5 s were blind
+    ctl._seen["a"] = (2, t0)
+    assert set(ctl.live()) == {"a", "b"}          # b: 0.9 s of seeing time since its heartbeat
+    ctl._seen["b"] = (1, time.monotonic() - 1.5)  # b stays silent while others are heard
+    ctl._heard(time.monotonic())
+    assert set(ctl.live()) == {"a"}
+
+
 def test_concurrent_writers_are_resolved_by_compare_and_set(nats_server):  # noqa: F811
     async def main():
         stores = [await FleetStore.connect(nats_server.url) for _ in range(8)]

@@ -122,9 +122,9 @@ def test_canary_failing_its_gate_is_rolled_back_and_a_good_version_rolls_out(nat
                     and r.state == "progressing"
 
             await wait_for(canary_serving, timeout=60, what="the v3 canary")
-            paused = cli("rollout", "pause", "conv", "--fleet", nats_server.url)
-            assert paused.returncode == 0, paused.stderr.decode()
-            held = (await record()).updated
+            # paused from here (a CLI process may take longer to start than the canary's gate on
+            # a loaded machine); the CLI's pause is the same call, resume below goes through it
+            held = (await store.control_rollout("conv", "pause")).updated
             await asyncio.sleep(5)                   # longer than the gate's observation
             r = await record()
             assert r.state == "paused" and r.updated == held and len(held) < 3
@@ -135,6 +135,8 @@ def test_canary_failing_its_gate_is_rolled_back_and_a_good_version_rolls_out(nat
             await wait_for(lambda: all_on("v3"), timeout=30, what="v3 on every node")
             again = cli("rollout", "resume", "conv", "--fleet", nats_server.url)
             assert again.returncode == 1 and b"only a paused one can be resumed" in again.stderr
+            late = cli("rollout", "pause", "conv", "--fleet", nats_server.url)
+            assert late.returncode == 1 and b"is succeeded; only a progressing one can be paused" in late.stderr
         finally:
             stop.set()
             await load

@@ -72,6 +72,11 @@ class Controller:
         self._ready: dict[str, asyncio.Event] = {NODES: asyncio.Event()}
         self._dirty = asyncio.Event()
         self._live: set[str] = set()
+        #: no heartbeat from anyone for longer than this: the controller counts itself blind, and
+        #: time spent blind does not count against any node
+        self.blind_after_s = dead_after_s / 2
+        self._last_heard = 0.0       # monotonic: the last heartbeat from any node
+        self._blind_logged = False
         self._task: asyncio.Task | None = None
         self._watchers: list[asyncio.Task] = []
         self._closing = asyncio.Event()
@@ -151,13 +156,15 @@ class Controller:
         self._ready[bucket].clear()     # the next pass starts the watchers again
 
     def _forget_missing(self, bucket: str, present: set[str]) -> None:
-        """Keys that disappeared while no watcher ran (a restart, a reconnect)."""
-        cache = {NODES: self._nodes, DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments,
-                 ROLLOUTS: self._rollouts}[bucket]
+        """Keys that disappeared while no watcher ran (a restart, a reconnect). Heartbeats are
+        the exception: one may have aged out only because this controller could not see (a
+        server that hung expires them all at once when it runs again), so a node is left to
+        the liveness rule, which judges it by its heartbeat and forgets it once long silent."""
+        if bucket == NODES:
+            return
+        cache = {DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments, ROLLOUTS: self._rollouts}[bucket]
         for key in set(cache) - present:
             del cache[key]
-            if bucket == NODES:
-                self._seen.pop(key, None)
 
     def _age_unknown(self, written: dict, unknown: set[str]) -> None:
         """Back-date nodes first heard of in the initial content by their heartbeat's age
@@ -189,7 +196,9 @@ class Controller:
             self._nodes[key] = info
             seen = self._seen.get(key)
             if seen is None or seen[0] != entry.revision:
-                self._seen[key] = (entry.revision, time.monotonic())
+                now = time.monotonic()
+                self._heard(now)
+                self._seen[key] = (entry.revision, now)
             if old is None or ((old.labels, old.memory, old.instances, old.taints)
                                != (info.labels, info.memory, info.instances, info.taints)):
                 self._dirty.set()
@@ -263,10 +272,35 @@ class Controller:
         return any(r.state == "progressing" for r, _ in self._rollouts.values())
 
     def live(self) -> dict[str, NodeInfo]:
-        """Nodes whose heartbeat revision moved within `dead_after_s` (controller clock)."""
+        """Nodes whose heartbeat revision moved within `dead_after_s` (controller clock) — time
+        in which this controller heard no heartbeat from anyone (longer than `blind_after_s`)
+        does not count: a hung server or a controller cut off from the fleet stops every
+        heartbeat at once, and judging nodes dead on it would strip them of their work."""
         now = time.monotonic()
-        return {n: info for n, info in self._nodes.items()
-                if n in self._seen and now - self._seen[n][1] <= self.dead_after_s}
+        horizon = min(now, self._last_heard + self.blind_after_s) if self._last_heard else now
+        if now - horizon > self.dead_after_s and not self._blind_logged:
+            self._blind_logged = True
+            log.warning("no heartbeat from any node for %.1f s: nobody is judged dead meanwhile (more "
+                        "likely this controller's link than every node at once)", now - self._last_heard)
+        live = {n: info for n, info in self._nodes.items()
+                if n in self._seen and horizon - self._seen[n][1] <= self.dead_after_s}
+        forget = self.dead_after_s + self.node_ttl_s   # long dead: its heartbeat left the bucket too
+        for n in [n for n, (_, moved) in self._seen.items() if horizon - moved > forget]:
+            del self._seen[n]
+            self._nodes.pop(n, None)
+        return live
+
+    def _heard(self, now: float) -> None:
+        """A heartbeat arrived. After a blind spell every node's clock moves on by the time spent
+        blind, so a node whose next heartbeat is a moment behind the first is not judged on it."""
+        gap = now - self._last_heard
+        if self._last_heard and gap > self.blind_after_s:
+            shift = gap - self.blind_after_s
+            self._seen = {n: (rev, moved + shift) for n, (rev, moved) in self._seen.items()}
+            if self._blind_logged:
+                log.warning("heartbeats arrive again after %.1f s", gap)
+        self._blind_logged = False
+        self._last_heard = now
 
     async def reconcile(self) -> Plan:
         """One pass over the watched state: schedule, then write every assignment that differs."""
