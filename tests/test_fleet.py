@@ -274,9 +274,12 @@ def test_concurrent_writers_are_resolved_by_compare_and_set(nats_server):  # noq
             fd, _ = await stores[0].deployment("shared")
             assert fd.placement.node_selector == {f"w{i}": "yes" for i in range(8)}   # no write lost
             assert sum(conflicts) > 0   # they did collide, and CAS resolved it
-            # a stale revision is refused outright
+            # a stale revision is refused outright, for a write and for a delete
             with pytest.raises(ConflictError):
                 await stores[0].put_deployment(fd, 1)
+            with pytest.raises(ConflictError, match="changed since revision 1"):
+                await stores[0].delete_deployment("shared", 1)
+            assert await stores[0].deployment("shared") is not None
         finally:
             for s in stores:
                 await s.close()

@@ -35,6 +35,7 @@ ASSIGNMENTS = "iotwasm-assignments"
 ROLLOUTS = "iotwasm-rollouts"
 LEADER = "iotwasm-leader"
 MODULES = "iotwasm-modules"
+WRONG_LAST_SEQUENCE = 10071     # JetStream's error code for a compare-and-set that lost
 KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -194,8 +195,13 @@ class FleetStore:
     async def delete_deployment(self, name: str, revision: int | None = None) -> None:
         try:
             await self._kv[DEPLOYMENTS].delete(check_key("deployment", name), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise ConflictError(f"fleet deployment {name}: changed since revision {revision}") from None
+        except nats.js.errors.APIError as e:
+            # a stale delete comes back as a plain bad request carrying JetStream's
+            # "wrong last sequence" code, not as KeyWrongLastSequenceError
+            if isinstance(e, nats.js.errors.KeyWrongLastSequenceError) or e.err_code == WRONG_LAST_SEQUENCE:
+                raise ConflictError(f"fleet deployment {name}: changed since revision {revision}; "
+                                    "read it again and retry") from None
+            raise
 
     # -- assignments -----------------------------------------------------------------------
     async def assignment(self, node_id: str) -> tuple[dict, int]:
