@@ -412,6 +412,17 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             rows = {r["id"]: r for r in json.loads(listed.stdout)}
             assert rows[other]["labels"] == {"site": "a", "arch": "x86_64"}
             assert "one" in rows[other]["assigned"] and "all" in rows["p3"]["assigned"]
+            gone = subprocess.run([*cli, "fleet", "delete", "all", "--fleet", nats_server.url],
+                                  capture_output=True, timeout=60)
+            assert gone.returncode == 0 and b"fleet deployment all (revision" in gone.stdout, gone.stderr
+            again = subprocess.run([*cli, "fleet", "delete", "all", "--fleet", nats_server.url],
+                                   capture_output=True, timeout=60)
+            assert again.returncode == 1 and b"fleet deployment all: not found" in again.stderr
+
+            async def unbound():
+                return all("all" not in v for v in (await running()).values())
+
+            await wait_for(unbound, timeout=30, what="'all' removed from every node")
         finally:
             await store.close()
             stop_processes(procs.values())

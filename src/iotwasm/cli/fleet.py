@@ -163,10 +163,18 @@ def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>
 @fleet_app.command("delete")
 def delete(name: str, fleet: str = FLEET) -> None:
     """Remove a fleet deployment; the controller unbinds it from every node."""
+    async def remove(store):
+        got = await store.deployment(name)
+        if got is None:
+            raise IotwasmError(f"fleet deployment {name}: not found (iotwasm fleet list shows them)")
+        await store.delete_deployment(name, got[1])   # compare-and-set: not a version changed meanwhile
+        return got[1]
+
     try:
-        asyncio.run(_with_store(fleet, lambda s: s.delete_deployment(name)))
+        rev = asyncio.run(_with_store(fleet, remove))
     except IotwasmError as e:
         _fail(e)
+    out.print(f"fleet deployment {name} (revision {rev}) deleted", highlight=False)
 
 
 @fleet_app.command("list")
