@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prepares a machine for iotwasm: Debian packages (wasm toolchain, brokers) and a Python venv.
+# Prepares a machine for iotwasm: Debian packages (wasm toolchain, brokers, a browser for the
+# dashboard's tests) and a Python venv.
 # Idempotent and quick when nothing changed; the Makefile runs it before every target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,8 @@ done
 # brokers: the tests start their own processes on free ports
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || missing+=(mosquitto)
 { command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || missing+=(nats-server)
+# the web dashboard's tests drive Debian's browser (never a browser downloaded at run time)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"

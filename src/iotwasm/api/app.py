@@ -1,7 +1,8 @@
 """The node's management API (FastAPI): modules, manifests, deployments, routes, logs, events,
 tokens, tenants, audit, metrics and health; in a fleet, read-only views of the fleet (api/fleet.py).
 
-Every route except the two probes (``/healthz``, ``/readyz``) needs a bearer token with a
+Every route except the two probes (``/healthz``, ``/readyz``) and the dashboard's static files
+(``/ui/``, api/dashboard, which hold no data) needs a bearer token with a
 sufficient role, and tenant tokens see only their namespace: an object of another namespace is
 answered 404, exactly like one that does not exist, so names do not leak across tenants.
 Errors are RFC 9457 problem documents (``application/problem+json``) with one clear line in
@@ -833,6 +834,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the audit log's hash chain")
     async def audit_verify(who: Principal = Depends(admin)) -> dict:
         return await asyncio.to_thread(ctx.audit.verify)
+
+    from .dashboard import install as _install_dashboard
+    _install_dashboard(app)
 
     return app
 

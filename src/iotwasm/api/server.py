@@ -3,7 +3,8 @@
 Listening beyond the loopback interface needs TLS (a certificate and key) or an explicit
 ``allow_insecure``: tokens travel in headers, and a token on an open network in clear text is
 a token given away. On first start the node gets an admin token, written with mode 0600 to
-``<data>/admin.token``; nothing else ever shows a token's secret again.
+``<data>/admin.token``; nothing else ever shows a token's secret again, except the dashboard
+link `iotwasm up` prints to the operator's own terminal (`ApiServer.dashboard_url`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from ..errors import ConfigError
 from ..node.node import Node
 from .app import ApiContext, create_app
+from .dashboard import PATH as DASHBOARD_PATH
+from .security import TokenExpired
 
 log = logging.getLogger("iotwasm.api")
 
@@ -88,6 +92,22 @@ class ApiServer:
         host, _ = self.settings.host_port
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         return f"{'https' if self.settings.tls else 'http'}://{shown}:{self.port}"
+
+    def dashboard_url(self, with_token: bool = True) -> str:
+        """The web dashboard's address. With `with_token`, and when ``<data>/admin.token`` can
+        be read and still names a working token, the token rides in the fragment
+        (``#token=…``): browsers never send a fragment to the server, and the page moves it
+        to the tab's session storage and out of the address bar at once."""
+        base = self.url + DASHBOARD_PATH
+        if not with_token:
+            return base
+        try:
+            secret = (Path(self.node.config.data_dir) / "admin.token").read_text().strip()
+            if not secret or self.ctx.security.authenticate(secret) is None:
+                return base
+        except (OSError, UnicodeDecodeError, TokenExpired):
+            return base
+        return f"{base}#token={quote(secret, safe='')}"
 
     async def start(self) -> None:
         import uvicorn

@@ -94,7 +94,12 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             server = None
         else:
             console.print(f"API on {server.url}" + (f" · admin token written to {server.admin_token_file}"
-                                                    if server.admin_token_file else ""), highlight=False)
+                                                    if server.admin_token_file else ""),
+                          highlight=False, soft_wrap=True)
+            # the admin token goes into the link only on the operator's own terminal, never into
+            # a log or a pipe (a service's journal is read by more people than the 0600 file)
+            link = server.dashboard_url(with_token=console.is_terminal)
+            console.print(f"dashboard: {link}", highlight=False, markup=False, soft_wrap=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
