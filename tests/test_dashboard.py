@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from apinode import ApiNode, wait_for
-from brokers import free_port
+from brokers import free_port, nats_server  # noqa: F401
 from conftest import ECHO_WAT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -52,7 +52,7 @@ def manifests(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync = pytest.importorskip("playwright.sync_api", reason="the test extras (pip install -e '.[test]')")
+    sync = pytest.importorskip("playwright.sync_api", reason="playwright not installed (the test extras: pip install -e '.[test]')")
     if not Path(CHROMIUM).exists():
         pytest.skip("no chromium: scripts/setup.sh installs Debian's")
     with sync.sync_playwright() as p:
@@ -189,3 +189,20 @@ def test_up_prints_the_dashboard_link_with_the_token_only_on_a_terminal(tmp_path
     # without the file, the page asks for a token
     (data / "admin.token").unlink()
     assert dashboard_line(run_up(tmp_path / "d", data, terminal=True)).endswith("/ui/")
+
+
+def test_a_node_in_a_fleet_shows_the_fleet_panel(nats_server, tmp_path, page):  # noqa: F811
+    from playwright.sync_api import expect
+
+    n = ApiNode(tmp_path, fleet={"url": nats_server.url, "labels": {"site": "a"}, "heartbeat_s": 0.3},
+                name="fleet-node").start()
+    try:
+        page.goto(f"{n.url}/ui/#token={n.admin_token}")
+        expect(page.locator("#fleet-panel")).to_be_visible()
+        expect(page.locator("#fleet-summary")).to_contain_text(nats_server.url)
+        expect(cell(page, "fleet-nodes", "fleet-node", "health")).to_have_text("ok")
+        expect(cell(page, "fleet-nodes", "fleet-node", "labels")).to_have_text("site a")
+        expect(page.locator("#fleet-rollouts")).to_contain_text("no rollouts")
+        expect(page.locator("#banner")).to_be_hidden()
+    finally:
+        n.stop()
