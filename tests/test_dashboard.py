@@ -52,7 +52,8 @@ def manifests(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync = pytest.importorskip("playwright.sync_api", reason="playwright not installed (the test extras: pip install -e '.[test]')")
+    sync = pytest.importorskip("playwright.sync_api",
+                               reason="playwright not installed (the test extras: pip install -e '.[test]')")
     if not Path(CHROMIUM).exists():
         pytest.skip("no chromium: scripts/setup.sh installs Debian's")
     with sync.sync_playwright() as p:
