@@ -333,3 +333,34 @@ def test_http_ingest_source(site):
             await node.shutdown()
 
     asyncio.run(main())
+
+
+def test_manifest_changes_are_noticed_without_waiting_for_the_poll(site):
+    """With the periodic check an hour away, only the directory watch can make the node see
+    a new file, an editor-style save (write elsewhere, rename over) and a deletion."""
+    import os
+
+    tmp, mdir = site
+
+    async def main():
+        write(mdir, "a.yaml", deployment("first", str(tmp / "echo.wat")))
+        node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, sync_interval_s=3600))
+        task = asyncio.create_task(node.run())
+        try:
+            await wait_for(lambda: node.ready and "first" in node.deployments, what="first deployment")
+            (mdir / "b.yaml").write_text(deployment("second", str(tmp / "echo.wat")))
+            await wait_for(lambda: "second" in node.deployments, what="a new file noticed")
+            staged = tmp / "b.yaml.tmp"
+            staged.write_text(deployment("second", str(tmp / "v2.wat")))
+            os.replace(staged, mdir / "b.yaml")
+            v2 = node.deployments["second"]
+            await wait_for(lambda: node.deployments["second"].manifest.spec.module.endswith("v2.wat"),
+                           what="a file replaced by rename noticed")
+            assert v2 is node.deployments["second"]    # updated in place, not recreated
+            (mdir / "b.yaml").unlink()
+            await wait_for(lambda: "second" not in node.deployments, what="a deleted file noticed")
+            assert "first" in node.deployments
+        finally:
+            node.stop()
+            await asyncio.wait_for(task, 20)
+    asyncio.run(main())

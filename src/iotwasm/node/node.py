@@ -38,8 +38,12 @@ from .logs import GuestLogs
 from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path
 from .rules import NodeRules
 from .state import NodeState, SqliteKeyValue
+from .watch import ManifestWatch
 
 log = logging.getLogger("iotwasm.node")
+
+#: after a change in the manifest directory, wait this long for the rest of the write to land
+WRITE_SETTLE_S = 0.05
 
 
 @dataclass
@@ -88,6 +92,7 @@ class Node:
         self._manifest_stamp: tuple | None = None
         self.last_manifest_error: str | None = None
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()       # stop, or the manifest directory changed
         self._ingest: IngestServer | None = None
         self.started = time.time()
         self.ready = False
@@ -136,14 +141,21 @@ class Node:
         """Start, then sync until `stop()`; always shuts down gracefully."""
         await self.start()
         last_status = time.monotonic()
+        # a change in the manifest directory wakes the loop at once; the interval stays the fallback
+        watch = ManifestWatch(self.config.manifests, self._wake) if self.config.manifests else None
+        if watch is not None and not watch.start():
+            watch = None
         try:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=self.config.sync_interval_s)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.sync_interval_s)
                 except asyncio.TimeoutError:
                     pass
                 if self._stop.is_set():
                     break
+                if self._wake.is_set():
+                    await asyncio.sleep(WRITE_SETTLE_S)   # an editor's save is several events
+                    self._wake.clear()
                 await self.sync()
                 for rec in self.deployments.values():
                     rec.handle.current.tick()
@@ -151,10 +163,13 @@ class Node:
                     last_status = time.monotonic()
                     await self._publish_status("online")
         finally:
+            if watch is not None:
+                watch.stop()
             await self.shutdown()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     async def shutdown(self) -> None:
         log.info("node %s shutting down: draining routes", self.config.name)
