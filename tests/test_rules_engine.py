@@ -337,6 +337,29 @@ def test_a_trapping_function_fails_only_that_evaluation(trapping):
     assert rows(e.process(msgs((0, 9)))) == [{"v": 9}]
 
 
+def test_rules_calling_one_wasm_function_share_one_guest_call_per_batch(trapping):
+    # as the node builds them: one WasmFunction per rule, over the same deployment
+    fs = [WasmFunction("check", trapping, "scalar", deployment="echo") for _ in range(3)]
+    e = RuleEngine()
+    for i, f in enumerate(fs):
+        e.add(RuleSpec(f"r{i}", f'SELECT v FROM "s/a" WHERE check(v) > {i}', EventTime(), functions={"check": f}))
+    before = trapping.stats().totals()["messages"]
+    out = e.process(msgs((0, 5), (0, -1), (0, 2), (0, 5), (0, 1)))
+    by_rule = {}
+    for em in out:
+        by_rule.setdefault(em.rule, []).append(em.row["v"])
+    assert by_rule == {"r0": [5, 2, 5, 1], "r1": [5, 2, 5], "r2": [5, 5]}
+    # one guest call for the batch, each distinct argument sent once (5 twice → once)
+    assert sum(f.guest_calls for f in fs) == 1
+    assert trapping.stats().totals()["messages"] - before == 4
+    # the trap still fails the evaluation in every rule, counted per rule
+    assert all(e.stats()[f"r{i}"]["udf_errors"] == 1 for i in range(3))
+    assert all(f.calls == 5 and f.errors == 1 for f in fs)
+    # the next batch asks again (the reuse lasts one batch)
+    e.process(msgs((0, 5)))
+    assert sum(f.guest_calls for f in fs) == 2
+
+
 def test_wasm_aggregate_function(trapping):
     f = WasmFunction("collect", trapping, "aggregate")
     e = RuleEngine()

@@ -651,6 +651,7 @@ class RuleEngine:
         self._by_filter: dict[str, list[CompiledRule]] = {}
         self._patterns: dict[str, TopicPattern] = {}
         self._topic_memo: dict[str, tuple[str, ...]] = {}
+        self._batch_functions: list | None = None   # functions told where a batch starts and ends
         self.decode_errors = 0
 
     # -- management --------------------------------------------------------------------------
@@ -669,6 +670,7 @@ class RuleEngine:
             if saved is not None and saved[0] == rule.shape:
                 rule.load_state(saved[1])
         self.rules[spec.name] = rule
+        self._batch_functions = None
         self._by_filter.setdefault(rule.filter, []).append(rule)
         self._patterns[rule.filter] = rule.pattern if rule.pattern.names else \
             self._patterns.get(rule.filter, rule.pattern)
@@ -686,6 +688,7 @@ class RuleEngine:
 
     def remove(self, name: str) -> None:
         rule = self.rules.pop(name, None)
+        self._batch_functions = None
         if rule is not None:
             self._unindex(rule)
         if self.store is not None:
@@ -741,9 +744,23 @@ class RuleEngine:
                     lst = per_filter[f] = []
                 pat = self._patterns[f]
                 lst.append({**row, **pat.capture(m.topic)} if pat.names else row)
-        for f, rows in per_filter.items():
-            for rule in self._by_filter[f]:
-                rule.evaluate(rows, out)
+        if not per_filter:
+            return out
+        fns = self._batch_functions
+        if fns is None:   # WASM functions reuse a result for the same argument within the batch
+            fns = self._batch_functions = list({id(f): f for r in self.rules.values()
+                                                for f in r.spec.functions.values()
+                                                if hasattr(f, "begin_batch")}.values())
+        shared: dict = {}
+        for fn in fns:
+            fn.begin_batch(shared)
+        try:
+            for f, rows in per_filter.items():
+                for rule in self._by_filter[f]:
+                    rule.evaluate(rows, out)
+        finally:
+            for fn in fns:
+                fn.end_batch()
         return out
 
     def tick(self, now_ms: int | None = None) -> list[Emission]:

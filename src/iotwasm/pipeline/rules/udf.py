@@ -8,7 +8,10 @@ function gets the JSON array of the window's values. The function's result is th
 emits for that input, read as JSON (or as text when it is not JSON); no output is NULL.
 
 All evaluations of a batch go to the module in one `process()` call (one guest call for
-hundreds of rows). The deployment's sandbox and limits apply unchanged: an input that traps
+hundreds of rows). A scalar function is taken to be pure within a batch: while the engine
+works through one batch, a given argument is sent to the module once and its result reused —
+by the other rows and by every other rule calling the same function (a hundred rules with
+`check(temperature)` over one stream make one guest call per batch, not a hundred). The deployment's sandbox and limits apply unchanged: an input that traps
 or hits a limit comes back as a dead letter, which fails that one evaluation with a counted
 error; the other rows of the batch and the rule carry on.
 """
@@ -69,38 +72,84 @@ class WasmFunction:
         self.calls = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.guest_calls = 0              # process() calls made (evaluations are `calls`)
         self._lock = threading.Lock()
+        self._memo: dict[bytes, Any] | None = None   # argument payload → result, in a batch
+
+    def begin_batch(self, shared: dict | None = None) -> None:
+        """The engine starts a batch: results may be reused until `end_batch` (scalar only).
+        `shared` is the engine's memo for this batch, so every rule's function over the same
+        deployment reuses the others' results."""
+        if self.kind == "scalar":
+            self._memo = {} if shared is None else shared.setdefault(("scalar", self.deployment), {})
+
+    def end_batch(self) -> None:
+        self._memo = None
 
     def call_many(self, arg_lists: list[list[Any]]) -> list[Any]:
         """One guest call for all; each result is a value or an EvalError for that evaluation."""
         if not arg_lists:
             return []
         out: list[Any] = [None] * len(arg_lists)
-        msgs = []
-        idx = []
-        topic = self.topic
+        memo = self._memo
+        wanted: dict[bytes, list[int]] = {}    # payload → the evaluations waiting for it
+        reused = 0                             # results taken from the memo that are errors
         for i, args in enumerate(arg_lists):
             try:
-                msgs.append(Message(topic, _encode(args[0] if len(args) == 1 else args), 0))
-                idx.append(i)
+                payload = _encode(args[0] if len(args) == 1 else args)
             except (TypeError, ValueError) as e:
                 out[i] = EvalError(f"function {self.name}: arguments are not JSON: {e}")
+                continue
+            if memo is not None and payload in memo:
+                v = out[i] = memo[payload]
+                reused += isinstance(v, EvalError)
+            else:
+                wanted.setdefault(payload, []).append(i)
+        if not wanted:
+            last = next((v for v in reversed(out) if isinstance(v, EvalError)), None) if reused else None
+            self._count(len(arg_lists), str(last) if last is not None else None, reused)
+            return out
+        if memo is None and self.kind == "aggregate":   # every window's values are their own call
+            payloads = [p for p, idx in wanted.items() for _ in idx]
+            slots = [i for idx in wanted.values() for i in idx]
+        else:
+            payloads = list(wanted)
+            slots = None
+        topic = self.topic
         try:
-            result = self.processor.process(msgs)
+            result = self.processor.process([Message(topic, p, 0) for p in payloads])
         except IotwasmError as e:
             err = EvalError(f"function {self.name} (deployment {self.deployment}) unavailable: {e}")
             self._count(len(arg_lists), str(err))
-            return [err] * len(arg_lists)
+            for idx in wanted.values():
+                for i in idx:
+                    out[i] = err
+            return out
+        self.guest_calls += 1
+        results: list[Any] = [None] * len(payloads)
         seen = set()
         for o in result.outputs:
             if o.index not in seen:
                 seen.add(o.index)
-                out[idx[o.index]] = _decode(o.payload)
-        failed = 0
+                results[o.index] = _decode(o.payload)
+        failed = reused
         for dl in result.dead_letters:
-            out[idx[dl.index]] = EvalError(f"function {self.name}: {dl.error}")
-            failed += 1
-        self._count(len(arg_lists), str(result.dead_letters[-1].error) if failed else None, failed)
+            results[dl.index] = EvalError(f"function {self.name}: {dl.error}")
+        if slots is not None:
+            for k, i in enumerate(slots):
+                out[i] = results[k]
+            failed += sum(isinstance(v, EvalError) for v in results)
+        else:
+            for k, p in enumerate(payloads):
+                v = results[k]
+                if memo is not None:
+                    memo[p] = v
+                for i in wanted[p]:
+                    out[i] = v
+                if isinstance(v, EvalError):
+                    failed += len(wanted[p])
+        last = next((v for v in reversed(out) if isinstance(v, EvalError)), None) if failed else None
+        self._count(len(arg_lists), str(last) if last is not None else None, failed)
         return out
 
     def _count(self, calls: int, error: str | None, failed: int | None = None) -> None:
