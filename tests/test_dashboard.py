@@ -15,7 +15,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from apinode import ApiNode, wait_for
+from apinode import ECHO_WASM, ApiNode, wait_for
 from brokers import free_port, nats_server  # noqa: F401
 from conftest import ECHO_WAT
 
@@ -200,13 +200,31 @@ def test_a_node_in_a_fleet_shows_the_fleet_panel(nats_server, tmp_path, page):  
 
     n = ApiNode(tmp_path, fleet={"url": nats_server.url, "labels": {"site": "a"}, "heartbeat_s": 0.3},
                 name="fleet-node").start()
+
+    async def desired():   # a fleet deployment nobody places (no controller runs): 0 of 1 assigned
+        from iotwasm.fleet import FleetDeployment, FleetStore
+
+        store = await FleetStore.connect(nats_server.url)
+        try:
+            digest = await store.put_module(ECHO_WASM)
+            await store.put_deployment(FleetDeployment.parse({
+                "deployment": {"apiVersion": "iotwasm.io/v1", "kind": "Deployment", "metadata": {"name": "far"},
+                               "spec": {"module": digest}},
+                "placement": {"nodeSelector": {"site": "mars"}}}), None)
+        finally:
+            await store.close()
+
     try:
+        with ThreadPoolExecutor(1) as pool:   # the browser's driver holds this thread's loop
+            pool.submit(asyncio.run, desired()).result(60)
         page.goto(f"{n.url}/ui/#token={n.admin_token}")
         expect(page.locator("#fleet-panel")).to_be_visible()
         expect(page.locator("#fleet-summary")).to_contain_text(nats_server.url)
         expect(cell(page, "fleet-nodes", "fleet-node", "health")).to_have_text("ok")
         expect(cell(page, "fleet-nodes", "fleet-node", "labels")).to_have_text("site a")
         expect(page.locator("#fleet-rollouts")).to_contain_text("no rollouts")
+        expect(cell(page, "fleet-deployments", "far", "copies")).to_have_text("0 / 0 / 1")
+        expect(cell(page, "fleet-deployments", "far", "problems")).to_have_text("0 of 1 copies assigned")
         expect(page.locator("#banner")).to_be_hidden()
     finally:
         n.stop()

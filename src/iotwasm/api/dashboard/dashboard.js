@@ -172,6 +172,19 @@
     ], rows, "no events yet"));
   }
 
+  function showFleetDeployments(res) {
+    const count = (v) => (Array.isArray(v) ? v.length : undefined);
+    $("fleet-deployments").replaceChildren(res.ok ? table([
+      col("name", "deployment"), numCol("revision", "revision"),
+      col("module", "module", {get: (r) => (typeof r.module === "string" ? r.module.slice(0, 19) : undefined)}),
+      col("copies", "running / assigned / wanted", {get: (r) =>
+        `${num(count(r.running))} / ${num(count(r.assigned))} / ${num(r.wanted)}`}),
+      col("rollout", "rollout", {get: (r) => (r.rollout && typeof r.rollout === "object"
+        ? el("span", null, badge(r.rollout.state), r.rollout.stage ? ` ${r.rollout.stage}` : "") : undefined)}),
+      col("problems", "problems"),
+    ], res.body, "no fleet deployments") : el("p", {class: "empty"}, describe(res)));
+  }
+
   function showFleet(f, nodes, rollouts) {
     const copies = f.copies && typeof f.copies === "object" ? f.copies : {};
     const ro = f.rollouts && typeof f.rollouts === "object" ? f.rollouts : {};
@@ -228,9 +241,11 @@
     if (fleet.status === 404 || fleet.status === 403) {
       fleetPanel.hidden = true;
     } else if (fleet.ok && fleet.body && typeof fleet.body === "object") {
-      const [nodes, rollouts] = await Promise.all(["/v1/fleet/nodes", "/v1/fleet/rollouts"].map(api));
+      const [nodes, rollouts, fleetDeps] = await Promise.all(
+        ["/v1/fleet/nodes", "/v1/fleet/rollouts", "/v1/fleet/deployments"].map(api));
       if (gen !== generation) return;
       showFleet(fleet.body, nodes, rollouts);
+      showFleetDeployments(fleetDeps);
       fleetPanel.hidden = false;
     } else {
       fleetPanel.hidden = false;
