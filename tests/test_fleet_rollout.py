@@ -31,7 +31,7 @@ class Fleet:
     def __init__(self, nodes=NODES, bad: str | None = None):
         self.health = {n: {"assigned": OLD, "digest": OLD, "state": "running", "messages": 100,
                            "dead_letters": 0, "traps": 0, "rollbacks": 0} for n in nodes}
-        self.bad = bad   # "traps" | "refused" | "rollback" | "stuck"
+        self.bad = bad   # "traps" | "refused" | "rollback" | "stuck" | "crash"
 
     def apply(self, r: Rollout) -> None:
         for n, h in self.health.items():
@@ -46,6 +46,9 @@ class Fleet:
                 h["rollback_reason"] = "revision 2 failed its health gate"
             elif want == NEW and self.bad == "stuck":
                 pass
+            elif want == NEW and self.bad == "crash":
+                h.update(digest=want, state="error", error="conv:iot_process: trap: unreachable executed",
+                         messages=0, dead_letters=0, traps=0)
             else:
                 h.pop("problem", None)
                 h.update(digest=want, messages=0, dead_letters=0, traps=0)
@@ -108,7 +111,8 @@ def test_a_healthy_version_goes_canary_then_waves_to_every_node():
 
 @pytest.mark.parametrize("bad, why", [("traps", "trap rate 1.00 > 0.00"),
                                       ("refused", "signature missing"),
-                                      ("rollback", "update gate rolled it back")])
+                                      ("rollback", "update gate rolled it back"),
+                                      ("crash", "the new version is error: conv:iot_process: trap")])
 def test_a_canary_that_fails_its_gate_rolls_back_before_any_wave(bad, why):
     r, s, fleet = new_rollout(), spec(canary=1, waves=2), Fleet(bad=bad)
     fleet.run(r, s)

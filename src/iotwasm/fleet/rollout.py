@@ -244,10 +244,11 @@ def _failure(h: dict, base: dict, target: str, gate) -> str | None:
         return h["problem"]
     if h.get("rollbacks", 0) > base.get("rollbacks", 0):
         return f"the node's update gate rolled it back: {h.get('rollback_reason') or 'no reason given'}"
+    rates = _rates(h, base, gate, final=False) if h.get("digest") == target and "messages" in base else None
+    if rates:            # the clearer reason when the version trapped its way into an error state
+        return rates
     if h.get("digest") == target and h.get("state") in ("error", "terminated"):
         return f"the new version is {h['state']}: {h.get('error') or 'no error recorded'}"
-    if h.get("digest") == target and "messages" in base:
-        return _rates(h, base, gate, final=False)
     return None
 
 
