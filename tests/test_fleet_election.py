@@ -201,7 +201,12 @@ def test_controller_processes_a_killed_leader_is_replaced(nats_server, tmp_path)
             shown = subprocess.run([*CLI, "fleet", "leader", "--fleet", url, "-o", "json"],
                                    capture_output=True, timeout=60)
             assert shown.returncode == 0, shown.stderr.decode()
-            assert json.loads(shown.stdout)["id"] in ({"c2", "n1"} - {holder})
+            leader = json.loads(shown.stdout)["id"]
+            assert leader in ({"c2", "n1"} - {holder})
+            said = subprocess.run([*CLI, "fleet", "leader", "--fleet", url], capture_output=True, timeout=60,
+                                  env={**os.environ, "COLUMNS": "200"})
+            assert said.returncode == 0, said.stderr.decode()
+            assert said.stdout.decode().startswith(f"{leader} leads since ")
         except AssertionError as e:
             raise AssertionError(f"{e}\n{show_logs()}") from None
         finally:

@@ -43,7 +43,7 @@ rollout:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, timeout=60)
+    return subprocess.run([*CLI, *args], capture_output=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 
 def test_canary_failing_its_gate_is_rolled_back_and_a_good_version_rolls_out(nats_server, tmp_path):  # noqa: F811
@@ -114,6 +114,9 @@ def test_canary_failing_its_gate_is_rolled_back_and_a_good_version_rolls_out(nat
             await wait_for(lambda: all_on("v1"), timeout=30, what="every node back on v1")
             status = cli("rollout", "status", "conv", "--fleet", nats_server.url, "-o", "json")
             assert json.loads(status.stdout)["conv"]["state"] == "rolled-back"
+            table = cli("rollout", "status", "conv", "--fleet", nats_server.url)   # with its history
+            assert table.returncode == 0, table.stderr.decode()
+            assert b"rolled-back" in table.stdout and b"canary: new version to" in table.stdout
 
             # a healthy version: canary, pause holds it, resume lets it finish
             apply("v3")

@@ -82,7 +82,7 @@ def target(context: str | None) -> tuple[str, str | None, Any]:
     url = os.environ.get("IOTWASM_URL") or ctx.get("url")
     token = os.environ.get("IOTWASM_TOKEN") or ctx.get("token")
     if not url:
-        fail(f"which node? set IOTWASM_URL or add a context: iotwasm context set NAME --url URL --token-file FILE")
+        fail("which node? set IOTWASM_URL or add a context: iotwasm context set NAME --url URL --token-file FILE")
     return url.rstrip("/"), token, ctx.get("ca") or True
 
 
