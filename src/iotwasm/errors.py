@@ -79,6 +79,11 @@ class GuestTrap(IotwasmError):
     kind = "trap"
 
 
+#: the sandbox stopped the guest — a trap or a resource limit — as opposed to a guest that
+#: rejected its input itself: what health gates, crash-loop detection and rollouts count
+SANDBOX_FAULTS = (GuestTrap, LimitExceeded)
+
+
 class GuestError(IotwasmError):
     """The guest reported a failure itself (error record, error code, non-zero exit)."""
 

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 from ..engine import (Capabilities, CompiledModule, Guest, GuestFactory, HostContext, KeyValue,
                       Limits, Runtime, prepare)
 from ..engine.module import ModuleSource
-from ..errors import (AbiError, CapabilityDenied, ConfigError, ContainerUnavailable, GuestTrap,
-                      InvalidModule, IotwasmError, LimitExceeded)
+from ..errors import (SANDBOX_FAULTS, AbiError, CapabilityDenied, ConfigError, ContainerUnavailable,
+                      GuestTrap, InvalidModule, IotwasmError)
 from ..message import BatchResult, DeadLetter, Message
 from .balancing import make_strategy
 from .lifecycle import Lifecycle, State, Transition
@@ -68,6 +68,7 @@ class InstanceStats:
     messages: int = 0
     outputs: int = 0
     dead_letters: int = 0
+    faults: int = 0                  # dead letters the sandbox caused: traps and limits
     errors: Counter = field(default_factory=Counter)
     fuel_used: int = 0
     memory_pages: int = 0
@@ -82,7 +83,7 @@ class InstanceStats:
     def to_dict(self) -> dict:
         return {
             "index": self.index, "calls": self.calls, "messages": self.messages,
-            "outputs": self.outputs, "dead_letters": self.dead_letters,
+            "outputs": self.outputs, "dead_letters": self.dead_letters, "faults": self.faults,
             "errors": dict(self.errors), "fuel_used": self.fuel_used,
             "memory_pages": self.memory_pages, "recycles": self.recycles,
             "last_latency_ms": round(self.last_latency_ms, 4),
@@ -122,7 +123,8 @@ class ContainerStats:
         errors: Counter = Counter()
         for s in self.instances:
             t.update(calls=s.calls, messages=s.messages, outputs=s.outputs,
-                     dead_letters=s.dead_letters, fuel_used=s.fuel_used, recycles=s.recycles)
+                     dead_letters=s.dead_letters, faults=s.faults, fuel_used=s.fuel_used,
+                     recycles=s.recycles)
             errors.update(s.errors)
         return {**t, "errors": dict(errors)}
 
@@ -387,6 +389,7 @@ class WasmContainer:
         st.dead_letters += len(result.dead_letters)
         for d in result.dead_letters:
             st.errors[d.error.kind] += 1
+            st.faults += isinstance(d.error, SANDBOX_FAULTS)
         st.fuel_used += result.fuel_used
         st.memory_pages = slot.guest.memory_pages()
         st.recycles = slot.guest.recycled
@@ -404,7 +407,7 @@ class WasmContainer:
                 self._fail(e)
 
     def _watch_health(self, messages, result: BatchResult) -> None:
-        hard = sum(1 for d in result.dead_letters if isinstance(d.error, (GuestTrap, LimitExceeded)))
+        hard = sum(1 for d in result.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
         if hard and hard == len(messages):
             self._failed_batches += 1
         else:

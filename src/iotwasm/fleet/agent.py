@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import GuestTrap, IotwasmError, LimitExceeded
+from ..errors import IotwasmError
 from ..node import Node
 from ..node.manifests import Deployment, Route
 from ..registry.signing import verify_any
@@ -32,10 +32,6 @@ from .model import NodeInfo, Taint
 from .store import FleetStore, check_key
 
 log = logging.getLogger("iotwasm.fleet.agent")
-
-#: dead-letter kinds that count as traps for rollout gates: the sandbox stopped the guest
-FAULTS = frozenset({GuestTrap.kind, LimitExceeded.kind,
-                    *(c.kind for c in LimitExceeded.__subclasses__())})
 
 
 class FleetAgent:
@@ -217,7 +213,7 @@ class FleetAgent:
                 totals = st.totals()
                 h.update(digest=st.digest, state=st.state, messages=totals["messages"],
                          dead_letters=totals["dead_letters"],
-                         traps=sum(v for k, v in totals["errors"].items() if k in FAULTS),
+                         traps=totals["faults"],
                          rollbacks=rec.handle.rollbacks, rollback_reason=rec.handle.last_rollback_reason,
                          error=st.last_error)
             out[name] = h

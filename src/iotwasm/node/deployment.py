@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..container import WasmContainer
-from ..errors import ContainerUnavailable, GuestTrap, LimitExceeded
+from ..errors import SANDBOX_FAULTS, ContainerUnavailable
 from ..message import BatchResult, Message
 from ..messaging.acl import TopicACL
 
@@ -34,7 +34,7 @@ class Gate:
 
     def record(self, result: BatchResult, n: int) -> None:
         self.seen += n
-        self.failed += sum(1 for d in result.dead_letters if isinstance(d.error, (GuestTrap, LimitExceeded)))
+        self.failed += sum(1 for d in result.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
 
     @property
     def decided(self) -> bool:
