@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 
 from ..errors import ConfigError, IotwasmError
 from .lease import Lease
@@ -315,18 +316,21 @@ class Controller:
             if p not in self.last_plan.problems:
                 log.warning("%s", p)
         self.last_plan = plan
-        rollouts = await self._advance_rollouts(deployments, assignments, plan, live)
+        # each deployment's documents once per pass, not once per node
+        docs = {n: fd.deployment.model_dump(mode="json", by_alias=True) for n, (fd, _) in deployments.items()}
+        routes = {n: {r.name: r.model_dump(mode="json", by_alias=True) for r in fd.routes}
+                  for n, (fd, _) in deployments.items()}
+        rollouts = await self._advance_rollouts(deployments, docs, assignments, plan, live)
 
         def doc(name: str, node_id: str) -> dict:
             r = rollouts.get(name)
-            return r.doc_for(node_id) if r else deployments[name][0].deployment.model_dump(mode="json", by_alias=True)
+            return r.doc_for(node_id) if r else docs[name]
 
         writes = []
         for node_id in sorted(set(plan.assignments) | set(assignments)):
             names = plan.assignments.get(node_id, [])
             desired = {"deployments": {n: doc(n, node_id) for n in names},
-                       "routes": {r.name: r.model_dump(mode="json", by_alias=True)
-                                  for n in names for r in deployments[n][0].routes},
+                       "routes": {k: v for n in names for k, v in routes[n].items()},
                        "revisions": {n: deployments[n][1] for n in names}}
             have, rev = assignments.get(node_id, ({"deployments": {}}, 0))
             if (have.get("deployments", {}), have.get("routes", {})) == (desired["deployments"], desired["routes"]):
@@ -342,17 +346,25 @@ class Controller:
         return plan
 
     async def _write(self, node_id: str, desired: dict, rev: int, names: list[str]) -> None:
-        try:
-            new = await self.store.put_assignment(node_id, desired, rev)
-        except ConflictError:
-            self._assignments[node_id] = await self.store.assignment(node_id)
-            raise
-        if self._assignments.get(node_id, (None, 0))[1] < new:
-            self._assignments[node_id] = (desired, new)
+        await self._put(self._assignments, node_id, desired, rev, self.store.put_assignment, self.store.assignment)
         log.info("assigned %s: %s", node_id, ", ".join(names) or "nothing")
 
+    @staticmethod
+    async def _put(cache: dict, key: str, value, revision: int, put, read) -> None:
+        """Compare-and-set `value` and keep `cache` (fed by a watcher) in step: the new revision
+        on success; on a conflict, what is stored now (then ConflictError goes on up)."""
+        try:
+            new = await put(key, value, revision)
+        except ConflictError:
+            got = await read(key)
+            if got is not None:
+                cache[key] = got
+            raise
+        if cache.get(key, (None, 0))[1] < new:
+            cache[key] = (value, new)
+
     # -- rollouts --------------------------------------------------------------------------
-    async def _advance_rollouts(self, deployments: dict[str, tuple[FleetDeployment, int]],
+    async def _advance_rollouts(self, deployments: dict[str, tuple[FleetDeployment, int]], docs: dict[str, dict],
                                 assignments: dict[str, tuple[dict, int]], plan: Plan,
                                 live: dict[str, NodeInfo]) -> dict[str, Rollout]:
         """Start a rollout for each deployment whose new revision replaces a running version
@@ -365,9 +377,12 @@ class Controller:
             r, krev = self._rollouts.get(name, (None, 0))
             changed = False
             if r is None or r.revision != rev:
-                target = fd.deployment.model_dump(mode="json", by_alias=True)
-                stable = r.stable if r is not None and r.active else self._running_doc(name, assignments)
+                if r is None and fd.rollout is None:
+                    continue                     # nothing staged, nothing to supersede
+                target = docs[name]
                 superseded = r is not None and r.active
+                stable = r.stable if superseded else (
+                    self._running_doc(name, assignments) if fd.rollout is not None else None)
                 if superseded:
                     r.finish("superseded", f"revision {rev} replaced revision {r.revision}", now)
                 if fd.rollout is None or stable is None or stable == target:
@@ -407,21 +422,18 @@ class Controller:
         return current
 
     async def _write_rollout(self, r: Rollout, revision: int) -> None:
-        try:
-            new = await self.store.put_rollout(r, revision)
-        except ConflictError:
-            got = await self.store.rollout(r.deployment)
-            if got is not None:
-                self._rollouts[r.deployment] = got
-            raise
-        if self._rollouts.get(r.deployment, (None, 0))[1] < new:
-            self._rollouts[r.deployment] = (r, new)
+        await self._put(self._rollouts, r.deployment, r, revision,
+                        lambda _, rec, rev: self.store.put_rollout(rec, rev), self.store.rollout)
 
     @staticmethod
     def _running_doc(name: str, assignments: dict[str, tuple[dict, int]]) -> dict | None:
         """The version of `name` most nodes are assigned now (what a new revision replaces)."""
-        docs: list[dict] = [a["deployments"][name] for a, _ in assignments.values()
-                            if name in a.get("deployments", {})]
-        if not docs:
-            return None
-        return max(docs, key=lambda d: sum(1 for x in docs if x == d))
+        by_text: dict[str, dict] = {}
+        counts: Counter = Counter()
+        for a, _ in assignments.values():
+            d = a.get("deployments", {}).get(name)
+            if d is not None:
+                text = json.dumps(d, sort_keys=True)
+                by_text[text] = d
+                counts[text] += 1
+        return by_text[counts.most_common(1)[0][0]] if counts else None
