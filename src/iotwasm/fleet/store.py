@@ -188,17 +188,17 @@ class FleetStore:
             if not revision:
                 return await kv.create(key, body)
             return await kv.update(key, body, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise ConflictError(f"{what}: changed since revision {revision or 'none'}; "
-                                "read it again and retry") from None
+        except nats.js.errors.APIError as e:
+            if _lost(e):
+                raise ConflictError(f"{what}: changed since revision {revision or 'none'}; "
+                                    "read it again and retry") from None
+            raise
 
     async def delete_deployment(self, name: str, revision: int | None = None) -> None:
         try:
             await self._kv[DEPLOYMENTS].delete(check_key("deployment", name), last=revision)
         except nats.js.errors.APIError as e:
-            # a stale delete comes back as a plain bad request carrying JetStream's
-            # "wrong last sequence" code, not as KeyWrongLastSequenceError
-            if isinstance(e, nats.js.errors.KeyWrongLastSequenceError) or e.err_code == WRONG_LAST_SEQUENCE:
+            if _lost(e):
                 raise ConflictError(f"fleet deployment {name}: changed since revision {revision}; "
                                     "read it again and retry") from None
             raise
@@ -313,6 +313,14 @@ class FleetStore:
             return [Signature.from_json(json.dumps(s), f"signature of {digest}") for s in json.loads(result.data)]
         except (ValueError, TypeError, IotwasmError) as e:
             raise ArtifactError(f"signatures of {digest} unreadable: {e}") from None
+
+
+def _lost(e: Exception) -> bool:
+    """Whether a compare-and-set lost: nats-py raises KeyWrongLastSequenceError for a stale
+    update, but a stale delete comes back as a plain bad request carrying the same JetStream
+    error code."""
+    return isinstance(e, nats.js.errors.KeyWrongLastSequenceError) or \
+        getattr(e, "err_code", None) == WRONG_LAST_SEQUENCE
 
 
 async def _quiet(e: Exception) -> None:
