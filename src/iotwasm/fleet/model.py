@@ -154,8 +154,8 @@ class RolloutSpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> "RolloutSpec":
         if isinstance(self.canary, str):
-            m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", self.canary)
-            if not m or float(m.group(1)) > 100:
+            pct = self._percent()
+            if pct is None or pct > 100:
                 raise ValueError(f"canary {self.canary!r}: give a node count or a percentage like '10%'")
         elif self.canary < 0:
             raise ValueError("canary must not be negative")
@@ -170,10 +170,14 @@ class RolloutSpec(Strict):
     def stage_timeout_s(self) -> float:
         return parse_duration_ms(self.stage_timeout) / 1000
 
+    def _percent(self) -> float | None:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", self.canary) if isinstance(self.canary, str) else None
+        return float(m.group(1)) if m else None
+
     def canary_nodes(self, total: int) -> int:
         """How many of `total` nodes form the canary stage."""
         if isinstance(self.canary, str):
-            pct = float(self.canary.strip().rstrip("%"))
+            pct = self._percent()
             return min(total, max(1, -(-int(pct * total) // 100))) if pct > 0 and total else 0
         return min(total, self.canary)
 
