@@ -4,6 +4,7 @@ state, failover of a dead node, artifact checks and edge autonomy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -68,6 +69,22 @@ class Member:
         return set(self.node.deployments)
 
 
+@contextlib.asynccontextmanager
+async def running_fleet(root: Path, url: str, nodes: list[tuple[str, dict]], **controller):
+    """An in-process controller and Members ((name, labels) each), all stopped again at the end."""
+    ctl = Controller(url, **{"dead_after_s": 1.5, "interval_s": 0.2, **controller})
+    await ctl.start()
+    members: list[Member] = []
+    try:
+        for name, labels in nodes:
+            members.append(await Member(root, name, url, labels).start())
+        yield ctl, members
+    finally:
+        for m in members:
+            await m.stop()
+        await asyncio.wait_for(ctl.stop(), 10)
+
+
 # -- the scheduler on its own ------------------------------------------------------------------
 def nodes(*specs) -> dict[str, NodeInfo]:
     return {i: NodeInfo(i, labels, memory, inst) for i, labels, memory, inst in specs}
@@ -111,11 +128,8 @@ def test_placement_block_is_validated():
 # -- against nats-server -------------------------------------------------------------------------
 def test_placement_by_labels_and_failover_of_a_dead_node(nats_server, tmp_path):  # noqa: F811
     async def main():
-        ctl = Controller(nats_server.url, dead_after_s=1.5, interval_s=0.2)
-        await ctl.start()
-        members = [await Member(tmp_path, n, nats_server.url, labels).start() for n, labels in
-                   [("n1", {"site": "a", "gpio": "true"}), ("n2", {"site": "a"}), ("n3", {"site": "b"})]]
-        try:
+        async with running_fleet(tmp_path, nats_server.url, [("n1", {"site": "a", "gpio": "true"}), ("n2", {"site": "a"}),
+                                                           ("n3", {"site": "b"})]) as (ctl, members):
             digest = await ctl.store.put_module(ECHO)
             await ctl.store.put_deployment(fleet_deployment("edge", digest, {"nodeSelector": {"site": "a"},
                                                                              "perNode": True}), None)
@@ -138,10 +152,6 @@ def test_placement_by_labels_and_failover_of_a_dead_node(nats_server, tmp_path):
                            what="rebind of 'one'")
             await holder.stop(leave=False)
             members.remove(holder)
-        finally:
-            for m in members:
-                await m.stop()
-            await asyncio.wait_for(ctl.stop(), 10)
 
     asyncio.run(main())
 
@@ -154,11 +164,8 @@ def test_messages_flow_through_a_fleet_pipeline_on_the_nodes_it_is_placed_on(nat
                       "sinks": [{"store": {"table": "out"}}]}}
 
     async def main():
-        ctl = Controller(nats_server.url, dead_after_s=1.5, interval_s=0.2)
-        await ctl.start()
-        members = [await Member(tmp_path, n, nats_server.url, labels).start() for n, labels in
-                   [("f1", {"site": "a"}), ("f2", {"site": "a"}), ("f3", {"site": "b"})]]
-        try:
+        async with running_fleet(tmp_path, nats_server.url, [("f1", {"site": "a"}), ("f2", {"site": "a"}),
+                                                           ("f3", {"site": "b"})]) as (ctl, members):
             digest = await ctl.store.put_module(ECHO)
             doc = json.loads(fleet_deployment("conv", digest, {"nodeSelector": {"site": "a"}, "perNode": True}).to_json())
             doc["deployment"]["spec"]["capabilities"] = {"topics": {"subscribe": ["in/#"], "publish": ["in/#"]}}
@@ -184,10 +191,6 @@ def test_messages_flow_through_a_fleet_pipeline_on_the_nodes_it_is_placed_on(nat
             await wait_for(lambda: "conv" not in left.running(), what="deployment removed with its route")
             with pytest.raises(ConfigError, match="routes: names must be unique"):
                 FleetDeployment.parse({**json.loads(fd.to_json()), "routes": [route, route]})
-        finally:
-            for m in members:
-                await m.stop()
-            await asyncio.wait_for(ctl.stop(), 10)
 
     asyncio.run(main())
 
@@ -196,10 +199,8 @@ def test_a_controller_that_sees_no_heartbeat_at_all_keeps_the_work_where_it_is(n
     """A hung server stops every heartbeat at once, for longer than dead-after: the controller
     must not strip every node of its work when the server answers again."""
     async def main():
-        ctl = Controller(nats_server.url, dead_after_s=1.0, interval_s=0.2)
-        await ctl.start()
-        members = [await Member(tmp_path, n, nats_server.url, {"site": "a"}).start() for n in ("h1", "h2", "h3")]
-        try:
+        async with running_fleet(tmp_path, nats_server.url, [(n, {"site": "a"}) for n in ("h1", "h2", "h3")],
+                                 dead_after_s=1.0) as (ctl, members):
             digest = await ctl.store.put_module(ECHO)
             await ctl.store.put_deployment(fleet_deployment("steady", digest, {"perNode": True}), None)
             await ctl.store.put_deployment(fleet_deployment("single", digest, {"replicas": 1}), None)
@@ -218,18 +219,15 @@ def test_a_controller_that_sees_no_heartbeat_at_all_keeps_the_work_where_it_is(n
 
             watcher = asyncio.create_task(watch())
             await asyncio.to_thread(nats_server.pause)
-            await asyncio.sleep(4)                  # four times dead-after without any heartbeat
-            nats_server.resume()
+            try:
+                await asyncio.sleep(4)              # four times dead-after without any heartbeat
+            finally:
+                nats_server.resume()
             await asyncio.sleep(4)                  # heartbeats return, one node after another
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             assert lost == []
             assert set(ctl.live()) == {"h1", "h2", "h3"}
-        finally:
-            nats_server.resume()
-            for m in members:
-                await m.stop()
-            await asyncio.wait_for(ctl.stop(), 10)
 
     asyncio.run(main())
 
@@ -458,11 +456,8 @@ def test_the_example_fleet_pipeline_applies_and_runs_where_it_is_placed(nats_ser
     example = Path(__file__).resolve().parent.parent / "examples" / "fleet" / "decode.yaml"
 
     async def main():
-        ctl = Controller(nats_server.url, dead_after_s=1.5, interval_s=0.2)
-        await ctl.start()
-        members = [await Member(tmp_path, n, nats_server.url, labels).start() for n, labels in
-                   [("berlin-1", {"site": "berlin"}), ("paris-1", {"site": "paris"})]]
-        try:
+        async with running_fleet(tmp_path, nats_server.url,
+                                 [("berlin-1", {"site": "berlin"}), ("paris-1", {"site": "paris"})]) as (ctl, members):
             done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "iotwasm.cli.main", "fleet",
                                            "apply", str(example), "--fleet", nats_server.url],
                                            capture_output=True, text=True, timeout=60)
@@ -475,9 +470,5 @@ def test_the_example_fleet_pipeline_applies_and_runs_where_it_is_placed(nats_ser
             row = berlin.node.store.query("readings", limit=1)[0]
             assert row["topic"].startswith("sensors/") and row["topic"].endswith("/temperature")
             assert "decode" not in paris.running() and "frames" not in paris.node.routes
-        finally:
-            for m in members:
-                await m.stop()
-            await asyncio.wait_for(ctl.stop(), 10)
 
     asyncio.run(main())
