@@ -163,14 +163,15 @@ class FleetStore:
         return FleetDeployment.parse(e.value, f"fleet deployment {name}"), e.revision
 
     async def deployments(self) -> dict[str, tuple[FleetDeployment, int]]:
+        keys = await self._keys(DEPLOYMENTS)
         out = {}
-        for key in await self._keys(DEPLOYMENTS):
-            try:
-                got = await self.deployment(key)
-            except ConfigError as e:
-                log.error("%s", e)  # one bad entry must not stop the others from being placed
-                continue
-            if got is not None:
+        for key, got in zip(keys, await asyncio.gather(*(self.deployment(k) for k in keys),
+                                                        return_exceptions=True)):
+            if isinstance(got, ConfigError):
+                log.error("%s", got)  # one bad entry must not stop the others from being placed
+            elif isinstance(got, BaseException):
+                raise got
+            elif got is not None:
                 out[key] = got
         return out
 
