@@ -373,7 +373,7 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
     async def main():
         procs = {n: up(n, s) for n, s in [("p1", "a"), ("p2", "a"), ("p3", "b")]}
         clog = open(tmp_path / "controller.log", "wb")
-        procs["controller"] = subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "controller",
+        procs["controller"] = subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "controller", "-v",
                                                 "--fleet", nats_server.url], stdout=clog, stderr=subprocess.STDOUT)
         store = await FleetStore.connect(nats_server.url)
         try:
@@ -392,7 +392,13 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
             async def running():
                 return {n: set(info.running) for n, (info, _) in (await store.nodes()).items()}
 
-            await wait_for(lambda: _placed(running), timeout=40, what="placement on three processes")
+            try:
+                await wait_for(lambda: _placed(running), timeout=40, what="placement on three processes")
+            except AssertionError as e:   # say what the fleet looked like, and what the controller did
+                nodes = {k: (v[0].running, v[0].problems) for k, v in (await store.nodes()).items()}
+                assigned = {k: sorted(v[0].get("deployments", {})) for k, v in (await store.assignments()).items()}
+                raise AssertionError(f"{e}; nodes {nodes}; assignments {assigned}; controller log:\n"
+                                     + (tmp_path / "controller.log").read_text(errors="replace")[-3000:]) from None
             now = await running()
             assert "one" not in now["p3"] and sum("one" in v for v in now.values()) == 1
             holder = next(n for n, v in now.items() if "one" in v)

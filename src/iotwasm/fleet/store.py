@@ -149,10 +149,13 @@ class FleetStore:
         return {k: (NodeInfo.from_json(e.value), e.revision) for k, e in zip(keys, entries) if e is not None}
 
     async def _keys(self, bucket: str) -> list[str]:
-        try:
-            return await self._kv[bucket].keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        """The bucket's keys (a deleted one may be among them: reading it finds nothing), from
+        the stream's own count of its subjects — one request and a consistent snapshot. Listing
+        through a watcher, as nats-py's `keys()` does, can end before a key whose value was
+        replaced while it ran: a node heartbeating at that moment went missing from a listing."""
+        prefix = f"$KV.{bucket}."
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
+        return [s[len(prefix):] for s in (info.state.subjects or {})]
 
     # -- desired state ---------------------------------------------------------------------
     async def deployment(self, name: str) -> tuple[FleetDeployment, int] | None:
@@ -215,7 +218,8 @@ class FleetStore:
 
     async def assignments(self) -> dict[str, tuple[dict, int]]:
         keys = await self._keys(ASSIGNMENTS)
-        return dict(zip(keys, await asyncio.gather(*(self.assignment(k) for k in keys))))
+        got = await asyncio.gather(*(self.assignment(k) for k in keys))
+        return {k: a for k, a in zip(keys, got) if a[1]}     # revision 0: deleted, nothing assigned
 
     async def put_assignment(self, node_id: str, assignment: dict, revision: int) -> int:
         return await self._cas(ASSIGNMENTS, check_key("node id", node_id),
