@@ -121,3 +121,22 @@ class ConfigError(IotwasmError):
     """A limit, capability or option has a value that cannot be used."""
 
     kind = "config"
+
+
+class StorageError(IotwasmError):
+    """A file of the node's data directory could not be opened, read or written: the disk is
+    full, the file system is read-only, a permission is missing, or a database is corrupt.
+
+    It names the file and the operating system's (or SQLite's) reason. Work that meets one is
+    held and retried, never acknowledged: a full disk is backpressure, and the node goes on by
+    itself once the space is back.
+    """
+
+    kind = "storage"
+
+    def __init__(self, what: str, path: object, reason: str):
+        #: what the file is to the node ("outbox", "store", "node state", …)
+        self.what = what
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{what} {path}: {reason}")

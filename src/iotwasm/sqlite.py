@@ -3,18 +3,142 @@
 Node state, rule checkpoints, the outbox, the local results store, tokens, the audit log,
 alert rules, module signatures and the registry index are each one SQLite file, and each was
 opened with the same few settings; they live here so a store states only where it differs.
+
+Storage failures are typed here too. Every statement on a connection from `open_db` that
+fails because of the storage — the disk is full, the file system is read-only, a permission
+is missing, the file is corrupt or locked too long — raises `StorageError` naming the file
+and the reason (the operating system's, where SQLite's own message does not say), instead of
+a bare ``sqlite3.OperationalError("unable to open database file")``. Callers react to one
+type, in one way: hold the work and retry it. A statement that fails like this inside an
+explicit transaction rolls the transaction back, so the next ``BEGIN`` on the connection
+works (SQLite may leave it open). Errors in the statements themselves (SQL, constraints, a
+closed connection) stay what sqlite3 raises: those are bugs, not weather.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from .errors import StorageError
+
+#: SQLite primary result codes meaning the storage failed, not the statement: PERM, BUSY,
+#: LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB
+STORAGE_CODES = frozenset({3, 5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+#: codes whose message does not say why ("unable to open database file"): ask the file system
+_ASK_THE_OS = frozenset({3, 8, 10, 13, 14})
+
+
+def storage_error(what: str, path: str | Path, e: sqlite3.Error) -> StorageError | None:
+    """`e` as a `StorageError` naming `what` and `path`, or None when the statement itself
+    was at fault."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in STORAGE_CODES:
+        return None
+    reason = str(e)
+    if code & 0xFF in _ASK_THE_OS:
+        why = os_reason(Path(path))
+        if why and why.lower() not in reason.lower():
+            reason = f"{reason} ({why})"
+    return StorageError(what, path, reason)
+
+
+def os_reason(path: Path) -> str | None:
+    """Why the file system refuses writes to `path`, in the operating system's words, or None
+    when it sees no reason (then SQLite's message is all there is)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError as e:
+        return e.strerror
+    if st.f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0:
+        return os.strerror(errno.ENOSPC)
+    for p, mode in ((path, os.R_OK | os.W_OK), (path.parent, os.W_OK | os.X_OK)):
+        if p.exists() and not os.access(p, mode):
+            return os.strerror(errno.EACCES)
+    return None
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose storage failures are `StorageError`s naming its file."""
+
+    what: str = "database"
+    path: str = ""
+
+    def cursor(self, factory: Any = None) -> Any:  # type: ignore[override]
+        return super().cursor(factory or _Cursor)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().executescript(script)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except sqlite3.Error as e:
+            raise self._failed(e)
+
+    def _failed(self, e: sqlite3.Error) -> Exception:
+        err = storage_error(self.what, self.path, e)
+        if err is None:
+            return e
+        if self.in_transaction:   # abandoned: the next BEGIN must work
+            try:
+                super().execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        return err
+
+
+class _Cursor(sqlite3.Cursor):
+    connection: _Connection
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except sqlite3.Error as e:
+            raise self.connection._failed(e) from None
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:  # type: ignore[override]
+        return self._guarded(super().execute, sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> _Cursor:  # type: ignore[override]
+        return self._guarded(super().executemany, sql, parameters)
+
+    def executescript(self, script: str, /) -> _Cursor:  # type: ignore[override]
+        return self._guarded(super().executescript, script)
+
+    def fetchone(self) -> Any:
+        return self._guarded(super().fetchone)
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._guarded(super().fetchmany, self.arraysize if size is None else size)
+
+    def fetchall(self) -> list[Any]:
+        return self._guarded(super().fetchall)
+
+    def __next__(self) -> Any:
+        return self._guarded(super().__next__)
 
 
 def open_db(path: str | Path, *, synchronous: Literal["NORMAL", "FULL"], schema: str | None = None,
-            timeout_s: float = 30.0) -> sqlite3.Connection:
+            timeout_s: float = 30.0, what: str = "database") -> sqlite3.Connection:
     """A connection to the database at `path` (its directory is created when missing).
+
+    `what` names the file in errors ("outbox", "node state", …). A file that cannot be
+    created, opened or written, or is not a database, fails here with a `StorageError`, so
+    a node refuses to start on a read-only or corrupt data directory with one line naming the
+    file, instead of failing at its first write.
 
     Why each setting:
 
@@ -39,10 +163,27 @@ def open_db(path: str | Path, *, synchronous: Literal["NORMAL", "FULL"], schema:
     if synchronous not in ("NORMAL", "FULL"):
         raise ValueError(f"synchronous must be NORMAL or FULL (got {synchronous!r})")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout_s)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    if schema:
-        db.executescript(schema)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(what, path, f"cannot create {e.filename or path.parent}: "
+                                       f"{e.strerror or e}") from None
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout_s,
+                             factory=_Connection)
+    except sqlite3.Error as e:
+        raise storage_error(what, path, e) or e from None
+    db.what, db.path = what, str(path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        if schema:
+            db.executescript(schema)
+        # a connection SQLite could only open read-only fails at its first write, later:
+        # take the write lock once now, so that a read-only file is refused at start
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    except BaseException:
+        db.close()
+        raise
     return db

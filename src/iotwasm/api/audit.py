@@ -44,7 +44,7 @@ class AuditLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         # FULL: an acknowledged audit row must outlive a power cut, or the chain loses its tail
-        self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA)
+        self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA, what="audit log")
         self._lock = threading.Lock()
 
     def append(self, actor: str, action: str, target: str = "", outcome: str = "ok", detail: str = "",
@@ -61,7 +61,8 @@ class AuditLog:
                 self._db.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
                                  (*[row[f] for f in FIELDS], prev, h))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:   # a storage error rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         return {**row, "hash": h}

@@ -117,7 +117,7 @@ class SecurityStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         # FULL: a token created or revoked must stay so after a power cut
-        self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA)
+        self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA, what="API tokens")
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
         if "expires" not in columns:  # a database from before tokens could expire
             self._db.execute("ALTER TABLE tokens ADD COLUMN expires REAL")

@@ -27,7 +27,8 @@ EXIT_DEAD_LETTERS = 3
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    # never wrapped: one error is one line, also in a journal or a pipe
+    err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_FAILED)
 
 

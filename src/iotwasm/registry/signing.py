@@ -139,7 +139,7 @@ class SignatureStore:
 
     def __init__(self, path: str | Path):
         # FULL: a signature accepted with a module must not vanish while the module stays
-        self._db = open_db(path, synchronous="FULL",
+        self._db = open_db(path, synchronous="FULL", what="module signatures",
                            schema="CREATE TABLE IF NOT EXISTS signatures (digest TEXT NOT NULL, "
                                   "key_id TEXT NOT NULL, signature BLOB NOT NULL, added REAL NOT NULL, "
                                   "PRIMARY KEY (digest, key_id))")

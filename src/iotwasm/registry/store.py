@@ -38,7 +38,7 @@ from typing import Iterator
 from ..engine.limits import Limits
 from ..engine.module import ExportInfo, ImportInfo, ModuleInfo, ModuleSource, digest_of, read_source
 from ..engine.runtime import Runtime
-from ..errors import ConfigError, InvalidModule, ModuleNotFound
+from ..errors import ConfigError, InvalidModule, ModuleNotFound, StorageError
 from ..sqlite import open_db
 
 #: digest prefixes shorter than this are refused: with few hex characters a prefix that is
@@ -174,7 +174,7 @@ class ModuleStore:
         self._lock = threading.RLock()
         # WAL lets readers in other processes proceed while one process writes; NORMAL
         # sync is durable across application crashes and costs one fsync per checkpoint.
-        self._db = open_db(self.root / "index.db", synchronous="NORMAL")
+        self._db = open_db(self.root / "index.db", synchronous="NORMAL", what="module registry")
         self._closed = False
         with self._lock:
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -197,7 +197,8 @@ class ModuleStore:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:   # a storage error rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -279,7 +280,10 @@ class ModuleStore:
         except FileNotFoundError:
             pass
         # missing, or corrupt: (re)write it; the rename replaces a damaged copy atomically
-        fd, tmp = tempfile.mkstemp(dir=self.blob_dir, prefix=_TMP_PREFIX)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.blob_dir, prefix=_TMP_PREFIX)
+        except OSError as e:   # a full disk or a read-only directory: one line naming it
+            raise StorageError("module registry", self.blob_dir, e.strerror or str(e)) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(wasm)
@@ -289,8 +293,10 @@ class ModuleStore:
             if path.exists():
                 _make_writable(path)  # Windows cannot replace a read-only file
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             _unlink(Path(tmp))
+            if isinstance(e, OSError):
+                raise StorageError("module registry", path, e.strerror or str(e)) from None
             raise
         _fsync_dir(self.blob_dir)
 

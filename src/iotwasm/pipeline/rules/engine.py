@@ -615,7 +615,7 @@ class RuleStateStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._db = open_db(self.path, synchronous="NORMAL",
+        self._db = open_db(self.path, synchronous="NORMAL", what="rule checkpoints",
                            schema="CREATE TABLE IF NOT EXISTS rule_state (rule TEXT PRIMARY KEY, "
                                   "shape TEXT NOT NULL, state TEXT NOT NULL, saved REAL NOT NULL)")
         self._lock = threading.Lock()

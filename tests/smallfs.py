@@ -1,0 +1,95 @@
+"""A small real file system for the storage tests: a tmpfs of a few MiB mounted by the test.
+
+The node's data directory goes on it; the test fills it to the last byte (disk full), frees
+it again, or remounts it read-only. Mounting needs root (CAP_SYS_ADMIN), which the test
+suite has here; without it a test fails saying so — it never skips.
+
+Use from a test module:
+
+    from smallfs import small_disk  # noqa: F401  (pytest fixture)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CHUNKS = (1 << 20, 64 << 10, 4 << 10, 512)
+
+
+class SmallDisk:
+    """A tmpfs of `size` at `path`: fill, free, read-only, read-write, unmount."""
+
+    def __init__(self, path: Path, size: str = "8m"):
+        self.path = Path(path)
+        self.size = size
+        self._fillers: list[Path] = []
+
+    def mount(self) -> SmallDisk:
+        if os.geteuid() != 0:
+            pytest.fail("the storage tests mount a small tmpfs (mount -t tmpfs) to fill a real disk: "
+                        "run them as root (or with CAP_SYS_ADMIN)", pytrace=False)
+        self.path.mkdir(parents=True, exist_ok=True)
+        _run("mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path))
+        return self
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.path)], capture_output=True, check=False).returncode != 0:
+            _run("umount", "-l", str(self.path))   # a file still open somewhere: detach anyway
+
+    def fill(self) -> int:
+        """Write filler files until the file system has not one byte left; returns the bytes
+        written. Every later write that needs a new block fails with ENOSPC."""
+        filler = self.path / f".filler-{len(self._fillers)}"
+        self._fillers.append(filler)
+        written = 0
+        with open(filler, "wb", buffering=0) as f:
+            for chunk in CHUNKS:
+                block = b"\xa5" * chunk
+                while True:
+                    try:
+                        n = f.write(block)
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        break
+                    written += n or 0
+                    if not n:
+                        break
+        return written
+
+    def free(self) -> None:
+        """Delete the filler: the space is back."""
+        for f in self._fillers:
+            f.unlink(missing_ok=True)
+        self._fillers.clear()
+
+    def available(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def read_only(self) -> None:
+        _run("mount", "-o", "remount,ro", str(self.path))
+
+    def read_write(self) -> None:
+        _run("mount", "-o", "remount,rw", str(self.path))
+
+
+def _run(*cmd: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}", pytrace=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs at tmp_path/disk, unmounted after the test."""
+    disk = SmallDisk(tmp_path / "disk").mount()
+    try:
+        yield disk
+    finally:
+        disk.unmount()
