@@ -1,6 +1,6 @@
 """Lower layers never import higher ones (DESIGN: engine < registry < container < messaging <
-pipeline < node < cli). Foundation modules (backoff, errors, message, sensors, sqlite) import no
-layer."""
+pipeline < node < cli). Foundation modules (backoff, errors, message, sensors, sqlite,
+supervise) import no layer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "iotwasm"
 ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "fleet", "api", "cli"]
-FOUNDATION = {"backoff", "errors", "message", "sensors", "sqlite"}
+FOUNDATION = {"backoff", "errors", "message", "sensors", "sqlite", "supervise"}
 
 
 def imported_layers(path: Path) -> set[str]:

@@ -32,6 +32,7 @@ import httpx
 from ..errors import IotwasmError
 from ..node.node import Node
 from ..sqlite import open_db
+from ..supervise import Repeats, supervise
 
 log = logging.getLogger("iotwasm.alerts")
 
@@ -63,7 +64,7 @@ class AlertRule:
 class AlertStore:
     def __init__(self, path: str | Path):
         # the file is shared with the SecurityStore (api.db), hence its FULL sync
-        self._db = open_db(path, synchronous="FULL",
+        self._db = open_db(path, synchronous="FULL", what="alert rules",
                            schema="CREATE TABLE IF NOT EXISTS alert_rules (name TEXT PRIMARY KEY, spec TEXT NOT NULL)")
         self._lock = threading.Lock()
 
@@ -177,11 +178,12 @@ class AlertEvaluator:
                 await self.evaluate()
                 for hook in list(self.after_evaluation):
                     hook()
-            except Exception:
-                log.exception("alert evaluation failed")
+            except Exception as e:  # noqa: BLE001 - logged once (repeats counted); the next one runs
+                self._faults.failed(e)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="alerts")
+        self._faults = Repeats(log, "alert evaluation")
+        self._task = supervise("alert evaluation", self._loop, log=log)
 
     async def stop(self) -> None:
         if self._task is not None:

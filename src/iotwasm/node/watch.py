@@ -15,19 +15,27 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import errno
 import logging
 import os
+import struct
 from pathlib import Path
+
+from ..backoff import Backoff
+from ..errors import IotwasmError
+from ..supervise import supervise
 
 log = logging.getLogger("iotwasm.node.watch")
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x002, 0x004, 0x008
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x040, 0x080, 0x100, 0x200
 IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
+IN_UNMOUNT, IN_IGNORED = 0x2000, 0x8000     # reported whether asked for or not
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_MOVE_SELF)
+#: the watched directory itself went away (moved, deleted, unmounted): watch its path anew
+GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+_EVENT = struct.Struct("iIII")   # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
 def _libc():
@@ -40,48 +48,92 @@ def _libc():
 
 
 class ManifestWatch:
-    """Sets `changed` whenever something in the watched directory changes."""
+    """Sets `changed` whenever something in the watched directory changes.
+
+    The watch runs as a supervised task: when reading it fails, or the directory is replaced
+    (deploy tools rename a new directory over the old one, which leaves an inotify watch on
+    the old one), it watches the path anew, retrying with backoff until the directory is
+    there again, and wakes the node so it re-reads whatever changed meanwhile.
+    """
 
     def __init__(self, path: Path, changed: asyncio.Event):
         self.dir = path if path.is_dir() else path.parent
         self.changed = changed
-        self._fd: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._libc = None
+        self._fd: int | None = None          # opened by start(), taken by the first run
+        self._task: asyncio.Task | None = None
 
     def start(self) -> bool:
         """Watch the directory; False (and the node polls) when inotify cannot be used here."""
-        libc = _libc()
-        if libc is None:
+        self._libc = _libc()
+        if self._libc is None:
             return False
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            log.info("manifest watch unavailable (%s); polling", os.strerror(ctypes.get_errno()))
+        try:
+            self._fd = self._open()
+        except OSError as e:
+            log.info("manifest watch unavailable (%s); polling", e.strerror)
             return False
-        if libc.inotify_add_watch(fd, os.fsencode(str(self.dir)), MASK) < 0:
-            log.info("cannot watch %s (%s); polling", self.dir, os.strerror(ctypes.get_errno()))
-            os.close(fd)
-            return False
-        self._fd = fd
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(fd, self._readable)
+        self._task = supervise(f"manifest watch {self.dir}", self._run, log=log, backoff=Backoff(0.05, 5.0))
         return True
 
-    def _readable(self) -> None:
-        try:
-            while os.read(self._fd, 64 * 1024):   # the events themselves do not matter: drain
-                pass
-        except BlockingIOError:
-            pass
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                log.warning("manifest watch failed (%s); polling", e)
-                self.stop()
-        self.changed.set()
+    def _open(self) -> int:
+        libc = self._libc
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        if libc.inotify_add_watch(fd, os.fsencode(str(self.dir)), MASK) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"cannot watch {self.dir}: {os.strerror(err)}")
+        return fd
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            fd, self._fd = self._fd, None
+            if fd is None:
+                try:
+                    fd = self._open()
+                except OSError as e:    # not there (yet): the supervisor tries again later
+                    raise IotwasmError(f"manifest watch: {e.strerror}") from None
+                self.changed.set()      # look at what happened while nothing watched
+            readable = asyncio.Event()
+            loop.add_reader(fd, readable.set)
+            try:
+                while True:
+                    await readable.wait()
+                    readable.clear()
+                    gone = self._drain(fd)
+                    self.changed.set()
+                    if gone:
+                        log.info("manifest directory %s was replaced or removed; watching its path anew", self.dir)
+                        break
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+
+    @staticmethod
+    def _drain(fd: int) -> bool:
+        """Read every pending event; True when the watched directory itself went away."""
+        gone = False
+        while True:
+            try:
+                data = os.read(fd, 64 * 1024)
+            except BlockingIOError:
+                return gone
+            if not data:
+                return gone
+            at = 0
+            while at + _EVENT.size <= len(data):
+                _wd, mask, _cookie, n = _EVENT.unpack_from(data, at)
+                gone = gone or bool(mask & GONE)
+                at += _EVENT.size + n
 
     def stop(self) -> None:
-        if self._fd is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._fd)
-        os.close(self._fd)
-        self._fd = None
+        if self._task is not None:
+            self._task.cancel()     # the run closes its descriptor
+            self._task = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

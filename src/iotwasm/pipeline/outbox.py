@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from ..backoff import Backoff
 from ..errors import ConfigError, IotwasmError
 from ..sqlite import open_db
+from ..supervise import StorageHold, supervise
 
 log = logging.getLogger("iotwasm.outbox")
 
@@ -85,7 +87,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.overflow = overflow
         self._lock = threading.Lock()
-        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA)
+        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA, what="outbox")
         self.stats: dict[str, OutboxStats] = {}
         rows, size = self._db.execute(
             "SELECT count(*), coalesce(sum(length(payload) + length(topic)), 0) FROM outbox").fetchone()
@@ -122,15 +124,17 @@ class Outbox:
     def _drop_oldest(self, rows: int, nbytes: int) -> None:
         dropped = freed = 0
         cur = self._db.execute("SELECT id, sink, length(payload) + length(topic) FROM outbox ORDER BY id")
-        ids = []
+        ids, sinks = [], []
         for row_id, sink, size in cur:
             if dropped >= rows and freed >= nbytes:
                 break
             ids.append(row_id)
+            sinks.append(sink)
             dropped += 1
             freed += size
-            self._st(sink).dropped += 1
         self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        for sink in sinks:   # counted once deleted: a delete that failed dropped nothing
+            self._st(sink).dropped += 1
         self._rows -= dropped
         self._bytes -= freed
         log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, dropped)
@@ -169,7 +173,13 @@ class Outbox:
 
 
 class Forwarder:
-    """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages."""
+    """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages.
+
+    It runs as a supervised task: an unexpected failure restarts it (logged once, with
+    backoff), and what was in flight is sent again. A delete that fails on storage (the WAL
+    cannot grow on a full disk) is held and retried in place — the acknowledged rows are not
+    sent again meanwhile — and `storage.error` says why until it went through.
+    """
 
     def __init__(self, outbox: Outbox, sink: str, submit: SubmitWindow, *, batch: int = 100,
                  windows: int = 4, min_backoff: float = 0.1, max_backoff: float = 5.0):
@@ -178,14 +188,16 @@ class Forwarder:
         self.submit = submit
         self.batch = batch
         self.windows = windows
-        self.min_backoff = min_backoff
-        self.max_backoff = max_backoff
+        #: waits between attempts after the uplink failed a window
+        self.backoff = Backoff(min_backoff, max_backoff)
+        self.storage = StorageHold(f"outbox forwarder {sink}", log)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"forward-{self.sink}")
+        self._task = supervise(f"outbox forwarder {self.sink}", self._run, log=log,
+                               backoff=Backoff(self.backoff.initial, self.backoff.maximum))
 
     def notify(self) -> None:
         """New rows were appended: deliver them now rather than at the next poll."""
@@ -214,7 +226,6 @@ class Forwarder:
         uplink still acknowledges the last); rows are deleted window by window, oldest
         first, and only the acknowledged prefix: after a failure everything from the first
         unacknowledged message is sent again, in order (at-least-once)."""
-        backoff = self.min_backoff
         after = 0  # highest id handed to the uplink
         inflight: collections.deque[tuple[list[int], asyncio.Future]] = collections.deque()
         try:
@@ -244,7 +255,7 @@ class Forwarder:
                         failure = res
                         break
                     done.append(row_id)
-                await self._db(self.outbox.ack, self.sink, done, rows=len(done))
+                await self.storage.run(lambda done=done: self._db(self.outbox.ack, self.sink, done, rows=len(done)))
                 if failure is not None:
                     # later windows are abandoned (their rows stay and are sent again)
                     for _, later in inflight:
@@ -253,10 +264,9 @@ class Forwarder:
                     after = 0
                     self.outbox._st(self.sink).send_failures += 1
                     self.last_error = str(failure)
-                    await asyncio.sleep(backoff)
-                    backoff = min(self.max_backoff, backoff * 2)
+                    await asyncio.sleep(self.backoff.next())
                 else:
-                    backoff = self.min_backoff
+                    self.backoff.reset()
                     self.last_error = None
         finally:
             for _, later in inflight:

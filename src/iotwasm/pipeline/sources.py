@@ -13,6 +13,7 @@ import time
 
 from ..message import Message
 from ..sensors import SensorField
+from ..supervise import supervise
 from .route import RouteRunner
 from .templates import TopicPattern
 
@@ -73,7 +74,7 @@ class SensorSource:
         self.produced = 0
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sensors")
+        self._task = supervise("sensor source", self._run, log=log)
 
     async def _run(self) -> None:
         period = 1.0 / self.rate

@@ -11,6 +11,12 @@ Actions, per emitted row (templates take `{name}` from the output row, then the 
   webhook  POST the row as JSON, via the outbox
   store    insert into the node's local store (a table)
   invoke   hand the row to a deployment; its outputs are published
+
+The worker and the clock are supervised tasks (restarted after an unexpected failure, logged
+once). A storage error (disk full) holds the action or alert that met it and retries it,
+so the worker stops taking and the queue fills (backpressure) instead of emissions being
+dropped; a checkpoint that cannot be written is tried again at the next interval.
+`storage_problems()` says what is held and why.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...errors import ConfigError, IotwasmError
+from ...errors import ConfigError, IotwasmError, StorageError
 from ...message import Message
+from ...supervise import Repeats, StorageHold, supervise
 from ..outbox import Outbox
 from ..sinks import BusSink, LocalStore, StoreSink, WebhookSink
 from .alerts import AlertDispatcher, AlertPolicy, AlertTracker, fill
@@ -153,15 +160,19 @@ class RuleRunner:
         self._tasks: list[asyncio.Task] = []
         self.action_errors = 0
         self._busy = False
+        #: holds actions and alerts that failed on storage
+        self.storage = StorageHold("rules", log)
+        #: the last checkpoint that could not be written, until one is
+        self.checkpoint_error: StorageError | None = None
+        self._faults = Repeats(log, "rules")
         # the engine is single-threaded: batches, clock ticks, checkpoints and rule changes
         # take turns (they run in worker threads, and rule changes on the loop)
         self._lock = threading.Lock()
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._work(), name="rules-worker"),
-                       loop.create_task(self._clock(), name="rules-clock")]
+        self._tasks = [supervise("rules worker", self._work, log=log),
+                       supervise("rules clock", self._clock, log=log)]
 
     async def stop(self, drain_timeout: float = 2.0) -> None:
         for f in list(self._subs):
@@ -177,7 +188,10 @@ class RuleRunner:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        await asyncio.to_thread(self._checkpoint)
+        try:
+            await asyncio.to_thread(self._checkpoint)
+        except StorageError as e:
+            log.warning("rules: window state not saved at stop (windows start empty next time): %s", e)
         for name in list(self.rules):
             await self._teardown(self.rules.pop(name), drain_timeout)
 
@@ -285,10 +299,8 @@ class RuleRunner:
             try:
                 out = await asyncio.to_thread(self._process, by_filter)
                 await self.dispatch(out)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("rules: a batch failed")
+            except Exception as e:  # noqa: BLE001 - logged once (repeats counted); the worker goes on
+                self._faults.failed(e)
             finally:
                 self._busy = False
 
@@ -316,17 +328,22 @@ class RuleRunner:
         last_cp = time.monotonic()
         while True:
             await asyncio.sleep(self.tick_s)
-            try:
-                out = await asyncio.to_thread(self._locked, self.engine.tick)
-                if out:
-                    await self.dispatch(out)
-                if time.monotonic() - last_cp >= self.checkpoint_s:
-                    last_cp = time.monotonic()
+            out = await asyncio.to_thread(self._locked, self.engine.tick)
+            if out:
+                await self.dispatch(out)
+            if time.monotonic() - last_cp >= self.checkpoint_s:
+                last_cp = time.monotonic()
+                try:
                     await asyncio.to_thread(self._checkpoint)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("rules: clock")
+                except StorageError as e:   # the state stays in memory; tried again next time
+                    if self.checkpoint_error is None:
+                        log.warning("rules: checkpoint not written (tried again every %ss): %s",
+                                    self.checkpoint_s, e)
+                    self.checkpoint_error = e
+                else:
+                    if self.checkpoint_error is not None:
+                        log.warning("rules: checkpoints written again")
+                    self.checkpoint_error = None
 
     async def dispatch(self, emissions: list[Emission]) -> None:
         by_rule: dict[str, list[Emission]] = {}
@@ -339,8 +356,8 @@ class RuleRunner:
             ok = [e for e in ems if e.ok]
             for a in rt.actions:
                 if ok:
-                    try:
-                        await a.run(ok)
+                    try:   # a full disk holds the action (backpressure), it does not drop it
+                        await self.storage.run(lambda a=a, ok=ok: a.run(ok))
                     except IotwasmError as e:
                         a.failed += len(ok)
                         self.action_errors += 1
@@ -348,9 +365,24 @@ class RuleRunner:
             if rt.tracker is not None:
                 alerts = [x for x in (rt.tracker.observe(e.ok, e.ts, e.row, e.source) for e in ems) if x]
                 if alerts:
-                    await rt.dispatcher.raise_alerts(alerts)
+                    await self.storage.run(lambda d=rt.dispatcher, al=alerts: d.raise_alerts(al))
 
     # -- views -------------------------------------------------------------------------------
+    def storage_problems(self) -> list[str]:
+        """What the rules hold or could not save because the storage fails, and why."""
+        out = []
+        if self.storage.error is not None:
+            out.append(f"rules hold actions or alerts: {self.storage.error}")
+        if self.checkpoint_error is not None:
+            out.append(f"rule checkpoints not saved: {self.checkpoint_error}")
+        for rt in self.rules.values():
+            forwarders = [getattr(a.sink, "forwarder", None) for a in rt.actions]
+            if rt.dispatcher is not None:
+                forwarders.append(rt.dispatcher.forwarder)
+            out += [f"outbox forwarder {f.sink} cannot delete delivered messages: {f.storage.error}"
+                    for f in forwarders if f is not None and f.storage.error is not None]
+        return out
+
     def status(self) -> dict[str, dict]:
         with self._lock:
             stats = self.engine.stats()
