@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ConfigError, IotwasmError, ModuleNotFound
+from ..errors import ConfigError, IotwasmError, ModuleNotFound, StorageError
 from ..node.manifests import Deployment, ManifestError, parse_documents
 from ..node.node import Node
 from ..registry.signing import Signature, SignatureError, SignatureStore
@@ -71,6 +71,8 @@ def problem_response(status: int, title: str, detail: str, kind: str, instance: 
 
 
 def _error_status(e: IotwasmError) -> tuple[int, str]:
+    if isinstance(e, StorageError):   # the node's disk, not the request: try again later
+        return 503, "Storage unavailable"
     if isinstance(e, PolicyError):
         return 403, "Forbidden"
     if isinstance(e, QuotaExceeded):
@@ -640,6 +642,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
             out.update(received=s.received, delivered=s.delivered, dead_letters=s.dead_letters,
                        dropped=s.dropped, acl_denied=s.acl_denied, queued=rec.runner.depth(),
                        p50_ms=round(s.percentile(0.5), 3), p99_ms=round(s.percentile(0.99), 3))
+            if rec.runner.storage.error is not None:   # held: the storage cannot take its results
+                out["held"] = str(rec.runner.storage.error)
         if full:
             out["manifest"] = manifest.model_dump(mode="json", by_alias=True)
             out["dead_letters_recent"] = [{**d, "payload": d["payload"].decode("utf-8", "replace")}

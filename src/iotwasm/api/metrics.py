@@ -194,7 +194,8 @@ class NodeCollector:
 
 
 def readiness(node: Node) -> dict:
-    """Ready = started, the last reconcile left no problem, and every bus is connected."""
+    """Ready = started, the last reconcile left no problem, every bus is connected, and no
+    work is held because the storage fails (each such reason names the file and the error)."""
     buses = {"node": node.bus, **node._buses}
     disconnected = [name for name, b in buses.items() if b is not None and not b.connected]
     problems = list(node.last_problems)
@@ -207,6 +208,7 @@ def readiness(node: Node) -> dict:
         reasons.append(f"{len(problems)} manifest problem(s): {problems[0]}")
     if disconnected:
         reasons.append(f"bus not connected: {', '.join(disconnected)}")
+    reasons += node.storage_problems()
     return {"ready": not reasons, "reasons": reasons}
 
 

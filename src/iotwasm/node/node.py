@@ -7,6 +7,12 @@ in SQLite under the data directory. With an MQTT broker, the node publishes a re
 on ``iotwasm/nodes/{node}/status`` and leaves an MQTT last will that marks it offline if it
 dies. Shutdown is graceful: sources stop, queued batches drain, uplink outboxes get a chance
 to flush, containers stop.
+
+Storage: the data directory is checked when the node is made — a directory or database that
+cannot be written, or a corrupt one, stops it there with one `StorageError` naming the file.
+Later, a full disk holds the work that needs it (routes, forwarders, rules) instead of
+dropping it; `storage_problems()` says what is held and why (readiness reports it), and
+everything goes on by itself once space is back.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Callable
 from ..container import RestartPolicy, WasmContainer
 from ..engine import Runtime
 from ..engine.limits import parse_duration_ms
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import DeadLetter
 from ..messaging.acl import TopicACL
 from ..messaging.bus import Bus, Will, open_bus
@@ -79,12 +85,17 @@ class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
         d = Path(config.data_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        self.runtime = Runtime(cache_dir=d / "cache")
-        self.registry = ModuleStore(d / "modules", runtime=self.runtime)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            self.runtime = Runtime(cache_dir=d / "cache")
+            self.registry = ModuleStore(d / "modules", runtime=self.runtime)
+        except OSError as e:
+            raise StorageError("data directory", e.filename or d, e.strerror or str(e)) from None
         self.state = NodeState(d / "node.db")
         self.outbox = Outbox(d / "outbox.db")
         self.store = LocalStore(d / "store.db")
+        from ..pipeline.rules import RuleStateStore
+        self._rule_state = RuleStateStore(d / "rules.db")
         self.deployments: dict[str, _DeploymentRecord] = {}
         self.routes: dict[str, _RouteRecord] = {}
         self.bus: Bus | None = None
@@ -130,9 +141,7 @@ class Node:
             log.warning("node bus %s not reachable yet (%s); continuing, reconnecting in background",
                         self.config.broker, e)
         self.state.event("node", self.config.name, f"started (bus: {self.config.broker or 'in-process'})")
-        from ..pipeline.rules import RuleStateStore
-        self.rules = NodeRules(self.bus, self.outbox, self.store, RuleStateStore(Path(self.config.data_dir) / "rules.db"),
-                               self._processor, self._event)
+        self.rules = NodeRules(self.bus, self.outbox, self.store, self._rule_state, self._processor, self._event)
         await self.sync()
         self.ready = True
         await self._publish_status("online")
@@ -141,6 +150,7 @@ class Node:
         """Start, then sync until `stop()`; always shuts down gracefully."""
         await self.start()
         last_status = time.monotonic()
+        reported = self.storage_problems()
         # a change in the manifest directory wakes the loop at once; the interval stays the fallback
         watch = ManifestWatch(self.config.manifests, self._wake) if self.config.manifests else None
         if watch is not None and not watch.start():
@@ -159,8 +169,11 @@ class Node:
                 await self.sync()
                 for rec in self.deployments.values():
                     rec.handle.current.tick()
-                if time.monotonic() - last_status > self.config.status_interval_s:
-                    last_status = time.monotonic()
+                if self.state.write_error is not None:
+                    await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
+                problems = self.storage_problems()
+                if time.monotonic() - last_status > self.config.status_interval_s or problems != reported:
+                    last_status, reported = time.monotonic(), problems
                     await self._publish_status("online")
         finally:
             if watch is not None:
@@ -175,7 +188,7 @@ class Node:
         log.info("node %s shutting down: draining routes", self.config.name)
         if self.rules is not None:
             await self.rules.stop(self.config.drain_timeout_s)
-            self.rules.state.close()
+        self._rule_state.close()
         for rec in self.routes.values():
             await self._stop_source(rec)
         for name in list(self.routes):
@@ -203,6 +216,9 @@ class Node:
         body = {"node": self.config.name, "state": state, "started": self.started, "time": time.time(),
                 "deployments": {n: str(r.handle.current.state) for n, r in self.deployments.items()},
                 "routes": list(self.routes)}
+        storage = self.storage_problems()
+        if storage:
+            body["storage"] = storage
         if reason:
             body["reason"] = reason
         try:
@@ -278,6 +294,7 @@ class Node:
             except IotwasmError as e:
                 problems.append(f"Deployment {name}: {e}")
                 self._event("failed", name, str(e))
+                self._retry_on_storage(e)
         for name, r in routes.items():
             if name in self.routes:
                 continue
@@ -286,11 +303,18 @@ class Node:
             except IotwasmError as e:
                 problems.append(f"Route {name}: {e}")
                 self._event("failed", name, str(e))
+                self._retry_on_storage(e)
         if self.rules is not None:
             problems += await self.rules.apply({m.name: m for m in manifests if isinstance(m, Rule)})
         for p in problems:
             log.error("%s", p)
         return problems
+
+    def _retry_on_storage(self, e: IotwasmError) -> None:
+        """A manifest that failed on storage is applied again at the next sync (the disk
+        may have room by then), not only when the manifests change."""
+        if isinstance(e, StorageError):
+            self._manifest_stamp = None
 
     def _processor(self, name: str):
         rec = self.deployments.get(name)
@@ -302,10 +326,13 @@ class Node:
         rec = self.deployments.get(name)
         if rec is None:
             return
-        if kind == "rolled-back" and rec.handle.last_rolled_back_revision:
-            self.state.set_revision_status(name, rec.handle.last_rolled_back_revision, "rolled-back", message)
-        elif kind == "healthy":
-            self.state.promote_revision(name, rec.handle.revision, message)
+        try:
+            if kind == "rolled-back" and rec.handle.last_rolled_back_revision:
+                self.state.set_revision_status(name, rec.handle.last_rolled_back_revision, "rolled-back", message)
+            elif kind == "healthy":
+                self.state.promote_revision(name, rec.handle.revision, message)
+        except StorageError as e:   # the revision history lags; the deployment runs on
+            log.warning("deployment %s: revision %s not recorded: %s", name, kind, e)
 
     def _event(self, kind: str, obj: str, message: str) -> None:
         log.info("%s %s: %s", obj, kind, message)
@@ -525,6 +552,23 @@ class Node:
                 pass  # kept in the node database either way
 
     # -- views -----------------------------------------------------------------------------
+    def storage_problems(self) -> list[str]:
+        """What is held because the storage fails, and why (one line each, naming the file and
+        the reason); empty when every write goes through."""
+        out = []
+        for name, rec in self.routes.items():
+            if rec.runner.storage.error is not None:
+                out.append(f"route {name} holds messages: {rec.runner.storage.error}")
+            for sink in rec.sinks:
+                fwd = getattr(sink, "forwarder", None)
+                if fwd is not None and fwd.storage.error is not None:
+                    out.append(f"outbox forwarder {sink.name} cannot delete delivered messages: {fwd.storage.error}")
+        if self.rules is not None:
+            out += self.rules.runner.storage_problems()
+        if self.state.write_error is not None:
+            out.append(f"events not recorded: {self.state.write_error}")
+        return out
+
     def snapshot(self) -> dict:
         deps = {}
         for name, rec in self.deployments.items():
@@ -541,7 +585,8 @@ class Node:
                             "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks)}
         return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
                 "rules": self.rules.status() if self.rules is not None else {},
-                "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error}
+                "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error,
+                "storage": self.storage_problems()}
 
 
 class _HttpSource:

@@ -3,17 +3,31 @@
 It keeps what must survive a restart or a kill -9: applied deployments and their revision
 history (for rollback), events (what changed and why), dead letters, and the containers'
 key-value data.
+
+When the disk is full: a dead letter that cannot be written raises `StorageError` (the route
+holds its batch and retries); an event is kept in memory (up to `MAX_UNSAVED`) and written
+with the next one, so the node's work never fails for its history; a key-value write fails
+towards the guest as a full quota does.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import StorageError
 from ..sqlite import open_db
+from ..supervise import Repeats
+
+log = logging.getLogger("iotwasm.node.state")
+
+#: events kept in memory while the node database cannot take them
+MAX_UNSAVED = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -34,10 +48,14 @@ CREATE TABLE IF NOT EXISTS kv (
 class NodeState:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA)
+        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA, what="node state")
         self._lock = threading.Lock()
         #: called with each event dict after it is stored (from any thread); for live views
         self.listeners: list = []
+        #: the last write that failed on storage, until a write succeeds again
+        self.write_error: StorageError | None = None
+        self._unsaved: collections.deque[tuple] = collections.deque(maxlen=MAX_UNSAVED)
+        self._repeats = Repeats(log, "recording an event")
 
     def _x(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         with self._lock:
@@ -46,12 +64,34 @@ class NodeState:
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, obj: str, message: str) -> None:
         ts = time.time()
-        self._x("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)", (ts, kind, obj, message))
+        self._unsaved.append((ts, kind, obj, message))
+        self.flush()
         for listener in list(self.listeners):
             try:
                 listener({"ts": ts, "kind": kind, "object": obj, "message": message})
             except Exception:
                 pass  # a live view never breaks the node
+
+    def flush(self) -> bool:
+        """Write the events kept in memory; True when none is left (the node calls this
+        periodically, so they are saved once the disk has room again)."""
+        with self._lock:
+            if not self._unsaved:
+                return True
+            rows = list(self._unsaved)
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO events(ts, kind, object, message) VALUES (?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except StorageError as e:
+                if self.write_error is None:
+                    self._repeats.failed(e)
+                self.write_error = e
+                return False
+            for _ in rows:
+                self._unsaved.popleft()
+            self.write_error = None
+            return True
 
     def events(self, obj: str | None = None, limit: int = 100) -> list[dict]:
         sql = "SELECT ts, kind, object, message FROM events"
@@ -87,7 +127,8 @@ class NodeState:
                 self._db.execute("UPDATE revisions SET status = 'serving', reason = ? WHERE name = ? "
                                  "AND revision = ?", (reason, name, revision))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:   # a storage error rolled it back already
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -135,6 +176,7 @@ class SqliteKeyValue:
         rows = state._x("SELECT coalesce(sum(length(key) + length(value)), 0) FROM kv WHERE container = ?",
                         (container,))
         self._used = rows[0][0]
+        self._repeats = Repeats(log, f"a kv write of {container}")
 
     def get(self, key: bytes) -> bytes | None:
         rows = self._state._x("SELECT value FROM kv WHERE container = ? AND key = ?", (self.container, key))
@@ -145,7 +187,11 @@ class SqliteKeyValue:
         delta = len(value) - (len(old) if old is not None else -len(key))
         if self._used + delta > self.quota:
             return False
-        self._state._x("INSERT OR REPLACE INTO kv VALUES (?,?,?)", (self.container, key, value))
+        try:
+            self._state._x("INSERT OR REPLACE INTO kv VALUES (?,?,?)", (self.container, key, value))
+        except StorageError as e:   # the guest sees a failed write, as when over quota
+            self._repeats.failed(e)
+            return False
         self._used += delta
         return True
 
@@ -153,6 +199,10 @@ class SqliteKeyValue:
         old = self.get(key)
         if old is None:
             return False
-        self._state._x("DELETE FROM kv WHERE container = ? AND key = ?", (self.container, key))
+        try:
+            self._state._x("DELETE FROM kv WHERE container = ? AND key = ?", (self.container, key))
+        except StorageError as e:
+            self._repeats.failed(e)
+            return False
         self._used -= len(key) + len(old)
         return True

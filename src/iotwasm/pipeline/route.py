@@ -13,6 +13,12 @@ Nothing is lost silently: a message a module cannot handle becomes a dead letter
 error; a message a deployment may not receive, or an output it may not emit, is counted,
 logged and dead-lettered; a step whose container is unavailable is retried with backoff while
 its lane holds the batch.
+
+A storage error (the outbox, the store or the dead letters cannot be written: disk full,
+read-only) is backpressure, never an acknowledgement: the lane holds the batch and retries the
+write that failed, its queue fills, the source waits, and the source's messages stay
+unacknowledged with their broker. `storage.error` says why meanwhile (the node's readiness
+reports it); the batch goes on by itself once the write succeeds.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
-from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError
+from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError, StorageError
 from ..message import BatchResult, DeadLetter, Message
 from ..messaging.acl import TopicACL
 from ..messaging.bus import settled
+from ..supervise import Repeats, StorageHold
 
 log = logging.getLogger("iotwasm.pipeline")
 
@@ -135,6 +142,9 @@ class RouteRunner:
         self._stopping = False
         self._acl_memo: dict = {}
         self._confirming: set[asyncio.Task] = set()
+        #: holds batches whose sink or dead-letter write failed on storage
+        self.storage = StorageHold(f"route {name}", log)
+        self._faults = Repeats(log, f"route {name}: a batch")
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None,
@@ -177,6 +187,8 @@ class RouteRunner:
         while time.monotonic() < deadline:
             if self.depth() == 0 and self._inflight == 0 and not self._confirming:
                 return True
+            if self.storage.error is not None:
+                return False   # held for storage: waiting longer drains nothing
             await asyncio.sleep(0.005)
         return False
 
@@ -214,8 +226,12 @@ class RouteRunner:
             except asyncio.CancelledError:
                 _settle(items, cancel=True)
                 raise
-            except Exception:  # a bug must not kill the lane and strand the queue
-                log.exception("route %s: batch failed unexpectedly", self.name)
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the lane and strand the queue
+                self._faults.failed(e)
+                # kept as dead letters (with the error), not acknowledged as if delivered
+                err = IotwasmError(f"route {self.name}: batch failed unexpectedly: {type(e).__name__}: {e}")
+                for i, it in enumerate(items):
+                    await self._dead("route", DeadLetter(i, it.msg, err), it.vars)
                 _settle(items)
             finally:
                 for _ in items:
@@ -255,21 +271,28 @@ class RouteRunner:
             return
         # Sinks take the batch in order here; their confirmations (an uplink's acks) are
         # awaited off the lane, so the next batch does not wait for this one's round trip.
-        confirms = []
-        for sink in self.sinks:
-            submit = getattr(sink, "submit", None)
-            try:
-                if submit is None:
-                    confirms.append((sink, settled(await sink.deliver(msgs, variables))))
-                else:
-                    confirms.append((sink, await submit(msgs, variables)))
-            except IotwasmError as e:
-                confirms.append((sink, settled([(i, e) for i in range(len(msgs))])))
+        confirms = [(sink, await self._hand_to(sink, msgs, variables)) for sink in self.sinks]
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)
+
+    async def _hand_to(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
+        """Give the batch to one sink; returns what confirms it. A storage error holds the
+        batch right here and retries this sink (not those that took it already) until it
+        took the batch; any other error of the sink fails the batch's messages there."""
+        submit = getattr(sink, "submit", None)
+
+        async def attempt():
+            if submit is None:
+                return settled(await sink.deliver(msgs, variables))
+            return await submit(msgs, variables)
+
+        try:
+            return await self.storage.run(attempt)
+        except IotwasmError as e:
+            return settled([(i, e) for i in range(len(msgs))])
 
     async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item]) -> None:
         try:
@@ -282,13 +305,19 @@ class RouteRunner:
     async def _confirmed(self, flow: "_Flow", confirms: list) -> None:
         msgs, variables = flow.msgs, flow.vars
         for sink, confirm in confirms:
-            try:
-                failures = await confirm
-            except IotwasmError as e:
-                failures = [(i, e) for i in range(len(msgs))]
-            except Exception:
-                log.exception("route %s: sink %s failed unexpectedly", self.name, sink.name)
-                failures = []
+            while True:
+                try:
+                    failures = await confirm
+                except StorageError:   # the sink could not keep it after all: hand it over again
+                    confirm = await self._hand_to(sink, msgs, variables)
+                    continue
+                except IotwasmError as e:
+                    failures = [(i, e) for i in range(len(msgs))]
+                except Exception as e:  # noqa: BLE001 - kept as dead letters, not counted as delivered
+                    self._faults.failed(e)
+                    err = IotwasmError(f"sink {sink.name} failed unexpectedly: {type(e).__name__}: {e}")
+                    failures = [(i, err) for i in range(len(msgs))]
+                break
             for i, e in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, e)
                 await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
@@ -372,11 +401,12 @@ class RouteRunner:
 
     async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
         self.stats.dead_letters += 1
-        if self.dead_letter is not None:
-            try:
-                await self.dead_letter(self.name, where, dl, variables)
-            except Exception:
-                log.exception("route %s: dead-letter handler failed for a message from %s", self.name, where)
+        handler = self.dead_letter
+        if handler is not None:
+            try:   # a dead letter that cannot be written yet holds the batch, as a sink would
+                await self.storage.run(lambda: handler(self.name, where, dl, variables))
+            except Exception as e:  # noqa: BLE001 - logged once; the batch goes on
+                self._faults.failed(e)
 
 
 def _settle(items: list[_Item], cancel: bool = False) -> None:
