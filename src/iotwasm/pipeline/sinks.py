@@ -203,7 +203,7 @@ class LocalStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._db = open_db(self.path, synchronous="NORMAL")
+        self._db = open_db(self.path, synchronous="NORMAL", what="store")
         self._lock = threading.Lock()
         self._tables: set[str] = set()
 

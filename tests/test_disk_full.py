@@ -1,0 +1,218 @@
+"""A full disk under a running node: backpressure, never loss.
+
+`iotwasm up` runs as its own process with its data directory on a small tmpfs
+(tests/smallfs.py); numbered QoS 1 messages go through a real Mosquitto into a route with a
+store-and-forward MQTT uplink (the SQLite outbox) and a local store sink. The disk is filled
+to the last byte while messages keep coming and while the uplink acknowledges messages the
+outbox then cannot delete; the test watches `/readyz` say why, frees the space, and counts
+every message at the uplink: none lost, duplicates counted, the node never restarted.
+
+(Its small publisher and collector belong with the other chaos scenarios' in one module
+later; they are local here.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from brokers import Mosquitto, free_port, mosquitto  # noqa: F401  (fixture)
+from conftest import ECHO_WAT
+from smallfs import SmallDisk
+
+from iotwasm.message import Message
+from iotwasm.messaging import open_bus
+
+MANIFESTS = """
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  module: {module}
+  capabilities:
+    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
+---
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: uplink}}
+spec:
+  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
+  steps: [echo]
+  sinks:
+    - {{mqtt: {{url: "{uplink}", topic: "up/{{device}}", qos: 1}}, storeAndForward: true}}
+    - store: {{table: out}}
+"""
+
+PAD = "x" * 1000   # ~1 KB a message: the held batches need real space
+
+
+def message(seq: int) -> tuple[str, bytes]:
+    return f"in/d{seq % 5}", json.dumps({"seq": seq, "pad": PAD}).encode()
+
+
+class Collector:
+    """Counts what reaches the uplink by seq; a persistent session, so the broker keeps what
+    arrives while the collector itself reconnects."""
+
+    def __init__(self, url: str):
+        self.bus = open_bus(url, client_id=f"collector-{free_port()}")
+        self.seen: dict[int, int] = {}
+
+    async def start(self) -> None:
+        await self.bus.connect(timeout=10)
+
+        async def on(msg: Message) -> None:
+            seq = json.loads(msg.payload)["seq"]
+            self.seen[seq] = self.seen.get(seq, 0) + 1
+
+        await self.bus.subscribe("up/#", on, qos=1)
+
+    def lost(self, expected: range) -> list[int]:
+        return [s for s in expected if s not in self.seen]
+
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.seen.values())
+
+
+async def publish(url: str, seqs: range) -> None:
+    """A device publishing numbered QoS 1 messages, each acknowledged by its broker."""
+    bus = open_bus(url)
+    await bus.connect(timeout=10)
+    try:
+        batch = 100
+        for start in range(seqs.start, seqs.stop, batch):
+            window = [message(s) for s in range(start, min(start + batch, seqs.stop))]
+            results = await (await bus.send_many(window, qos=1))
+            assert all(r is None for r in results), results
+    finally:
+        await bus.close()
+
+
+def readiness(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return 0, {}
+
+
+def rows(db: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return -1
+
+
+async def until(cond, timeout: float, what: str, node: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(cond)
+        if value:
+            return value
+        if node is not None and node.poll() is not None:
+            raise AssertionError(f"the node exited ({node.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def truncate_wal(db: Path) -> bool:
+    """Checkpoint the outbox's WAL into the database and cut it to zero bytes, so that the
+    next write (a delete after the uplink's acknowledgement) must grow it."""
+    with sqlite3.connect(db, timeout=5) as c:
+        busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0 and Path(f"{db}-wal").stat().st_size == 0
+
+
+def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosquitto):  # noqa: F811
+    source = mosquitto
+    uplink = Mosquitto(tmp_path / "uplink")
+    uplink.start()
+    disk = SmallDisk(tmp_path / "disk", "32m").mount()
+    data = disk.path / "data"
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(MANIFESTS.format(module=tmp_path / "echo.wat", uplink=uplink.url))
+    port = free_port()
+    log_path = tmp_path / "node.log"
+    node = subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "up", str(mdir), "--broker", source.url,
+                             "--data", str(data), "--name", "edge1", "--api", f"127.0.0.1:{port}", "-v"],
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    outbox, store = data / "outbox.db", data / "store.db"
+    a, b = range(1000), range(1000, 3000)
+    everything = range(a.start, b.stop)
+    seen_reasons: list[str] = []
+
+    def reasons() -> list[str]:
+        status, body = readiness(port)
+        got = body.get("reasons", []) if status == 503 else []
+        seen_reasons.extend(r for r in got if r not in seen_reasons)
+        return got
+
+    async def main():
+        collector = Collector(uplink.url)
+        await collector.start()
+        await until(lambda: readiness(port)[0] == 200, 60, "the node ready", node)
+
+        # 1. the uplink goes away: A accumulates in the outbox (and in the store)
+        uplink.stop()
+        await publish(source.url, a)
+        await until(lambda: rows(outbox, "SELECT count(*) FROM outbox") == len(a)
+                    and rows(store, "SELECT count(*) FROM out") == len(a), 60, "A kept in the outbox", node)
+        await until(lambda: truncate_wal(outbox), 30, "the outbox's WAL truncated")
+
+        # 2. the disk fills up and B keeps coming: the route holds, /readyz says why
+        disk.fill()
+        publishing = asyncio.create_task(publish(source.url, b))
+        await until(lambda: any(f"{outbox}: database or disk is full" in r for r in reasons()), 60,
+                    "readiness naming the full outbox", node)
+        await publishing          # the source broker has all of B (acknowledged to the device)
+        assert rows(store, "SELECT count(*) FROM out") < len(everything)
+
+        # 3. the uplink returns and acknowledges A, which the outbox cannot delete yet
+        uplink.start()
+        await until(lambda: any("forwarder" in r and "database or disk is full" in r for r in reasons()), 60,
+                    "a failed delete reported", node)
+        assert rows(outbox, "SELECT count(*) FROM outbox") >= len(a)   # nothing deleted, nothing lost
+
+        # 4. space returns: everything goes through, no restart
+        disk.free()
+        await until(lambda: not collector.lost(everything), 120, "every message at the uplink", node)
+        await until(lambda: readiness(port)[0] == 200, 60, "ready again", node)
+        await until(lambda: rows(outbox, "SELECT count(*) FROM outbox") == 0, 60, "the outbox drained", node)
+        assert rows(store, "SELECT count(*) FROM out") >= len(everything)
+        stored = await asyncio.to_thread(lambda: sqlite3.connect(f"file:{store}?mode=ro", uri=True).execute(
+            "SELECT payload FROM out").fetchall())
+        assert {json.loads(p)["seq"] for (p,) in stored} == set(everything)
+        dups = collector.duplicates()
+        await collector.bus.close()
+        return dups
+
+    try:
+        duplicates = asyncio.run(main())
+        assert node.poll() is None, "the node restarted or died"
+        node.send_signal(signal.SIGINT)
+        assert node.wait(60) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(10)
+        uplink.kill()
+        disk.unmount()
+    log = log_path.read_text(errors="replace")
+    print(f"disk full: 0 lost of {len(everything)}, {duplicates} duplicate(s) at the uplink "
+          f"(at-least-once); readiness reasons seen: {seen_reasons}")
+    assert any("route uplink" in r for r in seen_reasons), seen_reasons
+    assert log.count("Traceback") == 0, log[-5000:]
