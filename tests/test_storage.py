@@ -166,11 +166,32 @@ def test_the_forwarder_outlives_a_failed_delete_and_sends_nothing_twice(small_di
 
 
 # -- routes: backpressure, never an acknowledgement ---------------------------------------------
-def test_a_route_holds_its_batch_unacknowledged_while_the_store_is_full(small_disk):  # noqa: F811
+class StoreWhileConfirming:
+    """A sink that takes a batch at once and stores it while the lane goes on: the storage
+    error comes from its confirmation, after the lane moved on."""
+
+    name = "r/0:confirming-store"
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+
+    async def deliver(self, messages, variables):
+        return await (await self.submit(messages, variables))
+
+    async def submit(self, messages, variables):
+        async def confirmed():
+            await asyncio.to_thread(self.store.insert, "out", "r", messages)
+            return []
+        return confirmed()
+
+
+@pytest.mark.parametrize("sink", ["store", "confirming"])
+def test_a_route_holds_its_batch_unacknowledged_while_the_store_is_full(small_disk, sink):  # noqa: F811
     async def main():
         store = LocalStore(small_disk.path / "store.db")
         store.insert("out", "r", [Message("t", b"warm-up")])
-        runner = RouteRunner("r", [], [StoreSink("r/0:store", store, "out", "r")])
+        runner = RouteRunner("r", [], [StoreSink("r/0:store", store, "out", "r") if sink == "store"
+                                       else StoreWhileConfirming(store)])
         runner.start()
         small_disk.fill()
         loop = asyncio.get_running_loop()

@@ -294,6 +294,9 @@ class RouteRunner:
         except IotwasmError as e:
             return settled([(i, e) for i in range(len(msgs))])
 
+    async def _taken(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
+        return await (await self._hand_to(sink, msgs, variables))
+
     async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item]) -> None:
         try:
             await self._confirmed(flow, confirms)
@@ -305,19 +308,17 @@ class RouteRunner:
     async def _confirmed(self, flow: "_Flow", confirms: list) -> None:
         msgs, variables = flow.msgs, flow.vars
         for sink, confirm in confirms:
-            while True:
+            try:
                 try:
                     failures = await confirm
-                except StorageError:   # the sink could not keep it after all: hand it over again
-                    confirm = await self._hand_to(sink, msgs, variables)
-                    continue
-                except IotwasmError as e:
-                    failures = [(i, e) for i in range(len(msgs))]
-                except Exception as e:  # noqa: BLE001 - kept as dead letters, not counted as delivered
-                    self._faults.failed(e)
-                    err = IotwasmError(f"sink {sink.name} failed unexpectedly: {type(e).__name__}: {e}")
-                    failures = [(i, err) for i in range(len(msgs))]
-                break
+                except StorageError:   # the sink could not keep it after all: again, held
+                    failures = await self.storage.run(lambda s=sink: self._taken(s, msgs, variables))
+            except IotwasmError as e:
+                failures = [(i, e) for i in range(len(msgs))]
+            except Exception as e:  # noqa: BLE001 - kept as dead letters, not counted as delivered
+                self._faults.failed(e)
+                err = IotwasmError(f"sink {sink.name} failed unexpectedly: {type(e).__name__}: {e}")
+                failures = [(i, err) for i in range(len(msgs))]
             for i, e in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, e)
                 await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
