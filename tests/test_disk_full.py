@@ -106,6 +106,31 @@ def readiness(port: int) -> tuple[int, dict]:
         return 0, {}
 
 
+def describe_route(port: int, data: Path, name: str) -> dict:
+    """`iotwasm describe route NAME`, as the CLI asks the API."""
+    token = (data / "admin.token").read_text().strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/routes/{name}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+class StatusWatch:
+    """The node's retained status on its broker, as a fleet or an operator sees it."""
+
+    def __init__(self, url: str):
+        self.bus = open_bus(url)
+        self.storage_seen: list[str] = []
+
+    async def start(self) -> None:
+        await self.bus.connect(timeout=10)
+
+        async def on(msg: Message) -> None:
+            self.storage_seen += json.loads(msg.payload).get("storage", [])
+
+        await self.bus.subscribe("iotwasm/nodes/edge1/status", on, qos=1)
+
+
 def rows(db: Path, sql: str) -> int:
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
@@ -164,6 +189,8 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
     async def main():
         collector = Collector(uplink.url)
         await collector.start()
+        status = StatusWatch(source.url)
+        await status.start()
         await until(lambda: readiness(port)[0] == 200, 60, "the node ready", node)
 
         # 1. the uplink goes away: A accumulates in the outbox (and in the store)
@@ -180,6 +207,10 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
                     "readiness naming the full outbox", node)
         await publishing          # the source broker has all of B (acknowledged to the device)
         assert rows(store, "SELECT count(*) FROM out") < len(everything)
+        held = (await asyncio.to_thread(describe_route, port, data, "uplink")).get("held", "")
+        assert f"{outbox}: database or disk is full" in held
+        await until(lambda: any(f"{outbox}: database or disk is full" in s for s in status.storage_seen), 30,
+                    "the node's published status naming the full outbox", node)
 
         # 3. the uplink returns and acknowledges A, which the outbox cannot delete yet
         uplink.start()
@@ -196,8 +227,10 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
         stored = await asyncio.to_thread(lambda: sqlite3.connect(f"file:{store}?mode=ro", uri=True).execute(
             "SELECT payload FROM out").fetchall())
         assert {json.loads(p)["seq"] for (p,) in stored} == set(everything)
+        assert "held" not in await asyncio.to_thread(describe_route, port, data, "uplink")
         dups = collector.duplicates()
         await collector.bus.close()
+        await status.bus.close()
         return dups
 
     try:

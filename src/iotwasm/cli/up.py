@@ -54,6 +54,8 @@ def render(node: Node, started: float) -> Group:
         parts.append(Panel(Text("\n".join(lines)[:2000]), title="latest alerts (from the local store)"))
     if snap["manifest_error"]:
         parts.append(Panel(Text(snap["manifest_error"]), title="[red]manifest problems", border_style="red"))
+    if snap["storage"]:
+        parts.append(Panel(Text("\n".join(snap["storage"])), title="[red]held: storage failing", border_style="red"))
     return Group(*parts)
 
 
