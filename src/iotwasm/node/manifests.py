@@ -116,7 +116,7 @@ class SecretText(SecretValue):
 
 def _hide_secrets(entries: dict, info: FieldSerializationInfo) -> dict:
     # hidden unless the dump asks for them (`to_document`): a view can never forget to hide one
-    reveal = bool(info.context) and info.context.get("reveal_secrets") is True
+    reveal = (info.context or {}).get("reveal_secrets") is True
     out: dict = {}
     for k, v in entries.items():
         if not isinstance(v, SecretValue):

@@ -51,6 +51,8 @@ log = logging.getLogger("iotwasm.node")
 
 #: after a change in the manifest directory, wait this long for the rest of the write to land
 WRITE_SETTLE_S = 0.05
+#: how often archived state past `NodeConfig.keep_deleted_s` is looked for besides each reconcile
+PURGE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -155,7 +157,7 @@ class Node:
     async def run(self) -> None:
         """Start, then sync until `stop()`; always shuts down gracefully."""
         await self.start()
-        last_status = time.monotonic()
+        last_status = last_purge = time.monotonic()
         # a change in the manifest directory wakes the loop at once; the interval stays the fallback
         watch = ManifestWatch(self.config.manifests, self._wake) if self.config.manifests else None
         if watch is not None and not watch.start():
@@ -177,6 +179,9 @@ class Node:
                 if time.monotonic() - last_status > self.config.status_interval_s:
                     last_status = time.monotonic()
                     await self._publish_status("online")
+                if time.monotonic() - last_purge > PURGE_INTERVAL_S:   # also when nothing changes
+                    last_purge = time.monotonic()
+                    await asyncio.to_thread(self._purge_deleted)
         finally:
             if watch is not None:
                 watch.stop()
@@ -266,6 +271,9 @@ class Node:
 
     def _after_reconcile(self) -> None:
         self.state.finish_adoption()   # once, after the first reconcile since an upgrade
+        self._purge_deleted()
+
+    def _purge_deleted(self) -> None:
         purged = self.state.purge_retired(self.config.keep_deleted_s)
         if purged:
             log.info("purged the archived state of %d deleted object(s)", purged)
