@@ -166,6 +166,28 @@ def test_a_moving_tag_never_changes_a_running_deployment_across_a_restart(tmp_pa
         api.stop()
 
 
+def test_a_manifest_file_naming_a_tag_keeps_its_digest_until_the_file_changes(tmp_path):
+    with ModuleStore(tmp_path / "data" / "modules") as store:
+        d1 = store.add(ECHO_WASM, name="m", version="1.0.0").digest
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    (mdir / "m.yaml").write_text(deployment("fd", "m"))
+    api = ApiNode(tmp_path, manifests=mdir).start()
+    try:
+        assert running(api, "fd")["module_digest"] == d1
+        d2 = push(api.admin, COUNTER_WASM, name="m", version="2.0.0").json()["digest"]
+    finally:
+        api.stop()
+    api = ApiNode(tmp_path, manifests=mdir).start()
+    try:
+        assert running(api, "fd")["module_digest"] == d1
+        (mdir / "m.yaml").write_text(deployment("fd", "m", memory="32Mi"))  # an edit resolves again
+        wait_for(lambda: api.admin.get("/v1/deployments/fd").json().get("module_digest") == d2,
+                 what="the edited manifest bound to m:2.0.0")
+    finally:
+        api.stop()
+
+
 # --- state goes with its object --------------------------------------------------------------
 
 def test_state_of_a_deleted_object_is_not_handed_to_whoever_recreates_its_name(api):
