@@ -135,8 +135,8 @@ def test_tenants_cannot_see_change_or_emit_into_each_other(api):
     globex = api.client(api.token("operator", "globex"))
     globex_admin = api.client(api.token("admin", "globex"))
 
-    assert push(acme, name="acme-echo", version="1").status_code == 201
-    r = apply(acme, deployment("sensor", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#")
+    assert push(acme, name="acme/echo", version="1").status_code == 201
+    r = apply(acme, deployment("sensor", "acme/echo:1", namespace="acme", publish="acme/#", subscribe="acme/#")
               + "---\n" + http_route("r", "sensor", "/acme/in", "acme/in/{device}", "acme_out", namespace="acme",
                                      dead_letter="acme/dead/{route}"))
     assert r.status_code == 200 and r.json()["problems"] == [], r.text
@@ -158,26 +158,26 @@ def test_tenants_cannot_see_change_or_emit_into_each_other(api):
                                ("POST", "/v1/deployments/sensor/rollback", {}),
                                ("DELETE", "/v1/deployments/sensor", None), ("DELETE", "/v1/routes/r", None)):
         assert globex.request(method, path, json=body).status_code == 404, path
-    r = apply(globex, deployment("sensor", "acme-echo:1", namespace="globex", publish="globex/#"))
+    r = apply(globex, deployment("sensor", "acme/echo:1", namespace="globex", publish="globex/#"))
     assert r.status_code == 403 and "taken by namespace 'acme'" in r.json()["detail"]
-    r = apply(globex, deployment("g", "acme-echo:1", namespace="acme"))
+    r = apply(globex, deployment("g", "acme/echo:1", namespace="acme"))
     assert r.status_code == 403 and "not yours" in r.json()["detail"]
-    r = apply(globex, deployment("g", "acme-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#"))
+    r = apply(globex, deployment("g", "acme/echo:1", namespace="globex", publish="globex/#", subscribe="globex/#"))
     assert r.status_code == 403 and "belongs to another tenant" in r.json()["detail"]
-    assert push(globex, name="globex-echo", version="1").status_code == 201
+    assert push(globex, name="globex/echo", version="1").status_code == 201
     # cannot emit into (or listen to) another tenant's topics
-    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="acme/#", subscribe="globex/#"))
+    r = apply(globex, deployment("g", "globex/echo:1", namespace="globex", publish="acme/#", subscribe="globex/#"))
     assert r.status_code == 403 and "outside the topic prefix 'globex/'" in r.json()["detail"]
-    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="#"))
+    r = apply(globex, deployment("g", "globex/echo:1", namespace="globex", publish="globex/#", subscribe="#"))
     assert r.status_code == 403 and "topics.subscribe" in r.json()["detail"]
-    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
+    r = apply(globex, deployment("g", "globex/echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
               + "---\n" + http_route("gr", "g", "/g", "acme/in/{device}", "g", namespace="globex",
                                      dead_letter="globex/dead"))
     assert r.status_code == 403 and "spec.source" in r.json()["detail"]
     r = apply(globex, http_route("gr", "sensor", "/globex/g", "globex/in/{device}", "g", namespace="globex",
                                  dead_letter="globex/dead"))
     assert r.status_code == 403 and "deployment of another namespace" in r.json()["detail"]
-    r = apply(globex, deployment("g", "globex-echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
+    r = apply(globex, deployment("g", "globex/echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
               + "---\n" + http_route("gr", "g", "/acme/in", "globex/in/{device}", "g", namespace="globex",
                                      dead_letter="globex/dead"))
     assert r.status_code == 403 and "must start with '/globex/'" in r.json()["detail"]
@@ -189,12 +189,12 @@ def test_tenants_cannot_see_change_or_emit_into_each_other(api):
     # quotas
     r = acme.post("/v1/deployments/sensor/scale", json={"replicas": 4})
     assert r.status_code == 403 and "4 instances exceed its quota of 3" in r.json()["detail"]
-    r = apply(acme, deployment("big", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#",
+    r = apply(acme, deployment("big", "acme/echo:1", namespace="acme", publish="acme/#", subscribe="acme/#",
                                memory="60Mi"))
     assert r.status_code == 403 and "memory" in r.json()["detail"]
-    assert apply(acme, deployment("two", "acme-echo:1", namespace="acme", publish="acme/#",
+    assert apply(acme, deployment("two", "acme/echo:1", namespace="acme", publish="acme/#",
                                   subscribe="acme/#")).status_code == 200
-    r = apply(acme, deployment("three", "acme-echo:1", namespace="acme", publish="acme/#", subscribe="acme/#"))
+    r = apply(acme, deployment("three", "acme/echo:1", namespace="acme", publish="acme/#", subscribe="acme/#"))
     assert r.status_code == 403 and "3 deployments exceed its quota of 2" in r.json()["detail"]
     assert set(api.node.deployments) == {"sensor", "two"}
     # refusals are audited with the tenant
@@ -216,7 +216,7 @@ def test_unsigned_untrusted_or_tampered_modules_are_refused_when_signatures_are_
     op = api.client(api.token("operator", "secure"))
     digest = digest_of(ECHO_WASM)
 
-    r = push(op, name="echo", version="1")
+    r = push(op, name="secure/echo", version="1")
     assert r.status_code == 422 and "is not signed and signatures are required" in r.json()["detail"]
     r = push(op, signature=_sig_param(sign_digest(load_private(other_private), digest)))
     assert r.status_code == 422 and "not trusted here" in r.json()["detail"]
@@ -229,15 +229,15 @@ def test_unsigned_untrusted_or_tampered_modules_are_refused_when_signatures_are_
     assert r.status_code == 422 and "does not verify" in r.json()["detail"]
     assert api.node.registry.list() == []  # nothing refused was stored
 
-    r = push(op, name="echo", version="1", signature=_sig_param(sign_digest(key, digest)))
+    r = push(op, name="secure/echo", version="1", signature=_sig_param(sign_digest(key, digest)))
     assert r.status_code == 201 and r.json()["signed_by"] == [kid]
-    r = apply(op, deployment("s", "echo:1", namespace="secure"))
+    r = apply(op, deployment("s", "secure/echo:1", namespace="secure"))
     assert r.status_code == 200 and r.json()["problems"] == []
     assert api.node.deployments["s"].handle.current.state == "running"
 
     # at load: once the key is no longer trusted, a new revision of the same module is refused
     assert a.delete(f"/v1/tenants/secure/keys/{kid}").status_code == 200
-    r = apply(op, deployment("s", "echo:1", namespace="secure", memory="32Mi"))
+    r = apply(op, deployment("s", "secure/echo:1", namespace="secure", memory="32Mi"))
     assert r.status_code == 200
     assert any("refused at load" in p and "trusts no key" in p for p in r.json()["problems"]), r.text
     assert api.node.deployments["s"].handle.revision == 1  # the signed revision keeps running
@@ -246,7 +246,7 @@ def test_unsigned_untrusted_or_tampered_modules_are_refused_when_signatures_are_
     blob = api.node.registry.blob_path(digest)
     blob.chmod(0o644)
     blob.write_bytes(tampered)
-    r = apply(op, deployment("s", "echo:1", namespace="secure", memory="48Mi"))
+    r = apply(op, deployment("s", "secure/echo:1", namespace="secure", memory="48Mi"))
     assert any("modified on disk" in p for p in r.json()["problems"]), r.text
     rows = a.get("/v1/audit", params={"action": "module.refused-at-load"}).json()
     assert len(rows) == 2 and all(row["tenant"] == "secure" for row in rows)

@@ -87,18 +87,18 @@ def test_cli_drives_a_node_end_to_end(node):
     r = cli(node, "token", "create", "x", "--role", "viewer", "--expires", "soon", ok=False)
     assert r.returncode == 1 and "body.expires_in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     cli(node, "context", "set", "acme", "--url", node["url"], "--token", token)  # now the current one
-    pushed = json.loads(cli(node, "modules", "push", str(wasm), "--name", "counter", "--version", "1.0.0",
+    pushed = json.loads(cli(node, "modules", "push", str(wasm), "--name", "acme/counter", "--version", "1.0.0",
                             "-o", "json").stdout)
-    assert pushed["tags"] == ["counter:1.0.0"] and len(pushed["signed_by"]) == 1
-    r = cli(node, "modules", "push", str(unsigned), "--name", "echo", "--version", "1", ok=False)
+    assert pushed["tags"] == ["acme/counter:1.0.0"] and len(pushed["signed_by"]) == 1
+    r = cli(node, "modules", "push", str(unsigned), "--name", "acme/echo", "--version", "1", ok=False)
     assert r.returncode == 1 and "is not signed and signatures are required" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     ls = json.loads(cli(node, "modules", "ls", "-o", "json").stdout)
-    assert [m["tags"] for m in ls] == [["counter:1.0.0"]]
+    assert [m["tags"] for m in ls] == [["acme/counter:1.0.0"]]
 
     # apply, ps, describe
     manifests = tmp / "app.yaml"
-    manifests.write_text(deployment("counter", "counter:1.0.0", namespace="acme", publish="acme/#",
+    manifests.write_text(deployment("counter", "acme/counter:1.0.0", namespace="acme", publish="acme/#",
                                     subscribe="acme/#", host="log, clock, random, kv, config, metrics")
                          + "---\n" + http_route("ingest", "counter", "/acme/in", "acme/in/{device}", "counted",
                                                 namespace="acme", dead_letter="acme/dead/{route}"))
@@ -114,7 +114,7 @@ def test_cli_drives_a_node_end_to_end(node):
     wait_for(lambda: json.loads(cli(node, "describe", "deployment", "counter", "-o", "json").stdout)
              .get("messages") == 4, what="4 messages counted")
     table = cli(node, "describe", "deployment", "counter").stdout
-    assert "counter:1.0.0" in table and "instances" in table
+    assert "acme/counter:1.0.0" in table and "instances" in table
     assert "counter" in cli(node, "get", "routes").stdout
 
     # logs (the module logs one line per message), then follow them while a message arrives
@@ -165,7 +165,7 @@ def test_cli_drives_a_node_end_to_end(node):
     cli(node, "rm", "route", "ingest")
     cli(node, "rm", "deployment", "counter")
     assert json.loads(cli(node, "ps", "-o", "json").stdout) == []
-    cli(node, "modules", "rm", "counter:1.0.0")
+    cli(node, "modules", "rm", "acme/counter:1.0.0")
 
     # audit: listed, verified, and an edited row is detected (through the node and offline)
     r = cli(node, "audit", "verify", ok=False)

@@ -71,7 +71,7 @@ def test_blob_layout_and_mode(store):
     path = store.path("filter:1")
     assert path == store.root / "blobs" / "sha256" / rec.digest.split(":", 1)[1]
     assert path.read_bytes() == wasm()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
     assert (store.root / "index.db").is_file()
 
 
@@ -207,7 +207,7 @@ def test_tampered_blob_is_detected_on_read(store):
     # adding the genuine bytes again repairs the blob
     store.add(wat())
     assert store.read("filter:1.0.0") == wasm()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
 
 
 def test_missing_blob_is_reported(store):

@@ -20,7 +20,8 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,15 +160,20 @@ def open_db(path: str | Path, *, synchronous: Literal["NORMAL", "FULL"], schema:
       threads; each guards its connection with its own lock instead.
     * `schema`: a script of ``CREATE … IF NOT EXISTS`` statements run at once, so opening a
       new file and reopening an existing one are the same call.
+    * modes: the file is made 0600 before SQLite opens it (its directory 0700 when created
+      here), and SQLite gives the ``-wal`` and ``-shm`` files the database's own mode; an
+      existing file readable by others is tightened. The databases hold tokens' hashes, audit
+      rows, kv data, dead-letter payloads and secret config values.
     """
     if synchronous not in ("NORMAL", "FULL"):
         raise ValueError(f"synchronous must be NORMAL or FULL (got {synchronous!r})")
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise StorageError(what, path, f"cannot create {e.filename or path.parent}: "
                                        f"{e.strerror or e}") from None
+    _private(path)
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout_s,
                              factory=_Connection)
@@ -187,3 +193,35 @@ def open_db(path: str | Path, *, synchronous: Literal["NORMAL", "FULL"], schema:
         db.close()
         raise
     return db
+
+
+def _private(path: Path) -> None:
+    """Create `path` with mode 0600, or take group and other access from it and its WAL files."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # not creatable here (":memory:", a read-only place): SQLite reports it
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except OSError:
+            pass
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken up front (``BEGIN IMMEDIATE``) so concurrent writers queue
+    for it instead of failing halfway when a read lock cannot be upgraded; rolled back when the
+    block raises. The caller holds whatever lock guards `db` between threads."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.in_transaction:   # a storage error rolled it back already
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

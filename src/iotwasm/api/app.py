@@ -36,7 +36,7 @@ from .alerts import METRICS, AlertEvaluator, AlertRule, AlertStore
 from .audit import AuditLog, DenialThrottle
 from .metrics import LatencyHistograms, exposition, readiness
 from .policy import (LoadPolicy, PolicyError, QuotaExceeded, admit_manifests, check_signed, desired,
-                     namespace_of)
+                     module_owner, namespace_of)
 from .security import ROLES, Principal, SecurityStore, Tenant, TokenExpired, expiry_seconds, utc
 
 MAX_MODULE = 64 * 1024 * 1024
@@ -196,7 +196,7 @@ class ApiContext:
         """Security-relevant node events (limits hit, modules failing, bad manifests) are audited."""
         msg = ev["message"]
         if ev["kind"] in self.SECURITY_KINDS or (ev["kind"] == "state" and "→ error" in msg):
-            ns = namespace_of(self.node, "Deployment", ev["object"]) or ""
+            ns = ev.get("namespace") or ""
             self.audit.append("node", f"node.{ev['kind']}", ev["object"], "event", msg, tenant=ns)
 
     def close(self) -> None:
@@ -367,6 +367,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ns = namespace if namespace is not None else (who.tenant or "default")
         if not who.may_see(ns):
             deny(who, "module.push", name or "", PolicyError(f"namespace {ns!r} is not yours"))
+        try:
+            owner = module_owner(who, name)
+        except PolicyError as e:
+            deny(who, "module.push", name or "", e, ns)
         fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=node.registry.root)
         size = 0
         try:
@@ -402,7 +406,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise
         if sig is not None and sig.digest == digest:
             ctx.signatures.add(sig)
-        ctx.security.own_module(rec.digest, who.tenant or "")
+        ctx.security.own_module(rec.digest, owner)
         audit(who, "module.push", rec.digest, f"{size} bytes" + (f" as {name}:{version}" if version else ""), tenant=ns)
         return module_view(rec, who)
 
@@ -606,10 +610,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 raise Problem(409, "Conflict", f"deployment {name} has no earlier revision to roll back to",
                               "no-revision")
             target = earlier[-1]
-        text = node.state.revision_manifest(name, target)
-        if text is None:
+        m = node.revision(name, target)  # bound to the digest that revision ran
+        if m is None:
             raise Problem(404, "Not found", f"deployment {name} has no revision {target}", "not-found")
-        m = parse_documents(text, f"revision {target}")[0]
         return await reapply(who, m, "deployment.rollback", f"to revision {target}")
 
     @app.get("/v1/deployments/{name}/logs", tags=["deployments"],
@@ -670,11 +673,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     # -- events ---------------------------------------------------------------------------
     def event_visible(who: Principal, ev: dict) -> bool:
-        if who.tenant is None:
-            return True
-        ns = namespace_of(node, "Deployment", ev["object"]) or namespace_of(node, "Route", ev["object"]) \
-            or namespace_of(node, "Rule", ev["object"])
-        return ns == who.tenant
+        return who.tenant is None or ev.get("namespace") == who.tenant  # the event's object's, when it happened
 
     @app.get("/v1/events", tags=["events"], summary="Recent node events (state changes, updates, errors)")
     async def events(limit: int = Query(100, ge=1, le=10_000), object: str | None = Query(None, max_length=200),

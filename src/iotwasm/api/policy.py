@@ -1,7 +1,10 @@
-"""Tenant policy: what a principal may apply, and what a node may load.
+"""Tenant policy: what a principal may publish and apply, and what a node may load.
 
+`module_owner` runs before a pushed module is stored: module names are scoped by namespace
+(`acme/filter` is acme's, `filter` the node's), and a tenant publishes under its own only.
 `admit_manifests` runs before anything an API caller applies is stored: namespace ownership,
-topic confinement, quotas, module references and grants reserved to administrators.
+topic confinement, quotas, module references (bound to a digest here) and grants reserved to
+administrators.
 `LoadPolicy` is installed as the node's admission hook and runs whenever a deployment's module
 is about to be loaded, from files or the API alike: if the namespace's tenant requires
 signatures, the blob on disk must still hash to its digest and carry a signature by a key the
@@ -18,6 +21,7 @@ from ..engine.module import digest_of
 from ..errors import ConfigError, IotwasmError
 from ..node.manifests import Deployment, Route, Rule
 from ..node.node import Node, subject_to_topic
+from ..registry import name_namespace
 from ..registry.signing import SignatureError, SignatureStore, load_public, verify_any
 from .security import Principal, SecurityStore, Tenant
 
@@ -76,6 +80,28 @@ def _is_node_path(node: Node, ref: str) -> bool:
         return True
 
 
+def module_owner(who: Principal, name: str | None) -> str:
+    """The namespace a module `who` pushes as `name` is recorded to belong to: the caller's
+    tenant, or for a node-wide token the name's namespace ("" — shared with every tenant —
+    for a node name or none). Raises PolicyError when a tenant names a module outside its own
+    namespace: adding a version to, or re-pointing a tag of, another namespace's name would
+    change what that namespace's deployments run when they are next applied."""
+    ns = name_namespace(name) if name else None
+    if who.tenant is None:
+        return ns or ""
+    if ns is not None and ns != who.tenant:
+        where = "is in the node's namespace" if ns == "" else f"belongs to namespace {ns!r}"
+        raise PolicyError(f"module name {name!r} {where}; tenant {who.tenant} publishes under "
+                          f"'{who.tenant}/' (e.g. {who.tenant}/{name.split('/', 1)[-1]})")
+    return who.tenant
+
+
+def may_deploy(who: Principal, owners: set[str]) -> bool:
+    """A tenant deploys modules it owns and modules shared with every tenant (owner ""); one
+    without any owner came from the node's own manifest files and is the node's alone."""
+    return who.tenant is None or who.tenant in owners or "" in owners
+
+
 def namespace_of(node: Node, kind: str, name: str) -> str | None:
     """The namespace of a deployment or route the node knows (running or applied)."""
     if kind == "Deployment" and name in node.deployments:
@@ -129,13 +155,22 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
             if ref.endswith((".wasm", ".wat")) or _is_node_path(node, ref):
                 raise ConfigError(f"{label} spec.module: {ref!r} is a file path; the API takes registry "
                                   "references (name:version or sha256:…); push the module first")
-            try:
-                digest = node.registry.resolve(ref)
-            except IotwasmError as e:
-                raise ConfigError(f"{label} spec.module: {e}") from None
+            # bound once, when applied: a manifest read back to be scaled or rolled back keeps
+            # the digest it was bound to, whatever the tag says now
+            digest = m.bound_module
+            if digest is None:
+                try:
+                    digest = node.registry.resolve(ref)
+                except IotwasmError as e:
+                    raise ConfigError(f"{label} spec.module: {e}") from None
             owners = security.module_tenants(digest)
-            if who.tenant is not None and owners and who.tenant not in owners and "" not in owners:
-                raise PolicyError(f"{label} spec.module: module {digest[:19]} belongs to another tenant")
+            if not may_deploy(who, owners):
+                if owners:
+                    raise PolicyError(f"{label} spec.module: module {digest[:19]} belongs to another tenant")
+                raise PolicyError(f"{label} spec.module: module {digest[:19]} is not shared with tenant "
+                                  f"{who.tenant} (a node admin grants it by pushing it as {who.tenant}/<name>, "
+                                  "or shares it with every tenant by pushing it under a node name)")
+            m.bind_module(digest)
             if m.spec.capabilities.files and not (who.has("admin") and who.tenant is None):
                 raise PolicyError(f"{label} spec.capabilities.files: host file grants need a node admin token")
             topics = m.spec.capabilities.topics

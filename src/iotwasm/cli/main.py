@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -250,6 +251,9 @@ def up(
     if (path is None and not fleet) or (path is not None and not path.exists()):
         _fail(IotwasmError(f"manifests not found: {path or 'examples/greenhouse'}"))
     configure_logging(verbose, err)
+    # whatever the node or a library creates is the node user's alone (the data directory
+    # holds tokens' hashes, kv data, dead-letter payloads and secret config values)
+    os.umask(0o077)
     cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
     if name:
         cfg.name = name

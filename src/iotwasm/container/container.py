@@ -136,7 +136,7 @@ class WasmContainer:
                  limits: Limits | None = None, capabilities: Capabilities | None = None,
                  replicas: int = 1, strategy: str = "round-robin",
                  weights: Sequence[int] | None = None, restart: RestartPolicy | None = None,
-                 kv: KeyValue | None = None,
+                 kv: KeyValue | None = None, digest: str | None = None,
                  on_log: Callable[[str, int, str], None] | None = None,
                  on_metric: Callable[[str, int, str, float], None] | None = None,
                  on_transition: Callable[[Transition], None] | None = None):
@@ -145,6 +145,9 @@ class WasmContainer:
         self.limits = limits or Limits()
         self.restart_policy = restart or RestartPolicy()
         self._source = module
+        #: the digest `module` (a path) must still have at every load: a store's blob edited
+        #: on disk is refused, not run
+        self._digest = digest
         self._strategy_name = strategy
         self.strategy = make_strategy(strategy)
         self._weights = list(weights) if weights else None
@@ -185,7 +188,8 @@ class WasmContainer:
         lc = self.lifecycle
         if self.compiled is None or reason != "start":
             self.compiled = (self._source if isinstance(self._source, CompiledModule)
-                             else self.runtime.load(self._source, name=self.name, limits=self.limits))
+                             else self.runtime.load(self._source, name=self.name, limits=self.limits,
+                                                   digest=self._digest))
         lc.move(State.LOADED, f"{reason}: {self.compiled.info.abi} module "
                               f"{self.compiled.info.short_digest} loaded")
         self._factory = prepare(self.compiled, self.limits, self.host)

@@ -26,7 +26,7 @@ _SUM = 32
 class CompileCache:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # entries: mkstemp's 0600
         self.hits = 0
         self.misses = 0
         self.rejected = 0

@@ -119,21 +119,30 @@ class Runtime:
 
     # -- modules -------------------------------------------------------------------------
     def load(self, source: ModuleSource, *, name: str | None = None,
-             limits: Limits | None = None) -> CompiledModule:
+             limits: Limits | None = None, digest: str | None = None) -> CompiledModule:
         """Read, validate and compile (or fetch from the caches) a module.
 
-        Raises InvalidModule with the reason when the bytes are not a usable module.
+        Raises InvalidModule with the reason when the bytes are not a usable module. With
+        `digest` ("sha256:<hex>"), the bytes must have that digest: a module store's blob
+        changed on disk is refused instead of run under the digest it no longer has.
         """
         name, wasm = read_source(source, name)
-        return self.load_bytes(name, wasm, limits or Limits())
+        where = str(source) if isinstance(source, (str, os.PathLike)) and digest else name
+        return self.load_bytes(name, wasm, limits or Limits(), digest=digest, where=where)
 
-    def load_bytes(self, name: str, wasm: bytes, limits: Limits) -> CompiledModule:
+    def load_bytes(self, name: str, wasm: bytes, limits: Limits, *, digest: str | None = None,
+                   where: str | None = None) -> CompiledModule:
         check_header(name, wasm)
+        # the sha256 is also the key of the compiled code (in memory and on disk), so checking
+        # an expected digest costs nothing a load did not already pay
+        info_digest = hashlib.sha256(wasm).hexdigest()
+        if digest is not None and digest != "sha256:" + info_digest:
+            raise InvalidModule(f"module blob {where or name} has digest sha256:{info_digest}, not {digest} "
+                                "(modified on disk; push the module again to repair it)")
         settings = self.settings_for(limits)
         if wasm[4:8] == COMPONENT_VERSION:
             return CompiledModule(describe(name, wasm, None), wasm, None, None, settings, self)
         engine = self.engine(settings)
-        info_digest = hashlib.sha256(wasm).hexdigest()
         key = (info_digest, settings)
         module = self._modules.get(key)
         if module is None:

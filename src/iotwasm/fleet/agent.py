@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import IotwasmError
 from ..node import Node
-from ..node.manifests import Deployment, Route
+from ..node.manifests import Deployment, Route, to_document
 from ..registry.signing import verify_any
 from .model import NodeInfo, Taint
 from .store import FleetStore, check_key
@@ -53,7 +53,7 @@ class FleetAgent:
         self.trusted = trusted          # key id → public key: signatures required when set
         self.store: FleetStore | None = None
         self.dir = Path(node.config.data_dir) / "fleet"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # assignments hold secret values
         saved = self._load()
         self.applied_revision: int = saved.get("revision", 0)
         self.owned: set[str] = set(saved.get("owned", []))
@@ -248,7 +248,7 @@ class FleetAgent:
         applied = self.node.applied
         for name, d in wanted.items():
             old = applied.get("Deployment", name)
-            if old is None or old.model_dump(by_alias=True) != d.model_dump(by_alias=True):
+            if old is None or to_document(old) != to_document(d):
                 applied.put(d, actor="fleet")
         for name in self.owned - set(wanted):
             if name not in problems:   # a refused update keeps the version that runs
@@ -256,7 +256,7 @@ class FleetAgent:
         self.owned = set(wanted) | (self.owned & set(problems))
         for name, r in routes.items():
             old = applied.get("Route", name)
-            if old is None or old.model_dump(by_alias=True) != r.model_dump(by_alias=True):
+            if old is None or to_document(old) != to_document(r):
                 applied.put(r, actor="fleet")
         for name in self.owned_routes - set(routes):
             if f"route {name}" not in problems:

@@ -34,6 +34,7 @@ import time
 from collections import Counter
 
 from ..errors import ConfigError, IotwasmError
+from ..node.manifests import to_document
 from .lease import Lease
 from .model import FleetDeployment, NodeInfo
 from .rollout import Rollout, start, step
@@ -317,8 +318,8 @@ class Controller:
                 log.warning("%s", p)
         self.last_plan = plan
         # each deployment's documents once per pass, not once per node
-        docs = {n: fd.deployment.model_dump(mode="json", by_alias=True) for n, (fd, _) in deployments.items()}
-        routes = {n: {r.name: r.model_dump(mode="json", by_alias=True) for r in fd.routes}
+        docs = {n: to_document(fd.deployment) for n, (fd, _) in deployments.items()}  # secrets included
+        routes = {n: {r.name: to_document(r) for r in fd.routes}
                   for n, (fd, _) in deployments.items()}
         rollouts = await self._advance_rollouts(deployments, docs, assignments, plan, live)
 

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..engine.limits import parse_duration_ms, parse_size
 from ..errors import ConfigError
-from ..node.manifests import Deployment, Route, Strict
+from ..node.manifests import REVEAL_SECRETS, Deployment, Route, Strict
 
 
 @dataclass
@@ -223,7 +223,10 @@ class FleetDeployment(Strict):
         return parse_size(spec.resources.memory) * spec.replicas, spec.replicas
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        """The stored form, for the fleet's JetStream bucket: with secret config and env values,
+        which the nodes need (the bucket is readable only with the fleet's NATS credentials;
+        every view of a deployment hides them)."""
+        return self.model_dump_json(by_alias=True, context=REVEAL_SECRETS).encode()
 
     @classmethod
     def parse(cls, data: bytes | str | dict, where: str = "fleet deployment") -> "FleetDeployment":

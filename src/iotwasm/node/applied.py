@@ -8,14 +8,20 @@ generation number, which the sync loop folds into its change stamp.
 A name is owned by one side: a manifest the files define cannot be changed through the API
 (the file would put it back on its next edit), which `Node.sync` reports as a problem and the
 API refuses up front.
+
+A deployment is bound to a module digest when it is applied: the digest its `spec.module`
+resolved to then is stored beside the manifest (`module_digest`), so a tag that moves later —
+or a restart — never changes what runs; applying again resolves again.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
-from .manifests import Deployment, Route, parse_documents
+from ..errors import IotwasmError
+from .manifests import Deployment, Route, parse_documents, to_document
 from .state import NodeState
 
 SCHEMA = """
@@ -28,10 +34,15 @@ INSERT OR IGNORE INTO applied_generation VALUES (1, 0);
 
 
 class AppliedManifests:
-    def __init__(self, state: NodeState):
+    def __init__(self, state: NodeState, resolve: Callable[[str], str] | None = None):
+        """`resolve` turns a module reference into a digest, for deployments put without one."""
         self._state = state
+        self._resolve = resolve
         with state._lock:
             state._db.executescript(SCHEMA)
+            columns = {r[1] for r in state._db.execute("PRAGMA table_info(applied_manifests)")}
+            if "module_digest" not in columns:  # a database from before digest binding
+                state._db.execute("ALTER TABLE applied_manifests ADD COLUMN module_digest TEXT")
 
     def _bump(self) -> None:
         self._state._x("UPDATE applied_generation SET value = value + 1 WHERE id = 1")
@@ -41,11 +52,29 @@ class AppliedManifests:
         return self._state._x("SELECT value FROM applied_generation WHERE id = 1")[0][0]
 
     def put(self, manifest: Deployment | Route, actor: str = "") -> None:
-        doc = manifest.model_dump(mode="json", by_alias=True, exclude_unset=False)
-        self._state._x("INSERT OR REPLACE INTO applied_manifests VALUES (?,?,?,?,?,?)",
-                       (manifest.kind, manifest.name, manifest.metadata.namespace, json.dumps(doc),
-                        time.time(), actor))
+        """Store `manifest` (secret values included); a deployment with its bound module digest,
+        resolved now when it has none yet."""
+        digest = None
+        if isinstance(manifest, Deployment):
+            digest = manifest.bound_module or self._resolved(manifest.spec.module)
+        self._state._x("INSERT OR REPLACE INTO applied_manifests(kind, name, namespace, manifest, applied, actor, "
+                       "module_digest) VALUES (?,?,?,?,?,?,?)",
+                       (manifest.kind, manifest.name, manifest.metadata.namespace,
+                        json.dumps(to_document(manifest)), time.time(), actor, digest))
         self._bump()
+
+    def _resolved(self, ref: str) -> str | None:
+        if self._resolve is None:
+            return None
+        try:
+            return self._resolve(ref)
+        except IotwasmError:
+            return None  # the node reports the reference when it reconciles
+
+    def bind(self, name: str, digest: str) -> None:
+        """Record the digest a deployment stored without one was bound to (at its first reconcile)."""
+        self._state._x("UPDATE applied_manifests SET module_digest = ? WHERE kind = 'Deployment' AND name = ? "
+                       "AND module_digest IS NULL", (digest, name))
 
     def delete(self, kind: str, name: str) -> bool:
         found = bool(self._state._x("SELECT 1 FROM applied_manifests WHERE kind = ? AND name = ?",
@@ -56,15 +85,20 @@ class AppliedManifests:
         return found
 
     def get(self, kind: str, name: str) -> Deployment | Route | None:
-        rows = self._state._x("SELECT manifest FROM applied_manifests WHERE kind = ? AND name = ?",
-                              (kind, name))
-        return parse_documents(rows[0][0], f"api:{kind}/{name}")[0] if rows else None
+        rows = self._state._x("SELECT kind, name, manifest, module_digest FROM applied_manifests "
+                              "WHERE kind = ? AND name = ?", (kind, name))
+        return _parsed(*rows[0]) if rows else None
 
     def all(self) -> list[Deployment | Route]:
-        rows = self._state._x("SELECT kind, name, manifest FROM applied_manifests ORDER BY kind, name")
-        out: list[Deployment | Route] = []
-        for kind, name, text in rows:
-            # JSON is YAML: the same validation as files, so a stored manifest that a newer
-            # schema refuses is reported like a bad file instead of crashing the sync
-            out += parse_documents(text, f"api:{kind}/{name}")
-        return out
+        rows = self._state._x("SELECT kind, name, manifest, module_digest FROM applied_manifests "
+                              "ORDER BY kind, name")
+        return [_parsed(*row) for row in rows]
+
+
+def _parsed(kind: str, name: str, text: str, module_digest: str | None) -> Deployment | Route:
+    # JSON is YAML: the same validation as files, so a stored manifest that a newer schema
+    # refuses is reported like a bad file instead of crashing the sync
+    m = parse_documents(text, f"api:{kind}/{name}")[0]
+    if isinstance(m, Deployment):
+        m.bind_module(module_digest)
+    return m

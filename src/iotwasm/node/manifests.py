@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, PrivateAttr, TypeAdapter,
+                      ValidationError, field_serializer, field_validator, model_validator)
 
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
@@ -31,6 +31,9 @@ from ..errors import ConfigError
 
 API_VERSION = "iotwasm.io/v1"
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+#: `context` of a dump that keeps secret values (see `to_document`); every other dump hides them
+REVEAL_SECRETS = {"reveal_secrets": True}
 
 
 class ManifestError(ConfigError):
@@ -96,13 +99,51 @@ class FileGrant(Strict):
     writable: bool = False
 
 
+class SecretValue(Strict):
+    """A config entry written {value: ..., secret: true}: the module gets the value; every view
+    of the manifest (API, CLI, dashboard, fleet) shows {secret: true} in its place."""
+
+    value: str | int | float | bool
+    secret: bool
+
+
+class SecretText(SecretValue):
+    """An environment entry written {value: ..., secret: true}: the module gets the value; every
+    view of the manifest shows {secret: true} in its place."""
+
+    value: str
+
+
+def _hide_secrets(entries: dict, info: FieldSerializationInfo) -> dict:
+    # hidden unless the dump asks for them (`to_document`): a view can never forget to hide one
+    reveal = (info.context or {}).get("reveal_secrets") is True
+    out: dict = {}
+    for k, v in entries.items():
+        if not isinstance(v, SecretValue):
+            out[k] = v
+        elif reveal or not v.secret:
+            out[k] = {"value": v.value, "secret": v.secret}
+        else:
+            out[k] = {"secret": True}
+    return out
+
+
+def _plain(v: Any) -> Any:
+    return v.value if isinstance(v, SecretValue) else v
+
+
 class CapabilitySpec(Strict):
     host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi"]] = []
     topics: Topics = Topics()
-    env: dict[str, str] = {}
+    env: dict[str, str | SecretText] = Field({}, description="environment of WASI modules; an entry "
+                                              "{value: ..., secret: true} is never shown back")
     args: list[str] = []
     files: list[FileGrant] = []
     kv_quota: str = Field("1Mi", alias="kvQuota")
+
+    @field_serializer("env")
+    def _env(self, env: dict, info: FieldSerializationInfo) -> dict:
+        return _hide_secrets(env, info)
 
 
 class RestartSpec(Strict):
@@ -132,9 +173,15 @@ class DeploymentSpec(Strict):
     weights: list[int] = []
     resources: Resources = Resources()
     capabilities: CapabilitySpec = CapabilitySpec()
-    config: dict[str, str | int | float | bool] = {}
+    config: dict[str, str | int | float | bool | SecretValue] = Field(
+        {}, description="what the module reads with config_get; an entry {value: ..., secret: true} is "
+                        "never shown back")
     restart_policy: RestartSpec = Field(RestartSpec(), alias="restartPolicy")
     update_strategy: UpdateSpec = Field(UpdateSpec(), alias="updateStrategy")
+
+    @field_serializer("config")
+    def _config(self, config: dict, info: FieldSerializationInfo) -> dict:
+        return _hide_secrets(config, info)
 
     @model_validator(mode="after")
     def _check(self) -> "DeploymentSpec":
@@ -151,10 +198,23 @@ class Deployment(Strict):
     kind: Literal["Deployment"]
     metadata: Metadata
     spec: DeploymentSpec
+    # the module digest `spec.module` was resolved to when this manifest was applied; kept with
+    # the applied manifest so a tag that moves later never changes what runs (not part of the
+    # document: a view or a file never carries it)
+    _module_digest: str | None = PrivateAttr(default=None)
 
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def bound_module(self) -> str | None:
+        """The digest this deployment was bound to when applied, if it has been."""
+        return self._module_digest
+
+    def bind_module(self, digest: str | None) -> Deployment:
+        self._module_digest = digest
+        return self
 
     def limits(self) -> Limits:
         return self.spec.resources.to_limits()
@@ -164,8 +224,8 @@ class Deployment(Strict):
 
         c = self.spec.capabilities
         host = set(c.host) | {"config"}  # holds only what this manifest's author wrote
-        return Capabilities(host=frozenset(host), config={k: _str(v) for k, v in self.spec.config.items()},
-                            env=dict(c.env), args=tuple(c.args),
+        return Capabilities(host=frozenset(host), config={k: _str(_plain(v)) for k, v in self.spec.config.items()},
+                            env={k: _plain(v) for k, v in c.env.items()}, args=tuple(c.args),
                             dirs=tuple(Preopen(f.host, f.guest, f.writable) for f in c.files),
                             kv_quota=parse_size(c.kv_quota))
 
@@ -461,8 +521,16 @@ _adapter: TypeAdapter = TypeAdapter(Manifest)
 KINDS = ("Deployment", "Route", "Rule")
 
 
-def digest_of_manifest(m: Deployment | Route) -> str:
-    text = json.dumps(m.model_dump(mode="json", by_alias=True), sort_keys=True)
+def to_document(m: Deployment | Route | Rule) -> dict:
+    """The manifest as a JSON document *with* its secret values: for the node's database, the
+    fleet's store and comparing two versions, never for showing (a plain ``model_dump`` hides
+    them, so every view is safe by default)."""
+    return m.model_dump(mode="json", by_alias=True, context=REVEAL_SECRETS)
+
+
+def digest_of_manifest(m: Deployment | Route | Rule) -> str:
+    # secret values count: changing only a secret is a change to apply
+    text = json.dumps(to_document(m), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -545,5 +613,6 @@ def json_schema() -> dict:
     return schema
 
 
-__all__ = ["API_VERSION", "Deployment", "ManifestError", "Route", "Rule", "digest_of_manifest",
-           "json_schema", "load_path", "parse_documents", "HOST_CAPABILITIES", "WASI"]
+__all__ = ["API_VERSION", "Deployment", "ManifestError", "REVEAL_SECRETS", "Route", "Rule", "SecretValue",
+           "digest_of_manifest", "json_schema", "load_path", "parse_documents", "to_document",
+           "HOST_CAPABILITIES", "WASI"]

@@ -13,6 +13,11 @@ cannot be written, or a corrupt one, stops it there with one `StorageError` nami
 Later, a full disk holds the work that needs it (routes, forwarders, rules) instead of
 dropping it; `storage_problems()` says what is held and why (readiness reports it), and
 everything goes on by itself once space is back.
+
+Every deployment, route and rule the node reconciles has an identity (a uid, see node/state.py):
+its kv data, revisions, dead letters and events are kept under it, so an object deleted and a
+name created again never share state. A deployment is bound to a module digest when it is
+applied (node/binding.py); a tag that moves later changes nothing that runs.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .applied import AppliedManifests
+from .binding import ModuleBinding
 from .logs import GuestLogs
-from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path
+from .datadir import secure_data_dir
+from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path, to_document
 from .rules import NodeRules
 from .state import NodeState, SqliteKeyValue
 from .watch import ManifestWatch
@@ -50,6 +57,8 @@ log = logging.getLogger("iotwasm.node")
 
 #: after a change in the manifest directory, wait this long for the rest of the write to land
 WRITE_SETTLE_S = 0.05
+#: how often archived state past `NodeConfig.keep_deleted_s` is looked for besides each reconcile
+PURGE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -62,6 +71,9 @@ class NodeConfig:
     drain_timeout_s: float = 10.0
     status_interval_s: float = 10.0
     http: str = "127.0.0.1:8181"   # where routes with an http source are served
+    #: how long the state of a deleted deployment, route or rule (kv data, dead letters,
+    #: revisions, events) is kept, archived under its identity, before it is purged
+    keep_deleted_s: float = 7 * 86400
 
 
 @dataclass
@@ -70,6 +82,7 @@ class _DeploymentRecord:
     digest: str            # of the manifest spec
     module_digest: str
     handle: DeploymentHandle
+    uid: str
 
 
 @dataclass
@@ -79,6 +92,7 @@ class _RouteRecord:
     runner: RouteRunner
     source: object
     sinks: list
+    uid: str
 
 
 class Node:
@@ -86,7 +100,7 @@ class Node:
         self.config = config
         d = Path(config.data_dir)
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            secure_data_dir(d)
             self.runtime = Runtime(cache_dir=d / "cache")
             self.registry = ModuleStore(d / "modules", runtime=self.runtime)
         except OSError as e:
@@ -108,7 +122,10 @@ class Node:
         self.started = time.time()
         self.ready = False
         # manifests applied through the API, reconciled together with the files
-        self.applied = AppliedManifests(self.state)
+        self.applied = AppliedManifests(self.state, resolve=self.registry.resolve)
+        self.binding = ModuleBinding(self.state, self.registry, self.applied)
+        #: (kind, name) → (uid, namespace) of every object of the last reconcile
+        self._ids: dict[tuple[str, str], tuple[str, str]] = {}
         self.guest_logs = GuestLogs()
         #: called with (deployment, module digest) before a module is loaded; raises
         #: IotwasmError to refuse it (the API layer's tenant and signature policy)
@@ -141,7 +158,8 @@ class Node:
             log.warning("node bus %s not reachable yet (%s); continuing, reconnecting in background",
                         self.config.broker, e)
         self.state.event("node", self.config.name, f"started (bus: {self.config.broker or 'in-process'})")
-        self.rules = NodeRules(self.bus, self.outbox, self.store, self._rule_state, self._processor, self._event)
+        self.rules = NodeRules(self.bus, self.outbox, self.store, self._rule_state, self._processor,
+                               lambda kind, name, msg: self._event(kind, name, msg, of="Rule"))
         await self.sync()
         self.ready = True
         await self._publish_status("online")
@@ -149,7 +167,7 @@ class Node:
     async def run(self) -> None:
         """Start, then sync until `stop()`; always shuts down gracefully."""
         await self.start()
-        last_status = time.monotonic()
+        last_status = last_purge = time.monotonic()
         reported = self.storage_problems()
         # a change in the manifest directory wakes the loop at once; the interval stays the fallback
         watch = ManifestWatch(self.config.manifests, self._wake) if self.config.manifests else None
@@ -175,6 +193,9 @@ class Node:
                 if time.monotonic() - last_status > self.config.status_interval_s or problems != reported:
                     last_status, reported = time.monotonic(), problems
                     await self._publish_status("online")
+                if time.monotonic() - last_purge > PURGE_INTERVAL_S:   # also when nothing changes
+                    last_purge = time.monotonic()
+                    await asyncio.to_thread(self._purge_deleted)
         finally:
             if watch is not None:
                 watch.stop()
@@ -262,7 +283,25 @@ class Node:
                      for m in applied if (m.kind, m.name) in owned]
             problems = clash + await self.apply(files + [m for m in applied if (m.kind, m.name) not in owned])
             self.last_problems = problems
+            await asyncio.to_thread(self._after_reconcile)
             return problems
+
+    def _after_reconcile(self) -> None:
+        try:
+            self.state.finish_adoption()   # once, after the first reconcile since an upgrade
+        except StorageError as e:   # tried again after the next reconcile
+            self._retry_on_storage(e)
+            log.warning("archiving state no object adopted postponed: %s", e)
+        self._purge_deleted()
+
+    def _purge_deleted(self) -> None:
+        try:
+            purged = self.state.purge_retired(self.config.keep_deleted_s)
+        except StorageError as e:   # housekeeping: tried again at the next interval
+            log.warning("purging deleted objects' state postponed: %s", e)
+            return
+        if purged:
+            log.info("purged the archived state of %d deleted object(s)", purged)
 
     def file_owned(self, kind: str, name: str) -> bool:
         """Whether the watched manifest files defined `kind`/`name` at the last sync (the API
@@ -276,35 +315,50 @@ class Node:
         routes = {m.name: m for m in manifests if isinstance(m, Route)}
         base = self.config.manifests.parent if self.config.manifests and self.config.manifests.is_file() \
             else self.config.manifests or Path.cwd()
+        # identities first: an object that went away, or whose name moved to another
+        # namespace, is retired with its state; one that is new gets a new uid and no state
+        try:
+            uids, retired = await asyncio.to_thread(
+                self.state.reconcile, [(m.kind, m.metadata.namespace, m.name) for m in manifests])
+        except StorageError as e:   # nothing changes until identities can be recorded
+            self._retry_on_storage(e)
+            self._event("failed", "manifests", f"not applied: {e}")
+            return [f"manifests not applied: {e}"]
+        namespaces = {(m.kind, m.name): m.metadata.namespace for m in manifests}
+        self._ids = {key: (uid, namespaces[key]) for key, uid in uids.items()}
         # routes that change or go away stop first, so no batch runs on a removed deployment;
         # so do routes through a deployment that goes away (they start again when it returns,
         # over the new one, instead of holding messages for a stopped container)
-        gone = {n for n in self.deployments if n not in deps}
-        for name in [n for n in self.routes if n not in routes or
-                     digest_of_manifest(routes[n]) != self.routes[n].digest or
-                     gone & set(self.routes[n].manifest.spec.steps)]:
+        gone = {n for n, rec in self.deployments.items() if uids.get(("Deployment", n)) != rec.uid}
+        for name in [n for n, rec in self.routes.items() if uids.get(("Route", n)) != rec.uid or
+                     digest_of_manifest(routes[n]) != rec.digest or gone & set(rec.manifest.spec.steps)]:
             await self._remove_route(name, drain=True)
-        for name in [n for n in self.deployments if n not in deps]:
+        for name in gone:
             rec = self.deployments.pop(name)
             await asyncio.to_thread(rec.handle.stop)
-            self._event("removed", name, "deployment removed")
+            self.guest_logs.forget(name)
+            self._event("removed", name, "deployment removed", uid=rec.uid,
+                        namespace=rec.manifest.metadata.namespace)
         for name, d in deps.items():
             try:
-                await self._apply_deployment(d, base)
+                await self._apply_deployment(d, base, uids[("Deployment", name)])
             except IotwasmError as e:
                 problems.append(f"Deployment {name}: {e}")
-                self._event("failed", name, str(e))
+                self._event("failed", name, str(e), of="Deployment")
                 self._retry_on_storage(e)
         for name, r in routes.items():
             if name in self.routes:
                 continue
             try:
-                await self._start_route(r)
+                await self._start_route(r, uids[("Route", name)])
             except IotwasmError as e:
                 problems.append(f"Route {name}: {e}")
-                self._event("failed", name, str(e))
+                self._event("failed", name, str(e), of="Route")
                 self._retry_on_storage(e)
         if self.rules is not None:
+            for kind, ns, name, uid in retired:   # a rule's window checkpoints go with it
+                if kind == "Rule" and await self.rules.forget(name):
+                    self._event("removed", name, "rule removed", uid=uid, namespace=ns)
             problems += await self.rules.apply({m.name: m for m in manifests if isinstance(m, Rule)})
         for p in problems:
             log.error("%s", p)
@@ -320,73 +374,74 @@ class Node:
         rec = self.deployments.get(name)
         return rec.handle if rec is not None else None
 
-    def _handle_event(self, name: str, kind: str, message: str) -> None:
+    def _handle_event(self, name: str, uid: str, namespace: str, kind: str, message: str) -> None:
         """Events of a deployment's versions (called from worker threads)."""
-        self._event(kind, name, message)
+        self._event(kind, name, message, uid=uid, namespace=namespace)
         rec = self.deployments.get(name)
-        if rec is None:
+        if rec is None or rec.uid != uid:
             return
         try:
             if kind == "rolled-back" and rec.handle.last_rolled_back_revision:
-                self.state.set_revision_status(name, rec.handle.last_rolled_back_revision, "rolled-back", message)
+                self.state.set_revision_status(uid, rec.handle.last_rolled_back_revision, "rolled-back", message)
             elif kind == "healthy":
-                self.state.promote_revision(name, rec.handle.revision, message)
+                self.state.promote_revision(uid, rec.handle.revision, message)
         except StorageError as e:   # the revision history lags; the deployment runs on
             log.warning("deployment %s: revision %s not recorded: %s", name, kind, e)
 
-    def _event(self, kind: str, obj: str, message: str) -> None:
+    def _event(self, kind: str, obj: str, message: str, *, of: str | None = None, uid: str | None = None,
+               namespace: str | None = None) -> None:
+        """An event about object `obj`: of the `of` kind's live object of that name, or of the
+        identity given (`uid`, `namespace`); with neither, a node-wide event."""
+        if uid is None and of is not None:
+            uid, namespace = self._ids.get((of, obj), (None, None))
         log.info("%s %s: %s", obj, kind, message)
-        self.state.event(kind, obj, message)
+        self.state.event(kind, obj, message, uid=uid, namespace=namespace)
 
-    def _resolve_module(self, ref: str, base: Path):
-        path = Path(ref)
-        if not path.is_absolute():
-            path = base / path
-        if ref.endswith((".wasm", ".wat")) or path.exists():
-            rec = self.registry.add(path)
-        else:
-            rec = self.registry.get(ref)
-        return rec.digest, self.registry.path(rec.digest)
+    def revision(self, name: str, revision: int) -> Deployment | None:
+        """A revision's manifest, bound to the module digest it ran (for rolling back)."""
+        return self.binding.revision(name, revision)
 
-    async def _apply_deployment(self, d: Deployment, base: Path) -> None:
+    async def _apply_deployment(self, d: Deployment, base: Path, uid: str) -> None:
         digest = digest_of_manifest(d)
         current = self.deployments.get(d.name)
-        if current is not None and current.digest == digest:
+        running = (current.digest, current.module_digest) if current is not None else None
+        module_digest, module_path = await asyncio.to_thread(self.binding.bind, d, uid, digest, base, running)
+        if current is not None and current.digest == digest and current.module_digest == module_digest:
             return
-        module_digest, module_path = await asyncio.to_thread(self._resolve_module, d.spec.module, base)
         if self.admission is not None:
             await asyncio.to_thread(self.admission, d, module_digest)
         if current is not None and self._only_scaled(current.manifest, d) and \
                 module_digest == current.module_digest:
             await asyncio.to_thread(current.handle.current.scale, d.spec.replicas)
             current.manifest, current.digest = d, digest
-            self._event("scaled", d.name, f"replicas {d.spec.replicas}")
+            self._event("scaled", d.name, f"replicas {d.spec.replicas}", uid=uid, namespace=d.metadata.namespace)
             return
-        container = self._container(d, module_path)
-        manifest_json = d.model_dump(mode="json", by_alias=True)
+        ns = d.metadata.namespace
+        container = self._container(d, module_path, uid, module_digest)
+        manifest_json = to_document(d)   # the node's own database keeps secret values
         try:
             await asyncio.to_thread(container.start)
         except IotwasmError as e:
             if current is not None:
-                self.state.add_revision(d.name, module_digest, manifest_json, "refused", str(e))
+                self.state.add_revision(uid, d.name, module_digest, manifest_json, "refused", str(e))
                 raise ConfigError(f"update refused, revision {current.handle.revision} keeps "
                                   f"running: {e}") from None
             # a first deployment whose module fails stays in error and restarts by policy;
             # routes through it hold their messages meanwhile
-            self._event("error", d.name, str(e))
+            self._event("error", d.name, str(e), uid=uid, namespace=ns)
         gated = current is not None and d.spec.update_strategy.rollback
-        rev = self.state.add_revision(d.name, module_digest, manifest_json, "gating" if gated else "serving")
+        rev = self.state.add_revision(uid, d.name, module_digest, manifest_json, "gating" if gated else "serving")
         if not gated:
-            self.state.promote_revision(d.name, rev)
+            self.state.promote_revision(uid, rev)
         acl = TopicACL(d.spec.capabilities.topics.publish, d.spec.capabilities.topics.subscribe,
                        principal=f"deployment {d.name}")
         if current is None:
-            handle = DeploymentHandle(d.name, container, acl, rev,
-                                      on_event=lambda kind, msg, n=d.name: self._handle_event(n, kind, msg))
+            handle = DeploymentHandle(d.name, container, acl, rev, on_event=lambda kind, msg, n=d.name, u=uid:
+                                      self._handle_event(n, u, ns, kind, msg))
             handle.trace = self.batch_trace
-            self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle)
+            self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle, uid)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
-                                           f"{d.spec.replicas} replica(s)")
+                                           f"{d.spec.replicas} replica(s)", uid=uid, namespace=ns)
         else:
             gate = d.spec.update_strategy.health_gate
             handle = current.handle
@@ -401,13 +456,12 @@ class Node:
 
     @staticmethod
     def _only_scaled(old: Deployment, new: Deployment) -> bool:
-        a = old.model_dump(by_alias=True)
-        b = new.model_dump(by_alias=True)
+        a, b = to_document(old), to_document(new)   # a changed secret is not a scale
         a["spec"].pop("replicas"), b["spec"].pop("replicas")
         a["spec"].pop("weights"), b["spec"].pop("weights")
         return a == b
 
-    def _container(self, d: Deployment, module_path: Path) -> WasmContainer:
+    def _container(self, d: Deployment, module_path: Path, uid: str, module_digest: str) -> WasmContainer:
         caps = d.capabilities()
         r = d.spec.restart_policy
         restart = RestartPolicy(mode=r.mode, backoff_s=parse_duration_ms(r.backoff) / 1000,
@@ -417,11 +471,11 @@ class Node:
         return WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
             replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
-            restart=restart, kv=SqliteKeyValue(self.state, d.name, caps.kv_quota),
+            restart=restart, kv=SqliteKeyValue(self.state, uid, caps.kv_quota), digest=module_digest,
             on_log=lambda name, level, text, n=d.name: (
                 self.guest_logs.add(n, level, text) and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", text)),
-            on_transition=lambda tr, n=d.name: self.state.event(
-                "state", n, f"{tr.source} → {tr.target}: {tr.reason}"))
+            on_transition=lambda tr, n=d.name, ns=d.metadata.namespace: self.state.event(
+                "state", n, f"{tr.source} → {tr.target}: {tr.reason}", uid=uid, namespace=ns))
 
     # -- routes ----------------------------------------------------------------------------
     async def _bus_for(self, url: str | None) -> Bus:
@@ -438,7 +492,7 @@ class Node:
                 log.warning("bus %s not reachable yet (%s); reconnecting in background", url, e)
         return bus
 
-    async def _start_route(self, r: Route) -> None:
+    async def _start_route(self, r: Route, uid: str) -> None:
         spec = r.spec
         steps = []
         for name in spec.steps:
@@ -484,7 +538,8 @@ class Node:
                              batch=BatchPolicy(spec.batch.max_size,
                                                parse_duration_ms(spec.batch.max_linger) / 1000),
                              queue=QueuePolicy(spec.queue.capacity, spec.queue.overflow),
-                             lanes=lanes, order_key=spec.order_by, dead_letter=self._dead_letter)
+                             lanes=lanes, order_key=spec.order_by,
+                             dead_letter=lambda route, step, dl, variables: self._dead_letter(uid, route, step, dl))
         for s in sinks:
             if hasattr(s, "start"):
                 await s.start()
@@ -506,9 +561,10 @@ class Node:
             bus = await self._bus_for(getattr(ep, "url", None))
             source = BusSource(bus, ep.topic, runner, qos=getattr(ep, "qos", 1))
         await source.start()
-        self.routes[r.name] = _RouteRecord(r, digest_of_manifest(r), runner, source, sinks)
+        self.routes[r.name] = _RouteRecord(r, digest_of_manifest(r), runner, source, sinks, uid)
         self._event("started", r.name, f"route {src.type} → {' → '.join(spec.steps) or '(no steps)'} → "
-                                       f"{', '.join(s.type for s in spec.sinks)}")
+                                       f"{', '.join(s.type for s in spec.sinks)}", uid=uid,
+                    namespace=r.metadata.namespace)
 
     async def _ingest_server(self) -> IngestServer:
         if self._ingest is None:
@@ -533,11 +589,12 @@ class Node:
         for s in rec.sinks:
             if hasattr(s, "stop"):
                 await s.stop(drain_timeout=2.0 if drain else 0)
-        self._event("stopped", name, "route stopped" + (" after draining" if drain else ""))
+        self._event("stopped", name, "route stopped" + (" after draining" if drain else ""), uid=rec.uid,
+                    namespace=rec.manifest.metadata.namespace)
 
-    async def _dead_letter(self, route: str, step: str, dl: DeadLetter, variables: dict) -> None:
+    async def _dead_letter(self, uid: str, route: str, step: str, dl: DeadLetter) -> None:
         m = dl.message
-        await asyncio.to_thread(self.state.dead_letter, route, step, dl.error.kind, str(dl.error),
+        await asyncio.to_thread(self.state.dead_letter, uid, route, step, dl.error.kind, str(dl.error),
                                 m.topic, m.payload)
         rec = self.routes.get(route)
         template = rec.manifest.spec.dead_letter if rec else "deadletter/{route}"

@@ -8,6 +8,7 @@ digest of the manifest it applied to: it survives restarts, and a changed manife
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Callable
 
@@ -115,6 +116,24 @@ class NodeRules:
             self.manifests[name] = r
             self.event(verb, name, f"rule {'enabled' if d.enabled else 'disabled'}: {r.spec.sql.strip()[:120]}")
         return problems
+
+    async def forget(self, name: str) -> bool:
+        """The rule's object is gone (deleted, or its name moved to another namespace): stop it if
+        it runs and delete its window checkpoints and enable override, so a rule created with
+        this name later starts empty. Returns whether it was running."""
+        running = name in self.digests
+        if running:
+            await self.runner.remove(name)
+            self.digests.pop(name)
+            self.manifests.pop(name, None)
+
+        def delete() -> None:
+            self.state.delete(name)
+            self.state.delete(f"alert:{name}")
+            with self.state._lock:
+                self.state._db.execute("DELETE FROM rule_enabled WHERE rule = ?", (name,))
+        await asyncio.to_thread(delete)
+        return running
 
     async def set_enabled(self, enabled: bool, *, names: list[str] | None = None,
                           tag: str | None = None) -> list[str]:

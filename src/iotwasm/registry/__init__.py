@@ -5,12 +5,13 @@ Public surface:
   `versions`, `tag`, `untag`, `remove`, `gc`.
 - `ModuleRecord`: what the store knows about one digest (size, ABI, name, tags, ModuleInfo).
 - `version_key`: the version ordering used for `name` / `name:latest`.
+- `name_namespace`: the namespace a module name belongs to (`acme/filter` → `acme`).
 
 See docs/registry.md for the layout on disk and the reference forms.
 """
 
 from __future__ import annotations
 
-from .store import MIN_PREFIX, ModuleRecord, ModuleStore, version_key
+from .store import MIN_PREFIX, ModuleRecord, ModuleStore, name_namespace, version_key
 
-__all__ = ["MIN_PREFIX", "ModuleRecord", "ModuleStore", "version_key"]
+__all__ = ["MIN_PREFIX", "ModuleRecord", "ModuleStore", "name_namespace", "version_key"]

@@ -2,7 +2,8 @@
 
 Layout under the store's root:
 
-    root/blobs/sha256/<hex>   module binaries, named by their own sha256, read-only (0o444)
+    root/blobs/sha256/<hex>   module binaries, named by their own sha256, read-only to their
+                              owner (0o400; directories 0o700: modules are tenants' code)
     root/index.db             SQLite index: one row per module, one row per tag
 
 Why content addressing: a digest names exactly one sequence of bytes, so a node that was told
@@ -39,7 +40,7 @@ from ..engine.limits import Limits
 from ..engine.module import ExportInfo, ImportInfo, ModuleInfo, ModuleSource, digest_of, read_source
 from ..engine.runtime import Runtime
 from ..errors import ConfigError, InvalidModule, ModuleNotFound, StorageError
-from ..sqlite import open_db
+from ..sqlite import open_db, write_transaction
 
 #: digest prefixes shorter than this are refused: with few hex characters a prefix that is
 #: unique today can become ambiguous tomorrow, and a deployment would suddenly break
@@ -59,6 +60,8 @@ _SEMVER = re.compile(
     r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?")
 
 _TMP_PREFIX = ".tmp-"
+#: blobs are read-only, and only to the user the store belongs to
+BLOB_MODE = 0o400
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS modules (
@@ -99,6 +102,14 @@ class ModuleRecord:
     @property
     def short_digest(self) -> str:
         return self.digest.split(":", 1)[1][:12]
+
+
+def name_namespace(name: str) -> str:
+    """The namespace a module name belongs to: `acme` for `acme/filter`, "" (the node's own)
+    for `filter`. Names are scoped like this so that who may publish under a name follows from
+    the name itself (the API lets a tenant publish under its own namespace only)."""
+    head, sep, _ = name.partition("/")
+    return head if sep else ""
 
 
 def version_key(version: str) -> tuple:
@@ -168,7 +179,9 @@ class ModuleStore:
     def __init__(self, root: str | os.PathLike, runtime: Runtime | None = None):
         self.root = Path(root)
         self.blob_dir = self.root / "blobs" / "sha256"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (self.root / "blobs", self.blob_dir):  # mkdir(parents=True) ignores the mode
+            d.mkdir(exist_ok=True, mode=0o700)
         self._runtime = runtime
         self._own_runtime: Runtime | None = None
         self._lock = threading.RLock()
@@ -192,15 +205,8 @@ class ModuleStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue instead of
         failing halfway when a read lock cannot be upgraded."""
-        with self._open():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:   # a storage error rolled it back already
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._open(), write_transaction(self._db) as db:
+            yield db
 
     @contextmanager
     def _open(self) -> Iterator[None]:
@@ -289,7 +295,7 @@ class ModuleStore:
                 f.write(wasm)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)
+            os.chmod(tmp, BLOB_MODE)
             if path.exists():
                 _make_writable(path)  # Windows cannot replace a read-only file
             os.replace(tmp, path)

@@ -1,0 +1,48 @@
+"""The node's data directory is private to the user the node runs as.
+
+It holds tokens' hashes, the audit log, kv data, dead letters with their payloads, manifests
+with their (secret) config and env values, and the modules themselves: directories are 0700,
+files 0600, module blobs 0400 (read-only: their name is their content's digest). New files get
+these modes where they are made (`sqlite.open_db`, the module store, the compile cache's
+temporary files, and `iotwasm up` runs with umask 077); `secure_data_dir` also tightens
+whatever an older version, a copy or a restore left looser, at every start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger("iotwasm.node")
+
+DIR_MODE = 0o700
+
+
+def secure_data_dir(root: Path) -> int:
+    """Create `root` (0700) when missing, and take group and other access away from everything
+    under it; returns how many modes were changed. Only those bits are removed (the owner's stay
+    as they were), and symbolic links are left alone, never followed: the directory is the
+    node's, what a link points to may not be."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    changed = _tighten(root)
+    for parent, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            changed += _tighten(Path(parent) / name)
+    if changed:
+        log.info("data directory %s: took group and other access away from %d path(s)", root, changed)
+    return changed
+
+
+def _tighten(path: Path) -> int:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return 0  # removed meanwhile (a temporary file)
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode) or not mode & 0o077:
+        return 0
+    os.chmod(path, mode & ~0o077)
+    return 1
