@@ -254,7 +254,7 @@ def test_node_status_is_retained_and_its_will_marks_it_offline(tmp_path, mosquit
 SLOW_ECHO_WAT = ECHO_WAT.replace(
     "(local $kind i32) (local $first i32)",
     "(local $kind i32) (local $first i32) (local $spin i32)\n"
-    "    i32.const 400000 local.set $spin\n"
+    "    i32.const 4000000 local.set $spin\n"
     "    (block $s (loop $sl local.get $spin i32.eqz br_if $s\n"
     "      local.get $spin i32.const 1 i32.sub local.set $spin br $sl))", 1)
 
