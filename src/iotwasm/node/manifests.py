@@ -25,8 +25,10 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
+from ..container import RestartPolicy
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.limits import parse_duration_ms
 from ..errors import ConfigError
 
 API_VERSION = "iotwasm.io/v1"
@@ -110,6 +112,19 @@ class RestartSpec(Strict):
     backoff: str = "500ms"
     max_backoff: str = Field("60s", alias="maxBackoff")
     crash_loop_batches: int = Field(10, alias="crashLoopBatches", ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RestartSpec":
+        self.policy()  # raises with the problem (a zero backoff, a maximum below it)
+        return self
+
+    def policy(self) -> RestartPolicy:
+        try:
+            return RestartPolicy(mode=self.mode, backoff_s=parse_duration_ms(self.backoff) / 1000,
+                                 max_backoff_s=parse_duration_ms(self.max_backoff) / 1000,
+                                 crash_loop_batches=self.crash_loop_batches)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 class HealthGate(Strict):

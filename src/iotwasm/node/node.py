@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..container import RestartPolicy, WasmContainer
+from ..container import WasmContainer
 from ..engine import Runtime
 from ..engine.limits import parse_duration_ms
 from ..errors import ConfigError, IotwasmError
@@ -382,10 +382,7 @@ class Node:
 
     def _container(self, d: Deployment, module_path: Path) -> WasmContainer:
         caps = d.capabilities()
-        r = d.spec.restart_policy
-        restart = RestartPolicy(mode=r.mode, backoff_s=parse_duration_ms(r.backoff) / 1000,
-                                max_backoff_s=parse_duration_ms(r.max_backoff) / 1000,
-                                crash_loop_batches=r.crash_loop_batches)
+        restart = d.spec.restart_policy.policy()
         guest_log = logging.getLogger(f"iotwasm.guest.{d.name}")
         return WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
