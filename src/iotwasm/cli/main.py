@@ -14,6 +14,7 @@ from rich.table import Table
 from ..container import RestartPolicy, WasmContainer
 from ..engine import Capabilities, Limits, Preopen, Runtime
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import IotwasmError
 from ..message import Message
 
@@ -116,7 +117,8 @@ def run(
         _fail(e)
     source = input.open("rb") if input else sys.stdin.buffer
     dead = 0
-    rt = Runtime()
+    # the limit given on this command line is the one that counts, however long
+    rt = Runtime(max_timeout_ms=max(DEFAULT_MAX_TIMEOUT_MS, limits.timeout_ms or 0))
     try:
         container = WasmContainer(module.stem, module, runtime=rt, limits=limits, capabilities=caps,
                                   restart=RestartPolicy(mode="never"),
@@ -238,6 +240,9 @@ def up(
     trust_key: list[Path] = typer.Option([], "--trust-key", help="public key PEM (from iotwasm keygen) whose "
                                          "signature a fleet module needs before this node loads it; "
                                          "repeatable (any one of the keys suffices)"),
+    max_timeout: str = typer.Option("10s", "--max-timeout",
+                                    help="the longest one call into a module may run; a deployment "
+                                         "asking for more (resources.timeout) is refused"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -249,7 +254,13 @@ def up(
     if (path is None and not fleet) or (path is not None and not path.exists()):
         _fail(IotwasmError(f"manifests not found: {path or 'examples/greenhouse'}"))
     configure_logging(verbose, err)
-    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
+    from ..engine.limits import parse_timeout_ms
+
+    try:
+        max_timeout_ms = parse_timeout_ms(max_timeout)
+    except IotwasmError as e:
+        _fail(IotwasmError(f"--max-timeout: {e}"))
+    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms)
     if name:
         cfg.name = name
     settings = None

@@ -22,7 +22,8 @@ from typing import Callable
 
 from ..container import WasmContainer
 from ..engine import Runtime
-from ..engine.limits import parse_duration_ms
+from ..engine.limits import format_duration_ms, parse_duration_ms
+from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import ConfigError, IotwasmError
 from ..message import DeadLetter
 from ..messaging.acl import TopicACL
@@ -56,6 +57,9 @@ class NodeConfig:
     drain_timeout_s: float = 10.0
     status_interval_s: float = 10.0
     http: str = "127.0.0.1:8181"   # where routes with an http source are served
+    #: the longest one call into a module may run (`iotwasm up --max-timeout`); a deployment
+    #: whose resources.timeout asks for more is refused
+    max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS
 
 
 @dataclass
@@ -80,7 +84,7 @@ class Node:
         self.config = config
         d = Path(config.data_dir)
         d.mkdir(parents=True, exist_ok=True)
-        self.runtime = Runtime(cache_dir=d / "cache")
+        self.runtime = Runtime(cache_dir=d / "cache", max_timeout_ms=config.max_timeout_ms)
         self.registry = ModuleStore(d / "modules", runtime=self.runtime)
         self.state = NodeState(d / "node.db")
         self.outbox = Outbox(d / "outbox.db")
@@ -157,8 +161,10 @@ class Node:
                     await asyncio.sleep(WRITE_SETTLE_S)   # an editor's save is several events
                     self._wake.clear()
                 await self.sync()
-                for rec in self.deployments.values():
-                    rec.handle.current.tick()
+                for rec in list(self.deployments.values()):
+                    if rec.handle.current.restart_due_in() == 0:
+                        # a restart instantiates (guest init code): never on the loop
+                        await asyncio.to_thread(rec.handle.current.tick)
                 if time.monotonic() - last_status > self.config.status_interval_s:
                     last_status = time.monotonic()
                     await self._publish_status("online")
@@ -326,6 +332,11 @@ class Node:
         current = self.deployments.get(d.name)
         if current is not None and current.digest == digest:
             return
+        timeout = d.limits().timeout_ms
+        if timeout is not None and timeout > self.runtime.max_timeout_ms:
+            raise ConfigError(f"resources.timeout {d.spec.resources.timeout} is above this node's "
+                              f"maximum of {format_duration_ms(self.runtime.max_timeout_ms)} per call "
+                              f"(iotwasm up --max-timeout)")
         module_digest, module_path = await asyncio.to_thread(self._resolve_module, d.spec.module, base)
         if self.admission is not None:
             await asyncio.to_thread(self.admission, d, module_digest)
@@ -365,7 +376,9 @@ class Node:
             handle = current.handle
             handle.acl = acl
             if d.spec.update_strategy.rollback:
-                handle.update(container, rev, gate.messages, gate.max_trap_rate)
+                # off the loop: a superseded version still under watch is stopped, which waits
+                # for its running batches
+                await asyncio.to_thread(handle.update, container, rev, gate.messages, gate.max_trap_rate)
             else:
                 old = handle.current
                 handle.current, handle.revision = container, rev
