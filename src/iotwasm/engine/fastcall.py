@@ -32,9 +32,19 @@ from ..errors import AbiError
 WASMTIME_VERSION = "50.0.1"
 
 
-def _fast(symbol: str, restype):
-    """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed."""
-    fn = type(ffi.dll.wasmtime_func_call_unchecked)((symbol, ffi.dll))
+# The same library, called without releasing the GIL: for the short accessors below a GIL
+# release is pure cost, and on a worker thread each release lets the busy event loop take the
+# GIL, which the worker then waits to get back (up to the interpreter's switch interval).
+_held = ctypes.PyDLL(ffi.dll._name, handle=ffi.dll._handle)
+
+
+def _fast(symbol: str, restype, *, release_gil: bool = False):
+    """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed.
+
+    Only a call that runs guest code releases the GIL (`release_gil`): wasm then runs in
+    parallel with other Python threads. Accessors that return at once keep it."""
+    lib = ffi.dll if release_gil else _held
+    fn = type(getattr(lib, symbol))((symbol, lib))
     fn.restype = restype
     fn.argtypes = None
     return fn
@@ -42,7 +52,7 @@ def _fast(symbol: str, restype):
 
 # Without argtypes ctypes skips per-argument conversion, which is most of the cost of a call.
 # Every argument is passed as a ready-made ctypes object of the right C type.
-_call_unchecked = _fast("wasmtime_func_call_unchecked", ctypes.c_void_p)
+_call_unchecked = _fast("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
 
 _memory_data_fast = _fast("wasmtime_memory_data", ctypes.c_void_p)
 _memory_data_size_fast = _fast("wasmtime_memory_data_size", ctypes.c_size_t)
