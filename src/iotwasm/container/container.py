@@ -328,7 +328,7 @@ class WasmContainer:
                    for i in range(current, replicas)]
             with self._cond:
                 self._slots.extend(new)
-                # idle instances go first, so busy ones keep their batch in the pool if they can
+                # idle instances are the first to go: a busy one stays in the pool if it can
                 keep = sorted(self._slots, key=lambda s: not s.busy)[:replicas]
                 self._retire([s for s in self._slots if s not in keep])
                 self._slots = sorted(keep, key=lambda s: s.index)
@@ -442,6 +442,7 @@ class WasmContainer:
         if slot.retired:
             return
         factory = self._factory
+        assert factory is not None  # a slot exists only once the container was brought up
         try:
             guest = factory.new_guest()
         except IotwasmError as e:

@@ -71,6 +71,7 @@ class Worker:
             if job is _STOP:
                 return
             loop, fut, fn, args = job
+            callback: Callable[[asyncio.Future, Any], None]
             try:
                 result = fn(*args)
             except BaseException as e:  # handed to the awaiting task, whatever it is
