@@ -137,6 +137,57 @@ def scenario_stop_waits_for_the_batch() -> None:
     assert c.state == State.TERMINATED
 
 
+# Logs its first input's payload, then traps; its iot_init refuses to run a second time (it
+# marks itself in kv), so the instance that trapped cannot be replaced.
+ONCE_WAT = """(module
+  (import "iot" "log" (func $log (param i32 i32 i32)))
+  (import "iot" "kv_get" (func $kv_get (param i32 i32 i32 i32) (result i32)))
+  (import "iot" "kv_set" (func $kv_set (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 16) "started")
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "iot_abi_version") (result i32) i32.const 1)
+  (func (export "iot_alloc") (param $n i32) (result i32)
+    (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "iot_init") (result i32)
+    (if (i32.ge_s (call $kv_get (i32.const 16) (i32.const 7) (i32.const 64) (i32.const 8)) (i32.const 0))
+      (then unreachable))
+    (drop (call $kv_set (i32.const 16) (i32.const 7) (i32.const 16) (i32.const 1)))
+    i32.const 0)
+  (func (export "iot_process") (param $in i32) (param $len i32) (param $count i32)
+        (param $out i32) (param $cap i32) (result i32)
+    (call $log (i32.const 1)
+               (i32.add (i32.add (local.get $in) (i32.const 16)) (i32.load offset=8 (local.get $in)))
+               (i32.load offset=12 (local.get $in)))
+    unreachable))"""
+
+
+def scenario_stop_while_a_broken_instance_cannot_be_replaced() -> None:
+    """stop() waits for the batch; the batch's instance traps and no new one can be made,
+    which fails the container: neither waits for the other."""
+    rt, held, clock = Runtime(), Held(), Clock()
+    c = WasmContainer("once", ONCE_WAT, runtime=rt, on_log=held, clock=clock,
+                      capabilities=Capabilities(host=frozenset({"log", "kv"}))).start()
+    out: dict = {}
+    # daemon threads: if they wait for each other for ever, the assertion below still ends
+    # this process with its message
+    t = threading.Thread(target=lambda: out.setdefault("r", c.process([Message("t", b"hold")])),
+                         daemon=True)
+    t.start()
+    assert held.entered.acquire(timeout=30)
+    stopper = threading.Thread(target=c.stop, args=("test",), daemon=True)
+    stopper.start()
+    held.release.set()
+    t.join(30)
+    stopper.join(30)
+    assert not t.is_alive() and not stopper.is_alive(), "stop() and the failing batch waited for each other"
+    assert [d.error.kind for d in out["r"].dead_letters] == ["trap"]
+    assert c.state == State.TERMINATED
+
+
 def run_scenario(name: str) -> None:
     """Run `scenario_<name>` in a fresh interpreter; its exit status is the verdict."""
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_store_lifetime as t; "
@@ -162,6 +213,10 @@ def test_scale_down_during_a_batch_retires_the_busy_instance():
 
 def test_stop_during_a_batch_waits_for_it():
     run_scenario("stop_waits_for_the_batch")
+
+
+def test_stop_and_a_batch_whose_instance_cannot_be_replaced_do_not_wait_for_each_other():
+    run_scenario("stop_while_a_broken_instance_cannot_be_replaced")
 
 
 # -- raw handles -----------------------------------------------------------------------------

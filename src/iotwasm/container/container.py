@@ -360,6 +360,7 @@ class WasmContainer:
         self._ensure_running()
         slot = self._acquire()
         t0 = time.perf_counter()
+        lost: IotwasmError | None = None
         try:
             try:
                 result = slot.guest.process(messages)
@@ -371,9 +372,14 @@ class WasmContainer:
             elapsed = time.perf_counter() - t0
             self._account(slot, messages, result, elapsed)
             if slot.guest.broken is not None:
-                self._replace(slot)
+                lost = self._replace(slot)
         finally:
             self._release(slot, time.perf_counter() - t0)
+        if lost is not None:
+            # after the release: stop() or a restart may hold _admin while waiting for it
+            with self._admin:
+                if not slot.retired:
+                    self._fail(lost)
         self._watch_health(messages, result)
         return result
 
@@ -434,25 +440,24 @@ class WasmContainer:
         st.last_latency_ms = elapsed * 1000
         st.total_latency_ms += elapsed * 1000
 
-    def _replace(self, slot: _Slot) -> None:
+    def _replace(self, slot: _Slot) -> IotwasmError | None:
         """A guest that could not recover after a trap is swapped for a new instance.
 
         Called by the thread whose batch just used it, before it releases the slot: the guest
-        is not in use by anyone else. A slot retired meanwhile gets no new instance."""
+        is not in use by anyone else. A slot retired meanwhile gets no new instance. Returns
+        the error when no new instance could be made (the container has then failed)."""
         if slot.retired:
-            return
+            return None
         factory = self._factory
         assert factory is not None  # a slot exists only once the container was brought up
         try:
             guest = factory.new_guest()
         except IotwasmError as e:
             slot.guest.broken = e  # keeps refusing work until the container restarts
-            with self._admin:
-                if not slot.retired:
-                    self._fail(e)
-            return
+            return e
         old, slot.guest = slot.guest, guest
         old.close()
+        return None
 
     def _watch_health(self, messages, result: BatchResult) -> None:
         hard = sum(1 for d in result.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
