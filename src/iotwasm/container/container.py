@@ -376,7 +376,7 @@ class WasmContainer:
         finally:
             self._release(slot, time.perf_counter() - t0)
         if lost is not None:
-            # after the release: stop() or a restart may hold _admin while waiting for it
+            # after the release: stop() holds _admin while it waits for busy instances
             with self._admin:
                 if not slot.retired:
                     self._fail(lost)
