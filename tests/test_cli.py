@@ -68,3 +68,14 @@ def test_run_limit_flags_are_parsed_and_enforced(echo_path):
     assert r.returncode == 1 and "cannot read size 'lots'" in r.stderr.decode()
     r = run("run", str(echo_path), "--memory", "128Ki", input=b"y" * 300_000 + b"\n")
     assert r.returncode == 3 and "memory limit 128Ki" in r.stderr.decode()
+
+
+def test_up_refuses_a_maximum_timeout_that_is_no_limit(tmp_path):
+    r = run("up", str(tmp_path), "--no-api", "--data", str(tmp_path / "d"), "--max-timeout", "0")
+    assert r.returncode == 1
+    assert "--max-timeout: timeout '0' is not a time limit" in r.stderr.decode()
+
+
+def test_run_honours_a_long_timeout_given_on_its_command_line(echo_path):
+    r = run("run", str(echo_path), "--timeout", "30s", input=b"x\n")
+    assert r.returncode == 0 and r.stdout == b"x\n", r.stderr

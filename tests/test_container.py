@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -130,20 +129,60 @@ def test_scale_up_and_down(runtime):
     assert c.process([Message("t", b"x")]).outputs
 
 
+class Clock:
+    """An injected monotonic clock: the test moves time, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_init_failure_goes_to_error_and_restarts_with_backoff(runtime):
-    c = WasmContainer("bad-init", INIT_TRAP_WAT, runtime=runtime,
-                      restart=RestartPolicy(backoff_s=0.05, max_backoff_s=0.2))
+    clock = Clock()
+    c = WasmContainer("bad-init", INIT_TRAP_WAT, runtime=runtime, clock=clock,
+                      restart=RestartPolicy(backoff_s=0.05, max_backoff_s=0.2, jitter=0))
     with pytest.raises(InitError, match=r"bad-init:iot_init: trap: unreachable executed"):
         c.start()
     assert c.state == State.ERROR
-    first = c.restart_due_in()
-    assert first is not None and first <= 0.05
-    time.sleep(0.06)
-    with pytest.raises(ContainerUnavailable, match="restart in"):
+    assert c.restart_due_in() == pytest.approx(0.05)
+    clock.now += 0.05
+    with pytest.raises(ContainerUnavailable, match="restart in 0.1s"):
         c.process([Message("t", b"x")])  # the attempt ran, failed, and backed off further
     assert c.state == State.ERROR
-    assert 0.05 < c.restart_due_in() + 0.02  # the delay doubled
-    assert c._attempt == 2
+    assert c.restart_due_in() == pytest.approx(0.1)  # the delay doubled
+    for want in (0.2, 0.2):                            # … up to max_backoff_s
+        clock.now += 1
+        c.tick()
+        assert c.restart_due_in() == pytest.approx(want)
+
+
+def test_restart_backoff_is_jittered_below_the_policy_delay(runtime):
+    import random
+
+    policy = RestartPolicy(backoff_s=1.0, max_backoff_s=8.0, jitter=0.5)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    clock = Clock()
+    c = WasmContainer("bad-init", INIT_TRAP_WAT, runtime=runtime, clock=clock, restart=policy,
+                      rng=random.Random(7))
+    with pytest.raises(InitError):
+        c.start()
+    delays = [c.restart_due_in()]
+    for _ in range(4):
+        clock.now += 10
+        c.tick()
+        delays.append(c.restart_due_in())
+    for n, d in enumerate(delays, start=1):
+        assert policy.delay(n) * 0.5 <= d <= policy.delay(n)
+    assert len(set(delays)) == len(delays), "every wait is drawn anew"
+
+
+def test_restart_policy_refuses_a_backoff_it_cannot_follow():
+    with pytest.raises(ConfigError, match="restart policy: backoff needs 0 < initial"):
+        RestartPolicy(backoff_s=0)
+    with pytest.raises(ConfigError, match="restart policy: backoff jitter"):
+        RestartPolicy(jitter=2)
 
 
 def test_permanent_errors_are_not_retried_on_failure(runtime):
@@ -159,7 +198,8 @@ def test_permanent_errors_are_not_retried_on_failure(runtime):
 
 
 def test_crash_loop_puts_container_in_error_then_it_recovers(runtime):
-    c = echo(runtime, restart=RestartPolicy(backoff_s=0.05, crash_loop_batches=3)).start()
+    clock = Clock()
+    c = echo(runtime, clock=clock, restart=RestartPolicy(backoff_s=0.05, crash_loop_batches=3)).start()
     for _ in range(3):
         r = c.process([Message("t", b"!")])
         assert len(r.dead_letters) == 1
@@ -167,7 +207,7 @@ def test_crash_loop_puts_container_in_error_then_it_recovers(runtime):
     assert "crash loop: 3 batches in a row failed" in c.lifecycle.history[-1].reason
     with pytest.raises(ContainerUnavailable):
         c.process([Message("t", b"ok")])
-    time.sleep(0.06)
+    clock.now += 0.05
     assert c.process([Message("t", b"ok")]).outputs[0].payload == b"ok"
     assert c.state == State.RUNNING and c.restarts == 1
 

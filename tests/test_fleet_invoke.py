@@ -89,3 +89,57 @@ def test_invocations_reach_one_replica_anywhere_and_survive_a_node_leaving(tmp_p
                 await c.close()
 
     asyncio.run(main())
+
+
+SPINNING = """
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: spin}}
+spec:
+  module: {module}
+  resources: {{timeout: 8s}}
+  capabilities:
+    host: [log]
+    topics: {{subscribe: ["invoke/#"], publish: ["invoke/#"]}}
+"""
+
+
+def test_an_invocation_spinning_to_its_limit_holds_up_no_other(tmp_path, nats_server):  # noqa: F811
+    """The module runs off the node's event loop: while one invocation spins until its time
+    limit, another deployment's invocation is answered (before the spinning one's reply)."""
+    from conftest import TEST_MODULES
+
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "echo.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat"))
+    (mdir / "spin.yaml").write_text(SPINNING.format(module=TEST_MODULES / "log_then_spin.wat"))
+
+    async def main():
+        node = Node(NodeConfig(data_dir=tmp_path / "n", manifests=mdir, name="edge-s"))
+        task = asyncio.create_task(node.run())
+        nc = caller = server = None
+        try:
+            await until(lambda: node.ready and {"echo", "spin"} <= set(node.deployments), "node ready")
+            nc = await nats.connect(nats_server.url)
+            server = InvokeServer(node, nc)
+            await server.start()
+            caller = await nats.connect(nats_server.url)
+            spinning = asyncio.create_task(invoke(caller, "spin", b"x", timeout=60, retries=0))
+            await until(lambda: any(ln.text == "spinning" for ln in node.guest_logs.lines("spin")),
+                        "the module spinning")
+            r = await invoke(caller, "echo", b"meanwhile", timeout=60, retries=0)
+            assert r.outputs == [("invoke/echo", b"meanwhile")]
+            assert not spinning.done(), "echo was answered only after the spinning call ended"
+            r = await spinning
+            assert r.outputs == [] and [d["kind"] for d in r.dead_letters] == ["timeout"]
+        finally:
+            if server is not None:
+                await server.stop()
+            node.stop()
+            await asyncio.wait_for(task, 30)
+            for c in (nc, caller):
+                if c is not None:
+                    await c.close()
+
+    asyncio.run(main())

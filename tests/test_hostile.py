@@ -10,7 +10,7 @@ import pytest
 
 from iotwasm.container import State, WasmContainer
 from iotwasm.engine import Capabilities, HostContext, Limits, prepare
-from iotwasm.errors import (AbiError, FuelExhausted, GuestTrap, InitError, InvalidModule,
+from iotwasm.errors import (AbiError, ConfigError, FuelExhausted, GuestTrap, InitError, InvalidModule,
                             MemoryLimitExceeded, OutputLimitExceeded, StackLimitExceeded,
                             TimeoutExceeded)
 from iotwasm.message import Message
@@ -39,6 +39,20 @@ def test_infinite_loop_hits_timeout(runtime):
     err = run_one(runtime, "infinite_loop", Limits(timeout_ms=30))
     assert isinstance(err, TimeoutExceeded)
     assert one_line(err) == "infinite_loop:iot_process: timeout 30ms exceeded"
+
+
+def test_a_call_without_a_timeout_gets_the_runtime_maximum():
+    from iotwasm.engine import Runtime
+
+    with Runtime(max_timeout_ms=40) as rt:
+        err = run_one(rt, "infinite_loop", Limits(timeout_ms=None))
+        assert isinstance(err, TimeoutExceeded)
+        assert one_line(err) == "infinite_loop:iot_process: timeout 40ms exceeded"
+        c = WasmContainer("greedy", module_path("infinite_loop.wat"), runtime=rt,
+                          limits=Limits(timeout_ms=41))
+        with pytest.raises(ConfigError, match="^greedy: timeout 41ms is above the maximum of 40ms per call$"):
+            c.start()
+        assert c.state == State.ERROR and c.restart_due_in() is None   # permanent: not retried
 
 
 def test_infinite_loop_hits_fuel(runtime):

@@ -60,6 +60,27 @@ def test_every_problem_is_reported_with_its_field_path():
     assert len(problems) == 5
 
 
+@pytest.mark.parametrize("timeout,shown", [('"0"', "'0'"), ("0", "0"), ("0s", "'0s'"), ("none", "'none'"),
+                                           ("unlimited", "'unlimited'"), ("-1s", "'-1s'"), ("~", "None")])
+def test_a_timeout_meaning_no_limit_is_refused_naming_the_field(timeout, shown):
+    text = ("apiVersion: iotwasm.io/v1\nkind: Deployment\nmetadata: {name: x}\n"
+            f"spec: {{module: m.wasm, resources: {{timeout: {timeout}}}}}")
+    with pytest.raises(ManifestError) as e:
+        parse_documents(text, "f.yaml")
+    assert e.value.problems == [f"f.yaml#1 (Deployment x) spec.resources.timeout: timeout {shown} is not a "
+                                f"time limit; every call needs a positive one, such as 50ms or 2s"
+                                + (" (leave the field out for 1s)" if timeout == "~" else "")]
+
+
+def test_restart_backoff_must_be_one_a_container_can_follow():
+    text = ("apiVersion: iotwasm.io/v1\nkind: Deployment\nmetadata: {name: x}\n"
+            "spec: {module: m.wasm, restartPolicy: {backoff: 0s}}")
+    with pytest.raises(ManifestError) as e:
+        parse_documents(text, "f.yaml")
+    assert e.value.problems == ["f.yaml#1 (Deployment x) spec.restartPolicy: restart policy: backoff needs "
+                                "0 < initial (0.0) <= maximum (60.0)"]
+
+
 @pytest.mark.parametrize("text,needle", [
     ("apiVersion: iotwasm.io/v1\nkind: Pod\nmetadata: {name: x}\nspec: {}", "kind: must be one of Deployment, Route"),
     ("- just\n- a list", "a manifest must be a mapping"),

@@ -364,3 +364,22 @@ def test_manifest_changes_are_noticed_without_waiting_for_the_poll(site):
             node.stop()
             await asyncio.wait_for(task, 20)
     asyncio.run(main())
+
+
+def test_a_deployment_asking_more_time_than_the_node_allows_is_refused(site):
+    tmp, mdir = site
+    write(mdir, "d.yaml", deployment("ok", tmp / "echo.wat").replace(
+        "  replicas:", "  resources: {timeout: 1s}\n  replicas:") + "---" +
+        deployment("greedy", tmp / "echo.wat").replace("  replicas:", "  resources: {timeout: 2s}\n  replicas:"))
+
+    async def main():
+        node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, max_timeout_ms=1000))
+        await node.start()
+        try:
+            assert set(node.deployments) == {"ok"}
+            assert node.last_problems == ["Deployment greedy: resources.timeout 2s is above this node's "
+                                          "maximum of 1s per call (iotwasm up --max-timeout)"]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())

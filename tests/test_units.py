@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from iotwasm.engine import Capabilities, Limits, format_size, parse_count, parse_duration_ms, parse_size
+from iotwasm.engine import (Capabilities, Limits, format_duration_ms, format_size, parse_count,
+                            parse_duration_ms, parse_size, parse_timeout_ms)
 from iotwasm.errors import ConfigError
 
 
@@ -33,6 +34,21 @@ def test_bad_duration_names_the_value(bad):
 def test_bad_size_names_the_value(bad):
     with pytest.raises(ConfigError, match="cannot read size"):
         parse_size(bad)
+
+
+@pytest.mark.parametrize("bad", ["0", 0, "0ms", "0.0s", "none", "None", "off", "unlimited", "inf", "-1", -5,
+                                 "-1s", "never"])
+def test_a_timeout_meaning_no_limit_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"^timeout .* is not a time limit; every call needs a positive one"):
+        parse_timeout_ms(bad)
+    with pytest.raises(ConfigError, match="is not a time limit"):
+        Limits.parse(timeout=bad)
+
+
+def test_timeouts_and_their_display():
+    assert parse_timeout_ms("50ms") == 50 and parse_timeout_ms(250) == 250 and parse_timeout_ms("2s") == 2000
+    assert [format_duration_ms(x) for x in (50, 999.5, 1000, 1500, 90_000)] == ["50ms", "999.5ms", "1s", "1.5s", "90s"]
+    assert Limits(timeout_ms=None).describe().endswith("timeout the maximum, stack 512Ki, instances 64")
 
 
 def test_limits_validation_and_description():

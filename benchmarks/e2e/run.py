@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/e2e/run.py --quick      # smoke run (~2.5 min), results/e2e-quick.json
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm --profile --no-hot-update
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm --rates 20,200,1000,5000 --no-hot-update
+    .venv/bin/python benchmarks/e2e/run.py --only iotwasm-baseline,iotwasm --baseline ../base --no-hot-update
 
 Partial runs (--only, --rates, --no-hot-update) write results/e2e-partial.json, or --out PATH.
 
@@ -23,6 +24,10 @@ tests/brokers.py) on a free loopback port:
   and publish; no sandbox.
 * ``node-red``: Node-RED (benchmarks/e2e/package.json, installed into node_modules/ here on
   first use) running nodered/flow.json headless: mqtt in → function → mqtt out.
+* ``iotwasm-baseline``: the ``iotwasm`` system run from another checkout (``--baseline DIR``,
+  e.g. ``git worktree add ../base main``; its ``src`` goes first on PYTHONPATH, everything else
+  — this environment, the modules, the broker, the load — is the same), so that a change is
+  measured before and after in one run, on the same machine at the same time.
 
 Load: loadgen.py (a separate process) offers 1,000 / 5,000 / 10,000 msg/s for N seconds each;
 every message carries its seq and time.time_ns(). A collector (another process) subscribed to
@@ -89,7 +94,9 @@ PASS_FRACTION = 0.8
 TARGET_RATIO = 2.0        # iotwasm sustained throughput ≥ 2× Node-RED's
 TARGET_P99_MS = 5.0       # p99 at 5k msg/s
 SYSTEMS = ("iotwasm", "iotwasm-saf", "python", "node-red")
+BASELINE = "iotwasm-baseline"   # only with --baseline DIR
 TITLES = {
+    BASELINE: "iotwasm baseline (storeAndForward: false)",
     "iotwasm": "iotwasm (storeAndForward: false)",
     "iotwasm-saf": "iotwasm (storeAndForward: true, default)",
     "python": "plain Python (paho-mqtt)",
@@ -477,8 +484,13 @@ class SUT:
 
 
 class IotwasmNode(SUT):
-    def __init__(self, key: str, workdir: Path, broker, saf: bool, name: str):
+    def __init__(self, key: str, workdir: Path, broker, saf: bool, name: str, src: Path | None = None):
+        """`src`: another checkout's `src` directory to run the node from (a baseline)."""
         self.key, self.workdir, self.broker, self.saf, self.name = key, workdir, broker, saf, name
+        self.env = None
+        if src is not None:
+            self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [str(src), *filter(None, [os.environ.get("PYTHONPATH")])])}
         self.mdir = workdir / "manifests"
         self.data = workdir / "data"
         self.mdir.mkdir(parents=True)
@@ -491,7 +503,7 @@ class IotwasmNode(SUT):
         self.proc = PROCS.spawn(
             [PY, "-m", "iotwasm.cli.main", "up", str(self.mdir), "--broker", self.broker.url,
              "--data", str(self.data), "--name", self.name],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         online = wait_status_online(self.broker, self.name, 60, self.alive)
         return {"startup_s": round(time.monotonic() - t0, 2), "status_online_after_s": round(online, 2)}
 
@@ -601,7 +613,13 @@ def ensure_node_red() -> None:
 
 
 # -- one system: startup, warm-up, the load steps --------------------------------------------
+#: the other checkout's src directory, from --baseline
+BASELINE_SRC: Path | None = None
+
+
 def make_sut(key: str, workdir: Path, broker) -> SUT:
+    if key == BASELINE:
+        return IotwasmNode(key, workdir, broker, saf=False, name="e2e-baseline", src=BASELINE_SRC)
     if key == "iotwasm":
         return IotwasmNode(key, workdir, broker, saf=False, name="e2e-direct")
     if key == "iotwasm-saf":
@@ -1019,19 +1037,20 @@ def machine_info() -> dict:
     }
 
 
-def code_version() -> str:
-    """The commit the node runs from, '+dirty' when src/ has uncommitted changes."""
+def code_version(root: Path = ROOT) -> str:
+    """The commit the node runs from, '+dirty' when src/ has uncommitted changes ('unknown'
+    outside a git checkout)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root,
                                capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     if not head:
         return "unknown"
     if dirty:  # the content of the changes, so that two dirty states can be told apart
-        diff = subprocess.run(["git", "diff", "HEAD", "--", "src"], cwd=ROOT, capture_output=True,
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "src"], cwd=root, capture_output=True,
                               timeout=10, check=False).stdout
         return f"{head}+dirty:{hashlib.sha256(diff).hexdigest()[:8]}"
     return head
@@ -1039,7 +1058,8 @@ def code_version() -> str:
 
 def machine_line(m: dict) -> str:
     mem = f", {m['memory_bytes'] / 2**30:.0f} GiB RAM" if m.get("memory_bytes") else ""
-    return (f"iotwasm {m.get('code')}; {m['cpu']}, {m['cores']} cores{mem}, {m['os']}, {m['python']}, wasmtime-py "
+    base = f" (baseline {m['baseline']['code']})" if m.get("baseline") else ""
+    return (f"iotwasm {m.get('code')}{base}; {m['cpu']}, {m['cores']} cores{mem}, {m['os']}, {m['python']}, wasmtime-py "
             f"{m['wasmtime']}, paho-mqtt {m['paho-mqtt']}, {m['mosquitto']}, Node.js {m['node']}, "
             f"Node-RED {m.get('node-red')}, {m['date']}")
 
@@ -1088,13 +1108,31 @@ def summary(results: dict) -> dict:
                                            else out[k]["vs_node_red"] >= TARGET_RATIO)
         out[k]["p99_target_met"] = (None if out[k]["p99_at_5k_ms"] is None
                                     else out[k]["p99_at_5k_ms"] <= TARGET_P99_MS and ph5["lost"] == 0)
+    if BASELINE in s and "iotwasm" in s:   # the same system before and after a change
+        base, now = s[BASELINE], s["iotwasm"]
+        cmp: dict = {"sustained": _ratio(sustained(now), sustained(base)), "steps": {}}
+        for ph in now.get("phases", []):
+            b = phase_of(base, ph["label"])
+            if b is not None and ph["label"] != "flood":
+                cmp["steps"][ph["label"]] = {
+                    "cpu_per_msg": _ratio(ph["cpu"]["sut_us_per_input_msg"], b["cpu"]["sut_us_per_input_msg"]),
+                    "p50": _ratio(ph["p50_ms"], b["p50_ms"]), "p99": _ratio(ph["p99_ms"], b["p99_ms"])}
+        out["vs_baseline"] = cmp
     return out
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 3) if a and b else None
 
 
 def fmt_ms(x) -> str:
     if x is None:
         return "–"
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def fmt_x(x) -> str:
+    return "–" if x is None else f"{x:.2f}×"
 
 
 def markdown(results: dict) -> str:
@@ -1143,6 +1181,12 @@ def markdown(results: dict) -> str:
         lines.append(f"- {TITLES[k]}: {r1} Node-RED's sustained throughput (target ≥ {TARGET_RATIO:.0f}×: "
                      f"{met1}), {r2} plain Python's; p99 at 5k msg/s {fmt_ms(t['p99_at_5k_ms'])} ms "
                      f"(target ≤ {TARGET_P99_MS:.0f} ms: {met2})")
+    vb = su.get("vs_baseline")
+    if vb:
+        steps = "; ".join(f"{label}: CPU/msg {fmt_x(r['cpu_per_msg'])}, p50 {fmt_x(r['p50'])}, "
+                          f"p99 {fmt_x(r['p99'])}" for label, r in vb["steps"].items())
+        lines += ["", (f"{TITLES['iotwasm']} against {TITLES[BASELINE]}, same run: sustained throughput "
+                       f"{fmt_x(vb['sustained'])}; {steps} (below 1× is less).")]
     for hu in results.get("hot_update") or []:
         lines.append("")
         if hu.get("load"):
@@ -1179,6 +1223,8 @@ def main() -> int:
     ap.add_argument("--no-hot-update", action="store_true", help="skip the hot-update step")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the iotwasm node during the 10k/s and max steps")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help=f"another checkout of iotwasm: system {BASELINE} runs the node from its src")
     ap.add_argument("--bus-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--bus-probe-n", type=int, default=3000, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help="result file (default: results/e2e.json, "
@@ -1189,8 +1235,16 @@ def main() -> int:
         return 0
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in only:
-        if s not in SYSTEMS:
-            ap.error(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)}")
+        if s not in SYSTEMS and s != BASELINE:
+            ap.error(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)} (and {BASELINE} "
+                     f"with --baseline)")
+    if (BASELINE in only) != (args.baseline is not None):
+        ap.error(f"--baseline DIR and system {BASELINE} go together")
+    if args.baseline is not None:
+        global BASELINE_SRC
+        BASELINE_SRC = args.baseline.resolve() / "src"
+        if not (BASELINE_SRC / "iotwasm" / "__init__.py").exists():
+            ap.error(f"--baseline {args.baseline}: no src/iotwasm there")
     cfg = Config.make(args.quick)
     if args.rates:
         cfg.rates = tuple(int(r) for r in args.rates.split(","))
@@ -1202,6 +1256,8 @@ def main() -> int:
 
     t_start = time.monotonic()
     machine = machine_info()
+    if BASELINE_SRC is not None:
+        machine["baseline"] = {"src": str(BASELINE_SRC), "code": code_version(BASELINE_SRC.parent)}
     results: dict = {"machine": machine, "quick": cfg.quick,
                      "command": " ".join([".venv/bin/python" if ".venv" in PY else PY, *sys.argv]),
                      "config": {"rates": cfg.rates, "rate_seconds": cfg.rate_seconds,

@@ -8,7 +8,8 @@ JSON document on a topic of the node's bus and/or POSTs it to a webhook, records
 
 Quantities (rates are over the interval since the previous evaluation):
 
-* ``route_error_rate``: dead letters / received messages of a route
+* ``route_error_rate``: dead letters / received messages of a route (a message received
+  in an earlier interval and dead-lettered in this one counts as received here too)
 * ``route_backlog``: store-and-forward backlog of a route's sinks
 * ``route_queue_depth``: messages waiting in a route
 * ``deployment_errors``: new errors of a deployment (all kinds)
@@ -126,7 +127,8 @@ class AlertEvaluator:
             if m == "route_error_rate":
                 received = self._delta((rule.name, "received"), s.received)
                 dead = self._delta((rule.name, "dead"), s.dead_letters)
-                return dead / received if received else 0.0
+                # a batch received in one interval may be dead-lettered in the next
+                return dead / max(received, dead) if dead else 0.0
             if m == "route_backlog":
                 return float(sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks))
             return float(rec.runner.depth())

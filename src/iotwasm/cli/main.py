@@ -15,6 +15,7 @@ from rich.table import Table
 from ..container import RestartPolicy, WasmContainer
 from ..engine import Capabilities, Limits, Preopen, Runtime
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import IotwasmError
 from ..message import Message
 
@@ -118,7 +119,8 @@ def run(
         _fail(e)
     source = input.open("rb") if input else sys.stdin.buffer
     dead = 0
-    rt = Runtime()
+    # the limit given on this command line is the one that counts, however long
+    rt = Runtime(max_timeout_ms=max(DEFAULT_MAX_TIMEOUT_MS, limits.timeout_ms or 0))
     try:
         container = WasmContainer(module.stem, module, runtime=rt, limits=limits, capabilities=caps,
                                   restart=RestartPolicy(mode="never"),
@@ -240,6 +242,9 @@ def up(
     trust_key: list[Path] = typer.Option([], "--trust-key", help="public key PEM (from iotwasm keygen) whose "
                                          "signature a fleet module needs before this node loads it; "
                                          "repeatable (any one of the keys suffices)"),
+    max_timeout: str = typer.Option("10s", "--max-timeout",
+                                    help="the longest one call into a module may run; a deployment "
+                                         "asking for more (resources.timeout) is refused"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -254,7 +259,13 @@ def up(
     # whatever the node or a library creates is the node user's alone (the data directory
     # holds tokens' hashes, kv data, dead-letter payloads and secret config values)
     os.umask(0o077)
-    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http)
+    from ..engine.limits import parse_timeout_ms
+
+    try:
+        max_timeout_ms = parse_timeout_ms(max_timeout)
+    except IotwasmError as e:
+        _fail(IotwasmError(f"--max-timeout: {e}"))
+    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms)
     if name:
         cfg.name = name
     settings = None

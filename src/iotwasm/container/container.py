@@ -6,17 +6,25 @@ and restarts itself with exponential backoff after failures, as its restart poli
 
 Thread-safe: several threads may call `process` at once; each batch runs on one idle
 instance, and wasm runs without holding the GIL, so replicas really run in parallel.
+
+An instance in use is never closed. Restarts, crash-loop recovery, scaling down and replacing
+a broken instance run on other threads while batches are inside instances; an instance they
+take out of the pool while it is busy is *retired*: it finishes its batch and is closed when
+released. (Closing it earlier would free its wasmtime Store under the running call, and
+wasmtime aborts the whole process.)
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..backoff import Backoff
 from ..engine import (Capabilities, CompiledModule, Guest, GuestFactory, HostContext, KeyValue,
                       Limits, Runtime, prepare)
 from ..engine.module import ModuleSource
@@ -42,7 +50,9 @@ class RestartPolicy:
     - ``never``: stay in error until someone calls `restart()`.
 
     Backoff starts at `backoff_s`, doubles per consecutive failed attempt up to
-    `max_backoff_s`, and resets after `reset_after_s` of healthy running.
+    `max_backoff_s`, and resets after `reset_after_s` of healthy running. Each wait is the
+    shared `iotwasm.backoff.Backoff`: up to `jitter` (a share) shorter than that, so the
+    containers of many nodes that failed together do not all come back at the same moment.
     """
 
     mode: str = "on-failure"
@@ -52,13 +62,23 @@ class RestartPolicy:
     reset_after_s: float = 60.0
     #: consecutive batches in which every message failed by trap or limit = a crash loop
     crash_loop_batches: int = 10
+    jitter: float = 0.2
 
     def __post_init__(self) -> None:
         if self.mode not in ("always", "on-failure", "never"):
             raise ConfigError(f"restart policy {self.mode!r} is not one of always, on-failure, never")
+        try:
+            self.backoff(random.Random(0))
+        except ValueError as e:
+            raise ConfigError(f"restart policy: {e}") from None
+
+    def backoff(self, rng: random.Random | None = None) -> Backoff:
+        """The retry delays this policy asks for (one per container: it counts failures)."""
+        return Backoff(self.backoff_s, self.max_backoff_s, jitter=self.jitter, rng=rng)
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_backoff_s, self.backoff_s * (2 ** max(0, attempt - 1)))
+        """The longest wait before restart attempt `attempt` (1 = after the first failure)."""
+        return self.backoff(random.Random(0)).ceiling(attempt)
 
 
 @dataclass
@@ -100,6 +120,8 @@ class _Slot:
         self.weight = weight
         self.current_weight = 0
         self.busy = False
+        #: taken out of the pool while busy: its guest is closed when its batch releases it
+        self.retired = False
         self.busy_seconds = 0.0
         self.stats = InstanceStats(index)
 
@@ -139,7 +161,10 @@ class WasmContainer:
                  kv: KeyValue | None = None, digest: str | None = None,
                  on_log: Callable[[str, int, str], None] | None = None,
                  on_metric: Callable[[str, int, str, float], None] | None = None,
-                 on_transition: Callable[[Transition], None] | None = None):
+                 on_transition: Callable[[Transition], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+        """`clock` (monotonic seconds) and `rng` (the restart backoff's jitter) are injectable
+        so that restart timing can be tested without waiting."""
         self.name = name
         self.runtime = runtime
         self.limits = limits or Limits()
@@ -160,10 +185,12 @@ class WasmContainer:
         self.compiled: CompiledModule | None = None
         self._factory: GuestFactory | None = None
         self._slots: list[_Slot] = []
+        self._retired: list[_Slot] = []  # out of the pool, still running a batch
         self._cond = threading.Condition()
         self._admin = threading.RLock()  # serialises start/stop/scale/restart
         self.restarts = 0
-        self._attempt = 0
+        self._clock = clock
+        self._backoff = self.restart_policy.backoff(rng)
         self._next_restart_at: float | None = None
         self._running_since = 0.0
         self._failed_batches = 0
@@ -195,11 +222,11 @@ class WasmContainer:
         self._factory = prepare(self.compiled, self.limits, self.host)
         slots = [_Slot(i, self._factory.new_guest(), self._weight(i)) for i in range(self._replicas)]
         with self._cond:
-            self._close_slots()
+            self._retire(self._slots)
             self._slots = slots
         lc.move(State.INSTANTIATED, f"{len(slots)} instance(s)")
         lc.move(State.RUNNING, reason)
-        self._running_since = time.monotonic()
+        self._running_since = self._clock()
         self._failed_batches = 0
 
     def suspend(self, reason: str = "suspended") -> None:
@@ -210,15 +237,17 @@ class WasmContainer:
         self.lifecycle.move(State.RUNNING, reason)
 
     def stop(self, reason: str = "stopped") -> None:
-        """Terminate: wait for in-flight batches, then release every instance."""
+        """Terminate: wait for in-flight batches (retired instances' too), then release every
+        instance."""
         with self._admin:
             if self.state == State.TERMINATED:
                 return
             self.lifecycle.move(State.TERMINATED, reason)
             with self._cond:
-                while any(s.busy for s in self._slots):
+                while self._retired or any(s.busy for s in self._slots):
                     self._cond.wait()
-                self._close_slots()
+                self._retire(self._slots)
+                self._slots = []
                 self._cond.notify_all()
 
     def restart(self, reason: str = "manual restart") -> None:
@@ -234,9 +263,9 @@ class WasmContainer:
             log.warning("container %s failed: %s", self.name, err)
         if self.lifecycle.can(State.ERROR):
             self.lifecycle.move(State.ERROR, reason or str(err))
-        self._attempt += 1
+        delay = self._backoff.next()
         if self._will_restart(err):
-            self._next_restart_at = time.monotonic() + self.restart_policy.delay(self._attempt)
+            self._next_restart_at = self._clock() + delay
         else:
             self._next_restart_at = None
 
@@ -255,7 +284,7 @@ class WasmContainer:
         """Seconds until the next automatic restart attempt; None if none is planned."""
         if self.state != State.ERROR or self._next_restart_at is None:
             return None
-        return max(0.0, self._next_restart_at - time.monotonic())
+        return max(0.0, self._next_restart_at - self._clock())
 
     def tick(self) -> None:
         """Attempt a due restart. Callers with a sync loop call this periodically."""
@@ -290,7 +319,8 @@ class WasmContainer:
         return self._replicas
 
     def scale(self, replicas: int) -> None:
-        """Add or remove instances while running; removed ones finish their batch first."""
+        """Add or remove instances while running. Removed instances take no new batch; a
+        busy one finishes its batch and is closed then (scaling down never waits)."""
         self._check_replicas(replicas)
         with self._admin:
             self._replicas = replicas
@@ -302,22 +332,25 @@ class WasmContainer:
                    for i in range(current, replicas)]
             with self._cond:
                 self._slots.extend(new)
-                while len(self._slots) > replicas:
-                    idle = [s for s in self._slots[replicas:] if not s.busy]
-                    if not idle:
-                        self._cond.wait()
-                        continue
-                    self._slots.remove(idle[-1])
-                    idle[-1].guest.close()
+                # idle instances are the first to go: a busy one stays in the pool if it can
+                keep = sorted(self._slots, key=lambda s: not s.busy)[:replicas]
+                self._retire([s for s in self._slots if s not in keep])
+                self._slots = sorted(keep, key=lambda s: s.index)
                 for i, s in enumerate(self._slots):
                     s.index = i
                     s.stats.index = i
                 self._cond.notify_all()
 
-    def _close_slots(self) -> None:
-        for s in self._slots:
-            s.guest.close()
-        self._slots = []
+    def _retire(self, slots: Sequence[_Slot]) -> None:
+        """Take `slots` out of service (call with `_cond` held): idle instances are closed now,
+        busy ones when their batch releases them — never under a running call."""
+        for s in slots:
+            if s.busy:
+                if not s.retired:
+                    s.retired = True
+                    self._retired.append(s)
+            else:
+                s.guest.close()
 
     # -- work ----------------------------------------------------------------------------
     def process(self, messages: Sequence[Message]) -> BatchResult:
@@ -331,6 +364,7 @@ class WasmContainer:
         self._ensure_running()
         slot = self._acquire()
         t0 = time.perf_counter()
+        lost: IotwasmError | None = None
         try:
             try:
                 result = slot.guest.process(messages)
@@ -342,9 +376,14 @@ class WasmContainer:
             elapsed = time.perf_counter() - t0
             self._account(slot, messages, result, elapsed)
             if slot.guest.broken is not None:
-                self._replace(slot)
+                lost = self._replace(slot)
         finally:
             self._release(slot, time.perf_counter() - t0)
+        if lost is not None:
+            # after the release: stop() holds _admin while it waits for busy instances
+            with self._admin:
+                if not slot.retired:
+                    self._fail(lost)
         self._watch_health(messages, result)
         return result
 
@@ -383,7 +422,12 @@ class WasmContainer:
         with self._cond:
             slot.busy = False
             slot.busy_seconds += busy
-            self._cond.notify()
+            if slot.retired:
+                self._retired.remove(slot)
+                slot.guest.close()  # its batch is over: nothing runs in it any more
+                self._cond.notify_all()  # stop() may be waiting for the last one
+            else:
+                self._cond.notify()
 
     def _account(self, slot: _Slot, messages, result: BatchResult, elapsed: float) -> None:
         st = slot.stats
@@ -400,15 +444,24 @@ class WasmContainer:
         st.last_latency_ms = elapsed * 1000
         st.total_latency_ms += elapsed * 1000
 
-    def _replace(self, slot: _Slot) -> None:
-        """A guest that could not recover after a trap is swapped for a new instance."""
-        slot.guest.close()
+    def _replace(self, slot: _Slot) -> IotwasmError | None:
+        """A guest that could not recover after a trap is swapped for a new instance.
+
+        Called by the thread whose batch just used it, before it releases the slot: the guest
+        is not in use by anyone else. A slot retired meanwhile gets no new instance. Returns
+        the error when no new instance could be made (the container has then failed)."""
+        if slot.retired:
+            return None
+        factory = self._factory
+        assert factory is not None  # a slot exists only once the container was brought up
         try:
-            slot.guest = self._factory.new_guest()
+            guest = factory.new_guest()
         except IotwasmError as e:
             slot.guest.broken = e  # keeps refusing work until the container restarts
-            with self._admin:
-                self._fail(e)
+            return e
+        old, slot.guest = slot.guest, guest
+        old.close()
+        return None
 
     def _watch_health(self, messages, result: BatchResult) -> None:
         hard = sum(1 for d in result.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
@@ -416,8 +469,9 @@ class WasmContainer:
             self._failed_batches += 1
         else:
             self._failed_batches = 0
-            if self._attempt and time.monotonic() - self._running_since > self.restart_policy.reset_after_s:
-                self._attempt = 0
+            if self._backoff.failures and \
+                    self._clock() - self._running_since > self.restart_policy.reset_after_s:
+                self._backoff.reset()
         if self._failed_batches >= self.restart_policy.crash_loop_batches and self.state == State.RUNNING:
             err = result.dead_letters[-1].error
             with self._admin:

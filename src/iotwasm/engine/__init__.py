@@ -10,11 +10,12 @@ Public surface:
 
 from __future__ import annotations
 
-from ..errors import AbiError, InvalidModule
+from ..errors import AbiError, ConfigError, InvalidModule
 from .abi_v1 import V1Factory, V1Guest
 from .capabilities import HOST_CAPABILITIES, Capabilities, Preopen
 from .host import HostContext, KeyValue, MemoryKeyValue
-from .limits import Limits, format_size, parse_count, parse_duration_ms, parse_size
+from .limits import (Limits, format_duration_ms, format_size, parse_count, parse_duration_ms,
+                     parse_size, parse_timeout_ms)
 from .module import ABI_COMPONENT, ABI_NONE, ABI_V1, ABI_WASI, ModuleInfo
 from .runtime import CompiledModule, EngineSettings, Runtime
 from .wasi import WasiFactory, WasiGuest
@@ -24,7 +25,15 @@ GuestFactory = V1Factory | WasiFactory
 
 
 def prepare(compiled: CompiledModule, limits: Limits, host: HostContext) -> GuestFactory:
-    """Link `compiled` for one container. Raises typed errors for ABI or capability problems."""
+    """Link `compiled` for one container. Raises typed errors for ABI or capability problems,
+    and ConfigError for a timeout above the runtime's maximum.
+
+    Every factory gets `limits` bounded by the runtime (`Runtime.bounded`): its calls always
+    have a time limit."""
+    try:
+        limits = compiled.runtime.bounded(limits)
+    except ConfigError as e:
+        raise ConfigError(str(e), module=compiled.name) from None
     abi = compiled.info.abi
     if abi == ABI_V1:
         return V1Factory(compiled, limits, host)
@@ -46,5 +55,6 @@ __all__ = [
     "ABI_COMPONENT", "ABI_NONE", "ABI_V1", "ABI_WASI", "Capabilities", "CompiledModule",
     "EngineSettings", "Guest", "GuestFactory", "HOST_CAPABILITIES", "HostContext",
     "InvalidModule", "KeyValue", "Limits", "MemoryKeyValue", "ModuleInfo", "Preopen", "Runtime",
-    "format_size", "inspect", "parse_count", "parse_duration_ms", "parse_size", "prepare",
+    "format_duration_ms", "format_size", "inspect", "parse_count", "parse_duration_ms",
+    "parse_size", "parse_timeout_ms", "prepare",
 ]

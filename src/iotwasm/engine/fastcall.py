@@ -7,6 +7,12 @@ the signature, so `RawFunc` checks the export's type once, when it is bound, and
 passes i32 arguments. ctypes releases the GIL for the duration of the call, so wasm runs in
 parallel with other Python threads.
 
+Every handle here (RawFunc, Exports, GuestMemory, StoreControl) keeps a raw pointer into its
+Store's context, so each also holds a strong reference to the Store: the Store cannot be freed
+while anyone can still call through a handle. Dropping a Store while a call runs in it makes
+wasmtime abort the process; the container pool's other half of that rule is never to close an
+instance that is in use (see docs/engine.md, "Store lifetime").
+
 This module is the only place that touches wasmtime's C API directly. It relies on the
 bindings of wasmtime-py 50.0.1 (pinned in pyproject.toml); tests/test_fastcall.py proves it
 agrees with the public API.
@@ -26,9 +32,19 @@ from ..errors import AbiError
 WASMTIME_VERSION = "50.0.1"
 
 
-def _fast(symbol: str, restype):
-    """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed."""
-    fn = type(ffi.dll.wasmtime_func_call_unchecked)((symbol, ffi.dll))
+# The same library, called without releasing the GIL: for the short accessors below a GIL
+# release is pure cost, and on a worker thread each release lets the busy event loop take the
+# GIL, which the worker then waits to get back (up to the interpreter's switch interval).
+_held = ctypes.PyDLL(ffi.dll._name, handle=ffi.dll._handle)
+
+
+def _fast(symbol: str, restype, *, release_gil: bool = False):
+    """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed.
+
+    Only a call that runs guest code releases the GIL (`release_gil`): wasm then runs in
+    parallel with other Python threads. Accessors that return at once keep it."""
+    lib = ffi.dll if release_gil else _held
+    fn = type(getattr(lib, symbol))((symbol, lib))
     fn.restype = restype
     fn.argtypes = None
     return fn
@@ -36,7 +52,7 @@ def _fast(symbol: str, restype):
 
 # Without argtypes ctypes skips per-argument conversion, which is most of the cost of a call.
 # Every argument is passed as a ready-made ctypes object of the right C type.
-_call_unchecked = _fast("wasmtime_func_call_unchecked", ctypes.c_void_p)
+_call_unchecked = _fast("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
 
 _memory_data_fast = _fast("wasmtime_memory_data", ctypes.c_void_p)
 _memory_data_size_fast = _fast("wasmtime_memory_data_size", ctypes.c_size_t)
@@ -78,8 +94,8 @@ def take_host_failure() -> Exception | None:
 class RawFunc:
     """A wasm export bound once and called many times with i32 arguments."""
 
-    __slots__ = ("name", "_ctx", "_keep", "_func", "_vals", "_args", "_nvals", "_trap", "_trap_ref",
-                 "_result")
+    __slots__ = ("name", "_store", "_ctx", "_keep", "_func", "_vals", "_args", "_nvals", "_trap",
+                 "_trap_ref", "_result")
 
     def __init__(self, store: wasmtime.Store, func, name: str,
                  params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True):
@@ -96,6 +112,7 @@ class RawFunc:
                 raise AbiError(f"export {name} has signature {have}, expected "
                                f"{signature(params, results)}")
         self.name = name
+        self._store = store  # the context pointer below is only valid while the Store lives
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
         self._keep = func
         self._func = ctypes.byref(func._func)
@@ -142,9 +159,10 @@ class Exports:
     so it avoids wasmtime-py's per-export Python objects.
     """
 
-    __slots__ = ("_ctx", "_inst")
+    __slots__ = ("_store", "_ctx", "_inst")
 
     def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance):
+        self._store = store
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
         self._inst = ctypes.byref(instance._instance)
 
@@ -169,10 +187,11 @@ class GuestMemory:
     write is checked against that size: a raw memmove past the end would take the node down.
     """
 
-    __slots__ = ("_ctx", "_mem", "_keep", "_size", "_view")
+    __slots__ = ("_store", "_ctx", "_mem", "_keep", "_size", "_view")
 
     def __init__(self, store: wasmtime.Store, memory):
         """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`."""
+        self._store = store
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
         raw = memory._memory if isinstance(memory, wasmtime.Memory) else memory.of.memory
         self._keep = memory  # the struct must outlive the reference to it
@@ -217,9 +236,10 @@ class GuestMemory:
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
-    __slots__ = ("_ctx", "_fuel_out", "_ticks", "_ticks_c")
+    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c")
 
     def __init__(self, store: wasmtime.Store):
+        self._store = store
         self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
         self._fuel_out = ctypes.c_uint64(0)
         self._ticks = -1

@@ -3,6 +3,10 @@
 Limits are per container and apply to every instance of it: memory (bytes of linear memory),
 fuel per call (instructions, deterministic), wall-clock timeout per call (epoch interruption),
 wasm stack size, number of instances, and output bytes per batch.
+
+Every call has a time limit. A timeout of `None` means "the runtime's maximum"
+(`Runtime(max_timeout_ms=...)`, on a node `iotwasm up --max-timeout`); written limits that
+would mean no limit at all ("0", "none", negative) are refused.
 """
 
 from __future__ import annotations
@@ -50,6 +54,28 @@ def parse_duration_ms(text: str | int | float) -> float:
     return _parse(text, _TIME_UNITS, "duration")
 
 
+#: what people write when they mean "no time limit"; a call always has one
+_NO_LIMIT = frozenset({"0", "none", "null", "off", "no", "false", "never", "unlimited", "infinite",
+                       "infinity", "inf"})
+
+
+def parse_timeout_ms(text: str | int | float) -> float:
+    """A per-call time limit in milliseconds ('50ms' -> 50.0); refuses 0, negative values and
+    words meaning "no limit", since a call without a limit can freeze its caller for ever."""
+    word = str(text).strip().lower()
+    if (isinstance(text, (int, float)) and not isinstance(text, bool) and text <= 0) or \
+            word in _NO_LIMIT or word.startswith("-") or (
+            _NUM.match(word) and parse_duration_ms(word) <= 0):
+        raise ConfigError(f"timeout {text!r} is not a time limit; every call needs a positive one, "
+                          f"such as 50ms or 2s")
+    return parse_duration_ms(text)
+
+
+def format_duration_ms(ms: float) -> str:
+    """50.0 -> '50ms', 2000.0 -> '2s', 1500.0 -> '1.5s', 90000.0 -> '90s'."""
+    return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms:g}ms"
+
+
 def format_size(n: int) -> str:
     for unit, scale in (("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
         if n >= scale and n % scale == 0:
@@ -59,7 +85,8 @@ def format_size(n: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-container resource limits. `None` means unlimited for fuel and timeout.
+    """Per-container resource limits. Fuel `None` means unmetered; timeout `None` means the
+    runtime's maximum (there is always a time limit).
 
     Defaults are deliberately safe for untrusted code: 64 MiB of memory, one second of wall
     time per call, a 512 KiB wasm stack and 16 MiB of output per batch. Fuel is off by default
@@ -98,7 +125,7 @@ class Limits:
         if fuel is not None:
             kw["fuel"] = parse_count(fuel) or None
         if timeout is not None:
-            kw["timeout_ms"] = parse_duration_ms(timeout) or None
+            kw["timeout_ms"] = parse_timeout_ms(timeout)
         if stack is not None:
             kw["stack"] = parse_size(stack)
         if max_instances is not None:
@@ -109,6 +136,6 @@ class Limits:
 
     def describe(self) -> str:
         fuel = "unlimited" if self.fuel is None else f"{self.fuel:,}"
-        timeout = "none" if self.timeout_ms is None else f"{self.timeout_ms:g}ms"
+        timeout = "the maximum" if self.timeout_ms is None else f"{self.timeout_ms:g}ms"
         return (f"memory {format_size(self.memory)}, fuel {fuel}, timeout {timeout}, "
                 f"stack {format_size(self.stack)}, instances {self.max_instances}")

@@ -7,6 +7,7 @@ which is what turns a per-call wall-clock timeout into a trap inside the guest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 
 import wasmtime
 
-from ..errors import InvalidModule
+from ..errors import ConfigError, InvalidModule
 from .cache import CompileCache
 from .fastcall import WASMTIME_VERSION
-from .limits import Limits
+from .limits import Limits, format_duration_ms
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      read_source)
 
@@ -26,6 +27,10 @@ from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, 
 #: still grow beyond it (wasmtime then moves it), bounds checks become explicit.
 DEFAULT_MEMORY_RESERVATION = 64 * 1024 * 1024
 DEFAULT_MEMORY_GUARD = 64 * 1024
+#: the longest any one call may run unless the runtime is told otherwise: ten times the
+#: default per-call limit, and short enough that a spinning module holds up its own route's
+#: lane (never the node) for seconds, not minutes
+DEFAULT_MAX_TIMEOUT_MS = 10_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,13 @@ class Runtime:
     """Entry point of the engine layer: load modules, hand out engines, tick epochs."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, *, epoch_tick_ms: float = 1.0,
-                 opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION):
+                 opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION,
+                 max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS):
+        """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
+        for more are refused (`bounded`)."""
+        if not max_timeout_ms > 0:
+            raise ConfigError(f"maximum timeout {max_timeout_ms!r} must be a positive number of ms")
+        self.max_timeout_ms = float(max_timeout_ms)
         self.epoch_tick_ms = epoch_tick_ms
         self.epoch = 0
         self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation)
@@ -104,10 +115,22 @@ class Runtime:
     def settings_for(self, limits: Limits) -> EngineSettings:
         return EngineSettings.for_limits(limits, self.base)
 
+    def bounded(self, limits: Limits) -> Limits:
+        """`limits` with the time limit every call gets: the runtime's maximum when they name
+        none. Raises ConfigError when they ask for more than the maximum."""
+        t = limits.timeout_ms
+        if t is None:
+            return dataclasses.replace(limits, timeout_ms=self.max_timeout_ms)
+        if t > self.max_timeout_ms:
+            raise ConfigError(f"timeout {format_duration_ms(t)} is above the maximum of "
+                              f"{format_duration_ms(self.max_timeout_ms)} per call")
+        return limits
+
     def timeout_ticks(self, timeout_ms: float | None) -> int:
-        """Epoch ticks for a wall-clock timeout; +1 because the current tick is partly over."""
+        """Epoch ticks for a wall-clock timeout (None: the maximum); +1 because the current
+        tick is partly over."""
         if timeout_ms is None:
-            return 1 << 40
+            timeout_ms = self.max_timeout_ms
         return max(1, int(timeout_ms / self.epoch_tick_ms + 0.999)) + 1
 
     def _increment_all(self) -> None:

@@ -9,7 +9,9 @@ default ``invoke/<deployment>``); the reply is JSON::
      "dead_letters": [{"error": "...", "kind": "trap"}]}
 
 Payloads are carried as UTF-8 text when they are, else base64 (``"payload_b64"``). A trap or a
-limit in the module is a dead letter in the reply, never an error of the node.
+limit in the module is a dead letter in the reply, never an error of the node. The module runs
+on a worker thread of the deployment's subscription, never on the event loop (NATS delivers a
+subscription's requests one after the other, so one thread per subscription is enough).
 
 `invoke` retries with backoff when no replica answered in time or none is subscribed (a node
 that just died, a deployment being moved), and raises `InvokeError` naming the deployment and
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from ..errors import IotwasmError
 from ..message import Message
 from ..node import Node
+from ..pipeline.worker import Worker
 
 log = logging.getLogger("iotwasm.fleet.invoke")
 
@@ -66,6 +69,7 @@ class InvokeServer:
         self.nc = nc
         self.interval_s = interval_s
         self._subs: dict[str, object] = {}
+        self._workers: dict[str, Worker] = {}
         self._task: asyncio.Task | None = None
         self.answered = 0
 
@@ -85,22 +89,23 @@ class InvokeServer:
         want = set(self.node.deployments)
         for name in want - set(self._subs):
             subject = PREFIX + name
+            self._workers[name] = Worker(f"invoke-{name}")
             self._subs[name] = await self.nc.subscribe(subject, queue=subject, cb=self._answer)
         for name in set(self._subs) - want:
             await self._subs.pop(name).unsubscribe()
+            self._workers.pop(name).close()
 
     async def _answer(self, msg) -> None:
         name = msg.subject[len(PREFIX):]
         rec = self.node.deployments.get(name)
+        worker = self._workers.get(name)
         reply: dict = {"node": self.node.config.name}
-        if rec is None:
+        if rec is None or worker is None:
             reply["error"] = f"deployment {name!r} is not on node {self.node.config.name}"
         else:
             topic = (msg.headers or {}).get("topic") or f"invoke/{name}"
             try:
-                # one message: run it here, as a route runs its small batches (a thread hop
-                # would cost more than the call; the module's own timeout bounds it)
-                result = rec.handle.process([Message(topic, msg.data)])
+                result = await worker.run(rec.handle.process, [Message(topic, msg.data)])
             except IotwasmError as e:
                 reply["error"] = str(e)
             else:
@@ -126,6 +131,9 @@ class InvokeServer:
             except Exception:
                 pass
         self._subs.clear()
+        for w in self._workers.values():
+            w.close()
+        self._workers.clear()
 
 
 async def serve_invocations(node: Node, url: str, *, retry_s: float = 1.0) -> None:

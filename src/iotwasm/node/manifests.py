@@ -25,8 +25,10 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, PrivateAttr, TypeAdapter,
                       ValidationError, field_serializer, field_validator, model_validator)
 
+from ..container import RestartPolicy
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.limits import parse_duration_ms, parse_timeout_ms
 from ..errors import ConfigError
 
 API_VERSION = "iotwasm.io/v1"
@@ -69,10 +71,25 @@ class Metadata(Strict):
 class Resources(Strict):
     memory: str = "64Mi"
     fuel: str | None = None
-    timeout: str = "1s"
+    timeout: str = Field("1s", description="wall-clock limit per call, e.g. 50ms or 2s; at most "
+                                           "the node's maximum (iotwasm up --max-timeout, 10s by "
+                                           "default); 0 or none is refused")
     stack: str = "512Ki"
     max_output: str = Field("16Mi", alias="maxOutput")
     max_instances: int = Field(64, alias="maxInstances", ge=1, le=10_000)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _time_limit(cls, v: Any) -> str:
+        """Every call has a time limit: "0", "none", null or a negative value would mean none."""
+        if v is None or isinstance(v, bool):
+            raise ValueError(f"timeout {v!r} is not a time limit; every call needs a positive one, "
+                             f"such as 50ms or 2s (leave the field out for 1s)")
+        try:
+            parse_timeout_ms(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return str(v)
 
     @model_validator(mode="after")
     def _parse(self) -> "Resources":
@@ -151,6 +168,19 @@ class RestartSpec(Strict):
     backoff: str = "500ms"
     max_backoff: str = Field("60s", alias="maxBackoff")
     crash_loop_batches: int = Field(10, alias="crashLoopBatches", ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RestartSpec":
+        self.policy()  # raises with the problem (a zero backoff, a maximum below it)
+        return self
+
+    def policy(self) -> RestartPolicy:
+        try:
+            return RestartPolicy(mode=self.mode, backoff_s=parse_duration_ms(self.backoff) / 1000,
+                                 max_backoff_s=parse_duration_ms(self.max_backoff) / 1000,
+                                 crash_loop_batches=self.crash_loop_batches)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 class HealthGate(Strict):

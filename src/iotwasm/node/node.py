@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..container import RestartPolicy, WasmContainer
+from ..container import WasmContainer
 from ..engine import Runtime
-from ..engine.limits import parse_duration_ms
+from ..engine.limits import format_duration_ms, parse_duration_ms
+from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import DeadLetter
 from ..messaging.acl import TopicACL
@@ -74,6 +75,9 @@ class NodeConfig:
     #: how long the state of a deleted deployment, route or rule (kv data, dead letters,
     #: revisions, events) is kept, archived under its identity, before it is purged
     keep_deleted_s: float = 7 * 86400
+    #: the longest one call into a module may run (`iotwasm up --max-timeout`); a deployment
+    #: whose resources.timeout asks for more is refused
+    max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS
 
 
 @dataclass
@@ -101,7 +105,7 @@ class Node:
         d = Path(config.data_dir)
         try:
             secure_data_dir(d)
-            self.runtime = Runtime(cache_dir=d / "cache")
+            self.runtime = Runtime(cache_dir=d / "cache", max_timeout_ms=config.max_timeout_ms)
             self.registry = ModuleStore(d / "modules", runtime=self.runtime)
         except OSError as e:
             raise StorageError("data directory", e.filename or d, e.strerror or str(e)) from None
@@ -185,8 +189,10 @@ class Node:
                     await asyncio.sleep(WRITE_SETTLE_S)   # an editor's save is several events
                     self._wake.clear()
                 await self.sync()
-                for rec in self.deployments.values():
-                    rec.handle.current.tick()
+                for rec in list(self.deployments.values()):
+                    if rec.handle.current.restart_due_in() == 0:
+                        # a restart instantiates (guest init code): never on the loop
+                        await asyncio.to_thread(rec.handle.current.tick)
                 if self.state.write_error is not None:
                     await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
                 problems = self.storage_problems()
@@ -408,6 +414,11 @@ class Node:
         module_digest, module_path = await asyncio.to_thread(self.binding.bind, d, uid, digest, base, running)
         if current is not None and current.digest == digest and current.module_digest == module_digest:
             return
+        timeout = d.limits().timeout_ms
+        if timeout is not None and timeout > self.runtime.max_timeout_ms:
+            raise ConfigError(f"resources.timeout {d.spec.resources.timeout} is above this node's "
+                              f"maximum of {format_duration_ms(self.runtime.max_timeout_ms)} per call "
+                              f"(iotwasm up --max-timeout)")
         if self.admission is not None:
             await asyncio.to_thread(self.admission, d, module_digest)
         if current is not None and self._only_scaled(current.manifest, d) and \
@@ -447,7 +458,9 @@ class Node:
             handle = current.handle
             handle.acl = acl
             if d.spec.update_strategy.rollback:
-                handle.update(container, rev, gate.messages, gate.max_trap_rate)
+                # off the loop: a superseded version still under watch is stopped, which waits
+                # for its running batches
+                await asyncio.to_thread(handle.update, container, rev, gate.messages, gate.max_trap_rate)
             else:
                 old = handle.current
                 handle.current, handle.revision = container, rev
@@ -463,10 +476,7 @@ class Node:
 
     def _container(self, d: Deployment, module_path: Path, uid: str, module_digest: str) -> WasmContainer:
         caps = d.capabilities()
-        r = d.spec.restart_policy
-        restart = RestartPolicy(mode=r.mode, backoff_s=parse_duration_ms(r.backoff) / 1000,
-                                max_backoff_s=parse_duration_ms(r.max_backoff) / 1000,
-                                crash_loop_batches=r.crash_loop_batches)
+        restart = d.spec.restart_policy.policy()
         guest_log = logging.getLogger(f"iotwasm.guest.{d.name}")
         return WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,

@@ -19,6 +19,10 @@ read-only) is backpressure, never an acknowledgement: the lane holds the batch a
 write that failed, its queue fills, the source waits, and the source's messages stay
 unacknowledged with their broker. `storage.error` says why meanwhile (the node's readiness
 reports it); the batch goes on by itself once the write succeeds.
+
+Guest code never runs on the event loop: each lane hands its batches to a worker thread of its
+own (`pipeline.worker.Worker`), which runs every step of the batch in one hop, so a module
+spinning until its time limit holds up only its own lane.
 """
 
 from __future__ import annotations
@@ -36,11 +40,10 @@ from ..message import BatchResult, DeadLetter, Message
 from ..messaging.acl import TopicACL
 from ..messaging.bus import settled
 from ..supervise import Repeats, StorageHold
+from .worker import Worker
 
 log = logging.getLogger("iotwasm.pipeline")
 
-#: batches up to this many message-steps run on the event loop instead of a worker thread
-INLINE_WORK = 32
 #: batches whose sinks may still be confirming (e.g. waiting for PUBACKs) per route; beyond
 #: this a lane waits for the oldest before it goes on
 MAX_UNCONFIRMED = 32
@@ -135,6 +138,8 @@ class RouteRunner:
         n = max(1, lanes)
         per_lane = max(1, queue.capacity // n)
         self._lanes: list[asyncio.Queue[_Item]] = [asyncio.Queue(per_lane) for _ in range(n)]
+        #: one thread per lane runs the lane's guest calls (a lane has one batch at a time)
+        self._workers = [Worker(f"route-{name}-lane{i}") for i in range(n)]
         self._tasks: list[asyncio.Task] = []
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -178,8 +183,8 @@ class RouteRunner:
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._lane(q), name=f"route-{self.name}-lane{i}")
-                       for i, q in enumerate(self._lanes)]
+        self._tasks = [loop.create_task(self._lane(q, w), name=f"route-{self.name}-lane{i}")
+                       for i, (q, w) in enumerate(zip(self._lanes, self._workers))]
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued message went through; True when fully drained."""
@@ -204,8 +209,10 @@ class RouteRunner:
                 await t
             except asyncio.CancelledError:
                 pass
+        for w in self._workers:
+            w.close()  # a call still running finishes on its thread (bounded by its time limit)
 
-    async def _lane(self, q: asyncio.Queue[_Item]) -> None:
+    async def _lane(self, q: asyncio.Queue[_Item], worker: Worker) -> None:
         max_size, linger = self.batch.max_size, self.batch.max_linger_s
         last = 1
         while True:
@@ -222,7 +229,7 @@ class RouteRunner:
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
                 last = len(items)
-                await self._run(items)
+                await self._run(items, worker)
             except asyncio.CancelledError:
                 _settle(items, cancel=True)
                 raise
@@ -238,19 +245,18 @@ class RouteRunner:
                     q.task_done()
                 self._inflight -= 1
 
-    async def _run(self, items: list[_Item]) -> None:
+    async def _run(self, items: list[_Item], worker: Worker) -> None:
         self.stats.batches += 1
         flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
         self.stats.processed += len(flow.msgs)
         first, delay = 0, 0.05
         while True:
-            # A thread hop costs more (hundreds of µs on a busy VM) than a small batch's wasm
-            # calls, so small batches run right here; larger ones run every step in one worker
-            # thread, which keeps the loop responsive and lets lanes use several cores.
-            if len(flow.msgs) * (len(self.steps) - first) <= INLINE_WORK:
-                flow, dead, denied, stopped = self._chain(first, flow)
+            # Every step of the batch runs in one hop to the lane's worker thread: never on the
+            # loop, whatever the batch's size (a small batch's call may spin to its limit too).
+            if first < len(self.steps):
+                flow, dead, denied, stopped = await worker.run(self._chain, first, flow)
             else:
-                flow, dead, denied, stopped = await asyncio.to_thread(self._chain, first, flow)
+                flow, dead, denied, stopped = flow, [], 0, None
             self.stats.acl_denied += denied
             for where, dl, variables in dead:
                 await self._dead(where, dl, variables)
@@ -327,7 +333,7 @@ class RouteRunner:
         self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
 
     def _chain(self, first: int, flow: "_Flow"):
-        """Run steps[first:] on a batch (in a worker thread).
+        """Run steps[first:] on a batch (on the lane's worker thread, never on the loop).
 
         Returns the final flow, the dead letters to report, the number of ACL denials, and
         (step index, error) when a step was unavailable — the flow is then that step's input.

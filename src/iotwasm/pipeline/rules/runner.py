@@ -1,9 +1,14 @@
 """RuleRunner: the rules engine on a bus, with actions and alerts.
 
 One subscription per distinct topic filter of the enabled rules feeds a bounded queue; one
-worker takes what is queued (up to `batch` messages), runs the engine over it in a worker
-thread (WASM functions release the GIL), then hands the emissions to each rule's actions and
+worker takes what is queued (up to `batch` messages), runs the engine over it on the runner's
+own thread (WASM functions release the GIL), then hands the emissions to each rule's actions and
 alert. Window state is checkpointed every `checkpoint_s` and at stop.
+
+Everything that touches the engine (batches, clock ticks, checkpoints, rule changes) and every
+`invoke` action runs on that one thread, never on the event loop: a WASM function spinning to
+its time limit delays the rules, not the node. `status()` never waits for a batch either: while
+the engine is busy it answers with the counters of the last clock tick (every `tick_s`).
 
 Actions, per emitted row (templates take `{name}` from the output row, then the message):
   publish  topic and payload templates, via the store-and-forward outbox (QoS 1)
@@ -34,6 +39,7 @@ from ...message import Message
 from ...supervise import Repeats, StorageHold, supervise
 from ..outbox import Outbox
 from ..sinks import BusSink, LocalStore, StoreSink, WebhookSink
+from ..worker import Worker
 from .alerts import AlertDispatcher, AlertPolicy, AlertTracker, fill
 from .engine import Emission, RuleEngine, RuleSpec
 
@@ -62,6 +68,7 @@ class RuleDefinition:
 
 class _ActionRunner:
     def __init__(self, rule: str, i: int, action: Action, runner: "RuleRunner"):
+        self.runner = runner
         self.action = action
         self.rule = rule
         self.sent = 0
@@ -114,7 +121,7 @@ class _ActionRunner:
             msgs.append(Message(topic, payload, em.ts))
             variables.append({})
         if a.type == "invoke":
-            result = await asyncio.to_thread(self.processor.process, msgs)
+            result = await self.runner.offload(self.processor.process, msgs)
             self.failed += len(result.dead_letters)
             outs = [Message(o.topic or msgs[o.index].topic, o.payload, msgs[o.index].timestamp_ms)
                     for o in result.outputs]
@@ -166,8 +173,10 @@ class RuleRunner:
         self.checkpoint_error: StorageError | None = None
         self._faults = Repeats(log, "rules")
         # the engine is single-threaded: batches, clock ticks, checkpoints and rule changes
-        # take turns (they run in worker threads, and rule changes on the loop)
+        # take turns on the runner's worker thread (the lock guards direct callers too)
         self._lock = threading.Lock()
+        self._worker = Worker("rules")
+        self._engine_stats: dict[str, dict] = {}
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -189,11 +198,26 @@ class RuleRunner:
                 pass
         self._tasks = []
         try:
-            await asyncio.to_thread(self._checkpoint)
+            await self.offload(self._checkpoint)
         except StorageError as e:
             log.warning("rules: window state not saved at stop (windows start empty next time): %s", e)
         for name in list(self.rules):
             await self._teardown(self.rules.pop(name), drain_timeout)
+        self._worker.close()
+        self._worker = Worker("rules")  # a runner started again gets a fresh thread
+
+    def offload(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+        """Run `fn(*args)` on the runner's thread (guest code and the engine never run on the
+        loop); await the result."""
+        return self._worker.run(fn, *args)
+
+    def _engine_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """On the runner's thread: `fn` with the engine to itself, then note its counters for
+        `status()` (rule changes and clock ticks; batches leave that to the next tick)."""
+        with self._lock:
+            out = fn(*args)
+            self._engine_stats = self.engine.stats()
+            return out
 
     # -- management --------------------------------------------------------------------------
     async def put(self, d: RuleDefinition) -> None:
@@ -203,8 +227,8 @@ class RuleRunner:
         rt = _RuleRuntime(d)
         for i, a in enumerate(d.actions):
             rt.actions.append(_ActionRunner(name, i, a, self))
-        with self._lock:
-            self.engine.add(d.spec)   # raises RuleSyntaxError before anything changed
+        # raises RuleSyntaxError before anything changed
+        await self.offload(self._engine_call, self.engine.add, d.spec)
         old = self.rules.get(name)
         if old is not None:
             await self._teardown(old, 1.0)
@@ -222,14 +246,12 @@ class RuleRunner:
         for a in rt.actions:
             await a.start()
         self.rules[name] = rt
-        with self._lock:
-            self.engine.set_enabled(name, d.enabled)
+        await self.offload(self._engine_call, self.engine.set_enabled, name, d.enabled)
         await self._resubscribe()
 
     async def remove(self, name: str) -> None:
         rt = self.rules.pop(name, None)
-        with self._lock:
-            self.engine.remove(name)
+        await self.offload(self._engine_call, self.engine.remove, name)
         if rt is not None:
             await self._teardown(rt, 1.0)
         await self._resubscribe()
@@ -241,9 +263,12 @@ class RuleRunner:
         for name, rt in self.rules.items():
             if (names is not None and name in names) or (tag is not None and tag in rt.definition.tags):
                 rt.definition.enabled = enabled
-                with self._lock:
-                    self.engine.set_enabled(name, enabled)
                 changed.append(name)
+
+        def switch() -> None:
+            for name in changed:
+                self.engine.set_enabled(name, enabled)
+        await self.offload(self._engine_call, switch)
         await self._resubscribe()
         return changed
 
@@ -297,7 +322,7 @@ class RuleRunner:
             for f, m in items:
                 by_filter.setdefault(f, []).append(m)
             try:
-                out = await asyncio.to_thread(self._process, by_filter)
+                out = await self.offload(self._process, by_filter)
                 await self.dispatch(out)
             except Exception as e:  # noqa: BLE001 - logged once (repeats counted); the worker goes on
                 self._faults.failed(e)
@@ -313,10 +338,6 @@ class RuleRunner:
                 store.save([(f"alert:{n}", _policy_digest(rt.definition.alert), rt.tracker.dump())
                             for n, rt in list(self.rules.items()) if rt.tracker is not None])
 
-    def _locked(self, fn, *args):
-        with self._lock:
-            return fn(*args)
-
     def _process(self, by_filter: dict[str, list[Message]]) -> list[Emission]:
         out: list[Emission] = []
         with self._lock:
@@ -328,13 +349,13 @@ class RuleRunner:
         last_cp = time.monotonic()
         while True:
             await asyncio.sleep(self.tick_s)
-            out = await asyncio.to_thread(self._locked, self.engine.tick)
+            out = await self.offload(self._engine_call, self.engine.tick)
             if out:
                 await self.dispatch(out)
             if time.monotonic() - last_cp >= self.checkpoint_s:
                 last_cp = time.monotonic()
                 try:
-                    await asyncio.to_thread(self._checkpoint)
+                    await self.offload(self._checkpoint)
                 except StorageError as e:   # the state stays in memory; tried again next time
                     if self.checkpoint_error is None:
                         log.warning("rules: checkpoint not written (tried again every %ss): %s",
@@ -384,8 +405,13 @@ class RuleRunner:
         return out
 
     def status(self) -> dict[str, dict]:
-        with self._lock:
-            stats = self.engine.stats()
+        if self._lock.acquire(blocking=False):   # the engine is idle: fresh counters
+            try:
+                stats = self._engine_stats = self.engine.stats()
+            finally:
+                self._lock.release()
+        else:                                    # a batch is running: never wait for it
+            stats = self._engine_stats
         out = {}
         for name, rt in self.rules.items():
             s = dict(stats.get(name, {}))
