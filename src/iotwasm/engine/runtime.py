@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 
 import wasmtime
+import wasmtime.component as wc
 
 from ..errors import InvalidModule
 from .cache import CompileCache
@@ -65,7 +66,7 @@ class CompiledModule:
 
     info: ModuleInfo
     wasm: bytes
-    module: wasmtime.Module | None  # None for components
+    module: wasmtime.Module | wc.Component
     engine: wasmtime.Engine | None
     settings: EngineSettings
     runtime: "Runtime"
@@ -85,7 +86,7 @@ class Runtime:
         self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation)
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._engines: dict[EngineSettings, wasmtime.Engine] = {}
-        self._modules: dict[tuple[str, EngineSettings], wasmtime.Module] = {}
+        self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
@@ -130,8 +131,6 @@ class Runtime:
     def load_bytes(self, name: str, wasm: bytes, limits: Limits) -> CompiledModule:
         check_header(name, wasm)
         settings = self.settings_for(limits)
-        if wasm[4:8] == COMPONENT_VERSION:
-            return CompiledModule(describe(name, wasm, None), wasm, None, None, settings, self)
         engine = self.engine(settings)
         info_digest = hashlib.sha256(wasm).hexdigest()
         key = (info_digest, settings)
@@ -140,17 +139,21 @@ class Runtime:
             module = self._compile(name, wasm, engine, "sha256:" + info_digest, settings)
             with self._lock:
                 module = self._modules.setdefault(key, module)
-        return CompiledModule(describe(name, wasm, module), wasm, module, engine, settings, self)
+        return CompiledModule(describe(name, wasm, module, engine), wasm, module, engine,
+                              settings, self)
 
     def _compile(self, name: str, wasm: bytes, engine: wasmtime.Engine, digest: str,
-                 settings: EngineSettings) -> wasmtime.Module:
+                 settings: EngineSettings) -> wasmtime.Module | wc.Component:
+        """Compile, or load from the disk cache: a component (a Python one takes seconds to
+        compile) loads from its serialized form in tens of milliseconds."""
+        kind = wc.Component if wasm[4:8] == COMPONENT_VERSION else wasmtime.Module
         fp = settings.fingerprint()
         if self.cache is not None:
-            cached = self.cache.load(engine, digest, fp)
+            cached = self.cache.load(engine, digest, fp, kind.deserialize)
             if cached is not None:
                 return cached
         try:
-            module = wasmtime.Module(engine, wasm)
+            module = kind(engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid wasm: {_first_cause(e)}", module=name) from None
         if self.cache is not None:
