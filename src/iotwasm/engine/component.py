@@ -260,7 +260,8 @@ class ComponentGuest:
         f = self.f
         if text.startswith(OUT_OF_MEMORY):
             return MemoryLimitExceeded(f"memory limit {format_size(f.limits.memory)} reached "
-                                       f"({text})", module=f.name, function="process")
+                                       f"(the guest ran out of memory)", module=f.name,
+                                       function="process")
         return GuestError(f"failed: {text}", module=f.name, function="process")
 
     def _recycle_or_break(self) -> None:
