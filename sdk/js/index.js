@@ -24,6 +24,8 @@ import { state, host, emit, reject, parseJson, Message, Reject, CapabilityError,
 
 export { emit, reject, parseJson, Message, Reject, CapabilityError, utf8Encode, utf8Decode,
   base64Encode, base64Decode };
+export { Malformed, members, isObject, parseNumber, formatNumber } from "./json.js";
+import { parseNumber } from "./json.js";
 
 // Register the function called for every message (one per module).
 export function handler(fn) {
@@ -57,14 +59,13 @@ export const config = {
     const v = host("config").get(key);
     return v === null || v === undefined ? fallback : v;
   },
-  // A number from config; a value that is not a number throws, naming it.
+  // A number from config (the C SDK's syntax, surrounding whitespace ignored); a value that
+  // is not a number throws, naming it.
   number(key, fallback) {
     const v = config.get(key);
     if (v === null) return fallback;
-    const n = Number(v.trim());
-    if (v.trim() === "" || Number.isNaN(n) && v.trim().toLowerCase() !== "nan") {
-      throw new Error(`config ${key}=${JSON.stringify(v)} is not a number`);
-    }
+    const n = v.length <= 64 ? parseNumber(v.replace(/^[ \t\n\r]+|[ \t\n\r]+$/g, "")) : null;
+    if (n === null) throw new Error(`config ${key}=${JSON.stringify(v)} is not a number`);
     return n;
   },
 };

@@ -38,10 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ._batch import CapabilityError, Message, Reject, emit, host, reject, state
+from ._json import Malformed, format_number, is_object, members, parse_number
 
 __all__ = [
-    "CapabilityError", "Message", "Reject", "clock", "config", "emit", "handler", "kv", "log",
-    "metrics", "random", "reject", "setup",
+    "CapabilityError", "Malformed", "Message", "Reject", "clock", "config", "emit",
+    "format_number", "handler", "is_object", "kv", "log", "members", "metrics", "parse_number",
+    "random", "reject", "setup",
 ]
 
 
@@ -90,14 +92,15 @@ class _Config:
         return default if value is None else value
 
     def number(self, key: str, default: float) -> float:
-        """A number from config; a value that is not a number raises ValueError naming it."""
+        """A number from config (the C SDK's syntax, surrounding whitespace ignored); a value
+        that is not a number raises ValueError naming it."""
         value = self.get(key)
         if value is None:
             return default
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"config {key}={value!r} is not a number") from None
+        number = parse_number(value.strip(" \t\n\r")) if len(value) <= 64 else None
+        if number is None:
+            raise ValueError(f"config {key}={value!r} is not a number")
+        return number
 
 
 class _KeyValue:
