@@ -33,7 +33,7 @@ module is the author's surface.
 
 from __future__ import annotations
 
-import json as _json
+import json as _stdjson
 from collections.abc import Callable
 from typing import Any
 
@@ -111,7 +111,7 @@ class _KeyValue:
 
     def get_json(self, key: str, default: Any = None) -> Any:
         value = self.get(key)
-        return default if value is None else _json.loads(value)
+        return default if value is None else _stdjson.loads(value)
 
     def set(self, key: str, value: str) -> bool:
         """Store a text value; False when the container's kv quota would be exceeded."""
@@ -119,7 +119,7 @@ class _KeyValue:
         return host("kv").set(key, value)
 
     def set_json(self, key: str, value: Any) -> bool:
-        return self.set(key, _json.dumps(value, separators=(",", ":")))
+        return self.set(key, _stdjson.dumps(value, separators=(",", ":")))
 
     def delete(self, key: str) -> bool:
         state.effects = True
