@@ -33,7 +33,7 @@ from ..message import BatchResult, DeadLetter, Message, Output
 from .component_batch import decode_outputs, encode_batch
 from .component_fastcall import StringCall
 from .component_host import BATCH, CAPABILITY_OF_INTERFACE, WORLD, active, define_host
-from .component_types import EXPORTS, render_func
+from .component_types import EXPORTS, render_func, render_type
 from .fastcall import CallFailed, StoreControl
 from .host import HostContext
 from .limits import Limits, format_size
@@ -58,9 +58,10 @@ def describe_component(name: str, wasm: bytes, component: wc.Component,
         if isinstance(item, wc.ComponentInstanceType):
             for fname, fext in item.exports(engine).items():
                 fty = fext.ty
-                kind = "func" if isinstance(fty, wc.FuncType) else type(fty).__name__
-                text = render_func(fty) if isinstance(fty, wc.FuncType) else kind
-                imports.append(ImportInfo(iname, fname, kind, text))
+                if isinstance(fty, wc.FuncType):
+                    imports.append(ImportInfo(iname, fname, "func", render_func(fty)))
+                else:  # a type the interface defines, e.g. log's `level`
+                    imports.append(ImportInfo(iname, fname, "type", render_type(fty)))
         else:
             kind = "func" if isinstance(item, wc.FuncType) else type(item).__name__
             imports.append(ImportInfo(iname, "", kind,
