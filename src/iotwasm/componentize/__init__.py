@@ -15,6 +15,16 @@ extra of pyproject.toml), run with `--stub-wasi` so the component imports no WAS
 QuickJS-based componentize-qjs from npm (sdk/js/toolchain, with a lockfile), run with
 `--sync --stub-wasi`. Compiling CPython into a component takes tens of seconds, so results
 are cached by a digest of everything that goes in (sources, SDK, WIT, toolchain version).
+
+For the scaffolding CLI (`iotwasm new/build/test/dev`), a language entry for `python` or `js`
+needs only:
+- build: `build(lang, project_dir, out=...) -> Path` (BUILDERS[lang]); a missing toolchain
+  raises `ToolchainMissing`, a failed build `BuildError`, each with one line to show;
+- new: copy `TEMPLATES / lang / template` (filter, transform, decoder, aggregate) and replace
+  the placeholder name `my-module` in its files;
+- test: `samples.jsonl` (`{"topic", "payload"}` per line) and `expected.jsonl` (`{"input",
+  "topic"?, "payload"}` per output, `{"input", "reject"}` per dead letter) in each template,
+  checked as tests/test_templates_components.py does.
 """
 
 from __future__ import annotations
