@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import BUILDERS, build
 from ..errors import IotwasmError
+from . import BUILDERS, build
 
 
 def main(argv: list[str] | None = None) -> int:
