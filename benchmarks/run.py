@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RANGE_FILTER = ROOT / "examples" / "modules" / "range_filter.wasm"
 FILTER_CONFIG = {"field": "value", "min": "10", "max": "30"}
-SECTIONS = ("per-message", "cold-start", "density")
+SECTIONS = ("per-message", "cold-start", "density", "components")
 BATCH_SIZES = (1, 10, 100, 1000)
 
 #: (full, quick) sizes
@@ -953,6 +953,10 @@ def markdown(res: dict) -> str:
                  f"benchmark itself, {m['steal_pct']:.1f}% stolen by the hypervisor")
     load = f" ({load})" if load else ""
     lines += ["", f"Total wall time: {res['wall_s']:.1f} s{load}"]
+    if res.get("components"):
+        from components import markdown as components_markdown
+
+        lines += components_markdown(res["components"])
     return "\n".join(lines)
 
 
@@ -1001,6 +1005,12 @@ def main() -> None:
             res["per_message"] = bench_per_message(work, args.quick, log)
         elif name == "cold-start":
             res["cold_start"] = bench_cold_start(work, args.quick, log)
+        elif name == "components":  # benchmarks/components.py
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from components import bench_components
+
+            res["components"] = bench_components(args.quick, log, interleaved, make_messages,
+                                                 median)
         else:
             res["density"] = bench_density(work, args.quick, log)
         log(f"  ({(perf_ns() - t0) / 1e9:.1f} s)")

@@ -85,6 +85,25 @@ for src in "${sources[@]}"; do
   build "$src"
 done
 
+# --- components: Python and JavaScript examples ----------------------------------------------
+# python/NAME/main.py and js/NAME/index.js are built into components with the project's own
+# build (iotwasm.componentize: componentize-py, componentize-qjs; scripts/setup.sh installs
+# them) as python/NAME.wasm and js/NAME.wasm. They are not committed: a Python component is
+# 18 MB (CPython inside), so they are built where they are used and cached by a digest of
+# their sources, SDK, WIT and toolchain (.iotwasm/build-cache). --check leaves them out; the
+# tests build them and check their behaviour against the C versions.
+if [ $CHECK -eq 0 ]; then
+  PY=${PYTHON_VENV:-.venv/bin/python}
+  for dir in "$SRC"/python/*/ "$SRC"/js/*/; do
+    [ -d "$dir" ] || continue
+    lang=$(basename "$(dirname "$dir")")
+    name=$(basename "$dir")
+    echo "componentize $lang $dir -> $SRC/$lang/$name.wasm"
+    "$PY" -m iotwasm.componentize "$lang" "$dir" -o "$SRC/$lang/$name.wasm" --cache .iotwasm/build-cache
+  done
+fi
+# --- end components ------------------------------------------------------------------------
+
 [ $CHECK -eq 1 ] || exit 0
 
 # -- --check ---------------------------------------------------------------------------------

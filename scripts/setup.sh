@@ -43,6 +43,26 @@ want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: preparing Python environment in $VENV"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,bench]"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,bench,components]"
   echo "$want" > "$stamp"
 fi
+
+# --- components: the JavaScript toolchain (componentize-qjs) --------------------------------
+# Project-local and pinned by sdk/js/toolchain/package-lock.json; never installed globally.
+# The package ships its native binding inside the npm registry (no download at build time).
+js_tools=sdk/js/toolchain
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing Debian packages: nodejs npm"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+js_stamp="$js_tools/node_modules/.iotwasm-setup"
+js_want="$(sha256sum "$js_tools/package-lock.json" | cut -c1-16)"
+if [ "$(cat "$js_stamp" 2>/dev/null)" != "$js_want" ]; then
+  echo "setup: installing the JavaScript component toolchain in $js_tools"
+  (cd "$js_tools" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$js_want" > "$js_stamp"
+fi
+# --- end components --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..errors import AbiError, ConfigError, InvalidModule
 from .abi_v1 import V1Factory, V1Guest
 from .capabilities import HOST_CAPABILITIES, Capabilities, Preopen
+from .component import ComponentFactory, ComponentGuest
 from .host import HostContext, KeyValue, MemoryKeyValue
 from .limits import (Limits, format_duration_ms, format_size, parse_count, parse_duration_ms,
                      parse_size, parse_timeout_ms)
@@ -20,8 +21,8 @@ from .module import ABI_COMPONENT, ABI_NONE, ABI_V1, ABI_WASI, ModuleInfo
 from .runtime import CompiledModule, EngineSettings, Runtime
 from .wasi import WasiFactory, WasiGuest
 
-Guest = V1Guest | WasiGuest
-GuestFactory = V1Factory | WasiFactory
+Guest = V1Guest | WasiGuest | ComponentGuest
+GuestFactory = V1Factory | WasiFactory | ComponentFactory
 
 
 def prepare(compiled: CompiledModule, limits: Limits, host: HostContext) -> GuestFactory:
@@ -40,8 +41,7 @@ def prepare(compiled: CompiledModule, limits: Limits, host: HostContext) -> Gues
     if abi == ABI_WASI:
         return WasiFactory(compiled, limits, host)
     if abi == ABI_COMPONENT:
-        raise AbiError("is a component; running components is not supported yet (use "
-                       "iotwasm-v1 or a WASI command)", module=compiled.name)
+        return ComponentFactory(compiled, limits, host)
     raise AbiError("exports neither iot_process (iotwasm-v1) nor _start (wasi-command)",
                    module=compiled.name)
 

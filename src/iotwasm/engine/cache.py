@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import wasmtime
 
@@ -21,6 +22,9 @@ log = logging.getLogger("iotwasm.engine.cache")
 
 _MAGIC = b"IOTWASM-CWASM-1\n"
 _SUM = 32
+
+#: a wasmtime.Module or a wasmtime.component.Component: both serialize the same way
+Compiled = TypeVar("Compiled")
 
 
 class CompileCache:
@@ -34,7 +38,11 @@ class CompileCache:
     def path_for(self, digest: str, fingerprint: str) -> Path:
         return self.directory / f"{digest.replace(':', '-')}.{fingerprint}.cwasm"
 
-    def load(self, engine: wasmtime.Engine, digest: str, fingerprint: str) -> wasmtime.Module | None:
+    def load(self, engine: wasmtime.Engine, digest: str, fingerprint: str,
+             deserialize: Callable[[wasmtime.Engine, bytes], Compiled] = wasmtime.Module.deserialize,
+             ) -> Compiled | None:
+        """The cached compiled form of `digest`, or None; `deserialize` is the loader of its
+        kind (`wasmtime.component.Component.deserialize` for components)."""
         path = self.path_for(digest, fingerprint)
         try:
             blob = path.read_bytes()
@@ -51,7 +59,7 @@ class CompileCache:
                 or hashlib.blake2b(artifact, digest_size=_SUM).digest() != blob[len(_MAGIC):head]):
             return self._reject(path, "checksum mismatch (corrupt or truncated entry)")
         try:
-            module = wasmtime.Module.deserialize(engine, artifact)
+            module = deserialize(engine, artifact)
         except wasmtime.WasmtimeError as e:
             return self._reject(path, f"wasmtime refused it: {str(e).splitlines()[0]}")
         self.hits += 1
@@ -64,7 +72,7 @@ class CompileCache:
         path.unlink(missing_ok=True)
         return None
 
-    def store(self, module: wasmtime.Module, digest: str, fingerprint: str) -> None:
+    def store(self, module, digest: str, fingerprint: str) -> None:
         artifact = bytes(module.serialize())
         blob = _MAGIC + hashlib.blake2b(artifact, digest_size=_SUM).digest() + artifact
         path = self.path_for(digest, fingerprint)

@@ -128,13 +128,14 @@ def _type_str(ty: object) -> tuple[str, str]:
     return "other", type(ty).__name__
 
 
-def describe(name: str, wasm: bytes, module: wasmtime.Module | None) -> ModuleInfo:
-    """Build ModuleInfo from the binary and, for core modules, its compiled form."""
+def describe(name: str, wasm: bytes, module, engine: wasmtime.Engine | None = None) -> ModuleInfo:
+    """Build ModuleInfo from the binary and its compiled form (a wasmtime.Module, or a
+    wasmtime.component.Component with the engine it was compiled for)."""
     digest = digest_of(wasm)
     if wasm[4:8] == COMPONENT_VERSION:
-        return ModuleInfo(name, digest, len(wasm), ABI_COMPONENT,
-                          problems=("components are recognised but cannot be run yet",))
-    assert module is not None
+        from .component import describe_component
+
+        return describe_component(name, wasm, module, engine)
     imports = []
     for imp in module.imports:
         kind, ty = _type_str(imp.type)

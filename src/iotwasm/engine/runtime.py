@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass
 
 import wasmtime
+import wasmtime.component as wc
 
 from ..errors import ConfigError, InvalidModule
 from .cache import CompileCache
@@ -70,7 +71,7 @@ class CompiledModule:
 
     info: ModuleInfo
     wasm: bytes
-    module: wasmtime.Module | None  # None for components
+    module: wasmtime.Module | wc.Component
     engine: wasmtime.Engine | None
     settings: EngineSettings
     runtime: "Runtime"
@@ -96,7 +97,7 @@ class Runtime:
         self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation)
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._engines: dict[EngineSettings, wasmtime.Engine] = {}
-        self._modules: dict[tuple[str, EngineSettings], wasmtime.Module] = {}
+        self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
@@ -163,8 +164,6 @@ class Runtime:
             raise InvalidModule(f"module blob {where or name} has digest sha256:{info_digest}, not {digest} "
                                 "(modified on disk; push the module again to repair it)")
         settings = self.settings_for(limits)
-        if wasm[4:8] == COMPONENT_VERSION:
-            return CompiledModule(describe(name, wasm, None), wasm, None, None, settings, self)
         engine = self.engine(settings)
         key = (info_digest, settings)
         module = self._modules.get(key)
@@ -172,17 +171,21 @@ class Runtime:
             module = self._compile(name, wasm, engine, "sha256:" + info_digest, settings)
             with self._lock:
                 module = self._modules.setdefault(key, module)
-        return CompiledModule(describe(name, wasm, module), wasm, module, engine, settings, self)
+        return CompiledModule(describe(name, wasm, module, engine), wasm, module, engine,
+                              settings, self)
 
     def _compile(self, name: str, wasm: bytes, engine: wasmtime.Engine, digest: str,
-                 settings: EngineSettings) -> wasmtime.Module:
+                 settings: EngineSettings) -> wasmtime.Module | wc.Component:
+        """Compile, or load from the disk cache: a component (a Python one takes seconds to
+        compile) loads from its serialized form in tens of milliseconds."""
+        kind = wc.Component if wasm[4:8] == COMPONENT_VERSION else wasmtime.Module
         fp = settings.fingerprint()
         if self.cache is not None:
-            cached = self.cache.load(engine, digest, fp)
+            cached = self.cache.load(engine, digest, fp, kind.deserialize)
             if cached is not None:
                 return cached
         try:
-            module = wasmtime.Module(engine, wasm)
+            module = kind(engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid wasm: {_first_cause(e)}", module=name) from None
         if self.cache is not None:

@@ -197,7 +197,7 @@ class UpdateSpec(Strict):
 
 class DeploymentSpec(Strict):
     module: str = Field(..., description="a path, name:version, or sha256 digest")
-    abi: Literal["iotwasm-v1", "wasi-command"] | None = None
+    abi: Literal["iotwasm-v1", "wasi-command", "component"] | None = None
     replicas: int = Field(1, ge=1, le=10_000)
     strategy: Literal["round-robin", "weighted", "least-in-flight", "least-memory", "random"] = "round-robin"
     weights: list[int] = []
