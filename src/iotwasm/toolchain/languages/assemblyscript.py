@@ -37,7 +37,7 @@ def find_asc(project: Path) -> Path:
 class AssemblyScript(Language):
     name = "assemblyscript"
     title = "AssemblyScript"
-    toolchain = "asc (npm assemblyscript 0.28.20), package sdk/assemblyscript"
+    toolchain = "asc 0.28.20, sdk/assemblyscript"
     watch = ("assembly/**/*.ts", "package.json")
 
     def detect(self, path: Path) -> bool:

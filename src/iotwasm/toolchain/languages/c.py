@@ -17,7 +17,7 @@ INSTALL = "apt-get install clang lld"
 class C(Language):
     name = "c"
     title = "C"
-    toolchain = "clang --target=wasm32, sdk/c/iotwasm.h"
+    toolchain = "clang, sdk/c/iotwasm.h"
     watch = ("*.c", "*.h")
 
     def detect(self, path: Path) -> bool:

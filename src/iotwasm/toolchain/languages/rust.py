@@ -49,7 +49,7 @@ def find_toolchain() -> tuple[Path, Path]:
 class Rust(Language):
     name = "rust"
     title = "Rust"
-    toolchain = "cargo --target wasm32-unknown-unknown, crate sdk/rust"
+    toolchain = "cargo, sdk/rust"
     watch = ("Cargo.toml", "src/**/*.rs")
 
     def detect(self, path: Path) -> bool:
