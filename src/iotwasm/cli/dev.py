@@ -148,8 +148,9 @@ def bound_manifest(project: Project, digest: str) -> str:
     return yaml.safe_dump_all([d for d in docs if d is not None], sort_keys=False)
 
 
-def deploy(project: Project, result: BuildResult, context: str | None) -> None:
-    """Push the built module to the node and apply the manifest bound to its digest."""
+def deploy(project: Project, result: BuildResult, context: str | None) -> bool:
+    """Push the built module to the node and apply the manifest bound to its digest; False when
+    the node reported problems with it."""
     from .client import Client
 
     c = Client(context)
@@ -162,6 +163,7 @@ def deploy(project: Project, result: BuildResult, context: str | None) -> None:
     out.print(f"deployed {project.name}:{version}: {actions}", highlight=False, soft_wrap=True)
     for p in res["problems"]:
         err.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
+    return not res["problems"]
 
 
 def _snapshot(project: Project) -> dict[Path, tuple[int, int]]:
@@ -199,14 +201,15 @@ def dev(path: Path = typer.Argument(Path("."), help="project directory"),
             except IotwasmError as e:
                 err.print(f"[red]error:[/] {e}; waiting for the next save", highlight=False, soft_wrap=True)
                 report = None
+            deployed = False
             if report is not None:
                 if report.failed:
                     print_report(report)
                     err.print("[yellow]samples fail: the node keeps the running version[/]", highlight=False)
                 else:
-                    deploy(project, result, context)
+                    deployed = deploy(project, result, context)
             if once:
-                if report is None or report.failed:
+                if not deployed:
                     raise typer.Exit(1)
                 return
         time.sleep(interval)
