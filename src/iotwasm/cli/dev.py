@@ -19,8 +19,17 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import IotwasmError
-from ..toolchain import (TEMPLATES, BuildFailed, BuildResult, Project, build, listing, new_project,
-                         open_project, run_samples)
+from ..toolchain import (
+    TEMPLATES,
+    BuildFailed,
+    BuildResult,
+    Project,
+    build,
+    listing,
+    new_project,
+    open_project,
+    run_samples,
+)
 from ..toolchain.samples import Report
 
 out = Console()
@@ -83,6 +92,7 @@ def new(name: Optional[str] = typer.Argument(None, help="project name: lowercase
         return
     if not name:
         _fail("give a project name (or --list)")
+        return
     try:
         path = new_project(name, lang, template, directory)
     except IotwasmError as e:

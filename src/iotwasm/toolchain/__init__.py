@@ -9,11 +9,35 @@ Public surface: `LANGUAGES` / `language()` (the toolchain registry), `open_proje
 
 from __future__ import annotations
 
-from .languages import LANGUAGES, BuildFailed, Language, NotAvailable, ToolchainMissing, language, sdk_root
+from .languages import (
+           LANGUAGES,
+           BuildFailed,
+           Language,
+           NotAvailable,
+           ToolchainMissing,
+           language,
+           sdk_root,
+)
 from .project import BuildResult, Project, build, open_project
 from .samples import Report, SampleResult, run_samples
 from .scaffold import TEMPLATES, listing, new_project
 
-__all__ = ["BuildFailed", "BuildResult", "LANGUAGES", "Language", "NotAvailable", "Project", "Report",
-           "SampleResult", "TEMPLATES", "ToolchainMissing", "build", "language", "listing",
-           "new_project", "open_project", "run_samples", "sdk_root"]
+__all__ = [
+           "LANGUAGES",
+           "TEMPLATES",
+           "BuildFailed",
+           "BuildResult",
+           "Language",
+           "NotAvailable",
+           "Project",
+           "Report",
+           "SampleResult",
+           "ToolchainMissing",
+           "build",
+           "language",
+           "listing",
+           "new_project",
+           "open_project",
+           "run_samples",
+           "sdk_root",
+]

@@ -18,7 +18,7 @@ import yaml
 
 from ..container import RestartPolicy, WasmContainer
 from ..engine import Runtime
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError
 from ..message import BatchResult, Message
 from ..node.manifests import Deployment, parse_documents
 from .project import Project
@@ -98,13 +98,18 @@ def load_samples(path: Path) -> list[Sample]:
         if not isinstance(expect, list):
             raise ConfigError(f"{at}: expect must be a list of outputs")
         outs = []
-        for j, e in enumerate(expect, 1):
-            if not isinstance(e, dict):
+        for j, out in enumerate(expect, 1):
+            if not isinstance(out, dict):
                 raise ConfigError(f"{at} output {j}: expected a mapping with payload")
-            p: Any = bytes.fromhex(str(e["payload_hex"])) if "payload_hex" in e else e.get("payload")
+            p: Any = out.get("payload")
+            if "payload_hex" in out:
+                try:
+                    p = bytes.fromhex(str(out["payload_hex"]))
+                except ValueError:
+                    raise ConfigError(f"{at} output {j}: payload_hex is not hex") from None
             if p is None:
                 raise ConfigError(f"{at} output {j}: needs payload or payload_hex")
-            outs.append(Expected(e.get("topic"), p))
+            outs.append(Expected(out.get("topic"), p))
         dead = d.get("dead_letter")
         samples.append(Sample(str(d.get("name") or f"sample {i}"),
                               Message(str(d.get("topic") or "test"), _payload(d, at)), outs,
@@ -199,8 +204,6 @@ def run_samples(project: Project, runtime: Runtime | None = None) -> Report:
             result = container.process([s.message for s in samples])
         finally:
             container.stop()
-    except IotwasmError:
-        raise
     finally:
         if own:
             rt.close()

@@ -70,12 +70,12 @@ def new_project(name: str, lang: str, template: str = "filter", parent: Path = P
     values = {"name": name, "crate": name.replace("-", "_"), "table": name.replace("-", "_"),
               "sdk": str(sdk_root().resolve()), "template": template, "title": lg.title,
               "lang": lang, "summary": TEMPLATES[template], "source": ", ".join(sources)}
-    for rel, text in files.items():
+    for name_in_project, text in files.items():
         for key, value in values.items():
             text = text.replace("{{" + key + "}}", value)
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        out = dest / name_in_project
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     return dest
 
 

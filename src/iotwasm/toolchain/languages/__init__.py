@@ -32,5 +32,13 @@ def detect(path: Path) -> Language:
                       "or a .ts file)")
 
 
-__all__ = ["BuildFailed", "LANGUAGES", "Language", "NotAvailable", "ToolchainMissing", "detect",
-           "language", "sdk_root"]
+__all__ = [
+    "LANGUAGES",
+    "BuildFailed",
+    "Language",
+    "NotAvailable",
+    "ToolchainMissing",
+    "detect",
+    "language",
+    "sdk_root",
+]

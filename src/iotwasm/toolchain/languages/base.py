@@ -63,7 +63,7 @@ def which(command: str) -> Path | None:
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, what: str = "build") -> str:
     """Run a toolchain command; its combined output, or BuildFailed carrying it."""
     try:
-        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     except FileNotFoundError as e:
         raise ToolchainMissing(f"{cmd[0]}: not found ({e.strerror})") from None
     except subprocess.TimeoutExpired:

@@ -25,7 +25,7 @@ STACK = "-C link-arg=-zstack-size=65536"
 def _has_wasm_target(rustc: Path) -> bool:
     try:
         sysroot = subprocess.run([str(rustc), "--print", "sysroot"], capture_output=True, text=True,
-                                 timeout=60).stdout.strip()
+                                 timeout=60, check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(sysroot) and (Path(sysroot) / "lib" / "rustlib" / TARGET / "lib").is_dir()
