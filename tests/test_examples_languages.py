@@ -82,8 +82,23 @@ def objects(draw) -> bytes:
     return text.encode()
 
 
-payloads = st.lists(st.one_of(objects(), objects().map(lambda b: b[:-1]), st.binary(max_size=40),
-                              st.sampled_from([b"[1]", b"", b"{", b"{}", b"null"])),
+@st.composite
+def readings(draw) -> bytes:
+    """A well-formed reading, as sensors send them: these mostly pass (or convert)."""
+    doc: dict = {"device": draw(st.sampled_from(["d1", "dev-0007", "a\"b"]))}
+    if draw(st.booleans()):
+        doc["sensor"] = draw(st.sampled_from(["temperature", "pressure", "humidity"]))
+    doc["value"] = draw(st.one_of(st.floats(-1e6, 1e6), st.integers(-1000, 1000),
+                                  st.sampled_from([10, 30, 10.0000001, 29.9999999])))
+    if draw(st.booleans()):
+        doc["unit"] = draw(st.sampled_from(["C", "F", "K", "Pa", "hPa", "kPa", "psi", "bar", "°C"]))
+    if draw(st.booleans()):
+        doc["nested"] = {"value": "no", "list": [1, {"unit": "x"}]}
+    return json.dumps(doc, ensure_ascii=draw(st.booleans())).encode()
+
+
+payloads = st.lists(st.one_of(readings(), readings(), objects(), objects().map(lambda b: b[:-1]),
+                              st.binary(max_size=40), st.sampled_from([b"[1]", b"", b"{", b"{}", b"null"])),
                     min_size=1, max_size=30)
 bounds = st.one_of(st.none(), numbers.map(str), st.sampled_from(["inf", "-inf", " 12 ", "abc", "nan"]))
 
