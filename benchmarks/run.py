@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/run.py                 # everything (also: make bench)
     .venv/bin/python benchmarks/run.py --quick         # smaller N: a smoke run
-    .venv/bin/python benchmarks/run.py --only density  # one section
+    .venv/bin/python benchmarks/run.py --only density  # one section (or languages, ...)
 
 Every figure is the median of several timed repeats, taken with time.perf_counter_ns after
 warm-up runs, with the garbage collector off inside timed loops. Baselines run in the same
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RANGE_FILTER = ROOT / "examples" / "modules" / "range_filter.wasm"
 FILTER_CONFIG = {"field": "value", "min": "10", "max": "30"}
-SECTIONS = ("per-message", "cold-start", "density", "components")
+SECTIONS = ("per-message", "cold-start", "density", "languages", "components")
 BATCH_SIZES = (1, 10, 100, 1000)
 
 #: (full, quick) sizes
@@ -946,6 +946,10 @@ def markdown(res: dict) -> str:
                   "10^6 bytes); virtual size after: " + ", ".join(
                       f"{c['vm_after'] / 2**30:,.0f} GiB" for c in de["cases"]) +
                   " (address space reserved for linear memories, not memory in use)."]
+    if res.get("languages"):
+        from languages import markdown as languages_markdown
+
+        lines += [""] + languages_markdown(res["languages"])
     la = (m.get("loadavg_at_start"), m.get("loadavg_at_end"))
     load = f"1-minute load average {la[0]:.2f} at start, {la[1]:.2f} at end" if None not in la else ""
     if m.get("steal_pct") is not None:
@@ -1011,6 +1015,10 @@ def main() -> None:
 
             res["components"] = bench_components(args.quick, log, interleaved, make_messages,
                                                  median)
+        elif name == "languages":
+            from languages import bench_languages
+
+            res["languages"] = bench_languages(args.quick, log)
         else:
             res["density"] = bench_density(work, args.quick, log)
         log(f"  ({(perf_ns() - t0) / 1e9:.1f} s)")

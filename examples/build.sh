@@ -4,6 +4,8 @@
 #   *.c        iotwasm-v1 modules on the C SDK (sdk/c/iotwasm.h), freestanding wasm32, no libc
 #   wasi_*.c   WASI command programs, wasm32-wasi with wasi-libc
 #   *.wat      hand-written modules, assembled with wat2wasm
+#   rust/NAME/ crates on the Rust SDK (sdk/rust), built by `iotwasm build` into rust/NAME.wasm
+#   assemblyscript/NAME.ts  modules on the AssemblyScript SDK, built by `iotwasm build`
 #
 #   examples/build.sh           build into examples/modules/
 #   examples/build.sh --check   build into a temporary directory and compare with the
@@ -11,8 +13,9 @@
 #
 # Builds are deterministic: no debug info, no paths, and --strip-all drops the name and
 # producers sections (exports keep their names), so the same toolchain gives the same bytes
-# on every run and machine. A different clang or wabt release may generate different code;
-# --check prints the versions in use when it finds a difference.
+# on every run and machine; Rust paths are remapped and asc embeds only relative names (see
+# src/iotwasm/toolchain/languages/). A different clang, wabt, rustc or assemblyscript release
+# may generate different code; --check prints the versions in use when it finds a difference.
 #
 # Installs nothing. Exit status: 0 ok, 1 build failed or --check found differences,
 # 2 a tool is missing (the Debian packages to install are printed), 64 bad usage.
@@ -22,6 +25,7 @@ cd "$(dirname "$0")/.."
 SRC=examples/modules
 CLANG=${CLANG:-clang}
 WAT2WASM=${WAT2WASM:-wat2wasm}
+PY=${PYTHON:-.venv/bin/python}
 
 CHECK=0
 case "${1:-}" in
@@ -43,9 +47,22 @@ if command -v "$CLANG" >/dev/null 2>&1; then
   libc=$("$CLANG" --target=wasm32-wasi -print-file-name=libc.a 2>/dev/null || true)
   [ -f "$libc" ] || missing+=(wasi-libc)
 fi
+# Rust: a rustc on PATH with the wasm32 standard library (a rustup rustc without it is skipped)
+rust_ok=0
+for rustc in $(type -ap rustc); do
+  sysroot=$("$rustc" --print sysroot 2>/dev/null || true)
+  [ -n "$sysroot" ] && [ -d "$sysroot/lib/rustlib/wasm32-unknown-unknown/lib" ] && rust_ok=1 && break
+done
+[ $rust_ok -eq 1 ] || missing+=(rustc libstd-rust-dev-wasm32)
+command -v cargo >/dev/null 2>&1 || missing+=(cargo)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "examples/build.sh: missing tools; install the Debian packages: ${missing[*]}" >&2
   echo "  sudo apt-get install ${missing[*]}" >&2
+  exit 2
+fi
+if [ ! -x sdk/assemblyscript/node_modules/.bin/asc ]; then
+  echo "examples/build.sh: the AssemblyScript compiler is not installed: npm ci --prefix sdk/assemblyscript" >&2
   exit 2
 fi
 
@@ -66,20 +83,33 @@ build() {  # build SOURCE into $OUT, printing the command
   local src=$1 name out
   name=$(basename "${src%.*}")
   out=$OUT/$name.wasm
+  case "$src" in */rust/*|*/assemblyscript/*) out=$OUT/$(basename "$(dirname "$src")")/$name.wasm ;; esac
+  mkdir -p "$(dirname "$out")"
   local cmd
   case "$src" in
+    */rust/*|*.ts) cmd=("$PY" -m iotwasm.cli.main build "$src" --out "$out") ;;
     *.wat) cmd=("$WAT2WASM" "$src" -o "$out") ;;
     */wasi_*.c) cmd=("$CLANG" "${WASI_CFLAGS[@]}" -o "$out" "$src") ;;
     *.c) cmd=("$CLANG" "${CFLAGS[@]}" -o "$out" "$src") ;;
   esac
   [ $CHECK -eq 1 ] || echo "${cmd[*]}"
-  "${cmd[@]}"
+  "${cmd[@]}" >/dev/null
   chmod 644 "$out"   # the linker marks its output executable; these are data files
+  rm -f "$out.sha256"
 }
 
+# cargo's work files: a scratch directory for --check, else one shared (ignored) directory
+if [ $CHECK -eq 1 ]; then
+  export CARGO_TARGET_DIR=$OUT/.cargo-target
+else
+  export CARGO_TARGET_DIR=$PWD/$SRC/rust/target
+fi
+
 sources=()
-for src in "$SRC"/*.c "$SRC"/*.wat; do
-  [ -e "$src" ] && sources+=("$src")
+for src in "$SRC"/*.c "$SRC"/*.wat "$SRC"/rust/*/Cargo.toml "$SRC"/assemblyscript/*.ts; do
+  [ -e "$src" ] || continue
+  case "$src" in */Cargo.toml) src=$(dirname "$src") ;; esac
+  sources+=("$src")
 done
 for src in "${sources[@]}"; do
   build "$src"
@@ -110,23 +140,25 @@ fi
 problems=()
 for src in "${sources[@]}"; do
   name=$(basename "${src%.*}").wasm
+  case "$src" in */rust/*|*/assemblyscript/*) name=$(basename "$(dirname "$src")")/$name ;; esac
   if [ ! -f "$SRC/$name" ]; then
     problems+=("$SRC/$name: not committed (source $src)")
   elif ! cmp -s "$OUT/$name" "$SRC/$name"; then
     problems+=("$SRC/$name: differs from a build of $src")
   fi
 done
-for wasm in "$SRC"/*.wasm; do
+for wasm in "$SRC"/*.wasm "$SRC"/rust/*.wasm "$SRC"/assemblyscript/*.wasm; do
   [ -e "$wasm" ] || continue
-  name=$(basename "$wasm")
-  [ -f "$OUT/$name" ] || problems+=("$wasm: no source (.c or .wat) builds it")
+  name=${wasm#"$SRC"/}
+  [ -f "$OUT/$name" ] || problems+=("$wasm: no source (.c, .wat, crate or .ts) builds it")
 done
 
 if [ ${#problems[@]} -gt 0 ]; then
   echo "examples/build.sh --check: committed modules do not match their sources:" >&2
   printf '  %s\n' "${problems[@]}" >&2
   echo "run examples/build.sh (make examples) and commit the results; toolchain in use:" >&2
-  echo "  $("$CLANG" --version | head -n1); wat2wasm $("$WAT2WASM" --version)" >&2
+  echo "  $("$CLANG" --version | head -n1); wat2wasm $("$WAT2WASM" --version);" \
+       "$(rustc --version 2>/dev/null); asc $(node sdk/assemblyscript/node_modules/.bin/asc --version 2>/dev/null)" >&2
   exit 1
 fi
 echo "examples/build.sh --check: ${#sources[@]} modules match their sources"

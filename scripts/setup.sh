@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Prepares a machine for iotwasm: Debian packages (wasm toolchain, brokers, a browser for the
-# dashboard's tests) and a Python venv.
-# Idempotent and quick when nothing changed; the Makefile runs it before every target.
+# Prepares a machine for iotwasm: Debian packages (wasm toolchains for C and Rust, brokers, a
+# browser for the dashboard's tests), the AssemblyScript compiler (npm, pinned by
+# sdk/assemblyscript/package-lock.json, installed in sdk/assemblyscript/node_modules, never
+# globally) and a Python venv.
+# Idempotent and quick when nothing changed; the Makefile runs it before every target. When
+# another apt or dpkg holds the package locks, it waits for them (up to 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,14 +31,50 @@ done
 { command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || missing+=(nats-server)
 # the web dashboard's tests drive Debian's browser (never a browser downloaded at run time)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# Rust modules: Debian's rustc and cargo with the wasm32 standard library (a rustup toolchain
+# elsewhere on PATH does not count: it has no wasm32 target here)
+[ -x /usr/bin/rustc ] || missing+=(rustc)
+[ -x /usr/bin/cargo ] || missing+=(cargo)
+[ -d /usr/lib/rustlib/wasm32-unknown-unknown/lib ] || missing+=(libstd-rust-dev-wasm32)
+# AssemblyScript modules: Node.js and npm run the compiler
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+# apt-get that waits for another package manager instead of failing on its lock: dpkg's lock
+# through apt's own timeout, the package lists' lock (apt-get update) by retrying
+apt_get() {
+  local deadline=$((SECONDS + 600)) out
+  while :; do
+    if out=$($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@" 2>&1); then
+      return 0
+    fi
+    if grep -qE "Could not get lock|Unable to lock|is held by process" <<<"$out" && [ $SECONDS -lt $deadline ]; then
+      echo "setup: another package manager holds the apt/dpkg lock; waiting for it"
+      sleep 5
+      continue
+    fi
+    echo "$out" >&2
+    return 1
+  done
+}
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# the AssemblyScript compiler, exactly as locked, into the SDK's own node_modules
+lock=sdk/assemblyscript/package-lock.json
+npm_stamp=sdk/assemblyscript/node_modules/.iotwasm-setup
+npm_want="$(sha256sum "$lock" | cut -c1-16)"
+if [ "$(cat "$npm_stamp" 2>/dev/null)" != "$npm_want" ]; then
+  echo "setup: installing the AssemblyScript compiler (npm ci in sdk/assemblyscript)"
+  npm ci --prefix sdk/assemblyscript --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$npm_want" > "$npm_stamp"
 fi
 
 stamp="$VENV/.iotwasm-setup"

@@ -18,12 +18,17 @@ MISSING_TOOLS = 2
 
 
 def sources():
-    return sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".c", ".wat"))
+    """(source, the module it builds): C and WAT files, Rust crates, AssemblyScript files."""
+    found = [(p, p.with_suffix(".wasm")) for p in EXAMPLES.iterdir() if p.suffix in (".c", ".wat")]
+    found += [(p.parent, p.parent.with_suffix(".wasm")) for p in (EXAMPLES / "rust").glob("*/Cargo.toml")]
+    found += [(p, p.with_suffix(".wasm")) for p in (EXAMPLES / "assemblyscript").glob("*.ts")]
+    return sorted(found)
 
 
 def test_every_source_has_a_committed_module():
     assert sources(), f"no example sources in {EXAMPLES}"
-    missing = [s.name for s in sources() if not s.with_suffix(".wasm").is_file()]
+    assert {s.parent.name for s, _ in sources()} >= {"modules", "rust", "assemblyscript"}
+    missing = [str(s.relative_to(EXAMPLES)) for s, wasm in sources() if not wasm.is_file()]
     assert not missing, f"no .wasm built from {', '.join(missing)}: run `make examples` and commit it"
 
 

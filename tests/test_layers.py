@@ -1,6 +1,6 @@
 """Lower layers never import higher ones (DESIGN: engine < registry < container < messaging <
-pipeline < node < cli). Foundation modules (backoff, errors, message, sensors, sqlite,
-supervise) import no layer."""
+pipeline < node < fleet < toolchain < api < cli). Foundation modules (backoff, errors, message,
+sensors, sqlite, supervise) import no layer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "iotwasm"
-ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "fleet", "api", "cli"]
+ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "fleet", "toolchain", "api",
+         "cli"]
 FOUNDATION = {"backoff", "errors", "message", "sensors", "sqlite", "supervise"}
 
 

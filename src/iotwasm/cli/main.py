@@ -333,6 +333,10 @@ from .fleet import register as _register_fleet  # noqa: E402
 
 _register_fleet(app)
 
+from .dev import register as _register_dev  # noqa: E402
+
+_register_dev(app)
+
 
 def main() -> None:  # pragma: no cover - entry point
     app()
