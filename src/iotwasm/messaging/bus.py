@@ -515,7 +515,8 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
     """Make a bus from a URL (not yet connected: call `await bus.connect()`).
 
     * ``None`` or ``memory://`` -> `InProcessBus`
-    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S]`` -> `MqttBus`
+    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B]``
+      -> `MqttBus`
       (``mqtts://`` for TLS with the system's trusted CAs, port 8883)
     * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
 
@@ -535,8 +536,13 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
         kwargs: dict[str, Any] = {}
         if "client_id" in query:
             kwargs["client_id"] = query.pop("client_id")
-        if "keepalive" in query:
-            kwargs["keepalive"] = int(query.pop("keepalive"))
+        for key in ("keepalive", "max_packet_size"):
+            if key in query:
+                value = query.pop(key)
+                try:
+                    kwargs[key] = int(value)
+                except ValueError:
+                    raise ConfigError(f"{key} in {url!r} must be a whole number, not {value!r}") from None
         if query:
             raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
         kwargs.update(options)
