@@ -857,6 +857,42 @@ def test_nats_server_down_at_start_connect_raises_then_bus_connects_by_itself(tm
         server.kill()
 
 
+def test_nats_connects_and_reconnects_with_the_shared_backoff(tmp_path):
+    """The first connection and every reconnect wait the injected backoff's delays; a
+    connection made starts them over."""
+    server = NatsServer(tmp_path / "late")
+    delays = RecordedBackoff(0.01, 0.2, rng=random.Random(5))
+
+    async def until(cond, what):
+        deadline = time.monotonic() + 15
+        while not cond():  # nats-py reports no event per failed attempt: poll the record
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {delays.calls}"
+            await asyncio.sleep(0.01)
+
+    async def main():
+        bus = NatsBus(server.url, backoff=delays, connect_timeout=0.5)
+        states = States(bus)
+        with pytest.raises(BrokerUnavailable):
+            await bus.connect(timeout=0.3)
+        await until(lambda: delays.failures >= 3, "three failed first attempts")
+        await asyncio.to_thread(server.start)
+        await states.until_connected()
+        assert delays.failures == 0 and delays.calls[-1] == "reset"
+        held = len(delays.calls)
+        await asyncio.to_thread(server.kill)
+        await states.until_seen(BusState.DISCONNECTED)
+        await until(lambda: delays.failures >= 3, "three failed reconnect attempts")
+        await asyncio.to_thread(server.start)
+        await until(lambda: "reset" in delays.calls[held:], "the reconnect")
+        await states.until_seen(BusState.CONNECTED, 2)
+        await bus.close()
+
+    try:
+        run(main(), timeout=45)
+    finally:
+        server.kill()
+
+
 def test_nats_jetstream_publish_times_out_when_server_hangs(nats_server):
     async def main():
         bus = NatsBus(nats_server.url, stream="HANG")
