@@ -590,6 +590,14 @@ def test_mqtt_oversized_or_qos3_packet_drops_the_connection_and_reconnects(bad, 
     assert lines and "reconnect" in lines[0], [r.getMessage() for r in caplog.records]
 
 
+async def poll_until(cond, what: str, timeout: float = 15.0) -> None:
+    """For what reports no event (a failed connection attempt): poll, with a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 class RecordedBackoff(Backoff):
     """The shared backoff, recording what the bus asked of it."""
 
@@ -613,11 +621,8 @@ def test_mqtt_reconnects_with_the_shared_backoff(tmp_path):
     port = free_port()
     delays = RecordedBackoff(0.01, 0.2, rng=random.Random(3))
 
-    async def until(cond, what):
-        deadline = time.monotonic() + 10
-        while not cond():  # the bus reports no event per failed attempt: poll the record
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {delays.calls}"
-            await asyncio.sleep(0.01)
+    def until(cond, what):
+        return poll_until(cond, f"{what} ({delays.calls})")
 
     async def main():
         bus = MqttBus(f"mqtt://127.0.0.1:{port}", backoff=delays, reconnect_max=0.2)
@@ -637,6 +642,113 @@ def test_mqtt_reconnects_with_the_shared_backoff(tmp_path):
             assert delays.calls[held:held + 2] == ["reset", "next"]
         finally:
             broker.kill()
+        await bus.close()
+
+    run(main())
+
+
+class Holder:
+    """A handler that returns a future per message, as the pipeline does: the message is
+    acknowledged when the test settles it, given back when the test cancels it."""
+
+    def __init__(self):
+        self.held: list[tuple[bytes, asyncio.Future]] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, msg: Message) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.held.append((msg.payload, fut))
+        self.changed.set()
+        return fut
+
+    async def wait_count(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.held) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def publish_all(url: str, topic: str, payloads) -> None:
+    pub = MqttBus(url)
+    await pub.connect()
+    for p in payloads:
+        await pub.publish(topic, p, qos=1)
+    await pub.close()
+
+
+def test_mqtt_detach_keeps_the_session_and_gives_back_what_was_not_processed(mosquitto):
+    """A process that stops detaches: no UNSUBSCRIBE, so the broker keeps queueing for the
+    session; a message processed is acknowledged, one given back unprocessed comes again."""
+
+    async def main():
+        bus = MqttBus(mosquitto.url, client_id="detacher")
+        holder = Holder()
+        sub = await bus.subscribe("det/#", holder, qos=1)
+        await bus.connect()
+        await publish_all(mosquitto.url, "det/x", [b"0", b"1", b"2"])
+        await holder.wait_count(3)
+        holder.held[0][1].set_result(True)       # processed
+        await sub.detach()
+        for _, fut in holder.held[1:]:
+            fut.cancel()                         # not processed: given back
+        await bus.close()
+        await publish_all(mosquitto.url, "det/x", [b"3", b"4"])   # while it is away
+
+        back = MqttBus(mosquitto.url, client_id="detacher")
+        inbox = Inbox()
+        await back.subscribe("det/#", inbox, qos=1)
+        await back.connect()
+        await inbox.wait_count(4)
+        await back.publish("det/x", b"end", qos=1)
+        await inbox.wait_until(lambda i: b"end" in i.payloads, "the end marker")
+        assert inbox.payloads == [b"1", b"2", b"3", b"4", b"end"]
+        await back.close()
+
+    run(main())
+
+
+def test_mqtt_unsubscribe_ends_the_session_subscription(mosquitto):
+    """The other kind of stop, for a route that is gone: the broker keeps nothing for it."""
+
+    async def main():
+        bus = MqttBus(mosquitto.url, client_id="leaver")
+        sub = await bus.subscribe("gone/#", Inbox(), qos=1)
+        await bus.connect()
+        await sub.unsubscribe()
+        await bus.close()
+        await publish_all(mosquitto.url, "gone/x", [b"lost"])
+        back = MqttBus(mosquitto.url, client_id="leaver")
+        inbox = Inbox()
+        await back.subscribe("gone/#", inbox, qos=1)
+        await back.connect()
+        await back.publish("gone/x", b"end", qos=1)
+        await inbox.wait_until(lambda i: b"end" in i.payloads, "the end marker")
+        assert inbox.payloads == [b"end"]
+        await back.close()
+
+    run(main())
+
+
+def test_mqtt_message_given_back_on_a_live_bus_is_delivered_again(mosquitto):
+    """MQTT has no negative acknowledgement: while other subscriptions still take messages,
+    the bus reconnects so the broker delivers the message given back once more."""
+
+    async def main():
+        bus = MqttBus(mosquitto.url, client_id="giver", backoff=Backoff(0.01, 0.1))
+        states = States(bus)
+        holder, other = Holder(), Inbox()
+        await bus.subscribe("give/#", holder, qos=1)
+        await bus.subscribe("keep/#", other, qos=1)
+        await bus.connect()
+        await publish_all(mosquitto.url, "give/x", [b"once more"])
+        await holder.wait_count(1)
+        holder.held[0][1].cancel()
+        await holder.wait_count(2)
+        assert [p for p, _ in holder.held] == [b"once more", b"once more"]
+        assert BusState.DISCONNECTED in states.seen and bus.stats.reconnects >= 1
+        holder.held[1][1].set_result(True)
+        await publish_all(mosquitto.url, "keep/x", [b"still here"])
+        await other.wait_count(1)
         await bus.close()
 
     run(main())
@@ -863,11 +975,8 @@ def test_nats_connects_and_reconnects_with_the_shared_backoff(tmp_path):
     server = NatsServer(tmp_path / "late")
     delays = RecordedBackoff(0.01, 0.2, rng=random.Random(5))
 
-    async def until(cond, what):
-        deadline = time.monotonic() + 15
-        while not cond():  # nats-py reports no event per failed attempt: poll the record
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {delays.calls}"
-            await asyncio.sleep(0.01)
+    def until(cond, what):
+        return poll_until(cond, f"{what} ({delays.calls})")
 
     async def main():
         bus = NatsBus(server.url, backoff=delays, connect_timeout=0.5)
@@ -891,6 +1000,38 @@ def test_nats_connects_and_reconnects_with_the_shared_backoff(tmp_path):
         run(main(), timeout=45)
     finally:
         server.kill()
+
+
+def test_nats_jetstream_detach_keeps_the_durable_and_redelivers_what_was_given_back(nats_server):
+    async def main():
+        bus = NatsBus(nats_server.url, stream="DETACH")
+        await bus.connect()
+        holder = Holder()
+        sub = await bus.subscribe("jd/+", holder, qos=1, durable="jd")
+        for i in range(3):
+            await bus.publish("jd/x", str(i).encode(), qos=1)
+        await holder.wait_count(3)
+        holder.held[0][1].set_result(True)
+        deadline = time.monotonic() + 10
+        # the ack of 0 is on its way (ack_sync in a task): wait until the server has it
+        while (await bus._js.consumer_info("DETACH", "jd")).num_ack_pending != 2:
+            assert time.monotonic() < deadline, "the acknowledgement of 0 never arrived"
+            await asyncio.sleep(0.01)
+        await sub.detach()
+        for _, fut in holder.held[1:]:
+            fut.cancel()
+        await bus.close()
+
+        back = NatsBus(nats_server.url, stream="DETACH")
+        await back.connect()
+        inbox = Inbox()
+        await back.subscribe("jd/+", inbox, qos=1, durable="jd")
+        await back.publish("jd/x", b"end", qos=1)
+        await inbox.wait_until(lambda i: b"end" in i.payloads, "the end marker")
+        assert sorted(inbox.payloads) == [b"1", b"2", b"end"]
+        await back.close()
+
+    run(main())
 
 
 def test_nats_jetstream_publish_times_out_when_server_hangs(nats_server):

@@ -28,6 +28,8 @@ from ..errors import ConfigError
 from ..message import Message
 from . import mqtt_codec as codec
 from .bus import (
+    OK,
+    RELEASED,
     Bus,
     BusState,
     Handler,
@@ -435,14 +437,16 @@ class MqttBus(Bus):
 
     def _hand_out(self, targets: list, topic: str, payload: bytes, entry: list) -> None:
         if len(targets) == 1:
-            targets[0].offer(Message(topic, payload), lambda outcome: self._ready(entry))
+            targets[0].offer(Message(topic, payload), lambda outcome: self._settle(entry, outcome))
             return
-        remaining = [len(targets)]
+        remaining = [len(targets), OK]
 
         def done(outcome: str) -> None:
             remaining[0] -= 1
+            if outcome == RELEASED:
+                remaining[1] = RELEASED
             if remaining[0] == 0:
-                self._ready(entry)
+                self._settle(entry, remaining[1])
 
         for sub in targets:
             sub.offer(Message(topic, payload), done)
@@ -481,6 +485,39 @@ class MqttBus(Bus):
                         "claimed within %ss", self.url, dropped, self.park_timeout)
         if self._parked:
             self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
+
+    def _settle(self, entry: list, outcome: str) -> None:
+        if outcome == RELEASED:
+            self._release(entry)
+        else:
+            self._ready(entry)
+
+    def _release(self, entry: list) -> None:
+        """A handler gave the message back unprocessed. MQTT 3.1.1 has no negative
+        acknowledgement: a broker sends an unacknowledged message again only on the session's
+        next connection, and as acknowledgements go in arrival order, this one holds back
+        those of every later message. So while other subscriptions on this bus still take
+        messages, the bus reconnects and the broker hands them all over again (duplicates are
+        possible: at-least-once); when none does (a node stopping), the message waits for the
+        session's next connection. A clean session would lose it on a reconnect: there it is
+        acknowledged and counted as dropped."""
+        entry[2] = None  # never acknowledged on this connection
+        if entry[1] != self._generation or not self._connected or self._closed:
+            return  # a later connection of the session gets it again anyway
+        if not self.persistent:
+            self.stats.dropped += 1
+            log.warning("mqtt %s: a message given back unprocessed is acknowledged (a clean "
+                        "session cannot have it delivered again)", self.url)
+            entry[2] = True
+            self._ready(entry)
+            return
+        if any(s.active for s in self._subs) and self._conn is not None:
+            conn = self._conn
+            if not conn.transport.is_closing():
+                log.info("mqtt %s: a message was given back unprocessed; reconnecting so the "
+                         "broker delivers it again", self.url)
+                self._flush()  # the acknowledgements before it still go out
+                conn.transport.close()
 
     def _ready(self, entry: list) -> None:
         entry[2] = True
@@ -771,6 +808,19 @@ class MqttBus(Bus):
         removed = await self._drop_sub(sub)
         if removed is not None and self._connected:
             self._write(codec.unsubscribe(self._new_mid(), [removed]))
+
+    async def _detach(self, sub: Subscription, grace: float) -> None:
+        """Stop `sub` here and send no UNSUBSCRIBE: the broker keeps the filter in the
+        persistent session and queues what is published until the session's next connection.
+        Messages queued here go to the handler first (for up to `grace` seconds); those left
+        are given back unacknowledged. Meanwhile arriving ones wait unacknowledged (parked)."""
+        assert isinstance(sub, MqttSubscription)
+        sub.pause()
+        await sub.handed_on(grace)
+        if sub in self._subs:
+            self._subs.remove(sub)
+            self._match_cache.clear()
+        await sub.stop(grace=grace, release_queued=True)
 
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Wait for the acknowledgements of the qos 1 publishes in flight."""

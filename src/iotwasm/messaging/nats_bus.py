@@ -71,11 +71,20 @@ class JetStreamSubscription(Subscription):
     def _upstream_pending(self) -> int:
         return len(self._fetched)
 
+    def _unhanded(self) -> int:
+        # a fetch under way counts: cancelled, it would leave a pull request at the server
+        # that takes the messages given back next and holds them until ack_wait runs out
+        fetching = self._task is not None and not self._task.done() and not self._busy
+        return super()._unhanded() + (1 if fetching and not self.active else 0)
+
     async def _run(self) -> None:
         bus = self.bus
         backoff = Backoff(0.05, 1.0)
         while True:
             if not self._fetched:
+                if not self.active:  # paused (detach): what was fetched went on; fetch no more
+                    self._progress.set()
+                    return
                 try:
                     self._fetched = list(await self.psub.fetch(self.batch, timeout=self.fetch_timeout))
                     backoff.reset()
@@ -114,8 +123,9 @@ class JetStreamSubscription(Subscription):
                     self._busy = False
                     self._progress.set()
 
-    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False) -> None:
-        await super().stop(grace=grace, drop_queued=drop_queued)
+    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False,
+                   release_queued: bool = False) -> None:
+        await super().stop(grace=grace, drop_queued=drop_queued, release_queued=release_queued)
         # fetched but not handled: give them back so another member (or the next run) gets them
         fetched, self._fetched = self._fetched, []
         for nmsg in fetched:
