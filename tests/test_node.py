@@ -400,6 +400,53 @@ def test_http_ingest_refuses_an_oversized_body_while_it_arrives(site):
     asyncio.run(main())
 
 
+SLOW_ECHO_WAT = ECHO_WAT.replace(
+    "(local $kind i32) (local $first i32)",
+    "(local $kind i32) (local $first i32) (local $spin i32)\n"
+    "    i32.const 2000000 local.set $spin\n"
+    "    (block $s (loop $sl local.get $spin i32.eqz br_if $s\n"
+    "      local.get $spin i32.const 1 i32.sub local.set $spin br $sl))", 1)
+
+
+@pytest.mark.parametrize("edit", ["batch", "source"])
+def test_a_route_edit_hands_queued_messages_to_the_new_version(site, edit):
+    """Messages queued when a route is edited (its batch size, or its source) are processed
+    by the new version, each once, in order per device; an unchanged source stays as it is."""
+    tmp, mdir = site
+    (tmp / "slow.wat").write_text(SLOW_ECHO_WAT)
+    slow = route("r", "echo", "out").replace("  steps: [echo]", "  steps: [echo]\n  batch: {maxSize: 1}")
+    edited = {"batch": slow.replace("maxSize: 1", "maxSize: 50"),
+              "source": slow.replace('topic: "in/{device}"', 'topic: "in/{dev}"').replace(
+                  "maxSize: 1}", "maxSize: 50}\n  orderBy: dev")}[edit]
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "slow.wat")) + "---" + slow)
+        node = await started(tmp, mdir)
+        try:
+            old = node.routes["r"]
+            for i in range(200):
+                await node.bus.publish(f"in/d{i % 4}", b"%d" % i)
+            await wait_for(lambda: node.store.count("out") >= 5, what="the first messages stored")
+            assert node.store.count("out") < 200, "nothing was queued at the edit"
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "slow.wat")) + "---" + edited)
+            assert await node.sync() == []
+            new = node.routes["r"]
+            assert new is not old and (new.source is old.source) == (edit == "batch")
+            assert new.runner.stats.received > 0, "the queue went to the new version"
+            await wait_for(lambda: node.store.count("out") >= 200, what="all 200 stored")
+            rows = node.store.query("out", limit=1000)[::-1]
+            seqs = [int(r["payload"]) for r in rows]
+            assert sorted(seqs) == list(range(200))
+            for d in range(4):
+                mine = [int(r["payload"]) for r in rows if r["topic"] == f"in/d{d}"]
+                assert mine == sorted(mine)
+            assert any(e["kind"] == "updated" for e in node.state.events("r"))
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
 def test_manifest_changes_are_noticed_without_waiting_for_the_poll(site):
     """With the periodic check an hour away, only the directory watch can make the node see
     a new file, an editor-style save (write elsewhere, rename over) and a deletion."""
