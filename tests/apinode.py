@@ -23,14 +23,14 @@ class ApiNode:
     """`fleet`: FleetAgent keyword arguments (url, labels, …) to run the node in a fleet."""
 
     def __init__(self, tmp: Path, manifests: Path | None = None, fleet: dict | None = None,
-                 name: str = "testnode"):
+                 name: str = "testnode", **node_config):
         self.tmp = tmp
         self.fleet = fleet
         self.agent = None
         self.data = tmp / "data"
         self.ingest_port = free_port()
         self.config = NodeConfig(data_dir=self.data, manifests=manifests, sync_interval_s=0.05,
-                                 http=f"127.0.0.1:{self.ingest_port}", name=name)
+                                 http=f"127.0.0.1:{self.ingest_port}", name=name, **node_config)
         self.node: Node | None = None
         self.server: ApiServer | None = None
         self.loop = asyncio.new_event_loop()
@@ -100,8 +100,9 @@ class ApiNode:
         assert r.status_code == 201, r.text
         return r.json()["token"]
 
-    def ingest(self, path: str, device: str, payloads: list[bytes]) -> None:
-        with httpx.Client(timeout=10) as c:
+    def ingest(self, path: str, device: str, payloads: list[bytes], timeout: float = 10) -> None:
+        """POST each payload; each must be acknowledged (202: its route is through with it)."""
+        with httpx.Client(timeout=timeout) as c:
             for p in payloads:
                 r = c.post(f"http://127.0.0.1:{self.ingest_port}{path}?device={device}", content=p)
                 assert r.status_code == 202, r.text

@@ -202,10 +202,14 @@ class Mosquitto(BrokerProcess):
     name = "mosquitto"
     package = "mosquitto"
 
-    def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = True):
+    def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = True,
+                 options: dict[str, str | int] | None = None):
         super().__init__(workdir, port)
         self.binary = find_binary("mosquitto", "mosquitto")
         self.persistence = persistence
+        #: further mosquitto.conf settings, e.g. {"max_inflight_messages": 5}; they win over
+        #: the defaults below
+        self.options = dict(options or {})
 
     def write_config(self) -> None:
         # started as root, mosquitto switches to the user named here (root: stays root)
@@ -223,8 +227,9 @@ class Mosquitto(BrokerProcess):
             "log_timestamp true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.data_dir}/",
-            "max_queued_messages 10000",
         ]
+        settings: dict[str, str | int] = {"max_queued_messages": 10000, **self.options}
+        lines += [f"{key} {value}" for key, value in settings.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def command(self) -> list[str]:

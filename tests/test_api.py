@@ -344,3 +344,14 @@ def test_wasi_stderr_lands_in_the_guest_logs(api):
     lines = wait_for(lambda: c.get("/v1/deployments/csv/logs").json(), what="a log line")
     assert lines[0]["text"] == "line 1: expected 3 fields device,sensor,value"
     assert lines[0]["level"] == "warning"
+
+
+def test_describe_route_says_why_it_is_not_running(api):
+    """A route that cannot start is listed as pending, and describing it says why."""
+    c = api.admin
+    r = apply(c, http_route("r", "ghost", "/in", "in/{device}", "out"))
+    assert r.status_code == 200, r.text
+    [problem] = r.json()["problems"]
+    assert "ghost" in problem
+    d = c.get("/v1/routes/r").json()
+    assert d["state"] == "pending" and "step 'ghost' is not a deployment" in d["problem"]

@@ -9,6 +9,7 @@ their failed evaluation, do not exist yet), and the spinning calls do end, by th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 
 import httpx
@@ -75,7 +76,9 @@ def test_health_api_neighbour_route_and_rule_status_answer_while_modules_spin(tm
     mdir = tmp_path / "m"
     mdir.mkdir()
     (mdir / "all.yaml").write_text(MANIFESTS.format(spin=SPIN, limit=LIMIT, echo=tmp_path / "echo.wasm"))
-    n = ApiNode(tmp_path, manifests=mdir).start()
+    # an http request is answered once its route is through with it: here, after the spin
+    n = ApiNode(tmp_path, manifests=mdir, http_ack_timeout_s=120).start()
+    slow_answer = concurrent.futures.ThreadPoolExecutor(1)
     try:
         node = n.node
         wait_for(lambda: {"slow", "fast"} <= set(node.routes) and "spinning" in node.rules.manifests,
@@ -84,7 +87,7 @@ def test_health_api_neighbour_route_and_rule_status_answer_while_modules_spin(tm
         spinners = lambda: [ln for ln in node.guest_logs.lines() if ln.text == "spinning"]  # noqa: E731
 
         # a route's batch and a rule's function, both spinning until their limit
-        n.ingest("/slow", "d1", [b"spin"])
+        answered = slow_answer.submit(n.ingest, "/slow", "d1", [b"spin"], timeout=120)
         asyncio.run_coroutine_threadsafe(
             node.bus.publish("climate/d1", json.dumps({"v": 1}).encode()), n.loop).result(30)
         wait_for(lambda: {ln.deployment for ln in spinners()} == {"spin", "spin-fn"},
@@ -106,8 +109,10 @@ def test_health_api_neighbour_route_and_rule_status_answer_while_modules_spin(tm
         # … and the spinning calls end, by their limit
         wait_for(lambda: slow.stats.dead_letters == 1, timeout=60, what="the spinning batch's dead letter")
         assert [d["kind"] for d in node.state.dead_letters("slow")] == ["timeout"]
+        answered.result(120)   # dead-lettered is through: the request got its 202
         wait_for(lambda: n.admin.get("/v1/rules/spinning").json()["functions"]["spin"]["errors"] == 1,
                  timeout=60, what="the spinning function's failed evaluation")
         assert "timeout 8000ms exceeded" in n.admin.get("/v1/rules/spinning").json()["functions"]["spin"]["last_error"]
     finally:
         n.stop()
+        slow_answer.shutdown(wait=False)

@@ -8,6 +8,7 @@ kill -9 it and start it again on the same port and data directory. Waits are on 
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from collections import Counter
 import pytest
 
 from brokers import Mosquitto, NatsServer, free_port, mosquitto, nats_server  # noqa: F401
+from iotwasm.backoff import Backoff
 from iotwasm.errors import ConfigError
 from iotwasm.message import Message
 from iotwasm.messaging import (
@@ -479,6 +481,47 @@ def test_mqtt_persistent_session_keeps_qos1_messages_while_away(mosquitto):
     run(main())
 
 
+def test_mqtt_messages_arriving_with_the_connack_are_acknowledged(tmp_path):
+    """A persistent session with messages waiting: the broker sends them right behind the
+    CONNACK, often in the same read. Each must be acknowledged on that connection: one left
+    unacknowledged holds one of the broker's few in-flight slots (here 5) for good and comes
+    again on every later connection; with all five held, nothing more is delivered."""
+    broker = Mosquitto(tmp_path / "small-window", options={"max_inflight_messages": 5})
+    broker.start()
+    n = 60
+
+    async def main():
+        first = MqttBus(broker.url, client_id="window")
+        await first.subscribe("win/#", Inbox(), qos=1)
+        await first.connect()
+        await first.close()
+        pub = MqttBus(broker.url)
+        await pub.connect()
+        for i in range(n):
+            await pub.publish("win/x", str(i).encode(), qos=1)
+        await pub.close()
+
+        for round_ in range(3):  # each reconnect of the session gets what is left, once
+            bus = MqttBus(broker.url, client_id="window")
+            inbox = Inbox()
+            await bus.subscribe("win/#", inbox, qos=1)  # registered before the CONNACK arrives
+            await bus.connect()
+            if round_ == 0:
+                await inbox.wait_until(lambda i: seqs_of(i) == set(range(n)),
+                                       f"all {n} messages through a window of 5", timeout=15)
+            # a flush: a message published now arrives after everything the broker still had
+            await bus.publish("win/end", str(1000 + round_).encode(), qos=1)
+            await inbox.wait_until(lambda i: 1000 + round_ in seqs_of(i), "the end marker")
+            await bus.close()
+            again = seqs_of(inbox) - {1000 + round_} - (set() if round_ else set(range(n)))
+            assert not again, f"reconnect {round_ + 1}: redelivered {sorted(again)}"
+
+    try:
+        run(main(), timeout=60)
+    finally:
+        broker.kill()
+
+
 def test_mqtt_broker_sending_garbage_is_dropped_and_reconnected():
     """A peer that answers CONNACK and then sends bytes that are not MQTT: the bus drops that
     connection, says why in one line, and connects again; the process and the loop go on."""
@@ -506,6 +549,207 @@ def test_mqtt_broker_sending_garbage_is_dropped_and_reconnected():
         assert len(connections) >= 2 and bus.stats.reconnects >= 1
         await bus.close()
         server.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("bad,says", [
+    (b"\x30\xff\xff\xff\x7f", "exceeds the limit of 65,536 bytes"),       # announces 256 MiB
+    (b"\x36\x09\x00\x01t\x00\x01hello", "QoS 3"),                           # no such level
+])
+def test_mqtt_oversized_or_qos3_packet_drops_the_connection_and_reconnects(bad, says, caplog):
+    """A broker cannot make the bus buffer more than `max_packet_size` (the limit applies when
+    the length is read) nor hand it a QoS 3 message: one line says what, the connection is
+    dropped and made again."""
+
+    async def main():
+        connections = []
+
+        async def peer(reader, writer):
+            connections.append(writer)
+            await reader.read(1024)  # CONNECT
+            writer.write(b"\x20\x02\x00\x00" + bad)  # CONNACK accepted, then the bad packet
+            await writer.drain()
+            await reader.read(1024)
+
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        bus = MqttBus(f"mqtt://127.0.0.1:{port}", max_packet_size=65536,
+                      backoff=Backoff(0.01, 0.05, rng=random.Random(7)))
+        states = States(bus)
+        await bus.connect()
+        await states.until_seen(BusState.DISCONNECTED)
+        await states.until_seen(BusState.CONNECTED, 2)
+        assert bus.stats.errors >= 1
+        await bus.close()
+        server.close()
+
+    with caplog.at_level("WARNING", logger="iotwasm.messaging.mqtt"):
+        run(main())
+    lines = [r.getMessage() for r in caplog.records if says in r.getMessage()]
+    assert lines and "reconnect" in lines[0], [r.getMessage() for r in caplog.records]
+
+
+async def poll_until(cond, what: str, timeout: float = 15.0) -> None:
+    """For what reports no event (a failed connection attempt): poll, with a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+class RecordedBackoff(Backoff):
+    """The shared backoff, recording what the bus asked of it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def next(self) -> float:
+        self.calls.append("next")
+        return super().next()
+
+    def reset(self) -> None:
+        self.calls.append("reset")
+        super().reset()
+
+
+def test_mqtt_reconnects_with_the_shared_backoff(tmp_path):
+    """While the broker is away each attempt waits the next delay of the injected backoff
+    (growing, with jitter); a connection that stayed up longer than `reconnect_max` starts
+    the delays over."""
+    port = free_port()
+    delays = RecordedBackoff(0.01, 0.2, rng=random.Random(3))
+
+    def until(cond, what):
+        return poll_until(cond, f"{what} ({delays.calls})")
+
+    async def main():
+        bus = MqttBus(f"mqtt://127.0.0.1:{port}", backoff=delays, reconnect_max=0.2)
+        states = States(bus)
+        await bus.connect(wait=False)
+        await until(lambda: delays.failures >= 4, "four failed attempts")
+        assert "reset" not in delays.calls
+        broker = Mosquitto(tmp_path / "late", port=port)
+        await asyncio.to_thread(broker.start)
+        try:
+            await states.until_connected()
+            held = len(delays.calls)
+            await asyncio.sleep(0.3)  # longer than reconnect_max: a connection that held
+            await asyncio.to_thread(broker.stop)
+            await states.until_seen(BusState.DISCONNECTED)
+            await until(lambda: "next" in delays.calls[held:], "the first delay after the drop")
+            assert delays.calls[held:held + 2] == ["reset", "next"]
+        finally:
+            broker.kill()
+        await bus.close()
+
+    run(main())
+
+
+class Holder:
+    """A handler that returns a future per message, as the pipeline does: the message is
+    acknowledged when the test settles it, given back when the test cancels it."""
+
+    def __init__(self):
+        self.held: list[tuple[bytes, asyncio.Future]] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, msg: Message) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.held.append((msg.payload, fut))
+        self.changed.set()
+        return fut
+
+    async def wait_count(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.held) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def publish_all(url: str, topic: str, payloads) -> None:
+    pub = MqttBus(url)
+    await pub.connect()
+    for p in payloads:
+        await pub.publish(topic, p, qos=1)
+    await pub.close()
+
+
+def test_mqtt_detach_keeps_the_session_and_gives_back_what_was_not_processed(mosquitto):
+    """A process that stops detaches: no UNSUBSCRIBE, so the broker keeps queueing for the
+    session; a message processed is acknowledged, one given back unprocessed comes again."""
+
+    async def main():
+        bus = MqttBus(mosquitto.url, client_id="detacher")
+        holder = Holder()
+        sub = await bus.subscribe("det/#", holder, qos=1)
+        await bus.connect()
+        await publish_all(mosquitto.url, "det/x", [b"0", b"1", b"2"])
+        await holder.wait_count(3)
+        holder.held[0][1].set_result(True)       # processed
+        await sub.detach()
+        for _, fut in holder.held[1:]:
+            fut.cancel()                         # not processed: given back
+        await bus.close()
+        await publish_all(mosquitto.url, "det/x", [b"3", b"4"])   # while it is away
+
+        back = MqttBus(mosquitto.url, client_id="detacher")
+        inbox = Inbox()
+        await back.subscribe("det/#", inbox, qos=1)
+        await back.connect()
+        await inbox.wait_count(4)
+        await back.publish("det/x", b"end", qos=1)
+        await inbox.wait_until(lambda i: b"end" in i.payloads, "the end marker")
+        assert inbox.payloads == [b"1", b"2", b"3", b"4", b"end"]
+        await back.close()
+
+    run(main())
+
+
+def test_mqtt_unsubscribe_ends_the_session_subscription(mosquitto):
+    """The other kind of stop, for a route that is gone: the broker keeps nothing for it."""
+
+    async def main():
+        bus = MqttBus(mosquitto.url, client_id="leaver")
+        sub = await bus.subscribe("gone/#", Inbox(), qos=1)
+        await bus.connect()
+        await sub.unsubscribe()
+        await bus.close()
+        await publish_all(mosquitto.url, "gone/x", [b"lost"])
+        back = MqttBus(mosquitto.url, client_id="leaver")
+        inbox = Inbox()
+        await back.subscribe("gone/#", inbox, qos=1)
+        await back.connect()
+        await back.publish("gone/x", b"end", qos=1)
+        await inbox.wait_until(lambda i: b"end" in i.payloads, "the end marker")
+        assert inbox.payloads == [b"end"]
+        await back.close()
+
+    run(main())
+
+
+def test_mqtt_message_given_back_on_a_live_bus_is_delivered_again(mosquitto):
+    """MQTT has no negative acknowledgement: while other subscriptions still take messages,
+    the bus reconnects so the broker delivers the message given back once more."""
+
+    async def main():
+        bus = MqttBus(mosquitto.url, client_id="giver", backoff=Backoff(0.01, 0.1))
+        states = States(bus)
+        holder, other = Holder(), Inbox()
+        await bus.subscribe("give/#", holder, qos=1)
+        await bus.subscribe("keep/#", other, qos=1)
+        await bus.connect()
+        await publish_all(mosquitto.url, "give/x", [b"once more"])
+        await holder.wait_count(1)
+        holder.held[0][1].cancel()
+        await holder.wait_count(2)
+        assert [p for p, _ in holder.held] == [b"once more", b"once more"]
+        assert BusState.DISCONNECTED in states.seen and bus.stats.reconnects >= 1
+        holder.held[1][1].set_result(True)
+        await publish_all(mosquitto.url, "keep/x", [b"still here"])
+        await other.wait_count(1)
+        await bus.close()
 
     run(main())
 
@@ -723,6 +967,71 @@ def test_nats_server_down_at_start_connect_raises_then_bus_connects_by_itself(tm
         run(main())
     finally:
         server.kill()
+
+
+def test_nats_connects_and_reconnects_with_the_shared_backoff(tmp_path):
+    """The first connection and every reconnect wait the injected backoff's delays; a
+    connection made starts them over."""
+    server = NatsServer(tmp_path / "late")
+    delays = RecordedBackoff(0.01, 0.2, rng=random.Random(5))
+
+    def until(cond, what):
+        return poll_until(cond, f"{what} ({delays.calls})")
+
+    async def main():
+        bus = NatsBus(server.url, backoff=delays, connect_timeout=0.5)
+        states = States(bus)
+        with pytest.raises(BrokerUnavailable):
+            await bus.connect(timeout=0.3)
+        await until(lambda: delays.failures >= 3, "three failed first attempts")
+        await asyncio.to_thread(server.start)
+        await states.until_connected()
+        assert delays.failures == 0 and delays.calls[-1] == "reset"
+        held = len(delays.calls)
+        await asyncio.to_thread(server.kill)
+        await states.until_seen(BusState.DISCONNECTED)
+        await until(lambda: delays.failures >= 3, "three failed reconnect attempts")
+        await asyncio.to_thread(server.start)
+        await until(lambda: "reset" in delays.calls[held:], "the reconnect")
+        await states.until_seen(BusState.CONNECTED, 2)
+        await bus.close()
+
+    try:
+        run(main(), timeout=45)
+    finally:
+        server.kill()
+
+
+def test_nats_jetstream_detach_keeps_the_durable_and_redelivers_what_was_given_back(nats_server):
+    async def main():
+        bus = NatsBus(nats_server.url, stream="DETACH")
+        await bus.connect()
+        holder = Holder()
+        sub = await bus.subscribe("jd/+", holder, qos=1, durable="jd")
+        for i in range(3):
+            await bus.publish("jd/x", str(i).encode(), qos=1)
+        await holder.wait_count(3)
+        holder.held[0][1].set_result(True)
+        deadline = time.monotonic() + 10
+        # the ack of 0 is on its way (ack_sync in a task): wait until the server has it
+        while (await bus._js.consumer_info("DETACH", "jd")).num_ack_pending != 2:
+            assert time.monotonic() < deadline, "the acknowledgement of 0 never arrived"
+            await asyncio.sleep(0.01)
+        await sub.detach()
+        for _, fut in holder.held[1:]:
+            fut.cancel()
+        await bus.close()
+
+        back = NatsBus(nats_server.url, stream="DETACH")
+        await back.connect()
+        inbox = Inbox()
+        await back.subscribe("jd/+", inbox, qos=1, durable="jd")
+        await back.publish("jd/x", b"end", qos=1)
+        await inbox.wait_until(lambda i: b"end" in i.payloads, "the end marker")
+        assert sorted(inbox.payloads) == [b"1", b"2", b"end"]
+        await back.close()
+
+    run(main())
 
 
 def test_nats_jetstream_publish_times_out_when_server_hangs(nats_server):

@@ -84,3 +84,42 @@ def test_a_large_publish_arriving_in_many_small_reads():
     assert [p[0] for p in got] == [codec.PUBLISH, codec.PUBACK]
     assert codec.parse_publish(got[0][1], got[0][2]) == (b"big", 1, 9, payload)
     assert codec.packet_id(got[1][2]) == 3
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5])
+def test_a_packet_over_the_size_limit_is_refused_before_it_is_buffered(cut):
+    """The limit applies as soon as the length is known: a broker announcing 256 MiB gets an
+    error after a few bytes, not 256 MiB of buffer."""
+    dec = codec.Decoder(max_packet_size=1024)
+    header = b"\x30\xff\xff\xff\x7f"  # PUBLISH, remaining length 268,435,455
+    with pytest.raises(codec.PacketTooLarge, match=r"268,435,460 bytes.*limit of 1,024"):
+        dec.feed(header[:cut])
+        dec.feed(header[cut:] + b"\x00\x01t")
+    assert len(dec._buf) < 16
+
+
+def test_a_packet_at_the_size_limit_is_taken():
+    p = codec.publish(b"t", b"x" * 100, 0, False)
+    dec = codec.Decoder(max_packet_size=len(p))   # the whole packet, fixed header included
+    assert [t for t, _, _ in dec.feed(p)] == [codec.PUBLISH]
+    with pytest.raises(codec.PacketTooLarge):
+        codec.Decoder(max_packet_size=len(p) - 1).feed(p)
+
+
+def test_publish_with_qos_3_is_a_protocol_error():
+    body = b"\x00\x01t\x00\x07payload"
+    with pytest.raises(codec.ProtocolError, match="QoS 3"):
+        codec.parse_publish(0x06, body)
+    assert codec.parse_publish(0x02, body)[1:3] == (1, 7)
+
+
+def test_publish_too_short_for_its_topic_or_packet_id_is_a_protocol_error():
+    with pytest.raises(codec.ProtocolError):
+        codec.parse_publish(0x02, b"\x00\x05ab")
+
+
+def test_packets_before_the_bad_bytes_come_with_the_error():
+    """A CONNACK and an oversized packet in one read: the CONNACK is not lost with the error."""
+    with pytest.raises(codec.PacketTooLarge) as info:
+        codec.Decoder(max_packet_size=1024).feed(b"\x20\x02\x00\x00" + b"\x30\xff\xff\xff\x7f")
+    assert [(t, bytes(b)) for t, _, b in info.value.packets] == [(codec.CONNACK, b"\x00\x00")]

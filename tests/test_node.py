@@ -11,6 +11,7 @@ import pytest
 
 from iotwasm.node import Node, NodeConfig
 
+from brokers import free_port
 from conftest import ECHO_WAT
 
 TRAP_ALL_WAT = ECHO_WAT.replace("local.get $first i32.const 33 i32.eq (if (then unreachable))",
@@ -297,16 +298,16 @@ def test_a_crash_looping_deployment_restarts_with_backoff_and_neighbours_keep_fl
     asyncio.run(main())
 
 
+HTTP_ROUTE = route("web", "echo", "web").replace(
+    'source: {bus: {topic: "in/{device}"}}', 'source: {http: {path: /ingest, topic: "in/{device}"}}')
+
+
 def test_http_ingest_source(site):
-    import socket
     import urllib.request
 
     tmp, mdir = site
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    http_route = route("web", "echo", "web").replace(
-        'source: {bus: {topic: "in/{device}"}}', 'source: {http: {path: /ingest, topic: "in/{device}"}}')
+    port = free_port()
+    http_route = HTTP_ROUTE
 
     def post(path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", body, {"Content-Type": ctype})
@@ -329,6 +330,117 @@ def test_http_ingest_source(site):
             await wait_for(lambda: node.store.count("web") == 3, what="3 rows from http")
             rows = node.store.query("web", limit=10)
             assert sorted(r["topic"] for r in rows) == ["in/d1", "in/d2", "in/d2"]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_http_source_on_a_taken_port_is_a_route_problem_not_the_end_of_the_node(site):
+    """Something else listens on the ingest port: the http route cannot start and says why;
+    the node (and its other routes) runs on."""
+    import socket
+
+    tmp, mdir = site
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    http_route = HTTP_ROUTE
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + http_route
+              + "---" + route("local", "echo", "local"))
+        node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, http=f"127.0.0.1:{port}"))
+        await node.start()
+        try:
+            [problem] = node.last_problems
+            assert problem.startswith("Route web: http ingest cannot listen on 127.0.0.1:") \
+                and "in use" in problem, problem
+            assert "local" in node.routes and "web" not in node.routes
+            await node.bus.publish("in/d1", b'{"t": 1}')
+            await wait_for(lambda: node.store.count("local") == 1, what="the other route working")
+            assert any(e["kind"] == "failed" for e in node.state.events("web"))
+        finally:
+            await node.shutdown()
+            taken.close()
+
+    asyncio.run(main())
+
+
+def test_http_ingest_refuses_an_oversized_body_while_it_arrives(site):
+    """The 1 MiB cap applies while the body streams in: a client that keeps sending gets 413
+    once it is past the cap, without the node waiting for (or keeping) the rest."""
+    import socket
+
+    tmp, mdir = site
+    port = free_port()
+    http_route = HTTP_ROUTE
+
+    def endless_upload() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+            c.sendall(b"POST /ingest?device=d1 HTTP/1.1\r\nHost: x\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n")
+            chunk = b"x" * 65536
+            for _ in range(20):  # 1.25 MiB of body, and no end of it
+                c.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            return c.recv(200)
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "echo.wat")) + "---" + http_route)
+        node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, http=f"127.0.0.1:{port}"))
+        await node.start()
+        try:
+            head = await asyncio.to_thread(endless_upload)
+            assert head.startswith(b"HTTP/1.1 413"), head
+            assert node.store.count("web") == 0
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+SLOW_ECHO_WAT = ECHO_WAT.replace(
+    "(local $kind i32) (local $first i32)",
+    "(local $kind i32) (local $first i32) (local $spin i32)\n"
+    "    i32.const 2000000 local.set $spin\n"
+    "    (block $s (loop $sl local.get $spin i32.eqz br_if $s\n"
+    "      local.get $spin i32.const 1 i32.sub local.set $spin br $sl))", 1)
+
+
+@pytest.mark.parametrize("edit", ["batch", "source"])
+def test_a_route_edit_hands_queued_messages_to_the_new_version(site, edit):
+    """Messages queued when a route is edited (its batch size, or its source) are processed
+    by the new version, each once, in order per device; an unchanged source stays as it is."""
+    tmp, mdir = site
+    (tmp / "slow.wat").write_text(SLOW_ECHO_WAT)
+    slow = route("r", "echo", "out").replace("  steps: [echo]", "  steps: [echo]\n  batch: {maxSize: 1}")
+    edited = {"batch": slow.replace("maxSize: 1", "maxSize: 50"),
+              "source": slow.replace('topic: "in/{device}"', 'topic: "in/{dev}"').replace(
+                  "maxSize: 1}", "maxSize: 50}\n  orderBy: dev")}[edit]
+
+    async def main():
+        write(mdir, "a.yaml", deployment("echo", str(tmp / "slow.wat")) + "---" + slow)
+        node = await started(tmp, mdir)
+        try:
+            old = node.routes["r"]
+            for i in range(200):
+                await node.bus.publish(f"in/d{i % 4}", b"%d" % i)
+            await wait_for(lambda: node.store.count("out") >= 5, what="the first messages stored")
+            assert node.store.count("out") < 200, "nothing was queued at the edit"
+            write(mdir, "a.yaml", deployment("echo", str(tmp / "slow.wat")) + "---" + edited)
+            assert await node.sync() == []
+            new = node.routes["r"]
+            assert new is not old and (new.source is old.source) == (edit == "batch")
+            assert new.runner.stats.received > 0, "the queue went to the new version"
+            await wait_for(lambda: node.store.count("out") >= 200, what="all 200 stored")
+            rows = node.store.query("out", limit=1000)[::-1]
+            seqs = [int(r["payload"]) for r in rows]
+            assert sorted(seqs) == list(range(200))
+            for d in range(4):
+                mine = [int(r["payload"]) for r in rows if r["topic"] == f"in/d{d}"]
+                assert mine == sorted(mine)
+            assert any(e["kind"] == "updated" for e in node.state.events("r"))
         finally:
             await node.shutdown()
 

@@ -226,3 +226,175 @@ def test_mqtt_sink_keeps_order_while_batches_are_confirmed_off_the_lane(runtime,
     for topic, seq in per_dev.items():
         assert seq == sorted(seq), f"{topic} out of order"
     assert sorted(int(m.payload) for m in got) == list(range(n))
+
+
+# ---------------------------------------------------------------------------- hand-over
+
+
+class Gate:
+    """A sink that holds each batch until the test opens it (a batch in flight, on demand)."""
+
+    name = "gate"
+
+    def __init__(self):
+        self.messages: list[Message] = []
+        self.open = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def deliver(self, messages, variables):
+        self.entered.set()
+        await self.open.wait()
+        self.messages.extend(messages)
+        return []
+
+
+#: offers running in the background (referenced, so none is collected half-way)
+_offers: set[asyncio.Task] = set()
+
+
+def offer_later(r: RouteRunner, payload: bytes, settled=None, device="d1") -> asyncio.Task:
+    task = asyncio.get_running_loop().create_task(
+        r.offer(Message(f"in/{device}", payload), {"device": device}, settled))
+    _offers.add(task)
+    task.add_done_callback(_offers.discard)
+    return task
+
+
+def offered(r: RouteRunner, payloads, device="d1") -> list[asyncio.Future]:
+    """Offer messages, each with the future a source waits on before acknowledging it."""
+    loop = asyncio.get_running_loop()
+    futs = []
+    for p in payloads:
+        futs.append(loop.create_future())
+        offer_later(r, p, futs[-1], device)
+    return futs
+
+
+def test_a_replaced_route_hands_its_queue_to_its_successor_in_order(runtime):
+    """The batch in flight finishes in the old route; the queued messages, with their
+    acknowledgements still pending, run in the new one, ahead of what it got meanwhile and
+    each exactly once."""
+
+    async def main():
+        old_sink, new_sink = Gate(), Collect()
+        old = RouteRunner("r", [echo_step(runtime)], [old_sink], batch=BatchPolicy(max_size=2, max_linger_s=0))
+        new = RouteRunner("r", [echo_step(runtime)], [new_sink], batch=BatchPolicy(max_size=50, max_linger_s=0))
+        old.start()
+        first = offered(old, [b"0", b"1"])
+        await old_sink.entered.wait()            # batch [0, 1] is in the old route's sink
+        queued = offered(old, [b"%d" % i for i in range(2, 8)])
+        await asyncio.sleep(0)                   # the offers are queued
+        assert old.depth() == 6
+        handing = asyncio.create_task(old.hand_over(new))
+        await asyncio.sleep(0.05)
+        meanwhile = offered(old, [b"8", b"9"])   # the source still feeds the old route
+        assert not handing.done(), "the hand-over waits for the batch in flight"
+        old_sink.open.set()
+        await handing
+        new.start()
+        assert await new.drain(10) and await old.drain(10)
+        await old.stop()
+        await new.stop()
+        return old_sink.messages, new_sink.messages, first, queued + meanwhile
+
+    old_out, new_out, first, rest = asyncio.run(main())
+    assert [m.payload for m in old_out] == [b"0", b"1"]
+    assert [m.payload for m in new_out] == [b"%d" % i for i in range(2, 10)]
+    assert all(f.done() and not f.cancelled() for f in first + rest)
+
+
+def test_a_batch_held_for_an_unavailable_step_goes_to_the_successor(runtime):
+    async def main():
+        sink = Collect()
+        stuck = echo_step(runtime)
+        stuck.container.suspend()
+        old = RouteRunner("r", [stuck], [Collect()])
+        new = RouteRunner("r", [echo_step(runtime)], [sink])
+        old.start()
+        futs = offered(old, [b"a", b"b", b"c"])
+        await asyncio.sleep(0.2)                 # held, retried with backoff
+        assert old.stats.step_retries > 0
+        await old.hand_over(new)
+        new.start()
+        assert await new.drain(10)
+        await old.stop()
+        await new.stop()
+        return sink.messages, futs
+
+    out, futs = asyncio.run(main())
+    assert [m.payload for m in out] == [b"a", b"b", b"c"]
+    assert all(f.done() and not f.cancelled() for f in futs)
+
+
+def test_a_source_waiting_on_a_full_route_is_passed_to_the_successor(runtime):
+    async def main():
+        sink = Collect()
+        old = RouteRunner("r", [echo_step(runtime)], [Collect()], queue=QueuePolicy(capacity=2))
+        new = RouteRunner("r", [echo_step(runtime)], [sink])
+        offered(old, [b"1", b"2"])               # lanes not started: the queue is full
+        waiting = offer_later(old, b"3")
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await old.hand_over(new)
+        await asyncio.wait_for(waiting, 5)
+        new.start()
+        assert await new.drain(10)
+        await new.stop()
+        return sink.messages
+
+    assert [m.payload for m in asyncio.run(main())] == [b"1", b"2", b"3"]
+
+
+def test_stopping_gives_back_what_was_not_processed(runtime):
+    """Queued messages a stopping route did not get to are not acknowledged: their futures
+    are cancelled, which a source turns into 'deliver it again'."""
+
+    async def main():
+        step = echo_step(runtime)
+        step.container.suspend()
+        r = RouteRunner("r", [step], [Collect()])
+        r.start()
+        futs = offered(r, [b"%d" % i for i in range(5)])
+        await asyncio.sleep(0.1)
+        await r.stop(drain_timeout=0.2)
+        late = offered(r, [b"late"])
+        await asyncio.sleep(0)
+        return futs + late
+
+    futs = asyncio.run(main())
+    assert all(f.cancelled() for f in futs)
+
+
+def test_forwarder_sends_nothing_after_a_window_that_failed(tmp_path):
+    """An uplink that refuses the first windows and takes the next ones (it came back
+    meanwhile): what it takes must still be in stored order — a window sent after one that
+    already failed would overtake it."""
+    from iotwasm.messaging.bus import settled
+    from iotwasm.pipeline.outbox import Forwarder, Outbox
+
+    async def main():
+        outbox = Outbox(tmp_path / "outbox.db")
+        outbox.append("up", [("t", b"%d" % i) for i in range(12)])
+        taken: list[bytes] = []
+        refusals = [2]
+        done = asyncio.Event()
+
+        async def submit(items):
+            if refusals[0]:
+                refusals[0] -= 1
+                return settled([RuntimeError("uplink away")] * len(items))
+            taken.extend(p for _, p in items)
+            if len(set(taken)) == 12:
+                done.set()
+            return settled([None] * len(items))
+
+        fw = Forwarder(outbox, "up", submit, batch=3, windows=4, min_backoff=0.01, max_backoff=0.02)
+        fw.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await fw.stop()
+        outbox.close()
+        return taken
+
+    taken = asyncio.run(main())
+    first_seen = list(dict.fromkeys(taken))
+    assert first_seen == [b"%d" % i for i in range(12)], taken

@@ -13,6 +13,7 @@ import stat
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import wasmtime
 
@@ -442,7 +443,7 @@ def test_a_blob_changed_on_disk_is_refused_at_load(tmp_path):
     blob.chmod(0o600)
     blob.write_bytes(COUNTER_WASM)
 
-    api = ApiNode(tmp_path).start()
+    api = ApiNode(tmp_path, http_ack_timeout_s=0.5).start()
     try:
         a = api.admin
         view = wait_for(lambda: (v := a.get("/v1/deployments/te").json()).get("state") == "error" and v,
@@ -452,7 +453,9 @@ def test_a_blob_changed_on_disk_is_refused_at_load(tmp_path):
                          "(modified on disk; push the module again to repair it)"), error
         assert view["module_digest"] == digest
         assert any(error in e["message"] for e in a.get("/v1/events", params={"object": "te"}).json())
-        api.ingest("/t", "d1", [b'"x"'])
+        # not acknowledged (nothing runs the route's step), and nothing reaches the store
+        r = httpx.post(f"http://127.0.0.1:{api.ingest_port}/t?device=d1", content=b'"x"', timeout=30)
+        assert r.status_code == 503, r.text
         assert api.node.store.count("t_out") == 0
         # pushing the genuine module again repairs the blob; the next start runs it
         assert push(a, ECHO_WASM).status_code == 201

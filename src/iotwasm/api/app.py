@@ -640,6 +640,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                "source": manifest.spec.source.type, "steps": manifest.spec.steps,
                                "sinks": [s.type for s in manifest.spec.sinks],
                                "state": "running" if rec else "pending"}
+        problem = next((p.split(": ", 1)[1] for p in node.last_problems if p.startswith(f"Route {name}: ")), None)
+        if problem is not None:
+            out["problem"] = problem  # why it is not running, or why its last edit was refused
         if rec is not None:
             s = rec.runner.stats
             out.update(received=s.received, delivered=s.delivered, dead_letters=s.dead_letters,

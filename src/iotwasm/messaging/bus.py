@@ -30,8 +30,10 @@ log = logging.getLogger("iotwasm.messaging")
 Handler = Callable[[Message], Awaitable[None]]
 StateCallback = Callable[["BusState"], Union[None, Awaitable[None]]]
 
-#: what a subscription tells its bus about a message it took from the queue
-OK, FAILED, DROPPED = "ok", "failed", "dropped"
+#: what a subscription tells its bus about a message it took from the queue: handled; the
+#: handler failed; discarded on purpose (acknowledged all the same); given back unprocessed
+#: (not acknowledged: a broker with a session or a durable consumer delivers it again)
+OK, FAILED, DROPPED, RELEASED = "ok", "failed", "dropped", "released"
 Done = Callable[[str], Union[None, Awaitable[None]]]
 
 
@@ -109,8 +111,14 @@ class Subscription:
     then acknowledged to the broker (QoS 1 PUBACK, JetStream ack) only when that future is
     done, while the handler already takes the next message. A pipeline uses this to
     acknowledge a message once its results are safe, not when it was merely queued. A future
-    whose result is False counts as a failure (JetStream redelivers); a cancelled one
-    releases the message as DROPPED.
+    whose result is False counts as a failure (JetStream redelivers); a cancelled one gives
+    the message back unprocessed (RELEASED: not acknowledged).
+
+    Stopping: `unsubscribe` ends the subscription at the broker too. `detach` only stops
+    taking: messages already queued here still go to the handler (for a grace period), and
+    the broker-side state stays — an MQTT persistent session keeps the subscription and
+    queues what is published meanwhile, a JetStream durable consumer keeps its position and
+    redelivers what was not acknowledged. A process that stops and comes back detaches.
     """
 
     def __init__(self, bus: "Bus", topic_filter: str, handler: Handler, *, qos: int = 0,
@@ -163,7 +171,7 @@ class Subscription:
         if done is None:
             return
         if later.cancelled():
-            outcome = DROPPED
+            outcome = RELEASED
         elif later.exception() is not None or later.result() is False:
             outcome = FAILED
         else:
@@ -230,10 +238,32 @@ class Subscription:
                 f"after {timeout}s"
             ) from None
 
-    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False) -> None:
+    def pause(self) -> None:
+        """Take no more messages from the bus; those already queued still go to the handler."""
+        self.active = False
+
+    def _unhanded(self) -> int:
+        """Messages that arrived but whose handler has not returned yet."""
+        return self._queue.qsize() + (1 if self._busy else 0) + self._upstream_pending()
+
+    async def handed_on(self, grace: float = 5.0) -> bool:
+        """Wait until every message that arrived went to the handler and it returned (up to
+        `grace` seconds); True when none is left."""
+        try:
+            async with asyncio.timeout(grace):
+                while self._unhanded() and self._task is not None and not self._task.done():
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            pass
+        return not self._unhanded()
+
+    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False,
+                   release_queued: bool = False) -> None:
         """Stop the worker: let the running handler finish (up to `grace` seconds), then
-        cancel. Queued messages are reported as DROPPED when `drop_queued`, else left alone
-        (not acknowledged, so a broker with a session redelivers them)."""
+        cancel. Queued messages are reported as DROPPED when `drop_queued`, as RELEASED when
+        `release_queued`, else left alone (not acknowledged, so a broker with a session
+        redelivers them)."""
         self.active = False
         if self._task is None:
             return
@@ -251,19 +281,27 @@ class Subscription:
         except asyncio.CancelledError:
             pass
         self._task = None
+        outcome = DROPPED if drop_queued else RELEASED if release_queued else None
         while not self._queue.empty():
             _msg, done = self._queue.get_nowait()
-            if drop_queued and done is not None:
+            if outcome is not None and done is not None:
                 try:
-                    await _maybe_await(done(DROPPED))
+                    await _maybe_await(done(outcome))
                 except Exception:
                     log.exception("releasing a queued message on %r failed", self.filter)
         self._progress.set()
 
     async def unsubscribe(self) -> None:
-        """Stop receiving. Idempotent."""
-        if self.active:
+        """Stop receiving, here and at the broker. Idempotent."""
+        if self.active or self in self.bus._subs:
             await self.bus._unsubscribe(self)
+
+    async def detach(self, *, grace: float = 5.0) -> None:
+        """Stop receiving here but keep what the broker holds for this subscriber (see the
+        class doc): queued messages still go to the handler for up to `grace` seconds, what
+        is left then is given back unacknowledged. Idempotent."""
+        if self.active or self in self.bus._subs:
+            await self.bus._detach(self, grace)
 
     def __repr__(self) -> str:
         extra = "".join(
@@ -356,6 +394,14 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def _unsubscribe(self, sub: Subscription) -> None: ...
+
+    async def _detach(self, sub: Subscription, grace: float) -> None:
+        """Stop `sub` here, keeping the broker's state for it. Buses without a session (the
+        in-process bus, core NATS) have nothing to keep: their messages are handed on, then
+        the subscription ends as with `unsubscribe`."""
+        sub.pause()
+        await sub.handed_on(grace)
+        await self._unsubscribe(sub)
 
     @property
     def subscriptions(self) -> list[Subscription]:
@@ -515,7 +561,8 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
     """Make a bus from a URL (not yet connected: call `await bus.connect()`).
 
     * ``None`` or ``memory://`` -> `InProcessBus`
-    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S]`` -> `MqttBus`
+    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B]``
+      -> `MqttBus`
       (``mqtts://`` for TLS with the system's trusted CAs, port 8883)
     * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
 
@@ -535,8 +582,13 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
         kwargs: dict[str, Any] = {}
         if "client_id" in query:
             kwargs["client_id"] = query.pop("client_id")
-        if "keepalive" in query:
-            kwargs["keepalive"] = int(query.pop("keepalive"))
+        for key in ("keepalive", "max_packet_size"):
+            if key in query:
+                value = query.pop(key)
+                try:
+                    kwargs[key] = int(value)
+                except ValueError:
+                    raise ConfigError(f"{key} in {url!r} must be a whole number, not {value!r}") from None
         if query:
             raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
         kwargs.update(options)

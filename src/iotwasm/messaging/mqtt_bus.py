@@ -23,10 +23,13 @@ import urllib.parse
 import uuid
 from typing import Any, Iterable
 
+from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Message
 from . import mqtt_codec as codec
 from .bus import (
+    OK,
+    RELEASED,
     Bus,
     BusState,
     Handler,
@@ -76,7 +79,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, bus: "MqttBus"):
         self.bus = bus
         self.transport: asyncio.Transport | None = None
-        self.decoder = codec.Decoder()
+        self.decoder = codec.Decoder(bus.max_packet_size)
         self.connack: asyncio.Future = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.writable = asyncio.Event()
@@ -98,8 +101,13 @@ class _Connection(asyncio.Protocol):
             # Linux falls back to delayed ACKs after a while; a broker that leaves Nagle on
             # (mosquitto's default) would then hold its next packet for up to 40 ms
             self._quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        failure: Exception | None = None
         try:
-            for ptype, flags, body in self.decoder.feed(data):
+            packets = self.decoder.feed(data)
+        except codec.ProtocolError as exc:
+            packets, failure = exc.packets, exc  # what came before the bad bytes still counts
+        try:
+            for ptype, flags, body in packets:
                 try:
                     bus._on_packet(self, ptype, flags, body)
                 except (codec.ProtocolError, IndexError):
@@ -108,9 +116,17 @@ class _Connection(asyncio.Protocol):
                     bus.stats.errors += 1
                     log.exception("mqtt %s: handling a packet of type %d failed", bus.url, ptype)
         except (codec.ProtocolError, IndexError) as exc:
+            failure = exc
+        if failure is None:
+            return
+        bus.stats.errors += 1
+        if isinstance(failure, codec.PacketTooLarge):
+            log.error("mqtt %s: %s (max_packet_size); dropping the connection and reconnecting",
+                      bus.url, failure)
+        else:
             log.warning("mqtt %s: malformed packet from the broker (%s); reconnecting",
-                        bus.url, exc or type(exc).__name__)
-            self.transport.abort()
+                        bus.url, failure or type(failure).__name__)
+        self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()
@@ -154,8 +170,11 @@ class MqttBus(Bus):
                  max_pending: int = 1000, max_inflight: int = 100,
                  reconnect_min: float = 0.1, reconnect_max: float = 5.0,
                  connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None,
-                 park_timeout: float = 30.0):
+                 park_timeout: float = 30.0, max_packet_size: int = codec.DEFAULT_MAX_PACKET,
+                 backoff: Backoff | None = None):
         super().__init__()
+        if max_packet_size < 1024:
+            raise ConfigError(f"max_packet_size {max_packet_size} is below 1024 bytes")
         self.url = url
         self.host, self.port, self.username, self.password = parse_mqtt_url(url)
         if tls is None and urllib.parse.urlsplit(url).scheme.lower() == "mqtts":
@@ -171,6 +190,9 @@ class MqttBus(Bus):
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
+        self.max_packet_size = max_packet_size
+        #: delays between connection attempts; `backoff` lets a test pass a seeded one
+        self._backoff = backoff or Backoff(reconnect_min, reconnect_max)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None
@@ -228,8 +250,9 @@ class MqttBus(Bus):
     # ------------------------------------------------------------------ connection
 
     async def _supervise(self) -> None:
-        """Connect, and reconnect with exponential backoff, until the bus is closed."""
-        delay = self.reconnect_min
+        """Connect, and reconnect with backoff (exponential, with jitter), until the bus is
+        closed. The backoff starts over once a connection stayed up for `reconnect_max`
+        seconds: a broker that accepts and drops the client at once is not hammered."""
         while not self._closed:
             try:
                 conn = await self._open()
@@ -241,12 +264,13 @@ class MqttBus(Bus):
             except (OSError, ConnectionError, TimeoutError, ssl.SSLError, codec.ProtocolError) as exc:
                 self._last_failure = f"cannot reach the broker ({exc or type(exc).__name__})"
             else:
-                delay = self.reconnect_min
+                up = self._loop.time()
                 await conn.closed
                 if self._closed:
                     return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.reconnect_max)
+                if self._loop.time() - up >= self.reconnect_max:
+                    self._backoff.reset()
+            await asyncio.sleep(self._backoff.next())
 
     async def _open(self) -> _Connection:
         loop = self._loop
@@ -260,10 +284,16 @@ class MqttBus(Bus):
                 conn.transport.write(codec.connect(
                     self.client_id, clean_session=not self.persistent, keepalive=self.keepalive,
                     username=self.username, password=self.password, will=will))
-                session_present = await conn.connack
+                await conn.connack  # `_accepted` has made it the bus's connection by now
             except BaseException:
                 conn.transport.abort()
                 raise
+        return conn
+
+    def _accepted(self, conn: _Connection, session_present: bool) -> None:
+        """The broker accepted `conn` (CONNACK). Runs while the CONNACK is decoded: a
+        session's messages often arrive in the same read, right behind it, and belong to
+        this connection — they are acknowledged on it."""
         self._conn = conn
         self._generation += 1
         self._last_recv = self._last_sent = time.monotonic()
@@ -283,7 +313,7 @@ class MqttBus(Bus):
         self._changed.set()
         self._wake_all_room_waiters()
         self._emit_state(BusState.CONNECTED)
-        return conn
+        conn.connack.set_result(session_present)
 
     def _new_mid_for_renewal(self) -> int:
         mid = self._new_mid()
@@ -369,7 +399,7 @@ class MqttBus(Bus):
                     conn.connack.set_exception(_Refused(reason))
                 conn.transport.close()
             elif not conn.connack.done():
-                conn.connack.set_result(bool(body[0] & 1))
+                self._accepted(conn, bool(body[0] & 1))
         elif ptype == codec.SUBACK:
             fut = self._subacks.pop(codec.packet_id(body), None)
             if fut is not None and not fut.done():
@@ -407,14 +437,16 @@ class MqttBus(Bus):
 
     def _hand_out(self, targets: list, topic: str, payload: bytes, entry: list) -> None:
         if len(targets) == 1:
-            targets[0].offer(Message(topic, payload), lambda outcome: self._ready(entry))
+            targets[0].offer(Message(topic, payload), lambda outcome: self._settle(entry, outcome))
             return
-        remaining = [len(targets)]
+        remaining = [len(targets), OK]
 
         def done(outcome: str) -> None:
             remaining[0] -= 1
+            if outcome == RELEASED:
+                remaining[1] = RELEASED
             if remaining[0] == 0:
-                self._ready(entry)
+                self._settle(entry, remaining[1])
 
         for sub in targets:
             sub.offer(Message(topic, payload), done)
@@ -453,6 +485,39 @@ class MqttBus(Bus):
                         "claimed within %ss", self.url, dropped, self.park_timeout)
         if self._parked:
             self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
+
+    def _settle(self, entry: list, outcome: str) -> None:
+        if outcome == RELEASED:
+            self._release(entry)
+        else:
+            self._ready(entry)
+
+    def _release(self, entry: list) -> None:
+        """A handler gave the message back unprocessed. MQTT 3.1.1 has no negative
+        acknowledgement: a broker sends an unacknowledged message again only on the session's
+        next connection, and as acknowledgements go in arrival order, this one holds back
+        those of every later message. So while other subscriptions on this bus still take
+        messages, the bus reconnects and the broker hands them all over again (duplicates are
+        possible: at-least-once); when none does (a node stopping), the message waits for the
+        session's next connection. A clean session would lose it on a reconnect: there it is
+        acknowledged and counted as dropped."""
+        entry[2] = None  # never acknowledged on this connection
+        if entry[1] != self._generation or not self._connected or self._closed:
+            return  # a later connection of the session gets it again anyway
+        if not self.persistent:
+            self.stats.dropped += 1
+            log.warning("mqtt %s: a message given back unprocessed is acknowledged (a clean "
+                        "session cannot have it delivered again)", self.url)
+            entry[2] = True
+            self._ready(entry)
+            return
+        if any(s.active for s in self._subs) and self._conn is not None:
+            conn = self._conn
+            if not conn.transport.is_closing():
+                log.info("mqtt %s: a message was given back unprocessed; reconnecting so the "
+                         "broker delivers it again", self.url)
+                self._flush()  # the acknowledgements before it still go out
+                conn.transport.close()
 
     def _ready(self, entry: list) -> None:
         entry[2] = True
@@ -743,6 +808,19 @@ class MqttBus(Bus):
         removed = await self._drop_sub(sub)
         if removed is not None and self._connected:
             self._write(codec.unsubscribe(self._new_mid(), [removed]))
+
+    async def _detach(self, sub: Subscription, grace: float) -> None:
+        """Stop `sub` here and send no UNSUBSCRIBE: the broker keeps the filter in the
+        persistent session and queues what is published until the session's next connection.
+        Messages queued here go to the handler first (for up to `grace` seconds); those left
+        are given back unacknowledged. Meanwhile arriving ones wait unacknowledged (parked)."""
+        assert isinstance(sub, MqttSubscription)
+        sub.pause()
+        await sub.handed_on(grace)
+        if sub in self._subs:
+            self._subs.remove(sub)
+            self._match_cache.clear()
+        await sub.stop(grace=grace, release_queued=True)
 
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Wait for the acknowledgements of the qos 1 publishes in flight."""

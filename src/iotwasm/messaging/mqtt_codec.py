@@ -29,8 +29,26 @@ CONNACK_REASONS = {
 _H = struct.Struct(">H")
 
 
+#: the largest packet a `Decoder` takes unless told otherwise (fixed header included)
+DEFAULT_MAX_PACKET = 16 * 1024 * 1024
+
+
 class ProtocolError(Exception):
-    """The peer sent bytes that are not MQTT 3.1.1."""
+    """The peer sent bytes that are not MQTT 3.1.1.
+
+    Raised by `Decoder.feed`, it carries in `packets` the packets that came complete before
+    the offending bytes (a CONNACK, say), so the caller can still act on them."""
+
+    packets: list = []
+
+
+class PacketTooLarge(ProtocolError):
+    """The peer announced a packet larger than the decoder's limit."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"MQTT packet of {size:,} bytes exceeds the limit of {limit:,} bytes")
+        self.size = size
+        self.limit = limit
 
 
 def _length(n: int) -> bytes:
@@ -109,13 +127,20 @@ class Decoder:
     only appended until it is complete (a large payload arriving in many reads is copied once,
     not once per read). Bodies are `bytes` slices of what arrived, so a PUBLISH's payload
     costs one copy.
+
+    A packet larger than `max_packet_size` bytes (fixed header included) raises
+    `PacketTooLarge` as soon as its length is read, before any of it is buffered: the peer
+    decides how much it sends, the decoder how much it keeps.
     """
 
-    __slots__ = ("_buf", "_need")
+    __slots__ = ("_buf", "_need", "max_packet_size")
 
-    def __init__(self) -> None:
+    def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET) -> None:
+        if max_packet_size < 2:
+            raise ValueError(f"max_packet_size {max_packet_size} is smaller than any MQTT packet")
         self._buf = bytearray()
         self._need = 0  # bytes the partial packet in _buf needs in all (0: not yet known)
+        self.max_packet_size = max_packet_size
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         if self._buf:
@@ -146,8 +171,15 @@ class Decoder:
                         break
                     shift += 7
                     if shift > 21:
-                        raise ProtocolError("remaining length longer than 4 bytes")
+                        exc = ProtocolError("remaining length longer than 4 bytes")
+                        exc.packets = out
+                        raise exc
             stop = i + n
+            if stop - pos > self.max_packet_size:
+                self._buf = bytearray()
+                exc = PacketTooLarge(stop - pos, self.max_packet_size)
+                exc.packets = out
+                raise exc
             if stop > end:
                 self._buf = bytearray(data[pos:])
                 self._need = stop - pos
@@ -166,8 +198,14 @@ def parse_publish(flags: int, body: bytes) -> tuple[bytes, int, int, bytes]:
     tl = (body[0] << 8) | body[1]
     qos = (flags >> 1) & 3
     if qos:
+        if qos == 3:
+            raise ProtocolError("PUBLISH with QoS 3 (MQTT 3.1.1, 3.3.1.2: no such level)")
+        if len(body) < 4 + tl:
+            raise ProtocolError("PUBLISH shorter than its topic and packet identifier")
         mid = (body[2 + tl] << 8) | body[3 + tl]
         return body[2:2 + tl], qos, mid, body[4 + tl:]
+    if len(body) < 2 + tl:
+        raise ProtocolError("PUBLISH shorter than its topic")
     return body[2:2 + tl], 0, 0, body[2 + tl:]
 
 

@@ -18,6 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api as js_api
 
+from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Message
 from .bus import FAILED, OK, Bus, BusState, Handler, Subscription, as_payload, check_qos
@@ -70,14 +71,23 @@ class JetStreamSubscription(Subscription):
     def _upstream_pending(self) -> int:
         return len(self._fetched)
 
+    def _unhanded(self) -> int:
+        # a fetch under way counts: cancelled, it would leave a pull request at the server
+        # that takes the messages given back next and holds them until ack_wait runs out
+        fetching = self._task is not None and not self._task.done() and not self._busy
+        return super()._unhanded() + (1 if fetching and not self.active else 0)
+
     async def _run(self) -> None:
         bus = self.bus
-        backoff = 0.05
+        backoff = Backoff(0.05, 1.0)
         while True:
             if not self._fetched:
+                if not self.active:  # paused (detach): what was fetched went on; fetch no more
+                    self._progress.set()
+                    return
                 try:
                     self._fetched = list(await self.psub.fetch(self.batch, timeout=self.fetch_timeout))
-                    backoff = 0.05
+                    backoff.reset()
                 except nats.errors.TimeoutError:
                     continue  # nothing to fetch (or a reconnect swallowed the request)
                 except asyncio.CancelledError:
@@ -86,8 +96,7 @@ class JetStreamSubscription(Subscription):
                     self.fetch_errors += 1
                     log.debug("fetch on %r failed: %s: %s", self.durable, type(exc).__name__, exc)
                     # pacing of retries while the server is away, not synchronisation
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    await asyncio.sleep(backoff.next())
                     continue
             while self._fetched:
                 nmsg = self._fetched[0]
@@ -114,8 +123,9 @@ class JetStreamSubscription(Subscription):
                     self._busy = False
                     self._progress.set()
 
-    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False) -> None:
-        await super().stop(grace=grace, drop_queued=drop_queued)
+    async def stop(self, *, grace: float = 5.0, drop_queued: bool = False,
+                   release_queued: bool = False) -> None:
+        await super().stop(grace=grace, drop_queued=drop_queued, release_queued=release_queued)
         # fetched but not handled: give them back so another member (or the next run) gets them
         fetched, self._fetched = self._fetched, []
         for nmsg in fetched:
@@ -173,7 +183,8 @@ class NatsBus(Bus):
     def __init__(self, url: str = "nats://127.0.0.1:4222", *, jetstream: bool = False,
                  stream: str | None = None, stream_subjects: list[str] | None = None,
                  publish_timeout: float = 5.0, connect_timeout: float = 2.0,
-                 reconnect_time_wait: float = 0.1, max_pending: int = 1000,
+                 reconnect_time_wait: float = 0.1, reconnect_max: float = 2.0,
+                 backoff: Backoff | None = None, max_pending: int = 1000,
                  ack_wait: float = 30.0, ack_timeout: float = 1.0, max_deliver: int = -1,
                  fetch_batch: int = 10,
                  fetch_timeout: float = 1.0, name: str | None = None):
@@ -191,6 +202,9 @@ class NatsBus(Bus):
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
         self.reconnect_time_wait = reconnect_time_wait
+        #: delays between connection attempts (first connection and reconnects); `backoff`
+        #: lets a test pass a seeded one
+        self._backoff = backoff or Backoff(reconnect_time_wait, max(reconnect_time_wait, reconnect_max))
         self.max_pending = max_pending
         self.ack_wait = ack_wait
         self.ack_timeout = ack_timeout
@@ -241,6 +255,7 @@ class NatsBus(Bus):
     async def _connect_forever(self) -> None:
         nc = nats.aio.client.Client()
         self._pending_nc = nc
+        backoff = self._backoff
 
         async def disconnected_cb() -> None:
             if not self._closed:
@@ -248,6 +263,7 @@ class NatsBus(Bus):
                 self._emit_state(BusState.DISCONNECTED)
 
         async def reconnected_cb() -> None:
+            backoff.reset()
             self.stats.reconnects += 1
             log.info("nats %s reconnected", self.url)
             await self._establish_pending()
@@ -256,6 +272,14 @@ class NatsBus(Bus):
         async def error_cb(exc: Exception) -> None:
             self.stats.errors += 1
             log.debug("nats %s: %s: %s", self.url, type(exc).__name__, exc)
+            if self._nc is None:
+                # the first connection: nats-py waits `reconnect_time_wait` before its next
+                # attempt and reads it from its options each time
+                nc.options["reconnect_time_wait"] = backoff.next()
+
+        def reconnect_delay(servers: list, info: dict) -> tuple[None, float]:
+            # asked before every reconnect attempt: any server (None), after this delay
+            return None, backoff.next()
 
         # retries the first connection too, forever (max_reconnect_attempts=-1)
         await nc.connect(
@@ -264,11 +288,13 @@ class NatsBus(Bus):
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self.reconnect_time_wait,
+            reconnect_to_server_handler=reconnect_delay,
             connect_timeout=self.connect_timeout,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
             error_cb=error_cb,
         )
+        backoff.reset()
         self._nc = nc
         if self.jetstream:
             self._js = nc.jetstream(timeout=self.publish_timeout)

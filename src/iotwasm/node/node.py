@@ -72,6 +72,8 @@ class NodeConfig:
     drain_timeout_s: float = 10.0
     status_interval_s: float = 10.0
     http: str = "127.0.0.1:8181"   # where routes with an http source are served
+    #: how long an http ingest request waits for its route before it is answered 503
+    http_ack_timeout_s: float = 10.0
     #: how long the state of a deleted deployment, route or rule (kv data, dead letters,
     #: revisions, events) is kept, archived under its identity, before it is purged
     keep_deleted_s: float = 7 * 86400
@@ -213,13 +215,17 @@ class Node:
 
     async def shutdown(self) -> None:
         log.info("node %s shutting down: draining routes", self.config.name)
+        # stop taking everywhere first, keeping the brokers' sessions: a message given back
+        # by one route must not make a bus reconnect for the sake of another still taking
+        for rec in self.routes.values():
+            rec.source.pause()
         if self.rules is not None:
             await self.rules.stop(self.config.drain_timeout_s)
         self._rule_state.close()
         for rec in self.routes.values():
             await self._stop_source(rec)
         for name in list(self.routes):
-            await self._remove_route(name, drain=True)
+            await self._remove_route(name, drain=True, stopping=True)
         for name in list(self.deployments):
             await asyncio.to_thread(self.deployments.pop(name).handle.stop)
         if self._ingest is not None:
@@ -337,7 +343,7 @@ class Node:
         # over the new one, instead of holding messages for a stopped container)
         gone = {n for n, rec in self.deployments.items() if uids.get(("Deployment", n)) != rec.uid}
         for name in [n for n, rec in self.routes.items() if uids.get(("Route", n)) != rec.uid or
-                     digest_of_manifest(routes[n]) != rec.digest or gone & set(rec.manifest.spec.steps)]:
+                     gone & set(rec.manifest.spec.steps)]:
             await self._remove_route(name, drain=True)
         for name in gone:
             rec = self.deployments.pop(name)
@@ -353,10 +359,11 @@ class Node:
                 self._event("failed", name, str(e), of="Deployment")
                 self._retry_on_storage(e)
         for name, r in routes.items():
-            if name in self.routes:
-                continue
             try:
-                await self._start_route(r, uids[("Route", name)])
+                if name not in self.routes:
+                    await self._start_route(r, uids[("Route", name)])
+                elif digest_of_manifest(r) != self.routes[name].digest:
+                    await self._replace_route(r)
             except IotwasmError as e:
                 problems.append(f"Route {name}: {e}")
                 self._event("failed", name, str(e), of="Route")
@@ -503,6 +510,55 @@ class Node:
         return bus
 
     async def _start_route(self, r: Route, uid: str) -> None:
+        rec = await self._build_route(r, uid)
+        for s in rec.sinks:
+            if hasattr(s, "start"):
+                await s.start()
+        rec.runner.start()
+        await rec.source.start()
+        self.routes[r.name] = rec
+        spec = r.spec
+        self._event("started", r.name, f"route {spec.source.type} → {' → '.join(spec.steps) or '(no steps)'} → "
+                                       f"{', '.join(s.type for s in spec.sinks)}", uid=uid,
+                    namespace=r.metadata.namespace)
+
+    async def _replace_route(self, r: Route) -> None:
+        """A route's manifest changed: the new version takes over the old one's work.
+
+        The new route is built first (if that fails, the old one keeps running and the
+        problem is reported). An unchanged source stays subscribed and is pointed at the new
+        route; a changed one stops taking before the new one starts. The old route hands
+        its queue over (`RouteRunner.hand_over`), its batches in flight finish and are
+        confirmed, then its sinks stop and the new route starts: nothing is dropped,
+        acknowledged unprocessed, or run twice."""
+        old = self.routes[r.name]
+        new = await self._build_route(r, old.uid)
+        keep = old.manifest.spec.source == r.spec.source
+        if keep:
+            new.source = old.source
+            old.source.retarget(new.runner)
+        else:
+            old.source.pause()  # what it still hands on goes through the old route to the new
+        await old.runner.hand_over(new.runner)
+        await old.runner.stop(self.config.drain_timeout_s)
+        for s in old.sinks:
+            if hasattr(s, "stop"):
+                await s.stop(drain_timeout=2.0)
+        for s in new.sinks:
+            if hasattr(s, "start"):
+                await s.start()
+        new.runner.start()
+        self.routes[r.name] = new
+        if not keep:
+            try:
+                await new.source.start()
+            finally:
+                await self._remove_source(old)
+        self._event("updated", r.name, "route replaced; queued messages handed over"
+                    + ("" if keep else ", new source"), uid=old.uid, namespace=r.metadata.namespace)
+
+    async def _build_route(self, r: Route, uid: str) -> _RouteRecord:
+        """The parts of a route — steps, sinks, runner, source — made, none started yet."""
         spec = r.spec
         steps = []
         for name in spec.steps:
@@ -550,10 +606,6 @@ class Node:
                              queue=QueuePolicy(spec.queue.capacity, spec.queue.overflow),
                              lanes=lanes, order_key=spec.order_by,
                              dead_letter=lambda route, step, dl, variables: self._dead_letter(uid, route, step, dl))
-        for s in sinks:
-            if hasattr(s, "start"):
-                await s.start()
-        runner.start()
         if src.type == "sensors":
             ss = src.sensors
             field_ = SensorField(devices=ss.devices, sensors=tuple(ss.sensors), anomaly_rate=ss.anomaly_rate,
@@ -570,31 +622,37 @@ class Node:
             ep = src.mqtt or src.bus
             bus = await self._bus_for(getattr(ep, "url", None))
             source = BusSource(bus, ep.topic, runner, qos=getattr(ep, "qos", 1))
-        await source.start()
-        self.routes[r.name] = _RouteRecord(r, digest_of_manifest(r), runner, source, sinks, uid)
-        self._event("started", r.name, f"route {src.type} → {' → '.join(spec.steps) or '(no steps)'} → "
-                                       f"{', '.join(s.type for s in spec.sinks)}", uid=uid,
-                    namespace=r.metadata.namespace)
+        return _RouteRecord(r, digest_of_manifest(r), runner, source, sinks, uid)
 
     async def _ingest_server(self) -> IngestServer:
         if self._ingest is None:
             host, _, port = self.config.http.rpartition(":")
-            server = IngestServer(host or "127.0.0.1", int(port))
+            server = IngestServer(host or "127.0.0.1", int(port), ack_timeout_s=self.config.http_ack_timeout_s)
             await server.start()
             self._ingest = server
         return self._ingest
 
     async def _stop_source(self, rec: _RouteRecord) -> None:
+        """The node stops: the source stops taking and keeps its broker-side state."""
         try:
             await rec.source.stop()
         except Exception:
             log.exception("stopping source of %s", rec.manifest.name)
 
-    async def _remove_route(self, name: str, drain: bool) -> None:
+    async def _remove_source(self, rec: _RouteRecord) -> None:
+        """The route (or its source) is gone: the source also ends its subscription."""
+        try:
+            await rec.source.remove()
+        except Exception:
+            log.exception("removing source of %s", rec.manifest.name)
+
+    async def _remove_route(self, name: str, drain: bool, stopping: bool = False) -> None:
+        """Drain and stop a route; `stopping` (the node stops) keeps its source's broker-side
+        state, otherwise the source ends its subscription too."""
         rec = self.routes.pop(name, None)
         if rec is None:
             return
-        await self._stop_source(rec)
+        await (self._stop_source(rec) if stopping else self._remove_source(rec))
         await rec.runner.stop(self.config.drain_timeout_s if drain else 0)
         for s in rec.sinks:
             if hasattr(s, "stop"):
@@ -665,7 +723,17 @@ class _HttpSource:
     async def start(self) -> None:
         self.server.add(self.path, self.topic, self.runner)
 
-    async def stop(self) -> None:
+    def retarget(self, runner: RouteRunner) -> None:
+        self.server.retarget(self.runner, runner)
+        self.runner = runner
+
+    def pause(self) -> None:
+        self.server.pause(self.runner)  # 503: clients send again
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.server.pause(self.runner)
+
+    async def remove(self, grace: float = 5.0) -> None:
         self.server.remove(self.runner)
 
 

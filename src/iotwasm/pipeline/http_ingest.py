@@ -4,9 +4,23 @@ One server per node (Starlette on uvicorn) serves every route with an ``http`` s
 its own path. A POST body is one message, or a JSON array of messages when the request says
 ``Content-Type: application/json`` and the body is an array. The topic comes from the route's
 topic template filled with the query parameters (``/ingest?device=d7`` with topic
-``http/{device}``). The server answers 202 once the messages are queued in the route (so a
-full queue with the ``block`` policy slows the client down instead of dropping data), 400 for
-a body it cannot use, 404 for an unknown path, 413 above the size limit.
+``http/{device}``).
+
+The answer is the acknowledgement, as a PUBACK is for MQTT: 202 once the route is through
+with the messages (results stored, in the outbox, or confirmed by the uplink; or
+dead-lettered), so a client that gets no 202 sends again and nothing it was told is safe can
+be lost (at-least-once). A full queue with the ``block`` policy slows the client down instead
+of dropping data; a node stopping answers 503 for what it did not process, and so does a route
+that is not through with a request within `ack_timeout_s` (a step unavailable, a sink holding
+for a full disk): the messages may still go through, so a client that sends again may cause a
+duplicate, never a loss. 400 for a body it
+cannot use, 404 for an unknown path, 413 for a body over `MAX_BODY` — checked against the
+declared length and again while the body streams in, so an oversized body is never read
+whole.
+
+The server binds its socket itself: uvicorn answers a port in use with ``sys.exit()``, and a
+SystemExit raised in a task ends the event loop — the whole node. Here it is a `ConfigError`
+for the route that wanted the port.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,11 +45,49 @@ log = logging.getLogger("iotwasm.http")
 MAX_BODY = 1024 * 1024
 
 
+class _TooLarge(Exception):
+    pass
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused (`_TooLarge`) as soon as it is known to exceed `limit`:
+    by its Content-Length, or while it streams in (chunked bodies declare none)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(f"body of {int(declared):,} bytes is over {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(f"body is over {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound and listening on host:port (OSError when it cannot be). Made with
+    IPPROTO_TCP, so asyncio turns Nagle's algorithm off on the connections it accepts."""
+    info = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                              proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(info[0], info[1], info[2])
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class IngestServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8181):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8181, *, ack_timeout_s: float = 10.0):
         self.host = host
         self.port = port
+        #: how long a request waits for its route to be through before it is answered 503
+        self.ack_timeout_s = ack_timeout_s
         self._paths: dict[str, tuple[RouteRunner, TopicTemplate]] = {}
+        self._paused: dict[str, RouteRunner] = {}
         self._server = None
         self._task: asyncio.Task | None = None
         self.accepted = 0
@@ -46,20 +99,41 @@ class IngestServer:
         if path in self._paths and self._paths[path][0] is not runner:
             raise ConfigError(f"http source path {path} is already served by route {self._paths[path][0].name}")
         self._paths[path] = (runner, TopicTemplate(topic))
+        self._paused.pop(path, None)
+
+    def pause(self, runner: RouteRunner) -> None:
+        """Take nothing more for `runner`: its paths answer 503 (send again later) until a
+        route takes them (`add`) or they are removed."""
+        for p in [p for p, (r, _) in self._paths.items() if r is runner]:
+            self._paused[p] = runner
+            del self._paths[p]
 
     def remove(self, runner: RouteRunner) -> None:
         for p in [p for p, (r, _) in self._paths.items() if r is runner]:
             del self._paths[p]
+        for p in [p for p, r in self._paused.items() if r is runner]:
+            del self._paused[p]
+
+    def retarget(self, old: RouteRunner, new: RouteRunner) -> None:
+        """Paths served by `old` are served by `new` from now on (a replaced route)."""
+        for p, (r, template) in list(self._paths.items()):
+            if r is old:
+                self._paths[p] = (new, template)
 
     async def _ingest(self, request: Request) -> JSONResponse:
         entry = self._paths.get(request.url.path)
         if entry is None:
+            if request.url.path in self._paused:
+                return JSONResponse({"error": f"{request.url.path} takes nothing right now (the node "
+                                              "is stopping or the route is being replaced); send again"},
+                                    status_code=503, headers={"Retry-After": "1"})
             return JSONResponse({"error": f"no route ingests {request.url.path}"}, status_code=404)
         runner, template = entry
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        try:
+            body = await read_capped(request, MAX_BODY)
+        except _TooLarge as e:
             self.rejected += 1
-            return JSONResponse({"error": f"body of {len(body)} bytes is over {MAX_BODY}"}, status_code=413)
+            return JSONResponse({"error": str(e)}, status_code=413)
         variables = dict(request.query_params)
         try:
             topic = template.fill(variables)
@@ -75,19 +149,46 @@ class IngestServer:
                 return JSONResponse({"error": f"body is not JSON: {e}"}, status_code=400)
             if isinstance(doc, list):
                 payloads = [json.dumps(item, separators=(",", ":")).encode() for item in doc]
-        for p in payloads:
-            await runner.offer(Message(topic, p), variables)
+        loop = asyncio.get_running_loop()
+        through: list[asyncio.Future] = []
+        try:
+            async with asyncio.timeout(self.ack_timeout_s):
+                for p in payloads:
+                    fut = loop.create_future()
+                    through.append(fut)
+                    await runner.offer(Message(topic, p), variables, fut)
+                if through:
+                    await asyncio.wait(through)  # acknowledged once the route is through with them
+        except TimeoutError:
+            self.rejected += 1
+            done = sum(1 for f in through if f.done() and not f.cancelled())
+            return JSONResponse({"error": f"route {runner.name} is not through with the request after "
+                                          f"{self.ack_timeout_s:g}s ({done} of {len(payloads)} message(s) "
+                                          "processed); send again (the rest may still go through: "
+                                          "duplicates are possible)"},
+                                status_code=503, headers={"Retry-After": "1"})
+        given_back = sum(1 for f in through if f.cancelled())
+        if given_back:
+            self.rejected += 1
+            return JSONResponse({"error": f"the node is stopping: {given_back} of {len(payloads)} "
+                                          "message(s) not processed; send again"},
+                                status_code=503, headers={"Retry-After": "1"})
         self.accepted += len(payloads)
         return JSONResponse({"accepted": len(payloads)}, status_code=202)
 
     async def start(self) -> None:
         import uvicorn
 
+        try:
+            sock = listening_socket(self.host, self.port)
+        except OSError as e:
+            raise ConfigError(f"http ingest cannot listen on {self.host}:{self.port}: "
+                              f"{e.strerror or e}") from None
         app = Starlette(routes=[Route("/{path:path}", self._ingest, methods=["POST"])])
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # the node owns the signals
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(), name="http-ingest")
+        self._task = asyncio.get_running_loop().create_task(self._serve(sock), name="http-ingest")
         for _ in range(200):
             if self._server.started or self._task.done():
                 break
@@ -97,11 +198,17 @@ class IngestServer:
             raise ConfigError(f"http ingest cannot listen on {self.host}:{self.port}: {exc}")
         log.info("http ingest listening on http://%s:%d", self.host, self.port)
 
+    async def _serve(self, sock: socket.socket) -> None:
+        try:
+            await self._server.serve(sockets=[sock])
+        except SystemExit as e:  # never let uvicorn's exit reach the node's loop
+            raise RuntimeError(f"the ingest server stopped (exit status {e.code})") from None
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError, SystemExit):
-                pass
+            except (asyncio.TimeoutError, asyncio.CancelledError, RuntimeError) as e:
+                log.debug("http ingest stopped: %s", e or type(e).__name__)

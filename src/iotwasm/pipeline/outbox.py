@@ -172,6 +172,15 @@ class Outbox:
             self._db.close()
 
 
+def _failed(confirm: asyncio.Future) -> bool:
+    """Whether a window's confirmation already came back with a failure."""
+    if not confirm.done():
+        return False
+    if confirm.cancelled() or confirm.exception() is not None:
+        return True
+    return any(r is not None for r in confirm.result())
+
+
 class Forwarder:
     """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages.
 
@@ -231,7 +240,9 @@ class Forwarder:
         try:
             while True:
                 rows = []
-                if len(inflight) < self.windows:
+                # nothing goes out after a window that already failed: it would overtake
+                # that window's messages, which are sent again first
+                if len(inflight) < self.windows and not any(_failed(c) for _, c in inflight):
                     rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
                                           rows=self.batch if inflight else 1)
                 if rows:

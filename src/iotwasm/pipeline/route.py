@@ -23,6 +23,12 @@ reports it); the batch goes on by itself once the write succeeds.
 Guest code never runs on the event loop: each lane hands its batches to a worker thread of its
 own (`pipeline.worker.Worker`), which runs every step of the batch in one hop, so a module
 spinning until its time limit holds up only its own lane.
+
+Replacing a route (an edit) hands its work over (`hand_over`): the batches in flight finish
+here, and every queued message — with the acknowledgement its source waits for — moves to the
+successor, in order, ahead of what the successor got meanwhile. Stopping (`stop`) drains
+first; what is still queued after the drain timeout is given back to the source
+unacknowledged.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ..messaging.acl import TopicACL
 from ..messaging.bus import settled
 from ..supervise import Repeats, StorageHold
 from .worker import Worker
+from .lanes import Lane
 
 log = logging.getLogger("iotwasm.pipeline")
 
@@ -137,10 +144,14 @@ class RouteRunner:
         self.stats = RouteStats()
         n = max(1, lanes)
         per_lane = max(1, queue.capacity // n)
-        self._lanes: list[asyncio.Queue[_Item]] = [asyncio.Queue(per_lane) for _ in range(n)]
+        self._lanes: list[Lane] = [Lane(per_lane) for _ in range(n)]
         #: one thread per lane runs the lane's guest calls (a lane has one batch at a time)
         self._workers = [Worker(f"route-{name}-lane{i}") for i in range(n)]
         self._tasks: list[asyncio.Task] = []
+        #: the route that replaced this one: offers go there (see `hand_over`)
+        self._successor: RouteRunner | None = None
+        #: batches held for an unavailable step when the route was handed over
+        self._returned: list[_Item] = []
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -159,23 +170,69 @@ class RouteRunner:
         `settled`, when given, is resolved once the message is through: its results taken by
         every sink (an uplink's acknowledgement included), or dead-lettered, filtered out, or
         dropped by the overflow policy. A source acknowledges its broker then, so a node
-        killed meanwhile gets the message again. It is cancelled if the route stops first."""
+        killed meanwhile gets the message again. It is cancelled if the route stops first
+        (the message was not processed: the source gives it back unacknowledged). A route
+        that was replaced passes the message on to its successor."""
+        if self._successor is not None:
+            await self._successor.offer(msg, variables, settled)
+            return
         variables = variables or {}
-        self.stats.received += 1
-        key = variables.get(self.order_key) or msg.topic
-        lane = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)] if len(self._lanes) > 1 else self._lanes[0]
         item = _Item(msg, variables, time.monotonic(), settled)
+        lane = self._lane_for(item)
+        if self._stopping or lane.closed:
+            _settle([item], cancel=True)
+            return
+        self.stats.received += 1
         if self.queue.overflow == "drop-oldest":
             while lane.full():
-                try:
-                    _settle([lane.get_nowait()])
-                    lane.task_done()
-                    self.stats.dropped += 1
-                except asyncio.QueueEmpty:
-                    break
+                _settle([lane.get_nowait()])
+                self.stats.dropped += 1
             lane.put_nowait(item)
-        else:
-            await lane.put(item)
+        elif not await lane.put(item):  # closed while waiting for room
+            self.stats.received -= 1
+            if self._successor is not None:
+                await self._successor.offer(msg, variables, settled)
+            else:
+                _settle([item], cancel=True)
+
+    def _lane_for(self, item: _Item) -> Lane:
+        if len(self._lanes) == 1:
+            return self._lanes[0]
+        key = item.vars.get(self.order_key) or item.msg.topic
+        return self._lanes[zlib.crc32(key.encode()) % len(self._lanes)]
+
+    async def hand_over(self, successor: RouteRunner) -> None:
+        """Give this route's work to `successor`, a route replacing it that is not started
+        yet: stop taking batches, let the batches in flight finish here (their sinks confirm
+        them as usual; a batch held for an unavailable step goes over instead), then move
+        every queued message — with the acknowledgement its source waits for — to the
+        successor, in arrival order and ahead of anything offered to the successor
+        meanwhile. From the first moment, offers made here go to the successor. Call `stop`
+        afterwards to wait for this route's confirmations."""
+        if successor._tasks:
+            raise RuntimeError(f"route {self.name}: hand over before the successor starts")
+        self._successor = successor
+        queued = [lane.close() for lane in self._lanes]
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        items = self._returned + [it for lane in queued for it in lane]
+        items += [it for lane in self._lanes for it in lane.close()]  # put while closing
+        self._returned = []
+        successor._adopt(items)
+        if items:
+            log.info("route %s: %d queued message(s) handed to the new version", self.name, len(items))
+
+    def _adopt(self, items: list[_Item]) -> None:
+        """Take a predecessor's queued messages in front of this route's own (each lane
+        keeps their order), beyond the queue's capacity if need be: they were admitted."""
+        fronts: dict[int, list[_Item]] = {}
+        for it in items:
+            fronts.setdefault(id(self._lane_for(it)), []).append(it)
+        for lane in self._lanes:
+            front = fronts.get(id(lane))
+            if front:
+                lane.items.extendleft(reversed(front))
+        self.stats.received += len(items)
 
     def depth(self) -> int:
         return sum(q.qsize() for q in self._lanes)
@@ -201,6 +258,8 @@ class RouteRunner:
         if drain_timeout:
             await self.drain(drain_timeout)
         self._stopping = True
+        for lane in self._lanes:  # not taken in time: given back to the source unacknowledged
+            _settle(lane.close(), cancel=True)
         tasks = self._tasks + list(self._confirming)
         for t in tasks:
             t.cancel()
@@ -212,11 +271,13 @@ class RouteRunner:
         for w in self._workers:
             w.close()  # a call still running finishes on its thread (bounded by its time limit)
 
-    async def _lane(self, q: asyncio.Queue[_Item], worker: Worker) -> None:
+    async def _lane(self, q: Lane, worker: Worker) -> None:
         max_size, linger = self.batch.max_size, self.batch.max_linger_s
         last = 1
         while True:
             first = await q.get()
+            if first is None:
+                return  # closed: handed over
             items = [first]
             self._inflight += 1
             try:
@@ -241,8 +302,6 @@ class RouteRunner:
                     await self._dead("route", DeadLetter(i, it.msg, err), it.vars)
                 _settle(items)
             finally:
-                for _ in items:
-                    q.task_done()
                 self._inflight -= 1
 
     async def _run(self, items: list[_Item], worker: Worker) -> None:
@@ -263,6 +322,9 @@ class RouteRunner:
             if stopped is None:
                 break
             first, err = stopped
+            if self._successor is not None:  # handed over: the successor runs it from the start
+                self._returned.extend(items)
+                return
             if self._stopping:
                 _settle(items, cancel=True)  # not acknowledged: the broker has it again
                 raise err

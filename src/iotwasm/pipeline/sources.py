@@ -25,7 +25,14 @@ class BusSource:
 
     A message is acknowledged to the broker (QoS 1, JetStream) only after the route is done
     with it, so a node killed with messages in its queues gets them again from a persistent
-    session or a durable consumer (at-least-once)."""
+    session or a durable consumer (at-least-once).
+
+    Stopping comes in two kinds. `stop` (the node stops) only detaches: no UNSUBSCRIBE, so
+    the broker keeps queueing for the node's session (or durable consumer) until it is back.
+    `remove` (the route is gone) also ends the subscription at the broker. Both first stop
+    taking and hand what already arrived to the route. A route that is replaced keeps its
+    source when its manifest did not change: the source is pointed at the new route
+    (`retarget`) and nothing is subscribed or unsubscribed."""
 
     def __init__(self, bus, pattern: str, runner: RouteRunner, *, qos: int = 1,
                  queue: str | None = None, durable: str | None = None):
@@ -38,14 +45,14 @@ class BusSource:
         self._sub = None
 
     async def start(self) -> None:
-        pattern, runner = self.pattern, self.runner
+        pattern = self.pattern
         loop = asyncio.get_running_loop()
 
         async def handler(msg: Message) -> asyncio.Future:
             # the bus acknowledges the message to its broker when this future is done:
             # once the route is through with it, not when it was queued
             settled = loop.create_future()
-            await runner.offer(msg, pattern.capture(msg.topic), settled)
+            await self.runner.offer(msg, pattern.capture(msg.topic), settled)
             return settled
 
         kw = {"qos": self.qos}
@@ -55,8 +62,26 @@ class BusSource:
             kw["durable"] = self.durable
         self._sub = await self.bus.subscribe(pattern.filter, handler, **kw)
 
-    async def stop(self) -> None:
+    def retarget(self, runner: RouteRunner) -> None:
+        """Feed `runner` from now on (the route that replaces this source's route)."""
+        self.runner = runner
+
+    def pause(self) -> None:
+        """Take no more messages (the broker keeps them); what arrived still goes on."""
         if self._sub is not None:
+            self._sub.pause()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """The node stops: hand on what arrived, keep the broker-side subscription."""
+        if self._sub is not None:
+            await self._sub.detach(grace=grace)
+            self._sub = None
+
+    async def remove(self, grace: float = 5.0) -> None:
+        """The route is gone: hand on what arrived, then unsubscribe at the broker."""
+        if self._sub is not None:
+            self._sub.pause()
+            await self._sub.handed_on(grace)
             await self._sub.unsubscribe()
             self._sub = None
 
@@ -92,10 +117,19 @@ class SensorSource:
             elif n % 100 == 0:
                 await asyncio.sleep(0)  # behind schedule: still let others run
 
-    async def stop(self) -> None:
+    def retarget(self, runner: RouteRunner) -> None:
+        self.runner = runner
+
+    def pause(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def stop(self, grace: float = 5.0) -> None:
         if self._task:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+    remove = stop

@@ -184,8 +184,12 @@ class RuleRunner:
                        supervise("rules clock", self._clock, log=log)]
 
     async def stop(self, drain_timeout: float = 2.0) -> None:
+        # detach, not unsubscribe: a persistent session keeps the rules' topics while away
         for f in list(self._subs):
-            await self._unsubscribe(f)
+            try:
+                await self._subs.pop(f).detach()
+            except IotwasmError as e:
+                log.warning("rules: detaching %s: %s", f, e)
         deadline = time.monotonic() + drain_timeout
         while not self._queue.empty() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

@@ -1,0 +1,89 @@
+"""The queue of one route lane (see `iotwasm.pipeline.route`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Lane(Generic[T]):
+    """A lane's queue: first in, first out; `put` waits while `capacity` items wait. Closing
+    it (hand-over, stop) ends a waiting `get` with None and a waiting `put` with False, so
+    neither the lane task nor a blocked source waits on a route that no longer takes work.
+    Unlike `asyncio.Queue`, what is queued can be taken out whole (`close`) and put back in
+    front (`items.extendleft`) — what a route's hand-over does."""
+
+    __slots__ = ("_getter", "_putters", "capacity", "closed", "items")
+
+    def __init__(self, capacity: int):
+        self.items: deque[T] = deque()
+        self.capacity = capacity
+        self.closed = False
+        self._getter: asyncio.Future | None = None
+        self._putters: deque[asyncio.Future] = deque()
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+    def empty(self) -> bool:
+        return not self.items
+
+    def full(self) -> bool:
+        return len(self.items) >= self.capacity
+
+    def put_nowait(self, item: T) -> None:
+        self.items.append(item)
+        if self._getter is not None and not self._getter.done():
+            self._getter.set_result(None)
+
+    async def put(self, item: T) -> bool:
+        """Queue `item`, waiting for room; False (not queued) once the lane is closed."""
+        while self.full() and not self.closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._putters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._putters:
+                    self._putters.remove(waiter)
+        if self.closed:
+            return False
+        self.put_nowait(item)
+        return True
+
+    def get_nowait(self) -> T:
+        item = self.items.popleft()
+        self._wake_putter()
+        return item
+
+    async def get(self) -> T | None:
+        while not self.items:
+            if self.closed:
+                return None
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        return self.get_nowait()
+
+    def close(self) -> list[T]:
+        """Take no more work; returns what was queued (in order) and wakes every waiter."""
+        self.closed = True
+        items, self.items = list(self.items), deque()
+        if self._getter is not None and not self._getter.done():
+            self._getter.set_result(None)
+        for waiter in self._putters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return items
+
+    def _wake_putter(self) -> None:
+        while self._putters:
+            waiter = self._putters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

@@ -1,0 +1,384 @@
+"""Chaos helpers: the node run as a user runs it, numbered QoS 1 messages in, a collector out.
+
+A chaos case is: private brokers (tests/brokers.py), an `iotwasm up` child process with a
+manifest directory and a data directory, a `Publisher` that behaves like a device (numbered
+QoS 1 messages at a steady rate, each retried until its broker acknowledged it), something done
+to the system mid-stream (a signal, a manifest edit, a broker stopped), and a `Collector`
+subscribed to the sink topic that counts, by sequence number, what was lost and what came
+more than once.
+
+    async with Publisher(source.url, count=900, rate=150) as pub, \\
+            Collector(sink.url, "out/#") as out:
+        await pub.reached(300)                                   # mid-stream
+        await asyncio.to_thread(node.restart, signal.SIGTERM)    # what the case does
+        await pub.done()
+        await out.all_arrived(pub.count)
+        await asyncio.to_thread(node.stop)   # graceful: what it still sends goes out now
+        await out.flush()
+        report = out.report(pub.count)
+    assert report.lost == []
+
+`NodeProcess` methods block (they wait for the process): call them through
+`asyncio.to_thread` so the publisher and the collector keep running meanwhile. Everything a
+case needs is here, so a new case (a disk filled and freed, a network cut) is a test function
+with its own disturbance (tests/test_chaos.py: `ChaosRig.run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iotwasm.message import Message
+from iotwasm.messaging import MqttBus
+from iotwasm.messaging.errors import MessagingError
+
+#: how long a node may take to start or to stop gracefully before the case fails
+NODE_TIMEOUT = 60.0
+
+
+class NodeProcess:
+    """`iotwasm up MANIFESTS --broker URL --data DIR` as a child process, as a user starts it.
+
+    Each start appends to `log_path`, so a failed case shows what every run of the node said.
+    """
+
+    def __init__(self, manifests: Path, data: Path, broker: str, *, name: str = "chaos",
+                 extra: tuple[str, ...] = ()):
+        self.manifests = manifests
+        self.data = data
+        self.broker = broker
+        self.name = name
+        self.extra = extra
+        self.log_path = data.parent / f"node-{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.exit_codes: list[int] = []
+
+    def start(self) -> "NodeProcess":
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "iotwasm.cli.main", "up", str(self.manifests),
+                 "--broker", self.broker, "--data", str(self.data), "--name", self.name,
+                 "--no-api", "-v", *self.extra],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    @property
+    def status_topic(self) -> str:
+        return f"iotwasm/nodes/{self.name}/status"
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = NODE_TIMEOUT) -> int:
+        """Send `sig` and wait for the process to end; returns its exit code."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"node did not stop within {timeout}s after signal {sig}; "
+                                 f"log {self.log_path}:\n{self.log_tail()}") from None
+        self.exit_codes.append(rc)
+        self.proc = None
+        return rc
+
+    def restart(self, sig: int = signal.SIGINT) -> int:
+        rc = self.stop(sig)
+        self.start()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+async def wait_online(url: str, node: str, timeout: float = NODE_TIMEOUT) -> None:
+    """Wait for the node's retained status 'online' (published once its routes subscribed)."""
+    bus = MqttBus(url)
+    await bus.connect(timeout=10)
+    seen = asyncio.Event()
+
+    async def on(msg: Message) -> None:
+        if json.loads(msg.payload).get("state") == "online":
+            seen.set()
+
+    await bus.subscribe(f"iotwasm/nodes/{node}/status", on, qos=1)
+    try:
+        await asyncio.wait_for(seen.wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"node {node} did not report 'online' within {timeout}s") from None
+    finally:
+        await bus.close()
+
+
+class Publisher:
+    """A device: `count` numbered messages (``{"seq": n}``) on ``in/d{n % devices}`` at QoS 1,
+    `rate` a second, each retried until the broker acknowledged it — so every message is in
+    the broker's hands once `done()` returns (a retry after a lost PUBACK may add a duplicate,
+    which the collector counts like any other)."""
+
+    def __init__(self, url: str, *, count: int, rate: float, devices: int = 4,
+                 topic: str = "in/d{device}"):
+        self.url = url
+        self.count = count
+        self.rate = rate
+        self.devices = devices
+        self.topic = topic
+        self.acknowledged = 0
+        self.retries = 0
+        self._bus: MqttBus | None = None
+        self._task: asyncio.Task | None = None
+        self._progress = asyncio.Event()
+
+    async def __aenter__(self) -> "Publisher":
+        self._bus = MqttBus(self.url, reconnect_min=0.05, reconnect_max=0.5)
+        await self._bus.connect(timeout=10)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="publisher")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._bus.close(timeout=1)
+
+    async def _run(self) -> None:
+        start = time.monotonic()
+        for seq in range(self.count):
+            delay = start + seq / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the load, not waiting for an outcome
+            topic = self.topic.format(device=seq % self.devices)
+            payload = json.dumps({"seq": seq}).encode()
+            while True:
+                try:
+                    await self._bus.publish(topic, payload, qos=1, timeout=2)
+                    break
+                except MessagingError:
+                    self.retries += 1
+                    await asyncio.sleep(0.05)
+            self.acknowledged = seq + 1
+            self._progress.set()
+
+    async def reached(self, n: int, timeout: float = NODE_TIMEOUT) -> None:
+        """Wait until the broker acknowledged the first `n` messages."""
+        async with asyncio.timeout(timeout):
+            while self.acknowledged < n:
+                if self._task.done():
+                    self._task.result()
+                self._progress.clear()
+                await self._progress.wait()
+
+    async def done(self, timeout: float = 120.0) -> None:
+        await asyncio.wait_for(asyncio.shield(self._task), timeout)
+
+
+@dataclass
+class Report:
+    """What reached the sink: lost (never arrived) and duplicated (arrived more than once)."""
+
+    expected: int
+    received: int
+    lost: list[int]
+    duplicates: int
+    #: devices whose messages (first arrivals) did not come in the order they were sent
+    out_of_order: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        lost = f"{len(self.lost)}" + (f" (first: {self.lost[:10]})" if self.lost else "")
+        return (f"expected {self.expected}, received {self.received}, lost {lost}, "
+                f"duplicates {self.duplicates}"
+                + (f", out of order on {', '.join(self.out_of_order)}" if self.out_of_order else ""))
+
+
+class Collector:
+    """Subscribed (QoS 1, persistent session: nothing is missed while its broker restarts) to
+    the sink topic; counts each sequence number it receives."""
+
+    def __init__(self, url: str, topic_filter: str = "out/#", *, client_id: str = "chaos-collector"):
+        self.url = url
+        self.filter = topic_filter
+        self.client_id = client_id
+        self.seen: Counter[int] = Counter()
+        self.first_arrivals: dict[str, list[int]] = {}
+        self._markers: set[str] = set()
+        self._bus: MqttBus | None = None
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> "Collector":
+        self._bus = MqttBus(self.url, client_id=self.client_id, reconnect_min=0.05,
+                            reconnect_max=0.5)
+        await self._bus.subscribe(self.filter, self._on, qos=1)
+        await self._bus.connect(timeout=10)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._bus.close(timeout=1)
+
+    async def _on(self, msg: Message) -> None:
+        doc = json.loads(msg.payload)
+        if "marker" in doc:
+            self._markers.add(doc["marker"])
+        else:
+            seq = doc["seq"]
+            if not self.seen[seq]:
+                self.first_arrivals.setdefault(msg.topic, []).append(seq)
+            self.seen[seq] += 1
+        self._changed.set()
+
+    def report(self, expected: int) -> Report:
+        lost = [s for s in range(expected) if not self.seen[s]]
+        disorder = [t for t, seqs in sorted(self.first_arrivals.items()) if seqs != sorted(seqs)]
+        return Report(expected, sum(self.seen.values()), lost,
+                      sum(n - 1 for n in self.seen.values() if n > 1), disorder)
+
+    async def _until(self, predicate, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def all_arrived(self, expected: int, timeout: float = 60.0) -> bool:
+        """Wait until every sequence number below `expected` arrived; False after `timeout`."""
+        return await self._until(lambda: sum(1 for s in self.seen if s < expected) >= expected,
+                                 timeout)
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Return once everything the broker took for the sink topic before this call has
+        arrived here: a marker published now comes after it (one broker, one subscriber)."""
+        marker = f"{time.monotonic_ns()}"
+        topic = self.filter.replace("#", "_flush").replace("+", "_flush")
+        pub = MqttBus(self.url)
+        await pub.connect(timeout=10)
+        try:
+            await pub.publish(topic, json.dumps({"marker": marker}).encode(), qos=1)
+        finally:
+            await pub.close(timeout=1)
+        if not await self._until(lambda: marker in self._markers, timeout):
+            raise AssertionError(f"the collector's flush marker did not come back within {timeout}s")
+
+
+DEPLOYMENT = """\
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  module: {module}
+  replicas: {replicas}
+  capabilities:
+    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
+"""
+
+ROUTE = """\
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: uplink}}
+spec:
+  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
+  steps: [echo]
+  batch: {{maxSize: {batch}}}
+  sinks:
+    - mqtt: {{url: "{uplink}", topic: "out/{{device}}", qos: 1}}
+"""
+
+
+class ChaosRig:
+    """Two private Mosquittos — `source`, the devices' broker and the node's bus, and `sink`,
+    the uplink the route publishes to — a route ``in/{device}`` → echo → ``out/{device}``
+    (QoS 1 both ways, store-and-forward on), and the node as a child process.
+
+    `data` may be given (e.g. a directory on a small filesystem); it defaults to one under
+    `workdir`. `run` plays one case."""
+
+    def __init__(self, workdir: Path, module_wat: str, *, data: Path | None = None,
+                 replicas: int = 1, batch: int = 16):
+        from brokers import Mosquitto
+
+        self.dir = workdir
+        self.source = Mosquitto(workdir / "source")
+        self.sink = Mosquitto(workdir / "sink")
+        self.manifests = workdir / "manifests"
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        self.module = workdir / "echo.wat"
+        self.module.write_text(module_wat)
+        self.replicas = replicas
+        self.batch = batch
+        self.data = data or workdir / "data"
+        self.node = NodeProcess(self.manifests, self.data, self.source.url)
+
+    def write_deployment(self, module: Path | None = None, replicas: int | None = None) -> None:
+        text = DEPLOYMENT.format(module=module or self.module, replicas=replicas or self.replicas)
+        _replace(self.manifests / "deployment.yaml", text)
+
+    def write_route(self, batch: int | None = None) -> None:
+        _replace(self.manifests / "route.yaml", ROUTE.format(batch=batch or self.batch,
+                                                             uplink=self.sink.url))
+
+    def start(self) -> None:
+        self.source.start()
+        self.sink.start()
+        self.write_deployment()
+        self.write_route()
+
+    def close(self) -> None:
+        self.node.kill()
+        for broker in (self.source, self.sink):
+            broker.kill()
+
+    async def run(self, disturb, *, count: int, rate: float, at: int,
+                  arrival_timeout: float = 60.0) -> Report:
+        """Start the node, publish `count` messages at `rate`; once `at` are in the source
+        broker's hands, `await disturb(self)`; then wait until every message reached the
+        sink (or `arrival_timeout` passed), stop the node gracefully and count."""
+        self.node.start()
+        await wait_online(self.source.url, self.node.name)
+        async with Collector(self.sink.url, "out/#") as out:
+            async with Publisher(self.source.url, count=count, rate=rate) as pub:
+                await pub.reached(at)
+                await disturb(self)
+                await pub.done()
+                if not self.node.alive():
+                    raise AssertionError(f"the node is not running after the disturbance; log "
+                                         f"{self.node.log_path}:\n{self.node.log_tail()}")
+                await out.all_arrived(count, arrival_timeout)
+            rc = await asyncio.to_thread(self.node.stop, signal.SIGINT)
+            assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{self.node.log_tail()}"
+            await out.flush()
+            return out.report(count)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write a manifest the way editors save: a new file renamed over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
