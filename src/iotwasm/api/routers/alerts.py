@@ -1,0 +1,73 @@
+"""Threshold alert rules on node metrics: listed for every viewer (a tenant sees the rules
+about its own routes and deployments), set and deleted by operators without tenant."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from ...node.manifests import NAME
+from ..alerts import METRICS, AlertRule
+from ..context import ApiContext
+from ..deps import Ctx, Operator, Viewer
+from ..policy import PolicyError, namespace_of
+from ..problems import invalid, not_found
+
+router = APIRouter(tags=["alerts"])
+
+
+class AlertBody(BaseModel):
+    metric: Literal[METRICS]  # type: ignore[valid-type]
+    above: float = Field(allow_inf_nan=False)
+    target: str | None = Field(None, max_length=63, description="route or deployment name")
+    cooldown_s: float = Field(300.0, ge=0, le=7 * 86400)
+    topic: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^#+]+$")
+    webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+
+def alert_view(ctx: ApiContext, r: AlertRule) -> dict:
+    state = ctx.alerts._state.get(r.name)
+    return {**r.config(), "fired": state.fired if state else 0,
+            "last_fired": state.last_fired if state else None}
+
+
+@router.get("/v1/alerts", summary="Threshold alert rules and how often they fired")
+async def list_alerts(ctx: Ctx, who: Viewer) -> list[dict]:
+    node = ctx.node
+    rules = ctx.alert_rules.all()
+    if who.tenant is not None:
+        rules = [r for r in rules if r.target and (namespace_of(node, "Route", r.target) == who.tenant
+                                                   or namespace_of(node, "Deployment", r.target) == who.tenant)]
+    return [alert_view(ctx, r) for r in rules]
+
+
+NODE_OPERATORS = "alert rules are set by node operators (tokens without tenant)"
+
+
+@router.put("/v1/alerts/{name}", summary="Create or change an alert rule (operator without tenant)")
+async def put_alert(name: str, body: AlertBody, ctx: Ctx, who: Operator) -> dict:
+    if who.tenant is not None:
+        ctx.deny(who, "alert.put", f"alert/{name}", PolicyError(NODE_OPERATORS))
+    if not NAME.match(name):
+        raise invalid(f"alert name {name!r}: lowercase letters, digits and '-'")
+    if body.metric != "outbox_backlog" and not body.target:
+        raise invalid(f"metric {body.metric} needs a target")
+    if not body.topic and not body.webhook:
+        raise invalid("an alert needs a topic, a webhook or both")
+    rule = AlertRule(name=name, **body.model_dump())
+    ctx.alert_rules.put(rule)
+    ctx.record(who, "alert.put", f"alert/{name}", json.dumps(rule.config()))
+    return alert_view(ctx, rule)
+
+
+@router.delete("/v1/alerts/{name}", summary="Delete an alert rule (operator without tenant)")
+async def delete_alert(name: str, ctx: Ctx, who: Operator) -> dict:
+    if who.tenant is not None:
+        ctx.deny(who, "alert.delete", f"alert/{name}", PolicyError(NODE_OPERATORS))
+    if not ctx.alert_rules.delete(name):
+        raise not_found(f"no alert rule {name!r}")
+    ctx.record(who, "alert.delete", f"alert/{name}")
+    return {"deleted": name}
