@@ -34,7 +34,7 @@ from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .applied import AppliedManifests
-from .logs import GuestLogs
+from .logs import GuestLogs, printable
 from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path
 from .rules import NodeRules
 from .state import NodeState, SqliteKeyValue
@@ -392,7 +392,8 @@ class Node:
             replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, d.name, caps.kv_quota),
             on_log=lambda name, level, text, n=d.name: (
-                self.guest_logs.add(n, level, text) and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", text)),
+                self.guest_logs.add(n, level, text)
+                and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", printable(text))),
             on_transition=lambda tr, n=d.name: self.state.event(
                 "state", n, f"{tr.source} → {tr.target}: {tr.reason}"))
 
