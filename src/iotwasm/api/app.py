@@ -18,6 +18,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from .context import ApiContext, __version__
+from .guard import GuardedRoute
+from .openapi import install as install_openapi
 from .problems import Problem, install_handlers
 from .routers import ROUTERS
 from .security import ROLES
@@ -25,16 +27,18 @@ from .security import ROLES
 
 def create_app(ctx: ApiContext) -> FastAPI:
     """The API over `ctx`'s node."""
-    app = FastAPI(title="iotwasm node API", version=__version__,
+    app = FastAPI(title="iotwasm node API", version=__version__, docs_url=None, redoc_url=None,
                   description="Manage one iotwasm node: modules, manifests, deployments, routes, rules, "
                               "logs, events, tokens, tenants and the audit log; in a fleet, read-only fleet "
                               "views. Errors are RFC 9457 problem documents.")
     app.state.ctx = ctx
+    app.router.route_class = GuardedRoute  # for the dashboard's routes too
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     from .dashboard import install as install_dashboard
     install_dashboard(app)
+    install_openapi(app, [r for router in ROUTERS for r in router.routes if isinstance(r, GuardedRoute)])
     return app
 
 

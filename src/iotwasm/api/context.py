@@ -45,20 +45,22 @@ class ApiContext:
         self.alerts = AlertEvaluator(node, self.alert_rules, on_fire=self._alert_fired)
         self._acl_seen: dict[str, int] = {}
         self.alerts.after_evaluation.append(self._sweep_acl_denials)
-        self.alerts.after_evaluation.append(self.denials.sweep)
+        self.alerts.after_evaluation.append(lambda: self.audit.submit(self.denials.sweep))
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
 
     # -- what routes share ---------------------------------------------------------------------
-    def record(self, who: Principal, action: str, target: str, detail: str = "", outcome: str = "ok",
-               tenant: str | None = None) -> None:
-        """One audit row for a call by `who` (in its tenant unless `tenant` says otherwise)."""
-        self.audit.append(who.actor, action, target, outcome, detail, tenant=tenant or who.tenant)
+    async def record(self, who: Principal, action: str, target: str, detail: str = "", outcome: str = "ok",
+                     tenant: str | None = None) -> None:
+        """One audit row for a call by `who` (in its tenant unless `tenant` says otherwise), on
+        disk when this returns."""
+        await self.audit.record(who.actor, action, target, outcome, detail, tenant=tenant or who.tenant)
 
-    def deny(self, who: Principal, action: str, target: str, e: Exception, tenant: str | None = None) -> NoReturn:
+    async def deny(self, who: Principal, action: str, target: str, e: Exception,
+                   tenant: str | None = None) -> NoReturn:
         """Count and audit a refusal, then raise `e` (answered with its own status)."""
         self.denied += 1
-        self.record(who, action, target, str(e), "denied", tenant)
+        await self.record(who, action, target, str(e), "denied", tenant)
         raise e
 
     def visible(self, who: Principal, kind: str, name: str) -> str:
@@ -68,24 +70,19 @@ class ApiContext:
             raise not_found(f"no {kind.lower()} {name!r}")
         return ns
 
-    def mutable(self, who: Principal, kind: str, name: str, action: str) -> tuple[str, Any]:
+    async def mutable(self, who: Principal, kind: str, name: str, action: str) -> tuple[str, Any]:
         """(namespace, applied manifest) of an object `who` may change through the API: 404 when
         not theirs, 403 when the node's files define it, 409 when the API does not manage it."""
         ns = self.visible(who, kind, name)
         if self.node.file_owned(kind, name):
-            self.deny(who, action, f"{kind.lower()}/{name}", PolicyError(
+            await self.deny(who, action, f"{kind.lower()}/{name}", PolicyError(
                 f"{kind} {name} is defined in the node's manifest files; change it there"), ns)
         m = self.node.applied.get(kind, name)
         if m is None:
             raise Problem(409, "Conflict", f"{kind} {name} is not managed through the API", "not-managed")
         return ns, m
 
-    def node_admin(self, who: Principal, action: str, target: str) -> None:
-        """Refuse (403) a tenant token: the call is for tokens without tenant."""
-        if who.tenant is not None:
-            self.deny(who, action, target, PolicyError("tenants are managed by a node admin (token without tenant)"))
-
-    # -- what the node tells the audit log -----------------------------------------------------
+    # -- what the node tells the audit log (written on the log's thread, in order) ------------
     def _sweep_acl_denials(self) -> None:
         """ACL denials happen per message on the hot path; the audit gets one row per route and
         sweep that saw new ones, with the count, instead of one per message."""
@@ -94,16 +91,16 @@ class ApiContext:
             before = self._acl_seen.get(name, 0)
             self._acl_seen[name] = n
             if n > before:
-                self.audit.append("node", "acl.denied", f"route/{name}", "denied",
+                self.audit.submit(self.audit.append, "node", "acl.denied", f"route/{name}", "denied",
                                   f"{n - before} output(s) refused by topic ACLs ({n} in all)",
                                   tenant=rec.manifest.metadata.namespace)
 
     def _alert_fired(self, rule: AlertRule, doc: dict) -> None:
-        self.audit.append("node", "alert.fired", f"alert/{rule.name}", "event",
+        self.audit.submit(self.audit.append, "node", "alert.fired", f"alert/{rule.name}", "event",
                           f"{rule.metric} {doc['value']:.4g} > {rule.above:g}")
 
     def _refused_at_load(self, d: Deployment, digest: str, reason: str) -> None:
-        self.audit.append("node", "module.refused-at-load", f"deployment/{d.name}", "denied",
+        self.audit.submit(self.audit.append, "node", "module.refused-at-load", f"deployment/{d.name}", "denied",
                           f"{digest}: {reason}", tenant=d.metadata.namespace)
 
     SECURITY_KINDS: ClassVar[set[str]] = {"error", "rolled-back", "failed", "manifest-error"}
@@ -113,13 +110,13 @@ class ApiContext:
         msg = ev["message"]
         if ev["kind"] in self.SECURITY_KINDS or (ev["kind"] == "state" and "→ error" in msg):
             ns = namespace_of(self.node, "Deployment", ev["object"]) or ""
-            self.audit.append("node", f"node.{ev['kind']}", ev["object"], "event", msg, tenant=ns)
+            self.audit.submit(self.audit.append, "node", f"node.{ev['kind']}", ev["object"], "event", msg, tenant=ns)
 
     def close(self) -> None:
         if self.node.state.listeners and self._node_event in self.node.state.listeners:
             self.node.state.listeners.remove(self._node_event)
         self.security.close()
         self.alert_rules.close()
-        self.denials.flush()
+        self.audit.submit(self.denials.flush)
         self.audit.close()
         self.signatures.close()

@@ -8,6 +8,9 @@ passes it through untouched wherever it is raised, even while a body is being re
 
 from __future__ import annotations
 
+import json
+import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import IotwasmError
 
 PROBLEM = "application/problem+json"
+#: the longest `detail` of a validation problem (it may quote the request)
+MAX_DETAIL = 500
+
+log = logging.getLogger("iotwasm.api")
 
 
 class Problem(StarletteHTTPException):
@@ -45,6 +52,17 @@ def invalid(detail: str, kind: str = "validation") -> Problem:
     return Problem(422, "Invalid request", detail, kind)
 
 
+class ProblemResponse(JSONResponse):
+    """``application/problem+json`` in ASCII (other characters as ``\\u`` escapes): the type
+    has no charset parameter, and a client that guesses one (requests does) must still read
+    a detail that quotes its input right."""
+
+    media_type = PROBLEM
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def problem_response(status: int, title: str, detail: str, kind: str, instance: str = "",
                      extra: dict[str, Any] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": f"https://iotwasm.io/problems/{kind}", "title": title, "status": status,
@@ -52,7 +70,7 @@ def problem_response(status: int, title: str, detail: str, kind: str, instance: 
     if instance:
         body["instance"] = instance
     body.update(extra or {})
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return ProblemResponse(body, status_code=status)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -76,9 +94,17 @@ def install_handlers(app: FastAPI) -> None:
         errors = e.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid"}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        detail = f"{where}: {first.get('msg')}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+        detail = f"{where}: {str(first.get('msg')).removeprefix('Value error, ')}"
+        if len(detail) > MAX_DETAIL:
+            detail = detail[:MAX_DETAIL] + "…"
+        detail += f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return problem_response(422, "Invalid request", detail, "validation", request.url.path)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, e: Exception) -> JSONResponse:
-        return problem_response(500, "Internal error", f"{type(e).__name__}: {e}", "internal", request.url.path)
+        """An error nobody expected: its text may hold paths, names or data of anyone, so the
+        client gets an id and the node's log gets the traceback under that id."""
+        incident = secrets.token_hex(6)
+        log.error("internal error %s in %s %s", incident, request.method, request.url.path, exc_info=e)
+        return problem_response(500, "Internal error", f"internal error {incident}: the node's log has the "
+                                "details under this id", "internal", request.url.path, {"incident": incident})

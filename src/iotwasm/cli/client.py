@@ -25,6 +25,7 @@ from typing import Any, Iterator, List, Optional
 import httpx
 import typer
 import yaml
+from rich import markup
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
@@ -312,6 +313,9 @@ def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = type
          tail: int = typer.Option(200, help="at most this many earlier lines"),
          context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Guest log lines of a deployment (host log calls and WASI stderr); -f follows them."""
+    # the node escapes them too: a guest's line never reaches the terminal raw
+    from ..node.logs import printable
+
     c = Client(context)
     params = {"since": since, "limit": tail}
 
@@ -319,7 +323,8 @@ def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = type
         if output == "json":
             print(json.dumps(line), flush=True)
         else:
-            out.print(f"[dim]{_ts(line['ts'])}[/] {line['level']:<7} {line['text']}", highlight=False)
+            out.print(f"[dim]{_ts(line['ts'])}[/] {line['level']:<7} {markup.escape(printable(line['text']))}",
+                      highlight=False)
             sys.stdout.flush()
 
     if not follow:
@@ -459,32 +464,112 @@ def audit_ls(ctx: typer.Context, actor: Optional[str] = typer.Option(None), tena
                                 r["outcome"], r["detail"][:80]] for r in data]))
 
 
+def _offline_log(data: Path):
+    from ..api.audit import AuditLog
+
+    if not (data / "audit.db").exists():
+        fail(f"{data / 'audit.db'}: no audit log there")
+    return AuditLog(data / "audit.db")
+
+
+def _anchors(source: str, node: str | None, c: "Client | None") -> list[dict]:
+    """The anchors to verify against: a file's, or every one a fleet's JetStream still holds
+    for the node (its id from --node, or asked from the node)."""
+    import asyncio
+
+    from ..api.audit import check_anchor
+
+    if source.startswith(("nats://", "tls://")):
+        from .fleet import _with_store
+
+        if node is None:
+            if c is None:
+                fail("--anchor nats://… with --data needs --node ID (the node's id in the fleet)")
+            node = c.call("GET", "/v1/node")["name"]
+        records = asyncio.run(_with_store(source, lambda store: store.audit_anchors(node)))
+        if not records:
+            fail(f"{source}: no audit anchor of node {node!r} in the fleet")
+        where = [f"{source} anchor {i + 1} of node {node}" for i in range(len(records))]
+    else:
+        try:
+            records, where = [json.loads(Path(source).read_text())], [source]
+        except OSError as e:
+            fail(f"{source}: {e.strerror}")
+        except ValueError as e:
+            fail(f"{source}: not JSON ({e})")
+    try:
+        return [check_anchor(r, w) for r, w in zip(records, where)]
+    except ValueError as e:
+        fail(str(e))
+        raise
+
+
 @audit_app.command("verify")
 def audit_verify(data: Optional[Path] = typer.Option(None, help="verify this data directory's audit.db "
                                                                  "directly instead of asking the node"),
+                 anchor: Optional[str] = typer.Option(None, help="also check the log still holds an anchored head: "
+                                                                 "a file from `iotwasm audit anchor`, or "
+                                                                 "nats://host:port for the anchors the node "
+                                                                 "published to its fleet"),
+                 node: Optional[str] = typer.Option(None, help="the node's id in the fleet (with --anchor nats://… "
+                                                               "and --data)"),
                  context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
-    """Check the audit log's hash chain; exit 1 when a row was changed, removed or reordered."""
+    """Check the audit log's hash chain; exit 1 when a row was changed, removed or reordered,
+    or (with --anchor) when rows were cut from its end."""
+    c = None if data is not None else Client(context)
+    anchors = _anchors(anchor, node, c) if anchor else []
     if data is not None:
-        from ..api.audit import AuditLog
-
-        if not (data / "audit.db").exists():
-            fail(f"{data / 'audit.db'}: no audit log there")
-        log = AuditLog(data / "audit.db")
+        log = _offline_log(data)
         try:
-            res = log.verify()
+            res = log.verify(anchors)
         finally:
             log.close()
     else:
-        res = Client(context).call("GET", "/v1/audit/verify")
+        res = {"ok": True, "anchors": 0}
+        for a in anchors or [None]:   # the API takes one anchor per call
+            params = {"seq": a["seq"], "head": a["head"]} if a else {}
+            got = c.call("GET", "/v1/audit/verify", params=params)
+            res = {**got, "anchors": len(anchors)}
+            if not got["ok"]:
+                break
     if output == "json":
         print(json.dumps(res, indent=2))
     elif res["ok"]:
-        out.print(f"[green]ok[/]: {res['rows']} rows, chain head {res['head'][:16]}", highlight=False)
+        pinned = f", {res['anchors']} anchor(s) hold" if res.get("anchors") else ""
+        out.print(f"[green]ok[/]: {res['rows']} rows, chain head {res['head'][:16]}{pinned}", highlight=False)
     if not res["ok"]:
         if output != "json":
             err.print(f"[bold red]audit log tampered:[/] {res['problem']} ({res['rows']} rows verified "
                       "before it)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@audit_app.command("anchor")
+def audit_anchor(out_file: Optional[Path] = typer.Option(None, "--out", help="write the anchor to this file "
+                                                                                   "(default: print it)"),
+                 data: Optional[Path] = typer.Option(None, help="take it from this data directory's audit.db "
+                                                                "instead of asking the node"),
+                 context: Optional[str] = CONTEXT) -> None:
+    """The audit log's head (row, hash, count), as a small hashed record to keep somewhere the
+    node cannot write; `iotwasm audit verify --anchor FILE` later proves no row up to it was
+    cut or rewritten."""
+    if data is not None:
+        log = _offline_log(data)
+        try:
+            record = log.anchor()
+        finally:
+            log.close()
+    else:
+        record = Client(context).call("GET", "/v1/audit/anchor")
+    text = json.dumps(record, indent=2) + "\n"
+    if out_file is None:
+        print(text, end="")
+        return
+    try:
+        out_file.write_text(text)
+    except OSError as e:
+        fail(f"{out_file}: {e.strerror}")
+    err.print(f"anchor of row {record['seq']} ({record['rows']} rows) written to {out_file}", highlight=False)
 
 
 # --- security administration --------------------------------------------------------------
@@ -553,16 +638,23 @@ context_app = typer.Typer(no_args_is_help=True, help="Nodes and tokens this CLI 
 
 @context_app.command("set")
 def context_set(name: str, url: str = typer.Option(..., help="the node's API, e.g. http://127.0.0.1:8282"),
-                token: Optional[str] = typer.Option(None, help="API token"),
-                token_file: Optional[Path] = typer.Option(None, help="read the token from this file"),
+                token_file: Optional[Path] = typer.Option(None, help="read the token from this file; '-' reads "
+                                                                     "it from standard input"),
+                token: Optional[str] = typer.Option(None, hidden=True),
                 ca: Optional[Path] = typer.Option(None, help="CA bundle for a TLS API"),
                 use: bool = typer.Option(True, help="make it the current context")) -> None:
-    """Add or change a context."""
-    if token_file:
+    """Add or change a context. The token is read from a file or standard input, never from
+    the command line (where the process list and the shell's history would keep it)."""
+    if token is not None:
+        fail("--token would put the token in the process list and the shell history: give --token-file FILE, "
+             "or --token-file - and the token on standard input")
+    if token_file is not None:
         try:
-            token = token_file.read_text().strip()
+            token = (sys.stdin.readline() if str(token_file) == "-" else token_file.read_text()).strip()
         except OSError as e:
             fail(f"{token_file}: {e.strerror}")
+        if not token:
+            fail(f"{'standard input' if str(token_file) == '-' else token_file}: no token there")
     cfg = load_config()
     entry = {"url": url, "token": token}
     if ca:

@@ -1,6 +1,7 @@
 """The management API's routes, one `APIRouter` per resource. A new resource gets its own
-module here and a line in `ROUTERS`; it declares its caller with `deps.Viewer`, `Operator` or
-`Admin` and checks tenancy through the `ApiContext` (`visible`, `mutable`, `node_admin`)."""
+module here and a line in `ROUTERS`; its router uses `guard.GuardedRoute`, it declares its
+caller with `deps.Viewer`, `Operator` or `Admin` (or a `deps.Role` that also refuses tenant
+tokens) and checks tenancy through the `ApiContext` (`visible`, `mutable`)."""
 
 from __future__ import annotations
 

@@ -13,11 +13,14 @@ from ...node.manifests import parse_documents
 from .. import sse
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
+from ..guard import GuardedRoute
+from ..metrics import subject_of
+from ..openapi import errors
 from ..policy import PolicyError, QuotaExceeded, admit_manifests, desired
 from ..problems import Problem
 from ..security import Principal
 
-router = APIRouter(tags=["deployments"])
+router = APIRouter(tags=["deployments"], route_class=GuardedRoute)
 
 
 class ScaleBody(BaseModel):
@@ -64,10 +67,11 @@ async def get_deployment(name: str, ctx: Ctx, who: Viewer) -> dict:
     return deployment_view(ctx, name, full=True)
 
 
-@router.delete("/v1/deployments/{name}", summary="Delete a deployment")
+@router.delete("/v1/deployments/{name}", summary="Delete a deployment",
+               responses=errors(409, why_409="a route or rule uses it, or it is not managed through the API"))
 async def delete_deployment(name: str, ctx: Ctx, who: Operator) -> dict:
     node = ctx.node
-    ns, _ = ctx.mutable(who, "Deployment", name, "deployment.delete")
+    ns, _ = await ctx.mutable(who, "Deployment", name, "deployment.delete")
     users = [r for r, rec in node.routes.items() if name in rec.manifest.spec.steps]
     if users:
         raise Problem(409, "Conflict", f"deployment {name} is a step of route(s) {', '.join(users)}; "
@@ -79,7 +83,7 @@ async def delete_deployment(name: str, ctx: Ctx, who: Operator) -> dict:
     node.applied.delete("Deployment", name)
     await node.sync()
     node.guest_logs.forget(name)
-    ctx.record(who, "deployment.delete", f"deployment/{name}", tenant=ns)
+    await ctx.record(who, "deployment.delete", f"deployment/{name}", tenant=ns)
     return {"deleted": name}
 
 
@@ -88,19 +92,20 @@ async def reapply(ctx: ApiContext, who: Principal, m, action: str, detail: str) 
     try:
         admit_manifests(node, ctx.security, who, [m])
     except (PolicyError, QuotaExceeded) as e:
-        ctx.deny(who, action, f"deployment/{m.name}", e, m.metadata.namespace)
+        await ctx.deny(who, action, f"deployment/{m.name}", e, m.metadata.namespace)
     node.applied.put(m, who.actor)
     problems = await node.sync()
-    ctx.record(who, action, f"deployment/{m.name}", detail, tenant=m.metadata.namespace)
-    mine = [p for p in problems if m.name in p]
+    await ctx.record(who, action, f"deployment/{m.name}", detail, tenant=m.metadata.namespace)
+    mine = [p for p in problems if subject_of(p) == ("Deployment", m.name)]
     if mine:
         raise Problem(422, "Refused", mine[0], "apply-failed")
     return deployment_view(ctx, m.name)
 
 
-@router.post("/v1/deployments/{name}/scale", summary="Change the number of replicas")
+@router.post("/v1/deployments/{name}/scale", summary="Change the number of replicas",
+             responses=errors(409, why_409="not managed through the API"))
 async def scale(name: str, body: ScaleBody, ctx: Ctx, who: Operator) -> dict:
-    _, m = ctx.mutable(who, "Deployment", name, "deployment.scale")
+    _, m = await ctx.mutable(who, "Deployment", name, "deployment.scale")
     if body.replicas > m.spec.resources.max_instances:
         raise Problem(422, "Invalid request", f"replicas {body.replicas} exceeds resources.maxInstances "
                       f"{m.spec.resources.max_instances}", "validation")
@@ -119,17 +124,19 @@ async def _lifecycle(ctx: ApiContext, who: Principal, name: str, verb: str, done
         await asyncio.to_thread(getattr(container, verb), f"{done} by {who.name}")
     except IotwasmError as e:
         raise Problem(409, "Conflict", str(e), "lifecycle") from None
-    ctx.record(who, f"deployment.{verb}", f"deployment/{name}", tenant=ns)
+    await ctx.record(who, f"deployment.{verb}", f"deployment/{name}", tenant=ns)
     return deployment_view(ctx, name)
 
 
 @router.post("/v1/deployments/{name}/suspend",
-             summary="Stop taking batches; instances stay warm and messages wait in the route")
+             summary="Stop taking batches; instances stay warm and messages wait in the route",
+             responses=errors(409, why_409="not running, or already suspended"))
 async def suspend(name: str, ctx: Ctx, who: Operator) -> dict:
     return await _lifecycle(ctx, who, name, "suspend", "suspended")
 
 
-@router.post("/v1/deployments/{name}/resume", summary="Resume a suspended deployment")
+@router.post("/v1/deployments/{name}/resume", summary="Resume a suspended deployment",
+             responses=errors(409, why_409="not running, or not suspended"))
 async def resume(name: str, ctx: Ctx, who: Operator) -> dict:
     return await _lifecycle(ctx, who, name, "resume", "resumed")
 
@@ -141,10 +148,11 @@ async def history(name: str, ctx: Ctx, who: Viewer) -> list[dict]:
 
 
 @router.post("/v1/deployments/{name}/rollback",
-             summary="Apply an earlier revision's manifest again (as a new revision)")
+             summary="Apply an earlier revision's manifest again (as a new revision)",
+             responses=errors(409, why_409="no earlier revision, or not managed through the API"))
 async def rollback(name: str, ctx: Ctx, who: Operator, body: RollbackBody | None = None) -> dict:
     node = ctx.node
-    ctx.mutable(who, "Deployment", name, "deployment.rollback")
+    await ctx.mutable(who, "Deployment", name, "deployment.rollback")
     hist = node.state.history(name)
     rec = node.deployments.get(name)
     target = body.revision if body else None
@@ -164,7 +172,9 @@ async def rollback(name: str, ctx: Ctx, who: Operator, body: RollbackBody | None
 
 
 @router.get("/v1/deployments/{name}/logs",
-            summary="Guest log lines (host log calls and WASI stderr); follow=true streams them (SSE)")
+            summary="Guest log lines (host log calls and WASI stderr); follow=true streams them (SSE)",
+            responses={200: {"description": "the lines (a JSON list), or with follow=true a stream of `log` "
+                                            "events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def logs(name: str, ctx: Ctx, who: Viewer, since: int = Query(0, ge=0),
                limit: int = Query(200, ge=1, le=10_000), follow: bool = False):
     node = ctx.node

@@ -11,10 +11,11 @@ from fastapi.responses import StreamingResponse
 from .. import sse
 from ..context import ApiContext
 from ..deps import Ctx, Viewer
+from ..guard import GuardedRoute
 from ..policy import namespace_of
 from ..security import Principal
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=GuardedRoute)
 
 
 def event_visible(ctx: ApiContext, who: Principal, ev: dict) -> bool:
@@ -33,7 +34,9 @@ async def events(ctx: Ctx, who: Viewer, limit: int = Query(100, ge=1, le=10_000)
     return [e for e in evs if event_visible(ctx, who, e)]
 
 
-@router.get("/v1/events/stream", summary="Node events as server-sent events", response_class=StreamingResponse)
+@router.get("/v1/events/stream", summary="Node events as server-sent events", response_class=StreamingResponse,
+            responses={200: {"description": "a stream of `event` events",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def event_stream(ctx: Ctx, who: Viewer):
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue(maxsize=10_000)

@@ -9,10 +9,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..context import __version__
-from ..deps import Ctx, Viewer
+from ..deps import Ctx, MaybeCaller, Viewer
+from ..guard import GuardedRoute
 from ..metrics import exposition, readiness
 
-router = APIRouter()
+READINESS = {"type": "object", "required": ["ready", "reasons"],
+             "properties": {"ready": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}}
+
+router = APIRouter(route_class=GuardedRoute)
 
 
 @router.get("/healthz", tags=["health"], summary="Liveness: the API answers (no token needed)")
@@ -21,9 +25,14 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["health"], summary="Readiness: manifests reconciled and brokers connected",
-            responses={503: {"description": "not ready; reasons listed"}})
-async def readyz(ctx: Ctx):
-    r = readiness(ctx.node)
+            description="No token needed. Without one the reasons are generic (`manifest problems`, "
+                        "`bus not connected`, …); a token without tenant gets them in full, a tenant token "
+                        "those about its own namespace.",
+            responses={200: {"content": {"application/json": {"schema": READINESS}}},
+                       503: {"description": "not ready; reasons listed", "content": {"application/json": {
+                           "schema": READINESS}}}})
+async def readyz(ctx: Ctx, who: MaybeCaller):
+    r = readiness(ctx.node, who, anonymous=who is None)
     return JSONResponse(r, status_code=200 if r["ready"] else 503)
 
 
@@ -39,7 +48,7 @@ async def metrics(ctx: Ctx, who: Viewer):
         c.add_metric([], ctx.denied)
         yield c
     # on the loop, not a worker thread: the routes' latency windows are changed by the loop
-    text = exposition(ctx.node, api_counters, ctx.histograms)
+    text = exposition(ctx.node, api_counters, ctx.histograms, who)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
@@ -47,9 +56,11 @@ async def metrics(ctx: Ctx, who: Viewer):
 async def node_info(ctx: Ctx, who: Viewer) -> dict:
     node = ctx.node
     snap = node.snapshot()
+    everything = who.tenant is None   # the node's files and backlog are every tenant's together
     return {"name": node.config.name, "version": __version__, "uptime_s": round(time.time() - node.started, 3),
-            "bus": node.config.broker or "in-process", "manifests": str(node.config.manifests or ""),
-            "readiness": readiness(node), "outbox_backlog": snap["outbox_backlog"],
+            "bus": node.config.broker or "in-process",
+            "manifests": str(node.config.manifests or "") if everything else None,
+            "readiness": readiness(node, who), "outbox_backlog": snap["outbox_backlog"] if everything else None,
             "deployments": sum(1 for r in node.deployments.values() if who.may_see(r.manifest.metadata.namespace)),
             "routes": sum(1 for r in node.routes.values() if who.may_see(r.manifest.metadata.namespace)),
             "you": {"token": who.token_id, "name": who.name, "role": who.role, "tenant": who.tenant}}

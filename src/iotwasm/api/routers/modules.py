@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from ...errors import IotwasmError
 from ...node.manifests import Deployment
@@ -19,13 +19,15 @@ from ...node.node import Node
 from ...registry.signing import Signature, SignatureError, SignatureStore
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
+from ..guard import BodyLimit, GuardedRoute
+from ..openapi import errors
 from ..policy import PolicyError, check_signed, desired
 from ..problems import Problem, invalid, not_found
 from ..security import Principal
 
 MAX_MODULE = 64 * 1024 * 1024
 
-router = APIRouter(tags=["modules"])
+router = APIRouter(tags=["modules"], route_class=GuardedRoute)
 
 
 def module_view(ctx: ApiContext, rec, who: Principal) -> dict:
@@ -54,7 +56,7 @@ def get_module(ctx: ApiContext, ref: str, who: Principal):
     return rec
 
 
-@router.post("/v1/modules", status_code=201,
+@router.post("/v1/modules", status_code=201, dependencies=[Depends(BodyLimit(MAX_MODULE))],
              summary="Upload a module (raw wasm body, streamed); optionally tag and sign it",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/wasm": {"schema": {"type": "string", "format": "binary"}}}}})
@@ -67,15 +69,13 @@ async def push_module(request: Request, ctx: Ctx, who: Operator, name: str | Non
     node = ctx.node
     ns = namespace if namespace is not None else (who.tenant or "default")
     if not who.may_see(ns):
-        ctx.deny(who, "module.push", name or "", PolicyError(f"namespace {ns!r} is not yours"))
+        await ctx.deny(who, "module.push", name or "", PolicyError(f"namespace {ns!r} is not yours"))
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=node.registry.root)
     size = 0
     try:
         with os.fdopen(fd, "wb") as f:
-            async for chunk in request.stream():
+            async for chunk in request.stream():   # at most MAX_MODULE bytes (GuardedRoute)
                 size += len(chunk)
-                if size > MAX_MODULE:
-                    raise Problem(413, "Too large", f"module larger than {MAX_MODULE:,} bytes", "too-large")
                 f.write(chunk)
         data = Path(tmp).read_bytes()
     finally:
@@ -94,17 +94,17 @@ async def push_module(request: Request, ctx: Ctx, who: Operator, name: str | Non
     try:
         check_signed(ctx.security, _With(ctx.signatures, sig), ns, digest, data)
     except SignatureError as e:
-        ctx.deny(who, "module.push", digest, e, ns)
+        await ctx.deny(who, "module.push", digest, e, ns)
     try:
         rec = await asyncio.to_thread(node.registry.add, data, name=name or None, version=version or None,
                                       force=force)
     except IotwasmError as e:
-        ctx.record(who, "module.push", digest, str(e), "refused", ns)
+        await ctx.record(who, "module.push", digest, str(e), "refused", ns)
         raise
     if sig is not None and sig.digest == digest:
-        ctx.signatures.add(sig)
-    ctx.security.own_module(rec.digest, who.tenant or "")
-    ctx.record(who, "module.push", rec.digest, f"{size} bytes" + (f" as {name}:{version}" if version else ""),
+        await asyncio.to_thread(ctx.signatures.add, sig)   # the stores sync every commit: off the loop
+    await asyncio.to_thread(ctx.security.own_module, rec.digest, who.tenant or "")
+    await ctx.record(who, "module.push", rec.digest, f"{size} bytes" + (f" as {name}:{version}" if version else ""),
                tenant=ns)
     return module_view(ctx, rec, who)
 
@@ -121,13 +121,14 @@ async def inspect_module(ref: str, ctx: Ctx, who: Viewer) -> dict:
     return {**module_view(ctx, rec, who), "info": rec.info.to_dict()}
 
 
-@router.delete("/v1/modules/{ref:path}", summary="Delete a module no deployment uses")
+@router.delete("/v1/modules/{ref:path}", summary="Delete a module no deployment uses",
+               responses=errors(409, why_409="a deployment uses the module"))
 async def delete_module(ref: str, ctx: Ctx, who: Operator) -> dict:
     node = ctx.node
     rec = get_module(ctx, ref, who)
     owners = ctx.security.module_tenants(rec.digest)
     if who.tenant is not None and owners - {who.tenant}:
-        ctx.deny(who, "module.delete", rec.digest, PolicyError(f"module {rec.digest[:19]} is shared with "
+        await ctx.deny(who, "module.delete", rec.digest, PolicyError(f"module {rec.digest[:19]} is shared with "
                                                                "other tenants; only a node admin can delete it"))
     users = {name for (kind, name), d in desired(node).items()
              if kind == "Deployment" and _uses(node, d, rec.digest)}
@@ -136,9 +137,9 @@ async def delete_module(ref: str, ctx: Ctx, who: Operator) -> dict:
         raise Problem(409, "Conflict", f"module {rec.digest[:19]} is used by deployment(s) "
                       f"{', '.join(sorted(users))}", "in-use")
     await asyncio.to_thread(node.registry.remove, rec.digest, True)
-    ctx.signatures.remove(rec.digest)
-    ctx.security.disown_module(rec.digest)
-    ctx.record(who, "module.delete", rec.digest)
+    await asyncio.to_thread(ctx.signatures.remove, rec.digest)
+    await asyncio.to_thread(ctx.security.disown_module, rec.digest)
+    await ctx.record(who, "module.delete", rec.digest)
     return {"deleted": rec.digest}
 
 

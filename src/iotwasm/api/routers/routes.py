@@ -8,9 +8,11 @@ from fastapi import APIRouter
 
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
+from ..guard import GuardedRoute
+from ..openapi import errors
 from ..policy import desired
 
-router = APIRouter(tags=["routes"])
+router = APIRouter(tags=["routes"], route_class=GuardedRoute)
 
 
 def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
@@ -45,10 +47,11 @@ async def get_route(name: str, ctx: Ctx, who: Viewer) -> dict:
     return route_view(ctx, name, full=True)
 
 
-@router.delete("/v1/routes/{name}", summary="Delete a route (drains it first)")
+@router.delete("/v1/routes/{name}", summary="Delete a route (drains it first)",
+               responses=errors(409, why_409="not managed through the API"))
 async def delete_route(name: str, ctx: Ctx, who: Operator) -> dict:
-    ns, _ = ctx.mutable(who, "Route", name, "route.delete")
+    ns, _ = await ctx.mutable(who, "Route", name, "route.delete")
     ctx.node.applied.delete("Route", name)
     await ctx.node.sync()
-    ctx.record(who, "route.delete", f"route/{name}", tenant=ns)
+    await ctx.record(who, "route.delete", f"route/{name}", tenant=ns)
     return {"deleted": name}

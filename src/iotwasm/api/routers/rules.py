@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field
 from ...node.node import Node
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
+from ..guard import GuardedRoute
+from ..openapi import errors
 from ..policy import desired
 from ..problems import Problem
 from ..security import Principal
@@ -41,7 +43,7 @@ def rules_using(node: Node, deployment: str) -> list[str]:
     return sorted(out)
 
 
-router = APIRouter(tags=["rules"])
+router = APIRouter(tags=["rules"], route_class=GuardedRoute)
 
 
 def _running(node: Node, name: str) -> bool:
@@ -90,12 +92,13 @@ async def get_rule(name: str, ctx: Ctx, who: Viewer) -> dict:
     return rule_view(ctx.node, name, full=True)
 
 
-@router.delete("/v1/rules/{name}", summary="Delete a rule applied through the API")
+@router.delete("/v1/rules/{name}", summary="Delete a rule applied through the API",
+               responses=errors(409, why_409="not managed through the API"))
 async def delete_rule(name: str, ctx: Ctx, who: Operator) -> dict:
-    ns, _ = ctx.mutable(who, "Rule", name, "rule.delete")
+    ns, _ = await ctx.mutable(who, "Rule", name, "rule.delete")
     ctx.node.applied.delete("Rule", name)
     await ctx.node.sync()
-    ctx.record(who, "rule.delete", f"rule/{name}", tenant=ns)
+    await ctx.record(who, "rule.delete", f"rule/{name}", tenant=ns)
     return {"deleted": name}
 
 
@@ -107,16 +110,17 @@ async def _switch(ctx: ApiContext, name: str, enabled: bool, who: Principal) -> 
         raise Problem(409, "Conflict", f"rule {name} is not running" + (f" ({problem})" if problem else ""),
                       "not-running")
     await node.rules.set_enabled(enabled, names=[name])
-    ctx.record(who, "rule.enable" if enabled else "rule.disable", f"rule/{name}", tenant=ns)
+    await ctx.record(who, "rule.enable" if enabled else "rule.disable", f"rule/{name}", tenant=ns)
     return rule_view(node, name)
 
 
-@router.post("/v1/rules/{name}/enable", summary="Enable a rule")
+@router.post("/v1/rules/{name}/enable", summary="Enable a rule", responses=errors(409, why_409="not running"))
 async def enable_rule(name: str, ctx: Ctx, who: Operator) -> dict:
     return await _switch(ctx, name, True, who)
 
 
-@router.post("/v1/rules/{name}/disable", summary="Disable a rule (it stops evaluating; its window state is kept)")
+@router.post("/v1/rules/{name}/disable", summary="Disable a rule (it stops evaluating; its window state is kept)",
+             responses=errors(409, why_409="not running"))
 async def disable_rule(name: str, ctx: Ctx, who: Operator) -> dict:
     return await _switch(ctx, name, False, who)
 
@@ -128,7 +132,7 @@ async def _switch_tag(ctx: ApiContext, tag: str, enabled: bool, who: Principal) 
     names = sorted(n for n, m in node.rules.manifests.items()
                    if tag in m.spec.tags and who.may_see(m.metadata.namespace))
     changed = await node.rules.set_enabled(enabled, names=names) if names else []
-    ctx.record(who, "rule.enable" if enabled else "rule.disable", f"rules/tag={tag}",
+    await ctx.record(who, "rule.enable" if enabled else "rule.disable", f"rules/tag={tag}",
                ", ".join(changed) or "no rule has the tag")
     return {"tag": tag, "enabled": enabled, "changed": sorted(changed)}
 
