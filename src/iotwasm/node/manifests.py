@@ -12,10 +12,8 @@ field path and the reason, and every error of a file is reported at once, e.g.::
 
 The JSON Schema is published in docs/manifest.schema.json (`iotwasm schema` prints it).
 
-Manifests come from API callers too, so reading them is bounded: a document may nest at most
-`MAX_DEPTH` levels and expand, counting every alias in full, to at most `MAX_EXPANDED` values
-and characters (a kilobyte of nested aliases can otherwise stand for gigabytes), and a problem
-quotes at most a short excerpt of what it found.
+Manifests come from API callers too, so reading them is bounded (node/bounded_yaml.py: nesting
+and alias expansion) and a problem quotes at most a short excerpt of what it found.
 """
 
 from __future__ import annotations
@@ -33,15 +31,10 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
 from ..errors import ConfigError
+from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
 API_VERSION = "iotwasm.io/v1"
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-#: how deep a manifest document may nest (mappings and lists, aliases followed)
-MAX_DEPTH = 64
-#: how large a document may become once its aliases are expanded: values plus characters
-MAX_EXPANDED = 4 * 1024 * 1024
-#: the longest piece of its input a problem quotes
-EXCERPT = 80
 #: the most problems one error reports (the rest are counted)
 MAX_PROBLEMS = 20
 
@@ -493,70 +486,10 @@ def _loc(loc: tuple) -> str:
     return out or "(document)"
 
 
-def excerpt(value: Any, limit: int = EXCERPT, quote: bool = False) -> str:
-    """`value` as text for a message (a string in quotes with `quote`), cut to `limit`
-    characters. Containers are never rendered whole: a document's aliases may make them
-    enormous."""
-    if isinstance(value, (dict, list)):
-        return f"<a {'mapping' if isinstance(value, dict) else 'list'}>"
-    text = repr(value) if quote or not isinstance(value, str) else value
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
-
-
-class DocumentTooLarge(yaml.MarkedYAMLError):
-    """A document nests too deep or expands, through its aliases, beyond the bounds."""
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with nesting and alias expansion bounded (before anything is built
-    from a document, and before the composer could recurse into a RecursionError)."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise DocumentTooLarge(problem=f"nested deeper than {MAX_DEPTH} levels",
-                                       problem_mark=self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_document(self, node: Any) -> Any:
-        _expanded_size(node, {}, 1)
-        return super().construct_document(node)
-
-
-def _expanded_size(node: Any, sizes: dict[int, int], depth: int) -> int:
-    """Values plus characters of `node` with every alias expanded (each shared node is
-    counted once per use, but measured once); raises DocumentTooLarge past the bounds."""
-    if depth > MAX_DEPTH:
-        raise DocumentTooLarge(problem=f"nested deeper than {MAX_DEPTH} levels (aliases followed)",
-                               problem_mark=node.start_mark)
-    known = sizes.get(id(node))
-    if known is not None:
-        return known
-    if isinstance(node, yaml.ScalarNode):
-        size = 1 + len(node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, sizes, depth + 1) for child in node.value)
-    else:
-        size = 1 + sum(_expanded_size(k, sizes, depth + 1) + _expanded_size(v, sizes, depth + 1)
-                       for k, v in node.value)
-    if size > MAX_EXPANDED:
-        raise DocumentTooLarge(problem=f"expands to more than {MAX_EXPANDED:,} values and characters "
-                                       "(aliases counted in full)", problem_mark=node.start_mark)
-    sizes[id(node)] = size
-    return size
-
-
 def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Route]:
     """Parse and validate every document of a YAML text; raise ManifestError with all problems."""
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_BoundedLoader) if d is not None]
+        docs = [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
