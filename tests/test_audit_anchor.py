@@ -54,6 +54,10 @@ def test_an_anchor_shows_rows_cut_from_the_end_an_emptied_log_and_a_rewrite(tmp_
             log.append("intruder", "tenant.put", f"tenant/t{i}")
         assert log.verify()["ok"]
         assert log.verify([a])["problem"].startswith("row 5 does not match the anchor of ")
+        # the rewritten log's own anchor pins the same row: the older one still refuses it
+        b = log.anchor("n1")
+        assert b["seq"] == a["seq"] and log.verify([b])["ok"]
+        assert not log.verify([a, b])["ok"] and not log.verify([b, a])["ok"]
     finally:
         log.close()
     for damaged, says in (({**a, "seq": 4}, "damaged"), ({**a, "head": "0" * 64}, "damaged"),

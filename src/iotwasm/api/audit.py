@@ -121,14 +121,14 @@ class AuditLog:
         """Walk the chain and check it against `anchors` (records from `anchor`, checked with
         `check_anchor`); ``{"ok", "rows", "head", "problem", "anchors"}``."""
         prev, n = GENESIS, 0
-        pinned = {int(a["seq"]): a for a in anchors}
+        pinned = {int(a["seq"]) for a in anchors}
         found: dict[int, str] = {}
         with self._lock:
             rows = self._db.execute(f"SELECT {', '.join(FIELDS)}, prev, hash FROM audit ORDER BY id").fetchall()
         expected_id = None
 
         def broken(problem: str) -> dict:
-            return {"ok": False, "rows": n, "head": prev, "problem": problem, "anchors": len(pinned)}
+            return {"ok": False, "rows": n, "head": prev, "problem": problem, "anchors": len(anchors)}
         for r in rows:
             row = dict(zip(FIELDS, r[:len(FIELDS)]))
             stored_prev, stored_hash = r[-2], r[-1]
@@ -141,7 +141,8 @@ class AuditLog:
             if row["id"] in pinned:
                 found[row["id"]] = stored_hash
             prev, n, expected_id = stored_hash, n + 1, row["id"] + 1
-        for seq, a in sorted(pinned.items()):
+        for a in sorted(anchors, key=lambda a: int(a["seq"])):   # each one: two may pin one row
+            seq = int(a["seq"])
             taken = f"the anchor of {utc(a['ts'])}" if a.get("ts") else "the anchor"
             if seq == 0:
                 continue  # anchored while empty: any log extends it
@@ -151,7 +152,7 @@ class AuditLog:
                               + ("(every row was deleted)" if not n else "(rows were cut from its end)"))
             if found[seq] != a["head"]:
                 return broken(f"row {seq} does not match {taken}: the log was rewritten up to there")
-        return {"ok": True, "rows": n, "head": prev, "problem": None, "anchors": len(pinned)}
+        return {"ok": True, "rows": n, "head": prev, "problem": None, "anchors": len(anchors)}
 
     def anchor(self, node: str = "") -> dict:
         """The chain's head now, as a record to keep elsewhere: `seq` (the last row), `head`
