@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -79,6 +80,13 @@ def test_a_module_s_log_line_reaches_the_api_and_the_node_log_escaped(tmp_path, 
         assert lines[0]["text"] == SHOWN
         logged = [rec.getMessage() for rec in caplog.records if rec.name == "iotwasm.guest.loud"]
         assert logged == [SHOWN]
+        # and iotwasm logs prints it as text: escapes shown, rich markup not interpreted
+        env = {**os.environ, "IOTWASM_URL": n.url, "IOTWASM_TOKEN": n.admin_token, "COLUMNS": "300",
+               "IOTWASM_CONFIG": str(tmp_path / "cli.yaml")}
+        r = subprocess.run([sys.executable, "-m", "iotwasm.cli.main", "logs", "loud"], capture_output=True,
+                           timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        assert SHOWN in r.stdout.decode() and b"\x1b" not in r.stdout, r.stdout
     finally:
         n.stop()
 
