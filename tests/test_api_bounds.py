@@ -89,6 +89,9 @@ def test_errors_quote_only_an_excerpt_of_the_input(api):
     detail = _one_line_422(a.post("/v1/apply", content=many), "and 480 more problem(s)")
     r = a.post("/v1/tokens", json={"name": "t", "role": "viewer", "expires_in": "y" * 40})
     assert r.status_code == 422 and len(r.json()["detail"]) < 600
+    for path in ("/v1/deployments/", "/v1/modules/", "/v1/tenants/", "/v1/tokens/", "/v1/rules/"):
+        r = a.request("DELETE" if path == "/v1/tokens/" else "GET", path + "x" * 5000)
+        assert r.status_code == 404 and len(r.json()["detail"]) < 200, (path, r.json()["detail"][:300])
 
 
 def test_no_body_is_read_before_the_caller_is_known(api):

@@ -10,6 +10,7 @@ from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
+from ..node.bounded_yaml import excerpt
 from ..node.manifests import Deployment
 from ..node.node import Node
 from ..registry.signing import SignatureStore
@@ -67,7 +68,7 @@ class ApiContext:
         """The object's namespace, or 404 when it does not exist or is not the caller's."""
         ns = namespace_of(self.node, kind, name)
         if ns is None or not who.may_see(ns):
-            raise not_found(f"no {kind.lower()} {name!r}")
+            raise not_found(f"no {kind.lower()} {excerpt(name, quote=True)}")
         return ns
 
     async def mutable(self, who: Principal, kind: str, name: str, action: str) -> tuple[str, Any]:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from ...node.bounded_yaml import excerpt
 from ...node.manifests import NAME
 from ..alerts import METRICS, AlertRule
 from ..context import ApiContext
@@ -55,7 +56,7 @@ NodeOperator = Annotated[Principal, Depends(Role("operator", without_tenant="ale
 @router.put("/v1/alerts/{name}", summary="Create or change an alert rule (operator without tenant)")
 async def put_alert(name: str, body: AlertBody, ctx: Ctx, who: NodeOperator) -> dict:
     if not NAME.match(name):
-        raise invalid(f"alert name {name!r}: lowercase letters, digits and '-'")
+        raise invalid(f"alert name {excerpt(name, quote=True)}: lowercase letters, digits and '-'")
     if body.metric != "outbox_backlog" and not body.target:
         raise invalid(f"metric {body.metric} needs a target")
     if not body.topic and not body.webhook:
@@ -69,6 +70,6 @@ async def put_alert(name: str, body: AlertBody, ctx: Ctx, who: NodeOperator) -> 
 @router.delete("/v1/alerts/{name}", summary="Delete an alert rule (operator without tenant)")
 async def delete_alert(name: str, ctx: Ctx, who: NodeOperator) -> dict:
     if not await asyncio.to_thread(ctx.alert_rules.delete, name):
-        raise not_found(f"no alert rule {name!r}")
+        raise not_found(f"no alert rule {excerpt(name, quote=True)}")
     await ctx.record(who, "alert.delete", f"alert/{name}")
     return {"deleted": name}

@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Query, Request
 
 from ...errors import IotwasmError
+from ...node.bounded_yaml import EXCERPT, excerpt
 from ...node.manifests import Deployment
 from ...node.node import Node
 from ...registry.signing import Signature, SignatureError, SignatureStore
@@ -49,10 +50,10 @@ def module_visible(ctx: ApiContext, rec, who: Principal) -> bool:
 def get_module(ctx: ApiContext, ref: str, who: Principal):
     try:
         rec = ctx.node.registry.get(ref)
-    except IotwasmError as e:
-        raise not_found(str(e)) from None
+    except IotwasmError as e:   # the registry's reason, unless it would quote a long reference
+        raise not_found(str(e) if len(ref) <= EXCERPT else f"no module {excerpt(ref, quote=True)}") from None
     if not module_visible(ctx, rec, who):
-        raise not_found(f"no module {ref!r} in the module store")
+        raise not_found(f"no module {excerpt(ref, quote=True)} in the module store")
     return rec
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, field_validator
 
+from ...node.bounded_yaml import excerpt
 from ...node.manifests import NAME
 from ...registry import signing
 from ..deps import Ctx, Role, Viewer
@@ -63,14 +64,15 @@ async def list_tenants(ctx: Ctx, who: Viewer) -> list[dict]:
 async def get_tenant(name: str, ctx: Ctx, who: Viewer) -> dict:
     t = ctx.security.tenant(name)
     if t is None or not who.may_see(name):
-        raise not_found(f"no tenant {name!r}")
+        raise not_found(f"no tenant {excerpt(name, quote=True)}")
     return t.to_dict()
 
 
 @router.put("/v1/tenants/{name}", summary="Create or change a tenant (node admin)")
 async def put_tenant(name: str, body: TenantBody, ctx: Ctx, who: NodeAdmin) -> dict:
     if not NAME.match(name):
-        raise invalid(f"tenant name {name!r} must be a namespace name (lowercase letters, digits, '-')")
+        raise invalid(f"tenant name {excerpt(name, quote=True)} must be a namespace name "
+                      "(lowercase letters, digits, '-')")
     t = Tenant(name=name, **body.model_dump())
     await asyncio.to_thread(ctx.security.put_tenant, t)   # api.db syncs every commit: off the loop
     await ctx.record(who, "tenant.put", f"tenant/{name}", json.dumps(body.model_dump()), tenant=name)
@@ -80,7 +82,7 @@ async def put_tenant(name: str, body: TenantBody, ctx: Ctx, who: NodeAdmin) -> d
 @router.delete("/v1/tenants/{name}", summary="Delete a tenant's policy (node admin)")
 async def delete_tenant(name: str, ctx: Ctx, who: NodeAdmin) -> dict:
     if not await asyncio.to_thread(ctx.security.delete_tenant, name):
-        raise not_found(f"no tenant {name!r}")
+        raise not_found(f"no tenant {excerpt(name, quote=True)}")
     await ctx.record(who, "tenant.delete", f"tenant/{name}", tenant=name)
     return {"deleted": name}
 
@@ -100,6 +102,7 @@ async def trust_key(name: str, body: KeyBody, ctx: Ctx, who: NodeAdmin) -> dict:
 @router.delete("/v1/tenants/{name}/keys/{key_id}", summary="Stop trusting a key (node admin)")
 async def distrust_key(name: str, key_id: str, ctx: Ctx, who: NodeAdmin) -> dict:
     if not await asyncio.to_thread(ctx.security.distrust, name, key_id):
-        raise not_found(f"tenant {name!r} does not trust key {key_id!r}")
+        raise not_found(f"tenant {excerpt(name, quote=True)} does not trust key "
+                        f"{excerpt(key_id, quote=True)}")
     await ctx.record(who, "key.distrust", f"tenant/{name}", f"key {key_id}", tenant=name)
     return {"tenant": name, "distrusted": key_id}

@@ -9,6 +9,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
 
+from ...node.bounded_yaml import excerpt
 from ..deps import Admin, Ctx
 from ..guard import GuardedRoute
 from ..policy import PolicyError
@@ -57,7 +58,7 @@ async def list_tokens(ctx: Ctx, who: Admin) -> list[dict]:
 async def revoke_token(token_id: str, ctx: Ctx, who: Admin) -> dict:
     tok = next((t for t in ctx.security.tokens() if t["id"] == token_id), None)
     if tok is None or (who.tenant is not None and tok["tenant"] != who.tenant) or tok["revoked"]:
-        raise not_found(f"no active token {token_id!r}")
+        raise not_found(f"no active token {excerpt(token_id, quote=True)}")
     await asyncio.to_thread(ctx.security.revoke, token_id)
     await ctx.record(who, "token.revoke", f"token/{token_id}")
     return {"revoked": token_id}
