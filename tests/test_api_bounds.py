@@ -202,5 +202,6 @@ def test_hostile_bodies_leave_the_node_s_memory_where_it_was(node_process):
         assert answers == [401, 401, 413, 413, 422, 422, 422]
         assert c.get("/v1/node").status_code == 200
     grown = _peak_rss(p.pid) - before
+    print(f"peak RSS {before / MiB:.0f} MiB before the attacks, grew by {grown / MiB:.1f} MiB")
     assert grown < 48 * MiB, f"peak RSS grew by {grown / MiB:.0f} MiB"
     assert p.poll() is None and os.path.exists(f"/proc/{p.pid}")
