@@ -23,14 +23,17 @@ class ApiNode:
     """`fleet`: FleetAgent keyword arguments (url, labels, …) to run the node in a fleet."""
 
     def __init__(self, tmp: Path, manifests: Path | None = None, fleet: dict | None = None,
-                 name: str = "testnode", **node_config):
+                 name: str = "testnode", node_config: dict | None = None, **settings):
+        """`node_config`: more NodeConfig fields; `settings`: more ApiSettings fields
+        (anchor_interval_s, …)."""
         self.tmp = tmp
         self.fleet = fleet
+        self.settings = settings
         self.agent = None
         self.data = tmp / "data"
         self.ingest_port = free_port()
         self.config = NodeConfig(data_dir=self.data, manifests=manifests, sync_interval_s=0.05,
-                                 http=f"127.0.0.1:{self.ingest_port}", name=name, **node_config)
+                                 http=f"127.0.0.1:{self.ingest_port}", name=name, **(node_config or {}))
         self.node: Node | None = None
         self.server: ApiServer | None = None
         self.loop = asyncio.new_event_loop()
@@ -57,8 +60,8 @@ class ApiNode:
             from iotwasm.fleet import FleetAgent
 
             self.agent = FleetAgent(self.node, **self.fleet)
-        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}", alert_interval_s=0.05),
-                                fleet=self.agent)
+        self.server = ApiServer(self.node, ApiSettings(f"127.0.0.1:{free_port()}", alert_interval_s=0.05,
+                                                       **self.settings), fleet=self.agent)
         await self.server.start()
         task = asyncio.create_task(self.node.run())
         while not self.node.ready and not task.done():
@@ -69,6 +72,8 @@ class ApiNode:
         try:
             await task
         finally:
+            if self.server.anchors is not None:
+                await self.server.anchors.stop()   # the last anchor, while the fleet link is up
             if self.agent is not None:
                 await self.agent.stop()
             await self.server.stop()

@@ -226,9 +226,12 @@ def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
 
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(api.url + "/readyz").status_code == 200
-    # a route that cannot start (unknown step) makes the node not ready, with the reason
+    # a route that cannot start (unknown step) makes the node not ready, with the reason for a
+    # token that may see it, and a generic one for an anonymous probe
     apply(c, http_route("broken", "ghost", "/b", "b/{device}", "b"))
     r = httpx.get(api.url + "/readyz")
+    assert r.status_code == 503 and r.json() == {"ready": False, "reasons": ["manifest problems"]}
+    r = c.get("/readyz")
     assert r.status_code == 503 and "ghost" in r.json()["reasons"][0]
 
 

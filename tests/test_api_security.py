@@ -62,6 +62,7 @@ ROUTES = {
     ("DELETE", "/v1/alerts/{name}"): "operator",
     ("GET", "/v1/audit"): "admin",
     ("GET", "/v1/audit/verify"): "admin",
+    ("GET", "/v1/audit/anchor"): "admin",
     ("GET", "/v1/fleet"): "viewer",
     ("GET", "/v1/fleet/nodes"): "viewer",
     ("GET", "/v1/fleet/deployments"): "viewer",
@@ -391,3 +392,37 @@ def test_denial_summaries_are_written_when_the_window_ends(tmp_path):
         assert log.verify() == {**log.verify(), "ok": True, "rows": 8}
     finally:
         log.close()
+
+
+def test_an_internal_error_gives_the_client_an_id_and_the_log_the_details(api, caplog):
+    """What broke may name paths, tenants or data: the client gets an incident id, the node's
+    log the traceback under that id."""
+    def broken() -> dict:
+        raise RuntimeError("cannot open /var/lib/iotwasm/acme/secret-plan.db")
+    api.server.app.add_api_route("/v1/broken", broken, methods=["GET"])
+    with caplog.at_level("ERROR", logger="iotwasm.api"):
+        r = httpx.get(api.url + "/v1/broken", timeout=10)
+    assert r.status_code == 500 and r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert "secret" not in r.text and "RuntimeError" not in r.text
+    assert body["detail"] == f"internal error {body['incident']}: the node's log has the details under this id"
+    logged = [rec for rec in caplog.records if body["incident"] in rec.getMessage()]
+    assert logged and "secret-plan.db" in str(logged[0].exc_info[1])
+
+
+def test_the_api_s_pages_load_nothing_from_elsewhere(api):
+    """No /docs or /redoc (they load their scripts from a CDN); the document is served as is."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(api.url + path).status_code == 404, path
+    assert httpx.get(api.url + "/openapi.json").json()["info"]["title"] == "iotwasm node API"
+
+
+@pytest.mark.parametrize("prefix, says", [("#", "wildcard"), ("acme/#", "wildcard"), ("+/x/", "wildcard"),
+                                          ("acme", "must end with '/'"), ("$SYS/", "may not start with '$'"),
+                                          ("acme\n/", "control characters")])
+def test_a_topic_prefix_that_would_not_confine_is_refused(api, prefix, says):
+    r = api.admin.put("/v1/tenants/acme", json={"topic_prefix": prefix})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body.topic_prefix: "), r.text
+    assert says in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert api.admin.get("/v1/tenants/acme").status_code == 404
+    assert api.admin.put("/v1/tenants/acme", json={"topic_prefix": "acme/"}).status_code == 200

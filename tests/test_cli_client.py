@@ -52,8 +52,8 @@ def node(tmp_path):
         p.kill()
 
 
-def cli(node, *args, ok: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([*CLI, *args], capture_output=True, timeout=120, env=node["env"], text=True)
+def cli(node, *args, ok: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run([*CLI, *args], capture_output=True, timeout=120, env=node["env"], text=True, input=stdin)
     if ok:
         assert r.returncode == 0, f"{args}: {r.stderr}{r.stdout}"
     return r
@@ -86,7 +86,10 @@ def test_cli_drives_a_node_end_to_end(node):
     assert time.strftime("%Y-%m-%d", time.localtime(brief["expires"])) in listed and "(expired)" not in listed
     r = cli(node, "token", "create", "x", "--role", "viewer", "--expires", "soon", ok=False)
     assert r.returncode == 1 and "body.expires_in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    cli(node, "context", "set", "acme", "--url", node["url"], "--token", token)  # now the current one
+    # a token is never an argument (the process list and shell history would keep it): stdin or a file
+    r = cli(node, "context", "set", "acme", "--url", node["url"], "--token", token, ok=False)
+    assert r.returncode == 1 and "--token-file -" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    cli(node, "context", "set", "acme", "--url", node["url"], "--token-file", "-", stdin=token + "\n")  # now current
     pushed = json.loads(cli(node, "modules", "push", str(wasm), "--name", "acme/counter", "--version", "1.0.0",
                             "-o", "json").stdout)
     assert pushed["tags"] == ["acme/counter:1.0.0"] and len(pushed["signed_by"]) == 1

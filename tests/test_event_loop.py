@@ -77,7 +77,7 @@ def test_health_api_neighbour_route_and_rule_status_answer_while_modules_spin(tm
     mdir.mkdir()
     (mdir / "all.yaml").write_text(MANIFESTS.format(spin=SPIN, limit=LIMIT, echo=tmp_path / "echo.wasm"))
     # an http request is answered once its route is through with it: here, after the spin
-    n = ApiNode(tmp_path, manifests=mdir, http_ack_timeout_s=120).start()
+    n = ApiNode(tmp_path, manifests=mdir, node_config={"http_ack_timeout_s": 120}).start()
     slow_answer = concurrent.futures.ThreadPoolExecutor(1)
     try:
         node = n.node

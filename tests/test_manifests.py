@@ -126,3 +126,23 @@ def test_demo_manifests_are_valid():
 
     ms = load_path(Path(__file__).parent.parent / "examples" / "greenhouse")
     assert {m.kind for m in ms} == {"Deployment", "Route", "Rule"}
+
+
+def test_a_file_with_an_alias_bomb_or_deep_nesting_is_refused_in_a_line(tmp_path):
+    """The node's file watcher reads manifests with the same bounded loader as the API."""
+    anchors = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (tmp_path / "bomb.yaml").write_text("apiVersion: iotwasm.io/v1\nkind: Deployment\nx:\n  " + "\n  ".join(anchors)
+                                        + "\nmetadata: {name: *a9}\nspec: {module: m.wasm}\n")
+    (tmp_path / "deep.yaml").write_text("a:\n  " + "- " * 3000 + "x\n")
+    (tmp_path / "self.yaml").write_text("a: &a [*a]\n")
+    (tmp_path / "long.yaml").write_text(GOOD.split("---")[0].replace("name: filter", "name: " + "x" * 100_000))
+    with pytest.raises(ManifestError) as e:
+        load_path(tmp_path)
+    bomb, deep, long, recursive = sorted(e.value.problems)
+    assert bomb == (f"{tmp_path}/bomb.yaml:10:7: refused: expands to more than 4,194,304 values and characters "
+                    "(aliases counted in full)")
+    assert deep == f"{tmp_path}/deep.yaml:2:129: refused: nested deeper than 64 levels"
+    assert recursive == f"{tmp_path}/self.yaml:1:4: refused: nested deeper than 64 levels (aliases followed)"
+    assert long.startswith(f"{tmp_path}/long.yaml#1 (Deployment {'x' * 80}… (100,000 characters)) metadata.name")
+    assert len(long) < 400

@@ -443,7 +443,7 @@ def test_a_blob_changed_on_disk_is_refused_at_load(tmp_path):
     blob.chmod(0o600)
     blob.write_bytes(COUNTER_WASM)
 
-    api = ApiNode(tmp_path, http_ack_timeout_s=0.5).start()
+    api = ApiNode(tmp_path, node_config={"http_ack_timeout_s": 0.5}).start()
     try:
         a = api.admin
         view = wait_for(lambda: (v := a.get("/v1/deployments/te").json()).get("state") == "error" and v,

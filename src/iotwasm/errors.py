@@ -3,6 +3,11 @@
 Every failure a user or a guest module can cause has its own type, so callers can react to the
 kind (retry, dead-letter, restart the container) and people get one line that names what went
 wrong and where: the module, the function and the limit.
+
+Each class also says how the management API answers it, as Starlette's ``HTTPException``
+carries its status: `status_code` and `title` are read by the API's error handler (and by
+nothing else), so a subclass that needs another answer says so where it is defined instead of
+in an ordered ladder of isinstance checks.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ class IotwasmError(Exception):
 
     #: short machine-readable kind, used in stats, dead letters and logs
     kind = "error"
+    #: the management API's answer to it: HTTP status and the problem document's title
+    status_code = 422
+    title = "Refused"
 
     def __init__(self, message: str, *, module: str | None = None, function: str | None = None):
         self.module = module
@@ -115,12 +123,15 @@ class ModuleNotFound(IotwasmError):
     """A module reference (path, name:version or digest) resolves to nothing."""
 
     kind = "not_found"
+    status_code = 404
+    title = "Not found"
 
 
 class ConfigError(IotwasmError):
     """A limit, capability or option has a value that cannot be used."""
 
     kind = "config"
+    title = "Invalid request"
 
 
 class StorageError(IotwasmError):
@@ -133,6 +144,8 @@ class StorageError(IotwasmError):
     """
 
     kind = "storage"
+    status_code = 503     # the node's disk, not the request: try again later
+    title = "Storage unavailable"
 
     def __init__(self, what: str, path: object, reason: str):
         #: what the file is to the node ("outbox", "store", "node state", …)

@@ -3,27 +3,43 @@
 Each row stores the sha256 of the previous row's hash and its own fields (canonical JSON), so
 changing, deleting or reordering any row breaks the chain from that row on; `verify()` walks
 the chain and names the first row that does not match. The chain detects tampering by anyone
-who cannot also recompute every later hash; pin the latest hash elsewhere (``GET
-/v1/audit/verify`` returns it) to detect even that.
+who cannot also recompute every later hash. It cannot see rows cut from its end, or a log
+emptied: for that, `anchor()` makes a small record of the head (row number, hash, row count),
+hashed so a damaged copy is noticed, to be kept elsewhere (a file the operator stores, the
+fleet's JetStream); `verify(anchors)` then also checks the log still holds each anchored row
+with the anchored hash.
 
 Denials of requests that carry no valid token go through a `DenialThrottle`: anyone who can
 reach the port can send them, so writing each one would let a flood grow the log without
 bound.
+
+Every commit syncs the file (a row acknowledged must outlive a power cut), which must not
+happen on the node's event loop: the API and the node hand their writes (and the reads that
+must see them) to the log's own thread in order (`run`, `submit`); an API answer still waits
+for its row to be on disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from ..sqlite import open_db
 from .security import utc
 
+log = logging.getLogger("iotwasm.api.audit")
+T = TypeVar("T")
+
 GENESIS = "0" * 64
+ANCHOR_FORMAT = "iotwasm-audit-anchor/1"
+ANCHOR_FIELDS = ("format", "node", "seq", "rows", "head", "ts")
 FIELDS = ("id", "ts", "actor", "tenant", "action", "target", "outcome", "detail")
 
 SCHEMA = """
@@ -46,6 +62,23 @@ class AuditLog:
         # FULL: an acknowledged audit row must outlive a power cut, or the chain loses its tail
         self._db = open_db(self.path, synchronous="FULL", schema=SCHEMA, what="audit log")
         self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="audit")
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kw: Any) -> Future[T]:
+        """Run `fn` on the log's own thread after everything submitted before it; for callers
+        that cannot wait (node events, sweeps). A failure is logged."""
+        future = self._thread.submit(fn, *args, **kw)
+        future.add_done_callback(_log_failure)
+        return future
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """`fn` on the log's own thread, in order with every write before it, awaited."""
+        return await asyncio.wrap_future(self._thread.submit(fn, *args, **kw))
+
+    async def record(self, actor: str, action: str, target: str = "", outcome: str = "ok", detail: str = "",
+                     tenant: str | None = None) -> dict:
+        """`append` off the event loop; returns once the row is on disk."""
+        return await self.run(self.append, actor, action, target, outcome, detail, tenant)
 
     def append(self, actor: str, action: str, target: str = "", outcome: str = "ok", detail: str = "",
                tenant: str | None = None) -> dict:
@@ -85,30 +118,82 @@ class AuditLog:
             rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", [*args, max(1, min(limit, 10_000))]).fetchall()
         return [dict(zip((*FIELDS, "hash"), r)) for r in rows]
 
-    def verify(self) -> dict:
-        """Walk the chain; ``{"ok", "rows", "head", "problem"}``."""
+    def verify(self, anchors: list[dict] | tuple = ()) -> dict:
+        """Walk the chain and check it against `anchors` (records from `anchor`, checked with
+        `check_anchor`); ``{"ok", "rows", "head", "problem", "anchors"}``."""
         prev, n = GENESIS, 0
+        pinned = {int(a["seq"]) for a in anchors}
+        found: dict[int, str] = {}
         with self._lock:
             rows = self._db.execute(f"SELECT {', '.join(FIELDS)}, prev, hash FROM audit ORDER BY id").fetchall()
         expected_id = None
+
+        def broken(problem: str) -> dict:
+            return {"ok": False, "rows": n, "head": prev, "problem": problem, "anchors": len(anchors)}
         for r in rows:
             row = dict(zip(FIELDS, r[:len(FIELDS)]))
             stored_prev, stored_hash = r[-2], r[-1]
             if expected_id is not None and row["id"] != expected_id:
-                return {"ok": False, "rows": n, "head": prev,
-                        "problem": f"row {expected_id} is missing (next row is {row['id']})"}
+                return broken(f"row {expected_id} is missing (next row is {row['id']})")
             if stored_prev != prev:
-                return {"ok": False, "rows": n, "head": prev,
-                        "problem": f"row {row['id']}: does not link to the row before it"}
+                return broken(f"row {row['id']}: does not link to the row before it")
             if row_hash(prev, row) != stored_hash:
-                return {"ok": False, "rows": n, "head": prev,
-                        "problem": f"row {row['id']}: contents do not match its hash (edited)"}
+                return broken(f"row {row['id']}: contents do not match its hash (edited)")
+            if row["id"] in pinned:
+                found[row["id"]] = stored_hash
             prev, n, expected_id = stored_hash, n + 1, row["id"] + 1
-        return {"ok": True, "rows": n, "head": prev, "problem": None}
+        for a in sorted(anchors, key=lambda a: int(a["seq"])):   # each one: two may pin one row
+            seq = int(a["seq"])
+            taken = f"the anchor of {utc(a['ts'])}" if a.get("ts") else "the anchor"
+            if seq == 0:
+                continue  # anchored while empty: any log extends it
+            if seq not in found:
+                last = expected_id - 1 if expected_id is not None else 0
+                return broken(f"row {seq} of {taken} is gone: the log ends at row {last} "
+                              + ("(every row was deleted)" if not n else "(rows were cut from its end)"))
+            if found[seq] != a["head"]:
+                return broken(f"row {seq} does not match {taken}: the log was rewritten up to there")
+        return {"ok": True, "rows": n, "head": prev, "problem": None, "anchors": len(anchors)}
+
+    def anchor(self, node: str = "") -> dict:
+        """The chain's head now, as a record to keep elsewhere: `seq` (the last row), `head`
+        (its hash), `rows`, `ts`, the `node` and a `digest` over all of them."""
+        with self._lock:
+            last = self._db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+            count = self._db.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+        record = {"format": ANCHOR_FORMAT, "node": node, "seq": last[0] if last else 0, "rows": count,
+                  "head": last[1] if last else GENESIS, "ts": round(time.time(), 6)}
+        return {**record, "digest": _anchor_digest(record)}
 
     def close(self) -> None:
+        """Write what was submitted, then close."""
+        self._thread.shutdown(wait=True)
         with self._lock:
             self._db.close()
+
+
+def _anchor_digest(record: dict) -> str:
+    body = json.dumps([record[f] for f in ANCHOR_FIELDS], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def check_anchor(record: object, where: str = "anchor") -> dict:
+    """`record` if it is an intact anchor; ValueError naming `where` and what is wrong."""
+    if not isinstance(record, dict) or record.get("format") != ANCHOR_FORMAT:
+        raise ValueError(f"{where}: not an audit anchor (expected format {ANCHOR_FORMAT!r})")
+    try:
+        intact = record["digest"] == _anchor_digest(record)
+        seq, head, _ = int(record["seq"]), str(record["head"]), float(record["ts"])
+    except (KeyError, TypeError, ValueError):
+        intact = False
+    if not intact or seq < 0 or len(head) != 64:
+        raise ValueError(f"{where}: the anchor is damaged (its digest does not match its fields)")
+    return record
+
+
+def _log_failure(future: Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("audit write failed: %s", future.exception())
 
 
 class DenialThrottle:

@@ -8,12 +8,16 @@ as a cumulative histogram and as quantiles over the route's last 10,000 messages
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..node.node import Node
+from .policy import namespace_of
+from .security import Principal
 
 
 #: upper bounds (ms) of the message latency histogram
@@ -69,13 +73,24 @@ class LatencyHistograms:
 
 
 class NodeCollector:
-    def __init__(self, node: Node, extra=None, histograms: LatencyHistograms | None = None):
+    """The node's metrics as `who` may see them: a tenant token gets the series of its own
+    namespace's deployments, routes and rules, and of the node only whether it is ready and
+    since when it runs (backlogs, stored dead letters and API counters are everyone's
+    together); a token without tenant (or `who` None) gets everything."""
+
+    def __init__(self, node: Node, extra=None, histograms: LatencyHistograms | None = None,
+                 who: Principal | None = None):
         self.node = node
         self.extra = extra  # callable returning more metric families (API counters)
         self.histograms = histograms
+        self.who = who
+
+    def _visible(self, namespace: str) -> bool:
+        return self.who is None or self.who.may_see(namespace)
 
     def collect(self):
         node = self.node
+        everything = self.who is None or self.who.tenant is None
         dl = ["deployment", "namespace"]
         c = {k: CounterMetricFamily(f"iotwasm_deployment_{k}", h, labels=dl) for k, h in (
             ("messages", "Messages handed to the deployment"),
@@ -91,6 +106,8 @@ class NodeCollector:
         up = GaugeMetricFamily("iotwasm_deployment_running", "1 when the deployment is running", labels=dl)
         revision = GaugeMetricFamily("iotwasm_deployment_revision", "Revision serving", labels=dl)
         for name, rec in list(node.deployments.items()):
+            if not self._visible(rec.manifest.metadata.namespace):
+                continue
             lv = [name, rec.manifest.metadata.namespace]
             st = rec.handle.current.stats()
             tot = st.totals()
@@ -124,32 +141,36 @@ class NodeCollector:
                                     "Message latency quantiles over the route's last 10,000 messages",
                                     labels=[*rl, "quantile"])
         for name, rec in list(node.routes.items()):
-            lv = [name, rec.manifest.metadata.namespace]
             s = rec.runner.stats
+            if self.histograms is not None:   # every route, whoever scrapes: the histograms are shared
+                self.histograms.update(name, s.delivered, s.latencies_ms)
+            if not self._visible(rec.manifest.metadata.namespace):
+                continue
+            lv = [name, rec.manifest.metadata.namespace]
             for k in r:
                 r[k].add_metric(lv, getattr(s, k))
             depth.add_metric(lv, rec.runner.depth())
             backlog.add_metric(lv, sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks))
             for q in (0.5, 0.9, 0.99):
                 latency.add_metric([*lv, str(q)], s.percentile(q))
-            if self.histograms is not None:
-                self.histograms.update(name, s.delivered, s.latencies_ms)
         yield from r.values()
         yield from (depth, backlog, latency)
         if self.histograms is not None:
-            yield self.histograms.family({n: rec.manifest.metadata.namespace
-                                          for n, rec in list(node.routes.items())})
+            yield self.histograms.family({n: rec.manifest.metadata.namespace for n, rec in list(node.routes.items())
+                                          if self._visible(rec.manifest.metadata.namespace)})
 
         yield from self._rules(node)
 
-        g = GaugeMetricFamily("iotwasm_node_outbox_backlog", "Messages kept for uplinks not yet acknowledged")
-        g.add_metric([], node.outbox.backlog())
-        yield g
         g = GaugeMetricFamily("iotwasm_node_ready", "1 when manifests are reconciled and brokers connected")
         g.add_metric([], 1 if readiness(node)["ready"] else 0)
         yield g
         g = GaugeMetricFamily("iotwasm_node_uptime_seconds", "Seconds since the node started")
         g.add_metric([], time.time() - node.started)
+        yield g
+        if not everything:
+            return
+        g = GaugeMetricFamily("iotwasm_node_outbox_backlog", "Messages kept for uplinks not yet acknowledged")
+        g.add_metric([], node.outbox.backlog())
         yield g
         g = CounterMetricFamily("iotwasm_node_dead_letters_stored", "Dead letters kept in the node database")
         g.add_metric([], node.state.dead_letter_count())
@@ -161,8 +182,7 @@ class NodeCollector:
             yield from self.extra()
 
 
-    @staticmethod
-    def _rules(node: Node):
+    def _rules(self, node: Node):
         """Per rule: what it saw, matched, emitted, which evaluations failed, late data."""
         if node.rules is None:
             return
@@ -182,7 +202,10 @@ class NodeCollector:
         manifests = node.rules.manifests
         for name, st in node.rules.status().items():
             m = manifests.get(name)
-            lv = [name, m.metadata.namespace if m is not None else "default"]
+            ns = m.metadata.namespace if m is not None else "default"
+            if not self._visible(ns):
+                continue
+            lv = [name, ns]
             for k, fam in c.items():
                 fam.add_metric(lv, st.get(k, 0) or 0)
             enabled.add_metric(lv, 1 if st.get("enabled") else 0)
@@ -193,27 +216,85 @@ class NodeCollector:
         yield from (enabled, windows, alerts)
 
 
-def readiness(node: Node) -> dict:
-    """Ready = started, the last reconcile left no problem, every bus is connected, and no
-    work is held because the storage fails (each such reason names the file and the error)."""
-    buses = {"node": node.bus, **node._buses}
-    disconnected = [name for name, b in buses.items() if b is not None and not b.connected]
-    problems = list(node.last_problems)
-    if node.last_manifest_error:
-        problems.append(node.last_manifest_error)
+#: what a reconcile problem is about: every problem the node reports starts "Kind name: "
+SUBJECT = re.compile(r"^(Deployment|Route|Rule) ([a-z0-9][-a-z0-9]*): ")
+
+
+def subject_of(problem: str) -> tuple[str, str] | None:
+    """(kind, name) of the object a reconcile problem is about, None for the node's own."""
+    m = SUBJECT.match(problem)
+    return (m.group(1), m.group(2)) if m else None
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a node is not ready: `detail` for those who may see everything, `summary` for
+    anyone, and the `namespace` whose object it is about (None: the node's own)."""
+
+    summary: str
+    detail: str
+    namespace: str | None = None
+
+
+def readiness_reasons(node: Node) -> list[Reason]:
+    """Everything that keeps `node` from being ready: starting, each reconcile problem, its
+    manifest files, its buses, and work held because the storage fails (each such reason names
+    the file and the error; only callers who may see everything get the detail)."""
     reasons = []
     if not node.ready:
-        reasons.append("node starting")
-    if problems:
-        reasons.append(f"{len(problems)} manifest problem(s): {problems[0]}")
+        reasons.append(Reason("node starting", "node starting"))
+    for p in node.last_problems:
+        subject = subject_of(p)
+        reasons.append(Reason("manifest problems", p, namespace_of(node, *subject) if subject else None))
+    if node.last_manifest_error:
+        reasons.append(Reason("manifest problems", node.last_manifest_error))
+    buses = {"node": node.bus, **node._buses}
+    disconnected = [name for name, b in buses.items() if b is not None and not b.connected]
     if disconnected:
-        reasons.append(f"bus not connected: {', '.join(disconnected)}")
-    reasons += node.storage_problems()
-    return {"ready": not reasons, "reasons": reasons}
+        reasons.append(Reason("bus not connected", f"bus not connected: {', '.join(disconnected)}"))
+    reasons += [Reason("storage error", p) for p in node.storage_problems()]
+    return reasons
 
 
-def exposition(node: Node, extra=None, histograms: LatencyHistograms | None = None) -> bytes:
-    """The text exposition; call it on the node's event loop (the routes' windows change there)."""
+def readiness(node: Node, who: Principal | None = None, *, anonymous: bool = False) -> dict:
+    """Ready = started, the last reconcile left no problem, every bus is connected, and no
+    work is held because the storage fails.
+
+    ``{"ready", "reasons"}``: whether the node is ready is anyone's to know; why is told as far
+    as the caller may see. A token without tenant (or the node itself, `who` None) gets every
+    reason in full, a tenant token the problems of its own namespace and a summary of the
+    rest, an anonymous probe (`anonymous`) only the summaries."""
+    reasons = readiness_reasons(node)
+    ready = not reasons
+    if anonymous:
+        return {"ready": ready, "reasons": list(dict.fromkeys(r.summary for r in reasons))}
+    if who is not None and who.tenant is not None:
+        shown = [r for r in reasons if r.namespace == who.tenant]
+        others = [r for r in reasons if r.namespace != who.tenant]
+        out = _grouped(shown)
+        out += [s + (" (of other namespaces)" if s == "manifest problems" else "")
+                for s in dict.fromkeys(r.summary for r in others)]
+        return {"ready": ready, "reasons": out}
+    return {"ready": ready, "reasons": _grouped(reasons)}
+
+
+def _grouped(reasons: list[Reason]) -> list[str]:
+    """The reasons' details with the manifest problems in one line: their count and the first."""
+    problems = [r.detail for r in reasons if r.summary == "manifest problems"]
+    out = []
+    for r in reasons:
+        if r.summary != "manifest problems":
+            out.append(r.detail)
+        elif problems:
+            out.append(f"{len(problems)} manifest problem(s): {problems[0]}")
+            problems = []
+    return out
+
+
+def exposition(node: Node, extra=None, histograms: LatencyHistograms | None = None,
+               who: Principal | None = None) -> bytes:
+    """The text exposition as `who` may see it; call it on the node's event loop (the routes'
+    windows change there)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(NodeCollector(node, extra, histograms))
+    reg.register(NodeCollector(node, extra, histograms, who))
     return generate_latest(reg)

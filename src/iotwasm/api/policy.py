@@ -27,13 +27,19 @@ from .security import Principal, SecurityStore, Tenant
 
 
 class PolicyError(ConfigError):
-    """A request the caller's role or tenant does not allow (HTTP 403)."""
+    """A request the caller's role or tenant does not allow."""
 
     kind = "forbidden"
+    status_code = 403
+    title = "Forbidden"
 
 
 class QuotaExceeded(ConfigError):
+    """A change that would take a tenant over one of its quotas."""
+
     kind = "quota"
+    status_code = 403
+    title = "Quota exceeded"
 
 
 def _confined(topic: str, prefix: str) -> bool:

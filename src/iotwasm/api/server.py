@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from ..errors import ConfigError
 from ..node.node import Node
+from .anchors import AnchorPublisher
 from .app import ApiContext, create_app
 from .dashboard import PATH as DASHBOARD_PATH
 from .security import TokenExpired
@@ -33,6 +34,8 @@ class ApiSettings:
     tls_key: Path | None = None
     allow_insecure: bool = False
     alert_interval_s: float = 1.0
+    #: how often a node in a fleet publishes its audit anchor while the log grows
+    anchor_interval_s: float = 60.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -80,6 +83,7 @@ class ApiServer:
         self.app = create_app(self.ctx)
         self._server = None
         self._task: asyncio.Task | None = None
+        self.anchors = AnchorPublisher(self.ctx.audit, fleet, settings.anchor_interval_s) if fleet else None
 
     @property
     def port(self) -> int:
@@ -123,7 +127,10 @@ class ApiServer:
         try:
             info = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                       flags=socket.AI_PASSIVE)[0]
-            sock = socket.socket(info[0], socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
+            # protocol says TCP, and without it every keep-alive answer waits ~40 ms (Nagle and
+            # delayed ACKs)
+            sock = socket.socket(info[0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(info[4])
             sock.listen(2048)  # listening now: a second node cannot bind the same port
@@ -142,6 +149,8 @@ class ApiServer:
         log.info("API listening on %s", self.url)
         self.ctx.alerts.interval_s = self.settings.alert_interval_s
         self.ctx.alerts.start()
+        if self.anchors is not None:
+            self.anchors.start()
 
     async def _serve(self, sock: socket.socket) -> None:
         try:
@@ -154,6 +163,8 @@ class ApiServer:
         stays in force: a node whose API could not start still refuses what it must;
         `close()` ends it."""
         await self.ctx.alerts.stop()
+        if self.anchors is not None:
+            await self.anchors.stop()
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True

@@ -25,6 +25,7 @@ from typing import Any, Iterator, List, Optional
 import httpx
 import typer
 import yaml
+from rich import markup
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
@@ -312,6 +313,9 @@ def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = type
          tail: int = typer.Option(200, help="at most this many earlier lines"),
          context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Guest log lines of a deployment (host log calls and WASI stderr); -f follows them."""
+    # the node escapes them too: a guest's line never reaches the terminal raw
+    from ..node.logs import printable
+
     c = Client(context)
     params = {"since": since, "limit": tail}
 
@@ -319,7 +323,8 @@ def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = type
         if output == "json":
             print(json.dumps(line), flush=True)
         else:
-            out.print(f"[dim]{_ts(line['ts'])}[/] {line['level']:<7} {line['text']}", highlight=False)
+            out.print(f"[dim]{_ts(line['ts'])}[/] {line['level']:<7} {markup.escape(printable(line['text']))}",
+                      highlight=False)
             sys.stdout.flush()
 
     if not follow:
@@ -434,59 +439,6 @@ def modules_rm(ref: str, context: Optional[str] = CONTEXT, output: str = OUTPUT)
     rm("modules", ref, context, output)
 
 
-# --- audit ----------------------------------------------------------------------------------
-
-audit_app = typer.Typer(help="The node's hash-chained audit log.")
-
-
-@audit_app.callback(invoke_without_command=True)
-def audit_ls(ctx: typer.Context, actor: Optional[str] = typer.Option(None), tenant: Optional[str] = typer.Option(None),
-             action: Optional[str] = typer.Option(None),
-             since: Optional[float] = typer.Option(None, help="seconds ago"),
-             limit: int = typer.Option(50), context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
-    """Query the audit log (newest first)."""
-    if ctx.invoked_subcommand:
-        return
-    params: dict[str, Any] = {"limit": limit}
-    for k, v in (("actor", actor), ("tenant", tenant), ("action", action)):
-        if v:
-            params[k] = v
-    if since:
-        params["since"] = time.time() - since
-    data = Client(context).call("GET", "/v1/audit", params=params)
-    emit(data, output, _table(None, ["#", "time", "actor", "tenant", "action", "target", "outcome", "detail"],
-                              [[r["id"], _ts(r["ts"]), r["actor"], r["tenant"] or "-", r["action"], r["target"],
-                                r["outcome"], r["detail"][:80]] for r in data]))
-
-
-@audit_app.command("verify")
-def audit_verify(data: Optional[Path] = typer.Option(None, help="verify this data directory's audit.db "
-                                                                 "directly instead of asking the node"),
-                 context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
-    """Check the audit log's hash chain; exit 1 when a row was changed, removed or reordered."""
-    if data is not None:
-        from ..api.audit import AuditLog
-
-        if not (data / "audit.db").exists():
-            fail(f"{data / 'audit.db'}: no audit log there")
-        log = AuditLog(data / "audit.db")
-        try:
-            res = log.verify()
-        finally:
-            log.close()
-    else:
-        res = Client(context).call("GET", "/v1/audit/verify")
-    if output == "json":
-        print(json.dumps(res, indent=2))
-    elif res["ok"]:
-        out.print(f"[green]ok[/]: {res['rows']} rows, chain head {res['head'][:16]}", highlight=False)
-    if not res["ok"]:
-        if output != "json":
-            err.print(f"[bold red]audit log tampered:[/] {res['problem']} ({res['rows']} rows verified "
-                      "before it)", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-
-
 # --- security administration --------------------------------------------------------------
 
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
@@ -553,16 +505,23 @@ context_app = typer.Typer(no_args_is_help=True, help="Nodes and tokens this CLI 
 
 @context_app.command("set")
 def context_set(name: str, url: str = typer.Option(..., help="the node's API, e.g. http://127.0.0.1:8282"),
-                token: Optional[str] = typer.Option(None, help="API token"),
-                token_file: Optional[Path] = typer.Option(None, help="read the token from this file"),
+                token_file: Optional[Path] = typer.Option(None, help="read the token from this file; '-' reads "
+                                                                     "it from standard input"),
+                token: Optional[str] = typer.Option(None, hidden=True),
                 ca: Optional[Path] = typer.Option(None, help="CA bundle for a TLS API"),
                 use: bool = typer.Option(True, help="make it the current context")) -> None:
-    """Add or change a context."""
-    if token_file:
+    """Add or change a context. The token is read from a file or standard input, never from
+    the command line (where the process list and the shell's history would keep it)."""
+    if token is not None:
+        fail("--token would put the token in the process list and the shell history: give --token-file FILE, "
+             "or --token-file - and the token on standard input")
+    if token_file is not None:
         try:
-            token = token_file.read_text().strip()
+            token = (sys.stdin.readline() if str(token_file) == "-" else token_file.read_text()).strip()
         except OSError as e:
             fail(f"{token_file}: {e.strerror}")
+        if not token:
+            fail(f"{'standard input' if str(token_file) == '-' else token_file}: no token there")
     cfg = load_config()
     entry = {"url": url, "token": token}
     if ca:
@@ -668,6 +627,8 @@ def register(app: typer.Typer) -> None:
     for fn in (apply, get, ps, describe, logs, scale, suspend, resume, rollback, history, rm, keygen, sign):
         app.command()(fn)
     app.add_typer(modules_app, name="modules")
+    from .audit import audit_app
+
     app.add_typer(audit_app, name="audit")
     app.add_typer(token_app, name="token")
     app.add_typer(tenant_app, name="tenant")

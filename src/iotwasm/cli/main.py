@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import markup
 from rich.console import Console
 from rich.table import Table
 
@@ -117,6 +118,8 @@ def run(
                             args=tuple(arg), dirs=_dirs(dir))
     except IotwasmError as e:
         _fail(e)
+    from ..node.logs import printable  # a module's log lines reach this terminal: never raw
+
     source = input.open("rb") if input else sys.stdin.buffer
     dead = 0
     # the limit given on this command line is the one that counts, however long
@@ -124,8 +127,9 @@ def run(
     try:
         container = WasmContainer(module.stem, module, runtime=rt, limits=limits, capabilities=caps,
                                   restart=RestartPolicy(mode="never"),
-                                  on_log=lambda name, lvl, text: err.print(f"[dim]{name}: {text}[/]",
-                                                                           highlight=False))
+                                  on_log=lambda name, lvl, text: err.print(
+                                      f"[dim]{markup.escape(name)}: {markup.escape(printable(text))}[/]",
+                                      highlight=False))
         container.start()
     except IotwasmError as e:
         _fail(e)

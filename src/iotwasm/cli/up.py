@@ -151,6 +151,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
                 await invocations
             except (asyncio.CancelledError, Exception):
                 pass
+        if server is not None and server.anchors is not None:
+            await server.anchors.stop()   # the audit log's last anchor, while the fleet link is up
         if agent is not None:
             await agent.stop()
         if live:

@@ -7,6 +7,8 @@
 - ``iotwasm-rollouts``: the staged rollout of each deployment's newest version (fleet/rollout.py).
 - ``iotwasm-leader``: leases (key ``controller``): who runs the passes; entries age out.
 - ``iotwasm-modules`` (object store): module binaries by digest, plus detached signatures.
+- ``iotwasm-audit-anchors``: each node's audit log anchors (api/audit.py), its last 64 kept:
+  what `iotwasm audit verify --anchor nats://…` checks a node's log against.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ASSIGNMENTS = "iotwasm-assignments"
 ROLLOUTS = "iotwasm-rollouts"
 LEADER = "iotwasm-leader"
 MODULES = "iotwasm-modules"
+AUDIT_ANCHORS = "iotwasm-audit-anchors"
 WRONG_LAST_SEQUENCE = 10071     # JetStream's error code for a compare-and-set that lost
 KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -108,6 +111,29 @@ class FleetStore:
             self._obj = await self.js.object_store(MODULES)
         except nats.js.errors.BucketNotFoundError:
             self._obj = await self.js.create_object_store(MODULES, storage=StorageType.FILE)
+
+    # -- audit anchors ---------------------------------------------------------------------
+    async def put_audit_anchor(self, node_id: str, record: dict) -> None:
+        """Keep `record` (an audit anchor) as `node_id`'s newest; the bucket keeps 64 per node."""
+        kv = self._kv.get(AUDIT_ANCHORS) or await self._bucket(AUDIT_ANCHORS, history=64)
+        await kv.put(check_key("node id", node_id), json.dumps(record).encode())
+
+    async def audit_anchors(self, node_id: str) -> list:
+        """The anchors of `node_id` the bucket still holds, oldest first (raw JSON values:
+        the reader checks them)."""
+        try:
+            kv = self._kv.get(AUDIT_ANCHORS) or await self.js.key_value(AUDIT_ANCHORS)
+            entries = await kv.history(check_key("node id", node_id))
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+            return []
+        out = []
+        for e in entries:
+            if e.value:
+                try:
+                    out.append(json.loads(e.value))
+                except ValueError:
+                    out.append(None)   # not JSON: the reader says the anchor is damaged
+        return out
 
     # -- leases ----------------------------------------------------------------------------
     async def lease_bucket(self, ttl_s: float):

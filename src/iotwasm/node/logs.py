@@ -5,18 +5,39 @@ per deployment (`rate` lines per second, bursts up to `burst`), a cap on one lin
 a ring of the last `keep` lines. Lines refused by the rate limit are counted, and the count is
 reported in the next line that gets through, so a reader knows something was left out.
 Followers (API streams) get each kept line as it arrives.
+
+A line is the guest's text, and ends up on operators' terminals (``iotwasm logs``, the node's
+own log): control characters — ESC sequences that move the cursor or retitle the window, NUL,
+carriage returns that overwrite what was printed, bidirectional overrides that reorder it —
+are kept as visible escapes (``\x1b``), never written raw (`printable`).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 LEVELS = {0: "debug", 1: "info", 2: "warning", 3: "error"}
+
+#: characters a terminal acts on instead of showing: C0 (but tab), DEL, C1 and the bidirectional
+#: controls
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible escape (``\\x1b``, ``\\u202e``);
+    other text, backslashes included, is unchanged, so escaping twice changes nothing."""
+    return _CONTROL.sub(_escape, text)
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,7 @@ class GuestLogs:
             if not bucket.take():
                 self.suppressed_total += 1
                 return False
+            text = printable(text)
             if len(text) > self.max_line:
                 text = text[: self.max_line] + f"… ({len(text) - self.max_line} characters cut)"
             if bucket.suppressed:

@@ -11,6 +11,9 @@ field path and the reason, and every error of a file is reported at once, e.g.::
     greenhouse.yaml#2 (Route greenhouse) spec.sinks[0].mqtt.qos: Input should be 0 or 1
 
 The JSON Schema is published in docs/manifest.schema.json (`iotwasm schema` prints it).
+
+Manifests come from API callers too, so reading them is bounded (node/bounded_yaml.py: nesting
+and alias expansion) and a problem quotes at most a short excerpt of what it found.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
 from ..errors import ConfigError
+from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
 API_VERSION = "iotwasm.io/v1"
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: the most problems one error reports (the rest are counted)
+MAX_PROBLEMS = 20
 
 #: `context` of a dump that keeps secret values (see `to_document`); every other dump hides them
 REVEAL_SECRETS = {"reveal_secrets": True}
@@ -44,6 +50,8 @@ class ManifestError(ConfigError):
     kind = "manifest"
 
     def __init__(self, problems: list[str]):
+        if len(problems) > MAX_PROBLEMS:
+            problems = [*problems[:MAX_PROBLEMS], f"… and {len(problems) - MAX_PROBLEMS} more problem(s)"]
         self.problems = problems
         super().__init__("; ".join(problems) if len(problems) == 1 else
                          f"{len(problems)} problems:\n  " + "\n  ".join(problems))
@@ -579,11 +587,12 @@ def _loc(loc: tuple) -> str:
 def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Route]:
     """Parse and validate every document of a YAML text; raise ManifestError with all problems."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ManifestError([f"{origin}{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+        what = "refused" if isinstance(e, DocumentTooLarge) else "not valid YAML"
+        raise ManifestError([f"{origin}{where}: {what}: {excerpt(getattr(e, 'problem', None) or e, 200)}"]) from None
     problems: list[str] = []
     out: list[Deployment | Route] = []
     for i, doc in enumerate(docs, 1):
@@ -591,19 +600,19 @@ def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Rout
         if isinstance(doc, dict):
             md = doc.get("metadata")
             if isinstance(md, dict) and "name" in md:
-                label += f" ({doc.get('kind', '?')} {md['name']})"
+                label += f" ({excerpt(doc.get('kind', '?'))} {excerpt(md['name'])})"
         if not isinstance(doc, dict):
             problems.append(f"{label}: a manifest must be a mapping")
             continue
         if doc.get("kind") not in KINDS:
-            problems.append(f"{label} kind: must be one of {', '.join(KINDS)} (got {doc.get('kind')!r})")
+            problems.append(f"{label} kind: must be one of {', '.join(KINDS)} (got {excerpt(doc.get('kind'), quote=True)})")
             continue
         try:
             out.append(_adapter.validate_python(doc))
         except ValidationError as e:
             for err in e.errors():
                 msg = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{label} {_loc(err['loc'])}: {msg}")
+                problems.append(f"{label} {excerpt(_loc(err['loc']), 200)}: {excerpt(msg, 300)}")
     if problems:
         raise ManifestError(problems)
     return out

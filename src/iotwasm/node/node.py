@@ -47,7 +47,7 @@ from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .applied import AppliedManifests
 from .binding import ModuleBinding
-from .logs import GuestLogs
+from .logs import GuestLogs, printable
 from .datadir import secure_data_dir
 from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path, to_document
 from .rules import NodeRules
@@ -490,7 +490,8 @@ class Node:
             replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, uid, caps.kv_quota), digest=module_digest,
             on_log=lambda name, level, text, n=d.name: (
-                self.guest_logs.add(n, level, text) and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", text)),
+                self.guest_logs.add(n, level, text)
+                and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", printable(text))),
             on_transition=lambda tr, n=d.name, ns=d.metadata.namespace: self.state.event(
                 "state", n, f"{tr.source} → {tr.target}: {tr.reason}", uid=uid, namespace=ns))
 

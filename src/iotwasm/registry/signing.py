@@ -40,6 +40,7 @@ class SignatureError(ConfigError):
     """A module's signature is missing, malformed, untrusted or does not match its digest."""
 
     kind = "signature"
+    title = "Signature refused"
 
 
 @dataclass(frozen=True)
