@@ -96,9 +96,13 @@ async def publish(url: str, seqs: range) -> None:
         await bus.close()
 
 
-def readiness(port: int) -> tuple[int, dict]:
+def readiness(port: int, data: Path | None = None) -> tuple[int, dict]:
+    """`/readyz`; with the node's data directory, as its admin (who sees the reasons in full:
+    an anonymous probe gets only generic words)."""
+    headers = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"} if data else {}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/readyz", headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -181,7 +185,7 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
     seen_reasons: list[str] = []
 
     def reasons() -> list[str]:
-        status, body = readiness(port)
+        status, body = readiness(port, data)
         got = body.get("reasons", []) if status == 503 else []
         seen_reasons.extend(r for r in got if r not in seen_reasons)
         return got
@@ -205,6 +209,7 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
         publishing = asyncio.create_task(publish(source.url, b))
         await until(lambda: any(f"{outbox}: database or disk is full" in r for r in reasons()), 60,
                     "readiness naming the full outbox", node)
+        assert "storage error" in readiness(port)[1]["reasons"]   # a probe learns only that much
         await publishing          # the source broker has all of B (acknowledged to the device)
         assert rows(store, "SELECT count(*) FROM out") < len(everything)
         held = (await asyncio.to_thread(describe_route, port, data, "uplink")).get("held", "")
