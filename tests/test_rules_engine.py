@@ -437,3 +437,17 @@ def test_a_late_event_that_bridges_two_sessions_merges_them():
     assert feed(e, (0, 1), (8000, 1), (16000, 1), (24000, 1), (12000, 1), (4000, 1), (20000, 1)) == []
     assert e.stats()["r"]["open_windows"] == 1
     assert feed(e, (90000, 0)) == [{"n": 7, "ws": 0, "we": 29000}]
+
+
+def test_count_distinct_carries_on_across_a_restart(tmp_path):
+    sql = f'SELECT count(DISTINCT c) AS dc, {W} FROM "s/a" GROUP BY TUMBLINGWINDOW(ss, 10)'
+    e = RuleEngine(RuleStateStore(tmp_path / "rules.db"))
+    e.add(RuleSpec("r", sql, ET))
+    assert feed(e, (1000, 0, {"c": "x"}), (2000, 0, {"c": 1})) == []
+    e.checkpoint()
+    e2 = RuleEngine(RuleStateStore(tmp_path / "rules.db"))
+    e2.add(RuleSpec("r", sql, ET))
+    assert feed(e2, (3000, 0, {"c": "x"}), (4000, 0, {"c": 1})) == []   # seen before the restart
+    assert feed(e2, (10000, 0)) == [{"dc": 2, "ws": 0, "we": 10000}]
+    # the string "1" is another value than the number 1
+    assert feed(e2, (11000, 0, {"c": 1}), (12000, 0, {"c": "1"}), (20000, 0)) == [{"dc": 2, "ws": 10000, "we": 20000}]

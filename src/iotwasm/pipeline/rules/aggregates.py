@@ -241,17 +241,23 @@ class Last(First):
             self.state[0], self.state[1] = ts, v
 
 
+def _distinct(v: Any) -> str | tuple[str]:
+    """A value's identity for count(DISTINCT): a string as it is, anything else as its JSON
+    in a tuple (so the string "1" and the number 1 stay two values)."""
+    return v if isinstance(v, str) else (json.dumps(v, sort_keys=True),)
+
+
 class DistinctCount(Acc):
     __slots__ = ("_seen",)
 
     def __init__(self, state=None, param=None):
         super().__init__(state)
-        self._seen = {json.dumps(v, sort_keys=True) for v in self.state}
+        self._seen = {_distinct(v) for v in self.state}
 
     def add(self, v, ts):
         if v is None:
             return
-        key = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        key = _distinct(v)
         if key not in self._seen:
             self._seen.add(key)
             self.state.append(v)
