@@ -56,17 +56,17 @@ class Count(Acc):
     __slots__ = ()
 
     @staticmethod
-    def empty():
+    def empty() -> list:
         return [0]
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is not None:
             self.state[0] += 1
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         self.state[0] += other.state[0]
 
-    def result(self):
+    def result(self) -> Any:
         return self.state[0]
 
 
@@ -74,7 +74,7 @@ class CountStar(Count):
     __slots__ = ()
     nargs = 0
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         self.state[0] += 1
 
 
@@ -82,10 +82,10 @@ class Sum(Acc):
     __slots__ = ()
 
     @staticmethod
-    def empty():
+    def empty() -> list:
         return [None]
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is not None:
             s = self.state
             try:
@@ -93,10 +93,10 @@ class Sum(Acc):
             except TypeError:
                 raise EvalError(f"sum: {v!r} is not a number") from None
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         self.add(other.state[0], 0)
 
-    def result(self):
+    def result(self) -> Any:
         return self.state[0]
 
 
@@ -104,10 +104,10 @@ class Avg(Acc):
     __slots__ = ()
 
     @staticmethod
-    def empty():
+    def empty() -> list:
         return [0, 0]
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is not None:
             s = self.state
             try:
@@ -116,11 +116,11 @@ class Avg(Acc):
                 raise EvalError(f"avg: {v!r} is not a number") from None
             s[1] += 1
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         self.state[0] += other.state[0]
         self.state[1] += other.state[1]
 
-    def result(self):
+    def result(self) -> Any:
         return self.state[0] / self.state[1] if self.state[1] else None
 
 
@@ -128,24 +128,24 @@ class Min(Acc):
     __slots__ = ()
 
     @staticmethod
-    def empty():
+    def empty() -> list:
         return [None]
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is not None and (self.state[0] is None or v < self.state[0]):
             self.state[0] = v
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         self.add(other.state[0], 0)
 
-    def result(self):
+    def result(self) -> Any:
         return self.state[0]
 
 
 class Max(Min):
     __slots__ = ()
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is not None and (self.state[0] is None or v > self.state[0]):
             self.state[0] = v
 
@@ -157,10 +157,10 @@ class Stddev(Acc):
     __slots__ = ()
 
     @staticmethod
-    def empty():
+    def empty() -> list:
         return [0, 0.0, 0.0]
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is None:
             return
         s = self.state
@@ -172,7 +172,7 @@ class Stddev(Acc):
         except TypeError:
             raise EvalError(f"stddev: {v!r} is not a number") from None
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         s, (nb, mb, m2b) = self.state, other.state
         if not nb:
             return
@@ -181,7 +181,7 @@ class Stddev(Acc):
         d = mb - ma
         s[0], s[1], s[2] = n, ma + d * nb / n, m2a + m2b + d * d * na * nb / n
 
-    def result(self):
+    def result(self) -> Any:
         return math.sqrt(self.state[2] / self.state[0]) if self.state[0] else None
 
 
@@ -191,18 +191,18 @@ class Percentile(Acc):
     __slots__ = ("p",)
     nargs = 2
 
-    def __init__(self, state=None, param=0.5):
+    def __init__(self, state: list | None = None, param: Any = 0.5):
         super().__init__(state)
         self.p = param
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is not None:
             self.state.append(v)
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         self.state.extend(other.state)
 
-    def result(self):
+    def result(self) -> Any:
         vals = sorted(self.state)
         if not vals:
             return None
@@ -218,25 +218,25 @@ class First(Acc):
     __slots__ = ()
 
     @staticmethod
-    def empty():
+    def empty() -> list:
         return [None, None]
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if self.state[0] is None or ts < self.state[0]:
             self.state[0], self.state[1] = ts, v
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         if other.state[0] is not None:
             self.add(other.state[1], other.state[0])
 
-    def result(self):
+    def result(self) -> Any:
         return self.state[1]
 
 
 class Last(First):
     __slots__ = ()
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if self.state[0] is None or ts >= self.state[0]:
             self.state[0], self.state[1] = ts, v
 
@@ -250,11 +250,11 @@ def _distinct(v: Any) -> str | tuple[str]:
 class DistinctCount(Acc):
     __slots__ = ("_seen",)
 
-    def __init__(self, state=None, param=None):
+    def __init__(self, state: list | None = None, param: Any = None):
         super().__init__(state)
         self._seen = {_distinct(v) for v in self.state}
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         if v is None:
             return
         key = _distinct(v)
@@ -262,11 +262,11 @@ class DistinctCount(Acc):
             self._seen.add(key)
             self.state.append(v)
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         for v in other.state:
             self.add(v, 0)
 
-    def result(self):
+    def result(self) -> Any:
         return len(self.state)
 
 
@@ -275,13 +275,13 @@ class Collect(Acc):
 
     __slots__ = ()
 
-    def add(self, v, ts):
+    def add(self, v: Any, ts: int) -> None:
         self.state.append(v)
 
-    def merge(self, other):
+    def merge(self, other: Acc) -> None:
         self.state.extend(other.state)
 
-    def result(self):
+    def result(self) -> Any:
         return self.state
 
 

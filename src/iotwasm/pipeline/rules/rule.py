@@ -309,10 +309,12 @@ class CompiledRule:
         self._advance(self.max_ts + quiet - self.lateness, out)
 
     def _advance(self, watermark: int, out: list[Emission]) -> None:
-        if self.watermark is None or watermark > self.watermark:
+        """Move the watermark on without a message; emit the windows it closes."""
+        windows = self.windows
+        if windows is not None and (self.watermark is None or watermark > self.watermark):
             self.watermark = watermark
-            if watermark >= self.windows.due:
-                self._emit(self.windows.close(watermark), out)
+            if watermark >= windows.due:
+                self._emit(windows.close(watermark), out)
 
     def _emit(self, closed: list[Closed], out: list[Emission]) -> None:
         """Project closed windows into output rows (HAVING decides which are emitted)."""

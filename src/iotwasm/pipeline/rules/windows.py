@@ -47,7 +47,7 @@ def window_spec(g: Node, rule: str) -> WindowSpec:
     def err(msg: str, at: Node = g) -> RuleSyntaxError:
         return RuleSyntaxError(msg, at.line, at.column, rule)
 
-    def num(i: int) -> int:
+    def num(i: int) -> float:
         a = args[i]
         if a.kind != "lit" or not isinstance(a.args[0], (int, float)) or a.args[0] <= 0:
             raise err(f"{name.upper()}: argument {i + 1} must be a positive number", a)
@@ -136,7 +136,7 @@ class TumblingWindows(Windows):
         super().__init__(spec, aggs)
         self.windows: dict[int, dict[Any, Group]] = {}   # start → key → group
 
-    def add(self, key, ts, row, watermark):
+    def add(self, key: Any, ts: int, row: dict, watermark: int | None) -> None:
         start = ts - ts % self.size
         groups = self.windows.get(start)
         if groups is None:
@@ -147,24 +147,24 @@ class TumblingWindows(Windows):
             g = groups[key] = self.aggs.group(row)
         g.add(row, ts)
 
-    def close(self, watermark):
+    def close(self, watermark: int) -> list[Closed]:
         size, windows = self.size, self.windows
         closed = [Closed(k, g, s, s + size) for s in sorted(s for s in windows if s + size <= watermark)
                   for k, g in windows.pop(s).items()]
         self.due = min(windows, default=INF) + size
         return closed
 
-    def open(self):
+    def open(self) -> int:
         return sum(len(groups) for groups in self.windows.values())
 
-    def dump(self):
+    def dump(self) -> dict:
         if not self.windows:
             return {}
         state = self.aggs.state
         return {"windows": [[s, s + self.size, [[k, state(g), without_udf_results(g.row)] for k, g in groups.items()]]
                             for s, groups in self.windows.items()]}
 
-    def load(self, state):
+    def load(self, state: dict) -> None:
         for start, _end, groups in state.get("windows", []):
             self.windows[start] = {_key(k): self.aggs.group(row, saved=a) for k, a, row in groups}
         self.due = min(self.windows, default=INF) + self.size
@@ -173,7 +173,7 @@ class TumblingWindows(Windows):
 class HoppingWindows(TumblingWindows):
     """[k·hop, k·hop + size): each event is in size/hop windows (rounded up)."""
 
-    def add(self, key, ts, row, watermark):
+    def add(self, key: Any, ts: int, row: dict, watermark: int | None) -> None:
         size, windows = self.size, self.windows
         start = ts - ts % self.hop
         while start > ts - size:
@@ -196,10 +196,11 @@ class SessionWindows(Windows):
 
     def __init__(self, spec: WindowSpec, aggs: Aggregates):
         super().__init__(spec, aggs)
+        self.gap = spec.size
         self.sessions: dict[Any, list[Group]] = {}
 
-    def add(self, key, ts, row, watermark):
-        gap = self.size
+    def add(self, key: Any, ts: int, row: dict, watermark: int | None) -> None:
+        gap = self.gap
         sessions = self.sessions.get(key)
         if sessions is None:
             sessions = self.sessions[key] = []
@@ -226,8 +227,8 @@ class SessionWindows(Windows):
             sessions.remove(g)
         return into
 
-    def close(self, watermark):
-        gap = self.size
+    def close(self, watermark: int) -> list[Closed]:
+        gap = self.gap
         closed = []
         for key, sessions in list(self.sessions.items()):
             keep = [g for g in sessions if g.last + gap > watermark]
@@ -241,19 +242,19 @@ class SessionWindows(Windows):
         return closed
 
     def _set_due(self) -> None:
-        self.due = min((g.last + self.size for ss in self.sessions.values() for g in ss), default=INF)
+        self.due = min((g.last + self.gap for ss in self.sessions.values() for g in ss), default=INF)
 
-    def open(self):
+    def open(self) -> int:
         return sum(len(s) for s in self.sessions.values())
 
-    def dump(self):
+    def dump(self) -> dict:
         if not self.sessions:
             return {}
         state = self.aggs.state
         return {"sessions": [[k, g.start, g.last, state(g), without_udf_results(g.row)]
                              for k, ss in self.sessions.items() for g in ss]}
 
-    def load(self, state):
+    def load(self, state: dict) -> None:
         for k, start, last, a, row in state.get("sessions", []):
             self.sessions.setdefault(_key(k), []).append(self.aggs.group(row, start, last, saved=a))
         self._set_due()
@@ -275,16 +276,16 @@ class _BufferedWindows(Windows):
             g.add(row, ts)
         return Closed(key, g, start, end)
 
-    def open(self):
+    def open(self) -> int:
         return len(self.buffers)
 
-    def dump(self):
+    def dump(self) -> dict:
         if not self.buffers:
             return {}
         return {"buffers": [[k, [[ts, without_udf_results(r)] for ts, r in buf], self.counts.get(k, 0)]
                             for k, buf in self.buffers.items()]}
 
-    def load(self, state):
+    def load(self, state: dict) -> None:
         for k, entries, n in state.get("buffers", []):
             self.buffers[_key(k)] = self._buffer([(ts, r) for ts, r in entries])
             if n:
@@ -299,10 +300,10 @@ class SlidingWindows(_BufferedWindows):
     """(ts − size, ts] at each message, over the messages of its key that arrived so far.
     Messages too old for any window to come (at or before watermark − size) are dropped."""
 
-    def _buffer(self, entries):
+    def _buffer(self, entries: list) -> deque:
         return deque(entries)
 
-    def add(self, key, ts, row, watermark):
+    def add(self, key: Any, ts: int, row: dict, watermark: int | None) -> list[Closed]:
         size = self.size
         buf = self.buffers.get(key)
         if buf is None:
@@ -324,10 +325,10 @@ class CountWindows(_BufferedWindows):
     """COUNTWINDOW(n, m): at the n-th message of a key and every m-th after it, over its last
     n messages (n = m: every n messages, each in one window). Event time plays no part."""
 
-    def _buffer(self, entries):
+    def _buffer(self, entries: list) -> deque:
         return deque(entries, maxlen=self.size)
 
-    def add(self, key, ts, row, watermark):
+    def add(self, key: Any, ts: int, row: dict, watermark: int | None) -> list[Closed] | None:
         buf = self.buffers.get(key)
         if buf is None:
             buf = self.buffers[key] = self._buffer([])
