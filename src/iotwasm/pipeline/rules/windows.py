@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -269,7 +270,7 @@ class _BufferedWindows(Windows):
         self.buffers: dict[Any, deque] = {}
         self.counts: dict[Any, int] = {}
 
-    def _over(self, key: Any, entries: Any, start: int, end: int) -> Closed:
+    def _over(self, key: Any, entries: Iterable[tuple[int, dict]], start: int, end: int) -> Closed:
         """A window of the buffered messages `entries`."""
         g = self.aggs.group({})
         for ts, row in entries:
