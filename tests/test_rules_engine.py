@@ -422,3 +422,32 @@ def test_hopping_session_and_count_windows_with_late_data():
     e = engine('SELECT sum(v) AS s FROM "s/a" GROUP BY COUNTWINDOW(2)')
     assert feed(e, (1000, 1), (500, 50), (2000, 2)) == [{"s": 3}]
     assert e.stats()["r"]["late"] == 1
+
+
+def test_a_late_event_that_bridges_two_sessions_merges_them():
+    # gap 10 s: 0 and 18 are two sessions until 9 arrives, less than 10 s from both
+    e = engine(f'SELECT count(*) AS n, sum(v) AS s, first(v) AS f, last(v) AS l, {W} FROM "s/a" '
+               f'GROUP BY SESSIONWINDOW(ss, 10)', EventTime("ts", lateness_ms=20_000))
+    assert feed(e, (0, 1), (18000, 2), (9000, 3)) == []
+    assert e.stats()["r"]["open_windows"] == 1
+    assert feed(e, (60000, 0)) == [{"n": 3, "s": 6, "f": 1, "l": 2, "ws": 0, "we": 28000}]
+    # a chain: each event bridges the sessions on either side of it, in any order
+    e = engine(f'SELECT count(*) AS n, {W} FROM "s/a" GROUP BY SESSIONWINDOW(ss, 5)',
+               EventTime("ts", lateness_ms=60_000))
+    assert feed(e, (0, 1), (8000, 1), (16000, 1), (24000, 1), (12000, 1), (4000, 1), (20000, 1)) == []
+    assert e.stats()["r"]["open_windows"] == 1
+    assert feed(e, (90000, 0)) == [{"n": 7, "ws": 0, "we": 29000}]
+
+
+def test_count_distinct_carries_on_across_a_restart(tmp_path):
+    sql = f'SELECT count(DISTINCT c) AS dc, {W} FROM "s/a" GROUP BY TUMBLINGWINDOW(ss, 10)'
+    e = RuleEngine(RuleStateStore(tmp_path / "rules.db"))
+    e.add(RuleSpec("r", sql, ET))
+    assert feed(e, (1000, 0, {"c": "x"}), (2000, 0, {"c": 1})) == []
+    e.checkpoint()
+    e2 = RuleEngine(RuleStateStore(tmp_path / "rules.db"))
+    e2.add(RuleSpec("r", sql, ET))
+    assert feed(e2, (3000, 0, {"c": "x"}), (4000, 0, {"c": 1})) == []   # seen before the restart
+    assert feed(e2, (10000, 0)) == [{"dc": 2, "ws": 0, "we": 10000}]
+    # the string "1" is another value than the number 1
+    assert feed(e2, (11000, 0, {"c": 1}), (12000, 0, {"c": "1"}), (20000, 0)) == [{"dc": 2, "ws": 10000, "we": 20000}]

@@ -16,27 +16,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .functions import (AGGREGATES, CONTEXT_FUNCTIONS, SCALARS, WINDOW_FUNCTIONS, Acc, Collect,
-                        EvalError, Percentile)
+from .aggregates import AGGREGATES, AggSpec, Collect, Percentile
+from .functions import CONTEXT_FUNCTIONS, SCALARS, WINDOW_FUNCTIONS, EvalError
 from .parser import Node, RuleSyntaxError
 
 TOPIC, TS, AGG, WS, WE = "\x00topic", "\x00ts", "\x00agg", "\x00ws", "\x00we"
 
 Fn = Callable[[dict], Any]
-
-
-@dataclass
-class AggSpec:
-    """One aggregate call of a rule; `signature` keys its state across rule updates."""
-
-    signature: str
-    cls: type[Acc]
-    arg: Fn
-    param: Any = None
-    udf: Any = None   # a WasmFunction for aggregate UDFs
-
-    def new(self, state: list | None = None) -> Acc:
-        return self.cls(state, self.param) if self.cls is Percentile else self.cls(state)
 
 
 @dataclass
