@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
@@ -94,6 +94,10 @@ class RouteStats:
     batches: int = 0
     step_retries: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    #: dead letters by where they arose (a step's deployment, a sink, or "route"), and the
+    #: (wall-clock time, error) of the latest there: what failed, counted per dead letter
+    dead_by: Counter = field(default_factory=Counter)
+    last_dead: dict = field(default_factory=dict)
 
     def percentile(self, q: float) -> float:
         data = sorted(self.latencies_ms)
@@ -117,6 +121,7 @@ class _Item:
     vars: dict[str, str]
     arrived: float
     settled: asyncio.Future | None = None
+    start: int = 0     # the step it enters at: 0, or later for a replayed dead letter
 
 
 class RouteRunner:
@@ -148,18 +153,21 @@ class RouteRunner:
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None,
-                    settled: asyncio.Future | None = None) -> None:
+                    settled: asyncio.Future | None = None, start: int = 0) -> None:
         """Queue one message. Waits when the queue is full and the policy is ``block``.
 
         `settled`, when given, is resolved once the message is through: its results taken by
         every sink (an uplink's acknowledgement included), or dead-lettered, filtered out, or
         dropped by the overflow policy. A source acknowledges its broker then, so a node
-        killed meanwhile gets the message again. It is cancelled if the route stops first."""
+        killed meanwhile gets the message again. It is cancelled if the route stops first.
+
+        `start` > 0 enters the message at that step (``len(steps)``: straight to the sinks):
+        a replayed dead letter goes on from where it failed."""
         variables = variables or {}
         self.stats.received += 1
         key = variables.get(self.order_key) or msg.topic
         lane = self._lanes[zlib.crc32(key.encode()) % len(self._lanes)] if len(self._lanes) > 1 else self._lanes[0]
-        item = _Item(msg, variables, time.monotonic(), settled)
+        item = _Item(msg, variables, time.monotonic(), settled, start)
         if self.queue.overflow == "drop-oldest":
             while lane.full():
                 try:
@@ -222,7 +230,11 @@ class RouteRunner:
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
                 last = len(items)
-                await self._run(items)
+                if any(it.start for it in items):   # replayed dead letters among them
+                    for s in sorted({it.start for it in items}):
+                        await self._run([it for it in items if it.start == s])
+                else:
+                    await self._run(items)
             except asyncio.CancelledError:
                 _settle(items, cancel=True)
                 raise
@@ -242,7 +254,7 @@ class RouteRunner:
         self.stats.batches += 1
         flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
         self.stats.processed += len(flow.msgs)
-        first, delay = 0, 0.05
+        first, delay = items[0].start, 0.05
         while True:
             # A thread hop costs more (hundreds of µs on a busy VM) than a small batch's wasm
             # calls, so small batches run right here; larger ones run every step in one worker
@@ -402,6 +414,8 @@ class RouteRunner:
 
     async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
         self.stats.dead_letters += 1
+        self.stats.dead_by[where] += 1
+        self.stats.last_dead[where] = (time.time(), str(dl.error))
         handler = self.dead_letter
         if handler is not None:
             try:   # a dead letter that cannot be written yet holds the batch, as a sink would
