@@ -34,6 +34,7 @@ from ..node.node import Node
 from ..registry.signing import Signature, SignatureError, SignatureStore
 from .alerts import METRICS, AlertEvaluator, AlertRule, AlertStore
 from .audit import AuditLog, DenialThrottle
+from .live import last_error
 from .metrics import LatencyHistograms, exposition, readiness
 from .policy import (LoadPolicy, PolicyError, QuotaExceeded, admit_manifests, check_signed, desired,
                      namespace_of)
@@ -491,7 +492,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             st = rec.handle.current.stats()
             out.update(state=st.state, revision=rec.handle.revision, replicas=st.replicas,
                        module_digest=rec.module_digest, restarts=st.restarts, rollbacks=rec.handle.rollbacks,
-                       last_error=st.last_error, **{k: v for k, v in st.totals().items()})
+                       last_error=last_error(node, name)[0], **{k: v for k, v in st.totals().items()})
             if full:
                 out["instances"] = [i.to_dict() for i in st.instances]
         if full:
@@ -838,6 +839,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/v1/audit/verify", tags=["audit"], summary="Verify the audit log's hash chain")
     async def audit_verify(who: Principal = Depends(admin)) -> dict:
         return await asyncio.to_thread(ctx.audit.verify)
+
+    from .stream import install as _install_stream   # the dashboard's stream, history, dead letters
+    _install_stream(app, ctx, viewer=viewer, operator=operator, audit=audit, visible=visible,
+                    event_visible=event_visible)
 
     from .dashboard import install as _install_dashboard
     _install_dashboard(app)

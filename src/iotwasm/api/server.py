@@ -33,6 +33,7 @@ class ApiSettings:
     tls_key: Path | None = None
     allow_insecure: bool = False
     alert_interval_s: float = 1.0
+    sample_interval_s: float = 1.0   # the dashboard's samples (api/live.py)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -142,6 +143,8 @@ class ApiServer:
         log.info("API listening on %s", self.url)
         self.ctx.alerts.interval_s = self.settings.alert_interval_s
         self.ctx.alerts.start()
+        self.ctx.live.interval_s = self.settings.sample_interval_s
+        self.ctx.live.start()
 
     async def _serve(self, sock: socket.socket) -> None:
         try:
@@ -154,6 +157,7 @@ class ApiServer:
         stays in force: a node whose API could not start still refuses what it must;
         `close()` ends it."""
         await self.ctx.alerts.stop()
+        await self.ctx.live.stop()
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True
