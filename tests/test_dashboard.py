@@ -133,10 +133,11 @@ def samples(page, chart: str) -> int:
     return int(page.locator(f"[data-chart='{chart}']").get_attribute("data-samples") or 0)
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full: bool = False) -> None:
+    """The page as it is now, for docs/api.md (the window, or with `full` the whole page)."""
     if SHOTS is not None:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"dashboard-{name}.png"), full_page=True)
+        page.screenshot(path=str(SHOTS / f"dashboard-{name}.png"), full_page=full)
 
 
 def confirm(page, verb: str, fill: str | None = None) -> None:
@@ -193,7 +194,7 @@ def test_charts_receive_live_points_and_a_page_opened_now_starts_from_the_histor
     from playwright.sync_api import expect
 
     # the node has sampled for a while: a page opened now draws that history at once
-    wait_for(lambda: len(node.admin.get("/v1/history").json()["samples"]) >= 3, 30, "three samples kept")
+    wait_for(lambda: len(node.admin.get("/v1/history").json()["t"]) >= 3, 30, "three samples kept")
     page.goto(f"{node.url}/ui/#token={node.admin_token}")
     view(page, "overview")
     rate = "route:readings:rate"
@@ -208,7 +209,6 @@ def test_charts_receive_live_points_and_a_page_opened_now_starts_from_the_histor
              "a message rate above 0 in the legend")
     assert page.locator(f"[data-chart='{rate}'] path.line").count() == 3   # in, out, dead letters
     assert page.csp_errors == []
-    shot(page, "overview")
 
 
 def test_a_node_outside_a_fleet_is_never_asked_for_fleet_views_and_nothing_is_polled(node, page):
@@ -308,7 +308,6 @@ def test_an_operator_acts_from_the_page_confirmed_and_audited(ops, page):
     expect(page.locator("#notice")).to_contain_text("deployment decode suspended")
     audit = ops.admin.get("/v1/audit", params={"action": "deployment.suspend"}).json()
     assert [(a["actor"].split(" ")[0], a["target"]) for a in audit] == [("page-operator", "deployment/decode")]
-    shot(page, "deployments")
     # resume
     row.locator("button[data-action=resume]").click()
     confirm(page, "resume")
@@ -327,6 +326,7 @@ def test_an_operator_acts_from_the_page_confirmed_and_audited(ops, page):
     expect(cell(page, "deployments", "decode", "revision")).to_have_text("2")
     row.locator("button[data-action=rollback]").click()
     expect(page.locator("#confirm")).to_contain_text("revision 1's manifest is applied again")
+    shot(page, "confirm")
     confirm(page, "roll back")
     wait_for(lambda: ops.admin.get("/v1/deployments/decode").json()["revision"] == 3, 30, "revision 3")
     assert ops.admin.get("/v1/deployments/decode").json()["manifest"]["spec"]["resources"]["memory"] == "16Mi"
@@ -369,7 +369,6 @@ def test_the_pipeline_view_shows_the_failing_step(ops, page):
     assert route.get_attribute("data-failing") == "decode"
     # the edge into the sinks shows a rate, and the route's drawing names its whole path
     assert "http → prep → decode → ingest/0:store" in route.locator("svg").get_attribute("aria-label")
-    shot(page, "pipelines")
     # its link opens the dead letters of that step
     route.locator(".problems li[data-where='decode'] button").click()
     expect(page.locator("#view-deadletters")).to_be_visible()
@@ -389,13 +388,14 @@ def test_a_dead_letter_is_browsed_then_replayed_into_its_route(ops, page):
     view(page, "deadletters")
     page.select_option("#dl-route", "ingest")
     row = page.locator(f"#dead-letters tr[data-name='{dl['id']}']")
-    expect(row.locator("td[data-col=step]")).to_have_text("decode")
-    expect(row.locator("td[data-col=module]")).to_have_text("decode (echo:1)")
-    expect(row.locator("td[data-col=function]")).to_have_text("iot_process")
-    expect(row.locator("td[data-col=kind]")).to_have_text("guest_error")
+    expect(row.locator("[data-field=route]")).to_have_text("ingest")
+    expect(row.locator("[data-field=step]")).to_have_text("decode")
+    expect(row.locator("[data-field=module]")).to_have_text("echo:1")
+    expect(row.locator("[data-field=function]")).to_have_text("iot_process")
+    expect(row.locator("[data-field=kind]")).to_have_text("guest_error")
+    expect(row.locator("td[data-col=reason]")).to_contain_text("?")
     expect(row.locator("td[data-col=payload]")).to_contain_text("3f 00 ff 62 61 64")
     expect(row.locator("td[data-col=payload] .badge")).to_have_text("hex")
-    shot(page, "dead-letters")
     # the decoder is fixed (a module that passes everything), then the dead letter is replayed
     r = ops.admin.post("/v1/apply", content=deployment("decode", "pass:1", replicas=2))
     assert r.status_code == 200 and r.json()["problems"] == [], r.text
@@ -446,7 +446,51 @@ spec:
     expect(cell(page, "rules", "loud", "state")).to_have_text("enabled")
     # the latest results of the route's store sink are shown
     expect(page.locator("#results [data-name='route:ingest']")).to_contain_text("in/d")
-    shot(page, "rules")
+
+
+def test_the_greenhouse_demo_on_the_dashboard(tmp_path, page):
+    """The example greenhouse as it ships: its decoder meets the simulator's corrupt frames, and
+    the page says what they are instead of a bare error count."""
+    from playwright.sync_api import expect
+
+    n = ApiNode(tmp_path, manifests=ROOT / "examples" / "greenhouse", name="greenhouse").start()
+    try:
+        page.goto(f"{n.url}/ui/#token={n.admin_token}")
+        view(page, "deployments")
+        wait_for(lambda: count(page, "deployments", "decode", "dead_letters") > 0, 60, "a corrupt frame")
+        expect(cell(page, "deployments", "decode", "errors")).to_contain_text("guest_error")
+        expect(cell(page, "deployments", "decode", "errors").locator("[data-field=last_error]")).to_contain_text(
+            "last: decode:iot_process: bad CRC")
+        view(page, "pipelines")
+        for route in ("ingest", "temperature", "humidity", "alerts"):
+            expect(page.locator(f"#pipelines section.pipeline[data-name='{route}']")).to_be_visible()
+        ingest = page.locator("#pipelines section.pipeline[data-name='ingest']")
+        expect(ingest.locator("g.pnode.step[data-name='decode']")).to_be_visible()
+        expect(page.locator("#pipelines section.pipeline[data-name='temperature'] g.pnode.step")).to_have_count(3)
+        view(page, "deadletters")
+        page.select_option("#dl-route", "ingest")
+        expect(page.locator("#dead-letters [data-field=step]").first).to_have_text("decode")
+        expect(page.locator("#dead-letters [data-field=module]").first).to_have_text("frame_decoder.wasm")
+        expect(page.locator("#dead-letters td[data-col=reason]").first).to_contain_text("bad CRC")
+        expect(page.locator("#dead-letters td[data-col=payload] .badge").first).to_have_text("hex")
+        view(page, "rules")
+        expect(cell(page, "rules", "greenhouse-heat", "state")).to_have_text("enabled")
+        expect(cell(page, "rules", "humidity-spread", "state")).to_have_text("enabled")
+        assert page.csp_errors == []
+        if SHOTS is not None:   # the documentation's pictures: after a minute of history
+            view(page, "overview")
+            wait_for(lambda: samples(page, "route:ingest:rate") >= 60, 120, "a minute of samples")
+            for name in ("overview", "pipelines", "deployments", "routes", "rules", "deadletters", "events"):
+                view(page, name)
+                if name == "pipelines":   # at a moment a corrupt frame was just dead-lettered
+                    wait_for(lambda: ingest.get_attribute("data-failing") == "decode", 60, "decode failing")
+                shot(page, name, full=name in ("overview", "pipelines"))
+            page.emulate_media(color_scheme="dark")
+            page.set_viewport_size({"width": 820, "height": 1180})   # a tablet, upright
+            view(page, "pipelines")
+            shot(page, "tablet")
+    finally:
+        n.stop()
 
 
 def run_up(tmp: Path, data: Path, terminal: bool) -> str:
@@ -490,8 +534,10 @@ def test_a_node_in_a_fleet_shows_the_fleet_and_an_operator_steers_a_rollout(nats
     n = ApiNode(tmp_path, fleet={"url": nats_server.url, "labels": {"site": "a"}, "heartbeat_s": 0.3},
                 name="fleet-node").start()
 
-    async def desired():   # a fleet deployment nobody places (no controller runs): 0 of 1 assigned,
-        from iotwasm.fleet import FleetDeployment, FleetStore   # and a rollout of it in progress
+    async def desired():
+        """A fleet deployment nobody places (no controller runs): 0 of 1 assigned, and a rollout
+        of it in progress."""
+        from iotwasm.fleet import FleetDeployment, FleetStore
         from iotwasm.fleet.rollout import Rollout
 
         store = await FleetStore.connect(nats_server.url)

@@ -119,17 +119,22 @@ def test_the_history_keeps_rates_and_latencies_of_the_interval(api):
     now[0] = 103.0
     idle = on_loop(api, h.sample)["routes"]["r"]
     assert (idle["in_s"], idle["p50_ms"], idle["p99_ms"]) == (0.0, None, None)
-    # the ring keeps the last three, chart numbers only, and a tenant's view of it is its own
+    # the ring keeps the last three, chart numbers only, as columns; a tenant's view of it is its own
+    now[0] = 104.0
     on_loop(api, h.sample)
     kept = h.history(lambda ns: True)
-    assert [x["t"] for x in kept] == [102.0, 103.0, 103.0]
-    assert kept[0]["routes"]["r"] == {"in_s": 5.0, "out_s": 4.5, "dead_s": 0.5, "p50_ms": r["p50_ms"],
-                                      "p99_ms": r["p99_ms"]}
-    assert h.history(lambda ns: ns == "acme")[0]["routes"] == {}
-    assert [x["t"] for x in h.history(lambda ns: True, since=102.0)] == [103.0, 103.0]
+    assert kept["t"] == [102.0, 103.0, 104.0]
+    assert kept["node"] == {"cpu_pct": [25.0, 0.0, 0.0], "rss_bytes": [4096] * 3, "outbox": [0] * 3}
+    assert kept["routes"]["r"] == {"in_s": [5.0, 0.0, 0.0], "out_s": [4.5, 0.0, 0.0], "dead_s": [0.5, 0.0, 0.0],
+                                   "p50_ms": [pytest.approx(r["p50_ms"], abs=1e-3), None, None],
+                                   "p99_ms": [pytest.approx(r["p99_ms"], abs=1e-3), None, None]}
+    assert kept["deployments"]["echo"]["in_s"] == [5.0, 0.0, 0.0]
+    assert h.history(lambda ns: ns == "acme")["routes"] == {}
+    assert h.history(lambda ns: True, since=102.0)["t"] == [103.0, 104.0]
     # the node's own sampler runs too, behind GET /v1/history
-    wait_for(lambda: c.get("/v1/history").json()["samples"], what="samples of the node's sampler")
-    assert c.get("/v1/history").json()["keep"] == 600
+    wait_for(lambda: c.get("/v1/history").json()["t"], what="samples of the node's sampler")
+    got = c.get("/v1/history").json()
+    assert got["keep"] == 600 and got["interval_s"] == 1.0 and len(got["routes"]["r"]["in_s"]) == len(got["t"])
 
 
 @pytest.fixture()

@@ -72,8 +72,7 @@ def install(app: FastAPI, ctx, *, viewer: Callable, operator: Callable, audit: C
                 "node CPU, memory and outbox backlog")
     async def samples(who: Annotated[Principal, Depends(viewer)],
                       since: float | None = Query(None, description="only samples taken after this time (s)")) -> dict:
-        return {"interval_s": history.interval_s, "keep": history.ring.maxlen,
-                "samples": history.history(who.may_see, since)}
+        return {"interval_s": history.interval_s, "keep": history.ring.maxlen, **history.history(who.may_see, since)}
 
     @router.get("/v1/stream", summary="Live samples, node events and fleet views as server-sent events",
                 response_class=StreamingResponse,
@@ -112,7 +111,7 @@ def install(app: FastAPI, ctx, *, viewer: Callable, operator: Callable, audit: C
                 yield sse("hello", {"node": node.config.name, "interval_s": history.interval_s,
                                     "keep": history.ring.maxlen, "fleet": fleet,
                                     "you": {"name": who.name, "role": who.role, "tenant": who.tenant}})
-                yield sse("history", {"samples": history.history(who.may_see)})
+                yield sse("history", history.history(who.may_see))
                 if history.current is not None:
                     yield sse("sample", History.visible(history.current, who.may_see))
                 if fleet and history.fleet_view is not None:

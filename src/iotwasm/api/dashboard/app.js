@@ -63,7 +63,7 @@ async function loadLists(c) {
   for (const [k, res] of answers) {
     if (res.status === 401) { signedOut(res.detail); return; }
     if (!res.ok) { problems.push(describe(res)); continue; }
-    if (k === "node") c.node = res.body;
+    if (k === "node") { c.node = res.body; c.nodeReadAt = Date.now(); }
     else c.lists[k] = Array.isArray(res.body) ? res.body : [];
   }
   setBanner(problems[0] || "");
@@ -93,7 +93,7 @@ function onStream(c, kind, doc) {
     $("tab-fleet").hidden = !c.inFleet;
     if (!c.inFleet && c.view === "fleet") showView(c, "overview");
   } else if (kind === "history") {
-    c.samples = Array.isArray(doc.samples) ? doc.samples : [];
+    c.samples = expand(doc);
     render(c, "history");
   } else if (kind === "sample") {
     c.current = doc;
@@ -113,6 +113,17 @@ function onStream(c, kind, doc) {
     c.fleet = doc;
     render(c, "fleet");
   }
+}
+
+// The history comes as columns (one list per series); the page holds samples, as the live ones come.
+function expand(h) {
+  const t = Array.isArray(h.t) ? h.t : [];
+  const pick = (cols, k) => Object.fromEntries(Object.entries(cols || {}).flatMap(([name, series]) => {
+    const v = Object.fromEntries(Object.entries(series).map(([s, vals]) => [s, vals[k]]));
+    return Object.values(v).some((x) => x !== null) ? [[name, v]] : [];
+  }));
+  return t.map((ts, k) => ({t: ts, node: Object.fromEntries(Object.entries(h.node || {}).map(([s, vals]) => [s, vals[k]])),
+                            routes: pick(h.routes, k), deployments: pick(h.deployments, k)}));
 }
 
 function showView(c, name, opts) {
@@ -140,6 +151,7 @@ async function signedIn(token) {
     setBanner(describe(me));
   }
   c.node = me.body || {};
+  c.nodeReadAt = Date.now();
   c.you = c.node.you || {};
   c.canOperate = c.you.role === "operator" || c.you.role === "admin";
   document.body.classList.toggle("can-operate", c.canOperate);

@@ -10,6 +10,9 @@ import {act, button} from "./actions.js";
 const PAGE = 50;
 const AGAIN_MS = 3000;   // new dead letters read again at most this often
 
+// a module reference as people say it: name:version, or a file's name
+const moduleName = (ref) => (typeof ref === "string" ? ref.split("/").pop() : "–");
+
 function payloadCell(p) {
   if (!p) return "–";
   const more = p.truncated ? ` … (${p.size.toLocaleString("en-US")} bytes)` : "";
@@ -58,18 +61,22 @@ export function create(ctx, root) {
     count.textContent = `${rows.length} shown${selected.size ? `, ${selected.size} chosen` : ""}`;
     if (replay) replay.disabled = !selected.size;
     const head = el("tr", null, ctx.canOperate ? el("th", null, "") : null,
-      ["time", "route", "step", "module", "function", "kind", "reason", "topic", "payload", "replayed"].map((h) => el("th", null, h)));
+      ["time", "where: route › step (module · function)", "reason", "topic", "payload", "replayed"].map((h) => el("th", null, h)));
     box.replaceChildren(el("div", {class: "scroll"}, el("table", {class: "dead"}, el("thead", null, head), el("tbody", null,
       rows.map((d) => el("tr", {"data-name": String(d.id), "data-route": d.route, class: d.replayed ? "done" : null},
         ctx.canOperate ? el("td", null, el("input", {type: "checkbox", "aria-label": `choose dead letter ${d.id}`,
           checked: selected.has(d.id), disabled: !d.replayable, title: d.replayable ? null : (d.replayed ? "replayed already"
             : "its step is no longer part of the route"),
           onchange: (ev) => { ev.target.checked ? selected.add(d.id) : selected.delete(d.id); draw(); }})) : null,
-        el("td", {"data-col": "ts"}, clock(d.ts)), el("td", {"data-col": "route"}, d.route),
-        el("td", {"data-col": "step"}, d.step),
-        el("td", {"data-col": "module"}, d.module ? `${d.module.deployment} (${d.module.ref})` : "–"),
-        el("td", {"data-col": "function"}, text(d.function)), el("td", {"data-col": "kind"}, d.kind),
-        el("td", {"data-col": "reason", class: "wrap"}, d.reason), el("td", {"data-col": "topic"}, d.topic),
+        el("td", {"data-col": "ts"}, clock(d.ts)),
+        el("td", {"data-col": "where"}, el("span", {"data-field": "route"}, d.route), " › ",
+           el("span", {"data-field": "step"}, d.step),
+           el("div", {class: "muted"}, el("span", {"data-field": "module", title: d.module ? d.module.digest : null},
+                                           d.module ? moduleName(d.module.ref) : "–"),
+              " · ", el("span", {"data-field": "function"}, text(d.function)))),
+        el("td", {"data-col": "reason", class: "wrap"}, el("span", {class: "badge", "data-field": "kind"}, d.kind), " ",
+           d.reason),
+        el("td", {"data-col": "topic"}, d.topic),
         el("td", {"data-col": "payload", class: "wrap"}, payloadCell(d.payload)),
         el("td", {"data-col": "replayed"}, d.replayed ? `${clock(d.replayed.ts)} by ${d.replayed.by}` : "–")))))));
   }

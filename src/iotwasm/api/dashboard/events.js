@@ -9,6 +9,6 @@ export function create(ctx, root) {
   const table = new Table(box, [
     col("ts", "time", {get: (r) => clock(r.ts)}), col("kind", "kind"), col("object", "object"),
     col("message", "message", {cls: "wrap"}),
-  ], "no events yet", (r) => `${r.ts}|${r.kind}|${r.object}`);
+  ], "no events yet", (r) => `${r.ts}|${r.kind}|${r.object}|${r.message}`);
   return {render() { table.set(ctx.lists.events.slice(0, 100)); }};
 }

@@ -3,10 +3,13 @@
 // each confirmed first; a deployment defined in the node's manifest files can be suspended but
 // not scaled or rolled back through the API (change the file), so those buttons say so.
 
-import {Table, badge, clock, col, el, ms, numCol, text} from "./dom.js";
+import {Table, badge, clock, col, el, ms, num, numCol, text} from "./dom.js";
 import {act, button} from "./actions.js";
 
 const FILE = "defined in the node's manifest files: change it there";
+
+// a namespace column only where there is more than one namespace to tell apart
+const namespaces = (rows) => (new Set(rows.map((r) => r.namespace)).size > 1 ? [col("namespace", "namespace")] : []);
 
 function merged(ctx, kind) {
   const cur = ctx.current?.[kind] || {};
@@ -24,6 +27,12 @@ function merged(ctx, kind) {
     }
     return out;
   });
+}
+
+// the error counts by kind, and under them what went wrong last (when: its tooltip)
+function errors(d) {
+  return el("span", null, text(d.errors), d.last_error ? el("div", {class: "last-error", "data-field": "last_error",
+    title: d.last_error_ts ? `at ${clock(d.last_error_ts)}` : null}, `last: ${d.last_error}`) : null);
 }
 
 function deploymentActions(ctx, d) {
@@ -68,17 +77,22 @@ export const deployments = {
     root.replaceChildren(el("section", {class: "card"}, el("h2", null, "Deployments ",
       el("span", {class: "muted"}, "(WASM containers)")), box));
     const table = new Table(box, [], "no deployments");
-    const cols = () => [
-      col("name", "deployment"), col("namespace", "namespace"),
+    const cols = (rows) => [
+      col("name", "deployment"), ...namespaces(rows),
       col("state", "state", {get: (r) => badge(r.state)}),
       ...(ctx.canOperate ? [col("actions", "actions", {get: (r) => deploymentActions(ctx, r),
                                                        sig: (r) => `${r.state}|${r.replicas}|${r.revision}|${r.source}`})] : []),
       numCol("revision", "rev"), numCol("replicas", "replicas"), numCol("messages", "messages"),
       numCol("outputs", "outputs"), numCol("dead_letters", "dead letters"),
-      col("errors", "errors"), numCol("restarts", "restarts"), numCol("rollbacks", "rollbacks"),
-      col("last_error", "last error", {cls: "wrap", title: (r) => (r.last_error_ts ? `at ${clock(r.last_error_ts)}` : "")}),
+      col("restarts", "restarts", {num: true, get: (r) => (r.rollbacks ? `${num(r.restarts)} · ${num(r.rollbacks)} rolled back`
+                                                                     : num(r.restarts))}),
+      col("errors", "errors", {cls: "wrap", get: (r) => errors(r), sig: (r) => `${text(r.errors)}|${r.last_error}`}),
     ];
-    return {render() { table.setColumns(cols()); table.set(merged(ctx, "deployments")); }};
+    return {render() {
+      const rows = merged(ctx, "deployments");
+      table.setColumns(cols(rows));
+      table.set(rows);
+    }};
   },
 };
 
@@ -86,8 +100,9 @@ export const routes = {
   create(ctx, root) {
     const box = el("div", {id: "routes"});
     root.replaceChildren(el("section", {class: "card"}, el("h2", null, "Routes"), box));
-    const table = new Table(box, [
-      col("name", "route"), col("namespace", "namespace"), col("state", "state", {get: (r) => badge(r.state)}),
+    const table = new Table(box, [], "no routes");
+    const cols = (rows) => [
+      col("name", "route"), ...namespaces(rows), col("state", "state", {get: (r) => badge(r.state)}),
       col("source", "source"), col("steps", "steps"), col("sinks", "sinks"),
       numCol("received", "received"), numCol("delivered", "delivered"),
       col("dead_letters", "dead letters", {num: true, sig: (r) => String(r.dead_letters), get: (r) => (r.dead_letters
@@ -96,7 +111,11 @@ export const routes = {
       numCol("dropped", "dropped"), numCol("queued", "queued"),
       col("p50_ms", "p50 ms", {num: true, get: (r) => ms(r.p50_ms)}),
       col("p99_ms", "p99 ms", {num: true, get: (r) => ms(r.p99_ms)}),
-    ], "no routes");
-    return {render() { table.set(merged(ctx, "routes")); }};
+    ];
+    return {render() {
+      const rows = merged(ctx, "routes");
+      table.setColumns(cols(rows));
+      table.set(rows);
+    }};
   },
 };

@@ -47,7 +47,8 @@ export function create(ctx, root) {
     const cur = ctx.current || {};
     const sum = (kind, key) => Object.values(cur[kind] || {}).reduce((a, o) => a + (o[key] || 0), 0);
     summary(facts, [
-      ["node", n.name], ["version", n.version], ["up", duration(n.uptime_s)], ["bus", n.bus],
+      ["node", n.name], ["version", n.version],
+      ["up", duration(n.uptime_s + (Date.now() - (ctx.nodeReadAt || Date.now())) / 1000)], ["bus", n.bus],
       ["readiness", badge(ready.ready === true ? "ready" : ready.ready === false ? "not ready" : undefined)],
       ["deployments", num(ctx.lists.deployments.length)], ["routes", num(ctx.lists.routes.length)],
       ["messages in", cur.routes ? rate(sum("routes", "in_s")) : "–"],

@@ -5,7 +5,8 @@
 
 import {badge, clock, el, empty, num, rate, svg, text} from "./dom.js";
 
-const BOX = {w: 150, h: 74}, GAP = 70, SINK_H = 50, SINK_GAP = 12, TOP = 26, LEFT = 8;
+const BOX = {w: 172, h: 74}, GAP = 64, SINK_H = 50, SINK_GAP = 12, TOP = 26, LEFT = 8;
+const NAME_MAX = 22;   // longer names are cut in the box (the whole name is its tooltip)
 const RISING_S = 10;   // dead letters that rose within this many seconds count as failing
 
 // How many dead letters were added at `where` of `route` over the last RISING_S seconds (from
@@ -21,10 +22,11 @@ function risen(ctx, route, where) {
 }
 
 function box(x, y, h, cls, name, lines) {
-  return svg("g", {class: `pnode ${cls}`, "data-name": name},
+  const title = lines[0].length > NAME_MAX ? `${lines[0].slice(0, NAME_MAX - 1)}…` : lines[0];
+  return svg("g", {class: `pnode ${cls}`, "data-name": name}, svg("title", null, name),
     svg("rect", {x, y, width: BOX.w, height: h, rx: 8}),
     lines.map((l, i) => svg("text", {x: x + 10, y: y + 20 + i * 16, class: i === 0 ? "pname" : l.cls || "pline"},
-                            i === 0 ? l : l.text)));
+                            i === 0 ? title : l.text)));
 }
 
 function edge(x1, y1, x2, y2, label, cls, arrow) {
