@@ -366,7 +366,7 @@ def test_the_pipeline_view_shows_the_failing_step(ops, page):
     expect(route.locator("g.pnode.failing[data-name='decode']")).to_be_visible()
     expect(route.locator("g.pnode.failing")).to_have_count(1)          # prep, source and sink are fine
     expect(route.locator(".problems li[data-where='decode']")).to_contain_text("trap")
-    assert route.get_attribute("data-failing") == "decode"
+    expect(route).to_have_attribute("data-failing", "decode")
     # the edge into the sinks shows a rate, and the route's drawing names its whole path
     assert "http → prep → decode → ingest/0:store" in route.locator("svg").get_attribute("aria-label")
     # its link opens the dead letters of that step
@@ -433,10 +433,15 @@ spec:
     assert ops.admin.post("/v1/apply", content=rule).status_code == 200
     assert ops.admin.put("/v1/alerts/backlog", json={"metric": "outbox_backlog", "above": 1000,
                                                      "topic": "alerts/backlog"}).status_code == 200
+    assert ops.admin.put("/v1/alerts/always", json={"metric": "route_queue_depth", "target": "ingest", "above": -1,
+                                                    "topic": "alerts/always"}).status_code == 200
     page.goto(f"{ops.url}/ui/#token={ops.admin_token}")
     view(page, "rules")
     expect(cell(page, "rules", "loud", "state")).to_have_text("enabled")
     expect(cell(page, "alerts", "backlog", "metric")).to_have_text("outbox_backlog")
+    # an alert that fired is among the latest alerts, with what it measured
+    expect(page.locator("#alert-events")).to_contain_text("always: route_queue_depth 0 > -1")
+    expect(cell(page, "alerts", "always", "fired")).to_have_text("1")
     page.locator("#rules tr[data-name='loud'] button[data-action=disable]").click()
     confirm(page, "disable")
     expect(cell(page, "rules", "loud", "state")).to_have_text("disabled")

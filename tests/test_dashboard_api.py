@@ -105,7 +105,8 @@ def test_the_history_keeps_rates_and_latencies_of_the_interval(api):
     first = on_loop(api, h.sample)
     assert first["routes"]["r"]["in_s"] is None and first["node"]["cpu_pct"] is None   # nothing to compare yet
     api.ingest("/in", "d1", [b"m%d" % i for i in range(9)] + [b"?bad"])
-    wait_for(lambda: api.node.routes["r"].runner.stats.delivered == 9, what="nine delivered")
+    stats = api.node.routes["r"].runner.stats
+    wait_for(lambda: stats.delivered == 9 and stats.dead_letters == 1, what="nine delivered, one dead letter")
     now[0], cpu[0] = 102.0, 5.5
     s = on_loop(api, h.sample)
     r, d = s["routes"]["r"], s["deployments"]["echo"]
