@@ -169,6 +169,12 @@ CALLS: dict[tuple[str, str], Call] = {
     ("DELETE", "/v1/routes/{name}"): Call(lambda m, c: {"name": m.apply(http_route(
         fresh("r"), m.deployment, f"/{OWNER}/{next(_n)}", f"{OWNER}/x/{{device}}", "out", OWNER))}),
     ("GET", "/v1/events"): Call(lambda m, c: {}),
+    ("GET", "/v1/dead-letters"): Call(lambda m, c: {}),
+    # an id the route never had: answered 200, skipped with the reason
+    ("POST", "/v1/routes/{name}/dead-letters/replay"): Call(same("route"), lambda m, c, p: {"json": {"ids": [10**9]}}),
+    ("GET", "/v1/results"): Call(lambda m, c: {}),
+    ("GET", "/v1/history"): Call(lambda m, c: {}),
+    ("GET", "/v1/stream"): Call(lambda m, c: {}),
     ("GET", "/v1/events/stream"): Call(lambda m, c: {}),
     ("POST", "/v1/tokens"): Call(lambda m, c: {}, lambda m, c, p: {
         "json": {"name": fresh("made"), "role": "viewer", "tenant": c.tenant}}),

@@ -68,6 +68,11 @@ ROUTES = {
     ("GET", "/v1/fleet/deployments"): "viewer",
     ("GET", "/v1/fleet/rollouts"): "viewer",
     ("POST", "/v1/fleet/rollouts/{name}/{action}"): "operator",
+    ("GET", "/v1/stream"): "viewer",
+    ("GET", "/v1/history"): "viewer",
+    ("GET", "/v1/dead-letters"): "viewer",
+    ("POST", "/v1/routes/{name}/dead-letters/replay"): "operator",
+    ("GET", "/v1/results"): "viewer",
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 WEAKER = {"operator": "viewer", "admin": "operator"}

@@ -5,6 +5,7 @@ may see an object, who may change it, and how a refusal is recorded.
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from pathlib import Path
@@ -16,10 +17,13 @@ from ..node.node import Node
 from ..registry.signing import SignatureStore
 from .alerts import AlertEvaluator, AlertRule, AlertStore
 from .audit import AuditLog, DenialThrottle
+from .data import ReplayLog
+from .live import History
 from .metrics import LatencyHistograms
 from .policy import LoadPolicy, PolicyError, namespace_of
 from .problems import Problem, not_found
 from .security import Principal, SecurityStore
+from .stream import read_fleet
 
 try:
     __version__ = _dist_version("iotwasm")
@@ -49,6 +53,13 @@ class ApiContext:
         self.alerts.after_evaluation.append(lambda: self.audit.submit(self.denials.sweep))
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
+        # the dashboard's samples (the server starts them), streams and dead-letter replays
+        self.live = History(node, fleet=(lambda: read_fleet(self)) if fleet is not None else None)
+        self.open_streams = 0
+        self.replays = ReplayLog(data_dir / "api.db")
+        #: dead letter ids in their route again, and the replays still going after their answer
+        self.replaying: set[int] = set()
+        self.replays_finishing: set[asyncio.Task] = set()
 
     # -- what routes share ---------------------------------------------------------------------
     async def record(self, who: Principal, action: str, target: str, detail: str = "", outcome: str = "ok",

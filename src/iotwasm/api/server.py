@@ -10,9 +10,9 @@ link `iotwasm up` prints to the operator's own terminal (`ApiServer.dashboard_ur
 from __future__ import annotations
 
 import asyncio
-import socket
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -36,6 +36,7 @@ class ApiSettings:
     alert_interval_s: float = 1.0
     #: how often a node in a fleet publishes its audit anchor while the log grows
     anchor_interval_s: float = 60.0
+    sample_interval_s: float = 1.0   # the dashboard's samples (api/live.py)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -151,6 +152,8 @@ class ApiServer:
         self.ctx.alerts.start()
         if self.anchors is not None:
             self.anchors.start()
+        self.ctx.live.interval_s = self.settings.sample_interval_s
+        self.ctx.live.start()
 
     async def _serve(self, sock: socket.socket) -> None:
         try:
@@ -165,6 +168,7 @@ class ApiServer:
         await self.ctx.alerts.stop()
         if self.anchors is not None:
             await self.anchors.stop()
+        await self.ctx.live.stop()
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True

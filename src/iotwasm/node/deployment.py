@@ -12,8 +12,11 @@ recorded. A new version that cannot even start is refused and the old one keeps 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -64,12 +67,20 @@ class DeploymentHandle:
         self.last_rolled_back_revision: int | None = None
         #: optional wrapper around each batch (tracing): trace(handle, messages, process)
         self.trace: Callable[["DeploymentHandle", Sequence[Message], Callable], BatchResult] | None = None
+        #: how long its latest calls took (ms, a call handles one batch, waiting for a free
+        #: instance included), across versions; `calls` counts them all, so a reader can tell
+        #: which entries are new since it last looked
+        self.call_latencies_ms: deque[float] = deque(maxlen=4096)
+        self.calls = 0
+        self._call_seq = itertools.count(1)   # next() is atomic: lanes call from several threads
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
+        t0 = time.perf_counter()
         trace = self.trace
-        if trace is not None:
-            return trace(self, messages, self._process)
-        return self._process(messages)
+        result = trace(self, messages, self._process) if trace is not None else self._process(messages)
+        self.call_latencies_ms.append((time.perf_counter() - t0) * 1000)   # calls that ran only
+        self.calls = next(self._call_seq)
+        return result
 
     def _process(self, messages: Sequence[Message]) -> BatchResult:
         while True:

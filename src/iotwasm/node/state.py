@@ -263,16 +263,33 @@ class NodeState:
         self._x("INSERT INTO dead_letters(ts, route, step, kind, error, topic, payload, uid) "
                 "VALUES (?,?,?,?,?,?,?,?)", (self._clock(), route, step, kind, error, topic, payload, uid))
 
-    def dead_letters(self, route: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first; with `route`, those of the live route of that name."""
-        sql = "SELECT ts, route, step, kind, error, topic, payload FROM dead_letters"
+    def dead_letters(self, route: str | None = None, limit: int = 100, *, step: str | None = None,
+                     before: int | None = None, ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """Newest first; with `route`, those of the live route of that name; optionally only
+        those of one `step`, older than id `before`, or with one of `ids` (the browser and
+        replay of the API)."""
+        if ids is not None and not ids:
+            return []
+        sql = "SELECT ts, route, step, kind, error, topic, payload, id FROM dead_letters"
+        where: list[str] = []
         args: list = []
         if route:
-            sql += " WHERE uid = ?"
+            where.append("uid = ?")
             args.append(self.uid_of("Route", route))
+        if step is not None:
+            where.append("step = ?")
+            args.append(step)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        if ids is not None:
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         rows = self._x(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [{"ts": r[0], "route": r[1], "step": r[2], "kind": r[3], "error": r[4], "topic": r[5],
-                 "payload": r[6]} for r in rows]
+                 "payload": r[6], "id": r[7]} for r in rows]
 
     def dead_letter_count(self) -> int:
         return self._x("SELECT count(*) FROM dead_letters")[0][0]

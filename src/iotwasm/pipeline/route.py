@@ -37,7 +37,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
@@ -104,6 +104,10 @@ class RouteStats:
     batches: int = 0
     step_retries: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    #: dead letters by where they arose (a step's deployment, a sink, or "route"), and the
+    #: (wall-clock time, error) of the latest there: what failed, counted per dead letter
+    dead_by: Counter = field(default_factory=Counter)
+    last_dead: dict = field(default_factory=dict)
 
     def percentile(self, q: float) -> float:
         data = sorted(self.latencies_ms)
@@ -127,6 +131,7 @@ class _Item:
     vars: dict[str, str]
     arrived: float
     settled: asyncio.Future | None = None
+    start: int = 0     # the step it enters at: 0, or later for a replayed dead letter
 
 
 class RouteRunner:
@@ -164,7 +169,7 @@ class RouteRunner:
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None,
-                    settled: asyncio.Future | None = None) -> None:
+                    settled: asyncio.Future | None = None, start: int = 0) -> None:
         """Queue one message. Waits when the queue is full and the policy is ``block``.
 
         `settled`, when given, is resolved once the message is through: its results taken by
@@ -172,12 +177,15 @@ class RouteRunner:
         dropped by the overflow policy. A source acknowledges its broker then, so a node
         killed meanwhile gets the message again. It is cancelled if the route stops first
         (the message was not processed: the source gives it back unacknowledged). A route
-        that was replaced passes the message on to its successor."""
+        that was replaced passes the message on to its successor.
+
+        `start` > 0 enters the message at that step (``len(steps)``: straight to the sinks):
+        a replayed dead letter goes on from where it failed."""
         if self._successor is not None:
-            await self._successor.offer(msg, variables, settled)
+            await self._successor.offer(msg, variables, settled, start)
             return
         variables = variables or {}
-        item = _Item(msg, variables, time.monotonic(), settled)
+        item = _Item(msg, variables, time.monotonic(), settled, start)
         lane = self._lane_for(item)
         if self._stopping or lane.closed:
             _settle([item], cancel=True)
@@ -191,7 +199,7 @@ class RouteRunner:
         elif not await lane.put(item):  # closed while waiting for room
             self.stats.received -= 1
             if self._successor is not None:
-                await self._successor.offer(msg, variables, settled)
+                await self._successor.offer(msg, variables, settled, start)
             else:
                 _settle([item], cancel=True)
 
@@ -290,7 +298,11 @@ class RouteRunner:
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
                 last = len(items)
-                await self._run(items, worker)
+                if any(it.start for it in items):   # replayed dead letters among them
+                    for s in sorted({it.start for it in items}):
+                        await self._run([it for it in items if it.start == s], worker)
+                else:
+                    await self._run(items, worker)
             except asyncio.CancelledError:
                 _settle(items, cancel=True)
                 raise
@@ -308,7 +320,7 @@ class RouteRunner:
         self.stats.batches += 1
         flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
         self.stats.processed += len(flow.msgs)
-        first, delay = 0, 0.05
+        first, delay = items[0].start, 0.05
         while True:
             # Every step of the batch runs in one hop to the lane's worker thread: never on the
             # loop, whatever the batch's size (a small batch's call may spin to its limit too).
@@ -470,6 +482,8 @@ class RouteRunner:
 
     async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
         self.stats.dead_letters += 1
+        self.stats.dead_by[where] += 1
+        self.stats.last_dead[where] = (time.time(), str(dl.error))
         handler = self.dead_letter
         if handler is not None:
             try:   # a dead letter that cannot be written yet holds the batch, as a sink would

@@ -1,11 +1,14 @@
-"""The node's read-only web dashboard: three static files (HTML, JS, CSS) served under ``/ui/``.
+"""The node's web dashboard: static files (HTML, CSS, an icon, one JavaScript module per view) served
+under ``/ui/``.
 
 The files hold no data and need no token; the page reads everything through the API with the
 bearer token the operator gives it (in the URL fragment, which browsers never send, or in its
-form). They are shipped inside the package — no build step, no CDN — because a gateway may
-have no internet. A strict Content-Security-Policy allows only these files' own script and
-style and calls to this origin, so even a value that slipped past the page's escaping could
-not run as script.
+form), and follows the node's live stream (``/v1/stream``, api/stream.py) with ``fetch`` so
+the token stays in a header. They are shipped inside the package — no build step, no CDN, no
+third-party code (the charts are SVG the page draws itself) — because a gateway may have no
+internet. A strict Content-Security-Policy allows only these files' own scripts and styles and
+calls to this origin, so even a value that slipped past the page's escaping could not run as
+script.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse, Response
 
 PATH = "/ui/"
-FILES = {"": ("index.html", "text/html; charset=utf-8"),
-         "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
-         "dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -29,11 +31,20 @@ HEADERS = {
 }
 
 
+def served() -> dict[str, tuple[bytes, str]]:
+    """Path under /ui/ → (content, media type) of every file the page is made of."""
+    out = {}
+    for f in files(__name__).iterdir():
+        media = MEDIA.get(f.name[f.name.rfind("."):]) if "." in f.name else None
+        if media is not None and f.is_file():
+            out["" if f.name == "index.html" else f.name] = (f.read_bytes(), media)
+    return out
+
+
 def install(app: FastAPI) -> None:
     """Serve the dashboard at /ui/ (and redirect / and /ui there); none of it is in the
     OpenAPI document: it is a client of the API, not part of it."""
-    here = files(__name__)
-    body = {sub: (here.joinpath(name).read_bytes(), media) for sub, (name, media) in FILES.items()}
+    body = served()
 
     def page(sub: str):
         async def serve() -> Response:
@@ -41,7 +52,7 @@ def install(app: FastAPI) -> None:
             return Response(content, media_type=media, headers=HEADERS)
         return serve
 
-    for sub in FILES:
+    for sub in body:
         app.add_api_route(PATH + sub, page(sub), methods=["GET"], include_in_schema=False)
 
     async def to_dashboard() -> RedirectResponse:

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from . import (
     alerts,
     audit,
+    data,
     deployments,
     events,
     fleet,
@@ -18,6 +19,7 @@ from . import (
     modules,
     routes,
     rules,
+    stream,
     tenants,
     tokens,
 )
@@ -25,4 +27,4 @@ from . import (
 #: in the order they appear in the OpenAPI document
 ROUTERS: list[APIRouter] = [health.router, modules.router, manifests.router, deployments.router, routes.router,
                             events.router, tokens.router, tenants.router, alerts.router, audit.router,
-                            rules.router, fleet.router]
+                            rules.router, fleet.router, data.router, stream.router]

@@ -13,6 +13,7 @@ from .. import sse
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
 from ..guard import GuardedRoute
+from ..live import last_error
 from ..metrics import subject_of
 from ..openapi import errors
 from ..policy import PolicyError, QuotaExceeded, admit_manifests, desired
@@ -44,7 +45,7 @@ def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
         st = rec.handle.current.stats()
         out.update(state=st.state, revision=rec.handle.revision, replicas=st.replicas,
                    module_digest=rec.module_digest, restarts=st.restarts, rollbacks=rec.handle.rollbacks,
-                   last_error=st.last_error, **{k: v for k, v in st.totals().items()})
+                   last_error=last_error(node, name)[0], **{k: v for k, v in st.totals().items()})
         if full:
             out["instances"] = [i.to_dict() for i in st.instances]
     if full:
