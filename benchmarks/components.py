@@ -51,9 +51,9 @@ def _host_handler():
 
 
 def bench_components(quick: bool, log, interleaved, make_messages, median) -> dict:
-    from iotwasm.componentize import build
     from iotwasm.container import RestartPolicy, WasmContainer
     from iotwasm.engine import Capabilities, Limits, Runtime
+    from iotwasm.toolchain.componentize import build
 
     cache = ROOT / ".iotwasm"
     limits = Limits.parse(memory="64Mi", timeout="10s")

@@ -117,7 +117,7 @@ done
 
 # --- components: Python and JavaScript examples ----------------------------------------------
 # python/NAME/main.py and js/NAME/index.js are built into components with the project's own
-# build (iotwasm.componentize: componentize-py, componentize-qjs; scripts/setup.sh installs
+# build (iotwasm.toolchain.componentize: componentize-py, componentize-qjs; scripts/setup.sh installs
 # them) as python/NAME.wasm and js/NAME.wasm. They are not committed: a Python component is
 # 18 MB (CPython inside), so they are built where they are used and cached by a digest of
 # their sources, SDK, WIT and toolchain (.iotwasm/build-cache). --check leaves them out; the
@@ -129,7 +129,7 @@ if [ $CHECK -eq 0 ]; then
     lang=$(basename "$(dirname "$dir")")
     name=$(basename "$dir")
     echo "componentize $lang $dir -> $SRC/$lang/$name.wasm"
-    "$PY" -m iotwasm.componentize "$lang" "$dir" -o "$SRC/$lang/$name.wasm" --cache .iotwasm/build-cache
+    "$PY" -m iotwasm.toolchain.componentize "$lang" "$dir" -o "$SRC/$lang/$name.wasm" --cache .iotwasm/build-cache
   done
 fi
 # --- end components ------------------------------------------------------------------------

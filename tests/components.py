@@ -1,5 +1,5 @@
 """Building the test and example components once per machine: builds are cached by source
-digest (iotwasm.componentize) and compiled code by digest + engine (the runtime's disk
+digest (iotwasm.toolchain.componentize) and compiled code by digest + engine (the runtime's disk
 cache), both under .iotwasm/ in the repository, so only the first run pays the seconds a
 Python component takes to build and compile."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from iotwasm.componentize import build
 from iotwasm.engine import Runtime
+from iotwasm.toolchain.componentize import build
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_CACHE = ROOT / ".iotwasm" / "build-cache"

@@ -21,6 +21,7 @@ from ..engine import Runtime
 from ..errors import ConfigError
 from ..message import BatchResult, Message
 from ..node.manifests import Deployment, parse_documents
+from .languages import cache_home
 from .project import Project
 
 MAX_SAMPLES_FILE = 4 * 1024 * 1024
@@ -194,7 +195,9 @@ def run_samples(project: Project, runtime: Runtime | None = None) -> Report:
         raise ConfigError(f"{project.module}: not built (run iotwasm build)")
     logs: list[str] = []
     own = runtime is None
-    rt = runtime or Runtime()
+    # compiled code is cached on disk by digest and engine: a Python component takes seconds
+    # to compile and tens of milliseconds to load from the cache
+    rt = runtime or Runtime(cache_dir=cache_home() / "compiled")
     try:
         container = WasmContainer(dep.name, project.module, runtime=rt, limits=dep.limits(),
                                   capabilities=dep.capabilities(), restart=RestartPolicy(mode="never"),

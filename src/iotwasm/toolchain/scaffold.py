@@ -6,7 +6,8 @@ Templates live in toolchain/templates/: <template>/{manifest.yaml, samples.yaml}
 the module does, the same in every language; <template>/<language>/ holds its source and
 _common/<language>/ the files every project of that language has. Placeholders: {{name}},
 {{crate}} (the name as a Rust crate), {{table}} (as an SQL table), {{sdk}}, {{template}},
-{{title}}, {{lang}}, {{summary}}, {{source}}.
+{{title}}, {{lang}}, {{summary}}, {{source}}, {{resources}} (the Deployment's limits, which
+depend on the language: a component carries its interpreter).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def new_project(name: str, lang: str, template: str = "filter", parent: Path = P
     sources = sorted(f for f in files if f not in (MANIFEST, SAMPLES, "README.md") and not f.startswith("."))
     values = {"name": name, "crate": name.replace("-", "_"), "table": name.replace("-", "_"),
               "sdk": str(sdk_root().resolve()), "template": template, "title": lg.title,
-              "lang": lang, "summary": TEMPLATES[template], "source": ", ".join(sources)}
+              "lang": lang, "summary": TEMPLATES[template], "source": ", ".join(sources),
+              "resources": lg.resources}
     for name_in_project, text in files.items():
         for key, value in values.items():
             text = text.replace("{{" + key + "}}", value)

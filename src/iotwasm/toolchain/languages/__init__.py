@@ -7,9 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .assemblyscript import LANGUAGE as ASSEMBLYSCRIPT
-from .base import BuildFailed, Language, NotAvailable, ToolchainMissing, sdk_root
+from .base import (
+    BuildFailed,
+    Language,
+    NotAvailable,
+    ToolchainMissing,
+    cache_home,
+    sdk_root,
+)
 from .c import LANGUAGE as C
-from .pending import JAVASCRIPT, PYTHON
+from .components import JAVASCRIPT, PYTHON
 from .rust import LANGUAGE as RUST
 
 #: in the order `iotwasm new --list` shows them; detection tries them in this order too
@@ -29,7 +36,7 @@ def detect(path: Path) -> Language:
         if lang.detect(path):
             return lang
     raise BuildFailed(f"{path}: no module source found (a .c file, Cargo.toml, assembly/index.ts, "
-                      "or a .ts file)")
+                      "a .ts file, main.py or a .py file, index.js or a .js file)")
 
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "Language",
     "NotAvailable",
     "ToolchainMissing",
+    "cache_home",
     "detect",
     "language",
     "sdk_root",

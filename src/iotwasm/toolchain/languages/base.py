@@ -45,6 +45,12 @@ def sdk_root() -> Path:
     return root
 
 
+def cache_home() -> Path:
+    """The toolchain's cache (built components, compiled code): $XDG_CACHE_HOME/iotwasm, or
+    ~/.cache/iotwasm. Everything in it is keyed by digest and can be deleted at any time."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iotwasm"
+
+
 def which_all(command: str) -> list[Path]:
     """Every executable named `command` on PATH, in PATH order (a missing tool: empty)."""
     found = []
@@ -90,6 +96,8 @@ class Language:
     available: bool = True
     #: source files of a project, relative to it (for `iotwasm dev` to watch)
     watch: tuple[str, ...] = ()
+    #: the `resources` of the Deployment `iotwasm new` writes ({{resources}} in templates)
+    resources: str = "{memory: 16Mi, fuel: 50M, timeout: 100ms}"
 
     def detect(self, path: Path) -> bool:
         """Whether `path` (a project directory or one source file) is in this language."""
