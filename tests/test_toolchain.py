@@ -1,6 +1,7 @@
 """`iotwasm new | build | test | dev` with the real toolchains (clang, Debian's rustc and
 cargo, asc from npm), each from a clean directory, as a user runs them; the built modules in a
-route on a real node, hot-updated by `iotwasm dev`."""
+route on a real node, hot-updated by `iotwasm dev`. The component languages (Python,
+JavaScript): test_toolchain_components.py."""
 
 from __future__ import annotations
 
@@ -95,15 +96,6 @@ def test_a_rustc_without_the_wasm_target_is_skipped_and_named(tmp_path):
         "packages: apt-get install rustc cargo libstd-rust-dev-wasm32"]
     r = iotwasm("build", cwd=tmp_path / "m", env={"PATH": f"{fake}:{os.environ['PATH']}"})
     assert "built m.wasm" in r.stdout
-
-
-@pytest.mark.parametrize("lang", ["python", "js"])
-def test_component_languages_say_they_are_not_available_yet(tmp_path, lang):
-    r = iotwasm("new", "m", "--lang", lang, cwd=tmp_path, ok=False)
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "not available yet" in r.stderr and not (tmp_path / "m").exists()
-    listed = iotwasm("new", "--list", cwd=tmp_path).stdout
-    assert any(line.startswith(lang) and "not available yet" in line for line in listed.splitlines())
 
 
 @pytest.fixture()

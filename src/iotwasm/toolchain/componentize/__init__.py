@@ -54,6 +54,8 @@ def default_cache_dir() -> Path:
 #: one component build at a time keeps a 2-core machine responsive; builds take seconds
 BUILD_TIMEOUT_S = 600
 _SKIP_DIRS = {"build", "node_modules", "__pycache__", ".venv", ".git", ".iotwasm"}
+#: what is not copied from a project into the staging directory: the build's own output
+_STAGE_IGNORE = shutil.ignore_patterns(*_SKIP_DIRS, ".*", "*.wasm", "*.sha256")
 
 
 #: a project that cannot be built into a component: the toolchain's first error line
@@ -213,8 +215,11 @@ def build_python(project: str | os.PathLike, *, out: str | os.PathLike | None = 
         shutil.copytree(SDK_PYTHON / "iotwasm_sdk", tmp / "iotwasm_sdk",
                         ignore=shutil.ignore_patterns("__pycache__"))
         (tmp / "_iotwasm_entry.py").write_text(entry)
+        # the sources are staged too: componentize-py imports them, and Python would leave
+        # its __pycache__ in the project
+        shutil.copytree(b.project, tmp / "src", ignore=_STAGE_IGNORE)
         _run([tool, "-q", "-d", "wit", "-w", "module", "componentize", "--stub-wasi",
-              "-p", str(tmp), "-p", str(b.project), "_iotwasm_entry", "-o", str(built)],
+              "-p", str(tmp), "-p", str(tmp / "src"), "_iotwasm_entry", "-o", str(built)],
              tmp, "componentize-py")
 
     return b.run(digest, compile_in)
@@ -275,8 +280,7 @@ def build_js(project: str | os.PathLike, *, out: str | os.PathLike | None = None
     def compile_in(tmp: Path, built: Path) -> None:
         sdk = tmp / "node_modules" / "iotwasm-sdk"
         shutil.copytree(SDK_JS, sdk, ignore=shutil.ignore_patterns("toolchain", "node_modules"))
-        shutil.copytree(b.project, tmp / "src",
-                        ignore=shutil.ignore_patterns(*_SKIP_DIRS, ".*", "*.wasm", "*.sha256"))
+        shutil.copytree(b.project, tmp / "src", ignore=_STAGE_IGNORE)
         (tmp / "_iotwasm_entry.js").write_text(entry)
         _run([*tool, "--wit", "wit", "--world", "module", "--js", "_iotwasm_entry.js",
               "--module-root", str(tmp), "-o", str(built), "--sync", "--stub-wasi"],
