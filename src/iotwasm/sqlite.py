@@ -87,7 +87,7 @@ class _Connection(sqlite3.Connection):
         try:
             super().commit()
         except sqlite3.Error as e:
-            raise self._failed(e)
+            raise self._failed(e) from None
 
     def _failed(self, e: sqlite3.Error) -> Exception:
         err = storage_error(self.what, self.path, e)

@@ -82,9 +82,9 @@ async def push_module(request: Request, ctx: Ctx, who: Operator, name: str | Non
             async for chunk in request.stream():   # at most MAX_MODULE bytes (GuardedRoute)
                 size += len(chunk)
                 f.write(chunk)
-        data = Path(tmp).read_bytes()
+        data = await asyncio.to_thread(Path(tmp).read_bytes)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        await asyncio.to_thread(Path(tmp).unlink, missing_ok=True)
     if not data:
         raise invalid("empty body: send the module's bytes")
     from ...engine.module import digest_of
