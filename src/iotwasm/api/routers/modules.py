@@ -136,7 +136,7 @@ async def delete_module(ref: str, ctx: Ctx, who: Operator) -> dict:
         await ctx.deny(who, "module.delete", rec.digest, PolicyError(f"module {rec.digest[:19]} is shared with "
                                                                "other tenants; only a node admin can delete it"))
     users = {name for (kind, name), d in desired(node).items()
-             if kind == "Deployment" and _uses(node, d, rec.digest)}
+             if isinstance(d, Deployment) and _uses(node, d, rec.digest)}
     users |= {name for name, d in node.deployments.items() if d.module_digest == rec.digest}
     if users:
         raise Problem(409, "Conflict", f"module {rec.digest[:19]} is used by deployment(s) "
