@@ -51,6 +51,7 @@ def default_cache_dir() -> Path:
     """Where built components are kept, by digest of their inputs."""
     return Path(os.environ.get("IOTWASM_BUILD_CACHE") or cache_home() / "components")
 
+
 #: one component build at a time keeps a 2-core machine responsive; builds take seconds
 BUILD_TIMEOUT_S = 600
 _SKIP_DIRS = {"build", "node_modules", "__pycache__", ".venv", ".git", ".iotwasm"}

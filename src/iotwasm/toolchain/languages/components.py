@@ -42,17 +42,22 @@ class Component(Language):
             return path.parent, path.name
         return path, self.entry
 
-    def check(self) -> None:
+    @staticmethod
+    def _componentize():
+        # imported when used: the builder imports base.py of this package (a cycle at load)
         from .. import componentize
 
-        self._tool(componentize)
+        return componentize
+
+    def check(self) -> None:
+        self._tool(self._componentize())
 
     def _tool(self, componentize) -> object:
+        """The toolchain's command, or ToolchainMissing saying what to install."""
         raise NotImplementedError
 
     def build(self, path: Path, out: Path) -> str:
-        from .. import componentize
-
+        componentize = self._componentize()
         root, module = self._split(path)
         self._tool(componentize)
         self._build(componentize, root, module, out)
