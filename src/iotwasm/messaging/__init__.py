@@ -7,7 +7,8 @@
     await bus.subscribe("sensors/+/temperature", handler, qos=1)
     await bus.publish("sensors/t1/temperature", b"21.5", qos=1)
 
-See docs/messaging.md. `MqttBus` and `NatsBus` import their client libraries on first use.
+See docs/messaging.md. `MqttBus` and `NatsBus` are imported on first use: the NATS bus needs
+nats-py, and a process that only speaks MQTT need not load it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from .bus import (
     InProcessBus,
     Subscription,
     Will,
-    open_bus,
 )
 from .errors import (
     BrokerUnavailable,
@@ -42,6 +42,7 @@ from .topics import (
     validate_filter,
     validate_topic,
 )
+from .transports import open_bus
 
 __all__ = [
     "ACLStats", "TopicACL",

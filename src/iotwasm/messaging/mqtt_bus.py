@@ -174,7 +174,10 @@ class MqttBus(Bus):
                  backoff: Backoff | None = None):
         super().__init__()
         if max_packet_size < 1024:
-            raise ConfigError(f"max_packet_size {max_packet_size} is below 1024 bytes")
+            raise ConfigError(f"{url}: max_packet_size {max_packet_size} is below 1024 bytes")
+        if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= 0xFFFF:
+            raise ConfigError(f"{url}: keepalive must be whole seconds from 0 (off) to 65535, "
+                              f"not {keepalive!r}")
         self.url = url
         self.host, self.port, self.username, self.password = parse_mqtt_url(url)
         if tls is None and urllib.parse.urlsplit(url).scheme.lower() == "mqtts":
@@ -357,7 +360,10 @@ class MqttBus(Bus):
             self._emit_state(BusState.DISCONNECTED)
 
     async def _keep_alive(self) -> None:
-        """PINGREQ when idle; drop a connection that has been silent for 1.5 keepalives."""
+        """PINGREQ when idle; drop a connection that has been silent for 1.5 keepalives.
+        A keepalive of 0 turns both off (MQTT 3.1.1, 3.1.2.10)."""
+        if self.keepalive == 0:
+            return
         period = max(self.keepalive / 2, 0.5)
         while not self._closed:
             await asyncio.sleep(period)
