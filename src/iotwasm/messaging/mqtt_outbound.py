@@ -1,0 +1,197 @@
+"""MQTT publishes and their acknowledgements.
+
+`MqttOutbound` is the part of `MqttBus` that sends: QoS 0 publishes go straight to the
+connection's write queue; QoS 1 publishes take a packet identifier and a slot in the
+in-flight window (`max_inflight`, waited for in line) and are confirmed by the broker's
+PUBACK, or time out for their caller while the packet stays in flight for a late PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+from . import mqtt_codec as codec
+from .bus import as_payload, check_qos, settled
+from .errors import BrokerUnavailable, PublishTimeout
+from .topics import validate_topic
+
+
+def _expire_waiter(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+
+class MqttOutbound:
+    """Publish and acknowledgement half of `MqttBus` (a mixin: the state lives on the bus)."""
+
+    def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0) -> bytes:
+        tb = self._topic_bytes.get(topic)
+        if tb is None:
+            validate_topic(topic)
+            if len(self._topic_bytes) > 50_000:
+                self._topic_bytes.clear()
+            tb = self._topic_bytes[topic] = topic.encode()
+        if qos not in (0, 1):
+            check_qos(qos)
+            raise ConfigError(f"{self.url}: MQTT publishes are made at QoS 0 or 1, not {qos}")
+        return codec.publish(tb, as_payload(payload), qos, retain, mid)
+
+    def _on_puback(self, body: bytes) -> None:
+        entry = self._inflight.pop(codec.packet_id(body), None)
+        if entry is not None:
+            fut = entry[1]
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            if self._room_waiters:
+                self._wake_room_waiter()
+
+    def _check_connected(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(f"{self.url}: bus is closed")
+        if not self._connected:
+            raise BrokerUnavailable(
+                f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
+
+    def _has_room(self) -> bool:
+        return len(self._inflight) < self.max_inflight and self._conn.writable.is_set()
+
+    async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
+        """Wait, in line with other waiting publishers, until one more may be in flight."""
+        while not self._has_room() or self._room_waiters:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise PublishTimeout(
+                    f"{self.url}: {self.max_inflight} messages wait for an acknowledgement; "
+                    f"no room for {topic!r} within {wait}s")
+            if len(self._inflight) < self.max_inflight:  # the socket's buffer is full
+                try:
+                    await asyncio.wait_for(self._conn.writable.wait(), remaining)
+                except TimeoutError:
+                    pass
+                self._check_connected()
+                if self._has_room() and not self._room_waiters:
+                    return
+                continue
+            waiter = self._loop.create_future()
+            self._room_waiters.append(waiter)
+            timer = self._loop.call_later(remaining, _expire_waiter, waiter)
+            try:
+                await waiter
+            except TimeoutError:
+                continue  # the deadline check above raises PublishTimeout
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_room_waiter()  # we were given a slot: pass it on
+                raise
+            finally:
+                timer.cancel()
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+            self._check_connected()
+            if self._has_room():
+                return
+
+    def _wake_all_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_room_waiter(self) -> None:
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _send_qos1(self, topic: str, payload: Any, retain: bool) -> asyncio.Future:
+        mid = self._new_mid()
+        packet = self._packet(topic, payload, 1, retain, mid)
+        fut = self._loop.create_future()
+        self._inflight[mid] = [packet, fut]
+        self._write(packet)
+        return fut
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
+                      timeout: float | None = None) -> None:
+        self._check_connected()
+        if qos == 0:
+            self._write(self._packet(topic, payload, 0, retain))
+            self.stats.published += 1
+            return
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = self._loop.time() + wait
+        if not self._has_room() or self._room_waiters:
+            await self._room_for_one(topic, deadline, wait)
+        fut = self._send_qos1(topic, payload, retain)
+        await self._await_acks([fut], [topic], deadline, wait)
+        if fut.exception() is not None:
+            raise fut.exception()
+        self.stats.published += 1
+
+    async def publish_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+                           retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
+        """Publish a batch in order, waiting for all its acknowledgements together."""
+        return await (await self.send_many(items, qos=qos, retain=retain, timeout=timeout))
+
+    async def send_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+                        retain: bool = False, timeout: float | None = None):
+        """Write a batch in order (waiting for room in the in-flight window as needed) and
+        return a coroutine that waits for its PUBACKs: see `Bus.send_many`."""
+        items = list(items)
+        self._check_connected()
+        if qos == 0:
+            for topic, payload in items:
+                self._write(self._packet(topic, payload, 0, retain))
+            self.stats.published += len(items)
+            return settled([None] * len(items))
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = self._loop.time() + wait
+        futs: list[asyncio.Future] = []
+        failure: Exception | None = None
+        for topic, payload in items:
+            try:
+                if not self._has_room() or self._room_waiters:
+                    await self._room_for_one(topic, deadline, wait)
+                futs.append(self._send_qos1(topic, payload, retain))
+            except (BrokerUnavailable, PublishTimeout, ConfigError) as exc:
+                # what follows a failed message is not sent: order is kept for a retry
+                failure = exc
+                break
+        return self._confirm(futs, items, failure, deadline, wait)
+
+    async def _confirm(self, futs: list[asyncio.Future], items: list[tuple[str, bytes]],
+                       failure: Exception | None, deadline: float, wait: float
+                       ) -> list[Exception | None]:
+        await self._await_acks(futs, [t for t, _ in items[:len(futs)]], deadline, wait)
+        results: list[Exception | None] = []
+        for fut in futs:
+            exc = fut.exception()
+            if exc is None:
+                self.stats.published += 1
+            results.append(exc)
+        results += [failure] * (len(items) - len(futs))
+        return results
+
+    async def _await_acks(self, futs: list[asyncio.Future], topics: list[str], deadline: float,
+                          wait: float) -> None:
+        pending = [f for f in futs if not f.done()]
+        if pending:
+            remaining = max(0.0, deadline - self._loop.time())
+            await asyncio.wait(pending, timeout=remaining)
+        for fut, topic in zip(futs, topics):
+            if not fut.done():
+                # the packet stays in flight (a late PUBACK is still taken); the caller hears now
+                fut.set_exception(PublishTimeout(
+                    f"{self.url}: no acknowledgement for {topic!r} within {wait}s"))
+                fut.exception()
+
+    async def flush(self, *, timeout: float = 5.0) -> None:
+        """Wait for the acknowledgements of the qos 1 publishes in flight."""
+        pending = [e[1] for e in self._inflight.values() if e[1] is not None and not e[1].done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
