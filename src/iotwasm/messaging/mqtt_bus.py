@@ -32,16 +32,17 @@ import uuid
 
 from ..backoff import Backoff
 from ..errors import ConfigError
+from ..message import Envelope
 from . import mqtt_codec as codec
 from .bus import Bus, BusState, Will
 from .errors import BrokerUnavailable
 from .mqtt_inbound import MqttInbound, MqttSubscription
 from .mqtt_outbound import MqttOutbound
-from .mqtt_session import MqttSession, _Connection, parse_mqtt_url
+from .mqtt_session import BrokerLimits, MqttSession, _Connection, parse_mqtt_url
 
 
 class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
-    """MQTT 3.1.1 bus.
+    """MQTT 3.1.1 bus, or MQTT 5 with `version=5`.
 
     `client_id` given -> a persistent session (clean_session=False): the broker keeps the
     subscriptions and queues QoS 1 messages while the bus is away, and they arrive after the
@@ -65,8 +66,19 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
                  reconnect_min: float = 0.1, reconnect_max: float = 5.0,
                  connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None,
                  park_timeout: float = 30.0, max_packet_size: int = codec.DEFAULT_MAX_PACKET,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, version: int = 4,
+                 session_expiry: int | None = None, receive_maximum: int | None = None):
         super().__init__()
+        if version not in (4, 5):
+            raise ConfigError(f"{url}: MQTT version must be 4 (3.1.1) or 5, not {version!r}")
+        if version == 4 and (session_expiry is not None or receive_maximum is not None):
+            raise ConfigError(f"{url}: session_expiry and receive_maximum need MQTT 5 (version=5)")
+        for name, value, top in (("session_expiry", session_expiry, 0xFFFF_FFFF),
+                                 ("receive_maximum", receive_maximum, 0xFFFF)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not (name == "session_expiry" or value) or not 0 <= value <= top):
+                raise ConfigError(f"{url}: {name} must be a whole number from "
+                                  f"{0 if name == 'session_expiry' else 1} to {top}, not {value!r}")
         if max_packet_size < 1024:
             raise ConfigError(f"{url}: max_packet_size {max_packet_size} is below 1024 bytes")
         if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= 0xFFFF:
@@ -88,6 +100,18 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
         self.max_packet_size = max_packet_size
+        #: protocol level: 4 is MQTT 3.1.1, 5 is MQTT 5
+        self.version = version
+        #: MQTT 5: how long the broker keeps the session after a disconnect; a persistent
+        #: session (a client_id) is kept for ever by default, as MQTT 3.1.1 does
+        if session_expiry is None:
+            session_expiry = 0xFFFF_FFFF if self.persistent and version == 5 else 0
+        self.session_expiry = session_expiry
+        self.receive_maximum = receive_maximum
+        #: a message's envelope (MQTT 5 properties) travels only on MQTT 5
+        self.envelopes = version == 5
+        #: what the broker's CONNACK said (MQTT 5): its limits and, when refused, its reason
+        self.broker = BrokerLimits()
         #: delays between connection attempts; `backoff` lets a test pass a seeded one
         self._backoff = backoff or Backoff(reconnect_min, reconnect_max)
 
@@ -100,8 +124,11 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
         self._pinger: asyncio.Task | None = None
         #: broker-side filter -> qos, renewed on every connection
         self._broker_filters: dict[str, int] = {}
-        #: QoS 1 publishes awaiting PUBACK: packet id -> [packet, future or None], in send order
+        #: QoS 1 publishes awaiting PUBACK: packet id -> [packet, future or None, topic], in
+        #: send order
         self._inflight: dict[int, list] = {}
+        #: the most QoS 1 publishes that waited for their PUBACK at once (flow control's gauge)
+        self.inflight_peak = 0
         self._subacks: dict[int, asyncio.Future] = {}
         self._next_mid = 0
         self._changed: asyncio.Event | None = None  # set on connect / refusal
@@ -109,7 +136,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
         #: incoming QoS 1 messages in arrival order: [packet id, generation, handled]
         self._ack_queue: collections.deque[list] = collections.deque()
         #: persistent session: messages that arrived before a subscription matched them
-        self._parked: list[tuple[str, bytes, list, float]] = []
+        self._parked: list[tuple[str, bytes, list, float, Envelope | None]] = []
         self._park_timer: asyncio.TimerHandle | None = None
         self.park_timeout = park_timeout
         self._refusal: str | None = None
@@ -133,6 +160,8 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
             self._on_connack(conn, body)          # session: accepted (renew, resend) or refused
         elif ptype == codec.SUBACK:
             self._on_suback(body)                 # inbound: the subscription is made or refused
+        elif ptype == codec.DISCONNECT and self.version == 5:
+            self._on_disconnect(conn, body)       # session: the broker says why it hangs up
         elif ptype in (codec.UNSUBACK, codec.PINGRESP):
             pass
         else:
@@ -156,7 +185,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
         self._closed = True
         conn = self._conn
         if conn is not None and conn.transport is not None:
-            self._write(codec.DISCONNECT_PACKET)
+            self._write(codec.DISCONNECT_PACKET)  # reason 0 on MQTT 5: the same two bytes
             self._flush()
             conn.transport.close()
             try:

@@ -14,8 +14,9 @@ import asyncio
 import logging
 
 from ..errors import ConfigError
-from ..message import Message
+from ..message import Envelope, Message
 from . import mqtt_codec as codec
+from . import mqtt_props as mp
 from .bus import OK, RELEASED, Handler, Subscription, check_qos
 from .errors import BrokerUnavailable, SubscribeDenied
 from .topics import matches, validate_filter
@@ -71,10 +72,10 @@ class MqttInbound:
             mid = self._new_mid()
             fut = self._loop.create_future()
             self._subacks[mid] = fut
-            self._write(codec.subscribe(mid, [(broker_filter, wire_qos)]))
+            self._write(self._subscribe_packet(mid, [(broker_filter, wire_qos)]))
             wait = self.publish_timeout if timeout is None else timeout
             try:
-                failures = await asyncio.wait_for(asyncio.shield(fut), wait)
+                codes = await asyncio.wait_for(asyncio.shield(fut), wait)
             except TimeoutError:
                 await self._drop_sub(sub)
                 raise BrokerUnavailable(
@@ -83,11 +84,15 @@ class MqttInbound:
                 return sub  # renewed on the next connection
             finally:
                 self._subacks.pop(mid, None)
-            if any(failures):
+            refused = [c for c in codes if c >= 0x80]
+            if refused:
                 await self._drop_sub(sub)
-                raise SubscribeDenied(
+                why = mp.reason_text(refused[0]) if self.version == 5 else "failure (0x80)"
+                exc = SubscribeDenied(
                     f"{self.url}: broker refused the subscription to {broker_filter!r} "
-                    f"for client {self.client_id!r}")
+                    f"for client {self.client_id!r}: {why}")
+                exc.reason_code = refused[0]  # type: ignore[attr-defined]
+                raise exc
         return sub
 
     async def _drop_sub(self, sub: MqttSubscription) -> str | None:
@@ -104,7 +109,8 @@ class MqttInbound:
         assert isinstance(sub, MqttSubscription)
         removed = await self._drop_sub(sub)
         if removed is not None and self._connected:
-            self._write(codec.unsubscribe(self._new_mid(), [removed]))
+            unsubscribe = codec.unsubscribe5 if self.version == 5 else codec.unsubscribe
+            self._write(unsubscribe(self._new_mid(), [removed]))
 
     async def _detach(self, sub: Subscription, grace: float) -> None:
         """Stop `sub` here and send no UNSUBSCRIBE: the broker keeps the filter in the
@@ -120,20 +126,40 @@ class MqttInbound:
         await sub.stop(grace=grace, release_queued=True)
 
     def _on_publish(self, flags: int, body: bytes) -> None:
-        topic_b, qos, mid, payload = codec.parse_publish(flags, body)
+        envelope = None
+        if self.version == 5:
+            topic_b, qos, mid, found, payload = codec.parse_publish5(flags, body)
+            if found:
+                if mp.TOPIC_ALIAS in found:  # we allow none (CONNECT has no alias maximum)
+                    raise codec.ProtocolError("PUBLISH with a topic alias, which the client "
+                                              "did not allow")
+                envelope = mp.envelope_of(found)
+        else:
+            topic_b, qos, mid, payload = codec.parse_publish(flags, body)
         try:
             topic = topic_b.decode()
         except UnicodeDecodeError:
             topic = None
-        self._on_message(topic, payload, qos, mid, self._generation)
+        self._on_message(topic, payload, qos, mid, self._generation, envelope)
 
     def _on_suback(self, body: bytes) -> None:
-        fut = self._subacks.pop(codec.packet_id(body), None)
+        """The SUBACK's reason codes go to the waiting `subscribe`: 0-2 the QoS granted,
+        0x80 and up a refusal (on 3.1.1 only 0x80, 'failure')."""
+        if self.version == 5:
+            mid, codes, _found = codec.parse_suback5(body)
+        else:
+            mid, codes = codec.packet_id(body), list(body[2:])
+        fut = self._subacks.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result([rc == 0x80 for rc in body[2:]])
+            fut.set_result(codes)
+
+    def _subscribe_packet(self, mid: int, filters: list[tuple[str, int]]) -> bytes:
+        if self.version == 5:
+            return codec.subscribe5(mid, filters)  # options: the QoS alone
+        return codec.subscribe(mid, filters)
 
     def _on_message(self, topic: str | None, payload: bytes, qos: int, mid: int,
-                    generation: int) -> None:
+                    generation: int, envelope: Envelope | None = None) -> None:
         self.stats.received += 1
         targets = []
         if topic is not None:
@@ -142,7 +168,7 @@ class MqttInbound:
             log.warning("mqtt %s: dropped a message whose topic is not UTF-8", self.url)
         if qos == 0:
             for sub in targets:
-                if sub.queued() >= self.max_pending or not sub.offer(Message(topic, payload)):
+                if sub.queued() >= self.max_pending or not sub.offer(Message(topic, payload, envelope=envelope)):
                     self.stats.dropped += 1
             return
         # qos 1: acknowledge when every matching handler is done with it, in the order the
@@ -152,15 +178,16 @@ class MqttInbound:
         self._ack_queue.append(entry)
         if not targets:
             if self.persistent and topic is not None:
-                self._park(topic, payload, entry)
+                self._park(topic, payload, entry, envelope)
             else:
                 self._ready(entry)
             return
-        self._hand_out(targets, topic, payload, entry)
+        self._hand_out(targets, topic, payload, entry, envelope)
 
-    def _hand_out(self, targets: list, topic: str, payload: bytes, entry: list) -> None:
+    def _hand_out(self, targets: list, topic: str, payload: bytes, entry: list,
+                  envelope: Envelope | None = None) -> None:
         if len(targets) == 1:
-            targets[0].offer(Message(topic, payload), lambda outcome: self._settle(entry, outcome))
+            targets[0].offer(Message(topic, payload, envelope=envelope), lambda outcome: self._settle(entry, outcome))
             return
         remaining = [len(targets), OK]
 
@@ -172,24 +199,24 @@ class MqttInbound:
                 self._settle(entry, remaining[1])
 
         for sub in targets:
-            sub.offer(Message(topic, payload), done)
+            sub.offer(Message(topic, payload, envelope=envelope), done)
 
-    def _park(self, topic: str, payload: bytes, entry: list) -> None:
+    def _park(self, topic: str, payload: bytes, entry: list, envelope: Envelope | None) -> None:
         """A session's message that arrived before its subscriber did (a node connects,
         the broker delivers what it kept, the routes subscribe a moment later): hold it,
         unacknowledged, until a matching subscription is made or `park_timeout` passes."""
-        self._parked.append((topic, payload, entry, self._loop.time()))
+        self._parked.append((topic, payload, entry, self._loop.time(), envelope))
         if self._park_timer is None:
             self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
 
     def _claim_parked(self) -> None:
         parked, self._parked = self._parked, []
-        for topic, payload, entry, since in parked:
+        for topic, payload, entry, since, envelope in parked:
             targets = [s for s in self._matching(topic) if s.active]
             if targets:
-                self._hand_out(targets, topic, payload, entry)
+                self._hand_out(targets, topic, payload, entry, envelope)
             else:
-                self._parked.append((topic, payload, entry, since))
+                self._parked.append((topic, payload, entry, since, envelope))
 
     def _expire_parked(self) -> None:
         self._park_timer = None

@@ -13,9 +13,17 @@ import collections
 from typing import Any, Iterable
 
 from ..errors import ConfigError
+from ..message import Envelope
 from . import mqtt_codec as codec
+from . import mqtt_props as mp
 from .bus import as_payload, check_qos, settled
-from .errors import BrokerUnavailable, PublishTimeout
+from .errors import (
+    BrokerUnavailable,
+    MessageTooLarge,
+    PublishDenied,
+    PublishRefused,
+    PublishTimeout,
+)
 from .topics import validate_topic
 
 
@@ -28,7 +36,8 @@ def _expire_waiter(waiter: asyncio.Future) -> None:
 class MqttOutbound:
     """Publish and acknowledgement half of `MqttBus` (a mixin: the state lives on the bus)."""
 
-    def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0) -> bytes:
+    def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0,
+                envelope: Envelope | None = None) -> bytes:
         tb = self._topic_bytes.get(topic)
         if tb is None:
             validate_topic(topic)
@@ -38,16 +47,58 @@ class MqttOutbound:
         if qos not in (0, 1):
             check_qos(qos)
             raise ConfigError(f"{self.url}: MQTT publishes are made at QoS 0 or 1, not {qos}")
-        return codec.publish(tb, as_payload(payload), qos, retain, mid)
+        if self.version == 4:
+            if envelope is not None:
+                raise ConfigError(f"{self.url}: MQTT 3.1.1 cannot carry the headers and "
+                                  f"properties of the message on {topic!r} (use version=5)")
+            return codec.publish(tb, as_payload(payload), qos, retain, mid)
+        block = codec.EMPTY_PROPS
+        if envelope is not None:
+            try:
+                block = mp.encode(mp.envelope_properties(envelope))
+            except ValueError as exc:
+                raise ConfigError(f"{self.url}: message on {topic!r}: {exc}") from None
+        packet = codec.publish5(tb, as_payload(payload), qos, retain, mid, block)
+        limit = self.broker.maximum_packet_size
+        if limit is not None and len(packet) > limit:
+            raise MessageTooLarge(
+                f"{self.url}: the message on {topic!r} makes a packet of {len(packet):,} bytes; "
+                f"the broker takes at most {limit:,}")
+        return packet
 
     def _on_puback(self, body: bytes) -> None:
-        entry = self._inflight.pop(codec.packet_id(body), None)
+        if self.version == 5:
+            mid, code, found = codec.parse_ack5("PUBACK", body)
+        else:
+            mid, code, found = codec.packet_id(body), 0, None
+        entry = self._inflight.pop(mid, None)
         if entry is not None:
             fut = entry[1]
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                if code < 0x80:  # 0x10, no matching subscribers, is a success too
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(self._refusal_error(entry[2], code, found))
+                    fut.exception()
             if self._room_waiters:
                 self._wake_room_waiter()
+
+    def _refusal_error(self, topic: str, code: int, found: dict) -> Exception:
+        reason = mp.reason_text(code)
+        if found.get(mp.REASON_STRING):
+            reason += f": {found[mp.REASON_STRING]}"
+        message = f"{self.url}: the broker refused the message on {topic!r}: {reason}"
+        if code == 0x87:
+            exc: Exception = PublishDenied(message)
+            exc.reason_code = code  # type: ignore[attr-defined]
+            return exc
+        return PublishRefused(message, reason_code=code)
+
+    @property
+    def inflight_limit(self) -> int:
+        """How many QoS 1 publishes may wait for their PUBACK at once: `max_inflight`, and
+        on MQTT 5 no more than the broker's receive maximum (flow control, 4.9)."""
+        return min(self.max_inflight, self.broker.receive_maximum)
 
     def _check_connected(self) -> None:
         if self._closed:
@@ -57,7 +108,7 @@ class MqttOutbound:
                 f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
 
     def _has_room(self) -> bool:
-        return len(self._inflight) < self.max_inflight and self._conn.writable.is_set()
+        return len(self._inflight) < self.inflight_limit and self._conn.writable.is_set()
 
     async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
         """Wait, in line with other waiting publishers, until one more may be in flight."""
@@ -65,9 +116,9 @@ class MqttOutbound:
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 raise PublishTimeout(
-                    f"{self.url}: {self.max_inflight} messages wait for an acknowledgement; "
+                    f"{self.url}: {self.inflight_limit} messages wait for an acknowledgement; "
                     f"no room for {topic!r} within {wait}s")
-            if len(self._inflight) < self.max_inflight:  # the socket's buffer is full
+            if len(self._inflight) < self.inflight_limit:  # the socket's buffer is full
                 try:
                     await asyncio.wait_for(self._conn.writable.wait(), remaining)
                 except TimeoutError:
@@ -108,26 +159,31 @@ class MqttOutbound:
                 waiter.set_result(None)
                 return
 
-    def _send_qos1(self, topic: str, payload: Any, retain: bool) -> asyncio.Future:
+    def _send_qos1(self, topic: str, payload: Any, retain: bool,
+                   envelope: Envelope | None = None) -> asyncio.Future:
         mid = self._new_mid()
-        packet = self._packet(topic, payload, 1, retain, mid)
+        packet = self._packet(topic, payload, 1, retain, mid, envelope)
         fut = self._loop.create_future()
-        self._inflight[mid] = [packet, fut]
+        self._inflight[mid] = [packet, fut, topic]
+        if len(self._inflight) > self.inflight_peak:
+            self.inflight_peak = len(self._inflight)
         self._write(packet)
         return fut
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
-                      timeout: float | None = None) -> None:
+                      timeout: float | None = None, envelope: Envelope | None = None) -> None:
+        """See `Bus.publish`. `envelope` (MQTT 5 only) sends the message's headers as user
+        properties, and its expiry, content type, response topic and correlation data."""
         self._check_connected()
         if qos == 0:
-            self._write(self._packet(topic, payload, 0, retain))
+            self._write(self._packet(topic, payload, 0, retain, 0, envelope))
             self.stats.published += 1
             return
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._loop.time() + wait
         if not self._has_room() or self._room_waiters:
             await self._room_for_one(topic, deadline, wait)
-        fut = self._send_qos1(topic, payload, retain)
+        fut = self._send_qos1(topic, payload, retain, envelope)
         await self._await_acks([fut], [topic], deadline, wait)
         if fut.exception() is not None:
             raise fut.exception()
@@ -141,24 +197,27 @@ class MqttOutbound:
     async def send_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
                         retain: bool = False, timeout: float | None = None):
         """Write a batch in order (waiting for room in the in-flight window as needed) and
-        return a coroutine that waits for its PUBACKs: see `Bus.send_many`."""
+        return a coroutine that waits for its PUBACKs: see `Bus.send_many`. An item may be
+        ``(topic, payload, envelope)`` on MQTT 5 (see `publish`)."""
         items = list(items)
         self._check_connected()
         if qos == 0:
-            for topic, payload in items:
-                self._write(self._packet(topic, payload, 0, retain))
+            for item in items:
+                self._write(self._packet(item[0], item[1], 0, retain, 0,
+                                         item[2] if len(item) > 2 else None))
             self.stats.published += len(items)
             return settled([None] * len(items))
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._loop.time() + wait
         futs: list[asyncio.Future] = []
         failure: Exception | None = None
-        for topic, payload in items:
+        for item in items:
             try:
                 if not self._has_room() or self._room_waiters:
-                    await self._room_for_one(topic, deadline, wait)
-                futs.append(self._send_qos1(topic, payload, retain))
-            except (BrokerUnavailable, PublishTimeout, ConfigError) as exc:
+                    await self._room_for_one(item[0], deadline, wait)
+                futs.append(self._send_qos1(item[0], item[1], retain,
+                                            item[2] if len(item) > 2 else None))
+            except (BrokerUnavailable, PublishTimeout, ConfigError, MessageTooLarge) as exc:
                 # what follows a failed message is not sent: order is kept for a retry
                 failure = exc
                 break
@@ -167,7 +226,7 @@ class MqttOutbound:
     async def _confirm(self, futs: list[asyncio.Future], items: list[tuple[str, bytes]],
                        failure: Exception | None, deadline: float, wait: float
                        ) -> list[Exception | None]:
-        await self._await_acks(futs, [t for t, _ in items[:len(futs)]], deadline, wait)
+        await self._await_acks(futs, [item[0] for item in items[:len(futs)]], deadline, wait)
         results: list[Exception | None] = []
         for fut in futs:
             exc = fut.exception()

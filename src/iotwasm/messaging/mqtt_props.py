@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from ..message import Envelope
 from .mqtt_errors import ProtocolError
 
 PAYLOAD_FORMAT = 0x01
@@ -258,3 +259,42 @@ def decode(data: bytes, pos: int, end: int | None = None) -> tuple[dict[int, Any
             pos += size
         props[pid] = value
     return props, stop
+
+
+# ---------------------------------------------------------------------------- envelopes
+
+def envelope_properties(env: Envelope) -> dict[int, Any]:
+    """The PUBLISH properties that carry `env`."""
+    found: dict[int, Any] = {}
+    if env.utf8:
+        found[PAYLOAD_FORMAT] = 1
+    if env.expiry_s is not None:
+        found[MESSAGE_EXPIRY] = env.expiry_s
+    if env.content_type is not None:
+        found[CONTENT_TYPE] = env.content_type
+    if env.response_topic is not None:
+        found[RESPONSE_TOPIC] = env.response_topic
+    if env.correlation_data is not None:
+        found[CORRELATION_DATA] = env.correlation_data
+    if env.headers:
+        found[USER_PROPERTY] = list(env.headers)
+    return found
+
+
+def envelope_of(found: dict[int, Any]) -> Envelope | None:
+    """The envelope of an incoming PUBLISH's properties; None when it has none of them
+    (subscription identifiers and topic aliases are the connection's, not the message's)."""
+    if not found:
+        return None
+    env = Envelope(
+        headers=tuple(found.get(USER_PROPERTY, ())),
+        content_type=found.get(CONTENT_TYPE),
+        response_topic=found.get(RESPONSE_TOPIC),
+        correlation_data=found.get(CORRELATION_DATA),
+        expiry_s=found.get(MESSAGE_EXPIRY),
+        utf8=found.get(PAYLOAD_FORMAT) == 1,
+    )
+    return None if env == _NO_ENVELOPE else env
+
+
+_NO_ENVELOPE = Envelope()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import socket
 import ssl
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from . import mqtt_codec as codec
+from . import mqtt_props as mp
 from .bus import BusState
 from .errors import BrokerUnavailable
 
@@ -45,10 +47,38 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
     return parsed.hostname, port, user, password
 
 
-
 class _Refused(Exception):
     pass
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """What the broker's last CONNACK (or DISCONNECT) said, on MQTT 5; the defaults are
+    MQTT's own when the broker leaves a property out, and all there is on 3.1.1.
+
+    `receive_maximum` caps the QoS 1 publishes in flight (with the bus's `max_inflight`);
+    a PUBLISH larger than `maximum_packet_size` is refused before it is sent."""
+
+    receive_maximum: int = 65535
+    maximum_packet_size: int | None = None
+    topic_alias_maximum: int = 0
+    maximum_qos: int = 2
+    retain_available: bool = True
+    shared_subscriptions: bool = True
+    server_keep_alive: int | None = None
+    #: the reason code and text of the last refusal or broker-side disconnect
+    reason_code: int = 0
+    reason: str = ""
+
+    @classmethod
+    def of(cls, found: dict) -> BrokerLimits:
+        return cls(receive_maximum=found.get(mp.RECEIVE_MAXIMUM, 65535),
+                   maximum_packet_size=found.get(mp.MAXIMUM_PACKET_SIZE),
+                   topic_alias_maximum=found.get(mp.TOPIC_ALIAS_MAXIMUM, 0),
+                   maximum_qos=found.get(mp.MAXIMUM_QOS, 2),
+                   retain_available=bool(found.get(mp.RETAIN_AVAILABLE, 1)),
+                   shared_subscriptions=bool(found.get(mp.SHARED_SUB_AVAILABLE, 1)),
+                   server_keep_alive=found.get(mp.SERVER_KEEP_ALIVE))
 
 
 class _Connection(asyncio.Protocol):
@@ -185,25 +215,65 @@ class MqttSession:
                 will = None
                 if self.will is not None:
                     will = (self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-                conn.transport.write(codec.connect(
-                    self.client_id, clean_session=not self.persistent, keepalive=self.keepalive,
-                    username=self.username, password=self.password, will=will))
+                if self.version == 5:
+                    conn.transport.write(codec.connect5(
+                        self.client_id, clean_start=not self.persistent, keepalive=self.keepalive,
+                        username=self.username, password=self.password, will=will,
+                        properties=self._connect_properties()))
+                else:
+                    conn.transport.write(codec.connect(
+                        self.client_id, clean_session=not self.persistent,
+                        keepalive=self.keepalive, username=self.username,
+                        password=self.password, will=will))
                 await conn.connack  # `_accepted` has made it the bus's connection by now
             except BaseException:
                 conn.transport.abort()
                 raise
         return conn
 
+    def _connect_properties(self) -> dict:
+        """MQTT 5 CONNECT properties: the session's lifetime, how many QoS 1 messages the
+        broker may send before our PUBACKs (receive maximum), and our packet limit, so the
+        broker drops what we would refuse instead of costing us the connection."""
+        found = {mp.MAXIMUM_PACKET_SIZE: self.max_packet_size}
+        if self.session_expiry:
+            found[mp.SESSION_EXPIRY] = self.session_expiry
+        if self.receive_maximum is not None:
+            found[mp.RECEIVE_MAXIMUM] = self.receive_maximum
+        return found
+
     def _on_connack(self, conn: _Connection, body: bytes) -> None:
-        if len(body) < 2:
-            raise codec.ProtocolError("short CONNACK")
-        if body[1] != 0:
-            reason = codec.CONNACK_REASONS.get(body[1], f"return code {body[1]}")
+        if self.version == 5:
+            session_present, code, found = codec.parse_connack5(body)
+            reason = mp.reason_text(code)
+            if found.get(mp.REASON_STRING):
+                reason += f": {found[mp.REASON_STRING]}"
+        else:
+            if len(body) < 2:
+                raise codec.ProtocolError("short CONNACK")
+            session_present, code, found = bool(body[0] & 1), body[1], {}
+            reason = codec.CONNACK_REASONS.get(code, f"return code {code}")
+        if code != 0:
+            self.broker = BrokerLimits(reason_code=code, reason=reason)
             if not conn.connack.done():
                 conn.connack.set_exception(_Refused(reason))
             conn.transport.close()
         elif not conn.connack.done():
-            self._accepted(conn, bool(body[0] & 1))
+            self.broker = BrokerLimits.of(found)
+            self._accepted(conn, session_present)
+
+    def _on_disconnect(self, conn: _Connection, body: bytes) -> None:
+        """MQTT 5: the broker closes the connection and says why (session taken over, keep
+        alive timeout, ...): the reason goes into the log and the next error."""
+        code, found = codec.parse_disconnect5(body)
+        reason = mp.reason_text(code)
+        if found.get(mp.REASON_STRING):
+            reason += f": {found[mp.REASON_STRING]}"
+        self.broker = dataclasses.replace(self.broker, reason_code=code, reason=reason)
+        log.warning("mqtt %s: the broker disconnected: %s", self.url, reason)
+        conn.transport.close()
+        if self._conn is conn:
+            self._on_lost(f"the broker disconnected: {reason}")
 
     def _accepted(self, conn: _Connection, session_present: bool) -> None:
         """The broker accepted `conn` (CONNACK). Runs while the CONNACK is decoded: a
@@ -214,7 +284,8 @@ class MqttSession:
         self._last_recv = self._last_sent = time.monotonic()
         # subscriptions first, then the retransmissions (the order a session expects)
         if self._broker_filters:
-            self._write(codec.subscribe(self._new_mid_for_renewal(), list(self._broker_filters.items())))
+            self._write(self._subscribe_packet(self._new_mid_for_renewal(),
+                                               list(self._broker_filters.items())))
         for entry in self._inflight.values():
             entry[0] = codec.with_dup(entry[0])
             self._write(entry[0])
@@ -238,7 +309,7 @@ class MqttSession:
         return mid
 
     def _renewed(self, fut: asyncio.Future) -> None:
-        if not fut.cancelled() and fut.exception() is None and any(fut.result()):
+        if not fut.cancelled() and fut.exception() is None and any(c >= 0x80 for c in fut.result()):
             log.error("mqtt %s: broker refused renewing a subscription for client %r",
                       self.url, self.client_id)
 
@@ -276,22 +347,21 @@ class MqttSession:
         A keepalive of 0 turns both off (MQTT 3.1.1, 3.1.2.10)."""
         if self.keepalive == 0:
             return
-        period = max(self.keepalive / 2, 0.5)
         while not self._closed:
+            # an MQTT 5 broker may ask for another keep alive (server keep alive, 3.2.2.3.14)
+            keepalive = self.broker.server_keep_alive or self.keepalive
+            period = max(keepalive / 2, 0.5)
             await asyncio.sleep(period)
             conn = self._conn
             if conn is None or conn.transport is None:
                 continue
             now = time.monotonic()
-            if now - self._last_recv > self.keepalive * 1.5:
+            if now - self._last_recv > keepalive * 1.5:
                 log.warning("mqtt %s: no answer within %.0fs; reconnecting", self.url,
-                            self.keepalive * 1.5)
+                            keepalive * 1.5)
                 conn.transport.abort()
             elif now - self._last_sent >= period:
                 self._write(codec.PINGREQ_PACKET)
-    @property
-    def connected(self) -> bool:
-        return self._connected and not self._closed
 
     async def connect(self, *, timeout: float = 10.0, wait: bool = True) -> None:
         """Start connecting; from then on the bus reconnects by itself, with backoff, until

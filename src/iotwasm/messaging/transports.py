@@ -14,7 +14,9 @@ from ..errors import ConfigError
 from .bus import Bus, InProcessBus
 
 #: integer options an ``mqtt://`` URL may carry in its query string
-_MQTT_INT_OPTIONS = ("keepalive", "max_packet_size")
+_MQTT_INT_OPTIONS = ("keepalive", "max_packet_size", "session_expiry", "receive_maximum")
+#: how an ``mqtt://`` URL may name the protocol version: MQTT 3.1.1 is protocol level 4
+_MQTT_VERSIONS = {"4": 4, "3.1.1": 4, "311": 4, "5": 5, "5.0": 5}
 
 
 def _query_flag(value: str) -> bool:
@@ -25,8 +27,10 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
     """Make a bus from a URL (not yet connected: call `await bus.connect()`).
 
     * ``None`` or ``memory://`` -> `InProcessBus`
-    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B]``
-      -> `MqttBus` (``mqtts://`` for TLS with the system's trusted CAs, port 8883)
+    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B
+      &version=5&session_expiry=S&receive_maximum=N]`` -> `MqttBus` (``mqtts://`` for TLS
+      with the system's trusted CAs, port 8883; ``version`` is ``3.1.1``, the default, or
+      ``5``; the last two options need 5)
     * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
 
     Keyword options are passed to the bus's constructor and win over the query string. A
@@ -46,6 +50,11 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
         kwargs: dict[str, Any] = {}
         if "client_id" in query:
             kwargs["client_id"] = query.pop("client_id")
+        if "version" in query:
+            value = query.pop("version")
+            if value not in _MQTT_VERSIONS:
+                raise ConfigError(f"version in {url!r} must be 3.1.1 or 5, not {value!r}")
+            kwargs["version"] = _MQTT_VERSIONS[value]
         for key in _MQTT_INT_OPTIONS:
             if key in query:
                 value = query.pop(key)
