@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Union
 
 from ..errors import ConfigError
-from ..message import Message
+from ..message import Envelope, Message
 from .errors import BrokerUnavailable
 from .topics import matches, validate_filter, validate_topic
 
@@ -315,6 +315,10 @@ class Bus(abc.ABC):
 
     #: short name used in messages ("memory", "mqtt", "nats")
     scheme = "bus"
+    #: whether `publish` takes an `envelope` (a message's headers and MQTT 5 properties) and
+    #: `send_many` items of ``(topic, payload, envelope)``; a sink passes envelopes on only
+    #: to a bus that carries them
+    envelopes = False
 
     def __init__(self) -> None:
         self.stats = BusStats()
@@ -369,7 +373,9 @@ class Bus(abc.ABC):
         else the error (as `publish` would have raised it). Buses override this when they
         can send a batch cheaper than message by message."""
         results = await asyncio.gather(
-            *(self.publish(t, p, qos=qos, retain=retain, timeout=timeout) for t, p in items),
+            *(self.publish(item[0], item[1], qos=qos, retain=retain, timeout=timeout,
+                           **({"envelope": item[2]} if len(item) > 2 else {}))
+              for item in items),
             return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, Exception):
@@ -453,6 +459,7 @@ class InProcessBus(Bus):
     """
 
     scheme = "memory"
+    envelopes = True
 
     def __init__(self, *, max_pending: int = 1000, will: Will | None = None):
         super().__init__()
@@ -510,7 +517,7 @@ class InProcessBus(Bus):
         return out
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
-                      timeout: float | None = None) -> None:
+                      timeout: float | None = None, envelope: Envelope | None = None) -> None:
         validate_topic(topic)
         payload = as_payload(payload)
         check_qos(qos)
@@ -528,7 +535,7 @@ class InProcessBus(Bus):
             self.stats.received += 1
         for sub in targets:
             if sub.active:
-                await sub.put(Message(topic, payload))
+                await sub.put(Message(topic, payload, envelope=envelope))
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
                         queue: str | None = None, durable: str | None = None) -> Subscription:
