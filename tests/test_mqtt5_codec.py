@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iotwasm.message import Envelope
 from iotwasm.messaging import mqtt_codec as codec
 from iotwasm.messaging import mqtt_props as P
 from iotwasm.messaging.mqtt_errors import ProtocolError
@@ -114,3 +115,24 @@ def test_a_property_block_cannot_read_past_its_packet():
     body = b"\x00\x01t" + b"\x7f" + b"\x26\x00"
     with pytest.raises(ProtocolError, match="run past the end of the packet"):
         codec.parse_publish5(0, body)
+
+
+@given(properties, st.binary(max_size=50))
+@settings(max_examples=200, deadline=None)
+def test_read_publish5_agrees_with_a_full_decode_first_time_and_from_its_memo(props, payload):
+    p = codec.publish5(b"a/b", payload, 1, False, 9, P.encode(props))
+    [(_, flags, body)] = codec.Decoder().feed(p)
+    _, _, _, full, rest = codec.parse_publish5(flags, body)
+    own = {k: full.pop(k) for k in (P.TOPIC_ALIAS, P.SUBSCRIPTION_ID) if k in full}
+    expected = (b"a/b", 1, 9, P.envelope_of(full), own, payload)
+    assert rest == payload
+    assert codec.read_publish5(flags, body) == expected
+    assert codec.read_publish5(flags, body) == expected   # the second time from the memo
+
+
+def test_envelope_block_round_trips_and_bounds_headers():
+    env = Envelope(headers=(("a", "1"), ("a", "2")), content_type="text/plain", expiry_s=5,
+                   response_topic="r/t", correlation_data=b"\x00", utf8=True)
+    assert P.read_envelope(P.envelope_block(env), 0)[0] == env
+    with pytest.raises(ValueError, match="user property value of 65,536 bytes"):
+        P.envelope_block(Envelope(headers=(("big", "v" * 65_536),)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+from ..message import Envelope
 from . import mqtt_props as props
 from .mqtt_errors import PacketTooLarge, ProtocolError
 
@@ -253,6 +254,21 @@ def publish5(topic: bytes, payload: bytes, qos: int, retain: bool, mid: int = 0,
 
 def parse_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, dict, bytes]:
     """(topic bytes, qos, packet id, properties, payload) of an incoming level-5 PUBLISH."""
+    topic, qos, mid, pos = _publish5_head(flags, body)
+    found, pos = props.decode(body, pos)
+    return topic, qos, mid, found, body[pos:]
+
+
+def read_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, Envelope | None, dict, bytes]:
+    """(topic bytes, qos, packet id, envelope, the connection's properties, payload): what
+    the bus needs of a level-5 PUBLISH, with repeated property blocks decoded once
+    (`mqtt_props.read_envelope`)."""
+    topic, qos, mid, pos = _publish5_head(flags, body)
+    env, own, pos = props.read_envelope(body, pos)
+    return topic, qos, mid, env, own, body[pos:]
+
+
+def _publish5_head(flags: int, body: bytes) -> tuple[bytes, int, int, int]:
     if len(body) < 2:
         raise ProtocolError("PUBLISH without a topic")
     tl = (body[0] << 8) | body[1]
@@ -263,8 +279,7 @@ def parse_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, dict, byte
     if len(body) < pos + 1:
         raise ProtocolError("PUBLISH shorter than its topic, packet identifier and properties")
     mid = ((body[2 + tl] << 8) | body[3 + tl]) if qos else 0
-    found, pos = props.decode(body, pos)
-    return body[2:2 + tl], qos, mid, found, body[pos:]
+    return body[2:2 + tl], qos, mid, pos
 
 
 def puback5(mid: int, reason: int = 0) -> bytes:

@@ -128,12 +128,10 @@ class MqttInbound:
     def _on_publish(self, flags: int, body: bytes) -> None:
         envelope = None
         if self.version == 5:
-            topic_b, qos, mid, found, payload = codec.parse_publish5(flags, body)
-            if found:
-                if mp.TOPIC_ALIAS in found:  # we allow none (CONNECT has no alias maximum)
-                    raise codec.ProtocolError("PUBLISH with a topic alias, which the client "
-                                              "did not allow")
-                envelope = mp.envelope_of(found)
+            topic_b, qos, mid, envelope, own, payload = codec.read_publish5(flags, body)
+            if mp.TOPIC_ALIAS in own:  # we allow none (CONNECT has no alias maximum)
+                raise codec.ProtocolError("PUBLISH with a topic alias, which the client did "
+                                          "not allow")
         else:
             topic_b, qos, mid, payload = codec.parse_publish(flags, body)
         try:

@@ -55,7 +55,7 @@ class MqttOutbound:
         block = codec.EMPTY_PROPS
         if envelope is not None:
             try:
-                block = mp.encode(mp.envelope_properties(envelope))
+                block = mp.envelope_block(envelope)
             except ValueError as exc:
                 raise ConfigError(f"{self.url}: message on {topic!r}: {exc}") from None
         packet = codec.publish5(tb, as_payload(payload), qos, retain, mid, block)

@@ -263,6 +263,24 @@ def decode(data: bytes, pos: int, end: int | None = None) -> tuple[dict[int, Any
 
 # ---------------------------------------------------------------------------- envelopes
 
+#: devices repeat their headers: an envelope's block, and a block's envelope, are memoised
+#: (both are immutable), bounded by clearing when full
+_CACHE_LIMIT = 4096
+_blocks: dict[Envelope, bytes] = {}
+_envelopes: dict[bytes, Envelope | None] = {}
+
+
+def envelope_block(env: Envelope) -> bytes:
+    """The encoded PUBLISH property block that carries `env` (ValueError past a bound)."""
+    block = _blocks.get(env)
+    if block is None:
+        block = encode(envelope_properties(env))
+        if len(_blocks) >= _CACHE_LIMIT:
+            _blocks.clear()
+        _blocks[env] = block
+    return block
+
+
 def envelope_properties(env: Envelope) -> dict[int, Any]:
     """The PUBLISH properties that carry `env`."""
     found: dict[int, Any] = {}
@@ -279,6 +297,33 @@ def envelope_properties(env: Envelope) -> dict[int, Any]:
     if env.headers:
         found[USER_PROPERTY] = list(env.headers)
     return found
+
+
+def read_envelope(data: bytes, pos: int, end: int | None = None) -> tuple[Envelope | None, dict[int, Any], int]:
+    """Decode the property block of an incoming PUBLISH at `pos`: (its envelope, the
+    properties that are the connection's rather than the message's, position after it).
+    A block seen before is not decoded again unless it holds a topic alias or
+    subscription identifier (which the caller must see)."""
+    end = len(data) if end is None else end
+    if data[pos] == 0:  # no properties: the common case on a busy bus
+        return None, {}, pos + 1
+    length, start = read_varint(data, pos, end)
+    stop = start + length
+    block = bytes(data[pos:stop]) if stop <= end else b""
+    hit = _envelopes.get(block, _MISSING) if block else _MISSING
+    if hit is not _MISSING:
+        return hit, {}, stop  # type: ignore[return-value]
+    found, stop = decode(data, pos, end)
+    own = {k: found.pop(k) for k in (TOPIC_ALIAS, SUBSCRIPTION_ID) if k in found}
+    env = envelope_of(found)
+    if not own:
+        if len(_envelopes) >= _CACHE_LIMIT:
+            _envelopes.clear()
+        _envelopes[block] = env
+    return env, own, stop
+
+
+_MISSING = object()
 
 
 def envelope_of(found: dict[int, Any]) -> Envelope | None:

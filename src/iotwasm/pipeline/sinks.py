@@ -64,11 +64,11 @@ def payload_json(payload: bytes) -> Any:
 def storable_envelope(env: Envelope) -> bytes:
     """An envelope as the outbox keeps it: its MQTT 5 property block (bounded, versioned by
     the standard, and what an MQTT 5 bus would send anyway)."""
-    return mp.encode(mp.envelope_properties(env))
+    return mp.envelope_block(env)
 
 
 def stored_envelope(blob: bytes) -> Envelope | None:
-    return mp.envelope_of(mp.decode(blob, 0)[0])
+    return mp.read_envelope(blob, 0)[0]
 
 
 class _Uplink(abc.ABC):
