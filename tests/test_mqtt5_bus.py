@@ -287,7 +287,7 @@ def test_shared_subscription_shares_the_load_on_mqtt5(mosquitto):  # noqa: F811
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"version": 3}, r"MQTT version must be 4 \(3\.1\.1\) or 5, not 3"),
-    ({"session_expiry": 60}, r"session_expiry and receive_maximum need MQTT 5"),
+    ({"session_expiry": 60}, r"session_expiry, receive_maximum and topic_aliases need MQTT 5"),
     ({"version": 5, "receive_maximum": 0}, r"receive_maximum must be a whole number from 1 to 65535, not 0"),
     ({"version": 5, "session_expiry": -1}, r"session_expiry must be a whole number from 0 to 4294967295"),
 ])
@@ -299,3 +299,64 @@ def test_mqtt5_options_are_checked(kwargs, match):
     bus = open_bus("mqtt://h?version=5&session_expiry=60&receive_maximum=10")
     assert (bus.version, bus.session_expiry, bus.receive_maximum) == (5, 60, 10)
     assert open_bus("mqtt://h?version=3.1.1").version == 4
+
+
+def test_topic_aliases_map_topics_right_and_survive_a_broker_kill(tmp_path):
+    """With topic aliases on, the first 10 topics (Mosquitto's maximum) go out as two-byte
+    aliases after their first message, the others in full; every message arrives on its own
+    topic. QoS 1 messages unacknowledged when the broker is killed are sent again in full on
+    the next connection (an alias does not outlive its connection), so the broker takes
+    them without a protocol error and the last retained value of each topic is right."""
+    broker = private_broker(tmp_path, "alias", max_inflight_messages=100)
+    try:
+        async def main():
+            pub = MqttBus(broker.url, version=5, topic_aliases=50, reconnect_min=0.1,
+                          reconnect_max=0.5)
+            sub = MqttBus(broker.url)                     # 3.1.1: aliases are per connection
+            await pub.connect()
+            await sub.connect()
+            assert pub.broker.topic_alias_maximum == 10
+            inbox = Inbox()
+            await sub.subscribe("alias/#", inbox, qos=1)
+            topics = [f"alias/t{i}" for i in range(15)]
+            for round_ in range(4):
+                for qos in (0, 1):
+                    for t in topics:
+                        await pub.publish(t, f"{t} {round_} {qos}".encode(), qos=qos)
+            await inbox.wait_until(lambda i: len(i.messages) == 120, "120 messages")
+            assert all(m.payload.decode().split()[0] == m.topic for m in inbox.messages)
+            assert pub.aliased_topics == 10
+            assert pub.stats.reconnects == 0 and pub.broker.reason_code == 0
+            await sub.close()
+
+            # unacknowledged, aliased QoS 1 publishes, then the broker dies
+            broker.pause()
+            sending = asyncio.ensure_future(pub.publish_many(
+                [(t, f"{t} last".encode()) for t in topics] * 2, qos=1, retain=True, timeout=30))
+            deadline = asyncio.get_running_loop().time() + 10
+            while pub.inflight_peak < 30:   # all 30 written, none acknowledged
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            broker.kill()
+            results = await sending
+            assert all(isinstance(r, BrokerUnavailable) for r in results)
+            await asyncio.to_thread(broker.start)
+            deadline = asyncio.get_running_loop().time() + 20
+            while pub.inflight_count:         # sent again and acknowledged
+                assert asyncio.get_running_loop().time() < deadline, pub.broker
+                await asyncio.sleep(0.02)
+            assert pub.broker.reason_code == 0       # no 0x94: nothing went out as a stale alias
+            check = MqttBus(broker.url)
+            retained = Inbox()
+            await check.connect()
+            await check.subscribe("alias/#", retained, qos=1)
+            await retained.wait_until(lambda i: len({m.topic for m in i.messages}) == 15,
+                                      "a retained message on each of the 15 topics")
+            assert {m.topic: m.payload for m in retained.messages} == {
+                t: f"{t} last".encode() for t in topics}
+            await check.close()
+            await pub.close()
+
+        run(main(), timeout=60)
+    finally:
+        broker.stop()

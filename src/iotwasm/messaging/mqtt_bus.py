@@ -67,12 +67,18 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
                  connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None,
                  park_timeout: float = 30.0, max_packet_size: int = codec.DEFAULT_MAX_PACKET,
                  backoff: Backoff | None = None, version: int = 4,
-                 session_expiry: int | None = None, receive_maximum: int | None = None):
+                 session_expiry: int | None = None, receive_maximum: int | None = None,
+                 topic_aliases: int = 0):
         super().__init__()
         if version not in (4, 5):
             raise ConfigError(f"{url}: MQTT version must be 4 (3.1.1) or 5, not {version!r}")
-        if version == 4 and (session_expiry is not None or receive_maximum is not None):
-            raise ConfigError(f"{url}: session_expiry and receive_maximum need MQTT 5 (version=5)")
+        if version == 4 and (session_expiry is not None or receive_maximum is not None
+                             or topic_aliases):
+            raise ConfigError(f"{url}: session_expiry, receive_maximum and topic_aliases need "
+                              "MQTT 5 (version=5)")
+        if isinstance(topic_aliases, bool) or not isinstance(topic_aliases, int) or not 0 <= topic_aliases <= 0xFFFF:
+            raise ConfigError(f"{url}: topic_aliases must be a whole number from 0 (off) to "
+                              f"65535, not {topic_aliases!r}")
         for name, value, top in (("session_expiry", session_expiry, 0xFFFF_FFFF),
                                  ("receive_maximum", receive_maximum, 0xFFFF)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -108,6 +114,11 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
             session_expiry = 0xFFFF_FFFF if self.persistent and version == 5 else 0
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
+        #: MQTT 5: how many topics may be sent as a two-byte alias after their first message
+        #: (no more than the broker allows; 0, the default, sends every topic in full)
+        self.topic_aliases = topic_aliases
+        self._aliases: dict[str, int] = {}
+        self._alias_limit = 0
         #: a message's envelope (MQTT 5 properties) travels only on MQTT 5
         self.envelopes = version == 5
         #: what the broker's CONNACK said (MQTT 5): its limits and, when refused, its reason

@@ -38,6 +38,14 @@ class MqttOutbound:
 
     def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0,
                 envelope: Envelope | None = None) -> bytes:
+        """The PUBLISH to write now (with a topic alias where one applies)."""
+        return self._packets(topic, payload, qos, retain, mid, envelope)[0]
+
+    def _packets(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0,
+                 envelope: Envelope | None = None) -> tuple[bytes, bytes]:
+        """(the PUBLISH to write now, the same with its full topic and no alias). The second
+        is what a QoS 1 message is sent again as after a reconnect: aliases live only as
+        long as their connection (MQTT 5, 3.3.2.3.4)."""
         tb = self._topic_bytes.get(topic)
         if tb is None:
             validate_topic(topic)
@@ -51,7 +59,8 @@ class MqttOutbound:
             if envelope is not None:
                 raise ConfigError(f"{self.url}: MQTT 3.1.1 cannot carry the headers and "
                                   f"properties of the message on {topic!r} (use version=5)")
-            return codec.publish(tb, as_payload(payload), qos, retain, mid)
+            packet = codec.publish(tb, as_payload(payload), qos, retain, mid)
+            return packet, packet
         block = codec.EMPTY_PROPS
         if envelope is not None:
             try:
@@ -64,7 +73,16 @@ class MqttOutbound:
             raise MessageTooLarge(
                 f"{self.url}: the message on {topic!r} makes a packet of {len(packet):,} bytes; "
                 f"the broker takes at most {limit:,}")
-        return packet
+        if self._alias_limit:
+            alias = self._aliases.get(topic)
+            if alias is not None:        # the broker knows it: the topic is left out
+                return codec.publish5(b"", payload, qos, retain, mid,
+                                      mp.with_alias(block, alias)), packet
+            if len(self._aliases) < self._alias_limit:
+                alias = self._aliases[topic] = len(self._aliases) + 1
+                return codec.publish5(tb, payload, qos, retain, mid,
+                                      mp.with_alias(block, alias)), packet
+        return packet, packet
 
     def _on_puback(self, body: bytes) -> None:
         if self.version == 5:
@@ -93,6 +111,17 @@ class MqttOutbound:
             exc.reason_code = code  # type: ignore[attr-defined]
             return exc
         return PublishRefused(message, reason_code=code)
+
+    @property
+    def inflight_count(self) -> int:
+        """QoS 1 publishes waiting for their PUBACK now (including those to be sent again
+        after a reconnect)."""
+        return len(self._inflight)
+
+    @property
+    def aliased_topics(self) -> int:
+        """How many topics go out as a topic alias on the current connection (MQTT 5)."""
+        return len(self._aliases)
 
     @property
     def inflight_limit(self) -> int:
@@ -162,12 +191,12 @@ class MqttOutbound:
     def _send_qos1(self, topic: str, payload: Any, retain: bool,
                    envelope: Envelope | None = None) -> asyncio.Future:
         mid = self._new_mid()
-        packet = self._packet(topic, payload, 1, retain, mid, envelope)
+        wire, packet = self._packets(topic, payload, 1, retain, mid, envelope)
         fut = self._loop.create_future()
         self._inflight[mid] = [packet, fut, topic]
         if len(self._inflight) > self.inflight_peak:
             self.inflight_peak = len(self._inflight)
-        self._write(packet)
+        self._write(wire)
         return fut
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,

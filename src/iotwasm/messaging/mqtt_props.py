@@ -261,6 +261,14 @@ def decode(data: bytes, pos: int, end: int | None = None) -> tuple[dict[int, Any
     return props, stop
 
 
+def with_alias(block: bytes, alias: int) -> bytes:
+    """`block` (an encoded property block) with a Topic Alias property added in front."""
+    if block == b"\x00":
+        return b"\x03\x23" + _H.pack(alias)
+    length, start = read_varint(block, 0, len(block))
+    return varint(length + 3) + b"\x23" + _H.pack(alias) + block[start:]
+
+
 # ---------------------------------------------------------------------------- envelopes
 
 #: devices repeat their headers: an envelope's block, and a block's envelope, are memoised

@@ -281,6 +281,9 @@ class MqttSession:
         this connection — they are acknowledged on it."""
         self._conn = conn
         self._generation += 1
+        # topic aliases are the connection's: start over, up to what the broker allows
+        self._aliases = {}
+        self._alias_limit = min(self.topic_aliases, self.broker.topic_alias_maximum)
         self._last_recv = self._last_sent = time.monotonic()
         # subscriptions first, then the retransmissions (the order a session expects)
         if self._broker_filters:

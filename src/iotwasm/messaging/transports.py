@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from .bus import Bus, InProcessBus
 
 #: integer options an ``mqtt://`` URL may carry in its query string
-_MQTT_INT_OPTIONS = ("keepalive", "max_packet_size", "session_expiry", "receive_maximum")
+_MQTT_INT_OPTIONS = ("keepalive", "max_packet_size", "session_expiry", "receive_maximum",
+                     "topic_aliases")
 #: how an ``mqtt://`` URL may name the protocol version: MQTT 3.1.1 is protocol level 4
 _MQTT_VERSIONS = {"4": 4, "3.1.1": 4, "311": 4, "5": 5, "5.0": 5}
 
@@ -28,9 +29,9 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
 
     * ``None`` or ``memory://`` -> `InProcessBus`
     * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B
-      &version=5&session_expiry=S&receive_maximum=N]`` -> `MqttBus` (``mqtts://`` for TLS
-      with the system's trusted CAs, port 8883; ``version`` is ``3.1.1``, the default, or
-      ``5``; the last two options need 5)
+      &version=5&session_expiry=S&receive_maximum=N&topic_aliases=N]`` -> `MqttBus`
+      (``mqtts://`` for TLS with the system's trusted CAs, port 8883; ``version`` is
+      ``3.1.1``, the default, or ``5``; the last three options need 5)
     * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
 
     Keyword options are passed to the bus's constructor and win over the query string. A
