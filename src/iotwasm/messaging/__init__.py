@@ -28,8 +28,10 @@ from .bus import (
 from .errors import (
     BrokerUnavailable,
     InvalidTopic,
+    MessageTooLarge,
     MessagingError,
     PublishDenied,
+    PublishRefused,
     PublishTimeout,
     SubscribeDenied,
 )
@@ -48,8 +50,8 @@ __all__ = [
     "ACLStats", "TopicACL",
     "Bus", "BusState", "BusStats", "Handler", "InProcessBus", "Subscription", "Will", "open_bus",
     "MqttBus", "NatsBus",
-    "BrokerUnavailable", "InvalidTopic", "MessagingError", "PublishDenied", "PublishTimeout",
-    "SubscribeDenied",
+    "BrokerUnavailable", "InvalidTopic", "MessageTooLarge", "MessagingError", "PublishDenied",
+    "PublishRefused", "PublishTimeout", "SubscribeDenied",
     "covers", "from_nats_subject", "matches", "nats_subjects_for_filter", "to_nats_subject",
     "validate_filter", "validate_topic",
 ]
