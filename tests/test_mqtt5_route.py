@@ -5,7 +5,6 @@ wasmtime, the node in-process."""
 
 from __future__ import annotations
 
-import asyncio
 
 from brokers import mosquitto  # noqa: F401  (fixture)
 from conftest import ECHO_WAT

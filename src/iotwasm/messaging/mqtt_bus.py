@@ -34,14 +34,15 @@ from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Envelope
 from . import mqtt_codec as codec
-from .bus import Bus, BusState, Will
+from .bus import BusState, Will
 from .errors import BrokerUnavailable
 from .mqtt_inbound import MqttInbound, MqttSubscription
 from .mqtt_outbound import MqttOutbound
-from .mqtt_session import BrokerLimits, MqttSession, _Connection, parse_mqtt_url
+from .mqtt_session import MqttSession, _Connection, parse_mqtt_url
+from .mqtt_state import BrokerLimits
 
 
-class MqttBus(MqttSession, MqttInbound, MqttOutbound, Bus):
+class MqttBus(MqttSession, MqttInbound, MqttOutbound):
     """MQTT 3.1.1 bus, or MQTT 5 with `version=5`.
 
     `client_id` given -> a persistent session (clean_session=False): the broker keeps the

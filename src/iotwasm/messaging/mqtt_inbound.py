@@ -19,6 +19,7 @@ from . import mqtt_codec as codec
 from . import mqtt_props as mp
 from .bus import OK, RELEASED, Handler, Subscription, check_qos
 from .errors import BrokerUnavailable, SubscribeDenied
+from .mqtt_state import MqttState
 from .topics import matches, validate_filter
 
 log = logging.getLogger("iotwasm.messaging.mqtt")
@@ -29,7 +30,7 @@ class MqttSubscription(Subscription):
 
 
 
-class MqttInbound:
+class MqttInbound(MqttState):
     """Subscriptions and incoming flow of `MqttBus` (a mixin: the state lives on the bus)."""
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,

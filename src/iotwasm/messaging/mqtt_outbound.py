@@ -24,6 +24,7 @@ from .errors import (
     PublishRefused,
     PublishTimeout,
 )
+from .mqtt_state import MqttState
 from .topics import validate_topic
 
 
@@ -33,7 +34,7 @@ def _expire_waiter(waiter: asyncio.Future) -> None:
 
 
 
-class MqttOutbound:
+class MqttOutbound(MqttState):
     """Publish and acknowledgement half of `MqttBus` (a mixin: the state lives on the bus)."""
 
     def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0,
@@ -88,7 +89,7 @@ class MqttOutbound:
         if self.version == 5:
             mid, code, found = codec.parse_ack5("PUBACK", body)
         else:
-            mid, code, found = codec.packet_id(body), 0, None
+            mid, code, found = codec.packet_id(body), 0, {}
         entry = self._inflight.pop(mid, None)
         if entry is not None:
             fut = entry[1]

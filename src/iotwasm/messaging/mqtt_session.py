@@ -18,16 +18,14 @@ import socket
 import ssl
 import time
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from . import mqtt_codec as codec
 from . import mqtt_props as mp
 from .bus import BusState
 from .errors import BrokerUnavailable
+from .mqtt_state import BrokerLimits, MqttState
 
-if TYPE_CHECKING:
-    from .mqtt_bus import MqttBus
 
 log = logging.getLogger("iotwasm.messaging.mqtt")
 
@@ -51,40 +49,10 @@ class _Refused(Exception):
     pass
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BrokerLimits:
-    """What the broker's last CONNACK (or DISCONNECT) said, on MQTT 5; the defaults are
-    MQTT's own when the broker leaves a property out, and all there is on 3.1.1.
-
-    `receive_maximum` caps the QoS 1 publishes in flight (with the bus's `max_inflight`);
-    a PUBLISH larger than `maximum_packet_size` is refused before it is sent."""
-
-    receive_maximum: int = 65535
-    maximum_packet_size: int | None = None
-    topic_alias_maximum: int = 0
-    maximum_qos: int = 2
-    retain_available: bool = True
-    shared_subscriptions: bool = True
-    server_keep_alive: int | None = None
-    #: the reason code and text of the last refusal or broker-side disconnect
-    reason_code: int = 0
-    reason: str = ""
-
-    @classmethod
-    def of(cls, found: dict) -> BrokerLimits:
-        return cls(receive_maximum=found.get(mp.RECEIVE_MAXIMUM, 65535),
-                   maximum_packet_size=found.get(mp.MAXIMUM_PACKET_SIZE),
-                   topic_alias_maximum=found.get(mp.TOPIC_ALIAS_MAXIMUM, 0),
-                   maximum_qos=found.get(mp.MAXIMUM_QOS, 2),
-                   retain_available=bool(found.get(mp.RETAIN_AVAILABLE, 1)),
-                   shared_subscriptions=bool(found.get(mp.SHARED_SUB_AVAILABLE, 1)),
-                   server_keep_alive=found.get(mp.SERVER_KEEP_ALIVE))
-
-
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to the broker; hands decoded packets to its bus."""
 
-    def __init__(self, bus: "MqttBus"):
+    def __init__(self, bus: MqttState):
         self.bus = bus
         self.transport: asyncio.Transport | None = None
         self.decoder = codec.Decoder(bus.max_packet_size)
@@ -154,7 +122,7 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
 
 
-class MqttSession:
+class MqttSession(MqttState):
     """Connection and session half of `MqttBus` (a mixin: the state lives on the bus)."""
 
     # ------------------------------------------------------------------ writing

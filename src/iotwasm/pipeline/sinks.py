@@ -88,7 +88,7 @@ class _Uplink(abc.ABC):
             self.forwarder = Forwarder(self.outbox, self.name, self._submit_window)
             self.forwarder.start()
 
-    async def _keep(self, items: list[tuple[str, bytes]]) -> None:
+    async def _keep(self, items: list[tuple]) -> None:
         """Store durably for the forwarder; returns once on disk (small batches are written
         from the loop: a thread hop costs more than the insert)."""
         if len(items) <= INLINE_ROWS:
