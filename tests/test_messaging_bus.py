@@ -300,6 +300,29 @@ def test_open_bus_urls():
         open_bus("mqtt://h?qos=1")
 
 
+@pytest.mark.parametrize("url, kwargs, match", [
+    ("mqtt://h?keepalive=soon", {}, r"keepalive in 'mqtt://h\?keepalive=soon' must be a whole number"),
+    ("mqtt://h?keepalive=70000", {}, r"mqtt://h: keepalive must be whole seconds from 0 \(off\) to 65535, not 70000"),
+    ("mqtt://h", {"keepalive": -1}, r"keepalive must be whole seconds .* not -1"),
+    ("mqtt://h", {"keepalive": 1.5}, r"keepalive must be whole seconds .* not 1.5"),
+])
+def test_bad_keepalive_is_a_one_line_config_error(url, kwargs, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        open_bus(url, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_the_bus_interface_imports_no_transport():
+    """bus.py is the interface: the MQTT and NATS buses are chosen in transports.py."""
+    import ast
+    import iotwasm.messaging.bus as bus_module
+
+    tree = ast.parse(open(bus_module.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"mqtt_bus", "nats_bus", "transports"}, imported
+    assert not hasattr(bus_module, "open_bus")
+
+
 # ============================================================================ MQTT
 
 

@@ -18,11 +18,41 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What a message carries beside its payload, as MQTT 5 defines it (3.3.2.3).
+
+    `headers` are MQTT 5 user properties: (name, value) pairs, in order, a name possibly
+    repeated, kept exactly as they arrived. `expiry_s` is the message expiry interval left
+    when the message arrived (the broker counts it down). `response_topic` and
+    `correlation_data` make a request: the answer goes to that topic with the same
+    correlation data. A message from a transport without these (MQTT 3.1.1, NATS core) has
+    no envelope at all.
+    """
+
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    expiry_s: int | None = None
+    #: payload format indicator: True when the sender declared the payload UTF-8 text
+    utf8: bool = False
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name`, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
 @dataclass(slots=True)
 class Message:
     topic: str
     payload: bytes
     timestamp_ms: int = field(default_factory=now_ms)
+    #: MQTT 5 properties of the message; None for transports that have none
+    envelope: Envelope | None = None
 
 
 class Output(NamedTuple):

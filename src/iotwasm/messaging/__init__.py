@@ -7,7 +7,8 @@
     await bus.subscribe("sensors/+/temperature", handler, qos=1)
     await bus.publish("sensors/t1/temperature", b"21.5", qos=1)
 
-See docs/messaging.md. `MqttBus` and `NatsBus` import their client libraries on first use.
+See docs/messaging.md. `MqttBus` and `NatsBus` are imported on first use: the NATS bus needs
+nats-py, and a process that only speaks MQTT need not load it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from .bus import (
     InProcessBus,
     Subscription,
     Will,
-    open_bus,
 )
 from .errors import (
     BrokerUnavailable,
     InvalidTopic,
+    MessageTooLarge,
     MessagingError,
     PublishDenied,
+    PublishRefused,
     PublishTimeout,
     SubscribeDenied,
 )
@@ -42,13 +44,14 @@ from .topics import (
     validate_filter,
     validate_topic,
 )
+from .transports import open_bus
 
 __all__ = [
     "ACLStats", "TopicACL",
     "Bus", "BusState", "BusStats", "Handler", "InProcessBus", "Subscription", "Will", "open_bus",
     "MqttBus", "NatsBus",
-    "BrokerUnavailable", "InvalidTopic", "MessagingError", "PublishDenied", "PublishTimeout",
-    "SubscribeDenied",
+    "BrokerUnavailable", "InvalidTopic", "MessageTooLarge", "MessagingError", "PublishDenied",
+    "PublishRefused", "PublishTimeout", "SubscribeDenied",
     "covers", "from_nats_subject", "matches", "nats_subjects_for_filter", "to_nats_subject",
     "validate_filter", "validate_topic",
 ]

@@ -1,9 +1,10 @@
-"""The message bus interface, the in-process bus and `open_bus`.
+"""The message bus interface and the in-process bus.
 
 A `Bus` connects iotwasm to where messages come from and go to. Every bus is used from one
-asyncio event loop: `publish` and `subscribe` are coroutines, handlers are called on that loop
-(one message at a time per subscription, in arrival order), and brokers' client threads, where
-a library has them, are bridged onto the loop.
+asyncio event loop: `publish` and `subscribe` are coroutines, and handlers are called on that
+loop (one message at a time per subscription, in arrival order). This module knows no
+transport: the MQTT and NATS buses, and `open_bus` that picks one from a URL, live beside it
+(`transports.py`), so the interface imports none of them.
 
 Delivery guarantees, reconnect behaviour and URL forms are described in docs/messaging.md.
 """
@@ -16,12 +17,11 @@ import enum
 import functools
 import inspect
 import logging
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Union
 
 from ..errors import ConfigError
-from ..message import Message
+from ..message import Envelope, Message
 from .errors import BrokerUnavailable
 from .topics import matches, validate_filter, validate_topic
 
@@ -315,6 +315,10 @@ class Bus(abc.ABC):
 
     #: short name used in messages ("memory", "mqtt", "nats")
     scheme = "bus"
+    #: whether `publish` takes an `envelope` (a message's headers and MQTT 5 properties) and
+    #: `send_many` items of ``(topic, payload, envelope)``; a sink passes envelopes on only
+    #: to a bus that carries them
+    envelopes = False
 
     def __init__(self) -> None:
         self.stats = BusStats()
@@ -369,7 +373,9 @@ class Bus(abc.ABC):
         else the error (as `publish` would have raised it). Buses override this when they
         can send a batch cheaper than message by message."""
         results = await asyncio.gather(
-            *(self.publish(t, p, qos=qos, retain=retain, timeout=timeout) for t, p in items),
+            *(self.publish(item[0], item[1], qos=qos, retain=retain, timeout=timeout,
+                           **({"envelope": item[2]} if len(item) > 2 else {}))
+              for item in items),
             return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, Exception):
@@ -453,6 +459,7 @@ class InProcessBus(Bus):
     """
 
     scheme = "memory"
+    envelopes = True
 
     def __init__(self, *, max_pending: int = 1000, will: Will | None = None):
         super().__init__()
@@ -510,7 +517,7 @@ class InProcessBus(Bus):
         return out
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
-                      timeout: float | None = None) -> None:
+                      timeout: float | None = None, envelope: Envelope | None = None) -> None:
         validate_topic(topic)
         payload = as_payload(payload)
         check_qos(qos)
@@ -528,7 +535,7 @@ class InProcessBus(Bus):
             self.stats.received += 1
         for sub in targets:
             if sub.active:
-                await sub.put(Message(topic, payload))
+                await sub.put(Message(topic, payload, envelope=envelope))
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
                         queue: str | None = None, durable: str | None = None) -> Subscription:
@@ -548,75 +555,3 @@ class InProcessBus(Bus):
         if sub in self._subs:
             self._subs.remove(sub)
         await sub.stop(drop_queued=True)
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def _query_flag(value: str) -> bool:
-    return value.lower() in ("1", "true", "yes", "on")
-
-
-def open_bus(url: str | None = None, **options: Any) -> Bus:
-    """Make a bus from a URL (not yet connected: call `await bus.connect()`).
-
-    * ``None`` or ``memory://`` -> `InProcessBus`
-    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B]``
-      -> `MqttBus`
-      (``mqtts://`` for TLS with the system's trusted CAs, port 8883)
-    * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
-
-    Keyword options are passed to the bus's constructor and win over the query string.
-    """
-    if url is None or url in ("memory://", "memory:"):
-        return InProcessBus(**options)
-    parsed = urllib.parse.urlsplit(url)
-    query = dict(urllib.parse.parse_qsl(parsed.query))
-    base = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", ""))
-    scheme = parsed.scheme.lower()
-    if scheme == "memory":
-        return InProcessBus(**options)
-    if scheme in ("mqtt", "mqtts"):
-        from .mqtt_bus import MqttBus
-
-        kwargs: dict[str, Any] = {}
-        if "client_id" in query:
-            kwargs["client_id"] = query.pop("client_id")
-        for key in ("keepalive", "max_packet_size"):
-            if key in query:
-                value = query.pop(key)
-                try:
-                    kwargs[key] = int(value)
-                except ValueError:
-                    raise ConfigError(f"{key} in {url!r} must be a whole number, not {value!r}") from None
-        if query:
-            raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
-        kwargs.update(options)
-        return MqttBus(base, **kwargs)
-    if scheme == "nats":
-        from .nats_bus import NatsBus
-
-        kwargs = {}
-        if "jetstream" in query:
-            kwargs["jetstream"] = _query_flag(query.pop("jetstream"))
-        if "stream" in query:
-            kwargs["stream"] = query.pop("stream")
-            kwargs.setdefault("jetstream", True)
-        if query:
-            raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
-        kwargs.update(options)
-        return NatsBus(base, **kwargs)
-    raise ConfigError(f"unsupported bus URL {url!r}: use memory://, mqtt://, mqtts:// or nats://")
-
-
-def __getattr__(name: str) -> Any:
-    # `bus.MqttBus` / `bus.NatsBus` without importing the client libraries up front
-    if name == "MqttBus":
-        from .mqtt_bus import MqttBus
-
-        return MqttBus
-    if name == "NatsBus":
-        from .nats_bus import NatsBus
-
-        return NatsBus
-    raise AttributeError(name)

@@ -51,3 +51,21 @@ class InvalidTopic(MessagingError, ValueError):
     """A topic or topic filter is malformed, or cannot be carried by the chosen transport."""
 
     kind = "invalid_topic"
+
+
+class PublishRefused(MessagingError):
+    """The broker refused the message with an MQTT 5 reason code (quota exceeded, payload
+    format invalid, ...); `reason_code` holds it. Not sent again by the bus."""
+
+    kind = "publish_refused"
+
+    def __init__(self, message: str, *, reason_code: int = 0x80):
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class MessageTooLarge(MessagingError):
+    """The message would make a packet larger than the broker accepts (MQTT 5's maximum
+    packet size): it was not sent, and sending it again will not help."""
+
+    kind = "message_too_large"

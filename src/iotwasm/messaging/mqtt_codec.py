@@ -1,12 +1,19 @@
-"""MQTT 3.1.1 packets: encoders and an incremental decoder (OASIS MQTT 3.1.1, section 2–3).
+"""MQTT packets: encoders and an incremental decoder (OASIS MQTT 3.1.1 sections 2–3, and
+MQTT 5.0 section 3 for the `*5` functions).
 
 Only what a client sends and receives at QoS 0 and 1. Pure functions on bytes, no I/O, so the
-wire format can be tested on its own and the bus stays about connection state.
+wire format can be tested on its own and the bus stays about connection state. MQTT 5 packets
+differ from 3.1.1 ones by a property block (`mqtt_props`) and reason codes; the 3.1.1
+functions stay as they were, so a 3.1.1 bus pays nothing for 5.
 """
 
 from __future__ import annotations
 
 import struct
+
+from ..message import Envelope
+from . import mqtt_props as props
+from .mqtt_errors import PacketTooLarge, ProtocolError
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 PUBREC, PUBREL, PUBCOMP = 5, 6, 7
@@ -31,24 +38,6 @@ _H = struct.Struct(">H")
 
 #: the largest packet a `Decoder` takes unless told otherwise (fixed header included)
 DEFAULT_MAX_PACKET = 16 * 1024 * 1024
-
-
-class ProtocolError(Exception):
-    """The peer sent bytes that are not MQTT 3.1.1.
-
-    Raised by `Decoder.feed`, it carries in `packets` the packets that came complete before
-    the offending bytes (a CONNACK, say), so the caller can still act on them."""
-
-    packets: list = []
-
-
-class PacketTooLarge(ProtocolError):
-    """The peer announced a packet larger than the decoder's limit."""
-
-    def __init__(self, size: int, limit: int):
-        super().__init__(f"MQTT packet of {size:,} bytes exceeds the limit of {limit:,} bytes")
-        self.size = size
-        self.limit = limit
 
 
 def _length(n: int) -> bytes:
@@ -213,3 +202,133 @@ def packet_id(body: bytes) -> int:
     if len(body) < 2:
         raise ProtocolError("packet without its packet identifier")
     return (body[0] << 8) | body[1]
+
+
+# ---------------------------------------------------------------------------- MQTT 5
+
+EMPTY_PROPS = b"\x00"
+
+
+def connect5(client_id: str, *, clean_start: bool, keepalive: int,
+             username: str | None = None, password: str | None = None,
+             will: tuple[str, bytes, int, bool] | None = None,
+             properties: dict | None = None, will_properties: dict | None = None) -> bytes:
+    """CONNECT at protocol level 5 (3.1): the 3.1.1 layout plus properties after the keep
+    alive and, for a will, before its topic."""
+    flags = 0x02 if clean_start else 0
+    payload = _str(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += props.encode(will_properties) + _str(topic) + _str(message)
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _str(password)
+    body = (b"\x00\x04MQTT\x05" + bytes((flags,)) + _H.pack(keepalive)
+            + props.encode(properties) + payload)
+    return b"\x10" + _length(len(body)) + body
+
+
+def parse_connack5(body: bytes) -> tuple[bool, int, dict]:
+    """(session present, reason code, properties) of an MQTT 5 CONNACK."""
+    if len(body) < 2:
+        raise ProtocolError("short CONNACK")
+    code = props.check_reason("CONNACK", body[1])
+    found = props.decode(body, 2)[0] if len(body) > 2 else {}
+    return bool(body[0] & 1), code, found
+
+
+def publish5(topic: bytes, payload: bytes, qos: int, retain: bool, mid: int = 0,
+             properties: bytes = EMPTY_PROPS) -> bytes:
+    """A PUBLISH at level 5; `properties` is an encoded block (`mqtt_props.encode`), so a
+    caller sending many messages with none passes the one-byte empty block."""
+    head = 0x30 | (qos << 1) | (1 if retain else 0)
+    n = 2 + len(topic) + len(properties) + len(payload) + (2 if qos else 0)
+    mid_b = _H.pack(mid) if qos else b""
+    return b"".join((bytes((head,)), _length(n), _H.pack(len(topic)), topic, mid_b, properties,
+                     payload))
+
+
+def parse_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, dict, bytes]:
+    """(topic bytes, qos, packet id, properties, payload) of an incoming level-5 PUBLISH."""
+    topic, qos, mid, pos = _publish5_head(flags, body)
+    found, pos = props.decode(body, pos)
+    return topic, qos, mid, found, body[pos:]
+
+
+def read_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, Envelope | None, dict, bytes]:
+    """(topic bytes, qos, packet id, envelope, the connection's properties, payload): what
+    the bus needs of a level-5 PUBLISH, with repeated property blocks decoded once
+    (`mqtt_props.read_envelope`)."""
+    topic, qos, mid, pos = _publish5_head(flags, body)
+    env, own, pos = props.read_envelope(body, pos)
+    return topic, qos, mid, env, own, body[pos:]
+
+
+def _publish5_head(flags: int, body: bytes) -> tuple[bytes, int, int, int]:
+    if len(body) < 2:
+        raise ProtocolError("PUBLISH without a topic")
+    tl = (body[0] << 8) | body[1]
+    qos = (flags >> 1) & 3
+    if qos == 3:
+        raise ProtocolError("PUBLISH with QoS 3 (MQTT 5, 3.3.1.2: no such level)")
+    pos = 2 + tl + (2 if qos else 0)
+    if len(body) < pos + 1:
+        raise ProtocolError("PUBLISH shorter than its topic, packet identifier and properties")
+    mid = ((body[2 + tl] << 8) | body[3 + tl]) if qos else 0
+    return body[2:2 + tl], qos, mid, pos
+
+
+def puback5(mid: int, reason: int = 0) -> bytes:
+    """PUBACK at level 5; success keeps the 3.1.1 form (3.4.2.1 allows leaving it out)."""
+    if reason == 0:
+        return b"\x40\x02" + _H.pack(mid)
+    return b"\x40\x04" + _H.pack(mid) + bytes((reason,)) + EMPTY_PROPS
+
+
+def parse_ack5(packet: str, body: bytes) -> tuple[int, int, dict]:
+    """(packet id, reason code, properties) of a level-5 PUBACK (or PUBREC, PUBCOMP)."""
+    mid = packet_id(body)
+    if len(body) == 2:
+        return mid, 0, {}
+    code = props.check_reason(packet, body[2])
+    found = props.decode(body, 3)[0] if len(body) > 3 else {}
+    return mid, code, found
+
+
+def subscribe5(mid: int, filters: list[tuple[str, int]], properties: dict | None = None) -> bytes:
+    """SUBSCRIBE at level 5; each filter's byte holds its subscription options (3.8.3.1):
+    maximum QoS in bits 0-1, No Local bit 2, Retain As Published bit 3, Retain Handling 4-5."""
+    body = (_H.pack(mid) + props.encode(properties)
+            + b"".join(_str(f) + bytes((o,)) for f, o in filters))
+    return b"\x82" + _length(len(body)) + body
+
+
+def parse_suback5(body: bytes, packet: str = "SUBACK") -> tuple[int, list[int], dict]:
+    """(packet id, reason code per filter, properties) of a level-5 SUBACK or UNSUBACK."""
+    mid = packet_id(body)
+    found, pos = props.decode(body, 2)
+    return mid, [props.check_reason(packet, c) for c in body[pos:]], found
+
+
+def unsubscribe5(mid: int, filters: list[str]) -> bytes:
+    body = _H.pack(mid) + EMPTY_PROPS + b"".join(_str(f) for f in filters)
+    return b"\xa2" + _length(len(body)) + body
+
+
+def disconnect5(reason: int = 0, properties: dict | None = None) -> bytes:
+    if reason == 0 and not properties:
+        return DISCONNECT_PACKET
+    body = bytes((reason,)) + props.encode(properties)
+    return b"\xe0" + _length(len(body)) + body
+
+
+def parse_disconnect5(body: bytes) -> tuple[int, dict]:
+    """(reason code, properties) of a DISCONNECT the broker sent (level 5 only)."""
+    if not body:
+        return 0, {}
+    code = props.check_reason("DISCONNECT", body[0])
+    return code, (props.decode(body, 1)[0] if len(body) > 1 else {})

@@ -38,7 +38,8 @@ from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import DeadLetter
 from ..messaging.acl import TopicACL
-from ..messaging.bus import Bus, Will, open_bus
+from ..messaging.bus import Bus, Will
+from ..messaging.transports import open_bus
 from ..pipeline import (BatchPolicy, BusSink, BusSource, LocalStore, LogSink, Outbox, QueuePolicy,
                         RouteRunner, SensorSource, StoreSink, TopicPattern, WebhookSink)
 from ..registry import ModuleStore

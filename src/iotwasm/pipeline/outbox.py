@@ -70,7 +70,7 @@ class OutboxStats:
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, created REAL NOT NULL);
+    payload BLOB NOT NULL, created REAL NOT NULL, envelope BLOB);
 CREATE INDEX IF NOT EXISTS outbox_sink ON outbox(sink, id);
 """
 
@@ -89,19 +89,25 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA, what="outbox")
         self.stats: dict[str, OutboxStats] = {}
+        # an outbox written before messages had envelopes gains the column (NULL: none)
+        if "envelope" not in {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN envelope BLOB")
         rows, size = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(payload) + length(topic)), 0) FROM outbox").fetchone()
+            "SELECT count(*), coalesce(sum(length(payload) + length(topic) "
+            "+ coalesce(length(envelope), 0)), 0) FROM outbox").fetchone()
         self._rows, self._bytes = rows, size
 
     def _st(self, sink: str) -> OutboxStats:
         return self.stats.setdefault(sink, OutboxStats())
 
-    def append(self, sink: str, items: list[tuple[str, bytes]]) -> int:
-        """Store (topic, payload) items durably; returns how many were stored."""
+    def append(self, sink: str, items: list[tuple]) -> int:
+        """Store (topic, payload) or (topic, payload, envelope bytes) items durably; returns
+        how many were stored. The envelope is the sink's to encode; it counts toward the
+        byte bound like the rest."""
         if not items:
             return 0
         st = self._st(sink)
-        size = sum(len(t) + len(p) for t, p in items)
+        size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
         with self._lock:
             over_rows = self._rows + len(items) - self.max_rows
             over_bytes = self._bytes + size - self.max_bytes
@@ -113,8 +119,9 @@ class Outbox:
                 self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
             now = time.time()
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO outbox(sink, topic, payload, created) VALUES (?,?,?,?)",
-                                 [(sink, t, p, now) for t, p in items])
+            self._db.executemany(
+                "INSERT INTO outbox(sink, topic, payload, created, envelope) VALUES (?,?,?,?,?)",
+                [(sink, i[0], i[1], now, i[2] if len(i) > 2 else None) for i in items])
             self._db.execute("COMMIT")
             self._rows += len(items)
             self._bytes += size
@@ -123,7 +130,7 @@ class Outbox:
 
     def _drop_oldest(self, rows: int, nbytes: int) -> None:
         dropped = freed = 0
-        cur = self._db.execute("SELECT id, sink, length(payload) + length(topic) FROM outbox ORDER BY id")
+        cur = self._db.execute("SELECT id, sink, length(payload) + length(topic) + coalesce(length(envelope), 0) FROM outbox ORDER BY id")
         ids, sinks = [], []
         for row_id, sink, size in cur:
             if dropped >= rows and freed >= nbytes:
@@ -139,11 +146,13 @@ class Outbox:
         self._bytes -= freed
         log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, dropped)
 
-    def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple[int, str, bytes]]:
-        """The oldest stored messages of `sink` with an id above `after`."""
+    def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple]:
+        """The oldest stored messages of `sink` with an id above `after`: (id, topic,
+        payload), and the envelope bytes as a fourth item where one was stored."""
         with self._lock:
-            return self._db.execute("SELECT id, topic, payload FROM outbox WHERE sink = ? AND id > ? "
-                                    "ORDER BY id LIMIT ?", (sink, after, limit)).fetchall()
+            rows = self._db.execute("SELECT id, topic, payload, envelope FROM outbox WHERE sink = ? "
+                                    "AND id > ? ORDER BY id LIMIT ?", (sink, after, limit)).fetchall()
+        return [r if r[3] is not None else r[:3] for r in rows]
 
     def ack(self, sink: str, ids: list[int]) -> None:
         if not ids:
@@ -152,7 +161,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN")
             cur = self._db.execute(
-                f"SELECT coalesce(sum(length(payload) + length(topic)), 0), count(*) FROM outbox "
+                f"SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), count(*) FROM outbox "
                 f"WHERE id IN ({marks})", ids)
             size, n = cur.fetchone()
             self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", ids)
@@ -246,7 +255,7 @@ class Forwarder:
                     rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
                                           rows=self.batch if inflight else 1)
                 if rows:
-                    confirm = await self.submit([(topic, payload) for _, topic, payload in rows])
+                    confirm = await self.submit([r[1:] for r in rows])
                     after = rows[-1][0]
                     inflight.append(([r[0] for r in rows], asyncio.ensure_future(confirm)))
                     continue

@@ -454,7 +454,9 @@ class RouteRunner:
                     dead.append((step.name, DeadLetter(o.index, Message(topic, o.payload, src.timestamp_ms), err),
                                  variables[o.index]))
                     continue
-                out.msgs.append(Message(topic, o.payload, src.timestamp_ms))
+                # the envelope (headers, MQTT 5 properties) of the input goes with what it
+                # produced: a route passes a device's headers on to its sinks unchanged
+                out.msgs.append(Message(topic, o.payload, src.timestamp_ms, src.envelope))
                 out.vars.append(variables[o.index])
                 out.arrived.append(arrived[o.index])
             flow = out

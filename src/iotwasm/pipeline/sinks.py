@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Awaitable
 
 from ..errors import ConfigError, IotwasmError
-from ..message import Message
+from ..message import Envelope, Message
+from ..messaging import mqtt_props as mp
 from ..messaging.bus import settled
 from ..sqlite import open_db
 from .outbox import INLINE_ROWS, Forwarder, Outbox, send_in_order
@@ -60,6 +61,16 @@ def payload_json(payload: bytes) -> Any:
         return {"base64": base64.b64encode(payload).decode()}
 
 
+def storable_envelope(env: Envelope) -> bytes:
+    """An envelope as the outbox keeps it: its MQTT 5 property block (bounded, versioned by
+    the standard, and what an MQTT 5 bus would send anyway)."""
+    return mp.envelope_block(env)
+
+
+def stored_envelope(blob: bytes) -> Envelope | None:
+    return mp.read_envelope(blob, 0)[0]
+
+
 class _Uplink(abc.ABC):
     """What bus and webhook sinks share: an optional outbox drained by a forwarder."""
 
@@ -77,7 +88,7 @@ class _Uplink(abc.ABC):
             self.forwarder = Forwarder(self.outbox, self.name, self._submit_window)
             self.forwarder.start()
 
-    async def _keep(self, items: list[tuple[str, bytes]]) -> None:
+    async def _keep(self, items: list[tuple]) -> None:
         """Store durably for the forwarder; returns once on disk (small batches are written
         from the loop: a thread hop costs more than the insert)."""
         if len(items) <= INLINE_ROWS:
@@ -108,7 +119,18 @@ class BusSink(_Uplink):
         self.outbox = outbox
         self.sent = 0
 
-    async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
+    def _carried(self, topic: str, msg: Message) -> tuple:
+        """What goes to the bus for `msg`: its envelope too when the bus carries envelopes
+        (MQTT 5, in-process); a 3.1.1 or NATS sink sends the payload alone."""
+        if msg.envelope is not None and self.bus.envelopes:
+            return (topic, msg.payload, msg.envelope)
+        return (topic, msg.payload)
+
+    async def _submit_window(self, items: list[tuple]) -> Awaitable[list[Exception | None]]:
+        if self.bus.envelopes:  # the outbox keeps an envelope as its MQTT 5 property block
+            items = [(i[0], i[1], stored_envelope(i[2])) if len(i) > 2 else i for i in items]
+        else:
+            items = [i[:2] for i in items]
         try:
             confirm = await self.bus.send_many(items, qos=self.qos, retain=self.retain)
         except IotwasmError as e:
@@ -129,12 +151,14 @@ class BusSink(_Uplink):
         so the route can go on with its next batch meanwhile (`Sink.submit`)."""
         topics, failures = _topics(self.template, messages, variables)
         if self.outbox is not None:
-            await self._keep([(t, m.payload) for t, m in zip(topics, messages) if t is not None])
+            await self._keep([(t, m.payload, storable_envelope(m.envelope))
+                              if m.envelope is not None and self.bus.envelopes else (t, m.payload)
+                              for t, m in zip(topics, messages) if t is not None])
             return settled(failures)
         # all at once: one connection keeps them in order, and the acks are awaited together
         idx = [i for i, t in enumerate(topics) if t is not None]
         try:
-            confirm = await self.bus.send_many([(topics[i], messages[i].payload) for i in idx],
+            confirm = await self.bus.send_many([self._carried(topics[i], messages[i]) for i in idx],
                                                qos=self.qos, retain=self.retain)
         except IotwasmError as e:
             return settled(failures + [(i, e) for i in idx])

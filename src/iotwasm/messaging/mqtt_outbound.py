@@ -1,0 +1,286 @@
+"""MQTT publishes and their acknowledgements.
+
+`MqttOutbound` is the part of `MqttBus` that sends: QoS 0 publishes go straight to the
+connection's write queue; QoS 1 publishes take a packet identifier and a slot in the
+in-flight window (`max_inflight`, waited for in line) and are confirmed by the broker's
+PUBACK, or time out for their caller while the packet stays in flight for a late PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+from ..message import Envelope
+from . import mqtt_codec as codec
+from . import mqtt_props as mp
+from .bus import as_payload, check_qos, settled
+from .errors import (
+    BrokerUnavailable,
+    MessageTooLarge,
+    PublishDenied,
+    PublishRefused,
+    PublishTimeout,
+)
+from .mqtt_state import MqttState
+from .topics import validate_topic
+
+
+def _expire_waiter(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+
+class MqttOutbound(MqttState):
+    """Publish and acknowledgement half of `MqttBus` (a mixin: the state lives on the bus)."""
+
+    def _packet(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0,
+                envelope: Envelope | None = None) -> bytes:
+        """The PUBLISH to write now (with a topic alias where one applies)."""
+        return self._packets(topic, payload, qos, retain, mid, envelope)[0]
+
+    def _packets(self, topic: str, payload: Any, qos: int, retain: bool, mid: int = 0,
+                 envelope: Envelope | None = None) -> tuple[bytes, bytes]:
+        """(the PUBLISH to write now, the same with its full topic and no alias). The second
+        is what a QoS 1 message is sent again as after a reconnect: aliases live only as
+        long as their connection (MQTT 5, 3.3.2.3.4)."""
+        tb = self._topic_bytes.get(topic)
+        if tb is None:
+            validate_topic(topic)
+            if len(self._topic_bytes) > 50_000:
+                self._topic_bytes.clear()
+            tb = self._topic_bytes[topic] = topic.encode()
+        if qos not in (0, 1):
+            check_qos(qos)
+            raise ConfigError(f"{self.url}: MQTT publishes are made at QoS 0 or 1, not {qos}")
+        if self.version == 4:
+            if envelope is not None:
+                raise ConfigError(f"{self.url}: MQTT 3.1.1 cannot carry the headers and "
+                                  f"properties of the message on {topic!r} (use version=5)")
+            packet = codec.publish(tb, as_payload(payload), qos, retain, mid)
+            return packet, packet
+        block = codec.EMPTY_PROPS
+        if envelope is not None:
+            try:
+                block = mp.envelope_block(envelope)
+            except ValueError as exc:
+                raise ConfigError(f"{self.url}: message on {topic!r}: {exc}") from None
+        packet = codec.publish5(tb, as_payload(payload), qos, retain, mid, block)
+        limit = self.broker.maximum_packet_size
+        if limit is not None and len(packet) > limit:
+            raise MessageTooLarge(
+                f"{self.url}: the message on {topic!r} makes a packet of {len(packet):,} bytes; "
+                f"the broker takes at most {limit:,}")
+        if self._alias_limit:
+            alias = self._aliases.get(topic)
+            if alias is not None:        # the broker knows it: the topic is left out
+                return codec.publish5(b"", payload, qos, retain, mid,
+                                      mp.with_alias(block, alias)), packet
+            if len(self._aliases) < self._alias_limit:
+                alias = self._aliases[topic] = len(self._aliases) + 1
+                return codec.publish5(tb, payload, qos, retain, mid,
+                                      mp.with_alias(block, alias)), packet
+        return packet, packet
+
+    def _on_puback(self, body: bytes) -> None:
+        if self.version == 5:
+            mid, code, found = codec.parse_ack5("PUBACK", body)
+        else:
+            mid, code, found = codec.packet_id(body), 0, {}
+        entry = self._inflight.pop(mid, None)
+        if entry is not None:
+            fut = entry[1]
+            if fut is not None and not fut.done():
+                if code < 0x80:  # 0x10, no matching subscribers, is a success too
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(self._refusal_error(entry[2], code, found))
+                    fut.exception()
+            if self._room_waiters:
+                self._wake_room_waiter()
+
+    def _refusal_error(self, topic: str, code: int, found: dict) -> Exception:
+        reason = mp.reason_text(code)
+        if found.get(mp.REASON_STRING):
+            reason += f": {found[mp.REASON_STRING]}"
+        message = f"{self.url}: the broker refused the message on {topic!r}: {reason}"
+        if code == 0x87:
+            exc: Exception = PublishDenied(message)
+            exc.reason_code = code  # type: ignore[attr-defined]
+            return exc
+        return PublishRefused(message, reason_code=code)
+
+    @property
+    def inflight_count(self) -> int:
+        """QoS 1 publishes waiting for their PUBACK now (including those to be sent again
+        after a reconnect)."""
+        return len(self._inflight)
+
+    @property
+    def aliased_topics(self) -> int:
+        """How many topics go out as a topic alias on the current connection (MQTT 5)."""
+        return len(self._aliases)
+
+    @property
+    def inflight_limit(self) -> int:
+        """How many QoS 1 publishes may wait for their PUBACK at once: `max_inflight`, and
+        on MQTT 5 no more than the broker's receive maximum (flow control, 4.9)."""
+        return min(self.max_inflight, self.broker.receive_maximum)
+
+    def _check_connected(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable(f"{self.url}: bus is closed")
+        if not self._connected:
+            raise BrokerUnavailable(
+                f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
+
+    def _has_room(self) -> bool:
+        return len(self._inflight) < self.inflight_limit and self._conn.writable.is_set()
+
+    async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
+        """Wait, in line with other waiting publishers, until one more may be in flight."""
+        while not self._has_room() or self._room_waiters:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise PublishTimeout(
+                    f"{self.url}: {self.inflight_limit} messages wait for an acknowledgement; "
+                    f"no room for {topic!r} within {wait}s")
+            if len(self._inflight) < self.inflight_limit:  # the socket's buffer is full
+                try:
+                    await asyncio.wait_for(self._conn.writable.wait(), remaining)
+                except TimeoutError:
+                    pass
+                self._check_connected()
+                if self._has_room() and not self._room_waiters:
+                    return
+                continue
+            waiter = self._loop.create_future()
+            self._room_waiters.append(waiter)
+            timer = self._loop.call_later(remaining, _expire_waiter, waiter)
+            try:
+                await waiter
+            except TimeoutError:
+                continue  # the deadline check above raises PublishTimeout
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_room_waiter()  # we were given a slot: pass it on
+                raise
+            finally:
+                timer.cancel()
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+            self._check_connected()
+            if self._has_room():
+                return
+
+    def _wake_all_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_room_waiter(self) -> None:
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _send_qos1(self, topic: str, payload: Any, retain: bool,
+                   envelope: Envelope | None = None) -> asyncio.Future:
+        mid = self._new_mid()
+        wire, packet = self._packets(topic, payload, 1, retain, mid, envelope)
+        fut = self._loop.create_future()
+        self._inflight[mid] = [packet, fut, topic]
+        if len(self._inflight) > self.inflight_peak:
+            self.inflight_peak = len(self._inflight)
+        self._write(wire)
+        return fut
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
+                      timeout: float | None = None, envelope: Envelope | None = None) -> None:
+        """See `Bus.publish`. `envelope` (MQTT 5 only) sends the message's headers as user
+        properties, and its expiry, content type, response topic and correlation data."""
+        self._check_connected()
+        if qos == 0:
+            self._write(self._packet(topic, payload, 0, retain, 0, envelope))
+            self.stats.published += 1
+            return
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = self._loop.time() + wait
+        if not self._has_room() or self._room_waiters:
+            await self._room_for_one(topic, deadline, wait)
+        fut = self._send_qos1(topic, payload, retain, envelope)
+        await self._await_acks([fut], [topic], deadline, wait)
+        if fut.exception() is not None:
+            raise fut.exception()
+        self.stats.published += 1
+
+    async def publish_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+                           retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
+        """Publish a batch in order, waiting for all its acknowledgements together."""
+        return await (await self.send_many(items, qos=qos, retain=retain, timeout=timeout))
+
+    async def send_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+                        retain: bool = False, timeout: float | None = None):
+        """Write a batch in order (waiting for room in the in-flight window as needed) and
+        return a coroutine that waits for its PUBACKs: see `Bus.send_many`. An item may be
+        ``(topic, payload, envelope)`` on MQTT 5 (see `publish`)."""
+        items = list(items)
+        self._check_connected()
+        if qos == 0:
+            for item in items:
+                self._write(self._packet(item[0], item[1], 0, retain, 0,
+                                         item[2] if len(item) > 2 else None))
+            self.stats.published += len(items)
+            return settled([None] * len(items))
+        wait = self.publish_timeout if timeout is None else timeout
+        deadline = self._loop.time() + wait
+        futs: list[asyncio.Future] = []
+        failure: Exception | None = None
+        for item in items:
+            try:
+                if not self._has_room() or self._room_waiters:
+                    await self._room_for_one(item[0], deadline, wait)
+                futs.append(self._send_qos1(item[0], item[1], retain,
+                                            item[2] if len(item) > 2 else None))
+            except (BrokerUnavailable, PublishTimeout, ConfigError, MessageTooLarge) as exc:
+                # what follows a failed message is not sent: order is kept for a retry
+                failure = exc
+                break
+        return self._confirm(futs, items, failure, deadline, wait)
+
+    async def _confirm(self, futs: list[asyncio.Future], items: list[tuple[str, bytes]],
+                       failure: Exception | None, deadline: float, wait: float
+                       ) -> list[Exception | None]:
+        await self._await_acks(futs, [item[0] for item in items[:len(futs)]], deadline, wait)
+        results: list[Exception | None] = []
+        for fut in futs:
+            exc = fut.exception()
+            if exc is None:
+                self.stats.published += 1
+            results.append(exc)
+        results += [failure] * (len(items) - len(futs))
+        return results
+
+    async def _await_acks(self, futs: list[asyncio.Future], topics: list[str], deadline: float,
+                          wait: float) -> None:
+        pending = [f for f in futs if not f.done()]
+        if pending:
+            remaining = max(0.0, deadline - self._loop.time())
+            await asyncio.wait(pending, timeout=remaining)
+        for fut, topic in zip(futs, topics):
+            if not fut.done():
+                # the packet stays in flight (a late PUBACK is still taken); the caller hears now
+                fut.set_exception(PublishTimeout(
+                    f"{self.url}: no acknowledgement for {topic!r} within {wait}s"))
+                fut.exception()
+
+    async def flush(self, *, timeout: float = 5.0) -> None:
+        """Wait for the acknowledgements of the qos 1 publishes in flight."""
+        pending = [e[1] for e in self._inflight.values() if e[1] is not None and not e[1].done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)

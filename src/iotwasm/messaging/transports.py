@@ -1,0 +1,83 @@
+"""`open_bus`: a bus from a URL, beside the transports it chooses between.
+
+The abstract `Bus` (bus.py) knows no transport; this module is the one place that imports the
+MQTT and NATS buses, the way httpx keeps its transports apart from its client. The NATS bus
+needs nats-py, so it is imported only when a ``nats://`` URL asks for it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+from ..errors import ConfigError
+from .bus import Bus, InProcessBus
+
+#: integer options an ``mqtt://`` URL may carry in its query string
+_MQTT_INT_OPTIONS = ("keepalive", "max_packet_size", "session_expiry", "receive_maximum",
+                     "topic_aliases")
+#: how an ``mqtt://`` URL may name the protocol version: MQTT 3.1.1 is protocol level 4
+_MQTT_VERSIONS = {"4": 4, "3.1.1": 4, "311": 4, "5": 5, "5.0": 5}
+
+
+def _query_flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def open_bus(url: str | None = None, **options: Any) -> Bus:
+    """Make a bus from a URL (not yet connected: call `await bus.connect()`).
+
+    * ``None`` or ``memory://`` -> `InProcessBus`
+    * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B
+      &version=5&session_expiry=S&receive_maximum=N&topic_aliases=N]`` -> `MqttBus`
+      (``mqtts://`` for TLS with the system's trusted CAs, port 8883; ``version`` is
+      ``3.1.1``, the default, or ``5``; the last three options need 5)
+    * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`
+
+    Keyword options are passed to the bus's constructor and win over the query string. A
+    malformed option raises `ConfigError` naming the option and the URL.
+    """
+    if url is None or url in ("memory://", "memory:"):
+        return InProcessBus(**options)
+    parsed = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    base = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path, "", ""))
+    scheme = parsed.scheme.lower()
+    if scheme == "memory":
+        return InProcessBus(**options)
+    if scheme in ("mqtt", "mqtts"):
+        from .mqtt_bus import MqttBus
+
+        kwargs: dict[str, Any] = {}
+        if "client_id" in query:
+            kwargs["client_id"] = query.pop("client_id")
+        if "version" in query:
+            value = query.pop("version")
+            if value not in _MQTT_VERSIONS:
+                raise ConfigError(f"version in {url!r} must be 3.1.1 or 5, not {value!r}")
+            kwargs["version"] = _MQTT_VERSIONS[value]
+        for key in _MQTT_INT_OPTIONS:
+            if key in query:
+                value = query.pop(key)
+                try:
+                    kwargs[key] = int(value)
+                except ValueError:
+                    raise ConfigError(f"{key} in {url!r} must be a whole number, not {value!r}") from None
+        if query:
+            raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
+        kwargs.update(options)
+        return MqttBus(base, **kwargs)
+    if scheme == "nats":
+        from .nats_bus import NatsBus
+
+        kwargs = {}
+        if "jetstream" in query:
+            kwargs["jetstream"] = _query_flag(query.pop("jetstream"))
+        if "stream" in query:
+            kwargs["stream"] = query.pop("stream")
+            kwargs.setdefault("jetstream", True)
+        if query:
+            raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
+        kwargs.update(options)
+        return NatsBus(base, **kwargs)
+    raise ConfigError(f"unsupported bus URL {url!r}: use memory://, mqtt://, mqtts:// or nats://")
