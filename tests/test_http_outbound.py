@@ -212,3 +212,30 @@ def test_patterns_match_scheme_host_port_and_path():
                 "https://a.example.com:8443/v1/x", "http://10.0.0.5:8080/x", "https://api.test:444/"):
         with pytest.raises(CapabilityDenied):
             g.check(url)
+
+
+HTTP_DEPLOYMENT = """
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {name: fetch}
+spec:
+  module: m.wasm
+  capabilities:
+    host: [http]
+    %s
+"""
+
+
+def test_deployments_grant_http_with_an_allow_list():
+    from iotwasm.node.manifests import ManifestError, parse_documents
+
+    [dep] = parse_documents(HTTP_DEPLOYMENT % 'http: {allow: ["https://api.example.com/v1/*"], '
+                            'maxResponse: 64Ki, privateNetworks: true}', "d.yaml")
+    caps = dep.capabilities()
+    assert caps.allows("http")
+    assert caps.http == HttpGrant(allow=("https://api.example.com/v1/*",), max_response=65536,
+                                  private_networks=True)
+    with pytest.raises(ManifestError, match="capability 'http' needs an allow-list"):
+        parse_documents(HTTP_DEPLOYMENT % "", "d.yaml")
+    with pytest.raises(ManifestError, match="is not scheme://host"):
+        parse_documents(HTTP_DEPLOYMENT % 'http: {allow: ["ftp://x/"]}', "d.yaml")

@@ -31,6 +31,7 @@ from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, Priv
 from ..container import RestartPolicy
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.http_client import HttpGrant
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
 from ..errors import ConfigError
 from .bounded_yaml import DocumentTooLarge, excerpt, load_all
@@ -157,8 +158,35 @@ def _plain(v: Any) -> Any:
     return v.value if isinstance(v, SecretValue) else v
 
 
+class HttpGrantSpec(Strict):
+    """The allow-list of the `http` capability (docs/abi.md, outbound HTTP)."""
+
+    allow: list[str] = Field([], max_length=256, description=(
+        "URL patterns scheme://host[:port][/path]: host exact, *.domain or *, port a number or *, "
+        "path a glob where * matches anything; nothing else is reachable"))
+    max_response: str = Field("1Mi", alias="maxResponse", description="largest response body read")
+    private_networks: bool = Field(False, alias="privateNetworks", description=(
+        "let names resolve to loopback/private/link-local addresses (a pattern naming an address "
+        "literally always may)"))
+
+    @model_validator(mode="after")
+    def _check(self) -> "HttpGrantSpec":
+        try:
+            self.grant()
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def grant(self) -> HttpGrant:
+        from ..engine.limits import parse_size
+
+        return HttpGrant(allow=tuple(self.allow), max_response=parse_size(self.max_response),
+                         private_networks=self.private_networks)
+
+
 class CapabilitySpec(Strict):
-    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi"]] = []
+    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi", "http"]] = []
+    http: HttpGrantSpec | None = Field(None, description="allow-list of the http capability")
     topics: Topics = Topics()
     env: dict[str, str | SecretText] = Field({}, description="environment of WASI modules; an entry "
                                               "{value: ..., secret: true} is never shown back")
@@ -169,6 +197,14 @@ class CapabilitySpec(Strict):
     @field_serializer("env")
     def _env(self, env: dict, info: FieldSerializationInfo) -> dict:
         return _hide_secrets(env, info)
+
+    @model_validator(mode="after")
+    def _http(self) -> "CapabilitySpec":
+        if "http" in self.host and not (self.http and self.http.allow):
+            raise ValueError("capability 'http' needs an allow-list: http: {allow: [URL patterns]}")
+        if self.http is not None and "http" not in self.host:
+            raise ValueError("http allow-list given but capability 'http' is not in host")
+        return self
 
 
 class RestartSpec(Strict):
@@ -265,7 +301,8 @@ class Deployment(Strict):
         return Capabilities(host=frozenset(host), config={k: _str(_plain(v)) for k, v in self.spec.config.items()},
                             env={k: _plain(v) for k, v in c.env.items()}, args=tuple(c.args),
                             dirs=tuple(Preopen(f.host, f.guest, f.writable) for f in c.files),
-                            kv_quota=parse_size(c.kv_quota))
+                            kv_quota=parse_size(c.kv_quota),
+                            http=c.http.grant() if c.http is not None else HttpGrant())
 
 
 def _str(v: Any) -> str:
