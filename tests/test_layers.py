@@ -1,6 +1,6 @@
 """Lower layers never import higher ones (DESIGN: engine < registry < container < messaging <
 pipeline < node < fleet < toolchain < api < cli). Foundation modules (backoff, errors, message,
-sensors, sqlite, supervise) import no layer."""
+sensors, sqlite, supervise, breaker) import no layer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "iotwasm"
 ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "fleet", "toolchain", "api",
          "cli"]
-FOUNDATION = {"backoff", "errors", "message", "sensors", "sqlite", "supervise"}
+FOUNDATION = {"backoff", "breaker", "errors", "message", "sensors", "sqlite", "supervise"}
 
 
 def imported_layers(path: Path) -> set[str]:
