@@ -33,7 +33,7 @@ from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
 from ..engine.http_client import HttpGrant
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
-from ..errors import ConfigError
+from ..errors import ConfigError, IotwasmError
 from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
 API_VERSION = "iotwasm.io/v1"
@@ -383,6 +383,38 @@ class LogSink(Strict):
     level: Literal["debug", "info", "warning"] = "info"
 
 
+class BreakerSpec(Strict):
+    """The circuit breaker in front of an uplink sink (docs/node.md, circuit breakers)."""
+
+    enabled: bool = True
+    failures: int = Field(5, ge=1, le=100_000, description="consecutive failures that open it")
+    failure_rate: float | None = Field(None, alias="failureRate", gt=0, le=1,
+                                       description="or: this share of failures over the last `window` calls")
+    window: int = Field(20, ge=1, le=100_000)
+    open_for: str = Field("1s", alias="openFor", description="first open period before a probe")
+    max_open_for: str = Field("5s", alias="maxOpenFor", description="open periods double up to this")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BreakerSpec":
+        if parse_duration_ms(self.open_for) <= 0 or parse_duration_ms(self.max_open_for) < parse_duration_ms(self.open_for):
+            raise ValueError(f"need 0 < openFor ({self.open_for}) <= maxOpenFor ({self.max_open_for})")
+        return self
+
+
+class RetrySpec(Strict):
+    """Attempts per message of a sink without an outbox (with one, the outbox retries)."""
+
+    attempts: int = Field(3, ge=1, le=100, description="tries per message, the first included")
+    backoff: str = "100ms"
+    max_backoff: str = Field("2s", alias="maxBackoff")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RetrySpec":
+        if parse_duration_ms(self.backoff) <= 0 or parse_duration_ms(self.max_backoff) < parse_duration_ms(self.backoff):
+            raise ValueError(f"need 0 < backoff ({self.backoff}) <= maxBackoff ({self.max_backoff})")
+        return self
+
+
 class Sink(Strict):
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
@@ -392,6 +424,9 @@ class Sink(Strict):
     bus: BusEndpoint | None = None
     store_and_forward: bool = Field(True, alias="storeAndForward",
                                     description="uplink sinks keep unsent messages in SQLite")
+    circuit_breaker: BreakerSpec = Field(BreakerSpec(), alias="circuitBreaker",
+                                         description="uplink sinks (mqtt, nats, bus, webhook)")
+    retry: RetrySpec | None = Field(None, description="webhook sinks without storeAndForward")
 
     @model_validator(mode="after")
     def _one(self) -> "Sink":
@@ -415,15 +450,59 @@ class QueueSpec(Strict):
     overflow: Literal["block", "drop-oldest"] = "block"
 
 
+class SplitMatch(Strict):
+    topic: str | None = Field(None, description="a topic filter: matching messages go to the canary")
+    field: str | None = Field(None, description="a top-level JSON payload field ...")
+    equals: str | int | float | bool | None = Field(None, description="... holding this value")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SplitMatch":
+        if self.topic is None and self.field is None:
+            raise ValueError("a match needs a topic, a field, or both")
+        if self.topic is not None:
+            from ..messaging.topics import validate_filter
+
+            try:
+                validate_filter(self.topic)
+            except IotwasmError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
+class SplitSpec(Strict):
+    """Part of a step's traffic to a second deployment (docs/node.md, traffic splits)."""
+
+    deployment: str = Field(..., description="the canary deployment")
+    weight: float = Field(0, ge=0, le=100, description="percent of the step's messages to the canary")
+    match: SplitMatch | None = Field(None, description="messages the canary always gets")
+    seed: int | None = Field(None, description="seed of the weighted choice (the same choices every run)")
+
+
 class RouteSpec(Strict):
     source: Source
     steps: list[str] = Field(default_factory=list, description="deployment names, in order")
+    split: dict[str, SplitSpec] = Field({}, description="step name -> part of its traffic to a canary")
     sinks: list[Sink] = Field(min_length=1)
     batch: BatchSpec = BatchSpec()
     queue: QueueSpec = QueueSpec()
     order_by: str = Field("device", alias="orderBy",
                           description="source-topic variable that keys per-device ordering")
     dead_letter: str = Field("deadletter/{route}", alias="deadLetter")
+
+    @model_validator(mode="after")
+    def _check_split(self) -> "RouteSpec":
+        for step, sp in self.split.items():
+            if step not in self.steps:
+                raise ValueError(f"split {step!r} is not a step of this route (steps: {self.steps})")
+            if sp.deployment == step:
+                raise ValueError(f"split {step!r} sends to its own deployment")
+            if sp.weight == 0 and sp.match is None:
+                raise ValueError(f"split {step!r} has neither a weight nor a match")
+        return self
+
+    def deployments(self) -> list[str]:
+        """Every deployment the route runs: its steps and their canaries."""
+        return [*self.steps, *(sp.deployment for sp in self.split.values())]
 
 
 class Route(Strict):

@@ -1,0 +1,111 @@
+"""Traffic splits on a node: a route step shared between a stable and a canary deployment,
+by seeded weight and by a match on topic or payload field; real modules on the in-process bus."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from iotwasm.node.manifests import ManifestError, parse_documents
+
+from conftest import ECHO_WAT
+from test_node import started, wait_for, write
+
+CANARY_WAT = ECHO_WAT.replace("(global $heap (mut i32) (i32.const 1024))",
+                              "(global $heap (mut i32) (i32.const 2048))")  # same behaviour, new digest
+
+
+def deployment(name: str, module: str) -> str:
+    return f"""
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  module: {module}
+  capabilities:
+    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
+"""
+
+
+def route(split: str, table: str = "out") -> str:
+    return f"""
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: r}}
+spec:
+  source: {{bus: {{topic: "in/{{device}}"}}}}
+  steps: [stable]
+  split:
+    stable: {split}
+  batch: {{maxSize: 500}}
+  sinks: [{{store: {{table: {table}}}}}]
+"""
+
+
+def messages_of(node, name: str) -> int:
+    return node.deployments[name].handle.current.stats().totals()["messages"]
+
+
+def run_split(tmp_path, split: str, payloads):
+    (tmp_path / "stable.wat").write_text(ECHO_WAT)
+    (tmp_path / "canary.wat").write_text(CANARY_WAT)
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    write(mdir, "a.yaml", deployment("stable", str(tmp_path / "stable.wat")) + "---"
+          + deployment("canary", str(tmp_path / "canary.wat")) + "---" + route(split))
+
+    async def main():
+        node = await started(tmp_path, mdir)
+        try:
+            for topic, payload in payloads:
+                await node.bus.publish(topic, payload, qos=1)
+            n = len(payloads)
+            await wait_for(lambda: node.store.count("out") == n, timeout=60, what=f"{n} rows")
+            view = node.snapshot()["routes"]["r"]["splits"]["stable"]
+            return view, messages_of(node, "stable"), messages_of(node, "canary")
+        finally:
+            await node.shutdown()
+
+    return asyncio.run(main())
+
+
+def test_a_10_percent_split_sends_10_percent_of_10000_messages_to_the_canary(tmp_path):
+    payloads = [(f"in/d{i % 50}", b'{"n": %d}' % i) for i in range(10_000)]
+    view, stable, canary = run_split(tmp_path, "{deployment: canary, weight: 10, seed: 7}", payloads)
+    assert 800 <= canary <= 1200, canary
+    assert stable + canary == 10_000
+    # the route's own count agrees with what each deployment's container handled
+    assert view["messages"] == {"stable": stable, "canary": canary, "fallback": 0}
+    assert view["weight"] == 10 and view["canary"] == "canary"
+
+
+def test_matching_messages_always_go_to_the_canary(tmp_path):
+    payloads = ([(f"in/lab{i % 3}", b'{"n": %d}' % i) for i in range(30)]
+                + [(f"in/d{i % 3}", b'{"fw": "2.1", "n": %d}' % i) for i in range(20)]
+                + [(f"in/d{i % 3}", b'{"fw": "2.0", "n": %d}' % i) for i in range(40)])
+    view, stable, canary = run_split(tmp_path, '{deployment: canary, match: {field: fw, equals: "2.1"}}',
+                                     payloads)
+    assert (stable, canary) == (70, 20)
+
+
+def test_a_topic_match_and_a_weight_combine(tmp_path):
+    payloads = [("in/lab", b"x") for i in range(30)] + [(f"in/d{i % 5}", b"y") for i in range(2000)]
+    view, stable, canary = run_split(tmp_path, '{deployment: canary, weight: 50, seed: 1, '
+                                     'match: {topic: "in/lab"}}', payloads)
+    # every in/lab message, and about half of the others
+    assert 900 <= canary - 30 <= 1100 and stable + canary == 2030
+
+
+def test_split_manifests_are_checked():
+    base = route("{deployment: canary, weight: 10}")
+    [r] = parse_documents(base, "r.yaml")
+    assert r.spec.deployments() == ["stable", "canary"]
+    for bad, why in (("{deployment: stable, weight: 10}", "sends to its own deployment"),
+                     ("{deployment: canary}", "neither a weight nor a match"),
+                     ("{deployment: canary, weight: 120}", "less than or equal to 100"),
+                     ("{deployment: canary, match: {}}", "a match needs a topic, a field")):
+        with pytest.raises(ManifestError, match=why):
+            parse_documents(route(bad), "r.yaml")
+    with pytest.raises(ManifestError, match="split 'other' is not a step of this route"):
+        parse_documents(base.replace("    stable: {", "    other: {"), "r.yaml")
