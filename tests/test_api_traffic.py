@@ -70,3 +70,35 @@ def test_a_split_is_visible_in_describe_and_metrics(api):
     assert got["a"] + got["b"] == 40 and got["b"] > 0 and got["fallback"] == 0
     text = c.get("/metrics").text
     assert f'iotwasm_route_split_messages_total{{deployment="b",namespace="default",route="r",step="a"}} {got["b"]}.0' in text
+
+
+def test_tenants_split_only_to_their_own_deployments_and_need_an_admin_for_private_http(api):
+    a = api.admin
+    for name in ("acme", "globex"):
+        assert a.put(f"/v1/tenants/{name}", json={"topic_prefix": f"{name}/"}).status_code == 200
+    acme = api.client(api.token("operator", "acme"))
+    globex = api.client(api.token("operator", "globex"))
+    push(acme, name="acme/echo", version="1")
+    push(globex, name="globex/echo", version="1")
+    r = apply(acme, deployment("sensor", "acme/echo:1", namespace="acme", publish="acme/#", subscribe="acme/#"))
+    assert r.status_code == 200, r.text
+    g = deployment("g", "globex/echo:1", namespace="globex", publish="globex/#", subscribe="globex/#")
+    route = http_route("gr", "g", "/globex/in", "globex/in/{device}", "g", namespace="globex",
+                       dead_letter="globex/dead").replace(
+        "  steps: [g]\n", "  steps: [g]\n  split: {g: {deployment: sensor, weight: 10}}\n")
+    r = apply(globex, g + "---\n" + route)
+    assert r.status_code == 403 and "spec.split: 'sensor' is a deployment of another namespace" in r.json()["detail"]
+
+    def with_http(grant: str) -> str:
+        return g.replace("host: [log]", "host: [log, http]").replace(
+            "topics:", f"http: {grant}, topics:")
+
+    r = apply(globex, with_http('{allow: ["http://169.254.169.254/*"]}'))
+    assert r.status_code == 403 and "needs a node admin token" in r.json()["detail"], r.text
+    r = apply(globex, with_http('{allow: ["https://api.example.com/*"], privateNetworks: true}'))
+    assert r.status_code == 403 and "privateNetworks" in r.json()["detail"]
+    r = apply(globex, with_http('{allow: ["https://api.example.com/*"]}'))
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    # the node's admin may
+    r = apply(a, with_http('{allow: ["http://127.0.0.1:9/*"]}').replace("name: g,", "name: g2,"))
+    assert r.status_code == 200, r.text
