@@ -109,3 +109,61 @@ def test_split_manifests_are_checked():
             parse_documents(route(bad), "r.yaml")
     with pytest.raises(ManifestError, match="split 'other' is not a step of this route"):
         parse_documents(base.replace("    stable: {", "    other: {"), "r.yaml")
+
+
+FAULTY_ROUTE = """
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {name: r}
+spec:
+  source: {bus: {topic: "in/{device}"}}
+  steps: [stable]
+  sinks: [{store: {table: out}}, {store: {table: copy}}]
+  faults:
+    - {step: stable, failPercent: 20, delayPercent: 10, delay: 1ms, seed: 4}
+    - {sink: 1, failPercent: 100}
+"""
+
+
+def test_injected_faults_fail_their_share_say_so_and_are_recorded(tmp_path):
+    (tmp_path / "stable.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    write(mdir, "a.yaml", deployment("stable", str(tmp_path / "stable.wat")) + "---" + FAULTY_ROUTE)
+
+    async def main():
+        node = await started(tmp_path, mdir)
+        try:
+            for i in range(500):
+                await node.bus.publish(f"in/d{i % 7}", b"%d" % i, qos=1)
+            # each message is dead once: in the step (its injected share), or else at sink 1
+            await wait_for(lambda: node.snapshot()["routes"]["r"]["dead_letters"] == 500, timeout=60,
+                           what="500 dead letters")
+            failed_in_step = 500 - node.store.count("out")
+            assert 70 <= failed_in_step <= 130, failed_in_step
+            assert node.store.count("copy") == 0          # the second sink failed every batch
+            dead = node.state.dead_letters("r", limit=2000)
+            by_step = {d["step"] for d in dead}
+            assert by_step == {"stable", "r/1:store"}
+            assert all(d["kind"] == "fault_injected" and "injected failure" in d["error"] for d in dead)
+            assert sum(d["step"] == "stable" for d in dead) == failed_in_step
+            view = node.snapshot()["routes"]["r"]["faults"]
+            assert view["step stable"]["failed"] == failed_in_step and view["step stable"]["delayed"] > 0
+            assert view["sink r/1:store"]["failed"] == 500 - failed_in_step
+            events = [e for e in node.state.events("r") if e["kind"] == "faults"]
+            assert events and "step stable: delay 1ms on 10% of calls, fail 20%" in events[0]["message"]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_route_without_faults_injects_none_and_fault_specs_are_checked():
+    [r] = parse_documents(route("{deployment: canary, weight: 10}"), "r.yaml")
+    assert r.spec.faults == []
+    for bad, why in (("{step: stable, sink: 0, failPercent: 1}", "exactly one of step or sink"),
+                     ("{step: other, failPercent: 1}", "'other' is not a step"),
+                     ("{sink: 3, failPercent: 1}", "sink 3 does not exist"),
+                     ("{step: stable, delayPercent: 10}", "needs failPercent, or delayPercent with a positive delay")):
+        with pytest.raises(ManifestError, match=why):
+            parse_documents(route("{deployment: canary, weight: 10}") + f"  faults: [{bad}]\n", "r.yaml")

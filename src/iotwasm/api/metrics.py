@@ -21,6 +21,7 @@ from prometheus_client.core import (
 
 from ..breaker import STATE_VALUE
 from ..node.node import Node
+from ..node.traffic import unwrapped
 from ..pipeline.split import SplitStep
 from .policy import namespace_of
 from .security import Principal
@@ -168,12 +169,12 @@ class NodeCollector:
             for q in (0.5, 0.9, 0.99):
                 latency.add_metric([*lv, str(q)], s.percentile(q))
             for sink in rec.sinks:
-                br = getattr(sink, "breaker", None)
+                br = getattr(unwrapped(sink), "breaker", None)
                 if br is not None:
                     circuit.add_metric([*lv, sink.name], STATE_VALUE[br.state])
                     opened.add_metric([*lv, sink.name], br.opened)
                     refused.add_metric([*lv, sink.name], br.rejected)
-            for step in rec.runner.steps:
+            for step in map(unwrapped, rec.runner.steps):
                 if isinstance(step, SplitStep):
                     for dep, n in step.stats.items():
                         split.add_metric([*lv, step.name, dep], n)

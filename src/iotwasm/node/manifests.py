@@ -478,6 +478,26 @@ class SplitSpec(Strict):
     seed: int | None = Field(None, description="seed of the weighted choice (the same choices every run)")
 
 
+class FaultSpec(Strict):
+    """Injected delays and failures for testing a pipeline (docs/node.md, fault injection)."""
+
+    step: str | None = Field(None, description="a step of the route, or ...")
+    sink: int | None = Field(None, ge=0, description="... a sink, by its index in sinks")
+    delay: str = Field("0ms", description="how long a delayed call waits")
+    delay_percent: float = Field(0, alias="delayPercent", ge=0, le=100, description="percent of calls delayed")
+    fail_percent: float = Field(0, alias="failPercent", ge=0, le=100,
+                                description="percent of a step's messages, or of a sink's batches, failed")
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "FaultSpec":
+        if (self.step is None) == (self.sink is None):
+            raise ValueError("a fault names exactly one of step or sink")
+        if not self.fail_percent and not (self.delay_percent and parse_duration_ms(self.delay) > 0):
+            raise ValueError("a fault needs failPercent, or delayPercent with a positive delay")
+        return self
+
+
 class RouteSpec(Strict):
     source: Source
     steps: list[str] = Field(default_factory=list, description="deployment names, in order")
@@ -488,9 +508,16 @@ class RouteSpec(Strict):
     order_by: str = Field("device", alias="orderBy",
                           description="source-topic variable that keys per-device ordering")
     dead_letter: str = Field("deadletter/{route}", alias="deadLetter")
+    faults: list[FaultSpec] = Field([], max_length=64, description="off unless given: injected delays "
+                                    "and failures for testing; the node records an event when it starts such a route")
 
     @model_validator(mode="after")
     def _check_split(self) -> "RouteSpec":
+        for i, f in enumerate(self.faults):
+            if f.step is not None and f.step not in self.steps:
+                raise ValueError(f"faults[{i}]: {f.step!r} is not a step of this route (steps: {self.steps})")
+            if f.sink is not None and f.sink >= len(self.sinks):
+                raise ValueError(f"faults[{i}]: sink {f.sink} does not exist ({len(self.sinks)} sink(s))")
         for step, sp in self.split.items():
             if step not in self.steps:
                 raise ValueError(f"split {step!r} is not a step of this route (steps: {self.steps})")

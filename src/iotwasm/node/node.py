@@ -52,7 +52,7 @@ from .datadir import secure_data_dir
 from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path, to_document
 from .rules import NodeRules
 from .state import NodeState, SqliteKeyValue
-from .traffic import breaker_for, retry_for, split_steps
+from .traffic import breaker_for, retry_for, split_steps, traffic_view, with_faults
 from .watch import ManifestWatch
 
 log = logging.getLogger("iotwasm.node")
@@ -608,6 +608,11 @@ class Node:
             else:
                 sinks.append(LogSink(sink_name, s.log.level))
         lanes = max([self.deployments[d].handle.current.replicas for d in spec.deployments()] or [1])
+        steps, sinks, injected = with_faults(spec, steps, sinks)
+        if injected:   # never mistaken for real failures
+            log.warning("route %s: fault injection on: %s", r.name, "; ".join(injected))
+            self._event("faults", r.name, "fault injection on: " + "; ".join(injected), uid=uid,
+                        namespace=r.metadata.namespace)
         runner = RouteRunner(r.name, steps, sinks,
                              batch=BatchPolicy(spec.batch.max_size,
                                                parse_duration_ms(spec.batch.max_linger) / 1000),
@@ -716,23 +721,11 @@ class Node:
                             "dropped": s.dropped, "acl_denied": s.acl_denied, "queued": rec.runner.depth(),
                             "p50_ms": round(s.percentile(0.5), 3), "p99_ms": round(s.percentile(0.99), 3),
                             "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks),
-                            **traffic_view(rec)}
+                            **traffic_view(rec.runner, rec.sinks)}
         return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
                 "rules": self.rules.status() if self.rules is not None else {},
                 "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error,
                 "storage": self.storage_problems()}
-
-
-def traffic_view(rec: _RouteRecord) -> dict:
-    """A route's breakers (by sink) and splits (by step), for `describe` and the snapshot."""
-    out: dict = {}
-    breakers = {k.name: k.breaker.describe() for k in rec.sinks if getattr(k, "breaker", None) is not None}
-    if breakers:
-        out["breakers"] = breakers
-    splits = {s.name: s.describe() for s in rec.runner.steps if hasattr(s, "describe")}
-    if splits:
-        out["splits"] = splits
-    return out
 
 
 class _HttpSource:

@@ -9,6 +9,7 @@ from ..backoff import Backoff
 from ..breaker import CircuitBreaker
 from ..engine.limits import parse_duration_ms
 from ..errors import ConfigError
+from ..pipeline.faults import Faults, FaultySink, FaultyStep
 from ..pipeline.split import Match, SplitStep
 from .manifests import RouteSpec, Sink
 
@@ -47,4 +48,43 @@ def split_steps(spec: RouteSpec, steps: list, deployments: dict) -> list:
         out.append(SplitStep(step, rec.handle, weight=sp.weight,
                              match=Match(m.topic, m.field, m.equals) if m is not None else None,
                              rng=random.Random(sp.seed)))
+    return out
+
+
+def with_faults(spec: RouteSpec, steps: list, sinks: list) -> tuple[list, list, list[str]]:
+    """`steps` and `sinks` with the route's injected faults in front; and what was injected,
+    one line each (for the node's event)."""
+    steps, sinks, what = list(steps), list(sinks), []
+    for f in spec.faults:
+        faults = Faults(delay_s=parse_duration_ms(f.delay) / 1000, delay_rate=f.delay_percent / 100,
+                        fail_rate=f.fail_percent / 100, seed=f.seed)
+        if f.step is not None:
+            k = spec.steps.index(f.step)
+            steps[k] = FaultyStep(steps[k], faults)
+            what.append(f"step {f.step}: {faults.describe()}")
+        else:
+            sinks[f.sink] = FaultySink(sinks[f.sink], faults)
+            what.append(f"sink {sinks[f.sink].name}: {faults.describe()}")
+    return steps, sinks, what
+
+
+def unwrapped(part):
+    """A step or sink without the fault injection in front of it."""
+    return part.inner if isinstance(part, (FaultyStep, FaultySink)) else part
+
+
+def traffic_view(runner, sinks: list) -> dict:
+    """A route's breakers (by sink), splits (by step) and injected faults, for `describe`."""
+    out: dict = {}
+    breakers = {k.name: unwrapped(k).breaker.describe() for k in sinks
+                if getattr(unwrapped(k), "breaker", None) is not None}
+    if breakers:
+        out["breakers"] = breakers
+    splits = {s.name: unwrapped(s).describe() for s in runner.steps if isinstance(unwrapped(s), SplitStep)}
+    if splits:
+        out["splits"] = splits
+    faults = {f"{'step' if isinstance(p, FaultyStep) else 'sink'} {p.name}": p.describe()
+              for p in [*runner.steps, *sinks] if isinstance(p, (FaultyStep, FaultySink))}
+    if faults:
+        out["faults"] = faults
     return out
