@@ -167,3 +167,45 @@ def test_a_route_without_faults_injects_none_and_fault_specs_are_checked():
                      ("{step: stable, delayPercent: 10}", "needs failPercent, or delayPercent with a positive delay")):
         with pytest.raises(ManifestError, match=why):
             parse_documents(route("{deployment: canary, weight: 10}") + f"  faults: [{bad}]\n", "r.yaml")
+
+
+def test_a_canary_failing_its_health_gate_is_rolled_back_by_itself(tmp_path):
+    (tmp_path / "stable.wat").write_text(ECHO_WAT)
+    (tmp_path / "canary.wat").write_text(ECHO_WAT.replace(
+        "local.get $first i32.const 33 i32.eq (if (then unreachable))", "unreachable"))   # traps on all
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    write(mdir, "a.yaml", deployment("stable", str(tmp_path / "stable.wat")) + "---"
+          + deployment("canary", str(tmp_path / "canary.wat")) + "---"
+          + route("{deployment: canary, weight: 50, seed: 2, healthGate: {messages: 20, maxTrapRate: 0.2}}"))
+
+    async def main():
+        node = await started(tmp_path, mdir)
+        try:
+            def split():
+                return node.snapshot()["routes"]["r"]["splits"]["stable"]
+
+            i = 0
+            while split()["gate"]["verdict"] == "watching":
+                await node.bus.publish(f"in/d{i % 3}", b"%d" % i, qos=1)
+                i += 1
+                if i % 10 == 0:   # let those ten through the split before looking again
+                    await wait_for(lambda: sum(split()["messages"].values()) == i, what=f"{i} split")
+                assert i < 1000
+            gate = split()["gate"]
+            assert gate["verdict"] == "rolled-back" and gate["failed"] >= 5
+            assert "failed its health gate" in gate["reason"] and split()["weight"] == 0
+            events = [e for e in node.state.events("r") if e["kind"] == "canary-rolled-back"]
+            assert events and "all traffic back to stable" in events[0]["message"]
+            await wait_for(lambda: sum(split()["messages"].values()) == i, what="first wave through the split")
+            canary_before = split()["messages"]["canary"]
+            for j in range(100):
+                await node.bus.publish(f"in/d{j % 3}", b"x", qos=1)
+            await wait_for(lambda: sum(split()["messages"].values()) == i + 100, what="second wave through")
+            assert split()["messages"]["canary"] == canary_before   # none went to the canary
+            # every message the canary had trapped on; all the others stored
+            await wait_for(lambda: node.store.count("out") == i + 100 - canary_before, what="all stored")
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())

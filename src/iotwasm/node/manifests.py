@@ -476,6 +476,8 @@ class SplitSpec(Strict):
     weight: float = Field(0, ge=0, le=100, description="percent of the step's messages to the canary")
     match: SplitMatch | None = Field(None, description="messages the canary always gets")
     seed: int | None = Field(None, description="seed of the weighted choice (the same choices every run)")
+    health_gate: HealthGate | None = Field(None, alias="healthGate", description=(
+        "roll the canary back by itself when more than maxTrapRate of its first messages fail"))
 
 
 class FaultSpec(Strict):

@@ -568,7 +568,8 @@ class Node:
             if rec is None:
                 raise ConfigError(f"step {name!r} is not a deployment on this node")
             steps.append(rec.handle)
-        steps = split_steps(spec, steps, self.deployments)
+        steps = split_steps(spec, steps, self.deployments, on_event=lambda kind, msg: self._event(
+            kind, r.name, msg, uid=uid, namespace=r.metadata.namespace))
         src = spec.source
         src_pattern = None
         if src.type in ("mqtt", "bus"):

@@ -4,6 +4,7 @@ sinks, splits for its steps (docs/node.md, "Circuit breakers, retries and traffi
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from ..backoff import Backoff
 from ..breaker import CircuitBreaker
@@ -33,8 +34,10 @@ def retry_for(sink: Sink) -> tuple[int, Backoff | None]:
     return r.attempts - 1, Backoff(parse_duration_ms(r.backoff) / 1000, parse_duration_ms(r.max_backoff) / 1000)
 
 
-def split_steps(spec: RouteSpec, steps: list, deployments: dict) -> list:
-    """`steps` (deployment handles, in route order) with each split step wrapped."""
+def split_steps(spec: RouteSpec, steps: list, deployments: dict,
+                on_event: Callable[[str, str], None] | None = None) -> list:
+    """`steps` (deployment handles, in route order) with each split step wrapped; a canary's
+    health gate reports through `on_event(kind, message)` (from a worker thread)."""
     out = []
     for name, step in zip(spec.steps, steps):
         sp = spec.split.get(name)
@@ -45,9 +48,12 @@ def split_steps(spec: RouteSpec, steps: list, deployments: dict) -> list:
         if rec is None:
             raise ConfigError(f"split of step {name!r}: {sp.deployment!r} is not a deployment on this node")
         m = sp.match
+        g = sp.health_gate
         out.append(SplitStep(step, rec.handle, weight=sp.weight,
                              match=Match(m.topic, m.field, m.equals) if m is not None else None,
-                             rng=random.Random(sp.seed)))
+                             rng=random.Random(sp.seed),
+                             gate=(g.messages, g.max_trap_rate) if g is not None else None,
+                             on_event=on_event))
     return out
 
 

@@ -18,6 +18,12 @@ to the stable deployment and is counted as `fallback`. Each deployment keeps its
 (calls, traps, latency), and `stats` counts the messages each one was given, so the canary is
 judged on its own numbers; promoting it (or rolling it back) is a route edit — set the weight
 to 100 or remove the split — and the route's hand-over moves queued messages losslessly.
+
+With a health gate (`gate=(messages, max_trap_rate)`) the split rolls the canary back by
+itself: once the canary has handled `messages` messages — or sooner, when the allowed number
+of failures is certainly exceeded — a share of traps and limit hits above `max_trap_rate`
+sends every message to the stable deployment from then on (until the route is applied again)
+and reports it through `on_event`; below it, the gate reports the canary healthy.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from ..errors import ContainerUnavailable
+from ..errors import SANDBOX_FAULTS, ContainerUnavailable
 from ..message import BatchResult, DeadLetter, Message, Output
 from ..messaging.topics import matches
 
@@ -80,7 +86,9 @@ class SplitStep:
     """A route step whose messages are shared between `stable` and `canary`."""
 
     def __init__(self, stable: _Step, canary: _Step, *, weight: float = 0.0,
-                 match: Match | None = None, rng: random.Random | None = None):
+                 match: Match | None = None, rng: random.Random | None = None,
+                 gate: tuple[int, float] | None = None,
+                 on_event: Callable[[str, str], None] | None = None):
         if not 0 <= weight <= 100:
             raise ValueError(f"split weight {weight} is not a percentage")
         self.stable, self.canary = stable, canary
@@ -93,6 +101,12 @@ class SplitStep:
         #: messages given to each deployment, and the canary's share that went to the stable
         #: one because the canary was unavailable
         self.stats = {stable.name: 0, canary.name: 0, "fallback": 0}
+        self.gate = gate
+        self.on_event = on_event or (lambda kind, msg: None)
+        #: "watching", "healthy" or "rolled-back" with a gate; None without
+        self.verdict: str | None = "watching" if gate else None
+        self.reason: str | None = None
+        self._seen = self._failed = 0
 
     @property
     def acl(self) -> _BothACL:
@@ -123,6 +137,8 @@ class SplitStep:
             try:
                 part = self.canary.process(share)
                 self.stats[self.canary.name] += len(canary_idx)
+                if self.verdict == "watching":
+                    self._judge(part, len(share))
             except ContainerUnavailable:
                 part = self.stable.process(share)
                 self.stats["fallback"] += len(canary_idx)
@@ -131,9 +147,36 @@ class SplitStep:
             result.outputs.sort(key=lambda o: o.index)   # stable: each input's outputs keep their order
         return result
 
+    def _judge(self, part: BatchResult, n: int) -> None:
+        """The health gate's count; runs on the lane's worker thread, one batch at a time per
+        lane — several lanes may count at once, and a lost update only delays the verdict."""
+        messages, max_rate = self.gate  # type: ignore[misc]
+        self._seen += n
+        self._failed += sum(1 for d in part.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
+        doomed = self._failed > max_rate * messages
+        if self._seen < messages and not doomed:
+            return
+        rate = self._failed / self._seen
+        if doomed or rate > max_rate:
+            self.weight, self.match = 0.0, None
+            self.verdict = "rolled-back"
+            self.reason = (f"canary {self.canary.name} of step {self.name} failed its health gate: "
+                           f"{self._failed} of {self._seen} messages trapped or hit limits "
+                           f"({rate:.0%} > {max_rate:.0%}); all traffic back to {self.stable.name}")
+            self.on_event("canary-rolled-back", self.reason)
+        else:
+            self.verdict = "healthy"
+            self.reason = (f"canary {self.canary.name} of step {self.name} passed its health gate "
+                           f"({self._failed} of {self._seen} failed)")
+            self.on_event("canary-healthy", self.reason)
+
     def describe(self) -> dict:
-        return {"stable": self.stable.name, "canary": self.canary.name,
-                "weight": round(self.weight * 100, 3), "messages": dict(self.stats)}
+        out = {"stable": self.stable.name, "canary": self.canary.name,
+               "weight": round(self.weight * 100, 3), "messages": dict(self.stats)}
+        if self.verdict is not None:
+            out["gate"] = {"verdict": self.verdict, "seen": self._seen, "failed": self._failed,
+                           "reason": self.reason}
+        return out
 
 
 def _merge(into: BatchResult, part: BatchResult, index: list[int]) -> None:
