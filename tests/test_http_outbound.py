@@ -239,3 +239,21 @@ def test_deployments_grant_http_with_an_allow_list():
         parse_documents(HTTP_DEPLOYMENT % "", "d.yaml")
     with pytest.raises(ManifestError, match="is not scheme://host"):
         parse_documents(HTTP_DEPLOYMENT % 'http: {allow: ["ftp://x/"]}', "d.yaml")
+
+
+def test_iotwasm_run_grants_http_with_its_allow_list(fetch_wasm, server):
+    import sys
+
+    base = f"http://127.0.0.1:{server.port}"
+    lines = f"GET {base}/api/hello\nGET {base}/secret\n".encode()
+    r = subprocess.run([sys.executable, "-m", "iotwasm.cli.main", "run", str(fetch_wasm),
+                        "--http-allow", f"{base}/api/*"], input=lines, capture_output=True, timeout=120)
+    assert r.stdout == b"200 2 hi\n"
+    err = " ".join(r.stderr.decode().split())   # the terminal may wrap it
+    assert f"line 2: http_fetch:iot_process: http request to '{base}/secret' is not in the allow-list " \
+           f"(allow-list: {base}/api/*)" in err
+    assert r.returncode == 3
+    # without --http-allow the module cannot even start
+    r = subprocess.run([sys.executable, "-m", "iotwasm.cli.main", "run", str(fetch_wasm)],
+                       input=lines, capture_output=True, timeout=120)
+    assert r.returncode == 1 and "needs capability 'http'" in " ".join(r.stderr.decode().split())
