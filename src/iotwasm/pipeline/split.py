@@ -29,8 +29,9 @@ and reports it through `on_event`; below it, the gate reports the canary healthy
 from __future__ import annotations
 
 import json
+import math
 import random
-from dataclasses import dataclass
+from operator import itemgetter
 from typing import Callable, Protocol, Sequence
 
 from ..errors import SANDBOX_FAULTS, ContainerUnavailable
@@ -45,25 +46,63 @@ class _Step(Protocol):
     def process(self, messages: Sequence[Message]) -> BatchResult: ...
 
 
-@dataclass(frozen=True)
 class Match:
-    """Messages the canary always gets: topic filter and/or a top-level JSON field's value."""
+    """Messages the canary always gets: topic filter and/or a top-level JSON field's value.
 
-    topic: str | None = None
-    field: str | None = None
-    equals: object = None
+    Fast paths (a split sees every message of its step): topic decisions are memoised per
+    topic (devices repeat theirs); a payload is parsed only when the field's name — and, for a
+    string or boolean value, the value — appear in it as written, so a payload that spells
+    them with escapes (``"f\\u0077"``) does not match."""
+
+    def __init__(self, topic: str | None = None, field: str | None = None, equals: object = None):
+        self.topic, self.field, self.equals = topic, field, equals
+        self._memo: dict[str, bool] = {}
+        self._needles: tuple[bytes, ...] = ()
+        if field is not None:
+            needles = [json.dumps(field).encode()]
+            if isinstance(equals, (str, bool)) or equals is None:
+                needles.append(json.dumps(equals).encode())
+            self._needles = tuple(needles)
+
+    def _topic(self, topic: str) -> bool:
+        hit = self._memo.get(topic)
+        if hit is None:
+            if len(self._memo) > 50_000:
+                self._memo.clear()
+            hit = self._memo[topic] = matches(self.topic, topic)
+        return hit
 
     def __call__(self, m: Message) -> bool:
-        if self.topic is not None and not matches(self.topic, m.topic):
+        if self.topic is not None and not self._topic(m.topic):
             return False
         if self.field is not None:
+            payload = m.payload
+            for needle in self._needles:
+                if needle not in payload:
+                    return False
             try:
-                doc = json.loads(m.payload)
+                doc = json.loads(payload)
             except ValueError:
                 return False
-            if not isinstance(doc, dict) or self.field not in doc or doc[self.field] != self.equals:
+            if not isinstance(doc, dict) or self.field not in doc:
+                return False
+            v = doc[self.field]   # true is not 1 here, nor 1 true
+            if v != self.equals or (type(v) is bool) != (type(self.equals) is bool):
                 return False
         return self.topic is not None or self.field is not None
+
+    def pick(self, messages: Sequence[Message]) -> list[int]:
+        """Indices of the matching messages."""
+        if self.field is not None:
+            return [i for i, m in enumerate(messages) if self(m)]
+        get, out = self._memo.get, []
+        for i, m in enumerate(messages):
+            hit = get(m.topic)
+            if hit is None:
+                hit = self._topic(m.topic)
+            if hit:
+                out.append(i)
+        return out
 
 
 class _BothACL:
@@ -116,16 +155,33 @@ class SplitStep:
             self._acl_key, self._acl = key, _BothACL(*key)
         return self._acl
 
-    def choose(self, m: Message) -> bool:
-        """True: this message goes to the canary."""
-        if self.match is not None and self.match(m):
-            return True
-        return self.weight > 0 and self.rng.random() < self.weight
+    def pick(self, messages: Sequence[Message]) -> list[int]:
+        """Indices of the messages for the canary, ascending: those that match, and each of
+        the others with probability `weight`. The draws are a Bernoulli process walked by
+        geometric gaps — one draw per canary message rather than one per message — so a
+        seeded generator gives the same picks every run."""
+        n, w = len(messages), self.weight
+        picked = self.match.pick(messages) if self.match is not None else []
+        if w <= 0:
+            return picked
+        if w >= 1:
+            return list(range(n))
+        rand, log1w = self.rng.random, math.log1p(-w)
+        drawn = []
+        i = int(math.log(1.0 - rand()) / log1w)
+        while i < n:
+            drawn.append(i)
+            i += 1 + int(math.log(1.0 - rand()) / log1w)
+        return sorted(set(picked).union(drawn)) if picked else drawn
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
-        to_canary = [self.choose(m) for m in messages]
-        stable_idx = [i for i, c in enumerate(to_canary) if not c]
-        canary_idx = [i for i, c in enumerate(to_canary) if c]
+        canary_idx = self.pick(messages)
+        if not canary_idx:   # the common case of a small canary share: no copies, no merge
+            result = self.stable.process(messages)
+            self.stats[self.stable.name] += len(messages)
+            return result
+        chosen = set(canary_idx)
+        stable_idx = [i for i in range(len(messages)) if i not in chosen]
         result = BatchResult()
         # the stable share first: if the stable deployment is unavailable, nothing has run yet
         # when the route holds the batch and tries the step again
@@ -144,7 +200,7 @@ class SplitStep:
                 self.stats["fallback"] += len(canary_idx)
             _merge(result, part, canary_idx)
         if canary_idx and stable_idx:
-            result.outputs.sort(key=lambda o: o.index)   # stable: each input's outputs keep their order
+            result.outputs.sort(key=itemgetter(0))   # stable: each input's outputs keep their order
         return result
 
     def _judge(self, part: BatchResult, n: int) -> None:
@@ -180,7 +236,9 @@ class SplitStep:
 
 
 def _merge(into: BatchResult, part: BatchResult, index: list[int]) -> None:
-    """Add a share's result, its indices mapped back to the whole batch's."""
-    into.outputs.extend(Output(index[o.index], o.topic, o.payload) for o in part.outputs)
+    """Add a share's result, its indices mapped back to the whole batch's (one tuple built
+    per output, without the named tuple's constructor: this runs per message)."""
+    new = tuple.__new__
+    into.outputs.extend([new(Output, (index[i], t, p)) for i, t, p in part.outputs])
     into.dead_letters.extend(DeadLetter(index[d.index], d.message, d.error) for d in part.dead_letters)
     into.fuel_used += part.fuel_used
