@@ -4,8 +4,11 @@ by seeded weight and by a match on topic or payload field; real modules on the i
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
+
+from iotwasm.message import Message
 
 from iotwasm.node.manifests import ManifestError, parse_documents
 
@@ -209,3 +212,34 @@ def test_a_canary_failing_its_health_gate_is_rolled_back_by_itself(tmp_path):
             await node.shutdown()
 
     asyncio.run(main())
+
+
+def test_seeded_picks_do_not_depend_on_how_the_stream_is_cut_into_batches(runtime):
+    from iotwasm.container import WasmContainer
+    from iotwasm.pipeline.split import SplitStep
+
+    stable = WasmContainer("stable", ECHO_WAT, runtime=runtime).start()
+    canary = WasmContainer("canary", CANARY_WAT, runtime=runtime).start()
+    try:
+        msgs = [Message("in/d", b"%d" % i) for i in range(3000)]
+
+        # the picks over the whole stream, cut three different ways
+        def picks(sizes):
+            split, out, i = SplitStep(stable, canary, weight=10, rng=random.Random(5)), [], 0
+            for size in sizes:
+                out += [i + k for k in split.pick(msgs[i:i + size])]
+                i += size
+            return out
+
+        whole = picks([3000])
+        assert picks([1] * 3000) == whole == picks([7, 500, 93, 2400])
+        assert 240 <= len(whole) <= 360
+        # and the split hands exactly those to the canary, outputs back in input order
+        split = SplitStep(stable, canary, weight=10, rng=random.Random(5))
+        res = split.process(msgs[:500])
+        assert [o.index for o in res.outputs] == list(range(500))
+        assert split.stats["canary"] == len([k for k in whole if k < 500])
+        assert canary.stats().totals()["messages"] == split.stats["canary"]
+    finally:
+        stable.stop()
+        canary.stop()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 from operator import itemgetter
 from typing import Callable, Protocol, Sequence
 
@@ -146,6 +147,9 @@ class SplitStep:
         self.verdict: str | None = "watching" if gate else None
         self.reason: str | None = None
         self._seen = self._failed = 0
+        #: messages to pass over before the next weighted pick (carried across batches)
+        self._gap: int | None = None
+        self._lock = threading.Lock()
 
     @property
     def acl(self) -> _BothACL:
@@ -157,9 +161,11 @@ class SplitStep:
 
     def pick(self, messages: Sequence[Message]) -> list[int]:
         """Indices of the messages for the canary, ascending: those that match, and each of
-        the others with probability `weight`. The draws are a Bernoulli process walked by
-        geometric gaps — one draw per canary message rather than one per message — so a
-        seeded generator gives the same picks every run."""
+        the others with probability `weight`. The draws are a Bernoulli process over the
+        step's message stream walked by geometric gaps — one draw per canary message rather
+        than one per message — and the gap carries over from batch to batch, so a seeded
+        generator picks the same messages every run however the stream is cut into batches
+        (on a route of one lane; lanes running at once take turns on the generator)."""
         n, w = len(messages), self.weight
         picked = self.match.pick(messages) if self.match is not None else []
         if w <= 0:
@@ -168,17 +174,23 @@ class SplitStep:
             return list(range(n))
         rand, log1w = self.rng.random, math.log1p(-w)
         drawn = []
-        i = int(math.log(1.0 - rand()) / log1w)
-        while i < n:
-            drawn.append(i)
-            i += 1 + int(math.log(1.0 - rand()) / log1w)
+        with self._lock:
+            i = self._gap if self._gap is not None else int(math.log(1.0 - rand()) / log1w)
+            while i < n:
+                drawn.append(i)
+                i += 1 + int(math.log(1.0 - rand()) / log1w)
+            self._gap = i - n
         return sorted(set(picked).union(drawn)) if picked else drawn
+
+    def _count(self, name: str, n: int) -> None:
+        with self._lock:   # lanes count from their own threads
+            self.stats[name] += n
 
     def process(self, messages: Sequence[Message]) -> BatchResult:
         canary_idx = self.pick(messages)
         if not canary_idx:   # the common case of a small canary share: no copies, no merge
             result = self.stable.process(messages)
-            self.stats[self.stable.name] += len(messages)
+            self._count(self.stable.name, len(messages))
             return result
         chosen = set(canary_idx)
         stable_idx = [i for i in range(len(messages)) if i not in chosen]
@@ -187,26 +199,28 @@ class SplitStep:
         # when the route holds the batch and tries the step again
         if stable_idx:
             _merge(result, self.stable.process([messages[i] for i in stable_idx]), stable_idx)
-            self.stats[self.stable.name] += len(stable_idx)
+            self._count(self.stable.name, len(stable_idx))
         if canary_idx:
             share = [messages[i] for i in canary_idx]
             try:
                 part = self.canary.process(share)
-                self.stats[self.canary.name] += len(canary_idx)
+                self._count(self.canary.name, len(canary_idx))
                 if self.verdict == "watching":
-                    self._judge(part, len(share))
+                    with self._lock:
+                        self._judge(part, len(share))
             except ContainerUnavailable:
                 part = self.stable.process(share)
-                self.stats["fallback"] += len(canary_idx)
+                self._count("fallback", len(canary_idx))
             _merge(result, part, canary_idx)
         if canary_idx and stable_idx:
             result.outputs.sort(key=itemgetter(0))   # stable: each input's outputs keep their order
         return result
 
     def _judge(self, part: BatchResult, n: int) -> None:
-        """The health gate's count; runs on the lane's worker thread, one batch at a time per
-        lane — several lanes may count at once, and a lost update only delays the verdict."""
+        """The health gate's count (under the lock: lanes count from their own threads)."""
         messages, max_rate = self.gate  # type: ignore[misc]
+        if self.verdict != "watching":
+            return
         self._seen += n
         self._failed += sum(1 for d in part.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
         doomed = self._failed > max_rate * messages
