@@ -181,12 +181,12 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
             m.bind_module(digest)
             if m.spec.capabilities.files and not (who.has("admin") and who.tenant is None):
                 raise PolicyError(f"{label} spec.capabilities.files: host file grants need a node admin token")
-            http = m.spec.capabilities.http
-            if http is not None and not (who.has("admin") and who.tenant is None):
-                private = [p.text for p in http.grant().patterns
-                           if p.literal_ip() is not None and not p.literal_ip().is_global]
-                if http.private_networks or private:
-                    what = "privateNetworks" if http.private_networks else f"allow {private[0]!r}"
+            grant = m.spec.capabilities.http
+            if grant is not None and not (who.has("admin") and who.tenant is None):
+                private = [p.text for p in grant.grant().patterns
+                           if (ip := p.literal_ip()) is not None and not ip.is_global]
+                if grant.private_networks or private:
+                    what = "privateNetworks" if grant.private_networks else f"allow {private[0]!r}"
                     raise PolicyError(f"{label} spec.capabilities.http: {what}: reaching the node's "
                                       f"private networks needs a node admin token")
             topics = m.spec.capabilities.topics

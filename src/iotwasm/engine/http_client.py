@@ -93,7 +93,7 @@ class UrlPattern:
                 raise ConfigError(f"http allow-list entry {text!r}: port {port_n} out of range")
         return cls(text.strip(), scheme, host.strip("[]").rstrip("."), port_n, path)
 
-    def literal_ip(self) -> ipaddress._BaseAddress | None:
+    def literal_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         try:
             return ipaddress.ip_address(self.host)
         except ValueError:
@@ -165,7 +165,7 @@ class HttpGrant:
             infos = [str(literal)]
         else:
             try:
-                infos = [ai[4][0] for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+                infos = [str(ai[4][0]) for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
             except (socket.gaierror, UnicodeError) as e:
                 raise HttpRequestFailed(f"http request to {url[:200]!r}: cannot resolve {host!r}: {e}",
                                         ERR_FAILED) from None
@@ -181,7 +181,7 @@ class HttpGrant:
             f"no pattern names (allow-list: {self.describe()}; privateNetworks is off)")
 
 
-def _ip(host: str) -> ipaddress._BaseAddress | None:
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -223,12 +223,13 @@ class _Pinned(http.client.HTTPConnection):
 
 class _PinnedTLS(http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, addr: str, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._tls = ssl.create_default_context()   # verifies the certificate against `host`
+        super().__init__(host, port, timeout=timeout, context=self._tls)
         self._addr = addr
 
     def connect(self) -> None:
         sock = socket.create_connection((self._addr, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
 def request(grant: HttpGrant, method: str, url: str, headers: list[tuple[str, str]], body: bytes,

@@ -68,7 +68,7 @@ def with_faults(spec: RouteSpec, steps: list, sinks: list) -> tuple[list, list, 
             k = spec.steps.index(f.step)
             steps[k] = FaultyStep(steps[k], faults)
             what.append(f"step {f.step}: {faults.describe()}")
-        else:
+        elif f.sink is not None:   # one of the two, checked with the manifest
             sinks[f.sink] = FaultySink(sinks[f.sink], faults)
             what.append(f"sink {sinks[f.sink].name}: {faults.describe()}")
     return steps, sinks, what

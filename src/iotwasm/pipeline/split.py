@@ -70,7 +70,7 @@ class Match:
         if hit is None:
             if len(self._memo) > 50_000:
                 self._memo.clear()
-            hit = self._memo[topic] = matches(self.topic, topic)
+            hit = self._memo[topic] = self.topic is None or matches(self.topic, topic)
         return hit
 
     def __call__(self, m: Message) -> bool:
