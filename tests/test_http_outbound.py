@@ -257,3 +257,21 @@ def test_iotwasm_run_grants_http_with_its_allow_list(fetch_wasm, server):
     r = subprocess.run([sys.executable, "-m", "iotwasm.cli.main", "run", str(fetch_wasm)],
                        input=lines, capture_output=True, timeout=120)
     assert r.returncode == 1 and "needs capability 'http'" in " ".join(r.stderr.decode().split())
+
+
+def test_https_verifies_the_certificate_of_the_name_asked_for(runtime, fetch_wasm, server, tmp_path, monkeypatch):
+    import ssl
+
+    from test_api_tls import self_signed
+
+    cert, key = self_signed(tmp_path)   # for 127.0.0.1, signed by itself
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.httpd.socket = ctx.wrap_socket(server.httpd.socket, server_side=True)
+    base = f"https://127.0.0.1:{server.port}"
+    logs: list[str] = []
+    g = guest(runtime, fetch_wasm, HttpGrant(allow=(f"{base}/api/*",)), logs)
+    assert run(g, f"GET {base}/api/hello\n\n") == ["error -1"]    # not a trusted certificate
+    assert any("CERTIFICATE_VERIFY_FAILED" in t for t in logs), logs
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))                  # now the node trusts it
+    assert run(g, f"GET {base}/api/hello\n\n") == ["200 2 hi"]
