@@ -151,3 +151,37 @@ def test_without_an_outbox_an_open_breaker_fails_fast_and_retries_use_backoff(we
         assert br.rejected == 3 and br.state == OPEN
 
     asyncio.run(main())
+
+
+def test_a_bus_sink_without_an_outbox_fails_fast_while_its_broker_is_away(mosquitto):
+    from iotwasm.messaging.bus import open_bus
+    from iotwasm.pipeline.sinks import BusSink
+
+    async def main():
+        bus = open_bus(mosquitto.url)
+        await bus.connect(timeout=5)
+        clock = Clock()
+        br = CircuitBreaker("r/0:mqtt", failures=2, open_for=3, max_open_for=3, clock=clock)
+        sink = BusSink("r/0:mqtt", bus, "up/{topic}", qos=1, breaker=br)
+        msgs = [Message("t", b"1"), Message("t", b"2")]
+        try:
+            assert await sink.deliver(msgs, [{}, {}]) == [] and br.state == CLOSED
+            await asyncio.to_thread(mosquitto.stop)
+            await until(lambda: not bus.connected)
+            for _ in range(2):   # the broker is away: each batch fails, then the breaker opens
+                failures = await sink.deliver(msgs, [{}, {}])
+                assert [i for i, _ in failures] == [0, 1] and not isinstance(failures[0][1], CircuitOpen)
+            assert br.state == OPEN
+            published = bus.stats.published
+            failures = await sink.deliver(msgs, [{}, {}])
+            assert all(isinstance(e, CircuitOpen) for _, e in failures) and len(failures) == 2
+            assert bus.stats.published == published          # refused without touching the bus
+            await asyncio.to_thread(mosquitto.start)
+            await until(lambda: bus.connected)
+            clock.t += 3                                     # half-open: the probe batch goes out
+            assert await sink.deliver(msgs, [{}, {}]) == [] and br.state == CLOSED
+            assert sink.sent == 4
+        finally:
+            await bus.close()
+
+    asyncio.run(main())
