@@ -5,8 +5,8 @@ is stored durably first and removed only when the uplink acknowledged it, so bro
 and node restarts lose nothing. `deliver` returns the messages it could not take (with the
 error) so the route dead-letters them instead of dropping them.
 
-Every uplink has a circuit breaker (`breaker.CircuitBreaker`; `breaker=None` turns it off).
-Through the outbox, an open breaker holds the messages there and lets one probe through now
+An uplink may have a circuit breaker (`breaker.CircuitBreaker`; a node gives every uplink sink
+one unless its manifest turns it off). Through the outbox, an open breaker holds the messages there and lets one probe through now
 and then; without an outbox, an open breaker fails the batch at once with `CircuitOpen`, so
 its messages become dead letters (replayable) instead of waiting on a dead uplink's timeout
 each. A webhook without an outbox may also retry each message (`retries`, with backoff).
