@@ -24,6 +24,7 @@ is read at most `max_response` bytes far; redirects are followed at most `MAX_RE
 
 from __future__ import annotations
 
+import concurrent.futures
 import fnmatch
 import http.client
 import ipaddress
@@ -47,6 +48,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 #: headers the host sets itself; a guest may not
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te",
                               "upgrade", "proxy-authorization", "proxy-connection"})
+#: name lookups (blocking, without a timeout of their own) run here, bounded by the caller's wait
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="iotwasm-resolve")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HOST = re.compile(r"^(\*|(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*\.?|\[[0-9a-f:.]+\])$")
 
@@ -158,14 +161,23 @@ class HttpGrant:
                 return u, host, port, p
         raise deny("is not in the allow-list")
 
-    def resolve(self, url: str, host: str, port: int, pattern: UrlPattern) -> str:
-        """The address to connect to: `host` resolved once and checked (see module doc)."""
+    def resolve(self, url: str, host: str, port: int, pattern: UrlPattern,
+                deadline: float | None = None) -> str:
+        """The address to connect to: `host` resolved once and checked (see module doc).
+        The lookup gets the time left until `deadline`: the resolver has no timeout of its
+        own, so it runs on a small pool of its own and is given up on (not waited for)."""
         literal = _ip(host)
         if literal is not None:
             infos = [str(literal)]
         else:
+            lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
             try:
-                infos = [str(ai[4][0]) for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+                left = None if deadline is None else _left(url, deadline)
+                infos = [str(ai[4][0]) for ai in lookup.result(timeout=left)]
+            except concurrent.futures.TimeoutError:
+                lookup.cancel()
+                raise HttpRequestFailed(f"http request to {url[:200]!r}: the call's time budget ran out "
+                                        f"resolving {host!r}", ERR_TIMEOUT) from None
             except (socket.gaierror, UnicodeError) as e:
                 raise HttpRequestFailed(f"http request to {url[:200]!r}: cannot resolve {host!r}: {e}",
                                         ERR_FAILED) from None
@@ -243,7 +255,7 @@ def request(grant: HttpGrant, method: str, url: str, headers: list[tuple[str, st
         deadline = time.monotonic() + MAX_REQUEST_S
     for _ in range(MAX_REDIRECTS + 1):
         u, host, port, pattern = grant.check(url)
-        addr = grant.resolve(url, host, port, pattern)
+        addr = grant.resolve(url, host, port, pattern, deadline)
         status, location, data = _once(grant, u, host, port, addr, method, url, headers, body, deadline)
         if location is None:
             return status, data
