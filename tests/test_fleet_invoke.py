@@ -143,3 +143,46 @@ def test_an_invocation_spinning_to_its_limit_holds_up_no_other(tmp_path, nats_se
                     await c.close()
 
     asyncio.run(main())
+
+
+def test_a_breaker_stops_invoking_a_deployment_nobody_answers_for_and_probes_it(nats_server):  # noqa: F811
+    from iotwasm.breaker import CLOSED, OPEN, CircuitBreaker
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self):
+            return self.t
+
+    async def main():
+        nc = await nats.connect(nats_server.url)
+        try:
+            clock = Clock()
+            br = CircuitBreaker("invoke echo", failures=2, open_for=5, max_open_for=5, clock=clock)
+            for _ in range(2):   # nobody answers: each invocation fails after its tries
+                with pytest.raises(InvokeError, match="no replica is subscribed"):
+                    await invoke(nc, "echo", b"x", retries=1, backoff=0.001, breaker=br)
+            assert br.state == OPEN
+            requests = []
+
+            async def record(m):
+                requests.append(m)
+
+            sub = await nc.subscribe("iotwasm.invoke.echo", cb=record)
+            with pytest.raises(InvokeError, match="circuit of invoke echo is open after 2 failure"):
+                await invoke(nc, "echo", b"x", breaker=br)
+            await nc.flush()
+            assert requests == [] and br.rejected == 1   # refused without a request
+            await sub.unsubscribe()
+
+            async def answer(m):
+                await m.respond(b'{"node": "n1", "outputs": [{"payload": "y"}], "dead_letters": []}')
+
+            await nc.subscribe("iotwasm.invoke.echo", cb=answer)
+            clock.t += 5           # half-open: one probe goes out, succeeds, closes it
+            res = await invoke(nc, "echo", b"x", breaker=br)
+            assert res.node == "n1" and br.state == CLOSED
+        finally:
+            await nc.close()
+
+    asyncio.run(main())

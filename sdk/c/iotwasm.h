@@ -27,7 +27,7 @@
  * Contents, in order:
  *   ABI constants and the types a handler sees (iot_msg, iot_out, iot_buf)
  *   host imports             iot_log, iot_now_ms, iot_random_fill, iot_kv_*, iot_config_get,
- *                            iot_metric
+ *                            iot_metric, iot_http_request
  *   memory routines          memcpy, memmove, memset, memcmp
  *   allocator exports        iot_alloc, iot_free (and iot_abi_version)
  *   output records           iot_emit, iot_reject, iot_emit_begin / iot_emit_end
@@ -145,6 +145,15 @@ IOT_IMPORT("kv_delete") int32_t iot_kv_delete(const void *key, uint32_t key_len)
 IOT_IMPORT("config_get") int32_t iot_config_get(const void *key, uint32_t key_len, void *val, uint32_t val_cap);
 /* capability metrics: kind IOT_METRIC_COUNTER adds value, IOT_METRIC_GAUGE sets it. */
 IOT_IMPORT("metric") void iot_metric(int32_t kind, const void *name, uint32_t name_len, double value);
+/* capability http: one request to a URL of the deployment's allow-list. `req` is
+ * "METHOD URL\n" then "Name: value\n" lines, an empty line and the body. At `resp` the host
+ * writes the status (uint32, little-endian) and the body, cut at resp_cap - 4 bytes; returns
+ * the body's full length, or IOT_HTTP_FAILED / IOT_HTTP_TOO_LARGE / IOT_HTTP_TIMEOUT. A URL
+ * outside the allow-list traps: that input becomes a dead letter naming the URL and the list. */
+IOT_IMPORT("http_request") int32_t iot_http_request(const void *req, uint32_t req_len, void *resp, uint32_t resp_cap);
+#define IOT_HTTP_FAILED (-1)
+#define IOT_HTTP_TOO_LARGE (-2)
+#define IOT_HTTP_TIMEOUT (-3)
 
 /* ---------------------------------------------------------------------------------------
  * Memory routines. clang turns struct copies and simple loops into calls to these, and with

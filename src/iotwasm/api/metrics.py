@@ -19,7 +19,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from ..breaker import STATE_VALUE
 from ..node.node import Node
+from ..node.traffic import unwrapped
+from ..pipeline.split import SplitStep
 from .policy import namespace_of
 from .security import Principal
 
@@ -143,6 +146,15 @@ class NodeCollector:
         latency = GaugeMetricFamily("iotwasm_route_latency_recent_ms",
                                     "Message latency quantiles over the route's last 10,000 messages",
                                     labels=[*rl, "quantile"])
+        sl = [*rl, "sink"]
+        circuit = GaugeMetricFamily("iotwasm_sink_circuit_state", "Circuit breaker of an uplink sink: "
+                                    "0 closed, 1 half-open, 2 open", labels=sl)
+        opened = CounterMetricFamily("iotwasm_sink_circuit_opened", "Times the sink's breaker opened", labels=sl)
+        refused = CounterMetricFamily("iotwasm_sink_circuit_rejected", "Calls the sink's open breaker refused",
+                                      labels=sl)
+        split = CounterMetricFamily("iotwasm_route_split_messages", "Messages a split step gave each "
+                                    "deployment (fallback: the canary's share the stable one took)",
+                                    labels=[*rl, "step", "deployment"])
         for name, rec in list(node.routes.items()):
             s = rec.runner.stats
             if self.histograms is not None:   # every route, whoever scrapes: the histograms are shared
@@ -156,8 +168,18 @@ class NodeCollector:
             backlog.add_metric(lv, sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks))
             for q in (0.5, 0.9, 0.99):
                 latency.add_metric([*lv, str(q)], s.percentile(q))
+            for sink in rec.sinks:
+                br = getattr(unwrapped(sink), "breaker", None)
+                if br is not None:
+                    circuit.add_metric([*lv, sink.name], STATE_VALUE[br.state])
+                    opened.add_metric([*lv, sink.name], br.opened)
+                    refused.add_metric([*lv, sink.name], br.rejected)
+            for step in map(unwrapped, rec.runner.steps):
+                if isinstance(step, SplitStep):
+                    for dep, n in step.stats.items():
+                        split.add_metric([*lv, step.name, dep], n)
         yield from r.values()
-        yield from (depth, backlog, latency)
+        yield from (depth, backlog, latency, circuit, opened, refused, split)
         if self.histograms is not None:
             yield self.histograms.family({n: rec.manifest.metadata.namespace for n, rec in list(node.routes.items())
                                           if self._visible(rec.manifest.metadata.namespace)})

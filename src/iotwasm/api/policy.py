@@ -181,6 +181,14 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
             m.bind_module(digest)
             if m.spec.capabilities.files and not (who.has("admin") and who.tenant is None):
                 raise PolicyError(f"{label} spec.capabilities.files: host file grants need a node admin token")
+            grant = m.spec.capabilities.http
+            if grant is not None and not (who.has("admin") and who.tenant is None):
+                private = [p.text for p in grant.grant().patterns
+                           if (ip := p.literal_ip()) is not None and not ip.is_global]
+                if grant.private_networks or private:
+                    what = "privateNetworks" if grant.private_networks else f"allow {private[0]!r}"
+                    raise PolicyError(f"{label} spec.capabilities.http: {what}: reaching the node's "
+                                      f"private networks needs a node admin token")
             topics = m.spec.capabilities.topics
             for what, items in (("publish", topics.publish), ("subscribe", topics.subscribe)):
                 for t in items:
@@ -190,10 +198,11 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
         elif isinstance(m, Rule):
             _admit_rule(m, label, ns, prefix, confined, after)
         else:
-            for step in m.spec.steps:
+            for step in m.spec.deployments():
                 dep = after.get(("Deployment", step))
                 if dep is not None and dep.metadata.namespace != ns:
-                    raise PolicyError(f"{label} spec.steps: {step!r} is a deployment of another namespace")
+                    where = "spec.steps" if step in m.spec.steps else "spec.split"
+                    raise PolicyError(f"{label} {where}: {step!r} is a deployment of another namespace")
             for where, t in _topics_of_route(m):
                 if not _confined(t, prefix):
                     raise PolicyError(f"{label} {where}: {t!r} is outside the topic prefix {prefix!r} "

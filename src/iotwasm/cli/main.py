@@ -16,6 +16,7 @@ from rich.table import Table
 from ..container import RestartPolicy, WasmContainer
 from ..engine import Capabilities, Limits, Preopen, Runtime
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.http_client import HttpGrant
 from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import IotwasmError
 from ..message import Message
@@ -104,6 +105,10 @@ def run(
     env: list[str] = typer.Option([], help="environment variable KEY=VALUE for WASI programs"),
     arg: list[str] = typer.Option([], help="argument for WASI programs"),
     dir: list[str] = typer.Option([], help="preopened directory HOST:GUEST[:ro|rw] for WASI programs"),
+    http_allow: list[str] = typer.Option([], "--http-allow", help="URL pattern iot.http_request may reach "
+                                         "(grants capability http), e.g. 'https://api.example.com/v1/*'"),
+    http_private: bool = typer.Option(False, "--http-private-networks",
+                                      help="let allowed names resolve to private/loopback addresses"),
 ) -> None:
     """Run messages (one per line) through a module; outputs go to stdout, errors to stderr.
 
@@ -114,8 +119,11 @@ def run(
         limits = Limits.parse(memory=memory, fuel=fuel, timeout=timeout, stack=stack)
         cfg = _pairs(config, "--config")
         grants = set(allow) | {"config"}  # config holds only what was given on this command line
+        if http_allow:
+            grants.add("http")
         caps = Capabilities(host=frozenset(grants), config=cfg, env=_pairs(env, "--env"),
-                            args=tuple(arg), dirs=_dirs(dir))
+                            args=tuple(arg), dirs=_dirs(dir),
+                            http=HttpGrant(allow=tuple(http_allow), private_networks=http_private))
     except IotwasmError as e:
         _fail(e)
     from ..node.logs import printable  # a module's log lines reach this terminal: never raw

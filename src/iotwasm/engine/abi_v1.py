@@ -13,6 +13,7 @@ one, and the rest of the batch goes on.
 from __future__ import annotations
 
 import struct
+import time
 from typing import Sequence
 
 import wasmtime
@@ -22,7 +23,7 @@ from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimit
 from ..message import BatchResult, DeadLetter, Message, Output
 from .fastcall import (FUNC, MEMORY, CallFailed, Exports, GuestMemory, RawFunc, StoreControl,
                        signature)
-from .host import WASI_MODULES, HostContext, check_imports, define_host
+from .host import WASI_MODULES, HostContext, call_budget, check_imports, define_host
 from .limits import Limits, format_size
 from .traps import classify
 
@@ -161,6 +162,9 @@ class V1Factory:
         except wasmtime.WasmtimeError as e:
             raise AbiError(f"cannot link: {str(e).splitlines()[0]}", module=self.name) from None
         self.ticks = self.runtime.timeout_ticks(limits.timeout_ms)
+        #: a module that may wait on the network learns its calls' deadlines (host.call_budget)
+        self.budgeted = any(i.module == "iot" and i.name == "http_request" for i in module.imports)
+        self.budget_s = (limits.timeout_ms or self.runtime.max_timeout_ms) / 1000
 
     def new_guest(self) -> "V1Guest":
         return V1Guest(self)
@@ -223,6 +227,8 @@ class V1Guest:
     def _invoke(self, fn: RawFunc, *args: int) -> int | None:
         """Call into the guest with fresh budgets; raise its failure as a typed error."""
         self._arm()
+        if self.f.budgeted:
+            call_budget.at = self._deadline_at
         try:
             return fn(*args)
         except CallFailed as e:
@@ -248,6 +254,8 @@ class V1Guest:
         if epoch != self._armed_epoch:
             self.ctl.set_deadline(self.f.ticks)
             self._armed_epoch = epoch
+            if self.f.budgeted:
+                self._deadline_at = time.monotonic() + self.f.budget_s
         if self.f.limits.fuel is not None:
             self.ctl.set_fuel(self.f.limits.fuel)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .http_client import HttpGrant
 
 #: capability name -> host functions of the `iot` module it grants
 HOST_CAPABILITIES: dict[str, tuple[str, ...]] = {
@@ -20,6 +21,7 @@ HOST_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "kv": ("kv_get", "kv_set", "kv_delete"),
     "config": ("config_get",),
     "metrics": ("metric",),
+    "http": ("http_request",),
 }
 
 #: host function -> capability that grants it
@@ -46,6 +48,8 @@ class Capabilities:
     args: tuple[str, ...] = ()
     dirs: tuple[Preopen, ...] = ()
     kv_quota: int = 1024 * 1024
+    #: the allow-list of the `http` capability (an empty list denies every URL)
+    http: HttpGrant = field(default_factory=HttpGrant)
 
     def __post_init__(self) -> None:
         unknown = set(self.host) - set(HOST_CAPABILITIES) - {WASI}

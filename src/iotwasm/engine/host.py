@@ -23,6 +23,7 @@ from ..errors import AbiError, CapabilityDenied
 from ..message import now_ms
 from .capabilities import CAPABILITY_OF, WASI, Capabilities
 from .fastcall import host_failure
+from .http_client import HttpRequestFailed, MAX_REQUEST, parse_request, request as http_request
 
 HOST_MODULE = "iot"
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
@@ -31,6 +32,11 @@ MAX_LOG_LINE = 4096
 MAX_KEY = 256
 
 guest_log = logging.getLogger("iotwasm.guest")
+
+#: the `time.monotonic()` at which the guest call running on this thread runs out of time
+#: (None: no limit); set by the ABI before each call of a module granted `http`, read by the
+#: request so that time spent waiting on the network counts toward the module's time limit
+call_budget = threading.local()
 
 
 class KeyValue(Protocol):
@@ -212,6 +218,35 @@ def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
     define("kv_delete", [i32, i32], [i32], kv_delete)
     define("config_get", [i32, i32, i32, i32], [i32], config_get)
     define("metric", [i32, i32, i32, f64], [], metric)
+    define("http_request", [i32, i32, i32, i32], [i32], lambda c, rp, rn, op, ocap:
+           _http_request(ctx, c, rp, rn, op, ocap))
+
+
+def _http_request(ctx: HostContext, caller: wasmtime.Caller, req_ptr: int, req_len: int,
+                  out_ptr: int, out_cap: int) -> int:
+    """`iot.http_request`: status (u32 LE) then body at out_ptr; returns the body's length
+    (the copy is cut at out_cap - 4), or a negative code (docs/abi.md). A URL outside the
+    allow-list traps the call with `CapabilityDenied` naming it and the list."""
+    if _i32(req_len) > MAX_REQUEST:
+        _fail(AbiError(f"iot.http_request: request of {_i32(req_len)} bytes, at most {MAX_REQUEST}"))
+    if _i32(out_cap) < 4:
+        _fail(AbiError(f"iot.http_request: response buffer of {_i32(out_cap)} bytes, at least 4"))
+    raw = _read(caller, req_ptr, req_len, "iot.http_request request")
+    try:
+        method, url, headers, body = parse_request(raw)
+    except ValueError as e:
+        _fail(AbiError(f"iot.http_request: {e}"))
+    try:
+        status, data = http_request(ctx.capabilities.http, method, url, headers, body,
+                                    getattr(call_budget, "at", None))
+    except HttpRequestFailed as e:
+        ctx.on_log(ctx.container, 2, str(e))
+        return e.code
+    except CapabilityDenied as e:
+        _fail(e)
+    _memory_write(caller, _i32(out_ptr), status.to_bytes(4, "little") + data[:_i32(out_cap) - 4],
+                  "iot.http_request response")
+    return len(data)
 
 
 def _memory_write(caller: wasmtime.Caller, ptr: int, data: bytes, what: str) -> None:

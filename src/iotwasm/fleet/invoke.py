@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.subscription import Subscription
 
+from ..breaker import CircuitBreaker
 from ..errors import IotwasmError
 from ..message import Message
 from ..node import Node
@@ -173,13 +174,22 @@ async def _link_error(e: Exception) -> None:
 
 
 async def invoke(nc, deployment: str, payload: bytes, *, topic: str | None = None,
-                 timeout: float = 1.0, retries: int = 3, backoff: float = 0.05) -> InvokeResult:
+                 timeout: float = 1.0, retries: int = 3, backoff: float = 0.05,
+                 breaker: CircuitBreaker | None = None) -> InvokeResult:
     """Call `deployment` on one healthy replica anywhere in the fleet and return its result.
 
     Retries up to `retries` times, waiting `backoff` doubling between tries, when no replica
     answered within `timeout` or none is subscribed; a node that answers with an error (e.g.
-    the deployment just left it) is retried too."""
+    the deployment just left it) is retried too.
+
+    With a `breaker` (one per deployment called, kept by the caller), an invocation whose
+    tries all failed counts as one failure; while the breaker is open an invocation fails at
+    once with `InvokeError` naming it, without a request, instead of waiting out every
+    timeout; half-open, one invocation probes."""
     import nats.errors
+
+    if breaker is not None and not breaker.allow():
+        raise InvokeError(f"invoke {deployment!r}: {breaker.refusal()}")
 
     headers = {"topic": topic} if topic else None
     last = "no attempt"
@@ -194,13 +204,18 @@ async def invoke(nc, deployment: str, payload: bytes, *, topic: str | None = Non
         else:
             reply = json.loads(msg.data)
             if "error" not in reply:
+                if breaker is not None:
+                    breaker.success()
                 return InvokeResult(reply["node"], [(o.get("topic"), _payload_of(o)) for o in reply["outputs"]],
                                     reply["dead_letters"])
             last = f"node {reply.get('node')}: {reply['error']}"
         if attempt < retries:
             await asyncio.sleep(delay)
             delay *= 2
-    raise InvokeError(f"invoke {deployment!r}: {last} (after {retries + 1} tries)")
+    err = InvokeError(f"invoke {deployment!r}: {last} (after {retries + 1} tries)")
+    if breaker is not None:
+        breaker.failure(err)
+    raise err
 
 
 __all__ = ["InvokeError", "InvokeResult", "InvokeServer", "invoke", "serve_invocations"]

@@ -31,8 +31,9 @@ from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, Priv
 from ..container import RestartPolicy
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
+from ..engine.http_client import HttpGrant
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
-from ..errors import ConfigError
+from ..errors import ConfigError, IotwasmError
 from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
 API_VERSION = "iotwasm.io/v1"
@@ -157,8 +158,35 @@ def _plain(v: Any) -> Any:
     return v.value if isinstance(v, SecretValue) else v
 
 
+class HttpGrantSpec(Strict):
+    """The allow-list of the `http` capability (docs/abi.md, outbound HTTP)."""
+
+    allow: list[str] = Field([], max_length=256, description=(
+        "URL patterns scheme://host[:port][/path]: host exact, *.domain or *, port a number or *, "
+        "path a glob where * matches anything; nothing else is reachable"))
+    max_response: str = Field("1Mi", alias="maxResponse", description="largest response body read")
+    private_networks: bool = Field(False, alias="privateNetworks", description=(
+        "let names resolve to loopback/private/link-local addresses (a pattern naming an address "
+        "literally always may)"))
+
+    @model_validator(mode="after")
+    def _check(self) -> "HttpGrantSpec":
+        try:
+            self.grant()
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def grant(self) -> HttpGrant:
+        from ..engine.limits import parse_size
+
+        return HttpGrant(allow=tuple(self.allow), max_response=parse_size(self.max_response),
+                         private_networks=self.private_networks)
+
+
 class CapabilitySpec(Strict):
-    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi"]] = []
+    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi", "http"]] = []
+    http: HttpGrantSpec | None = Field(None, description="allow-list of the http capability")
     topics: Topics = Topics()
     env: dict[str, str | SecretText] = Field({}, description="environment of WASI modules; an entry "
                                               "{value: ..., secret: true} is never shown back")
@@ -169,6 +197,14 @@ class CapabilitySpec(Strict):
     @field_serializer("env")
     def _env(self, env: dict, info: FieldSerializationInfo) -> dict:
         return _hide_secrets(env, info)
+
+    @model_validator(mode="after")
+    def _http(self) -> "CapabilitySpec":
+        if "http" in self.host and not (self.http and self.http.allow):
+            raise ValueError("capability 'http' needs an allow-list: http: {allow: [URL patterns]}")
+        if self.http is not None and "http" not in self.host:
+            raise ValueError("http allow-list given but capability 'http' is not in host")
+        return self
 
 
 class RestartSpec(Strict):
@@ -265,7 +301,8 @@ class Deployment(Strict):
         return Capabilities(host=frozenset(host), config={k: _str(_plain(v)) for k, v in self.spec.config.items()},
                             env={k: _plain(v) for k, v in c.env.items()}, args=tuple(c.args),
                             dirs=tuple(Preopen(f.host, f.guest, f.writable) for f in c.files),
-                            kv_quota=parse_size(c.kv_quota))
+                            kv_quota=parse_size(c.kv_quota),
+                            http=c.http.grant() if c.http is not None else HttpGrant())
 
 
 def _str(v: Any) -> str:
@@ -346,6 +383,38 @@ class LogSink(Strict):
     level: Literal["debug", "info", "warning"] = "info"
 
 
+class BreakerSpec(Strict):
+    """The circuit breaker in front of an uplink sink (docs/node.md, circuit breakers)."""
+
+    enabled: bool = True
+    failures: int = Field(5, ge=1, le=100_000, description="consecutive failures that open it")
+    failure_rate: float | None = Field(None, alias="failureRate", gt=0, le=1,
+                                       description="or: this share of failures over the last `window` calls")
+    window: int = Field(20, ge=1, le=100_000)
+    open_for: str = Field("1s", alias="openFor", description="first open period before a probe")
+    max_open_for: str = Field("5s", alias="maxOpenFor", description="open periods double up to this")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BreakerSpec":
+        if parse_duration_ms(self.open_for) <= 0 or parse_duration_ms(self.max_open_for) < parse_duration_ms(self.open_for):
+            raise ValueError(f"need 0 < openFor ({self.open_for}) <= maxOpenFor ({self.max_open_for})")
+        return self
+
+
+class RetrySpec(Strict):
+    """Attempts per message of a sink without an outbox (with one, the outbox retries)."""
+
+    attempts: int = Field(3, ge=1, le=100, description="tries per message, the first included")
+    backoff: str = "100ms"
+    max_backoff: str = Field("2s", alias="maxBackoff")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RetrySpec":
+        if parse_duration_ms(self.backoff) <= 0 or parse_duration_ms(self.max_backoff) < parse_duration_ms(self.backoff):
+            raise ValueError(f"need 0 < backoff ({self.backoff}) <= maxBackoff ({self.max_backoff})")
+        return self
+
+
 class Sink(Strict):
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
@@ -355,6 +424,9 @@ class Sink(Strict):
     bus: BusEndpoint | None = None
     store_and_forward: bool = Field(True, alias="storeAndForward",
                                     description="uplink sinks keep unsent messages in SQLite")
+    circuit_breaker: BreakerSpec = Field(BreakerSpec(), alias="circuitBreaker",
+                                         description="uplink sinks (mqtt, nats, bus, webhook)")
+    retry: RetrySpec | None = Field(None, description="webhook sinks without storeAndForward")
 
     @model_validator(mode="after")
     def _one(self) -> "Sink":
@@ -378,15 +450,88 @@ class QueueSpec(Strict):
     overflow: Literal["block", "drop-oldest"] = "block"
 
 
+class SplitMatch(Strict):
+    topic: str | None = Field(None, description="a topic filter: matching messages go to the canary")
+    field: str | None = Field(None, description="a top-level JSON payload field ...")
+    equals: str | int | float | bool | None = Field(None, description="... holding this value")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SplitMatch":
+        if self.topic is None and self.field is None:
+            raise ValueError("a match needs a topic, a field, or both")
+        if self.topic is not None:
+            from ..messaging.topics import validate_filter
+
+            try:
+                validate_filter(self.topic)
+            except IotwasmError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
+class SplitSpec(Strict):
+    """Part of a step's traffic to a second deployment (docs/node.md, traffic splits)."""
+
+    deployment: str = Field(..., description="the canary deployment")
+    weight: float = Field(0, ge=0, le=100, description="percent of the step's messages to the canary")
+    match: SplitMatch | None = Field(None, description="messages the canary always gets")
+    seed: int | None = Field(None, description="seed of the weighted choice (the same choices every run)")
+    health_gate: HealthGate | None = Field(None, alias="healthGate", description=(
+        "roll the canary back by itself when more than maxTrapRate of its first messages fail"))
+
+
+class FaultSpec(Strict):
+    """Injected delays and failures for testing a pipeline (docs/node.md, fault injection)."""
+
+    step: str | None = Field(None, description="a step of the route, or ...")
+    sink: int | None = Field(None, ge=0, description="... a sink, by its index in sinks")
+    delay: str = Field("0ms", description="how long a delayed call waits")
+    delay_percent: float = Field(0, alias="delayPercent", ge=0, le=100, description="percent of calls delayed")
+    fail_percent: float = Field(0, alias="failPercent", ge=0, le=100,
+                                description="percent of a step's messages, or of a sink's batches, failed")
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "FaultSpec":
+        if (self.step is None) == (self.sink is None):
+            raise ValueError("a fault names exactly one of step or sink")
+        if not self.fail_percent and not (self.delay_percent and parse_duration_ms(self.delay) > 0):
+            raise ValueError("a fault needs failPercent, or delayPercent with a positive delay")
+        return self
+
+
 class RouteSpec(Strict):
     source: Source
     steps: list[str] = Field(default_factory=list, description="deployment names, in order")
+    split: dict[str, SplitSpec] = Field({}, description="step name -> part of its traffic to a canary")
     sinks: list[Sink] = Field(min_length=1)
     batch: BatchSpec = BatchSpec()
     queue: QueueSpec = QueueSpec()
     order_by: str = Field("device", alias="orderBy",
                           description="source-topic variable that keys per-device ordering")
     dead_letter: str = Field("deadletter/{route}", alias="deadLetter")
+    faults: list[FaultSpec] = Field([], max_length=64, description="off unless given: injected delays "
+                                    "and failures for testing; the node records an event when it starts such a route")
+
+    @model_validator(mode="after")
+    def _check_split(self) -> "RouteSpec":
+        for i, f in enumerate(self.faults):
+            if f.step is not None and f.step not in self.steps:
+                raise ValueError(f"faults[{i}]: {f.step!r} is not a step of this route (steps: {self.steps})")
+            if f.sink is not None and f.sink >= len(self.sinks):
+                raise ValueError(f"faults[{i}]: sink {f.sink} does not exist ({len(self.sinks)} sink(s))")
+        for step, sp in self.split.items():
+            if step not in self.steps:
+                raise ValueError(f"split {step!r} is not a step of this route (steps: {self.steps})")
+            if sp.deployment == step:
+                raise ValueError(f"split {step!r} sends to its own deployment")
+            if sp.weight == 0 and sp.match is None:
+                raise ValueError(f"split {step!r} has neither a weight nor a match")
+        return self
+
+    def deployments(self) -> list[str]:
+        """Every deployment the route runs: its steps and their canaries."""
+        return [*self.steps, *(sp.deployment for sp in self.split.values())]
 
 
 class Route(Strict):

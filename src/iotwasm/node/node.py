@@ -53,6 +53,7 @@ from .datadir import secure_data_dir
 from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path, to_document
 from .rules import NodeRules
 from .state import NodeState, SqliteKeyValue
+from .traffic import breaker_for, retry_for, split_steps, traffic_view, with_faults
 from .watch import ManifestWatch
 
 log = logging.getLogger("iotwasm.node")
@@ -344,7 +345,7 @@ class Node:
         # over the new one, instead of holding messages for a stopped container)
         gone = {n for n, rec in self.deployments.items() if uids.get(("Deployment", n)) != rec.uid}
         for name in [n for n, rec in self.routes.items() if uids.get(("Route", n)) != rec.uid or
-                     gone & set(rec.manifest.spec.steps)]:
+                     gone & set(rec.manifest.spec.deployments())]:
             await self._remove_route(name, drain=True)
         for name in gone:
             rec = self.deployments.pop(name)
@@ -568,6 +569,8 @@ class Node:
             if rec is None:
                 raise ConfigError(f"step {name!r} is not a deployment on this node")
             steps.append(rec.handle)
+        steps = split_steps(spec, steps, self.deployments, on_event=lambda kind, msg: self._event(
+            kind, r.name, msg, uid=uid, namespace=r.metadata.namespace))
         src = spec.source
         src_pattern = None
         if src.type in ("mqtt", "bus"):
@@ -589,19 +592,29 @@ class Node:
                 ep = s.mqtt or s.bus
                 bus = await self._bus_for(getattr(ep, "url", None))
                 sinks.append(BusSink(sink_name, bus, ep.topic, qos=getattr(ep, "qos", 1),
-                                     retain=getattr(ep, "retain", False), outbox=saf))
+                                     retain=getattr(ep, "retain", False), outbox=saf,
+                                     breaker=breaker_for(sink_name, s)))
             elif s.type == "nats":
                 bus = await self._bus_for(s.nats.url or self.config.broker)
                 sinks.append(BusSink(sink_name, bus, subject_to_topic(s.nats.subject),
-                                     qos=1 if s.nats.jetstream else 0, outbox=saf))
+                                     qos=1 if s.nats.jetstream else 0, outbox=saf,
+                                     breaker=breaker_for(sink_name, s)))
             elif s.type == "store":
                 sinks.append(StoreSink(sink_name, self.store, s.store.table, r.name))
             elif s.type == "webhook":
+                retries, retry_backoff = retry_for(s)
                 sinks.append(WebhookSink(sink_name, s.webhook.url,
-                                         timeout_s=parse_duration_ms(s.webhook.timeout) / 1000, outbox=saf))
+                                         timeout_s=parse_duration_ms(s.webhook.timeout) / 1000, outbox=saf,
+                                         breaker=breaker_for(sink_name, s), retries=retries,
+                                         retry_backoff=retry_backoff))
             else:
                 sinks.append(LogSink(sink_name, s.log.level))
-        lanes = max([d.current.replicas for d in steps] or [1])
+        lanes = max([self.deployments[d].handle.current.replicas for d in spec.deployments()] or [1])
+        steps, sinks, injected = with_faults(spec, steps, sinks)
+        if injected:   # never mistaken for real failures
+            log.warning("route %s: fault injection on: %s", r.name, "; ".join(injected))
+            self._event("faults", r.name, "fault injection on: " + "; ".join(injected), uid=uid,
+                        namespace=r.metadata.namespace)
         runner = RouteRunner(r.name, steps, sinks,
                              batch=BatchPolicy(spec.batch.max_size,
                                                parse_duration_ms(spec.batch.max_linger) / 1000),
@@ -709,7 +722,8 @@ class Node:
             routes[name] = {"received": s.received, "delivered": s.delivered, "dead_letters": s.dead_letters,
                             "dropped": s.dropped, "acl_denied": s.acl_denied, "queued": rec.runner.depth(),
                             "p50_ms": round(s.percentile(0.5), 3), "p99_ms": round(s.percentile(0.99), 3),
-                            "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks)}
+                            "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks),
+                            **traffic_view(rec.runner, rec.sinks)}
         return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
                 "rules": self.rules.status() if self.rules is not None else {},
                 "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from ..backoff import Backoff
+from ..breaker import CLOSED, CircuitBreaker
 from ..errors import ConfigError, IotwasmError
 from ..sqlite import open_db
 from ..supervise import StorageHold, supervise
@@ -197,10 +198,16 @@ class Forwarder:
     backoff), and what was in flight is sent again. A delete that fails on storage (the WAL
     cannot grow on a full disk) is held and retried in place — the acknowledged rows are not
     sent again meanwhile — and `storage.error` says why until it went through.
+
+    With a `breaker`, failed windows count as its failures; once it opens, nothing is sent
+    until it lets a probe through — a window of one message — whose outcome closes it again
+    or keeps it open for longer. The messages wait in the outbox meanwhile: none is lost or
+    dead-lettered, and the uplink is not hammered by every retry.
     """
 
     def __init__(self, outbox: Outbox, sink: str, submit: SubmitWindow, *, batch: int = 100,
-                 windows: int = 4, min_backoff: float = 0.1, max_backoff: float = 5.0):
+                 windows: int = 4, min_backoff: float = 0.1, max_backoff: float = 5.0,
+                 breaker: CircuitBreaker | None = None):
         self.outbox = outbox
         self.sink = sink
         self.submit = submit
@@ -212,6 +219,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None
+        self.breaker = breaker
 
     def start(self) -> None:
         self._task = supervise(f"outbox forwarder {self.sink}", self._run, log=log,
@@ -252,8 +260,15 @@ class Forwarder:
                 # nothing goes out after a window that already failed: it would overtake
                 # that window's messages, which are sent again first
                 if len(inflight) < self.windows and not any(_failed(c) for _, c in inflight):
-                    rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
-                                          rows=self.batch if inflight else 1)
+                    br = self.breaker
+                    if br is None or br.state == CLOSED:
+                        rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
+                                              rows=self.batch if inflight else 1)
+                    elif not inflight:   # open or half-open: one probe message at a time
+                        rows = await self._db(self.outbox.peek, self.sink, 1, after, rows=1)
+                        if rows and not br.allow():
+                            await asyncio.sleep(max(0.01, br.wait_s()))
+                            continue
                 if rows:
                     confirm = await self.submit([r[1:] for r in rows])
                     after = rows[-1][0]
@@ -276,6 +291,11 @@ class Forwarder:
                         break
                     done.append(row_id)
                 await self.storage.run(lambda done=done: self._db(self.outbox.ack, self.sink, done, rows=len(done)))
+                if self.breaker is not None:
+                    if failure is None:
+                        self.breaker.success()
+                    else:
+                        self.breaker.failure(failure)
                 if failure is not None:
                     # later windows are abandoned (their rows stay and are sent again)
                     for _, later in inflight:
@@ -284,7 +304,9 @@ class Forwarder:
                     after = 0
                     self.outbox._st(self.sink).send_failures += 1
                     self.last_error = str(failure)
-                    await asyncio.sleep(self.backoff.next())
+                    if self.breaker is None or self.breaker.state == CLOSED:
+                        await asyncio.sleep(self.backoff.next())
+                    # else: the breaker decides when the next (probe) window goes
                 else:
                     self.backoff.reset()
                     self.last_error = None

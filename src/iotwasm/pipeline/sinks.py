@@ -4,6 +4,12 @@ Uplink sinks (bus and webhook) go through the store-and-forward outbox by defaul
 is stored durably first and removed only when the uplink acknowledged it, so broker outages
 and node restarts lose nothing. `deliver` returns the messages it could not take (with the
 error) so the route dead-letters them instead of dropping them.
+
+An uplink may have a circuit breaker (`breaker.CircuitBreaker`; a node gives every uplink sink
+one unless its manifest turns it off). Through the outbox, an open breaker holds the messages there and lets one probe through now
+and then; without an outbox, an open breaker fails the batch at once with `CircuitOpen`, so
+its messages become dead letters (replayable) instead of waiting on a dead uplink's timeout
+each. A webhook without an outbox may also retry each message (`retries`, with backoff).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Awaitable
 
+from ..backoff import Backoff
+from ..breaker import CircuitBreaker
 from ..errors import ConfigError, IotwasmError
 from ..message import Envelope, Message
 from ..messaging import mqtt_props as mp
@@ -77,6 +85,7 @@ class _Uplink(abc.ABC):
     name: str
     outbox: Outbox | None
     forwarder: Forwarder | None = None
+    breaker: CircuitBreaker | None = None
 
     @abc.abstractmethod
     async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
@@ -85,7 +94,7 @@ class _Uplink(abc.ABC):
 
     async def start(self) -> None:
         if self.outbox is not None:
-            self.forwarder = Forwarder(self.outbox, self.name, self._submit_window)
+            self.forwarder = Forwarder(self.outbox, self.name, self._submit_window, breaker=self.breaker)
             self.forwarder.start()
 
     async def _keep(self, items: list[tuple]) -> None:
@@ -110,8 +119,9 @@ class BusSink(_Uplink):
     """Publish to a bus topic template; with an outbox, store-and-forward with QoS 1 acks."""
 
     def __init__(self, name: str, bus, topic: str, *, qos: int = 1, retain: bool = False,
-                 outbox: Outbox | None = None):
+                 outbox: Outbox | None = None, breaker: CircuitBreaker | None = None):
         self.name = name
+        self.breaker = breaker
         self.bus = bus
         self.template = TopicTemplate(topic)
         self.qos = qos
@@ -157,20 +167,32 @@ class BusSink(_Uplink):
             return settled(failures)
         # all at once: one connection keeps them in order, and the acks are awaited together
         idx = [i for i, t in enumerate(topics) if t is not None]
+        br = self.breaker
+        if br is not None and idx and not br.allow():
+            return settled(failures + [(i, br.refusal()) for i in idx])
         try:
             confirm = await self.bus.send_many([self._carried(topics[i], messages[i]) for i in idx],
                                                qos=self.qos, retain=self.retain)
         except IotwasmError as e:
+            if br is not None and idx:
+                br.failure(e)
             return settled(failures + [(i, e) for i in idx])
 
         async def confirmed() -> Failures:
+            failed: IotwasmError | None = None
             for i, res in zip(idx, await confirm):
                 if res is None:
                     self.sent += 1
                 elif isinstance(res, IotwasmError):
                     failures.append((i, res))
+                    failed = failed or res
                 else:
                     raise res
+            if br is not None and idx:
+                if failed is not None:
+                    br.failure(failed)
+                else:
+                    br.success()
             return failures
 
         return confirmed()
@@ -179,10 +201,16 @@ class BusSink(_Uplink):
 class WebhookSink(_Uplink):
     """POST each message as JSON to a URL; through the outbox, so outages are retried."""
 
-    def __init__(self, name: str, url: str, *, timeout_s: float = 5.0, outbox: Outbox | None = None):
+    def __init__(self, name: str, url: str, *, timeout_s: float = 5.0, outbox: Outbox | None = None,
+                 breaker: CircuitBreaker | None = None, retries: int = 0,
+                 retry_backoff: Backoff | None = None):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhook url {url!r} must start with http:// or https://")
         self.name = name
+        self.breaker = breaker
+        #: without an outbox: further attempts per message, `retry_backoff` apart
+        self.retries = retries
+        self.retry_backoff = retry_backoff or Backoff(0.1, 2.0)
         self.url = url
         self.timeout_s = timeout_s
         self.outbox = outbox
@@ -214,11 +242,26 @@ class WebhookSink(_Uplink):
             await self._keep(items)
             return []
         failures: Failures = []
+        br = self.breaker
         for i, (t, p) in enumerate(items):
-            try:
-                await self._send(t, p)
-            except IotwasmError as e:
-                failures.append((i, e))
+            for attempt in range(self.retries + 1):
+                if br is not None and not br.allow():
+                    failures.append((i, br.refusal()))
+                    break
+                try:
+                    await self._send(t, p)
+                except IotwasmError as e:
+                    if br is not None:
+                        br.failure(e)
+                    if attempt == self.retries:
+                        failures.append((i, e))
+                    else:
+                        await asyncio.sleep(self.retry_backoff.next())
+                    continue
+                if br is not None:
+                    br.success()
+                self.retry_backoff.reset()
+                break
         return failures
 
 

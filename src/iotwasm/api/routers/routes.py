@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from ...node.traffic import traffic_view
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
 from ..guard import GuardedRoute
@@ -34,6 +35,7 @@ def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
         out.update(received=s.received, delivered=s.delivered, dead_letters=s.dead_letters,
                    dropped=s.dropped, acl_denied=s.acl_denied, queued=rec.runner.depth(),
                    p50_ms=round(s.percentile(0.5), 3), p99_ms=round(s.percentile(0.99), 3))
+        out.update(traffic_view(rec.runner, rec.sinks))   # breakers by sink, splits by step, faults
         if rec.runner.storage.error is not None:   # held: the storage cannot take its results
             out["held"] = str(rec.runner.storage.error)
     if full:
