@@ -27,7 +27,7 @@
  * Contents, in order:
  *   ABI constants and the types a handler sees (iot_msg, iot_out, iot_buf)
  *   host imports             iot_log, iot_now_ms, iot_random_fill, iot_kv_*, iot_config_get,
- *                            iot_metric
+ *                            iot_metric, iot_twin_get
  *   memory routines          memcpy, memmove, memset, memcmp
  *   allocator exports        iot_alloc, iot_free (and iot_abi_version)
  *   output records           iot_emit, iot_reject, iot_emit_begin / iot_emit_end
@@ -145,6 +145,11 @@ IOT_IMPORT("kv_delete") int32_t iot_kv_delete(const void *key, uint32_t key_len)
 IOT_IMPORT("config_get") int32_t iot_config_get(const void *key, uint32_t key_len, void *val, uint32_t val_cap);
 /* capability metrics: kind IOT_METRIC_COUNTER adds value, IOT_METRIC_GAUGE sets it. */
 IOT_IMPORT("metric") void iot_metric(int32_t kind, const void *name, uint32_t name_len, double value);
+/* capability twin: the twin of device `id` in the deployment's namespace, as JSON
+ * {"device", "reported", "reported_version", "desired", "desired_version", "delta", "last_seen",
+ * "silent"}; like iot_kv_get: its length, -1 when the device is unknown, and nothing copied when
+ * it is longer than val_cap. Read it with iot_json_find. */
+IOT_IMPORT("twin_get") int32_t iot_twin_get(const void *id, uint32_t id_len, void *val, uint32_t val_cap);
 
 /* ---------------------------------------------------------------------------------------
  * Memory routines. clang turns struct copies and simple loops into calls to these, and with

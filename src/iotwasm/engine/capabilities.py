@@ -20,6 +20,8 @@ HOST_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "kv": ("kv_get", "kv_set", "kv_delete"),
     "config": ("config_get",),
     "metrics": ("metric",),
+    # a device's twin (reported, desired, delta) in the deployment's own namespace
+    "twin": ("twin_get",),
 }
 
 #: host function -> capability that grants it
