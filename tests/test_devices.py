@@ -8,6 +8,7 @@ import json
 import sqlite3
 
 import pytest
+from conftest import ECHO_WAT
 
 from iotwasm.container import WasmContainer
 from iotwasm.engine import Capabilities, HostContext, Limits, prepare
@@ -16,8 +17,6 @@ from iotwasm.message import Message
 from iotwasm.node.devices import DeviceRegistry, VersionConflict, delta, merge_patch
 from iotwasm.node.state import NodeState
 from iotwasm.node.state_schema import SCHEMA_VERSION
-
-from conftest import ECHO_WAT
 
 
 class Clock:

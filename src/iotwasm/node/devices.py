@@ -51,7 +51,9 @@ MAX_COMMAND_PAYLOAD = 16 * 1024
 class VersionConflict(IotwasmError):
     """A compare-and-set found another version than the writer read."""
 
-    kind = "conflict"
+    kind = "version-conflict"
+    status_code = 409
+    title = "Conflict"
 
     def __init__(self, what: str, expected: int, current: int):
         self.expected, self.current = expected, current
