@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -231,3 +234,42 @@ def test_an_ack_settles_only_a_command_of_the_device_it_went_to(node):
             assert r.json()["log"][0]["note"] == "attempt 1: published to acme/devices/d3/commands/open"
 
     asyncio.run(device())
+
+
+CLI = [sys.executable, "-m", "iotwasm.cli.main"]
+
+
+def test_the_cli_lists_reads_sets_and_commands_devices(node, tmp_path):
+    env = {**os.environ, "IOTWASM_URL": node.url, "IOTWASM_TOKEN": node.admin_token,
+           "IOTWASM_CONFIG": str(tmp_path / "none.yaml"), "COLUMNS": "200"}
+
+    def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([*CLI, "devices", *args], capture_output=True, text=True, timeout=120, env=env)
+        assert (r.returncode == 0) == ok, f"{args}: {r.returncode} {r.stderr}{r.stdout}"
+        return r
+
+    r = cli("set", "acme/pump-1", '{"rpm": 1200}', "--version", "0")
+    assert "acme/pump-1: desired v1" in r.stdout and '"rpm": 1200' in r.stdout
+    r = cli("set", "acme/pump-1", '{"rpm": 900}', "--version", "0", ok=False)
+    assert "409" in r.stderr and "version 1, not 0" in r.stderr
+    twin = json.loads(cli("get", "acme/pump-1", "-o", "json").stdout)
+    assert (twin["desired"], twin["delta"], twin["desired_version"]) == ({"rpm": 1200}, {"rpm": 1200}, 1)
+    listed = cli("list", "--namespace", "acme").stdout
+    assert "pump-1" in listed and "v1" in listed
+
+    async def device_and_cli() -> None:
+        async with Device(node.broker) as d:
+            async def answer(topic: str, cmd: dict) -> None:
+                await d.send(cmd["reply_to"], {"id": cmd["id"], "ok": True, "result": {"rpm": cmd["payload"]}})
+            await d.listen("acme/devices/pump-1/commands/#", answer)
+            r = await asyncio.to_thread(cli, "command", "acme/pump-1", "spin", "--payload", "1200",
+                                        "--timeout", "5s")
+            assert "spin" in r.stdout and "acked after 1 attempt(s)" in r.stdout and '{"rpm":1200}' in r.stdout
+
+    asyncio.run(device_and_cli())
+    r = cli("command", "acme/pump-1", "spin", "--timeout", "200ms", "--retries", "0", ok=False)
+    assert "timed-out after 1 attempt(s): no acknowledgement after 1 attempt(s)" in r.stdout
+    r = cli("get", "acme/pump-1", "--commands")
+    assert "desired (v1)" in r.stdout and "acked" in r.stdout and "timed-out" in r.stdout
+    r = cli("get", "acme/nobody", ok=False)
+    assert "404" in r.stderr and "no device 'nobody' in namespace 'acme'" in r.stderr
