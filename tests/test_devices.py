@@ -92,7 +92,7 @@ def test_bad_names_and_documents_are_refused_naming_what(registry, namespace, de
 def test_a_device_silent_past_the_limit_is_flagged_once_and_its_return_is_noticed(registry):
     clock = registry.test_clock
     [r] = registry.report("default", [("d1", {"on": True})])
-    assert r.returned   # first seen
+    assert r.returned and r.first   # first seen
     registry.set_desired("default", "quiet", {"x": 1})   # never seen: not silent, just unknown
     clock.t += 59
     assert registry.sweep() == []
@@ -102,7 +102,7 @@ def test_a_device_silent_past_the_limit_is_flagged_once_and_its_return_is_notice
     assert registry.sweep() == []                 # flagged once
     assert [t.device for t in registry.list(silent=True)] == ["d1"]
     [r] = registry.report("default", [("d1", {"on": True})])
-    assert r.returned and not r.twin.silent and r.twin.last_seen == clock.t
+    assert r.returned and not r.first and not r.twin.silent and r.twin.last_seen == clock.t
     [r] = registry.report("default", [("d1", {"on": True})])
     assert not r.returned
 

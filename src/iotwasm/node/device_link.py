@@ -105,6 +105,7 @@ class DeviceLink:
         self._waiting: dict[str, tuple[str, str, asyncio.Future]] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._subs: list = []
+        self._deliveries: set[asyncio.Task] = set()
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
@@ -115,7 +116,7 @@ class DeviceLink:
             self._subs.append(await bus.subscribe(f, self._ack, qos=1))
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._deliveries]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -152,10 +153,12 @@ class DeviceLink:
         reports = await asyncio.to_thread(self.registry.report, namespace, updates)
         for r in reports:
             if r.returned:
-                if r.twin.created != r.twin.last_seen:
+                if not r.first:
                     self._on_event("returned", r.twin, "device speaks again after being silent")
-                if r.twin.delta:
-                    await self.deliver_desired(r.twin)
+                if r.twin.delta:   # in the background: a broker that is down never holds the route
+                    task = asyncio.create_task(self.deliver_desired(r.twin))
+                    self._deliveries.add(task)
+                    task.add_done_callback(self._deliveries.discard)
         return reports
 
     async def sweep(self) -> list[Twin]:

@@ -157,6 +157,7 @@ class Report:
     twin: Twin
     returned: bool   # the device was flagged silent (or never seen) and speaks again
     changed: bool    # the reported document changed
+    first: bool = False   # never seen before
 
 
 class DeviceRegistry:
@@ -244,7 +245,8 @@ class DeviceRegistry:
         with self._tx() as db:
             for device, patch in updates:
                 t = self._row(db, namespace, device, create=True)
-                returned = t.silent or t.last_seen is None
+                first = t.last_seen is None
+                returned = t.silent or first
                 reported = merge_patch(t.reported, patch)
                 changed = reported != t.reported
                 if changed:
@@ -253,7 +255,7 @@ class DeviceRegistry:
                 t.last_seen, t.silent = now, False
                 db.execute("UPDATE devices SET reported = ?, reported_version = ?, last_seen = ?, silent = 0 "
                            "WHERE uid = ?", (json.dumps(t.reported), t.reported_version, now, t.uid))
-                out.append(Report(t, returned, changed))
+                out.append(Report(t, returned, changed, first))
         return out
 
     def sweep(self) -> list[Twin]:
