@@ -89,6 +89,26 @@ def test_bad_names_and_documents_are_refused_naming_what(registry, namespace, de
     assert registry.list() == []
 
 
+def test_what_a_namespace_can_make_the_registry_hold_is_bounded(tmp_path, monkeypatch):
+    import iotwasm.node.devices as devices
+
+    state = NodeState(tmp_path / "node.db")
+    try:
+        reg = DeviceRegistry(state, max_devices=2)
+        reg.set_desired("acme", "a", {})
+        reg.report("acme", [("b", {"x": 1})])
+        with pytest.raises(ConfigError, match="namespace acme has 2 devices, the most one namespace may have"):
+            reg.set_desired("acme", "c", {})
+        reg.set_desired("acme", "a", {"x": 2})     # known devices still change
+        reg.set_desired("globex", "c", {})         # another namespace has its own count
+        monkeypatch.setattr(devices, "MAX_COMMANDS_KEPT", 3)
+        t = reg.get("acme", "a")
+        ids = [reg.add_command(t, "c", i, "x")["id"] for i in range(5)]
+        assert [c["id"] for c in reg.commands(t)] == ids[:1:-1]   # the newest three, newest first
+    finally:
+        state.close()
+
+
 def test_a_device_silent_past_the_limit_is_flagged_once_and_its_return_is_noticed(registry):
     clock = registry.test_clock
     [r] = registry.report("default", [("d1", {"on": True})])

@@ -46,6 +46,10 @@ MAX_DEPTH = 16
 #: the longest command name (a topic level) and its largest payload
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_COMMAND_PAYLOAD = 16 * 1024
+#: the most devices one namespace may have on a node, and commands kept per device (the oldest
+#: go first): what API callers and devices' messages can make the registry hold is bounded
+MAX_DEVICES = 100_000
+MAX_COMMANDS_KEPT = 1000
 
 
 class VersionConflict(IotwasmError):
@@ -166,12 +170,13 @@ class DeviceRegistry:
     `clock` gives the time of last-seen and silence (tests inject one they advance)."""
 
     def __init__(self, state: NodeState, *, silent_after_s: float = 600.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_devices: int = MAX_DEVICES):
         if silent_after_s <= 0:
             raise ConfigError(f"device silence {silent_after_s}s must be positive")
         self._state = state
         self.silent_after_s = silent_after_s
         self.clock = clock
+        self.max_devices = max_devices
 
     def _tx(self):
         return self._state._transaction()
@@ -209,6 +214,10 @@ class DeviceRegistry:
                        (namespace, device)).fetchone()
         if r is not None or not create:
             return _twin(r) if r is not None else None
+        (n,) = db.execute("SELECT count(*) FROM devices WHERE namespace = ?", (namespace,)).fetchone()
+        if n >= self.max_devices:
+            raise ConfigError(f"device {device[:80]!r}: namespace {namespace} has {n} devices, the most one "
+                              f"namespace may have on this node")
         uid = uuid.uuid4().hex
         now = self.clock()
         db.execute("INSERT INTO devices(uid, namespace, device, created) VALUES (?,?,?,?)",
@@ -276,8 +285,12 @@ class DeviceRegistry:
     def add_command(self, twin: Twin, name: str, payload: Any, by: str) -> dict:
         cid = uuid.uuid4().hex
         now = self.clock()
-        self._state._x("INSERT INTO device_commands(id, uid, name, payload, status, created, updated, by) "
+        with self._tx() as db:
+            db.execute("INSERT INTO device_commands(id, uid, name, payload, status, created, updated, by) "
                        "VALUES (?,?,?,?,?,?,?,?)", (cid, twin.uid, name, json.dumps(payload), "pending", now, now, by))
+            db.execute("DELETE FROM device_commands WHERE uid = ? AND rowid NOT IN (SELECT rowid FROM "
+                       "device_commands WHERE uid = ? ORDER BY created DESC, rowid DESC LIMIT ?)",
+                       (twin.uid, twin.uid, MAX_COMMANDS_KEPT))
         return self.command(cid)
 
     def update_command(self, cid: str, *, status: str, attempts: int | None = None, result: Any = None,
