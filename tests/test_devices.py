@@ -69,9 +69,9 @@ def test_devices_are_their_namespace_s_and_listed_by_it(registry):
     assert registry.get("acme", "d1").desired == {"x": 1}
     assert registry.get("globex", "d1").desired == {"x": 2}
     assert registry.get("acme", "d1").uid != registry.get("globex", "d1").uid
-    assert [t.namespace for t in registry.list(["acme"])] == ["acme"]
-    assert [(t.namespace, t.device) for t in registry.list()] == [("acme", "d1"), ("globex", "d1")]
-    assert registry.list([]) == []
+    assert [t.namespace for t in registry.twins(["acme"])] == ["acme"]
+    assert [(t.namespace, t.device) for t in registry.twins()] == [("acme", "d1"), ("globex", "d1")]
+    assert registry.twins([]) == []
 
 
 @pytest.mark.parametrize("namespace,device,doc,says", [
@@ -86,7 +86,7 @@ def test_bad_names_and_documents_are_refused_naming_what(registry, namespace, de
     with pytest.raises(ConfigError, match=None) as e:
         registry.set_desired(namespace, device, doc)
     assert says in str(e.value)
-    assert registry.list() == []
+    assert registry.twins() == []
 
 
 def test_what_a_namespace_can_make_the_registry_hold_is_bounded(tmp_path, monkeypatch):
@@ -120,7 +120,7 @@ def test_a_device_silent_past_the_limit_is_flagged_once_and_its_return_is_notice
     [t] = registry.sweep()
     assert (t.device, t.silent) == ("d1", True)
     assert registry.sweep() == []                 # flagged once
-    assert [t.device for t in registry.list(silent=True)] == ["d1"]
+    assert [t.device for t in registry.twins(silent=True)] == ["d1"]
     [r] = registry.report("default", [("d1", {"on": True})])
     assert r.returned and not r.first and not r.twin.silent and r.twin.last_seen == clock.t
     [r] = registry.report("default", [("d1", {"on": True})])

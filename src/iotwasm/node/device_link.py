@@ -184,9 +184,12 @@ class DeviceLink:
         self._waiting[rec["id"]] = (twin.namespace, twin.device, fut)
         task = asyncio.create_task(self._run(rec["id"], twin, name, payload, fut, timeout_s, retries))
         self._tasks[rec["id"]] = task
-        task.add_done_callback(lambda _t, cid=rec["id"]: (self._tasks.pop(cid, None),
-                                                          self._waiting.pop(cid, None)))
+        task.add_done_callback(lambda _t: self._done(rec["id"]))
         return rec
+
+    def _done(self, cid: str) -> None:
+        self._tasks.pop(cid, None)
+        self._waiting.pop(cid, None)
 
     async def wait(self, cid: str, timeout_s: float) -> None:
         """Until the command `cid` has its outcome, or `timeout_s`."""

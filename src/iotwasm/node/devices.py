@@ -187,11 +187,12 @@ class DeviceRegistry:
                               (namespace, device))
         return _twin(rows[0]) if rows else None
 
-    def list(self, namespaces: Iterable[str] | None = None, *, silent: bool | None = None,
+    def twins(self, namespaces: Iterable[str] | None = None, *, silent: bool | None = None,
              after: tuple[str, str] | None = None, limit: int = 100) -> list[Twin]:
         """Twins ordered by (namespace, device); only those of `namespaces` when given, only
         silent (or only not silent) ones with `silent`, those after `after` (paging)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if namespaces is not None:
             ns = list(namespaces)
             if not ns:
@@ -209,11 +210,12 @@ class DeviceRegistry:
             sql += " WHERE " + " AND ".join(where)
         return [_twin(r) for r in self._state._x(sql + " ORDER BY namespace, device LIMIT ?", [*args, limit])]
 
-    def _row(self, db, namespace: str, device: str, *, create: bool) -> Twin | None:
+    def _row(self, db, namespace: str, device: str) -> Twin:
+        """The device's twin, created (empty) when it is not known yet."""
         r = db.execute(f"SELECT {_COLUMNS} FROM devices WHERE namespace = ? AND device = ?",
                        (namespace, device)).fetchone()
-        if r is not None or not create:
-            return _twin(r) if r is not None else None
+        if r is not None:
+            return _twin(r)
         (n,) = db.execute("SELECT count(*) FROM devices WHERE namespace = ?", (namespace,)).fetchone()
         if n >= self.max_devices:
             raise ConfigError(f"device {device[:80]!r}: namespace {namespace} has {n} devices, the most one "
@@ -231,7 +233,7 @@ class DeviceRegistry:
         check_device(namespace, device)
         check_document(patch, f"desired state patch for {namespace}/{device}")
         with self._tx() as db:
-            t = self._row(db, namespace, device, create=True)
+            t = self._row(db, namespace, device)
             if expect_version is not None and expect_version != t.desired_version:
                 raise VersionConflict(f"desired state of {namespace}/{device}", expect_version,
                                       t.desired_version)
@@ -253,7 +255,7 @@ class DeviceRegistry:
         out: list[Report] = []
         with self._tx() as db:
             for device, patch in updates:
-                t = self._row(db, namespace, device, create=True)
+                t = self._row(db, namespace, device)
                 first = t.last_seen is None
                 returned = t.silent or first
                 reported = merge_patch(t.reported, patch)
@@ -291,7 +293,9 @@ class DeviceRegistry:
             db.execute("DELETE FROM device_commands WHERE uid = ? AND rowid NOT IN (SELECT rowid FROM "
                        "device_commands WHERE uid = ? ORDER BY created DESC, rowid DESC LIMIT ?)",
                        (twin.uid, twin.uid, MAX_COMMANDS_KEPT))
-        return self.command(cid)
+        rec = self.command(cid)
+        assert rec is not None   # written just above
+        return rec
 
     def update_command(self, cid: str, *, status: str, attempts: int | None = None, result: Any = None,
                        error: str = "", note: str | None = None) -> None:

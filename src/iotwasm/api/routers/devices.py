@@ -77,12 +77,16 @@ async def list_devices(ctx: Ctx, who: Viewer,
                        silent: bool | None = Query(None, description="only silent (true) or only speaking (false)"),
                        after: str | None = Query(None, max_length=200, description="'namespace/device' to page from"),
                        limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
+    spaces: list[str] | None
     if namespace is not None:
         spaces = [namespace] if who.may_see(namespace) else []
     else:
         spaces = None if who.tenant is None else [who.tenant]
-    start = tuple(after.split("/", 1)) if after and "/" in after else None
-    twins = await asyncio.to_thread(ctx.node.devices.list, spaces, silent=silent, after=start, limit=limit)
+    start: tuple[str, str] | None = None
+    if after and "/" in after:
+        ns, _, dev = after.partition("/")
+        start = (ns, dev)
+    twins = await asyncio.to_thread(ctx.node.devices.twins, spaces, silent=silent, after=start, limit=limit)
     return [t.to_dict() for t in twins]
 
 
