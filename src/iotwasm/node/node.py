@@ -627,7 +627,7 @@ class Node:
                                      qos=1 if s.nats.jetstream else 0, outbox=saf))
             elif s.type == "store":
                 sinks.append(StoreSink(sink_name, self.store, s.store.table, r.name))
-            elif s.type == "twin":
+            elif s.twin is not None:
                 sinks.append(TwinSink(sink_name, self.device_link, r.metadata.namespace, s.twin.device, s.twin.key))
             elif s.type == "webhook":
                 sinks.append(WebhookSink(sink_name, s.webhook.url,
