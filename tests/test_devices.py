@@ -63,6 +63,20 @@ def test_desired_state_is_compare_and_set_and_the_delta_clears_when_reported(reg
     assert not r.changed and r.twin.reported_version == 1
 
 
+def test_a_batch_of_reports_merges_in_order_per_device(registry):
+    reports = registry.report("default", [("a", {"x": 1}), ("b", {"y": 1}), ("a", {"x": 2, "z": 1}),
+                                          ("a", {"z": None}), ("b", {"y": 1})])
+    assert [(r.twin.device, r.first, r.changed) for r in reports] == [
+        ("a", True, True), ("b", True, True), ("a", False, True), ("a", False, True), ("b", False, False)]
+    a, b = registry.get("default", "a"), registry.get("default", "b")
+    assert (a.reported, a.reported_version) == ({"x": 2}, 3)
+    assert (b.reported, b.reported_version) == ({"y": 1}, 1)
+    # a report that would make the twin too large fails the batch, which changes nothing
+    with pytest.raises(ConfigError, match="reported state of default/a: larger than 65536 bytes"):
+        registry.report("default", [("b", {"y": 2}), ("a", {"big": "x" * 40_000}), ("a", {"big2": "x" * 40_000})])
+    assert registry.get("default", "b").reported == {"y": 1}
+
+
 def test_devices_are_their_namespace_s_and_listed_by_it(registry):
     registry.set_desired("acme", "d1", {"x": 1})
     registry.set_desired("globex", "d1", {"x": 2})

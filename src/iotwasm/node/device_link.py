@@ -147,10 +147,11 @@ class DeviceLink:
         await self.deliver_desired(twin)
         return twin
 
-    async def reported(self, namespace: str, updates: list[tuple[str, dict]]) -> list[Report]:
+    async def reported(self, namespace: str, updates: list[tuple[str, dict]], *,
+                       checked: bool = False) -> list[Report]:
         """Merge reports (from a twin sink); a device speaking after silence gets its desired
         state again when something is still to be done."""
-        reports = await asyncio.to_thread(self.registry.report, namespace, updates)
+        reports = await asyncio.to_thread(self.registry.report, namespace, updates, checked=checked)
         for r in reports:
             if r.returned:
                 if not r.first:
@@ -306,5 +307,5 @@ class TwinSink:
                 continue
             updates.append((device, doc))
         if updates:
-            await self.link.reported(self.namespace, updates)
+            await self.link.reported(self.namespace, updates, checked=True)
         return failures

@@ -243,30 +243,54 @@ class DeviceRegistry:
                        (json.dumps(desired), t.desired_version, t.uid))
         return t
 
-    def report(self, namespace: str, updates: list[tuple[str, dict]]) -> list[Report]:
+    def report(self, namespace: str, updates: list[tuple[str, dict]], *, checked: bool = False) -> list[Report]:
         """Merge each (device, patch) into that device's reported state, in order, in one
         transaction; each device is seen now (its silence ends). Devices not known yet are
         created. A patch that is not a bounded object fails the whole call with `ConfigError`
-        before anything is written (the caller checks patches first with `check_document`)."""
-        for device, patch in updates:
-            check_device(namespace, device)
-            check_document(patch, f"reported state of {namespace}/{device}")
+        before anything is written; a caller that checked each with `check_device` and
+        `check_document` already (to fail messages one by one) says so with `checked`."""
+        if not checked:
+            for device, patch in updates:
+                check_device(namespace, device)
+                check_document(patch, f"reported state of {namespace}/{device}")
         now = self.clock()
         out: list[Report] = []
         with self._tx() as db:
+            # one read of every device of the batch, one write each at the end: a route's
+            # batch is one transaction whatever its size
+            names = list(dict.fromkeys(d for d, _ in updates))
+            twins: dict[str, Twin] = {}
+            for i in range(0, len(names), 500):
+                part = names[i:i + 500]
+                for r in db.execute(f"SELECT {_COLUMNS} FROM devices WHERE namespace = ? AND device IN "
+                                    f"({','.join('?' * len(part))})", (namespace, *part)):
+                    twins[r[2]] = _twin(r)
+            for device in names:
+                if device not in twins:
+                    twins[device] = self._row(db, namespace, device)
+            touched: set[str] = set()
             for device, patch in updates:
-                t = self._row(db, namespace, device)
+                t = twins[device]
                 first = t.last_seen is None
                 returned = t.silent or first
                 reported = merge_patch(t.reported, patch)
                 changed = reported != t.reported
                 if changed:
-                    check_document(reported, f"reported state of {namespace}/{device}")
                     t.reported, t.reported_version = reported, t.reported_version + 1
                 t.last_seen, t.silent = now, False
-                db.execute("UPDATE devices SET reported = ?, reported_version = ?, last_seen = ?, silent = 0 "
-                           "WHERE uid = ?", (json.dumps(t.reported), t.reported_version, now, t.uid))
+                touched.add(device)
                 out.append(Report(t, returned, changed, first))
+            rows = []
+            for device in touched:
+                # merging objects nests no deeper than the deepest of them: only the size to check
+                t = twins[device]
+                text = json.dumps(t.reported, separators=(",", ":"))
+                if len(text) > MAX_DOCUMENT:
+                    raise ConfigError(f"reported state of {namespace}/{device}: larger than {MAX_DOCUMENT} "
+                                      f"bytes as JSON")
+                rows.append((text, t.reported_version, now, t.uid))
+            db.executemany("UPDATE devices SET reported = ?, reported_version = ?, last_seen = ?, silent = 0 "
+                           "WHERE uid = ?", rows)
         return out
 
     def sweep(self) -> list[Twin]:
