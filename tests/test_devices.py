@@ -226,3 +226,38 @@ def test_a_granted_module_reads_a_twin_and_an_unknown_device_is_absent(runtime, 
     # granted without a registry (iotwasm run): every device is unknown
     guest = prepare(runtime.load(TWIN_READER_WAT), Limits(), HostContext("r", Capabilities.grant("twin"))).new_guest()
     assert [o.payload for o in guest.process([Message("t", b"d1")]).outputs] == [b"-"]
+
+
+def test_twins_page_by_namespace_and_id(registry):
+    for ns, dev in (("acme", "b"), ("acme", "a"), ("globex", "a"), ("acme", "c")):
+        registry.set_desired(ns, dev, {})
+    first = registry.twins(limit=2)
+    assert [(t.namespace, t.device) for t in first] == [("acme", "a"), ("acme", "b")]
+    rest = registry.twins(after=("acme", "b"), limit=10)
+    assert [(t.namespace, t.device) for t in rest] == [("acme", "c"), ("globex", "a")]
+
+
+def test_commands_the_node_stopped_during_are_marked_interrupted_at_its_next_start(registry):
+    import asyncio
+
+    from iotwasm.messaging.bus import InProcessBus
+    from iotwasm.node.device_link import DeviceLink
+
+    t = registry.set_desired("default", "d1", {})
+    running = registry.add_command(t, "reboot", None, "alice")
+    registry.update_command(running["id"], status="sent", attempts=1, note="attempt 1")
+    done = registry.add_command(t, "ping", None, "alice")
+    registry.update_command(done["id"], status="acked", attempts=1, note="acknowledged")
+
+    async def start() -> None:
+        bus = InProcessBus()
+        await bus.connect()
+        link = DeviceLink(registry, lambda *a: None)
+        await link.start(bus)
+        await link.stop()
+        await bus.close()
+
+    asyncio.run(start())
+    assert registry.command(running["id"])["status"] == "interrupted"
+    assert registry.command(running["id"])["log"][-1]["note"] == "interrupted"
+    assert registry.command(done["id"])["status"] == "acked"
