@@ -107,6 +107,10 @@ class DeviceLink:
         self._subs: list = []
         self._deliveries: set[asyncio.Task] = set()
 
+    async def _event(self, kind: str, twin: Twin, message: str) -> None:
+        # recording an event writes the node database: off the loop
+        await asyncio.to_thread(self._on_event, kind, twin, message)
+
     async def start(self, bus: Bus) -> None:
         self.bus = bus
         for cid in await asyncio.to_thread(self.registry.unfinished_commands):
@@ -155,7 +159,7 @@ class DeviceLink:
         for r in reports:
             if r.returned:
                 if not r.first:
-                    self._on_event("returned", r.twin, "device speaks again after being silent")
+                    await self._event("returned", r.twin, "device speaks again after being silent")
                 if r.twin.delta:   # in the background: a broker that is down never holds the route
                     task = asyncio.create_task(self.deliver_desired(r.twin))
                     self._deliveries.add(task)
@@ -166,7 +170,7 @@ class DeviceLink:
         """Flag devices silent for longer than the registry's `silent_after_s`."""
         found = await asyncio.to_thread(self.registry.sweep)
         for t in found:
-            self._on_event("silent", t, f"no message for more than {self.registry.silent_after_s:g}s")
+            await self._event("silent", t, f"no message for more than {self.registry.silent_after_s:g}s")
         return found
 
     # -- commands ---------------------------------------------------------------------------
@@ -239,7 +243,7 @@ class DeviceLink:
                                     error=(f"no acknowledgement after {retries + 1} attempt(s)" if published
                                            else f"not published in {retries + 1} attempt(s)"),
                                     note=status)
-            self._on_event("command-" + status, twin, f"command {name} ({cid}) {status}")
+            await self._event("command-" + status, twin, f"command {name} ({cid}) {status}")
         except asyncio.CancelledError:
             await asyncio.to_thread(update, cid, status="interrupted", error="the node stopped before an outcome",
                                     note="interrupted")
