@@ -82,13 +82,14 @@ def _depth(v: Any, d: int = 0) -> int:
     return d
 
 
-def check_document(doc: Any, what: str) -> dict:
-    """`doc` when it is a JSON object within the size and depth bounds, else `ConfigError`."""
+def check_document(doc: Any, what: str, *, measure: bool = True) -> dict:
+    """`doc` when it is a JSON object within the size and depth bounds, else `ConfigError`.
+    Without `measure` the size is left to the caller (a report's size is checked once merged)."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{what}: must be a JSON object, not {type(doc).__name__}")
     if _depth(doc) > MAX_DEPTH:
         raise ConfigError(f"{what}: nested deeper than {MAX_DEPTH} levels")
-    if len(json.dumps(doc, separators=(",", ":"))) > MAX_DOCUMENT:
+    if measure and len(json.dumps(doc, separators=(",", ":"))) > MAX_DOCUMENT:
         raise ConfigError(f"{what}: larger than {MAX_DOCUMENT} bytes as JSON")
     return doc
 
