@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backoff import Backoff
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import Message
 from ..messaging.bus import Bus
 from ..pipeline.sinks import SinkError
@@ -248,6 +248,9 @@ class DeviceLink:
             await asyncio.to_thread(update, cid, status="interrupted", error="the node stopped before an outcome",
                                     note="interrupted")
             raise
+        except StorageError as e:   # the history could not be written: said once, the next start marks it
+            log.warning("command %s (%s) to %s/%s: history not recorded: %s", name, cid, twin.namespace,
+                        twin.device, e)
 
     async def _settle(self, cid: str, attempt: int, ack: dict) -> None:
         ok = ack.get("ok", True) is not False
