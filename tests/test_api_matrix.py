@@ -73,6 +73,7 @@ class Matrix:
         self.rule = self.apply(rule(fresh("rule"), OWNER))
         _, self.public_pem = generate_key()
         self.token_id = _token_id(self)
+        self.device = self.make_device(OWNER)
 
     def standing(self, path: str) -> dict[str, Any]:
         """Path parameters naming the owner's long-lived objects: for calls that are refused
@@ -82,7 +83,8 @@ class Matrix:
                                ("/v1/tokens/", {"token_id": self.token_id}),
                                ("/v1/tenants/", {"name": OWNER, "key_id": "0" * 16}),
                                ("/v1/alerts/", {"name": "standing"}),
-                               ("/v1/fleet/", {"name": "x", "action": "pause"})):
+                               ("/v1/fleet/", {"name": "x", "action": "pause"}),
+                               ("/v1/devices/", {"namespace": OWNER, "device": self.device})):
             if path.startswith(prefix):
                 return params
         return {}
@@ -94,6 +96,13 @@ class Matrix:
 
     def apply_deployment(self, name: str | None = None, memory: str = "16Mi") -> str:
         return self.apply(deployment(name or fresh("d"), "echo:1", OWNER, memory=memory))
+
+    def make_device(self, namespace: str) -> str:
+        """A device of `namespace` (desired state set before it ever connected)."""
+        device = fresh("dev")
+        r = self.admin.patch(f"/v1/devices/{namespace}/{device}/desired", json={"fan": 1})
+        assert r.status_code == 200, r.text
+        return device
 
     def push_module(self) -> str:
         wasm = bytes(wasmtime.wat2wasm(ECHO_WAT.replace("(i32.const 1024)", f"(i32.const {1024 + 16 * next(_n)})")))
@@ -207,6 +216,18 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/fleet/deployments"): Call(lambda m, c: {}),
     ("GET", "/v1/fleet/rollouts"): Call(lambda m, c: {}),
     ("POST", "/v1/fleet/rollouts/{name}/{action}"): Call(lambda m, c: {"name": "x", "action": "pause"}),
+    ("GET", "/v1/devices"): Call(lambda m, c: {}),
+    ("GET", "/v1/devices/{namespace}/{device}"): Call(
+        lambda m, c: {"namespace": c.namespace, "device": m.make_device(c.namespace)}),
+    ("PATCH", "/v1/devices/{namespace}/{device}/desired"): Call(
+        lambda m, c: {"namespace": c.namespace, "device": m.make_device(c.namespace)},
+        lambda m, c, p: {"json": {"fan": 2}, "headers": {"If-Match": '"1"'}}),
+    # nobody answers: the command stays unacknowledged, the answer is its record
+    ("POST", "/v1/devices/{namespace}/{device}/commands"): Call(
+        lambda m, c: {"namespace": c.namespace, "device": m.make_device(c.namespace)},
+        lambda m, c, p: {"json": {"name": "blink", "timeout": "1s", "retries": 0}}),
+    ("GET", "/v1/devices/{namespace}/{device}/commands"): Call(
+        lambda m, c: {"namespace": c.namespace, "device": m.make_device(c.namespace)}),
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 

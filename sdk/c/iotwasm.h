@@ -27,7 +27,7 @@
  * Contents, in order:
  *   ABI constants and the types a handler sees (iot_msg, iot_out, iot_buf)
  *   host imports             iot_log, iot_now_ms, iot_random_fill, iot_kv_*, iot_config_get,
- *                            iot_metric, iot_http_request
+ *                            iot_metric, iot_http_request, iot_twin_get
  *   memory routines          memcpy, memmove, memset, memcmp
  *   allocator exports        iot_alloc, iot_free (and iot_abi_version)
  *   output records           iot_emit, iot_reject, iot_emit_begin / iot_emit_end
@@ -154,6 +154,11 @@ IOT_IMPORT("http_request") int32_t iot_http_request(const void *req, uint32_t re
 #define IOT_HTTP_FAILED (-1)
 #define IOT_HTTP_TOO_LARGE (-2)
 #define IOT_HTTP_TIMEOUT (-3)
+/* capability twin: the twin of device `id` in the deployment's namespace, as JSON
+ * {"device", "reported", "reported_version", "desired", "desired_version", "delta", "last_seen",
+ * "silent"}; like iot_kv_get: its length, -1 when the device is unknown, and nothing copied when
+ * it is longer than val_cap. Read it with iot_json_find. */
+IOT_IMPORT("twin_get") int32_t iot_twin_get(const void *id, uint32_t id_len, void *val, uint32_t val_cap);
 
 /* ---------------------------------------------------------------------------------------
  * Memory routines. clang turns struct copies and simple loops into calls to these, and with

@@ -17,6 +17,8 @@
 // @ts-ignore: decorator
 @external("iot", "config_get") declare function iot_config_get(key: usize, keyLen: i32, val: usize, cap: i32): i32;
 // @ts-ignore: decorator
+@external("iot", "twin_get") declare function iot_twin_get(id: usize, idLen: i32, val: usize, cap: i32): i32;
+// @ts-ignore: decorator
 @external("iot", "metric") declare function iot_metric(kind: i32, name: usize, nameLen: i32, value: f64): void;
 
 export enum Level {
@@ -119,5 +121,21 @@ export namespace metrics {
   export function gauge(name: string, value: f64): void {
     const b = String.UTF8.encode(name);
     iot_metric(1, changetype<usize>(b), b.byteLength, value);
+  }
+}
+
+/** Device twins (capability `twin`, docs/devices.md): read-only, of the deployment's own namespace. */
+export namespace twin {
+  /** The twin of device `id` as JSON (reported, desired, delta, versions, last_seen, silent), or
+   *  null when the device is unknown. */
+  export function get(id: string): string | null {
+    const k = String.UTF8.encode(id);
+    let buf = new ArrayBuffer(256);
+    while (true) {
+      const n = iot_twin_get(changetype<usize>(k), k.byteLength, changetype<usize>(buf), buf.byteLength);
+      if (n < 0) return null;
+      if (n <= buf.byteLength) return String.UTF8.decode(buf.slice(0, n));
+      buf = new ArrayBuffer(n);
+    }
   }
 }

@@ -20,6 +20,6 @@ export {
 export { Bytes, Utf8 } from "./bytes";
 export { Buf } from "./buf";
 export { isNumber, parseNumber } from "./number";
-export { Level, log, nowMs, randomBytes, randomU64, kv, config, metrics } from "./host";
+export { Level, log, nowMs, randomBytes, randomU64, kv, config, metrics, twin } from "./host";
 import * as json from "./json";
 export { json };

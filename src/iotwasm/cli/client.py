@@ -634,3 +634,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tenant_app, name="tenant")
     app.add_typer(context_app, name="context")
     app.add_typer(rules_app, name="rules")
+    from .devices import devices_app
+
+    app.add_typer(devices_app, name="devices")

@@ -257,6 +257,8 @@ def up(
     max_timeout: str = typer.Option("10s", "--max-timeout",
                                     help="the longest one call into a module may run; a deployment "
                                          "asking for more (resources.timeout) is refused"),
+    device_silence: str = typer.Option("10m", "--device-silence",
+                                       help="a device that sends nothing for this long is flagged silent"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -277,7 +279,12 @@ def up(
         max_timeout_ms = parse_timeout_ms(max_timeout)
     except IotwasmError as e:
         _fail(IotwasmError(f"--max-timeout: {e}"))
-    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms)
+    try:
+        silence_s = parse_timeout_ms(device_silence) / 1000
+    except IotwasmError as e:
+        _fail(IotwasmError(f"--device-silence: {e}"))
+    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms,
+                     device_silence_s=silence_s)
     if name:
         cfg.name = name
     settings = None

@@ -22,6 +22,8 @@ HOST_CAPABILITIES: dict[str, tuple[str, ...]] = {
     "config": ("config_get",),
     "metrics": ("metric",),
     "http": ("http_request",),
+    # a device's twin (reported, desired, delta) in the deployment's own namespace
+    "twin": ("twin_get",),
 }
 
 #: host function -> capability that grants it

@@ -30,6 +30,8 @@ WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 LOG_LEVELS = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
 MAX_LOG_LINE = 4096
 MAX_KEY = 256
+#: the longest device id `twin_get` reads
+MAX_DEVICE_ID = 128
 
 guest_log = logging.getLogger("iotwasm.guest")
 
@@ -94,6 +96,10 @@ class HostContext:
     kv: KeyValue | None = None
     on_log: Callable[[str, int, str], None] = _default_log
     on_metric: Callable[[str, int, str, float], None] | None = None
+    #: the `twin` capability: a device id → its twin as JSON bytes, or None when the device is
+    #: unknown. The node binds it to the deployment's namespace, so a module reads only its
+    #: own tenant's devices; without a registry (``iotwasm run``) every device is unknown.
+    twin: Callable[[str], bytes | None] | None = None
 
     def __post_init__(self) -> None:
         if self.kv is None:
@@ -210,6 +216,13 @@ def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
         if ctx.on_metric is not None:
             ctx.on_metric(name, kind, metric_name, value)
 
+    def twin_get(caller, ip, n, vp, vcap):
+        if _i32(n) > MAX_DEVICE_ID:
+            _fail(AbiError(f"iot.twin_get: device id of {_i32(n)} bytes is longer than {MAX_DEVICE_ID}"))
+        device = _read(caller, ip, n, "iot.twin_get device id").decode("utf-8", "replace")
+        value = ctx.twin(device) if ctx.twin is not None else None
+        return _write_out(caller, value, vp, vcap, "iot.twin_get")
+
     define("log", [i32, i32, i32], [], log)
     define("now_ms", [], [i64], clock)
     define("random_fill", [i32, i32], [], random_fill)
@@ -220,6 +233,7 @@ def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
     define("metric", [i32, i32, i32, f64], [], metric)
     define("http_request", [i32, i32, i32, i32], [i32], lambda c, rp, rn, op, ocap:
            _http_request(ctx, c, rp, rn, op, ocap))
+    define("twin_get", [i32, i32, i32, i32], [i32], twin_get)
 
 
 def _http_request(ctx: HostContext, caller: wasmtime.Caller, req_ptr: int, req_len: int,

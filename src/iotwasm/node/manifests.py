@@ -185,7 +185,7 @@ class HttpGrantSpec(Strict):
 
 
 class CapabilitySpec(Strict):
-    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "wasi", "http"]] = []
+    host: list[Literal["log", "clock", "random", "kv", "config", "metrics", "twin", "wasi", "http"]] = []
     http: HttpGrantSpec | None = Field(None, description="allow-list of the http capability")
     topics: Topics = Topics()
     env: dict[str, str | SecretText] = Field({}, description="environment of WASI modules; an entry "
@@ -415,6 +415,17 @@ class RetrySpec(Strict):
         return self
 
 
+SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "twin")
+
+
+class TwinSink(Strict):
+    """Merge each message (a JSON object) into a device's reported state (docs/devices.md)."""
+
+    device: str = Field("{device}", description="template naming the device: source-topic captures, "
+                        "{payload.field}")
+    key: str | None = Field(None, description="put the message under this key of the reported state")
+
+
 class Sink(Strict):
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
@@ -422,6 +433,7 @@ class Sink(Strict):
     webhook: WebhookSink | None = None
     log: LogSink | None = None
     bus: BusEndpoint | None = None
+    twin: TwinSink | None = None
     store_and_forward: bool = Field(True, alias="storeAndForward",
                                     description="uplink sinks keep unsent messages in SQLite")
     circuit_breaker: BreakerSpec = Field(BreakerSpec(), alias="circuitBreaker",
@@ -430,14 +442,14 @@ class Sink(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> "Sink":
-        given = [k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None]
+        given = [k for k in SINK_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a sink needs exactly one of mqtt, nats, store, webhook, log, bus (got {given or 'none'})")
+            raise ValueError(f"a sink needs exactly one of {', '.join(SINK_KINDS)} (got {given or 'none'})")
         return self
 
     @property
     def type(self) -> str:
-        return next(k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None)
+        return next(k for k in SINK_KINDS if getattr(self, k) is not None)
 
 
 class BatchSpec(Strict):

@@ -46,6 +46,8 @@ from ..registry import ModuleStore
 from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
+from .device_link import DeviceLink, TwinSink
+from .devices import DeviceRegistry, Twin
 from .applied import AppliedManifests
 from .binding import ModuleBinding
 from .logs import GuestLogs, printable
@@ -82,6 +84,10 @@ class NodeConfig:
     #: the longest one call into a module may run (`iotwasm up --max-timeout`); a deployment
     #: whose resources.timeout asks for more is refused
     max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS
+    #: a device that sends nothing for this long is flagged silent (docs/devices.md)
+    device_silence_s: float = 600.0
+    #: the time of devices' last-seen and silence (tests inject a clock they advance)
+    device_clock: Callable[[], float] = time.time
 
 
 @dataclass
@@ -114,6 +120,8 @@ class Node:
         except OSError as e:
             raise StorageError("data directory", e.filename or d, e.strerror or str(e)) from None
         self.state = NodeState(d / "node.db")
+        self.devices = DeviceRegistry(self.state, silent_after_s=config.device_silence_s, clock=config.device_clock)
+        self.device_link = DeviceLink(self.devices, self._device_event)
         self.outbox = Outbox(d / "outbox.db")
         self.store = LocalStore(d / "store.db")
         from ..pipeline.rules import RuleStateStore
@@ -166,6 +174,7 @@ class Node:
             log.warning("node bus %s not reachable yet (%s); continuing, reconnecting in background",
                         self.config.broker, e)
         self.state.event("node", self.config.name, f"started (bus: {self.config.broker or 'in-process'})")
+        await self.device_link.start(self.bus)
         self.rules = NodeRules(self.bus, self.outbox, self.store, self._rule_state, self._processor,
                                lambda kind, name, msg: self._event(kind, name, msg, of="Rule"))
         await self.sync()
@@ -199,6 +208,10 @@ class Node:
                         await asyncio.to_thread(rec.handle.current.tick)
                 if self.state.write_error is not None:
                     await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
+                try:
+                    await self.device_link.sweep()
+                except StorageError as e:   # flagged at a later turn
+                    log.warning("silent devices not flagged: %s", e)
                 problems = self.storage_problems()
                 if time.monotonic() - last_status > self.config.status_interval_s or problems != reported:
                     last_status, reported = time.monotonic(), problems
@@ -232,6 +245,7 @@ class Node:
             await asyncio.to_thread(self.deployments.pop(name).handle.stop)
         if self._ingest is not None:
             await self._ingest.stop()
+        await self.device_link.stop()
         await self._publish_status("offline", reason="shutdown")
         for bus in [self.bus, *self._buses.values()]:
             if bus is not None:
@@ -487,7 +501,7 @@ class Node:
         caps = d.capabilities()
         restart = d.spec.restart_policy.policy()
         guest_log = logging.getLogger(f"iotwasm.guest.{d.name}")
-        return WasmContainer(
+        container = WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
             replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, uid, caps.kv_quota), digest=module_digest,
@@ -496,6 +510,24 @@ class Node:
                 and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", printable(text))),
             on_transition=lambda tr, n=d.name, ns=d.metadata.namespace: self.state.event(
                 "state", n, f"{tr.source} → {tr.target}: {tr.reason}", uid=uid, namespace=ns))
+        if caps.allows("twin"):   # linked only when granted; a deployment reads its own namespace's devices
+            container.host.twin = lambda device, ns=d.metadata.namespace: self._twin_json(ns, device)
+        return container
+
+    def _twin_json(self, namespace: str, device: str) -> bytes | None:
+        """A device's twin for the `twin` host function (called on the guest's worker thread)."""
+        try:
+            twin = self.devices.get(namespace, device)
+        except StorageError:
+            return None
+        if twin is None:
+            return None
+        doc = twin.to_dict()
+        doc.pop("namespace")
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _device_event(self, kind: str, twin: Twin, message: str) -> None:
+        self._event(kind, f"device/{twin.device}", message, uid=twin.uid, namespace=twin.namespace)
 
     # -- routes ----------------------------------------------------------------------------
     async def _bus_for(self, url: str | None) -> Bus:
@@ -601,6 +633,8 @@ class Node:
                                      breaker=breaker_for(sink_name, s)))
             elif s.type == "store":
                 sinks.append(StoreSink(sink_name, self.store, s.store.table, r.name))
+            elif s.twin is not None:
+                sinks.append(TwinSink(sink_name, self.device_link, r.metadata.namespace, s.twin.device, s.twin.key))
             elif s.type == "webhook":
                 retries, retry_backoff = retry_for(s)
                 sinks.append(WebhookSink(sink_name, s.webhook.url,

@@ -1,5 +1,9 @@
 """The schema of the node database (``node.db``) and its migrations.
 
+Version 2 adds the device registry (``devices``: each device's reported and desired state with
+their versions; ``device_commands``: the commands sent to devices and their outcomes, see
+node/devices.py); going from 1 to 2 only creates those tables.
+
 Version 1 keys every piece of state by the identity of the object it belongs to (``uid``),
 where version 0 keyed it by name, so whoever created a name again inherited what the previous
 object of that name left (its kv data, dead letters with their payloads, revision history and
@@ -16,7 +20,7 @@ import sqlite3
 from ..errors import ConfigError
 from ..sqlite import write_transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -39,6 +43,18 @@ CREATE INDEX IF NOT EXISTS dead_letters_by_uid ON dead_letters(uid, id);
 CREATE TABLE IF NOT EXISTS kv (
     uid TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (uid, key));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, device TEXT NOT NULL,
+    reported TEXT NOT NULL DEFAULT '{}', reported_version INTEGER NOT NULL DEFAULT 0,
+    desired TEXT NOT NULL DEFAULT '{}', desired_version INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, last_seen REAL, silent INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS devices_by_name ON devices(namespace, device);
+CREATE TABLE IF NOT EXISTS device_commands (
+    id TEXT PRIMARY KEY, uid TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL,
+    updated REAL NOT NULL, result TEXT, error TEXT NOT NULL DEFAULT '', by TEXT NOT NULL DEFAULT '',
+    log TEXT NOT NULL DEFAULT '[]');
+CREATE INDEX IF NOT EXISTS device_commands_by_uid ON device_commands(uid, created);
 """
 
 #: tables whose rows belong to one object (column `uid`); events also have node-wide rows
@@ -83,7 +99,7 @@ def migrate(db: sqlite3.Connection, where: str) -> None:
         return
     with write_transaction(db):
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "kv" in tables:  # version 0: state keyed by name
+        if found == 0 and "kv" in tables:  # version 0: state keyed by name
             _script(db, _FROM_NAMES)
         _script(db, SCHEMA)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

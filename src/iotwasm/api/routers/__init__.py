@@ -12,6 +12,7 @@ from . import (
     audit,
     data,
     deployments,
+    devices,
     events,
     fleet,
     health,
@@ -27,4 +28,5 @@ from . import (
 #: in the order they appear in the OpenAPI document
 ROUTERS: list[APIRouter] = [health.router, modules.router, manifests.router, deployments.router, routes.router,
                             events.router, tokens.router, tenants.router, alerts.router, audit.router,
-                            rules.router, fleet.router, data.router, stream.router]
+                            rules.router, fleet.router, data.router, stream.router,
+                            devices.router]
