@@ -341,6 +341,10 @@ from .dev import register as _register_dev  # noqa: E402
 
 _register_dev(app)
 
+from .invoke import register as _register_invoke  # noqa: E402
+
+_register_invoke(app)
+
 
 def main() -> None:  # pragma: no cover - entry point
     app()

@@ -45,6 +45,7 @@ from ..registry import ModuleStore
 from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
+from .invoke import Invocations
 from .applied import AppliedManifests
 from .binding import ModuleBinding
 from .logs import GuestLogs, printable
@@ -143,6 +144,8 @@ class Node:
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
         self.batch_trace = None
         self.rules: NodeRules | None = None  # created once the bus exists (start)
+        #: synchronous calls of deployments (the API's invoke), each on worker threads of its own
+        self.invocations = Invocations(self)
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -226,6 +229,7 @@ class Node:
             await self._stop_source(rec)
         for name in list(self.routes):
             await self._remove_route(name, drain=True, stopping=True)
+        self.invocations.close()
         for name in list(self.deployments):
             await asyncio.to_thread(self.deployments.pop(name).handle.stop)
         if self._ingest is not None:
