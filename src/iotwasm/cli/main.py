@@ -249,6 +249,11 @@ def up(
     max_timeout: str = typer.Option("10s", "--max-timeout",
                                     help="the longest one call into a module may run; a deployment "
                                          "asking for more (resources.timeout) is refused"),
+    max_instances: Optional[int] = typer.Option(None, "--max-instances", min=1,
+                                                help="module instances all deployments may hold together; "
+                                                     "beyond it, the least recently used idle one is evicted"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory",
+                                             help="linear memory all instances may hold together, e.g. 2Gi"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -269,7 +274,14 @@ def up(
         max_timeout_ms = parse_timeout_ms(max_timeout)
     except IotwasmError as e:
         _fail(IotwasmError(f"--max-timeout: {e}"))
-    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms)
+    if max_memory is not None:
+        from ..engine.limits import parse_size
+        try:
+            parse_size(max_memory)
+        except IotwasmError as e:
+            _fail(IotwasmError(f"--max-memory: {e}"))
+    cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms,
+                     max_instances=max_instances, max_memory=max_memory)
     if name:
         cfg.name = name
     settings = None

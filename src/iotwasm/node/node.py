@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..container import WasmContainer
+from ..container import InstanceBudget, WasmContainer
 from ..engine import Runtime
 from ..engine.limits import format_duration_ms, parse_duration_ms
 from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
@@ -81,6 +81,12 @@ class NodeConfig:
     #: the longest one call into a module may run (`iotwasm up --max-timeout`); a deployment
     #: whose resources.timeout asks for more is refused
     max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS
+    #: the node-wide instance budget (`iotwasm up --max-instances/--max-memory`): beyond it, an
+    #: instance needed on demand evicts the least recently used idle one of another deployment
+    max_instances: int | None = None
+    max_memory: str | None = None
+    #: monotonic seconds for the containers' cool-downs and restart backoff (tests inject one)
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -112,6 +118,9 @@ class Node:
             self.registry = ModuleStore(d / "modules", runtime=self.runtime)
         except OSError as e:
             raise StorageError("data directory", e.filename or d, e.strerror or str(e)) from None
+        from ..engine.limits import parse_size
+        self.budget = InstanceBudget(config.max_instances,
+                                     parse_size(config.max_memory) if config.max_memory else None)
         self.state = NodeState(d / "node.db")
         self.outbox = Outbox(d / "outbox.db")
         self.store = LocalStore(d / "store.db")
@@ -198,6 +207,8 @@ class Node:
                     if rec.handle.current.restart_due_in() == 0:
                         # a restart instantiates (guest init code): never on the loop
                         await asyncio.to_thread(rec.handle.current.tick)
+                # instances on demand: idle ones closed after their cool-down, spares made
+                await asyncio.to_thread(self.maintain_instances)
                 if self.state.write_error is not None:
                     await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
                 problems = self.storage_problems()
@@ -381,6 +392,15 @@ class Node:
             log.error("%s", p)
         return problems
 
+    def maintain_instances(self) -> None:
+        """Each deployment's instances: close those idle past their cool-down, make missing
+        spares (instantiates: call it off the event loop)."""
+        for rec in list(self.deployments.values()):
+            try:
+                rec.handle.current.maintain()
+            except Exception:   # one deployment's trouble never stops the others' upkeep
+                log.exception("deployment %s: instance upkeep failed", rec.manifest.name)
+
     def _retry_on_storage(self, e: IotwasmError) -> None:
         """A manifest that failed on storage is applied again at the next sync (the disk
         may have room by then), not only when the manifests change."""
@@ -434,9 +454,10 @@ class Node:
             await asyncio.to_thread(self.admission, d, module_digest)
         if current is not None and self._only_scaled(current.manifest, d) and \
                 module_digest == current.module_digest:
-            await asyncio.to_thread(current.handle.current.scale, d.spec.replicas)
+            await asyncio.to_thread(current.handle.current.set_scaling, d.spec.scaling())
             current.manifest, current.digest = d, digest
-            self._event("scaled", d.name, f"replicas {d.spec.replicas}", uid=uid, namespace=d.metadata.namespace)
+            self._event("scaled", d.name, f"replicas {d.spec.replicas_text()}, prewarm {d.spec.prewarm}",
+                        uid=uid, namespace=d.metadata.namespace)
             return
         ns = d.metadata.namespace
         container = self._container(d, module_path, uid, module_digest)
@@ -463,7 +484,7 @@ class Node:
             handle.trace = self.batch_trace
             self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle, uid)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
-                                           f"{d.spec.replicas} replica(s)", uid=uid, namespace=ns)
+                                           f"{d.spec.replicas_text()} replica(s)", uid=uid, namespace=ns)
         else:
             gate = d.spec.update_strategy.health_gate
             handle = current.handle
@@ -481,8 +502,8 @@ class Node:
     @staticmethod
     def _only_scaled(old: Deployment, new: Deployment) -> bool:
         a, b = to_document(old), to_document(new)   # a changed secret is not a scale
-        a["spec"].pop("replicas"), b["spec"].pop("replicas")
-        a["spec"].pop("weights"), b["spec"].pop("weights")
+        for key in ("replicas", "weights", "prewarm"):
+            a["spec"].pop(key, None), b["spec"].pop(key, None)
         return a == b
 
     def _container(self, d: Deployment, module_path: Path, uid: str, module_digest: str) -> WasmContainer:
@@ -491,7 +512,8 @@ class Node:
         guest_log = logging.getLogger(f"iotwasm.guest.{d.name}")
         return WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
-            replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
+            scaling=d.spec.scaling(), budget=self.budget, clock=self.config.clock,
+            strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, uid, caps.kv_quota), digest=module_digest,
             on_log=lambda name, level, text, n=d.name: (
                 self.guest_logs.add(n, level, text)
@@ -705,7 +727,9 @@ class Node:
             st = rec.handle.current.stats()
             deps[name] = {"state": st.state, "revision": rec.handle.revision, "replicas": st.replicas,
                           "module": rec.module_digest, "restarts": st.restarts,
-                          "rollbacks": rec.handle.rollbacks, **st.totals(), "last_error": st.last_error}
+                          "rollbacks": rec.handle.rollbacks, **st.totals(), "last_error": st.last_error,
+                          "min_replicas": st.min_replicas, "max_replicas": st.max_replicas,
+                          "evictions": st.scaling.evictions}
         routes = {}
         for name, rec in self.routes.items():
             s = rec.runner.stats

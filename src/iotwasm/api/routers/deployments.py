@@ -74,10 +74,11 @@ def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
                            "source": "file" if node.file_owned("Deployment", name) else "api",
                            "module": manifest.spec.module}
     if rec is None:
-        out.update(state="pending", revision=None, replicas=manifest.spec.replicas)
+        out.update(state="pending", revision=None, replicas=manifest.spec.model_dump(mode="json")["replicas"])
     else:
         st = rec.handle.current.stats()
         out.update(state=st.state, revision=rec.handle.revision, replicas=st.replicas,
+                   scaling=scaling_view(st), evictions=st.scaling.evictions,
                    module_digest=rec.module_digest, restarts=st.restarts, rollbacks=rec.handle.rollbacks,
                    last_error=last_error(node, name)[0], **{k: v for k, v in st.totals().items()})
         if full:
@@ -86,6 +87,11 @@ def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
         out["manifest"] = manifest.model_dump(mode="json", by_alias=True)
         out["events"] = node.state.events(name, limit=20)
     return out
+
+
+def scaling_view(st) -> dict:
+    """Instances on demand: the bounds and what the pool did (`replicas` is how many it holds now)."""
+    return {"min": st.min_replicas, "max": st.max_replicas, "prewarm": st.prewarm, **st.scaling.to_dict()}
 
 
 @router.get("/v1/deployments", summary="List deployments")
