@@ -98,3 +98,14 @@ def test_the_budget_evicts_the_least_recently_used_idle_instance_of_another_depl
     assert view(node, "a")["evictions"] == 1 and view(node, "b")["evictions"] == 0
     metrics = node.admin.get("/metrics").text
     assert 'iotwasm_deployment_evictions_total{deployment="a",namespace="default"} 1.0' in metrics
+
+
+def test_an_invocation_with_no_room_anywhere_is_answered_503(node):
+    apply(node, elastic("p1", "1"), elastic("p2", "1"), elastic("z", "{min: 0, max: 1}"))
+    r = node.admin.post("/v1/deployments/z/invoke", json={"messages": [{"payload": "x"}]})
+    assert r.status_code == 503 and r.json()["type"].endswith("/budget-spent"), r.text
+    assert "budget is spent" in r.json()["detail"]
+    assert view(node, "z")["replicas"] == 0
+    apply(node, elastic("p2", "{min: 0, max: 1}"))    # p2's instance may now go
+    invoke(node, "z")
+    assert view(node, "p2")["evictions"] == 1

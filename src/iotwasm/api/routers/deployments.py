@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field, model_validator
 
+from ...container import BudgetSpent
 from ...errors import ContainerUnavailable, IotwasmError
 from ...message import Message
 from ...node.invoke import MAX_MESSAGES, Invocation, NotInvocable
@@ -248,7 +249,9 @@ def invocation_view(inv: Invocation) -> dict:
 
 @router.post("/v1/deployments/{name}/invoke", dependencies=[Depends(BodyLimit(MAX_INVOKE_BODY))],
              summary="Run messages through a deployment and answer its outputs and dead letters",
-             responses=errors(409, why_409="not running (suspended, in error, or not started)"))
+             responses=errors(409, 503, why_409="not running (suspended, in error, or not started)",
+                              why_503="it has no instance and the node's instance budget is spent with "
+                                      "nothing idle to evict; send again"))
 async def invoke(name: str, body: InvokeBody, ctx: Ctx, who: Operator) -> dict:
     """The deployment's limits and topic grants apply as in a route: a trap, a limit or a topic
     it may not receive or emit is a dead letter in the answer, not an error of the call. A
@@ -269,6 +272,8 @@ async def invoke(name: str, body: InvokeBody, ctx: Ctx, who: Operator) -> dict:
         messages.append(Message(topic, data))
     try:
         inv = await ctx.node.invocations.invoke(name, messages)
+    except BudgetSpent as e:
+        raise Problem(503, "Unavailable", str(e), "budget-spent") from None
     except (NotInvocable, ContainerUnavailable) as e:
         raise Problem(409, "Conflict", str(e), "not-running") from None
     await ctx.record(who, "deployment.invoke", f"deployment/{name}",
