@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 import wasmtime
-from apinode import ECHO_WASM, ApiNode, deployment
+from apinode import ECHO_WASM, ApiNode, deployment, wait_for
 from conftest import TEST_MODULES
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
@@ -116,11 +116,22 @@ def test_tenancy_roles_and_audit(api):
     assert r.status_code == 200 and r.json()["outputs"][0]["topic"] == "fenced/invoke/echo-fenced", r.text
     r = call(api, "echo-fenced", [{"topic": "elsewhere/x", "payload": "a"}], tenant="fenced")
     assert r.status_code == 403 and "outside the topic prefix" in r.json()["detail"]
-    rows = api.admin.get("/v1/audit", params={"action": "deployment.invoke"}).json()
-    mine = [e for e in rows if e["action"] == "deployment.invoke"]
-    assert any(e["outcome"] == "ok" and e["target"] == "deployment/echo-fenced" and e["tenant"] == "fenced"
-               for e in mine), mine
-    assert any(e["outcome"] == "denied" and "outside the topic prefix" in e["detail"] for e in mine), mine
+    # invocations are audited as traffic: one row per caller and deployment per sweep, with the counts
+    r = call(api, "echo-fenced", [{"payload": "b"}, {"payload": "!c"}], tenant="fenced")
+    assert r.status_code == 200
+
+    def rows():
+        return [e for e in api.admin.get("/v1/audit", params={"action": "deployment.invoke"}).json()
+                if e["action"] == "deployment.invoke"]
+    def fenced_ok():
+        return [e for e in rows() if e["outcome"] == "ok" and e["target"] == "deployment/echo-fenced"]
+
+    def counted(rows, at):   # "2 invocation(s): 3 message(s), 2 output(s), 1 dead letter(s)"
+        return sum(int(e["detail"].replace(":", ",").split(", ")[at].split()[0]) for e in rows)
+    ok = wait_for(lambda: (r := fenced_ok()) and counted(r, 0) == 2 and r, what="the invocations' audit rows")
+    assert all(e["tenant"] == "fenced" and e["actor"].startswith("operator-fenced") for e in ok), ok
+    assert [counted(ok, i) for i in (1, 2, 3)] == [3, 2, 1], ok
+    assert any(e["outcome"] == "denied" and "outside the topic prefix" in e["detail"] for e in rows())
 
 
 def test_bounded_input_and_not_running(api):

@@ -276,7 +276,5 @@ async def invoke(name: str, body: InvokeBody, ctx: Ctx, who: Operator) -> dict:
         raise Problem(503, "Unavailable", str(e), "budget-spent") from None
     except (NotInvocable, ContainerUnavailable) as e:
         raise Problem(409, "Conflict", str(e), "not-running") from None
-    await ctx.record(who, "deployment.invoke", f"deployment/{name}",
-                     f"{len(messages)} message(s): {len(inv.outputs)} output(s), "
-                     f"{len(inv.dead_letters)} dead letter(s)", tenant=ns)
+    ctx.invoked(who, ns, name, len(messages), len(inv.outputs), len(inv.dead_letters))
     return invocation_view(inv)
