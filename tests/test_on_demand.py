@@ -119,6 +119,8 @@ def test_the_budget_evicts_the_least_recently_used_idle_instance_elsewhere(runti
     ok(a)                                    # a comes back: now b's is the least recently used idle one
     assert (a.instances, b.instances, hc.instances) == (1, 0, 1)
     assert b.scaling_stats.evictions == 1
+    # the budget's running totals are what the containers hold
+    assert budget.usage() == tuple(map(sum, zip(*(x.holding() for x in (a, b, c, hc)))))
     done([t], h)
     for x in (a, b, c, hc):
         x.stop()
@@ -157,7 +159,9 @@ def test_a_memory_budget_counts_linear_memory(runtime):
     clock.now += 1
     ok(b)
     assert (a.instances, b.instances) == (0, 1) and a.scaling_stats.evictions == 1
+    assert budget.usage() == (1, b.holding()[1])
     a.stop(), b.stop()
+    assert budget.usage() == (0, 0)
 
 
 def test_bounds_are_checked(runtime):

@@ -133,7 +133,8 @@ class WasmContainer(PoolMixin):
             scaling = Scaling.fixed(replicas)
         scaling.check(self.limits.max_instances, name)
         self._scaling = scaling
-        self._budget = budget
+        #: the node's budget, when it has limits (an unlimited one has nothing to count)
+        self._budget = budget if budget is not None and budget.limited else None
         self._growing = 0          # places reserved for instances being made (pool.py)
         self._pages_hint = 0       # linear memory pages of its largest instance so far
         self._past = InstanceStats(-1)   # what instances no longer in the pool did
@@ -186,9 +187,9 @@ class WasmContainer(PoolMixin):
         # module's declared initial memory
         self._pages_hint = max(self._pages_hint, self.compiled.info.memory_min_pages or 0,
                                *(s.stats.memory_pages for s in slots))
-        if self._budget is not None:
-            self._budget.register(self)
         with self._cond:
+            for slot in slots:
+                self._count_in(slot)
             self._retire(self._slots)
             self._slots = slots
         lc.move(State.INSTANTIATED, f"{len(slots)} instance(s)")
@@ -217,7 +218,7 @@ class WasmContainer(PoolMixin):
                 self._slots = []
                 self._cond.notify_all()
             if self._budget is not None:
-                self._budget.unregister(self)
+                self._budget.forget(self)
 
     def restart(self, reason: str = "manual restart") -> None:
         """Bring a container in error back now, whatever its policy and backoff say."""
@@ -330,10 +331,13 @@ class WasmContainer(PoolMixin):
             st.errors[d.error.kind] += 1
             st.faults += isinstance(d.error, SANDBOX_FAULTS)
         st.fuel_used += result.fuel_used
-        st.memory_pages = slot.guest.memory_pages()
-        st.peak_memory_pages = max(st.peak_memory_pages, st.memory_pages)
-        if st.memory_pages > self._pages_hint:
-            self._pages_hint = st.memory_pages
+        pages = slot.guest.memory_pages()
+        if pages != st.memory_pages:
+            st.memory_pages = pages
+            st.peak_memory_pages = max(st.peak_memory_pages, pages)
+            if pages > self._pages_hint:
+                self._pages_hint = pages
+            self._recount(slot)
         st.recycles = slot.guest.recycled
         st.last_latency_ms = elapsed * 1000
         st.total_latency_ms += elapsed * 1000

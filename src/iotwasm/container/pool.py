@@ -100,6 +100,8 @@ class PoolMixin:
             new = [Slot(i, self._factory.new_guest(), self._weight(i), self._clock())
                    for i in range(current, scaling.min)]
             with self._cond:
+                for slot in new:
+                    self._count_in(slot)
                 self._slots.extend(new)
                 # idle instances are the first to go: a busy one stays in the pool if it can
                 keep = sorted(self._slots, key=lambda s: not s.busy)[:scaling.max]
@@ -107,6 +109,8 @@ class PoolMixin:
                 self._slots = sorted(keep, key=lambda s: s.index)
                 self._reindex()
                 self._cond.notify_all()
+            if self._budget is not None:
+                self._budget.touch(self)   # what it may give up changed
 
     def _reindex(self) -> None:
         for i, s in enumerate(self._slots):
@@ -124,6 +128,7 @@ class PoolMixin:
             else:
                 add_up(self._past, s.stats)
                 s.guest.close()
+                self._count_out(s)
 
     # -- taking and giving back ----------------------------------------------------------
     def _acquire(self) -> Slot:
@@ -164,11 +169,16 @@ class PoolMixin:
 
     def _grow(self, factory: GuestFactory, busy: bool) -> Slot:
         """Instantiate one instance in the place reserved in `_growing` (outside the lock)."""
+        budget, need = self._budget, self._pages_hint * PAGE
+        admitted = False
         try:
-            if self._budget is not None:
-                self._budget.admit(self, self._pages_hint * PAGE)
+            if budget is not None:
+                budget.admit(self, need)   # reserves it in the budget
+                admitted = True
             guest = factory.new_guest()
         except IotwasmError as e:
+            if admitted:
+                budget.add(-1, -need)
             with self._cond:
                 self._growing -= 1
                 self._cond.notify_all()
@@ -176,12 +186,16 @@ class PoolMixin:
                 raise
             raise ContainerUnavailable(f"cannot make an instance: {e}", module=self.name) from e
         slot = Slot(0, guest, 1, self._clock())
+        if admitted:
+            slot.counted = need
         with self._cond:
             self._growing -= 1
             if self._factory is not factory or self.state == State.TERMINATED:
                 guest.close()   # a restart or stop came between: this instance is of no version
+                self._count_out(slot)
                 self._cond.notify_all()
                 raise _Stale()
+            self._recount(slot)
             slot.index = slot.stats.index = len(self._slots)
             slot.weight = self._weight(slot.index)
             slot.busy = busy
@@ -194,6 +208,8 @@ class PoolMixin:
             self._pages_hint = max(self._pages_hint, slot.stats.memory_pages)
             self._slots.append(slot)
             self._cond.notify_all()
+        if not busy and budget is not None:
+            budget.touch(self)   # a spare is idle from the start
         return slot
 
     def _release(self, slot: Slot, busy: float) -> None:
@@ -206,9 +222,12 @@ class PoolMixin:
                 self._retired.remove(slot)
                 add_up(self._past, slot.stats)
                 slot.guest.close()  # its batch is over: nothing runs in it any more
+                self._count_out(slot)
                 self._cond.notify_all()  # stop() may be waiting for the last one
-            else:
-                self._cond.notify()
+                return
+            self._cond.notify()
+        if self._budget is not None:
+            self._budget.touch(self)   # an idle instance, used just now
 
     # -- idling, spares and the budget ----------------------------------------------------
     def maintain(self) -> None:
@@ -245,20 +264,29 @@ class PoolMixin:
                 return
 
     def holding(self) -> tuple[int, int]:
-        """(instances, bytes of linear memory) this container holds, places reserved included
-        (at the size of its largest instance so far)."""
+        """(instances, bytes of linear memory as last seen) this container holds now."""
         with self._cond:
-            pages = sum(s.stats.memory_pages for s in self._slots) + self._growing * self._pages_hint
-            return len(self._slots) + self._growing, pages * PAGE
+            return len(self._slots), sum(s.stats.memory_pages for s in self._slots) * PAGE
 
-    def evictable(self) -> float | None:
-        """When its least recently used idle instance above `min` was last used; None when it
-        has none to give."""
-        with self._cond:
-            if len(self._slots) <= self._scaling.min:
-                return None
-            idle = [s.last_used for s in self._slots if not s.busy]
-            return min(idle) if idle else None
+    # -- what the budget counts (`_acct` is a leaf lock: safe under `_cond`) ----------------
+    def _count_in(self, slot: Slot) -> None:
+        """An instance made without asking the budget (a min one) counts all the same."""
+        if self._budget is not None and slot.counted is None:
+            slot.counted = slot.stats.memory_pages * PAGE
+            self._budget.add(1, slot.counted)
+
+    def _count_out(self, slot: Slot) -> None:
+        if self._budget is not None and slot.counted is not None:
+            self._budget.add(-1, -slot.counted)
+            slot.counted = None
+
+    def _recount(self, slot: Slot) -> None:
+        """Its memory as last seen (after instantiation, after each batch)."""
+        if self._budget is not None and slot.counted is not None:
+            now = slot.stats.memory_pages * PAGE
+            if now != slot.counted:
+                self._budget.add(0, now - slot.counted)
+                slot.counted = now
 
     def evict_idle(self) -> bool:
         """Close its least recently used idle instance for another container (never a busy

@@ -19,6 +19,7 @@ consumed): its route holds the messages and tries again.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,76 +67,95 @@ class BudgetSpent(ContainerUnavailable):
 class InstanceBudget:
     """The instances (and linear memory) every container of a node may hold together.
 
-    Containers register when made and leave when stopped. `admit` is called before a container
-    instantiates (with its reservation already counted, see `WasmContainer._grow`); it evicts
-    least-recently-used idle instances of other containers until the new one fits. Lock order:
-    the budget's lock, then a container's — a container never calls the budget while it holds
-    its own lock.
+    Kept as running totals, so that an admission costs the same with ten deployments or a
+    hundred thousand: containers add and remove what they hold (`add`), and put themselves at
+    the back of a least-recently-used order when one of their instances goes idle (`touch`).
+    `admit` is called before a container instantiates; it reserves the instance and, while the
+    budget is spent, evicts an idle instance of the container at the front of that order —
+    the one whose instances were used least recently — skipping (and dropping from the order)
+    containers with none to give, until the new one fits.
+
+    Locks: admissions take `_lock`, one at a time, and may then take a container's lock to
+    evict; the totals and the order have a lock of their own (`_acct`) under which nothing
+    else is ever taken, so containers update them while holding their own lock.
     """
 
     def __init__(self, max_instances: int | None = None, max_memory: int | None = None):
         self.max_instances = max_instances
         self.max_memory = max_memory
         self._lock = threading.Lock()
-        self._containers: list[WasmContainer] = []
+        self._acct = threading.Lock()
+        self.instances = 0
+        self.memory = 0
+        self._lru: OrderedDict[WasmContainer, None] = OrderedDict()
         self.evictions = 0
         self.refusals = 0
 
-    def register(self, c: WasmContainer) -> None:
-        with self._lock:
-            if c not in self._containers:
-                self._containers.append(c)
+    @property
+    def limited(self) -> bool:
+        return self.max_instances is not None or self.max_memory is not None
 
-    def unregister(self, c: WasmContainer) -> None:
-        with self._lock:
-            if c in self._containers:
-                self._containers.remove(c)
+    def add(self, instances: int, memory: int) -> None:
+        with self._acct:
+            self.instances += instances
+            self.memory += memory
+
+    def touch(self, c: WasmContainer) -> None:
+        """`c` has an idle instance now: it goes to the back of the eviction order."""
+        with self._acct:
+            self._lru[c] = None
+            self._lru.move_to_end(c)
+
+    def forget(self, c: WasmContainer) -> None:
+        with self._acct:
+            self._lru.pop(c, None)
 
     def usage(self) -> tuple[int, int]:
         """(instances, bytes of linear memory) held now, reservations included."""
-        with self._lock:
-            return self._usage()
-
-    def _usage(self) -> tuple[int, int]:
-        n = mem = 0
-        for c in self._containers:
-            k, m = c.holding()
-            n, mem = n + k, mem + m
-        return n, mem
+        with self._acct:
+            return self.instances, self.memory
 
     def admit(self, c: WasmContainer, need_bytes: int) -> None:
-        """Make room for one more instance of `c` (already reserved in its count) of about
-        `need_bytes` of memory, evicting idle instances elsewhere; BudgetSpent when it cannot."""
-        if self.max_instances is None and self.max_memory is None:
-            return
+        """Reserve one more instance of `c` of about `need_bytes` of memory, evicting idle
+        instances elsewhere while the budget is spent; BudgetSpent when nothing can go."""
         with self._lock:
             while True:
-                n, mem = self._usage()
-                over_n = self.max_instances is not None and n > self.max_instances
-                over_m = self.max_memory is not None and mem + need_bytes > self.max_memory
-                if not over_n and not over_m:
-                    return
+                with self._acct:
+                    n, mem = self.instances, self.memory
+                    over_n = self.max_instances is not None and n + 1 > self.max_instances
+                    over_m = self.max_memory is not None and mem + need_bytes > self.max_memory
+                    if not over_n and not over_m:
+                        self.instances += 1
+                        self.memory += need_bytes
+                        return
                 if not self._evict_one(exclude=c):
                     self.refusals += 1
-                    what = (f"{n - 1} of {self.max_instances} instances" if over_n else
+                    what = (f"{n} of {self.max_instances} instances" if over_n else
                             f"{mem:,} of {self.max_memory:,} bytes of memory")
                     raise BudgetSpent(f"the node's instance budget is spent ({what} in use) and no idle "
                                       "instance of another deployment may be evicted", module=c.name)
 
     def _evict_one(self, exclude: WasmContainer) -> bool:
-        """Close the least recently used idle instance above its container's min, anywhere but
-        in `exclude`. False when there is none."""
-        while True:
-            best = None
-            for c in self._containers:
+        """Evict the least recently used idle instance of a container other than `exclude`
+        (never a busy one, never below its min). False when there is none."""
+        passed: list[WasmContainer] = []
+        try:
+            while True:
+                with self._acct:
+                    if not self._lru:
+                        return False
+                    c, _ = self._lru.popitem(last=False)
                 if c is exclude:
+                    passed.append(c)
                     continue
-                when = c.evictable()
-                if when is not None and (best is None or when < best[0]):
-                    best = (when, c)
-            if best is None:
-                return False
-            if best[1].evict_idle():
-                self.evictions += 1
-                return True
-            # taken by a batch meanwhile: look again
+                if c.evict_idle():
+                    self.evictions += 1
+                    passed.append(c)   # it may have more to give: it keeps its place
+                    return True
+                # nothing to give now: out of the order until one of its instances idles again
+        finally:
+            with self._acct:
+                for c in reversed(passed):
+                    if c not in self._lru:
+                        self._lru[c] = None
+                        self._lru.move_to_end(c, last=False)

@@ -64,6 +64,8 @@ class Slot:
         #: the container's clock when it last finished a batch (or was made): idle time and LRU order
         self.last_used = now
         self.stats = InstanceStats(index)
+        #: bytes this instance is counted with in the node's budget (None: not counted)
+        self.counted: int | None = None
         pages = guest.memory_pages()   # not in use by anyone yet: safe to look at
         self.stats.memory_pages = self.stats.peak_memory_pages = pages
 
