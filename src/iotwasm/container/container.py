@@ -55,6 +55,10 @@ from .stats import ContainerStats, InstanceStats, ScalingStats, Slot
 
 log = logging.getLogger("iotwasm.container")
 
+#: the restart backoff's jitter for containers given no random source of their own: one
+#: generator's state is 2.5 KiB, a quarter of what an idle container holds otherwise
+_JITTER = random.Random()
+
 #: failures that will happen again on every attempt: retrying them is pointless
 PERMANENT = (InvalidModule, AbiError, CapabilityDenied, ConfigError)
 
@@ -151,7 +155,7 @@ class WasmContainer(PoolMixin):
         self._admin = threading.RLock()  # serialises start/stop/scale/restart
         self.restarts = 0
         self._clock = clock
-        self._backoff = self.restart_policy.backoff(rng)
+        self._backoff = self.restart_policy.backoff(rng or _JITTER)
         self._next_restart_at: float | None = None
         self._running_since = 0.0
         self._failed_batches = 0
