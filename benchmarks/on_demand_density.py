@@ -11,7 +11,7 @@ deployment drawn from a Zipf distribution (s = 1.1) — or uniformly with `--uni
 `WasmContainer.process`. A message to a deployment without an instance is *cold*: it
 instantiates one, evicting the least recently used idle instance elsewhere once the budget is
 spent. Prints the RSS after creating the deployments and after the load, and the latency of
-cold and warm messages (p50/p99), and writes benchmarks/results/on_demand_density.json.
+cold and warm messages (p50/p99), and writes benchmarks/results/on_demand_density[-uniform].json.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
         if q["n"]:
             print(f"{k}: {q['n']:,} messages, p50 {q['p50_ms'] * 1000:.0f} µs, p90 {q['p90_ms'] * 1000:.0f} µs, "
                   f"p99 {q['p99_ms'] * 1000:.0f} µs, max {q['max_ms']:.2f} ms")
-    out = ROOT / "benchmarks" / "results" / "on_demand_density.json"
+    out = ROOT / "benchmarks" / "results" / f"on_demand_density{'-uniform' if args.uniform else ''}.json"
     out.write_text(json.dumps(res, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
     for c in containers:
