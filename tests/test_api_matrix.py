@@ -173,6 +173,8 @@ CALLS: dict[tuple[str, str], Call] = {
     ("POST", "/v1/deployments/{name}/rollback"): Call(lambda m, c: {"name": _two_revisions(m)},
                                                       lambda m, c, p: {"json": {}}),
     ("GET", "/v1/deployments/{name}/logs"): Call(same("deployment")),
+    ("POST", "/v1/deployments/{name}/invoke"): Call(same("deployment"), lambda m, c, p: {
+        "json": {"messages": [{"payload": "x"}]}}),
     ("GET", "/v1/routes"): Call(lambda m, c: {}),
     ("GET", "/v1/routes/{name}"): Call(same("route")),
     ("DELETE", "/v1/routes/{name}"): Call(lambda m, c: {"name": m.apply(http_route(

@@ -36,6 +36,7 @@ ROUTES = {
     ("GET", "/v1/deployments/{name}/history"): "viewer",
     ("POST", "/v1/deployments/{name}/rollback"): "operator",
     ("GET", "/v1/deployments/{name}/logs"): "viewer",
+    ("POST", "/v1/deployments/{name}/invoke"): "operator",
     ("GET", "/v1/routes"): "viewer",
     ("GET", "/v1/routes/{name}"): "viewer",
     ("DELETE", "/v1/routes/{name}"): "operator",
@@ -161,6 +162,7 @@ def test_tenants_cannot_see_change_or_emit_into_each_other(api):
     # cannot change
     for method, path, body in (("POST", "/v1/deployments/sensor/scale", {"replicas": 2}),
                                ("POST", "/v1/deployments/sensor/suspend", None),
+                               ("POST", "/v1/deployments/sensor/invoke", {"messages": [{"payload": "x"}]}),
                                ("POST", "/v1/deployments/sensor/rollback", {}),
                                ("DELETE", "/v1/deployments/sensor", None), ("DELETE", "/v1/routes/r", None)):
         assert globex.request(method, path, json=body).status_code == 404, path

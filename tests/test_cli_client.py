@@ -116,7 +116,7 @@ def test_cli_drives_a_node_end_to_end(node):
     wait_for(lambda: json.loads(cli(node, "describe", "deployment", "counter", "-o", "json").stdout)
              .get("messages") == 4, what="4 messages counted")
     table = cli(node, "describe", "deployment", "counter").stdout
-    assert "acme/counter:1.0.0" in table and "instances" in table
+    assert "acme/counter:1.0.0" in table and "instances" in table and "last used" in table and "MiB" in table
     assert "counter" in cli(node, "get", "routes").stdout
 
     # logs (the module logs one line per message), then follow them while a message arrives

@@ -354,6 +354,23 @@ def test_a_viewer_sees_no_action_buttons(ops, page):
     assert r.status_code == 403 and "needs role operator" in r.json()["detail"]
 
 
+def test_a_deployment_on_demand_shows_its_range_and_its_evictions(ops, page):
+    from playwright.sync_api import expect
+
+    elastic = deployment("burst", "echo:1").replace("replicas: 1", "replicas: {min: 0, max: 2}")
+    r = ops.admin.post("/v1/apply", content=elastic)
+    assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    page.goto(f"{ops.url}/ui/#token={ops.admin_token}")
+    view(page, "deployments")
+    expect(cell(page, "deployments", "burst", "replicas")).to_have_text("0 (0–2)")
+    expect(cell(page, "deployments", "burst", "evictions")).to_have_text("0")
+    r = ops.admin.post("/v1/deployments/burst/invoke", json={"messages": [{"payload": "x"}]})
+    assert r.status_code == 200 and r.json()["outputs"], r.text
+    expect(cell(page, "deployments", "burst", "replicas")).to_have_text("1 (0–2)")
+    expect(cell(page, "deployments", "decode", "replicas")).to_have_text(re.compile(r"^\d+$"))   # fixed: a number
+    assert ops.admin.delete("/v1/deployments/burst").status_code == 200
+
+
 def test_the_pipeline_view_shows_the_failing_step(ops, page):
     from playwright.sync_api import expect
 

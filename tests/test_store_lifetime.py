@@ -137,6 +137,37 @@ def scenario_stop_waits_for_the_batch() -> None:
     assert c.state == State.TERMINATED
 
 
+def scenario_idling_and_eviction_spare_busy_instances() -> None:
+    """Instances on demand: while every instance of a container is inside a batch, neither its
+    cool-down reaping nor another container's need under a spent budget closes one; the
+    batches finish on their instances, which go afterwards."""
+    from iotwasm.container import BudgetSpent, InstanceBudget, Scaling
+
+    rt, held, clock = Runtime(), Held(), Clock()
+    budget = InstanceBudget(max_instances=2)
+    c = WasmContainer("held", LOG_ECHO, runtime=rt, scaling=Scaling(0, 2, cooldown_s=1), budget=budget,
+                      capabilities=Capabilities(host=frozenset({"log"})), on_log=held, clock=clock).start()
+    batches = [start_held_batch(c, held) for _ in range(2)]
+    assert len(c.stats().instances) == 2
+    clock.now += 3600
+    c.maintain()
+    assert len(c.stats().instances) == 2, "reaped a busy instance"
+    other = WasmContainer("other", LOG_ECHO, runtime=rt, scaling=Scaling(0, 1), budget=budget,
+                          capabilities=Capabilities(host=frozenset({"log"})), clock=clock).start()
+    try:
+        other.process([Message("t", b"x")])
+        raise AssertionError("evicted a busy instance")
+    except BudgetSpent:
+        pass
+    for t, out in batches:
+        finish(t, out, held)
+    assert [o.payload for o in other.process([Message("t", b"x")]).outputs] == [b"x"]
+    clock.now += 3600
+    c.maintain()
+    assert len(c.stats().instances) == 0 and c.stats().scaling.evictions == 1
+    c.stop(), other.stop()
+
+
 # Logs its first input's payload, then traps; its iot_init refuses to run a second time (it
 # marks itself in kv), so the instance that trapped cannot be replaced.
 ONCE_WAT = """(module
@@ -209,6 +240,10 @@ def test_a_manual_restart_during_a_batch_leaves_it_its_instance():
 
 def test_scale_down_during_a_batch_retires_the_busy_instance():
     run_scenario("scale_down_during_batch")
+
+
+def test_idling_and_eviction_leave_busy_instances_their_batches():
+    run_scenario("idling_and_eviction_spare_busy_instances")
 
 
 def test_stop_during_a_batch_waits_for_it():

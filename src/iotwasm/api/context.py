@@ -49,7 +49,10 @@ class ApiContext:
         self.alert_rules = AlertStore(data_dir / "api.db")
         self.alerts = AlertEvaluator(node, self.alert_rules, on_fire=self._alert_fired)
         self._acl_seen: dict[str, int] = {}
+        #: (actor, tenant, deployment) → [invocations, messages, outputs, dead letters] since the last sweep
+        self._invoked: dict[tuple[str, str, str], list[int]] = {}
         self.alerts.after_evaluation.append(self._sweep_acl_denials)
+        self.alerts.after_evaluation.append(self._sweep_invocations)
         self.alerts.after_evaluation.append(lambda: self.audit.submit(self.denials.sweep))
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
@@ -107,6 +110,25 @@ class ApiContext:
                                   f"{n - before} output(s) refused by topic ACLs ({n} in all)",
                                   tenant=rec.manifest.metadata.namespace)
 
+    def invoked(self, who: Principal, tenant: str, deployment: str, messages: int, outputs: int,
+                dead: int) -> None:
+        """Count an invocation for the audit. Invocations are traffic, like a route's messages:
+        an answer waiting for an audit row's fsync would cost more than the module call, so
+        they are written as one row per caller and deployment per sweep, with the counts (a
+        refused invocation is audited at once, as every refusal is)."""
+        c = self._invoked.setdefault((who.actor, tenant, deployment), [0, 0, 0, 0])
+        c[0] += 1
+        c[1] += messages
+        c[2] += outputs
+        c[3] += dead
+
+    def _sweep_invocations(self) -> None:
+        counts, self._invoked = self._invoked, {}
+        for (actor, tenant, name), (n, msgs, outs, dead) in counts.items():
+            self.audit.submit(self.audit.append, actor, "deployment.invoke", f"deployment/{name}", "ok",
+                              f"{n} invocation(s): {msgs} message(s), {outs} output(s), {dead} dead letter(s)",
+                              tenant=tenant)
+
     def _alert_fired(self, rule: AlertRule, doc: dict) -> None:
         self.audit.submit(self.audit.append, "node", "alert.fired", f"alert/{rule.name}", "event",
                           f"{rule.metric} {doc['value']:.4g} > {rule.above:g}")
@@ -129,6 +151,7 @@ class ApiContext:
             self.node.state.listeners.remove(self._node_event)
         self.security.close()
         self.alert_rules.close()
+        self._sweep_invocations()
         self.audit.submit(self.denials.flush)
         self.audit.close()
         self.signatures.close()

@@ -187,7 +187,7 @@ class History:
                 "p50_ms": p50, "p99_ms": p99, "messages": totals.get("messages", 0),
                 "outputs": totals.get("outputs", 0), "dead_letters": totals.get("dead_letters", 0),
                 "errors": totals.get("errors", {}), "restarts": st.restarts, "replicas": st.replicas,
-                "revision": h.revision, "last_error": err, "last_error_ts": err_ts}
+                "evictions": st.scaling.evictions, "revision": h.revision, "last_error": err, "last_error_ts": err_ts}
 
         if node.rules is not None:
             status = node.rules.status()

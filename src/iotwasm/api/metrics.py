@@ -104,7 +104,11 @@ class NodeCollector:
             ("dead_letters", "Messages the deployment dead-lettered"),
             ("fuel_consumed", "Fuel its instances consumed"),
             ("restarts", "Container restarts"),
-            ("rollbacks", "Automatic rollbacks of updates"))}
+            ("rollbacks", "Automatic rollbacks of updates"),
+            ("scale_ups", "Instances made on demand (every instance busy, or none)"),
+            ("scale_downs", "Idle instances closed after their cool-down"),
+            ("prewarmed", "Spare instances made ahead of demand (prewarm)"),
+            ("evictions", "Idle instances evicted for another deployment under the node's instance budget"))}
         errors = CounterMetricFamily("iotwasm_deployment_errors", "Errors by kind", labels=[*dl, "kind"])
         instances = GaugeMetricFamily("iotwasm_deployment_instances", "Running instances", labels=dl)
         pages = GaugeMetricFamily("iotwasm_deployment_memory_pages", "Linear memory pages of all instances",
@@ -123,6 +127,8 @@ class NodeCollector:
             c["fuel_consumed"].add_metric(lv, tot.get("fuel_used", 0))
             c["restarts"].add_metric(lv, st.restarts)
             c["rollbacks"].add_metric(lv, rec.handle.rollbacks)
+            for k in ("scale_ups", "scale_downs", "prewarmed", "evictions"):
+                c[k].add_metric(lv, getattr(st.scaling, k))
             for kind, n in tot["errors"].items():
                 errors.add_metric([*lv, kind], n)
             instances.add_metric(lv, len(st.instances))

@@ -260,8 +260,8 @@ def _admit_rule(m: Rule, label: str, ns: str, prefix: str, confined: bool, after
 
 def check_quota(tenant: Tenant, deployments: list[Deployment]) -> None:
     n = len(deployments)
-    instances = sum(d.spec.replicas for d in deployments)
-    memory = sum(d.spec.replicas * parse_size(d.spec.resources.memory) for d in deployments)
+    instances = sum(d.spec.max_replicas for d in deployments)
+    memory = sum(d.spec.max_replicas * parse_size(d.spec.resources.memory) for d in deployments)
     if tenant.max_deployments is not None and n > tenant.max_deployments:
         raise QuotaExceeded(f"tenant {tenant.name}: {n} deployments exceed its quota of {tenant.max_deployments}")
     if tenant.max_instances is not None and instances > tenant.max_instances:

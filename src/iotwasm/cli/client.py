@@ -143,6 +143,10 @@ def _table(title: str | None, cols: list[str], rows: list[list[Any]]) -> Table:
     return t
 
 
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1048576:.1f} MiB"
+
+
 def _ts(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
@@ -296,10 +300,12 @@ def describe(kind: str = typer.Argument(..., help="deployment, route, rule, modu
         t.add_row(key, "-" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
     out.print(t)
     if data.get("instances"):
-        out.print(_table("instances", ["#", "calls", "messages", "outputs", "dead letters", "memory pages",
-                                       "fuel", "avg ms"],
+        out.print(_table("instances", ["#", "calls", "messages", "outputs", "dead letters", "memory",
+                                       "peak", "fuel", "avg ms", "exec ms", "last used"],
                          [[i["index"], i["calls"], i["messages"], i["outputs"], i["dead_letters"],
-                           i["memory_pages"], i["fuel_used"], i["avg_latency_ms"]] for i in data["instances"]]))
+                           _mib(i.get("memory_bytes")), _mib(i.get("peak_memory_bytes")), i["fuel_used"],
+                           i["avg_latency_ms"], i.get("execution_ms"), _ts(i.get("last_used"))]
+                          for i in data["instances"]]))
     if data.get("events"):
         out.print(_table("events", ["time", "kind", "message"],
                          [[_ts(e["ts"]), e["kind"], e["message"]] for e in data["events"]]))

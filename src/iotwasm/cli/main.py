@@ -259,6 +259,11 @@ def up(
                                          "asking for more (resources.timeout) is refused"),
     device_silence: str = typer.Option("10m", "--device-silence",
                                        help="a device that sends nothing for this long is flagged silent"),
+    max_instances: Optional[int] = typer.Option(None, "--max-instances", min=1,
+                                                help="module instances all deployments may hold together; "
+                                                     "beyond it, the least recently used idle one is evicted"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory",
+                                             help="linear memory all instances may hold together, e.g. 2Gi"),
 ) -> None:
     """Run a node: reconcile the manifests into running deployments and routes."""
     import asyncio
@@ -283,8 +288,14 @@ def up(
         silence_s = parse_timeout_ms(device_silence) / 1000
     except IotwasmError as e:
         _fail(IotwasmError(f"--device-silence: {e}"))
+    if max_memory is not None:
+        from ..engine.limits import parse_size
+        try:
+            parse_size(max_memory)
+        except IotwasmError as e:
+            _fail(IotwasmError(f"--max-memory: {e}"))
     cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms,
-                     device_silence_s=silence_s)
+                     device_silence_s=silence_s, max_instances=max_instances, max_memory=max_memory)
     if name:
         cfg.name = name
     settings = None
@@ -355,6 +366,10 @@ _register_fleet(app)
 from .dev import register as _register_dev  # noqa: E402
 
 _register_dev(app)
+
+from .invoke import register as _register_invoke  # noqa: E402
+
+_register_invoke(app)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -1,8 +1,12 @@
-"""Container layer: WasmContainer (lifecycle, replicas, load balancing, stats, restarts)."""
+"""Container layer: WasmContainer (lifecycle, instances on demand, load balancing, stats,
+restarts) and the node-wide instance budget."""
 
 from .balancing import STRATEGIES, make_strategy
-from .container import ContainerStats, InstanceStats, RestartPolicy, WasmContainer
+from .container import RestartPolicy, WasmContainer
 from .lifecycle import TRANSITIONS, Lifecycle, State, Transition
+from .scaling import BudgetSpent, InstanceBudget, Scaling
+from .stats import ContainerStats, InstanceStats, ScalingStats
 
-__all__ = ["ContainerStats", "InstanceStats", "Lifecycle", "RestartPolicy", "STRATEGIES", "State",
-           "TRANSITIONS", "Transition", "WasmContainer", "make_strategy"]
+__all__ = ["STRATEGIES", "TRANSITIONS", "BudgetSpent", "ContainerStats", "InstanceBudget", "InstanceStats",
+           "Lifecycle", "RestartPolicy", "Scaling", "ScalingStats", "State", "Transition", "WasmContainer",
+           "make_strategy"]

@@ -21,20 +21,43 @@ import random
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..backoff import Backoff
-from ..engine import (Capabilities, CompiledModule, Guest, GuestFactory, HostContext, KeyValue,
-                      Limits, Runtime, prepare)
+from ..engine import (
+    Capabilities,
+    CompiledModule,
+    GuestFactory,
+    HostContext,
+    KeyValue,
+    Limits,
+    Runtime,
+    prepare,
+)
 from ..engine.module import ModuleSource
-from ..errors import (SANDBOX_FAULTS, AbiError, CapabilityDenied, ConfigError, ContainerUnavailable,
-                      GuestTrap, InvalidModule, IotwasmError)
+from ..errors import (
+    SANDBOX_FAULTS,
+    AbiError,
+    CapabilityDenied,
+    ConfigError,
+    ContainerUnavailable,
+    GuestTrap,
+    InvalidModule,
+    IotwasmError,
+)
 from ..message import BatchResult, DeadLetter, Message
 from .balancing import make_strategy
 from .lifecycle import Lifecycle, State, Transition
+from .pool import PoolMixin
+from .scaling import InstanceBudget, Scaling
+from .stats import ContainerStats, InstanceStats, ScalingStats, Slot
 
 log = logging.getLogger("iotwasm.container")
+
+#: the restart backoff's jitter for containers given no random source of their own: one
+#: generator's state is 2.5 KiB, a quarter of what an idle container holds otherwise
+_JITTER = random.Random()
 
 #: failures that will happen again on every attempt: retrying them is pointless
 PERMANENT = (InvalidModule, AbiError, CapabilityDenied, ConfigError)
@@ -81,78 +104,8 @@ class RestartPolicy:
         return self.backoff(random.Random(0)).ceiling(attempt)
 
 
-@dataclass
-class InstanceStats:
-    index: int
-    calls: int = 0
-    messages: int = 0
-    outputs: int = 0
-    dead_letters: int = 0
-    faults: int = 0                  # dead letters the sandbox caused: traps and limits
-    errors: Counter = field(default_factory=Counter)
-    fuel_used: int = 0
-    memory_pages: int = 0
-    recycles: int = 0
-    last_latency_ms: float = 0.0
-    total_latency_ms: float = 0.0
-
-    @property
-    def avg_latency_ms(self) -> float:
-        return self.total_latency_ms / self.calls if self.calls else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index, "calls": self.calls, "messages": self.messages,
-            "outputs": self.outputs, "dead_letters": self.dead_letters, "faults": self.faults,
-            "errors": dict(self.errors), "fuel_used": self.fuel_used,
-            "memory_pages": self.memory_pages, "recycles": self.recycles,
-            "last_latency_ms": round(self.last_latency_ms, 4),
-            "avg_latency_ms": round(self.avg_latency_ms, 4),
-        }
-
-
-class _Slot:
-    """One instance in the pool; the attributes the balancing strategies read."""
-
-    def __init__(self, index: int, guest: Guest, weight: int):
-        self.index = index
-        self.guest = guest
-        self.weight = weight
-        self.current_weight = 0
-        self.busy = False
-        #: taken out of the pool while busy: its guest is closed when its batch releases it
-        self.retired = False
-        self.busy_seconds = 0.0
-        self.stats = InstanceStats(index)
-
-    def memory_pages(self) -> int:
-        return self.guest.memory_pages()
-
-
-@dataclass(frozen=True)
-class ContainerStats:
-    name: str
-    state: str
-    module: str
-    digest: str
-    replicas: int
-    restarts: int
-    instances: tuple[InstanceStats, ...]
-    last_error: str | None
-
-    def totals(self) -> dict:
-        t = Counter()
-        errors: Counter = Counter()
-        for s in self.instances:
-            t.update(calls=s.calls, messages=s.messages, outputs=s.outputs,
-                     dead_letters=s.dead_letters, faults=s.faults, fuel_used=s.fuel_used,
-                     recycles=s.recycles)
-            errors.update(s.errors)
-        return {**t, "errors": dict(errors)}
-
-
-class WasmContainer:
-    """A deployed module: lifecycle, replicas, load balancing, stats and restarts."""
+class WasmContainer(PoolMixin):
+    """A deployed module: lifecycle, instances on demand, load balancing, stats and restarts."""
 
     def __init__(self, name: str, module: ModuleSource | CompiledModule, *, runtime: Runtime,
                  limits: Limits | None = None, capabilities: Capabilities | None = None,
@@ -162,9 +115,12 @@ class WasmContainer:
                  on_log: Callable[[str, int, str], None] | None = None,
                  on_metric: Callable[[str, int, str, float], None] | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 scaling: Scaling | None = None, budget: InstanceBudget | None = None):
         """`clock` (monotonic seconds) and `rng` (the restart backoff's jitter) are injectable
-        so that restart timing can be tested without waiting."""
+        so that restart timing and idling can be tested without waiting. `scaling` (instances
+        between a min and a max, spares, cool-down) replaces `replicas` (= a fixed number);
+        `budget` is the node-wide one its instances count against."""
         self.name = name
         self.runtime = runtime
         self.limits = limits or Limits()
@@ -176,21 +132,30 @@ class WasmContainer:
         self._strategy_name = strategy
         self.strategy = make_strategy(strategy)
         self._weights = list(weights) if weights else None
-        self._check_replicas(replicas)
-        self._replicas = replicas
+        if scaling is None:
+            self._check_replicas(replicas)
+            scaling = Scaling.fixed(replicas)
+        scaling.check(self.limits.max_instances, name)
+        self._scaling = scaling
+        #: the node's budget, when it has limits (an unlimited one has nothing to count)
+        self._budget = budget if budget is not None and budget.limited else None
+        self._growing = 0          # places reserved for instances being made (pool.py)
+        self._pages_hint = 0       # linear memory pages of its largest instance so far
+        self._past = InstanceStats(-1)   # what instances no longer in the pool did
+        self.scaling_stats = ScalingStats()
         host_kw = {"on_log": on_log} if on_log else {}
         self.host = HostContext(name, capabilities or Capabilities(), kv=kv, on_metric=on_metric,
                                 **host_kw)
         self.lifecycle = Lifecycle(name, on_transition)
         self.compiled: CompiledModule | None = None
         self._factory: GuestFactory | None = None
-        self._slots: list[_Slot] = []
-        self._retired: list[_Slot] = []  # out of the pool, still running a batch
+        self._slots: list[Slot] = []
+        self._retired: list[Slot] = []  # out of the pool, still running a batch
         self._cond = threading.Condition()
         self._admin = threading.RLock()  # serialises start/stop/scale/restart
         self.restarts = 0
         self._clock = clock
-        self._backoff = self.restart_policy.backoff(rng)
+        self._backoff = self.restart_policy.backoff(rng or _JITTER)
         self._next_restart_at: float | None = None
         self._running_since = 0.0
         self._failed_batches = 0
@@ -220,8 +185,15 @@ class WasmContainer:
         lc.move(State.LOADED, f"{reason}: {self.compiled.info.abi} module "
                               f"{self.compiled.info.short_digest} loaded")
         self._factory = prepare(self.compiled, self.limits, self.host)
-        slots = [_Slot(i, self._factory.new_guest(), self._weight(i)) for i in range(self._replicas)]
+        slots = [Slot(i, self._factory.new_guest(), self._weight(i), self._clock())
+                 for i in range(self._scaling.min)]
+        # what a new instance will need, for the budget: its largest so far, at first the
+        # module's declared initial memory
+        self._pages_hint = max(self._pages_hint, self.compiled.info.memory_min_pages or 0,
+                               *(s.stats.memory_pages for s in slots))
         with self._cond:
+            for slot in slots:
+                self._count_in(slot)
             self._retire(self._slots)
             self._slots = slots
         lc.move(State.INSTANTIATED, f"{len(slots)} instance(s)")
@@ -249,6 +221,8 @@ class WasmContainer:
                 self._retire(self._slots)
                 self._slots = []
                 self._cond.notify_all()
+            if self._budget is not None:
+                self._budget.forget(self)
 
     def restart(self, reason: str = "manual restart") -> None:
         """Bring a container in error back now, whatever its policy and backoff say."""
@@ -303,55 +277,6 @@ class WasmContainer:
         self.restarts += 1
         log.info("container %s restarted (%s)", self.name, reason)
 
-    # -- replicas ------------------------------------------------------------------------
-    def _check_replicas(self, n: int) -> None:
-        if not 1 <= n <= self.limits.max_instances:
-            raise ConfigError(f"replicas {n} must be between 1 and max_instances "
-                              f"{self.limits.max_instances}", module=self.name)
-
-    def _weight(self, i: int) -> int:
-        if self._weights and i < len(self._weights):
-            return max(1, int(self._weights[i]))
-        return 1
-
-    @property
-    def replicas(self) -> int:
-        return self._replicas
-
-    def scale(self, replicas: int) -> None:
-        """Add or remove instances while running. Removed instances take no new batch; a
-        busy one finishes its batch and is closed then (scaling down never waits)."""
-        self._check_replicas(replicas)
-        with self._admin:
-            self._replicas = replicas
-            if self.state not in (State.RUNNING, State.SUSPENDED) or self._factory is None:
-                return
-            with self._cond:
-                current = len(self._slots)
-            new = [_Slot(i, self._factory.new_guest(), self._weight(i))
-                   for i in range(current, replicas)]
-            with self._cond:
-                self._slots.extend(new)
-                # idle instances are the first to go: a busy one stays in the pool if it can
-                keep = sorted(self._slots, key=lambda s: not s.busy)[:replicas]
-                self._retire([s for s in self._slots if s not in keep])
-                self._slots = sorted(keep, key=lambda s: s.index)
-                for i, s in enumerate(self._slots):
-                    s.index = i
-                    s.stats.index = i
-                self._cond.notify_all()
-
-    def _retire(self, slots: Sequence[_Slot]) -> None:
-        """Take `slots` out of service (call with `_cond` held): idle instances are closed now,
-        busy ones when their batch releases them — never under a running call."""
-        for s in slots:
-            if s.busy:
-                if not s.retired:
-                    s.retired = True
-                    self._retired.append(s)
-            else:
-                s.guest.close()
-
     # -- work ----------------------------------------------------------------------------
     def process(self, messages: Sequence[Message]) -> BatchResult:
         """Run a batch on one idle instance.
@@ -400,36 +325,7 @@ class WasmContainer:
             raise ContainerUnavailable(f"in error ({self.last_error}){when}", module=self.name)
         raise ContainerUnavailable(f"is {state}, not running", module=self.name)
 
-    def _acquire(self) -> _Slot:
-        with self._cond:
-            while True:
-                if self.state == State.TERMINATED or not self._slots:
-                    raise ContainerUnavailable(f"is {self.state}, not running", module=self.name)
-                slots = self._slots
-                if len(slots) == 1:  # the common case needs no strategy
-                    if not slots[0].busy:
-                        slots[0].busy = True
-                        return slots[0]
-                else:
-                    idle = [s for s in slots if not s.busy]
-                    if idle:
-                        slot = self.strategy.pick(idle, len(slots))
-                        slot.busy = True
-                        return slot
-                self._cond.wait()
-
-    def _release(self, slot: _Slot, busy: float) -> None:
-        with self._cond:
-            slot.busy = False
-            slot.busy_seconds += busy
-            if slot.retired:
-                self._retired.remove(slot)
-                slot.guest.close()  # its batch is over: nothing runs in it any more
-                self._cond.notify_all()  # stop() may be waiting for the last one
-            else:
-                self._cond.notify()
-
-    def _account(self, slot: _Slot, messages, result: BatchResult, elapsed: float) -> None:
+    def _account(self, slot: Slot, messages, result: BatchResult, elapsed: float) -> None:
         st = slot.stats
         st.calls += 1
         st.messages += len(messages)
@@ -439,12 +335,18 @@ class WasmContainer:
             st.errors[d.error.kind] += 1
             st.faults += isinstance(d.error, SANDBOX_FAULTS)
         st.fuel_used += result.fuel_used
-        st.memory_pages = slot.guest.memory_pages()
+        pages = slot.guest.memory_pages()
+        if pages != st.memory_pages:
+            st.memory_pages = pages
+            st.peak_memory_pages = max(st.peak_memory_pages, pages)
+            if pages > self._pages_hint:
+                self._pages_hint = pages
+            self._recount(slot)
         st.recycles = slot.guest.recycled
         st.last_latency_ms = elapsed * 1000
         st.total_latency_ms += elapsed * 1000
 
-    def _replace(self, slot: _Slot) -> IotwasmError | None:
+    def _replace(self, slot: Slot) -> IotwasmError | None:
         """A guest that could not recover after a trap is swapped for a new instance.
 
         Called by the thread whose batch just used it, before it releases the slot: the guest
@@ -483,15 +385,19 @@ class WasmContainer:
     # -- observability -------------------------------------------------------------------
     def stats(self) -> ContainerStats:
         with self._cond:
-            instances = tuple(InstanceStats(**{**s.stats.__dict__, "errors": Counter(s.stats.errors)})
-                              for s in self._slots)
+            instances = tuple(_copy(s.stats) for s in self._slots)
+            past = _copy(self._past)
+            scaling = ScalingStats(**self.scaling_stats.to_dict())
         info = self.compiled.info if self.compiled else None
+        sc = self._scaling
         return ContainerStats(self.name, str(self.state), info.name if info else "",
-                              info.digest if info else "", self._replicas, self.restarts,
-                              instances, str(self.last_error) if self.last_error else None)
+                              info.digest if info else "", len(instances), self.restarts,
+                              instances, str(self.last_error) if self.last_error else None,
+                              sc.min, sc.max, sc.prewarm, scaling, past)
 
     def __repr__(self) -> str:
-        return f"<WasmContainer {self.name} {self.state} replicas={self._replicas}>"
+        sc = self._scaling
+        return f"<WasmContainer {self.name} {self.state} replicas={sc.min}..{sc.max}>"
 
     def __enter__(self) -> "WasmContainer":
         if self.state == State.CREATED:
@@ -500,3 +406,7 @@ class WasmContainer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _copy(s: InstanceStats) -> InstanceStats:
+    return InstanceStats(**{**s.__dict__, "errors": Counter(s.errors)})

@@ -218,9 +218,9 @@ class FleetDeployment(Strict):
         return self.deployment.name
 
     def demand(self) -> tuple[int, int]:
-        """(memory bytes, instances) one copy takes on a node."""
+        """(memory bytes, instances) one copy takes on a node (at most: replicas max)."""
         spec = self.deployment.spec
-        return parse_size(spec.resources.memory) * spec.replicas, spec.replicas
+        return parse_size(spec.resources.memory) * spec.max_replicas, spec.max_replicas
 
     def to_json(self) -> bytes:
         """The stored form, for the fleet's JetStream bucket: with secret config and env values,

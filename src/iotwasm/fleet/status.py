@@ -101,7 +101,7 @@ class FleetView:
             reported = [f"node {n}: {p}" for n, (info, _) in sorted(self.nodes.items())
                         for p in info.problems if p.startswith(f"{name}: ")]
             rows.append({"name": name, "revision": revision, "module": fd.deployment.spec.module,
-                         "replicas": fd.deployment.spec.replicas,
+                         "replicas": fd.deployment.spec.model_dump(mode="json")["replicas"],
                          "placement": fd.placement.model_dump(mode="json", by_alias=True),
                          "wanted": self.wanted(fd), "assigned": self.holders(name),
                          "running": sorted(n for n, (info, _) in self.nodes.items() if name in info.running),

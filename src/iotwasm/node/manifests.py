@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, PrivateAttr, TypeAdapter,
-                      ValidationError, field_serializer, field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, FieldSerializationInfo, PrivateAttr, Tag,
+                      TypeAdapter, ValidationError, field_serializer, field_validator, model_validator)
 
-from ..container import RestartPolicy
+from ..container import RestartPolicy, Scaling
 from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
 from ..engine.http_client import HttpGrant
@@ -239,10 +239,45 @@ class UpdateSpec(Strict):
     rollback: bool = True
 
 
+class ReplicaRange(Strict):
+    """Instances on demand: the node keeps between `min` and `max` instances as demand asks."""
+    min: int = Field(0, ge=0, le=10_000, description="instances always kept; 0 idles to none at all")
+    max: int = Field(..., ge=1, le=10_000, description="the most instances run at once")
+    cooldown: str = Field("30s", description="how long an instance above min may idle before it is closed")
+
+    @field_validator("cooldown")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        try:
+            parse_duration_ms(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> ReplicaRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+def _replicas_kind(v: Any) -> str:
+    return "range" if isinstance(v, (dict, ReplicaRange)) else "number"
+
+
+#: the two spellings of spec.replicas (their tags are left out of the field path of a problem)
+REPLICA_TAGS = {"number", "range"}
+Replicas = Annotated[Union[Annotated[Annotated[int, Field(ge=1, le=10_000)], Tag("number")],
+                           Annotated[ReplicaRange, Tag("range")]], Discriminator(_replicas_kind)]
+
+
 class DeploymentSpec(Strict):
     module: str = Field(..., description="a path, name:version, or sha256 digest")
     abi: Literal["iotwasm-v1", "wasi-command", "component"] | None = None
-    replicas: int = Field(1, ge=1, le=10_000)
+    replicas: Replicas = Field(1, description="a number (fixed), or {min, max, cooldown}: instances on demand")
+    prewarm: int = Field(0, ge=0, le=10_000, description="instantiated spares kept beyond the instances "
+                                                         "in use, so a message after idling does not "
+                                                         "pay instantiation")
     strategy: Literal["round-robin", "weighted", "least-in-flight", "least-memory", "random"] = "round-robin"
     weights: list[int] = []
     resources: Resources = Resources()
@@ -259,12 +294,33 @@ class DeploymentSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "DeploymentSpec":
-        if self.weights and len(self.weights) != self.replicas:
-            raise ValueError(f"weights has {len(self.weights)} entries for {self.replicas} replicas")
-        if self.replicas > self.resources.max_instances:
-            raise ValueError(f"replicas {self.replicas} exceeds resources.maxInstances "
+        top = self.max_replicas
+        if self.weights and len(self.weights) != top:
+            raise ValueError(f"weights has {len(self.weights)} entries for {top} replicas")
+        if top > self.resources.max_instances:
+            raise ValueError(f"replicas {top} exceeds resources.maxInstances "
                              f"{self.resources.max_instances}")
+        if self.prewarm > top:
+            raise ValueError(f"prewarm {self.prewarm} is above the most replicas, {top}")
         return self
+
+    @property
+    def min_replicas(self) -> int:
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.min
+
+    @property
+    def max_replicas(self) -> int:
+        return self.replicas if isinstance(self.replicas, int) else self.replicas.max
+
+    def scaling(self) -> Scaling:
+        r = self.replicas
+        if isinstance(r, int):
+            return Scaling(r, r, self.prewarm)
+        return Scaling(r.min, r.max, self.prewarm, parse_duration_ms(r.cooldown) / 1000)
+
+    def replicas_text(self) -> str:
+        r = self.replicas
+        return f"{r}" if isinstance(r, int) else f"{r.min}..{r.max}"
 
 
 class Deployment(Strict):
@@ -734,7 +790,7 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in KINDS:
+        elif part in KINDS or part in REPLICA_TAGS:
             continue  # the discriminator tag adds nothing for people
         else:
             out += ("." if out else "") + str(part)

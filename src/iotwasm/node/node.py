@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..container import WasmContainer
+from ..container import InstanceBudget, WasmContainer
 from ..engine import Runtime
 from ..engine.limits import format_duration_ms, parse_duration_ms
 from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
@@ -48,6 +48,7 @@ from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .device_link import DeviceLink, TwinSink
 from .devices import DeviceRegistry, Twin
+from .invoke import Invocations
 from .applied import AppliedManifests
 from .binding import ModuleBinding
 from .logs import GuestLogs, printable
@@ -88,6 +89,12 @@ class NodeConfig:
     device_silence_s: float = 600.0
     #: the time of devices' last-seen and silence (tests inject a clock they advance)
     device_clock: Callable[[], float] = time.time
+    #: the node-wide instance budget (`iotwasm up --max-instances/--max-memory`): beyond it, an
+    #: instance needed on demand evicts the least recently used idle one of another deployment
+    max_instances: int | None = None
+    max_memory: str | None = None
+    #: monotonic seconds for the containers' cool-downs and restart backoff (tests inject one)
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -119,6 +126,9 @@ class Node:
             self.registry = ModuleStore(d / "modules", runtime=self.runtime)
         except OSError as e:
             raise StorageError("data directory", e.filename or d, e.strerror or str(e)) from None
+        from ..engine.limits import parse_size
+        self.budget = InstanceBudget(config.max_instances,
+                                     parse_size(config.max_memory) if config.max_memory else None)
         self.state = NodeState(d / "node.db")
         self.devices = DeviceRegistry(self.state, silent_after_s=config.device_silence_s, clock=config.device_clock)
         self.device_link = DeviceLink(self.devices, self._device_event)
@@ -153,6 +163,8 @@ class Node:
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
         self.batch_trace: Callable[..., Any] | None = None
         self.rules: NodeRules | None = None  # created once the bus exists (start)
+        #: synchronous calls of deployments (the API's invoke), each on worker threads of its own
+        self.invocations = Invocations(self)
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -206,6 +218,8 @@ class Node:
                     if rec.handle.current.restart_due_in() == 0:
                         # a restart instantiates (guest init code): never on the loop
                         await asyncio.to_thread(rec.handle.current.tick)
+                # instances on demand: idle ones closed after their cool-down, spares made
+                await asyncio.to_thread(self.maintain_instances)
                 if self.state.write_error is not None:
                     await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
                 try:
@@ -241,6 +255,7 @@ class Node:
             await self._stop_source(rec)
         for name in list(self.routes):
             await self._remove_route(name, drain=True, stopping=True)
+        self.invocations.close()
         for name in list(self.deployments):
             await asyncio.to_thread(self.deployments.pop(name).handle.stop)
         if self._ingest is not None:
@@ -393,6 +408,15 @@ class Node:
             log.error("%s", p)
         return problems
 
+    def maintain_instances(self) -> None:
+        """Each deployment's instances: close those idle past their cool-down, make missing
+        spares (instantiates: call it off the event loop)."""
+        for rec in list(self.deployments.values()):
+            try:
+                rec.handle.current.maintain()
+            except Exception:   # one deployment's trouble never stops the others' upkeep
+                log.exception("deployment %s: instance upkeep failed", rec.manifest.name)
+
     def _retry_on_storage(self, e: IotwasmError) -> None:
         """A manifest that failed on storage is applied again at the next sync (the disk
         may have room by then), not only when the manifests change."""
@@ -446,9 +470,10 @@ class Node:
             await asyncio.to_thread(self.admission, d, module_digest)
         if current is not None and self._only_scaled(current.manifest, d) and \
                 module_digest == current.module_digest:
-            await asyncio.to_thread(current.handle.current.scale, d.spec.replicas)
+            await asyncio.to_thread(current.handle.current.set_scaling, d.spec.scaling())
             current.manifest, current.digest = d, digest
-            self._event("scaled", d.name, f"replicas {d.spec.replicas}", uid=uid, namespace=d.metadata.namespace)
+            self._event("scaled", d.name, f"replicas {d.spec.replicas_text()}, prewarm {d.spec.prewarm}",
+                        uid=uid, namespace=d.metadata.namespace)
             return
         ns = d.metadata.namespace
         container = self._container(d, module_path, uid, module_digest)
@@ -475,7 +500,7 @@ class Node:
             handle.trace = self.batch_trace
             self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle, uid)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
-                                           f"{d.spec.replicas} replica(s)", uid=uid, namespace=ns)
+                                           f"{d.spec.replicas_text()} replica(s)", uid=uid, namespace=ns)
         else:
             gate = d.spec.update_strategy.health_gate
             handle = current.handle
@@ -493,8 +518,8 @@ class Node:
     @staticmethod
     def _only_scaled(old: Deployment, new: Deployment) -> bool:
         a, b = to_document(old), to_document(new)   # a changed secret is not a scale
-        a["spec"].pop("replicas"), b["spec"].pop("replicas")
-        a["spec"].pop("weights"), b["spec"].pop("weights")
+        for key in ("replicas", "weights", "prewarm"):
+            a["spec"].pop(key, None), b["spec"].pop(key, None)
         return a == b
 
     def _container(self, d: Deployment, module_path: Path, uid: str, module_digest: str) -> WasmContainer:
@@ -503,7 +528,8 @@ class Node:
         guest_log = logging.getLogger(f"iotwasm.guest.{d.name}")
         container = WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
-            replicas=d.spec.replicas, strategy=d.spec.strategy, weights=d.spec.weights or None,
+            scaling=d.spec.scaling(), budget=self.budget, clock=self.config.clock,
+            strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, uid, caps.kv_quota), digest=module_digest,
             on_log=lambda name, level, text, n=d.name: (
                 self.guest_logs.add(n, level, text)
@@ -749,7 +775,9 @@ class Node:
             st = rec.handle.current.stats()
             deps[name] = {"state": st.state, "revision": rec.handle.revision, "replicas": st.replicas,
                           "module": rec.module_digest, "restarts": st.restarts,
-                          "rollbacks": rec.handle.rollbacks, **st.totals(), "last_error": st.last_error}
+                          "rollbacks": rec.handle.rollbacks, **st.totals(), "last_error": st.last_error,
+                          "min_replicas": st.min_replicas, "max_replicas": st.max_replicas,
+                          "evictions": st.scaling.evictions}
         routes = {}
         for name, rec in self.routes.items():
             s = rec.runner.stats

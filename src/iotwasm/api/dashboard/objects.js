@@ -17,7 +17,7 @@ function merged(ctx, kind) {
     const live = cur[r.name];
     if (!live) return r;
     const out = {...r};
-    for (const k of ["state", "messages", "outputs", "dead_letters", "errors", "restarts", "replicas", "revision",
+    for (const k of ["state", "messages", "outputs", "dead_letters", "errors", "restarts", "replicas", "evictions", "revision",
                      "last_error", "last_error_ts", "received", "delivered", "dropped", "queued"]) {
       if (live[k] !== undefined) out[k] = live[k];
     }
@@ -82,7 +82,12 @@ export const deployments = {
       col("state", "state", {get: (r) => badge(r.state)}),
       ...(ctx.canOperate ? [col("actions", "actions", {get: (r) => deploymentActions(ctx, r),
                                                        sig: (r) => `${r.state}|${r.replicas}|${r.revision}|${r.source}`})] : []),
-      numCol("revision", "rev"), numCol("replicas", "replicas"), numCol("messages", "messages"),
+      numCol("revision", "rev"),
+      // instances on demand: how many it holds now, and its range when it has one
+      col("replicas", "replicas", {num: true, get: (r) => (r.scaling && r.scaling.min !== r.scaling.max
+        ? `${num(r.replicas)} (${r.scaling.min}–${r.scaling.max})` : num(r.replicas)),
+                                   sig: (r) => `${r.replicas}|${r.scaling?.min}|${r.scaling?.max}`}),
+      numCol("evictions", "evictions"), numCol("messages", "messages"),
       numCol("outputs", "outputs"), numCol("dead_letters", "dead letters"),
       col("restarts", "restarts", {num: true, get: (r) => (r.rollbacks ? `${num(r.restarts)} · ${num(r.rollbacks)} rolled back`
                                                                      : num(r.restarts))}),

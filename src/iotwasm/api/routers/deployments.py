@@ -1,18 +1,24 @@
-"""Deployments: list, describe, delete, scale, suspend, resume, history, rollback and guest logs."""
+"""Deployments: list, describe, delete, scale, suspend, resume, history, rollback, guest logs
+and synchronous invocation."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from typing import Any
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field, model_validator
 
-from ...errors import IotwasmError
+from ...container import BudgetSpent
+from ...errors import ContainerUnavailable, IotwasmError
+from ...message import Message
+from ...node.invoke import MAX_MESSAGES, Invocation, NotInvocable
 from .. import sse
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
-from ..guard import GuardedRoute
+from ..guard import BodyLimit, GuardedRoute
 from ..live import last_error
 from ..metrics import subject_of
 from ..openapi import errors
@@ -25,6 +31,35 @@ router = APIRouter(tags=["deployments"], route_class=GuardedRoute)
 
 class ScaleBody(BaseModel):
     replicas: int = Field(ge=1, le=10_000)
+
+
+#: an invocation's body: up to MAX_MESSAGES messages, 1 MiB of payload as base64 and some room
+MAX_INVOKE_BODY = 2 * 1024 * 1024
+
+
+class InvokeMessage(BaseModel):
+    topic: str | None = Field(None, min_length=1, max_length=1024,
+                              description="default: invoke/<deployment> (under the tenant's topic prefix)")
+    payload: str | None = Field(None, description="the payload as UTF-8 text")
+    payload_b64: str | None = Field(None, description="the payload as base64 (for bytes that are not text)")
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> InvokeMessage:
+        if self.payload is not None and self.payload_b64 is not None:
+            raise ValueError("give payload or payload_b64, not both")
+        return self
+
+    def data(self) -> bytes:
+        if self.payload_b64 is not None:
+            try:
+                return base64.b64decode(self.payload_b64, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise ValueError(f"payload_b64 is not base64: {e}") from None
+        return (self.payload or "").encode()
+
+
+class InvokeBody(BaseModel):
+    messages: list[InvokeMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
 
 
 class RollbackBody(BaseModel):
@@ -41,10 +76,11 @@ def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
                            "source": "file" if node.file_owned("Deployment", name) else "api",
                            "module": manifest.spec.module}
     if rec is None:
-        out.update(state="pending", revision=None, replicas=manifest.spec.replicas)
+        out.update(state="pending", revision=None, replicas=manifest.spec.model_dump(mode="json")["replicas"])
     else:
         st = rec.handle.current.stats()
         out.update(state=st.state, revision=rec.handle.revision, replicas=st.replicas,
+                   scaling=scaling_view(st), evictions=st.scaling.evictions,
                    module_digest=rec.module_digest, restarts=st.restarts, rollbacks=rec.handle.rollbacks,
                    last_error=last_error(node, name)[0], **{k: v for k, v in st.totals().items()})
         if full:
@@ -53,6 +89,11 @@ def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
         out["manifest"] = manifest.model_dump(mode="json", by_alias=True)
         out["events"] = node.state.events(name, limit=20)
     return out
+
+
+def scaling_view(st) -> dict:
+    """Instances on demand: the bounds and what the pool did (`replicas` is how many it holds now)."""
+    return {"min": st.min_replicas, "max": st.max_replicas, "prewarm": st.prewarm, **st.scaling.to_dict()}
 
 
 @router.get("/v1/deployments", summary="List deployments")
@@ -190,3 +231,51 @@ async def logs(name: str, ctx: Ctx, who: Viewer, since: int = Query(0, ge=0),
             loop.call_soon_threadsafe(sse.put, q, line.to_dict())
     node.guest_logs.followers.append(on_line)
     return sse.stream(lines, q, lambda: node.guest_logs.followers.remove(on_line), "log")
+
+
+def payload_json(payload: bytes) -> dict:
+    """A payload as text when it is UTF-8, else as base64: JSON carries every byte either way."""
+    try:
+        return {"payload": payload.decode()}
+    except UnicodeDecodeError:
+        return {"payload_b64": base64.b64encode(payload).decode()}
+
+
+def invocation_view(inv: Invocation) -> dict:
+    return {"deployment": inv.deployment, "revision": inv.revision, "elapsed_ms": round(inv.elapsed_ms, 3),
+            "outputs": [{"index": o.index, "topic": o.topic, **payload_json(o.payload)} for o in inv.outputs],
+            "dead_letters": [{"index": d.index, "topic": d.message.topic, "kind": d.error.kind,
+                              "error": str(d.error)} for d in inv.dead_letters]}
+
+
+@router.post("/v1/deployments/{name}/invoke", dependencies=[Depends(BodyLimit(MAX_INVOKE_BODY))],
+             summary="Run messages through a deployment and answer its outputs and dead letters",
+             responses=errors(409, 503, why_409="not running (suspended, in error, or not started)",
+                              why_503="it has no instance and the node's instance budget is spent with "
+                                      "nothing idle to evict; send again"))
+async def invoke(name: str, body: InvokeBody, ctx: Ctx, who: Operator) -> dict:
+    """The deployment's limits and topic grants apply as in a route: a trap, a limit or a topic
+    it may not receive or emit is a dead letter in the answer, not an error of the call. A
+    tenant whose topics are confined to a prefix invokes only with topics under it."""
+    ns = ctx.visible(who, "Deployment", name)
+    tenant = ctx.security.tenant(ns)
+    prefix = tenant.topic_prefix if tenant else ""
+    messages = []
+    for i, m in enumerate(body.messages):
+        try:
+            data = m.data()
+        except ValueError as e:
+            raise Problem(422, "Invalid request", f"body.messages[{i}]: {e}", "validation") from None
+        topic = m.topic or f"{prefix}invoke/{name}"
+        if prefix and not topic.startswith(prefix):
+            await ctx.deny(who, "deployment.invoke", f"deployment/{name}", PolicyError(
+                f"body.messages[{i}].topic: {topic!r} is outside the topic prefix {prefix!r} of tenant {ns}"), ns)
+        messages.append(Message(topic, data))
+    try:
+        inv = await ctx.node.invocations.invoke(name, messages)
+    except BudgetSpent as e:
+        raise Problem(503, "Unavailable", str(e), "budget-spent") from None
+    except (NotInvocable, ContainerUnavailable) as e:
+        raise Problem(409, "Conflict", str(e), "not-running") from None
+    ctx.invoked(who, ns, name, len(messages), len(inv.outputs), len(inv.dead_letters))
+    return invocation_view(inv)
