@@ -22,6 +22,8 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_NO_LEADER = 4
+#: a request is one NATS message, which a default server caps at 1 MiB
+MAX_INVOKE_PAYLOAD = 1024 * 1024
 FLEET = typer.Option(..., "--fleet", help="the fleet's NATS server: nats://host:port (JetStream on)")
 
 
@@ -260,7 +262,10 @@ def invoke_(deployment: str, data: str = typer.Option(None, "--data", "-d",
 
     from ..fleet.invoke import invoke
 
-    payload = (data if data is not None else sys.stdin.read()).encode()
+    # stdin is read as bytes: a device frame is binary, and must reach the module as it is
+    payload = data.encode() if data is not None else sys.stdin.buffer.read(MAX_INVOKE_PAYLOAD + 1)
+    if len(payload) > MAX_INVOKE_PAYLOAD:
+        _fail(IotwasmError(f"payload on stdin is larger than {MAX_INVOKE_PAYLOAD:,} bytes"))
 
     async def call():
         try:
@@ -276,8 +281,11 @@ def invoke_(deployment: str, data: str = typer.Option(None, "--data", "-d",
         result = asyncio.run(call())
     except IotwasmError as e:
         _fail(e)
+    # outputs as bytes too (TOPIC, a tab, the payload as the module wrote it): a binary output
+    # is not mangled by a text encoding on its way to a pipe
     for t, p in result.outputs:
-        out.print(f"{t}\t{p.decode(errors='replace')}", highlight=False, markup=False)
+        sys.stdout.buffer.write((t or "").encode() + b"\t" + p + b"\n")
+    sys.stdout.buffer.flush()
     for d in result.dead_letters:
         err.print(f"dead letter ({d['kind']}) on node {result.node}: {d['error']}", highlight=False,
                   markup=False)
