@@ -81,12 +81,21 @@ def dead_letter_lines(node: Node) -> list[str]:
 
 
 async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
-                   otel: bool = False, fleet: dict | None = None, controller: bool = False) -> Node:
+                   otel: bool = False, fleet: dict | None = None, controller: bool = False,
+                   otlp: str | None = None) -> Node:
     """Run `config`'s node until it stops; with `fleet` ({url, labels, taints, memory,
     instances}) it joins that fleet, and with `controller` it is also a candidate controller
     (leader election: only the lease holder of the fleet places work)."""
     node = Node(config)
-    if otel:
+    from ..api import otlp as otlp_export
+
+    telemetry = otlp_export.start(node, otlp)   # None unless --otlp or OTEL_EXPORTER_OTLP_* say where
+    if telemetry is not None:
+        signals = [k for k, p in (("traces", telemetry.tracer_provider), ("metrics", telemetry.meter_provider))
+                   if p is not None]
+        console.print(f"OTLP export: {' and '.join(signals)} to {otlp or 'the OTEL_EXPORTER_OTLP_* endpoints'}",
+                      highlight=False, soft_wrap=True)
+    elif otel:
         try:
             from opentelemetry import trace
         except ImportError:
@@ -180,6 +189,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             live.stop()
         if server is not None:
             await server.stop()
+    if telemetry is not None:   # the last spans and metrics, sent off the loop
+        await asyncio.to_thread(telemetry.shutdown)
     if final is not None and not live:
         console.print(final)
     return node

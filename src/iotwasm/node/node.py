@@ -141,7 +141,11 @@ class Node:
         self._sync_lock = asyncio.Lock()
         self._file_owned: set[tuple[str, str]] = set()
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
+        #: tracing hooks (`api.tracing.enable_tracing`): around each deployment call, each
+        #: route batch, and each fleet invocation; None (the default) costs a check each
         self.batch_trace = None
+        self.route_trace = None
+        self.invoke_trace = None
         self.rules: NodeRules | None = None  # created once the bus exists (start)
 
     # -- life ------------------------------------------------------------------------------
@@ -612,6 +616,7 @@ class Node:
                              queue=QueuePolicy(spec.queue.capacity, spec.queue.overflow),
                              lanes=lanes, order_key=spec.order_by,
                              dead_letter=lambda route, step, dl, variables: self._dead_letter(uid, route, step, dl))
+        runner.trace = self.route_trace
         if src.type == "sensors":
             ss = src.sensors
             field_ = SensorField(devices=ss.devices, sensors=tuple(ss.sensors), anomaly_rate=ss.anomaly_rate,
