@@ -16,7 +16,9 @@ and the median of the repeats is compared side by side:
   SDK and exported over OTLP/HTTP by a batch processor to a receiver in the same process
   that answers 200 (so exporting costs its real protobuf encoding and HTTP request)
 
-Ratios against ``off`` (and ``off`` against ``baseline``) are what to read on a shared machine.
+Each configuration reports throughput (wall clock) and CPU time per message (every thread of
+its process). Ratios against ``off`` (and ``off`` against ``baseline``) are what to read on a
+shared machine; the CPU ratio is the steadier of the two there.
 """
 
 from __future__ import annotations
@@ -121,32 +123,33 @@ def child(mode: str, messages: int, batch: int) -> float:
         if route_trace is not None:
             runner.trace = route_trace
         runner.start()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for m in payloads:
             await runner.offer(m, {"device": "d"})
         await runner.drain(120)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert sink.n == messages, (sink.n, messages)
         await runner.stop(0)
-        return messages / elapsed
+        return messages / elapsed, cpu / messages * 1e6
 
-    rate = asyncio.run(main())
+    rate, cpu_us = asyncio.run(main())
     for c in containers:
         c.stop()
     rt.close()
     if provider is not None:
         provider.shutdown()
         server.shutdown()
-    return rate
+    return rate, cpu_us
 
 
-def run(src: Path, mode: str, messages: int, batch: int) -> float:
+def run(src: Path, mode: str, messages: int, batch: int) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     for k in [k for k in env if k.startswith("OTEL_")]:
         env.pop(k)
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--messages", str(messages),
                           "--batch", str(batch)], capture_output=True, text=True, env=env, timeout=600, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    rate, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(rate), float(cpu)
 
 
 def main() -> None:
@@ -158,20 +161,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
     if a.child:
-        print(child(a.child, a.messages, a.batch))
+        print(*child(a.child, a.messages, a.batch))
         return
     here = ROOT / "src"
     modes = ([("baseline", a.baseline, "off")] if a.baseline else []) + [("off", here, "off"), ("on", here, "on")]
     for batch in (1, 100):
         rates: dict[str, list[float]] = {m[0]: [] for m in modes}
+        cpus: dict[str, list[float]] = {m[0]: [] for m in modes}
         for _ in range(a.repeats):
             for label, src, mode in modes:   # interleaved: drift on a shared machine hits all alike
-                rates[label].append(run(src, mode, a.messages, batch))
+                rate, cpu = run(src, mode, a.messages, batch)
+                rates[label].append(rate)
+                cpus[label].append(cpu)
         med = {k: statistics.median(v) for k, v in rates.items()}
-        line = f"batch {batch:>3}: " + ", ".join(f"{k} {v:,.0f} msg/s" for k, v in med.items())
+        cpu = {k: statistics.median(v) for k, v in cpus.items()}
+        line = f"batch {batch:>3}: " + ", ".join(f"{k} {med[k]:,.0f} msg/s ({cpu[k]:.1f} µs CPU/msg)" for k in med)
         if "baseline" in med:
-            line += f"; off/baseline {med['off'] / med['baseline']:.3f}"
-        line += f"; on/off {med['on'] / med['off']:.3f}"
+            line += (f"; off/baseline throughput {med['off'] / med['baseline']:.3f}, "
+                     f"CPU {cpu['off'] / cpu['baseline']:.3f}")
+        line += f"; on/off throughput {med['on'] / med['off']:.3f}, CPU {cpu['on'] / cpu['off']:.3f}"
         print(line, flush=True)
 
 

@@ -318,6 +318,8 @@ class RouteRunner:
                 if any(it.start for it in items):   # replayed dead letters among them
                     for s in sorted({it.start for it in items}):
                         await self._run([it for it in items if it.start == s], worker)
+                elif self.trace is None:   # untraced: straight in, not one frame more
+                    await self._batch(items, worker, None)
                 else:
                     await self._run(items, worker)
             except asyncio.CancelledError:
