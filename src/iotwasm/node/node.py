@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..container import WasmContainer
 from ..engine import Runtime
@@ -143,9 +143,9 @@ class Node:
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
         #: tracing hooks (`api.tracing.enable_tracing`): around each deployment call, each
         #: route batch, and each fleet invocation; None (the default) costs a check each
-        self.batch_trace = None
-        self.route_trace = None
-        self.invoke_trace = None
+        self.batch_trace: Callable[..., Any] | None = None
+        self.route_trace: Any | None = None    # a pipeline.route.BatchTrace
+        self.invoke_trace: Any | None = None
         self.rules: NodeRules | None = None  # created once the bus exists (start)
 
     # -- life ------------------------------------------------------------------------------
