@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
 from ..node.node import Node
@@ -61,8 +62,8 @@ class Telemetry:
     """The providers exporting a node's traces and metrics; `shutdown` flushes both (it blocks:
     call it off the event loop)."""
 
-    tracer_provider: object | None
-    meter_provider: object | None
+    tracer_provider: Any | None
+    meter_provider: Any | None
 
     def shutdown(self) -> None:
         for p in (self.tracer_provider, self.meter_provider):

@@ -136,8 +136,8 @@ def enable_tracing(node: Node, provider=None):
     node.invoke_trace = InvokeTracer(node, tracer)
     for rec in node.deployments.values():
         rec.handle.trace = traced
-    for rec in node.routes.values():
-        rec.runner.trace = node.route_trace
+    for route in node.routes.values():
+        route.runner.trace = node.route_trace
     return tracer
 
 

@@ -73,7 +73,7 @@ def dead_letter_lines(node: Node) -> list[str]:
             error = stats.last_dead.get(where, (0, ""))[1]
             lines.append(f"{name} at {where}: {n:,}, latest: {error[:160]}")
         src = rec.manifest.spec.source
-        if stats.dead_by and src.type == "sensors" and src.sensors.corrupt_rate > 0:
+        if stats.dead_by and src.sensors is not None and src.sensors.corrupt_rate > 0:
             lines.append(f"  ({name}'s simulated sensors corrupt {src.sensors.corrupt_rate:.1%} of their frames "
                          f"on purpose (corruptRate): the decoder rejects them, and the route keeps each as a "
                          f"dead letter to inspect or replay)")

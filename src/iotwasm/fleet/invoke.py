@@ -111,13 +111,13 @@ class InvokeServer:
             # trace context (W3C `traceparent` header), with the module's call inside it
             span = trace.invocation(name, msg.headers or {}) if trace is not None else None
             try:
-                result = await worker.run(self._call, rec.handle, [Message(topic, msg.data)], span)
+                result = await worker.run(self._call, rec.handle, [Message(topic, msg.data)], trace, span)
             except IotwasmError as e:
                 reply["error"] = str(e)
-                if span is not None:
+                if trace is not None:
                     trace.end(span, error=str(e))
             else:
-                if span is not None:
+                if trace is not None:
                     trace.end(span, outputs=len(result.outputs), dead_letters=len(result.dead_letters))
                 reply["outputs"] = [{"topic": o.topic, **_payload_json(o.payload)} for o in result.outputs]
                 reply["dead_letters"] = [{"error": str(d.error), "kind": getattr(d.error, "kind", "error")}
@@ -128,10 +128,10 @@ class InvokeServer:
         except Exception as e:  # the caller went away
             log.debug("invoke reply for %s not sent: %s", name, e)
 
-    def _call(self, handle, messages: list[Message], span):
-        if span is None:
+    @staticmethod
+    def _call(handle, messages: list[Message], trace, span):
+        if trace is None:
             return handle.process(messages)
-        trace = self.node.invoke_trace
         token = trace.enter(span)
         try:
             return handle.process(messages)

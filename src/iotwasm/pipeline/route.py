@@ -319,7 +319,7 @@ class RouteRunner:
                     for s in sorted({it.start for it in items}):
                         await self._run([it for it in items if it.start == s], worker)
                 elif self.trace is None:   # untraced: straight in, not one frame more
-                    await self._batch(items, worker, None)
+                    await self._batch(items, worker, None, None)
                 else:
                     await self._run(items, worker)
             except asyncio.CancelledError:
@@ -338,19 +338,21 @@ class RouteRunner:
     async def _run(self, items: list[_Item], worker: Worker) -> None:
         trace = self.trace
         if trace is None:
-            await self._batch(items, worker, None)
+            await self._batch(items, worker, None, None)
             return
         span = trace.batch(self.name, len(items))
         handed = False
         try:
-            handed = await self._batch(items, worker, span)
+            handed = await self._batch(items, worker, trace, span)
         finally:
             if not handed:   # no sink confirmation will close it
                 trace.end(span, 0, self._span_dead.pop(id(span), 0))
 
-    async def _batch(self, items: list[_Item], worker: Worker, span: object | None) -> bool:
+    async def _batch(self, items: list[_Item], worker: Worker, trace: BatchTrace | None,
+                     span: object | None) -> bool:
         """Run one batch through the steps and hand it to the sinks; True when a confirmation
-        task took it over (and with it the batch's span)."""
+        task took it over (and with it the batch's span; `trace` and `span` are both None when
+        the batch is not traced)."""
         self.stats.batches += 1
         flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
         self.stats.processed += len(flow.msgs)
@@ -359,7 +361,7 @@ class RouteRunner:
             # Every step of the batch runs in one hop to the lane's worker thread: never on the
             # loop, whatever the batch's size (a small batch's call may spin to its limit too).
             if first < len(self.steps):
-                flow, dead, denied, stopped = await worker.run(self._chain, first, flow, span)
+                flow, dead, denied, stopped = await worker.run(self._chain, first, flow, trace, span)
             else:
                 flow, dead, denied, stopped = flow, [], 0, None
             self.stats.acl_denied += denied
@@ -387,16 +389,13 @@ class RouteRunner:
             return False
         # Sinks take the batch in order here; their confirmations (an uplink's acks) are
         # awaited off the lane, so the next batch does not wait for this one's round trip.
-        if span is None:
-            confirms = [(sink, await self._hand_to(sink, msgs, variables), None) for sink in self.sinks]
-        else:
-            confirms = []
-            for sink in self.sinks:
-                sink_span = self.trace.sink(span, sink.name, len(msgs))
-                confirms.append((sink, await self._hand_to(sink, msgs, variables), sink_span))
+        confirms: list[tuple[Sink, Awaitable, object | None]] = []
+        for sink in self.sinks:
+            sink_span = trace.sink(span, sink.name, len(msgs)) if trace is not None else None
+            confirms.append((sink, await self._hand_to(sink, msgs, variables), sink_span))
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items, span))
+        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items, trace, span))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)
         return True
@@ -420,18 +419,19 @@ class RouteRunner:
     async def _taken(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
         return await (await self._hand_to(sink, msgs, variables))
 
-    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item], span: object | None) -> None:
+    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item], trace: BatchTrace | None,
+                       span: object | None) -> None:
         try:
-            await self._confirmed(flow, confirms)
+            await self._confirmed(flow, confirms, trace)
         except asyncio.CancelledError:
             _settle(items, cancel=True)
             raise
         finally:
-            if span is not None:
-                self.trace.end(span, len(flow.msgs), self._span_dead.pop(id(span), 0))
+            if trace is not None:
+                trace.end(span, len(flow.msgs), self._span_dead.pop(id(span), 0))
         _settle(items)
 
-    async def _confirmed(self, flow: "_Flow", confirms: list) -> None:
+    async def _confirmed(self, flow: "_Flow", confirms: list, trace: BatchTrace | None = None) -> None:
         msgs, variables = flow.msgs, flow.vars
         for sink, confirm, sink_span in confirms:
             try:
@@ -445,8 +445,8 @@ class RouteRunner:
                 self._faults.failed(e)
                 err = IotwasmError(f"sink {sink.name} failed unexpectedly: {type(e).__name__}: {e}")
                 failures = [(i, err) for i in range(len(msgs))]
-            if sink_span is not None:
-                self.trace.end_sink(sink_span, len(failures))
+            if trace is not None:
+                trace.end_sink(sink_span, len(failures))
             for i, e in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, e)
                 await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
@@ -454,20 +454,20 @@ class RouteRunner:
         now = time.monotonic()
         self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
 
-    def _chain(self, first: int, flow: "_Flow", span: object | None = None):
+    def _chain(self, first: int, flow: "_Flow", trace: BatchTrace | None = None, span: object | None = None):
         """Run steps[first:] on a batch (on the lane's worker thread, never on the loop),
         inside the batch's span when it is traced, so each step's span is a child of it.
 
         Returns the final flow, the dead letters to report, the number of ACL denials, and
         (step index, error) when a step was unavailable — the flow is then that step's input.
         """
-        if span is None:
+        if trace is None:
             return self._steps(first, flow)
-        token = self.trace.enter(span)
+        token = trace.enter(span)
         try:
             return self._steps(first, flow)
         finally:
-            self.trace.leave(token)
+            trace.leave(token)
 
     def _steps(self, first: int, flow: "_Flow"):
         dead: list[tuple[str, DeadLetter, dict]] = []
