@@ -585,7 +585,8 @@ def test_a_node_in_a_fleet_shows_the_fleet_and_an_operator_steers_a_rollout(nats
         expect(cell(page, "fleet-nodes", "fleet-node", "health")).to_have_text("ok")
         expect(cell(page, "fleet-nodes", "fleet-node", "labels")).to_have_text("site a")
         expect(cell(page, "fleet-deployments", "far", "copies")).to_have_text("0 / 0 / 1")
-        expect(cell(page, "fleet-deployments", "far", "problems")).to_have_text("0 of 1 copies assigned")
+        expect(cell(page, "fleet-deployments", "far", "problems")).to_have_text(
+            "0 of 1 copies assigned (node fleet-node: nodeSelector wants site=mars, node has site=a)")
         rollout = page.locator("#fleet-rollouts tr[data-name^='far|']")
         expect(rollout.locator("td[data-col=state]")).to_have_text("progressing")
         expect(rollout.locator("td[data-col=stage]")).to_have_text("1 of 2")

@@ -1,4 +1,5 @@
-"""Simulated IoT devices: readings with noise, drift, daily cycles, anomalies and corrupt frames.
+"""Simulated IoT devices: readings with noise, drift, daily cycles, heat waves, anomalies and
+corrupt frames.
 
 Devices speak a packed binary frame (the format `examples/modules/frame_decoder.c` decodes),
 because that is what real constrained sensors send, and decoding it is a typical job for a
@@ -79,14 +80,34 @@ class SensorField:
     anomaly_rate: float = 0.01
     corrupt_rate: float = 0.005
     seed: int = 7
+    #: heat waves: every `heat_wave_every_s` simulated seconds each device's temperature rises
+    #: by up to `heat_wave_c` °C (a half sine over `heat_wave_s`), starting at a phase of its
+    #: own; 0 °C means none. A sustained rise, unlike an anomaly's single spike, is what a
+    #: windowed average (the demo's heat rule) is there to catch.
+    heat_wave_c: float = 0.0
+    heat_wave_every_s: float = 7200.0
+    heat_wave_s: float = 1800.0
     _rng: random.Random = field(init=False, repr=False)
     _devices: list[Device] = field(init=False, repr=False)
+    _wave_at: list[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._devices = [Device(i + 1, self.sensors, self._rng.uniform(-0.2, 0.2),
                                 phase=self._rng.uniform(0, 2 * math.pi))
                          for i in range(self.devices)]
+        # a generator of its own, so turning heat waves on changes no other reading
+        waves = random.Random(self.seed + 1)
+        self._wave_at = [waves.uniform(0, self.heat_wave_every_s) for _ in range(self.devices)]
+
+    def heat(self, dev: Device, t_s: float) -> float:
+        """The heat wave's rise (°C) for `dev` at simulated time `t_s`; 0 outside waves."""
+        if self.heat_wave_c <= 0 or self.heat_wave_s <= 0:
+            return 0.0
+        into = (t_s - self._wave_at[dev.device_id - 1]) % max(self.heat_wave_every_s, self.heat_wave_s)
+        if into >= self.heat_wave_s:
+            return 0.0
+        return self.heat_wave_c * math.sin(math.pi * into / self.heat_wave_s)
 
     @staticmethod
     def topic(device_id: int) -> str:
@@ -96,6 +117,8 @@ class SensorField:
         base, amp, noise, spike = PROFILES[sensor]
         value = (base + amp * math.sin(2 * math.pi * t_s / 86400 + dev.phase)
                  + dev.drift_per_hour * t_s / 3600 + self._rng.gauss(0, noise))
+        if sensor == "temperature":
+            value += self.heat(dev, t_s)
         if self._rng.random() < self.anomaly_rate:
             value += spike * self._rng.choice((-1, 1))
         return value

@@ -131,11 +131,37 @@ def emit(data: Any, output: str, table: Table | None = None) -> None:
     if output == "json" or table is None:
         print(json.dumps(data, indent=2, default=str))
     else:
+        show(table)
+
+
+def show(table: Table) -> None:
+    """A table on a terminal; piped or redirected, plain columns as wide as their longest
+    value (nothing cut to an assumed 80 columns, no box characters for `grep` and `awk`)."""
+    if out.is_terminal:
         out.print(table)
+        return
+    table.box = None
+    table.pad_edge = False
+    table.expand = False
+    wide = Console(width=100_000, no_color=True, highlight=False, file=sys.stdout, color_system=None)
+    with wide.capture() as cap:
+        wide.print(table)
+    sys.stdout.write("\n".join(line.rstrip() for line in cap.get().splitlines()) + "\n")
+    sys.stdout.flush()
+
+
+def _without_nulls(v: Any) -> Any:
+    """`v` without null entries at any depth (a describe shows what is set, not every unset
+    optional field)."""
+    if isinstance(v, dict):
+        return {k: _without_nulls(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_without_nulls(x) for x in v]
+    return v
 
 
 def _table(title: str | None, cols: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, header_style="bold")
+    t = Table(title=title, header_style="bold", title_justify="left")
     for c in cols:
         t.add_column(c)
     for r in rows:
@@ -283,9 +309,13 @@ def ps(context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     emit(data, output, _deployments_table(data))
 
 
-def describe(kind: str = typer.Argument(..., help="deployment, route, rule, module or tenant"), name: str = typer.Argument(...),
-             context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
-    """Everything about one object: state, manifest, instances, recent events."""
+def describe(kind: str = typer.Argument(..., help="deployment, route, rule, module or tenant"),
+             name: Optional[str] = typer.Argument(None), context: Optional[str] = CONTEXT,
+             output: str = OUTPUT) -> None:
+    """Everything about one object: state, manifest, instances, recent events (and a route's
+    recent dead letters)."""
+    if name is None:
+        _which_kind(kind, context)
     k = _kind(kind)
     data = Client(context).call("GET", f"/v1/{k}/{name}")
     if output == "json":
@@ -295,23 +325,54 @@ def describe(kind: str = typer.Argument(..., help="deployment, route, rule, modu
     t.add_column(style="bold cyan")
     t.add_column()
     for key, v in data.items():
-        if key in ("manifest", "events", "instances", "dead_letters_recent", "info"):
+        if key in ("manifest", "events", "instances", "dead_letters_recent", "info") or v is None:
             continue
-        t.add_row(key, "-" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
-    out.print(t)
+        v = _without_nulls(v)
+        t.add_row(key, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    show(t)
     if data.get("instances"):
-        out.print(_table("instances", ["#", "calls", "messages", "outputs", "dead letters", "memory",
+        show(_table("instances", ["#", "calls", "messages", "outputs", "dead letters", "memory",
                                        "peak", "fuel", "avg ms", "exec ms", "last used"],
                          [[i["index"], i["calls"], i["messages"], i["outputs"], i["dead_letters"],
                            _mib(i.get("memory_bytes")), _mib(i.get("peak_memory_bytes")), i["fuel_used"],
                            i["avg_latency_ms"], i.get("execution_ms"), _ts(i.get("last_used"))]
                           for i in data["instances"]]))
+    if data.get("dead_letters_recent"):
+        show(_table("recent dead letters", ["id", "time", "step", "kind", "error", "topic", "payload"],
+                    [[d.get("id"), _ts(d["ts"]), d.get("step") or "-", d["kind"], d["error"], d["topic"],
+                      _preview(d.get("payload", ""))] for d in data["dead_letters_recent"]]))
     if data.get("events"):
-        out.print(_table("events", ["time", "kind", "message"],
-                         [[_ts(e["ts"]), e["kind"], e["message"]] for e in data["events"]]))
+        show(_table("events", ["time", "kind", "message"],
+                    [[_ts(e["ts"]), e["kind"], e["message"]] for e in data["events"]]))
     if data.get("manifest"):
         out.print("[bold]manifest[/]")
-        out.print(yaml.safe_dump(data["manifest"], sort_keys=False), highlight=False)
+        out.print(markup.escape(yaml.safe_dump(_without_nulls(data["manifest"]), sort_keys=False)),
+                  highlight=False, soft_wrap=True)
+
+
+def _preview(payload: str, limit: int = 60) -> str:
+    from ..node.logs import printable   # a payload is device data: never raw on a terminal
+
+    text = printable(payload)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _which_kind(name: str, context: str | None) -> None:
+    """`describe NAME` without a kind: say which kinds have an object of that name and how to
+    ask for it, instead of typer's bare "missing argument"."""
+    if name.lower() in KINDS:
+        fail(f"which {KINDS[name.lower()][:-1]}? iotwasm describe {name} NAME "
+             f"(list them: iotwasm get {KINDS[name.lower()]})")
+    c = Client(context)
+    found = []
+    for kind in ("deployments", "routes", "rules", "modules", "tenants"):
+        r = c.http.get(f"/v1/{kind}/{name}")
+        if r.status_code == 200:
+            found.append(kind[:-1])
+    if found:
+        fail("describe needs a kind first: " + " or ".join(f"iotwasm describe {k} {name}" for k in found))
+    fail(f"describe needs a kind and a name (iotwasm describe deployment|route|rule|module|tenant NAME); "
+         f"no object is named {name!r}")
 
 
 def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = typer.Option(False, "--follow", "-f"),
@@ -643,3 +704,6 @@ def register(app: typer.Typer) -> None:
     from .devices import devices_app
 
     app.add_typer(devices_app, name="devices")
+    from .data import data_app
+
+    app.add_typer(data_app, name="data")

@@ -22,6 +22,8 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_NO_LEADER = 4
+#: a request is one NATS message, which a default server caps at 1 MiB
+MAX_INVOKE_PAYLOAD = 1024 * 1024
 FLEET = typer.Option(..., "--fleet", help="the fleet's NATS server: nats://host:port (JetStream on)")
 
 
@@ -251,6 +253,8 @@ def invoke_(deployment: str, data: str = typer.Option(None, "--data", "-d",
                                                       help="the message payload (default: stdin)"),
             topic: str = typer.Option(None, "--topic", help="the message's topic"),
             timeout: float = typer.Option(1.0, "--timeout", help="seconds per try"),
+            otlp: Optional[str] = typer.Option(None, "--otlp", help="export this call's span over OTLP/HTTP "
+                                               "(or set OTEL_EXPORTER_OTLP_*): the node's spans join its trace"),
             fleet: str = FLEET) -> None:
     """Call a deployment on one replica anywhere in the fleet; print its outputs, one per line
     (dead letters on stderr; exit 3 when there were any)."""
@@ -260,29 +264,66 @@ def invoke_(deployment: str, data: str = typer.Option(None, "--data", "-d",
 
     from ..fleet.invoke import invoke
 
-    payload = (data if data is not None else sys.stdin.read()).encode()
+    # stdin is read as bytes: a device frame is binary, and must reach the module as it is
+    payload = data.encode() if data is not None else sys.stdin.buffer.read(MAX_INVOKE_PAYLOAD + 1)
+    if len(payload) > MAX_INVOKE_PAYLOAD:
+        _fail(IotwasmError(f"payload on stdin is larger than {MAX_INVOKE_PAYLOAD:,} bytes"))
 
-    async def call():
+    async def call(headers: dict[str, str]):
         try:
             nc = await nats.connect(fleet, connect_timeout=3, max_reconnect_attempts=0)
         except Exception as e:
             raise IotwasmError(f"fleet {fleet} not reachable: {e}") from None
         try:
-            return await invoke(nc, deployment, payload, topic=topic, timeout=timeout)
+            return await invoke(nc, deployment, payload, topic=topic, timeout=timeout, headers=headers)
         finally:
             await nc.close()
 
     try:
-        result = asyncio.run(call())
+        from ..api.otlp import client_tracer
+
+        traced = client_tracer(otlp)
+        if traced is None:
+            result = asyncio.run(call({}))
+        else:
+            result = _traced_call(traced, deployment, call)
     except IotwasmError as e:
         _fail(e)
+    # outputs as bytes too (TOPIC, a tab, the payload as the module wrote it): a binary output
+    # is not mangled by a text encoding on its way to a pipe
     for t, p in result.outputs:
-        out.print(f"{t}\t{p.decode(errors='replace')}", highlight=False, markup=False)
+        sys.stdout.buffer.write((t or "").encode() + b"\t" + p + b"\n")
+    sys.stdout.buffer.flush()
     for d in result.dead_letters:
         err.print(f"dead letter ({d['kind']}) on node {result.node}: {d['error']}", highlight=False,
                   markup=False)
     if result.dead_letters:
         raise typer.Exit(3)
+
+
+def _traced_call(traced, deployment: str, call):
+    """Run `call` inside a client span whose W3C trace context goes along with the request, so
+    the answering node's span is its child; the span is sent before the command exits."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    provider, tracer = traced
+    try:
+        with tracer.start_as_current_span("iotwasm.fleet.invoke", kind=SpanKind.CLIENT,
+                                          attributes={"iotwasm.deployment": deployment}) as span:
+            carrier: dict[str, str] = {}
+            TraceContextTextMapPropagator().inject(carrier)
+            try:
+                result = asyncio.run(call(carrier))
+            except IotwasmError as e:
+                span.set_status(Status(StatusCode.ERROR, str(e)))
+                raise
+            span.set_attribute("iotwasm.node", result.node)
+            span.set_attribute("iotwasm.outputs", len(result.outputs))
+            span.set_attribute("iotwasm.dead_letters", len(result.dead_letters))
+            return result
+    finally:
+        provider.shutdown()
 
 
 rollout_app = typer.Typer(no_args_is_help=True, help="Staged rollouts of fleet deployments.")

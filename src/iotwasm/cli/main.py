@@ -239,6 +239,9 @@ def up(
     tls_key: Optional[Path] = typer.Option(None, help="TLS private key (PEM) for the API"),
     api_insecure: bool = typer.Option(False, "--api-insecure",
                                       help="allow the API beyond localhost without TLS"),
+    otlp: Optional[str] = typer.Option(None, "--otlp", help="export traces and metrics over OTLP/HTTP to this "
+                                       "collector (http://host:4318); the OTEL_EXPORTER_OTLP_* variables "
+                                       "configure it too"),
     otel: bool = typer.Option(False, "--otel", help="OpenTelemetry span per batch (printed to stderr "
                                                     "unless a tracer provider is configured)"),
     fleet: Optional[str] = typer.Option(None, "--fleet", help="join the fleet on this NATS server "
@@ -324,7 +327,7 @@ def up(
         except IotwasmError as e:
             _fail(e)
     try:
-        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, fleet=fleet_opts,
+        asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, otlp=otlp, fleet=fleet_opts,
                              controller=controller))
     except IotwasmError as e:
         _fail(e)

@@ -45,6 +45,9 @@ def render(node: Node, started: float) -> Group:
     parts = [Panel(f"node [bold]{snap['node']}[/] · up {up:.0f}s · data {node.config.data_dir} · "
                    f"bus {node.config.broker or 'in-process'} · outbox backlog {snap['outbox_backlog']:,}",
                    title="iotwasm"), routes, deps]
+    dead = dead_letter_lines(node)
+    if dead:
+        parts.append(Panel(Text("\n".join(dead)), title="dead letters: where and why (latest error)"))
     try:
         alerts = node.store.query(ALERT_TABLE, limit=5)
     except Exception:
@@ -59,13 +62,40 @@ def render(node: Node, started: float) -> Group:
     return Group(*parts)
 
 
+def dead_letter_lines(node: Node) -> list[str]:
+    """Per route and place (step, sink) with dead letters: how many and the latest error; for
+    a simulated sensors source that corrupts frames on purpose, that it does, so the demo's
+    dead letters are not mistaken for a fault of the node."""
+    lines = []
+    for name, rec in sorted(node.routes.items()):
+        stats = rec.runner.stats
+        for where, n in sorted(stats.dead_by.items()):
+            error = stats.last_dead.get(where, (0, ""))[1]
+            lines.append(f"{name} at {where}: {n:,}, latest: {error[:160]}")
+        src = rec.manifest.spec.source
+        if stats.dead_by and src.sensors is not None and src.sensors.corrupt_rate > 0:
+            lines.append(f"  ({name}'s simulated sensors corrupt {src.sensors.corrupt_rate:.1%} of their frames "
+                         f"on purpose (corruptRate): the decoder rejects them, and the route keeps each as a "
+                         f"dead letter to inspect or replay)")
+    return lines
+
+
 async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
-                   otel: bool = False, fleet: dict | None = None, controller: bool = False) -> Node:
+                   otel: bool = False, fleet: dict | None = None, controller: bool = False,
+                   otlp: str | None = None) -> Node:
     """Run `config`'s node until it stops; with `fleet` ({url, labels, taints, memory,
     instances}) it joins that fleet, and with `controller` it is also a candidate controller
     (leader election: only the lease holder of the fleet places work)."""
     node = Node(config)
-    if otel:
+    from ..api import otlp as otlp_export
+
+    telemetry = otlp_export.start(node, otlp)   # None unless --otlp or OTEL_EXPORTER_OTLP_* say where
+    if telemetry is not None:
+        signals = [k for k, p in (("traces", telemetry.tracer_provider), ("metrics", telemetry.meter_provider))
+                   if p is not None]
+        console.print(f"OTLP export: {' and '.join(signals)} to {otlp or 'the OTEL_EXPORTER_OTLP_* endpoints'}",
+                      highlight=False, soft_wrap=True)
+    elif otel:
         try:
             from opentelemetry import trace
         except ImportError:
@@ -81,7 +111,7 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
         from ..fleet import FleetAgent
 
         agent = FleetAgent(node, **fleet)   # before the API, which serves the fleet views through it
-    server = unserved = None
+    server = None
     if api is not None:  # an ApiSettings: serve the management API in this loop
         from ..api import ApiServer
 
@@ -89,11 +119,11 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
         try:
             await server.start()
         except IotwasmError as e:
-            # edge autonomy: the node's work does not depend on being managed right now
-            console.print(f"[red]API not served:[/] {e}; the node runs without it", highlight=False)
-            await server.stop(keep_policy=True)  # tenants and signature policy still apply
-            unserved = server
-            server = None
+            # a node asked for an API does not run on without one: another node on this host
+            # holds the port, and an operator would otherwise find out only when the API is needed
+            await server.stop()
+            raise IotwasmError(f"{e}; give this node another port with --api HOST:PORT "
+                               f"(a second node on this host), or --no-api") from None
         else:
             console.print(f"API on {server.url}" + (f" · admin token written to {server.admin_token_file}"
                                                     if server.admin_token_file else ""),
@@ -159,8 +189,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             live.stop()
         if server is not None:
             await server.stop()
-        if unserved is not None:
-            unserved.close()
+    if telemetry is not None:   # the last spans and metrics, sent off the loop
+        await asyncio.to_thread(telemetry.shutdown)
     if final is not None and not live:
         console.print(final)
     return node

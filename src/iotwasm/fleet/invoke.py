@@ -107,11 +107,19 @@ class InvokeServer:
             reply["error"] = f"deployment {name!r} is not on node {self.node.config.name}"
         else:
             topic = (msg.headers or {}).get("topic") or f"invoke/{name}"
+            trace = self.node.invoke_trace
+            # traced: a span of this invocation, the caller's child when its request carried
+            # trace context (W3C `traceparent` header), with the module's call inside it
+            span = trace.invocation(name, msg.headers or {}) if trace is not None else None
             try:
-                result = await worker.run(rec.handle.process, [Message(topic, msg.data)])
+                result = await worker.run(self._call, rec.handle, [Message(topic, msg.data)], trace, span)
             except IotwasmError as e:
                 reply["error"] = str(e)
+                if trace is not None:
+                    trace.end(span, error=str(e))
             else:
+                if trace is not None:
+                    trace.end(span, outputs=len(result.outputs), dead_letters=len(result.dead_letters))
                 reply["outputs"] = [{"topic": o.topic, **_payload_json(o.payload)} for o in result.outputs]
                 reply["dead_letters"] = [{"error": str(d.error), "kind": getattr(d.error, "kind", "error")}
                                          for d in result.dead_letters]
@@ -120,6 +128,16 @@ class InvokeServer:
             await msg.respond(json.dumps(reply, separators=(",", ":")).encode())
         except Exception as e:  # the caller went away
             log.debug("invoke reply for %s not sent: %s", name, e)
+
+    @staticmethod
+    def _call(handle, messages: list[Message], trace, span):
+        if trace is None:
+            return handle.process(messages)
+        token = trace.enter(span)
+        try:
+            return handle.process(messages)
+        finally:
+            trace.leave(token)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -175,7 +193,8 @@ async def _link_error(e: Exception) -> None:
 
 async def invoke(nc, deployment: str, payload: bytes, *, topic: str | None = None,
                  timeout: float = 1.0, retries: int = 3, backoff: float = 0.05,
-                 breaker: CircuitBreaker | None = None) -> InvokeResult:
+                 breaker: CircuitBreaker | None = None,
+                 headers: dict[str, str] | None = None) -> InvokeResult:
     """Call `deployment` on one healthy replica anywhere in the fleet and return its result.
 
     Retries up to `retries` times, waiting `backoff` doubling between tries, when no replica
@@ -185,13 +204,14 @@ async def invoke(nc, deployment: str, payload: bytes, *, topic: str | None = Non
     With a `breaker` (one per deployment called, kept by the caller), an invocation whose
     tries all failed counts as one failure; while the breaker is open an invocation fails at
     once with `InvokeError` naming it, without a request, instead of waiting out every
-    timeout; half-open, one invocation probes."""
+    timeout; half-open, one invocation probes. `headers` go along with the request (trace
+    context: ``traceparent``, ``tracestate``)."""
     import nats.errors
 
     if breaker is not None and not breaker.allow():
         raise InvokeError(f"invoke {deployment!r}: {breaker.refusal()}")
 
-    headers = {"topic": topic} if topic else None
+    headers = {**(headers or {}), **({"topic": topic} if topic else {})} or None
     last = "no attempt"
     delay = backoff
     for attempt in range(retries + 1):

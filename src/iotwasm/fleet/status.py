@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import IotwasmError
 from .model import FleetDeployment, NodeInfo
 from .rollout import Rollout
-from .scheduler import matches
+from .scheduler import matches, taints_of
 from .store import FleetStore
 
 
@@ -90,8 +90,34 @@ class FleetView:
 
     def shortfall(self, name: str) -> list[str]:
         """The placement problem of deployment `name`, if fewer copies are assigned than wanted."""
-        have, want = len(self.holders(name)), self.wanted(self.deployments[name][0])
-        return [f"{have} of {want} copies assigned"] if have < want else []
+        holders = self.holders(name)
+        fd = self.deployments[name][0]
+        have, want = len(holders), self.wanted(fd)
+        if have >= want:
+            return []
+        why = [f"node {n}: {r}" for n, r in self.exclusions(fd, holders)]
+        return [f"{have} of {want} copies assigned" + (f" ({'; '.join(why)})" if why else "")]
+
+    def exclusions(self, fd: FleetDeployment, holders: list[str]) -> list[tuple[str, str]]:
+        """For each live node without a copy of `fd`, the filter that kept it out: a label the
+        node selector wants, a taint not tolerated, or (when it passes both) its capacity."""
+        p = fd.placement
+        out = []
+        for node_id, (info, _) in sorted(self.nodes.items()):
+            if node_id in holders:
+                continue
+            wrong = [f"{k}={v}" for k, v in sorted(p.node_selector.items()) if info.labels.get(k) != v]
+            if wrong:
+                have = ", ".join(f"{k}={info.labels[k]}" if k in info.labels else f"no {k}"
+                                 for k in sorted(p.node_selector) if info.labels.get(k) != p.node_selector[k])
+                out.append((node_id, f"nodeSelector wants {', '.join(wrong)}, node has {have}"))
+                continue
+            untolerated = p.untolerated(taints_of(info))
+            if untolerated:
+                out.append((node_id, f"taint {', '.join(str(t) for t in untolerated)} not tolerated"))
+                continue
+            out.append((node_id, "not enough free capacity (memory or instances)"))
+        return out
 
     def deployment_rows(self) -> list[dict]:
         """One row per fleet deployment: placement, revision, where it is assigned and runs, and

@@ -147,8 +147,10 @@ class DeploymentHandle:
     def gate_pending(self) -> bool:
         return self._gate is not None
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "deployment removed") -> None:
+        """Stop every version; `reason` lands in the state history, so a node that stops
+        says so instead of claiming the deployment was removed."""
         with self._lock:
             for c in (self.current, self.previous):
                 if c is not None:
-                    c.stop("deployment removed")
+                    c.stop(reason)

@@ -392,7 +392,14 @@ class SensorsSource(Strict):
     rate: float = Field(1.0, gt=0, description="readings per second per device and sensor")
     sensors: list[Literal["temperature", "humidity", "vibration", "pressure"]] = ["temperature", "humidity"]
     anomaly_rate: float = Field(0.01, alias="anomalyRate", ge=0, le=1)
-    corrupt_rate: float = Field(0.005, alias="corruptRate", ge=0, le=1)
+    corrupt_rate: float = Field(0.005, alias="corruptRate", ge=0, le=1,
+                                description="share of frames corrupted on purpose (a decoder's dead letters)")
+    heat_wave: float = Field(0.0, alias="heatWave", ge=0, le=100,
+                             description="°C a heat wave adds to temperatures at its peak (0: none)")
+    heat_wave_every: float = Field(7200.0, alias="heatWaveEvery", gt=0,
+                                   description="simulated seconds between a device's heat waves")
+    heat_wave_lasting: float = Field(1800.0, alias="heatWaveLasting", gt=0,
+                                     description="simulated seconds a heat wave lasts")
     seed: int = 7
 
 

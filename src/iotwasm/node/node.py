@@ -161,7 +161,11 @@ class Node:
         self._sync_lock = asyncio.Lock()
         self._file_owned: set[tuple[str, str]] = set()
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
+        #: tracing hooks (`api.tracing.enable_tracing`): around each deployment call, each
+        #: route batch, and each fleet invocation; None (the default) costs a check each
         self.batch_trace: Callable[..., Any] | None = None
+        self.route_trace: Any | None = None    # a pipeline.route.BatchTrace
+        self.invoke_trace: Any | None = None
         self.rules: NodeRules | None = None  # created once the bus exists (start)
         #: synchronous calls of deployments (the API's invoke), each on worker threads of its own
         self.invocations = Invocations(self)
@@ -257,7 +261,7 @@ class Node:
             await self._remove_route(name, drain=True, stopping=True)
         self.invocations.close()
         for name in list(self.deployments):
-            await asyncio.to_thread(self.deployments.pop(name).handle.stop)
+            await asyncio.to_thread(self.deployments.pop(name).handle.stop, "node stopping")
         if self._ingest is not None:
             await self._ingest.stop()
         await self.device_link.stop()
@@ -489,9 +493,14 @@ class Node:
             # routes through it hold their messages meanwhile
             self._event("error", d.name, str(e), uid=uid, namespace=ns)
         gated = current is not None and d.spec.update_strategy.rollback
-        rev = self.state.add_revision(uid, d.name, module_digest, manifest_json, "gating" if gated else "serving")
-        if not gated:
-            self.state.promote_revision(uid, rev)
+        # a node that starts again with the same spec and module goes on with the revision that
+        # served before: a restart is not a change
+        rev = self.state.serving_revision(uid, module_digest, manifest_json) if current is None else None
+        if rev is None:
+            rev = self.state.add_revision(uid, d.name, module_digest, manifest_json,
+                                          "gating" if gated else "serving")
+            if not gated:
+                self.state.promote_revision(uid, rev)
         acl = TopicACL(d.spec.capabilities.topics.publish, d.spec.capabilities.topics.subscribe,
                        principal=f"deployment {d.name}")
         if current is None:
@@ -681,10 +690,12 @@ class Node:
                              queue=QueuePolicy(spec.queue.capacity, spec.queue.overflow),
                              lanes=lanes, order_key=spec.order_by,
                              dead_letter=lambda route, step, dl, variables: self._dead_letter(uid, route, step, dl))
+        runner.trace = self.route_trace
         if src.type == "sensors":
             ss = src.sensors
             field_ = SensorField(devices=ss.devices, sensors=tuple(ss.sensors), anomaly_rate=ss.anomaly_rate,
-                                 corrupt_rate=ss.corrupt_rate, seed=ss.seed)
+                                 corrupt_rate=ss.corrupt_rate, seed=ss.seed, heat_wave_c=ss.heat_wave,
+                                 heat_wave_every_s=ss.heat_wave_every, heat_wave_s=ss.heat_wave_lasting)
             source = SensorSource(field_, ss.rate, runner)
         elif src.type == "http":
             source = _HttpSource(await self._ingest_server(), src.http.path, src.http.topic, runner)

@@ -225,6 +225,15 @@ class NodeState:
                        (uid, last + 1, name, module_digest, json.dumps(manifest), self._clock(), status, reason))
             return last + 1
 
+    def serving_revision(self, uid: str, module_digest: str, manifest: dict) -> int | None:
+        """The serving revision of `uid` when it ran exactly this module and manifest (a node
+        started again with an unchanged deployment), else None."""
+        rows = self._x("SELECT revision, module_digest, manifest FROM revisions WHERE uid = ? "
+                       "AND status = 'serving' ORDER BY revision DESC LIMIT 1", (uid,))
+        if rows and rows[0][1] == module_digest and json.loads(rows[0][2]) == json.loads(json.dumps(manifest)):
+            return rows[0][0]
+        return None
+
     def set_revision_status(self, uid: str, revision: int, status: str, reason: str = "") -> None:
         self._x("UPDATE revisions SET status = ?, reason = ? WHERE uid = ? AND revision = ?",
                 (status, reason, uid, revision))

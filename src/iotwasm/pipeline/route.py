@@ -81,6 +81,20 @@ class Sink(Protocol):
 DeadLetterHandler = Callable[[str, str, DeadLetter, dict[str, str]], Awaitable[None]]
 
 
+class BatchTrace(Protocol):
+    """Spans of a route's batches (`api.tracing` makes them; the pipeline stays free of any
+    tracing library). A batch's span is opened when its lane takes it and closed when its
+    sinks confirmed it; its steps run inside it on the lane's thread (`enter`/`leave`), and
+    each sink's hand-over and confirmation is a span of its own under it."""
+
+    def batch(self, route: str, messages: int) -> object: ...
+    def enter(self, span: object) -> object: ...
+    def leave(self, token: object) -> None: ...
+    def sink(self, span: object, sink: str, messages: int) -> object: ...
+    def end_sink(self, span: object, failures: int) -> None: ...
+    def end(self, span: object, delivered: int, dead: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class BatchPolicy:
     max_size: int = 100
@@ -166,6 +180,9 @@ class RouteRunner:
         #: holds batches whose sink or dead-letter write failed on storage
         self.storage = StorageHold(f"route {name}", log)
         self._faults = Repeats(log, f"route {name}: a batch")
+        #: spans of each batch when tracing is on; None costs one check per batch
+        self.trace: BatchTrace | None = None
+        self._span_dead: dict[int, int] = {}   # id(span) → dead letters of its batch so far
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None,
@@ -301,6 +318,8 @@ class RouteRunner:
                 if any(it.start for it in items):   # replayed dead letters among them
                     for s in sorted({it.start for it in items}):
                         await self._run([it for it in items if it.start == s], worker)
+                elif self.trace is None:   # untraced: straight in, not one frame more
+                    await self._batch(items, worker, None, None)
                 else:
                     await self._run(items, worker)
             except asyncio.CancelledError:
@@ -317,6 +336,23 @@ class RouteRunner:
                 self._inflight -= 1
 
     async def _run(self, items: list[_Item], worker: Worker) -> None:
+        trace = self.trace
+        if trace is None:
+            await self._batch(items, worker, None, None)
+            return
+        span = trace.batch(self.name, len(items))
+        handed = False
+        try:
+            handed = await self._batch(items, worker, trace, span)
+        finally:
+            if not handed:   # no sink confirmation will close it
+                trace.end(span, 0, self._span_dead.pop(id(span), 0))
+
+    async def _batch(self, items: list[_Item], worker: Worker, trace: BatchTrace | None,
+                     span: object | None) -> bool:
+        """Run one batch through the steps and hand it to the sinks; True when a confirmation
+        task took it over (and with it the batch's span; `trace` and `span` are both None when
+        the batch is not traced)."""
         self.stats.batches += 1
         flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
         self.stats.processed += len(flow.msgs)
@@ -325,10 +361,12 @@ class RouteRunner:
             # Every step of the batch runs in one hop to the lane's worker thread: never on the
             # loop, whatever the batch's size (a small batch's call may spin to its limit too).
             if first < len(self.steps):
-                flow, dead, denied, stopped = await worker.run(self._chain, first, flow)
+                flow, dead, denied, stopped = await worker.run(self._chain, first, flow, trace, span)
             else:
                 flow, dead, denied, stopped = flow, [], 0, None
             self.stats.acl_denied += denied
+            if span is not None and dead:
+                self._span_dead[id(span)] = self._span_dead.get(id(span), 0) + len(dead)
             for where, dl, variables in dead:
                 await self._dead(where, dl, variables)
             if stopped is None:
@@ -336,7 +374,7 @@ class RouteRunner:
             first, err = stopped
             if self._successor is not None:  # handed over: the successor runs it from the start
                 self._returned.extend(items)
-                return
+                return False
             if self._stopping:
                 _settle(items, cancel=True)  # not acknowledged: the broker has it again
                 raise err
@@ -348,15 +386,19 @@ class RouteRunner:
         msgs, variables = flow.msgs, flow.vars
         if not msgs:
             _settle(items)
-            return
+            return False
         # Sinks take the batch in order here; their confirmations (an uplink's acks) are
         # awaited off the lane, so the next batch does not wait for this one's round trip.
-        confirms = [(sink, await self._hand_to(sink, msgs, variables)) for sink in self.sinks]
+        confirms: list[tuple[Sink, Awaitable, object | None]] = []
+        for sink in self.sinks:
+            sink_span = trace.sink(span, sink.name, len(msgs)) if trace is not None else None
+            confirms.append((sink, await self._hand_to(sink, msgs, variables), sink_span))
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items))
+        task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items, trace, span))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)
+        return True
 
     async def _hand_to(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
         """Give the batch to one sink; returns what confirms it. A storage error holds the
@@ -377,17 +419,21 @@ class RouteRunner:
     async def _taken(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
         return await (await self._hand_to(sink, msgs, variables))
 
-    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item]) -> None:
+    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item], trace: BatchTrace | None,
+                       span: object | None) -> None:
         try:
-            await self._confirmed(flow, confirms)
+            await self._confirmed(flow, confirms, trace)
         except asyncio.CancelledError:
             _settle(items, cancel=True)
             raise
+        finally:
+            if trace is not None:
+                trace.end(span, len(flow.msgs), self._span_dead.pop(id(span), 0))
         _settle(items)
 
-    async def _confirmed(self, flow: "_Flow", confirms: list) -> None:
+    async def _confirmed(self, flow: "_Flow", confirms: list, trace: BatchTrace | None = None) -> None:
         msgs, variables = flow.msgs, flow.vars
-        for sink, confirm in confirms:
+        for sink, confirm, sink_span in confirms:
             try:
                 try:
                     failures = await confirm
@@ -399,6 +445,8 @@ class RouteRunner:
                 self._faults.failed(e)
                 err = IotwasmError(f"sink {sink.name} failed unexpectedly: {type(e).__name__}: {e}")
                 failures = [(i, err) for i in range(len(msgs))]
+            if trace is not None:
+                trace.end_sink(sink_span, len(failures))
             for i, e in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, e)
                 await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
@@ -406,12 +454,22 @@ class RouteRunner:
         now = time.monotonic()
         self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
 
-    def _chain(self, first: int, flow: "_Flow"):
-        """Run steps[first:] on a batch (on the lane's worker thread, never on the loop).
+    def _chain(self, first: int, flow: "_Flow", trace: BatchTrace | None = None, span: object | None = None):
+        """Run steps[first:] on a batch (on the lane's worker thread, never on the loop),
+        inside the batch's span when it is traced, so each step's span is a child of it.
 
         Returns the final flow, the dead letters to report, the number of ACL denials, and
         (step index, error) when a step was unavailable — the flow is then that step's input.
         """
+        if trace is None:
+            return self._steps(first, flow)
+        token = trace.enter(span)
+        try:
+            return self._steps(first, flow)
+        finally:
+            trace.leave(token)
+
+    def _steps(self, first: int, flow: "_Flow"):
         dead: list[tuple[str, DeadLetter, dict]] = []
         denied = 0
         for k in range(first, len(self.steps)):
