@@ -143,6 +143,10 @@ class NodeCollector:
         latency = GaugeMetricFamily("iotwasm_route_latency_recent_ms",
                                     "Message latency quantiles over the route's last 10,000 messages",
                                     labels=[*rl, "quantile"])
+        health = GaugeMetricFamily("iotwasm_connector_healthy", "1 when a route's source or sink has no problem "
+                                   "(docs/connectors.md)", labels=[*rl, "role", "index", "kind"])
+        events = CounterMetricFamily("iotwasm_connector_events", "Counters a route's source or sink reports",
+                                     labels=[*rl, "role", "index", "kind", "counter"])
         for name, rec in list(node.routes.items()):
             s = rec.runner.stats
             if self.histograms is not None:   # every route, whoever scrapes: the histograms are shared
@@ -156,8 +160,14 @@ class NodeCollector:
             backlog.add_metric(lv, sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks))
             for q in (0.5, 0.9, 0.99):
                 latency.add_metric([*lv, str(q)], s.percentile(q))
+            conn = rec.connectors()
+            for role, i, st in [("source", 0, conn["source"]), *(("sink", i, k) for i, k in enumerate(conn["sinks"]))]:
+                cl = [*lv, role, str(i), st["kind"]]
+                health.add_metric(cl, 1 if st["health"] == "ok" else 0)
+                for counter, n in st["counters"].items():
+                    events.add_metric([*cl, counter], n)
         yield from r.values()
-        yield from (depth, backlog, latency)
+        yield from (depth, backlog, latency, health, events)
         if self.histograms is not None:
             yield self.histograms.family({n: rec.manifest.metadata.namespace for n, rec in list(node.routes.items())
                                           if self._visible(rec.manifest.metadata.namespace)})

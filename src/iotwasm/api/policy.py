@@ -57,6 +57,8 @@ def _topics_of_route(r: Route) -> list[tuple[str, str]]:
         out.append(("spec.source.http.topic", src.http.topic))
     elif src.sensors:
         out.append(("spec.source.sensors", "devices/{device}/frame"))
+    elif src.modbus:
+        out.append(("spec.source.modbus.topic", src.modbus.topic))
     for i, s in enumerate(r.spec.sinks):
         if s.mqtt or s.bus:
             out.append((f"spec.sinks[{i}] topic", (s.mqtt or s.bus).topic))
@@ -73,6 +75,10 @@ def _external_endpoints(r: Route) -> list[str]:
         if ep is not None and getattr(ep, "url", None):
             found.append(f"{where}.url")
     found += [f"spec.sinks[{i}].webhook" for i, s in enumerate(r.spec.sinks) if s.webhook]
+    # field connectors reach other hosts (PLCs, databases); a plugin may do anything
+    found += [f"spec.source.{k}" for k in ("modbus", "connector") if getattr(r.spec.source, k) is not None]
+    found += [f"spec.sinks[{i}].{k}" for i, s in enumerate(r.spec.sinks) for k in ("postgres", "connector")
+              if getattr(s, k) is not None]
     return found
 
 
@@ -202,7 +208,7 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
                                   "(ingest paths are shared by all tenants of the node)")
             external = _external_endpoints(m)
             if external and confined:
-                raise PolicyError(f"{label} {external[0]}: other brokers and webhooks need a node admin "
+                raise PolicyError(f"{label} {external[0]}: other brokers, webhooks and field connectors need a node admin "
                                   "token and an unconfined namespace")
         if tenant is not None:
             check_quota(tenant, [d for d in after.values()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, PrivateAttr, TypeAdapter,
+from pydantic import (BaseModel, Field, FieldSerializationInfo, PrivateAttr, TypeAdapter,
                       ValidationError, field_serializer, field_validator, model_validator)
 
 from ..container import RestartPolicy
@@ -33,6 +33,11 @@ from ..engine import Capabilities, Limits, Preopen
 from ..engine.capabilities import HOST_CAPABILITIES, WASI
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
 from ..errors import ConfigError
+from ..pipeline import connectors
+from ..pipeline.connectors.config import (BusEndpoint, ConnectorRef, HttpSource, LogSink, MqttEndpoint,
+                                          NatsEndpoint, SensorsSource, StoreSink, Strict, WebhookSink)
+from ..pipeline.connectors.modbus import ModbusSource
+from ..pipeline.connectors.postgres import PostgresSink
 from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
 API_VERSION = "iotwasm.io/v1"
@@ -55,10 +60,6 @@ class ManifestError(ConfigError):
         self.problems = problems
         super().__init__("; ".join(problems) if len(problems) == 1 else
                          f"{len(problems)} problems:\n  " + "\n  ".join(problems))
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Metadata(Strict):
@@ -274,98 +275,92 @@ def _str(v: Any) -> str:
 
 # --- Route --------------------------------------------------------------------------------
 
-class MqttEndpoint(Strict):
-    url: str | None = Field(None, description="mqtt://host:port; default: the node's broker")
-    topic: str
-    qos: Literal[0, 1] = 1
-    retain: bool = False
-
-
-class NatsEndpoint(Strict):
-    url: str | None = None
-    subject: str
-    jetstream: bool = False
-    durable: str | None = None
-    queue: str | None = None
-
-
-class HttpSource(Strict):
-    path: str = "/ingest"
-    topic: str = Field("http/ingest", description="topic template filled from the query parameters")
-
-
-class SensorsSource(Strict):
-    devices: int = Field(20, ge=1, le=100_000)
-    rate: float = Field(1.0, gt=0, description="readings per second per device and sensor")
-    sensors: list[Literal["temperature", "humidity", "vibration", "pressure"]] = ["temperature", "humidity"]
-    anomaly_rate: float = Field(0.01, alias="anomalyRate", ge=0, le=1)
-    corrupt_rate: float = Field(0.005, alias="corruptRate", ge=0, le=1)
-    seed: int = 7
-
-
-class BusEndpoint(Strict):
-    topic: str
-
-
 class Source(Strict):
+    """Where a route's messages come from: exactly one connector kind (docs/connectors.md)."""
+
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
     http: HttpSource | None = None
     sensors: SensorsSource | None = None
     bus: BusEndpoint | None = None
+    modbus: ModbusSource | None = None
+    connector: ConnectorRef | None = None
+    _config: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one(self) -> "Source":
-        given = [k for k in ("mqtt", "nats", "http", "sensors", "bus") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a source needs exactly one of mqtt, nats, http, sensors, bus (got {given or 'none'})")
+        self._config = _one_kind(self, "source", SOURCE_KINDS)
         return self
 
     @property
     def type(self) -> str:
-        return next(k for k in ("mqtt", "nats", "http", "sensors", "bus") if getattr(self, k) is not None)
+        return _kind_of(self, SOURCE_KINDS)
 
-
-class StoreSink(Strict):
-    table: str = "messages"
-
-    @field_validator("table")
-    @classmethod
-    def _ident(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", v):
-            raise ValueError("must be a plain identifier")
-        return v
-
-
-class WebhookSink(Strict):
-    url: str
-    timeout: str = "5s"
-
-
-class LogSink(Strict):
-    level: Literal["debug", "info", "warning"] = "info"
+    @property
+    def config(self) -> BaseModel:
+        """The chosen kind's configuration (a plugin's validated by its own model)."""
+        return self._config
 
 
 class Sink(Strict):
+    """Where a route's results go: exactly one connector kind (docs/connectors.md)."""
+
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
     store: StoreSink | None = None
     webhook: WebhookSink | None = None
     log: LogSink | None = None
     bus: BusEndpoint | None = None
+    postgres: PostgresSink | None = None
+    connector: ConnectorRef | None = None
     store_and_forward: bool = Field(True, alias="storeAndForward",
                                     description="uplink sinks keep unsent messages in SQLite")
+    _config: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one(self) -> "Sink":
-        given = [k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a sink needs exactly one of mqtt, nats, store, webhook, log, bus (got {given or 'none'})")
+        self._config = _one_kind(self, "sink", SINK_KINDS)
         return self
 
     @property
     def type(self) -> str:
-        return next(k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None)
+        return _kind_of(self, SINK_KINDS)
+
+    @property
+    def config(self) -> BaseModel:
+        return self._config
+
+
+SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "connector")
+SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "postgres", "connector")
+
+
+def _one_kind(m: BaseModel, role: str, kinds: tuple[str, ...]) -> BaseModel:
+    """Exactly one kind is given; returns its configuration. A plugin's kind must be known
+    (built in or an installed entry point) and its configuration is checked by its model."""
+    given = [k for k in kinds if getattr(m, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"a {role} needs exactly one of {', '.join(kinds)} (got {given or 'none'})")
+    if given[0] != "connector":
+        return getattr(m, given[0])
+    ref: ConnectorRef = m.connector
+    try:
+        conn = connectors.registry.get(role, ref.kind)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    try:
+        return conn.config.model_validate(ref.config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        where = ".".join(str(p) for p in ("config", *err["loc"]))
+        raise ValueError(f"{role} connector {ref.kind!r} {where}: "
+                         f"{err['msg'].removeprefix('Value error, ')}{more}") from None
+
+
+def _kind_of(m: BaseModel, kinds: tuple[str, ...]) -> str:
+    k = next(k for k in kinds if getattr(m, k) is not None)
+    return m.connector.kind if k == "connector" else k
 
 
 class BatchSpec(Strict):

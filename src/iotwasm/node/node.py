@@ -39,10 +39,9 @@ from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import DeadLetter
 from ..messaging.acl import TopicACL
 from ..messaging.bus import Bus, Will, open_bus
-from ..pipeline import (BatchPolicy, BusSink, BusSource, LocalStore, LogSink, Outbox, QueuePolicy,
-                        RouteRunner, SensorSource, StoreSink, TopicPattern, WebhookSink)
+from ..pipeline import BatchPolicy, LocalStore, Outbox, QueuePolicy, RouteRunner, TopicPattern, connectors
+from ..pipeline.connectors.builtin import subject_to_topic  # noqa: F401 - part of this module's API
 from ..registry import ModuleStore
-from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
 from .applied import AppliedManifests
@@ -99,6 +98,12 @@ class _RouteRecord:
     source: object
     sinks: list
     uid: str
+
+    def connectors(self) -> dict:
+        """Health and counters of the route's source and sinks (docs/connectors.md)."""
+        spec = self.manifest.spec
+        return {"source": connectors.status_of(self.source, spec.source.type),
+                "sinks": [connectors.status_of(k, s.type) for k, s in zip(self.sinks, spec.sinks)]}
 
 
 class Node:
@@ -568,38 +573,18 @@ class Node:
                 raise ConfigError(f"step {name!r} is not a deployment on this node")
             steps.append(rec.handle)
         src = spec.source
-        src_pattern = None
-        if src.type in ("mqtt", "bus"):
-            src_pattern = TopicPattern.parse((src.mqtt or src.bus).topic)
-        elif src.type == "nats":
-            src_pattern = TopicPattern.parse(subject_to_topic(src.nats.subject))
-        elif src.type == "sensors":
-            src_pattern = TopicPattern.parse("devices/{device}/frame")
-        elif src.type == "http":
-            src_pattern = TopicPattern.parse(src.http.topic)
+        ctx = _BuildContext(self, r.name)
+        source_kind = connectors.registry.get("source", src.type)
+        pattern = source_kind.pattern(src.config) if source_kind.pattern else None
+        src_pattern = TopicPattern.parse(pattern) if pattern is not None else None
         if steps and src_pattern is not None and not steps[0].acl.can_subscribe(src_pattern.filter):
             raise ConfigError(f"deployment {steps[0].name} may not receive {src_pattern.filter!r} "
                               f"(subscribe grants: {', '.join(steps[0].acl.subscribe) or 'none'})")
         sinks = []
         for i, s in enumerate(spec.sinks):
-            sink_name = f"{r.name}/{i}:{s.type}"
-            saf = self.outbox if s.store_and_forward else None
-            if s.type in ("mqtt", "bus"):
-                ep = s.mqtt or s.bus
-                bus = await self._bus_for(getattr(ep, "url", None))
-                sinks.append(BusSink(sink_name, bus, ep.topic, qos=getattr(ep, "qos", 1),
-                                     retain=getattr(ep, "retain", False), outbox=saf))
-            elif s.type == "nats":
-                bus = await self._bus_for(s.nats.url or self.config.broker)
-                sinks.append(BusSink(sink_name, bus, subject_to_topic(s.nats.subject),
-                                     qos=1 if s.nats.jetstream else 0, outbox=saf))
-            elif s.type == "store":
-                sinks.append(StoreSink(sink_name, self.store, s.store.table, r.name))
-            elif s.type == "webhook":
-                sinks.append(WebhookSink(sink_name, s.webhook.url,
-                                         timeout_s=parse_duration_ms(s.webhook.timeout) / 1000, outbox=saf))
-            else:
-                sinks.append(LogSink(sink_name, s.log.level))
+            kind = connectors.registry.get("sink", s.type)
+            sinks.append(await kind.build(ctx, s.config, f"{r.name}/{i}:{s.type}",
+                                          self.outbox if s.store_and_forward else None))
         lanes = max([d.current.replicas for d in steps] or [1])
         runner = RouteRunner(r.name, steps, sinks,
                              batch=BatchPolicy(spec.batch.max_size,
@@ -607,22 +592,7 @@ class Node:
                              queue=QueuePolicy(spec.queue.capacity, spec.queue.overflow),
                              lanes=lanes, order_key=spec.order_by,
                              dead_letter=lambda route, step, dl, variables: self._dead_letter(uid, route, step, dl))
-        if src.type == "sensors":
-            ss = src.sensors
-            field_ = SensorField(devices=ss.devices, sensors=tuple(ss.sensors), anomaly_rate=ss.anomaly_rate,
-                                 corrupt_rate=ss.corrupt_rate, seed=ss.seed)
-            source = SensorSource(field_, ss.rate, runner)
-        elif src.type == "http":
-            source = _HttpSource(await self._ingest_server(), src.http.path, src.http.topic, runner)
-        elif src.type == "nats":
-            n = src.nats
-            bus = await self._bus_for(n.url or self.config.broker)
-            source = BusSource(bus, subject_to_topic(n.subject), runner, qos=1 if n.jetstream else 0,
-                               queue=n.queue, durable=n.durable)
-        else:
-            ep = src.mqtt or src.bus
-            bus = await self._bus_for(getattr(ep, "url", None))
-            source = BusSource(bus, ep.topic, runner, qos=getattr(ep, "qos", 1))
+        source = await source_kind.build(ctx, src.config, runner)
         return _RouteRecord(r, digest_of_manifest(r), runner, source, sinks, uid)
 
     async def _ingest_server(self) -> IngestServer:
@@ -715,32 +685,15 @@ class Node:
                 "storage": self.storage_problems()}
 
 
-class _HttpSource:
-    """An http source is a path on the node's ingest server."""
+class _BuildContext:
+    """What a connector's factory gets of the node (`connectors.BuildContext`)."""
 
-    def __init__(self, server: IngestServer, path: str, topic: str, runner: RouteRunner):
-        self.server, self.path, self.topic, self.runner = server, path, topic, runner
+    def __init__(self, node: Node, route: str):
+        self.node, self.route = node, route
+        self.outbox, self.store, self.broker = node.outbox, node.store, node.config.broker
 
-    async def start(self) -> None:
-        self.server.add(self.path, self.topic, self.runner)
+    async def bus_for(self, url: str | None) -> Bus:
+        return await self.node._bus_for(url)
 
-    def retarget(self, runner: RouteRunner) -> None:
-        self.server.retarget(self.runner, runner)
-        self.runner = runner
-
-    def pause(self) -> None:
-        self.server.pause(self.runner)  # 503: clients send again
-
-    async def stop(self, grace: float = 5.0) -> None:
-        self.server.pause(self.runner)
-
-    async def remove(self, grace: float = 5.0) -> None:
-        self.server.remove(self.runner)
-
-
-def subject_to_topic(subject: str) -> str:
-    """Manifests write NATS endpoints as NATS subjects (`in.{device}`, `a.*`, `a.>`); the
-    buses speak MQTT-style topics, which NatsBus maps back one-to-one."""
-    if "/" in subject:
-        return subject  # already topic-style
-    return "/".join({"*": "+", ">": "#"}.get(seg, seg) for seg in subject.split("."))
+    async def ingest_server(self) -> IngestServer:
+        return await self.node._ingest_server()

@@ -31,6 +31,7 @@ def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
         out.update(received=s.received, delivered=s.delivered, dead_letters=s.dead_letters,
                    dropped=s.dropped, acl_denied=s.acl_denied, queued=rec.runner.depth(),
                    p50_ms=round(s.percentile(0.5), 3), p99_ms=round(s.percentile(0.99), 3))
+        out["connectors"] = rec.connectors()
         if rec.runner.storage.error is not None:   # held: the storage cannot take its results
             out["held"] = str(rec.runner.storage.error)
     if full:
