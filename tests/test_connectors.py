@@ -6,7 +6,6 @@ health and counters in describe, and a missing package named in one line."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import textwrap
 from pathlib import Path
