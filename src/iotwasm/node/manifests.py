@@ -37,6 +37,7 @@ from ..pipeline import connectors
 from ..pipeline.connectors.config import (BusEndpoint, ConnectorRef, HttpSource, LogSink, MqttEndpoint,
                                           NatsEndpoint, SensorsSource, StoreSink, Strict, WebhookSink)
 from ..pipeline.connectors.modbus import ModbusSource
+from ..pipeline.connectors.opcua import OpcUaSource
 from ..pipeline.connectors.postgres import PostgresSink
 from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
@@ -284,6 +285,7 @@ class Source(Strict):
     sensors: SensorsSource | None = None
     bus: BusEndpoint | None = None
     modbus: ModbusSource | None = None
+    opcua: OpcUaSource | None = None
     connector: ConnectorRef | None = None
     _config: Any = PrivateAttr(default=None)
 
@@ -331,7 +333,7 @@ class Sink(Strict):
         return self._config
 
 
-SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "connector")
+SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "opcua", "connector")
 SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "postgres", "connector")
 
 
