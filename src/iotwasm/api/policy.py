@@ -57,8 +57,8 @@ def _topics_of_route(r: Route) -> list[tuple[str, str]]:
         out.append(("spec.source.http.topic", src.http.topic))
     elif src.sensors:
         out.append(("spec.source.sensors", "devices/{device}/frame"))
-    elif src.modbus or src.opcua:
-        out.append((f"spec.source.{src.type}.topic", (src.modbus or src.opcua).topic))
+    elif src.modbus or src.opcua or src.coap:
+        out.append((f"spec.source.{src.type}.topic", (src.modbus or src.opcua or src.coap).topic))
     for i, s in enumerate(r.spec.sinks):
         if s.mqtt or s.bus:
             out.append((f"spec.sinks[{i}] topic", (s.mqtt or s.bus).topic))
@@ -76,7 +76,8 @@ def _external_endpoints(r: Route) -> list[str]:
             found.append(f"{where}.url")
     found += [f"spec.sinks[{i}].webhook" for i, s in enumerate(r.spec.sinks) if s.webhook]
     # field connectors reach other hosts (PLCs, databases); a plugin may do anything
-    found += [f"spec.source.{k}" for k in ("modbus", "opcua", "connector") if getattr(r.spec.source, k) is not None]
+    found += [f"spec.source.{k}" for k in ("modbus", "opcua", "coap", "connector")
+              if getattr(r.spec.source, k) is not None]
     found += [f"spec.sinks[{i}].{k}" for i, s in enumerate(r.spec.sinks) for k in ("postgres", "connector")
               if getattr(s, k) is not None]
     return found

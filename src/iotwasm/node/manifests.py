@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..pipeline import connectors
 from ..pipeline.connectors.config import (BusEndpoint, ConnectorRef, HttpSource, LogSink, MqttEndpoint,
                                           NatsEndpoint, SensorsSource, StoreSink, Strict, WebhookSink)
+from ..pipeline.connectors.coap import CoapSource
 from ..pipeline.connectors.modbus import ModbusSource
 from ..pipeline.connectors.opcua import OpcUaSource
 from ..pipeline.connectors.postgres import PostgresSink
@@ -286,6 +287,7 @@ class Source(Strict):
     bus: BusEndpoint | None = None
     modbus: ModbusSource | None = None
     opcua: OpcUaSource | None = None
+    coap: CoapSource | None = None
     connector: ConnectorRef | None = None
     _config: Any = PrivateAttr(default=None)
 
@@ -333,7 +335,7 @@ class Sink(Strict):
         return self._config
 
 
-SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "opcua", "connector")
+SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "opcua", "coap", "connector")
 SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "postgres", "connector")
 
 
