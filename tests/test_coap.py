@@ -13,7 +13,7 @@ import pytest
 
 from iotwasm.node.manifests import ManifestError, parse_documents
 
-from test_node import started, wait_for, write
+from test_node import started, write
 
 
 def free_udp_port() -> int:
