@@ -172,6 +172,11 @@ def test_a_plugin_source_feeds_a_route_and_reports_its_counters(plugin, tmp_path
             status = node.routes["r"].connectors()
             assert status["source"] == {"kind": "acme-counter", "health": "ok", "counters": {"offered": 30}}
             assert status["sinks"][0]["kind"] == "store"
+            from iotwasm.api.metrics import exposition
+            text = exposition(node).decode()
+            src = 'index="0",kind="acme-counter",namespace="default",role="source",route="r"'
+            assert f"iotwasm_connector_healthy{{{src}}} 1.0" in text.splitlines()
+            assert f'iotwasm_connector_events_total{{counter="offered",{src}}} 30.0' in text.splitlines()
         finally:
             await node.shutdown()
 
