@@ -154,17 +154,33 @@ def plan_reads(registers: list[ModbusRegister]) -> list[tuple[str, int, int, lis
     return out
 
 
-def decode(reg: ModbusRegister, words: list[int] | list[bool]) -> int | float | bool:
-    """One register map entry's value from the words (or bits) read at its address."""
+def decoder(reg: ModbusRegister):
+    """A function (words or bits, index) → the register's value: made once per map entry, so
+    a poll only indexes and, for 32-bit values or little-endian registers, unpacks."""
     if reg.type == "bool":
-        return bool(words[0])
-    if reg.word_order == "little":
-        words = list(reversed(words))
-    each = ">H" if reg.byte_order == "big" else "<H"
-    raw = struct.unpack(">" + FORMAT[reg.type], b"".join(struct.pack(each, w) for w in words))[0]
+        return lambda data, at: bool(data[at])
+    if reg.byte_order == "big" and reg.type in ("uint16", "int16"):
+        raw = (lambda data, at: data[at]) if reg.type == "uint16" else \
+            (lambda data, at: ((data[at] & 0xFFFF) ^ 0x8000) - 0x8000)
+    else:
+        each = struct.Struct(">HH" if reg.byte_order == "big" else "<HH")
+        one = struct.Struct(">H" if reg.byte_order == "big" else "<H")
+        value = struct.Struct(">" + FORMAT[reg.type])
+        if WIDTH[reg.type] == 1:
+            raw = lambda data, at: value.unpack(one.pack(data[at]))[0]  # noqa: E731
+        elif reg.word_order == "big":
+            raw = lambda data, at: value.unpack(each.pack(data[at], data[at + 1]))[0]  # noqa: E731
+        else:
+            raw = lambda data, at: value.unpack(each.pack(data[at + 1], data[at]))[0]  # noqa: E731
     if reg.scale == 1.0 and reg.offset == 0.0:
         return raw
-    return raw * reg.scale + reg.offset
+    scale, offset = reg.scale, reg.offset
+    return lambda data, at: raw(data, at) * scale + offset
+
+
+def decode(reg: ModbusRegister, words: list[int] | list[bool]) -> int | float | bool:
+    """One register map entry's value from the words (or bits) read at its address."""
+    return decoder(reg)(words, 0)
 
 
 class _Device:
@@ -172,7 +188,8 @@ class _Device:
 
     def __init__(self, cfg: ModbusDevice):
         self.cfg = cfg
-        self.plan = plan_reads(cfg.registers)
+        self.plan = [(table, start, count, [(r.name, r.address - start, decoder(r)) for r in regs])
+                     for table, start, count, regs in plan_reads(cfg.registers)]
         self.client = None
         self.seq = 0
         self.polls = 0
@@ -195,13 +212,13 @@ class _Device:
         calls = {"holding": c.read_holding_registers, "input": c.read_input_registers,
                  "coil": c.read_coils, "discrete": c.read_discrete_inputs}
         for table, start, count, regs in self.plan:
-            rr = await asyncio.wait_for(calls[table](start, count=count, device_id=self.cfg.unit), timeout)
+            # the client's own timeout bounds the request (no task per request on the loop)
+            rr = await calls[table](start, count=count, device_id=self.cfg.unit)
             if rr.isError():
                 raise ConnectionError(f"{table} {start}..{start + count - 1}: exception response {rr}")
             data = rr.bits if table in ("coil", "discrete") else rr.registers
-            for r in regs:
-                at = r.address - start
-                values[r.name] = decode(r, data[at:at + WIDTH[r.type]])
+            for name, at, decode_at in regs:
+                values[name] = decode_at(data, at)
         return values
 
     def close(self) -> None:
