@@ -88,7 +88,7 @@ def _opcua_server(port, ready, written):
     import logging
 
     from asyncua import Server, ua
-    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 
     async def main():
         server = Server()
@@ -324,6 +324,9 @@ async def main(args):
 
 
 if __name__ == "__main__":
+    import logging
+    logging.getLogger("asyncua").setLevel(logging.CRITICAL)   # a client's teardown logs its publish loop
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
