@@ -58,8 +58,10 @@ def _topics_of_route(r: Route) -> list[tuple[str, str]]:
         out.append(("spec.source.http.topic", src.http.topic))
     elif src.sensors:
         out.append(("spec.source.sensors", "devices/{device}/frame"))
-    elif src.modbus or src.opcua or src.coap:
-        out.append((f"spec.source.{src.type}.topic", (src.modbus or src.opcua or src.coap).topic))
+    else:
+        field = src.modbus or src.opcua or src.coap
+        if field is not None:
+            out.append((f"spec.source.{src.type}.topic", field.topic))
     for i, s in enumerate(r.spec.sinks):
         sink_ep = s.mqtt or s.bus
         if sink_ep is not None:

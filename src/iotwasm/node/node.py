@@ -40,6 +40,7 @@ from ..message import DeadLetter
 from ..messaging.acl import TopicACL
 from ..messaging.bus import Bus, Will, open_bus
 from ..pipeline import BatchPolicy, LocalStore, Outbox, QueuePolicy, RouteRunner, TopicPattern, connectors
+from ..pipeline.connectors.base import SourceConnector
 from ..pipeline.connectors.builtin import subject_to_topic  # noqa: F401 - part of this module's API
 from ..registry import ModuleStore
 from ..pipeline.http_ingest import IngestServer
@@ -95,7 +96,7 @@ class _RouteRecord:
     manifest: Route
     digest: str
     runner: RouteRunner
-    source: object
+    source: SourceConnector
     sinks: list
     uid: str
 

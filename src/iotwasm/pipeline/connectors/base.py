@@ -77,10 +77,10 @@ class SourceConnector(Protocol):
         """The route is gone: stop taking and end server-side state too."""
 
 
-#: makes a source: (context, configuration, the route's runner) → instance (not started)
-SourceFactory = Callable[[BuildContext, BaseModel, Any], Awaitable[SourceConnector]]
-#: makes a sink: (context, configuration, sink name, outbox or None) → instance (not started)
-SinkFactory = Callable[[BuildContext, BaseModel, str, Any], Awaitable[Any]]
+#: makes an instance, not started: a source's is ``build(context, configuration, the route's
+#: runner)``, a sink's ``build(context, configuration, sink name, outbox or None)`` (the
+#: configuration is the connector's own model, hence the loose type)
+Factory = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,14 @@ class Connector:
     role: Role
     #: the configuration's model: the manifest's ``source: {<kind>: …}`` is validated by it
     config: type[BaseModel]
-    build: SourceFactory | SinkFactory
+    build: Factory
     #: acknowledgement and backpressure semantics, stated for people (docs, describe)
     semantics: str
     #: importable modules the connector needs, with the distribution that provides each
     requires: tuple[tuple[str, str], ...] = ()
     #: sources: the topic pattern (with {variables}) of what it produces, for the first
     #: step's subscribe grants and per-device ordering; None when it cannot be known
-    pattern: Callable[[BaseModel], str | None] | None = None
+    pattern: Callable[[Any], str | None] | None = None
     #: the pip extra of iotwasm that brings `requires` (named in the missing-package error)
     extra: str | None = None
 

@@ -27,7 +27,7 @@ import logging
 import re
 import struct
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -71,6 +71,11 @@ class ModbusRegister(Strict):
             raise ValueError(f"{v!r} is reserved for the message's own field")
         return v
 
+    @property
+    def kind(self) -> str:
+        """The type, its default filled in (the validator did; this says so to a type checker)."""
+        return self.type or ("bool" if self.table in ("coil", "discrete") else "uint16")
+
     @model_validator(mode="after")
     def _type(self) -> "ModbusRegister":
         bits = self.table in ("coil", "discrete")
@@ -79,7 +84,7 @@ class ModbusRegister(Strict):
         elif bits != (self.type == "bool"):
             raise ValueError(f"register {self.name}: type {self.type} does not fit table {self.table} "
                              "(coils and discrete inputs are bool, registers are not)")
-        if self.address + WIDTH[self.type] > 65536:
+        if self.address + WIDTH[self.kind] > 65536:
             raise ValueError(f"register {self.name}: {self.type} at {self.address} ends past address 65535")
         return self
 
@@ -141,7 +146,7 @@ def plan_reads(registers: list[ModbusRegister]) -> list[tuple[str, int, int, lis
         cur: list = []
         start = end = 0
         for r in regs:
-            r_end = r.address + WIDTH[r.type]
+            r_end = r.address + WIDTH[r.kind]
             if cur and r.address - end <= MAX_GAP and max(end, r_end) - start <= limit:
                 cur.append(r)
                 end = max(end, r_end)
@@ -157,16 +162,17 @@ def plan_reads(registers: list[ModbusRegister]) -> list[tuple[str, int, int, lis
 def decoder(reg: ModbusRegister):
     """A function (words or bits, index) → the register's value: made once per map entry, so
     a poll only indexes and, for 32-bit values or little-endian registers, unpacks."""
-    if reg.type == "bool":
+    kind = reg.kind
+    if kind == "bool":
         return lambda data, at: bool(data[at])
-    if reg.byte_order == "big" and reg.type in ("uint16", "int16"):
-        raw = (lambda data, at: data[at]) if reg.type == "uint16" else \
+    if reg.byte_order == "big" and kind in ("uint16", "int16"):
+        raw = (lambda data, at: data[at]) if kind == "uint16" else \
             (lambda data, at: ((data[at] & 0xFFFF) ^ 0x8000) - 0x8000)
     else:
         each = struct.Struct(">HH" if reg.byte_order == "big" else "<HH")
         one = struct.Struct(">H" if reg.byte_order == "big" else "<H")
-        value = struct.Struct(">" + FORMAT[reg.type])
-        if WIDTH[reg.type] == 1:
+        value = struct.Struct(">" + FORMAT[kind])
+        if WIDTH[kind] == 1:
             raw = lambda data, at: value.unpack(one.pack(data[at]))[0]  # noqa: E731
         elif reg.word_order == "big":
             raw = lambda data, at: value.unpack(each.pack(data[at], data[at + 1]))[0]  # noqa: E731
@@ -190,7 +196,7 @@ class _Device:
         self.cfg = cfg
         self.plan = [(table, start, count, [(r.name, r.address - start, decoder(r)) for r in regs])
                      for table, start, count, regs in plan_reads(cfg.registers)]
-        self.client = None
+        self.client: Any = None
         self.seq = 0
         self.polls = 0
         self.missed = 0

@@ -128,7 +128,9 @@ class OpcUaSubscriber:
         self.connects = 0
         self._names: dict = {}      # asyncua node id → (name, manifest id)
         self._task: asyncio.Task | None = None
-        self._paused = False
+        #: cleared while paused (the route is being replaced): notifications wait, the server queues
+        self._taking = asyncio.Event()
+        self._taking.set()
 
     async def start(self) -> None:
         self._task = supervise(f"opcua source of route {self.route}", self._run, log=log)
@@ -170,7 +172,7 @@ class OpcUaSubscriber:
                 if n.id is not None:
                     node = client.get_node(n.id)
                 else:
-                    node = await client.nodes.root.get_child(n.path.split("/"))
+                    node = await client.nodes.root.get_child((n.path or "").split("/"))
                 nodes.append((n, node))
             pub_ms = parse_duration_ms(self.cfg.publishing_interval)
             sub = await client.create_subscription(pub_ms, self)
@@ -214,8 +216,7 @@ class OpcUaSubscriber:
                 "source_ts": _ms(dv.SourceTimestamp), "server_ts": _ms(dv.ServerTimestamp),
                 "ts": int(time.time() * 1000)}
         payload = json.dumps(body, default=str).encode()
-        while self._paused:   # replaced or stopping: hold (the server queues) until retargeted
-            await asyncio.sleep(0.05)
+        await self._taking.wait()   # replaced or stopping: hold (the server queues) until retargeted
         await self.runner.offer(Message(self.template.fill({"node": name}), payload), {"node": name, "device": name})
         self.changes += 1
 
@@ -225,10 +226,10 @@ class OpcUaSubscriber:
 
     def retarget(self, runner) -> None:
         self.runner = runner
-        self._paused = False
+        self._taking.set()
 
     def pause(self) -> None:
-        self._paused = True
+        self._taking.clear()
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._task is not None:

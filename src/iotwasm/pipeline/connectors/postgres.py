@@ -97,7 +97,7 @@ def row_of(cfg: PostgresSink, m: Message) -> list:
         raise SinkError(f"postgres sink: payload on {m.topic!r} is not JSON") from None
     if not isinstance(obj, dict):
         raise SinkError(f"postgres sink: payload on {m.topic!r} is not a JSON object")
-    out = []
+    out: list[Any] = []
     for path in cfg.columns.values():
         if path == "$topic":
             out.append(m.topic)
