@@ -101,3 +101,28 @@ def test_bad_configuration_is_one_line_naming_the_field():
     with pytest.raises(ManifestError) as e:
         parse_documents(manifest(5683).replace('bind: "127.0.0.1:5683"', 'bind: "nohost"'), "co.yaml")
     assert e.value.problems == ["co.yaml#1 (Route co) spec.source.coap.bind: must be host:port"]
+
+
+def test_a_replaced_route_keeps_the_port_and_serves_its_new_path(tmp_path: Path):
+    """Changing the source's path starts the new listener before the old one goes: both are on
+    one server for the bind address, so the port is never given up in between."""
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    port = free_udp_port()
+
+    async def main():
+        write(mdir, "co.yaml", manifest(port))
+        node = await started(tmp_path, mdir)
+        client = await aiocoap.Context.create_client_context()
+        try:
+            assert (await send(client, port, "telemetry/dev0", b'{"v": 1}')).code == aiocoap.CHANGED
+            write(mdir, "co.yaml", manifest(port).replace('path: "telemetry/{device}"', 'path: "v2/{device}"'))
+            assert await node.sync() == []
+            assert (await send(client, port, "v2/dev0", b'{"v": 2}')).code == aiocoap.CHANGED
+            assert (await send(client, port, "telemetry/dev0", b'{"v": 3}')).code == aiocoap.NOT_FOUND
+            assert sorted(r["payload"]["v"] for r in node.store.query("readings")) == [1, 2]
+        finally:
+            await client.shutdown()
+            await node.shutdown()
+
+    asyncio.run(main())

@@ -209,3 +209,32 @@ def test_bad_register_type_and_unknown_table_are_one_line_problems(tmp_path: Pat
     assert e.value.problems == ["plc.yaml#1 (Route plc) spec.source.modbus.devices[0].registers[4]: register running: "
                                 "type float32 does not fit table coil (coils and discrete inputs are bool, registers "
                                 "are not)"]
+
+
+def test_an_edited_route_keeps_its_poller_and_loses_no_poll(tmp_path: Path):
+    """A route edit that leaves the source alone (here: another table) keeps the same poller,
+    pointed at the new route: the polls go on, every one a message in one table or the other."""
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+
+    async def main():
+        a = Plc()
+        await a.start()
+        write(mdir, "plc.yaml", manifest([("press1", a.port)]))
+        node = await started(tmp_path, mdir)
+        try:
+            await wait_for(lambda: len(rows(node, "press1")) >= 3, what="polls into the first table")
+            poller = node.routes["plc"].source
+            write(mdir, "plc.yaml", manifest([("press1", a.port)]).replace("table: polls", "table: polls2"))
+            assert await node.sync() == []
+            assert node.routes["plc"].source is poller
+            await wait_for(lambda: node.store.count("polls2") >= 3, what="polls into the new table")
+            await poller.stop()
+            await node.routes["plc"].runner.drain(5.0)
+            seqs = [r["payload"]["seq"] for t in ("polls", "polls2") for r in node.store.query(t, limit=100_000)]
+            assert sorted(seqs) == list(range(1, poller.devices[0].polls + 1))
+        finally:
+            await node.shutdown()
+            await a.stop()
+
+    asyncio.run(main())
