@@ -13,7 +13,7 @@ import pytest
 
 from iotwasm.node.manifests import ManifestError, parse_documents
 
-from test_node import started, write
+from test_node import started, wait_for, write
 
 
 def free_udp_port() -> int:
@@ -126,3 +126,103 @@ def test_a_replaced_route_keeps_the_port_and_serves_its_new_path(tmp_path: Path)
             await node.shutdown()
 
     asyncio.run(main())
+
+
+class Reading:
+    """An observable resource of a device: its state as JSON, observers told of each change."""
+
+    def __init__(self):
+        import aiocoap.resource
+
+        outer = self
+        self.value = 0
+
+        class Resource(aiocoap.resource.ObservableResource):
+            async def render_get(self, request):
+                return aiocoap.Message(payload=b'{"v": %d}' % outer.value)
+
+        self.resource = Resource()
+
+    def set(self, value: int) -> None:
+        self.value = value
+        self.resource.updated_state()
+
+
+class Device:
+    """A CoAP server (aiocoap) on a free UDP port with one observable resource; stop and start
+    again on the same port, forgetting its observers as a rebooted device does."""
+
+    def __init__(self):
+        self.port = free_udp_port()
+        self.reading = Reading()
+
+    async def start(self) -> None:
+        import aiocoap.resource
+
+        site = aiocoap.resource.Site()
+        site.add_resource(["temp"], self.reading.resource)
+        self.context = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port),
+                                                                   transports=["udp6"])
+
+    async def stop(self) -> None:
+        await self.context.shutdown()
+        self.reading.resource._observations.clear()   # a rebooted device knows no observers
+
+
+def observe_manifest(port: int, reregister: str = "1s") -> str:
+    return f"""
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: obs}}
+spec:
+  source:
+    coap:
+      observe: [{{name: boiler, url: "coap://127.0.0.1:{port}/temp"}}]
+      reregister: {reregister}
+      timeout: 1s
+      topic: "coap/{{device}}/temp"
+  sinks: [{{store: {{table: obs}}}}]
+"""
+
+
+def test_observe_a_remote_resource_and_register_again_after_its_restart(tmp_path: Path):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+
+    async def main():
+        dev = Device()
+        await dev.start()
+        write(mdir, "obs.yaml", observe_manifest(dev.port))
+        node = await started(tmp_path, mdir)
+
+        def seen():
+            return [r["payload"]["v"] for r in reversed(node.store.query("obs", limit=1000))]
+
+        try:
+            await wait_for(lambda: seen() == [0], what="the registration's answer")
+            for v in (1, 2, 3):
+                dev.reading.set(v)
+                await wait_for(lambda v=v: seen()[-1:] == [v], what=f"notification {v}")
+            assert seen() == [0, 1, 2, 3]
+            assert node.store.query("obs", limit=1)[0]["topic"] == "coap/boiler/temp"
+            await dev.stop()
+            dev.reading.value = 10
+            await dev.start()          # back, without its observers
+            await wait_for(lambda: seen()[-1:] == [10], what="registered again: the current value")
+            dev.reading.set(11)
+            await wait_for(lambda: seen()[-1:] == [11], what="notifications after the restart")
+            src = node.routes["obs"].connectors()["source"]
+            assert src["health"] == "ok" and src["counters"]["registrations"] >= 2
+        finally:
+            await node.shutdown()
+            await dev.stop()
+
+    asyncio.run(main())
+
+
+def test_observe_configuration_is_checked():
+    text = observe_manifest(5683).replace("reregister: 1s", 'reregister: 1s\n      path: "x/{device}"')
+    with pytest.raises(ManifestError) as e:
+        parse_documents(text, "obs.yaml")
+    assert e.value.problems == ["obs.yaml#1 (Route obs) spec.source.coap: observe makes the source a client: "
+                                "path does not apply"]
