@@ -31,8 +31,10 @@ node dies is lost, and a device sends only its latest state anyway.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -263,7 +265,7 @@ class CoapObserver:
         self.problems: dict[str, str] = {}
         self.notifications = 0
         self.registrations = 0
-        self._context = None
+        self._context: Any = None
         self._tasks: list[asyncio.Task] = []
         self._taking = asyncio.Event()
         self._taking.set()
@@ -274,7 +276,7 @@ class CoapObserver:
         self._context = await aiocoap.Context.create_client_context()
         for res in self.cfg.observe:
             self._tasks.append(supervise(f"coap observe {res.url} of route {self.route}",
-                                         lambda res=res: self._observe(res), log=log))
+                                         functools.partial(self._observe, res), log=log))
 
     async def _observe(self, res: CoapObserve) -> None:
         import aiocoap
