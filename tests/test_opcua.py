@@ -28,15 +28,21 @@ class OnlyOperator:
 class Plant:
     """An asyncua server with Plant/Temp (by browse path) and Plant/Level (ns=2;s=Level)."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, certs: Path | None = None):
         self.port = port or free_port()
         self.url = f"opc.tcp://127.0.0.1:{self.port}/plant/"
+        self.certs = certs   # with certificates: only Basic256Sha256 SignAndEncrypt
 
     async def start(self, temp: float = 20.0, level: float = 0.0) -> None:
         self.server = Server(user_manager=OnlyOperator())
         await self.server.init()
         self.server.set_endpoint(self.url)
-        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if self.certs is not None:
+            await self.server.load_certificate(str(self.certs / "server-cert.der"))
+            await self.server.load_private_key(str(self.certs / "server-key.pem"))
+            self.server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        else:
+            self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.server.set_identity_tokens([ua.UserNameIdentityToken])
         idx = await self.server.register_namespace("urn:iotwasm:test:plant")
         plant = await self.server.nodes.objects.add_object(idx, "Plant")
@@ -162,3 +168,46 @@ def test_bad_configuration_is_one_line_naming_the_field():
         parse_documents(manifest("opc.tcp://op:pw@h:4840/"), "ua.yaml")
     assert e.value.problems == ["ua.yaml#1 (Route ua) spec.source.opcua.url: must not hold credentials (use "
                                 "username and passwordEnv)"]
+
+
+def test_a_secure_channel_with_the_nodes_certificate(tmp_path: Path):
+    """A server that offers only Basic256Sha256 SignAndEncrypt: the source with a certificate
+    gets its data; the same source without one is refused, and says so."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+
+    async def main():
+        for who, use in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            await setup_self_signed_certificate(certs / f"{who}-key.pem", certs / f"{who}-cert.der",
+                                                f"urn:iotwasm:test:{who}", "127.0.0.1", [use], {"commonName": who})
+        plant = Plant(certs=certs)
+        await plant.start()
+        secure = manifest(plant.url).replace("      nodes:", f"""      security:
+        policy: Basic256Sha256
+        mode: SignAndEncrypt
+        certificate: {certs / 'client-cert.der'}
+        privateKey: {certs / 'client-key.pem'}
+        applicationUri: "urn:iotwasm:test:client"
+      nodes:""")
+        write(mdir, "ua.yaml", manifest(plant.url))
+        node = await started(tmp_path, mdir)
+        try:
+            await wait_for(lambda: node.routes["ua"].connectors()["source"]["problem"] is not None,
+                           what="the plain channel refused")
+            assert node.store.count("changes") == 0
+            problem = node.routes["ua"].connectors()["source"]["problem"]
+            assert problem.startswith(plant.url) and "No matching endpoints" in problem and "#None" in problem
+            write(mdir, "ua.yaml", secure)
+            assert await node.sync() == []
+            await wait_for(lambda: values(node, "level") == [0.0], timeout=30, what="values over the secure channel")
+            assert node.routes["ua"].connectors()["source"]["health"] == "ok"
+        finally:
+            await node.shutdown()
+            await plant.stop()
+
+    asyncio.run(main())

@@ -22,8 +22,11 @@ samples per variable (then discards the oldest, counted by the server as overflo
 Acknowledgement: OPC UA acknowledges a notification with the next publish request, which is
 sent whatever the route does; a value queued in the route when the node dies is lost.
 
-Security policies and certificates are not offered yet; username and password are
-(``passwordEnv`` names the node's environment variable holding the password).
+A secure channel (``security``: Basic256Sha256, Aes128Sha256RsaOaep or Aes256Sha256RsaPss,
+Sign or SignAndEncrypt, with the node's certificate and key files) and username and password
+(``passwordEnv`` names the node's environment variable holding the password) are offered. The
+server's certificate is the one its endpoint presents, not checked against a trust list, unless
+``serverCertificate`` pins it.
 """
 
 from __future__ import annotations
@@ -70,6 +73,19 @@ class OpcUaNode(Strict):
         return self
 
 
+class OpcUaSecurity(Strict):
+    """A secure channel: the policy, the mode, and the node's application instance certificate."""
+
+    policy: Literal["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "Basic256Sha256"
+    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: str = Field(description="the client's certificate (DER or PEM file on the node)")
+    private_key: str = Field(alias="privateKey", description="its private key (PEM file on the node)")
+    server_certificate: str | None = Field(None, alias="serverCertificate",
+                                           description="default: the one the server's endpoint presents")
+    application_uri: str = Field("urn:iotwasm:client", alias="applicationUri",
+                                 description="must be the URI in the client certificate")
+
+
 class OpcUaSource(Strict):
     url: str = Field(description="opc.tcp://host:port/path")
     topic: str = Field("opcua/{node}", description="topic template; {node} is the variable's name")
@@ -80,6 +96,7 @@ class OpcUaSource(Strict):
     timeout: str = "4s"
     username: str | None = None
     password_env: str | None = Field(None, alias="passwordEnv")
+    security: OpcUaSecurity | None = None
     nodes: list[OpcUaNode] = Field(min_length=1)
 
     @field_validator("url")
@@ -165,6 +182,15 @@ class OpcUaSubscriber:
             lost.set()
 
         client.connection_lost_callback = on_lost
+        sec = self.cfg.security
+        if sec is not None:
+            from asyncua.crypto import security_policies
+
+            client.application_uri = sec.application_uri
+            await asyncio.wait_for(client.set_security(
+                getattr(security_policies, f"SecurityPolicy{sec.policy}"), sec.certificate, sec.private_key,
+                server_certificate=sec.server_certificate, mode=getattr(ua.MessageSecurityMode, sec.mode)),
+                self.timeout * 2)
         await asyncio.wait_for(client.connect(), self.timeout * 2)
         try:
             nodes = []
