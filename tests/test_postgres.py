@@ -160,3 +160,40 @@ def test_bad_configuration_is_one_line_naming_the_field():
         parse_documents(manifest("postgresql://iot@db/plant").replace("table: readings", "table: 'x; drop'"), "db.yaml")
     assert e.value.problems == ["db.yaml#1 (Route db) spec.sinks[0].postgres.table: must be a plain "
                                 "identifier or schema.identifier"]
+
+
+def test_a_rule_writes_its_rows_through_a_sink_action(clean, tmp_path: Path):
+    """A rule's `sink` action is any route sink: here its output rows go to PostgreSQL."""
+    pg = clean
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    rule = f"""
+apiVersion: iotwasm.io/v1
+kind: Rule
+metadata: {{name: hot}}
+spec:
+  sql: SELECT device, n, temp * 2 AS temp FROM "rin/{{device}}" WHERE temp > 10
+  actions:
+    - sink:
+        postgres:
+          dsn: "{pg.dsn}"
+          passwordEnv: IOTWASM_TEST_PGPASSWORD
+          table: readings
+          columns: {{device: device, n: n, temp: temp, topic: $topic}}
+"""
+
+    async def main():
+        write(mdir, "rule.yaml", rule)
+        node = await started(tmp_path, mdir)
+        try:
+            assert node.last_problems == []
+            for i in range(20):
+                await node.bus.publish(f"rin/d{i % 2}", b'{"device": "d%d", "n": %d, "temp": %d}' % (i % 2, i, i),
+                                       qos=1)
+            await wait_for(lambda: pg.sql("SELECT count(*) FROM readings")[0][0] == 9, what="the rule's 9 rows")
+            got = pg.sql("SELECT device, n, temp, topic FROM readings ORDER BY n")
+            assert got == [(f"d{i % 2}", i, 2.0 * i, "rules/hot") for i in range(11, 20)]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())

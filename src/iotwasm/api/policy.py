@@ -237,8 +237,8 @@ def _admit_rule(m: Rule, label: str, ns: str, prefix: str, confined: bool, after
         body = getattr(a, a.type)
         if a.type in ("publish", "command"):
             topics.append((f"spec.actions[{i}].{a.type}.topic", body.topic))
-        elif a.type == "webhook":
-            external.append(f"spec.actions[{i}].webhook")
+        elif a.type in ("webhook", "sink"):   # a sink action may reach any host (docs/connectors.md)
+            external.append(f"spec.actions[{i}].{a.type}")
         elif a.type == "invoke":
             deployments.append((f"spec.actions[{i}].invoke.deployment", body.deployment))
             if body.topic:
@@ -255,7 +255,8 @@ def _admit_rule(m: Rule, label: str, ns: str, prefix: str, confined: bool, after
         if not _confined(t, prefix):
             raise PolicyError(f"{label} {where}: {t!r} is outside the topic prefix {prefix!r} of tenant {ns}")
     if external and confined:
-        raise PolicyError(f"{label} {external[0]}: webhooks need a node admin token and an unconfined namespace")
+        raise PolicyError(f"{label} {external[0]}: webhooks and sinks need a node admin token and an unconfined "
+                          "namespace")
 
 
 def check_quota(tenant: Tenant, deployments: list[Deployment]) -> None:

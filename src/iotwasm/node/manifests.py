@@ -479,6 +479,8 @@ class RuleAction(Strict):
     webhook: WebhookAction | None = None
     store: StoreAction | None = None
     invoke: InvokeAction | None = None
+    sink: Sink | None = Field(None, description="any route sink (docs/connectors.md), e.g. postgres: "
+                                                "each output row as a JSON message")
 
     @model_validator(mode="after")
     def _one(self) -> "RuleAction":
@@ -492,7 +494,7 @@ class RuleAction(Strict):
         return next(k for k in ACTION_TYPES if getattr(self, k) is not None)
 
 
-ACTION_TYPES = ("publish", "command", "webhook", "store", "invoke")
+ACTION_TYPES = ("publish", "command", "webhook", "store", "invoke", "sink")
 
 
 class AlertSpec(Strict):

@@ -171,7 +171,8 @@ class Node:
                         self.config.broker, e)
         self.state.event("node", self.config.name, f"started (bus: {self.config.broker or 'in-process'})")
         self.rules = NodeRules(self.bus, self.outbox, self.store, self._rule_state, self._processor,
-                               lambda kind, name, msg: self._event(kind, name, msg, of="Rule"))
+                               lambda kind, name, msg: self._event(kind, name, msg, of="Rule"),
+                               build_context=lambda owner: _BuildContext(self, owner))
         await self.sync()
         self.ready = True
         await self._publish_status("online")
