@@ -30,7 +30,9 @@ from iotwasm.node import Node, NodeConfig  # noqa: E402
 
 TABLE = """CREATE TABLE IF NOT EXISTS readings (
   id bigserial PRIMARY KEY, device text NOT NULL, seq int, at_ms bigint, temperature real,
-  pressure int, level real, cycles int, running boolean)"""
+  pressure int, level real, cycles int, running boolean);
+CREATE TABLE IF NOT EXISTS overheat (id bigserial PRIMARY KEY, device text, max_t real, readings int,
+  at timestamptz DEFAULT now())"""
 PASSWORD_ENV = "PLC_DEMO_PGPASSWORD"
 
 
@@ -47,14 +49,15 @@ def manifests(base: int, dsn: str | None, into: Path) -> Path:
     return into
 
 
-def db_rows(dsn: str, password: str) -> tuple[int, list[tuple]]:
+def db_rows(dsn: str, password: str) -> tuple[int, int, list[tuple]]:
     import psycopg
 
     with psycopg.connect(dsn, password=password, autocommit=True) as conn:
         n = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        hot = conn.execute("SELECT count(*) FROM overheat").fetchone()[0]
         latest = conn.execute("SELECT DISTINCT ON (device) device, seq, temperature, pressure, level, cycles, "
                               "running FROM readings ORDER BY device, id DESC").fetchall()
-    return n, latest
+    return n, hot, latest
 
 
 async def main(args) -> int:
@@ -75,7 +78,8 @@ async def main(args) -> int:
         import psycopg
 
         with psycopg.connect(dsn, password=password, autocommit=True) as conn:
-            conn.execute(TABLE)
+            for statement in TABLE.split(";"):
+                conn.execute(statement)
         for p in plcs:
             await p.start()
         line = asyncio.get_running_loop().create_task(run_line(plcs))
@@ -89,15 +93,15 @@ async def main(args) -> int:
         deadline = time.monotonic() + args.seconds if args.seconds else None
         while deadline is None or time.monotonic() < deadline:
             await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())) if deadline else 2.0)
-            n, latest = await asyncio.to_thread(db_rows, dsn, password)
+            n, hot, latest = await asyncio.to_thread(db_rows, dsn, password)
             src = node.routes["plc"].connectors()["source"] if "plc" in node.routes else {}
-            print(f"{n} rows in readings; alerts {node.store.count('overheat')}; source {src.get('health')} "
+            print(f"{n} rows in readings, {hot} in overheat; source {src.get('health')} "
                   f"{src.get('counters')}")
             for d, seq, t, pa, lvl, cyc, run in latest:
                 print(f"  {d}: poll {seq}  {t:6.1f} °C  {pa} Pa  level {lvl:.1f} %  cycles {cyc}  running {run}")
-        n, _ = await asyncio.to_thread(db_rows, dsn, password)
+        n, hot, _ = await asyncio.to_thread(db_rows, dsn, password)
         dep = node.deployments["plausible"].handle.current.stats().totals()
-        print(f"summary: {n} rows in PostgreSQL, {node.store.count('overheat')} overheat window(s), "
+        print(f"summary: {n} rows in PostgreSQL, {hot} overheat window(s), "
               f"{dep.get('messages', 0)} readings checked by the plausibility module, "
               f"{dep.get('messages', 0) - dep.get('outputs', 0)} dropped as glitches")
         return 0 if n > 0 else 1
