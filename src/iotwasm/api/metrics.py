@@ -161,6 +161,10 @@ class NodeCollector:
         split = CounterMetricFamily("iotwasm_route_split_messages", "Messages a split step gave each "
                                     "deployment (fallback: the canary's share the stable one took)",
                                     labels=[*rl, "step", "deployment"])
+        health = GaugeMetricFamily("iotwasm_connector_healthy", "1 when a route's source or sink has no problem "
+                                   "(docs/connectors.md)", labels=[*rl, "role", "index", "kind"])
+        events = CounterMetricFamily("iotwasm_connector_events", "Counters a route's source or sink reports",
+                                     labels=[*rl, "role", "index", "kind", "counter"])
         for name, rec in list(node.routes.items()):
             s = rec.runner.stats
             if self.histograms is not None:   # every route, whoever scrapes: the histograms are shared
@@ -184,8 +188,14 @@ class NodeCollector:
                 if isinstance(step, SplitStep):
                     for dep, n in step.stats.items():
                         split.add_metric([*lv, step.name, dep], n)
+            conn = rec.connectors()
+            for role, i, st in [("source", 0, conn["source"]), *(("sink", i, k) for i, k in enumerate(conn["sinks"]))]:
+                cl = [*lv, role, str(i), st["kind"]]
+                health.add_metric(cl, 1 if st["health"] == "ok" else 0)
+                for counter, n in st["counters"].items():
+                    events.add_metric([*cl, counter], n)
         yield from r.values()
-        yield from (depth, backlog, latency, circuit, opened, refused, split)
+        yield from (depth, backlog, latency, circuit, opened, refused, split, health, events)
         if self.histograms is not None:
             yield self.histograms.family({n: rec.manifest.metadata.namespace for n, rec in list(node.routes.items())
                                           if self._visible(rec.manifest.metadata.namespace)})

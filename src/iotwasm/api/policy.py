@@ -58,6 +58,10 @@ def _topics_of_route(r: Route) -> list[tuple[str, str]]:
         out.append(("spec.source.http.topic", src.http.topic))
     elif src.sensors:
         out.append(("spec.source.sensors", "devices/{device}/frame"))
+    else:
+        field = src.modbus or src.opcua or src.coap
+        if field is not None:
+            out.append((f"spec.source.{src.type}.topic", field.topic))
     for i, s in enumerate(r.spec.sinks):
         sink_ep = s.mqtt or s.bus
         if sink_ep is not None:
@@ -75,6 +79,11 @@ def _external_endpoints(r: Route) -> list[str]:
         if ep is not None and getattr(ep, "url", None):
             found.append(f"{where}.url")
     found += [f"spec.sinks[{i}].webhook" for i, s in enumerate(r.spec.sinks) if s.webhook]
+    # field connectors reach other hosts (PLCs, databases); a plugin may do anything
+    found += [f"spec.source.{k}" for k in ("modbus", "opcua", "coap", "connector")
+              if getattr(r.spec.source, k) is not None]
+    found += [f"spec.sinks[{i}].{k}" for i, s in enumerate(r.spec.sinks) for k in ("postgres", "connector")
+              if getattr(s, k) is not None]
     return found
 
 
@@ -213,7 +222,7 @@ def admit_manifests(node: Node, security: SecurityStore, who: Principal,
                                   "(ingest paths are shared by all tenants of the node)")
             external = _external_endpoints(m)
             if external and confined:
-                raise PolicyError(f"{label} {external[0]}: other brokers and webhooks need a node admin "
+                raise PolicyError(f"{label} {external[0]}: other brokers, webhooks and field connectors need a node admin "
                                   "token and an unconfined namespace")
         if tenant is not None:
             check_quota(tenant, [d for d in after.values()
@@ -237,8 +246,8 @@ def _admit_rule(m: Rule, label: str, ns: str, prefix: str, confined: bool, after
         body = getattr(a, a.type)
         if a.type in ("publish", "command"):
             topics.append((f"spec.actions[{i}].{a.type}.topic", body.topic))
-        elif a.type == "webhook":
-            external.append(f"spec.actions[{i}].webhook")
+        elif a.type in ("webhook", "sink"):   # a sink action may reach any host (docs/connectors.md)
+            external.append(f"spec.actions[{i}].{a.type}")
         elif a.type == "invoke":
             deployments.append((f"spec.actions[{i}].invoke.deployment", body.deployment))
             if body.topic:
@@ -255,7 +264,8 @@ def _admit_rule(m: Rule, label: str, ns: str, prefix: str, confined: bool, after
         if not _confined(t, prefix):
             raise PolicyError(f"{label} {where}: {t!r} is outside the topic prefix {prefix!r} of tenant {ns}")
     if external and confined:
-        raise PolicyError(f"{label} {external[0]}: webhooks need a node admin token and an unconfined namespace")
+        raise PolicyError(f"{label} {external[0]}: webhooks and sinks need a node admin token and an unconfined "
+                          "namespace")
 
 
 def check_quota(tenant: Tenant, deployments: list[Deployment]) -> None:

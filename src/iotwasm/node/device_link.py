@@ -39,6 +39,7 @@ from ..backoff import Backoff
 from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import Message
 from ..messaging.bus import Bus
+from ..pipeline.connectors import Connector, registry
 from ..pipeline.sinks import SinkError
 from ..pipeline.templates import TopicTemplate
 from .devices import (
@@ -51,6 +52,7 @@ from .devices import (
     check_device,
     check_document,
 )
+from .manifests import TwinSink as TwinSinkSpec
 
 log = logging.getLogger("iotwasm.node.devices")
 
@@ -317,3 +319,20 @@ class TwinSink:
         if updates:
             await self.link.reported(self.namespace, updates, checked=True)
         return failures
+
+
+async def _build_twin_sink(ctx: Any, cfg: TwinSinkSpec, name: str, outbox: Any) -> TwinSink:
+    """The `twin` sink kind: a node's sink (it writes the node's device registry), so it is
+    built from the node's context, in the namespace that owns the route."""
+    link = getattr(ctx, "device_link", None)
+    if link is None:
+        raise ConfigError("a twin sink needs the node's device registry")
+    return TwinSink(name, link, ctx.namespace, cfg.device, cfg.key)
+
+
+#: the `twin` sink on the connector interface, next to the kinds of pipeline/connectors
+TWIN_CONNECTOR = registry.register(Connector(
+    "twin", "sink", TwinSinkSpec, _build_twin_sink,
+    "A batch is taken once the reported states are merged into the node's state database; a "
+    "message that is not a JSON object (or names no valid device) is a dead letter at once. No "
+    "outbox: the node's own disk is the only thing it waits on."))

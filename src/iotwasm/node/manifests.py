@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, FieldSerializationInfo, PrivateAttr, Tag,
+from pydantic import (BaseModel, Discriminator, Field, FieldSerializationInfo, PrivateAttr, Tag,
                       TypeAdapter, ValidationError, field_serializer, field_validator, model_validator)
 
 from ..container import RestartPolicy, Scaling
@@ -34,6 +34,13 @@ from ..engine.capabilities import HOST_CAPABILITIES, WASI
 from ..engine.http_client import HttpGrant
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
 from ..errors import ConfigError, IotwasmError
+from ..pipeline import connectors
+from ..pipeline.connectors.config import (BusEndpoint, ConnectorRef, HttpSource, LogSink, MqttEndpoint,
+                                          NatsEndpoint, SensorsSource, StoreSink, Strict, WebhookSink)
+from ..pipeline.connectors.coap import CoapSource
+from ..pipeline.connectors.modbus import ModbusSource
+from ..pipeline.connectors.opcua import OpcUaSource
+from ..pipeline.connectors.postgres import PostgresSink
 from .bounded_yaml import DocumentTooLarge, excerpt, load_all
 
 API_VERSION = "iotwasm.io/v1"
@@ -56,10 +63,6 @@ class ManifestError(ConfigError):
         self.problems = problems
         super().__init__("; ".join(problems) if len(problems) == 1 else
                          f"{len(problems)} problems:\n  " + "\n  ".join(problems))
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Metadata(Strict):
@@ -367,83 +370,33 @@ def _str(v: Any) -> str:
 
 # --- Route --------------------------------------------------------------------------------
 
-class MqttEndpoint(Strict):
-    url: str | None = Field(None, description="mqtt://host:port; default: the node's broker")
-    topic: str
-    qos: Literal[0, 1] = 1
-    retain: bool = False
-
-
-class NatsEndpoint(Strict):
-    url: str | None = None
-    subject: str
-    jetstream: bool = False
-    durable: str | None = None
-    queue: str | None = None
-
-
-class HttpSource(Strict):
-    path: str = "/ingest"
-    topic: str = Field("http/ingest", description="topic template filled from the query parameters")
-
-
-class SensorsSource(Strict):
-    devices: int = Field(20, ge=1, le=100_000)
-    rate: float = Field(1.0, gt=0, description="readings per second per device and sensor")
-    sensors: list[Literal["temperature", "humidity", "vibration", "pressure"]] = ["temperature", "humidity"]
-    anomaly_rate: float = Field(0.01, alias="anomalyRate", ge=0, le=1)
-    corrupt_rate: float = Field(0.005, alias="corruptRate", ge=0, le=1,
-                                description="share of frames corrupted on purpose (a decoder's dead letters)")
-    heat_wave: float = Field(0.0, alias="heatWave", ge=0, le=100,
-                             description="°C a heat wave adds to temperatures at its peak (0: none)")
-    heat_wave_every: float = Field(7200.0, alias="heatWaveEvery", gt=0,
-                                   description="simulated seconds between a device's heat waves")
-    heat_wave_lasting: float = Field(1800.0, alias="heatWaveLasting", gt=0,
-                                     description="simulated seconds a heat wave lasts")
-    seed: int = 7
-
-
-class BusEndpoint(Strict):
-    topic: str
-
-
 class Source(Strict):
+    """Where a route's messages come from: exactly one connector kind (docs/connectors.md)."""
+
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
     http: HttpSource | None = None
     sensors: SensorsSource | None = None
     bus: BusEndpoint | None = None
+    modbus: ModbusSource | None = None
+    opcua: OpcUaSource | None = None
+    coap: CoapSource | None = None
+    connector: ConnectorRef | None = None
+    _config: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one(self) -> "Source":
-        given = [k for k in ("mqtt", "nats", "http", "sensors", "bus") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a source needs exactly one of mqtt, nats, http, sensors, bus (got {given or 'none'})")
+        self._config = _one_kind(self, "source", SOURCE_KINDS)
         return self
 
     @property
     def type(self) -> str:
-        return next(k for k in ("mqtt", "nats", "http", "sensors", "bus") if getattr(self, k) is not None)
+        return _kind_of(self, SOURCE_KINDS)
 
-
-class StoreSink(Strict):
-    table: str = "messages"
-
-    @field_validator("table")
-    @classmethod
-    def _ident(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", v):
-            raise ValueError("must be a plain identifier")
-        return v
-
-
-class WebhookSink(Strict):
-    url: str
-    timeout: str = "5s"
-
-
-class LogSink(Strict):
-    level: Literal["debug", "info", "warning"] = "info"
+    @property
+    def config(self) -> BaseModel:
+        """The chosen kind's configuration (a plugin's validated by its own model)."""
+        return self._config
 
 
 class BreakerSpec(Strict):
@@ -478,9 +431,6 @@ class RetrySpec(Strict):
         return self
 
 
-SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "twin")
-
-
 class TwinSink(Strict):
     """Merge each message (a JSON object) into a device's reported state (docs/devices.md)."""
 
@@ -490,6 +440,8 @@ class TwinSink(Strict):
 
 
 class Sink(Strict):
+    """Where a route's results go: exactly one connector kind (docs/connectors.md)."""
+
     mqtt: MqttEndpoint | None = None
     nats: NatsEndpoint | None = None
     store: StoreSink | None = None
@@ -497,22 +449,59 @@ class Sink(Strict):
     log: LogSink | None = None
     bus: BusEndpoint | None = None
     twin: TwinSink | None = None
+    postgres: PostgresSink | None = None
+    connector: ConnectorRef | None = None
     store_and_forward: bool = Field(True, alias="storeAndForward",
                                     description="uplink sinks keep unsent messages in SQLite")
     circuit_breaker: BreakerSpec = Field(BreakerSpec(), alias="circuitBreaker",
                                          description="uplink sinks (mqtt, nats, bus, webhook)")
     retry: RetrySpec | None = Field(None, description="webhook sinks without storeAndForward")
+    _config: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one(self) -> "Sink":
-        given = [k for k in SINK_KINDS if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a sink needs exactly one of {', '.join(SINK_KINDS)} (got {given or 'none'})")
+        self._config = _one_kind(self, "sink", SINK_KINDS)
         return self
 
     @property
     def type(self) -> str:
-        return next(k for k in SINK_KINDS if getattr(self, k) is not None)
+        return _kind_of(self, SINK_KINDS)
+
+    @property
+    def config(self) -> BaseModel:
+        return self._config
+
+
+SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "opcua", "coap", "connector")
+SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "twin", "postgres", "connector")
+
+
+def _one_kind(m: BaseModel, role: str, kinds: tuple[str, ...]) -> BaseModel:
+    """Exactly one kind is given; returns its configuration. A plugin's kind must be known
+    (built in or an installed entry point) and its configuration is checked by its model."""
+    given = [k for k in kinds if getattr(m, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"a {role} needs exactly one of {', '.join(kinds)} (got {given or 'none'})")
+    if given[0] != "connector":
+        return getattr(m, given[0])
+    ref: ConnectorRef = m.connector
+    try:
+        conn = connectors.registry.get(role, ref.kind)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    try:
+        return conn.config.model_validate(ref.config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        where = ".".join(str(p) for p in ("config", *err["loc"]))
+        raise ValueError(f"{role} connector {ref.kind!r} {where}: "
+                         f"{err['msg'].removeprefix('Value error, ')}{more}") from None
+
+
+def _kind_of(m: BaseModel, kinds: tuple[str, ...]) -> str:
+    k = next(k for k in kinds if getattr(m, k) is not None)
+    return m.connector.kind if k == "connector" else k
 
 
 class BatchSpec(Strict):
@@ -700,6 +689,8 @@ class RuleAction(Strict):
     webhook: WebhookAction | None = None
     store: StoreAction | None = None
     invoke: InvokeAction | None = None
+    sink: Sink | None = Field(None, description="any route sink (docs/connectors.md), e.g. postgres: "
+                                                "each output row as a JSON message")
 
     @model_validator(mode="after")
     def _one(self) -> "RuleAction":
@@ -713,7 +704,7 @@ class RuleAction(Strict):
         return next(k for k in ACTION_TYPES if getattr(self, k) is not None)
 
 
-ACTION_TYPES = ("publish", "command", "webhook", "store", "invoke")
+ACTION_TYPES = ("publish", "command", "webhook", "store", "invoke", "sink")
 
 
 class AlertSpec(Strict):

@@ -23,6 +23,7 @@ applied (node/binding.py); a tag that moves later changes nothing that runs.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import socket
@@ -40,13 +41,13 @@ from ..message import DeadLetter
 from ..messaging.acl import TopicACL
 from ..messaging.bus import Bus, Will
 from ..messaging.transports import open_bus
-from ..pipeline import (BatchPolicy, BusSink, BusSource, LocalStore, LogSink, Outbox, QueuePolicy,
-                        RouteRunner, SensorSource, StoreSink, TopicPattern, WebhookSink)
+from ..pipeline import BatchPolicy, LocalStore, Outbox, QueuePolicy, RouteRunner, TopicPattern, connectors
+from ..pipeline.connectors.base import SourceConnector
+from ..pipeline.connectors.builtin import subject_to_topic  # noqa: F401 - part of this module's API
 from ..registry import ModuleStore
-from ..sensors import SensorField
 from ..pipeline.http_ingest import IngestServer
 from .deployment import DeploymentHandle
-from .device_link import DeviceLink, TwinSink
+from .device_link import DeviceLink
 from .devices import DeviceRegistry, Twin
 from .invoke import Invocations
 from .applied import AppliedManifests
@@ -111,9 +112,15 @@ class _RouteRecord:
     manifest: Route
     digest: str
     runner: RouteRunner
-    source: object
+    source: SourceConnector
     sinks: list
     uid: str
+
+    def connectors(self) -> dict:
+        """Health and counters of the route's source and sinks (docs/connectors.md)."""
+        spec = self.manifest.spec
+        return {"source": connectors.status_of(self.source, spec.source.type),
+                "sinks": [connectors.status_of(k, s.type) for k, s in zip(self.sinks, spec.sinks)]}
 
 
 class Node:
@@ -192,7 +199,8 @@ class Node:
         self.state.event("node", self.config.name, f"started (bus: {self.config.broker or 'in-process'})")
         await self.device_link.start(self.bus)
         self.rules = NodeRules(self.bus, self.outbox, self.store, self._rule_state, self._processor,
-                               lambda kind, name, msg: self._event(kind, name, msg, of="Rule"))
+                               lambda kind, name, msg: self._event(kind, name, msg, of="Rule"),
+                               build_context=lambda owner, ns: _BuildContext(self, owner, ns))
         await self.sync()
         self.ready = True
         await self._publish_status("online")
@@ -639,45 +647,19 @@ class Node:
         steps = split_steps(spec, steps, self.deployments, on_event=lambda kind, msg: self._event(
             kind, r.name, msg, uid=uid, namespace=r.metadata.namespace))
         src = spec.source
-        src_pattern = None
-        if src.type in ("mqtt", "bus"):
-            src_pattern = TopicPattern.parse((src.mqtt or src.bus).topic)
-        elif src.type == "nats":
-            src_pattern = TopicPattern.parse(subject_to_topic(src.nats.subject))
-        elif src.type == "sensors":
-            src_pattern = TopicPattern.parse("devices/{device}/frame")
-        elif src.type == "http":
-            src_pattern = TopicPattern.parse(src.http.topic)
+        ctx = _BuildContext(self, r.name, r.metadata.namespace)
+        source_kind = connectors.registry.get("source", src.type)
+        pattern = source_kind.pattern(src.config) if source_kind.pattern else None
+        src_pattern = TopicPattern.parse(pattern) if pattern is not None else None
         if steps and src_pattern is not None and not steps[0].acl.can_subscribe(src_pattern.filter):
             raise ConfigError(f"deployment {steps[0].name} may not receive {src_pattern.filter!r} "
                               f"(subscribe grants: {', '.join(steps[0].acl.subscribe) or 'none'})")
         sinks = []
         for i, s in enumerate(spec.sinks):
+            kind = connectors.registry.get("sink", s.type)
             sink_name = f"{r.name}/{i}:{s.type}"
-            saf = self.outbox if s.store_and_forward else None
-            if s.type in ("mqtt", "bus"):
-                ep = s.mqtt or s.bus
-                bus = await self._bus_for(getattr(ep, "url", None))
-                sinks.append(BusSink(sink_name, bus, ep.topic, qos=getattr(ep, "qos", 1),
-                                     retain=getattr(ep, "retain", False), outbox=saf,
-                                     breaker=breaker_for(sink_name, s)))
-            elif s.type == "nats":
-                bus = await self._bus_for(s.nats.url or self.config.broker)
-                sinks.append(BusSink(sink_name, bus, subject_to_topic(s.nats.subject),
-                                     qos=1 if s.nats.jetstream else 0, outbox=saf,
-                                     breaker=breaker_for(sink_name, s)))
-            elif s.type == "store":
-                sinks.append(StoreSink(sink_name, self.store, s.store.table, r.name))
-            elif s.twin is not None:
-                sinks.append(TwinSink(sink_name, self.device_link, r.metadata.namespace, s.twin.device, s.twin.key))
-            elif s.type == "webhook":
-                retries, retry_backoff = retry_for(s)
-                sinks.append(WebhookSink(sink_name, s.webhook.url,
-                                         timeout_s=parse_duration_ms(s.webhook.timeout) / 1000, outbox=saf,
-                                         breaker=breaker_for(sink_name, s), retries=retries,
-                                         retry_backoff=retry_backoff))
-            else:
-                sinks.append(LogSink(sink_name, s.log.level))
+            sinks.append(await kind.build(ctx.for_sink(sink_name, s), s.config, sink_name,
+                                          self.outbox if s.store_and_forward else None))
         lanes = max([self.deployments[d].handle.current.replicas for d in spec.deployments()] or [1])
         steps, sinks, injected = with_faults(spec, steps, sinks)
         if injected:   # never mistaken for real failures
@@ -691,23 +673,7 @@ class Node:
                              lanes=lanes, order_key=spec.order_by,
                              dead_letter=lambda route, step, dl, variables: self._dead_letter(uid, route, step, dl))
         runner.trace = self.route_trace
-        if src.type == "sensors":
-            ss = src.sensors
-            field_ = SensorField(devices=ss.devices, sensors=tuple(ss.sensors), anomaly_rate=ss.anomaly_rate,
-                                 corrupt_rate=ss.corrupt_rate, seed=ss.seed, heat_wave_c=ss.heat_wave,
-                                 heat_wave_every_s=ss.heat_wave_every, heat_wave_s=ss.heat_wave_lasting)
-            source = SensorSource(field_, ss.rate, runner)
-        elif src.type == "http":
-            source = _HttpSource(await self._ingest_server(), src.http.path, src.http.topic, runner)
-        elif src.type == "nats":
-            n = src.nats
-            bus = await self._bus_for(n.url or self.config.broker)
-            source = BusSource(bus, subject_to_topic(n.subject), runner, qos=1 if n.jetstream else 0,
-                               queue=n.queue, durable=n.durable)
-        else:
-            ep = src.mqtt or src.bus
-            bus = await self._bus_for(getattr(ep, "url", None))
-            source = BusSource(bus, ep.topic, runner, qos=getattr(ep, "qos", 1))
+        source = await source_kind.build(ctx, src.config, runner)
         return _RouteRecord(r, digest_of_manifest(r), runner, source, sinks, uid)
 
     async def _ingest_server(self) -> IngestServer:
@@ -803,32 +769,29 @@ class Node:
                 "storage": self.storage_problems()}
 
 
-class _HttpSource:
-    """An http source is a path on the node's ingest server."""
+class _BuildContext:
+    """What a connector's factory gets of the node (`connectors.BuildContext`)."""
 
-    def __init__(self, server: IngestServer, path: str, topic: str, runner: RouteRunner):
-        self.server, self.path, self.topic, self.runner = server, path, topic, runner
+    def __init__(self, node: Node, route: str, namespace: str = "default"):
+        self.node, self.route, self.namespace = node, route, namespace
+        self.outbox, self.store, self.broker = node.outbox, node.store, node.config.broker
+        #: the node's devices, for the `twin` sink (device_link.py)
+        self.device_link = node.device_link
+        #: the sink being built (`for_sink`): its circuit breaker and its retries
+        self.breaker: Any = None
+        self.retries: int = 0
+        self.retry_backoff: Any = None
 
-    async def start(self) -> None:
-        self.server.add(self.path, self.topic, self.runner)
+    def for_sink(self, name: str, sink: Any) -> "_BuildContext":
+        """This context for one sink of a manifest: its `circuitBreaker` (uplinks, unless
+        turned off) and `retry` options, made once here so every kind gets them alike."""
+        ctx = copy.copy(self)
+        ctx.breaker = breaker_for(name, sink)
+        ctx.retries, ctx.retry_backoff = retry_for(sink)
+        return ctx
 
-    def retarget(self, runner: RouteRunner) -> None:
-        self.server.retarget(self.runner, runner)
-        self.runner = runner
+    async def bus_for(self, url: str | None) -> Bus:
+        return await self.node._bus_for(url)
 
-    def pause(self) -> None:
-        self.server.pause(self.runner)  # 503: clients send again
-
-    async def stop(self, grace: float = 5.0) -> None:
-        self.server.pause(self.runner)
-
-    async def remove(self, grace: float = 5.0) -> None:
-        self.server.remove(self.runner)
-
-
-def subject_to_topic(subject: str) -> str:
-    """Manifests write NATS endpoints as NATS subjects (`in.{device}`, `a.*`, `a.>`); the
-    buses speak MQTT-style topics, which NatsBus maps back one-to-one."""
-    if "/" in subject:
-        return subject  # already topic-style
-    return "/".join({"*": "+", ">": "#"}.get(seg, seg) for seg in subject.split("."))
+    async def ingest_server(self) -> IngestServer:
+        return await self.node._ingest_server()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from ..engine.limits import parse_duration_ms
 from ..errors import ConfigError, ContainerUnavailable, IotwasmError
-from ..pipeline import LocalStore, Outbox
+from ..pipeline import LocalStore, Outbox, connectors
 from ..pipeline.rules import (Action, AlertPolicy, EventTime, RuleDefinition, RuleRunner, RuleSpec,
                               RuleStateStore, WasmFunction)
 from .manifests import Rule, digest_of_manifest
@@ -39,8 +39,12 @@ class _DeploymentRef:
 
 class NodeRules:
     def __init__(self, bus, outbox: Outbox, store: LocalStore, state: RuleStateStore,
-                 deployments: Callable[[str], object | None], event: Callable[[str, str, str], None]):
+                 deployments: Callable[[str], object | None], event: Callable[[str, str, str], None],
+                 build_context: Callable[[str, str], Any] | None = None):
         self.state = state
+        #: what a `sink` action's connector is built with (`connectors.BuildContext`), by
+        #: rule and its namespace
+        self.build_context = build_context
         self.deployments = deployments
         self.event = event
         self.runner = RuleRunner(bus, outbox=outbox, store=store, state=state,
@@ -77,6 +81,9 @@ class NodeRules:
         for a in s.actions:
             t = a.type
             body = getattr(a, t)
+            if t == "sink":
+                actions.append(Action("sink", build=self._sink_builder(r.name, r.metadata.namespace, body)))
+                continue
             actions.append(Action(t, topic=getattr(body, "topic", ""), payload=getattr(body, "payload", ""),
                                   qos=getattr(body, "qos", 1), url=getattr(body, "url", ""),
                                   table=getattr(body, "table", "rules"),
@@ -87,6 +94,22 @@ class NodeRules:
             alert = AlertPolicy(al.severity, al.dedup, int(parse_duration_ms(al.cooldown)),
                                 int(parse_duration_ms(al.for_)), al.topic, al.webhook, al.message)
         return RuleDefinition(RuleSpec(r.name, s.sql, et, funcs), actions, alert, list(s.tags), s.enabled)
+
+    def _sink_builder(self, rule: str, namespace: str, spec) -> Callable[[str], Any]:
+        """A `sink` action's factory: the connector of its kind, built as a route's sink is
+        (through the outbox unless the action turns store-and-forward off, with its circuit
+        breaker and retries)."""
+        if self.build_context is None:
+            raise ConfigError("sink actions need the node's connectors")
+        kind = connectors.registry.get("sink", spec.type)
+        ctx = self.build_context(f"rule:{rule}", namespace)
+
+        async def build(name: str):
+            sink_ctx = ctx.for_sink(name, spec) if hasattr(ctx, "for_sink") else ctx
+            return await kind.build(sink_ctx, spec.config, name,
+                                    self.runner.outbox if spec.store_and_forward else None)
+
+        return build
 
     async def apply(self, rules: dict[str, Rule]) -> list[str]:
         """Reconcile to `rules`: create, update (keeping window state that applies), delete."""

@@ -110,6 +110,12 @@ class _Uplink(abc.ABC):
     def backlog(self) -> int:
         return self.outbox.backlog(self.name) if self.outbox else 0
 
+    def status(self) -> dict:
+        """Health and counters (docs/connectors.md): degraded while the uplink fails."""
+        problem = self.forwarder.last_error if self.forwarder else None
+        return {"health": "degraded" if problem else "ok", "problem": problem,
+                "counters": {"sent": getattr(self, "sent", 0), "backlog": self.backlog()}}
+
     async def stop(self, drain_timeout: float = 2.0) -> None:
         if self.forwarder:
             await self.forwarder.stop(drain_timeout)

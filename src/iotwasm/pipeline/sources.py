@@ -120,6 +120,9 @@ class SensorSource:
     def retarget(self, runner: RouteRunner) -> None:
         self.runner = runner
 
+    def status(self) -> dict:
+        return {"health": "ok", "counters": {"produced": self.produced}}
+
     def pause(self) -> None:
         if self._task is not None:
             self._task.cancel()

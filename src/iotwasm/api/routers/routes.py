@@ -36,6 +36,7 @@ def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
                    dropped=s.dropped, acl_denied=s.acl_denied, queued=rec.runner.depth(),
                    p50_ms=round(s.percentile(0.5), 3), p99_ms=round(s.percentile(0.99), 3))
         out.update(traffic_view(rec.runner, rec.sinks))   # breakers by sink, splits by step, faults
+        out["connectors"] = rec.connectors()
         if rec.runner.storage.error is not None:   # held: the storage cannot take its results
             out["held"] = str(rec.runner.storage.error)
     if full:

@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ...errors import ConfigError, IotwasmError, StorageError
 from ...message import Message
@@ -56,6 +56,8 @@ class Action:
     url: str = ""
     table: str = "rules"
     deployment: str = ""
+    #: a ``sink`` action: makes the sink (a connector, docs/connectors.md) given its name
+    build: Callable[[str], Awaitable[Any]] | None = None
 
 
 @dataclass
@@ -74,7 +76,7 @@ class _ActionRunner:
         self.rule = rule
         self.sent = 0
         self.failed = 0
-        name = f"rule:{rule}/{i}:{action.type}"
+        name = self.name = f"rule:{rule}/{i}:{action.type}"
         self.sink: Any = None
         if action.type in ("publish", "command"):
             topic = action.topic or ("devices/{device}/commands" if action.type == "command" else "")
@@ -90,6 +92,10 @@ class _ActionRunner:
                 raise ConfigError(f"rule {rule}: action {i}: no local store on this node")
             self.sink = StoreSink(name, runner.store, action.table, f"rule:{rule}")
             self.topic = f"rules/{rule}"
+        elif action.type == "sink":
+            if action.build is None:
+                raise ConfigError(f"rule {rule}: action {i} (sink) has no connector")
+            self.topic = action.topic or f"rules/{rule}"   # the sink is made in `build_sink`
         elif action.type == "invoke":
             self.processor = runner.processors(action.deployment)
             if self.processor is None:
@@ -98,6 +104,10 @@ class _ActionRunner:
             self.topic = action.topic or f"rules/{rule}/{action.deployment}"
         else:
             raise ConfigError(f"rule {rule}: unknown action type {action.type!r}")
+
+    async def build_sink(self) -> None:
+        if self.action.type == "sink" and self.sink is None and self.action.build is not None:
+            self.sink = await self.action.build(self.name)
 
     async def start(self) -> None:
         if hasattr(self.sink, "start"):
@@ -231,6 +241,8 @@ class RuleRunner:
         rt = _RuleRuntime(d)
         for i, a in enumerate(d.actions):
             rt.actions.append(_ActionRunner(name, i, a, self))
+        for ar in rt.actions:   # a connector's sink is made here, before anything changed
+            await ar.build_sink()
         # raises RuleSyntaxError before anything changed
         await self.offload(self._engine_call, self.engine.add, d.spec)
         old = self.rules.get(name)
