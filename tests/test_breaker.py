@@ -154,7 +154,7 @@ def test_without_an_outbox_an_open_breaker_fails_fast_and_retries_use_backoff(we
 
 
 def test_a_bus_sink_without_an_outbox_fails_fast_while_its_broker_is_away(mosquitto):
-    from iotwasm.messaging.bus import open_bus
+    from iotwasm.messaging import open_bus
     from iotwasm.pipeline.sinks import BusSink
 
     async def main():
