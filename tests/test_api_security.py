@@ -37,6 +37,11 @@ ROUTES = {
     ("POST", "/v1/deployments/{name}/rollback"): "operator",
     ("GET", "/v1/deployments/{name}/logs"): "viewer",
     ("POST", "/v1/deployments/{name}/invoke"): "operator",
+    ("GET", "/v1/devices"): "viewer",
+    ("GET", "/v1/devices/{namespace}/{device}"): "viewer",
+    ("PATCH", "/v1/devices/{namespace}/{device}/desired"): "operator",
+    ("POST", "/v1/devices/{namespace}/{device}/commands"): "operator",
+    ("GET", "/v1/devices/{namespace}/{device}/commands"): "viewer",
     ("GET", "/v1/routes"): "viewer",
     ("GET", "/v1/routes/{name}"): "viewer",
     ("DELETE", "/v1/routes/{name}"): "operator",
@@ -105,7 +110,8 @@ def test_every_route_is_refused_without_a_token_or_with_a_weaker_role(api):
     assert listed == set(ROUTES) | PUBLIC, "a route is missing from ROUTES (or gone)"
     tokens = {r: api.token(r, name=f"{r}-token") for r in ("viewer", "operator")}
     for (method, path), role in ROUTES.items():
-        url = path.format(ref="sha256:" + "0" * 64, name="x", token_id="ffff", key_id="k", action="pause")
+        url = path.format(ref="sha256:" + "0" * 64, name="x", token_id="ffff", key_id="k", action="pause",
+                          namespace="default", device="x")
         kw = {"json": {}} if method in ("POST", "PUT") else {}
         for headers, why in (({}, "no token"), ({"Authorization": "Bearer iot_wrong"}, "unknown token"),
                              ({"Authorization": "Basic Zm9vOmJhcg=="}, "not a bearer token")):
