@@ -20,8 +20,8 @@ import wasmtime
 from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
                       OutputLimitExceeded)
 from ..message import BatchResult, DeadLetter, Message, Output
-from .fastcall import (FUNC, MEMORY, CallFailed, Exports, GuestMemory, RawFunc, StoreControl,
-                       signature)
+from .fastcall import (FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc,
+                       StoreControl, signature)
 from .host import WASI_MODULES, HostContext, check_imports, define_host
 from .limits import Limits, format_size
 from .traps import classify
@@ -201,8 +201,11 @@ class V1Guest:
         self.mem = GuestMemory(store, exports.get(b"memory", MEMORY))
         opt = f.optional
 
+        slots = CallSlots(5)
+
         def bind(n: str, params: int, results: tuple[str, ...] = ("i32",)) -> RawFunc:
-            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False)
+            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False,
+                           ctx=exports.ctx, slots=slots)
 
         version_fn = bind("iot_abi_version", 0)
         self._alloc = bind("iot_alloc", 1)

@@ -91,6 +91,27 @@ def take_host_failure() -> Exception | None:
     return err
 
 
+class CallSlots:
+    """The raw value array, its per-slot views and the trap slot, shared by the RawFuncs of
+    one instance.
+
+    Calls into one instance never overlap (the pool hands an instance to one caller at a
+    time, and host functions do not call back into their guest), so one set serves every
+    export; building the views costs ~1.5 µs per function, a large part of an instance's
+    start-up."""
+
+    __slots__ = ("args", "trap", "trap_ref", "vals")
+
+    def __init__(self, n: int = 5):
+        self.vals = vals = (ffi.wasmtime_val_raw * n)()
+        self.args = tuple(vals[i] for i in range(n))
+        self.trap = _TrapPtr()
+        self.trap_ref = ctypes.byref(self.trap)
+
+
+_NVALS = tuple(ctypes.c_size_t(i) for i in range(17))  # read-only: passed by value
+
+
 class RawFunc:
     """A wasm export bound once and called many times with i32 arguments."""
 
@@ -98,14 +119,17 @@ class RawFunc:
                  "_trap_ref", "_result")
 
     def __init__(self, store: wasmtime.Store, func, name: str,
-                 params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True):
+                 params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True,
+                 ctx: ctypes.c_void_p | None = None, slots: CallSlots | None = None):
         """Bind `func` (a wasmtime.Func, or a raw extern from `Exports.get`).
 
         `verify=False` is for callers that already checked the module's export type (see
-        `signature`), which saves ~100 µs per instance."""
-        if not isinstance(func, wasmtime.Func):
-            func = wasmtime.Func._from_raw(func.of.func)
+        `signature`), which saves ~100 µs per instance; `ctx`, the store's context as
+        `Exports.ctx` has it, saves looking it up again; `slots` are shared with the other
+        functions of the same instance (see CallSlots)."""
         if verify:
+            if not isinstance(func, wasmtime.Func):
+                func = wasmtime.Func._from_raw(func.of.func)
             ty = func.type(store)
             have = f"({', '.join(str(p) for p in ty.params)}) -> ({', '.join(str(r) for r in ty.results)})"
             if have != signature(params, results):
@@ -113,15 +137,17 @@ class RawFunc:
                                f"{signature(params, results)}")
         self.name = name
         self._store = store  # the context pointer below is only valid while the Store lives
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
-        self._keep = func
-        self._func = ctypes.byref(func._func)
+        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
+        self._keep = func  # the struct must outlive the reference to it
+        self._func = ctypes.byref(func._func if isinstance(func, wasmtime.Func) else func.of.func)
         n = max(params, len(results), 1)
-        self._nvals = ctypes.c_size_t(n)
-        self._vals = (ffi.wasmtime_val_raw * n)()
-        self._args = tuple(self._vals[i] for i in range(params))  # views into _vals
-        self._trap = _TrapPtr()
-        self._trap_ref = ctypes.byref(self._trap)
+        if slots is None or len(slots.args) < n:
+            slots = CallSlots(n)
+        self._nvals = _NVALS[n] if n < len(_NVALS) else ctypes.c_size_t(n)
+        self._vals = slots.vals
+        self._args = slots.args[:params]  # views into _vals
+        self._trap = slots.trap
+        self._trap_ref = slots.trap_ref
         self._result = results[0] if results else None
 
     def __call__(self, *args: int) -> int | None:
@@ -159,16 +185,16 @@ class Exports:
     so it avoids wasmtime-py's per-export Python objects.
     """
 
-    __slots__ = ("_store", "_ctx", "_inst")
+    __slots__ = ("_inst", "_store", "ctx")
 
     def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance):
         self._store = store
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self.ctx = ctypes.cast(store._context(), ctypes.c_void_p)
         self._inst = ctypes.byref(instance._instance)
 
     def get(self, name: bytes, kind: int):
         item = ffi.wasmtime_extern_t()
-        if not _export_get(self._ctx, self._inst, name, ctypes.c_size_t(len(name)),
+        if not _export_get(self.ctx, self._inst, name, ctypes.c_size_t(len(name)),
                            ctypes.byref(item)) or item.kind != kind:
             return None
         return item
