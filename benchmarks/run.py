@@ -691,7 +691,8 @@ def bench_cold_start(work: Workload, quick: bool, log) -> dict:
         xs.append(perf_ns() - t0)
         assert rt.cache.hits == 1 and rt.cache.misses == 0
         eng = rt.engine(rt.settings_for(Limits()))
-        blob = artifact_file.read_bytes()[16 + 32:]  # after the cache's magic and checksum
+        entry = artifact_file.read_bytes()  # magic, CRC-32, description length, description
+        blob = entry[24 + struct.unpack_from("<I", entry, 20)[0]:]
         t0 = perf_ns()
         wasmtime.Module.deserialize(eng, blob)
         raw.append(perf_ns() - t0)

@@ -22,7 +22,7 @@ from .cache import CompileCache
 from .fastcall import WASMTIME_VERSION
 from .limits import Limits, format_duration_ms
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
-                     read_source)
+                     info_from_record, info_to_record, read_source)
 
 #: a small reservation keeps thousands of instances within the address space; memory can
 #: still grow beyond it (wasmtime then moves it), bounds checks become explicit.
@@ -98,6 +98,8 @@ class Runtime:
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._engines: dict[EngineSettings, wasmtime.Engine] = {}
         self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
+        #: descriptions by hex digest (they depend on the bytes only, not on engine settings)
+        self._infos: dict[str, ModuleInfo] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
@@ -167,30 +169,43 @@ class Runtime:
         engine = self.engine(settings)
         key = (info_digest, settings)
         module = self._modules.get(key)
+        info = self._infos.get(info_digest)
         if module is None:
-            module = self._compile(name, wasm, engine, "sha256:" + info_digest, settings)
+            module, info = self._compile(name, wasm, engine, "sha256:" + info_digest, settings,
+                                         info)
             with self._lock:
                 module = self._modules.setdefault(key, module)
-        return CompiledModule(describe(name, wasm, module, engine), wasm, module, engine,
-                              settings, self)
+        if info is None:
+            info = describe(name, wasm, module, engine)
+        self._infos.setdefault(info_digest, info)
+        if info.name != name:
+            info = dataclasses.replace(info, name=name)
+        return CompiledModule(info, wasm, module, engine, settings, self)
 
     def _compile(self, name: str, wasm: bytes, engine: wasmtime.Engine, digest: str,
-                 settings: EngineSettings) -> wasmtime.Module | wc.Component:
+                 settings: EngineSettings, info: ModuleInfo | None,
+                 ) -> tuple[wasmtime.Module | wc.Component, ModuleInfo | None]:
         """Compile, or load from the disk cache: a component (a Python one takes seconds to
-        compile) loads from its serialized form in tens of milliseconds."""
+        compile) loads from its serialized form in tens of milliseconds. The cache entry
+        also holds the module's description, so a hit inspects nothing."""
         kind = wc.Component if wasm[4:8] == COMPONENT_VERSION else wasmtime.Module
         fp = settings.fingerprint()
         if self.cache is not None:
-            cached = self.cache.load(engine, digest, fp, kind.deserialize)
-            if cached is not None:
-                return cached
+            hit = self.cache.load_entry(engine, digest, fp, kind.deserialize)
+            if hit is not None:
+                module, record = hit
+                try:
+                    return module, info or info_from_record(name, record)
+                except (KeyError, TypeError, ValueError):
+                    return module, info  # an unreadable description: describe it again
         try:
             module = kind(engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid wasm: {_first_cause(e)}", module=name) from None
+        info = info or describe(name, wasm, module, engine)
         if self.cache is not None:
-            self.cache.store(module, digest, fp)
-        return module
+            self.cache.store(module, digest, fp, info_to_record(info))
+        return module, info
 
     def forget(self, digest: str) -> None:
         """Drop in-memory compiled code of a module (the disk cache stays)."""
