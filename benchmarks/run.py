@@ -569,7 +569,7 @@ def breakdown(guest, msgs, bs: int, repeats: int, log) -> dict:
         for d, b in zip(datas, batches):
             mem.write(guest.in_ptr, d)
             mem.write(guest.out_ptr, zero)
-            guest._invoke(guest._process, guest.in_ptr, len(d), len(b), guest.out_ptr,
+            guest._invoke(guest._process_fn, guest.in_ptr, len(d), len(b), guest.out_ptr,
                           guest.out_cap)
             if keep is not None:
                 used, _ = HDR.unpack(mem.read(guest.out_ptr, 8))

@@ -186,7 +186,11 @@ class WasmContainer:
         self._factory: GuestFactory | None = None
         self._slots: list[_Slot] = []
         self._retired: list[_Slot] = []  # out of the pool, still running a batch
-        self._cond = threading.Condition()
+        # a plain lock under the condition: no path takes it twice, and it is taken twice per
+        # batch, where an RLock costs more than a batch of one's guest call
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # `with self._lock` holds it too, faster
+        self._waiters = 0  # threads in _wait(); read and written with _cond held
         self._admin = threading.RLock()  # serialises start/stop/scale/restart
         self.restarts = 0
         self._clock = clock
@@ -245,7 +249,7 @@ class WasmContainer:
             self.lifecycle.move(State.TERMINATED, reason)
             with self._cond:
                 while self._retired or any(s.busy for s in self._slots):
-                    self._cond.wait()
+                    self._wait()
                 self._retire(self._slots)
                 self._slots = []
                 self._cond.notify_all()
@@ -361,7 +365,8 @@ class WasmContainer:
         """
         if not messages:
             return BatchResult()
-        self._ensure_running()
+        if self.lifecycle.state is not State.RUNNING:
+            self._ensure_running()
         slot = self._acquire()
         t0 = time.perf_counter()
         lost: IotwasmError | None = None
@@ -401,7 +406,7 @@ class WasmContainer:
         raise ContainerUnavailable(f"is {state}, not running", module=self.name)
 
     def _acquire(self) -> _Slot:
-        with self._cond:
+        with self._lock:
             while True:
                 if self.state == State.TERMINATED or not self._slots:
                     raise ContainerUnavailable(f"is {self.state}, not running", module=self.name)
@@ -416,17 +421,26 @@ class WasmContainer:
                         slot = self.strategy.pick(idle, len(slots))
                         slot.busy = True
                         return slot
-                self._cond.wait()
+                self._wait()
+
+    def _wait(self) -> None:
+        """Wait on `_cond` (held), counted so that a release wakes someone only when someone
+        waits."""
+        self._waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
 
     def _release(self, slot: _Slot, busy: float) -> None:
-        with self._cond:
+        with self._lock:
             slot.busy = False
             slot.busy_seconds += busy
             if slot.retired:
                 self._retired.remove(slot)
                 slot.guest.close()  # its batch is over: nothing runs in it any more
                 self._cond.notify_all()  # stop() may be waiting for the last one
-            else:
+            elif self._waiters:  # notify() costs more than a batch of one: only when needed
                 self._cond.notify()
 
     def _account(self, slot: _Slot, messages, result: BatchResult, elapsed: float) -> None:
@@ -434,15 +448,19 @@ class WasmContainer:
         st.calls += 1
         st.messages += len(messages)
         st.outputs += len(result.outputs)
-        st.dead_letters += len(result.dead_letters)
-        for d in result.dead_letters:
-            st.errors[d.error.kind] += 1
-            st.faults += isinstance(d.error, SANDBOX_FAULTS)
+        dead = result.dead_letters
+        if dead:
+            st.dead_letters += len(dead)
+            for d in dead:
+                st.errors[d.error.kind] += 1
+                st.faults += isinstance(d.error, SANDBOX_FAULTS)
         st.fuel_used += result.fuel_used
-        st.memory_pages = slot.guest.memory_pages()
-        st.recycles = slot.guest.recycled
-        st.last_latency_ms = elapsed * 1000
-        st.total_latency_ms += elapsed * 1000
+        guest = slot.guest
+        st.memory_pages = guest.memory_pages()
+        st.recycles = guest.recycled
+        ms = elapsed * 1000
+        st.last_latency_ms = ms
+        st.total_latency_ms += ms
 
     def _replace(self, slot: _Slot) -> IotwasmError | None:
         """A guest that could not recover after a trap is swapped for a new instance.
@@ -464,7 +482,8 @@ class WasmContainer:
         return None
 
     def _watch_health(self, messages, result: BatchResult) -> None:
-        hard = sum(1 for d in result.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
+        dead = result.dead_letters
+        hard = sum(1 for d in dead if isinstance(d.error, SANDBOX_FAULTS)) if dead else 0
         if hard and hard == len(messages):
             self._failed_batches += 1
         else:

@@ -252,6 +252,13 @@ class GuestMemory:
                            f"({self._size} bytes)")
         self._view[offset:end] = data
 
+    def unpack_from(self, st, offset: int) -> tuple:
+        """`st.unpack_from` (a struct.Struct) at `offset`, checked, without copying first."""
+        if offset < 0 or offset + st.size > self._size:
+            raise AbiError(f"read of {st.size} bytes at {offset} is outside guest memory "
+                           f"({self._size} bytes)")
+        return st.unpack_from(self._view, offset)
+
     def read(self, offset: int, n: int) -> bytes:
         if offset < 0 or n < 0 or offset + n > self._size:
             raise AbiError(f"read of {n} bytes at {offset} is outside guest memory "
