@@ -392,6 +392,28 @@ def define_raw(linker: wasmtime.Linker, module: str, name: str, ty: wasmtime.Fun
         raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
 
 
+def enable_pooling(cfg: wasmtime.Config, slots: int, memory: int, *, tables: int = 4,
+                   table_elements: int = 100_000, warm: int = 100) -> None:
+    """Switch `cfg` to wasmtime's pooling instance allocator (wasmtime-py has no Python API
+    for it): `slots` instances, memories and tables reserved up front, each memory at most
+    `memory` bytes, up to `tables` tables of `table_elements` per instance, `warm` freed slots
+    kept ready for the next instance of the same module."""
+    pc = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(pc, slots * tables)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_total_component_instances_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pc, memory)
+        ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pc, tables)
+        ffi.wasmtime_pooling_allocation_config_table_elements_set(pc, table_elements)
+        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pc, min(warm, slots))
+        ffi.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pc)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pc)
+
+
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
