@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RANGE_FILTER = ROOT / "examples" / "modules" / "range_filter.wasm"
 FILTER_CONFIG = {"field": "value", "min": "10", "max": "30"}
-SECTIONS = ("per-message", "cold-start", "density", "languages", "components")
+SECTIONS = ("per-message", "cold-start", "micro", "density", "languages", "components")
 BATCH_SIZES = (1, 10, 100, 1000)
 
 #: (full, quick) sizes
@@ -930,6 +930,10 @@ def markdown(res: dict) -> str:
                   "", f"Module {cs['wasm_bytes']:,} bytes; cached artifact "
                   f"{cs['artifact_bytes']:,} bytes; first-result figures are medians of "
                   f"{cs['child_runs']} subprocesses.", ""]
+    if res.get("micro"):
+        from micro import markdown as micro_markdown
+
+        lines += micro_markdown(res["micro"])
     de = res.get("density")
     if de:
         lines += ["## Density", "",
@@ -1010,6 +1014,11 @@ def main() -> None:
             res["per_message"] = bench_per_message(work, args.quick, log)
         elif name == "cold-start":
             res["cold_start"] = bench_cold_start(work, args.quick, log)
+        elif name == "micro":  # benchmarks/micro.py
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from micro import bench_micro
+
+            res["micro"] = bench_micro(work, args.quick, log, scratch, make_messages, interleaved)
         elif name == "components":  # benchmarks/components.py
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from components import bench_components
