@@ -201,8 +201,9 @@ class V1Guest:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             err = classify(e, module=f.name, function="instantiate", limits=f.limits)
             raise InitError(str(err), module=None) from None
-        exports = Exports(store, instance)
-        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY))
+        ctx = self.ctl.ctx  # one context pointer for every handle of this store
+        exports = Exports(store, instance, ctx)
+        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY), ctx)
         opt = f.optional
 
         slots = CallSlots(5)
@@ -214,7 +215,8 @@ class V1Guest:
         version_fn = bind("iot_abi_version", 0)
         self._alloc = bind("iot_alloc", 1)
         self._process_fn = bind("iot_process", 5)
-        self._free = bind("iot_free", 2, ()) if "iot_free" in opt else None
+        self._free = None  # bound when a buffer is first replaced (_grow): few guests ever do
+        self._bind = bind
         init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
                       if n in opt]
         version = self._call_init(version_fn)  # before any guest code with side effects
@@ -294,7 +296,9 @@ class V1Guest:
             raise MemoryLimitExceeded(
                 f"no room for a {format_size(need)} {which}put buffer within memory limit "
                 f"{format_size(self.f.limits.memory)}", module=self.f.name, function="iot_alloc")
-        if ptr and self._free is not None:
+        if ptr and "iot_free" in self.f.optional:
+            if self._free is None:
+                self._free = self._bind("iot_free", 2, ())
             try:
                 self._invoke(self._free, ptr, cap)
             except IotwasmError:

@@ -187,9 +187,10 @@ class Exports:
 
     __slots__ = ("_inst", "_store", "ctx")
 
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance):
+    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance,
+                 ctx: ctypes.c_void_p | None = None):
         self._store = store
-        self.ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self.ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._inst = ctypes.byref(instance._instance)
 
     def get(self, name: bytes, kind: int):
@@ -215,10 +216,11 @@ class GuestMemory:
 
     __slots__ = ("_store", "_ctx", "_mem", "_keep", "_size", "_view")
 
-    def __init__(self, store: wasmtime.Store, memory):
-        """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`."""
+    def __init__(self, store: wasmtime.Store, memory, ctx: ctypes.c_void_p | None = None):
+        """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`; `ctx` the
+        store's context when the caller has it."""
         self._store = store
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         raw = memory._memory if isinstance(memory, wasmtime.Memory) else memory.of.memory
         self._keep = memory  # the struct must outlive the reference to it
         self._mem = ctypes.byref(raw)
@@ -419,12 +421,17 @@ class StoreControl:
 
     __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c")
 
-    def __init__(self, store: wasmtime.Store):
+    def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None):
+        """`ctx`: the store's context when the caller has it (`StoreControl.ctx`)."""
         self._store = store
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._fuel_out = ctypes.c_uint64(0)
         self._ticks = -1
         self._ticks_c = ctypes.c_uint64(0)
+
+    @property
+    def ctx(self) -> ctypes.c_void_p:
+        return self._ctx
 
     def set_deadline(self, ticks: int) -> None:
         if ticks != self._ticks:
