@@ -4,9 +4,8 @@ Each broker runs on a free loopback port (never the machine's own 1883/4222), wi
 data and log in a temporary directory, so a test can stop it, kill -9 it and start it again on
 the same port with the same data (mosquitto's persistence file, the JetStream store).
 
-Use from a test module:
-
-    from brokers import mosquitto, nats_server  # noqa: F401  (pytest fixtures)
+The fixtures `mosquitto` and `nats_server` are registered for every test by conftest.py
+(`pytest_plugins`); a test module names them as parameters and imports nothing.
 
 A missing broker binary fails the test with the Debian package to install; it never skips.
 """

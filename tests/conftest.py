@@ -6,6 +6,9 @@ import pytest
 
 from iotwasm.engine import Runtime
 
+# the broker fixtures (`mosquitto`, `nats_server`) for every test module
+pytest_plugins = ["brokers"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODULES = ROOT / "tests" / "modules"
 EXAMPLES = ROOT / "examples" / "modules"

@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 
 from apinode import ECHO_WASM, ApiNode, wait_for
-from brokers import nats_server  # noqa: F401
+
 from conftest import ECHO_WAT
 from iotwasm.fleet import Controller, FleetAgent, FleetDeployment
 from iotwasm.node import Node, NodeConfig

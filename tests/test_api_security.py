@@ -377,7 +377,7 @@ def test_denial_summaries_are_written_when_the_window_ends(tmp_path):
     try:
         for i in range(20):
             throttle.denied("anonymous", f"GET /v1/deployments/d{i}", "no bearer token", "GET /v1/deployments/{name}")
-        for i in range(4):
+        for _ in range(4):
             throttle.denied("anonymous", "GET /v1/node", "no bearer token", "GET /v1/node")
         # 3 of the first group; 2 of the second before the window's total of 5 is reached
         assert [r["target"] for r in log.query(limit=100)].count("GET /v1/node") == 2

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from apinode import ApiNode, wait_for
-from brokers import nats_server  # noqa: F401  (a pytest fixture)
+
 
 from iotwasm.api.audit import AuditLog, check_anchor
 

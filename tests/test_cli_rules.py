@@ -29,8 +29,8 @@ spec:
 """
 
 
-def rules(node) -> dict:
-    return {r["name"]: r for r in json.loads(cli(node, "get", "rules", "-o", "json").stdout)}
+def rules(api_node) -> dict:
+    return {r["name"]: r for r in json.loads(cli(api_node, "get", "rules", "-o", "json").stdout)}
 
 
 def test_cli_manages_rules(node):  # noqa: F811

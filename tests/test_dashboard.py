@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
-from brokers import free_port, nats_server  # noqa: F401
+from brokers import free_port
 from conftest import ECHO_WAT, EXAMPLES, ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from brokers import Mosquitto, free_port, mosquitto  # noqa: F401  (fixture)
+from brokers import Mosquitto, free_port
 from conftest import ECHO_WAT
 from smallfs import SmallDisk
 

@@ -21,7 +21,7 @@ from iotwasm.messaging import open_bus
 from iotwasm.messaging.errors import MessagingError
 from iotwasm.node import Node, NodeConfig
 
-from brokers import Mosquitto, mosquitto  # noqa: F401  (fixture)
+from brokers import Mosquitto
 from conftest import ECHO_WAT
 
 DEPLOYMENT = """

@@ -9,7 +9,7 @@ from iotwasm.messaging import open_bus
 from iotwasm.node import Node, NodeConfig
 from iotwasm.node.node import subject_to_topic
 
-from brokers import nats_server  # noqa: F401  (fixture)
+
 from conftest import ECHO_WAT
 
 MANIFESTS = """

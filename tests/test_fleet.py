@@ -18,7 +18,7 @@ from iotwasm.fleet import (ArtifactError, ConflictError, Controller, FleetAgent,
 from iotwasm.node import Node, NodeConfig
 from iotwasm.registry.signing import generate_key, key_id, load_private, load_public, sign_digest
 
-from brokers import nats_server, stop_processes  # noqa: F401
+from brokers import stop_processes
 from conftest import ECHO_WAT
 
 ECHO = wasmtime.wat2wasm(ECHO_WAT)

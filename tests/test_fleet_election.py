@@ -13,7 +13,7 @@ import sys
 
 from iotwasm.fleet import Controller, FleetStore, Lease, NodeInfo
 
-from brokers import nats_server, stop_processes  # noqa: F401
+from brokers import stop_processes
 from test_fleet import ECHO, Member, fleet_deployment, wait_for
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]

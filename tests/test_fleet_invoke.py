@@ -13,7 +13,7 @@ import pytest
 from iotwasm.fleet.invoke import InvokeError, InvokeServer, invoke
 from iotwasm.node import Node, NodeConfig
 
-from brokers import nats_server  # noqa: F401  (fixture)
+
 from conftest import ECHO_WAT
 
 DEPLOYMENT = """
@@ -72,7 +72,7 @@ def test_invocations_reach_one_replica_anywhere_and_survive_a_node_leaving(tmp_p
             assert r.outputs == [("invoke/d7", b"after")]
 
             await servers[0].stop()  # edge-a leaves: every call is answered by edge-b
-            for i in range(10):
+            for _ in range(10):
                 r = await invoke(caller, "echo", b"x")
                 assert r.node == "edge-b"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import wasmtime
 
-from brokers import free_port, mosquitto, nats_server, stop_processes  # noqa: F401
+from brokers import free_port, stop_processes
 from conftest import ECHO_WAT
 from iotwasm.fleet import FleetDeployment, FleetStore
 from iotwasm.messaging import open_bus

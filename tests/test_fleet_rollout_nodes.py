@@ -17,7 +17,7 @@ from iotwasm.errors import IotwasmError
 from iotwasm.fleet import FleetStore
 from iotwasm.fleet.invoke import invoke
 
-from brokers import nats_server, stop_processes  # noqa: F401
+from brokers import stop_processes
 from conftest import ECHO_WAT
 from test_fleet import wait_for
 

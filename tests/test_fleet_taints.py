@@ -13,7 +13,7 @@ import pytest
 from iotwasm.errors import ConfigError
 from iotwasm.fleet import Controller, NodeInfo, Taint, schedule
 
-from brokers import nats_server  # noqa: F401
+
 from test_fleet import ECHO, Member, fleet_deployment, wait_for
 
 ANY = "sha256:" + "0" * 64

@@ -13,7 +13,7 @@ import time
 import wasmtime
 import yaml
 
-from brokers import nats_server, stop_processes  # noqa: F401
+from brokers import stop_processes
 from conftest import ECHO_WAT
 from iotwasm.fleet import Controller, FleetDeployment, FleetStore
 

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from brokers import Mosquitto, NatsServer, free_port, mosquitto, nats_server  # noqa: F401
+from brokers import Mosquitto, NatsServer, free_port
 from iotwasm.backoff import Backoff
 from iotwasm.errors import ConfigError
 from iotwasm.message import Message

@@ -13,7 +13,7 @@ from iotwasm.message import Message
 from iotwasm.messaging.acl import TopicACL
 from iotwasm.pipeline import BatchPolicy, QueuePolicy, RouteRunner, TopicPattern, TopicTemplate
 
-from brokers import mosquitto  # noqa: F401
+
 from conftest import ECHO_WAT
 
 
@@ -87,7 +87,7 @@ def test_drop_oldest_counts_what_it_drops(runtime):
 def test_block_policy_makes_the_source_wait(runtime):
     async def main():
         r = RouteRunner("r", [echo_step(runtime)], [Collect()], queue=QueuePolicy(capacity=3))
-        for i in range(3):
+        for _ in range(3):
             await r.offer(Message("t", b"x"))
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(r.offer(Message("t", b"y")), 0.2)

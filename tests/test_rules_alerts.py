@@ -18,7 +18,6 @@ from iotwasm.pipeline.rules import (Action, AlertPolicy, EventTime, RuleDefiniti
                                     RuleSpec, RuleStateStore)
 from iotwasm.pipeline.rules.alerts import AlertTracker
 
-from brokers import mosquitto  # noqa: F401  (fixture)
 
 
 class Webhook:

@@ -374,8 +374,8 @@ def test_wasm_aggregate_function(trapping):
 def test_wasm_function_over_an_aggregate_and_inside_one(trapping):
     f = WasmFunction("check", trapping, "scalar")
     e = RuleEngine()
-    e.add(RuleSpec("r", f'SELECT d, check(avg(v)) AS a, sum(check(v)) AS s FROM "s/+" '
-                        f'GROUP BY d, TUMBLINGWINDOW(ss, 10)', ET, functions={"check": f}))
+    e.add(RuleSpec("r", 'SELECT d, check(avg(v)) AS a, sum(check(v)) AS s FROM "s/+" '
+                        'GROUP BY d, TUMBLINGWINDOW(ss, 10)', ET, functions={"check": f}))
     out = feed(e, (0, 3, {"d": "x"}), (1, 5, {"d": "x"}), (2, -1, {"d": "x"}), (10000, 0, {"d": "y"}))
     # -1 traps inside sum(check(v)): that evaluation fails as a whole (avg does not see it
     # either); the window keeps the others

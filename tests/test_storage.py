@@ -119,7 +119,7 @@ def test_store_insert_on_a_full_disk_raises_and_works_again_once_space_returns(s
     store.insert("out", "r", [Message("t", b"first")])
     small_disk.fill()
     with pytest.raises(StorageError) as e:
-        for k in range(200):
+        for _ in range(200):
             store.insert("out", "r", [Message("t", b"y" * 1000)] * 20)
     assert str(e.value).startswith(f"store {small_disk.path / 'store.db'}: database or disk is full")
     small_disk.free()

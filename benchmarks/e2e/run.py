@@ -1159,7 +1159,7 @@ def markdown(results: dict) -> str:
         lines += ["", ("¹ on a fresh broker and system: not everything of the step before came "
                        "out (lost, or still queued when the drain timeout ran out).")]
     failed = {k: r for k, r in results["systems"].items() if r["status"] != "ok"}
-    for k, r in failed.items():
+    for r in failed.values():
         lines += ["", f"**{r['title']} failed**: {r['error']}"]
         if r.get("log_tail"):
             lines += ["", "```", r["log_tail"], "```"]

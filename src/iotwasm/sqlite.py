@@ -71,23 +71,23 @@ class _Connection(sqlite3.Connection):
     what: str = "database"
     path: str = ""
 
-    def cursor(self, factory: Any = None) -> Any:  # type: ignore[override]
+    def cursor(self, factory: Any = None) -> Any:
         return super().cursor(factory or _Cursor)
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
         return self.cursor().execute(sql, parameters)
 
-    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
         return self.cursor().executemany(sql, parameters)
 
-    def executescript(self, script: str, /) -> sqlite3.Cursor:  # type: ignore[override]
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
         return self.cursor().executescript(script)
 
     def commit(self) -> None:
         try:
             super().commit()
         except sqlite3.Error as e:
-            raise self._failed(e)
+            raise self._failed(e) from None
 
     def _failed(self, e: sqlite3.Error) -> Exception:
         err = storage_error(self.what, self.path, e)
@@ -110,13 +110,13 @@ class _Cursor(sqlite3.Cursor):
         except sqlite3.Error as e:
             raise self.connection._failed(e) from None
 
-    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
         return self._guarded(super().execute, sql, parameters)
 
-    def executemany(self, sql: str, parameters: Iterable[Any], /) -> _Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> _Cursor:
         return self._guarded(super().executemany, sql, parameters)
 
-    def executescript(self, script: str, /) -> _Cursor:  # type: ignore[override]
+    def executescript(self, script: str, /) -> _Cursor:
         return self._guarded(super().executescript, script)
 
     def fetchone(self) -> Any:

@@ -132,10 +132,10 @@ class AlertEvaluator:
             if m == "route_backlog":
                 return float(sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks))
             return float(rec.runner.depth())
-        rec = node.deployments.get(t or "")
-        if rec is None:
+        drec = node.deployments.get(t or "")
+        if drec is None:
             return None
-        st = rec.handle.current.stats()
+        st = drec.handle.current.stats()
         if m == "deployment_errors":
             return self._delta((rule.name, "errors"), sum(st.totals()["errors"].values()))
         return self._delta((rule.name, "restarts"), st.restarts)

@@ -254,6 +254,7 @@ class DenialThrottle:
         self._write(summaries)
 
     def _end_window(self, now: float) -> list[tuple]:
+        assert self._start is not None, "called only while a window is open"
         span = min(now - self._start, self.window_s)
         out = [(key, n, span, self._start_wall) for key, (_, n) in self._groups.items() if n]
         self._start, self._written, self._groups = None, 0, {}

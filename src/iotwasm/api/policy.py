@@ -14,7 +14,7 @@ tenant trusts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..engine.limits import parse_size
 from ..engine.module import digest_of
@@ -22,7 +22,7 @@ from ..errors import ConfigError, IotwasmError
 from ..node.manifests import Deployment, Route, Rule
 from ..node.node import Node, subject_to_topic
 from ..registry import name_namespace
-from ..registry.signing import SignatureError, SignatureStore, load_public, verify_any
+from ..registry.signing import Signature, SignatureError, SignatureStore, load_public, verify_any
 from .security import Principal, SecurityStore, Tenant
 
 
@@ -49,8 +49,9 @@ def _confined(topic: str, prefix: str) -> bool:
 def _topics_of_route(r: Route) -> list[tuple[str, str]]:
     out = []
     src = r.spec.source
-    if src.mqtt or src.bus:
-        out.append(("spec.source topic", (src.mqtt or src.bus).topic))
+    source_ep = src.mqtt or src.bus
+    if source_ep is not None:
+        out.append(("spec.source topic", source_ep.topic))
     elif src.nats:
         out.append(("spec.source.nats.subject", subject_to_topic(src.nats.subject)))
     elif src.http:
@@ -58,8 +59,9 @@ def _topics_of_route(r: Route) -> list[tuple[str, str]]:
     elif src.sensors:
         out.append(("spec.source.sensors", "devices/{device}/frame"))
     for i, s in enumerate(r.spec.sinks):
-        if s.mqtt or s.bus:
-            out.append((f"spec.sinks[{i}] topic", (s.mqtt or s.bus).topic))
+        sink_ep = s.mqtt or s.bus
+        if sink_ep is not None:
+            out.append((f"spec.sinks[{i}] topic", sink_ep.topic))
         elif s.nats:
             out.append((f"spec.sinks[{i}].nats.subject", subject_to_topic(s.nats.subject)))
     out.append(("spec.deadLetter", r.spec.dead_letter))
@@ -98,7 +100,7 @@ def module_owner(who: Principal, name: str | None) -> str:
     if ns is not None and ns != who.tenant:
         where = "is in the node's namespace" if ns == "" else f"belongs to namespace {ns!r}"
         raise PolicyError(f"module name {name!r} {where}; tenant {who.tenant} publishes under "
-                          f"'{who.tenant}/' (e.g. {who.tenant}/{name.split('/', 1)[-1]})")
+                          f"'{who.tenant}/' (e.g. {who.tenant}/{(name or '').split('/', 1)[-1]})")
     return who.tenant
 
 
@@ -120,13 +122,13 @@ def namespace_of(node: Node, kind: str, name: str) -> str | None:
     return m.metadata.namespace if m else None
 
 
-def desired(node: Node) -> dict[tuple[str, str], Deployment | Route]:
+def desired(node: Node) -> dict[tuple[str, str], Deployment | Route | Rule]:
     """Everything the node should run: running objects overlaid with API-applied ones."""
-    out: dict[tuple[str, str], Deployment | Route] = {}
-    for n, rec in node.deployments.items():
-        out[("Deployment", n)] = rec.manifest
-    for n, rec in node.routes.items():
-        out[("Route", n)] = rec.manifest
+    out: dict[tuple[str, str], Deployment | Route | Rule] = {}
+    for n, drec in node.deployments.items():
+        out[("Deployment", n)] = drec.manifest
+    for n, rrec in node.routes.items():
+        out[("Route", n)] = rrec.manifest
     if node.rules is not None:
         for n, r in node.rules.manifests.items():
             out[("Rule", n)] = r
@@ -261,7 +263,13 @@ def check_quota(tenant: Tenant, deployments: list[Deployment]) -> None:
                             f"resources.memory) exceed its quota of {tenant.max_memory}")
 
 
-def check_signed(security: SecurityStore, signatures: SignatureStore, namespace: str, digest: str,
+class Signatures(Protocol):
+    """Where check_signed finds a digest's signatures (a SignatureStore, or a view over one)."""
+
+    def for_digest(self, digest: str) -> list[Signature]: ...
+
+
+def check_signed(security: SecurityStore, signatures: Signatures, namespace: str, digest: str,
                  data: bytes | None = None) -> str | None:
     """If `namespace`'s tenant requires signatures, verify them for `digest` (and that `data`,
     when given, really has that digest); returns the verifying key id, None when not required."""

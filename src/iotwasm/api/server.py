@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -82,7 +83,7 @@ class ApiServer:
         self.ctx = ApiContext(node, data, fleet)
         self.admin_token_file = self.ctx.security.ensure_admin(data)
         self.app = create_app(self.ctx)
-        self._server = None
+        self._server: Any = None  # uvicorn.Server, imported when the API starts
         self._task: asyncio.Task | None = None
         self.anchors = AnchorPublisher(self.ctx.audit, fleet, settings.anchor_interval_s) if fleet else None
 
@@ -118,7 +119,7 @@ class ApiServer:
         import uvicorn
 
         host, port = self.settings.host_port
-        kw = {}
+        kw: dict[str, Any] = {}
         if self.settings.tls:
             kw = {"ssl_certfile": str(self.settings.tls_cert), "ssl_keyfile": str(self.settings.tls_key)}
         config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off",

@@ -144,9 +144,16 @@ class FleetAgent:
             except asyncio.TimeoutError:
                 pass
 
+    @property
+    def _fleet(self) -> FleetStore:
+        """The store, which the work after start() may take as connected."""
+        if self.store is None:
+            raise RuntimeError("the fleet store is not connected")
+        return self.store
+
     async def _watch(self) -> None:
         try:
-            watcher = await self.store.watch_assignment(self.id)
+            watcher = await self._fleet.watch_assignment(self.id)
             async for entry in watcher:
                 if entry is None or entry.revision == self.applied_revision:
                     continue
@@ -273,9 +280,9 @@ class FleetAgent:
         digest = d.spec.module
         have = await asyncio.to_thread(self._local, digest)
         if not have:
-            data = await self.store.fetch_module(digest)   # raises ArtifactError on a wrong digest
+            data = await self._fleet.fetch_module(digest)   # raises ArtifactError on a wrong digest
         if self.trusted is not None:
-            verify_any(await self.store.signatures(digest), digest, self.trusted)
+            verify_any(await self._fleet.signatures(digest), digest, self.trusted)
         if not have:
             await asyncio.to_thread(self.node.registry.add, data)
 

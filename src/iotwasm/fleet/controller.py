@@ -32,6 +32,7 @@ import os
 import socket
 import time
 from collections import Counter
+from typing import Any, Callable, cast
 
 from ..errors import ConfigError, IotwasmError
 from ..node.manifests import to_document
@@ -164,7 +165,9 @@ class Controller:
         the liveness rule, which judges it by its heartbeat and forgets it once long silent."""
         if bucket == NODES:
             return
-        cache = {DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments, ROLLOUTS: self._rollouts}[bucket]
+        caches: dict[str, dict[str, Any]] = {DEPLOYMENTS: self._deployments, ASSIGNMENTS: self._assignments,
+                                             ROLLOUTS: self._rollouts}
+        cache = caches[bucket]
         for key in set(cache) - present:
             del cache[key]
 
@@ -216,33 +219,42 @@ class Controller:
                     self._deployments.pop(key, None)
             self._dirty.set()
         else:   # assignments and rollouts: records controllers write (and operators, for rollouts)
-            cache, parse, what = ((self._rollouts, Rollout.from_json, "rollout record") if bucket == ROLLOUTS
-                                  else (self._assignments, json.loads, "assignment"))
-            have = cache.get(key)
+            rollouts = bucket == ROLLOUTS
+            records = cast("dict[str, tuple[Any, int]]", self._rollouts if rollouts else self._assignments)
+            parse: Callable[[bytes], Any] = Rollout.from_json if rollouts else json.loads
+            what = "rollout record" if rollouts else "assignment"
+            have = records.get(key)
             if have is not None and have[1] >= entry.revision:
                 return                   # the echo of our own write (or older)
             if deleted:
-                cache.pop(key, None)
+                records.pop(key, None)
             else:
                 try:
-                    cache[key] = (parse(entry.value), entry.revision)
+                    records[key] = (parse(entry.value), entry.revision)
                 except (ValueError, TypeError) as e:
                     log.error("%s of %s unreadable: %s", what, key, e)
                     if bucket == ROLLOUTS:
                         return
-                    cache[key] = ({"deployments": {}}, entry.revision)   # rewritten next pass
+                    records[key] = ({"deployments": {}}, entry.revision)   # rewritten next pass
             self._dirty.set()             # written by someone else: check it
 
     # -- passes ----------------------------------------------------------------------------
+    @property
+    def _fleet(self) -> FleetStore:
+        """The store, which the work after start() may take as connected."""
+        if self.store is None:
+            raise RuntimeError("the fleet store is not connected")
+        return self.store
+
     async def _run(self) -> None:
         reconnects = -1
         last_pass = 0.0
         leading = False
         while not self._closing.is_set():
             try:
-                if (self.store.nc.stats.get("reconnects", 0) != reconnects
+                if (self._fleet.nc.stats.get("reconnects", 0) != reconnects
                         or not all(e.is_set() for e in self._ready.values())):
-                    reconnects = self.store.nc.stats.get("reconnects", 0)
+                    reconnects = self._fleet.nc.stats.get("reconnects", 0)
                     await self._start_watchers()
                 live = set(self.live())
                 now = time.monotonic()
@@ -347,7 +359,7 @@ class Controller:
         return plan
 
     async def _write(self, node_id: str, desired: dict, rev: int, names: list[str]) -> None:
-        await self._put(self._assignments, node_id, desired, rev, self.store.put_assignment, self.store.assignment)
+        await self._put(self._assignments, node_id, desired, rev, self._fleet.put_assignment, self._fleet.assignment)
         log.info("assigned %s: %s", node_id, ", ".join(names) or "nothing")
 
     @staticmethod
@@ -382,15 +394,15 @@ class Controller:
                     continue                     # nothing staged, nothing to supersede
                 target = docs[name]
                 superseded = r is not None and r.active
-                stable = r.stable if superseded else (
+                stable = r.stable if r is not None and superseded else (
                     self._running_doc(name, assignments) if fd.rollout is not None else None)
-                if superseded:
+                if r is not None and superseded:
                     r.finish("superseded", f"revision {rev} replaced revision {r.revision}", now)
                 if fd.rollout is None or stable is None or stable == target:
-                    if superseded:
+                    if r is not None and superseded:
                         writes.append((r, krev))
                     continue
-                note = f" (supersedes the rollout of revision {r.revision})" if superseded else ""
+                note = f" (supersedes the rollout of revision {r.revision})" if r is not None and superseded else ""
                 r, changed = start(name, rev, target, stable, now), True
                 if note:
                     r.note(r.events[-1][1] + note, now)
@@ -409,7 +421,7 @@ class Controller:
         for name in gone:                    # the deployment was deleted: so is its rollout
             self._rollouts.pop(name, None)
         results = await asyncio.gather(*(self._write_rollout(r, krev) for r, krev in writes),
-                                       *(self.store.delete_rollout(n) for n in gone), return_exceptions=True)
+                                       *(self._fleet.delete_rollout(n) for n in gone), return_exceptions=True)
         for (r, _), res in zip(writes, results):
             if isinstance(res, BaseException):
                 # an operator paused or aborted it meanwhile: what is stored decides this pass
@@ -424,7 +436,7 @@ class Controller:
 
     async def _write_rollout(self, r: Rollout, revision: int) -> None:
         await self._put(self._rollouts, r.deployment, r, revision,
-                        lambda _, rec, rev: self.store.put_rollout(rec, rev), self.store.rollout)
+                        lambda _, rec, rev: self._fleet.put_rollout(rec, rev), self._fleet.rollout)
 
     @staticmethod
     def _running_doc(name: str, assignments: dict[str, tuple[dict, int]]) -> dict | None:

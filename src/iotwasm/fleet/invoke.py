@@ -26,6 +26,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from nats.aio.subscription import Subscription
+
 from ..errors import IotwasmError
 from ..message import Message
 from ..node import Node
@@ -68,7 +70,7 @@ class InvokeServer:
         self.node = node
         self.nc = nc
         self.interval_s = interval_s
-        self._subs: dict[str, object] = {}
+        self._subs: dict[str, Subscription] = {}
         self._workers: dict[str, Worker] = {}
         self._task: asyncio.Task | None = None
         self.answered = 0

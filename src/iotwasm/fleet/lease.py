@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 import nats.js.errors
+from nats.js.kv import KeyValue
 
 from .store import LEADER, FleetStore
 
@@ -46,7 +47,7 @@ class Lease:
         self.leader: dict | None = None  # the holder as last seen (this one or another)
         self._token = secrets.token_hex(8)
         self._until = 0.0                # monotonic: acts as holder until then
-        self._kv = None
+        self._kv: KeyValue | None = None
         self._told: bool | None = None   # the state last reported through the log and on_change
         self._why = ""                   # why the lease was lost, for the log
 
@@ -71,12 +72,18 @@ class Lease:
                      LEADER, self.key, ttl, self.ttl_s)
         self.ttl_s = ttl
 
+    @property
+    def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError("the lease was used before open() opened its bucket")
+        return self._kv
+
     async def acquire(self) -> bool:
         """One try to become the holder; True when this candidate holds the lease."""
         sent = time.monotonic()
         self.since = time.time()
         try:
-            rev = await self._call(self._kv.create(self.key, self._value()))
+            rev = await self._call(self._bucket.create(self.key, self._value()))
         except nats.js.errors.KeyWrongLastSequenceError:
             return await self._recover()
         self._hold(rev, sent)
@@ -86,7 +93,7 @@ class Lease:
         """Extend the lease; False (and not held any more) when someone else wrote the key."""
         sent = time.monotonic()
         try:
-            rev = await self._call(self._kv.update(self.key, self._value(), last=self.revision))
+            rev = await self._call(self._bucket.update(self.key, self._value(), last=self.revision))
         except nats.js.errors.KeyWrongLastSequenceError:
             return await self._recover()
         self._hold(rev, sent)
@@ -96,7 +103,7 @@ class Lease:
         """The key is not at the revision this candidate knows: read who holds it. Its own token
         means a write whose reply was lost landed: renew from that revision."""
         try:
-            entry = await self._call(self._kv.get(self.key))
+            entry = await self._call(self._bucket.get(self.key))
         except nats.js.errors.KeyNotFoundError:
             self.leader = None
             self._drop("the lease aged out")          # or was released meanwhile: next try
@@ -109,7 +116,7 @@ class Lease:
             sent = time.monotonic()
             self.since = value.get("since", self.since)
             try:
-                rev = await self._call(self._kv.update(self.key, self._value(), last=entry.revision))
+                rev = await self._call(self._bucket.update(self.key, self._value(), last=entry.revision))
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._drop("the lease changed while renewing it")
                 return False
@@ -143,7 +150,7 @@ class Lease:
             except nats.js.errors.APIError:
                 # a renewal cut short by the stop may have landed after all: delete that revision
                 # if it still carries this holder's token
-                entry = await self._call(self._kv.get(self.key))
+                entry = await self._call(self._bucket.get(self.key))
                 if json.loads(entry.value).get("token") != self._token:
                     return
                 await self._call(self._kv.delete(self.key, last=entry.revision))

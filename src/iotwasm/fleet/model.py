@@ -177,7 +177,7 @@ class RolloutSpec(Strict):
     def canary_nodes(self, total: int) -> int:
         """How many of `total` nodes form the canary stage."""
         if isinstance(self.canary, str):
-            pct = self._percent()
+            pct = self._percent() or 0.0
             return min(total, max(1, -(-int(pct * total) // 100))) if pct > 0 and total else 0
         return min(total, self.canary)
 

@@ -22,6 +22,8 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.js.api import StorageType
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from ..engine.module import digest_of
 from ..errors import ConfigError, IotwasmError
@@ -57,13 +59,18 @@ def check_key(what: str, key: str) -> str:
     return key
 
 
+def _entry(e: KeyValue.Entry) -> tuple[bytes, int]:
+    """An entry's value and revision (the client types both optional; a read entry has them)."""
+    return e.value or b"", e.revision or 0
+
+
 class FleetStore:
     def __init__(self, nc, node_ttl_s: float):
         self.nc = nc
         self.js = nc.jetstream()
         self.node_ttl_s = node_ttl_s
-        self._kv: dict[str, object] = {}
-        self._obj = None
+        self._kv: dict[str, KeyValue] = {}
+        self._obj: ObjectStore | None = None
 
     @classmethod
     async def connect(cls, url: str, *, timeout: float = 5.0, node_ttl_s: float = 4.0,
@@ -101,6 +108,12 @@ class FleetStore:
             kv = await self.js.create_key_value(bucket=name, storage=StorageType.FILE, **cfg)
         self._kv[name] = kv
         return kv
+
+    @property
+    def _objects(self) -> ObjectStore:
+        if self._obj is None:
+            raise IotwasmError("the fleet store was used before connect() opened its buckets")
+        return self._obj
 
     async def _buckets(self) -> None:
         await self._bucket(NODES, ttl=self.node_ttl_s, history=1)
@@ -150,10 +163,11 @@ class FleetStore:
             e = await kv.get(key)
         except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
             return None
+        value, revision = _entry(e)
         try:
-            return json.loads(e.value), e.revision
+            return json.loads(value), revision
         except ValueError:
-            return {"id": e.value.decode(errors="replace")}, e.revision
+            return {"id": value.decode(errors="replace")}, revision
 
     # -- nodes -----------------------------------------------------------------------------
     async def heartbeat(self, info: NodeInfo) -> int:
@@ -189,7 +203,8 @@ class FleetStore:
             e = await self._kv[DEPLOYMENTS].get(check_key("deployment", name))
         except nats.js.errors.KeyNotFoundError:
             return None
-        return FleetDeployment.parse(e.value, f"fleet deployment {name}"), e.revision
+        value, revision = _entry(e)
+        return FleetDeployment.parse(value, f"fleet deployment {name}"), revision
 
     async def deployments(self) -> dict[str, tuple[FleetDeployment, int]]:
         keys = await self._keys(DEPLOYMENTS)
@@ -240,7 +255,8 @@ class FleetStore:
             e = await self._kv[ASSIGNMENTS].get(check_key("node id", node_id))
         except nats.js.errors.KeyNotFoundError:
             return {"deployments": {}}, 0
-        return json.loads(e.value), e.revision
+        value, revision = _entry(e)
+        return json.loads(value), revision
 
     async def assignments(self) -> dict[str, tuple[dict, int]]:
         keys = await self._keys(ASSIGNMENTS)
@@ -257,7 +273,8 @@ class FleetStore:
             e = await self._kv[ROLLOUTS].get(check_key("deployment", name))
         except nats.js.errors.KeyNotFoundError:
             return None
-        return Rollout.from_json(e.value), e.revision
+        value, revision = _entry(e)
+        return Rollout.from_json(value), revision
 
     async def rollouts(self) -> dict[str, tuple[Rollout, int]]:
         keys = await self._keys(ROLLOUTS)
@@ -306,19 +323,19 @@ class FleetStore:
     async def put_module(self, wasm: bytes) -> str:
         """Store a module binary under its digest; returns the digest."""
         digest = digest_of(wasm)
-        await self._obj.put(self._object(digest), bytes(wasm))
+        await self._objects.put(self._object(digest), bytes(wasm))
         return digest
 
     async def put_object(self, digest: str, data: bytes) -> None:
         """Store raw bytes under a digest name without checking them (for tools and tests
         that need to show what a node does with a corrupt artifact)."""
-        await self._obj.put(self._object(digest), bytes(data))
+        await self._objects.put(self._object(digest), bytes(data))
 
     async def fetch_module(self, digest: str) -> bytes:
         """The module with `digest`, checked: bytes that hash differently are refused."""
         name = self._object(digest)
         try:
-            result = await self._obj.get(name)
+            result = await self._objects.get(name)
         except nats.js.errors.ObjectNotFoundError:
             raise ArtifactError(f"module {digest}: not in the fleet object store {MODULES}") from None
         except Exception as e:
@@ -332,16 +349,16 @@ class FleetStore:
 
     async def put_signature(self, sig: Signature) -> None:
         sigs = [s for s in await self.signatures(sig.digest) if s.key_id != sig.key_id] + [sig]
-        await self._obj.put(self._object(sig.digest) + ".sig",
+        await self._objects.put(self._object(sig.digest) + ".sig",
                             json.dumps([json.loads(s.to_json()) for s in sigs]).encode())
 
     async def signatures(self, digest: str) -> list[Signature]:
         try:
-            result = await self._obj.get(self._object(digest) + ".sig")
+            result = await self._objects.get(self._object(digest) + ".sig")
         except nats.js.errors.ObjectNotFoundError:
             return []
         try:
-            return [Signature.from_json(json.dumps(s), f"signature of {digest}") for s in json.loads(result.data)]
+            return [Signature.from_json(json.dumps(s), f"signature of {digest}") for s in json.loads(result.data or b"")]
         except (ValueError, TypeError, IotwasmError) as e:
             raise ArtifactError(f"signatures of {digest} unreadable: {e}") from None
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import IotwasmError
-from .manifests import Deployment, Route, parse_documents, to_document
+from .manifests import Deployment, Route, Rule, parse_documents, to_document
 from .state import NodeState
 
 SCHEMA = """
@@ -84,18 +84,30 @@ class AppliedManifests:
             self._bump()
         return found
 
-    def get(self, kind: str, name: str) -> Deployment | Route | None:
+    def get(self, kind: str, name: str) -> Deployment | Route | Rule | None:
         rows = self._state._x("SELECT kind, name, manifest, module_digest FROM applied_manifests "
                               "WHERE kind = ? AND name = ?", (kind, name))
         return _parsed(*rows[0]) if rows else None
 
-    def all(self) -> list[Deployment | Route]:
+    def deployment(self, name: str) -> Deployment | None:
+        m = self.get("Deployment", name)
+        return m if isinstance(m, Deployment) else None
+
+    def route(self, name: str) -> Route | None:
+        m = self.get("Route", name)
+        return m if isinstance(m, Route) else None
+
+    def rule(self, name: str) -> Rule | None:
+        m = self.get("Rule", name)
+        return m if isinstance(m, Rule) else None
+
+    def all(self) -> list[Deployment | Route | Rule]:
         rows = self._state._x("SELECT kind, name, manifest, module_digest FROM applied_manifests "
                               "ORDER BY kind, name")
         return [_parsed(*row) for row in rows]
 
 
-def _parsed(kind: str, name: str, text: str, module_digest: str | None) -> Deployment | Route:
+def _parsed(kind: str, name: str, text: str, module_digest: str | None) -> Deployment | Route | Rule:
     # JSON is YAML: the same validation as files, so a stored manifest that a newer schema
     # refuses is reported like a bad file instead of crashing the sync
     m = parse_documents(text, f"api:{kind}/{name}")[0]

@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..container import WasmContainer
 from ..engine import Runtime
@@ -141,7 +141,7 @@ class Node:
         self._sync_lock = asyncio.Lock()
         self._file_owned: set[tuple[str, str]] = set()
         #: wraps every batch of every deployment when set (see DeploymentHandle.trace)
-        self.batch_trace = None
+        self.batch_trace: Callable[..., Any] | None = None
         self.rules: NodeRules | None = None  # created once the bus exists (start)
 
     # -- life ------------------------------------------------------------------------------

@@ -268,13 +268,13 @@ class ModuleStore:
         info = self._runtime_for_validation().load_bytes(mod_name, wasm, Limits()).info
         digest = digest_of(wasm)
         with self._write() as db:
-            if version is not None:
+            if version is not None and name is not None:
                 self._check_retag(db, name, version, digest, force)
             self._store_blob(digest, wasm)
             db.execute("INSERT OR IGNORE INTO modules(digest, size, abi, name, added_at, info_json)"
                        " VALUES (?, ?, ?, ?, ?, ?)",
                        (digest, len(wasm), info.abi, mod_name, time.time(), _info_to_json(info)))
-            if version is not None:
+            if version is not None and name is not None:
                 self._set_tag(db, name, version, digest)
         return self.get(digest)
 

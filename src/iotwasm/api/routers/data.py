@@ -134,7 +134,7 @@ async def replay(name: str, body: ReplayBody, ctx: Ctx, who: Operator) -> dict:
 async def results(ctx: Ctx, who: Viewer,
                   limit: int = Query(5, ge=1, le=100)) -> list[dict]:
     wanted: list[tuple[str, str, str, str]] = []   # (kind, name, table, route column)
-    for (kind, n), m in sorted(desired(ctx.node).items()):
+    for (_kind, n), m in sorted(desired(ctx.node).items()):
         if not who.may_see(m.metadata.namespace):
             continue
         if isinstance(m, Route):

@@ -17,7 +17,7 @@ from ..live import last_error
 from ..metrics import subject_of
 from ..openapi import errors
 from ..policy import PolicyError, QuotaExceeded, admit_manifests, desired
-from ..problems import Problem
+from ..problems import Problem, not_found
 from ..security import Principal
 
 router = APIRouter(tags=["deployments"], route_class=GuardedRoute)
@@ -34,8 +34,9 @@ class RollbackBody(BaseModel):
 def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
     node = ctx.node
     rec = node.deployments.get(name)
-    applied = node.applied.get("Deployment", name)
-    manifest = rec.manifest if rec else applied
+    manifest = rec.manifest if rec else node.applied.deployment(name)
+    if manifest is None:
+        raise not_found(f"deployment {name!r} not found")
     out: dict[str, Any] = {"name": name, "namespace": manifest.metadata.namespace,
                            "source": "file" if node.file_owned("Deployment", name) else "api",
                            "module": manifest.spec.module}

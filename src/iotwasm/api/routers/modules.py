@@ -82,9 +82,9 @@ async def push_module(request: Request, ctx: Ctx, who: Operator, name: str | Non
             async for chunk in request.stream():   # at most MAX_MODULE bytes (GuardedRoute)
                 size += len(chunk)
                 f.write(chunk)
-        data = Path(tmp).read_bytes()
+        data = await asyncio.to_thread(Path(tmp).read_bytes)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        await asyncio.to_thread(Path(tmp).unlink, missing_ok=True)
     if not data:
         raise invalid("empty body: send the module's bytes")
     from ...engine.module import digest_of
@@ -136,7 +136,7 @@ async def delete_module(ref: str, ctx: Ctx, who: Operator) -> dict:
         await ctx.deny(who, "module.delete", rec.digest, PolicyError(f"module {rec.digest[:19]} is shared with "
                                                                "other tenants; only a node admin can delete it"))
     users = {name for (kind, name), d in desired(node).items()
-             if kind == "Deployment" and _uses(node, d, rec.digest)}
+             if isinstance(d, Deployment) and _uses(node, d, rec.digest)}
     users |= {name for name, d in node.deployments.items() if d.module_digest == rec.digest}
     if users:
         raise Problem(409, "Conflict", f"module {rec.digest[:19]} is used by deployment(s) "

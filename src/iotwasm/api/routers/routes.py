@@ -11,6 +11,7 @@ from ..deps import Ctx, Operator, Viewer
 from ..guard import GuardedRoute
 from ..openapi import errors
 from ..policy import desired
+from ..problems import not_found
 
 router = APIRouter(tags=["routes"], route_class=GuardedRoute)
 
@@ -18,7 +19,9 @@ router = APIRouter(tags=["routes"], route_class=GuardedRoute)
 def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
     node = ctx.node
     rec = node.routes.get(name)
-    manifest = rec.manifest if rec else node.applied.get("Route", name)
+    manifest = rec.manifest if rec else node.applied.route(name)
+    if manifest is None:
+        raise not_found(f"route {name!r} not found")
     out: dict[str, Any] = {"name": name, "namespace": manifest.metadata.namespace,
                            "source": manifest.spec.source.type, "steps": manifest.spec.steps,
                            "sinks": [s.type for s in manifest.spec.sinks],

@@ -15,13 +15,14 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from ...node.manifests import Rule
 from ...node.node import Node
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
 from ..guard import GuardedRoute
 from ..openapi import errors
 from ..policy import desired
-from ..problems import Problem
+from ..problems import Problem, not_found
 from ..security import Principal
 
 COUNTERS = ("received", "matched", "emitted", "errors", "udf_errors", "late", "decode_errors")
@@ -35,8 +36,8 @@ class TagBody(BaseModel):
 def rules_using(node: Node, deployment: str) -> list[str]:
     """Rules (running or applied) that call `deployment` as a function or invoke it."""
     out = []
-    for (kind, name), m in desired(node).items():
-        if kind == "Rule" and (any(f.deployment == deployment for f in m.spec.functions)
+    for (_kind, name), m in desired(node).items():
+        if isinstance(m, Rule) and (any(f.deployment == deployment for f in m.spec.functions)
                                or any(a.invoke is not None and a.invoke.deployment == deployment
                                       for a in m.spec.actions)):
             out.append(name)
@@ -55,11 +56,16 @@ def _problem_of(node: Node, name: str) -> str | None:
 
 
 def rule_view(node: Node, name: str, full: bool = False, status: dict | None = None) -> dict:
-    manifest = node.rules.manifests[name] if _running(node, name) else node.applied.get("Rule", name)
+    manifest = node.rules.manifests[name] if node.rules is not None and _running(node, name) \
+        else node.applied.rule(name)
+    if manifest is None:
+        raise not_found(f"rule {name!r} not found")
     out: dict[str, Any] = {"name": name, "namespace": manifest.metadata.namespace,
                            "source": "file" if node.file_owned("Rule", name) else "api",
                            "tags": list(manifest.spec.tags)}
-    st = (status if status is not None else node.rules.status()).get(name) if _running(node, name) else None
+    st = None
+    if node.rules is not None and _running(node, name):
+        st = (status if status is not None else node.rules.status()).get(name)
     if st is None:
         out.update(state="pending", enabled=manifest.spec.enabled, **{k: 0 for k in COUNTERS},
                    last_error=_problem_of(node, name), open_windows=0, watermark=None)
@@ -105,7 +111,7 @@ async def delete_rule(name: str, ctx: Ctx, who: Operator) -> dict:
 async def _switch(ctx: ApiContext, name: str, enabled: bool, who: Principal) -> dict:
     node = ctx.node
     ns = ctx.visible(who, "Rule", name)
-    if not _running(node, name):
+    if node.rules is None or not _running(node, name):
         problem = _problem_of(node, name)
         raise Problem(409, "Conflict", f"rule {name} is not running" + (f" ({problem})" if problem else ""),
                       "not-running")

@@ -76,7 +76,7 @@ async def put_tenant(name: str, body: TenantBody, ctx: Ctx, who: NodeAdmin) -> d
     t = Tenant(name=name, **body.model_dump())
     await asyncio.to_thread(ctx.security.put_tenant, t)   # api.db syncs every commit: off the loop
     await ctx.record(who, "tenant.put", f"tenant/{name}", json.dumps(body.model_dump()), tenant=name)
-    return ctx.security.tenant(name).to_dict()
+    return (ctx.security.tenant(name) or t).to_dict()
 
 
 @router.delete("/v1/tenants/{name}", summary="Delete a tenant's policy (node admin)")

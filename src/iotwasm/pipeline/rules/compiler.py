@@ -112,13 +112,13 @@ class Compiler:
             a, lo, hi = (self.expr(x) for x in n.args)
 
             def between(r):
-                v, l, h = a(r), lo(r), hi(r)
-                if v is None or l is None or h is None:
+                v, low, h = a(r), lo(r), hi(r)
+                if v is None or low is None or h is None:
                     return None
                 try:
-                    return l <= v <= h
+                    return low <= v <= h
                 except TypeError:
-                    raise EvalError(f"{v!r} BETWEEN {l!r} AND {h!r}: incomparable types") from None
+                    raise EvalError(f"{v!r} BETWEEN {low!r} AND {h!r}: incomparable types") from None
             return between
         if k == "like":
             return self._like(n)

@@ -305,8 +305,7 @@ _NAMES = {"_SELECT": "SELECT", "_FROM": "FROM", "_WHERE": "WHERE", "_GROUP": "GR
           "_THEN": "THEN", "_WHEN": "WHEN", "_ELSE": "ELSE", "LPAR": "'('", "RPAR": "')'",
           "COMMA": "','", "NAME": "a name", "NUMBER": "a number", "STRING": "a 'string'",
           "QUOTED": 'a "quoted" name', "$END": "the end", "COMP": "a comparison", "DOT": "'.'",
-          "MINUS": "'-'", "_CASE": "CASE", "_NULL": "NULL", "_TRUE": "TRUE", "_FALSE": "FALSE",
-          "_NOT": "NOT"}
+          "MINUS": "'-'", "_CASE": "CASE", "_NULL": "NULL", "_TRUE": "TRUE", "_FALSE": "FALSE"}
 
 
 def _expected(names) -> str:

@@ -27,6 +27,7 @@ dropped; a checkpoint that cannot be written is tried again at the next interval
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -190,9 +191,8 @@ class RuleRunner:
                 await self._subs.pop(f).detach()
             except IotwasmError as e:
                 log.warning("rules: detaching %s: %s", f, e)
-        deadline = time.monotonic() + drain_timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), drain_timeout)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -286,8 +286,8 @@ class RuleRunner:
         want = {r.filter for n, r in self.engine.rules.items() if r.enabled}
         for f in [f for f in self._subs if f not in want]:
             await self._unsubscribe(f)
+        queue = self._queue
         for f in want - set(self._subs):
-            queue = self._queue
 
             async def handler(msg: Message, f=f) -> None:
                 await queue.put((f, msg))
@@ -310,9 +310,8 @@ class RuleRunner:
 
     async def idle(self, timeout: float = 10.0) -> None:
         """Wait until everything queued was evaluated and dispatched."""
-        deadline = time.monotonic() + timeout
-        while (self._queue.qsize() or self._busy) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
 
     async def _work(self) -> None:
         q = self._queue
@@ -332,6 +331,8 @@ class RuleRunner:
                 self._faults.failed(e)
             finally:
                 self._busy = False
+                for _ in items:
+                    q.task_done()
 
     def _checkpoint(self) -> None:
         """Window state and alert state (dedup, FOR and cooldown clocks) to SQLite."""
