@@ -359,6 +359,7 @@ def _raw_trampoline(env, caller, vals, n):  # pragma: no branch - every path ret
             if isinstance(e, AbiError):
                 host_failure.error = e  # a typed refusal: the caller reports it as it is
             else:
+                host_failure.error = None  # nothing stale may stand in for this failure
                 return _trap(f"host function {name} failed: {type(e).__name__}: {e}")
         return _trap(f"host function {name}: {e}")
 
