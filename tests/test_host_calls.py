@@ -201,16 +201,16 @@ def test_host_functions_of_dropped_factories_are_released(runtime):
 
     from conftest import module_path
 
-    from iotwasm.engine import fastcall
+    from iotwasm.engine import hostcall
 
     compiled = runtime.load(module_path("host_calls.wat"))
-    before = len(fastcall._raw_functions)
+    before = len(hostcall._raw_functions)
     factory = prepare(compiled, Limits(), HostContext("h", Capabilities.grant(*ALL)))
     guest = factory.new_guest()
     # one per function host_calls.wat imports: kv_delete, defined but not imported, went with
     # the linker at the end of prepare()
-    assert len(fastcall._raw_functions) == before + 7
+    assert len(hostcall._raw_functions) == before + 7
     guest.close()
     del factory, guest
     gc.collect()
-    assert len(fastcall._raw_functions) == before
+    assert len(hostcall._raw_functions) == before

@@ -22,7 +22,7 @@ import wasmtime
 from ..errors import AbiError, CapabilityDenied
 from ..message import now_ms
 from .capabilities import CAPABILITY_OF, WASI, Capabilities
-from .fastcall import CallerMemory, define_raw
+from .hostcall import CallerMemory, define_raw
 
 HOST_MODULE = "iot"
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
