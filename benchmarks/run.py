@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RANGE_FILTER = ROOT / "examples" / "modules" / "range_filter.wasm"
 FILTER_CONFIG = {"field": "value", "min": "10", "max": "30"}
-SECTIONS = ("per-message", "cold-start", "density", "languages", "components")
+SECTIONS = ("per-message", "cold-start", "micro", "density", "languages", "components")
 BATCH_SIZES = (1, 10, 100, 1000)
 
 #: (full, quick) sizes
@@ -569,7 +569,7 @@ def breakdown(guest, msgs, bs: int, repeats: int, log) -> dict:
         for d, b in zip(datas, batches):
             mem.write(guest.in_ptr, d)
             mem.write(guest.out_ptr, zero)
-            guest._invoke(guest._process, guest.in_ptr, len(d), len(b), guest.out_ptr,
+            guest._invoke(guest._process_fn, guest.in_ptr, len(d), len(b), guest.out_ptr,
                           guest.out_cap)
             if keep is not None:
                 used, _ = HDR.unpack(mem.read(guest.out_ptr, 8))
@@ -691,7 +691,8 @@ def bench_cold_start(work: Workload, quick: bool, log) -> dict:
         xs.append(perf_ns() - t0)
         assert rt.cache.hits == 1 and rt.cache.misses == 0
         eng = rt.engine(rt.settings_for(Limits()))
-        blob = artifact_file.read_bytes()[16 + 32:]  # after the cache's magic and checksum
+        entry = artifact_file.read_bytes()  # magic, CRC-32, description length, description
+        blob = entry[24 + struct.unpack_from("<I", entry, 20)[0]:]
         t0 = perf_ns()
         wasmtime.Module.deserialize(eng, blob)
         raw.append(perf_ns() - t0)
@@ -929,6 +930,10 @@ def markdown(res: dict) -> str:
                   "", f"Module {cs['wasm_bytes']:,} bytes; cached artifact "
                   f"{cs['artifact_bytes']:,} bytes; first-result figures are medians of "
                   f"{cs['child_runs']} subprocesses.", ""]
+    if res.get("micro"):
+        from micro import markdown as micro_markdown
+
+        lines += micro_markdown(res["micro"])
     de = res.get("density")
     if de:
         lines += ["## Density", "",
@@ -1009,6 +1014,11 @@ def main() -> None:
             res["per_message"] = bench_per_message(work, args.quick, log)
         elif name == "cold-start":
             res["cold_start"] = bench_cold_start(work, args.quick, log)
+        elif name == "micro":  # benchmarks/micro.py
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from micro import bench_micro
+
+            res["micro"] = bench_micro(work, args.quick, log, scratch, make_messages, interleaved)
         elif name == "components":  # benchmarks/components.py
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from components import bench_components

@@ -41,6 +41,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # AssemblyScript modules: Node.js and npm run the compiler
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# benchmarks/instructions.py counts instructions per operation under callgrind
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

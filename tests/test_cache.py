@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 
 from iotwasm.engine import HostContext, Limits, Runtime, prepare
+from iotwasm.engine.module import info_to_record
 from iotwasm.engine.runtime import EngineSettings
 from iotwasm.errors import InvalidModule
 from iotwasm.message import Message
@@ -83,3 +85,48 @@ def test_invalid_module_is_refused_with_reason(runtime):
         runtime.load("(module (func (export \"f\") i32.add))", name="typeerr")
     with pytest.raises(InvalidModule, match="cannot read module file"):
         runtime.load(os.path.join("/nonexistent", "m.wasm"))
+
+
+def test_a_hit_describes_the_module_exactly_as_inspecting_it(tmp_path):
+    """The description stored with the compiled code equals a fresh inspection, under the
+    name of the load that asked (names are not part of the bytes)."""
+    from conftest import EXAMPLES
+
+    sources = [ECHO_WAT, EXAMPLES / "range_filter.wasm", EXAMPLES / "wasi_csv.wasm"]
+    with Runtime(tmp_path) as rt:
+        fresh = [rt.load(s, name=f"first{i}").info for i, s in enumerate(sources)]
+    with Runtime(tmp_path) as rt:
+        hits = [rt.load(s, name=f"again{i}").info for i, s in enumerate(sources)]
+        assert (rt.cache.hits, rt.cache.misses) == (len(sources), 0)
+        # and a second load in the same runtime reuses it under its own name again
+        assert rt.load(sources[1], name="third").info.name == "third"
+    for i, (a, b) in enumerate(zip(fresh, hits)):
+        assert b.name == f"again{i}"
+        assert dataclasses.replace(a, name=b.name) == b
+    assert hits[0].abi == "iotwasm-v1" and hits[2].abi == "wasi-command"
+
+
+def test_an_entry_of_the_older_format_is_replaced(tmp_path, caplog):
+    with Runtime(tmp_path) as rt:
+        echo_once(rt)
+    path = tmp_path / entries(tmp_path)[0]
+    path.write_bytes(b"IOTWASM-CWASM-1\n" + bytes(32) + b"old artifact")
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert rt.cache.rejected == 1
+    assert "older entry format" in caplog.text
+    with Runtime(tmp_path) as rt:
+        echo_once(rt)
+        assert (rt.cache.hits, rt.cache.rejected) == (1, 0)
+
+
+def test_a_description_of_another_module_is_refused(tmp_path):
+    with Runtime(tmp_path) as rt:
+        compiled = rt.load(ECHO_WAT, name="echo")
+        fp = compiled.settings.fingerprint()
+        record = info_to_record(compiled.info)
+        record["digest"] = "sha256:" + "0" * 64
+        rt.cache.store(compiled.module, compiled.info.digest, fp, record)  # well-formed CRC
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert (rt.cache.hits, rt.cache.rejected) == (0, 1)

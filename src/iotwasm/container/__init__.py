@@ -2,8 +2,9 @@
 restarts) and the node-wide instance budget."""
 
 from .balancing import STRATEGIES, make_strategy
-from .container import RestartPolicy, WasmContainer
+from .container import WasmContainer
 from .lifecycle import TRANSITIONS, Lifecycle, State, Transition
+from .policy import RestartPolicy
 from .scaling import BudgetSpent, InstanceBudget, Scaling
 from .stats import ContainerStats, InstanceStats, ScalingStats
 

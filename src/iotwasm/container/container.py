@@ -21,10 +21,8 @@ import random
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..backoff import Backoff
 from ..engine import (
     Capabilities,
     CompiledModule,
@@ -49,6 +47,7 @@ from ..errors import (
 from ..message import BatchResult, DeadLetter, Message
 from .balancing import make_strategy
 from .lifecycle import Lifecycle, State, Transition
+from .policy import RestartPolicy
 from .pool import PoolMixin
 from .scaling import InstanceBudget, Scaling
 from .stats import ContainerStats, InstanceStats, ScalingStats, Slot
@@ -61,47 +60,6 @@ _JITTER = random.Random()
 
 #: failures that will happen again on every attempt: retrying them is pointless
 PERMANENT = (InvalidModule, AbiError, CapabilityDenied, ConfigError)
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    """When and how fast a container in error is brought back.
-
-    - ``on-failure`` (default): restart after runtime failures (init trap, crash loop), not
-      after permanent ones (invalid module, ABI or capability errors), at most `max_restarts`.
-    - ``always``: restart after any error, permanent ones included.
-    - ``never``: stay in error until someone calls `restart()`.
-
-    Backoff starts at `backoff_s`, doubles per consecutive failed attempt up to
-    `max_backoff_s`, and resets after `reset_after_s` of healthy running. Each wait is the
-    shared `iotwasm.backoff.Backoff`: up to `jitter` (a share) shorter than that, so the
-    containers of many nodes that failed together do not all come back at the same moment.
-    """
-
-    mode: str = "on-failure"
-    backoff_s: float = 0.5
-    max_backoff_s: float = 60.0
-    max_restarts: int | None = None
-    reset_after_s: float = 60.0
-    #: consecutive batches in which every message failed by trap or limit = a crash loop
-    crash_loop_batches: int = 10
-    jitter: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("always", "on-failure", "never"):
-            raise ConfigError(f"restart policy {self.mode!r} is not one of always, on-failure, never")
-        try:
-            self.backoff(random.Random(0))
-        except ValueError as e:
-            raise ConfigError(f"restart policy: {e}") from None
-
-    def backoff(self, rng: random.Random | None = None) -> Backoff:
-        """The retry delays this policy asks for (one per container: it counts failures)."""
-        return Backoff(self.backoff_s, self.max_backoff_s, jitter=self.jitter, rng=rng)
-
-    def delay(self, attempt: int) -> float:
-        """The longest wait before restart attempt `attempt` (1 = after the first failure)."""
-        return self.backoff(random.Random(0)).ceiling(attempt)
 
 
 class WasmContainer(PoolMixin):
@@ -151,7 +109,11 @@ class WasmContainer(PoolMixin):
         self._factory: GuestFactory | None = None
         self._slots: list[Slot] = []
         self._retired: list[Slot] = []  # out of the pool, still running a batch
-        self._cond = threading.Condition()
+        # a plain lock under the condition: no path takes it twice, and it is taken twice per
+        # batch, where an RLock costs more than a batch of one's guest call
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # `with self._lock` holds it too, faster
+        self._waiters = 0  # threads in _wait(); read and written with _cond held
         self._admin = threading.RLock()  # serialises start/stop/scale/restart
         self.restarts = 0
         self._clock = clock
@@ -217,7 +179,7 @@ class WasmContainer(PoolMixin):
             self.lifecycle.move(State.TERMINATED, reason)
             with self._cond:
                 while self._retired or any(s.busy for s in self._slots):
-                    self._cond.wait()
+                    self._wait()
                 self._retire(self._slots)
                 self._slots = []
                 self._cond.notify_all()
@@ -286,7 +248,8 @@ class WasmContainer(PoolMixin):
         """
         if not messages:
             return BatchResult()
-        self._ensure_running()
+        if self.lifecycle.state is not State.RUNNING:
+            self._ensure_running()
         slot = self._acquire()
         t0 = time.perf_counter()
         lost: IotwasmError | None = None
@@ -330,21 +293,25 @@ class WasmContainer(PoolMixin):
         st.calls += 1
         st.messages += len(messages)
         st.outputs += len(result.outputs)
-        st.dead_letters += len(result.dead_letters)
-        for d in result.dead_letters:
-            st.errors[d.error.kind] += 1
-            st.faults += isinstance(d.error, SANDBOX_FAULTS)
+        dead = result.dead_letters
+        if dead:
+            st.dead_letters += len(dead)
+            for d in dead:
+                st.errors[d.error.kind] += 1
+                st.faults += isinstance(d.error, SANDBOX_FAULTS)
         st.fuel_used += result.fuel_used
-        pages = slot.guest.memory_pages()
+        guest = slot.guest
+        pages = guest.memory_pages()
         if pages != st.memory_pages:
             st.memory_pages = pages
             st.peak_memory_pages = max(st.peak_memory_pages, pages)
             if pages > self._pages_hint:
                 self._pages_hint = pages
             self._recount(slot)
-        st.recycles = slot.guest.recycled
-        st.last_latency_ms = elapsed * 1000
-        st.total_latency_ms += elapsed * 1000
+        st.recycles = guest.recycled
+        ms = elapsed * 1000
+        st.last_latency_ms = ms
+        st.total_latency_ms += ms
 
     def _replace(self, slot: Slot) -> IotwasmError | None:
         """A guest that could not recover after a trap is swapped for a new instance.
@@ -366,7 +333,8 @@ class WasmContainer(PoolMixin):
         return None
 
     def _watch_health(self, messages, result: BatchResult) -> None:
-        hard = sum(1 for d in result.dead_letters if isinstance(d.error, SANDBOX_FAULTS))
+        dead = result.dead_letters
+        hard = sum(1 for d in dead if isinstance(d.error, SANDBOX_FAULTS)) if dead else 0
         if hard and hard == len(messages):
             self._failed_batches += 1
         else:

@@ -37,7 +37,10 @@ class PoolMixin:
     _factory: GuestFactory | None
     _slots: list[Slot]
     _retired: list[Slot]
+    #: a plain Lock under the Condition (no path takes it twice); `with _lock` holds `_cond`
+    _lock: threading.Lock
     _cond: threading.Condition
+    _waiters: int
     _admin: threading.RLock
     _clock: Callable[[], float]
     _weights: list[int] | None
@@ -134,7 +137,7 @@ class PoolMixin:
     def _acquire(self) -> Slot:
         grow = True
         while True:
-            with self._cond:
+            with self._lock:
                 while True:
                     if self.state == State.TERMINATED or self._factory is None:
                         raise ContainerUnavailable(f"is {self.state}, not running", module=self.name)
@@ -155,7 +158,7 @@ class PoolMixin:
                         break
                     if not slots and not self._growing:
                         raise ContainerUnavailable("has no instance and may make none now", module=self.name)
-                    self._cond.wait()
+                    self._wait()
             try:
                 return self._grow(factory, busy=True)
             except BudgetSpent:
@@ -212,8 +215,17 @@ class PoolMixin:
             budget.touch(self)   # a spare is idle from the start
         return slot
 
+    def _wait(self) -> None:
+        """Wait on `_cond` (held), counted so that a release wakes someone only when someone
+        waits. Every wait on `_cond` goes through here: an uncounted waiter would not be woken."""
+        self._waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
+
     def _release(self, slot: Slot, busy: float) -> None:
-        with self._cond:
+        with self._lock:
             slot.busy = False
             slot.busy_seconds += busy
             slot.last_used = self._clock()
@@ -225,7 +237,8 @@ class PoolMixin:
                 self._count_out(slot)
                 self._cond.notify_all()  # stop() may be waiting for the last one
                 return
-            self._cond.notify()
+            if self._waiters:  # notify() costs more than a batch of one: only when needed
+                self._cond.notify()
         if self._budget is not None:
             self._budget.touch(self)   # an idle instance, used just now
 

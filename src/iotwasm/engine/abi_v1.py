@@ -12,7 +12,6 @@ one, and the rest of the batch goes on.
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Sequence
 
@@ -20,23 +19,20 @@ import wasmtime
 
 from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
                       OutputLimitExceeded)
-from ..message import BatchResult, DeadLetter, Message, Output
-from .fastcall import (FUNC, MEMORY, CallFailed, Exports, GuestMemory, RawFunc, StoreControl,
-                       signature)
+from ..message import BatchResult, DeadLetter, Message
+from .fastcall import (FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc,
+                       StoreControl, signature)
 from .host import WASI_MODULES, HostContext, call_budget, check_imports, define_host
 from .limits import Limits, format_size
 from .traps import classify
+# the framing, re-exported: tools and tests import it from here
+from .v1_framing import (IN_RECORD, KIND_ERROR, KIND_MESSAGE, OUT_HEADER,  # noqa: F401
+                         OUT_RECORD, pack_inputs, pack_outputs, parse_outputs, unpack_inputs)
 
 ABI_VERSION = 1
 
-IN_RECORD = struct.Struct("<qII")    # timestamp_ms, topic_len, payload_len
-OUT_RECORD = struct.Struct("<IIII")  # input_index, kind, topic_len, payload_len
-OUT_HEADER = struct.Struct("<II")    # used, inputs_done
-
 IOT_OK = 0
 IOT_OUTPUT_FULL = 1
-KIND_MESSAGE = 0
-KIND_ERROR = 1
 ERROR_CODES = {-1: "IOT_ERR_FRAMING", -2: "IOT_ERR_INTERNAL"}
 EXPORT_SIGNATURES = {
     "iot_abi_version": signature(0),
@@ -49,84 +45,6 @@ EXPORT_SIGNATURES = {
 
 MIN_BUFFER = 64 * 1024
 _ZERO_HEADER = bytes(OUT_HEADER.size)
-
-
-def pack_inputs(messages: Sequence[Message]) -> bytes:
-    """Frame messages as the input records of one batch."""
-    parts: list[bytes] = []
-    add = parts.append
-    pack = IN_RECORD.pack
-    for m in messages:
-        topic = m.topic.encode()
-        payload = m.payload
-        add(pack(m.timestamp_ms, len(topic), len(payload)))
-        add(topic)
-        add(payload)
-    return b"".join(parts)
-
-
-def unpack_inputs(data: bytes) -> list[Message]:
-    """Inverse of pack_inputs (used by tests and tools, not on the hot path)."""
-    out = []
-    off = 0
-    while off < len(data):
-        ts, tl, pl = IN_RECORD.unpack_from(data, off)
-        off += IN_RECORD.size
-        topic = data[off:off + tl].decode()
-        payload = data[off + tl:off + tl + pl]
-        off += tl + pl
-        out.append(Message(topic, payload, ts))
-    return out
-
-
-def pack_outputs(records: Sequence[tuple[int, int, bytes, bytes]]) -> bytes:
-    """Frame (input_index, kind, topic, payload) records the way a guest writes them."""
-    parts: list[bytes] = []
-    for idx, kind, topic, payload in records:
-        parts += [OUT_RECORD.pack(idx, kind, len(topic), len(payload)), topic, payload]
-    return b"".join(parts)
-
-
-def parse_outputs(buf: bytes, count: int, done: int, base: int
-                  ) -> tuple[list[Output], list[tuple[int, str]]]:
-    """Parse output records; keep those of inputs < `done`; indices shifted by `base`.
-
-    The guest is untrusted: any record that is truncated, points outside the batch or has an
-    unknown kind makes the whole buffer an AbiError. This loop runs once per output message,
-    so it is written for speed: no per-record function calls beyond unpack and the tuple.
-    """
-    outputs: list[Output] = []
-    errors: list[tuple[int, str]] = []
-    add = outputs.append
-    new = tuple.__new__
-    unpack = OUT_RECORD.unpack_from
-    off = 0
-    end = len(buf)
-    limit = end - 16
-    while off < end:
-        if off > limit:
-            raise AbiError(f"output record header truncated at byte {off} of {end}")
-        idx, kind, tl, pl = unpack(buf, off)
-        off += 16
-        stop = off + tl + pl
-        if stop > end or idx >= done or kind:
-            if stop > end:
-                raise AbiError(f"output record at byte {off - 16} runs past the {end} bytes written")
-            if idx >= count:
-                raise AbiError(f"output record names input {idx}, batch has {count}")
-            if kind > KIND_ERROR:
-                raise AbiError(f"output record has unknown kind {kind}")
-            if idx < done:  # an error record of a finished input
-                errors.append((base + idx, buf[off + tl:stop].decode("utf-8", "replace")))
-            off = stop
-            continue
-        if tl:
-            add(new(Output, (base + idx, buf[off:off + tl].decode("utf-8", "replace"),
-                             buf[off + tl:stop])))
-        else:
-            add(new(Output, (base + idx, None, buf[off:stop])))
-        off = stop
-    return outputs, errors
 
 
 class V1Factory:
@@ -201,17 +119,22 @@ class V1Guest:
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             err = classify(e, module=f.name, function="instantiate", limits=f.limits)
             raise InitError(str(err), module=None) from None
-        exports = Exports(store, instance)
-        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY))
+        ctx = self.ctl.ctx  # one context pointer for every handle of this store
+        exports = Exports(store, instance, ctx)
+        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY), ctx)
         opt = f.optional
 
+        slots = CallSlots(5)
+
         def bind(n: str, params: int, results: tuple[str, ...] = ("i32",)) -> RawFunc:
-            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False)
+            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False,
+                           ctx=exports.ctx, slots=slots)
 
         version_fn = bind("iot_abi_version", 0)
         self._alloc = bind("iot_alloc", 1)
-        self._process = bind("iot_process", 5)
-        self._free = bind("iot_free", 2, ()) if "iot_free" in opt else None
+        self._process_fn = bind("iot_process", 5)
+        self._free = None  # bound when a buffer is first replaced (_grow): few guests ever do
+        self._bind = bind
         init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
                       if n in opt]
         version = self._call_init(version_fn)  # before any guest code with side effects
@@ -295,7 +218,9 @@ class V1Guest:
             raise MemoryLimitExceeded(
                 f"no room for a {format_size(need)} {which}put buffer within memory limit "
                 f"{format_size(self.f.limits.memory)}", module=self.f.name, function="iot_alloc")
-        if ptr and self._free is not None:
+        if ptr and "iot_free" in self.f.optional:
+            if self._free is None:
+                self._free = self._bind("iot_free", 2, ())
             try:
                 self._invoke(self._free, ptr, cap)
             except IotwasmError:
@@ -307,7 +232,71 @@ class V1Guest:
 
     # -- the batch call ------------------------------------------------------------------
     def process(self, messages: Sequence[Message]) -> BatchResult:
-        """Run a batch; every message ends up with its outputs or as a dead letter."""
+        """Run a batch; every message ends up with its outputs or as a dead letter.
+
+        The common case (a healthy instance, buffers already big enough, the guest finishes
+        every input with no error record) is handled first in a straight line: at a batch of
+        one, the bookkeeping of the general loop would cost more than the guest call. Any
+        other outcome continues in the general loop from the call already made."""
+        n = len(messages)
+        if self.broken is None and n:
+            data = pack_inputs(messages)
+            size = len(data)
+            if size <= self.in_cap and self.out_cap >= min(max(MIN_BUFFER, size * 2),
+                                                           self.f.limits.max_output):
+                call = self._call(data, n)
+                failure, status, fuel, header = call
+                if failure is None and status == IOT_OK and type(header) is tuple:
+                    used, done = header
+                    if done == n and used <= self.out_cap - OUT_HEADER.size:
+                        try:
+                            outs, errs = parse_outputs(
+                                self.mem.read(self.out_ptr + OUT_HEADER.size, used), n, done, 0)
+                        except AbiError:
+                            pass  # the general loop reports it
+                        else:
+                            if not errs:
+                                return BatchResult(outs, [], fuel)
+                return self._process(messages, (n, call))
+        return self._process(messages, None)
+
+    def _call(self, data: bytes, count: int
+              ) -> tuple[IotwasmError | None, int | None, int, tuple[int, int] | AbiError]:
+        """Copy one chunk in and run `iot_process` on it (buffers must be big enough).
+
+        Returns (failure, status, fuel used, output header or the AbiError reading it)."""
+        mem = self.mem
+        out_ptr = self.out_ptr
+        mem.write(self.in_ptr, data)
+        mem.write(out_ptr, _ZERO_HEADER)
+        failure: IotwasmError | None = None
+        status = None
+        f = self.f
+        metered = f.limits.fuel is not None
+        if metered or f.runtime.epoch != self._armed_epoch:
+            self._arm()
+        if f.budgeted:
+            call_budget.at = self._deadline_at
+        # what _invoke does, inline: this runs once per batch
+        try:
+            status = self._process_fn(self.in_ptr, len(data), count, out_ptr, self.out_cap)
+        except CallFailed as e:
+            mem.refresh()
+            failure = classify(e.cause, module=f.name, function="iot_process", limits=f.limits,
+                               memory_bytes=mem.size())
+        else:
+            mem.refresh()  # the call may have grown (and moved) memory
+        fuel = self._fuel_used() if metered else 0
+        try:
+            header = mem.unpack_from(OUT_HEADER, out_ptr)
+        except AbiError as e:
+            header = e
+        return failure, status, fuel, header
+
+    def _process(self, messages: Sequence[Message],
+                 first: tuple[int, tuple] | None) -> BatchResult:
+        """The general loop. `first`: (end, result of `_call`) of a call already made on
+        messages[0:end] by the fast path."""
         result = BatchResult()
         dead = result.dead_letters
         name = self.f.name
@@ -315,44 +304,43 @@ class V1Guest:
         start = 0
         one_by_one = False
         while start < n:
-            if self.broken is not None:
-                dead.extend(DeadLetter(i, messages[i], self.broken) for i in range(start, n))
-                break
-            end = start + 1 if one_by_one else n
-            chunk = messages[start:end]
-            data = pack_inputs(chunk)
-            try:
-                self._grow("in", len(data))
-                self._grow("out", min(max(MIN_BUFFER, len(data) * 2), self.f.limits.max_output))
-            except MemoryLimitExceeded as e:
-                if len(chunk) == 1:
+            if first is not None:
+                end, call = first
+                first = None
+                chunk = messages[start:end]
+            else:
+                if self.broken is not None:
+                    dead.extend(DeadLetter(i, messages[i], self.broken) for i in range(start, n))
+                    break
+                end = start + 1 if one_by_one else n
+                chunk = messages[start:end]
+                data = pack_inputs(chunk)
+                try:
+                    self._grow("in", len(data))
+                    self._grow("out", min(max(MIN_BUFFER, len(data) * 2), self.f.limits.max_output))
+                except MemoryLimitExceeded as e:
+                    if len(chunk) == 1:
+                        dead.append(DeadLetter(start, chunk[0], e))
+                        start += 1
+                    else:
+                        one_by_one = True
+                    continue
+                except IotwasmError as e:  # the allocator itself trapped or misbehaved
                     dead.append(DeadLetter(start, chunk[0], e))
                     start += 1
-                else:
-                    one_by_one = True
-                continue
-            except IotwasmError as e:  # the allocator itself trapped or misbehaved
-                dead.append(DeadLetter(start, chunk[0], e))
-                start += 1
-                self._recycle_or_break()
-                continue
-            mem = self.mem
-            mem.write(self.in_ptr, data)
-            mem.write(self.out_ptr, _ZERO_HEADER)
-            failure: IotwasmError | None = None
-            status = None
+                    self._recycle_or_break()
+                    continue
+                call = self._call(data, len(chunk))
+            failure, status, fuel, header = call
+            result.fuel_used += fuel
             try:
-                status = self._invoke(self._process, self.in_ptr, len(data), len(chunk),
-                                      self.out_ptr, self.out_cap)
-            except IotwasmError as e:
-                failure = e
-            result.fuel_used += self._fuel_used()
-            try:
-                used, done = OUT_HEADER.unpack(mem.read(self.out_ptr, OUT_HEADER.size))
+                if isinstance(header, AbiError):
+                    raise header
+                used, done = header
                 if used > self.out_cap - OUT_HEADER.size or done > len(chunk):
                     raise AbiError(f"output header claims used={used}, inputs_done={done} "
                                    f"(buffer {self.out_cap}, batch {len(chunk)})")
-                outs, errs = parse_outputs(mem.read(self.out_ptr + OUT_HEADER.size, used),
+                outs, errs = parse_outputs(self.mem.read(self.out_ptr + OUT_HEADER.size, used),
                                            len(chunk), done, start)
             except AbiError as e:
                 # The header cannot be trusted, so nobody knows which input failed: redo the

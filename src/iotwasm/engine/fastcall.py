@@ -13,9 +13,9 @@ while anyone can still call through a handle. Dropping a Store while a call runs
 wasmtime abort the process; the container pool's other half of that rule is never to close an
 instance that is in use (see docs/engine.md, "Store lifetime").
 
-This module is the only place that touches wasmtime's C API directly. It relies on the
-bindings of wasmtime-py 50.0.1 (pinned in pyproject.toml); tests/test_fastcall.py proves it
-agrees with the public API.
+This module, with engine/hostcall.py (host functions the same way), is the only place that
+touches wasmtime's C API directly. It relies on the bindings of wasmtime-py 50.0.1 (pinned in
+pyproject.toml); tests/test_fastcall.py proves it agrees with the public API.
 """
 
 from __future__ import annotations
@@ -91,6 +91,27 @@ def take_host_failure() -> Exception | None:
     return err
 
 
+class CallSlots:
+    """The raw value array, its per-slot views and the trap slot, shared by the RawFuncs of
+    one instance.
+
+    Calls into one instance never overlap (the pool hands an instance to one caller at a
+    time, and host functions do not call back into their guest), so one set serves every
+    export; building the views costs ~1.5 µs per function, a large part of an instance's
+    start-up."""
+
+    __slots__ = ("args", "trap", "trap_ref", "vals")
+
+    def __init__(self, n: int = 5):
+        self.vals = vals = (ffi.wasmtime_val_raw * n)()
+        self.args = tuple(vals[i] for i in range(n))
+        self.trap = _TrapPtr()
+        self.trap_ref = ctypes.byref(self.trap)
+
+
+_NVALS = tuple(ctypes.c_size_t(i) for i in range(17))  # read-only: passed by value
+
+
 class RawFunc:
     """A wasm export bound once and called many times with i32 arguments."""
 
@@ -98,14 +119,17 @@ class RawFunc:
                  "_trap_ref", "_result")
 
     def __init__(self, store: wasmtime.Store, func, name: str,
-                 params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True):
+                 params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True,
+                 ctx: ctypes.c_void_p | None = None, slots: CallSlots | None = None):
         """Bind `func` (a wasmtime.Func, or a raw extern from `Exports.get`).
 
         `verify=False` is for callers that already checked the module's export type (see
-        `signature`), which saves ~100 µs per instance."""
-        if not isinstance(func, wasmtime.Func):
-            func = wasmtime.Func._from_raw(func.of.func)
+        `signature`), which saves ~100 µs per instance; `ctx`, the store's context as
+        `Exports.ctx` has it, saves looking it up again; `slots` are shared with the other
+        functions of the same instance (see CallSlots)."""
         if verify:
+            if not isinstance(func, wasmtime.Func):
+                func = wasmtime.Func._from_raw(func.of.func)
             ty = func.type(store)
             have = f"({', '.join(str(p) for p in ty.params)}) -> ({', '.join(str(r) for r in ty.results)})"
             if have != signature(params, results):
@@ -113,15 +137,17 @@ class RawFunc:
                                f"{signature(params, results)}")
         self.name = name
         self._store = store  # the context pointer below is only valid while the Store lives
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
-        self._keep = func
-        self._func = ctypes.byref(func._func)
+        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
+        self._keep = func  # the struct must outlive the reference to it
+        self._func = ctypes.byref(func._func if isinstance(func, wasmtime.Func) else func.of.func)
         n = max(params, len(results), 1)
-        self._nvals = ctypes.c_size_t(n)
-        self._vals = (ffi.wasmtime_val_raw * n)()
-        self._args = tuple(self._vals[i] for i in range(params))  # views into _vals
-        self._trap = _TrapPtr()
-        self._trap_ref = ctypes.byref(self._trap)
+        if slots is None or len(slots.args) < n:
+            slots = CallSlots(n)
+        self._nvals = _NVALS[n] if n < len(_NVALS) else ctypes.c_size_t(n)
+        self._vals = slots.vals
+        self._args = slots.args[:params]  # views into _vals
+        self._trap = slots.trap
+        self._trap_ref = slots.trap_ref
         self._result = results[0] if results else None
 
     def __call__(self, *args: int) -> int | None:
@@ -159,16 +185,17 @@ class Exports:
     so it avoids wasmtime-py's per-export Python objects.
     """
 
-    __slots__ = ("_store", "_ctx", "_inst")
+    __slots__ = ("_inst", "_store", "ctx")
 
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance):
+    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance,
+                 ctx: ctypes.c_void_p | None = None):
         self._store = store
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self.ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._inst = ctypes.byref(instance._instance)
 
     def get(self, name: bytes, kind: int):
         item = ffi.wasmtime_extern_t()
-        if not _export_get(self._ctx, self._inst, name, ctypes.c_size_t(len(name)),
+        if not _export_get(self.ctx, self._inst, name, ctypes.c_size_t(len(name)),
                            ctypes.byref(item)) or item.kind != kind:
             return None
         return item
@@ -189,10 +216,11 @@ class GuestMemory:
 
     __slots__ = ("_store", "_ctx", "_mem", "_keep", "_size", "_view")
 
-    def __init__(self, store: wasmtime.Store, memory):
-        """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`."""
+    def __init__(self, store: wasmtime.Store, memory, ctx: ctypes.c_void_p | None = None):
+        """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`; `ctx` the
+        store's context when the caller has it."""
         self._store = store
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         raw = memory._memory if isinstance(memory, wasmtime.Memory) else memory.of.memory
         self._keep = memory  # the struct must outlive the reference to it
         self._mem = ctypes.byref(raw)
@@ -226,6 +254,13 @@ class GuestMemory:
                            f"({self._size} bytes)")
         self._view[offset:end] = data
 
+    def unpack_from(self, st, offset: int) -> tuple:
+        """`st.unpack_from` (a struct.Struct) at `offset`, checked, without copying first."""
+        if offset < 0 or offset + st.size > self._size:
+            raise AbiError(f"read of {st.size} bytes at {offset} is outside guest memory "
+                           f"({self._size} bytes)")
+        return st.unpack_from(self._view, offset)
+
     def read(self, offset: int, n: int) -> bytes:
         if offset < 0 or n < 0 or offset + n > self._size:
             raise AbiError(f"read of {n} bytes at {offset} is outside guest memory "
@@ -233,17 +268,44 @@ class GuestMemory:
         return self._view[offset:offset + n].tobytes()
 
 
+def enable_pooling(cfg: wasmtime.Config, slots: int, memory: int, *, tables: int = 4,
+                   table_elements: int = 100_000, warm: int = 100) -> None:
+    """Switch `cfg` to wasmtime's pooling instance allocator (wasmtime-py has no Python API
+    for it): `slots` instances, memories and tables reserved up front, each memory at most
+    `memory` bytes, up to `tables` tables of `table_elements` per instance, `warm` freed slots
+    kept ready for the next instance of the same module."""
+    pc = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(pc, slots * tables)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_total_component_instances_set(pc, slots)
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pc, memory)
+        ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pc, tables)
+        ffi.wasmtime_pooling_allocation_config_table_elements_set(pc, table_elements)
+        ffi.wasmtime_pooling_allocation_config_max_unused_warm_slots_set(pc, min(warm, slots))
+        ffi.wasmtime_pooling_allocation_strategy_set(cfg.ptr(), pc)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pc)
+
+
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
     __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c")
 
-    def __init__(self, store: wasmtime.Store):
+    def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None):
+        """`ctx`: the store's context when the caller has it (`StoreControl.ctx`)."""
         self._store = store
-        self._ctx = ctypes.cast(store._context(), ctypes.c_void_p)
+        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._fuel_out = ctypes.c_uint64(0)
         self._ticks = -1
         self._ticks_c = ctypes.c_uint64(0)
+
+    @property
+    def ctx(self) -> ctypes.c_void_p:
+        return self._ctx
 
     def set_deadline(self, ticks: int) -> None:
         if ticks != self._ticks:

@@ -23,6 +23,7 @@ from ..errors import AbiError, CapabilityDenied
 from ..message import now_ms
 from .capabilities import CAPABILITY_OF, WASI, Capabilities
 from .fastcall import host_failure
+from .hostcall import CallerMemory, define_raw
 from .http_client import HttpRequestFailed, MAX_REQUEST, parse_request, request as http_request
 
 HOST_MODULE = "iot"
@@ -131,97 +132,74 @@ def _i32(v: int) -> int:
     return v & 0xFFFFFFFF
 
 
-def _fail(err: Exception) -> None:
-    """Trap the calling guest with a typed error the caller's thread will pick up."""
-    host_failure.error = err
-    raise err
-
-
-def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
-    mem = caller.get("memory")
-    if not isinstance(mem, wasmtime.Memory):
-        _fail(AbiError("host call from a module without an exported memory"))
-    return mem  # type: ignore[return-value]
-
-
-def _read(caller: wasmtime.Caller, ptr: int, n: int, what: str) -> bytes:
-    ptr, n = _i32(ptr), _i32(n)
-    mem = _memory(caller)
-    size = mem.data_len(caller)
-    if ptr + n > size:
-        _fail(AbiError(f"{what}: range {ptr}+{n} is outside guest memory ({size} bytes)"))
-    return bytes(mem.read(caller, ptr, ptr + n))
-
-
-def _write_out(caller: wasmtime.Caller, value: bytes | None, ptr: int, cap: int, what: str) -> int:
+def _write_out(mem: CallerMemory, value: bytes | None, ptr: int, cap: int, what: str) -> int:
     """Copy `value` to the guest buffer when it fits; return its length, or -1 when absent."""
     if value is None:
         return -1
-    ptr, cap = _i32(ptr), _i32(cap)
-    if len(value) <= cap:
-        mem = _memory(caller)
-        size = mem.data_len(caller)
-        if ptr + len(value) > size:
-            _fail(AbiError(f"{what}: buffer {ptr}+{len(value)} is outside guest memory ({size} bytes)"))
-        mem.write(caller, value, ptr)
+    if len(value) <= _i32(cap):
+        mem.write(ptr, value, what, noun="buffer")
     return len(value)
 
 
 def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
-    """Define on `linker` the `iot` functions the context's capabilities grant."""
+    """Define on `linker` the `iot` functions the context's capabilities grant.
+
+    Each gets the calling guest's memory (`CallerMemory`, bounds-checked) and its raw
+    arguments; an AbiError it raises traps the guest and is what the caller reports."""
     caps = ctx.capabilities
     name = ctx.container
     i32, i64, f64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
 
     def define(fn_name: str, params: list, results: list, fn: Callable) -> None:
         if caps.allows(CAPABILITY_OF[fn_name]):
-            linker.define_func(HOST_MODULE, fn_name, wasmtime.FuncType(params, results), fn,
-                               access_caller=True)
+            define_raw(linker, HOST_MODULE, fn_name, wasmtime.FuncType(params, results), fn)
 
-    def log(caller, level, ptr, n):
-        text = _read(caller, ptr, min(_i32(n), MAX_LOG_LINE), "iot.log")
+    def log(mem, level, ptr, n):
+        text = mem.read(ptr, min(_i32(n), MAX_LOG_LINE), "iot.log")
         ctx.on_log(name, level, text.decode("utf-8", "replace"))
 
-    def clock(caller):
+    def clock(mem):
         return now_ms()
 
-    def random_fill(caller, ptr, n):
-        ptr, n = _i32(ptr), _i32(n)
+    def random_fill(mem, ptr, n):
+        n = _i32(n)
         if n > 65536:
-            _fail(AbiError(f"iot.random_fill: {n} bytes asked, at most 65536 per call"))
-        _memory_write(caller, ptr, secrets.token_bytes(n), "iot.random_fill")
+            raise AbiError(f"iot.random_fill: {n} bytes asked, at most 65536 per call")
+        mem.write(ptr, secrets.token_bytes(n), "iot.random_fill")
 
-    def key(caller, ptr, n):
+    def key(mem, ptr, n):
         if _i32(n) > MAX_KEY:
-            _fail(AbiError(f"kv key of {_i32(n)} bytes is longer than {MAX_KEY}"))
-        return _read(caller, ptr, n, "iot.kv key")
+            raise AbiError(f"kv key of {_i32(n)} bytes is longer than {MAX_KEY}")
+        return mem.read(ptr, n, "iot.kv key")
 
-    def kv_get(caller, kp, kn, vp, vcap):
-        return _write_out(caller, ctx.kv.get(key(caller, kp, kn)), vp, vcap, "iot.kv_get")
+    def kv_get(mem, kp, kn, vp, vcap):
+        return _write_out(mem, ctx.kv.get(key(mem, kp, kn)), vp, vcap, "iot.kv_get")
 
-    def kv_set(caller, kp, kn, vp, vn):
-        ok = ctx.kv.set(key(caller, kp, kn), _read(caller, vp, vn, "iot.kv_set value"))
+    def kv_set(mem, kp, kn, vp, vn):
+        ok = ctx.kv.set(key(mem, kp, kn), mem.read(vp, vn, "iot.kv_set value"))
         return 0 if ok else -1
 
-    def kv_delete(caller, kp, kn):
-        return 0 if ctx.kv.delete(key(caller, kp, kn)) else -1
+    def kv_delete(mem, kp, kn):
+        return 0 if ctx.kv.delete(key(mem, kp, kn)) else -1
 
-    def config_get(caller, kp, kn, vp, vcap):
-        k = _read(caller, kp, kn, "iot.config_get key").decode("utf-8", "replace")
-        v = caps.config.get(k)
-        return _write_out(caller, None if v is None else str(v).encode(), vp, vcap, "iot.config_get")
+    # config is read-only for the factory's lifetime: values are encoded once, not per call
+    config = {k: str(v).encode() for k, v in caps.config.items()}
 
-    def metric(caller, kind, np_, nn, value):
-        metric_name = _read(caller, np_, min(_i32(nn), 128), "iot.metric name").decode("utf-8", "replace")
+    def config_get(mem, kp, kn, vp, vcap):
+        k = mem.read(kp, kn, "iot.config_get key").decode("utf-8", "replace")
+        return _write_out(mem, config.get(k), vp, vcap, "iot.config_get")
+
+    def metric(mem, kind, np_, nn, value):
+        metric_name = mem.read(np_, min(_i32(nn), 128), "iot.metric name").decode("utf-8", "replace")
         if ctx.on_metric is not None:
             ctx.on_metric(name, kind, metric_name, value)
 
-    def twin_get(caller, ip, n, vp, vcap):
+    def twin_get(mem, ip, n, vp, vcap):
         if _i32(n) > MAX_DEVICE_ID:
-            _fail(AbiError(f"iot.twin_get: device id of {_i32(n)} bytes is longer than {MAX_DEVICE_ID}"))
-        device = _read(caller, ip, n, "iot.twin_get device id").decode("utf-8", "replace")
+            raise AbiError(f"iot.twin_get: device id of {_i32(n)} bytes is longer than {MAX_DEVICE_ID}")
+        device = mem.read(ip, n, "iot.twin_get device id").decode("utf-8", "replace")
         value = ctx.twin(device) if ctx.twin is not None else None
-        return _write_out(caller, value, vp, vcap, "iot.twin_get")
+        return _write_out(mem, value, vp, vcap, "iot.twin_get")
 
     define("log", [i32, i32, i32], [], log)
     define("now_ms", [], [i64], clock)
@@ -231,25 +209,25 @@ def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
     define("kv_delete", [i32, i32], [i32], kv_delete)
     define("config_get", [i32, i32, i32, i32], [i32], config_get)
     define("metric", [i32, i32, i32, f64], [], metric)
-    define("http_request", [i32, i32, i32, i32], [i32], lambda c, rp, rn, op, ocap:
-           _http_request(ctx, c, rp, rn, op, ocap))
+    define("http_request", [i32, i32, i32, i32], [i32], lambda mem, rp, rn, op, ocap:
+           _http_request(ctx, mem, rp, rn, op, ocap))
     define("twin_get", [i32, i32, i32, i32], [i32], twin_get)
 
 
-def _http_request(ctx: HostContext, caller: wasmtime.Caller, req_ptr: int, req_len: int,
+def _http_request(ctx: HostContext, mem: CallerMemory, req_ptr: int, req_len: int,
                   out_ptr: int, out_cap: int) -> int:
     """`iot.http_request`: status (u32 LE) then body at out_ptr; returns the body's length
     (the copy is cut at out_cap - 4), or a negative code (docs/abi.md). A URL outside the
     allow-list traps the call with `CapabilityDenied` naming it and the list."""
     if _i32(req_len) > MAX_REQUEST:
-        _fail(AbiError(f"iot.http_request: request of {_i32(req_len)} bytes, at most {MAX_REQUEST}"))
+        raise AbiError(f"iot.http_request: request of {_i32(req_len)} bytes, at most {MAX_REQUEST}")
     if _i32(out_cap) < 4:
-        _fail(AbiError(f"iot.http_request: response buffer of {_i32(out_cap)} bytes, at least 4"))
-    raw = _read(caller, req_ptr, req_len, "iot.http_request request")
+        raise AbiError(f"iot.http_request: response buffer of {_i32(out_cap)} bytes, at least 4")
+    raw = mem.read(req_ptr, req_len, "iot.http_request request")
     try:
         method, url, headers, body = parse_request(raw)
     except ValueError as e:
-        _fail(AbiError(f"iot.http_request: {e}"))
+        raise AbiError(f"iot.http_request: {e}") from None
     try:
         status, data = http_request(ctx.capabilities.http, method, url, headers, body,
                                     getattr(call_budget, "at", None))
@@ -257,15 +235,9 @@ def _http_request(ctx: HostContext, caller: wasmtime.Caller, req_ptr: int, req_l
         ctx.on_log(ctx.container, 2, str(e))
         return e.code
     except CapabilityDenied as e:
-        _fail(e)
-    _memory_write(caller, _i32(out_ptr), status.to_bytes(4, "little") + data[:_i32(out_cap) - 4],
-                  "iot.http_request response")
+        # not an AbiError: parked so the caller reports the refusal itself, not a generic trap
+        host_failure.error = e
+        raise
+    mem.write(out_ptr, status.to_bytes(4, "little") + data[:_i32(out_cap) - 4],
+              "iot.http_request response")
     return len(data)
-
-
-def _memory_write(caller: wasmtime.Caller, ptr: int, data: bytes, what: str) -> None:
-    mem = _memory(caller)
-    size = mem.data_len(caller)
-    if ptr + len(data) > size:
-        _fail(AbiError(f"{what}: range {ptr}+{len(data)} is outside guest memory ({size} bytes)"))
-    mem.write(caller, data, ptr)

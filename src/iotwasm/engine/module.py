@@ -78,6 +78,25 @@ class ModuleInfo:
         }
 
 
+def info_to_record(info: ModuleInfo) -> dict:
+    """Everything of `info` that depends on the bytes alone (not the name), for the compile
+    cache: inspecting a compiled module through wasmtime-py costs more than loading it."""
+    return {"digest": info.digest, "size": info.size, "abi": info.abi,
+            "imports": [[i.module, i.name, i.kind, i.type] for i in info.imports],
+            "exports": [[e.name, e.kind, e.type] for e in info.exports],
+            "memory": [info.memory_min_pages, info.memory_max_pages],
+            "problems": list(info.problems)}
+
+
+def info_from_record(name: str, rec: dict) -> ModuleInfo:
+    """Inverse of info_to_record; KeyError/TypeError/ValueError when `rec` is not one."""
+    mem_min, mem_max = rec["memory"]
+    return ModuleInfo(name, str(rec["digest"]), int(rec["size"]), str(rec["abi"]),
+                      tuple(ImportInfo(*map(str, i)) for i in rec["imports"]),
+                      tuple(ExportInfo(*map(str, e)) for e in rec["exports"]),
+                      mem_min, mem_max, tuple(str(p) for p in rec["problems"]))
+
+
 def digest_of(wasm: bytes) -> str:
     return "sha256:" + hashlib.sha256(wasm).hexdigest()
 
@@ -91,7 +110,8 @@ def read_source(source: ModuleSource, name: str | None = None) -> tuple[str, byt
     if isinstance(source, (str, os.PathLike)) and not _looks_like_wat_text(source):
         path = Path(source)
         try:
-            data = path.read_bytes()
+            with open(path, "rb", buffering=0) as f:  # unbuffered: one sized read, no copy
+                data = f.readall()
         except OSError as e:
             raise InvalidModule(f"cannot read module file: {e.strerror}", module=str(path)) from None
         name = name or path.stem

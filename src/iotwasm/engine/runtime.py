@@ -19,10 +19,10 @@ import wasmtime.component as wc
 
 from ..errors import ConfigError, InvalidModule
 from .cache import CompileCache
-from .fastcall import WASMTIME_VERSION
-from .limits import Limits, format_duration_ms
+from .fastcall import WASMTIME_VERSION, enable_pooling
+from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
-                     read_source)
+                     info_from_record, info_to_record, read_source)
 
 #: a small reservation keeps thousands of instances within the address space; memory can
 #: still grow beyond it (wasmtime then moves it), bounds checks become explicit.
@@ -41,11 +41,14 @@ class EngineSettings:
     opt_level: str = "speed"
     memory_reservation: int = DEFAULT_MEMORY_RESERVATION
     memory_guard: int = DEFAULT_MEMORY_GUARD
+    #: instances of wasmtime's pooling allocator (0: allocate on demand, the default)
+    pool_slots: int = 0
 
     @classmethod
     def for_limits(cls, limits: Limits, base: "EngineSettings") -> "EngineSettings":
         return cls(fuel=limits.fuel is not None, stack=limits.stack, opt_level=base.opt_level,
-                   memory_reservation=base.memory_reservation, memory_guard=base.memory_guard)
+                   memory_reservation=base.memory_reservation, memory_guard=base.memory_guard,
+                   pool_slots=base.pool_slots)
 
     def fingerprint(self) -> str:
         """Changes whenever compiled code from another setting would not be valid here."""
@@ -62,6 +65,9 @@ class EngineSettings:
         cfg.memory_guard_size = self.memory_guard
         cfg.memory_reservation_for_growth = 0
         cfg.parallel_compilation = False
+        if self.pool_slots:
+            # each slot's memory is its reservation: limits above it are refused (`bounded`)
+            enable_pooling(cfg, self.pool_slots, self.memory_reservation)
         return wasmtime.Engine(cfg)
 
 
@@ -86,18 +92,30 @@ class Runtime:
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, *, epoch_tick_ms: float = 1.0,
                  opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION,
-                 max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS):
+                 max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS, pool_slots: int = 0):
         """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
-        for more are refused (`bounded`)."""
+        for more are refused (`bounded`).
+
+        `pool_slots` > 0 switches each engine to wasmtime's pooling allocator with that many
+        instances (memories, tables) reserved up front: an instance starts in about half the
+        time, because it reuses a slot instead of mapping fresh memory. The price is why it is
+        not the default: at most `pool_slots` live instances per engine (the next one fails
+        to start), every memory capped at `memory_reservation` (limits asking for more are
+        refused), and the address space of all slots reserved when the engine is made."""
+        if pool_slots < 0:
+            raise ConfigError(f"pool size {pool_slots!r} must be 0 (no pool) or more")
         if not max_timeout_ms > 0:
             raise ConfigError(f"maximum timeout {max_timeout_ms!r} must be a positive number of ms")
         self.max_timeout_ms = float(max_timeout_ms)
         self.epoch_tick_ms = epoch_tick_ms
         self.epoch = 0
-        self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation)
+        self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation,
+                                   pool_slots=pool_slots)
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._engines: dict[EngineSettings, wasmtime.Engine] = {}
         self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
+        #: descriptions by hex digest (they depend on the bytes only, not on engine settings)
+        self._infos: dict[str, ModuleInfo] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
@@ -119,6 +137,10 @@ class Runtime:
     def bounded(self, limits: Limits) -> Limits:
         """`limits` with the time limit every call gets: the runtime's maximum when they name
         none. Raises ConfigError when they ask for more than the maximum."""
+        if self.base.pool_slots and limits.memory > self.base.memory_reservation:
+            raise ConfigError(f"memory limit {format_size(limits.memory)} is above the "
+                              f"{format_size(self.base.memory_reservation)} of an instance "
+                              "pool slot")
         t = limits.timeout_ms
         if t is None:
             return dataclasses.replace(limits, timeout_ms=self.max_timeout_ms)
@@ -167,30 +189,43 @@ class Runtime:
         engine = self.engine(settings)
         key = (info_digest, settings)
         module = self._modules.get(key)
+        info = self._infos.get(info_digest)
         if module is None:
-            module = self._compile(name, wasm, engine, "sha256:" + info_digest, settings)
+            module, info = self._compile(name, wasm, engine, "sha256:" + info_digest, settings,
+                                         info)
             with self._lock:
                 module = self._modules.setdefault(key, module)
-        return CompiledModule(describe(name, wasm, module, engine), wasm, module, engine,
-                              settings, self)
+        if info is None:
+            info = describe(name, wasm, module, engine)
+        self._infos.setdefault(info_digest, info)
+        if info.name != name:
+            info = dataclasses.replace(info, name=name)
+        return CompiledModule(info, wasm, module, engine, settings, self)
 
     def _compile(self, name: str, wasm: bytes, engine: wasmtime.Engine, digest: str,
-                 settings: EngineSettings) -> wasmtime.Module | wc.Component:
+                 settings: EngineSettings, info: ModuleInfo | None,
+                 ) -> tuple[wasmtime.Module | wc.Component, ModuleInfo | None]:
         """Compile, or load from the disk cache: a component (a Python one takes seconds to
-        compile) loads from its serialized form in tens of milliseconds."""
+        compile) loads from its serialized form in tens of milliseconds. The cache entry
+        also holds the module's description, so a hit inspects nothing."""
         kind = wc.Component if wasm[4:8] == COMPONENT_VERSION else wasmtime.Module
         fp = settings.fingerprint()
         if self.cache is not None:
-            cached = self.cache.load(engine, digest, fp, kind.deserialize)
-            if cached is not None:
-                return cached
+            hit = self.cache.load_entry(engine, digest, fp, kind.deserialize)
+            if hit is not None:
+                module, record = hit
+                try:
+                    return module, info or info_from_record(name, record)
+                except (KeyError, TypeError, ValueError):
+                    return module, info  # an unreadable description: describe it again
         try:
             module = kind(engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid wasm: {_first_cause(e)}", module=name) from None
+        info = info or describe(name, wasm, module, engine)
         if self.cache is not None:
-            self.cache.store(module, digest, fp)
-        return module
+            self.cache.store(module, digest, fp, info_to_record(info))
+        return module, info
 
     def forget(self, digest: str) -> None:
         """Drop in-memory compiled code of a module (the disk cache stays)."""

@@ -1,0 +1,165 @@
+"""Start-up and fixed-cost figures against their targets, in one run (`run.py --only micro`).
+
+    ready guest            factory.new_guest(): instance + exports bound + iot_init run  ≤ 50 µs
+    bare instantiate       Store + InstancePre.instantiate                              ≤ 15 µs
+    load from disk cache   Runtime(cache_dir).load() of a module compiled before        ≤ 100 µs
+    batch of one           container.process([m]) / plain Python on the same message    ≤ 1.0×
+
+Each start-up figure is taken with the default (on-demand) allocator and with
+`Runtime(pool_slots=...)`, the pooling allocator, side by side. Every figure is reported as
+wall time and as CPU time of the measuring thread: on a machine busy with other work the CPU
+time is the steadier of the two; the target ratio uses the CPU figure. Ratio = figure /
+target, so at most 1 means the target is met.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from pathlib import Path
+
+TARGETS_US = {"ready_guest": 50.0, "instantiate": 15.0, "cached_load": 100.0}
+SIZES = {"ops": (1_000, 300), "repeats": (9, 5), "loads": (60, 20), "b1_msgs": (3_000, 1_000),
+         "b1_repeats": (15, 7)}
+
+
+def _size(name: str, quick: bool) -> int:
+    return SIZES[name][1 if quick else 0]
+
+
+def _per_op(make, k: int, repeats: int) -> tuple[float, float]:
+    """(wall µs, CPU µs) per call of make(), medians of `repeats` runs of k calls; what it
+    returns is kept alive until the run ends, so freeing is not timed."""
+    wall, cpu = [], []
+    for r in range(repeats + 1):
+        keep = []
+        gc.collect()
+        gc.disable()
+        try:
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            for _ in range(k):
+                keep.append(make())
+            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+        finally:
+            gc.enable()
+        keep.clear()
+        if r:  # the first run warms up
+            wall.append((t1 - t0) / 1000 / k)
+            cpu.append((c1 - c0) / 1000 / k)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def _startup(work, path: str, cache_dir: Path, pool_slots: int, quick: bool) -> dict:
+    import wasmtime
+
+    from iotwasm.engine import HostContext, Limits, Runtime, prepare
+
+    k, reps = _size("ops", quick), _size("repeats", quick)
+    out: dict = {}
+    # load from the disk cache: each load in a fresh runtime (its engine made beforehand)
+    wall, cpu = [], []
+    for _ in range(_size("loads", quick) + 1):
+        rt = Runtime(cache_dir, pool_slots=pool_slots)
+        rt.engine(rt.settings_for(Limits()))
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+        rt.load(path, name="bench")
+        t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+        assert rt.cache.hits == 1 and rt.cache.misses == 0, "not a cache hit"
+        rt.close()
+        wall.append((t1 - t0) / 1000)
+        cpu.append((c1 - c0) / 1000)
+    out["cached_load"] = (statistics.median(wall[1:]), statistics.median(cpu[1:]))
+
+    rt = Runtime(cache_dir, pool_slots=pool_slots)
+    factory = prepare(rt.load(path, name="bench"), Limits(), HostContext("bench", work.caps))
+    engine = factory.engine
+
+    def bare():
+        s = wasmtime.Store(engine)
+        return s, factory.pre.instantiate(s)
+
+    out["instantiate"] = _per_op(bare, k, reps)
+    out["ready_guest"] = _per_op(factory.new_guest, k, reps)
+    rt.close()
+    return out
+
+
+def _batch_of_one(work, path: str, quick: bool, make_messages, interleaved) -> dict:
+    from iotwasm.container import WasmContainer
+    from iotwasm.engine import HostContext, Limits, Runtime, prepare
+
+    msgs = make_messages(_size("b1_msgs", quick))
+    batches = [[m] for m in msgs]
+    rt = Runtime()
+    container = WasmContainer("bench", path, runtime=rt, capabilities=work.caps).start()
+    guest = prepare(rt.load(path, name="bench"), Limits(),
+                    HostContext("bench", work.caps)).new_guest()
+    want = [work.python(b)[0] for b in batches]
+    for name, process in (("container", container.process), ("guest", guest.process)):
+        got = [[o.payload for o in process(b).outputs] for b in batches]
+        assert got == want, f"{name}: outputs differ from plain Python's"
+
+    def loop(fn):
+        def go():
+            for b in batches:
+                fn(b)
+        return go
+
+    cpu: dict = {}
+    wall = interleaved({"plain Python": loop(work.python), "engine guest": loop(guest.process),
+                        "container": loop(container.process)}, _size("b1_repeats", quick), cpu)
+    container.stop()
+    rt.close()
+    n = len(batches)
+    return {name: (statistics.median(wall[name]) / 1000 / n, statistics.median(cpu[name]) / 1000 / n)
+            for name in wall}
+
+
+def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> dict:
+    from iotwasm.engine import Runtime
+
+    tmp = scratch()
+    path = work.module_path(tmp)
+    cache_dir = tmp / "micro-cache"
+    slots = _size("ops", quick) + 16
+    for pool in (0, slots):  # fills the cache (the allocator is part of the engine's key)
+        with Runtime(cache_dir, pool_slots=pool) as rt:
+            rt.load(path, name="bench")
+    res = {"on_demand": _startup(work, path, cache_dir, 0, quick),
+           "pooled": _startup(work, path, cache_dir, slots, quick),
+           "pool_slots": slots,
+           "batch_of_one": _batch_of_one(work, path, quick, make_messages, interleaved)}
+    for mode in ("on_demand", "pooled"):
+        r = res[mode]
+        log(f"  {mode}: " + ", ".join(f"{k} {r[k][1]:.1f} µs CPU ({r[k][0]:.1f} wall)"
+                                      for k in TARGETS_US))
+    b1 = res["batch_of_one"]
+    log("  batch of one: " + ", ".join(f"{k} {v[1]:.2f} µs CPU ({v[0]:.2f} wall)"
+                                       for k, v in b1.items()))
+    return res
+
+
+def markdown(res: dict) -> list[str]:
+    lines = ["## Start-up and fixed costs against their targets", "",
+             "Median CPU time of the measuring thread (wall time in brackets); ratio = CPU "
+             "figure / target, at most 1 = met. Pooled: `Runtime(pool_slots="
+             f"{res['pool_slots']})`.", "",
+             "| figure | target | on demand | ratio | pooled | ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
+    names = {"ready_guest": "ready guest (`new_guest()`, `iot_init` run)",
+             "instantiate": "bare instantiate (`Store` + `pre.instantiate`)",
+             "cached_load": "load from the disk cache (fresh `Runtime`)"}
+    for key, target in TARGETS_US.items():
+        od, po = res["on_demand"][key], res["pooled"][key]
+        lines.append(f"| {names[key]} | ≤ {target:g} µs | {od[1]:.1f} µs ({od[0]:.1f}) | "
+                     f"{od[1] / target:.2f} | {po[1]:.1f} µs ({po[0]:.1f}) | "
+                     f"{po[1] / target:.2f} |")
+    b1 = res["batch_of_one"]
+    py = b1["plain Python"]
+    lines += ["", "Batch of one (one message per call, same messages, interleaved repeats; "
+              "target: container ≤ 1.0× plain Python):", "",
+              "| path | µs/msg CPU | wall | × plain Python (CPU) |", "|---|---:|---:|---:|"]
+    for name, (wall, cpu) in b1.items():
+        lines.append(f"| {name} | {cpu:.2f} | {wall:.2f} | {cpu / py[1]:.2f} |")
+    return lines + [""]
