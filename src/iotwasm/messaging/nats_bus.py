@@ -11,11 +11,13 @@ import asyncio
 import functools
 import logging
 import urllib.parse
-from typing import Any
+from typing import Any, Awaitable
 
-import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.client import Server as NatsServer
+from nats.aio.msg import Msg as NatsMsg
 from nats.js import api as js_api
 
 from ..backoff import Backoff
@@ -79,6 +81,8 @@ class JetStreamSubscription(Subscription):
 
     async def _run(self) -> None:
         bus = self.bus
+        if not isinstance(bus, NatsBus):
+            raise TypeError(f"durable {self.durable!r}: a JetStream subscription needs a NatsBus, not {bus!r}")
         backoff = Backoff(0.05, 1.0)
         while True:
             if not self._fetched:
@@ -132,7 +136,7 @@ class JetStreamSubscription(Subscription):
             await _settle(nmsg.nak())
 
 
-async def _finish(bus, nmsg, outcome: str) -> None:
+async def _finish(bus: NatsBus, nmsg: NatsMsg, outcome: str) -> None:
     """Ack after the handler is done, and wait until the server recorded it (so a new binding
     of the durable does not see it again); nak -> redelivered at once. A lost ack means a
     redelivery after ack_wait."""
@@ -155,7 +159,7 @@ def _merge(have: list[str], want: list[str]) -> list[str]:
     return out
 
 
-async def _settle(coro: Any) -> None:
+async def _settle(coro: Awaitable[Any]) -> None:
     """Send an ack/nak/term; a lost one is covered by ack_wait redelivery."""
     try:
         await coro
@@ -225,7 +229,7 @@ class NatsBus(Bus):
         self._stream_lock = asyncio.Lock()
         self._nc: Any = None  # set once the first connection is up
         self._pending_nc: Any = None
-        self._connect_task: asyncio.Task | None = None
+        self._connect_task: asyncio.Task[None] | None = None
         self._js: Any = None
 
     # ------------------------------------------------------------------ connection
@@ -253,7 +257,7 @@ class NatsBus(Bus):
                 "background") from None
 
     async def _connect_forever(self) -> None:
-        nc = nats.aio.client.Client()
+        nc = NatsClient()
         self._pending_nc = nc
         backoff = self._backoff
 
@@ -277,19 +281,20 @@ class NatsBus(Bus):
                 # attempt and reads it from its options each time
                 nc.options["reconnect_time_wait"] = backoff.next()
 
-        def reconnect_delay(servers: list, info: dict) -> tuple[None, float]:
+        def reconnect_delay(servers: list[NatsServer], info: dict[str, Any]) -> tuple[NatsServer | None, float]:
             # asked before every reconnect attempt: any server (None), after this delay
             return None, backoff.next()
 
-        # retries the first connection too, forever (max_reconnect_attempts=-1)
+        # retries the first connection too, forever (max_reconnect_attempts=-1); nats-py
+        # annotates its two durations as int but sleeps and times out on them as float seconds
         await nc.connect(
             servers=[self.url],
             name=self.name,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=self.reconnect_time_wait,
+            reconnect_time_wait=self.reconnect_time_wait,  # type: ignore[arg-type]
             reconnect_to_server_handler=reconnect_delay,
-            connect_timeout=self.connect_timeout,
+            connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
             error_cb=error_cb,
@@ -465,7 +470,7 @@ class NatsBus(Bus):
                 raise ConfigError(f"bad durable name {durable!r}")
             # NATS 'a.>' does not match 'a'; a durable consumer has one filter subject
             subjects = [to_nats_subject(topic_filter)]
-            sub: Subscription = JetStreamSubscription(
+            sub: NatsSubscription | JetStreamSubscription = JetStreamSubscription(
                 self, topic_filter, handler, qos=qos, queue=queue, durable=durable,
                 batch=self.fetch_batch, fetch_timeout=self.fetch_timeout)
         else:
@@ -484,6 +489,8 @@ class NatsBus(Bus):
 
     async def _establish_pending(self) -> None:
         for sub in list(self._subs):
+            if not isinstance(sub, (NatsSubscription, JetStreamSubscription)):
+                raise TypeError(f"nats {self.url}: {sub!r} was not made by this bus")
             if sub.active and not sub.established:
                 try:
                     await self._establish(sub)
