@@ -27,7 +27,8 @@ from .topics import matches, validate_filter, validate_topic
 
 log = logging.getLogger("iotwasm.messaging")
 
-Handler = Callable[[Message], Awaitable[None]]
+#: a message handler; it may return a future to settle the message later (see `Subscription`)
+Handler = Callable[[Message], Awaitable[asyncio.Future[Any] | None]]
 StateCallback = Callable[["BusState"], Union[None, Awaitable[None]]]
 
 #: what a subscription tells its bus about a message it took from the queue: handled; the
@@ -35,6 +36,9 @@ StateCallback = Callable[["BusState"], Union[None, Awaitable[None]]]
 #: (not acknowledged: a broker with a session or a durable consumer delivers it again)
 OK, FAILED, DROPPED, RELEASED = "ok", "failed", "dropped", "released"
 Done = Callable[[str], Union[None, Awaitable[None]]]
+#: one message of a batch (`Bus.publish_many`, `Bus.send_many`): topic and payload, and on a
+#: bus that carries envelopes (`Bus.envelopes`) optionally the envelope
+Outgoing = Union[tuple[str, bytes], tuple[str, bytes, Envelope | None]]
 
 _T = TypeVar("_T")
 
@@ -381,7 +385,7 @@ class Bus(abc.ABC):
         caller's to retry or keep.
         """
 
-    async def publish_many(self, items: "Iterable[tuple[str, bytes]]", *, qos: int = 0,
+    async def publish_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                            retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
         """Publish a batch, in order; one entry per message: None when the broker took it,
         else the error (as `publish` would have raised it). Buses override this when they
@@ -396,7 +400,7 @@ class Bus(abc.ABC):
                 raise r
         return [r if isinstance(r, Exception) else None for r in results]
 
-    async def send_many(self, items: "Iterable[tuple[str, bytes]]", *, qos: int = 0,
+    async def send_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                         retain: bool = False, timeout: float | None = None
                         ) -> "Awaitable[list[Exception | None]]":
         """Hand a batch to the connection, in order, and return what confirms it.

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..message import Envelope
 from . import mqtt_codec as codec
 from . import mqtt_props as mp
-from .bus import as_payload, check_qos, settled
+from .bus import Outgoing, as_payload, check_qos, settled
 from .errors import (
     BrokerUnavailable,
     MessageTooLarge,
@@ -221,12 +221,12 @@ class MqttOutbound(MqttState):
             raise failure
         self.stats.published += 1
 
-    async def publish_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+    async def publish_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                            retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
         """Publish a batch in order, waiting for all its acknowledgements together."""
         return await (await self.send_many(items, qos=qos, retain=retain, timeout=timeout))
 
-    async def send_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+    async def send_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                         retain: bool = False, timeout: float | None = None
                         ) -> Awaitable[list[Exception | None]]:
         """Write a batch in order (waiting for room in the in-flight window as needed) and
@@ -257,7 +257,7 @@ class MqttOutbound(MqttState):
                 break
         return self._confirm(futs, items, failure, deadline, wait)
 
-    async def _confirm(self, futs: list[asyncio.Future[None]], items: list[tuple[str, bytes]],
+    async def _confirm(self, futs: list[asyncio.Future[None]], items: list[Outgoing],
                        failure: Exception | None, deadline: float, wait: float
                        ) -> list[Exception | None]:
         await self._await_acks(futs, [item[0] for item in items[:len(futs)]], deadline, wait)

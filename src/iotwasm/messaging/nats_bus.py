@@ -18,6 +18,8 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import Server as NatsServer
 from nats.aio.msg import Msg as NatsMsg
+from nats.aio.subscription import Subscription as CoreSubscription
+from nats.js.client import JetStreamContext
 from nats.js import api as js_api
 
 from ..backoff import Backoff
@@ -50,7 +52,7 @@ class NatsSubscription(Subscription):
         super().__init__(*args, **kwargs)
         self.subjects: list[str] = []
         self.established = False
-        self._nats_subs: list[Any] = []
+        self._nats_subs: list[CoreSubscription] = []
 
     def _upstream_pending(self) -> int:
         return sum(s.pending_msgs for s in self._nats_subs)
@@ -63,10 +65,10 @@ class JetStreamSubscription(Subscription):
         super().__init__(*args, **kwargs)
         self.subjects: list[str] = []
         self.established = False
-        self.psub: Any = None  # set once the consumer is bound
+        self.psub: JetStreamContext.PullSubscription | None = None  # set once the consumer is bound
         self.batch = batch
         self.fetch_timeout = fetch_timeout
-        self._fetched: list[Any] = []
+        self._fetched: list[NatsMsg] = []
         #: fetch errors other than "nothing to fetch" (reconnects, server restarts)
         self.fetch_errors = 0
 
@@ -89,8 +91,11 @@ class JetStreamSubscription(Subscription):
                 if not self.active:  # paused (detach): what was fetched went on; fetch no more
                     self._progress.set()
                     return
+                psub = self.psub
+                if psub is None:
+                    raise BrokerUnavailable(f"durable {self.durable!r}: fetching before the consumer is bound")
                 try:
-                    self._fetched = list(await self.psub.fetch(self.batch, timeout=self.fetch_timeout))
+                    self._fetched = list(await psub.fetch(self.batch, timeout=self.fetch_timeout))
                     backoff.reset()
                 except nats.errors.TimeoutError:
                     continue  # nothing to fetch (or a reconnect swallowed the request)
@@ -157,6 +162,11 @@ def _merge(have: list[str], want: list[str]) -> list[str]:
             continue
         out = [h for h in out if not nats_covers(s, h)] + [s]
     return out
+
+
+async def _flush(nc: NatsClient, timeout: float) -> None:
+    """`nc.flush`: nats-py annotates its timeout as int, but waits for float seconds."""
+    await nc.flush(timeout=timeout)  # type: ignore[arg-type]
 
 
 async def _settle(coro: Awaitable[Any]) -> None:
@@ -227,10 +237,10 @@ class NatsBus(Bus):
         self._stream_subjects: list[str] = []
         self._stream_known = False
         self._stream_lock = asyncio.Lock()
-        self._nc: Any = None  # set once the first connection is up
-        self._pending_nc: Any = None
+        self._nc: NatsClient | None = None  # set once the first connection is up
+        self._pending_nc: NatsClient | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._js: Any = None
+        self._js: JetStreamContext | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -315,9 +325,10 @@ class NatsBus(Bus):
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Round trip to the server: everything published before has reached it, and
         everything it sent before has been read into the subscriptions' queues."""
-        if self.connected:
+        nc = self._nc
+        if nc is not None and self.connected:
             try:
-                await self._nc.flush(timeout=timeout)
+                await _flush(nc, timeout)
             except nats.errors.TimeoutError:
                 raise PublishTimeout(f"{self.url}: flush not answered within {timeout}s") from None
 
@@ -342,7 +353,7 @@ class NatsBus(Bus):
         if self._nc is not None:
             if self._nc.is_connected:
                 try:
-                    await self._nc.flush(timeout=timeout)
+                    await _flush(self._nc, timeout)
                 except Exception as exc:
                     log.warning("nats %s: flush on close failed: %s", self.url, exc)
             self._closed = True
@@ -353,12 +364,25 @@ class NatsBus(Bus):
         self._closed = True
         self._emit_state(BusState.CLOSED)
 
-    def _require_connection(self) -> None:
+    def _require_connection(self) -> NatsClient:
         if self._closed:
             raise BrokerUnavailable(f"{self.url}: bus is closed")
+        return self._client()
+
+    def _client(self) -> NatsClient:
+        """The connection; there is none before the first one is up."""
         if self._nc is None:
             raise BrokerUnavailable(f"{self.url}: not connected" + (
                 " yet" if self._connect_task is not None else " (call connect first)"))
+        return self._nc
+
+    def _jetstream(self) -> JetStreamContext:
+        """The JetStream context, made with the first connection of a `jetstream` bus."""
+        if self._js is None:
+            if not self.jetstream:
+                raise ConfigError(f"{self.url}: JetStream is not enabled (jetstream=True)")
+            raise BrokerUnavailable(f"{self.url}: not connected yet (JetStream comes with the connection)")
+        return self._js
 
     # ------------------------------------------------------------------ JetStream stream
 
@@ -379,7 +403,7 @@ class NatsBus(Bus):
                 f"subject(s) {', '.join(want)} are outside stream {self.stream!r} "
                 f"(stream_subjects: {', '.join(self._fixed_subjects)})")
         async with self._stream_lock:
-            jsm = self._js
+            jsm = self._jetstream()
             try:
                 try:
                     info = await jsm.stream_info(self.stream)
@@ -418,8 +442,7 @@ class NatsBus(Bus):
         check_qos(qos)
         if retain:
             raise ConfigError("retain is not supported on NATS (use a JetStream stream instead)")
-        self._require_connection()
-        nc = self._nc
+        nc = self._require_connection()
         if not nc.is_connected:
             raise BrokerUnavailable(f"{self.url}: not connected (reconnecting)")
         wait = self.publish_timeout if timeout is None else timeout
@@ -431,7 +454,7 @@ class NatsBus(Bus):
                 await self._js.publish(subject, payload, timeout=wait, stream=self.stream)
             else:
                 await nc.publish(subject, payload)
-                await nc.flush(timeout=wait)
+                await _flush(nc, wait)
         except nats.errors.TimeoutError:
             raise PublishTimeout(
                 f"{self.url}: no acknowledgement for {topic!r} within {wait}s") from None
@@ -506,7 +529,7 @@ class NatsBus(Bus):
         assert isinstance(sub, NatsSubscription)
         topic_filter = sub.filter
 
-        async def enqueue(nmsg: Any) -> None:
+        async def enqueue(nmsg: NatsMsg) -> None:
             # never awaits: a message is always in nats-py's queue, ours, or the handler
             subject = nmsg.subject
             if _reserved(subject) or not sub.active:
@@ -524,7 +547,7 @@ class NatsBus(Bus):
         try:
             for s in sub.subjects:
                 sub._nats_subs.append(
-                    await self._nc.subscribe(s, queue=sub.queue or "", cb=enqueue))
+                    await self._client().subscribe(s, queue=sub.queue or "", cb=enqueue))
         except nats.errors.Error as exc:
             for ns in sub._nats_subs:
                 try:
@@ -550,7 +573,7 @@ class NatsBus(Bus):
             filter_subject=subject,
         )
         try:
-            psub = await self._js.pull_subscribe(subject, durable=durable, stream=self.stream,
+            psub = await self._jetstream().pull_subscribe(subject, durable=durable, stream=self.stream,
                                                  config=config)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
                 nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
