@@ -93,7 +93,7 @@ class MqttInbound(MqttState):
                 exc = SubscribeDenied(
                     f"{self.url}: broker refused the subscription to {broker_filter!r} "
                     f"for client {self.client_id!r}: {why}")
-                exc.reason_code = refused[0]  # type: ignore[attr-defined]
+                exc.reason_code = refused[0]
                 raise exc
         return sub
 

@@ -108,9 +108,9 @@ class MqttOutbound(MqttState):
             reason += f": {found[mp.REASON_STRING]}"
         message = f"{self.url}: the broker refused the message on {topic!r}: {reason}"
         if code == 0x87:
-            exc: Exception = PublishDenied(message)
-            exc.reason_code = code  # type: ignore[attr-defined]
-            return exc
+            denied = PublishDenied(message)
+            denied.reason_code = code
+            return denied
         return PublishRefused(message, reason_code=code)
 
     @property
