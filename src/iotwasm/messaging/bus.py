@@ -18,7 +18,7 @@ import functools
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Union
+from typing import Any, Awaitable, Callable, Iterable, TypeVar, Union
 
 from ..errors import ConfigError
 from ..message import Envelope, Message
@@ -27,7 +27,8 @@ from .topics import matches, validate_filter, validate_topic
 
 log = logging.getLogger("iotwasm.messaging")
 
-Handler = Callable[[Message], Awaitable[None]]
+#: a message handler; it may return a future to settle the message later (see `Subscription`)
+Handler = Callable[[Message], Awaitable[asyncio.Future[Any] | None]]
 StateCallback = Callable[["BusState"], Union[None, Awaitable[None]]]
 
 #: what a subscription tells its bus about a message it took from the queue: handled; the
@@ -35,6 +36,11 @@ StateCallback = Callable[["BusState"], Union[None, Awaitable[None]]]
 #: (not acknowledged: a broker with a session or a durable consumer delivers it again)
 OK, FAILED, DROPPED, RELEASED = "ok", "failed", "dropped", "released"
 Done = Callable[[str], Union[None, Awaitable[None]]]
+#: one message of a batch (`Bus.publish_many`, `Bus.send_many`): topic and payload, and on a
+#: bus that carries envelopes (`Bus.envelopes`) optionally the envelope
+Outgoing = Union[tuple[str, bytes], tuple[str, bytes, Envelope | None]]
+
+_T = TypeVar("_T")
 
 
 class BusState(str, enum.Enum):
@@ -86,10 +92,10 @@ def check_qos(qos: int) -> int:
     return qos
 
 
-def settled(value: Any) -> asyncio.Future:
+def settled(value: _T) -> asyncio.Future[_T]:
     """An awaitable already done with `value`. Two-step calls (hand on now, confirm later:
     `Bus.send_many`, a sink's `submit`) return it when both steps happened at once."""
-    fut = asyncio.get_running_loop().create_future()
+    fut: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
     fut.set_result(value)
     return fut
 
@@ -137,7 +143,10 @@ class Subscription:
         self._busy = False
         self._settling = 0  # handled, but waiting for the future the handler returned
         self._progress = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: acknowledgements running on their own (`_settled`), held so none is collected
+        #: before it is done
+        self._acks: set[asyncio.Future[None]] = set()
         self.active = True
 
     # ---- consumer side
@@ -165,7 +174,7 @@ class Subscription:
                 self._busy = False
                 self._progress.set()
 
-    def _settled(self, done: Done | None, later: asyncio.Future) -> None:
+    def _settled(self, done: Done | None, later: asyncio.Future[Any]) -> None:
         self._settling -= 1
         self._progress.set()
         if done is None:
@@ -179,12 +188,14 @@ class Subscription:
         try:
             result = done(outcome)
             if inspect.isawaitable(result):
-                asyncio.ensure_future(result)
+                ack = asyncio.ensure_future(result)
+                self._acks.add(ack)
+                ack.add_done_callback(self._acks.discard)
         except Exception:
             log.exception("acknowledging a message on %r failed", self.filter)
             self.bus.stats.errors += 1
 
-    async def _call(self, msg: Message) -> tuple[bool, asyncio.Future | None]:
+    async def _call(self, msg: Message) -> tuple[bool, asyncio.Future[Any] | None]:
         self.delivered += 1
         try:
             result = await _maybe_await(self.handler(msg))
@@ -324,6 +335,9 @@ class Bus(abc.ABC):
         self.stats = BusStats()
         self._state_callbacks: list[StateCallback] = []
         self._subs: list[Subscription] = []
+        #: state callbacks' coroutines (`_emit_state`), held so none is collected before it
+        #: is done
+        self._state_tasks: set[asyncio.Future[None]] = set()
         self._closed = False
 
     # ---- lifecycle
@@ -337,7 +351,11 @@ class Bus(abc.ABC):
         """Flush what was published, stop the subscriptions and disconnect cleanly."""
 
     async def flush(self, *, timeout: float = 5.0) -> None:
-        """Wait until everything published so far has left (and, for qos >= 1, was confirmed)."""
+        """Wait until everything published so far has left (and, for qos >= 1, was confirmed).
+
+        Not abstract on purpose: a bus whose `publish` returns only once the message is gone
+        has nothing left to wait for, and this default says so. Buses that buffer override it."""
+        return None
 
     @property
     @abc.abstractmethod
@@ -367,7 +385,7 @@ class Bus(abc.ABC):
         caller's to retry or keep.
         """
 
-    async def publish_many(self, items: "Iterable[tuple[str, bytes]]", *, qos: int = 0,
+    async def publish_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                            retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
         """Publish a batch, in order; one entry per message: None when the broker took it,
         else the error (as `publish` would have raised it). Buses override this when they
@@ -382,7 +400,7 @@ class Bus(abc.ABC):
                 raise r
         return [r if isinstance(r, Exception) else None for r in results]
 
-    async def send_many(self, items: "Iterable[tuple[str, bytes]]", *, qos: int = 0,
+    async def send_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                         retain: bool = False, timeout: float | None = None
                         ) -> "Awaitable[list[Exception | None]]":
         """Hand a batch to the connection, in order, and return what confirms it.
@@ -430,7 +448,9 @@ class Bus(abc.ABC):
             try:
                 result = cb(state)
                 if inspect.isawaitable(result):
-                    asyncio.ensure_future(result)
+                    task = asyncio.ensure_future(result)
+                    self._state_tasks.add(task)
+                    task.add_done_callback(self._state_tasks.discard)
             except Exception:
                 log.exception("state callback %r failed", cb)
 

@@ -39,12 +39,16 @@ class PublishDenied(MessagingError):
     """An access rule does not allow publishing on this topic."""
 
     kind = "publish_denied"
+    #: the broker's MQTT 5 reason code when the broker said no; None for a local rule
+    reason_code: int | None = None
 
 
 class SubscribeDenied(MessagingError):
     """An access rule (local or the broker's) does not allow subscribing to this filter."""
 
     kind = "subscribe_denied"
+    #: the broker's reason code (0x80 and up) when the broker said no; None for a local rule
+    reason_code: int | None = None
 
 
 class InvalidTopic(MessagingError, ValueError):

@@ -34,12 +34,12 @@ from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Envelope
 from . import mqtt_codec as codec
-from .bus import BusState, Will
+from .bus import BusState, Subscription, Will
 from .errors import BrokerUnavailable
 from .mqtt_inbound import MqttInbound, MqttSubscription
 from .mqtt_outbound import MqttOutbound
 from .mqtt_session import MqttSession, _Connection, parse_mqtt_url
-from .mqtt_state import BrokerLimits
+from .mqtt_state import BrokerLimits, InFlight, Incoming
 
 
 class MqttBus(MqttSession, MqttInbound, MqttOutbound):
@@ -132,23 +132,22 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
         self._generation = 0
         self._connected = False
         self._ever_connected = False
-        self._supervisor: asyncio.Task | None = None
-        self._pinger: asyncio.Task | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
         #: broker-side filter -> qos, renewed on every connection
         self._broker_filters: dict[str, int] = {}
-        #: QoS 1 publishes awaiting PUBACK: packet id -> [packet, future or None, topic], in
-        #: send order
-        self._inflight: dict[int, list] = {}
+        #: QoS 1 publishes awaiting PUBACK, by packet id, in send order
+        self._inflight: dict[int, InFlight] = {}
         #: the most QoS 1 publishes that waited for their PUBACK at once (flow control's gauge)
         self.inflight_peak = 0
-        self._subacks: dict[int, asyncio.Future] = {}
+        self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._next_mid = 0
         self._changed: asyncio.Event | None = None  # set on connect / refusal
-        self._room_waiters: collections.deque[asyncio.Future] = collections.deque()
-        #: incoming QoS 1 messages in arrival order: [packet id, generation, handled]
-        self._ack_queue: collections.deque[list] = collections.deque()
+        self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: incoming QoS 1 messages in arrival order
+        self._ack_queue: collections.deque[Incoming] = collections.deque()
         #: persistent session: messages that arrived before a subscription matched them
-        self._parked: list[tuple[str, bytes, list, float, Envelope | None]] = []
+        self._parked: list[tuple[str, bytes, Incoming, float, Envelope | None]] = []
         self._park_timer: asyncio.TimerHandle | None = None
         self.park_timeout = park_timeout
         self._refusal: str | None = None
@@ -157,7 +156,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
         self._flush_scheduled = False
         self._last_recv = self._last_sent = 0.0
         self._topic_bytes: dict[str, bytes] = {}
-        self._match_cache: dict[str, list] = {}  # cleared whenever the subscriptions change
+        self._match_cache: dict[str, list[Subscription]] = {}  # cleared whenever the subscriptions change
 
     # ------------------------------------------------------------------ packets in
 
@@ -215,7 +214,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
                     await task
                 except asyncio.CancelledError:
                     pass
-        for fut in [e[1] for e in self._inflight.values()] + list(self._subacks.values()):
+        for fut in [e.fut for e in self._inflight.values()] + list(self._subacks.values()):
             if fut is not None and not fut.done():
                 fut.set_exception(BrokerUnavailable(f"{self.url}: bus closed"))
                 fut.exception()

@@ -13,7 +13,9 @@ import struct
 
 from ..message import Envelope
 from . import mqtt_props as props
-from .mqtt_errors import PacketTooLarge, ProtocolError
+# re-exported: callers catch the codec's errors by the codec's name
+from .mqtt_errors import PacketTooLarge as PacketTooLarge
+from .mqtt_errors import ProtocolError as ProtocolError
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 PUBREC, PUBREL, PUBCOMP = 5, 6, 7
@@ -139,7 +141,7 @@ class Decoder:
             data = bytes(self._buf)
             self._buf = bytearray()
             self._need = 0
-        out = []
+        out: list[tuple[int, int, bytes]] = []
         pos, end = 0, len(data)
         while end - pos >= 2:
             first = data[pos]
@@ -212,7 +214,8 @@ EMPTY_PROPS = b"\x00"
 def connect5(client_id: str, *, clean_start: bool, keepalive: int,
              username: str | None = None, password: str | None = None,
              will: tuple[str, bytes, int, bool] | None = None,
-             properties: dict | None = None, will_properties: dict | None = None) -> bytes:
+             properties: props.Properties | None = None,
+             will_properties: props.Properties | None = None) -> bytes:
     """CONNECT at protocol level 5 (3.1): the 3.1.1 layout plus properties after the keep
     alive and, for a will, before its topic."""
     flags = 0x02 if clean_start else 0
@@ -232,7 +235,7 @@ def connect5(client_id: str, *, clean_start: bool, keepalive: int,
     return b"\x10" + _length(len(body)) + body
 
 
-def parse_connack5(body: bytes) -> tuple[bool, int, dict]:
+def parse_connack5(body: bytes) -> tuple[bool, int, props.Properties]:
     """(session present, reason code, properties) of an MQTT 5 CONNACK."""
     if len(body) < 2:
         raise ProtocolError("short CONNACK")
@@ -252,14 +255,14 @@ def publish5(topic: bytes, payload: bytes, qos: int, retain: bool, mid: int = 0,
                      payload))
 
 
-def parse_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, dict, bytes]:
+def parse_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, props.Properties, bytes]:
     """(topic bytes, qos, packet id, properties, payload) of an incoming level-5 PUBLISH."""
     topic, qos, mid, pos = _publish5_head(flags, body)
     found, pos = props.decode(body, pos)
     return topic, qos, mid, found, body[pos:]
 
 
-def read_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, Envelope | None, dict, bytes]:
+def read_publish5(flags: int, body: bytes) -> tuple[bytes, int, int, Envelope | None, props.Properties, bytes]:
     """(topic bytes, qos, packet id, envelope, the connection's properties, payload): what
     the bus needs of a level-5 PUBLISH, with repeated property blocks decoded once
     (`mqtt_props.read_envelope`)."""
@@ -289,7 +292,7 @@ def puback5(mid: int, reason: int = 0) -> bytes:
     return b"\x40\x04" + _H.pack(mid) + bytes((reason,)) + EMPTY_PROPS
 
 
-def parse_ack5(packet: str, body: bytes) -> tuple[int, int, dict]:
+def parse_ack5(packet: str, body: bytes) -> tuple[int, int, props.Properties]:
     """(packet id, reason code, properties) of a level-5 PUBACK (or PUBREC, PUBCOMP)."""
     mid = packet_id(body)
     if len(body) == 2:
@@ -299,7 +302,7 @@ def parse_ack5(packet: str, body: bytes) -> tuple[int, int, dict]:
     return mid, code, found
 
 
-def subscribe5(mid: int, filters: list[tuple[str, int]], properties: dict | None = None) -> bytes:
+def subscribe5(mid: int, filters: list[tuple[str, int]], properties: props.Properties | None = None) -> bytes:
     """SUBSCRIBE at level 5; each filter's byte holds its subscription options (3.8.3.1):
     maximum QoS in bits 0-1, No Local bit 2, Retain As Published bit 3, Retain Handling 4-5."""
     body = (_H.pack(mid) + props.encode(properties)
@@ -307,7 +310,7 @@ def subscribe5(mid: int, filters: list[tuple[str, int]], properties: dict | None
     return b"\x82" + _length(len(body)) + body
 
 
-def parse_suback5(body: bytes, packet: str = "SUBACK") -> tuple[int, list[int], dict]:
+def parse_suback5(body: bytes, packet: str = "SUBACK") -> tuple[int, list[int], props.Properties]:
     """(packet id, reason code per filter, properties) of a level-5 SUBACK or UNSUBACK."""
     mid = packet_id(body)
     found, pos = props.decode(body, 2)
@@ -319,14 +322,14 @@ def unsubscribe5(mid: int, filters: list[str]) -> bytes:
     return b"\xa2" + _length(len(body)) + body
 
 
-def disconnect5(reason: int = 0, properties: dict | None = None) -> bytes:
+def disconnect5(reason: int = 0, properties: props.Properties | None = None) -> bytes:
     if reason == 0 and not properties:
         return DISCONNECT_PACKET
     body = bytes((reason,)) + props.encode(properties)
     return b"\xe0" + _length(len(body)) + body
 
 
-def parse_disconnect5(body: bytes) -> tuple[int, dict]:
+def parse_disconnect5(body: bytes) -> tuple[int, props.Properties]:
     """(reason code, properties) of a DISCONNECT the broker sent (level 5 only)."""
     if not body:
         return 0, {}

@@ -13,7 +13,7 @@ class ProtocolError(Exception):
     Raised by `Decoder.feed`, it carries in `packets` the packets that came complete before
     the offending bytes (a CONNACK, say), so the caller can still act on them."""
 
-    packets: list = []
+    packets: list[tuple[int, int, bytes]] = []
 
 
 class PacketTooLarge(ProtocolError):

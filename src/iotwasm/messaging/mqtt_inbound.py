@@ -19,13 +19,14 @@ from . import mqtt_codec as codec
 from . import mqtt_props as mp
 from .bus import OK, RELEASED, Handler, Subscription, check_qos
 from .errors import BrokerUnavailable, SubscribeDenied
-from .mqtt_state import MqttState
+from .mqtt_state import Incoming, MqttState
 from .topics import matches, validate_filter
 
 log = logging.getLogger("iotwasm.messaging.mqtt")
 
 
 class MqttSubscription(Subscription):
+    #: the filter as the broker knows it (``$share/<queue>/<filter>`` for a queue group)
     broker_filter: str
 
 
@@ -71,7 +72,7 @@ class MqttInbound(MqttState):
             self._broker_filters[broker_filter] = wire_qos
         if wire_qos > old and self._connected:
             mid = self._new_mid()
-            fut = self._loop.create_future()
+            fut: asyncio.Future[list[int]] = self._bound_loop().create_future()
             self._subacks[mid] = fut
             self._write(self._subscribe_packet(mid, [(broker_filter, wire_qos)]))
             wait = self.publish_timeout if timeout is None else timeout
@@ -92,7 +93,7 @@ class MqttInbound(MqttState):
                 exc = SubscribeDenied(
                     f"{self.url}: broker refused the subscription to {broker_filter!r} "
                     f"for client {self.client_id!r}: {why}")
-                exc.reason_code = refused[0]  # type: ignore[attr-defined]
+                exc.reason_code = refused[0]
                 raise exc
         return sub
 
@@ -100,7 +101,8 @@ class MqttInbound(MqttState):
         if sub in self._subs:
             self._subs.remove(sub)
             self._match_cache.clear()
-        still_used = any(s.broker_filter == sub.broker_filter for s in self._subs)
+        still_used = any(isinstance(s, MqttSubscription) and s.broker_filter == sub.broker_filter
+                         for s in self._subs)
         if not still_used:
             self._broker_filters.pop(sub.broker_filter, None)
         await sub.stop(drop_queued=True)
@@ -160,11 +162,14 @@ class MqttInbound(MqttState):
     def _on_message(self, topic: str | None, payload: bytes, qos: int, mid: int,
                     generation: int, envelope: Envelope | None = None) -> None:
         self.stats.received += 1
-        targets = []
-        if topic is not None:
-            targets = [s for s in self._matching(topic) if s.active]
-        else:
+        if topic is None:
             log.warning("mqtt %s: dropped a message whose topic is not UTF-8", self.url)
+            if qos:  # acknowledged in its turn: redelivered, it would be dropped again
+                entry = Incoming(mid, generation)
+                self._ack_queue.append(entry)
+                self._ready(entry)
+            return
+        targets = [s for s in self._matching(topic) if s.active]
         if qos == 0:
             for sub in targets:
                 if sub.queued() >= self.max_pending or not sub.offer(Message(topic, payload, envelope=envelope)):
@@ -173,40 +178,43 @@ class MqttInbound(MqttState):
         # qos 1: acknowledge when every matching handler is done with it, in the order the
         # messages arrived (MQTT 3.1.1, 4.6); the broker's in-flight window bounds how many
         # such messages can be waiting here
-        entry = [mid, generation, False]
+        entry = Incoming(mid, generation)
         self._ack_queue.append(entry)
         if not targets:
-            if self.persistent and topic is not None:
+            if self.persistent:
                 self._park(topic, payload, entry, envelope)
             else:
                 self._ready(entry)
             return
         self._hand_out(targets, topic, payload, entry, envelope)
 
-    def _hand_out(self, targets: list, topic: str, payload: bytes, entry: list,
+    def _hand_out(self, targets: list[Subscription], topic: str, payload: bytes, entry: Incoming,
                   envelope: Envelope | None = None) -> None:
         if len(targets) == 1:
             targets[0].offer(Message(topic, payload, envelope=envelope), lambda outcome: self._settle(entry, outcome))
             return
-        remaining = [len(targets), OK]
+        remaining = len(targets)
+        overall = OK
 
         def done(outcome: str) -> None:
-            remaining[0] -= 1
+            nonlocal remaining, overall
+            remaining -= 1
             if outcome == RELEASED:
-                remaining[1] = RELEASED
-            if remaining[0] == 0:
-                self._settle(entry, remaining[1])
+                overall = RELEASED
+            if remaining == 0:
+                self._settle(entry, overall)
 
         for sub in targets:
             sub.offer(Message(topic, payload, envelope=envelope), done)
 
-    def _park(self, topic: str, payload: bytes, entry: list, envelope: Envelope | None) -> None:
+    def _park(self, topic: str, payload: bytes, entry: Incoming, envelope: Envelope | None) -> None:
         """A session's message that arrived before its subscriber did (a node connects,
         the broker delivers what it kept, the routes subscribe a moment later): hold it,
         unacknowledged, until a matching subscription is made or `park_timeout` passes."""
-        self._parked.append((topic, payload, entry, self._loop.time(), envelope))
+        loop = self._bound_loop()
+        self._parked.append((topic, payload, entry, loop.time(), envelope))
         if self._park_timer is None:
-            self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
+            self._park_timer = loop.call_later(self.park_timeout, self._expire_parked)
 
     def _claim_parked(self) -> None:
         parked, self._parked = self._parked, []
@@ -219,7 +227,8 @@ class MqttInbound(MqttState):
 
     def _expire_parked(self) -> None:
         self._park_timer = None
-        cutoff = self._loop.time() - self.park_timeout
+        loop = self._bound_loop()
+        cutoff = loop.time() - self.park_timeout
         keep, dropped = [], 0
         for item in self._parked:
             if item[3] <= cutoff:
@@ -233,15 +242,15 @@ class MqttInbound(MqttState):
             log.warning("mqtt %s: dropped %d message(s) of the session that no subscription "
                         "claimed within %ss", self.url, dropped, self.park_timeout)
         if self._parked:
-            self._park_timer = self._loop.call_later(self.park_timeout, self._expire_parked)
+            self._park_timer = loop.call_later(self.park_timeout, self._expire_parked)
 
-    def _settle(self, entry: list, outcome: str) -> None:
+    def _settle(self, entry: Incoming, outcome: str) -> None:
         if outcome == RELEASED:
             self._release(entry)
         else:
             self._ready(entry)
 
-    def _release(self, entry: list) -> None:
+    def _release(self, entry: Incoming) -> None:
         """A handler gave the message back unprocessed. MQTT 3.1.1 has no negative
         acknowledgement: a broker sends an unacknowledged message again only on the session's
         next connection, and as acknowledgements go in arrival order, this one holds back
@@ -250,32 +259,32 @@ class MqttInbound(MqttState):
         possible: at-least-once); when none does (a node stopping), the message waits for the
         session's next connection. A clean session would lose it on a reconnect: there it is
         acknowledged and counted as dropped."""
-        entry[2] = None  # never acknowledged on this connection
-        if entry[1] != self._generation or not self._connected or self._closed:
+        entry.handled = None  # never acknowledged on this connection
+        if entry.generation != self._generation or not self._connected or self._closed:
             return  # a later connection of the session gets it again anyway
         if not self.persistent:
             self.stats.dropped += 1
             log.warning("mqtt %s: a message given back unprocessed is acknowledged (a clean "
                         "session cannot have it delivered again)", self.url)
-            entry[2] = True
+            entry.handled = True
             self._ready(entry)
             return
         if any(s.active for s in self._subs) and self._conn is not None:
             conn = self._conn
-            if not conn.transport.is_closing():
+            if not conn.wire().is_closing():
                 log.info("mqtt %s: a message was given back unprocessed; reconnecting so the "
                          "broker delivers it again", self.url)
                 self._flush()  # the acknowledgements before it still go out
-                conn.transport.close()
+                conn.wire().close()
 
-    def _ready(self, entry: list) -> None:
-        entry[2] = True
+    def _ready(self, entry: Incoming) -> None:
+        entry.handled = True
         queue = self._ack_queue
-        while queue and queue[0][2]:
-            mid, generation, _ = queue.popleft()
-            self._ack(mid, generation)
+        while queue and queue[0].handled:
+            done = queue.popleft()
+            self._ack(done.mid, done.generation)
 
-    def _matching(self, topic: str) -> list:
+    def _matching(self, topic: str) -> list[Subscription]:
         """Subscriptions whose filter matches `topic`, memoised until the set changes
         (devices repeat their topics; matching every filter per message is the cost)."""
         hit = self._match_cache.get(topic)

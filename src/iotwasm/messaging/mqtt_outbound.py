@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Iterable
+from typing import Any, Awaitable, Iterable
 
 from ..errors import ConfigError
 from ..message import Envelope
 from . import mqtt_codec as codec
 from . import mqtt_props as mp
-from .bus import as_payload, check_qos, settled
+from .bus import Outgoing, as_payload, check_qos, settled
 from .errors import (
     BrokerUnavailable,
     MessageTooLarge,
@@ -24,11 +24,11 @@ from .errors import (
     PublishRefused,
     PublishTimeout,
 )
-from .mqtt_state import MqttState
+from .mqtt_state import InFlight, MqttState
 from .topics import validate_topic
 
 
-def _expire_waiter(waiter: asyncio.Future) -> None:
+def _expire_waiter(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
@@ -92,25 +92,25 @@ class MqttOutbound(MqttState):
             mid, code, found = codec.packet_id(body), 0, {}
         entry = self._inflight.pop(mid, None)
         if entry is not None:
-            fut = entry[1]
+            fut = entry.fut
             if fut is not None and not fut.done():
                 if code < 0x80:  # 0x10, no matching subscribers, is a success too
                     fut.set_result(None)
                 else:
-                    fut.set_exception(self._refusal_error(entry[2], code, found))
+                    fut.set_exception(self._refusal_error(entry.topic, code, found))
                     fut.exception()
             if self._room_waiters:
                 self._wake_room_waiter()
 
-    def _refusal_error(self, topic: str, code: int, found: dict) -> Exception:
+    def _refusal_error(self, topic: str, code: int, found: mp.Properties) -> Exception:
         reason = mp.reason_text(code)
         if found.get(mp.REASON_STRING):
             reason += f": {found[mp.REASON_STRING]}"
         message = f"{self.url}: the broker refused the message on {topic!r}: {reason}"
         if code == 0x87:
-            exc: Exception = PublishDenied(message)
-            exc.reason_code = code  # type: ignore[attr-defined]
-            return exc
+            denied = PublishDenied(message)
+            denied.reason_code = code
+            return denied
         return PublishRefused(message, reason_code=code)
 
     @property
@@ -138,28 +138,29 @@ class MqttOutbound(MqttState):
                 f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
 
     def _has_room(self) -> bool:
-        return len(self._inflight) < self.inflight_limit and self._conn.writable.is_set()
+        return len(self._inflight) < self.inflight_limit and self._live_conn().writable.is_set()
 
     async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
         """Wait, in line with other waiting publishers, until one more may be in flight."""
+        loop = self._bound_loop()
         while not self._has_room() or self._room_waiters:
-            remaining = deadline - self._loop.time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 raise PublishTimeout(
                     f"{self.url}: {self.inflight_limit} messages wait for an acknowledgement; "
                     f"no room for {topic!r} within {wait}s")
             if len(self._inflight) < self.inflight_limit:  # the socket's buffer is full
                 try:
-                    await asyncio.wait_for(self._conn.writable.wait(), remaining)
+                    await asyncio.wait_for(self._live_conn().writable.wait(), remaining)
                 except TimeoutError:
                     pass
                 self._check_connected()
                 if self._has_room() and not self._room_waiters:
                     return
                 continue
-            waiter = self._loop.create_future()
+            waiter: asyncio.Future[None] = loop.create_future()
             self._room_waiters.append(waiter)
-            timer = self._loop.call_later(remaining, _expire_waiter, waiter)
+            timer = loop.call_later(remaining, _expire_waiter, waiter)
             try:
                 await waiter
             except TimeoutError:
@@ -190,11 +191,11 @@ class MqttOutbound(MqttState):
                 return
 
     def _send_qos1(self, topic: str, payload: Any, retain: bool,
-                   envelope: Envelope | None = None) -> asyncio.Future:
+                   envelope: Envelope | None = None) -> asyncio.Future[None]:
         mid = self._new_mid()
         wire, packet = self._packets(topic, payload, 1, retain, mid, envelope)
-        fut = self._loop.create_future()
-        self._inflight[mid] = [packet, fut, topic]
+        fut: asyncio.Future[None] = self._bound_loop().create_future()
+        self._inflight[mid] = InFlight(packet, fut, topic)
         if len(self._inflight) > self.inflight_peak:
             self.inflight_peak = len(self._inflight)
         self._write(wire)
@@ -210,22 +211,24 @@ class MqttOutbound(MqttState):
             self.stats.published += 1
             return
         wait = self.publish_timeout if timeout is None else timeout
-        deadline = self._loop.time() + wait
+        deadline = self._bound_loop().time() + wait
         if not self._has_room() or self._room_waiters:
             await self._room_for_one(topic, deadline, wait)
         fut = self._send_qos1(topic, payload, retain, envelope)
         await self._await_acks([fut], [topic], deadline, wait)
-        if fut.exception() is not None:
-            raise fut.exception()
+        failure = fut.exception()
+        if failure is not None:
+            raise failure
         self.stats.published += 1
 
-    async def publish_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
+    async def publish_many(self, items: Iterable[Outgoing], *, qos: int = 0,
                            retain: bool = False, timeout: float | None = None) -> list[Exception | None]:
         """Publish a batch in order, waiting for all its acknowledgements together."""
         return await (await self.send_many(items, qos=qos, retain=retain, timeout=timeout))
 
-    async def send_many(self, items: Iterable[tuple[str, bytes]], *, qos: int = 0,
-                        retain: bool = False, timeout: float | None = None):
+    async def send_many(self, items: Iterable[Outgoing], *, qos: int = 0,
+                        retain: bool = False, timeout: float | None = None
+                        ) -> Awaitable[list[Exception | None]]:
         """Write a batch in order (waiting for room in the in-flight window as needed) and
         return a coroutine that waits for its PUBACKs: see `Bus.send_many`. An item may be
         ``(topic, payload, envelope)`` on MQTT 5 (see `publish`)."""
@@ -236,10 +239,11 @@ class MqttOutbound(MqttState):
                 self._write(self._packet(item[0], item[1], 0, retain, 0,
                                          item[2] if len(item) > 2 else None))
             self.stats.published += len(items)
-            return settled([None] * len(items))
+            sent: list[Exception | None] = [None] * len(items)
+            return settled(sent)
         wait = self.publish_timeout if timeout is None else timeout
-        deadline = self._loop.time() + wait
-        futs: list[asyncio.Future] = []
+        deadline = self._bound_loop().time() + wait
+        futs: list[asyncio.Future[None]] = []
         failure: Exception | None = None
         for item in items:
             try:
@@ -253,7 +257,7 @@ class MqttOutbound(MqttState):
                 break
         return self._confirm(futs, items, failure, deadline, wait)
 
-    async def _confirm(self, futs: list[asyncio.Future], items: list[tuple[str, bytes]],
+    async def _confirm(self, futs: list[asyncio.Future[None]], items: list[Outgoing],
                        failure: Exception | None, deadline: float, wait: float
                        ) -> list[Exception | None]:
         await self._await_acks(futs, [item[0] for item in items[:len(futs)]], deadline, wait)
@@ -262,15 +266,17 @@ class MqttOutbound(MqttState):
             exc = fut.exception()
             if exc is None:
                 self.stats.published += 1
+            elif not isinstance(exc, Exception):  # only errors are set on these futures
+                raise exc
             results.append(exc)
         results += [failure] * (len(items) - len(futs))
         return results
 
-    async def _await_acks(self, futs: list[asyncio.Future], topics: list[str], deadline: float,
+    async def _await_acks(self, futs: list[asyncio.Future[None]], topics: list[str], deadline: float,
                           wait: float) -> None:
         pending = [f for f in futs if not f.done()]
         if pending:
-            remaining = max(0.0, deadline - self._loop.time())
+            remaining = max(0.0, deadline - self._bound_loop().time())
             await asyncio.wait(pending, timeout=remaining)
         for fut, topic in zip(futs, topics):
             if not fut.done():
@@ -281,6 +287,6 @@ class MqttOutbound(MqttState):
 
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Wait for the acknowledgements of the qos 1 publishes in flight."""
-        pending = [e[1] for e in self._inflight.values() if e[1] is not None and not e[1].done()]
+        pending = [e.fut for e in self._inflight.values() if e.fut is not None and not e.fut.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)

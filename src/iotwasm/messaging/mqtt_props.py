@@ -20,6 +20,10 @@ from typing import Any
 from ..message import Envelope
 from .mqtt_errors import ProtocolError
 
+#: identifier -> value; the value's type depends on the identifier (`KINDS`): int, str,
+#: bytes, or for User Property a list of (name, value) pairs
+Properties = dict[int, Any]
+
 PAYLOAD_FORMAT = 0x01
 MESSAGE_EXPIRY = 0x02
 CONTENT_TYPE = 0x03

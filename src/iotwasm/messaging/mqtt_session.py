@@ -56,10 +56,18 @@ class _Connection(asyncio.Protocol):
         self.bus = bus
         self.transport: asyncio.Transport | None = None
         self.decoder = codec.Decoder(bus.max_packet_size)
-        self.connack: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        #: the session-present flag of the broker's CONNACK, or why there is none
+        self.connack: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        #: why the connection ended
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.writable = asyncio.Event()
         self.writable.set()
+
+    def wire(self) -> asyncio.Transport:
+        """The transport; asyncio sets it before the first byte arrives or leaves."""
+        if self.transport is None:
+            raise ConnectionError(f"mqtt {self.bus.url}: the connection is not made yet")
+        return self.transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -102,7 +110,7 @@ class _Connection(asyncio.Protocol):
         else:
             log.warning("mqtt %s: malformed packet from the broker (%s); reconnecting",
                         bus.url, failure or type(failure).__name__)
-        self.transport.abort()
+        self.wire().abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()
@@ -132,7 +140,7 @@ class MqttSession(MqttState):
         self._out += packet
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._bound_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -162,48 +170,49 @@ class MqttSession(MqttState):
                 self._last_failure = f"broker refused the connection: {exc}"
                 log.warning("mqtt %s: %s", self.url, self._last_failure)
                 self._refusal = self._last_failure
-                self._changed.set()
+                self._changed_event().set()
             except (OSError, ConnectionError, TimeoutError, ssl.SSLError, codec.ProtocolError) as exc:
                 self._last_failure = f"cannot reach the broker ({exc or type(exc).__name__})"
             else:
-                up = self._loop.time()
+                loop = self._bound_loop()
+                up = loop.time()
                 await conn.closed
                 if self._closed:
                     return
-                if self._loop.time() - up >= self.reconnect_max:
+                if loop.time() - up >= self.reconnect_max:
                     self._backoff.reset()
             await asyncio.sleep(self._backoff.next())
 
     async def _open(self) -> _Connection:
-        loop = self._loop
+        loop = self._bound_loop()
         async with asyncio.timeout(self.connect_timeout):
-            _, conn = await loop.create_connection(lambda: _Connection(self), self.host, self.port,
-                                                   ssl=self.tls)
+            transport, conn = await loop.create_connection(lambda: _Connection(self), self.host,
+                                                           self.port, ssl=self.tls)
             try:
                 will = None
                 if self.will is not None:
                     will = (self.will.topic, self.will.payload, self.will.qos, self.will.retain)
                 if self.version == 5:
-                    conn.transport.write(codec.connect5(
+                    transport.write(codec.connect5(
                         self.client_id, clean_start=not self.persistent, keepalive=self.keepalive,
                         username=self.username, password=self.password, will=will,
                         properties=self._connect_properties()))
                 else:
-                    conn.transport.write(codec.connect(
+                    transport.write(codec.connect(
                         self.client_id, clean_session=not self.persistent,
                         keepalive=self.keepalive, username=self.username,
                         password=self.password, will=will))
                 await conn.connack  # `_accepted` has made it the bus's connection by now
             except BaseException:
-                conn.transport.abort()
+                transport.abort()
                 raise
         return conn
 
-    def _connect_properties(self) -> dict:
+    def _connect_properties(self) -> mp.Properties:
         """MQTT 5 CONNECT properties: the session's lifetime, how many QoS 1 messages the
         broker may send before our PUBACKs (receive maximum), and our packet limit, so the
         broker drops what we would refuse instead of costing us the connection."""
-        found = {mp.MAXIMUM_PACKET_SIZE: self.max_packet_size}
+        found: mp.Properties = {mp.MAXIMUM_PACKET_SIZE: self.max_packet_size}
         if self.session_expiry:
             found[mp.SESSION_EXPIRY] = self.session_expiry
         if self.receive_maximum is not None:
@@ -219,13 +228,14 @@ class MqttSession(MqttState):
         else:
             if len(body) < 2:
                 raise codec.ProtocolError("short CONNACK")
-            session_present, code, found = bool(body[0] & 1), body[1], {}
+            found = {}
+            session_present, code = bool(body[0] & 1), body[1]
             reason = codec.CONNACK_REASONS.get(code, f"return code {code}")
         if code != 0:
             self.broker = BrokerLimits(reason_code=code, reason=reason)
             if not conn.connack.done():
                 conn.connack.set_exception(_Refused(reason))
-            conn.transport.close()
+            conn.wire().close()
         elif not conn.connack.done():
             self.broker = BrokerLimits.of(found)
             self._accepted(conn, session_present)
@@ -239,7 +249,7 @@ class MqttSession(MqttState):
             reason += f": {found[mp.REASON_STRING]}"
         self.broker = dataclasses.replace(self.broker, reason_code=code, reason=reason)
         log.warning("mqtt %s: the broker disconnected: %s", self.url, reason)
-        conn.transport.close()
+        conn.wire().close()
         if self._conn is conn:
             self._on_lost(f"the broker disconnected: {reason}")
 
@@ -258,8 +268,8 @@ class MqttSession(MqttState):
             self._write(self._subscribe_packet(self._new_mid_for_renewal(),
                                                list(self._broker_filters.items())))
         for entry in self._inflight.values():
-            entry[0] = codec.with_dup(entry[0])
-            self._write(entry[0])
+            entry.packet = codec.with_dup(entry.packet)
+            self._write(entry.packet)
         if self._ever_connected:
             self.stats.reconnects += 1
         self._ever_connected = True
@@ -267,19 +277,19 @@ class MqttSession(MqttState):
         self._refusal = None
         log.info("mqtt %s connected as %s (session present: %s)", self.url, self.client_id,
                  session_present)
-        self._changed.set()
+        self._changed_event().set()
         self._wake_all_room_waiters()
         self._emit_state(BusState.CONNECTED)
         conn.connack.set_result(session_present)
 
     def _new_mid_for_renewal(self) -> int:
         mid = self._new_mid()
-        fut = self._loop.create_future()
+        fut: asyncio.Future[list[int]] = self._bound_loop().create_future()
         fut.add_done_callback(self._renewed)
         self._subacks[mid] = fut
         return mid
 
-    def _renewed(self, fut: asyncio.Future) -> None:
+    def _renewed(self, fut: asyncio.Future[list[int]]) -> None:
         if not fut.cancelled() and fut.exception() is None and any(c >= 0x80 for c in fut.result()):
             log.error("mqtt %s: broker refused renewing a subscription for client %r",
                       self.url, self.client_id)
@@ -296,19 +306,19 @@ class MqttSession(MqttState):
         # publishes waiting for PUBACK: the caller gets them back now; the packets stay and
         # are sent again after the reconnect (duplicates are possible: at-least-once)
         for entry in self._inflight.values():
-            fut, entry[1] = entry[1], None
+            fut, entry.fut = entry.fut, None
             if fut is not None and not fut.done():
                 fut.set_exception(BrokerUnavailable(
                     f"{self.url}: connection lost before the broker acknowledged the message "
                     "(it may or may not have been delivered)"))
                 fut.exception()  # the caller reads it; a caller that went away is no error
         subacks, self._subacks = self._subacks, {}
-        for fut in subacks.values():
-            if not fut.done():
-                fut.set_exception(BrokerUnavailable(
+        for suback in subacks.values():
+            if not suback.done():
+                suback.set_exception(BrokerUnavailable(
                     f"{self.url}: connection lost before the broker confirmed the subscription "
                     "(it is renewed on reconnect)"))
-                fut.exception()
+                suback.exception()
         if was and not self._closed:
             log.warning("mqtt %s disconnected: %s; reconnecting", self.url, reason)
             self._emit_state(BusState.DISCONNECTED)
@@ -351,6 +361,7 @@ class MqttSession(MqttState):
             self._pinger = self._loop.create_task(self._keep_alive(), name=f"mqtt-ping:{self.url}")
         if not wait:
             return
+        changed = self._changed_event()
         try:
             async with asyncio.timeout(timeout):
                 while not self._connected:
@@ -359,8 +370,8 @@ class MqttSession(MqttState):
                         reason, self._refusal = self._refusal, None
                         raise BrokerUnavailable(
                             f"{self.url}: {reason} (still retrying in the background)")
-                    self._changed.clear()
-                    await self._changed.wait()
+                    changed.clear()
+                    await changed.wait()
         except TimeoutError:
             detail = self._last_failure or "no answer"
             raise BrokerUnavailable(

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from ..backoff import Backoff
 from ..message import Envelope
 from . import mqtt_props as mp
-from .bus import Bus, Will
+from .bus import Bus, Subscription, Will
+from .errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from .mqtt_session import _Connection
@@ -43,7 +44,7 @@ class BrokerLimits:
     reason: str = ""
 
     @classmethod
-    def of(cls, found: dict) -> BrokerLimits:
+    def of(cls, found: mp.Properties) -> BrokerLimits:
         return cls(receive_maximum=found.get(mp.RECEIVE_MAXIMUM, 65535),
                    maximum_packet_size=found.get(mp.MAXIMUM_PACKET_SIZE),
                    topic_alias_maximum=found.get(mp.TOPIC_ALIAS_MAXIMUM, 0),
@@ -51,6 +52,32 @@ class BrokerLimits:
                    retain_available=bool(found.get(mp.RETAIN_AVAILABLE, 1)),
                    shared_subscriptions=bool(found.get(mp.SHARED_SUB_AVAILABLE, 1)),
                    server_keep_alive=found.get(mp.SERVER_KEEP_ALIVE))
+
+
+class InFlight:
+    """A QoS 1 publish waiting for its PUBACK: the packet (sent again, marked DUP, after a
+    reconnect), the caller's future (None once the caller was told the connection was lost:
+    the packet stays, the caller has its answer) and the topic (named in errors)."""
+
+    __slots__ = ("packet", "fut", "topic")
+
+    def __init__(self, packet: bytes, fut: asyncio.Future[None] | None, topic: str) -> None:
+        self.packet = packet
+        self.fut = fut
+        self.topic = topic
+
+
+class Incoming:
+    """An incoming QoS 1 message's place in the order of acknowledgements: its packet id,
+    the connection it came on (`generation`) and whether every handler is done with it
+    (`handled`: None when it was given back, never to be acknowledged on this connection)."""
+
+    __slots__ = ("mid", "generation", "handled")
+
+    def __init__(self, mid: int, generation: int, handled: bool | None = False) -> None:
+        self.mid = mid
+        self.generation = generation
+        self.handled = handled
 
 
 class MqttState(Bus):
@@ -89,16 +116,16 @@ class MqttState(Bus):
     _generation: int
     _connected: bool
     _ever_connected: bool
-    _supervisor: asyncio.Task | None
-    _pinger: asyncio.Task | None
+    _supervisor: asyncio.Task[None] | None
+    _pinger: asyncio.Task[None] | None
     _broker_filters: dict[str, int]
-    _inflight: dict[int, list]
-    _subacks: dict[int, asyncio.Future]
+    _inflight: dict[int, InFlight]
+    _subacks: dict[int, asyncio.Future[list[int]]]
     _next_mid: int
     _changed: asyncio.Event | None
-    _room_waiters: collections.deque[asyncio.Future]
-    _ack_queue: collections.deque[list]
-    _parked: list[tuple[str, bytes, list, float, Envelope | None]]
+    _room_waiters: collections.deque[asyncio.Future[None]]
+    _ack_queue: collections.deque[Incoming]
+    _parked: list[tuple[str, bytes, Incoming, float, Envelope | None]]
     _park_timer: asyncio.TimerHandle | None
     _refusal: str | None
     _last_failure: str
@@ -107,7 +134,26 @@ class MqttState(Bus):
     _last_recv: float
     _last_sent: float
     _topic_bytes: dict[str, bytes]
-    _match_cache: dict[str, list]
+    _match_cache: dict[str, list[Subscription]]
+
+    # `connect` binds the loop and the event, `_accepted` sets the connection: what runs
+    # before would be a bug or a call made too early, and says so instead of failing on None
+
+    def _bound_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise BrokerUnavailable(f"{self.url}: not connected (call connect first)")
+        return self._loop
+
+    def _changed_event(self) -> asyncio.Event:
+        if self._changed is None:
+            raise BrokerUnavailable(f"{self.url}: not connected (call connect first)")
+        return self._changed
+
+    def _live_conn(self) -> _Connection:
+        if self._conn is None:
+            raise BrokerUnavailable(
+                f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
+        return self._conn
 
     if TYPE_CHECKING:
         # what one half calls on another

@@ -11,11 +11,15 @@ import asyncio
 import functools
 import logging
 import urllib.parse
-from typing import Any
+from typing import Any, Awaitable
 
-import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.client import Server as NatsServer
+from nats.aio.msg import Msg as NatsMsg
+from nats.aio.subscription import Subscription as CoreSubscription
+from nats.js.client import JetStreamContext
 from nats.js import api as js_api
 
 from ..backoff import Backoff
@@ -48,7 +52,7 @@ class NatsSubscription(Subscription):
         super().__init__(*args, **kwargs)
         self.subjects: list[str] = []
         self.established = False
-        self._nats_subs: list[Any] = []
+        self._nats_subs: list[CoreSubscription] = []
 
     def _upstream_pending(self) -> int:
         return sum(s.pending_msgs for s in self._nats_subs)
@@ -61,10 +65,10 @@ class JetStreamSubscription(Subscription):
         super().__init__(*args, **kwargs)
         self.subjects: list[str] = []
         self.established = False
-        self.psub: Any = None  # set once the consumer is bound
+        self.psub: JetStreamContext.PullSubscription | None = None  # set once the consumer is bound
         self.batch = batch
         self.fetch_timeout = fetch_timeout
-        self._fetched: list[Any] = []
+        self._fetched: list[NatsMsg] = []
         #: fetch errors other than "nothing to fetch" (reconnects, server restarts)
         self.fetch_errors = 0
 
@@ -79,14 +83,19 @@ class JetStreamSubscription(Subscription):
 
     async def _run(self) -> None:
         bus = self.bus
+        if not isinstance(bus, NatsBus):
+            raise TypeError(f"durable {self.durable!r}: a JetStream subscription needs a NatsBus, not {bus!r}")
         backoff = Backoff(0.05, 1.0)
         while True:
             if not self._fetched:
                 if not self.active:  # paused (detach): what was fetched went on; fetch no more
                     self._progress.set()
                     return
+                psub = self.psub
+                if psub is None:
+                    raise BrokerUnavailable(f"durable {self.durable!r}: fetching before the consumer is bound")
                 try:
-                    self._fetched = list(await self.psub.fetch(self.batch, timeout=self.fetch_timeout))
+                    self._fetched = list(await psub.fetch(self.batch, timeout=self.fetch_timeout))
                     backoff.reset()
                 except nats.errors.TimeoutError:
                     continue  # nothing to fetch (or a reconnect swallowed the request)
@@ -132,7 +141,7 @@ class JetStreamSubscription(Subscription):
             await _settle(nmsg.nak())
 
 
-async def _finish(bus, nmsg, outcome: str) -> None:
+async def _finish(bus: NatsBus, nmsg: NatsMsg, outcome: str) -> None:
     """Ack after the handler is done, and wait until the server recorded it (so a new binding
     of the durable does not see it again); nak -> redelivered at once. A lost ack means a
     redelivery after ack_wait."""
@@ -155,7 +164,12 @@ def _merge(have: list[str], want: list[str]) -> list[str]:
     return out
 
 
-async def _settle(coro: Any) -> None:
+async def _flush(nc: NatsClient, timeout: float) -> None:
+    """`nc.flush`: nats-py annotates its timeout as int, but waits for float seconds."""
+    await nc.flush(timeout=timeout)  # type: ignore[arg-type]
+
+
+async def _settle(coro: Awaitable[Any]) -> None:
     """Send an ack/nak/term; a lost one is covered by ack_wait redelivery."""
     try:
         await coro
@@ -223,10 +237,10 @@ class NatsBus(Bus):
         self._stream_subjects: list[str] = []
         self._stream_known = False
         self._stream_lock = asyncio.Lock()
-        self._nc: Any = None  # set once the first connection is up
-        self._pending_nc: Any = None
-        self._connect_task: asyncio.Task | None = None
-        self._js: Any = None
+        self._nc: NatsClient | None = None  # set once the first connection is up
+        self._pending_nc: NatsClient | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._js: JetStreamContext | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -253,7 +267,7 @@ class NatsBus(Bus):
                 "background") from None
 
     async def _connect_forever(self) -> None:
-        nc = nats.aio.client.Client()
+        nc = NatsClient()
         self._pending_nc = nc
         backoff = self._backoff
 
@@ -277,19 +291,20 @@ class NatsBus(Bus):
                 # attempt and reads it from its options each time
                 nc.options["reconnect_time_wait"] = backoff.next()
 
-        def reconnect_delay(servers: list, info: dict) -> tuple[None, float]:
+        def reconnect_delay(servers: list[NatsServer], info: dict[str, Any]) -> tuple[NatsServer | None, float]:
             # asked before every reconnect attempt: any server (None), after this delay
             return None, backoff.next()
 
-        # retries the first connection too, forever (max_reconnect_attempts=-1)
+        # retries the first connection too, forever (max_reconnect_attempts=-1); nats-py
+        # annotates its two durations as int but sleeps and times out on them as float seconds
         await nc.connect(
             servers=[self.url],
             name=self.name,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=self.reconnect_time_wait,
+            reconnect_time_wait=self.reconnect_time_wait,  # type: ignore[arg-type]
             reconnect_to_server_handler=reconnect_delay,
-            connect_timeout=self.connect_timeout,
+            connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
             error_cb=error_cb,
@@ -310,9 +325,10 @@ class NatsBus(Bus):
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Round trip to the server: everything published before has reached it, and
         everything it sent before has been read into the subscriptions' queues."""
-        if self.connected:
+        nc = self._nc
+        if nc is not None and self.connected:
             try:
-                await self._nc.flush(timeout=timeout)
+                await _flush(nc, timeout)
             except nats.errors.TimeoutError:
                 raise PublishTimeout(f"{self.url}: flush not answered within {timeout}s") from None
 
@@ -337,7 +353,7 @@ class NatsBus(Bus):
         if self._nc is not None:
             if self._nc.is_connected:
                 try:
-                    await self._nc.flush(timeout=timeout)
+                    await _flush(self._nc, timeout)
                 except Exception as exc:
                     log.warning("nats %s: flush on close failed: %s", self.url, exc)
             self._closed = True
@@ -348,12 +364,25 @@ class NatsBus(Bus):
         self._closed = True
         self._emit_state(BusState.CLOSED)
 
-    def _require_connection(self) -> None:
+    def _require_connection(self) -> NatsClient:
         if self._closed:
             raise BrokerUnavailable(f"{self.url}: bus is closed")
+        return self._client()
+
+    def _client(self) -> NatsClient:
+        """The connection; there is none before the first one is up."""
         if self._nc is None:
             raise BrokerUnavailable(f"{self.url}: not connected" + (
                 " yet" if self._connect_task is not None else " (call connect first)"))
+        return self._nc
+
+    def _jetstream(self) -> JetStreamContext:
+        """The JetStream context, made with the first connection of a `jetstream` bus."""
+        if self._js is None:
+            if not self.jetstream:
+                raise ConfigError(f"{self.url}: JetStream is not enabled (jetstream=True)")
+            raise BrokerUnavailable(f"{self.url}: not connected yet (JetStream comes with the connection)")
+        return self._js
 
     # ------------------------------------------------------------------ JetStream stream
 
@@ -374,7 +403,7 @@ class NatsBus(Bus):
                 f"subject(s) {', '.join(want)} are outside stream {self.stream!r} "
                 f"(stream_subjects: {', '.join(self._fixed_subjects)})")
         async with self._stream_lock:
-            jsm = self._js
+            jsm = self._jetstream()
             try:
                 try:
                     info = await jsm.stream_info(self.stream)
@@ -413,8 +442,7 @@ class NatsBus(Bus):
         check_qos(qos)
         if retain:
             raise ConfigError("retain is not supported on NATS (use a JetStream stream instead)")
-        self._require_connection()
-        nc = self._nc
+        nc = self._require_connection()
         if not nc.is_connected:
             raise BrokerUnavailable(f"{self.url}: not connected (reconnecting)")
         wait = self.publish_timeout if timeout is None else timeout
@@ -426,7 +454,7 @@ class NatsBus(Bus):
                 await self._js.publish(subject, payload, timeout=wait, stream=self.stream)
             else:
                 await nc.publish(subject, payload)
-                await nc.flush(timeout=wait)
+                await _flush(nc, wait)
         except nats.errors.TimeoutError:
             raise PublishTimeout(
                 f"{self.url}: no acknowledgement for {topic!r} within {wait}s") from None
@@ -465,7 +493,7 @@ class NatsBus(Bus):
                 raise ConfigError(f"bad durable name {durable!r}")
             # NATS 'a.>' does not match 'a'; a durable consumer has one filter subject
             subjects = [to_nats_subject(topic_filter)]
-            sub: Subscription = JetStreamSubscription(
+            sub: NatsSubscription | JetStreamSubscription = JetStreamSubscription(
                 self, topic_filter, handler, qos=qos, queue=queue, durable=durable,
                 batch=self.fetch_batch, fetch_timeout=self.fetch_timeout)
         else:
@@ -484,6 +512,8 @@ class NatsBus(Bus):
 
     async def _establish_pending(self) -> None:
         for sub in list(self._subs):
+            if not isinstance(sub, (NatsSubscription, JetStreamSubscription)):
+                raise TypeError(f"nats {self.url}: {sub!r} was not made by this bus")
             if sub.active and not sub.established:
                 try:
                     await self._establish(sub)
@@ -499,7 +529,7 @@ class NatsBus(Bus):
         assert isinstance(sub, NatsSubscription)
         topic_filter = sub.filter
 
-        async def enqueue(nmsg: Any) -> None:
+        async def enqueue(nmsg: NatsMsg) -> None:
             # never awaits: a message is always in nats-py's queue, ours, or the handler
             subject = nmsg.subject
             if _reserved(subject) or not sub.active:
@@ -517,7 +547,7 @@ class NatsBus(Bus):
         try:
             for s in sub.subjects:
                 sub._nats_subs.append(
-                    await self._nc.subscribe(s, queue=sub.queue or "", cb=enqueue))
+                    await self._client().subscribe(s, queue=sub.queue or "", cb=enqueue))
         except nats.errors.Error as exc:
             for ns in sub._nats_subs:
                 try:
@@ -543,7 +573,7 @@ class NatsBus(Bus):
             filter_subject=subject,
         )
         try:
-            psub = await self._js.pull_subscribe(subject, durable=durable, stream=self.stream,
+            psub = await self._jetstream().pull_subscribe(subject, durable=durable, stream=self.stream,
                                                  config=config)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
                 nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
