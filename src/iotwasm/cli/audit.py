@@ -97,8 +97,11 @@ def audit_verify(data: Optional[Path] = typer.Option(None, help="verify this dat
         finally:
             log.close()
     else:
+        if c is None:
+            fail("no node to ask: pass --data DIR or a context")
         res = {"ok": True, "anchors": 0}
-        for a in anchors or [None]:   # the API takes one anchor per call
+        each: list[dict | None] = [*anchors] or [None]
+        for a in each:   # the API takes one anchor per call
             params = {"seq": a["seq"], "head": a["head"]} if a else {}
             got = c.call("GET", "/v1/audit/verify", params=params)
             res = {**got, "anchors": len(anchors)}

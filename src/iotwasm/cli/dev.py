@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, NoReturn
 
 import typer
 import yaml
@@ -36,7 +36,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(e: Exception | str) -> None:
+def _fail(e: Exception | str) -> NoReturn:
     err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 

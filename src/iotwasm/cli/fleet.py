@@ -9,7 +9,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, NoReturn
 
 import typer
 import yaml
@@ -27,7 +27,7 @@ MAX_INVOKE_PAYLOAD = 1024 * 1024
 FLEET = typer.Option(..., "--fleet", help="the fleet's NATS server: nats://host:port (JetStream on)")
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     err.print(f"[bold red]error:[/] {e}", highlight=False)
     raise typer.Exit(1)
 

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, NoReturn
 
 import typer
 from rich import markup
@@ -30,7 +30,7 @@ EXIT_FAILED = 1
 EXIT_DEAD_LETTERS = 3
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     # never wrapped: one error is one line, also in a journal or a pipe
     err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_FAILED)

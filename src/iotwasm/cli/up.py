@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
@@ -42,7 +42,7 @@ def render(node: Node, started: float) -> Group:
         deps.add_row(name, f"[{style}]{d['state']}[/]", str(d["revision"]), str(d["replicas"]),
                      f"{d.get('messages', 0):,}", f"{d.get('outputs', 0):,}", errs, str(d["restarts"]),
                      str(d["rollbacks"]))
-    parts = [Panel(f"node [bold]{snap['node']}[/] · up {up:.0f}s · data {node.config.data_dir} · "
+    parts: list[RenderableType] = [Panel(f"node [bold]{snap['node']}[/] · up {up:.0f}s · data {node.config.data_dir} · "
                    f"bus {node.config.broker or 'in-process'} · outbox backlog {snap['outbox_backlog']:,}",
                    title="iotwasm"), routes, deps]
     dead = dead_letter_lines(node)
@@ -142,7 +142,7 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     final = None
     task = asyncio.create_task(node.run())
     candidate = None
-    if agent is not None:
+    if agent is not None and fleet is not None:
         from ..fleet.invoke import serve_invocations
 
         agent.start()
