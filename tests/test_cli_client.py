@@ -140,6 +140,13 @@ def test_cli_drives_a_node_end_to_end(node):
     assert json.loads(cli(node, "scale", "counter", "2", "--context", "acme", "-o", "json").stdout)["replicas"] == 2
     r = cli(node, "scale", "counter", "9", "--context", "acme", ok=False)
     assert r.returncode == 1 and "9 instances exceed its quota of 4" in r.stderr
+    # a range: the tenant's quota counts its max
+    r = json.loads(cli(node, "scale", "counter", "0..3", "--context", "acme", "-o", "json").stdout)
+    assert (r["scaling"]["min"], r["scaling"]["max"]) == (0, 3)
+    r = cli(node, "scale", "counter", "0..9", "--context", "acme", ok=False)
+    assert r.returncode == 1 and "9 instances exceed its quota of 4" in r.stderr
+    assert "MIN..MAX" in cli(node, "scale", "counter", "1..", ok=False).stderr
+    cli(node, "scale", "counter", "2")
     manifests.write_text(manifests.read_text().replace("memory: 16Mi", "memory: 32Mi"))
     # the rollout is followed until the health gate decides, which needs traffic
     import threading

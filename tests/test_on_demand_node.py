@@ -7,7 +7,6 @@ counted in describe and /metrics."""
 from __future__ import annotations
 
 import pytest
-
 from apinode import ECHO_WASM, ApiNode, http_route, wait_for
 
 
@@ -109,3 +108,21 @@ def test_an_invocation_with_no_room_anywhere_is_answered_503(node):
     apply(node, elastic("p2", "{min: 0, max: 1}"))    # p2's instance may now go
     invoke(node, "z")
     assert view(node, "p2")["evictions"] == 1
+
+
+def test_scaling_through_the_api_sets_a_number_or_a_range(node):
+    apply(node, elastic("s", "1"))
+    r = node.admin.post("/v1/deployments/s/scale", json={"min": 0, "max": 3})
+    assert r.status_code == 200, r.text
+    d = view(node, "s")
+    assert (d["scaling"]["min"], d["scaling"]["max"], d["replicas"]) == (0, 3, 1)   # the idle one stays for its cool-down
+    assert d["revision"] == 1, "a scale is not a new revision"
+    assert node.admin.get("/v1/deployments/s").json()["manifest"]["spec"]["replicas"] == {
+        "min": 0, "max": 3, "cooldown": "30s"}
+    node.clock.now += 30
+    wait_for(lambda: view(node, "s")["replicas"] == 0, what="scaled down to zero")
+    r = node.admin.post("/v1/deployments/s/scale", json={"replicas": 2})
+    assert r.status_code == 200 and view(node, "s")["replicas"] == 2
+    for bad in ({"replicas": 2, "min": 0}, {"min": 1}, {"min": 3, "max": 2}, {}):
+        r = node.admin.post("/v1/deployments/s/scale", json=bad)
+        assert r.status_code == 422, (bad, r.text)

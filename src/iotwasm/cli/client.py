@@ -405,9 +405,14 @@ def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = type
         pass
 
 
-def scale(name: str, replicas: int, context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
-    """Set a deployment's number of replicas."""
-    data = Client(context).call("POST", f"/v1/deployments/{name}/scale", json={"replicas": replicas})
+def scale(name: str, replicas: str = typer.Argument(..., help="a number (fixed), or MIN..MAX (instances on demand)"),
+          context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
+    """Set a deployment's number of replicas, or the range the node scales it within."""
+    low, sep, high = replicas.partition("..")
+    if not (low.isdigit() and (high.isdigit() if sep else True)):
+        fail(f"replicas {replicas!r}: a number, or MIN..MAX such as 0..8")
+    body = {"min": int(low), "max": int(high)} if sep else {"replicas": int(low)}
+    data = Client(context).call("POST", f"/v1/deployments/{name}/scale", json=body)
     emit(data, output, _deployments_table([data]))
 
 

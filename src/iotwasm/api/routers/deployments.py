@@ -15,6 +15,7 @@ from ...container import BudgetSpent
 from ...errors import ContainerUnavailable, IotwasmError
 from ...message import Message
 from ...node.invoke import MAX_MESSAGES, Invocation, NotInvocable
+from ...node.manifests import ReplicaRange
 from .. import sse
 from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
@@ -30,7 +31,17 @@ router = APIRouter(tags=["deployments"], route_class=GuardedRoute)
 
 
 class ScaleBody(BaseModel):
-    replicas: int = Field(ge=1, le=10_000)
+    replicas: int | None = Field(None, ge=1, le=10_000, description="a fixed number of instances")
+    min: int | None = Field(None, ge=0, le=10_000, description="with max: instances on demand, at least this many")
+    max: int | None = Field(None, ge=1, le=10_000, description="with min: instances on demand, at most this many")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScaleBody:
+        if (self.replicas is None) == (self.max is None) or (self.replicas is not None and self.min is not None):
+            raise ValueError("give replicas (a fixed number) or max with an optional min (a range)")
+        if self.max is not None and (self.min or 0) > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
 
 
 #: an invocation's body: up to MAX_MESSAGES messages, 1 MiB of payload as base64 and some room
@@ -144,16 +155,28 @@ async def reapply(ctx: ApiContext, who: Principal, m, action: str, detail: str) 
     return deployment_view(ctx, m.name)
 
 
-@router.post("/v1/deployments/{name}/scale", summary="Change the number of replicas",
+@router.post("/v1/deployments/{name}/scale",
+             summary="Change the number of replicas: a fixed number, or a range the node scales within",
              responses=errors(409, why_409="not managed through the API"))
 async def scale(name: str, body: ScaleBody, ctx: Ctx, who: Operator) -> dict:
     _, m = await ctx.mutable(who, "Deployment", name, "deployment.scale")
-    if body.replicas > m.spec.resources.max_instances:
-        raise Problem(422, "Invalid request", f"replicas {body.replicas} exceeds resources.maxInstances "
+    top = body.replicas if body.replicas is not None else body.max
+    if top > m.spec.resources.max_instances:
+        raise Problem(422, "Invalid request", f"replicas {top} exceeds resources.maxInstances "
                       f"{m.spec.resources.max_instances}", "validation")
-    spec = m.spec.model_copy(update={"replicas": body.replicas, "weights": []})
-    return await reapply(ctx, who, m.model_copy(update={"spec": spec}), "deployment.scale",
-                         f"replicas {body.replicas}")
+    if m.spec.prewarm > top:
+        raise Problem(422, "Invalid request", f"replicas {top} is below the deployment's prewarm {m.spec.prewarm}",
+                      "validation")
+    if body.replicas is not None:
+        replicas: Any = body.replicas
+        what = f"replicas {body.replicas}"
+    else:   # a range keeps its cool-down
+        old = m.spec.replicas
+        cooldown = old.cooldown if isinstance(old, ReplicaRange) else ReplicaRange.model_fields["cooldown"].default
+        replicas = ReplicaRange(min=body.min or 0, max=body.max, cooldown=cooldown)
+        what = f"replicas {replicas.min}..{replicas.max}"
+    spec = m.spec.model_copy(update={"replicas": replicas, "weights": []})
+    return await reapply(ctx, who, m.model_copy(update={"spec": spec}), "deployment.scale", what)
 
 
 async def _lifecycle(ctx: ApiContext, who: Principal, name: str, verb: str, done: str) -> dict:
