@@ -93,6 +93,7 @@ class MqttState(Bus):
     _pinger: asyncio.Task | None
     _broker_filters: dict[str, int]
     _inflight: dict[int, list]
+    _inflight_cap: int
     _subacks: dict[int, asyncio.Future]
     _next_mid: int
     _changed: asyncio.Event | None
