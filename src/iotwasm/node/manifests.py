@@ -275,10 +275,12 @@ def _str(v: Any) -> str:
 # --- Route --------------------------------------------------------------------------------
 
 class MqttEndpoint(Strict):
-    url: str | None = Field(None, description="mqtt://host:port; default: the node's broker")
+    url: str | None = Field(None, description="mqtt://host:port[?version=5]; default: the node's broker")
     topic: str
     qos: Literal[0, 1] = 1
     retain: bool = False
+    queue: str | None = Field(None, description="source only: a shared subscription "
+                              "($share/<queue>/<topic>): the nodes of one group share the messages")
 
 
 class NatsEndpoint(Strict):
@@ -361,6 +363,8 @@ class Sink(Strict):
         given = [k for k in ("mqtt", "nats", "store", "webhook", "log", "bus") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"a sink needs exactly one of mqtt, nats, store, webhook, log, bus (got {given or 'none'})")
+        if self.mqtt is not None and self.mqtt.queue is not None:
+            raise ValueError("queue shares a source's messages between nodes; a sink has none")
         return self
 
     @property

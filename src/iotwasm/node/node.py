@@ -623,7 +623,8 @@ class Node:
         else:
             ep = src.mqtt or src.bus
             bus = await self._bus_for(getattr(ep, "url", None))
-            source = BusSource(bus, ep.topic, runner, qos=getattr(ep, "qos", 1))
+            source = BusSource(bus, ep.topic, runner, qos=getattr(ep, "qos", 1),
+                               queue=getattr(ep, "queue", None))
         return _RouteRecord(r, digest_of_manifest(r), runner, source, sinks, uid)
 
     async def _ingest_server(self) -> IngestServer:
