@@ -6,6 +6,7 @@ session expiry, the broker's receive maximum and packet limit, and shared subscr
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 
 import pytest
@@ -14,7 +15,7 @@ from test_messaging_bus import Inbox, run
 
 from iotwasm.errors import ConfigError
 from iotwasm.message import Envelope
-from iotwasm.messaging import BrokerUnavailable, BusState, PublishDenied, open_bus
+from iotwasm.messaging import BrokerUnavailable, BusState, PublishDenied, SubscribeDenied, open_bus
 from iotwasm.messaging import mqtt_codec as codec
 from iotwasm.messaging import mqtt_props as mp
 from iotwasm.messaging.errors import MessageTooLarge
@@ -176,20 +177,43 @@ def test_receive_maximum_of_the_broker_is_honoured(tmp_path):
         broker.stop()
 
 
+DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+
+def dynsec_broker(tmp_path) -> Mosquitto:
+    """Mosquitto with its dynamic-security plugin: anonymous clients may subscribe to and
+    publish on open/# only (the plugin answers a refused SUBSCRIBE in its SUBACK, which
+    the ACL file of Mosquitto 2.0 never does)."""
+    config = {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": [],
+        "roles": [{"rolename": "open", "acls": [
+            {"acltype": "subscribePattern", "topic": "open/#", "allow": True},
+            {"acltype": "publishClientSend", "topic": "open/#", "allow": True}]}],
+        "groups": [{"groupname": "anonymous", "roles": [{"rolename": "open"}]}],
+        "anonymousGroup": "anonymous",
+    }
+    (tmp_path / "dynsec.json").write_text(json.dumps(config))
+    return private_broker(tmp_path, "dynsec", plugin=DYNSEC,
+                          plugin_opt_config_file=str(tmp_path / "dynsec.json"))
+
+
 def test_reason_codes_reach_the_errors(tmp_path):
-    """An ACL denies a publish: PUBACK's 0x87 comes back as `PublishDenied` naming the reason;
-    a refused CONNECT names its reason code too. (Mosquitto 2.0's ACL file never refuses a
-    subscription: SUBACK's codes are covered by the codec's tests.)"""
-    acl = tmp_path / "acl.conf"
-    acl.write_text("topic readwrite open/#\n")
+    """The broker's access control says no: SUBACK's and PUBACK's 0x87 come back as
+    `SubscribeDenied` and `PublishDenied` naming the reason (3.1.1's SUBACK has only
+    'failure', 0x80); a refused CONNECT names its reason code too."""
     (tmp_path / "nobody").write_text("")
-    broker = private_broker(tmp_path, "acl", acl_file=str(acl))
+    broker = dynsec_broker(tmp_path)
     closed = private_broker(tmp_path, "closed", allow_anonymous="false",
                             password_file=str(tmp_path / "nobody"))
     try:
         async def main():
             bus = MqttBus(broker.url, version=5)
             await bus.connect()
+            with pytest.raises(SubscribeDenied, match=r"refused the subscription to 'secret/#' .*: not authorized \(0x87\)") as sub_info:
+                await bus.subscribe("secret/#", Inbox(), qos=1)
+            assert sub_info.value.reason_code == 0x87
             with pytest.raises(PublishDenied, match=r"refused the message on 'secret/x': not authorized \(0x87\)") as info:
                 await bus.publish("secret/x", b"no", qos=1)
             assert info.value.reason_code == 0x87
@@ -198,7 +222,14 @@ def test_reason_codes_reach_the_errors(tmp_path):
             await bus.publish("open/x", b"yes", qos=1)   # the connection is still fine
             await inbox.wait_until(lambda i: i.payloads == [b"yes"], "the allowed message")
             assert bus.stats.reconnects == 0
+            assert [s.filter for s in bus.subscriptions] == ["open/#"]
             await bus.close()
+
+            old = MqttBus(broker.url)
+            await old.connect()
+            with pytest.raises(SubscribeDenied, match=r"refused the subscription to 'secret/#' .*: failure \(0x80\)"):
+                await old.subscribe("secret/#", Inbox(), qos=1)
+            await old.close()
 
             refused = MqttBus(closed.url, version=5, reconnect_min=5.0)
             with pytest.raises(BrokerUnavailable, match=r"refused the connection: (not authorized \(0x87\)|bad user name or password \(0x86\))"):

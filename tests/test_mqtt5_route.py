@@ -6,6 +6,8 @@ wasmtime, the node in-process."""
 from __future__ import annotations
 
 
+import asyncio
+
 from brokers import mosquitto  # noqa: F401  (fixture)
 from conftest import ECHO_WAT
 from iotwasm.message import Envelope
@@ -105,3 +107,66 @@ def test_an_outbox_from_before_envelopes_is_upgraded_in_place(tmp_path):
     reopened = Outbox(path)
     assert reopened.backlog("s") == 2 and reopened.peek("s")[1][3] == blob
     reopened.close()
+
+
+SHARED = """
+apiVersion: iotwasm.io/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  module: {module}
+  capabilities:
+    topics: {{subscribe: ["jobs/#"], publish: ["jobs/#"]}}
+---
+apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {{name: shared}}
+spec:
+  source: {{mqtt: {{topic: "jobs/{{device}}", qos: 1, queue: workers}}}}
+  steps: [echo]
+  sinks:
+    - store: {{table: done}}
+"""
+
+
+def test_nodes_in_one_queue_group_share_a_routes_messages(tmp_path, mosquitto):  # noqa: F811
+    """Two nodes run the same route with `queue: workers` (MQTT 5 shared subscription): each
+    message is handled by exactly one of them, and both take a part."""
+    (tmp_path / "echo.wat").write_text(ECHO_WAT)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(SHARED.format(module=tmp_path / "echo.wat"))
+
+    async def main():
+        nodes = [Node(NodeConfig(data_dir=tmp_path / f"data{i}", manifests=mdir,
+                                 broker=mosquitto.url + "?version=5", name=f"worker{i}"))
+                 for i in range(2)]
+        for node in nodes:
+            await node.start()
+        device = MqttBus(mosquitto.url, version=5)
+        try:
+            await device.connect()
+            for i in range(200):
+                await device.publish(f"jobs/d{i % 5}", str(i).encode(), qos=1)
+            deadline = asyncio.get_running_loop().time() + 30
+            while sum(n.store.count("done") for n in nodes) < 200:
+                assert asyncio.get_running_loop().time() < deadline, [n.store.count("done") for n in nodes]
+                await asyncio.sleep(0.05)
+            done = [int(r["payload"]) for n in nodes for r in n.store.query("done", limit=1000)]
+            assert sorted(done) == list(range(200))          # each exactly once
+            assert all(n.store.count("done") > 0 for n in nodes)
+        finally:
+            await device.close()
+            for node in nodes:
+                await node.shutdown()
+
+    run(main(), timeout=60)
+
+
+def test_queue_is_refused_on_a_sink():
+    import pytest
+
+    from iotwasm.node.manifests import Sink
+
+    with pytest.raises(ValueError, match="queue shares a source's messages between nodes; a sink has none"):
+        Sink.model_validate({"mqtt": {"topic": "x", "queue": "g"}})

@@ -140,6 +140,8 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
         self._inflight: dict[int, InFlight] = {}
         #: the most QoS 1 publishes that waited for their PUBACK at once (flow control's gauge)
         self.inflight_peak = 0
+        #: `inflight_limit`, kept current on every CONNACK (read for every QoS 1 publish)
+        self._inflight_cap = max_inflight
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._next_mid = 0
         self._changed: asyncio.Event | None = None  # set on connect / refusal

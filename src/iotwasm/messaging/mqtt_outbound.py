@@ -128,7 +128,7 @@ class MqttOutbound(MqttState):
     def inflight_limit(self) -> int:
         """How many QoS 1 publishes may wait for their PUBACK at once: `max_inflight`, and
         on MQTT 5 no more than the broker's receive maximum (flow control, 4.9)."""
-        return min(self.max_inflight, self.broker.receive_maximum)
+        return self._inflight_cap
 
     def _check_connected(self) -> None:
         if self._closed:
@@ -138,7 +138,7 @@ class MqttOutbound(MqttState):
                 f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
 
     def _has_room(self) -> bool:
-        return len(self._inflight) < self.inflight_limit and self._live_conn().writable.is_set()
+        return len(self._inflight) < self._inflight_cap and self._live_conn().writable.is_set()
 
     async def _room_for_one(self, topic: str, deadline: float, wait: float) -> None:
         """Wait, in line with other waiting publishers, until one more may be in flight."""

@@ -238,6 +238,7 @@ class MqttSession(MqttState):
             conn.wire().close()
         elif not conn.connack.done():
             self.broker = BrokerLimits.of(found)
+            self._inflight_cap = min(self.max_inflight, self.broker.receive_maximum)
             self._accepted(conn, session_present)
 
     def _on_disconnect(self, conn: _Connection, body: bytes) -> None:

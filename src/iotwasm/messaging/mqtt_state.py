@@ -120,6 +120,7 @@ class MqttState(Bus):
     _pinger: asyncio.Task[None] | None
     _broker_filters: dict[str, int]
     _inflight: dict[int, InFlight]
+    _inflight_cap: int
     _subacks: dict[int, asyncio.Future[list[int]]]
     _next_mid: int
     _changed: asyncio.Event | None

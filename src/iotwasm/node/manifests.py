@@ -461,6 +461,8 @@ class Sink(Strict):
     @model_validator(mode="after")
     def _one(self) -> "Sink":
         self._config = _one_kind(self, "sink", SINK_KINDS)
+        if self.mqtt is not None and self.mqtt.queue is not None:
+            raise ValueError("queue shares a source's messages between nodes; a sink has none")
         return self
 
     @property

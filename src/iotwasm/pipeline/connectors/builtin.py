@@ -55,7 +55,7 @@ UPLINK_ACK = ("At-least-once through the outbox (default): a batch is taken once
 
 
 async def _mqtt_source(ctx, cfg: c.MqttEndpoint, runner):
-    return BusSource(await ctx.bus_for(cfg.url), cfg.topic, runner, qos=cfg.qos)
+    return BusSource(await ctx.bus_for(cfg.url), cfg.topic, runner, qos=cfg.qos, queue=cfg.queue)
 
 
 async def _bus_source(ctx, cfg: c.BusEndpoint, runner):

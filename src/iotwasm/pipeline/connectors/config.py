@@ -25,10 +25,12 @@ def plain_identifier(v: str) -> str:
 
 
 class MqttEndpoint(Strict):
-    url: str | None = Field(None, description="mqtt://host:port; default: the node's broker")
+    url: str | None = Field(None, description="mqtt://host:port[?version=5]; default: the node's broker")
     topic: str
     qos: Literal[0, 1] = 1
     retain: bool = False
+    queue: str | None = Field(None, description="source only: a shared subscription "
+                              "($share/<queue>/<topic>): the nodes of one group share the messages")
 
 
 class NatsEndpoint(Strict):
