@@ -17,7 +17,7 @@ import pytest
 import wasmtime
 
 from apinode import deployment, http_route, wait_for
-from brokers import free_port, nats_server  # noqa: F401  (fixture)
+from brokers import free_port
 from conftest import ECHO_WAT
 from test_cli_client import CLI, cli, node  # noqa: F401  (fixture)
 
@@ -197,7 +197,7 @@ def test_data_reads_the_local_store_without_sqlite3(tmp_path):
         n.stop()
 
 
-def test_fleet_invoke_takes_binary_stdin_and_writes_binary_outputs(tmp_path, nats_server):  # noqa: F811
+def test_fleet_invoke_takes_binary_stdin_and_writes_binary_outputs(tmp_path, nats_server):
     mdir = tmp_path / "m"
     mdir.mkdir()
     (tmp_path / "echo.wasm").write_bytes(wasmtime.wat2wasm(ECHO_WAT))

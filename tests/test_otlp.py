@@ -17,7 +17,7 @@ import pytest
 import wasmtime
 
 from apinode import wait_for
-from brokers import free_port, nats_server  # noqa: F401  (fixture)
+from brokers import free_port
 from conftest import ECHO_WAT
 from test_cli_client import CLI
 
@@ -155,7 +155,7 @@ def _env(tmp_path, **extra) -> dict:
 
 
 def test_a_node_exports_a_trace_per_batch_and_metrics_and_an_invocation_joins_the_callers_trace(
-        tmp_path, receiver, nats_server):  # noqa: F811
+        tmp_path, receiver, nats_server):
     (tmp_path / "echo.wasm").write_bytes(wasmtime.wat2wasm(ECHO_WAT))
     mdir = tmp_path / "m"
     mdir.mkdir()
