@@ -217,6 +217,7 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/fleet/nodes"): Call(lambda m, c: {}),
     ("GET", "/v1/fleet/deployments"): Call(lambda m, c: {}),
     ("GET", "/v1/fleet/rollouts"): Call(lambda m, c: {}),
+    ("GET", "/v1/fleet/devices"): Call(lambda m, c: {}),
     ("POST", "/v1/fleet/rollouts/{name}/{action}"): Call(lambda m, c: {"name": "x", "action": "pause"}),
     ("GET", "/v1/devices"): Call(lambda m, c: {}),
     ("GET", "/v1/devices/{namespace}/{device}"): Call(

@@ -76,6 +76,14 @@ def test_up_refuses_a_maximum_timeout_that_is_no_limit(tmp_path):
     assert "--max-timeout: timeout '0' is not a time limit" in r.stderr.decode()
 
 
+def test_up_refuses_a_device_silence_that_is_no_duration(tmp_path):
+    r = run("up", str(tmp_path), "--no-api", "--data", str(tmp_path / "d"), "--device-silence", "soon")
+    assert r.returncode == 1
+    assert "--device-silence: cannot read duration 'soon'" in r.stderr.decode()
+    r = run("up", str(tmp_path), "--no-api", "--data", str(tmp_path / "d"), "--device-silence", "0")
+    assert r.returncode == 1 and "--device-silence: timeout '0' is not a time limit" in r.stderr.decode()
+
+
 def test_run_honours_a_long_timeout_given_on_its_command_line(echo_path):
     r = run("run", str(echo_path), "--timeout", "30s", input=b"x\n")
     assert r.returncode == 0 and r.stdout == b"x\n", r.stderr

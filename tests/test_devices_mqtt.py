@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-from apinode import ApiNode
-from brokers import mosquitto  # noqa: F401  (fixture)
+import wasmtime
+from apinode import ApiNode, deployment
 
 from iotwasm.message import Message
 from iotwasm.messaging import open_bus
+from test_devices import TWIN_READER_WAT
 
 
 class Clock:
@@ -57,7 +58,7 @@ async def apoll(what: str, check: Callable[[], object], timeout: float = 30.0) -
 
 
 @pytest.fixture
-def node(tmp_path, mosquitto):  # noqa: F811
+def node(tmp_path, mosquitto):
     clock = Clock()
     api = ApiNode(tmp_path, node_config={"broker": mosquitto.url, "device_silence_s": 60,
                                          "device_clock": clock}).start()
@@ -78,6 +79,7 @@ class Device:
     def __init__(self, url: str):
         self.bus = open_bus(url)
         self.got: dict[str, list[dict]] = {}
+        self.raw: dict[str, list[bytes]] = {}   # what was not JSON
 
     async def __aenter__(self) -> Device:
         await self.bus.connect(timeout=10)
@@ -88,14 +90,21 @@ class Device:
 
     async def listen(self, topic_filter: str, handler=None) -> None:
         async def on(msg: Message) -> None:
-            body = json.loads(msg.payload)
+            try:
+                body = json.loads(msg.payload)
+            except ValueError:
+                self.raw.setdefault(msg.topic, []).append(msg.payload)
+                return
             self.got.setdefault(msg.topic, []).append(body)
             if handler is not None:
                 await handler(msg.topic, body)
         await self.bus.subscribe(topic_filter, on, qos=1)
 
     async def send(self, topic: str, body: dict) -> None:
-        await self.bus.publish(topic, json.dumps(body).encode(), qos=1)
+        await self.send_raw(topic, json.dumps(body).encode())
+
+    async def send_raw(self, topic: str, payload: bytes) -> None:
+        await self.bus.publish(topic, payload, qos=1)
 
 
 def twin(api: ApiNode, ns: str, device: str) -> dict:
@@ -273,3 +282,38 @@ def test_the_cli_lists_reads_sets_and_commands_devices(node, tmp_path):
     assert "desired (v1)" in r.stdout and "acked" in r.stdout and "timed-out" in r.stdout
     r = cli("get", "acme/nobody", ok=False)
     assert "404" in r.stderr and "no device 'nobody' in namespace 'acme'" in r.stderr
+
+
+def test_a_module_granted_twin_reads_its_own_namespace_s_devices_through_the_node(node):
+    wasm = bytes(wasmtime.wat2wasm(TWIN_READER_WAT))
+    r = node.admin.post("/v1/modules", content=wasm, params={"name": "twin-reader", "version": "1"},
+                        headers={"Content-Type": "application/wasm"})
+    assert r.status_code == 201, r.text
+    route = """apiVersion: iotwasm.io/v1
+kind: Route
+metadata: {name: ask, namespace: acme}
+spec:
+  source: {mqtt: {topic: "acme/ask/{device}"}}
+  steps: [reader]
+  sinks: [{mqtt: {topic: "acme/answer/{device}"}}]
+  batch: {maxSize: 1, maxLinger: 1ms}
+"""
+    for doc in (deployment("reader", "twin-reader:1", "acme", host="twin"), route):
+        r = node.admin.post("/v1/apply", content=doc, headers={"Content-Type": "application/yaml"})
+        assert r.status_code == 200 and r.json()["problems"] == [], r.text
+    for ns, fan in (("acme", 1), ("default", 2)):
+        assert node.admin.patch(f"/v1/devices/{ns}/d9/desired", json={"fan": fan}).status_code == 200
+
+    async def ask() -> None:
+        async with Device(node.broker) as d:
+            await d.listen("acme/answer/+")
+            await d.send_raw("acme/ask/q1", b"d9")
+            await d.send_raw("acme/ask/q2", b"nobody")
+            await apoll("both answers", lambda: len(d.got.get("acme/answer/q1", [])) +
+                        len(d.raw.get("acme/answer/q2", [])) == 2)
+            twin_doc = d.got["acme/answer/q1"][0]
+            assert (twin_doc["device"], twin_doc["desired"], twin_doc["delta"]) == ("d9", {"fan": 1}, {"fan": 1})
+            assert "namespace" not in twin_doc
+            assert d.raw["acme/answer/q2"] == [b"-"]   # unknown in acme (and default's d9 is not acme's)
+
+    asyncio.run(ask())

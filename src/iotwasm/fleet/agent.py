@@ -28,6 +28,7 @@ from ..errors import IotwasmError
 from ..node import Node
 from ..node.manifests import Deployment, Route, to_document
 from ..registry.signing import verify_any
+from .devices import DeviceMirror
 from .model import NodeInfo, Taint
 from .store import FleetStore, check_key
 
@@ -65,6 +66,8 @@ class FleetAgent:
         self._wake = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
         self._closing = False
+        #: the node's device twins, mirrored into the fleet's bucket (fleet/devices.py)
+        self.devices = DeviceMirror(self)
 
     # -- persistence -----------------------------------------------------------------------
     @property
@@ -93,6 +96,7 @@ class FleetAgent:
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"fleet-agent-{self.id}")
+        self.devices.start()
 
     async def stop(self, leave: bool = True) -> None:
         """Stop heartbeating; with `leave`, remove the heartbeat so the controller rebinds
@@ -100,6 +104,7 @@ class FleetAgent:
         # a flag as well as a cancel: a cancel that lands inside a NATS call can be absorbed
         self._closing = True
         self._wake.set()
+        await self.devices.stop()
         for task in (self._task, self._watch_task):
             if task is not None:
                 task.cancel()

@@ -7,6 +7,8 @@
 - ``iotwasm-rollouts``: the staged rollout of each deployment's newest version (fleet/rollout.py).
 - ``iotwasm-leader``: leases (key ``controller``): who runs the passes; entries age out.
 - ``iotwasm-modules`` (object store): module binaries by digest, plus detached signatures.
+- ``iotwasm-devices``: the device twins each node's registry holds (fleet/devices.py), by
+  ``<namespace>.<device>``, with the node that wrote it: the fleet-wide view of devices.
 - ``iotwasm-audit-anchors``: each node's audit log anchors (api/audit.py), its last 64 kept:
   what `iotwasm audit verify --anchor nats://…` checks a node's log against.
 """
@@ -40,6 +42,7 @@ ROLLOUTS = "iotwasm-rollouts"
 LEADER = "iotwasm-leader"
 MODULES = "iotwasm-modules"
 AUDIT_ANCHORS = "iotwasm-audit-anchors"
+DEVICES = "iotwasm-devices"
 WRONG_LAST_SEQUENCE = 10071     # JetStream's error code for a compare-and-set that lost
 KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -146,6 +149,36 @@ class FleetStore:
                     out.append(json.loads(e.value))
                 except ValueError:
                     out.append(None)   # not JSON: the reader says the anchor is damaged
+        return out
+
+    # -- devices ---------------------------------------------------------------------------
+    async def put_twin(self, key: str, doc: dict) -> None:
+        """A node's copy of one device twin (fleet/devices.py), the newest only."""
+        kv = self._kv.get(DEVICES) or await self._bucket(DEVICES, history=1)
+        await kv.put(check_key("device key", key), json.dumps(doc).encode())
+
+    async def twins(self, limit: int) -> list[dict]:
+        """Up to `limit` device twins of the fleet, by key."""
+        try:
+            kv = self._kv.get(DEVICES) or await self.js.key_value(DEVICES)
+            self._kv[DEVICES] = kv
+            keys = sorted(await self._keys(DEVICES))[:limit]
+        except nats.js.errors.BucketNotFoundError:
+            return []
+
+        async def one(key: str):
+            try:
+                return await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+
+        out = []
+        for e in await asyncio.gather(*(one(k) for k in keys)):
+            if e is not None and e.value:
+                try:
+                    out.append(json.loads(e.value))
+                except ValueError:
+                    continue   # not a twin written by a node: not shown
         return out
 
     # -- leases ----------------------------------------------------------------------------

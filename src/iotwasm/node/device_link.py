@@ -108,6 +108,16 @@ class DeviceLink:
         self._tasks: dict[str, asyncio.Task] = {}
         self._subs: list = []
         self._deliveries: set[asyncio.Task] = set()
+        #: called on the event loop with each twin that changed (the fleet mirror, fleet/devices.py)
+        self.listeners: list[Callable[[Twin], None]] = []
+
+    def _changed(self, twins: list[Twin]) -> None:
+        for listener in list(self.listeners):
+            for t in twins:
+                try:
+                    listener(t)
+                except Exception:   # a listener never breaks the node's work
+                    log.exception("device listener %r failed", listener)
 
     async def _event(self, kind: str, twin: Twin, message: str) -> None:
         # recording an event writes the node database: off the loop
@@ -150,6 +160,7 @@ class DeviceLink:
 
     async def set_desired(self, namespace: str, device: str, patch: dict, expect_version: int | None) -> Twin:
         twin = await asyncio.to_thread(self.registry.set_desired, namespace, device, patch, expect_version)
+        self._changed([twin])
         await self.deliver_desired(twin)
         return twin
 
@@ -158,6 +169,7 @@ class DeviceLink:
         """Merge reports (from a twin sink); a device speaking after silence gets its desired
         state again when something is still to be done."""
         reports = await asyncio.to_thread(self.registry.report, namespace, updates, checked=checked)
+        self._changed(list({id(r.twin): r.twin for r in reports}.values()))
         for r in reports:
             if r.returned:
                 if not r.first:
@@ -171,6 +183,7 @@ class DeviceLink:
     async def sweep(self) -> list[Twin]:
         """Flag devices silent for longer than the registry's `silent_after_s`."""
         found = await asyncio.to_thread(self.registry.sweep)
+        self._changed(found)
         for t in found:
             await self._event("silent", t, f"no message for more than {self.registry.silent_after_s:g}s")
         return found

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from ...errors import IotwasmError
 from ...fleet.rollout import NoRollout, RolloutStateError
@@ -79,6 +79,25 @@ async def fleet_deployments(ctx: Ctx, who: FleetViewer) -> list[dict]:
             responses={**NOT_FOUND, **UNAVAILABLE})
 async def fleet_rollouts(ctx: Ctx, who: FleetViewer) -> list[dict]:
     return (await _view(ctx)).rollout_records()
+
+
+@router.get("/v1/fleet/devices",
+            summary="Device twins of the whole fleet, each with the node that hears it (docs/devices.md)",
+            responses={**NOT_FOUND, **UNAVAILABLE})
+async def fleet_devices(ctx: Ctx, who: FleetViewer, limit: int = Query(1000, ge=1, le=10_000)) -> list[dict]:
+    agent = _member(ctx)
+    store = agent.store
+    if store is None or not store.connected:
+        raise Problem(503, "Fleet unavailable", f"fleet {agent.url}: the link is down (reconnecting in the "
+                      "background)", FleetUnavailable.kind)
+    try:
+        return await asyncio.wait_for(store.twins(limit), ctx.fleet_timeout_s)
+    except TimeoutError:
+        raise Problem(503, "Fleet unavailable", f"fleet {agent.url}: no answer within "
+                      f"{ctx.fleet_timeout_s:g} s", FleetUnavailable.kind) from None
+    except Exception as e:   # the link dropped mid-read: the same answer as a link that is down
+        raise Problem(503, "Fleet unavailable", f"fleet {agent.url}: {type(e).__name__}: {e}".rstrip(": "),
+                      FleetUnavailable.kind) from None
 
 
 @router.post("/v1/fleet/rollouts/{name}/{action}",
