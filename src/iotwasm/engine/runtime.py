@@ -78,7 +78,7 @@ class CompiledModule:
     info: ModuleInfo
     wasm: bytes
     module: wasmtime.Module | wc.Component
-    engine: wasmtime.Engine | None
+    engine: wasmtime.Engine
     settings: EngineSettings
     runtime: "Runtime"
 
