@@ -63,7 +63,7 @@ class Output(NamedTuple):
     A tuple rather than a dataclass: thousands are built per batch on the hot path.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index(), by design
     topic: str | None
     payload: bytes
 

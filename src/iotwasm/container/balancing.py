@@ -14,7 +14,7 @@ choose among the idle instances. They differ in what they optimise:
 from __future__ import annotations
 
 import random
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from ..errors import ConfigError
 
@@ -28,10 +28,14 @@ class Candidate(Protocol):
     def memory_pages(self) -> int: ...
 
 
+#: the pool's own instance type: a strategy hands back one of the candidates it was given
+C = TypeVar("C", bound=Candidate)
+
+
 class Strategy(Protocol):
     name: str
 
-    def pick(self, idle: Sequence[Candidate], total: int) -> Candidate: ...
+    def pick(self, idle: Sequence[C], total: int) -> C: ...
 
 
 class RoundRobin:
@@ -40,7 +44,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, idle, total):
+    def pick(self, idle: Sequence[C], total: int) -> C:
         # the first idle instance at or after the cursor, in ring order
         best = min(idle, key=lambda c: (c.index - self._next) % total)
         self._next = (best.index + 1) % total
@@ -50,7 +54,7 @@ class RoundRobin:
 class Weighted:
     name = "weighted"
 
-    def pick(self, idle, total):
+    def pick(self, idle: Sequence[C], total: int) -> C:
         for c in idle:
             c.current_weight += c.weight
         best = max(idle, key=lambda c: c.current_weight)
@@ -61,14 +65,14 @@ class Weighted:
 class LeastInFlight:
     name = "least-in-flight"
 
-    def pick(self, idle, total):
+    def pick(self, idle: Sequence[C], total: int) -> C:
         return min(idle, key=lambda c: (c.busy_seconds, c.index))
 
 
 class LeastMemory:
     name = "least-memory"
 
-    def pick(self, idle, total):
+    def pick(self, idle: Sequence[C], total: int) -> C:
         return min(idle, key=lambda c: (c.memory_pages(), c.index))
 
 
@@ -78,11 +82,11 @@ class Random:
     def __init__(self, seed: int | None = None) -> None:
         self._rng = random.Random(seed)
 
-    def pick(self, idle, total):
+    def pick(self, idle: Sequence[C], total: int) -> C:
         return self._rng.choice(list(idle))
 
 
-STRATEGIES = {cls.name: cls for cls in (RoundRobin, Weighted, LeastInFlight, LeastMemory, Random)}
+STRATEGIES: dict[str, Callable[[], Strategy]] = {cls.name: cls for cls in (RoundRobin, Weighted, LeastInFlight, LeastMemory, Random)}
 
 
 def make_strategy(name: str) -> Strategy:

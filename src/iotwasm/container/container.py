@@ -101,9 +101,9 @@ class WasmContainer(PoolMixin):
         self._pages_hint = 0       # linear memory pages of its largest instance so far
         self._past = InstanceStats(-1)   # what instances no longer in the pool did
         self.scaling_stats = ScalingStats()
-        host_kw = {"on_log": on_log} if on_log else {}
-        self.host = HostContext(name, capabilities or Capabilities(), kv=kv, on_metric=on_metric,
-                                **host_kw)
+        self.host = HostContext(name, capabilities or Capabilities(), kv=kv, on_metric=on_metric)
+        if on_log:
+            self.host.on_log = on_log
         self.lifecycle = Lifecycle(name, on_transition)
         self.compiled: CompiledModule | None = None
         self._factory: GuestFactory | None = None
@@ -288,7 +288,7 @@ class WasmContainer(PoolMixin):
             raise ContainerUnavailable(f"in error ({self.last_error}){when}", module=self.name)
         raise ContainerUnavailable(f"is {state}, not running", module=self.name)
 
-    def _account(self, slot: Slot, messages, result: BatchResult, elapsed: float) -> None:
+    def _account(self, slot: Slot, messages: Sequence[Message], result: BatchResult, elapsed: float) -> None:
         st = slot.stats
         st.calls += 1
         st.messages += len(messages)
@@ -332,7 +332,7 @@ class WasmContainer(PoolMixin):
         old.close()
         return None
 
-    def _watch_health(self, messages, result: BatchResult) -> None:
+    def _watch_health(self, messages: Sequence[Message], result: BatchResult) -> None:
         dead = result.dead_letters
         hard = sum(1 for d in dead if isinstance(d.error, SANDBOX_FAULTS)) if dead else 0
         if hard and hard == len(messages):
@@ -372,7 +372,7 @@ class WasmContainer(PoolMixin):
             self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

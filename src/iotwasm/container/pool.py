@@ -51,8 +51,9 @@ class PoolMixin:
     _past: InstanceStats
     scaling_stats: ScalingStats
 
-    @property
-    def state(self) -> State: ...
+    if TYPE_CHECKING:
+        @property
+        def state(self) -> State: ...  # WasmContainer's
 
     # -- how many ------------------------------------------------------------------------
     def _check_scaling(self, scaling: Scaling) -> None:
@@ -180,7 +181,7 @@ class PoolMixin:
                 admitted = True
             guest = factory.new_guest()
         except IotwasmError as e:
-            if admitted:
+            if admitted and budget is not None:
                 budget.add(-1, -need)
             with self._cond:
                 self._growing -= 1

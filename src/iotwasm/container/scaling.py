@@ -21,12 +21,17 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import ConfigError, ContainerUnavailable
 
-if TYPE_CHECKING:
-    from .container import WasmContainer
+
+class Evictable(Protocol):
+    """What the budget needs of a container (`WasmContainer`, through its pool)."""
+
+    name: str
+
+    def evict_idle(self) -> bool: ...
 
 #: how long an instance above `min` may idle before it is closed, unless a manifest says otherwise
 DEFAULT_COOLDOWN_S = 30.0
@@ -87,7 +92,7 @@ class InstanceBudget:
         self._acct = threading.Lock()
         self.instances = 0
         self.memory = 0
-        self._lru: OrderedDict[WasmContainer, None] = OrderedDict()
+        self._lru: OrderedDict[Evictable, None] = OrderedDict()
         self.evictions = 0
         self.refusals = 0
 
@@ -100,13 +105,13 @@ class InstanceBudget:
             self.instances += instances
             self.memory += memory
 
-    def touch(self, c: WasmContainer) -> None:
+    def touch(self, c: Evictable) -> None:
         """`c` has an idle instance now: it goes to the back of the eviction order."""
         with self._acct:
             self._lru[c] = None
             self._lru.move_to_end(c)
 
-    def forget(self, c: WasmContainer) -> None:
+    def forget(self, c: Evictable) -> None:
         with self._acct:
             self._lru.pop(c, None)
 
@@ -115,7 +120,7 @@ class InstanceBudget:
         with self._acct:
             return self.instances, self.memory
 
-    def admit(self, c: WasmContainer, need_bytes: int) -> None:
+    def admit(self, c: Evictable, need_bytes: int) -> None:
         """Reserve one more instance of `c` of about `need_bytes` of memory, evicting idle
         instances elsewhere while the budget is spent; BudgetSpent when nothing can go."""
         with self._lock:
@@ -135,10 +140,10 @@ class InstanceBudget:
                     raise BudgetSpent(f"the node's instance budget is spent ({what} in use) and no idle "
                                       "instance of another deployment may be evicted", module=c.name)
 
-    def _evict_one(self, exclude: WasmContainer) -> bool:
+    def _evict_one(self, exclude: Evictable) -> bool:
         """Evict the least recently used idle instance of a container other than `exclude`
         (never a busy one, never below its min). False when there is none."""
-        passed: list[WasmContainer] = []
+        passed: list[Evictable] = []
         try:
             while True:
                 with self._acct:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engine import Guest
 
@@ -20,7 +21,7 @@ class InstanceStats:
     outputs: int = 0
     dead_letters: int = 0
     faults: int = 0                  # dead letters the sandbox caused: traps and limits
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
     fuel_used: int = 0
     memory_pages: int = 0
     peak_memory_pages: int = 0
@@ -35,7 +36,7 @@ class InstanceStats:
     def avg_latency_ms(self) -> float:
         return self.total_latency_ms / self.calls if self.calls else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index, "calls": self.calls, "messages": self.messages,
             "outputs": self.outputs, "dead_letters": self.dead_letters, "faults": self.faults,
@@ -94,7 +95,7 @@ class ScalingStats:
     warm_hits: int = 0
     cold_starts: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -115,10 +116,10 @@ class ContainerStats:
     #: what instances no longer in the pool (scaled down, evicted, replaced) did, summed
     past: InstanceStats | None = None
 
-    def totals(self) -> dict:
+    def totals(self) -> dict[str, Any]:
         """Counters over the container's life: instances that are gone still count."""
-        t = Counter()
-        errors: Counter = Counter()
+        t: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
         for s in (*self.instances, *([self.past] if self.past else [])):
             t.update(calls=s.calls, messages=s.messages, outputs=s.outputs,
                      dead_letters=s.dead_letters, faults=s.faults, fuel_used=s.fuel_used,

@@ -17,7 +17,7 @@ from .component import ComponentFactory, ComponentGuest
 from .host import HostContext, KeyValue, MemoryKeyValue
 from .limits import (Limits, format_duration_ms, format_size, parse_count, parse_duration_ms,
                      parse_size, parse_timeout_ms)
-from .module import ABI_COMPONENT, ABI_NONE, ABI_V1, ABI_WASI, ModuleInfo
+from .module import ABI_COMPONENT, ABI_NONE, ABI_V1, ABI_WASI, ModuleInfo, ModuleSource
 from .runtime import CompiledModule, EngineSettings, Runtime
 from .wasi import WasiFactory, WasiGuest
 
@@ -46,7 +46,7 @@ def prepare(compiled: CompiledModule, limits: Limits, host: HostContext) -> Gues
                    module=compiled.name)
 
 
-def inspect(runtime: Runtime, source, name: str | None = None) -> ModuleInfo:
+def inspect(runtime: Runtime, source: ModuleSource, name: str | None = None) -> ModuleInfo:
     """Describe a module (ABI, digest, imports, exports, memory) without running it."""
     return runtime.load(source, name=name).info
 

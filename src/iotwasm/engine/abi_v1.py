@@ -13,7 +13,7 @@ one, and the rest of the batch goes on.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import wasmtime
 
@@ -29,11 +29,14 @@ from .traps import classify
 from .v1_framing import (IN_RECORD, KIND_ERROR, KIND_MESSAGE, OUT_HEADER,  # noqa: F401
                          OUT_RECORD, pack_inputs, pack_outputs, parse_outputs, unpack_inputs)
 
+if TYPE_CHECKING:
+    from .runtime import CompiledModule
+
 ABI_VERSION = 1
 
 IOT_OK = 0
 IOT_OUTPUT_FULL = 1
-ERROR_CODES = {-1: "IOT_ERR_FRAMING", -2: "IOT_ERR_INTERNAL"}
+ERROR_CODES: dict[int | None, str] = {-1: "IOT_ERR_FRAMING", -2: "IOT_ERR_INTERNAL"}
 EXPORT_SIGNATURES = {
     "iot_abi_version": signature(0),
     "iot_alloc": signature(1),
@@ -44,19 +47,22 @@ EXPORT_SIGNATURES = {
 }
 
 MIN_BUFFER = 64 * 1024
+#: what one `iot_process` call left: (failure, status, fuel used, output header or the AbiError
+#: reading it)
+_CallResult = tuple[IotwasmError | None, int | None, int, tuple[int, int] | AbiError]
 _ZERO_HEADER = bytes(OUT_HEADER.size)
 
 
 class V1Factory:
     """Links a compiled module once per container; makes guests (instances) cheaply."""
 
-    def __init__(self, compiled, limits: Limits, host: HostContext):
+    def __init__(self, compiled: CompiledModule, limits: Limits, host: HostContext):
         self.name = compiled.name
         self.limits = limits
         self.host = host
         self.engine = compiled.engine
         self.runtime = compiled.runtime
-        module: wasmtime.Module = compiled.module
+        module = cast(wasmtime.Module, compiled.module)  # prepare() sends only core modules here
         info = compiled.info
         missing = [p for p in info.problems if p.startswith("missing export")]
         if missing:
@@ -66,7 +72,8 @@ class V1Factory:
             exp = info.export(fn)
             if exp is not None and (exp.kind != "func" or exp.type != want):
                 raise AbiError(f"export {fn} has type {exp.type}, expected {want}", module=self.name)
-        if info.export("memory").kind != "memory":
+        memory = info.export("memory")  # present: a missing export is among the problems above
+        if memory is None or memory.kind != "memory":
             raise AbiError("export 'memory' is not a memory", module=self.name)
         self.optional = {fn for fn in ("iot_free", "_initialize", "iot_init") if info.export(fn)}
         check_imports(module, self.name, host.capabilities)
@@ -92,6 +99,9 @@ class V1Guest:
     """One live instance of an iotwasm-v1 module. Not thread-safe: the pool serialises use."""
 
     abi = "iotwasm-v1"
+    #: None only once closed, or while a failed (re)start left no instance
+    mem: GuestMemory
+    _free: RawFunc | None
 
     def __init__(self, factory: V1Factory):
         self.f = factory
@@ -112,7 +122,7 @@ class V1Guest:
         self.store = store
         self.ctl = StoreControl(store)
         self._armed_epoch = -1
-        self.mem = None
+        self.mem = None  # type: ignore[assignment]
         self._arm()
         try:
             instance = f.pre.instantiate(store)
@@ -121,13 +131,14 @@ class V1Guest:
             raise InitError(str(err), module=None) from None
         ctx = self.ctl.ctx  # one context pointer for every handle of this store
         exports = Exports(store, instance, ctx)
-        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY), ctx)
+        # the factory checked every export's presence and type: get() finds them all
+        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY), ctx)  # type: ignore[arg-type]
         opt = f.optional
 
         slots = CallSlots(5)
 
         def bind(n: str, params: int, results: tuple[str, ...] = ("i32",)) -> RawFunc:
-            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False,
+            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False,  # type: ignore[arg-type]
                            ctx=exports.ctx, slots=slots)
 
         version_fn = bind("iot_abi_version", 0)
@@ -198,7 +209,7 @@ class V1Guest:
     def close(self) -> None:
         if self.mem is not None:
             self.mem.release()
-        self.mem = None
+        self.mem = None  # type: ignore[assignment]
         self.store = None  # type: ignore[assignment]
 
     # -- buffers -------------------------------------------------------------------------
@@ -208,7 +219,7 @@ class V1Guest:
             return
         new_cap = max(need, cap * 2, MIN_BUFFER)
         for size in dict.fromkeys((new_cap, need)):
-            new_ptr = self._invoke(self._alloc, size) & 0xFFFFFFFF
+            new_ptr = cast(int, self._invoke(self._alloc, size)) & 0xFFFFFFFF  # iot_alloc returns i32
             if new_ptr:
                 if new_ptr + size > self.mem.size():
                     raise AbiError(f"iot_alloc({size}) returned {new_ptr}, outside memory",
@@ -260,8 +271,7 @@ class V1Guest:
                 return self._process(messages, (n, call))
         return self._process(messages, None)
 
-    def _call(self, data: bytes, count: int
-              ) -> tuple[IotwasmError | None, int | None, int, tuple[int, int] | AbiError]:
+    def _call(self, data: bytes, count: int) -> _CallResult:
         """Copy one chunk in and run `iot_process` on it (buffers must be big enough).
 
         Returns (failure, status, fuel used, output header or the AbiError reading it)."""
@@ -287,6 +297,7 @@ class V1Guest:
         else:
             mem.refresh()  # the call may have grown (and moved) memory
         fuel = self._fuel_used() if metered else 0
+        header: tuple[int, int] | AbiError
         try:
             header = mem.unpack_from(OUT_HEADER, out_ptr)
         except AbiError as e:
@@ -294,7 +305,7 @@ class V1Guest:
         return failure, status, fuel, header
 
     def _process(self, messages: Sequence[Message],
-                 first: tuple[int, tuple] | None) -> BatchResult:
+                 first: tuple[int, _CallResult] | None) -> BatchResult:
         """The general loop. `first`: (end, result of `_call`) of a call already made on
         messages[0:end] by the fast path."""
         result = BatchResult()

@@ -28,9 +28,10 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable
 
 import wasmtime
+import wasmtime.component as wc
 
 log = logging.getLogger("iotwasm.engine.cache")
 
@@ -39,11 +40,11 @@ _OLD_MAGICS = (b"IOTWASM-CWASM-1\n",)
 _U32 = struct.Struct("<I")
 
 #: a wasmtime.Module or a wasmtime.component.Component: both serialize the same way
-Compiled = TypeVar("Compiled")
+Compiled = wasmtime.Module | wc.Component
 
 
 class CompileCache:
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # entries: mkstemp's 0600
         self.hits = 0
@@ -63,7 +64,7 @@ class CompileCache:
 
     def load_entry(self, engine: wasmtime.Engine, digest: str, fingerprint: str,
                    deserialize: Callable[[wasmtime.Engine, bytes], Compiled] = wasmtime.Module.deserialize,
-                   ) -> tuple[Compiled, dict] | None:
+                   ) -> tuple[Compiled, dict[str, Any]] | None:
         """(compiled module, description record) of `digest`, or None on a miss."""
         path = self.path_for(digest, fingerprint)
         try:
@@ -78,24 +79,28 @@ class CompileCache:
             return None
         magic = blob[: len(_MAGIC)]
         if magic in _OLD_MAGICS:
-            return self._reject(path, "written in an older entry format")
+            self._reject(path, "written in an older entry format")
+            return None
         head = len(_MAGIC) + _U32.size
         body = memoryview(blob)[head:]
         if (magic != _MAGIC or len(blob) < head + _U32.size
                 or zlib.crc32(body) != _U32.unpack_from(blob, len(_MAGIC))[0]):
-            return self._reject(path, "checksum mismatch (corrupt or truncated entry)")
+            self._reject(path, "checksum mismatch (corrupt or truncated entry)")
+            return None
         (n,) = _U32.unpack_from(body, 0)
         try:
             record = json.loads(bytes(body[_U32.size:_U32.size + n]))
             if not isinstance(record, dict) or record.get("digest") != digest:
                 raise ValueError("description of another module")
         except ValueError as e:
-            return self._reject(path, f"bad description: {e}")
+            self._reject(path, f"bad description: {e}")
+            return None
         artifact = bytes(body[_U32.size + n:])
         try:
             module = deserialize(engine, artifact)
         except wasmtime.WasmtimeError as e:
-            return self._reject(path, f"wasmtime refused it: {str(e).splitlines()[0]}")
+            self._reject(path, f"wasmtime refused it: {str(e).splitlines()[0]}")
+            return None
         self.hits += 1
         return module, record
 
@@ -106,7 +111,7 @@ class CompileCache:
         path.unlink(missing_ok=True)
         return None
 
-    def store(self, module, digest: str, fingerprint: str, record: dict) -> None:
+    def store(self, module: Compiled, digest: str, fingerprint: str, record: dict[str, Any]) -> None:
         """Write the entry of `digest`: compiled `module` and its description `record`
         (`module.info_to_record`)."""
         desc = json.dumps(record, separators=(",", ":")).encode()

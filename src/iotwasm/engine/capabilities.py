@@ -9,6 +9,7 @@ directories only as listed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ConfigError
 from .http_client import HttpGrant
@@ -60,12 +61,12 @@ class Capabilities:
             raise ConfigError(f"unknown capability {sorted(unknown)[0]!r} (known: {known})")
 
     @classmethod
-    def grant(cls, *names: str, **kw) -> "Capabilities":
+    def grant(cls, *names: str, **kw: Any) -> "Capabilities":
         """Capabilities.grant('log', 'kv', config={'min': '10'})."""
         return cls(host=frozenset(names), **kw)
 
     @classmethod
-    def all(cls, **kw) -> "Capabilities":
+    def all(cls, **kw: Any) -> "Capabilities":
         return cls(host=frozenset([*HOST_CAPABILITIES, WASI]), **kw)
 
     def allows(self, capability: str) -> bool:

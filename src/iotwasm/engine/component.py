@@ -16,6 +16,7 @@ outputs, and no effect happens twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import wasmtime
 import wasmtime.component as wc
@@ -39,6 +40,9 @@ from .host import HostContext
 from .limits import Limits, format_size
 from .module import ABI_COMPONENT, ExportInfo, ImportInfo, ModuleInfo, digest_of
 from .traps import classify
+
+if TYPE_CHECKING:
+    from .runtime import CompiledModule
 
 #: a component is several core instances (CPython or QuickJS, libc, adapters) in one store
 STORE_INSTANCES = 200
@@ -87,13 +91,13 @@ def describe_component(name: str, wasm: bytes, component: wc.Component,
 class ComponentFactory:
     """Links a component once per container (deny by default); makes guests."""
 
-    def __init__(self, compiled, limits: Limits, host: HostContext):
+    def __init__(self, compiled: CompiledModule, limits: Limits, host: HostContext):
         self.name = compiled.name
         self.limits = limits
         self.host = host
         self.engine = compiled.engine
         self.runtime = compiled.runtime
-        self.component: wc.Component = compiled.module
+        self.component = cast(wc.Component, compiled.module)  # prepare() sends only components here
         info = compiled.info
         if info.problems:
             raise AbiError(info.problems[0], module=self.name)
@@ -147,14 +151,15 @@ class ComponentGuest:
             err = classify(e, module=f.name, function="instantiate", limits=f.limits)
             raise InitError(str(err).split(": ", 1)[-1], module=f.name,
                             function="instantiate") from None
-        self._process = StringCall(store, instance.get_func(store, "process"), "process", 1)
-        setup = StringCall(store, instance.get_func(store, "setup"), "setup", 0)
+        # both present: a component missing either is refused when described (info.problems)
+        self._process = StringCall(store, instance.get_func(store, "process"), "process", 1)  # type: ignore[arg-type]
+        setup = StringCall(store, instance.get_func(store, "setup"), "setup", 0)  # type: ignore[arg-type]
         try:
-            ok, text = self._invoke(setup, None)
+            ok, out = self._invoke(setup, None)
         except IotwasmError as e:
             raise InitError(str(e).split(": ", 1)[-1], module=f.name, function="setup") from None
         if not ok:
-            raise InitError((text or b"").decode("utf-8", "replace"), module=f.name,
+            raise InitError((out or b"").decode("utf-8", "replace"), module=f.name,
                             function="setup")
 
     def _arm(self) -> None:

@@ -23,6 +23,7 @@ tests/test_component_fastcall.py proves it agrees with the public API.
 from __future__ import annotations
 
 import ctypes
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 from wasmtime import _bindings as ffi
@@ -30,14 +31,19 @@ from wasmtime import _ffi
 
 from .fastcall import CallFailed
 
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
+
+    import wasmtime.component
+
 _ErrPtr = ctypes.POINTER(ffi.wasmtime_error_t)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
 
 
-def _fast(symbol: str, restype):
-    fn = type(ffi.dll.wasmtime_component_func_call)((symbol, ffi.dll))
+def _fast(symbol: str, restype: type[Any] | None) -> CFuncPtr:
+    fn: CFuncPtr = type(_ffi.dll.wasmtime_component_func_call)((symbol, _ffi.dll))
     fn.restype = restype
-    fn.argtypes = None  # every argument is passed as a ready-made ctypes object
+    fn.argtypes = None  # type: ignore[assignment]  # None is what ctypes takes for "no conversion"; every argument is passed as a ready-made ctypes object
     return fn
 
 
@@ -91,7 +97,7 @@ class StringCall:
         if data is not None:
             s = self._arg.of.string
             s.size = len(data)
-            s.data = ctypes.cast(data, _U8P)  # borrowed for the call; `data` stays referenced
+            s.data = ctypes.cast(data, _U8P)  # type: ignore[arg-type]  # ctypes takes bytes as char*; borrowed for the call; `data` stays referenced
         err = _func_call(self._fref, self._ctx, self._argref, self._nargs, self._resref, self._one)
         if err:
             raise CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr)))

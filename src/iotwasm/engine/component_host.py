@@ -14,8 +14,9 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+import wasmtime
 import wasmtime.component as wc
 
 from ..errors import AbiError
@@ -44,7 +45,7 @@ LOG_LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3}
 active = threading.local()
 
 
-def _fail(err: Exception) -> None:
+def _fail(err: Exception) -> NoReturn:
     """Fail the running call with a typed error its caller's thread picks up."""
     host_failure.error = err
     raise err
@@ -60,26 +61,28 @@ def _key(key: str) -> bytes:
 def _functions(ctx: HostContext) -> dict[str, dict[str, Callable[..., Any]]]:
     caps = ctx.capabilities
     name = ctx.container
+    kv = ctx.kv
+    assert kv is not None  # filled by HostContext.__post_init__
 
-    def write(store, level: str, message: str) -> None:
+    def write(store: wasmtime.StoreContext, level: str, message: str) -> None:
         ctx.on_log(name, LOG_LEVELS.get(level, 1), message[:MAX_LOG_LINE])
 
-    def config_get(store, key: str) -> str | None:
+    def config_get(store: wasmtime.StoreContext, key: str) -> str | None:
         v = caps.config.get(key)
         return None if v is None else str(v)
 
-    def kv_get(store, key: str) -> str | None:
-        v = ctx.kv.get(_key(key))
+    def kv_get(store: wasmtime.StoreContext, key: str) -> str | None:
+        v = kv.get(_key(key))
         return None if v is None else v.decode("utf-8", "replace")
 
-    def kv_set(store, key: str, value: str) -> bool:
-        return bool(ctx.kv.set(_key(key), value.encode()))
+    def kv_set(store: wasmtime.StoreContext, key: str, value: str) -> bool:
+        return bool(kv.set(_key(key), value.encode()))
 
-    def kv_delete(store, key: str) -> bool:
-        return bool(ctx.kv.delete(_key(key)))
+    def kv_delete(store: wasmtime.StoreContext, key: str) -> bool:
+        return bool(kv.delete(_key(key)))
 
     def metric(kind: int) -> Callable[..., None]:
-        def record(store, metric_name: str, value: float) -> None:
+        def record(store: wasmtime.StoreContext, metric_name: str, value: float) -> None:
             if ctx.on_metric is not None:
                 ctx.on_metric(name, kind, metric_name[:128], value)
         return record
@@ -94,7 +97,7 @@ def _functions(ctx: HostContext) -> dict[str, dict[str, Callable[..., Any]]]:
     }
 
 
-def _commit(store, done: int, outputs: str) -> None:
+def _commit(store: wasmtime.StoreContext, done: int, outputs: str) -> None:
     guest = getattr(active, "guest", None)
     if guest is None:
         _fail(AbiError("batch.commit called outside a process call"))

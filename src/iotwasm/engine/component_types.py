@@ -10,7 +10,7 @@ EXPORTS = {
     "process": "func(batch: string) -> result<string, string>",
 }
 
-_SIMPLE = {wc.Bool: "bool", wc.S8: "s8", wc.S16: "s16", wc.S32: "s32", wc.S64: "s64",
+_SIMPLE: dict[type, str] = {wc.Bool: "bool", wc.S8: "s8", wc.S16: "s16", wc.S32: "s32", wc.S64: "s64",
            wc.U8: "u8", wc.U16: "u16", wc.U32: "u32", wc.U64: "u64", wc.F32: "f32",
            wc.F64: "f64", wc.Char: "char", wc.String: "string"}
 

@@ -21,7 +21,9 @@ pyproject.toml); tests/test_fastcall.py proves it agrees with the public API.
 from __future__ import annotations
 
 import ctypes
+import struct
 import threading
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 from wasmtime import _bindings as ffi
@@ -29,24 +31,27 @@ from wasmtime import _ffi
 
 from ..errors import AbiError
 
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
+
 WASMTIME_VERSION = "50.0.1"
 
 
 # The same library, called without releasing the GIL: for the short accessors below a GIL
 # release is pure cost, and on a worker thread each release lets the busy event loop take the
 # GIL, which the worker then waits to get back (up to the interpreter's switch interval).
-_held = ctypes.PyDLL(ffi.dll._name, handle=ffi.dll._handle)
+_held = ctypes.PyDLL(_ffi.dll._name, handle=_ffi.dll._handle)
 
 
-def _fast(symbol: str, restype, *, release_gil: bool = False):
+def _fast(symbol: str, restype: type[Any] | None, *, release_gil: bool = False) -> CFuncPtr:
     """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed.
 
     Only a call that runs guest code releases the GIL (`release_gil`): wasm then runs in
     parallel with other Python threads. Accessors that return at once keep it."""
-    lib = ffi.dll if release_gil else _held
-    fn = type(getattr(lib, symbol))((symbol, lib))
+    lib = _ffi.dll if release_gil else _held
+    fn: CFuncPtr = type(getattr(lib, symbol))((symbol, lib))
     fn.restype = restype
-    fn.argtypes = None
+    fn.argtypes = None  # type: ignore[assignment]  # None: no per-argument conversion
     return fn
 
 
@@ -118,7 +123,7 @@ class RawFunc:
     __slots__ = ("name", "_store", "_ctx", "_keep", "_func", "_vals", "_args", "_nvals", "_trap",
                  "_trap_ref", "_result")
 
-    def __init__(self, store: wasmtime.Store, func, name: str,
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func | ffi.wasmtime_extern_t, name: str,
                  params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True,
                  ctx: ctypes.c_void_p | None = None, slots: CallSlots | None = None):
         """Bind `func` (a wasmtime.Func, or a raw extern from `Exports.get`).
@@ -193,10 +198,10 @@ class Exports:
         self.ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._inst = ctypes.byref(instance._instance)
 
-    def get(self, name: bytes, kind: int):
+    def get(self, name: bytes, kind: int) -> ffi.wasmtime_extern_t | None:
         item = ffi.wasmtime_extern_t()
         if not _export_get(self.ctx, self._inst, name, ctypes.c_size_t(len(name)),
-                           ctypes.byref(item)) or item.kind != kind:
+                           ctypes.byref(item)) or item.kind != kind:  # type: ignore[comparison-overlap]  # a c_uint8 field reads as int
             return None
         return item
 
@@ -216,7 +221,8 @@ class GuestMemory:
 
     __slots__ = ("_store", "_ctx", "_mem", "_keep", "_size", "_view")
 
-    def __init__(self, store: wasmtime.Store, memory, ctx: ctypes.c_void_p | None = None):
+    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory | ffi.wasmtime_extern_t,
+                 ctx: ctypes.c_void_p | None = None):
         """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`; `ctx` the
         store's context when the caller has it."""
         self._store = store
@@ -229,7 +235,7 @@ class GuestMemory:
         self.refresh()
 
     def refresh(self) -> int:
-        size = _memory_data_size_fast(self._ctx, self._mem)
+        size: int = _memory_data_size_fast(self._ctx, self._mem)
         if size != self._size:
             self._view.release()
             self._size = size
@@ -254,7 +260,7 @@ class GuestMemory:
                            f"({self._size} bytes)")
         self._view[offset:end] = data
 
-    def unpack_from(self, st, offset: int) -> tuple:
+    def unpack_from(self, st: struct.Struct, offset: int) -> tuple[Any, ...]:
         """`st.unpack_from` (a struct.Struct) at `offset`, checked, without copying first."""
         if offset < 0 or offset + st.size > self._size:
             raise AbiError(f"read of {st.size} bytes at {offset} is outside guest memory "

@@ -23,7 +23,7 @@ from ..errors import AbiError, CapabilityDenied
 from ..message import now_ms
 from .capabilities import CAPABILITY_OF, WASI, Capabilities
 from .fastcall import host_failure
-from .hostcall import CallerMemory, define_raw
+from .hostcall import CallerMemory, RawHostFn, define_raw
 from .http_client import HttpRequestFailed, MAX_REQUEST, parse_request, request as http_request
 
 HOST_MODULE = "iot"
@@ -149,52 +149,55 @@ def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
     caps = ctx.capabilities
     name = ctx.container
     i32, i64, f64 = wasmtime.ValType.i32(), wasmtime.ValType.i64(), wasmtime.ValType.f64()
+    kv = ctx.kv
+    assert kv is not None  # filled by HostContext.__post_init__
 
-    def define(fn_name: str, params: list, results: list, fn: Callable) -> None:
+    def define(fn_name: str, params: list[wasmtime.ValType], results: list[wasmtime.ValType],
+               fn: RawHostFn) -> None:
         if caps.allows(CAPABILITY_OF[fn_name]):
             define_raw(linker, HOST_MODULE, fn_name, wasmtime.FuncType(params, results), fn)
 
-    def log(mem, level, ptr, n):
+    def log(mem: CallerMemory, level: int, ptr: int, n: int) -> None:
         text = mem.read(ptr, min(_i32(n), MAX_LOG_LINE), "iot.log")
         ctx.on_log(name, level, text.decode("utf-8", "replace"))
 
-    def clock(mem):
+    def clock(mem: CallerMemory) -> int:
         return now_ms()
 
-    def random_fill(mem, ptr, n):
+    def random_fill(mem: CallerMemory, ptr: int, n: int) -> None:
         n = _i32(n)
         if n > 65536:
             raise AbiError(f"iot.random_fill: {n} bytes asked, at most 65536 per call")
         mem.write(ptr, secrets.token_bytes(n), "iot.random_fill")
 
-    def key(mem, ptr, n):
+    def key(mem: CallerMemory, ptr: int, n: int) -> bytes:
         if _i32(n) > MAX_KEY:
             raise AbiError(f"kv key of {_i32(n)} bytes is longer than {MAX_KEY}")
         return mem.read(ptr, n, "iot.kv key")
 
-    def kv_get(mem, kp, kn, vp, vcap):
-        return _write_out(mem, ctx.kv.get(key(mem, kp, kn)), vp, vcap, "iot.kv_get")
+    def kv_get(mem: CallerMemory, kp: int, kn: int, vp: int, vcap: int) -> int:
+        return _write_out(mem, kv.get(key(mem, kp, kn)), vp, vcap, "iot.kv_get")
 
-    def kv_set(mem, kp, kn, vp, vn):
-        ok = ctx.kv.set(key(mem, kp, kn), mem.read(vp, vn, "iot.kv_set value"))
+    def kv_set(mem: CallerMemory, kp: int, kn: int, vp: int, vn: int) -> int:
+        ok = kv.set(key(mem, kp, kn), mem.read(vp, vn, "iot.kv_set value"))
         return 0 if ok else -1
 
-    def kv_delete(mem, kp, kn):
-        return 0 if ctx.kv.delete(key(mem, kp, kn)) else -1
+    def kv_delete(mem: CallerMemory, kp: int, kn: int) -> int:
+        return 0 if kv.delete(key(mem, kp, kn)) else -1
 
     # config is read-only for the factory's lifetime: values are encoded once, not per call
     config = {k: str(v).encode() for k, v in caps.config.items()}
 
-    def config_get(mem, kp, kn, vp, vcap):
+    def config_get(mem: CallerMemory, kp: int, kn: int, vp: int, vcap: int) -> int:
         k = mem.read(kp, kn, "iot.config_get key").decode("utf-8", "replace")
         return _write_out(mem, config.get(k), vp, vcap, "iot.config_get")
 
-    def metric(mem, kind, np_, nn, value):
+    def metric(mem: CallerMemory, kind: int, np_: int, nn: int, value: float) -> None:
         metric_name = mem.read(np_, min(_i32(nn), 128), "iot.metric name").decode("utf-8", "replace")
         if ctx.on_metric is not None:
             ctx.on_metric(name, kind, metric_name, value)
 
-    def twin_get(mem, ip, n, vp, vcap):
+    def twin_get(mem: CallerMemory, ip: int, n: int, vp: int, vcap: int) -> int:
         if _i32(n) > MAX_DEVICE_ID:
             raise AbiError(f"iot.twin_get: device id of {_i32(n)} bytes is longer than {MAX_DEVICE_ID}")
         device = mem.read(ip, n, "iot.twin_get device id").decode("utf-8", "replace")

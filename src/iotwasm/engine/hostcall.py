@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
+from typing import TypeAlias
 
 import wasmtime
 from wasmtime import _bindings as ffi
@@ -47,7 +49,7 @@ class CallerMemory:
     def _find(self) -> None:
         item = ffi.wasmtime_extern_t()
         if (not _caller_export_get(self._caller, _MEMORY_NAME, _MEMORY_NAME_LEN,
-                                   ctypes.byref(item)) or item.kind != MEMORY):
+                                   ctypes.byref(item)) or item.kind != MEMORY):  # type: ignore[comparison-overlap]  # a c_uint8 field reads as int
             raise AbiError("host call from a module without an exported memory")
         ctx = ctypes.c_void_p(_caller_context(self._caller))
         mem = ctypes.byref(item.of.memory)
@@ -81,8 +83,10 @@ _RawCallback = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_
                                 ctypes.POINTER(ffi.wasmtime_val_raw), ctypes.c_size_t)
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _RAW_FIELD = {"i32": "i32", "i64": "i64", "f32": "f32", "f64": "f64"}
+#: what `define_raw` registers: fn(memory, *wasm numbers) -> the result, or None for none
+RawHostFn: TypeAlias = Callable[..., int | float | None]
 #: env id -> (function, argument fields, result field or None, "module.name")
-_raw_functions: dict[int, tuple] = {}
+_raw_functions: dict[int, tuple[RawHostFn, tuple[str, ...], str | None, str]] = {}
 _raw_ids = iter(range(1, 1 << 62))
 _raw_lock = threading.Lock()
 
@@ -92,8 +96,10 @@ def _trap(text: str) -> int:
     return _trap_new(msg, ctypes.c_size_t(len(msg))) or 0
 
 
-@_RawCallback
-def _raw_trampoline(env, caller, vals, n):  # pragma: no branch - every path returns
+# typeshed leaves CFUNCTYPE prototypes untyped (both decorators below)
+@_RawCallback  # type: ignore[untyped-decorator]
+def _raw_trampoline(env: int, caller: int, vals: ctypes._Pointer[ffi.wasmtime_val_raw],
+                    n: int) -> int:  # pragma: no branch - every path returns
     fn, fields, result, name = _raw_functions[env]
     try:
         out = fn(CallerMemory(caller), *[getattr(vals[i], f) for i, f in enumerate(fields)])
@@ -110,13 +116,13 @@ def _raw_trampoline(env, caller, vals, n):  # pragma: no branch - every path ret
         return _trap(f"host function {name}: {e}")
 
 
-@_Finalizer
-def _raw_finalize(env):
+@_Finalizer  # type: ignore[untyped-decorator]
+def _raw_finalize(env: int) -> None:
     _raw_functions.pop(env, None)  # atomic under the GIL; runs whenever wasmtime drops it
 
 
 def define_raw(linker: wasmtime.Linker, module: str, name: str, ty: wasmtime.FuncType,
-               fn) -> None:
+               fn: RawHostFn) -> None:
     """Define `module.name` on `linker` as `fn(memory: CallerMemory, *args)`.
 
     Arguments arrive as Python numbers of the wasm types of `ty` (i32 as signed); the result,

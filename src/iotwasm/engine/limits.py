@@ -12,7 +12,9 @@ would mean no limit at all ("0", "none", negative) are refused.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -26,7 +28,7 @@ _TIME_UNITS = {"us": 0.001, "µs": 0.001, "ms": 1, "s": 1000, "m": 60_000, "h": 
 _NUM = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
 
 
-def _parse(text: str | int | float, units: dict[str, float], what: str) -> float:
+def _parse(text: str | int | float, units: Mapping[str, float], what: str) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     m = _NUM.match(str(text))
@@ -119,7 +121,7 @@ class Limits:
               timeout: str | float | None = None, stack: str | int | None = None,
               max_instances: int | None = None, max_output: str | int | None = None) -> "Limits":
         """Build limits from human strings such as memory='16Mi', fuel='10M', timeout='50ms'."""
-        kw: dict = {}
+        kw: dict[str, Any] = {}
         if memory is not None:
             kw["memory"] = parse_size(memory)
         if fuel is not None:

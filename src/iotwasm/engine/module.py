@@ -11,8 +11,10 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import wasmtime
+import wasmtime.component as wc
 
 from ..errors import InvalidModule
 
@@ -28,7 +30,7 @@ ABI_NONE = "core"  # a valid core module that speaks none of our ABIs
 V1_REQUIRED = ("memory", "iot_abi_version", "iot_alloc", "iot_process")
 V1_MARKERS = ("iot_abi_version", "iot_process")
 
-ModuleSource = bytes | bytearray | str | os.PathLike
+ModuleSource = bytes | bytearray | str | os.PathLike[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ class ModuleInfo:
     def export(self, name: str) -> ExportInfo | None:
         return next((e for e in self.exports if e.name == name), None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "digest": self.digest,
@@ -78,7 +80,7 @@ class ModuleInfo:
         }
 
 
-def info_to_record(info: ModuleInfo) -> dict:
+def info_to_record(info: ModuleInfo) -> dict[str, Any]:
     """Everything of `info` that depends on the bytes alone (not the name), for the compile
     cache: inspecting a compiled module through wasmtime-py costs more than loading it."""
     return {"digest": info.digest, "size": info.size, "abi": info.abi,
@@ -88,7 +90,7 @@ def info_to_record(info: ModuleInfo) -> dict:
             "problems": list(info.problems)}
 
 
-def info_from_record(name: str, rec: dict) -> ModuleInfo:
+def info_from_record(name: str, rec: dict[str, Any]) -> ModuleInfo:
     """Inverse of info_to_record; KeyError/TypeError/ValueError when `rec` is not one."""
     mem_min, mem_max = rec["memory"]
     return ModuleInfo(name, str(rec["digest"]), int(rec["size"]), str(rec["abi"]),
@@ -116,7 +118,8 @@ def read_source(source: ModuleSource, name: str | None = None) -> tuple[str, byt
             raise InvalidModule(f"cannot read module file: {e.strerror}", module=str(path)) from None
         name = name or path.stem
     else:
-        data = source.encode() if isinstance(source, str) else bytes(source)
+        # a path is read above (a str either way): what is left is text or bytes
+        data = source.encode() if isinstance(source, str) else bytes(source)  # type: ignore[arg-type]
         name = name or "module"
     if data[:4] == WASM_MAGIC:
         return name, data
@@ -148,14 +151,18 @@ def _type_str(ty: object) -> tuple[str, str]:
     return "other", type(ty).__name__
 
 
-def describe(name: str, wasm: bytes, module, engine: wasmtime.Engine | None = None) -> ModuleInfo:
+def describe(name: str, wasm: bytes, module: wasmtime.Module | wc.Component,
+             engine: wasmtime.Engine | None = None) -> ModuleInfo:
     """Build ModuleInfo from the binary and its compiled form (a wasmtime.Module, or a
     wasmtime.component.Component with the engine it was compiled for)."""
     digest = digest_of(wasm)
     if wasm[4:8] == COMPONENT_VERSION:
         from .component import describe_component
 
-        return describe_component(name, wasm, module, engine)
+        if engine is None:
+            raise ValueError("a component is described with the engine it was compiled for")
+        return describe_component(name, wasm, cast(wc.Component, module), engine)
+    module = cast(wasmtime.Module, module)  # the header says: a core module
     imports = []
     for imp in module.imports:
         kind, ty = _type_str(imp.type)
@@ -165,7 +172,7 @@ def describe(name: str, wasm: bytes, module, engine: wasmtime.Engine | None = No
     for exp in module.exports:
         kind, ty = _type_str(exp.type)
         exports.append(ExportInfo(exp.name, kind, ty))
-        if kind == "memory" and mem_min is None:
+        if isinstance(exp.type, wasmtime.MemoryType) and mem_min is None:  # kind == "memory"
             mem_min, mem_max = exp.type.limits.min, exp.type.limits.max
     names = {e.name for e in exports}
     problems: list[str] = []

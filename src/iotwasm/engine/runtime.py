@@ -78,7 +78,7 @@ class CompiledModule:
     info: ModuleInfo
     wasm: bytes
     module: wasmtime.Module | wc.Component
-    engine: wasmtime.Engine | None
+    engine: wasmtime.Engine
     settings: EngineSettings
     runtime: "Runtime"
 
@@ -90,7 +90,7 @@ class CompiledModule:
 class Runtime:
     """Entry point of the engine layer: load modules, hand out engines, tick epochs."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, *, epoch_tick_ms: float = 1.0,
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, *, epoch_tick_ms: float = 1.0,
                  opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION,
                  max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS, pool_slots: int = 0):
         """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
@@ -240,7 +240,7 @@ class Runtime:
     def __enter__(self) -> "Runtime":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import wasmtime
 
@@ -22,16 +22,19 @@ from .host import WASI_MODULES, HostContext
 from .limits import Limits, format_size
 from .traps import classify
 
+if TYPE_CHECKING:
+    from .runtime import CompiledModule
+
 MAX_STDERR = 64 * 1024
 
 
 class WasiFactory:
-    def __init__(self, compiled, limits: Limits, host: HostContext):
+    def __init__(self, compiled: CompiledModule, limits: Limits, host: HostContext):
         self.name = compiled.name
         self.limits = limits
         self.host = host
         self.engine = compiled.engine
-        module: wasmtime.Module = compiled.module
+        module = cast(wasmtime.Module, compiled.module)  # prepare() sends only core modules here
         if compiled.info.export("_start") is None:
             raise AbiError("missing export '_start' required by wasi-command", module=self.name)
         for imp in module.imports:
@@ -131,7 +134,8 @@ class WasiGuest:
             instance = f.pre.instantiate(store)
             exports = instance.exports(store)
             memory = exports["memory"] if "memory" in [e.name for e in f.pre.module.exports] else None
-            RawFunc(store, exports["_start"], "_start", 0, ())()
+            # RawFunc checks the export is a func of this signature (verify)
+            RawFunc(store, exports["_start"], "_start", 0, ())()  # type: ignore[arg-type]
         except CallFailed as e:
             if isinstance(e.cause, wasmtime.ExitTrap):
                 exit_code = e.cause.code
