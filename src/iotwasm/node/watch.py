@@ -38,7 +38,7 @@ GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 _EVENT = struct.Struct("iIII")   # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
-def _libc():
+def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.inotify_init1, libc.inotify_add_watch  # noqa: B018 (present on Linux only)
@@ -59,7 +59,7 @@ class ManifestWatch:
     def __init__(self, path: Path, changed: asyncio.Event):
         self.dir = path if path.is_dir() else path.parent
         self.changed = changed
-        self._libc = None
+        self._libc: ctypes.CDLL | None = None
         self._fd: int | None = None          # opened by start(), taken by the first run
         self._task: asyncio.Task | None = None
 
@@ -78,6 +78,7 @@ class ManifestWatch:
 
     def _open(self) -> int:
         libc = self._libc
+        assert libc is not None  # start() loaded it before opening
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()

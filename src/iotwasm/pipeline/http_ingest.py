@@ -29,6 +29,7 @@ import asyncio
 import json
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +40,9 @@ from ..errors import ConfigError
 from ..message import Message
 from .route import RouteRunner
 from .templates import TopicTemplate
+
+if TYPE_CHECKING:
+    import uvicorn  # imported when the server starts
 
 log = logging.getLogger("iotwasm.http")
 
@@ -88,7 +92,7 @@ class IngestServer:
         self.ack_timeout_s = ack_timeout_s
         self._paths: dict[str, tuple[RouteRunner, TopicTemplate]] = {}
         self._paused: dict[str, RouteRunner] = {}
-        self._server = None
+        self._server: uvicorn.Server | None = None
         self._task: asyncio.Task | None = None
         self.accepted = 0
         self.rejected = 0
@@ -186,11 +190,10 @@ class IngestServer:
                               f"{e.strerror or e}") from None
         app = Starlette(routes=[Route("/{path:path}", self._ingest, methods=["POST"])])
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # the node owns the signals
-        self._task = asyncio.get_running_loop().create_task(self._serve(sock), name="http-ingest")
+        server = self._server = uvicorn.Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._serve(server, sock), name="http-ingest")
         for _ in range(200):
-            if self._server.started or self._task.done():
+            if server.started or self._task.done():
                 break
             await asyncio.sleep(0.01)
         if self._task.done():
@@ -198,9 +201,9 @@ class IngestServer:
             raise ConfigError(f"http ingest cannot listen on {self.host}:{self.port}: {exc}")
         log.info("http ingest listening on http://%s:%d", self.host, self.port)
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
         try:
-            await self._server.serve(sockets=[sock])
+            await server.serve(sockets=[sock])
         except SystemExit as e:  # never let uvicorn's exit reach the node's loop
             raise RuntimeError(f"the ingest server stopped (exit status {e.code})") from None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 import time
@@ -290,7 +291,7 @@ class Forwarder:
                         failure = res
                         break
                     done.append(row_id)
-                await self.storage.run(lambda done=done: self._db(self.outbox.ack, self.sink, done, rows=len(done)))
+                await self.storage.run(functools.partial(self._db, self.outbox.ack, self.sink, done, rows=len(done)))
                 if self.breaker is not None:
                     if failure is None:
                         self.breaker.success()

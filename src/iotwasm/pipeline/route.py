@@ -34,6 +34,7 @@ unacknowledged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import zlib
@@ -438,7 +439,7 @@ class RouteRunner:
                 try:
                     failures = await confirm
                 except StorageError:   # the sink could not keep it after all: again, held
-                    failures = await self.storage.run(lambda s=sink: self._taken(s, msgs, variables))
+                    failures = await self.storage.run(functools.partial(self._taken, sink, msgs, variables))
             except IotwasmError as e:
                 failures = [(i, e) for i in range(len(msgs))]
             except Exception as e:  # noqa: BLE001 - kept as dead letters, not counted as delivered
@@ -447,9 +448,9 @@ class RouteRunner:
                 failures = [(i, err) for i in range(len(msgs))]
             if trace is not None:
                 trace.end_sink(sink_span, len(failures))
-            for i, e in failures:
-                log.warning("route %s: sink %s: %s", self.name, sink.name, e)
-                await self._dead(sink.name, DeadLetter(i, msgs[i], e), variables[i])
+            for i, failure in failures:
+                log.warning("route %s: sink %s: %s", self.name, sink.name, failure)
+                await self._dead(sink.name, DeadLetter(i, msgs[i], failure), variables[i])
         self.stats.delivered += len(msgs)
         now = time.monotonic()
         self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)

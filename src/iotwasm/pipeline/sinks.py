@@ -100,10 +100,12 @@ class _Uplink(abc.ABC):
     async def _keep(self, items: list[tuple]) -> None:
         """Store durably for the forwarder; returns once on disk (small batches are written
         from the loop: a thread hop costs more than the insert)."""
+        outbox = self.outbox
+        assert outbox is not None  # only a sink with an outbox keeps
         if len(items) <= INLINE_ROWS:
-            self.outbox.append(self.name, items)
+            outbox.append(self.name, items)
         else:
-            await asyncio.to_thread(self.outbox.append, self.name, items)
+            await asyncio.to_thread(outbox.append, self.name, items)
         if self.forwarder:
             self.forwarder.notify()
 

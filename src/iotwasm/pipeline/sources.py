@@ -55,12 +55,9 @@ class BusSource:
             await self.runner.offer(msg, pattern.capture(msg.topic), settled)
             return settled
 
-        kw = {"qos": self.qos}
-        if self.queue:
-            kw["queue"] = self.queue
-        if self.durable:
-            kw["durable"] = self.durable
-        self._sub = await self.bus.subscribe(pattern.filter, handler, **kw)
+        # an empty queue or durable name means none, as when it is left out
+        self._sub = await self.bus.subscribe(pattern.filter, handler, qos=self.qos,
+                                             queue=self.queue or None, durable=self.durable or None)
 
     def retarget(self, runner: RouteRunner) -> None:
         """Feed `runner` from now on (the route that replaces this source's route)."""

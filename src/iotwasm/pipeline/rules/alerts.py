@@ -164,9 +164,10 @@ class AlertDispatcher:
                 return
             except (IotwasmError, asyncio.TimeoutError) as e:
                 first = e
-        if self.policy.webhook:
+        webhook = self.policy.webhook
+        if webhook:
             try:
-                await asyncio.to_thread(self._post, topic, payload)
+                await asyncio.to_thread(self._post, webhook, topic, payload)
                 self.via_webhook += 1
                 return
             except IotwasmError as e:
@@ -176,18 +177,18 @@ class AlertDispatcher:
         self.failures += 1
         raise IotwasmError(f"alert {self.rule}: MQTT failed ({first}); kept pending")
 
-    def _post(self, topic: str, payload: bytes) -> None:
+    def _post(self, webhook: str, topic: str, payload: bytes) -> None:
         body = json.dumps({"topic": topic, "alert": json.loads(payload)}).encode()
-        req = urllib.request.Request(self.policy.webhook, body, {"Content-Type": "application/json"},
+        req = urllib.request.Request(webhook, body, {"Content-Type": "application/json"},
                                      method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.webhook_timeout) as resp:
                 if resp.status >= 300:
                     raise IotwasmError(f"webhook answered {resp.status}")
         except urllib.error.HTTPError as e:
-            raise IotwasmError(f"webhook {self.policy.webhook} answered {e.code}") from None
+            raise IotwasmError(f"webhook {webhook} answered {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise IotwasmError(f"webhook {self.policy.webhook} unreachable: {getattr(e, 'reason', e)}") from None
+            raise IotwasmError(f"webhook {webhook} unreachable: {getattr(e, 'reason', e)}") from None
 
 
 def now_ms() -> int:

@@ -290,8 +290,8 @@ class Compiler:
             raise self.error(n, f"unknown function {name}()")
         fn, lo, hi = spec
         if len(args) < lo or (hi is not None and len(args) > hi):
-            want = str(lo) if lo == hi else f"{lo}+" if hi is None else f"{lo}–{hi}"
-            raise self.error(n, f"{name}() takes {want} argument(s), got {len(args)}")
+            arity = str(lo) if lo == hi else f"{lo}+" if hi is None else f"{lo}–{hi}"
+            raise self.error(n, f"{name}() takes {arity} argument(s), got {len(args)}")
         fs = [self.expr(a) for a in args]
         if name == "json_path" and args[1].kind == "lit":
             from .functions import compile_json_path, walk_json
@@ -330,7 +330,9 @@ class Compiler:
         sig = (n.text or f"{name}(…)").lower().replace(" ", "")
         for i, a in enumerate(self.aggs):
             if a.signature == sig:
-                return lambda r, i=i: r[AGG][i]
+                def slot(r: dict, i: int = i) -> Any:
+                    return r[AGG][i]
+                return slot
         if arg is not None:
             inner = Compiler(self.rule, self.udfs, allow_aggregates=False, stage="row")
             inner.udf_slots = self.udf_slots  # scalar WASM calls inside aggregate arguments batch too

@@ -328,7 +328,7 @@ def parse(text: str, rule: str = "") -> Query:
         raise RuleSyntaxError(f"unexpected {str(e.token)!r}; expected {_expected(e.expected)}",
                               e.line, e.column, rule) from None
     except UnexpectedCharacters as e:
-        raise RuleSyntaxError(f"unexpected character {text[e.pos_in_stream]!r}", e.line, e.column,
+        raise RuleSyntaxError(f"unexpected character {e.char!r}", e.line, e.column,
                               rule) from None
     except UnexpectedEOF as e:
         lines = text.split("\n")

@@ -118,6 +118,7 @@ class CompiledRule:
             (q.having is not None and contains_aggregate(q.having, udfs))
         if aggregating and self.window is None:
             first = next((e for e, _ in q.items if e is not None and contains_aggregate(e, udfs)), q.having)
+            assert first is not None  # aggregating without a window means an item or HAVING aggregates
             raise RuleSyntaxError("aggregates need a window: add GROUP BY …, TUMBLINGWINDOW(ss, 10) "
                                   "(or HOPPING/SLIDING/SESSION/COUNT window)",
                                   first.line, first.column, spec.name)
@@ -132,11 +133,11 @@ class CompiledRule:
         out_c.udf_slots = row_c.udf_slots  # one list: slot keys stay unique within the rule
         self.items: list[tuple[str, Any]] = []
         self.star = False
-        for e, alias in q.items:
-            if e is None:
+        for item, alias in q.items:
+            if item is None:
                 self.star = True
                 continue
-            self.items.append((alias or self._name(e), out_c.expr(e)))
+            self.items.append((alias or self._name(item), out_c.expr(item)))
         self.having = out_c.expr(q.having) if q.having is not None else None
         self.aggs: list[AggSpec] = out_c.aggs
         # WASM calls in WHERE, keys and aggregate arguments are fetched for the whole batch

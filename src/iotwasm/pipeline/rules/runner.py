@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -122,7 +123,8 @@ class _ActionRunner:
 
     async def run(self, emissions: list[Emission]) -> None:
         a = self.action
-        msgs, variables = [], []
+        msgs: list[Message] = []
+        variables: list[dict[str, str]] = []
         for em in emissions:
             values = {**{k: v for k, v in (em.source or {}).items() if k[:1] != "\x00"}, **em.row,
                       "rule": self.rule}
@@ -259,8 +261,8 @@ class RuleRunner:
             rt.dispatcher = AlertDispatcher(name, d.alert, self.outbox, self.bus,
                                             publish_timeout=self.alert_publish_timeout)
             rt.dispatcher.start()
-        for a in rt.actions:
-            await a.start()
+        for ar in rt.actions:
+            await ar.start()
         self.rules[name] = rt
         await self.offload(self._engine_call, self.engine.set_enabled, name, d.enabled)
         await self._resubscribe()
@@ -352,7 +354,7 @@ class RuleRunner:
             self.engine.checkpoint()
             store = self.engine.store
             if store is not None:
-                store.save([(f"alert:{n}", _policy_digest(rt.definition.alert), rt.tracker.dump())
+                store.save([(f"alert:{n}", _policy_digest(rt.tracker.policy), rt.tracker.dump())
                             for n, rt in list(self.rules.items()) if rt.tracker is not None])
 
     def _process(self, by_filter: dict[str, list[Message]]) -> list[Emission]:
@@ -395,7 +397,7 @@ class RuleRunner:
             for a in rt.actions:
                 if ok:
                     try:   # a full disk holds the action (backpressure), it does not drop it
-                        await self.storage.run(lambda a=a, ok=ok: a.run(ok))
+                        await self.storage.run(functools.partial(a.run, ok))
                     except IotwasmError as e:
                         a.failed += len(ok)
                         self.action_errors += 1
@@ -403,7 +405,9 @@ class RuleRunner:
             if rt.tracker is not None:
                 alerts = [x for x in (rt.tracker.observe(e.ok, e.ts, e.row, e.source) for e in ems) if x]
                 if alerts:
-                    await self.storage.run(lambda d=rt.dispatcher, al=alerts: d.raise_alerts(al))
+                    dispatcher = rt.dispatcher
+                    assert dispatcher is not None  # put() makes it with the tracker
+                    await self.storage.run(functools.partial(dispatcher.raise_alerts, alerts))
 
     # -- views -------------------------------------------------------------------------------
     def storage_problems(self) -> list[str]:
@@ -437,6 +441,7 @@ class RuleRunner:
                              "backlog": a.backlog()} for a in rt.actions]
             if rt.tracker is not None:
                 d = rt.dispatcher
+                assert d is not None  # put() makes it with the tracker
                 s["alerts"] = {"fired": rt.tracker.fired, "suppressed": rt.tracker.suppressed,
                                "via_mqtt": d.via_mqtt, "via_webhook": d.via_webhook,
                                "pending": d.pending(), "delivery_failures": d.failures}
