@@ -147,7 +147,7 @@ def desired(node: Node) -> dict[tuple[str, str], Deployment | Route | Rule]:
 
 
 def admit_manifests(node: Node, security: SecurityStore, who: Principal,
-                    manifests: list[Deployment | Route]) -> None:
+                    manifests: list[Deployment | Route | Rule]) -> None:
     """Raise PolicyError / QuotaExceeded / ConfigError naming the first manifest and field
     that the caller may not apply; nothing is stored before this passes."""
     current = desired(node)

@@ -51,7 +51,7 @@ class AppliedManifests:
     def generation(self) -> int:
         return self._state._x("SELECT value FROM applied_generation WHERE id = 1")[0][0]
 
-    def put(self, manifest: Deployment | Route, actor: str = "") -> None:
+    def put(self, manifest: Deployment | Route | Rule, actor: str = "") -> None:
         """Store `manifest` (secret values included); a deployment with its bound module digest,
         resolved now when it has none yet."""
         digest = None

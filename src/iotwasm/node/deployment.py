@@ -123,6 +123,7 @@ class DeploymentHandle:
             self._gate = None
             self.previous = self.previous_revision = None
             if failed and old is not None:
+                assert old_rev is not None  # update() sets the previous revision with the container
                 bad_rev = self.revision
                 self.current, self.revision = old, old_rev
                 self.rollbacks += 1
@@ -130,7 +131,7 @@ class DeploymentHandle:
                           f"messages trapped or hit limits ({gate.rate:.0%} > {gate.max_trap_rate:.0%})")
                 self.last_rollback_reason = reason
                 self.last_rolled_back_revision = bad_rev
-                to_stop = container
+                to_stop: WasmContainer | None = container
             else:
                 reason = None
                 to_stop = old

@@ -35,6 +35,7 @@ from ..engine.http_client import HttpGrant
 from ..engine.limits import parse_duration_ms, parse_timeout_ms
 from ..errors import ConfigError, IotwasmError
 from ..pipeline import connectors
+from ..pipeline.connectors.base import Role
 from ..pipeline.connectors.config import (BusEndpoint, ConnectorRef, HttpSource, LogSink, MqttEndpoint,
                                           NatsEndpoint, SensorsSource, StoreSink, Strict, WebhookSink)
 from ..pipeline.connectors.coap import CoapSource
@@ -478,7 +479,7 @@ SOURCE_KINDS = ("mqtt", "nats", "http", "sensors", "bus", "modbus", "opcua", "co
 SINK_KINDS = ("mqtt", "nats", "store", "webhook", "log", "bus", "twin", "postgres", "connector")
 
 
-def _one_kind(m: BaseModel, role: str, kinds: tuple[str, ...]) -> BaseModel:
+def _one_kind(m: Source | Sink, role: Role, kinds: tuple[str, ...]) -> BaseModel:
     """Exactly one kind is given; returns its configuration. A plugin's kind must be known
     (built in or an installed entry point) and its configuration is checked by its model."""
     given = [k for k in kinds if getattr(m, k) is not None]
@@ -486,7 +487,8 @@ def _one_kind(m: BaseModel, role: str, kinds: tuple[str, ...]) -> BaseModel:
         raise ValueError(f"a {role} needs exactly one of {', '.join(kinds)} (got {given or 'none'})")
     if given[0] != "connector":
         return getattr(m, given[0])
-    ref: ConnectorRef = m.connector
+    ref = m.connector
+    assert ref is not None  # given says it is set
     try:
         conn = connectors.registry.get(role, ref.kind)
     except ConfigError as e:
@@ -501,9 +503,9 @@ def _one_kind(m: BaseModel, role: str, kinds: tuple[str, ...]) -> BaseModel:
                          f"{err['msg'].removeprefix('Value error, ')}{more}") from None
 
 
-def _kind_of(m: BaseModel, kinds: tuple[str, ...]) -> str:
+def _kind_of(m: Source | Sink, kinds: tuple[str, ...]) -> str:
     k = next(k for k in kinds if getattr(m, k) is not None)
-    return m.connector.kind if k == "connector" else k
+    return m.connector.kind if m.connector is not None and k == "connector" else k
 
 
 class BatchSpec(Strict):
@@ -797,7 +799,7 @@ def _loc(loc: tuple) -> str:
     return out or "(document)"
 
 
-def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Route]:
+def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Route | Rule]:
     """Parse and validate every document of a YAML text; raise ManifestError with all problems."""
     try:
         docs = [d for d in load_all(text) if d is not None]
@@ -807,7 +809,7 @@ def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Rout
         what = "refused" if isinstance(e, DocumentTooLarge) else "not valid YAML"
         raise ManifestError([f"{origin}{where}: {what}: {excerpt(getattr(e, 'problem', None) or e, 200)}"]) from None
     problems: list[str] = []
-    out: list[Deployment | Route] = []
+    out: list[Deployment | Route | Rule] = []
     for i, doc in enumerate(docs, 1):
         label = f"{origin}#{i}"
         if isinstance(doc, dict):
@@ -831,7 +833,7 @@ def parse_documents(text: str, origin: str = "<text>") -> list[Deployment | Rout
     return out
 
 
-def load_path(path: str | Path) -> list[Deployment | Route]:
+def load_path(path: str | Path) -> list[Deployment | Route | Rule]:
     """Load a manifest file, or every *.yaml / *.yml file of a directory (sorted).
 
     All problems of all files are collected before raising, so one run shows everything.
@@ -839,7 +841,7 @@ def load_path(path: str | Path) -> list[Deployment | Route]:
     path = Path(path)
     files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
     problems: list[str] = []
-    out: list[Deployment | Route] = []
+    out: list[Deployment | Route | Rule] = []
     for f in files:
         try:
             out += parse_documents(f.read_text(), str(f))

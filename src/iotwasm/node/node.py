@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import socket
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..container import InstanceBudget, WasmContainer
+from ..container import InstanceBudget, Transition, WasmContainer
 from ..engine import Runtime
 from ..engine.limits import format_duration_ms, parse_duration_ms
 from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
@@ -308,7 +309,7 @@ class Node:
         if p is None:
             return (("applied", self.applied.generation),)
         files = sorted([*p.glob("*.yaml"), *p.glob("*.yml")]) if p.is_dir() else [p]
-        out = []
+        out: list[tuple[str, int | None, int | None]] = []   # None: the file cannot be read
         for f in files:
             try:
                 st = f.stat()
@@ -379,7 +380,7 @@ class Node:
             self._retry_on_storage(e)
             self._event("failed", "manifests", f"not applied: {e}")
             return [f"manifests not applied: {e}"]
-        namespaces = {(m.kind, m.name): m.metadata.namespace for m in manifests}
+        namespaces: dict[tuple[str, str], str] = {(m.kind, m.name): m.metadata.namespace for m in manifests}
         self._ids = {key: (uid, namespaces[key]) for key, uid in uids.items()}
         # routes that change or go away stop first, so no batch runs on a removed deployment;
         # so do routes through a deployment that goes away (they start again when it returns,
@@ -512,8 +513,8 @@ class Node:
         acl = TopicACL(d.spec.capabilities.topics.publish, d.spec.capabilities.topics.subscribe,
                        principal=f"deployment {d.name}")
         if current is None:
-            handle = DeploymentHandle(d.name, container, acl, rev, on_event=lambda kind, msg, n=d.name, u=uid:
-                                      self._handle_event(n, u, ns, kind, msg))
+            handle = DeploymentHandle(d.name, container, acl, rev,
+                                      on_event=functools.partial(self._handle_event, d.name, uid, ns))
             handle.trace = self.batch_trace
             self.deployments[d.name] = _DeploymentRecord(d, digest, module_digest, handle, uid)
             self._event("created", d.name, f"revision {rev}, module {module_digest[:19]}, "
@@ -543,18 +544,26 @@ class Node:
         caps = d.capabilities()
         restart = d.spec.restart_policy.policy()
         guest_log = logging.getLogger(f"iotwasm.guest.{d.name}")
+        name, ns = d.name, d.metadata.namespace
+
+        def on_log(_container: str, level: int, text: str) -> None:
+            if self.guest_logs.add(name, level, text):   # False: the rate limit refused the line
+                guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", printable(text))
+
+        def on_transition(tr: Transition) -> None:
+            self.state.event("state", name, f"{tr.source} → {tr.target}: {tr.reason}", uid=uid, namespace=ns)
+
+        def twin(device: str) -> bytes | None:
+            return self._twin_json(ns, device)
+
         container = WasmContainer(
             d.name, module_path, runtime=self.runtime, limits=d.limits(), capabilities=caps,
             scaling=d.spec.scaling(), budget=self.budget, clock=self.config.clock,
             strategy=d.spec.strategy, weights=d.spec.weights or None,
             restart=restart, kv=SqliteKeyValue(self.state, uid, caps.kv_quota), digest=module_digest,
-            on_log=lambda name, level, text, n=d.name: (
-                self.guest_logs.add(n, level, text)
-                and guest_log.log(10 + 10 * max(0, min(level, 3)), "%s", printable(text))),
-            on_transition=lambda tr, n=d.name, ns=d.metadata.namespace: self.state.event(
-                "state", n, f"{tr.source} → {tr.target}: {tr.reason}", uid=uid, namespace=ns))
+            on_log=on_log, on_transition=on_transition)
         if caps.allows("twin"):   # linked only when granted; a deployment reads its own namespace's devices
-            container.host.twin = lambda device, ns=d.metadata.namespace: self._twin_json(ns, device)
+            container.host.twin = twin
         return container
 
     def _twin_json(self, namespace: str, device: str) -> bytes | None:
@@ -756,13 +765,13 @@ class Node:
                           "min_replicas": st.min_replicas, "max_replicas": st.max_replicas,
                           "evictions": st.scaling.evictions}
         routes = {}
-        for name, rec in self.routes.items():
-            s = rec.runner.stats
+        for name, route_rec in self.routes.items():
+            s = route_rec.runner.stats
             routes[name] = {"received": s.received, "delivered": s.delivered, "dead_letters": s.dead_letters,
-                            "dropped": s.dropped, "acl_denied": s.acl_denied, "queued": rec.runner.depth(),
+                            "dropped": s.dropped, "acl_denied": s.acl_denied, "queued": route_rec.runner.depth(),
                             "p50_ms": round(s.percentile(0.5), 3), "p99_ms": round(s.percentile(0.99), 3),
-                            "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in rec.sinks),
-                            **traffic_view(rec.runner, rec.sinks)}
+                            "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in route_rec.sinks),
+                            **traffic_view(route_rec.runner, route_rec.sinks)}
         return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
                 "rules": self.rules.status() if self.rules is not None else {},
                 "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error,
