@@ -38,7 +38,7 @@ class LatencyHistograms:
     10,000 messages per route are delivered between two scrapes; beyond that the oldest of them
     are no longer known and are left out (counted in `missed`)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._seen: dict[str, int] = {}
         self._buckets: dict[str, list[int]] = {}
         self._sum: dict[str, float] = {}
