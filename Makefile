@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both prepare the machine first.
-.PHONY: setup demo plc-demo test bench examples check-examples
+.PHONY: setup demo plc-demo test check bench examples check-examples
 
 PY := .venv/bin/python
 
@@ -13,8 +13,17 @@ demo: setup
 plc-demo: setup
 	@$(PY) examples/plc/run.py $(ARGS)
 
+# lint (ruff) and types (mypy, strict on the engine, container and messaging layers) first:
+# seconds, and a failure there names the line
 test: setup
+	@.venv/bin/ruff check src tests benchmarks scripts examples
+	@.venv/bin/mypy
 	@$(PY) -m pytest $(ARGS)
+
+# lint and types alone
+check: setup
+	@.venv/bin/ruff check src tests benchmarks scripts examples
+	@.venv/bin/mypy
 
 bench: setup
 	@$(PY) benchmarks/run.py $(ARGS)

@@ -73,6 +73,7 @@ ROUTES = {
     ("GET", "/v1/fleet/nodes"): "viewer",
     ("GET", "/v1/fleet/deployments"): "viewer",
     ("GET", "/v1/fleet/rollouts"): "viewer",
+    ("GET", "/v1/fleet/devices"): "viewer",
     ("POST", "/v1/fleet/rollouts/{name}/{action}"): "operator",
     ("GET", "/v1/stream"): "viewer",
     ("GET", "/v1/history"): "viewer",
