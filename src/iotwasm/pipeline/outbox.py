@@ -98,6 +98,16 @@ class Outbox:
             "SELECT count(*), coalesce(sum(length(payload) + length(topic) "
             "+ coalesce(length(envelope), 0)), 0) FROM outbox").fetchone()
         self._rows, self._bytes = rows, size
+        self._writer: GroupCommit | None = None
+
+    def append_soon(self, sink: str, items: list[tuple]) -> asyncio.Future:
+        """`append` from the event loop, group-committed with every other append of this
+        outbox made ready in the same loop turn (or while the previous group was being
+        written); the future resolves once the items are on disk (see `GroupCommit`)."""
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer.loop is not loop:
+            self._writer = GroupCommit(self, loop)
+        return self._writer.add(sink, items)
 
     def _st(self, sink: str) -> OutboxStats:
         return self.stats.setdefault(sink, OutboxStats())
@@ -106,29 +116,60 @@ class Outbox:
         """Store (topic, payload) or (topic, payload, envelope bytes) items durably; returns
         how many were stored. The envelope is the sink's to encode; it counts toward the
         byte bound like the rest."""
-        if not items:
-            return 0
-        st = self._st(sink)
-        size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
+        res = self.append_many([(sink, items)])[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def append_many(self, requests: list[tuple[str, list[tuple]]]) -> list[int | BaseException]:
+        """Store several callers' (sink, items) in one transaction (group commit: one commit
+        instead of one per caller). Each request gets its own result: the number stored, or
+        `OutboxFull` for a request the ``reject`` policy refused (the others are stored).
+        A write that fails stores none of them, and each request gets that error."""
+        results: list[int | BaseException] = []
+        rows: list[tuple] = []
+        stored: list[tuple[str, int]] = []
         with self._lock:
-            over_rows = self._rows + len(items) - self.max_rows
-            over_bytes = self._bytes + size - self.max_bytes
-            if over_rows > 0 or over_bytes > 0:
-                if self.overflow == "reject":
-                    st.rejected += len(items)
-                    raise OutboxFull(f"outbox {self.path.name} full ({self._rows} rows, "
-                                     f"{self._bytes} bytes); {len(items)} message(s) refused")
-                self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
+            new_rows = new_bytes = 0
             now = time.time()
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO outbox(sink, topic, payload, created, envelope) VALUES (?,?,?,?,?)",
-                [(sink, i[0], i[1], now, i[2] if len(i) > 2 else None) for i in items])
-            self._db.execute("COMMIT")
-            self._rows += len(items)
-            self._bytes += size
-        st.stored += len(items)
-        return len(items)
+            for sink, items in requests:
+                if not items:
+                    results.append(0)
+                    continue
+                size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
+                over_rows = self._rows + new_rows + len(items) - self.max_rows
+                over_bytes = self._bytes + new_bytes + size - self.max_bytes
+                if over_rows > 0 or over_bytes > 0:
+                    if self.overflow == "reject":
+                        self._st(sink).rejected += len(items)
+                        results.append(OutboxFull(
+                            f"outbox {self.path.name} full ({self._rows + new_rows} rows, "
+                            f"{self._bytes + new_bytes} bytes); {len(items)} message(s) refused"))
+                        continue
+                    self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
+                rows.extend((sink, i[0], i[1], now, i[2] if len(i) > 2 else None) for i in items)
+                new_rows += len(items)
+                new_bytes += size
+                stored.append((sink, len(items)))
+                results.append(len(items))
+            if rows:
+                try:
+                    self._db.execute("BEGIN")
+                    self._db.executemany("INSERT INTO outbox(sink, topic, payload, created, envelope) "
+                                         "VALUES (?,?,?,?,?)", rows)
+                    self._db.execute("COMMIT")
+                except BaseException as e:
+                    if self._db.in_transaction:
+                        try:
+                            self._db.execute("ROLLBACK")
+                        except Exception:
+                            pass   # the error that failed the write is the one to report
+                    return [e] * len(requests)
+                self._rows += new_rows
+                self._bytes += new_bytes
+        for sink, n in stored:
+            self._st(sink).stored += n
+        return results
 
     def _drop_oldest(self, rows: int, nbytes: int) -> None:
         dropped = freed = 0
@@ -172,6 +213,22 @@ class Outbox:
             self._bytes -= size
         self._st(sink).sent += n
 
+    def ack_through(self, sink: str, first: int, last: int) -> None:
+        """Delete `sink`'s rows with ids from `first` to `last`: a range delete on the
+        (sink, id) index instead of one lookup per id. Only for a range the uplink
+        acknowledged whole — the forwarder's acknowledged prefix is one, since it hands on
+        every row of the sink above its last window, oldest first."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            size, n = self._db.execute(
+                "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
+                "count(*) FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last)).fetchone()
+            self._db.execute("DELETE FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last))
+            self._db.execute("COMMIT")
+            self._rows -= n
+            self._bytes -= size
+        self._st(sink).sent += n
+
     def backlog(self, sink: str | None = None) -> int:
         with self._lock:
             if sink is None:
@@ -181,6 +238,75 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class GroupCommit:
+    """Appends of one outbox from the event loop, written together: one transaction for all.
+
+    Every lane of every route appends its batch's results before its source acknowledges
+    them; committing each batch alone made two SQLite commits per message at low batch sizes
+    the main cost of the durable path. Here the appends made ready in one turn of the loop
+    are written in one transaction at the end of that turn, and while a large group is being
+    written on a thread the next appends gather for the following one. (No waiting for more:
+    a lane awaits its append before its source acknowledges, and the broker's in-flight
+    window bounds unacknowledged messages, so a wait of 1 ms per group halved throughput.) A caller's future
+    resolves only after the transaction holding its rows committed, so nothing is
+    acknowledged before it is stored; a failed write fails every caller of its group (none of
+    their rows was stored), and a request refused by the ``reject`` policy fails alone.
+
+    A group of up to `INLINE_ROWS` rows is written on the loop (no fsync under WAL with
+    ``synchronous=NORMAL``; a thread hop costs more than the insert); a larger one on a thread.
+    """
+
+    def __init__(self, outbox: Outbox, loop: asyncio.AbstractEventLoop):
+        self.outbox = outbox
+        self.loop = loop
+        self._pending: list[tuple[str, list[tuple], asyncio.Future]] = []
+        self._busy = False
+        #: transactions written and requests they carried, for tests and benchmarks
+        self.groups = 0
+        self.requests = 0
+
+    def add(self, sink: str, items: list[tuple]) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self._pending.append((sink, items, fut))
+        if not self._busy:
+            self._busy = True
+            self.loop.call_soon(self._flush)   # after the callbacks already ready this turn
+        return fut
+
+    def _flush(self) -> None:
+        group, self._pending = self._pending, []
+        self.groups += 1
+        self.requests += len(group)
+        requests = [(sink, items) for sink, items, _ in group]
+        if sum(len(items) for _, items in requests) <= INLINE_ROWS:
+            self._settle(group, self._write(requests))
+        else:
+            self.loop.create_task(self._write_off_loop(group, requests))
+
+    def _write(self, requests: list[tuple[str, list[tuple]]]) -> list[int | BaseException]:
+        try:
+            return self.outbox.append_many(requests)
+        except Exception as e:   # e.g. the outbox was closed: every caller learns it
+            return [e] * len(requests)
+
+    async def _write_off_loop(self, group: list, requests: list[tuple[str, list[tuple]]]) -> None:
+        results = await asyncio.to_thread(self._write, requests)
+        self._settle(group, results)
+
+    def _settle(self, group: list, results: list[int | BaseException]) -> None:
+        for (_, _, fut), res in zip(group, results):
+            if fut.done():   # its caller was cancelled; its rows are stored all the same
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+        if self._pending:
+            self.loop.call_soon(self._flush)
+        else:
+            self._busy = False
 
 
 def _failed(confirm: asyncio.Future) -> bool:
@@ -291,7 +417,13 @@ class Forwarder:
                         failure = res
                         break
                     done.append(row_id)
-                await self.storage.run(functools.partial(self._db, self.outbox.ack, self.sink, done, rows=len(done)))
+                # windows confirmed meanwhile are deleted with this one (one commit for all)
+                while failure is None and inflight and inflight[0][1].done() \
+                        and not _failed(inflight[0][1]):
+                    done.extend(inflight.popleft()[0])
+                if done:
+                    await self.storage.run(functools.partial(
+                        self._db, self.outbox.ack_through, self.sink, done[0], done[-1], rows=1))
                 if self.breaker is not None:
                     if failure is None:
                         self.breaker.success()

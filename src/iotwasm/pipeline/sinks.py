@@ -33,7 +33,7 @@ from ..message import Envelope, Message
 from ..messaging import mqtt_props as mp
 from ..messaging.bus import settled
 from ..sqlite import open_db
-from .outbox import INLINE_ROWS, Forwarder, Outbox, send_in_order
+from .outbox import Forwarder, Outbox, send_in_order
 from .templates import TopicTemplate
 
 log = logging.getLogger("iotwasm.sinks")
@@ -98,14 +98,12 @@ class _Uplink(abc.ABC):
             self.forwarder.start()
 
     async def _keep(self, items: list[tuple]) -> None:
-        """Store durably for the forwarder; returns once on disk (small batches are written
-        from the loop: a thread hop costs more than the insert)."""
+        """Store durably for the forwarder; returns once on disk. Appends of every sink of
+        the outbox made in one loop turn share one transaction (`outbox.GroupCommit`)."""
         outbox = self.outbox
         assert outbox is not None  # only a sink with an outbox keeps
-        if len(items) <= INLINE_ROWS:
-            outbox.append(self.name, items)
-        else:
-            await asyncio.to_thread(outbox.append, self.name, items)
+        if items:
+            await outbox.append_soon(self.name, items)
         if self.forwarder:
             self.forwarder.notify()
 
