@@ -181,3 +181,51 @@ def test_a_failed_window_leaves_its_unacknowledged_rows_for_the_retry(tmp_path):
         outbox.close()
 
     asyncio.run(main())
+
+
+def test_acknowledged_rows_are_never_handed_out_again_and_go_with_the_next_append(tmp_path):
+    outbox = Outbox(tmp_path / "outbox.db")
+    outbox.append("up", items(5))
+    outbox.append("other", items(2, start=100))
+    rows = outbox.peek("up", limit=3)
+    outbox.ack_later("up", rows[0][0], rows[-1][0])
+    assert outbox.pending_acks()
+    assert seqs(outbox, "up") == [3, 4]          # even from the start (after a failed window)
+    assert outbox.backlog("up") == 5             # still in the file until a write deletes them
+    outbox.append("other", items(1, start=200))  # the append's transaction takes the delete along
+    assert not outbox.pending_acks()
+    assert outbox._db.execute("SELECT count(*) FROM outbox WHERE sink = 'up'").fetchone()[0] == 2
+    assert outbox.backlog() == 5 and outbox.stats["up"].sent == 3
+    assert seqs(outbox, "other") == [100, 101, 200]
+    outbox.close()
+
+
+def test_a_crash_before_the_delete_sends_the_acknowledged_rows_again_and_loses_nothing(tmp_path):
+    outbox = Outbox(tmp_path / "outbox.db")
+    outbox.append("up", items(4))
+    rows = outbox.peek("up", limit=2)
+    outbox.ack_later("up", rows[0][0], rows[-1][0])
+    # killed here: no close, no later write; another process opens the file
+    again = Outbox(tmp_path / "outbox.db")
+    assert seqs(again, "up") == [0, 1, 2, 3]   # at-least-once: sent again, none lost
+    again.close()
+    outbox.close()                             # a clean close deletes them
+    third = Outbox(tmp_path / "outbox.db")
+    assert seqs(third, "up") == [2, 3] and third.backlog() == 2
+    third.close()
+
+
+def test_acknowledgements_held_on_a_full_disk_are_deleted_once_space_returns(small_disk):  # noqa: F811
+    outbox = Outbox(small_disk.path / "outbox.db")
+    outbox.append("up", items(50, size=1000))
+    outbox._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # the next write must grow the WAL
+    rows = outbox.peek("up", limit=50)
+    small_disk.fill()
+    outbox.ack_later("up", rows[0][0], rows[-1][0])
+    with pytest.raises(StorageError):
+        outbox.flush_acks()
+    assert outbox.pending_acks() and seqs(outbox, "up") == [] and outbox.backlog("up") == 50
+    small_disk.free()
+    outbox.flush_acks()
+    assert not outbox.pending_acks() and outbox.backlog() == 0 and outbox.stats["up"].sent == 50
+    outbox.close()

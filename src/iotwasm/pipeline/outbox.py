@@ -41,6 +41,10 @@ SubmitWindow = Callable[[list[tuple[str, bytes]]], Awaitable[Awaitable[list[Exce
 #: SQLite work up to this many rows runs on the event loop: a thread hop costs more
 INLINE_ROWS = 16
 
+#: acknowledged rows are deleted with the next append's transaction; a forwarder idle this
+#: long deletes them in one of their own
+ACK_FLUSH_S = 0.05
+
 
 async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
                         items: list[tuple[str, bytes]]) -> list[Exception | None]:
@@ -99,6 +103,10 @@ class Outbox:
             "+ coalesce(length(envelope), 0)), 0) FROM outbox").fetchone()
         self._rows, self._bytes = rows, size
         self._writer: GroupCommit | None = None
+        #: per sink: the range of acknowledged ids not deleted yet, and the highest
+        #: acknowledged id (`ack_later`)
+        self._acked: dict[str, tuple[int, int]] = {}
+        self._through: dict[str, int] = {}
 
     def append_soon(self, sink: str, items: list[tuple]) -> asyncio.Future:
         """`append` from the event loop, group-committed with every other append of this
@@ -125,53 +133,68 @@ class Outbox:
         """Store several callers' (sink, items) in one transaction (group commit: one commit
         instead of one per caller). Each request gets its own result: the number stored, or
         `OutboxFull` for a request the ``reject`` policy refused (the others are stored).
-        A write that fails stores none of them, and each request gets that error."""
+        A write that fails stores none of them, and each request gets that error. The same
+        transaction deletes the rows acknowledged since the last write (`ack_later`)."""
+        if not any(items for _, items in requests):
+            return [0] * len(requests)
         results: list[int | BaseException] = []
         rows: list[tuple] = []
         stored: list[tuple[str, int]] = []
         with self._lock:
-            new_rows = new_bytes = 0
-            now = time.time()
-            for sink, items in requests:
-                if not items:
-                    results.append(0)
-                    continue
-                size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
-                over_rows = self._rows + new_rows + len(items) - self.max_rows
-                over_bytes = self._bytes + new_bytes + size - self.max_bytes
-                if over_rows > 0 or over_bytes > 0:
-                    if self.overflow == "reject":
-                        self._st(sink).rejected += len(items)
-                        results.append(OutboxFull(
-                            f"outbox {self.path.name} full ({self._rows + new_rows} rows, "
-                            f"{self._bytes + new_bytes} bytes); {len(items)} message(s) refused"))
+            try:
+                self._db.execute("BEGIN")
+                acked = self._delete_acked()
+                base_rows = self._rows - acked[0]
+                base_bytes = self._bytes - acked[1]
+                dropped: list[str] = []
+                now = time.time()
+                for sink, items in requests:
+                    if not items:
+                        results.append(0)
                         continue
-                    self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
-                rows.extend((sink, i[0], i[1], now, i[2] if len(i) > 2 else None) for i in items)
-                new_rows += len(items)
-                new_bytes += size
-                stored.append((sink, len(items)))
-                results.append(len(items))
-            if rows:
-                try:
-                    self._db.execute("BEGIN")
+                    size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
+                    over_rows = base_rows + len(items) - self.max_rows
+                    over_bytes = base_bytes + size - self.max_bytes
+                    if over_rows > 0 or over_bytes > 0:
+                        if self.overflow == "reject":
+                            self._st(sink).rejected += len(items)
+                            results.append(OutboxFull(
+                                f"outbox {self.path.name} full ({base_rows} rows, {base_bytes} bytes); "
+                                f"{len(items)} message(s) refused"))
+                            continue
+                        n, freed, sinks = self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
+                        base_rows -= n
+                        base_bytes -= freed
+                        dropped += sinks
+                    rows.extend((sink, i[0], i[1], now, i[2] if len(i) > 2 else None) for i in items)
+                    base_rows += len(items)
+                    base_bytes += size
+                    stored.append((sink, len(items)))
+                    results.append(len(items))
+                if rows:
                     self._db.executemany("INSERT INTO outbox(sink, topic, payload, created, envelope) "
                                          "VALUES (?,?,?,?,?)", rows)
-                    self._db.execute("COMMIT")
-                except BaseException as e:
-                    if self._db.in_transaction:
-                        try:
-                            self._db.execute("ROLLBACK")
-                        except Exception:
-                            pass   # the error that failed the write is the one to report
-                    return [e] * len(requests)
-                self._rows += new_rows
-                self._bytes += new_bytes
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except Exception:
+                        pass   # the error that failed the write is the one to report
+                return [e] * len(requests)
+            self._acked_done(acked)
+            self._rows, self._bytes = base_rows, base_bytes
+        for sink in dropped:   # counted once deleted: a delete that failed dropped nothing
+            self._st(sink).dropped += 1
+        if dropped:
+            log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, len(dropped))
         for sink, n in stored:
             self._st(sink).stored += n
         return results
 
-    def _drop_oldest(self, rows: int, nbytes: int) -> None:
+    def _drop_oldest(self, rows: int, nbytes: int) -> tuple[int, int, list[str]]:
+        """Delete the oldest rows (inside the caller's transaction) until `rows` rows and
+        `nbytes` bytes are freed; returns how many, how many bytes, and whose they were."""
         dropped = freed = 0
         cur = self._db.execute("SELECT id, sink, length(payload) + length(topic) + coalesce(length(envelope), 0) FROM outbox ORDER BY id")
         ids, sinks = [], []
@@ -183,16 +206,73 @@ class Outbox:
             dropped += 1
             freed += size
         self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-        for sink in sinks:   # counted once deleted: a delete that failed dropped nothing
-            self._st(sink).dropped += 1
-        self._rows -= dropped
-        self._bytes -= freed
-        log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, dropped)
+        return dropped, freed, sinks
+
+    def ack_later(self, sink: str, first: int, last: int) -> None:
+        """The uplink acknowledged `sink`'s rows with ids from `first` to `last`: they are
+        never handed out again (`peek` starts above them), and deleted with the next write
+        of this outbox — an append's transaction, or `flush_acks` when none comes — instead
+        of a commit of their own. Only for a range acknowledged whole and in order: the
+        forwarder's acknowledged prefix is one, since it hands on every row of the sink
+        above its last window, oldest first. A crash before the delete sends them again
+        after the restart (at-least-once, as a crash between ack and delete always did)."""
+        with self._lock:
+            lo, hi = self._acked.get(sink, (first, last))
+            self._acked[sink] = (min(lo, first), max(hi, last))
+            self._through[sink] = max(self._through.get(sink, 0), last)
+
+    def pending_acks(self) -> bool:
+        """Whether acknowledged rows wait for their delete."""
+        return bool(self._acked)
+
+    def flush_acks(self) -> None:
+        """Delete the acknowledged rows now (raises `StorageError` while it cannot; they stay
+        acknowledged and are tried again with the next write)."""
+        with self._lock:
+            if not self._acked:
+                return
+            try:
+                self._db.execute("BEGIN")
+                acked = self._delete_acked()
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except Exception:
+                        pass
+                raise
+            self._acked_done(acked)
+            self._rows -= acked[0]
+            self._bytes -= acked[1]
+
+    def _delete_acked(self) -> tuple[int, int, dict[str, tuple[int, int]], dict[str, int]]:
+        """Inside the caller's transaction: delete the acknowledged ranges; returns rows,
+        bytes, the ranges deleted and rows per sink, to account for once it committed."""
+        ranges = dict(self._acked)
+        total = size = 0
+        per_sink: dict[str, int] = {}
+        for sink, (first, last) in ranges.items():
+            nbytes, n = self._db.execute(
+                "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
+                "count(*) FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last)).fetchone()
+            self._db.execute("DELETE FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last))
+            total += n
+            size += nbytes
+            per_sink[sink] = n
+        return total, size, ranges, per_sink
+
+    def _acked_done(self, acked: tuple[int, int, dict[str, tuple[int, int]], dict[str, int]]) -> None:
+        for sink, rng in acked[2].items():
+            if self._acked.get(sink) == rng:
+                del self._acked[sink]
+            self._st(sink).sent += acked[3][sink]
 
     def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple]:
         """The oldest stored messages of `sink` with an id above `after`: (id, topic,
         payload), and the envelope bytes as a fourth item where one was stored."""
         with self._lock:
+            after = max(after, self._through.get(sink, 0))   # acknowledged: never again
             rows = self._db.execute("SELECT id, topic, payload, envelope FROM outbox WHERE sink = ? "
                                     "AND id > ? ORDER BY id LIMIT ?", (sink, after, limit)).fetchall()
         return [r if r[3] is not None else r[:3] for r in rows]
@@ -236,6 +316,12 @@ class Outbox:
             return self._db.execute("SELECT count(*) FROM outbox WHERE sink = ?", (sink,)).fetchone()[0]
 
     def close(self) -> None:
+        """Close the file, deleting the acknowledged rows first where the disk lets it (else
+        they are sent again after a restart: at-least-once)."""
+        try:
+            self.flush_acks()
+        except Exception as e:  # noqa: BLE001 - closing goes on; the rows are only sent again
+            log.warning("outbox %s: acknowledged rows not deleted at close (sent again): %s", self.path.name, e)
         with self._lock:
             self._db.close()
 
@@ -362,6 +448,11 @@ class Forwarder:
             while self.outbox.backlog(self.sink) and time.monotonic() < deadline:
                 self._wake.set()
                 await asyncio.sleep(0.01)
+                if self.outbox.pending_acks():
+                    try:
+                        await self._db(self.outbox.flush_acks, rows=1)
+                    except IotwasmError:
+                        pass   # the disk is full: they stay acknowledged, deleted later
         if self._task:
             self._task.cancel()
             try:
@@ -403,10 +494,12 @@ class Forwarder:
                     continue
                 if not inflight:
                     self._wake.clear()
+                    pending = self.outbox.pending_acks()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                        await asyncio.wait_for(self._wake.wait(), timeout=ACK_FLUSH_S if pending else 1.0)
                     except asyncio.TimeoutError:
-                        pass
+                        if pending:   # no append took the deletes along: they go alone
+                            await self.storage.run(functools.partial(self._db, self.outbox.flush_acks, rows=1))
                     continue
                 ids, confirm = inflight.popleft()
                 results = await confirm
@@ -421,9 +514,8 @@ class Forwarder:
                 while failure is None and inflight and inflight[0][1].done() \
                         and not _failed(inflight[0][1]):
                     done.extend(inflight.popleft()[0])
-                if done:
-                    await self.storage.run(functools.partial(
-                        self._db, self.outbox.ack_through, self.sink, done[0], done[-1], rows=1))
+                if done:   # deleted with the next append, or by the flush below when idle
+                    self.outbox.ack_later(self.sink, done[0], done[-1])
                 if self.breaker is not None:
                     if failure is None:
                         self.breaker.success()
