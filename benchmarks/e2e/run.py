@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm --profile --no-hot-update
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm --rates 20,200,1000,5000 --no-hot-update
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm-baseline,iotwasm --baseline ../base --no-hot-update
+    .venv/bin/python benchmarks/e2e/run.py --only iotwasm-baseline,iotwasm-saf,node-red --baseline ../base \
+        --baseline-saf --rates 5000,10000 --no-hot-update     # the durable default, before/after
 
 Partial runs (--only, --rates, --no-hot-update) write results/e2e-partial.json, or --out PATH.
 
@@ -615,11 +617,13 @@ def ensure_node_red() -> None:
 # -- one system: startup, warm-up, the load steps --------------------------------------------
 #: the other checkout's src directory, from --baseline
 BASELINE_SRC: Path | None = None
+#: --baseline-saf: the baseline runs with the durable default (storeAndForward: true)
+BASELINE_SAF = False
 
 
 def make_sut(key: str, workdir: Path, broker) -> SUT:
     if key == BASELINE:
-        return IotwasmNode(key, workdir, broker, saf=False, name="e2e-baseline", src=BASELINE_SRC)
+        return IotwasmNode(key, workdir, broker, saf=BASELINE_SAF, name="e2e-baseline", src=BASELINE_SRC)
     if key == "iotwasm":
         return IotwasmNode(key, workdir, broker, saf=False, name="e2e-direct")
     if key == "iotwasm-saf":
@@ -1108,8 +1112,9 @@ def summary(results: dict) -> dict:
                                            else out[k]["vs_node_red"] >= TARGET_RATIO)
         out[k]["p99_target_met"] = (None if out[k]["p99_at_5k_ms"] is None
                                     else out[k]["p99_at_5k_ms"] <= TARGET_P99_MS and ph5["lost"] == 0)
-    if BASELINE in s and "iotwasm" in s:   # the same system before and after a change
-        base, now = s[BASELINE], s["iotwasm"]
+    mine = "iotwasm-saf" if BASELINE_SAF else "iotwasm"   # compared with the baseline
+    if BASELINE in s and mine in s:   # the same system before and after a change
+        base, now = s[BASELINE], s[mine]
         cmp: dict = {"sustained": _ratio(sustained(now), sustained(base)), "steps": {}}
         for ph in now.get("phases", []):
             b = phase_of(base, ph["label"])
@@ -1185,7 +1190,8 @@ def markdown(results: dict) -> str:
     if vb:
         steps = "; ".join(f"{label}: CPU/msg {fmt_x(r['cpu_per_msg'])}, p50 {fmt_x(r['p50'])}, "
                           f"p99 {fmt_x(r['p99'])}" for label, r in vb["steps"].items())
-        lines += ["", (f"{TITLES['iotwasm']} against {TITLES[BASELINE]}, same run: sustained throughput "
+        mine = "iotwasm-saf" if BASELINE_SAF else "iotwasm"
+        lines += ["", (f"{TITLES[mine]} against {TITLES[BASELINE]}, same run: sustained throughput "
                        f"{fmt_x(vb['sustained'])}; {steps} (below 1× is less).")]
     for hu in results.get("hot_update") or []:
         lines.append("")
@@ -1225,6 +1231,9 @@ def main() -> int:
                     help="py-spy the iotwasm node during the 10k/s and max steps")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help=f"another checkout of iotwasm: system {BASELINE} runs the node from its src")
+    ap.add_argument("--baseline-saf", action="store_true",
+                    help=f"system {BASELINE} runs with storeAndForward: true (the durable default), "
+                         "to compare it with iotwasm-saf")
     ap.add_argument("--bus-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--bus-probe-n", type=int, default=3000, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help="result file (default: results/e2e.json, "
@@ -1241,8 +1250,11 @@ def main() -> int:
     if (BASELINE in only) != (args.baseline is not None):
         ap.error(f"--baseline DIR and system {BASELINE} go together")
     if args.baseline is not None:
-        global BASELINE_SRC
+        global BASELINE_SRC, BASELINE_SAF
         BASELINE_SRC = args.baseline.resolve() / "src"
+        BASELINE_SAF = args.baseline_saf
+        if BASELINE_SAF:
+            TITLES[BASELINE] = "iotwasm baseline (storeAndForward: true, default)"
         if not (BASELINE_SRC / "iotwasm" / "__init__.py").exists():
             ap.error(f"--baseline {args.baseline}: no src/iotwasm there")
     cfg = Config.make(args.quick)

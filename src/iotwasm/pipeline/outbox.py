@@ -17,48 +17,20 @@ The outbox is bounded by rows and bytes, with an explicit overflow policy:
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
-from ..backoff import Backoff
-from ..breaker import CLOSED, CircuitBreaker
 from ..errors import ConfigError, IotwasmError
 from ..sqlite import open_db
-from ..supervise import StorageHold, supervise
+from .forwarder import ACK_FLUSH_S, INLINE_ROWS, Forwarder, SubmitWindow, send_in_order
+
+__all__ = ["ACK_FLUSH_S", "INLINE_ROWS", "Forwarder", "GroupCommit", "Outbox", "OutboxFull", "OutboxStats",
+           "SubmitWindow", "send_in_order"]
 
 log = logging.getLogger("iotwasm.outbox")
-
-#: hands a window of (topic, payload) to the uplink in order and returns what confirms it:
-#: one result per message, None once the uplink acknowledged it, else the error
-SubmitWindow = Callable[[list[tuple[str, bytes]]], Awaitable[Awaitable[list[Exception | None]]]]
-
-#: SQLite work up to this many rows runs on the event loop: a thread hop costs more
-INLINE_ROWS = 16
-
-#: acknowledged rows are deleted with the next append's transaction; a forwarder idle this
-#: long deletes them in one of their own
-ACK_FLUSH_S = 0.05
-
-
-async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
-                        items: list[tuple[str, bytes]]) -> list[Exception | None]:
-    """Deliver a window one message after the other (for uplinks where concurrent sends could
-    arrive out of order); the first failure fails the rest, which stay for a retry in order."""
-    results: list[Exception | None] = []
-    for topic, payload in items:
-        try:
-            await send(topic, payload)
-        except IotwasmError as e:
-            return results + [e] * (len(items) - len(results))
-        results.append(None)
-    return results
-
 
 class OutboxFull(IotwasmError):
     kind = "outbox_full"
@@ -393,148 +365,3 @@ class GroupCommit:
             self.loop.call_soon(self._flush)
         else:
             self._busy = False
-
-
-def _failed(confirm: asyncio.Future) -> bool:
-    """Whether a window's confirmation already came back with a failure."""
-    if not confirm.done():
-        return False
-    if confirm.cancelled() or confirm.exception() is not None:
-        return True
-    return any(r is not None for r in confirm.result())
-
-
-class Forwarder:
-    """Drains one sink's outbox to its uplink, in order, deleting only acknowledged messages.
-
-    It runs as a supervised task: an unexpected failure restarts it (logged once, with
-    backoff), and what was in flight is sent again. A delete that fails on storage (the WAL
-    cannot grow on a full disk) is held and retried in place — the acknowledged rows are not
-    sent again meanwhile — and `storage.error` says why until it went through.
-
-    With a `breaker`, failed windows count as its failures; once it opens, nothing is sent
-    until it lets a probe through — a window of one message — whose outcome closes it again
-    or keeps it open for longer. The messages wait in the outbox meanwhile: none is lost or
-    dead-lettered, and the uplink is not hammered by every retry.
-    """
-
-    def __init__(self, outbox: Outbox, sink: str, submit: SubmitWindow, *, batch: int = 100,
-                 windows: int = 4, min_backoff: float = 0.1, max_backoff: float = 5.0,
-                 breaker: CircuitBreaker | None = None):
-        self.outbox = outbox
-        self.sink = sink
-        self.submit = submit
-        self.batch = batch
-        self.windows = windows
-        #: waits between attempts after the uplink failed a window
-        self.backoff = Backoff(min_backoff, max_backoff)
-        self.storage = StorageHold(f"outbox forwarder {sink}", log)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self.last_error: str | None = None
-        self.breaker = breaker
-
-    def start(self) -> None:
-        self._task = supervise(f"outbox forwarder {self.sink}", self._run, log=log,
-                               backoff=Backoff(self.backoff.initial, self.backoff.maximum))
-
-    def notify(self) -> None:
-        """New rows were appended: deliver them now rather than at the next poll."""
-        self._wake.set()
-
-    async def stop(self, drain_timeout: float = 0.0) -> None:
-        if drain_timeout > 0:
-            deadline = time.monotonic() + drain_timeout
-            while self.outbox.backlog(self.sink) and time.monotonic() < deadline:
-                self._wake.set()
-                await asyncio.sleep(0.01)
-                if self.outbox.pending_acks():
-                    try:
-                        await self._db(self.outbox.flush_acks, rows=1)
-                    except IotwasmError:
-                        pass   # the disk is full: they stay acknowledged, deleted later
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _db(self, fn, *args, rows: int):
-        if rows <= INLINE_ROWS:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
-
-    async def _run(self) -> None:
-        """Up to `windows` windows are on their way at once (the next is sent while the
-        uplink still acknowledges the last); rows are deleted window by window, oldest
-        first, and only the acknowledged prefix: after a failure everything from the first
-        unacknowledged message is sent again, in order (at-least-once)."""
-        after = 0  # highest id handed to the uplink
-        inflight: collections.deque[tuple[list[int], asyncio.Future]] = collections.deque()
-        try:
-            while True:
-                rows = []
-                # nothing goes out after a window that already failed: it would overtake
-                # that window's messages, which are sent again first
-                if len(inflight) < self.windows and not any(_failed(c) for _, c in inflight):
-                    br = self.breaker
-                    if br is None or br.state == CLOSED:
-                        rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
-                                              rows=self.batch if inflight else 1)
-                    elif not inflight:   # open or half-open: one probe message at a time
-                        rows = await self._db(self.outbox.peek, self.sink, 1, after, rows=1)
-                        if rows and not br.allow():
-                            await asyncio.sleep(max(0.01, br.wait_s()))
-                            continue
-                if rows:
-                    confirm = await self.submit([r[1:] for r in rows])
-                    after = rows[-1][0]
-                    inflight.append(([r[0] for r in rows], asyncio.ensure_future(confirm)))
-                    continue
-                if not inflight:
-                    self._wake.clear()
-                    pending = self.outbox.pending_acks()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=ACK_FLUSH_S if pending else 1.0)
-                    except asyncio.TimeoutError:
-                        if pending:   # no append took the deletes along: they go alone
-                            await self.storage.run(functools.partial(self._db, self.outbox.flush_acks, rows=1))
-                    continue
-                ids, confirm = inflight.popleft()
-                results = await confirm
-                done: list[int] = []
-                failure: Exception | None = None
-                for row_id, res in zip(ids, results):
-                    if res is not None:
-                        failure = res
-                        break
-                    done.append(row_id)
-                # windows confirmed meanwhile are deleted with this one (one commit for all)
-                while failure is None and inflight and inflight[0][1].done() \
-                        and not _failed(inflight[0][1]):
-                    done.extend(inflight.popleft()[0])
-                if done:   # deleted with the next append, or by the flush below when idle
-                    self.outbox.ack_later(self.sink, done[0], done[-1])
-                if self.breaker is not None:
-                    if failure is None:
-                        self.breaker.success()
-                    else:
-                        self.breaker.failure(failure)
-                if failure is not None:
-                    # later windows are abandoned (their rows stay and are sent again)
-                    for _, later in inflight:
-                        later.cancel()
-                    inflight.clear()
-                    after = 0
-                    self.outbox._st(self.sink).send_failures += 1
-                    self.last_error = str(failure)
-                    if self.breaker is None or self.breaker.state == CLOSED:
-                        await asyncio.sleep(self.backoff.next())
-                    # else: the breaker decides when the next (probe) window goes
-                else:
-                    self.backoff.reset()
-                    self.last_error = None
-        finally:
-            for _, later in inflight:
-                later.cancel()
