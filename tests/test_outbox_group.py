@@ -229,3 +229,40 @@ def test_acknowledgements_held_on_a_full_disk_are_deleted_once_space_returns(sma
     outbox.flush_acks()
     assert not outbox.pending_acks() and outbox.backlog() == 0 and outbox.stats["up"].sent == 50
     outbox.close()
+
+
+def test_a_window_read_while_others_are_in_flight_is_whole_and_in_order(tmp_path):
+    """With windows in flight the forwarder reads the first rows on the loop and the rest of
+    a full window on a thread: the window is as large as configured, in id order."""
+    async def main():
+        outbox = Outbox(tmp_path / "outbox.db")
+        outbox.append("up", items(120))
+        outbox.append("other", items(5, start=1000))
+        windows: list[list[int]] = []
+        gate = asyncio.Event()
+
+        async def submit(window):
+            windows.append([json.loads(p)["seq"] for _, p in window])
+
+            async def confirmed():
+                await gate.wait()
+                return [None] * len(window)
+
+            return confirmed()
+
+        fw = Forwarder(outbox, "up", submit, batch=50, windows=3, min_backoff=0.01, max_backoff=0.02)
+        fw.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(windows) < 3:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        gate.set()
+        while outbox.backlog("up"):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        await fw.stop()
+        assert [len(w) for w in windows] == [50, 50, 20]
+        assert [s for w in windows for s in w] == list(range(120))
+        outbox.close()
+
+    asyncio.run(main())

@@ -118,6 +118,18 @@ class Forwarder:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
+    async def _peek(self, after: int, busy: bool) -> list[tuple]:
+        """The next window. With nothing in flight (a quiet uplink) it is read on the loop;
+        with windows in flight the first `INLINE_ROWS` rows are read on the loop too — at
+        moderate rates that is all there is, and a thread hop per message cost more than the
+        read — and only a full first read fetches the rest of the window on a thread."""
+        if not busy or self.batch <= INLINE_ROWS:
+            return self.outbox.peek(self.sink, self.batch, after)
+        rows = self.outbox.peek(self.sink, INLINE_ROWS, after)
+        if len(rows) == INLINE_ROWS:
+            rows += await asyncio.to_thread(self.outbox.peek, self.sink, self.batch - INLINE_ROWS, rows[-1][0])
+        return rows
+
     async def _run(self) -> None:
         """Up to `windows` windows are on their way at once (the next is sent while the
         uplink still acknowledges the last); rows are deleted window by window, oldest
@@ -133,8 +145,7 @@ class Forwarder:
                 if len(inflight) < self.windows and not any(_failed(c) for _, c in inflight):
                     br = self.breaker
                     if br is None or br.state == CLOSED:
-                        rows = await self._db(self.outbox.peek, self.sink, self.batch, after,
-                                              rows=self.batch if inflight else 1)
+                        rows = await self._peek(after, bool(inflight))
                     elif not inflight:   # open or half-open: one probe message at a time
                         rows = await self._db(self.outbox.peek, self.sink, 1, after, rows=1)
                         if rows and not br.allow():
