@@ -48,6 +48,11 @@ async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
     return results
 
 
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 def _failed(confirm: asyncio.Future) -> bool:
     """Whether a window's confirmation already came back with a failure."""
     if not confirm.done():
@@ -82,7 +87,10 @@ class Forwarder:
         #: waits between attempts after the uplink failed a window
         self.backoff = Backoff(min_backoff, max_backoff)
         self.storage = StorageHold(f"outbox forwarder {sink}", log)
-        self._wake = asyncio.Event()
+        #: set by `notify`; the idle forwarder waits on `_waiter` (a bare future and a timer:
+        #: `asyncio.wait_for` made a task per wait, and at moderate rates it waits per message)
+        self._woken = False
+        self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None
         self.breaker = breaker
@@ -93,13 +101,31 @@ class Forwarder:
 
     def notify(self) -> None:
         """New rows were appended: deliver them now rather than at the next poll."""
-        self._wake.set()
+        self._woken = True
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(True)
+
+    async def _idle(self, timeout: float) -> bool:
+        """Wait for `notify` up to `timeout` seconds; False when the time ran out."""
+        if self._woken:
+            self._woken = False
+            return True
+        loop = asyncio.get_running_loop()
+        w = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, w)
+        try:
+            return await w
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._woken = False
 
     async def stop(self, drain_timeout: float = 0.0) -> None:
         if drain_timeout > 0:
             deadline = time.monotonic() + drain_timeout
             while self.outbox.backlog(self.sink) and time.monotonic() < deadline:
-                self._wake.set()
+                self.notify()
                 await asyncio.sleep(0.01)
                 if self.outbox.pending_acks():
                     try:
@@ -157,13 +183,10 @@ class Forwarder:
                     inflight.append(([r[0] for r in rows], asyncio.ensure_future(confirm)))
                     continue
                 if not inflight:
-                    self._wake.clear()
                     pending = self.outbox.pending_acks()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=ACK_FLUSH_S if pending else 1.0)
-                    except asyncio.TimeoutError:
-                        if pending:   # no append took the deletes along: they go alone
-                            await self.storage.run(functools.partial(self._db, self.outbox.flush_acks, rows=1))
+                    if not await self._idle(ACK_FLUSH_S if pending else 1.0) and pending:
+                        # no append took the deletes along: they go alone
+                        await self.storage.run(functools.partial(self._db, self.outbox.flush_acks, rows=1))
                     continue
                 ids, confirm = inflight.popleft()
                 results = await confirm
