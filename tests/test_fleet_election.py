@@ -23,6 +23,9 @@ def test_lease_is_exclusive_ages_out_and_survives_a_lost_reply(nats_server):  # 
     async def main():
         store = await FleetStore.connect(nats_server.url)
         a, b = Lease(store, "a", ttl_s=2.0), Lease(store, "b", ttl_s=2.0)
+        terms: dict[str, dict[float, float]] = {"a": {}, "b": {}}
+        for lease in (a, b):
+            lease.on_term = lambda start, until, who=lease.holder: terms[who].__setitem__(start, until)
         try:
             await a.open()
             await b.open()
@@ -50,6 +53,9 @@ def test_lease_is_exclusive_ages_out_and_survives_a_lost_reply(nats_server):  # 
             a.revision = stale
             await a.release()
             assert await store.lease_holder() is None
+            # a's first term ended (unrenewed) before b's began: never two holders at once
+            assert len(terms["a"]) == 2 and len(terms["b"]) == 1
+            assert _overlaps(terms) == []
         finally:
             await store.close()
 
