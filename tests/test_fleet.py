@@ -218,12 +218,33 @@ def test_a_controller_that_sees_no_heartbeat_at_all_keeps_the_work_where_it_is(n
                     await asyncio.sleep(0.05)
 
             watcher = asyncio.create_task(watch())
+            before = {n: rev for n, (_, rev) in (await ctl.store.nodes()).items()}
             await asyncio.to_thread(nats_server.pause)
             try:
-                await asyncio.sleep(4)              # four times dead-after without any heartbeat
+                # the hang is the disturbance: twice dead-after (four times blind-after) without
+                # any heartbeat; heartbeats every 0.3 s keep a shorter dead-after from being safe
+                await asyncio.sleep(2 * ctl.dead_after_s)
             finally:
                 nats_server.resume()
-            await asyncio.sleep(4)                  # heartbeats return, one node after another
+
+            async def beat_again() -> bool:   # heartbeats return, one node after another
+                now = await ctl.store.nodes()
+                return all(n in now and now[n][1] > rev for n, rev in before.items())
+
+            for _ in range(2):   # the revisions count writes to the whole bucket: two rounds
+                await wait_for(beat_again, what="a heartbeat of every node after the hang")
+                before = {n: rev for n, (_, rev) in (await ctl.store.nodes()).items()}
+            checks = ctl.checks                     # a pass begun on what came before has finished
+            await wait_for(lambda: ctl.checks >= checks + 2, what="two liveness checks after that")
+
+            async def applied() -> bool:            # whatever it wrote, the nodes have acted on
+                for m in members:
+                    _, rev = await ctl.store.assignment(m.node.config.name)
+                    if m.agent.applied_revision != rev:
+                        return False
+                return True
+
+            await wait_for(applied, what="the nodes caught up with their assignments")
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             assert lost == []
@@ -334,7 +355,7 @@ def test_node_keeps_its_assignment_while_the_fleet_is_down_and_resyncs(nats_serv
         await ctl.stop()
         nats_server.stop()
         await wait_for(lambda: not m.agent.connected, what="link down")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3 * m.agent.heartbeat_s)   # the spell offline is the point: heartbeats fail
         assert "keep" in m.running()
         # a restart while the fleet is unreachable comes back with the same work
         await m.stop(leave=False)

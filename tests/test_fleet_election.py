@@ -23,6 +23,9 @@ def test_lease_is_exclusive_ages_out_and_survives_a_lost_reply(nats_server):  # 
     async def main():
         store = await FleetStore.connect(nats_server.url)
         a, b = Lease(store, "a", ttl_s=2.0), Lease(store, "b", ttl_s=2.0)
+        terms: dict[str, dict[float, float]] = {"a": {}, "b": {}}
+        for lease in (a, b):
+            lease.on_term = lambda start, until, who=lease.holder: terms[who].__setitem__(start, until)
         try:
             await a.open()
             await b.open()
@@ -50,36 +53,57 @@ def test_lease_is_exclusive_ages_out_and_survives_a_lost_reply(nats_server):  # 
             a.revision = stale
             await a.release()
             assert await store.lease_holder() is None
+            # a's first term ended (unrenewed) before b's began: never two holders at once
+            assert len(terms["a"]) == 2 and len(terms["b"]) == 1
+            assert _overlaps(terms) == []
         finally:
             await store.close()
 
     asyncio.run(main())
 
 
+def _overlaps(terms: dict[str, dict[float, float]]) -> list[str]:
+    """Pairs of terms (start → until, monotonic, per candidate) of different candidates that
+    share any instant."""
+    spans = sorted((start, until, who) for who, got in terms.items() for start, until in got.items())
+    return [f"{a[2]} {a[0]:.3f}..{a[1]:.3f} and {b[2]} {b[0]:.3f}..{b[1]:.3f}"
+            for i, a in enumerate(spans) for b in spans[i + 1:] if a[2] != b[2] and b[0] < a[1]]
+
+
 def test_two_controllers_one_leads_the_standby_writes_nothing_then_takes_over(nats_server, tmp_path):  # noqa: F811
     async def main():
-        opts = dict(dead_after_s=1.5, interval_s=0.2)
+        # a 2 s lease, renewed every 2/3 s: several renewals pass in a couple of seconds
+        opts = dict(dead_after_s=1.5, interval_s=0.2, lease_ttl_s=2.0)
+        terms: dict[str, dict[float, float]] = {"ctl-a": {}, "ctl-b": {}}
+        told = {"ctl-a": 0, "ctl-b": 0}   # acquisitions, renewals and drops reported
+
+        def record(ctl: Controller) -> None:
+            # every term of every candidate, as the lease itself defines holding: never two at once.
+            # Set before the lease task first runs (start() only creates it).
+            assert ctl.lease is not None
+            def on_term(start: float, until: float) -> None:
+                terms[ctl.id][start] = until
+                told[ctl.id] += 1
+            ctl.lease.on_term = on_term
+
         a = Controller(nats_server.url, id="ctl-a", **opts)
         await a.start()
+        record(a)
         await wait_for(lambda: a.is_leader, what="ctl-a leads")
         b = Controller(nats_server.url, id="ctl-b", **opts)
         await b.start()
+        record(b)
         members = [await Member(tmp_path, n, nats_server.url, {}).start() for n in ("n1", "n2")]
-        both = []
-
-        async def sample():   # never two leaders at the same moment
-            while True:
-                both.append(a.is_leader and b.is_leader)
-                await asyncio.sleep(0.05)
-
-        sampler = asyncio.create_task(sample())
         try:
             digest = await a.store.put_module(ECHO)
             await a.store.put_deployment(fleet_deployment("all", digest, {"perNode": True}), None)
             await wait_for(lambda: all("all" in m.running() for m in members), what="placement by ctl-a")
-            # several renewals later ctl-a still leads and ctl-b has written nothing
-            await asyncio.sleep(4.0)
+            # three renewals later ctl-a still leads and ctl-b has written nothing
+            seen = told["ctl-a"]
+            await wait_for(lambda: told["ctl-a"] >= seen + 3, what="three renewals by ctl-a")
+            await wait_for(lambda: b.checks >= 3, what="ctl-b watching")
             assert a.is_leader and not b.is_leader
+            assert len(terms["ctl-a"]) == 1 and terms["ctl-b"] == {}   # one unbroken term
             assert a.passes > 0 and b.passes == 0 and not b.last_plan.assignments
             assert (await b.store.lease_holder())[0]["id"] == "ctl-a"
             assert set(b.live()) == {"n1", "n2"}   # its watchers are warm
@@ -90,9 +114,9 @@ def test_two_controllers_one_leads_the_standby_writes_nothing_then_takes_over(na
             await b.store.put_deployment(fleet_deployment("later", digest, {"perNode": True}), None)
             await wait_for(lambda: all("later" in m.running() for m in members), what="placement by ctl-b")
             assert b.passes > 0 and (await b.store.lease_holder())[0]["id"] == "ctl-b"
-            assert both and not any(both)
+            assert len(terms["ctl-a"]) == 1 and len(terms["ctl-b"]) == 1
+            assert _overlaps(terms) == []
         finally:
-            sampler.cancel()
             for m in members:
                 await m.stop()
             await asyncio.wait_for(a.stop(), 10)
@@ -119,9 +143,11 @@ def test_a_new_controller_does_not_take_a_recently_dead_node_for_alive(nats_serv
         try:
             await store.heartbeat(NodeInfo("ghost"))   # its last heartbeat
             await alive.wait()
-            await asyncio.sleep(3.0)
+            # the ghost's silence is the point: its heartbeat must be older than dead-after
+            # (1 s here, five heartbeats of the live node) when the controller first sees it
+            await asyncio.sleep(1.5)
             await store.put_deployment(fleet_deployment("all", "sha256:" + "0" * 64, {"perNode": True}), None)
-            ctl = Controller(nats_server.url, dead_after_s=2.0, interval_s=0.2, node_ttl_s=30)
+            ctl = Controller(nats_server.url, dead_after_s=1.0, interval_s=0.2, node_ttl_s=30)
             await ctl.start()
             await wait_for(lambda: ctl.passes > 0, what="first pass")
             assert "ghost" not in ctl.last_plan.assignments and "alive" in ctl.last_plan.assignments

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import nats
 import wasmtime
@@ -25,6 +26,7 @@ CLI = [sys.executable, "-m", "iotwasm.cli.main"]
 TRAPS = ECHO_WAT.replace("    local.get $in local.set $p\n", "    unreachable\n", 1)
 HEALTHY = ECHO_WAT.replace("(i32.const 1024)", "(i32.const 4096)", 1)
 assert TRAPS != ECHO_WAT and HEALTHY != ECHO_WAT
+OBSERVE_S = 3   # each canary's gate
 
 
 def manifest(module: str) -> str:
@@ -37,7 +39,7 @@ placement: {{perNode: true}}
 rollout:
   canary: 1
   waves: 1
-  gate: {{observe: 3s, maxTrapRate: 0}}
+  gate: {{observe: {OBSERVE_S}s, maxTrapRate: 0}}
   stageTimeout: 60s
 """
 
@@ -129,8 +131,12 @@ def test_canary_failing_its_gate_is_rolled_back_and_a_good_version_rolls_out(nat
             await wait_for(canary_serving, timeout=60, what="the v3 canary")
             # paused from here (a CLI process may take longer to start than the canary's gate on
             # a loaded machine); the CLI's pause is the same call, resume below goes through it
-            held = (await store.control_rollout("conv", "pause")).updated
-            await asyncio.sleep(5)                   # longer than the gate's observation
+            paused = await store.control_rollout("conv", "pause")
+            held = paused.updated
+            # the pause is the disturbance: it holds past the moment the gate would have let
+            # the wave start (its observation's end, plus a second for the controller's step)
+            since = paused.observing_since or time.time()
+            await asyncio.sleep(max(0.0, since + OBSERVE_S + 1.0 - time.time()))
             r = await record()
             assert r.state == "paused" and r.updated == held and len(held) < 3
             resumed = cli("rollout", "resume", "conv", "--fleet", nats_server.url)

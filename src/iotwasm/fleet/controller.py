@@ -66,6 +66,9 @@ class Controller:
         self.store: FleetStore | None = None
         self.last_plan = Plan()
         self.passes = 0                 # passes run (a standby runs none)
+        #: turns of the loop completed (a liveness check, and the pass it called for, if any):
+        #: two more than at some moment mean a pass begun before that moment has finished
+        self.checks = 0
         # state kept from the watchers
         self._nodes: dict[str, NodeInfo] = {}
         self._seen: dict[str, tuple[int, float]] = {}   # node → (heartbeat revision, when it moved)
@@ -271,6 +274,7 @@ class Controller:
                 log.warning("%s", e)
             except Exception as e:   # the link is down or a call timed out: next pass
                 log.debug("reconcile: %s: %s", type(e).__name__, e)
+            self.checks += 1
             try:
                 await asyncio.wait_for(self._wait_change(), self.check_s)
             except asyncio.TimeoutError:

@@ -50,6 +50,13 @@ class Lease:
         self._kv: KeyValue | None = None
         self._told: bool | None = None   # the state last reported through the log and on_change
         self._why = ""                   # why the lease was lost, for the log
+        #: told (start, until) whenever this holder's term changes: from `start` it acts as the
+        #: holder, until `until` at the latest (both monotonic); a renewal moves `until` on, a
+        #: drop or release ends the term at once. An exact record of when this candidate held
+        #: the lease — `held` is derived from the same two instants — for whoever audits that
+        #: two candidates never held it at once.
+        self.on_term: Callable[[float, float], None] | None = None
+        self._term_start = 0.0
 
     @property
     def held(self) -> bool:
@@ -130,12 +137,21 @@ class Lease:
     def _drop(self, why: str) -> None:
         if self.revision:
             self._why = why
+            now = time.monotonic()
+            if now < self._until:
+                self._until = now
+                if self.on_term is not None:
+                    self.on_term(self._term_start, now)
         self.revision = 0
 
     def _hold(self, revision: int, sent: float) -> None:
+        if not self.held:                # not acting as holder until now: a new term
+            self._term_start = time.monotonic()
         self.revision = revision
         self._until = sent + 2 * self.renew_s
         self.leader = {"id": self.holder, "since": self.since}
+        if self.on_term is not None:
+            self.on_term(self._term_start, self._until)
 
     async def release(self) -> None:
         """Give the lease up (delete with compare-and-set), so a candidate takes over at once."""
