@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from ..errors import ConfigError
 from ..node.node import Node
+from ..pipeline.http_ingest import node_server
 from .anchors import AnchorPublisher
 from .app import ApiContext, create_app
 from .dashboard import PATH as DASHBOARD_PATH
@@ -138,8 +139,7 @@ class ApiServer:
             sock.listen(2048)  # listening now: a second node cannot bind the same port
         except OSError as e:
             raise ConfigError(f"API cannot listen on {self.settings.listen}: {e.strerror or e}") from None
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # the node owns the signals
+        self._server = node_server(config)   # the node owns the signals
         self._task = asyncio.get_running_loop().create_task(self._serve(sock), name="api")
         for _ in range(500):
             if self._server.started or self._task.done():

@@ -68,6 +68,25 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def node_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server that leaves SIGINT and SIGTERM to the node. uvicorn's own `serve()`
+    replaces the process's handlers while it runs (in the main thread) and raises the signal
+    again when it stops, so a Ctrl-C would stop the HTTP server before the node had drained its
+    routes, and a second one after that would meet Python's default handler. The node stops
+    its servers itself, after its routes."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    class NodeServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return NodeServer(config)
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound and listening on host:port (OSError when it cannot be). Made with
     IPPROTO_TCP, so asyncio turns Nagle's algorithm off on the connections it accepts."""
@@ -190,7 +209,7 @@ class IngestServer:
                               f"{e.strerror or e}") from None
         app = Starlette(routes=[Route("/{path:path}", self._ingest, methods=["POST"])])
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
-        server = self._server = uvicorn.Server(config)
+        server = self._server = node_server(config)
         self._task = asyncio.get_running_loop().create_task(self._serve(server, sock), name="http-ingest")
         for _ in range(200):
             if server.started or self._task.done():
