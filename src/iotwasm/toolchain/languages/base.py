@@ -3,6 +3,8 @@ toolchain (or say in one line what to install), and how to build a module."""
 
 from __future__ import annotations
 
+import abc
+
 import os
 import shutil
 import subprocess
@@ -82,7 +84,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, what: str 
     return output
 
 
-class Language:
+class Language(abc.ABC):
     """One language: subclasses set the class attributes and implement the methods."""
 
     #: name used on the command line (`--lang`)
@@ -99,17 +101,18 @@ class Language:
     #: the `resources` of the Deployment `iotwasm new` writes ({{resources}} in templates)
     resources: str = "{memory: 16Mi, fuel: 50M, timeout: 100ms}"
 
+    @abc.abstractmethod
     def detect(self, path: Path) -> bool:
         """Whether `path` (a project directory or one source file) is in this language."""
-        raise NotImplementedError
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - a language with nothing to check keeps this default
         """Raise ToolchainMissing, one line naming what to install, when a tool is missing."""
+        return None
 
+    @abc.abstractmethod
     def build(self, path: Path, out: Path) -> str:
         """Build `path` (a project directory or a source file) into the module file `out`;
         returns the toolchain's output (warnings). Raises ToolchainMissing or BuildFailed."""
-        raise NotImplementedError
 
     def sources(self, path: Path) -> list[Path]:
         """The files whose change means a rebuild."""

@@ -6,6 +6,7 @@ of its inputs, so an unchanged project is not rebuilt (componentize-py takes sec
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 from .base import Language
@@ -52,9 +53,9 @@ class Component(Language):
     def check(self) -> None:
         self._tool(self._componentize())
 
+    @abc.abstractmethod
     def _tool(self, componentize) -> object:
         """The toolchain's command, or ToolchainMissing saying what to install."""
-        raise NotImplementedError
 
     def build(self, path: Path, out: Path) -> str:
         componentize = self._componentize()
@@ -63,8 +64,9 @@ class Component(Language):
         self._build(componentize, root, module, out)
         return ""
 
+    @abc.abstractmethod
     def _build(self, componentize, root: Path, module: str, out: Path) -> None:
-        raise NotImplementedError
+        """Run the language's componentize step on `root` (entry `module`) into `out`."""
 
 
 class Python(Component):
