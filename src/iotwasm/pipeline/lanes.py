@@ -34,6 +34,10 @@ class Lane(Generic[T]):
     def full(self) -> bool:
         return len(self.items) >= self.capacity
 
+    def has_room(self) -> bool:
+        """Whether an item put now goes in at once, behind no waiting `put`."""
+        return len(self.items) < self.capacity and not self._putters and not self.closed
+
     def put_nowait(self, item: T) -> None:
         self.items.append(item)
         if self._getter is not None and not self._getter.done():

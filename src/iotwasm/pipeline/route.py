@@ -40,12 +40,12 @@ import time
 import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence, Union
 
 from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError, StorageError
 from ..message import BatchResult, DeadLetter, Message
 from ..messaging.acl import TopicACL
-from ..messaging.bus import settled
+from ..messaging.bus import Settlement, settled
 from ..supervise import Repeats, StorageHold
 from .worker import Worker
 from .lanes import Lane
@@ -140,12 +140,17 @@ class _Flow:
     arrived: list[float]
 
 
+#: how a message's source hears that the route is through with it: a future, or a bus's
+#: `Settlement` (the same calls, reported at once)
+Settled = Union[asyncio.Future, Settlement]
+
+
 @dataclass(slots=True)
 class _Item:
     msg: Message
     vars: dict[str, str]
     arrived: float
-    settled: asyncio.Future | None = None
+    settled: Settled | None = None
     start: int = 0     # the step it enters at: 0, or later for a replayed dead letter
 
 
@@ -187,7 +192,7 @@ class RouteRunner:
 
     # -- intake ----------------------------------------------------------------------------
     async def offer(self, msg: Message, variables: dict[str, str] | None = None,
-                    settled: asyncio.Future | None = None, start: int = 0) -> None:
+                    settled: Settled | None = None, start: int = 0) -> None:
         """Queue one message. Waits when the queue is full and the policy is ``block``.
 
         `settled`, when given, is resolved once the message is through: its results taken by
@@ -202,24 +207,41 @@ class RouteRunner:
         if self._successor is not None:
             await self._successor.offer(msg, variables, settled, start)
             return
+        if self.offer_nowait(msg, variables, settled, start):
+            return
         variables = variables or {}
         item = _Item(msg, variables, time.monotonic(), settled, start)
         lane = self._lane_for(item)
-        if self._stopping or lane.closed:
-            _settle([item], cancel=True)
-            return
         self.stats.received += 1
-        if self.queue.overflow == "drop-oldest":
-            while lane.full():
-                _settle([lane.get_nowait()])
-                self.stats.dropped += 1
-            lane.put_nowait(item)
-        elif not await lane.put(item):  # closed while waiting for room
+        if not await lane.put(item):  # closed while waiting for room
             self.stats.received -= 1
             if self._successor is not None:
                 await self._successor.offer(msg, variables, settled, start)
             else:
                 _settle([item], cancel=True)
+
+    def offer_nowait(self, msg: Message, variables: dict[str, str] | None = None,
+                     settled: Settled | None = None, start: int = 0) -> bool:
+        """`offer` when it need not wait: True when the message was taken (queued, or settled
+        at once: dropped, or given back by a stopping route); False, with nothing done, when
+        its lane is full under the ``block`` policy — then `offer` waits for room. A bus
+        subscription's fast path (`Subscription.fast`) comes in here."""
+        if self._successor is not None:
+            return self._successor.offer_nowait(msg, variables, settled, start)
+        item = _Item(msg, variables or {}, time.monotonic(), settled, start)
+        lane = self._lane_for(item)
+        if self._stopping or lane.closed:
+            _settle([item], cancel=True)
+            return True
+        if self.queue.overflow == "drop-oldest":
+            while lane.full():
+                _settle([lane.get_nowait()])
+                self.stats.dropped += 1
+        elif not lane.has_room():
+            return False
+        self.stats.received += 1
+        lane.put_nowait(item)
+        return True
 
     def _lane_for(self, item: _Item) -> Lane:
         if len(self._lanes) == 1:
@@ -300,6 +322,8 @@ class RouteRunner:
     async def _lane(self, q: Lane, worker: Worker) -> None:
         max_size, linger = self.batch.max_size, self.batch.max_linger_s
         last = 1
+        clock = time.monotonic
+        taken = clock()   # when the lane last took a batch
         while True:
             first = await q.get()
             if first is None:
@@ -309,12 +333,12 @@ class RouteRunner:
             try:
                 while len(items) < max_size and not q.empty():
                     items.append(q.get_nowait())
-                # Linger for more only under load (the last batch had company): a lone message
-                # on a quiet route goes through at once instead of waiting for a batch.
-                if len(items) < max_size and linger > 0 and (last > 1 or len(items) > 1):
+                now = clock()
+                if len(items) < max_size and linger > 0 and _busy(last, len(items), now - taken, linger):
                     await asyncio.sleep(linger)
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
+                taken = now
                 last = len(items)
                 if any(it.start for it in items):   # replayed dead letters among them
                     for s in sorted({it.start for it in items}):
@@ -394,6 +418,12 @@ class RouteRunner:
         for sink in self.sinks:
             sink_span = trace.sink(span, sink.name, len(msgs)) if trace is not None else None
             confirms.append((sink, await self._hand_to(sink, msgs, variables), sink_span))
+        if trace is None and all(_kept(c) for _, c, _ in confirms):
+            # every sink has the whole batch for good already (an outbox commit): settled
+            # here, without a confirmation task and the loop turns it takes
+            self._delivered(flow)
+            _settle(items)
+            return False
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.get_running_loop().create_task(self._confirm(flow, confirms, items, trace, span))
@@ -451,7 +481,10 @@ class RouteRunner:
             for i, failure in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, failure)
                 await self._dead(sink.name, DeadLetter(i, msgs[i], failure), variables[i])
-        self.stats.delivered += len(msgs)
+        self._delivered(flow)
+
+    def _delivered(self, flow: "_Flow") -> None:
+        self.stats.delivered += len(flow.msgs)
         now = time.monotonic()
         self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
 
@@ -561,6 +594,32 @@ def _settle(items: list[_Item], cancel: bool = False) -> None:
                 fut.cancel()
             else:
                 fut.set_result(True)
+
+
+#: a lane lingers once at least this many messages are expected within its linger time
+LINGER_FROM = 2
+
+
+def _busy(last: int, waiting: int, since: float, linger: float) -> bool:
+    """Whether a lane should linger for company before it runs a batch: under load only.
+
+    A batch pays a fixed cost — a hop to the lane's thread and back, a loop turn per sink, an
+    outbox commit, a window to the uplink and its acknowledgement — which a batch of one pays
+    per message. Under load (the last batch had company, or this one has, or messages came in
+    at a rate that brings at least `LINGER_FROM` within the linger time: 2,000/s for the
+    default 1 ms) waiting up to the linger time shares that cost among the batch; a quiet
+    route's lone message goes through at once. At a steady 5k msg/s every batch was of one
+    message, as each went through before the next arrived; lingering there adds at most the
+    linger time to a message's latency (docs/benchmarks.md, "Batching under moderate load")."""
+    if last > 1 or waiting > 1:
+        return True
+    return waiting * linger >= LINGER_FROM * since
+
+
+def _kept(confirm: Awaitable) -> bool:
+    """Whether a sink's confirmation is already in, without a failure (`Sink.submit`)."""
+    return (isinstance(confirm, asyncio.Future) and confirm.done() and not confirm.cancelled()
+            and confirm.exception() is None and not confirm.result())
 
 
 def _allowed(check: Callable[[str], bool], topic: str) -> bool:

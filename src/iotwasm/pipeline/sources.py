@@ -12,6 +12,7 @@ import logging
 import time
 
 from ..message import Message
+from ..messaging.bus import Settlement
 from ..sensors import SensorField
 from ..supervise import supervise
 from .route import RouteRunner
@@ -55,9 +56,15 @@ class BusSource:
             await self.runner.offer(msg, pattern.capture(msg.topic), settled)
             return settled
 
+        def take(msg: Message, settlement: Settlement) -> bool:
+            # the same without waiting, straight from the bus, while the lane has room
+            return self.runner.offer_nowait(msg, pattern.capture(msg.topic), settlement)
+
         # an empty queue or durable name means none, as when it is left out
-        self._sub = await self.bus.subscribe(pattern.filter, handler, qos=self.qos,
-                                             queue=self.queue or None, durable=self.durable or None)
+        sub = await self.bus.subscribe(pattern.filter, handler, qos=self.qos,
+                                       queue=self.queue or None, durable=self.durable or None)
+        sub.fast = take
+        self._sub = sub
 
     def retarget(self, runner: RouteRunner) -> None:
         """Feed `runner` from now on (the route that replaces this source's route)."""
