@@ -24,7 +24,7 @@ from .errors import (
     PublishRefused,
     PublishTimeout,
 )
-from .mqtt_state import InFlight, MqttState
+from .mqtt_state import AckSlot, AckWindow, InFlight, MqttState, waitable
 from .topics import validate_topic
 
 
@@ -191,10 +191,14 @@ class MqttOutbound(MqttState):
                 return
 
     def _send_qos1(self, topic: str, payload: Any, retain: bool,
-                   envelope: Envelope | None = None) -> asyncio.Future[None]:
+                   envelope: Envelope | None = None,
+                   window: AckWindow | None = None) -> asyncio.Future[None] | AckSlot:
+        """Write one QoS 1 PUBLISH; its answer is a future of its own, or a slot of `window`
+        (the packet is built first: a message that cannot be sent takes no slot)."""
         mid = self._new_mid()
         wire, packet = self._packets(topic, payload, 1, retain, mid, envelope)
-        fut: asyncio.Future[None] = self._bound_loop().create_future()
+        fut: asyncio.Future[None] | AckSlot = (self._bound_loop().create_future() if window is None
+                                              else window.slot())
         self._inflight[mid] = InFlight(packet, fut, topic)
         if len(self._inflight) > self.inflight_peak:
             self.inflight_peak = len(self._inflight)
@@ -215,6 +219,7 @@ class MqttOutbound(MqttState):
         if not self._has_room() or self._room_waiters:
             await self._room_for_one(topic, deadline, wait)
         fut = self._send_qos1(topic, payload, retain, envelope)
+        assert isinstance(fut, asyncio.Future)
         await self._await_acks([fut], [topic], deadline, wait)
         failure = fut.exception()
         if failure is not None:
@@ -243,33 +248,41 @@ class MqttOutbound(MqttState):
             return settled(sent)
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._bound_loop().time() + wait
-        futs: list[asyncio.Future[None]] = []
+        window = AckWindow(self._bound_loop())
         failure: Exception | None = None
         for item in items:
             try:
                 if not self._has_room() or self._room_waiters:
                     await self._room_for_one(item[0], deadline, wait)
-                futs.append(self._send_qos1(item[0], item[1], retain,
-                                            item[2] if len(item) > 2 else None))
+                self._send_qos1(item[0], item[1], retain, item[2] if len(item) > 2 else None, window)
             except (BrokerUnavailable, PublishTimeout, ConfigError, MessageTooLarge) as exc:
                 # what follows a failed message is not sent: order is kept for a retry
                 failure = exc
                 break
-        return self._confirm(futs, items, failure, deadline, wait)
+        window.seal()
+        return self._confirm(window, items, failure, deadline, wait)
 
-    async def _confirm(self, futs: list[asyncio.Future[None]], items: list[Outgoing],
+    async def _confirm(self, window: AckWindow, items: list[Outgoing],
                        failure: Exception | None, deadline: float, wait: float
                        ) -> list[Exception | None]:
-        await self._await_acks(futs, [item[0] for item in items[:len(futs)]], deadline, wait)
+        slots = window.slots
+        if not window.future.done():
+            remaining = max(0.0, deadline - self._bound_loop().time())
+            await asyncio.wait([window.future], timeout=remaining)
+        for slot, item in zip(slots, items):
+            if not slot.done():
+                # the packet stays in flight (a late PUBACK is still taken); the caller hears now
+                slot.set_exception(PublishTimeout(
+                    f"{self.url}: no acknowledgement for {item[0]!r} within {wait}s"))
         results: list[Exception | None] = []
-        for fut in futs:
-            exc = fut.exception()
+        for slot in slots:
+            exc = slot.exception()
             if exc is None:
                 self.stats.published += 1
-            elif not isinstance(exc, Exception):  # only errors are set on these futures
+            elif not isinstance(exc, Exception):  # only errors are set on these answers
                 raise exc
             results.append(exc)
-        results += [failure] * (len(items) - len(futs))
+        results += [failure] * (len(items) - len(slots))
         return results
 
     async def _await_acks(self, futs: list[asyncio.Future[None]], topics: list[str], deadline: float,
@@ -287,6 +300,7 @@ class MqttOutbound(MqttState):
 
     async def flush(self, *, timeout: float = 5.0) -> None:
         """Wait for the acknowledgements of the qos 1 publishes in flight."""
-        pending = [e.fut for e in self._inflight.values() if e.fut is not None and not e.fut.done()]
+        pending = {waitable(e.fut) for e in self._inflight.values()
+                   if e.fut is not None and not e.fut.done()}
         if pending:
             await asyncio.wait(pending, timeout=timeout)

@@ -54,14 +54,85 @@ class BrokerLimits:
                    server_keep_alive=found.get(mp.SERVER_KEEP_ALIVE))
 
 
+class AckWindow:
+    """The acknowledgements of one batch of QoS 1 publishes (`send_many`): a result per
+    message and one future for the whole batch, done once every message has its answer.
+
+    A future per message, gathered with `asyncio.wait`, cost a future, a done-callback and a
+    loop handle per message; a batch's caller only ever waits for all of them."""
+
+    __slots__ = ("slots", "left", "sealed", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.slots: list[AckSlot] = []
+        self.left = 0
+        self.sealed = False
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def slot(self) -> AckSlot:
+        """A place for the next message's answer."""
+        s = AckSlot(self)
+        self.slots.append(s)
+        self.left += 1
+        return s
+
+    def seal(self) -> None:
+        """No more messages: the future is done once those so far have their answers."""
+        self.sealed = True
+        self._check()
+
+    def _answered(self) -> None:
+        self.left -= 1
+        self._check()
+
+    def _check(self) -> None:
+        if self.sealed and self.left == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+class AckSlot:
+    """One message's answer in an `AckWindow`, set through the calls the bus makes on a
+    publish's future (`done`, `set_result`, `set_exception`, `exception`)."""
+
+    __slots__ = ("window", "_done", "_exc")
+
+    def __init__(self, window: AckWindow) -> None:
+        self.window = window
+        self._done = False
+        self._exc: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, _value: None) -> None:
+        if not self._done:
+            self._done = True
+            self.window._answered()
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._exc = exc
+            self.window._answered()
+
+    def exception(self) -> BaseException | None:
+        return self._exc
+
+
+def waitable(answer: asyncio.Future[None] | AckSlot) -> asyncio.Future[None]:
+    """The future to await for `answer` (a batch's for a message of a batch)."""
+    return answer.window.future if isinstance(answer, AckSlot) else answer
+
+
 class InFlight:
     """A QoS 1 publish waiting for its PUBACK: the packet (sent again, marked DUP, after a
-    reconnect), the caller's future (None once the caller was told the connection was lost:
-    the packet stays, the caller has its answer) and the topic (named in errors)."""
+    reconnect), the caller's future or batch slot (None once the caller was told the
+    connection was lost: the packet stays, the caller has its answer) and the topic (named
+    in errors)."""
 
     __slots__ = ("packet", "fut", "topic")
 
-    def __init__(self, packet: bytes, fut: asyncio.Future[None] | None, topic: str) -> None:
+    def __init__(self, packet: bytes, fut: asyncio.Future[None] | AckSlot | None, topic: str) -> None:
         self.packet = packet
         self.fut = fut
         self.topic = topic
