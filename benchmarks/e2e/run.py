@@ -671,7 +671,7 @@ def run_system(key: str, cfg: Config, tmp: Path, profile: bool) -> dict:
             if not sut.alive():
                 raise RuntimeError(f"{TITLES[key]} exited (code {sut.proc.returncode}):\n{sut.log_tail()}")
             prof = None
-            if profile and key.startswith("iotwasm") and label in ("1k/s", "max"):
+            if profile and key.startswith("iotwasm") and label in ("1k/s", "5k/s", "max"):
                 prof = Profiler(sut.pid, tmp / key / f"profile-{label.replace('/', '')}.txt", secs)
             ph = Phase(cfg, broker, sut.pid, label, rate, secs, window=window, drain_timeout=drain)
             ph.start()

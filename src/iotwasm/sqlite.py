@@ -18,14 +18,18 @@ closed connection) stay what sqlite3 raises: those are bugs, not weather.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import StorageError
+
+log = logging.getLogger("iotwasm.sqlite")
 
 #: SQLite primary result codes meaning the storage failed, not the statement: PERM, BUSY,
 #: LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB
@@ -210,6 +214,71 @@ def _private(path: Path) -> None:
                 os.chmod(p, 0o600)
         except OSError:
             pass
+
+
+class Checkpointer:
+    """WAL checkpoints of one database on a thread of their own, never in a commit.
+
+    SQLite checkpoints a WAL database from inside the commit that makes the log pass 1,000
+    pages: that commit copies the pages into the database file and, under ``synchronous=
+    NORMAL``, waits for an fsync of both files — milliseconds, on whatever thread committed.
+    A store that commits on the event loop (the outbox's small group commits) stalled every
+    route for that long a few times a second under load. Here automatic checkpoints are off
+    and every `every` commits (`committed`) a PASSIVE checkpoint runs on a short-lived
+    thread, on a connection of its own: it never waits for the writer, which goes on
+    appending to the log meanwhile; the next commit after a complete checkpoint starts the
+    log from its beginning again. A checkpoint that fails (a full disk) is logged once per
+    run of failures and tried again later; the log grows meanwhile, as it would have anyway.
+    """
+
+    def __init__(self, db: sqlite3.Connection, *, every: int = 200):
+        self.path: str | None = getattr(db, "path", None)
+        self.every = every
+        self._since = 0
+        self._lock = threading.Lock()   # one checkpoint at a time; held while it runs
+        self._conn: sqlite3.Connection | None = None
+        self._failing = False
+        self._closed = False
+        #: checkpoints run, for tests and benchmarks
+        self.runs = 0
+        db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def committed(self, n: int = 1) -> None:
+        """`n` more transactions were committed; start a checkpoint when one is due."""
+        self._since += n
+        if self._since < self.every or self._closed or self.path is None:
+            return
+        if not self._lock.acquire(blocking=False):
+            return   # one is running; the next commit asks again
+        self._since = 0
+        threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            if self._closed:
+                return
+            if self._conn is None:
+                assert self.path is not None   # `committed` starts none without a path
+                self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                             timeout=0)
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.runs += 1
+            self._failing = False
+        except sqlite3.Error as e:
+            if not self._failing:
+                log.warning("checkpoint of %s failed (tried again later): %s", self.path, e)
+            self._failing = True
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Wait for a running checkpoint and close its connection (before the database's
+        own connection closes: the last one to close checkpoints the log)."""
+        self._closed = True
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 @contextmanager

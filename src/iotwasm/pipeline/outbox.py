@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, IotwasmError
-from ..sqlite import open_db
+from ..sqlite import Checkpointer, open_db
 from .forwarder import ACK_FLUSH_S, INLINE_ROWS, Forwarder, SubmitWindow, send_in_order
 
 __all__ = ["ACK_FLUSH_S", "INLINE_ROWS", "Forwarder", "GroupCommit", "Outbox", "OutboxFull", "OutboxStats",
@@ -66,6 +66,8 @@ class Outbox:
         self.overflow = overflow
         self._lock = threading.Lock()
         self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA, what="outbox")
+        #: commits happen on the event loop (small groups): checkpoints never do
+        self.checkpoints = Checkpointer(self._db)
         self.stats: dict[str, OutboxStats] = {}
         # an outbox written before messages had envelopes gains the column (NULL: none)
         if "envelope" not in {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}:
@@ -154,6 +156,7 @@ class Outbox:
                     except Exception:
                         pass   # the error that failed the write is the one to report
                 return [e] * len(requests)
+            self.checkpoints.committed()
             self._acked_done(acked)
             self._rows, self._bytes = base_rows, base_bytes
         for sink in dropped:   # counted once deleted: a delete that failed dropped nothing
@@ -214,6 +217,7 @@ class Outbox:
                     except Exception:
                         pass
                 raise
+            self.checkpoints.committed()
             self._acked_done(acked)
             self._rows -= acked[0]
             self._bytes -= acked[1]
@@ -294,6 +298,7 @@ class Outbox:
             self.flush_acks()
         except Exception as e:  # noqa: BLE001 - closing goes on; the rows are only sent again
             log.warning("outbox %s: acknowledged rows not deleted at close (sent again): %s", self.path.name, e)
+        self.checkpoints.close()
         with self._lock:
             self._db.close()
 
