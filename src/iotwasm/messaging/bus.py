@@ -108,10 +108,12 @@ class Settlement:
     queue, which on a busy route was a turn and a handle per message before the broker heard
     of it. The report goes straight to the bus instead (an MQTT PUBACK is queued at once)."""
 
-    __slots__ = ("_report", "_outcome")
+    __slots__ = ("_report", "_done", "_outcome")
 
-    def __init__(self, report: Callable[[str], None]):
+    def __init__(self, report: Callable[[Done | None, str], None], done: Done | None = None):
+        """`report(done, outcome)` is called once, with `done` as given here."""
         self._report = report
+        self._done = done
         self._outcome: str | None = None
 
     def done(self) -> bool:
@@ -124,7 +126,7 @@ class Settlement:
         if self._outcome is not None:
             return False
         self._outcome = outcome
-        self._report(outcome)
+        self._report(self._done, outcome)
         return True
 
     def set_result(self, ok: Any) -> None:
@@ -268,7 +270,7 @@ class Subscription:
         if fast is None or self._busy or not self._queue.empty():
             return False
         self._settling += 1   # until the settlement reports
-        settlement = Settlement(functools.partial(self._report, done))
+        settlement = Settlement(self._report, done)
         try:
             taken = fast(msg, settlement)
         except Exception as exc:  # as a failing handler: counted, the message fails

@@ -178,7 +178,7 @@ class MqttInbound(MqttState):
         # qos 1: acknowledge when every matching handler is done with it, in the order the
         # messages arrived (MQTT 3.1.1, 4.6); the broker's in-flight window bounds how many
         # such messages can be waiting here
-        entry = Incoming(mid, generation)
+        entry = Incoming(mid, generation, bus=self)
         self._ack_queue.append(entry)
         if not targets:
             if self.persistent:
@@ -191,7 +191,7 @@ class MqttInbound(MqttState):
     def _hand_out(self, targets: list[Subscription], topic: str, payload: bytes, entry: Incoming,
                   envelope: Envelope | None = None) -> None:
         if len(targets) == 1:
-            targets[0].offer(Message(topic, payload, envelope=envelope), lambda outcome: self._settle(entry, outcome))
+            targets[0].offer(Message(topic, payload, envelope=envelope), entry)
             return
         remaining = len(targets)
         overall = OK

@@ -143,12 +143,19 @@ class Incoming:
     the connection it came on (`generation`) and whether every handler is done with it
     (`handled`: None when it was given back, never to be acknowledged on this connection)."""
 
-    __slots__ = ("mid", "generation", "handled")
+    __slots__ = ("mid", "generation", "handled", "bus")
 
-    def __init__(self, mid: int, generation: int, handled: bool | None = False) -> None:
+    def __init__(self, mid: int, generation: int, handled: bool | None = False,
+                 bus: MqttState | None = None) -> None:
         self.mid = mid
         self.generation = generation
         self.handled = handled
+        self.bus = bus
+
+    def __call__(self, outcome: str) -> None:
+        """A subscription is done with the message (`Done`): settle it with its bus."""
+        assert self.bus is not None   # made with its bus wherever it is handed out
+        self.bus._settle(self, outcome)
 
 
 class MqttState(Bus):
@@ -234,5 +241,6 @@ class MqttState(Bus):
         def _flush(self) -> None: ...
         def _new_mid(self) -> int: ...
         def _on_lost(self, reason: str) -> None: ...
+        def _settle(self, entry: Incoming, outcome: str) -> None: ...
         def _subscribe_packet(self, mid: int, filters: list[tuple[str, int]]) -> bytes: ...
         def _wake_all_room_waiters(self) -> None: ...
