@@ -53,7 +53,9 @@ replaced by a copy with an extra custom section (a different digest, identical b
 rewriting the manifest; lost and duplicate messages, the receive stream around the swap and
 the time from the manifest write to the node's 'updated' event (node.db, table events) are
 reported. Last, iotwasm's MqttBus alone: QoS 1 publishes awaited one at a time (the round
-trip) and 100 at a time (how the sinks and the outbox forwarder send a batch).
+trip) and 100 at a time (how the sinks and the outbox forwarder send a batch); and the floor,
+an MqttBus subscriber that receives 5k msg/s paced and only acknowledges them: what being
+woken for each message alone costs before any work is done.
 
 Every process this starts is killed at the end, also on failure or Ctrl-C.
 """
@@ -778,9 +780,12 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
-#: leaf functions where a thread waits (select, condition variables, idle pool workers);
-#: py-spy cannot always tell a blocking syscall from running code, so these are dropped
-IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "Event.wait", "Client._loop", "_worker",
+#: leaf functions where a thread waits (select, condition variables, idle pool workers; a
+#: route lane's worker thread waiting for its next batch shows as `Worker._serve`, the C
+#: queue's get being no frame of its own); py-spy cannot always tell a blocking syscall from
+#: running code, so these are dropped
+IDLE_LEAVES = ("EpollSelector.select", "Worker._serve", "Condition.wait", "Event.wait", "Client._loop",
+               "_worker",
                "SimpleQueue.get", "Thread._wait_for_tstate_lock", "Thread.join", "_tick")
 
 #: what the node's code does, first match wins (matched against every frame of a sample)
@@ -991,6 +996,57 @@ def run_bus_probe(tmp: Path, quick: bool) -> dict:
         print(f"  one at a time: {res['one_at_a_time']['msg_per_s']:,} msg/s "
               f"({res['one_at_a_time']['wall_us_per_msg']} µs each); windows of 100: "
               f"{res['window_100']['msg_per_s']:,} msg/s", flush=True)
+        return res
+    finally:
+        broker.kill()
+
+
+# -- the floor: receiving alone ---------------------------------------------------------------
+def floor_probe_child(port: int) -> None:
+    """(Runs in a child process.) An MqttBus subscriber at QoS 1 whose handler does nothing:
+    each message is received, decoded, handed to the subscription and acknowledged. Prints
+    "ready" once subscribed, then sleeps until killed."""
+    import asyncio
+
+    from iotwasm.messaging.mqtt_bus import MqttBus
+
+    async def main() -> None:
+        bus = MqttBus(f"mqtt://127.0.0.1:{port}")
+        await bus.connect()
+
+        async def nothing(msg) -> None:
+            return None
+
+        await bus.subscribe("in/#", nothing, qos=1)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def run_floor_probe(tmp: Path, quick: bool, rate: int = 5000) -> dict:
+    """CPU per message of the floor subscriber (`floor_probe_child`) with the load generator
+    paced at `rate`: what any asyncio process pays on this machine to be woken for, read and
+    acknowledge a message arriving alone, before it does anything with it."""
+    broker = PROCS.broker(tmp / "floor-probe" / "broker")
+    try:
+        p = PROCS.spawn([PY, str(Path(__file__).resolve()), "--floor-probe", str(broker.port)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if _readline(p, 30).strip() != "ready":
+            return {"status": "failed", "error": (p.stderr.read() if p.poll() is not None else "")[-500:]}
+        secs = 3 if quick else 8
+        c0, x0 = proc_cpu_s(p.pid), ctx_switches(p.pid)
+        gen = subprocess.run(loadgen_cmd("gen", "--port", str(broker.port), "--rate", str(rate),
+                                         "--seconds", str(secs), "--seq-start", "0"),
+                             capture_output=True, text=True, timeout=secs + 60)
+        time.sleep(0.5)   # the last acknowledgements
+        n = json.loads(gen.stdout.strip().splitlines()[-1])["sent"]
+        res = {"status": "ok", "rate": rate, "messages": n,
+               "cpu_us_per_msg": round((proc_cpu_s(p.pid) - c0) / n * 1e6, 1),
+               "ctx_switches_per_msg": round((ctx_switches(p.pid) - x0) / n, 2)}
+        Processes.end(p)
+        print(f"  {rate:,} msg/s received and acknowledged, nothing else: {res['cpu_us_per_msg']} µs "
+              f"CPU and {res['ctx_switches_per_msg']} context switches per message", flush=True)
         return res
     finally:
         broker.kill()
@@ -1214,6 +1270,12 @@ def markdown(results: dict) -> str:
                        f"at a time {a['msg_per_s']:,} msg/s ({a['wall_us_per_msg']} µs each, "
                        f"{a['cpu_us_per_msg']} µs CPU), 100 at a time {b['msg_per_s']:,} msg/s "
                        f"({b['cpu_us_per_msg']} µs CPU each).")]
+    fp = results.get("floor_probe")
+    if fp and fp.get("status") == "ok":
+        lines += ["", (f"The floor, iotwasm's MqttBus receiving {fp['rate']:,} msg/s paced and "
+                       f"acknowledging each with nothing else to do: {fp['cpu_us_per_msg']} µs CPU "
+                       f"and {fp['ctx_switches_per_msg']} context switches per message (a wake-up "
+                       "of the process per message).")]
     lines += ["", f"Wall time: {results['wall_s']:.0f} s."]
     return "\n".join(lines)
 
@@ -1236,9 +1298,13 @@ def main() -> int:
                          "to compare it with iotwasm-saf")
     ap.add_argument("--bus-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--bus-probe-n", type=int, default=3000, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help="result file (default: results/e2e.json, "
                                              "results/e2e-quick.json with --quick)")
     args = ap.parse_args()
+    if args.floor_probe:
+        floor_probe_child(args.floor_probe)
+        return 0
     if args.bus_probe:
         bus_probe_child(args.bus_probe, args.bus_probe_n)
         return 0
@@ -1296,6 +1362,9 @@ def main() -> int:
         if any(k.startswith("iotwasm") for k in only):
             print("iotwasm's MQTT bus alone (QoS 1 publishes, no route, no wasm):", flush=True)
             results["bus_probe"] = run_bus_probe(tmp, cfg.quick)
+            print("the floor: iotwasm's MQTT bus receiving alone (QoS 1, paced, nothing done):",
+                  flush=True)
+            results["floor_probe"] = run_floor_probe(tmp, cfg.quick)
     except KeyboardInterrupt:
         print("interrupted: stopping every process", flush=True)
         PROCS.cleanup()
