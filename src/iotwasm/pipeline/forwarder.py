@@ -148,8 +148,10 @@ class Forwarder:
         """The next window. With nothing in flight (a quiet uplink) it is read on the loop;
         with windows in flight the first `INLINE_ROWS` rows are read on the loop too — at
         moderate rates that is all there is, and a thread hop per message cost more than the
-        read — and only a full first read fetches the rest of the window on a thread."""
-        if not busy or self.batch <= INLINE_ROWS:
+        read — and only a full first read fetches the rest of the window on a thread. Rows
+        the outbox still holds in memory (appended lately, `outbox_recent`) are read whole
+        on the loop."""
+        if not busy or self.batch <= INLINE_ROWS or self.outbox.in_memory(self.sink, after):
             return self.outbox.peek(self.sink, self.batch, after)
         rows = self.outbox.peek(self.sink, INLINE_ROWS, after)
         if len(rows) == INLINE_ROWS:

@@ -26,6 +26,8 @@ from pathlib import Path
 from ..errors import ConfigError, IotwasmError
 from ..sqlite import Checkpointer, open_db
 from .forwarder import ACK_FLUSH_S, INLINE_ROWS, Forwarder, SubmitWindow, send_in_order
+from .group_commit import GroupCommit
+from .outbox_recent import RECENT_ROWS, RecentRows
 
 __all__ = ["ACK_FLUSH_S", "INLINE_ROWS", "Forwarder", "GroupCommit", "Outbox", "OutboxFull", "OutboxStats",
            "SubmitWindow", "send_in_order"]
@@ -45,9 +47,12 @@ class OutboxStats:
     send_failures: int = 0
 
 
+#: ids are given by the outbox (`Outbox._next_id`, above every id the file ever held), not by
+#: AUTOINCREMENT, whose sqlite_sequence row made every commit write one page more; a file made
+#: before keeps its AUTOINCREMENT table, which takes the given ids all the same
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, topic TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, sink TEXT NOT NULL, topic TEXT NOT NULL,
     payload BLOB NOT NULL, created REAL NOT NULL, envelope BLOB);
 CREATE INDEX IF NOT EXISTS outbox_sink ON outbox(sink, id);
 """
@@ -81,6 +86,19 @@ class Outbox:
         #: acknowledged id (`ack_later`)
         self._acked: dict[str, tuple[int, int]] = {}
         self._through: dict[str, int] = {}
+        #: per sink: count and bytes of the acknowledged range when all of it was in memory
+        #: (None: read them back before the delete)
+        self._acked_size: dict[str, tuple[int, int] | None] = {}
+        #: per sink: the rows appended lately, for the forwarder (`outbox_recent`), at most
+        #: `recent_rows` of them
+        self._recent: dict[str, RecentRows] = {}
+        self.recent_rows = RECENT_ROWS
+        seq = 0
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence "
+                                   "WHERE name = 'outbox'").fetchone()[0]
+        top = self._db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+        self._next_id = max(seq, top) + 1
 
     def append_soon(self, sink: str, items: list[tuple]) -> asyncio.Future:
         """`append` from the event loop, group-committed with every other append of this
@@ -140,14 +158,17 @@ class Outbox:
                         base_rows -= n
                         base_bytes -= freed
                         dropped += sinks
-                    rows.extend((sink, i[0], i[1], now, i[2] if len(i) > 2 else None) for i in items)
+                    first = self._next_id
+                    self._next_id += len(items)
+                    rows.extend((first + k, sink, i[0], i[1], now, i[2] if len(i) > 2 else None)
+                                for k, i in enumerate(items))
                     base_rows += len(items)
                     base_bytes += size
                     stored.append((sink, len(items)))
                     results.append(len(items))
                 if rows:
-                    self._db.executemany("INSERT INTO outbox(sink, topic, payload, created, envelope) "
-                                         "VALUES (?,?,?,?,?)", rows)
+                    self._db.executemany("INSERT INTO outbox(id, sink, topic, payload, created, envelope) "
+                                         "VALUES (?,?,?,?,?,?)", rows)
                 self._db.execute("COMMIT")
             except BaseException as e:
                 if self._db.in_transaction:
@@ -159,6 +180,9 @@ class Outbox:
             self.checkpoints.committed()
             self._acked_done(acked)
             self._rows, self._bytes = base_rows, base_bytes
+            for sink in dropped:     # deleted under the forwarder: read from disk again
+                self._recent.pop(sink, None)
+            self._remember(rows)
         for sink in dropped:   # counted once deleted: a delete that failed dropped nothing
             self._st(sink).dropped += 1
         if dropped:
@@ -166,6 +190,18 @@ class Outbox:
         for sink, n in stored:
             self._st(sink).stored += n
         return results
+
+    def _remember(self, rows: list[tuple]) -> None:
+        """Keep rows just committed (id, sink, topic, payload, created, envelope) in memory."""
+        for row_id, sink, topic, payload, _, envelope in rows:
+            recent = self._recent.get(sink)
+            if recent is None:   # older rows of the sink, if any, are below this id
+                recent = self._recent[sink] = RecentRows(row_id, self.recent_rows)
+            size = len(topic) + len(payload)
+            if envelope is None:
+                recent.add(row_id, (row_id, topic, payload), size)
+            else:
+                recent.add(row_id, (row_id, topic, payload, envelope), size + len(envelope))
 
     def _drop_oldest(self, rows: int, nbytes: int) -> tuple[int, int, list[str]]:
         """Delete the oldest rows (inside the caller's transaction) until `rows` rows and
@@ -192,9 +228,18 @@ class Outbox:
         above its last window, oldest first. A crash before the delete sends them again
         after the restart (at-least-once, as a crash between ack and delete always did)."""
         with self._lock:
+            pending = sink in self._acked
             lo, hi = self._acked.get(sink, (first, last))
             self._acked[sink] = (min(lo, first), max(hi, last))
             self._through[sink] = max(self._through.get(sink, 0), last)
+            recent = self._recent.get(sink)
+            known = recent.pop_through(first, last) if recent is not None else None
+            if known is None or not known[2]:
+                self._acked_size[sink] = None
+            else:
+                before = self._acked_size.get(sink, (0, 0)) if pending else (0, 0)
+                self._acked_size[sink] = None if before is None else \
+                    (before[0] + known[0], before[1] + known[1])
 
     def pending_acks(self) -> bool:
         """Whether acknowledged rows wait for their delete."""
@@ -229,9 +274,13 @@ class Outbox:
         total = size = 0
         per_sink: dict[str, int] = {}
         for sink, (first, last) in ranges.items():
-            nbytes, n = self._db.execute(
-                "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
-                "count(*) FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last)).fetchone()
+            known = self._acked_size.get(sink)
+            if known is not None:    # all of the range was in memory: no read back
+                n, nbytes = known
+            else:
+                nbytes, n = self._db.execute(
+                    "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
+                    "count(*) FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last)).fetchone()
             self._db.execute("DELETE FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last))
             total += n
             size += nbytes
@@ -242,13 +291,23 @@ class Outbox:
         for sink, rng in acked[2].items():
             if self._acked.get(sink) == rng:
                 del self._acked[sink]
+                self._acked_size.pop(sink, None)
             self._st(sink).sent += acked[3][sink]
+
+    def in_memory(self, sink: str, after: int = 0) -> bool:
+        """Whether `peek(sink, after=after)` is answered from memory (no SQLite read)."""
+        with self._lock:
+            recent = self._recent.get(sink)
+            return recent is not None and recent.covers(max(after, self._through.get(sink, 0)))
 
     def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple]:
         """The oldest stored messages of `sink` with an id above `after`: (id, topic,
         payload), and the envelope bytes as a fourth item where one was stored."""
         with self._lock:
             after = max(after, self._through.get(sink, 0))   # acknowledged: never again
+            recent = self._recent.get(sink)
+            if recent is not None and recent.covers(after):
+                return recent.after(after, limit)
             rows = self._db.execute("SELECT id, topic, payload, envelope FROM outbox WHERE sink = ? "
                                     "AND id > ? ORDER BY id LIMIT ?", (sink, after, limit)).fetchall()
         return [r if r[3] is not None else r[:3] for r in rows]
@@ -258,6 +317,7 @@ class Outbox:
             return
         marks = ",".join("?" * len(ids))
         with self._lock:
+            self._recent.pop(sink, None)   # rows leave out of order: read from disk again
             self._db.execute("BEGIN")
             cur = self._db.execute(
                 f"SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), count(*) FROM outbox "
@@ -275,6 +335,7 @@ class Outbox:
         acknowledged whole — the forwarder's acknowledged prefix is one, since it hands on
         every row of the sink above its last window, oldest first."""
         with self._lock:
+            self._recent.pop(sink, None)
             self._db.execute("BEGIN")
             size, n = self._db.execute(
                 "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
@@ -301,72 +362,3 @@ class Outbox:
         self.checkpoints.close()
         with self._lock:
             self._db.close()
-
-
-class GroupCommit:
-    """Appends of one outbox from the event loop, written together: one transaction for all.
-
-    Every lane of every route appends its batch's results before its source acknowledges
-    them; committing each batch alone made two SQLite commits per message at low batch sizes
-    the main cost of the durable path. Here the appends made ready in one turn of the loop
-    are written in one transaction at the end of that turn, and while a large group is being
-    written on a thread the next appends gather for the following one. (No waiting for more:
-    a lane awaits its append before its source acknowledges, and the broker's in-flight
-    window bounds unacknowledged messages, so a wait of 1 ms per group halved throughput.) A caller's future
-    resolves only after the transaction holding its rows committed, so nothing is
-    acknowledged before it is stored; a failed write fails every caller of its group (none of
-    their rows was stored), and a request refused by the ``reject`` policy fails alone.
-
-    A group of up to `INLINE_ROWS` rows is written on the loop (no fsync under WAL with
-    ``synchronous=NORMAL``; a thread hop costs more than the insert); a larger one on a thread.
-    """
-
-    def __init__(self, outbox: Outbox, loop: asyncio.AbstractEventLoop):
-        self.outbox = outbox
-        self.loop = loop
-        self._pending: list[tuple[str, list[tuple], asyncio.Future]] = []
-        self._busy = False
-        #: transactions written and requests they carried, for tests and benchmarks
-        self.groups = 0
-        self.requests = 0
-
-    def add(self, sink: str, items: list[tuple]) -> asyncio.Future:
-        fut = self.loop.create_future()
-        self._pending.append((sink, items, fut))
-        if not self._busy:
-            self._busy = True
-            self.loop.call_soon(self._flush)   # after the callbacks already ready this turn
-        return fut
-
-    def _flush(self) -> None:
-        group, self._pending = self._pending, []
-        self.groups += 1
-        self.requests += len(group)
-        requests = [(sink, items) for sink, items, _ in group]
-        if sum(len(items) for _, items in requests) <= INLINE_ROWS:
-            self._settle(group, self._write(requests))
-        else:
-            self.loop.create_task(self._write_off_loop(group, requests))
-
-    def _write(self, requests: list[tuple[str, list[tuple]]]) -> list[int | BaseException]:
-        try:
-            return self.outbox.append_many(requests)
-        except Exception as e:   # e.g. the outbox was closed: every caller learns it
-            return [e] * len(requests)
-
-    async def _write_off_loop(self, group: list, requests: list[tuple[str, list[tuple]]]) -> None:
-        results = await asyncio.to_thread(self._write, requests)
-        self._settle(group, results)
-
-    def _settle(self, group: list, results: list[int | BaseException]) -> None:
-        for (_, _, fut), res in zip(group, results):
-            if fut.done():   # its caller was cancelled; its rows are stored all the same
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
-        if self._pending:
-            self.loop.call_soon(self._flush)
-        else:
-            self._busy = False
