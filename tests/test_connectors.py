@@ -236,3 +236,36 @@ def test_route_options_reach_the_sinks_built_through_the_registry(tmp_path: Path
             await node.shutdown()
 
     asyncio.run(main())
+
+
+def test_cancel_and_wait_ends_the_tasks_and_logs_one_that_had_failed(caplog):
+    from iotwasm.pipeline.connectors.base import cancel_and_wait
+
+    async def main():
+        ended: list[str] = []
+
+        async def reading():
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(0.01)    # winding down takes a moment: stop waits for it
+                ended.append("reading")
+
+        async def failing():
+            raise OSError("device went away")
+
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(reading(), name="reader")
+        failed = loop.create_task(failing(), name="failer")
+        done = loop.create_task(asyncio.sleep(0), name="done")
+        await asyncio.sleep(0.01)
+        assert failed.done() and done.done() and not reader.done()
+        with caplog.at_level("ERROR", logger="iotwasm.connectors"):
+            await cancel_and_wait(reader, None, failed, done)
+        assert reader.cancelled() and ended == ["reading"]
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "failer" in errors[0].getMessage()
+        assert "OSError: device went away" in errors[0].getMessage()
+        await cancel_and_wait()     # nothing to stop
+
+    asyncio.run(main())

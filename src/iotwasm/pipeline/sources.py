@@ -132,11 +132,10 @@ class SensorSource:
             self._task.cancel()
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        # imported here: the connectors package imports this module (its built-in kinds)
+        from .connectors.base import cancel_and_wait
+
+        await cancel_and_wait(self._task)
+        self._task = None
 
     remove = stop

@@ -45,7 +45,7 @@ from ...message import Message
 from ...messaging.topics import matches
 from ...supervise import supervise
 from ..templates import TopicPattern, TopicTemplate
-from .base import Connector, registry, require
+from .base import Connector, cancel_and_wait, registry, require
 from .config import Strict
 
 log = logging.getLogger("iotwasm.connectors.coap")
@@ -336,13 +336,7 @@ class CoapObserver:
         self._taking.clear()
 
     async def stop(self, grace: float = 5.0) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._context is not None:
             await self._context.shutdown()

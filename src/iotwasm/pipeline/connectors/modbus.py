@@ -35,7 +35,7 @@ from ...engine.limits import parse_duration_ms
 from ...message import Message
 from ...supervise import supervise
 from ..templates import TopicTemplate
-from .base import Connector, registry, require
+from .base import Connector, cancel_and_wait, registry, require
 from .config import Strict, plain_identifier
 
 log = logging.getLogger("iotwasm.connectors.modbus")
@@ -314,13 +314,8 @@ class ModbusPoller:
         self._paused = True
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for d in self.devices:
             d.close()
 

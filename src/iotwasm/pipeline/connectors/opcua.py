@@ -46,7 +46,7 @@ from ...engine.limits import parse_duration_ms
 from ...message import Message
 from ...supervise import supervise
 from ..templates import TopicTemplate
-from .base import Connector, registry, require
+from .base import Connector, cancel_and_wait, registry, require
 from .config import Strict
 
 log = logging.getLogger("iotwasm.connectors.opcua")
@@ -258,13 +258,8 @@ class OpcUaSubscriber:
         self._taking.clear()
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)   # its run disconnects the client as it ends
+        self._task = None
 
     remove = stop
 
