@@ -30,7 +30,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from pathlib import Path
 from iotwasm.message import Message
 from iotwasm.messaging import MqttBus
 from iotwasm.messaging.errors import MessagingError
+from nodes import echo_deployment, echo_route, mqtt_sink, up
 
 #: how long a node may take to start or to stop gracefully before the case fails
 NODE_TIMEOUT = 60.0
@@ -64,12 +64,8 @@ class NodeProcess:
     def start(self) -> "NodeProcess":
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "iotwasm.cli.main", "up", str(self.manifests),
-                 "--broker", self.broker, "--data", str(self.data), "--name", self.name,
-                 "--no-api", "-v", *self.extra],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = up(self.manifests, self.data, self.broker, name=self.name, log=self.log_path,
+                       extra=self.extra)
         return self
 
     @property
@@ -288,30 +284,6 @@ class Collector:
             raise AssertionError(f"the collector's flush marker did not come back within {timeout}s")
 
 
-DEPLOYMENT = """\
-apiVersion: iotwasm.io/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  module: {module}
-  replicas: {replicas}
-  capabilities:
-    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
-"""
-
-ROUTE = """\
-apiVersion: iotwasm.io/v1
-kind: Route
-metadata: {{name: uplink}}
-spec:
-  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
-  steps: [echo]
-  batch: {{maxSize: {batch}}}
-  sinks:
-    - mqtt: {{url: "{uplink}", topic: "out/{{device}}", qos: 1}}
-"""
-
-
 class ChaosRig:
     """Two private Mosquittos — `source`, the devices' broker and the node's bus, and `sink`,
     the uplink the route publishes to — a route ``in/{device}`` → echo → ``out/{device}``
@@ -337,12 +309,12 @@ class ChaosRig:
         self.node = NodeProcess(self.manifests, self.data, self.source.url)
 
     def write_deployment(self, module: Path | None = None, replicas: int | None = None) -> None:
-        text = DEPLOYMENT.format(module=module or self.module, replicas=replicas or self.replicas)
+        text = echo_deployment(module or self.module, replicas=replicas or self.replicas)
         _replace(self.manifests / "deployment.yaml", text)
 
     def write_route(self, batch: int | None = None) -> None:
-        _replace(self.manifests / "route.yaml", ROUTE.format(batch=batch or self.batch,
-                                                             uplink=self.sink.url))
+        _replace(self.manifests / "route.yaml", echo_route(
+            "uplink", [mqtt_sink(self.sink.url, "out/{device}")], batch=batch or self.batch))
 
     def start(self) -> None:
         self.source.start()

@@ -18,38 +18,17 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from brokers import Mosquitto, free_port
-from conftest import ECHO_WAT
+from nodes import echo_route, echo_site, mqtt_sink, store_sink, up
 from smallfs import SmallDisk
 
 from iotwasm.message import Message
 from iotwasm.messaging import open_bus
-
-MANIFESTS = """
-apiVersion: iotwasm.io/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  module: {module}
-  capabilities:
-    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
----
-apiVersion: iotwasm.io/v1
-kind: Route
-metadata: {{name: uplink}}
-spec:
-  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
-  steps: [echo]
-  sinks:
-    - {{mqtt: {{url: "{uplink}", topic: "up/{{device}}", qos: 1}}, storeAndForward: true}}
-    - store: {{table: out}}
-"""
 
 PAD = "x" * 1000   # ~1 KB a message: the held batches need real space
 
@@ -170,15 +149,11 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
     uplink.start()
     disk = SmallDisk(tmp_path / "disk", "32m").mount()
     data = disk.path / "data"
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(MANIFESTS.format(module=tmp_path / "echo.wat", uplink=uplink.url))
+    mdir = echo_site(tmp_path, echo_route("uplink", [
+        mqtt_sink(uplink.url, "up/{device}", store_and_forward=True), store_sink("out")]))
     port = free_port()
     log_path = tmp_path / "node.log"
-    node = subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "up", str(mdir), "--broker", source.url,
-                             "--data", str(data), "--name", "edge1", "--api", f"127.0.0.1:{port}", "-v"],
-                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    node = up(mdir, data, source.url, name="edge1", api=f"127.0.0.1:{port}", log=log_path)
     outbox, store = data / "outbox.db", data / "store.db"
     a, b = range(1000), range(1000, 3000)
     everything = range(a.start, b.stop)

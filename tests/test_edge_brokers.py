@@ -10,8 +10,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,43 +17,13 @@ from pathlib import Path
 from iotwasm.message import Message
 from iotwasm.messaging import open_bus
 from iotwasm.messaging.errors import MessagingError
-from iotwasm.node import Node, NodeConfig
 
 from brokers import Mosquitto
 from conftest import ECHO_WAT
+from nodes import echo_route, echo_site, mqtt_sink, running, store_sink, up
 
-DEPLOYMENT = """
-apiVersion: iotwasm.io/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  module: {module}
-  replicas: 2
-  capabilities:
-    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
-"""
-
-UPLINK_ROUTE = """
-apiVersion: iotwasm.io/v1
-kind: Route
-metadata: {{name: uplink}}
-spec:
-  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
-  steps: [echo]
-  sinks:
-    - mqtt: {{url: "{uplink}", topic: "up/{{device}}", qos: 1}}
-"""
-
-STORE_ROUTE = """
-apiVersion: iotwasm.io/v1
-kind: Route
-metadata: {name: local}
-spec:
-  source: {mqtt: {topic: "in/{device}", qos: 1}}
-  steps: [echo]
-  sinks:
-    - store: {table: out}
-"""
+#: in/{device} → echo → the store table `out`
+STORE_ROUTE = echo_route("local", [store_sink("out")])
 
 
 def wait(cond, timeout: float, what: str, interval: float = 0.05):
@@ -109,13 +77,6 @@ async def publish_reliably(url: str, messages: list[tuple[str, bytes]]) -> None:
         await bus.close()
 
 
-def node_process(manifests: Path, data: Path, broker: str) -> subprocess.Popen:
-    log = open(data.parent / f"node-{time.monotonic_ns()}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "iotwasm.cli.main", "up", str(manifests),
-                             "--broker", broker, "--data", str(data), "--name", "edge1", "--no-api", "-v"],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
 def outbox_rows(data: Path) -> int:
     path = data / "outbox.db"
     if not path.exists():
@@ -130,16 +91,12 @@ def outbox_rows(data: Path) -> int:
 def test_uplink_outage_and_node_sigkill_lose_nothing(tmp_path, mosquitto):  # noqa: F811
     device_broker = mosquitto
     uplink = Mosquitto(tmp_path / "uplink")      # allocated, not started: the uplink is down
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat") + "---"
-                                 + UPLINK_ROUTE.format(uplink=uplink.url))
+    mdir = echo_site(tmp_path, echo_route("uplink", [mqtt_sink(uplink.url, "up/{device}")]), replicas=2)
     data = tmp_path / "data"
     n = 300
     msgs = [(f"in/d{i % 6}", json.dumps({"seq": i}).encode()) for i in range(n)]
 
-    node = node_process(mdir, data, device_broker.url)
+    node = up(mdir, data, device_broker.url)
     try:
         asyncio.run(wait_online(device_broker.url))
         asyncio.run(publish_reliably(device_broker.url, msgs))
@@ -158,7 +115,7 @@ def test_uplink_outage_and_node_sigkill_lose_nothing(tmp_path, mosquitto):  # no
                 received.append({"topic": msg.topic, **json.loads(msg.payload)})
 
             await bus.subscribe("up/#", on, qos=1)
-            node2 = node_process(mdir, data, device_broker.url)
+            node2 = up(mdir, data, device_broker.url)
             try:
                 await await_cond(lambda: len({r["seq"] for r in received}) == n, 60, "all messages upstream")
             finally:
@@ -184,17 +141,12 @@ def test_uplink_outage_and_node_sigkill_lose_nothing(tmp_path, mosquitto):  # no
 
 def test_device_broker_killed_and_restarted_mid_stream(tmp_path, mosquitto):  # noqa: F811
     broker = mosquitto
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat") + "---" + STORE_ROUTE)
+    mdir = echo_site(tmp_path, STORE_ROUTE, replicas=2)
     n = 400
 
     async def main():
-        node = Node(NodeConfig(data_dir=tmp_path / "data", manifests=mdir, broker=broker.url, name="edge2",
-                               sync_interval_s=0.2))
-        await node.start()
-        try:
+        async with running(mdir, tmp_path / "data", name="edge2", broker=broker.url,
+                           sync_interval_s=0.2) as node:
             first = [(f"in/d{i % 4}", b"%d" % i) for i in range(n // 2)]
             second = [(f"in/d{i % 4}", b"%d" % i) for i in range(n // 2, n)]
             await publish_reliably(broker.url, first)
@@ -215,19 +167,14 @@ def test_device_broker_killed_and_restarted_mid_stream(tmp_path, mosquitto):  # 
             seqs = [int(r["payload"]) for r in node.store.query("out", limit=10 * n)]
             assert set(seqs) == set(range(n))   # at-least-once: duplicates allowed, no gaps
             assert node.bus.stats.reconnects >= 1
-        finally:
-            await node.shutdown()
 
     asyncio.run(main())
 
 
 def test_node_status_is_retained_and_its_will_marks_it_offline(tmp_path, mosquitto):  # noqa: F811
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat") + "---" + STORE_ROUTE)
+    mdir = echo_site(tmp_path, STORE_ROUTE, replicas=2)
     data = tmp_path / "data"
-    node = node_process(mdir, data, mosquitto.url)
+    node = up(mdir, data, mosquitto.url)
     states: list[dict] = []
 
     async def watch(until_state: str, timeout: float):
@@ -264,18 +211,12 @@ SLOW_ECHO_WAT = ECHO_WAT.replace(
     "    (block $s (loop $sl local.get $spin i32.eqz br_if $s\n"
     "      local.get $spin i32.const 1 i32.sub local.set $spin br $sl))", 1)
 
-SLOW_STORE_ROUTE = STORE_ROUTE.replace("  steps: [echo]", "  steps: [echo]\n  batch: {maxSize: 1}")
-
 
 def test_node_sigkill_with_messages_queued_in_memory_loses_none(tmp_path, mosquitto):  # noqa: F811
     """Incoming QoS 1 messages are acknowledged only once the route is through with them, so
     those still queued in a node killed with SIGKILL come again from its persistent session."""
     assert SLOW_ECHO_WAT != ECHO_WAT
-    (tmp_path / "echo.wat").write_text(SLOW_ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat").replace(
-        "replicas: 2", "replicas: 1") + "---" + SLOW_STORE_ROUTE)
+    mdir = echo_site(tmp_path, echo_route("local", [store_sink("out")], batch=1), wat=SLOW_ECHO_WAT)
     data = tmp_path / "data"
     n = 1500
 
@@ -289,7 +230,7 @@ def test_node_sigkill_with_messages_queued_in_memory_loses_none(tmp_path, mosqui
         except sqlite3.OperationalError:
             return []
 
-    node = node_process(mdir, data, mosquitto.url)
+    node = up(mdir, data, mosquitto.url)
     try:
         asyncio.run(wait_online(mosquitto.url))
         asyncio.run(publish_reliably(mosquitto.url, [(f"in/d{i % 5}", b"%d" % i) for i in range(n)]))
@@ -299,7 +240,7 @@ def test_node_sigkill_with_messages_queued_in_memory_loses_none(tmp_path, mosqui
         node.wait(10)
         assert before < n, "the route kept up; the kill found nothing queued"
 
-        node2 = node_process(mdir, data, mosquitto.url)
+        node2 = up(mdir, data, mosquitto.url)
         try:
             wait(lambda: set(stored()) == set(range(n)), 120, "every message stored after the restart")
         finally:

@@ -5,26 +5,15 @@ routed around, and a deployment nobody runs is a clear error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import nats
 import pytest
 
 from iotwasm.fleet.invoke import InvokeError, InvokeServer, invoke
-from iotwasm.node import Node, NodeConfig
 
-
-from conftest import ECHO_WAT
-
-DEPLOYMENT = """
-apiVersion: iotwasm.io/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  module: {module}
-  capabilities:
-    topics: {{subscribe: ["invoke/#"], publish: ["invoke/#"]}}
-"""
+from nodes import echo_site, running
 
 
 async def until(cond, what: str, timeout: float = 15.0) -> None:
@@ -37,26 +26,22 @@ async def until(cond, what: str, timeout: float = 15.0) -> None:
 
 
 def test_invocations_reach_one_replica_anywhere_and_survive_a_node_leaving(tmp_path, nats_server):  # noqa: F811
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "echo.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat"))
+    mdir = echo_site(tmp_path, topics="invoke/#")
 
     async def main():
-        nodes, servers, conns, tasks = [], [], [], []
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            servers = []
             for name in ("edge-a", "edge-b"):
-                node = Node(NodeConfig(data_dir=tmp_path / name, manifests=mdir, name=name))
-                tasks.append(asyncio.create_task(node.run()))
+                node = await stack.enter_async_context(running(mdir, tmp_path / name, name=name, serve=True))
                 await until(lambda n=node: n.ready and "echo" in n.deployments, f"{name} ready")
                 nc = await nats.connect(nats_server.url)
+                stack.push_async_callback(nc.close)
                 server = InvokeServer(node, nc)
                 await server.start()
-                nodes.append(node)
+                stack.push_async_callback(server.stop)
                 servers.append(server)
-                conns.append(nc)
             caller = await nats.connect(nats_server.url)
-            conns.append(caller)
+            stack.push_async_callback(caller.close)
 
             answered_by = set()
             for i in range(40):
@@ -78,15 +63,6 @@ def test_invocations_reach_one_replica_anywhere_and_survive_a_node_leaving(tmp_p
 
             with pytest.raises(InvokeError, match="invoke 'nosuch': no replica is subscribed"):
                 await invoke(caller, "nosuch", b"x", retries=1)
-        finally:
-            for s in servers:
-                await s.stop()
-            for n in nodes:
-                n.stop()
-            for t in tasks:
-                await asyncio.wait_for(t, 15)
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
 
@@ -109,22 +85,20 @@ def test_an_invocation_spinning_to_its_limit_holds_up_no_other(tmp_path, nats_se
     limit, another deployment's invocation is answered (before the spinning one's reply)."""
     from conftest import TEST_MODULES
 
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "echo.yaml").write_text(DEPLOYMENT.format(module=tmp_path / "echo.wat"))
+    mdir = echo_site(tmp_path, topics="invoke/#")
     (mdir / "spin.yaml").write_text(SPINNING.format(module=TEST_MODULES / "log_then_spin.wat"))
 
     async def main():
-        node = Node(NodeConfig(data_dir=tmp_path / "n", manifests=mdir, name="edge-s"))
-        task = asyncio.create_task(node.run())
-        nc = caller = server = None
-        try:
+        async with running(mdir, tmp_path / "n", name="edge-s", serve=True) as node, \
+                contextlib.AsyncExitStack() as stack:
             await until(lambda: node.ready and {"echo", "spin"} <= set(node.deployments), "node ready")
             nc = await nats.connect(nats_server.url)
+            stack.push_async_callback(nc.close)
             server = InvokeServer(node, nc)
             await server.start()
+            stack.push_async_callback(server.stop)
             caller = await nats.connect(nats_server.url)
+            stack.push_async_callback(caller.close)
             spinning = asyncio.create_task(invoke(caller, "spin", b"x", timeout=60, retries=0))
             await until(lambda: any(ln.text == "spinning" for ln in node.guest_logs.lines("spin")),
                         "the module spinning")
@@ -133,14 +107,6 @@ def test_an_invocation_spinning_to_its_limit_holds_up_no_other(tmp_path, nats_se
             assert not spinning.done(), "echo was answered only after the spinning call ended"
             r = await spinning
             assert r.outputs == [] and [d["kind"] for d in r.dead_letters] == ["timeout"]
-        finally:
-            if server is not None:
-                await server.stop()
-            node.stop()
-            await asyncio.wait_for(task, 30)
-            for c in (nc, caller):
-                if c is not None:
-                    await c.close()
 
     asyncio.run(main())
 

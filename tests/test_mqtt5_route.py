@@ -7,77 +7,53 @@ from __future__ import annotations
 
 
 import asyncio
+import contextlib
 
 from brokers import mosquitto  # noqa: F401  (fixture)
-from conftest import ECHO_WAT
 from iotwasm.message import Envelope
 from iotwasm.messaging.mqtt_bus import MqttBus
-from iotwasm.node import Node, NodeConfig
+from nodes import echo_route, echo_site, mqtt_sink, mqtt_source, running, store_sink
 from test_messaging_bus import Inbox, run
-
-MANIFESTS = """
-apiVersion: iotwasm.io/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  module: {module}
-  capabilities:
-    topics: {{subscribe: ["in/#"], publish: ["in/#"]}}
----
-apiVersion: iotwasm.io/v1
-kind: Route
-metadata: {{name: headers}}
-spec:
-  source: {{mqtt: {{topic: "in/{{device}}", qos: 1}}}}
-  steps: [echo]
-  sinks:
-    - mqtt: {{url: "{url}?version=5", topic: "kept/{{device}}", qos: 1}}
-    - mqtt: {{url: "{url}?version=5", topic: "direct/{{device}}", qos: 1}}
-      storeAndForward: false
-    - mqtt: {{url: "{url}", topic: "old/{{device}}", qos: 1}}
-"""
 
 HEADERS = (("trace-id", "4bf92f35"), ("tenant", "acme"), ("tenant", "acme-eu"), ("x", ""))
 
 
 def test_user_properties_arrive_at_the_sinks_unchanged(tmp_path, mosquitto):  # noqa: F811
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(MANIFESTS.format(module=tmp_path / "echo.wat", url=mosquitto.url))
+    url = mosquitto.url
+    mdir = echo_site(tmp_path, echo_route("headers", [
+        mqtt_sink(f"{url}?version=5", "kept/{device}"),
+        mqtt_sink(f"{url}?version=5", "direct/{device}", store_and_forward=False),
+        mqtt_sink(url, "old/{device}")]))
 
     async def main():
-        node = Node(NodeConfig(data_dir=tmp_path / "data", manifests=mdir,
-                               broker=mosquitto.url + "?version=5", name="edge5"))
-        await node.start()
-        collector = MqttBus(mosquitto.url, version=5)
-        device = MqttBus(mosquitto.url, version=5)
-        try:
-            await collector.connect()
-            await device.connect()
-            inbox = Inbox()
-            for prefix in ("kept", "direct", "old"):
-                await collector.subscribe(f"{prefix}/#", inbox, qos=1)
-            sent = {}
-            for i in range(20):
-                env = Envelope(headers=HEADERS + (("seq", str(i)),), content_type="text/plain",
-                               correlation_data=f"c-{i}".encode())
-                sent[str(i).encode()] = env
-                await device.publish(f"in/d{i % 3}", str(i).encode(), qos=1, envelope=env)
-            await inbox.wait_until(lambda i: len({(m.topic.split("/")[0], m.payload)
-                                                  for m in i.messages}) == 60,
-                                   "20 messages at each of the three sinks", timeout=30)
-            for m in inbox.messages:
-                prefix, dev = m.topic.split("/")
-                assert dev == f"d{int(m.payload) % 3}"
-                if prefix == "old":
-                    assert m.envelope is None      # 3.1.1 carries no properties
-                else:
-                    assert m.envelope == sent[m.payload], (prefix, m.envelope)
-        finally:
-            await collector.close()
-            await device.close()
-            await node.shutdown()
+        async with running(mdir, tmp_path / "data", name="edge5", broker=url + "?version=5"):
+            collector = MqttBus(mosquitto.url, version=5)
+            device = MqttBus(mosquitto.url, version=5)
+            try:
+                await collector.connect()
+                await device.connect()
+                inbox = Inbox()
+                for prefix in ("kept", "direct", "old"):
+                    await collector.subscribe(f"{prefix}/#", inbox, qos=1)
+                sent = {}
+                for i in range(20):
+                    env = Envelope(headers=HEADERS + (("seq", str(i)),), content_type="text/plain",
+                                   correlation_data=f"c-{i}".encode())
+                    sent[str(i).encode()] = env
+                    await device.publish(f"in/d{i % 3}", str(i).encode(), qos=1, envelope=env)
+                await inbox.wait_until(lambda i: len({(m.topic.split("/")[0], m.payload)
+                                                      for m in i.messages}) == 60,
+                                       "20 messages at each of the three sinks", timeout=30)
+                for m in inbox.messages:
+                    prefix, dev = m.topic.split("/")
+                    assert dev == f"d{int(m.payload) % 3}"
+                    if prefix == "old":
+                        assert m.envelope is None      # 3.1.1 carries no properties
+                    else:
+                        assert m.envelope == sent[m.payload], (prefix, m.envelope)
+            finally:
+                await collector.close()
+                await device.close()
 
     run(main(), timeout=60)
 
@@ -109,56 +85,33 @@ def test_an_outbox_from_before_envelopes_is_upgraded_in_place(tmp_path):
     reopened.close()
 
 
-SHARED = """
-apiVersion: iotwasm.io/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  module: {module}
-  capabilities:
-    topics: {{subscribe: ["jobs/#"], publish: ["jobs/#"]}}
----
-apiVersion: iotwasm.io/v1
-kind: Route
-metadata: {{name: shared}}
-spec:
-  source: {{mqtt: {{topic: "jobs/{{device}}", qos: 1, queue: workers}}}}
-  steps: [echo]
-  sinks:
-    - store: {{table: done}}
-"""
-
-
 def test_nodes_in_one_queue_group_share_a_routes_messages(tmp_path, mosquitto):  # noqa: F811
     """Two nodes run the same route with `queue: workers` (MQTT 5 shared subscription): each
     message is handled by exactly one of them, and both take a part."""
-    (tmp_path / "echo.wat").write_text(ECHO_WAT)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "a.yaml").write_text(SHARED.format(module=tmp_path / "echo.wat"))
+    mdir = echo_site(tmp_path, echo_route("shared", [store_sink("done")],
+                                          source=mqtt_source("jobs/{device}", queue="workers")),
+                     topics="jobs/#")
 
     async def main():
-        nodes = [Node(NodeConfig(data_dir=tmp_path / f"data{i}", manifests=mdir,
-                                 broker=mosquitto.url + "?version=5", name=f"worker{i}"))
-                 for i in range(2)]
-        for node in nodes:
-            await node.start()
-        device = MqttBus(mosquitto.url, version=5)
-        try:
-            await device.connect()
-            for i in range(200):
-                await device.publish(f"jobs/d{i % 5}", str(i).encode(), qos=1)
-            deadline = asyncio.get_running_loop().time() + 30
-            while sum(n.store.count("done") for n in nodes) < 200:
-                assert asyncio.get_running_loop().time() < deadline, [n.store.count("done") for n in nodes]
-                await asyncio.sleep(0.05)
-            done = [int(r["payload"]) for n in nodes for r in n.store.query("done", limit=1000)]
-            assert sorted(done) == list(range(200))          # each exactly once
-            assert all(n.store.count("done") > 0 for n in nodes)
-        finally:
-            await device.close()
-            for node in nodes:
-                await node.shutdown()
+        async with contextlib.AsyncExitStack() as nodes_running:
+            nodes = [await nodes_running.enter_async_context(
+                         running(mdir, tmp_path / f"data{i}", name=f"worker{i}",
+                                 broker=mosquitto.url + "?version=5"))
+                     for i in range(2)]
+            device = MqttBus(mosquitto.url, version=5)
+            try:
+                await device.connect()
+                for i in range(200):
+                    await device.publish(f"jobs/d{i % 5}", str(i).encode(), qos=1)
+                deadline = asyncio.get_running_loop().time() + 30
+                while sum(n.store.count("done") for n in nodes) < 200:
+                    assert asyncio.get_running_loop().time() < deadline, [n.store.count("done") for n in nodes]
+                    await asyncio.sleep(0.05)
+                done = [int(r["payload"]) for n in nodes for r in n.store.query("done", limit=1000)]
+                assert sorted(done) == list(range(200))          # each exactly once
+                assert all(n.store.count("done") > 0 for n in nodes)
+            finally:
+                await device.close()
 
     run(main(), timeout=60)
 
