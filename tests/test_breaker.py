@@ -72,6 +72,8 @@ class Webhook:
     def __init__(self):
         self.down = True
         self.hits: list[tuple[int, bytes]] = []   # (status answered, body)
+        #: bodies containing this are answered 422 (refused for good), when set
+        self.refuse: bytes | None = None
         hook = self
 
         class H(BaseHTTPRequestHandler):
@@ -80,7 +82,7 @@ class Webhook:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                status = 503 if hook.down else 200
+                status = 503 if hook.down else 422 if hook.refuse and hook.refuse in body else 200
                 hook.hits.append((status, body))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -183,5 +185,36 @@ def test_a_bus_sink_without_an_outbox_fails_fast_while_its_broker_is_away(mosqui
             assert sink.sent == 4
         finally:
             await bus.close()
+
+    asyncio.run(main())
+
+
+def test_a_message_the_webhook_refuses_for_good_is_handed_on_and_the_rest_go(tmp_path, webhook):
+    """422 is an answer about the message itself: it is rejected (a dead letter, on a node)
+    instead of holding the outbox, and the messages behind it are delivered in order; a 503
+    before it was retried as usual."""
+    async def main():
+        outbox = Outbox(tmp_path / "outbox.db")
+        rejected: list[tuple[str, bytes, str]] = []
+
+        async def reject(topic, payload, why):
+            rejected.append((topic, payload, str(why)))
+
+        sink = WebhookSink("r/0:webhook", webhook.url, outbox=outbox, timeout_s=5)
+        sink.reject = reject
+        await sink.start()
+        webhook.refuse = b'"n": 3}'
+        msgs = [Message("t", b'{"n": %d}' % i) for i in range(8)]
+        assert await sink.deliver(msgs, [{}] * 8) == []
+        await until(lambda: any(s == 503 for s, _ in webhook.hits))   # down first: retried
+        webhook.down = False
+        await until(lambda: outbox.backlog("r/0:webhook") == 0)
+        assert [(t, p) for t, p, _ in rejected] == [("t", b'{"n": 3}')]
+        assert "refused the message on 't': 422" in rejected[0][2]
+        delivered = [b for s, b in webhook.hits if s == 200]
+        assert delivered == [b'{"topic": "t", "payload": {"n": %d}}' % i for i in range(8) if i != 3]
+        assert sink.forwarder is not None and sink.forwarder.rejected == 1
+        await sink.stop()
+        outbox.close()
 
     asyncio.run(main())

@@ -6,6 +6,7 @@ line each."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -195,6 +196,54 @@ spec:
             await wait_for(lambda: pg.sql("SELECT count(*) FROM readings")[0][0] == 9, what="the rule's 9 rows")
             got = pg.sql("SELECT device, n, temp, topic FROM readings ORDER BY n")
             assert got == [(f"d{i % 2}", i, 2.0 * i, "rules/hot") for i in range(11, 20)]
+        finally:
+            await node.shutdown()
+
+    asyncio.run(main())
+
+
+CHECKED = "CREATE TABLE IF NOT EXISTS checked (n int NOT NULL CHECK (n >= 0), device text)"
+
+
+@pytest.mark.parametrize("saf", [True, False])
+def test_a_row_the_table_refuses_is_a_dead_letter_and_the_rest_go_in(pg, tmp_path: Path, saf):
+    """A CHECK constraint refuses one row of a batch: that row becomes a dead letter of the
+    route with the database's reason, every other row goes in, and the sink stays healthy —
+    through the outbox (found among its window's rows one by one) and without it."""
+    pg.sql(CHECKED)
+    pg.sql("TRUNCATE checked")
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    text = manifest(pg.dsn, extra="" if saf else "\n      storeAndForward: false").replace(
+        "table: readings", "table: checked").replace(
+        "columns: {device: device, n: n, temp: values.temp, topic: $topic, meta: meta}",
+        "columns: {n: n, device: device}")
+    write(mdir, "db.yaml", text)
+
+    async def main():
+        node = await started(tmp_path, mdir)
+        try:
+            for i in range(60):
+                n = -5 if i == 17 else i
+                await node.bus.publish(f"in/d{i % 3}", b'{"device": "d%d", "n": %d}' % (i % 3, n), qos=1)
+            runner = node.routes["db"].runner
+            await wait_for(lambda: pg.sql("SELECT count(*) FROM checked")[0][0] == 59, what="59 rows")
+            await wait_for(lambda: runner.stats.dead_letters == 1, what="the refused row dead")
+            (dead,) = node.state.dead_letters("db", limit=10)
+            assert dead["step"] == "db/0:postgres" and dead["kind"] == "sink_rejected"
+            assert "refused the row" in dead["error"] and "checked_n_check" in dead["error"]
+            # without the outbox the message itself; through it the row, column by column
+            assert json.loads(dead["payload"])["n"] == -5
+            ns = sorted(r[0] for r in pg.sql("SELECT n FROM checked"))
+            assert ns == [i for i in range(60) if i != 17]
+            sink = node.routes["db"].sinks[0]
+            assert sink.status()["health"] == "ok"
+            await wait_for(lambda: sink.backlog() == 0, what="the outbox emptied (refused row included)")
+            assert runner.stats.dead_by["db/0:postgres"] == 1
+            # the sink is not held: what comes next goes in too
+            await node.bus.publish("in/d1", b'{"device": "d1", "n": 1000}', qos=1)
+            await wait_for(lambda: pg.sql("SELECT count(*) FROM checked WHERE n = 1000")[0][0] == 1,
+                           what="a later row")
         finally:
             await node.shutdown()
 

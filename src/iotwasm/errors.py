@@ -134,6 +134,23 @@ class ConfigError(IotwasmError):
     title = "Invalid request"
 
 
+class SinkRejected(IotwasmError):
+    """An uplink refused one message for good: a database constraint or type the row breaks,
+    an HTTP 4xx answer about the request itself. Sending it again cannot succeed, so it is
+    dead-lettered with this reason and the messages behind it go on; an error that may pass
+    (the uplink is away, overloaded, times out) is not this and is retried.
+
+    `payload`, when given, is what the dead letter holds instead of the stored message: what
+    the uplink was asked to take, where the sink had turned the message into something else
+    (a row, column by column)."""
+
+    kind = "sink_rejected"
+
+    def __init__(self, message: str, *, payload: bytes | None = None):
+        super().__init__(message)
+        self.payload = payload
+
+
 class StorageError(IotwasmError):
     """A file of the node's data directory could not be opened, read or written: the disk is
     full, the file system is read-only, a permission is missing, or a database is corrupt.

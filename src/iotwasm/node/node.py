@@ -38,7 +38,7 @@ from ..engine import Runtime
 from ..engine.limits import format_duration_ms, parse_duration_ms
 from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import ConfigError, IotwasmError, StorageError
-from ..message import DeadLetter
+from ..message import DeadLetter, Message
 from ..messaging.acl import TopicACL
 from ..messaging.bus import Bus, Will
 from ..messaging.transports import open_bus
@@ -667,8 +667,11 @@ class Node:
         for i, s in enumerate(spec.sinks):
             kind = connectors.registry.get("sink", s.type)
             sink_name = f"{r.name}/{i}:{s.type}"
-            sinks.append(await kind.build(ctx.for_sink(sink_name, s), s.config, sink_name,
-                                          self.outbox if s.store_and_forward else None))
+            sink = await kind.build(ctx.for_sink(sink_name, s), s.config, sink_name,
+                                    self.outbox if s.store_and_forward else None)
+            if hasattr(sink, "reject"):   # an uplink: what it refuses for good is a dead letter
+                sink.reject = functools.partial(self._sink_rejected, uid, r.name, sink_name)
+            sinks.append(sink)
         lanes = max([self.deployments[d].handle.current.replicas for d in spec.deployments()] or [1])
         steps, sinks, injected = with_faults(spec, steps, sinks)
         if injected:   # never mistaken for real failures
@@ -720,6 +723,15 @@ class Node:
                 await s.stop(drain_timeout=2.0 if drain else 0)
         self._event("stopped", name, "route stopped" + (" after draining" if drain else ""), uid=rec.uid,
                     namespace=rec.manifest.metadata.namespace)
+
+    async def _sink_rejected(self, uid: str, route: str, sink: str, topic: str, payload: bytes,
+                             why: IotwasmError) -> None:
+        """A stored message its uplink refused for good: a dead letter of its route, counted
+        there as one of the sink's."""
+        rec = self.routes.get(route)
+        if rec is not None:
+            rec.runner.count_dead(sink, why)
+        await self._dead_letter(uid, route, sink, DeadLetter(0, Message(topic, payload), why))
 
     async def _dead_letter(self, uid: str, route: str, step: str, dl: DeadLetter) -> None:
         m = dl.message

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..backoff import Backoff
 from ..breaker import CLOSED, CircuitBreaker
-from ..errors import IotwasmError
+from ..errors import IotwasmError, SinkRejected
 from ..supervise import StorageHold, supervise
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ log = logging.getLogger("iotwasm.outbox")
 #: hands a window of (topic, payload) to the uplink in order and returns what confirms it:
 #: one result per message, None once the uplink acknowledged it, else the error
 SubmitWindow = Callable[[list[tuple[str, bytes]]], Awaitable[Awaitable[list[Exception | None]]]]
+#: where a message the uplink refused for good goes (topic, payload, why): a dead letter
+Reject = Callable[[str, bytes, SinkRejected], Awaitable[None]]
 
 #: SQLite work up to this many rows runs on the event loop: a thread hop costs more
 INLINE_ROWS = 16
@@ -37,11 +39,16 @@ ACK_FLUSH_S = 0.05
 async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
                         items: list[tuple[str, bytes]]) -> list[Exception | None]:
     """Deliver a window one message after the other (for uplinks where concurrent sends could
-    arrive out of order); the first failure fails the rest, which stay for a retry in order."""
+    arrive out of order); the first failure fails the rest, which stay for a retry in order.
+    A message the uplink refused for good (`SinkRejected`) does not: it has its answer, and
+    the next one goes."""
     results: list[Exception | None] = []
     for topic, payload in items:
         try:
             await send(topic, payload)
+        except SinkRejected as e:
+            results.append(e)
+            continue
         except IotwasmError as e:
             return results + [e] * (len(items) - len(results))
         results.append(None)
@@ -54,12 +61,19 @@ def _expire(waiter: asyncio.Future) -> None:
 
 
 def _failed(confirm: asyncio.Future) -> bool:
-    """Whether a window's confirmation already came back with a failure."""
+    """Whether a window's confirmation already came back with a failure (a refusal for good
+    is an answer, not a failure)."""
     if not confirm.done():
         return False
     if confirm.cancelled() or confirm.exception() is not None:
         return True
-    return any(r is not None for r in confirm.result())
+    return any(r is not None and not isinstance(r, SinkRejected) for r in confirm.result())
+
+
+def _clean(confirm: asyncio.Future) -> bool:
+    """Whether a window's confirmation is in with every message acknowledged."""
+    return (confirm.done() and not confirm.cancelled() and confirm.exception() is None
+            and all(r is None for r in confirm.result()))
 
 
 class Forwarder:
@@ -70,6 +84,10 @@ class Forwarder:
     cannot grow on a full disk) is held and retried in place — the acknowledged rows are not
     sent again meanwhile — and `storage.error` says why until it went through.
 
+    A message the uplink refused for good (`SinkRejected`: a constraint the row breaks, a 4xx)
+    goes to `reject` — a dead letter — and the messages behind it go on; its row is deleted
+    only after `reject` returned (held and retried while that fails on storage).
+
     With a `breaker`, failed windows count as its failures; once it opens, nothing is sent
     until it lets a probe through — a window of one message — whose outcome closes it again
     or keeps it open for longer. The messages wait in the outbox meanwhile: none is lost or
@@ -78,7 +96,7 @@ class Forwarder:
 
     def __init__(self, outbox: Outbox, sink: str, submit: SubmitWindow, *, batch: int = 100,
                  windows: int = 4, min_backoff: float = 0.1, max_backoff: float = 5.0,
-                 breaker: CircuitBreaker | None = None):
+                 breaker: CircuitBreaker | None = None, reject: Reject | None = None):
         self.outbox = outbox
         self.sink = sink
         self.submit = submit
@@ -94,6 +112,10 @@ class Forwarder:
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None
         self.breaker = breaker
+        #: messages the uplink refused for good go here and count as done (their rows are
+        #: deleted once it returned); without it such a refusal is a failure like any other
+        self.reject = reject
+        self.rejected = 0
 
     def start(self) -> None:
         self._task = supervise(f"outbox forwarder {self.sink}", self._run, log=log,
@@ -158,13 +180,22 @@ class Forwarder:
             rows += await asyncio.to_thread(self.outbox.peek, self.sink, self.batch - INLINE_ROWS, rows[-1][0])
         return rows
 
+    async def _rejected(self, row: tuple, why: SinkRejected) -> None:
+        """Hand a refused message to `reject` (held while that fails on storage)."""
+        reject = self.reject
+        assert reject is not None
+        log.warning("outbox %s: %s", self.sink, why)
+        payload = why.payload if why.payload is not None else row[2]
+        await self.storage.run(functools.partial(reject, row[1], payload, why))
+        self.rejected += 1
+
     async def _run(self) -> None:
         """Up to `windows` windows are on their way at once (the next is sent while the
         uplink still acknowledges the last); rows are deleted window by window, oldest
         first, and only the acknowledged prefix: after a failure everything from the first
         unacknowledged message is sent again, in order (at-least-once)."""
         after = 0  # highest id handed to the uplink
-        inflight: collections.deque[tuple[list[int], asyncio.Future]] = collections.deque()
+        inflight: collections.deque[tuple[list[tuple], asyncio.Future]] = collections.deque()
         try:
             while True:
                 rows = []
@@ -182,7 +213,7 @@ class Forwarder:
                 if rows:
                     confirm = await self.submit([r[1:] for r in rows])
                     after = rows[-1][0]
-                    inflight.append(([r[0] for r in rows], asyncio.ensure_future(confirm)))
+                    inflight.append((rows, asyncio.ensure_future(confirm)))
                     continue
                 if not inflight:
                     pending = self.outbox.pending_acks()
@@ -190,19 +221,21 @@ class Forwarder:
                         # no append took the deletes along: they go alone
                         await self.storage.run(functools.partial(self._db, self.outbox.flush_acks, rows=1))
                     continue
-                ids, confirm = inflight.popleft()
+                window, confirm = inflight.popleft()
                 results = await confirm
                 done: list[int] = []
                 failure: Exception | None = None
-                for row_id, res in zip(ids, results):
+                for row, res in zip(window, results):
                     if res is not None:
-                        failure = res
-                        break
-                    done.append(row_id)
+                        if isinstance(res, SinkRejected) and self.reject is not None:
+                            await self._rejected(row, res)
+                        else:
+                            failure = res
+                            break
+                    done.append(row[0])
                 # windows confirmed meanwhile are deleted with this one (one commit for all)
-                while failure is None and inflight and inflight[0][1].done() \
-                        and not _failed(inflight[0][1]):
-                    done.extend(inflight.popleft()[0])
+                while failure is None and inflight and _clean(inflight[0][1]):
+                    done.extend(r[0] for r in inflight.popleft()[0])
                 if done:   # deleted with the next append, or by the flush below when idle
                     self.outbox.ack_later(self.sink, done[0], done[-1])
                 if self.breaker is not None:

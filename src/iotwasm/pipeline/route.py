@@ -574,10 +574,14 @@ class RouteRunner:
             entry = self._acl_memo[key] = (step.acl, allowed)
         return entry[1]
 
-    async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
+    def count_dead(self, where: str, error: IotwasmError) -> None:
+        """Count a dead letter that arose at `where` (a step, a sink, or "route")."""
         self.stats.dead_letters += 1
         self.stats.dead_by[where] += 1
-        self.stats.last_dead[where] = (time.time(), str(dl.error))
+        self.stats.last_dead[where] = (time.time(), str(error))
+
+    async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
+        self.count_dead(where, dl.error)
         handler = self.dead_letter
         if handler is not None:
             try:   # a dead letter that cannot be written yet holds the batch, as a sink would

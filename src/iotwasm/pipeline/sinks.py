@@ -28,11 +28,12 @@ from typing import Any, Awaitable
 
 from ..backoff import Backoff
 from ..breaker import CircuitBreaker
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError, IotwasmError, SinkRejected
 from ..message import Envelope, Message
 from ..messaging import mqtt_props as mp
 from ..messaging.bus import settled
 from ..sqlite import open_db
+from .forwarder import Reject
 from .outbox import Forwarder, Outbox, send_in_order
 from .templates import TopicTemplate
 
@@ -43,6 +44,13 @@ Failures = list[tuple[int, IotwasmError]]
 
 class SinkError(IotwasmError):
     kind = "sink"
+
+
+#: HTTP answers about the request itself, which sending it again cannot change: the message
+#: is dead-lettered (`SinkRejected`). 401/403/404 are not among them — a token or a URL that
+#: is wrong now is the endpoint's or the manifest's problem, fixed without losing messages —
+#: nor are 408, 425 and 429 (try later) or any 5xx.
+REFUSED_FOR_GOOD = frozenset({400, 405, 406, 409, 410, 411, 413, 414, 415, 422})
 
 
 def _topics(template: TopicTemplate, messages: list[Message], variables: list[dict]):
@@ -86,6 +94,9 @@ class _Uplink(abc.ABC):
     outbox: Outbox | None
     forwarder: Forwarder | None = None
     breaker: CircuitBreaker | None = None
+    #: where a stored message the uplink refused for good goes (the node makes it a dead
+    #: letter of the route); without it such a refusal holds the outbox like an outage
+    reject: Reject | None = None
 
     @abc.abstractmethod
     async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
@@ -94,7 +105,8 @@ class _Uplink(abc.ABC):
 
     async def start(self) -> None:
         if self.outbox is not None:
-            self.forwarder = Forwarder(self.outbox, self.name, self._submit_window, breaker=self.breaker)
+            self.forwarder = Forwarder(self.outbox, self.name, self._submit_window, breaker=self.breaker,
+                                       reject=self.reject)
             self.forwarder.start()
 
     async def _keep(self, items: list[tuple]) -> None:
@@ -230,6 +242,9 @@ class WebhookSink(_Uplink):
                 if resp.status >= 300:
                     raise SinkError(f"webhook {self.url} answered {resp.status}")
         except urllib.error.HTTPError as e:
+            if e.code in REFUSED_FOR_GOOD:
+                raise SinkRejected(f"webhook {self.url} refused the message on {topic!r}: "
+                                   f"{e.code} {e.reason}") from None
             raise SinkError(f"webhook {self.url} answered {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
             raise SinkError(f"webhook {self.url} unreachable: {getattr(e, 'reason', e)}") from None

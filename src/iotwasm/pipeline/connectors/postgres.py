@@ -11,9 +11,12 @@ With store-and-forward (the default) the rows go through the node's outbox: they
 before the route counts them delivered, and deleted only once the transaction that inserted
 them committed. An unreachable database fills the outbox, never loses rows; when it is back the
 rows go in, in the order they came. Delivery is at-least-once: a connection lost between the
-COMMIT and its answer sends that window again. A row the table refuses (a constraint, a type)
-holds the sink, retried with backoff, and its error is the sink's problem (describe, metrics)
-until the table or the route is fixed.
+COMMIT and its answer sends that window again. A row the table refuses for good (SQLSTATE
+class 22, data, or 23, a constraint: a value out of range, a NOT NULL or CHECK it breaks, a
+duplicate key) is found among its transaction's rows by trying them one by one, and becomes a
+dead letter of the route with the database's reason; the rows around it go in. Any other error
+(the database away, a table or column missing, permissions) holds the sink, retried with
+backoff, and is the sink's problem (describe, metrics) until it is fixed.
 
 The password never goes into the manifest: ``passwordEnv`` names an environment variable of
 the node (libpq's PGPASSWORD and ~/.pgpass work as well).
@@ -31,7 +34,7 @@ from typing import Any, Awaitable
 from pydantic import Field, field_validator
 
 from ...engine.limits import parse_duration_ms
-from ...errors import IotwasmError
+from ...errors import IotwasmError, SinkRejected
 from ...message import Message
 from ...messaging.bus import settled
 from ..outbox import Forwarder
@@ -128,7 +131,7 @@ class PostgresTableSink(_Uplink):
     async def start(self) -> None:
         if self.outbox is not None:
             self.forwarder = Forwarder(self.outbox, self.name, self._submit_window, batch=self.cfg.batch,
-                                       windows=1)
+                                       windows=1, reject=self.reject)
             self.forwarder.start()
 
     async def _connection(self):
@@ -141,30 +144,57 @@ class PostgresTableSink(_Uplink):
             self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self.cfg.dsn, **kw), self.timeout)
         return self._conn
 
-    async def _write(self, rows: list[list]) -> None:
-        """Insert the rows in one transaction per `batch` rows; a `SinkError` naming the sink
-        and the database's reason when they did not all commit."""
+    async def _write(self, rows: list[list]) -> list[SinkRejected | None]:
+        """Insert the rows in one transaction per `batch` rows; one result per row: None
+        (committed) or the `SinkRejected` of a row the table refused for good. Raises a
+        `SinkError` naming the sink and the database's reason when the rows could not be
+        written for another reason (none of the failed transaction's rows committed)."""
         import psycopg
         from psycopg.types.json import Jsonb
 
+        plain = rows
         rows = [[Jsonb(v) if isinstance(v, (dict, list)) else v for v in r] for r in rows]
+        results: list[SinkRejected | None] = []
         try:
             conn = await self._connection()
             for i in range(0, len(rows), self.cfg.batch):
                 chunk = rows[i:i + self.cfg.batch]
-                async with conn.transaction():
-                    async with conn.cursor() as cur:
-                        await asyncio.wait_for(cur.executemany(self.insert, chunk), self.timeout)
-                self.rows += len(chunk)
-                self.transactions += 1
+                try:
+                    await self._insert(conn, chunk)
+                    results += [None] * len(chunk)
+                except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+                    results += await self._one_by_one(conn, chunk, plain[i:i + self.cfg.batch])
         except (psycopg.Error, OSError, asyncio.TimeoutError) as e:
             if self._conn is not None and (isinstance(e, (psycopg.OperationalError, OSError, asyncio.TimeoutError))
                                            or self._conn.broken):
                 await self._close()
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            self.problem = f"postgres sink {self.name} ({self.cfg.table}): {why}"
+            self.problem = f"postgres sink {self.name} ({self.cfg.table}): {_why(e)}"
             raise SinkError(self.problem) from None
         self.problem = None
+        return results
+
+    async def _insert(self, conn, rows: list[list]) -> None:
+        async with conn.transaction():
+            async with conn.cursor() as cur:
+                await asyncio.wait_for(cur.executemany(self.insert, rows), self.timeout)
+        self.rows += len(rows)
+        self.transactions += 1
+
+    async def _one_by_one(self, conn, rows: list[list], plain: list[list]) -> list[SinkRejected | None]:
+        """A transaction the table refused: each row alone, to find the ones it refuses. A
+        refused row's dead letter holds it column by column (`plain`: the values as mapped)."""
+        import psycopg
+
+        out: list[SinkRejected | None] = []
+        for row, values in zip(rows, plain):
+            try:
+                await self._insert(conn, [row])
+                out.append(None)
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+                shown = json.dumps(dict(zip(self.cfg.columns, values)), default=str).encode()
+                out.append(SinkRejected(f"postgres sink {self.name} ({self.cfg.table}) refused "
+                                        f"the row: {_why(e)}", payload=shown))
+        return out
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -176,10 +206,10 @@ class PostgresTableSink(_Uplink):
 
     async def _submit_window(self, items: list[tuple[str, bytes]]) -> Awaitable[list[Exception | None]]:
         try:
-            await self._write([json.loads(p) for _, p in items])
+            results: list[Exception | None] = list(await self._write([json.loads(p) for _, p in items]))
         except IotwasmError as e:
             return settled([e] * len(items))
-        return settled([None] * len(items))
+        return settled(results)
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         failures: Failures = []
@@ -200,9 +230,11 @@ class PostgresTableSink(_Uplink):
             return failures
         ok = [i for i in range(len(messages)) if i not in {f[0] for f in failures}]
         try:
-            await self._write(rows)
+            written = await self._write(rows)
         except SinkError as e:
             failures += [(i, e) for i in ok]
+        else:
+            failures += [(i, r) for i, r in zip(ok, written) if r is not None]
         return failures
 
     def status(self) -> dict:
@@ -216,6 +248,12 @@ class PostgresTableSink(_Uplink):
         await self._close()
 
 
+def _why(e: BaseException) -> str:
+    """The database's reason in one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 async def _build(ctx, cfg: PostgresSink, name: str, outbox) -> PostgresTableSink:
     require(POSTGRES)
     return PostgresTableSink(name, cfg, outbox)
@@ -226,6 +264,7 @@ POSTGRES = registry.register(Connector(
     "At-least-once through the outbox (default): rows are on disk before the batch counts as "
     "delivered and deleted once their INSERT transaction committed; an unreachable database "
     "fills the outbox (bounded by its limits), never the route. A message that is not a JSON "
-    "object is a dead letter at once; a row the table refuses holds the sink (retried, its "
-    "error reported). Without storeAndForward a failed transaction dead-letters its batch.",
+    "object is a dead letter at once, and so is a row the table refuses for good (a constraint "
+    "or value it breaks; the rows around it go in); other errors hold the sink (retried, "
+    "reported). Without storeAndForward a failed transaction dead-letters its batch.",
     requires=(("psycopg", "psycopg"),), extra="postgres"))
