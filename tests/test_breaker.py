@@ -218,3 +218,18 @@ def test_a_message_the_webhook_refuses_for_good_is_handed_on_and_the_rest_go(tmp
         outbox.close()
 
     asyncio.run(main())
+
+
+def test_without_an_outbox_a_refused_message_is_not_retried_nor_a_breaker_failure(webhook):
+    async def main():
+        webhook.down = False
+        webhook.refuse = b'"n": 1}'
+        br = CircuitBreaker("webhook", failures=1, open_for=5)
+        sink = WebhookSink("r/0:webhook", webhook.url, breaker=br, retries=3, timeout_s=5)
+        msgs = [Message("t", b'{"n": %d}' % i) for i in range(3)]
+        failures = await sink.deliver(msgs, [{}] * 3)
+        assert [(i, type(e).__name__) for i, e in failures] == [(1, "SinkRejected")]
+        assert br.state == CLOSED
+        assert [s for s, _ in webhook.hits] == [200, 422, 200]   # asked once, not retried
+
+    asyncio.run(main())

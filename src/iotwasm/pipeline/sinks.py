@@ -271,6 +271,11 @@ class WebhookSink(_Uplink):
                     break
                 try:
                     await self._send(t, p)
+                except SinkRejected as e:   # an answer about the message: not retried,
+                    failures.append((i, e))  # and no sign of an endpoint in trouble
+                    if br is not None:
+                        br.success()
+                    break
                 except IotwasmError as e:
                     if br is not None:
                         br.failure(e)
