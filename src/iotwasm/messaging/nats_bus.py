@@ -59,7 +59,10 @@ class NatsSubscription(Subscription):
 
 
 class JetStreamSubscription(Subscription):
-    """A durable JetStream pull consumer: fetch, handle, ack (or nak on failure)."""
+    """A durable JetStream pull consumer: fetch, handle, ack (or nak on failure).
+
+    Stopping ends its pull requests at the server before it gives anything back (`_end_pull`).
+    """
 
     def __init__(self, *args: Any, batch: int, fetch_timeout: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -76,8 +79,9 @@ class JetStreamSubscription(Subscription):
         return len(self._fetched)
 
     def _unhanded(self) -> int:
-        # a fetch under way counts: cancelled, it would leave a pull request at the server
-        # that takes the messages given back next and holds them until ack_wait runs out
+        # a fetch under way counts: cancelled, its pull request would stay open at the server
+        # until the unsubscribe reached it, and what it delivered meanwhile (new messages, or
+        # ones given back) would be dropped here and come again only after ack_wait
         fetching = self._task is not None and not self._task.done() and not self._busy
         return super()._unhanded() + (1 if fetching and not self.active else 0)
 
@@ -135,10 +139,46 @@ class JetStreamSubscription(Subscription):
     async def stop(self, *, grace: float = 5.0, drop_queued: bool = False,
                    release_queued: bool = False) -> None:
         await super().stop(grace=grace, drop_queued=drop_queued, release_queued=release_queued)
+        await self._end_pull()
         # fetched but not handled: give them back so another member (or the next run) gets them
         fetched, self._fetched = self._fetched, []
         for nmsg in fetched:
             await _settle(nmsg.nak())
+
+    async def _end_pull(self) -> None:
+        """Leave no pull request of this subscription at the server; then messages can be
+        given back (nak: what was fetched and not handled here, and what the handler gives
+        back later).
+
+        A fetch is a pull request that the server keeps until it is answered in full, expires,
+        or is swept because nobody listens on its inbox any more. The client's fetch gives up
+        on its own clock, so the server may still hold the last request when the fetch has
+        returned (until its expiry is processed, a millisecond or more later). A message given
+        back meanwhile meets that request: delivered to it, it goes down with this client; or,
+        on nats-server before 2.10.16, the server takes it off the redelivery queue, finds the
+        request unusable (expired, or nobody listening) and does not put it back. Either way
+        it comes again only after ack_wait (30s by default).
+
+        So: unsubscribe the requests' inbox (the server delivers nothing more to them), then
+        ask for the consumer's info — before it answers, the server drops the waiting
+        requests that have expired or that nobody listens to. Without the server (a
+        reconnect under way) the requests end with their expiry."""
+        psub, self.psub = self.psub, None
+        if psub is None:
+            return
+        bus = self.bus
+        try:
+            await psub.unsubscribe()
+        except Exception as exc:
+            log.debug("durable %r: unsubscribe failed: %s: %s", self.durable, type(exc).__name__, exc)
+            return
+        if not isinstance(bus, NatsBus) or not bus.connected:
+            return
+        try:
+            await asyncio.wait_for(psub.consumer_info(), bus.ack_timeout)
+        except Exception as exc:
+            log.debug("durable %r: consumer info after the unsubscribe failed: %s: %s",
+                      self.durable, type(exc).__name__, exc)
 
 
 async def _finish(bus: NatsBus, nmsg: NatsMsg, outcome: str) -> None:
@@ -596,11 +636,7 @@ class NatsBus(Bus):
                     await ns.unsubscribe()
                 except Exception:
                     pass
-        elif isinstance(sub, JetStreamSubscription) and sub.psub is not None:
-            try:
-                await sub.psub.unsubscribe()  # the durable consumer itself stays
-            except Exception:
-                pass
+        # a JetStream subscription ended its pull requests in stop; the durable consumer stays
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         await self._drop(sub)
