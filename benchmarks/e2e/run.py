@@ -8,6 +8,8 @@
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm-baseline,iotwasm --baseline ../base --no-hot-update
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm-baseline,iotwasm-saf,node-red --baseline ../base \
         --baseline-saf --rates 5000,10000 --no-hot-update     # the durable default, before/after
+    .venv/bin/python benchmarks/e2e/run.py --only iotwasm-saf,node-red --pin 1 --no-hot-update
+        # each system alone on CPU 1; harness, broker, load generator and collector on the rest
 
 Partial runs (--only, --rates, --no-hot-update) write results/e2e-partial.json, or --out PATH.
 
@@ -65,6 +67,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import importlib.util
 import json
@@ -150,8 +153,12 @@ class Processes:
         self.brokers: list = []
         self._lock = threading.Lock()
 
-    def spawn(self, cmd: list[str], **kw) -> subprocess.Popen:
+    def spawn(self, cmd: list[str], *, sut: bool = False, **kw) -> subprocess.Popen:
+        """Start `cmd`; a system under test (`sut`) on the CPUs of `--pin` when it is given
+        (everything else runs where this harness does)."""
         kw.setdefault("stdin", subprocess.DEVNULL)
+        if sut and SUT_CPUS:
+            kw["preexec_fn"] = functools.partial(os.sched_setaffinity, 0, SUT_CPUS)
         p = subprocess.Popen(cmd, start_new_session=True, **kw)
         with self._lock:
             self.procs.append(p)
@@ -193,6 +200,10 @@ class Processes:
 
 
 PROCS = Processes()
+
+#: `--pin`: the CPUs of the systems under test (the harness, broker, load generator and
+#: collector keep the others); empty: no pinning
+SUT_CPUS: set[int] = set()
 
 
 def _on_signal(signum, frame):
@@ -507,7 +518,7 @@ class IotwasmNode(SUT):
         self.proc = PROCS.spawn(
             [PY, "-m", "iotwasm.cli.main", "up", str(self.mdir), "--broker", self.broker.url,
              "--data", str(self.data), "--name", self.name],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=self.env, sut=True)
         online = wait_status_online(self.broker, self.name, 60, self.alive)
         return {"startup_s": round(time.monotonic() - t0, 2), "status_online_after_s": round(online, 2)}
 
@@ -550,7 +561,7 @@ class PlainPython(SUT):
     def start(self) -> dict:
         t0 = time.monotonic()
         self.proc = PROCS.spawn([PY, str(HERE / "plain_python.py"), "--port", str(self.broker.port)],
-                                stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True)
+                                stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True, sut=True)
         line = _readline(self.proc, 30)
         if line.strip() != "ready":
             raise RuntimeError(f"plain_python.py did not start: {line!r} {self.log_tail()}")
@@ -578,7 +589,7 @@ class NodeRed(SUT):
         t0 = time.monotonic()
         self.proc = PROCS.spawn([node, str(NODE_RED_JS), "-u", str(self.userdir), "-s",
                                  str(NODE_RED_DIR / "settings.js"), str(flow)],
-                                stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env)
+                                stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, sut=True)
         deadline = time.monotonic() + 60
         while "Connected to broker" not in self.log.read_text(errors="replace"):
             if not self.alive():
@@ -1031,7 +1042,7 @@ def run_floor_probe(tmp: Path, quick: bool, rate: int = 5000) -> dict:
     broker = PROCS.broker(tmp / "floor-probe" / "broker")
     try:
         p = PROCS.spawn([PY, str(Path(__file__).resolve()), "--floor-probe", str(broker.port)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, sut=True)
         if _readline(p, 30).strip() != "ready":
             return {"status": "failed", "error": (p.stderr.read() if p.poll() is not None else "")[-500:]}
         secs = 3 if quick else 8
@@ -1121,7 +1132,9 @@ def machine_line(m: dict) -> str:
     base = f" (baseline {m['baseline']['code']})" if m.get("baseline") else ""
     return (f"iotwasm {m.get('code')}{base}; {m['cpu']}, {m['cores']} cores{mem}, {m['os']}, {m['python']}, wasmtime-py "
             f"{m['wasmtime']}, paho-mqtt {m['paho-mqtt']}, {m['mosquitto']}, Node.js {m['node']}, "
-            f"Node-RED {m.get('node-red')}, {m['date']}")
+            f"Node-RED {m.get('node-red')}, {m['date']}"
+            + (f"; pinned: systems under test on CPU {m['pinned']['sut']}, everything else on CPU "
+               f"{m['pinned']['rest']}" if m.get("pinned") else ""))
 
 
 def kept_up(ph: dict) -> bool:
@@ -1299,6 +1312,8 @@ def main() -> int:
     ap.add_argument("--bus-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--bus-probe-n", type=int, default=3000, help=argparse.SUPPRESS)
     ap.add_argument("--floor-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--pin", metavar="CPUS", help="run each system under test on these CPUs "
+                    "(e.g. 1) and the harness, broker, load generator and collector on the others")
     ap.add_argument("--out", type=Path, help="result file (default: results/e2e.json, "
                                              "results/e2e-quick.json with --quick)")
     args = ap.parse_args()
@@ -1333,7 +1348,18 @@ def main() -> int:
         signal.signal(sig, _on_signal)
 
     t_start = time.monotonic()
+    if args.pin:
+        SUT_CPUS.update(int(c) for c in args.pin.split(","))
+        rest = set(os.sched_getaffinity(0)) - SUT_CPUS
+        if not SUT_CPUS <= set(os.sched_getaffinity(0)) or not rest:
+            print(f"--pin {args.pin}: needs CPUs this process may use and leaves none for the rest",
+                  file=sys.stderr)
+            return 2
+        os.sched_setaffinity(0, rest)   # the harness and everything it starts but the systems
     machine = machine_info()
+    if args.pin:
+        machine["pinned"] = {"sut": ",".join(map(str, sorted(SUT_CPUS))),
+                             "rest": ",".join(map(str, sorted(set(os.sched_getaffinity(0)))))}
     if BASELINE_SRC is not None:
         machine["baseline"] = {"src": str(BASELINE_SRC), "code": code_version(BASELINE_SRC.parent)}
     results: dict = {"machine": machine, "quick": cfg.quick,
