@@ -260,30 +260,40 @@ class MqttOutbound(MqttState):
                 failure = exc
                 break
         window.seal()
-        return self._confirm(window, items, failure, deadline, wait)
+        return self._answers(window, items, failure, deadline, wait)
 
-    async def _confirm(self, window: AckWindow, items: list[Outgoing],
-                       failure: Exception | None, deadline: float, wait: float
-                       ) -> list[Exception | None]:
-        slots = window.slots
-        if not window.future.done():
-            remaining = max(0.0, deadline - self._bound_loop().time())
-            await asyncio.wait([window.future], timeout=remaining)
-        for slot, item in zip(slots, items):
-            if not slot.done():
-                # the packet stays in flight (a late PUBACK is still taken); the caller hears now
-                slot.set_exception(PublishTimeout(
-                    f"{self.url}: no acknowledgement for {item[0]!r} within {wait}s"))
-        results: list[Exception | None] = []
-        for slot in slots:
-            exc = slot.exception()
-            if exc is None:
-                self.stats.published += 1
-            elif not isinstance(exc, Exception):  # only errors are set on these answers
-                raise exc
-            results.append(exc)
-        results += [failure] * (len(items) - len(slots))
-        return results
+    def _answers(self, window: AckWindow, items: list[Outgoing], failure: Exception | None,
+                 deadline: float, wait: float) -> asyncio.Future[list[Exception | None]]:
+        """The future of a sent batch's results, done when every message has its answer or
+        at `deadline`, when those still unanswered time out (their packets stay in flight: a
+        late PUBACK is still taken). A future with callbacks, not a coroutine: a caller that
+        keeps it (the outbox forwarder keeps a few windows in flight) needs no task for it."""
+        loop = self._bound_loop()
+        out: asyncio.Future[list[Exception | None]] = loop.create_future()
+
+        def finish(_done: object = None) -> None:
+            timer.cancel()
+            if out.done():
+                return
+            for slot, item in zip(window.slots, items):
+                if not slot.done():
+                    slot.set_exception(PublishTimeout(
+                        f"{self.url}: no acknowledgement for {item[0]!r} within {wait}s"))
+            results: list[Exception | None] = []
+            for slot in window.slots:
+                exc = slot.exception()
+                if exc is None:
+                    self.stats.published += 1
+                elif not isinstance(exc, Exception):  # only errors are set on these answers
+                    out.set_exception(exc)
+                    return
+                results.append(exc)
+            results += [failure] * (len(items) - len(window.slots))
+            out.set_result(results)
+
+        timer = loop.call_at(deadline, finish)
+        window.future.add_done_callback(finish)
+        return out
 
     async def _await_acks(self, futs: list[asyncio.Future[None]], topics: list[str], deadline: float,
                           wait: float) -> None:

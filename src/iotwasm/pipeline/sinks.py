@@ -163,6 +163,9 @@ class BusSink(_Uplink):
             confirm = await self.bus.send_many(items, qos=self.qos, retain=self.retain)
         except IotwasmError as e:
             return settled([e] * len(items))
+        if isinstance(confirm, asyncio.Future):   # counted when done, with no task to wait
+            confirm.add_done_callback(self._count_sent)
+            return confirm
 
         async def confirmed() -> list[Exception | None]:
             results = await confirm
@@ -170,6 +173,10 @@ class BusSink(_Uplink):
             return results
 
         return confirmed()
+
+    def _count_sent(self, confirm: asyncio.Future) -> None:
+        if not confirm.cancelled() and confirm.exception() is None:
+            self.sent += confirm.result().count(None)
 
     async def deliver(self, messages: list[Message], variables: list[dict]) -> Failures:
         return await (await self.submit(messages, variables))
