@@ -260,12 +260,38 @@ def test_cancel_and_wait_ends_the_tasks_and_logs_one_that_had_failed(caplog):
         done = loop.create_task(asyncio.sleep(0), name="done")
         await asyncio.sleep(0.01)
         assert failed.done() and done.done() and not reader.done()
-        with caplog.at_level("ERROR", logger="iotwasm.connectors"):
+        with caplog.at_level("ERROR", logger="iotwasm.supervise"):
             await cancel_and_wait(reader, None, failed, done)
         assert reader.cancelled() and ended == ["reading"]
         errors = [r for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and "failer" in errors[0].getMessage()
         assert "OSError: device went away" in errors[0].getMessage()
         await cancel_and_wait()     # nothing to stop
+
+    asyncio.run(main())
+
+
+def test_cancel_and_wait_lets_its_callers_own_cancellation_through():
+    from iotwasm.supervise import cancel_and_wait
+
+    async def main():
+        release = asyncio.Event()
+
+        async def slow_to_stop():
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await release.wait()      # winds down only when told
+
+        task = asyncio.get_running_loop().create_task(slow_to_stop())
+        await asyncio.sleep(0)
+        stopper = asyncio.get_running_loop().create_task(cancel_and_wait(task))
+        await asyncio.sleep(0)
+        stopper.cancel()                  # the one stopping is itself cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await stopper
+        release.set()
+        await asyncio.wait([task])
+        assert task.cancelled()
 
     asyncio.run(main())

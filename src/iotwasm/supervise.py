@@ -1,6 +1,7 @@
 """Work that must go on: background tasks restarted after failures, and storage failures held.
 
-Two helpers, for the two ways a node keeps going when something below it fails:
+Two helpers, for the two ways a node keeps going when something below it fails (and
+`cancel_and_wait`, for stopping the tasks they run):
 
 * `supervise` runs a background task that must live as long as its owner (an outbox
   forwarder, the manifest watch, the rules' worker and clock, the metric alerts). An
@@ -25,6 +26,36 @@ from .backoff import Backoff
 from .errors import IotwasmError, StorageError
 
 T = TypeVar("T")
+
+_log = logging.getLogger("iotwasm.supervise")
+
+
+async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
+    """Cancel `tasks` and return once every one of them has ended (None entries are skipped).
+
+    Why: whoever stops its tasks goes on to close what they use (a client, a connection, a
+    database) or to report itself stopped. A task that was only asked to stop could still be
+    running then; waiting makes a stopped thing stopped.
+
+    A task that ended by cancellation is what was asked for. One that ended with an exception
+    (before it was cancelled, or while it wound down) is logged with its traceback and not
+    raised: the caller still has things to close, and the failure was the task's, not the
+    stop's. If the caller itself is cancelled while waiting, that cancellation propagates
+    (`await task` inside ``except CancelledError: pass`` swallowed it).
+    """
+    running = [t for t in tasks if t is not None]
+    for t in running:
+        t.cancel()
+    if not running:
+        return
+    await asyncio.wait(running)
+    for t in running:
+        if t.cancelled():
+            continue
+        e = t.exception()
+        if e is not None:
+            _log.error("task %s had ended with an error when it was stopped: %s: %s",
+                       t.get_name(), type(e).__name__, e, exc_info=e)
 
 
 class Repeats:

@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 
 from ..breaker import CircuitBreaker
 from ..errors import IotwasmError
+from ..supervise import cancel_and_wait
 from ..message import Message
 from ..node import Node
 from ..pipeline.worker import Worker
@@ -140,12 +141,7 @@ class InvokeServer:
             trace.leave(token)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         for sub in self._subs.values():
             try:
                 await sub.unsubscribe()

@@ -33,6 +33,7 @@ import uuid
 from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Envelope
+from ..supervise import cancel_and_wait
 from . import mqtt_codec as codec
 from .bus import BusState, Subscription, Will
 from .errors import BrokerUnavailable
@@ -209,13 +210,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
         self._conn = None
         if self._park_timer is not None:
             self._park_timer.cancel()
-        for task in (self._supervisor, self._pinger):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await cancel_and_wait(self._supervisor, self._pinger)
         for fut in [e.fut for e in self._inflight.values()] + list(self._subacks.values()):
             if fut is not None and not fut.done():
                 fut.set_exception(BrokerUnavailable(f"{self.url}: bus closed"))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from ..backoff import Backoff
 from ..breaker import CLOSED, CircuitBreaker
 from ..errors import IotwasmError, SinkRejected
-from ..supervise import StorageHold, supervise
+from ..supervise import StorageHold, cancel_and_wait, supervise
 
 if TYPE_CHECKING:
     from .outbox import Outbox
@@ -154,12 +154,7 @@ class Forwarder:
                         await self._db(self.outbox.flush_acks, rows=1)
                     except IotwasmError:
                         pass   # the disk is full: they stay acknowledged, deleted later
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _db(self, fn, *args, rows: int):
         if rows <= INLINE_ROWS:

@@ -46,7 +46,7 @@ from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError, Stora
 from ..message import BatchResult, DeadLetter, Message
 from ..messaging.acl import TopicACL
 from ..messaging.bus import Settlement, settled
-from ..supervise import Repeats, StorageHold
+from ..supervise import Repeats, StorageHold, cancel_and_wait
 from .worker import Worker
 from .lanes import Lane
 
@@ -308,14 +308,7 @@ class RouteRunner:
         self._stopping = True
         for lane in self._lanes:  # not taken in time: given back to the source unacknowledged
             _settle(lane.close(), cancel=True)
-        tasks = self._tasks + list(self._confirming)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks, *self._confirming)
         for w in self._workers:
             w.close()  # a call still running finishes on its thread (bounded by its time limit)
 

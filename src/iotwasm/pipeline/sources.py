@@ -14,7 +14,7 @@ import time
 from ..message import Message
 from ..messaging.bus import Settlement
 from ..sensors import SensorField
-from ..supervise import supervise
+from ..supervise import cancel_and_wait, supervise
 from .route import RouteRunner
 from .templates import TopicPattern
 
@@ -132,9 +132,6 @@ class SensorSource:
             self._task.cancel()
 
     async def stop(self, grace: float = 5.0) -> None:
-        # imported here: the connectors package imports this module (its built-in kinds)
-        from .connectors.base import cancel_and_wait
-
         await cancel_and_wait(self._task)
         self._task = None
 

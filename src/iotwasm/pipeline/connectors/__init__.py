@@ -3,6 +3,16 @@ built-in ones (builtin.py) and the field connectors (modbus, postgres). Importin
 registers them all; third-party kinds come from the ``iotwasm.connectors`` entry points."""
 
 from . import builtin, coap, modbus, opcua, postgres  # noqa: F401 - registering the built-in kinds
-from .base import ENTRY_POINT_GROUP, BuildContext, Connector, Registry, registry, require, status_of
+from .base import (
+    ENTRY_POINT_GROUP,
+    BuildContext,
+    Connector,
+    Registry,
+    cancel_and_wait,
+    registry,
+    require,
+    status_of,
+)
 
-__all__ = ["ENTRY_POINT_GROUP", "BuildContext", "Connector", "Registry", "registry", "require", "status_of"]
+__all__ = ["ENTRY_POINT_GROUP", "BuildContext", "Connector", "Registry", "cancel_and_wait", "registry",
+           "require", "status_of"]

@@ -25,7 +25,6 @@ clients.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.metadata
 import logging
@@ -36,6 +35,7 @@ from typing import Any, Awaitable, Callable, Literal, Protocol
 from pydantic import BaseModel
 
 from ...errors import ConfigError
+from ...supervise import cancel_and_wait as cancel_and_wait  # for sources and plugins
 
 log = logging.getLogger("iotwasm.connectors")
 
@@ -115,34 +115,6 @@ class Connector:
     pattern: Callable[[Any], str | None] | None = None
     #: the pip extra of iotwasm that brings `requires` (named in the missing-package error)
     extra: str | None = None
-
-
-async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
-    """Cancel `tasks` and return once every one of them has ended (None entries are skipped).
-
-    Why: a source stops its tasks and then closes the clients they read from (a Modbus
-    connection, a CoAP context). A task that was only asked to stop could still be running
-    then, reading from a closed client or offering to a route that is going away; waiting
-    makes a stopped source stopped.
-
-    A task that ended by cancellation is what was asked for. One that ended with an exception
-    (before it was cancelled, or while it wound down) is logged with its traceback and not
-    raised: the caller still has clients to close, and the failure was the task's, not the
-    stop's. If the caller itself is cancelled while waiting, that cancellation propagates.
-    """
-    running = [t for t in tasks if t is not None]
-    for t in running:
-        t.cancel()
-    if not running:
-        return
-    await asyncio.wait(running)
-    for t in running:
-        if t.cancelled():
-            continue
-        e = t.exception()
-        if e is not None:
-            log.error("task %s had ended with an error when it was stopped: %s: %s",
-                      t.get_name(), type(e).__name__, e, exc_info=e)
 
 
 def require(connector: Connector) -> None:

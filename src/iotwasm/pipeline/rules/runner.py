@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable
 
 from ...errors import ConfigError, IotwasmError, StorageError
 from ...message import Message
-from ...supervise import Repeats, StorageHold, supervise
+from ...supervise import Repeats, StorageHold, cancel_and_wait, supervise
 from ..outbox import Outbox
 from ..sinks import BusSink, LocalStore, StoreSink, WebhookSink
 from ..worker import Worker
@@ -205,13 +205,7 @@ class RuleRunner:
                 log.warning("rules: detaching %s: %s", f, e)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), drain_timeout)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         try:
             await self.offload(self._checkpoint)
