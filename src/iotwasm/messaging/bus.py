@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar, Union
 
 from ..errors import ConfigError
 from ..message import Envelope, Message
+from ..supervise import cancel_and_wait
 from .errors import BrokerUnavailable
 from .topics import matches, validate_filter, validate_topic
 
@@ -365,11 +366,7 @@ class Subscription:
                         await self._progress.wait()
             except TimeoutError:
                 log.warning("handler for %r still running after %ss; cancelled", self.filter, grace)
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait(self._task)
         self._task = None
         outcome = DROPPED if drop_queued else RELEASED if release_queued else None
         while not self._queue.empty():
