@@ -18,6 +18,7 @@ from iotwasm.message import Envelope
 from iotwasm.messaging import BrokerUnavailable, BusState, PublishDenied, SubscribeDenied, open_bus
 from iotwasm.messaging import mqtt_codec as codec
 from iotwasm.messaging import mqtt_props as mp
+from iotwasm.errors import SinkRejected
 from iotwasm.messaging.errors import MessageTooLarge
 from iotwasm.messaging.mqtt_bus import MqttBus
 
@@ -257,9 +258,13 @@ def test_a_message_larger_than_the_broker_takes_is_refused_before_sending(tmp_pa
             results = await bus.publish_many([("big/2", b"ok"), ("big/3", b"y" * 3000),
                                               ("big/4", b"after")], qos=1)
             assert results[0] is None and isinstance(results[1], MessageTooLarge)
-            assert isinstance(results[2], MessageTooLarge)  # order kept: not sent after it
+            assert results[2] is None   # a message that can never go holds nothing back
+            assert isinstance(results[1], SinkRejected)   # an outbox dead-letters it
+            q0 = await bus.publish_many([("big/6", b"z" * 3000), ("big/7", b"q0")])   # QoS 0 too
+            assert isinstance(q0[0], MessageTooLarge) and q0[1] is None
             await bus.publish("big/5", b"small", qos=1)
-            await inbox.wait_until(lambda i: i.payloads == [b"ok", b"small"], "the small ones")
+            await inbox.wait_until(lambda i: i.payloads == [b"ok", b"after", b"q0", b"small"],
+                                   "the small ones")
             assert bus.stats.reconnects == 0
             await bus.close()
 

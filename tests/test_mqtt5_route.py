@@ -123,3 +123,47 @@ def test_queue_is_refused_on_a_sink():
 
     with pytest.raises(ValueError, match="queue shares a source's messages between nodes; a sink has none"):
         Sink.model_validate({"mqtt": {"topic": "x", "queue": "g"}})
+
+
+def test_a_message_too_large_for_the_uplink_is_a_dead_letter_and_the_rest_go(tmp_path, mosquitto):  # noqa: F811
+    """An uplink broker whose maximum packet size one message exceeds: through the outbox
+    that message becomes a dead letter of the route (message_too_large), and the messages
+    before and after it are delivered in order — it holds nothing back."""
+    from brokers import Mosquitto
+
+    small = Mosquitto(tmp_path / "small", options={"max_packet_size": 2048}).start()
+    try:
+        mdir = echo_site(tmp_path, echo_route("up", [mqtt_sink(f"{small.url}?version=5", "up/{device}")]))
+
+        async def main():
+            async with running(mdir, tmp_path / "data", name="edge-big", broker=mosquitto.url) as node:
+                collector = MqttBus(small.url, version=5)
+                device = MqttBus(mosquitto.url)
+                try:
+                    await collector.connect()
+                    await device.connect()
+                    inbox = Inbox()
+                    await collector.subscribe("up/#", inbox, qos=1)
+                    payloads = [b"m%d" % i if i != 4 else b"x" * 3000 for i in range(10)]
+                    for p in payloads:
+                        await device.publish("in/d1", p, qos=1)
+                    want = [p for p in payloads if len(p) < 100]
+                    await inbox.wait_until(lambda i: i.payloads == want, "the nine small ones, in order",
+                                           timeout=30)
+                    runner = node.routes["up"].runner
+                    async with asyncio.timeout(10):
+                        while runner.stats.dead_letters < 1:
+                            await asyncio.sleep(0.01)
+                    (dead,) = node.state.dead_letters("up", limit=10)
+                    assert dead["kind"] == "message_too_large" and dead["step"] == "up/0:mqtt"
+                    assert "the broker takes at most 2,048" in dead["error"]
+                    assert dead["payload"] == b"x" * 3000
+                    sink = node.routes["up"].sinks[0]
+                    assert sink.status()["health"] == "ok"
+                finally:
+                    await collector.close()
+                    await device.close()
+
+        run(main(), timeout=60)
+    finally:
+        small.stop()

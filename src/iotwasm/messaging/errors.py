@@ -11,7 +11,7 @@ these too. The kinds tell a caller what to do next:
 
 from __future__ import annotations
 
-from ..errors import IotwasmError
+from ..errors import IotwasmError, SinkRejected
 
 
 class MessagingError(IotwasmError):
@@ -68,8 +68,20 @@ class PublishRefused(MessagingError):
         self.reason_code = reason_code
 
 
-class MessageTooLarge(MessagingError):
+class MessageTooLarge(MessagingError, SinkRejected):
     """The message would make a packet larger than the broker accepts (MQTT 5's maximum
-    packet size): it was not sent, and sending it again will not help."""
+    packet size): it was not sent, and sending it again will not help (a `SinkRejected`:
+    through an outbox it becomes a dead letter, and the messages behind it go on)."""
 
     kind = "message_too_large"
+
+
+class PublishRejected(PublishRefused, SinkRejected):
+    """The broker refused this message for what it is (MQTT 5 reason 0x90 topic name
+    invalid, 0x95 packet too large, 0x99 payload format invalid): sending it again will not
+    help, so through an outbox it becomes a dead letter and the messages behind it go on. Other
+    refusals (not authorized, quota exceeded, unspecified) may pass and are retried."""
+
+
+#: MQTT 5 PUBACK reason codes about the message itself (`PublishRejected`)
+REJECTED_FOR_GOOD = frozenset({0x90, 0x95, 0x99})

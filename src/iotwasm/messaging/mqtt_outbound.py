@@ -18,10 +18,12 @@ from . import mqtt_codec as codec
 from . import mqtt_props as mp
 from .bus import Outgoing, as_payload, check_qos, settled
 from .errors import (
+    REJECTED_FOR_GOOD,
     BrokerUnavailable,
     MessageTooLarge,
     PublishDenied,
     PublishRefused,
+    PublishRejected,
     PublishTimeout,
 )
 from .mqtt_state import AckSlot, AckWindow, InFlight, MqttState, waitable
@@ -111,6 +113,8 @@ class MqttOutbound(MqttState):
             denied = PublishDenied(message)
             denied.reason_code = code
             return denied
+        if code in REJECTED_FOR_GOOD:
+            return PublishRejected(message, reason_code=code)
         return PublishRefused(message, reason_code=code)
 
     @property
@@ -240,30 +244,42 @@ class MqttOutbound(MqttState):
         items = list(items)
         self._check_connected()
         if qos == 0:
+            sent: list[Exception | None] = []
             for item in items:
-                self._write(self._packet(item[0], item[1], 0, retain, 0,
-                                         item[2] if len(item) > 2 else None))
-            self.stats.published += len(items)
-            sent: list[Exception | None] = [None] * len(items)
+                try:
+                    self._write(self._packet(item[0], item[1], 0, retain, 0,
+                                             item[2] if len(item) > 2 else None))
+                    sent.append(None)
+                except MessageTooLarge as exc:   # this one alone; the next ones go
+                    sent.append(exc)
+            self.stats.published += sent.count(None)
             return settled(sent)
         wait = self.publish_timeout if timeout is None else timeout
         deadline = self._bound_loop().time() + wait
         window = AckWindow(self._bound_loop())
+        answers: list[AckSlot | Exception] = []
         failure: Exception | None = None
         for item in items:
             try:
                 if not self._has_room() or self._room_waiters:
                     await self._room_for_one(item[0], deadline, wait)
-                self._send_qos1(item[0], item[1], retain, item[2] if len(item) > 2 else None, window)
-            except (BrokerUnavailable, PublishTimeout, ConfigError, MessageTooLarge) as exc:
+                slot = self._send_qos1(item[0], item[1], retain, item[2] if len(item) > 2 else None, window)
+                assert isinstance(slot, AckSlot)
+                answers.append(slot)
+            except MessageTooLarge as exc:
+                # never sendable: answered now, and the next ones go (MessageTooLarge is a
+                # refusal for good; nothing is held back behind a message that never goes)
+                answers.append(exc)
+            except (BrokerUnavailable, PublishTimeout, ConfigError) as exc:
                 # what follows a failed message is not sent: order is kept for a retry
                 failure = exc
                 break
         window.seal()
-        return self._answers(window, items, failure, deadline, wait)
+        return self._answers(window, answers, items, failure, deadline, wait)
 
-    def _answers(self, window: AckWindow, items: list[Outgoing], failure: Exception | None,
-                 deadline: float, wait: float) -> asyncio.Future[list[Exception | None]]:
+    def _answers(self, window: AckWindow, answers: list[AckSlot | Exception], items: list[Outgoing],
+                 failure: Exception | None, deadline: float, wait: float
+                 ) -> asyncio.Future[list[Exception | None]]:
         """The future of a sent batch's results, done when every message has its answer or
         at `deadline`, when those still unanswered time out (their packets stay in flight: a
         late PUBACK is still taken). A future with callbacks, not a coroutine: a caller that
@@ -275,20 +291,20 @@ class MqttOutbound(MqttState):
             timer.cancel()
             if out.done():
                 return
-            for slot, item in zip(window.slots, items):
-                if not slot.done():
-                    slot.set_exception(PublishTimeout(
+            for answer, item in zip(answers, items):
+                if isinstance(answer, AckSlot) and not answer.done():
+                    answer.set_exception(PublishTimeout(
                         f"{self.url}: no acknowledgement for {item[0]!r} within {wait}s"))
             results: list[Exception | None] = []
-            for slot in window.slots:
-                exc = slot.exception()
+            for answer in answers:
+                exc = answer.exception() if isinstance(answer, AckSlot) else answer
                 if exc is None:
                     self.stats.published += 1
                 elif not isinstance(exc, Exception):  # only errors are set on these answers
                     out.set_exception(exc)
                     return
                 results.append(exc)
-            results += [failure] * (len(items) - len(window.slots))
+            results += [failure] * (len(items) - len(answers))
             out.set_result(results)
 
         timer = loop.call_at(deadline, finish)
