@@ -17,8 +17,9 @@ import pytest
 
 from brokers import Mosquitto, NatsServer, free_port
 from iotwasm.backoff import Backoff
-from iotwasm.errors import ConfigError
+from iotwasm.errors import ConfigError, SinkRejected
 from iotwasm.message import Message
+from iotwasm.messaging.errors import MessageTooLarge
 from iotwasm.messaging import (
     BrokerUnavailable,
     BusState,
@@ -888,6 +889,11 @@ def test_nats_core_round_trip_and_topic_mapping(nats_server):
             await bus.publish("sensors/x", b"1", retain=True)
         with pytest.raises(ConfigError, match="jetstream"):
             await bus.subscribe("x", Inbox(), durable="d")
+        # over the server's max_payload: refused alone, before sending (a refusal for good)
+        big = b"x" * (bus._client().max_payload + 1)
+        results = await bus.publish_many([("sensors/a/big", big), ("sensors/a/ok", b"1")], qos=1)
+        assert isinstance(results[0], MessageTooLarge) and isinstance(results[0], SinkRejected)
+        assert "the server takes at most" in str(results[0]) and results[1] is None
         await bus.close()
 
     run(main())

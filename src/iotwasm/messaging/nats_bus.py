@@ -26,7 +26,7 @@ from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Message
 from .bus import FAILED, OK, Bus, BusState, Handler, Subscription, as_payload, check_qos
-from .errors import BrokerUnavailable, PublishTimeout
+from .errors import BrokerUnavailable, MessageTooLarge, PublishTimeout
 from .topics import (
     from_nats_subject,
     matches,
@@ -498,6 +498,10 @@ class NatsBus(Bus):
         except nats.errors.TimeoutError:
             raise PublishTimeout(
                 f"{self.url}: no acknowledgement for {topic!r} within {wait}s") from None
+        except nats.errors.MaxPayloadError:
+            raise MessageTooLarge(
+                f"{self.url}: the message on {topic!r} has {len(payload):,} bytes; the server "
+                f"takes at most {nc.max_payload:,}") from None
         except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
             raise BrokerUnavailable(
                 f"{self.url}: no JetStream stream answered for {subject!r} (no stream covers "
