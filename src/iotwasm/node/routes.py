@@ -31,7 +31,8 @@ from .traffic import breaker_for, retry_for, split_steps, with_faults
 if TYPE_CHECKING:
     from ..pipeline import LocalStore, Outbox
     from .device_link import DeviceLink
-    from .node import NodeConfig, _DeploymentRecord
+    from .deployments import DeploymentRecord
+    from .node import NodeConfig
     from .state import NodeState
 
 log = logging.getLogger("iotwasm.node")
@@ -59,7 +60,7 @@ class RouteLifecycle:
     # the node's state these methods use (set in Node.__init__)
     config: NodeConfig
     routes: dict[str, RouteRecord]
-    deployments: dict[str, _DeploymentRecord]
+    deployments: dict[str, DeploymentRecord]
     outbox: Outbox
     store: LocalStore
     state: NodeState
