@@ -123,29 +123,10 @@ def test_the_forwarder_deletes_acknowledged_windows_by_range_and_leaves_other_si
         for k in range(10):   # two sinks interleaved in the id sequence
             outbox.append("up", items(3, start=10 * k))
             outbox.append("other", items(2, start=10 * k))
-        sent: list[int] = []
-        gate = asyncio.Event()
-
-        async def submit(window):
-            sent.extend(json.loads(p)["seq"] for _, p in window)
-
-            async def confirmed():
-                await gate.wait()     # windows pile up confirmed together
-                return [None] * len(window)
-
-            return confirmed()
-
+        windows, gate, submit = gated_uplink()   # windows pile up, confirmed together
         fw = Forwarder(outbox, "up", submit, batch=4, windows=4, min_backoff=0.01, max_backoff=0.02)
-        fw.start()
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(sent) < 16:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
-        gate.set()
-        while outbox.backlog("up"):
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
-        await fw.stop()
+        await run_gated(fw, outbox, gate, lambda: sum(map(len, windows)) >= 16)
+        sent = [s for w in windows for s in w]
         assert sent == [10 * k + i for k in range(10) for i in range(3)]   # in order, once each
         assert outbox.stats["up"].sent == 30
         assert seqs(outbox, "other") == [10 * k + i for k in range(10) for i in range(2)]
@@ -238,31 +219,42 @@ def test_a_window_read_while_others_are_in_flight_is_whole_and_in_order(tmp_path
         outbox = Outbox(tmp_path / "outbox.db")
         outbox.append("up", items(120))
         outbox.append("other", items(5, start=1000))
-        windows: list[list[int]] = []
-        gate = asyncio.Event()
-
-        async def submit(window):
-            windows.append([json.loads(p)["seq"] for _, p in window])
-
-            async def confirmed():
-                await gate.wait()
-                return [None] * len(window)
-
-            return confirmed()
-
+        windows, gate, submit = gated_uplink()
         fw = Forwarder(outbox, "up", submit, batch=50, windows=3, min_backoff=0.01, max_backoff=0.02)
-        fw.start()
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(windows) < 3:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
-        gate.set()
-        while outbox.backlog("up"):
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
-        await fw.stop()
+        await run_gated(fw, outbox, gate, lambda: len(windows) >= 3)
         assert [len(w) for w in windows] == [50, 50, 20]
         assert [s for w in windows for s in w] == list(range(120))
         outbox.close()
 
     asyncio.run(main())
+
+
+def gated_uplink():
+    """An uplink recording each window's seqs whose acknowledgements all wait for `gate`."""
+    windows: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def submit(window):
+        windows.append([json.loads(p)["seq"] for _, p in window])
+
+        async def confirmed():
+            await gate.wait()
+            return [None] * len(window)
+
+        return confirmed()
+
+    return windows, gate, submit
+
+
+async def run_gated(fw, outbox, gate, handed_out) -> None:
+    """Start `fw`, open `gate` once `handed_out()` holds, stop once the outbox is empty."""
+    fw.start()
+    deadline = asyncio.get_running_loop().time() + 20
+    while not handed_out():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    gate.set()
+    while outbox.backlog("up"):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    await fw.stop()
