@@ -287,13 +287,14 @@ class Collector:
 class ChaosRig:
     """Two private Mosquittos — `source`, the devices' broker and the node's bus, and `sink`,
     the uplink the route publishes to — a route ``in/{device}`` → echo → ``out/{device}``
-    (QoS 1 both ways, store-and-forward on), and the node as a child process.
+    (QoS 1 both ways, store-and-forward on), and the node as a child process (with
+    `workers` > 1, an ingress and that many worker processes).
 
     `data` may be given (e.g. a directory on a small filesystem); it defaults to one under
     `workdir`. `run` plays one case."""
 
     def __init__(self, workdir: Path, module_wat: str, *, data: Path | None = None,
-                 replicas: int = 1, batch: int = 16):
+                 replicas: int = 1, batch: int = 16, workers: int = 1):
         from brokers import Mosquitto
 
         self.dir = workdir
@@ -306,7 +307,9 @@ class ChaosRig:
         self.replicas = replicas
         self.batch = batch
         self.data = data or workdir / "data"
-        self.node = NodeProcess(self.manifests, self.data, self.source.url)
+        #: with workers > 1 the node is `iotwasm up --workers N`: an ingress and N worker processes
+        self.node = NodeProcess(self.manifests, self.data, self.source.url,
+                                extra=("--workers", str(workers)) if workers > 1 else ())
 
     def write_deployment(self, module: Path | None = None, replicas: int | None = None) -> None:
         text = echo_deployment(module or self.module, replicas=replicas or self.replicas)

@@ -65,6 +65,26 @@ class Will:
             raise ConfigError(f"will qos must be 0, 1 or 2, not {self.qos!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class OrderKey:
+    """The part of a topic that keys the order a subscriber needs (a route's per-device
+    order): the topic level at `level` (from 0), with `rest` that level and all after it;
+    `level` None: the whole topic. A bus that spreads one subscription's messages over
+    several consumers (`WorkerBus` behind an `Ingress`) gives all messages with one key to
+    the same consumer, so their order holds; the other buses have one consumer and ignore it."""
+
+    level: int | None = None
+    rest: bool = False
+
+    def of(self, topic: str) -> str:
+        if self.level is None:
+            return topic
+        levels = topic.split("/")
+        if self.rest:
+            return "/".join(levels[self.level:])
+        return levels[self.level] if self.level < len(levels) else topic
+
+
 @dataclass(slots=True)
 class BusStats:
     #: messages the broker took (qos 0: handed to the connection; qos >= 1: acknowledged)
@@ -400,8 +420,12 @@ class Subscription:
 class Bus(abc.ABC):
     """Publish/subscribe on MQTT-style topics. See docs/messaging.md."""
 
-    #: short name used in messages ("memory", "mqtt", "nats")
+    #: short name used in messages ("memory", "mqtt", "nats", "ingress")
     scheme = "bus"
+    #: True when a subscription sees only its share of the matching messages (a worker behind
+    #: an ingress, `WorkerBus`): a consumer that needs all of them (a rule's window over every
+    #: device) cannot run on it
+    partitioned = False
     #: whether `publish` takes an `envelope` (a message's headers and MQTT 5 properties) and
     #: `send_many` items of ``(topic, payload, envelope)``; a sink passes envelopes on only
     #: to a bus that carries them
@@ -489,8 +513,10 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
-                        queue: str | None = None, durable: str | None = None) -> Subscription:
-        """Call `handler(msg)` for each message on a topic matching `topic_filter`."""
+                        queue: str | None = None, durable: str | None = None,
+                        order: OrderKey | None = None) -> Subscription:
+        """Call `handler(msg)` for each message on a topic matching `topic_filter`; `order`
+        says which part of the topic keys the order the handler needs (see `OrderKey`)."""
 
     @abc.abstractmethod
     async def _unsubscribe(self, sub: Subscription) -> None: ...
@@ -634,7 +660,8 @@ class InProcessBus(Bus):
                 await sub.put(Message(topic, payload, envelope=envelope))
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
-                        queue: str | None = None, durable: str | None = None) -> Subscription:
+                        queue: str | None = None, durable: str | None = None,
+                        order: OrderKey | None = None) -> Subscription:
         self._check_open()
         validate_filter(topic_filter)
         check_qos(qos)

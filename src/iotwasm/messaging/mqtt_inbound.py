@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..message import Envelope, Message
 from . import mqtt_codec as codec
 from . import mqtt_props as mp
-from .bus import OK, RELEASED, Handler, Subscription, check_qos
+from .bus import OK, RELEASED, Handler, OrderKey, Subscription, check_qos
 from .errors import BrokerUnavailable, SubscribeDenied
 from .mqtt_state import Incoming, MqttState
 from .topics import matches, validate_filter
@@ -36,7 +36,7 @@ class MqttInbound(MqttState):
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
                         queue: str | None = None, durable: str | None = None,
-                        timeout: float | None = None) -> Subscription:
+                        order: OrderKey | None = None, timeout: float | None = None) -> Subscription:
         """Subscribe; when connected, return after the broker confirmed (SUBACK).
 
         `queue` -> a shared subscription (``$share/<queue>/<filter>``): the broker gives each

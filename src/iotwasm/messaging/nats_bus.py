@@ -25,7 +25,7 @@ from nats.js import api as js_api
 from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Message
-from .bus import FAILED, OK, Bus, BusState, Handler, Subscription, as_payload, check_qos
+from .bus import FAILED, OK, Bus, BusState, Handler, OrderKey, Subscription, as_payload, check_qos
 from .errors import BrokerUnavailable, MessageTooLarge, PublishTimeout
 from .topics import (
     from_nats_subject,
@@ -519,7 +519,8 @@ class NatsBus(Bus):
     # ------------------------------------------------------------------ subscribe
 
     async def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 0,
-                        queue: str | None = None, durable: str | None = None) -> Subscription:
+                        queue: str | None = None, durable: str | None = None,
+                        order: OrderKey | None = None) -> Subscription:
         """Core subscription (qos is ignored: core NATS has no acknowledgements), or, with
         `durable`, a JetStream durable pull consumer. `queue` on a durable is ignored: every
         subscriber that binds the same durable name already shares its messages.

@@ -7,6 +7,7 @@ needs nats-py, so it is imported only when a ``nats://`` URL asks for it.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from typing import Any
 
@@ -80,4 +81,33 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
             raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
         kwargs.update(options)
         return NatsBus(base, **kwargs)
+    if scheme == "ingress":
+        return _worker_bus(url, parsed.path, query, options)
     raise ConfigError(f"unsupported bus URL {url!r}: use memory://, mqtt://, mqtts:// or nats://")
+
+
+#: where a worker finds the secret its ingress asks for (set by the parent, never in a URL)
+INGRESS_TOKEN_ENV = "IOTWASM_INGRESS_TOKEN"
+
+
+def _worker_bus(url: str, path: str, query: dict[str, str], options: dict[str, Any]) -> Bus:
+    """``ingress:///path/of/socket?worker=K&workers=N&publish=URL`` -> a `WorkerBus`
+    (what `iotwasm up --workers N` gives its worker processes)."""
+    from .worker_bus import WorkerBus
+
+    try:
+        worker, workers = int(query.pop("worker")), int(query.pop("workers"))
+        publish = query.pop("publish")
+    except KeyError as e:
+        raise ConfigError(f"{url!r} needs {e.args[0]}=") from None
+    except ValueError:
+        raise ConfigError(f"worker and workers in {url!r} must be whole numbers") from None
+    if query:
+        raise ConfigError(f"unknown option(s) in {url!r}: {', '.join(sorted(query))}")
+    token = os.environ.get(INGRESS_TOKEN_ENV)
+    if not token:
+        raise ConfigError(f"{url!r}: {INGRESS_TOKEN_ENV} is not set (a worker is started by "
+                          f"`iotwasm up --workers`)")
+    if publish.startswith("ingress"):
+        raise ConfigError(f"{url!r}: a worker publishes on a broker, not through an ingress")
+    return WorkerBus(path, worker, workers, bytes.fromhex(token), open_bus(publish, **options))

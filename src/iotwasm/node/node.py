@@ -37,6 +37,7 @@ from ..engine.runtime import DEFAULT_MAX_TIMEOUT_MS
 from ..errors import IotwasmError, StorageError
 from ..messaging.bus import Bus, Will
 from ..messaging.transports import open_bus
+from ..messaging.worker_bus import WorkerBus
 from ..pipeline import LocalStore, Outbox
 from ..pipeline.connectors.builtin import subject_to_topic  # noqa: F401 - part of this module's API
 from ..registry import ModuleStore
@@ -161,6 +162,8 @@ class Node(DeploymentLifecycle, RouteLifecycle):
                                 client_id=f"iotwasm-node-{self.config.name}")
         else:
             self.bus = open_bus(self.config.broker)
+        if isinstance(self.bus, WorkerBus):   # a worker without its ingress has no work left
+            self.bus.on_lost = self.stop
         try:
             await self.bus.connect(timeout=10)
         except IotwasmError as e:
@@ -174,6 +177,8 @@ class Node(DeploymentLifecycle, RouteLifecycle):
                                build_context=lambda owner, ns: BuildContext(self, owner, ns))
         await self.sync()
         self.ready = True
+        if isinstance(self.bus, WorkerBus):
+            self.bus.started()
         await self._publish_status("online")
 
     async def run(self) -> None:

@@ -134,6 +134,11 @@ class RouteLifecycle:
         steps = split_steps(spec, steps, self.deployments, on_event=lambda kind, msg: self._event(
             kind, r.name, msg, uid=uid, namespace=r.metadata.namespace))
         src = spec.source
+        if self.bus is not None and self.bus.partitioned and not (
+                src.type == "bus" or (src.type == "mqtt" and getattr(src.config, "url", None) is None)):
+            # each worker would read the whole source: every message once per worker
+            raise ConfigError(f"a worker of `iotwasm up --workers` runs only routes fed by the node's "
+                              f"broker (source mqtt without url, or bus), not a {src.type} source")
         ctx = BuildContext(self, r.name, r.metadata.namespace)
         source_kind = connectors.registry.get("source", src.type)
         pattern = source_kind.pattern(src.config) if source_kind.pattern else None

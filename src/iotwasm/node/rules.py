@@ -41,6 +41,7 @@ class NodeRules:
     def __init__(self, bus, outbox: Outbox, store: LocalStore, state: RuleStateStore,
                  deployments: Callable[[str], object | None], event: Callable[[str, str, str], None],
                  build_context: Callable[[str, str], Any] | None = None):
+        self.bus = bus
         self.state = state
         #: what a `sink` action's connector is built with (`connectors.BuildContext`), by
         #: rule and its namespace
@@ -125,6 +126,10 @@ class NodeRules:
             if self.digests.get(name) == digest:
                 continue
             try:
+                if self.bus.partitioned:
+                    raise ConfigError("a worker of `iotwasm up --workers` sees only its share of the "
+                                      "devices, so a rule's windows and aggregates would be partial; "
+                                      "run rules on a node without --workers")
                 d = self.definition(r)
                 override = self._override(name, digest)
                 if override is not None:

@@ -61,8 +61,10 @@ class BusSource:
             return self.runner.offer_nowait(msg, pattern.capture(msg.topic), settlement)
 
         # an empty queue or durable name means none, as when it is left out
+        # the lanes' key: a bus that spreads messages over workers keeps each key on one
         sub = await self.bus.subscribe(pattern.filter, handler, qos=self.qos,
-                                       queue=self.queue or None, durable=self.durable or None)
+                                       queue=self.queue or None, durable=self.durable or None,
+                                       order=pattern.order_key(self.runner.order_key))
         sub.fast = take
         self._sub = sub
 

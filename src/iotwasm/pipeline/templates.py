@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..messaging.bus import OrderKey
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(\*?)\}")
 
@@ -46,6 +47,14 @@ class TopicPattern:
             else:
                 out.append(seg)
         return cls(text, "/".join(out), tuple(names), rest_at)
+
+    def order_key(self, name: str) -> OrderKey:
+        """Which part of a matching topic the variable `name` is (the whole topic when the
+        pattern has no such variable: a route's lanes then key by topic)."""
+        for i, var in self.names:
+            if var == name:
+                return OrderKey(self.rest_at, rest=True) if i == -1 else OrderKey(i)
+        return OrderKey()
 
     def capture(self, topic: str) -> dict[str, str]:
         if not self.names:

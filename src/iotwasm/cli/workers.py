@@ -1,0 +1,189 @@
+"""`iotwasm up --workers N`: one node's routes spread over N worker processes.
+
+The parent holds the broker connection (the node's persistent session and its last will)
+and an `Ingress` that hands each message to the worker its order key falls to; each worker
+is an `iotwasm up` of its own on the same manifests, with a data directory of its own
+(`<data>/workers/<k>`: its outbox, dead letters, module cache) and a connection of its own
+to publish on. The parent restarts a worker that exits; its unsettled messages wait for it.
+docs/node.md ("Several cores") says what runs in workers and what does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import ConfigError, IotwasmError
+from ..messaging import Will, open_bus
+from ..messaging.ingress import Ingress
+from ..messaging.transports import INGRESS_TOKEN_ENV
+
+log = logging.getLogger("iotwasm.workers")
+
+#: a worker that exits is started again after this long (doubling up to RESTART_MAX_S while
+#: it keeps exiting within RESTART_RESET_S of its start)
+RESTART_MIN_S, RESTART_MAX_S, RESTART_RESET_S = 0.5, 10.0, 30.0
+
+
+@dataclass
+class WorkerOptions:
+    """What the parent passes on to every worker's `iotwasm up`."""
+
+    manifests: Path
+    data: Path
+    name: str
+    broker: str
+    extra: list[str] = field(default_factory=list)
+
+
+def check_broker(broker: str | None) -> str:
+    if not broker or urllib.parse.urlsplit(broker).scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"--workers needs an MQTT broker (--broker mqtt://host:port), not {broker or 'none'}")
+    return broker
+
+
+class Workers:
+    """Start, watch and stop the worker processes of one node."""
+
+    def __init__(self, opts: WorkerOptions, count: int, socket_path: str, token: bytes):
+        self.opts = opts
+        self.count = count
+        self.socket_path = socket_path
+        self.token = token
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.started_at = [0.0] * count
+        self.delay = [RESTART_MIN_S] * count
+        self.restarts = [0] * count
+        self.stopping = False
+
+    def command(self, k: int) -> list[str]:
+        o = self.opts
+        url = (f"ingress://{self.socket_path}?worker={k}&workers={self.count}"
+               f"&publish={urllib.parse.quote(o.broker, safe='')}")
+        return [sys.executable, "-m", "iotwasm.cli.main", "up", str(o.manifests), "--data",
+                str(o.data / "workers" / str(k)), "--broker", url, "--name", f"{o.name}-w{k}",
+                "--no-api", *o.extra]
+
+    def start(self, k: int) -> None:
+        env = dict(os.environ, **{INGRESS_TOKEN_ENV: self.token.hex()})
+        # a session of its own: a Ctrl-C in the terminal reaches the parent, which stops the
+        # workers in order instead of all at once
+        self.procs[k] = subprocess.Popen(self.command(k), env=env, start_new_session=True)
+        self.started_at[k] = time.monotonic()
+
+    async def watch(self) -> None:
+        """Restart workers that exit, with a growing delay while they keep exiting."""
+        for k in range(self.count):
+            self.start(k)
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            for k, proc in enumerate(self.procs):
+                if self.stopping or proc is None or proc.poll() is None:
+                    continue
+                ran = time.monotonic() - self.started_at[k]
+                self.delay[k] = RESTART_MIN_S if ran > RESTART_RESET_S else min(self.delay[k] * 2, RESTART_MAX_S)
+                log.warning("worker %d exited with %s after %.1fs; starting it again in %.1fs",
+                            k, proc.returncode, ran, self.delay[k])
+                self.procs[k] = None
+                self.restarts[k] += 1
+                asyncio.get_running_loop().call_later(self.delay[k], self._restart, k)
+
+    def _restart(self, k: int) -> None:
+        if not self.stopping and self.procs[k] is None:
+            self.start(k)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM every worker (each drains and hands back what it holds), SIGKILL what is
+        left after `grace` seconds."""
+        self.stopping = True
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in live:
+            try:
+                await asyncio.to_thread(p.wait, max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in %.0fs; killed", p.pid, grace)
+                p.kill()
+                await asyncio.to_thread(p.wait)
+
+
+async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds: float = 0.0,
+                      grace: float = 30.0) -> None:
+    """Run the ingress and `count` workers until SIGINT/SIGTERM (or `seconds`)."""
+    status_topic = f"iotwasm/nodes/{opts.name}/status"
+
+    def status(state: str, reason: str = "") -> bytes:
+        return json.dumps({"node": opts.name, "state": state, "workers": count,
+                           **({"reason": reason} if reason else {})}).encode()
+
+    upstream = open_bus(opts.broker, will=Will(status_topic, status("offline", "lost"), qos=1, retain=True),
+                        client_id=f"iotwasm-node-{opts.name}")
+    try:
+        await upstream.connect(timeout=10)
+    except IotwasmError as e:
+        log.warning("broker %s not reachable yet (%s); reconnecting in the background", opts.broker, e)
+    sock_dir = tempfile.mkdtemp(prefix="iotwasm-ingress-")   # 0700: the node user's alone
+    path = os.path.join(sock_dir, "ingress.sock")
+    token = secrets.token_bytes(16)
+    ingress = Ingress(upstream, path, count, token)
+    await ingress.start()
+    workers = Workers(opts, count, path, token)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(workers.watch(), name="workers")
+    console.print(f"node {opts.name}: {count} workers behind one ingress on {opts.broker}", highlight=False)
+    try:
+        started, last, online = time.monotonic(), 0.0, False
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1 if not online else 1.0)
+            except TimeoutError:
+                pass
+            if not online and len(ingress.ready) == count:
+                # as a single node: online once every route subscribed, in every worker
+                online = True
+                await _publish(upstream, status_topic, status("online"))
+            if seconds and time.monotonic() - started >= seconds:
+                break
+            if time.monotonic() - last >= 5:
+                last = time.monotonic()
+                held = sum(len(h) for h in ingress.held)
+                console.print(f"workers joined {ingress.connected()} of {count}, restarts {sum(workers.restarts)}; "
+                              f"messages handed {ingress.sent:,}, settled {ingress.settled:,}, waiting for a "
+                              f"worker {held:,}", highlight=False)
+    finally:
+        await workers.stop(grace)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await ingress.close()
+        await _publish(upstream, status_topic, status("offline", "stopped"))
+        await upstream.close()
+        try:
+            os.unlink(path)
+            os.rmdir(sock_dir)
+        except OSError:
+            pass
+
+
+async def _publish(bus, topic: str, payload: bytes) -> None:
+    try:
+        await bus.publish(topic, payload, qos=1, retain=True, timeout=2)
+    except IotwasmError as e:
+        log.warning("status to %s not published: %s", topic, e)

@@ -1,0 +1,78 @@
+"""`iotwasm up --workers N`: one node's routes over N worker processes behind an ingress.
+
+The chaos cases of tests/test_chaos.py, run against a node with two workers: nothing lost
+and every device's messages in order through a graceful restart, a kill -9 of the whole node
+and a kill -9 of one worker (its unsettled messages wait for its next process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from chaos import ChaosRig
+from conftest import ECHO_WAT
+from test_chaos import play, restart_with
+
+COUNT, RATE, AT = 900, 300, 300
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rig = ChaosRig(tmp_path, ECHO_WAT, workers=2)
+    rig.start()
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (its workers)."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def test_sigint_restart_with_workers_loses_nothing(rig):
+    play(rig, [], "SIGINT restart, 2 workers", lambda r: restart_with(r, signal.SIGINT),
+         count=COUNT, rate=RATE, at=AT)
+
+
+def test_sigkill_restart_with_workers_loses_nothing(rig):
+    play(rig, [], "SIGKILL restart, 2 workers", lambda r: restart_with(r, signal.SIGKILL),
+         count=COUNT, rate=RATE, at=AT)
+
+
+def test_a_killed_worker_loses_nothing(rig):
+    async def kill_one(r: ChaosRig) -> None:
+        assert r.node.proc is not None
+        workers = children(r.node.proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        await asyncio.sleep(0)
+
+    play(rig, [], "worker SIGKILL, 2 workers", kill_one, count=COUNT, rate=RATE, at=AT)
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--broker", "mqtt://127.0.0.1:1"], "--workers runs without the management API"),
+    (["--broker", "nats://127.0.0.1:1", "--no-api"], "--workers needs an MQTT broker"),
+    (["--no-api"], "--workers needs an MQTT broker (--broker mqtt://host:port), not none"),
+    (["--broker", "mqtt://127.0.0.1:1", "--no-api", "--fleet", "nats://127.0.0.1:1"],
+     "--workers and --fleet do not go together"),
+])
+def test_workers_refuses_what_it_cannot_run(tmp_path, args, error):
+    from typer.testing import CliRunner
+
+    from iotwasm.cli.main import app
+
+    (tmp_path / "m.yaml").write_text("")
+    result = CliRunner().invoke(app, ["up", str(tmp_path / "m.yaml"), "--workers", "2",
+                                      "--data", str(tmp_path / "d"), *args])
+    assert result.exit_code != 0
+    assert error in result.output
