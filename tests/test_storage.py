@@ -23,7 +23,7 @@ from smallfs import small_disk  # noqa: F401  (fixture)
 
 from iotwasm.backoff import Backoff
 from iotwasm.container import WasmContainer
-from iotwasm.errors import IotwasmError, StorageError
+from iotwasm.errors import IotwasmError, SinkRejected, StorageError
 from iotwasm.message import DeadLetter, Message
 from iotwasm.messaging import open_bus
 from iotwasm.messaging.acl import TopicACL
@@ -161,6 +161,58 @@ def test_the_forwarder_outlives_a_failed_delete_and_sends_nothing_twice(small_di
         await wait_for(lambda: len(sent) == 303, what="new rows forwarded")
         await fwd.stop()
         outbox.close()
+
+    asyncio.run(main())
+
+
+def test_a_refusal_for_good_is_held_while_its_dead_letter_cannot_be_written(small_disk, tmp_path):  # noqa: F811
+    """The uplink refuses one message for good (`SinkRejected`) while the node database, where
+    its dead letter goes, is full: the forwarder holds the window and says why, deletes
+    nothing meanwhile, and once space is back the message is a dead letter exactly once and
+    the messages behind it are delivered, in order."""
+
+    async def main():
+        state = NodeState(small_disk.path / "node.db")
+        outbox = Outbox(tmp_path / "outbox.db")   # on a disk with room: deletes could happen
+        outbox.append("up", items(10, size=100))
+        small_disk.fill()
+        with pytest.raises(StorageError):   # whatever slack SQLite had runs out
+            for _ in range(1000):
+                state.dead_letter("", "filler", "s", "k", "e", "t", b"f" * 1000)
+        kept_before = state.dead_letter_count()
+        sent: list[int] = []
+        attempts: list[bool] = []   # per attempt: the refused row still in the outbox
+
+        async def submit(window):
+            seqs = [json.loads(p)["seq"] for _, p in window]
+            sent.extend(s for s in seqs if s != 3)
+            return settled([SinkRejected("refused: seq 3") if s == 3 else None for s in seqs])
+
+        async def reject(topic: str, payload: bytes, why: SinkRejected) -> None:
+            attempts.append(outbox._db.execute("SELECT count(*) FROM outbox WHERE topic = 't/3'").fetchone()[0] == 1)
+            await asyncio.to_thread(state.dead_letter, "", "r", "up", why.kind, str(why), topic,
+                                    payload + b"x" * 50_000)   # more than any filler left room for
+
+        fwd = Forwarder(outbox, "up", submit, batch=4, windows=2, min_backoff=0.01, max_backoff=0.05,
+                        reject=reject)
+        fwd.start()
+        await wait_for(lambda: fwd.storage.error is not None, what="the dead-letter write held")
+        assert str(fwd.storage.error).startswith(f"node state {small_disk.path / 'node.db'}: database or disk is full")
+        await wait_for(lambda: len(attempts) >= 3, what="the write retried")
+        assert outbox.backlog("up") == 10   # nothing deleted, the refused row least of all
+        assert state.dead_letter_count() == kept_before and fwd.rejected == 0
+        small_disk.free()
+        await wait_for(lambda: outbox.backlog("up") == 0, what="the outbox drained")
+        assert fwd.storage.error is None and fwd.last_error is None
+        assert all(attempts), "the refused row was deleted before its dead letter was stored"
+        dead = state.dead_letters(step="up")
+        assert [(d["topic"], d["kind"], json.loads(d["payload"][:-50_000])["seq"]) for d in dead] == \
+            [("t/3", "sink_rejected", 3)]
+        assert fwd.rejected == 1
+        assert sent == [0, 1, 2, 4, 5, 6, 7, 8, 9]   # the rest delivered, in order, once each
+        await fwd.stop()
+        outbox.close()
+        state.close()
 
     asyncio.run(main())
 
