@@ -165,6 +165,15 @@ def test_the_forwarder_outlives_a_failed_delete_and_sends_nothing_twice(small_di
     asyncio.run(main())
 
 
+def fill_to_the_last_dead_letter(disk, state: NodeState) -> None:
+    """Fill `disk` and the slack SQLite had in `state`'s file: a dead letter of more than
+    1,000 bytes no longer fits."""
+    disk.fill()
+    with pytest.raises(StorageError):
+        for _ in range(1000):
+            state.dead_letter("", "filler", "s", "k", "e", "t", b"f" * 1000)
+
+
 def test_a_refusal_for_good_is_held_while_its_dead_letter_cannot_be_written(small_disk, tmp_path):  # noqa: F811
     """The uplink refuses one message for good (`SinkRejected`) while the node database, where
     its dead letter goes, is full: the forwarder holds the window and says why, deletes
@@ -175,10 +184,7 @@ def test_a_refusal_for_good_is_held_while_its_dead_letter_cannot_be_written(smal
         state = NodeState(small_disk.path / "node.db")
         outbox = Outbox(tmp_path / "outbox.db")   # on a disk with room: deletes could happen
         outbox.append("up", items(10, size=100))
-        small_disk.fill()
-        with pytest.raises(StorageError):   # whatever slack SQLite had runs out
-            for _ in range(1000):
-                state.dead_letter("", "filler", "s", "k", "e", "t", b"f" * 1000)
+        fill_to_the_last_dead_letter(small_disk, state)
         kept_before = state.dead_letter_count()
         sent: list[int] = []
         attempts: list[bool] = []   # per attempt: the refused row still in the outbox
@@ -322,6 +328,39 @@ def test_dead_letters_are_held_until_the_node_database_can_keep_them(small_disk,
         assert sorted(int(m.payload.split(b":")[0]) for m in out) == list(range(0, 200, 2))
         await runner.stop()
         echo.stop()
+        state.close()
+
+    asyncio.run(main())
+
+
+def test_a_dead_letter_held_for_storage_is_counted_once(small_disk):  # noqa: F811
+    """`RouteRunner.dead_letter` (the way to dead-letter, for a route's steps and sinks and
+    for what an uplink refused for good) holds the write while the node database is full and
+    counts the dead letter once, however often the write is tried."""
+
+    async def main():
+        state = NodeState(small_disk.path / "node.db")
+        tries: list[str] = []
+
+        async def write(route: str, step: str, dl: DeadLetter, variables: dict) -> None:
+            tries.append(step)
+            m = dl.message
+            await asyncio.to_thread(state.dead_letter, "", route, step, dl.error.kind, str(dl.error), m.topic, m.payload)
+
+        runner = RouteRunner("r", [], [], dead_letter=write)
+        fill_to_the_last_dead_letter(small_disk, state)
+        refused = DeadLetter(0, Message("t", b"r" * 50_000), SinkRejected("refused: 422"))
+        held = asyncio.create_task(runner.dead_letter("r/0:webhook", refused, {}))
+        await wait_for(lambda: len(tries) >= 3, what="the write retried")
+        assert str(runner.storage.error).startswith(f"node state {small_disk.path / 'node.db'}: database or disk is full")
+        assert not held.done() and runner.stats.dead_letters == 1
+        small_disk.free()
+        await held
+        assert runner.storage.error is None
+        assert (runner.stats.dead_letters, dict(runner.stats.dead_by)) == (1, {"r/0:webhook": 1})
+        assert "refused: 422" in runner.stats.last_dead["r/0:webhook"][1]
+        assert [(d["step"], d["kind"]) for d in state.dead_letters(step="r/0:webhook")] == \
+            [("r/0:webhook", "sink_rejected")]
         state.close()
 
     asyncio.run(main())

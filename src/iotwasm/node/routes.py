@@ -210,11 +210,13 @@ class RouteLifecycle:
     async def _sink_rejected(self, uid: str, route: str, sink: str, topic: str, payload: bytes,
                              why: IotwasmError) -> None:
         """A stored message its uplink refused for good: a dead letter of its route, counted
-        there as one of the sink's."""
+        there as one of the sink's (`RouteRunner.dead_letter`, like the route's own)."""
+        dl = DeadLetter(0, Message(topic, payload), why)
         rec = self.routes.get(route)
-        if rec is not None:
-            rec.runner.count_dead(sink, why)
-        await self._dead_letter(uid, route, sink, DeadLetter(0, Message(topic, payload), why))
+        if rec is not None and rec.uid == uid:
+            await rec.runner.dead_letter(sink, dl, {})
+        else:   # the route is gone while its sink drains: written, with no route to count it
+            await self._dead_letter(uid, route, sink, dl)
 
     async def _dead_letter(self, uid: str, route: str, step: str, dl: DeadLetter) -> None:
         m = dl.message

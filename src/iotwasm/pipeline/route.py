@@ -165,7 +165,8 @@ class RouteRunner:
         self.batch = batch
         self.queue = queue
         self.order_key = order_key
-        self.dead_letter = dead_letter
+        #: writes a dead letter somewhere durable (the node: its database); see `dead_letter`
+        self._on_dead = dead_letter
         self.stats = RouteStats()
         n = max(1, lanes)
         per_lane = max(1, queue.capacity // n)
@@ -348,7 +349,7 @@ class RouteRunner:
                 # kept as dead letters (with the error), not acknowledged as if delivered
                 err = IotwasmError(f"route {self.name}: batch failed unexpectedly: {type(e).__name__}: {e}")
                 for i, it in enumerate(items):
-                    await self._dead("route", DeadLetter(i, it.msg, err), it.vars)
+                    await self.dead_letter("route", DeadLetter(i, it.msg, err), it.vars)
                 _settle(items)
             finally:
                 self._inflight -= 1
@@ -386,7 +387,7 @@ class RouteRunner:
             if span is not None and dead:
                 self._span_dead[id(span)] = self._span_dead.get(id(span), 0) + len(dead)
             for where, dl, variables in dead:
-                await self._dead(where, dl, variables)
+                await self.dead_letter(where, dl, variables)
             if stopped is None:
                 break
             first, err = stopped
@@ -473,7 +474,7 @@ class RouteRunner:
                 trace.end_sink(sink_span, len(failures))
             for i, failure in failures:
                 log.warning("route %s: sink %s: %s", self.name, sink.name, failure)
-                await self._dead(sink.name, DeadLetter(i, msgs[i], failure), variables[i])
+                await self.dead_letter(sink.name, DeadLetter(i, msgs[i], failure), variables[i])
         self._delivered(flow)
 
     def _delivered(self, flow: "_Flow") -> None:
@@ -567,15 +568,16 @@ class RouteRunner:
             entry = self._acl_memo[key] = (step.acl, allowed)
         return entry[1]
 
-    def count_dead(self, where: str, error: IotwasmError) -> None:
-        """Count a dead letter that arose at `where` (a step, a sink, or "route")."""
+    async def dead_letter(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
+        """Make `dl` a dead letter of this route that arose at `where` (a step's deployment, a
+        sink, or "route"): counted once in `stats`, then written by the route's handler —
+        held and retried while that fails on storage, as a sink's batch is. The route's own
+        dead letters come here, and so do (through the node) the messages an uplink refused
+        for good after they were stored in the outbox."""
         self.stats.dead_letters += 1
         self.stats.dead_by[where] += 1
-        self.stats.last_dead[where] = (time.time(), str(error))
-
-    async def _dead(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
-        self.count_dead(where, dl.error)
-        handler = self.dead_letter
+        self.stats.last_dead[where] = (time.time(), str(dl.error))
+        handler = self._on_dead
         if handler is not None:
             try:   # a dead letter that cannot be written yet holds the batch, as a sink would
                 await self.storage.run(lambda: handler(self.name, where, dl, variables))
