@@ -97,7 +97,7 @@ def test_a_steady_stream_is_read_from_memory(tmp_path):
         after = rows[-1][0]
         ob.ack_later("s", rows[0][0], after)
         assert ob.in_memory("s", after)
-    assert ob._acked_size["s"] is not None      # sizes known: no read before the delete
+    assert ob._acked["s"].size is not None      # sizes known: no read before the delete
     ob.flush_acks()
     assert ob.backlog() == 0 and ob.stats["s"].sent == 51
     ob.close()

@@ -38,6 +38,17 @@ class OutboxFull(IotwasmError):
     kind = "outbox_full"
 
 
+@dataclass(frozen=True, slots=True)
+class _Acked:
+    """A sink's acknowledged rows not deleted yet: ids `lo` to `hi` (`Outbox.ack_later`),
+    and their count and bytes when all of them were in memory — None: read them back
+    before the delete."""
+
+    lo: int
+    hi: int
+    size: tuple[int, int] | None
+
+
 @dataclass
 class OutboxStats:
     stored: int = 0
@@ -82,13 +93,10 @@ class Outbox:
             "+ coalesce(length(envelope), 0)), 0) FROM outbox").fetchone()
         self._rows, self._bytes = rows, size
         self._writer: GroupCommit | None = None
-        #: per sink: the range of acknowledged ids not deleted yet, and the highest
-        #: acknowledged id (`ack_later`)
-        self._acked: dict[str, tuple[int, int]] = {}
+        #: per sink: the acknowledged rows not deleted yet, and the highest acknowledged id
+        #: (`ack_later`)
+        self._acked: dict[str, _Acked] = {}
         self._through: dict[str, int] = {}
-        #: per sink: count and bytes of the acknowledged range when all of it was in memory
-        #: (None: read them back before the delete)
-        self._acked_size: dict[str, tuple[int, int] | None] = {}
         #: per sink: the rows appended lately, for the forwarder (`outbox_recent`), at most
         #: `recent_rows` of them
         self._recent: dict[str, RecentRows] = {}
@@ -228,18 +236,17 @@ class Outbox:
         above its last window, oldest first. A crash before the delete sends them again
         after the restart (at-least-once, as a crash between ack and delete always did)."""
         with self._lock:
-            pending = sink in self._acked
-            lo, hi = self._acked.get(sink, (first, last))
-            self._acked[sink] = (min(lo, first), max(hi, last))
             self._through[sink] = max(self._through.get(sink, 0), last)
             recent = self._recent.get(sink)
             known = recent.pop_through(first, last) if recent is not None else None
-            if known is None or not known[2]:
-                self._acked_size[sink] = None
+            size = (known[0], known[1]) if known is not None and known[2] else None
+            before = self._acked.get(sink)
+            if before is None:
+                self._acked[sink] = _Acked(first, last, size)
             else:
-                before = self._acked_size.get(sink, (0, 0)) if pending else (0, 0)
-                self._acked_size[sink] = None if before is None else \
-                    (before[0] + known[0], before[1] + known[1])
+                self._acked[sink] = _Acked(min(before.lo, first), max(before.hi, last),
+                                          None if before.size is None or size is None else
+                                          (before.size[0] + size[0], before.size[1] + size[1]))
 
     def pending_acks(self) -> bool:
         """Whether acknowledged rows wait for their delete."""
@@ -267,16 +274,16 @@ class Outbox:
             self._rows -= acked[0]
             self._bytes -= acked[1]
 
-    def _delete_acked(self) -> tuple[int, int, dict[str, tuple[int, int]], dict[str, int]]:
+    def _delete_acked(self) -> tuple[int, int, dict[str, _Acked], dict[str, int]]:
         """Inside the caller's transaction: delete the acknowledged ranges; returns rows,
         bytes, the ranges deleted and rows per sink, to account for once it committed."""
         ranges = dict(self._acked)
         total = size = 0
         per_sink: dict[str, int] = {}
-        for sink, (first, last) in ranges.items():
-            known = self._acked_size.get(sink)
-            if known is not None:    # all of the range was in memory: no read back
-                n, nbytes = known
+        for sink, acked in ranges.items():
+            first, last = acked.lo, acked.hi
+            if acked.size is not None:    # all of the range was in memory: no read back
+                n, nbytes = acked.size
             else:
                 nbytes, n = self._db.execute(
                     "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
@@ -287,11 +294,10 @@ class Outbox:
             per_sink[sink] = n
         return total, size, ranges, per_sink
 
-    def _acked_done(self, acked: tuple[int, int, dict[str, tuple[int, int]], dict[str, int]]) -> None:
+    def _acked_done(self, acked: tuple[int, int, dict[str, _Acked], dict[str, int]]) -> None:
         for sink, rng in acked[2].items():
             if self._acked.get(sink) == rng:
                 del self._acked[sink]
-                self._acked_size.pop(sink, None)
             self._st(sink).sent += acked[3][sink]
 
     def in_memory(self, sink: str, after: int = 0) -> bool:
