@@ -6,6 +6,7 @@ counts are the file's."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 
@@ -91,16 +92,70 @@ def test_a_steady_stream_is_read_from_memory(tmp_path):
     after = 0
     for i in range(50):
         ob.append("s", [("t", b"%d" % i)])
-        if i == 0:
-            assert not ob.in_memory("s", after)    # the first read goes to disk once
-        rows = ob.peek("s", 100, after)
+        rows, from_memory = ob.peek_window("s", 100, after)
+        assert from_memory == (i > 0)              # the first read goes to disk once
         after = rows[-1][0]
         ob.ack_later("s", rows[0][0], after)
-        assert ob.in_memory("s", after)
     assert ob._acked["s"].size is not None      # sizes known: no read before the delete
     ob.flush_acks()
     assert ob.backlog() == 0 and ob.stats["s"].sent == 51
     ob.close()
+
+
+def test_a_window_read_from_disk_takes_at_most_its_disk_limit(tmp_path):
+    """`peek_window` says where its rows came from; what has to come from SQLite is capped at
+    `disk_limit` (the forwarder reads that much on the event loop), what is in memory is not."""
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path)
+    ob.append("s", [("t", b"%d" % i) for i in range(40)])
+    ob.close()
+    ob = Outbox(path)   # reopened: nothing in memory
+    rows, from_memory = ob.peek_window("s", 30, 0, disk_limit=16)
+    assert not from_memory and rows == disk_peek(path, "s", 0, 16)
+    ob.append("s", [("t", b"new %d" % i) for i in range(20)])
+    after = disk_peek(path, "s", 0, 40)[-1][0]   # the old rows read (on a thread, by the forwarder)
+    rows, from_memory = ob.peek_window("s", 30, after, disk_limit=16)
+    assert from_memory and rows == disk_peek(path, "s", after, 30) and len(rows) == 20
+    assert ob.peek("s", 100, 0) == disk_peek(path, "s", 0, 100)   # no limit but `limit`
+    ob.close()
+
+
+def test_a_forwarder_with_windows_in_flight_drains_a_backlog_on_disk_and_in_memory(tmp_path):
+    """A backlog from before a restart (on disk) and rows appended since (in memory), read
+    with windows in flight: the first rows of each window on the loop, the rest of a disk
+    window on a thread, a memory window whole. Every message goes out once, in order."""
+    from iotwasm.messaging.bus import settled
+    from iotwasm.pipeline.outbox import INLINE_ROWS, Forwarder
+
+    path = tmp_path / "outbox.db"
+    ob = Outbox(path)
+    ob.append("s", [("t", b"%d" % i) for i in range(100)])
+    ob.close()
+
+    async def main():
+        ob = Outbox(path)
+        ob.append("s", [("t", b"%d" % i) for i in range(100, 150)])
+        sent: list[int] = []
+        windows: list[int] = []
+
+        async def submit(window):
+            windows.append(len(window))
+            sent.extend(int(p) for _, p in window)
+            return settled([None] * len(window))
+
+        fwd = Forwarder(ob, "s", submit, batch=40, windows=3)
+        fwd.start()
+        for _ in range(2000):
+            if ob.backlog("s") == 0 and not ob.pending_acks():
+                break
+            await asyncio.sleep(0.01)
+        await fwd.stop()
+        assert sent == list(range(150))
+        # whole windows while others are in flight, though only INLINE_ROWS of each came on the loop
+        assert windows[:3] == [40, 40, 40] and INLINE_ROWS < 40
+        ob.close()
+
+    asyncio.run(main())
 
 
 def test_memory_keeps_only_the_newest_rows_of_a_backlog():

@@ -167,11 +167,11 @@ class Forwarder:
         moderate rates that is all there is, and a thread hop per message cost more than the
         read — and only a full first read fetches the rest of the window on a thread. Rows
         the outbox still holds in memory (appended lately, `outbox_recent`) are read whole
-        on the loop."""
-        if not busy or self.batch <= INLINE_ROWS or self.outbox.in_memory(self.sink, after):
+        on the loop: one look at the outbox says which it is (`Outbox.peek_window`)."""
+        if not busy or self.batch <= INLINE_ROWS:
             return self.outbox.peek(self.sink, self.batch, after)
-        rows = self.outbox.peek(self.sink, INLINE_ROWS, after)
-        if len(rows) == INLINE_ROWS:
+        rows, from_memory = self.outbox.peek_window(self.sink, self.batch, after, disk_limit=INLINE_ROWS)
+        if not from_memory and len(rows) == INLINE_ROWS:
             rows += await asyncio.to_thread(self.outbox.peek, self.sink, self.batch - INLINE_ROWS, rows[-1][0])
         return rows
 

@@ -300,23 +300,27 @@ class Outbox:
                 del self._acked[sink]
             self._st(sink).sent += acked[3][sink]
 
-    def in_memory(self, sink: str, after: int = 0) -> bool:
-        """Whether `peek(sink, after=after)` is answered from memory (no SQLite read)."""
-        with self._lock:
-            recent = self._recent.get(sink)
-            return recent is not None and recent.covers(max(after, self._through.get(sink, 0)))
-
     def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple]:
         """The oldest stored messages of `sink` with an id above `after`: (id, topic,
         payload), and the envelope bytes as a fourth item where one was stored."""
+        return self.peek_window(sink, limit, after)[0]
+
+    def peek_window(self, sink: str, limit: int = 100, after: int = 0, *,
+                    disk_limit: int | None = None) -> tuple[list[tuple], bool]:
+        """`peek`, and whether the rows came from memory (appended lately, no SQLite read),
+        in one look under the lock. With `disk_limit`, a read that has to go to SQLite takes
+        at most that many rows (what the caller reads where it is: the forwarder on the
+        event loop); one from memory takes `limit`."""
         with self._lock:
             after = max(after, self._through.get(sink, 0))   # acknowledged: never again
             recent = self._recent.get(sink)
             if recent is not None and recent.covers(after):
-                return recent.after(after, limit)
+                return recent.after(after, limit), True
+            if disk_limit is not None:
+                limit = min(limit, disk_limit)
             rows = self._db.execute("SELECT id, topic, payload, envelope FROM outbox WHERE sink = ? "
                                     "AND id > ? ORDER BY id LIMIT ?", (sink, after, limit)).fetchall()
-        return [r if r[3] is not None else r[:3] for r in rows]
+        return [r if r[3] is not None else r[:3] for r in rows], False
 
     def ack(self, sink: str, ids: list[int]) -> None:
         if not ids:
