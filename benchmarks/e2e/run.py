@@ -100,12 +100,13 @@ WINDOW = 2_000            # closed-loop "max" step: passing messages on their wa
 PASS_FRACTION = 0.8
 TARGET_RATIO = 2.0        # iotwasm sustained throughput ≥ 2× Node-RED's
 TARGET_P99_MS = 5.0       # p99 at 5k msg/s
-SYSTEMS = ("iotwasm", "iotwasm-saf", "python", "node-red")
+SYSTEMS = ("iotwasm", "iotwasm-saf", "iotwasm-workers", "python", "node-red")
 BASELINE = "iotwasm-baseline"   # only with --baseline DIR
 TITLES = {
     BASELINE: "iotwasm baseline (storeAndForward: false)",
     "iotwasm": "iotwasm (storeAndForward: false)",
     "iotwasm-saf": "iotwasm (storeAndForward: true, default)",
+    "iotwasm-workers": "iotwasm --workers 2 (storeAndForward: true, default)",
     "python": "plain Python (paho-mqtt)",
     "node-red": "Node-RED",
 }
@@ -214,22 +215,46 @@ def _on_signal(signum, frame):
 CLK = os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and the processes it started, and theirs (`iotwasm up --workers`: the ingress
+    and its workers), as they run now."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            pass
+    return out
+
+
 def proc_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system, all threads) of a running process."""
+    """CPU seconds (user + system, all threads) of a running process and its children."""
     if pid is None:
         return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / CLK
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            total += (int(parts[11]) + int(parts[12])) / CLK
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def ctx_switches(pid: int | None) -> int:
-    """Context switches (voluntary + involuntary) of all threads of a process so far."""
+    """Context switches (voluntary + involuntary) of all threads of a process and its
+    children so far."""
     if pid is None:
         return 0
+    return sum(_ctx_switches(p) for p in process_tree(pid))
+
+
+def _ctx_switches(pid: int) -> int:
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -499,9 +524,12 @@ class SUT:
 
 
 class IotwasmNode(SUT):
-    def __init__(self, key: str, workdir: Path, broker, saf: bool, name: str, src: Path | None = None):
-        """`src`: another checkout's `src` directory to run the node from (a baseline)."""
+    def __init__(self, key: str, workdir: Path, broker, saf: bool, name: str, src: Path | None = None,
+                 workers: int = 1):
+        """`src`: another checkout's `src` directory to run the node from (a baseline);
+        `workers` > 1: `iotwasm up --workers N` (events and revisions are worker 0's)."""
         self.key, self.workdir, self.broker, self.saf, self.name = key, workdir, broker, saf, name
+        self.workers = workers
         self.env = None
         if src is not None:
             self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -517,13 +545,18 @@ class IotwasmNode(SUT):
         t0 = time.monotonic()
         self.proc = PROCS.spawn(
             [PY, "-m", "iotwasm.cli.main", "up", str(self.mdir), "--broker", self.broker.url,
-             "--data", str(self.data), "--name", self.name],
+             "--data", str(self.data), "--name", self.name,
+             *(["--workers", str(self.workers), "--no-api"] if self.workers > 1 else [])],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=self.env, sut=True)
         online = wait_status_online(self.broker, self.name, 60, self.alive)
         return {"startup_s": round(time.monotonic() - t0, 2), "status_online_after_s": round(online, 2)}
 
+    @property
+    def node_db(self) -> Path:
+        return self.data / "workers" / "0" / "node.db" if self.workers > 1 else self.data / "node.db"
+
     def events(self, since: float = 0.0) -> list[dict]:
-        db = sqlite3.connect(f"file:{self.data / 'node.db'}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"file:{self.node_db}?mode=ro", uri=True, timeout=5)
         try:
             rows = db.execute("SELECT ts, kind, object, message FROM events WHERE ts >= ? ORDER BY id",
                               (since,)).fetchall()
@@ -532,7 +565,7 @@ class IotwasmNode(SUT):
             db.close()
 
     def revisions(self) -> list[dict]:
-        db = sqlite3.connect(f"file:{self.data / 'node.db'}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"file:{self.node_db}?mode=ro", uri=True, timeout=5)
         try:
             rows = db.execute("SELECT name, revision, module_digest, status, created FROM revisions "
                               "ORDER BY name, revision").fetchall()
@@ -641,6 +674,8 @@ def make_sut(key: str, workdir: Path, broker) -> SUT:
         return IotwasmNode(key, workdir, broker, saf=False, name="e2e-direct")
     if key == "iotwasm-saf":
         return IotwasmNode(key, workdir, broker, saf=True, name="e2e-outbox")
+    if key == "iotwasm-workers":
+        return IotwasmNode(key, workdir, broker, saf=True, name="e2e-workers", workers=2)
     if key == "python":
         return PlainPython(workdir, broker)
     if key == "node-red":
