@@ -186,10 +186,12 @@ def test_frames_are_bounded_and_checked():
     buf = bytearray(struct.pack(">I", wire.MAX_FRAME + 1) + b"\x08")
     with pytest.raises(ConfigError, match="at most"):
         wire.frames(buf)
-    buf = bytearray(wire.deliver(1, 2, "in/d1", b"x" * 10, 5, None) + wire.settle(2, "ok")[:3])
+    buf = bytearray(wire.deliver(1, 2, "in/d1", b"x" * 10, 5, None) + wire.settle(wire.settled(2, "ok"))[:3])
     (body,) = wire.frames(buf)
     assert wire.decode(body) == (wire.DELIVER, (1, 2, "in/d1", b"x" * 10, 5, None))
     assert len(buf) == 3, "the incomplete frame stays"
+    (body,) = wire.frames(bytearray(wire.settle(wire.settled(2, "ok") + wire.settled(9, "released"))))
+    assert wire.decode(body) == (wire.SETTLE, ((2, "ok"), (9, "released")))
     with pytest.raises(ConfigError, match="malformed"):
         wire.decode(bytes([wire.SUB, 1]))
     with pytest.raises(ConfigError, match="unknown frame kind"):

@@ -231,12 +231,13 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def proc_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system, all threads) of a running process and its children."""
+def proc_cpu_s(pid: int | None, *, alone: bool = False) -> float:
+    """CPU seconds (user + system, all threads) of a running process and its children
+    (`alone`: of the process itself)."""
     if pid is None:
         return 0.0
     total = 0.0
-    for p in process_tree(pid):
+    for p in [pid] if alone else process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 parts = f.read().rsplit(")", 1)[1].split()
@@ -293,6 +294,7 @@ class CpuMeter:
         self.sut_pid, self.broker_pid = sut_pid, broker_pid
         self.t0 = time.monotonic()
         self.sut0, self.br0 = proc_cpu_s(sut_pid), proc_cpu_s(broker_pid)
+        self.main0 = proc_cpu_s(sut_pid, alone=True)
         self.cs0 = ctx_switches(sut_pid)
         self.ch0 = children_cpu_s()
         self.me0 = time.process_time()
@@ -305,7 +307,10 @@ class CpuMeter:
         lg = children_cpu_s() - self.ch0
         busy = machine_busy()[0] - self.busy0
         own = sut + br + lg + (time.process_time() - self.me0)
+        main = proc_cpu_s(self.sut_pid, alone=True) - self.main0
         return {"wall_s": round(wall, 2), "sut_cores": round(sut / wall, 2),
+                # the system's first process alone (with --workers: the ingress)
+                "sut_main_cores": round(main / wall, 3),
                 "sut_ctx_switches": ctx_switches(self.sut_pid) - self.cs0,
                 "broker_cores": round(br / wall, 2), "loadgen_cores": round(lg / wall, 2),
                 "machine_busy_cores": round(busy / wall, 2),
@@ -369,6 +374,8 @@ class Phase:
                                        if handled else None)
         cpu["sut_ctx_switches_per_input_msg"] = (round(cpu["sut_ctx_switches"] / handled, 2)
                                                  if handled else None)
+        cpu["sut_main_us_per_input_msg"] = (round(cpu["sut_main_cores"] * cpu["wall_s"] * 1e6 / handled, 1)
+                                            if handled else None)
         return {"label": self.label, "rate_asked": self.rate, "window": self.window,
                 "seconds": round(gen["seconds"], 3),
                 "sent": gen["sent"], "offered_per_s": gen["offered_per_s"],
@@ -763,6 +770,9 @@ def phase_line(r: dict) -> str:
     cpu = r["cpu"]
     per_msg = (f"{cpu['sut_us_per_input_msg']:.0f} µs CPU and {cpu['sut_ctx_switches_per_input_msg']:.1f} "
                f"context switches per msg, " if cpu.get("sut_us_per_input_msg") else "")
+    if per_msg and cpu.get("sut_main_us_per_input_msg") is not None \
+            and cpu["sut_main_us_per_input_msg"] < cpu["sut_us_per_input_msg"]:
+        per_msg += f"of which its first process (the ingress) {cpu['sut_main_us_per_input_msg']:.0f} µs, "
     return (f"{r['label']:>6}: offered {r['offered_per_s']:>8,.0f}/s, delivered "
             f"{r['delivered_in_window_per_s']:>7,.0f}/s (overall {r['delivered_overall_per_s']:,.0f}/s), "
             f"lost {r['lost']:,} ({r['loss_pct']:.1f}%), dup {r['duplicates']}, p50 {p(r['p50_ms'])} ms, "

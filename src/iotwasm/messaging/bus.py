@@ -79,9 +79,9 @@ class OrderKey:
     def of(self, topic: str) -> str:
         if self.level is None:
             return topic
-        levels = topic.split("/")
         if self.rest:
-            return "/".join(levels[self.level:])
+            return "/".join(topic.split("/")[self.level:])
+        levels = topic.split("/", self.level + 1)
         return levels[self.level] if self.level < len(levels) else topic
 
 

@@ -310,19 +310,20 @@ class _Link(asyncio.Protocol):
             return
         k = self.worker
         if kind == wire.SETTLE:
-            mid, outcome = fields
-            sent = self.unsettled.pop(mid, None)
-            if sent is None:
-                return
-            ing.settled += 1
-            if outcome == "released" and k not in sent.feed.left:
-                # given back unprocessed: again, to the worker's next subscription
-                ing.hold(k, mid, sent)
-                if sent.feed.members.get(k) is not None:
-                    self._resend_held(sent.feed)
-            else:
-                sent.target.set_result(outcome != "failed")
-            if len(self.unsettled) == ing.window - 1 or not self.unsettled:
+            full = len(self.unsettled) >= ing.window
+            for mid, outcome in fields:
+                sent = self.unsettled.pop(mid, None)
+                if sent is None:
+                    continue
+                ing.settled += 1
+                if outcome == "released" and k not in sent.feed.left:
+                    # given back unprocessed: again, to the worker's next subscription
+                    ing.hold(k, mid, sent)
+                    if sent.feed.members.get(k) is not None:
+                        self._resend_held(sent.feed)
+                else:
+                    sent.target.set_result(outcome != "failed")
+            if full or not self.unsettled:
                 ing._pulse()
         elif kind == wire.READY:
             ing.ready.add(k)

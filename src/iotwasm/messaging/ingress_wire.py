@@ -28,7 +28,7 @@ _HELLO = struct.Struct(">BHH")            # kind, worker, workers; then the toke
 _SUB = struct.Struct(">BIBhBH")           # kind, sid, qos, key level (-1: whole topic), rest, len(queue)
 _SID = struct.Struct(">BI")               # SUBOK, UNSUB, DETACH
 _DELIVER = struct.Struct(">BIQqHI")       # kind, sid, mid, timestamp ms, len(topic), len(envelope)
-_SETTLE = struct.Struct(">BQB")           # kind, mid, outcome
+_SETTLED = struct.Struct(">QB")           # one of a SETTLE frame's (mid, outcome) pairs
 
 #: outcomes as bytes on the wire (bus.OK … bus.RELEASED)
 OUTCOMES = ("ok", "failed", "dropped", "released")
@@ -93,8 +93,14 @@ def deliver(sid: int, mid: int, topic: str, payload: bytes, timestamp_ms: int,
     return _LEN.pack(len(head) + len(t) + len(env) + len(payload)) + head + t + env + payload
 
 
-def settle(mid: int, outcome: str) -> bytes:
-    return _frame(_SETTLE.pack(SETTLE, mid, OUTCOMES.index(outcome)))
+def settled(mid: int, outcome: str) -> bytes:
+    """One message's outcome, for `settle`."""
+    return _SETTLED.pack(mid, OUTCOMES.index(outcome))
+
+
+def settle(outcomes: bytes) -> bytes:
+    """A frame of `settled` pairs: a worker reports what it settled in one turn at once."""
+    return _frame(bytes([SETTLE]) + outcomes)
 
 
 def _envelope_json(env: Envelope) -> bytes:
@@ -152,8 +158,7 @@ def decode(body: bytes) -> tuple[int, tuple[Any, ...]]:
             env = _envelope(body[at + tlen:at + tlen + elen]) if elen else None
             return kind, (sid, mid, topic, body[at + tlen + elen:], ts, env)
         if kind == SETTLE:
-            _, mid, outcome = _SETTLE.unpack_from(body)
-            return kind, (mid, OUTCOMES[outcome])
+            return kind, tuple((mid, OUTCOMES[o]) for mid, o in _SETTLED.iter_unpack(memoryview(body)[1:]))
     except (struct.error, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as e:
         raise ConfigError(f"ingress link: malformed frame of kind {kind}: {e}") from None
     raise ConfigError(f"ingress link: unknown frame kind {kind}")

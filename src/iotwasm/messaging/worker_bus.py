@@ -71,6 +71,7 @@ class WorkerBus(Bus):
         self._link = wire.Writer()
         self._write = self._link.write
         self._buf = bytearray()
+        self._settled = bytearray()
         self._welcome: asyncio.Future[None] | None = None
         self._subok: dict[int, asyncio.Future[None]] = {}
         #: called once when the link to the ingress is lost (the worker should stop: its
@@ -101,6 +102,7 @@ class WorkerBus(Bus):
             return
         for sub in list(self._subs):
             await self._detach(sub, timeout)
+        self._send_settled()
         self._link.flush()
         self._closed = True
         if self._transport is not None:
@@ -253,7 +255,15 @@ class WorkerBus(Bus):
             sub.offer(msg, done)
 
     def _settle(self, mid: int, outcome: str) -> None:
-        self._write(wire.settle(mid, outcome))
+        """Report an outcome; all of one turn of the loop go in one frame."""
+        if not self._settled:
+            asyncio.get_running_loop().call_soon(self._send_settled)
+        self._settled += wire.settled(mid, outcome)
+
+    def _send_settled(self) -> None:
+        if self._settled:
+            self._write(wire.settle(bytes(self._settled)))
+            self._settled.clear()
 
     def _lost(self) -> None:
         self._link.transport = None
