@@ -1,8 +1,9 @@
 """`iotwasm up --workers N`: one node's routes over N worker processes behind an ingress.
 
 The chaos cases of tests/test_chaos.py, run against a node with two workers: nothing lost
-and every device's messages in order through a graceful restart, a kill -9 of the whole node
-and a kill -9 of one worker (its unsettled messages wait for its next process)."""
+and every device's messages in order through a graceful restart, a kill -9 of the whole node,
+a kill -9 of one worker (its unsettled messages wait for its next process), a route edit
+and a restart of the source broker."""
 
 from __future__ import annotations
 
@@ -57,6 +58,24 @@ def test_a_killed_worker_loses_nothing(rig):
         await asyncio.sleep(0)
 
     play(rig, [], "worker SIGKILL, 2 workers", kill_one, count=COUNT, rate=RATE, at=AT)
+
+
+def test_a_route_edit_with_workers_loses_nothing_and_repeats_nothing(rig):
+    """Every worker sees the edit and replaces its route; the source stays subscribed."""
+    async def edit(r: ChaosRig) -> None:
+        r.write_route(batch=8)
+
+    report = play(rig, [], "route edit, 2 workers", edit, count=COUNT, rate=RATE, at=AT)
+    assert report.duplicates == 0, report.line()
+    assert rig.node.log_text().count("uplink updated") == 2
+
+
+def test_a_source_broker_restart_with_workers_loses_nothing(rig):
+    """The ingress reconnects; what workers settle of the old connection is redelivered."""
+    async def restart(r: ChaosRig) -> None:
+        await asyncio.to_thread(r.source.restart)
+
+    play(rig, [], "source broker restart, 2 workers", restart, count=COUNT, rate=RATE, at=AT)
 
 
 @pytest.mark.parametrize("args, error", [

@@ -771,7 +771,7 @@ def phase_line(r: dict) -> str:
     per_msg = (f"{cpu['sut_us_per_input_msg']:.0f} µs CPU and {cpu['sut_ctx_switches_per_input_msg']:.1f} "
                f"context switches per msg, " if cpu.get("sut_us_per_input_msg") else "")
     if per_msg and cpu.get("sut_main_us_per_input_msg") is not None \
-            and cpu["sut_main_us_per_input_msg"] < cpu["sut_us_per_input_msg"]:
+            and cpu["sut_main_us_per_input_msg"] < 0.9 * cpu["sut_us_per_input_msg"]:
         per_msg += f"of which its first process (the ingress) {cpu['sut_main_us_per_input_msg']:.0f} µs, "
     return (f"{r['label']:>6}: offered {r['offered_per_s']:>8,.0f}/s, delivered "
             f"{r['delivered_in_window_per_s']:>7,.0f}/s (overall {r['delivered_overall_per_s']:,.0f}/s), "
