@@ -78,6 +78,34 @@ def test_a_source_broker_restart_with_workers_loses_nothing(rig):
     play(rig, [], "source broker restart, 2 workers", restart, count=COUNT, rate=RATE, at=AT)
 
 
+def exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")   # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_stop_when_their_ingress_is_killed(rig):
+    """A worker without its ingress has no work: it stops (and hands nothing on, as the
+    broker's session keeps what was not acknowledged) instead of running on unseen."""
+    from chaos import wait_online
+
+    rig.node.start()
+    asyncio.run(wait_online(rig.source.url, rig.node.name))
+    assert rig.node.proc is not None
+    workers = children(rig.node.proc.pid)
+    assert len(workers) == 2
+    rig.node.kill()
+
+    async def gone() -> None:
+        while not all(exited(w) for w in workers):
+            await asyncio.sleep(0.05)
+
+    asyncio.run(asyncio.wait_for(gone(), 60))
+    assert "the link to the ingress is lost" in rig.node.log_text()
+
+
 @pytest.mark.parametrize("args, error", [
     (["--broker", "mqtt://127.0.0.1:1"], "--workers runs without the management API"),
     (["--broker", "nats://127.0.0.1:1", "--no-api"], "--workers needs an MQTT broker"),
