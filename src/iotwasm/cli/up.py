@@ -149,7 +149,9 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
         invocations = asyncio.create_task(serve_invocations(node, fleet["url"]), name="invocations")
         if controller:
             candidate = asyncio.create_task(_candidate(fleet["url"], agent.id), name="controller-candidate")
-    live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
+    # a worker (`up --workers`) shares its parent's terminal: lines, never a live table
+    worker = (config.broker or "").startswith("ingress:")
+    live = Live(console=console, refresh_per_second=4) if console.is_terminal and not worker else None
     if live:
         live.start()
     try:
@@ -167,7 +169,9 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             elif time.monotonic() - last_line >= 5:
                 last_line = time.monotonic()
                 snap = node.snapshot()
-                console.print("routes: " + "; ".join(
+                # a worker of `up --workers` shares its parent's terminal: say whose line it is
+                who = f"{node.config.name}: " if worker else ""
+                console.print(who + "routes: " + "; ".join(
                     f"{n} {r['delivered']:,}/{r['received']:,} (dead {r['dead_letters']})"
                     for n, r in snap["routes"].items()), highlight=False)
         await task
