@@ -123,3 +123,33 @@ def test_workers_refuses_what_it_cannot_run(tmp_path, args, error):
                                       "--data", str(tmp_path / "d"), *args])
     assert result.exit_code != 0
     assert error in result.output
+
+
+def _kept(path, n: int) -> None:
+    from iotwasm.pipeline.outbox import Outbox
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    box = Outbox(path)
+    box.append("uplink/0:mqtt", [("out/d1", b"x")] * n)
+    box.close()
+
+
+@pytest.mark.parametrize("kept, args, error", [
+    ("workers/2/outbox.db", ["--workers", "2"], "start it as before (with --workers 3)"),
+    ("workers/1/outbox.db", [], "start it as before (with --workers 2)"),
+    ("outbox.db", ["--workers", "2"], "start it as before (without --workers)"),
+])
+def test_a_node_does_not_strand_messages_kept_by_another_number_of_workers(tmp_path, kept, args, error):
+    """Changing the number of workers (or going to or from workers) while an outbox the new
+    setting would not use still holds messages would leave them unsent for good."""
+    from typer.testing import CliRunner
+
+    from iotwasm.cli.main import app
+
+    data = tmp_path / "d"
+    _kept(data / kept, 3)
+    (tmp_path / "m.yaml").write_text("")
+    result = CliRunner().invoke(app, ["up", str(tmp_path / "m.yaml"), "--data", str(data), "--no-api",
+                                      "--broker", "mqtt://127.0.0.1:1", *args])
+    assert result.exit_code != 0
+    assert f"{data / kept} holds 3 message(s)" in result.output and error in result.output

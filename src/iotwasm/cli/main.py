@@ -300,6 +300,12 @@ def up(
             parse_size(max_memory)
         except IotwasmError as e:
             _fail(IotwasmError(f"--max-memory: {e}"))
+    from .workers import check_stranded
+
+    try:
+        check_stranded(data, workers)
+    except IotwasmError as e:
+        _fail(e)
     if workers > 1:
         _up_workers(workers, path, broker, data, name, fleet, no_api, seconds,
                     ["--max-timeout", max_timeout, "--device-silence", device_silence,

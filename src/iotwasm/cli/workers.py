@@ -30,6 +30,7 @@ from ..errors import ConfigError, IotwasmError
 from ..messaging import Will, open_bus
 from ..messaging.ingress import Ingress
 from ..messaging.transports import INGRESS_TOKEN_ENV
+from ..node.datadir import stranded_outboxes
 
 log = logging.getLogger("iotwasm.workers")
 
@@ -53,6 +54,22 @@ def check_broker(broker: str | None) -> str:
     if not broker or urllib.parse.urlsplit(broker).scheme not in ("mqtt", "mqtts"):
         raise ConfigError(f"--workers needs an MQTT broker (--broker mqtt://host:port), not {broker or 'none'}")
     return broker
+
+
+def check_stranded(data: Path, workers: int) -> None:
+    """Refuse to start when an outbox this node would not use still holds messages: they
+    were kept for uplinks by a run with another number of workers (or without them), and
+    would never be sent."""
+    stranded = stranded_outboxes(data, workers)
+    if not stranded:
+        return
+    where = "; ".join(f"{p} holds {n:,}" for p, n in stranded)
+    single = any(p.parent == data for p, _ in stranded)
+    before = "without --workers" if single else \
+        f"with --workers {max(int(p.parent.name) for p, _ in stranded) + 1}"
+    raise ConfigError(f"{where} message(s) for uplinks that this node would never send "
+                      f"{'without --workers' if workers == 1 else f'with --workers {workers}'}: "
+                      f"start it as before ({before}) until they are delivered, then change")
 
 
 class Workers:

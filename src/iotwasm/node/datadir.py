@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 from pathlib import Path
+
+from ..errors import StorageError
 
 log = logging.getLogger("iotwasm.node")
 
@@ -46,3 +49,34 @@ def _tighten(path: Path) -> int:
         return 0
     os.chmod(path, mode & ~0o077)
     return 1
+
+
+def stranded_outboxes(root: Path, workers: int) -> list[tuple[Path, int]]:
+    """Outbox files under `root` that a node run with `workers` worker processes (1: no
+    `--workers`) would never send from, with the messages they still hold.
+
+    A node with N workers keeps an outbox per worker (`workers/<k>/outbox.db`); one without
+    keeps `outbox.db`. Changing N (or going to or from workers) while one of the others still
+    holds messages would strand them: the node refuses to start then (see `iotwasm up`)."""
+    root = Path(root)
+    candidates = [root / "outbox.db"] if workers > 1 else []
+    wdir = root / "workers"
+    if wdir.is_dir():
+        for d in wdir.iterdir():
+            if d.name.isdigit() and (workers == 1 or int(d.name) >= workers):
+                candidates.append(d / "outbox.db")
+    out = []
+    for path in sorted(candidates):
+        if not path.exists():
+            continue
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                n = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            raise StorageError("outbox", path, str(e)) from None
+        if n:
+            out.append((path, n))
+    return out
