@@ -17,7 +17,7 @@ from iotwasm.message import Message
 from iotwasm.messaging import MqttBus
 from iotwasm.messaging import ingress_wire as wire
 from iotwasm.messaging.bus import OrderKey
-from iotwasm.messaging.errors import BrokerUnavailable
+from iotwasm.messaging.errors import BrokerUnavailable, SubscribeDenied
 from iotwasm.messaging.ingress import Ingress
 from iotwasm.messaging.worker_bus import WorkerBus
 
@@ -261,3 +261,32 @@ def test_a_worker_node_runs_bus_routes_and_refuses_what_would_see_only_a_share(
             await upstream.close(timeout=1)
         assert sorted(m.topic for m in out) == [f"out/d{i}" for i in range(5)]
     asyncio.run(main())
+
+
+def test_a_subscription_the_broker_refuses_fails_alone(tmp_path, sock):
+    """The broker's access control refuses one filter: that worker's subscription fails with
+    the broker's reason, as it would on a bus of its own, and the worker's link and its other
+    subscriptions carry on."""
+    from test_mqtt5_bus import dynsec_broker
+
+    broker = dynsec_broker(tmp_path)
+    try:
+        async def main():
+            async with Rig(broker.url, sock, 1) as rig:
+                bus = WorkerBus(sock, 0, 1, TOKEN, MqttBus(broker.url))
+                await bus.connect(timeout=10)
+                rig.buses.append(bus)
+                with pytest.raises(SubscribeDenied, match="refused the subscription to 'secret/#'"):
+                    await bus.subscribe("secret/#", lambda m: asyncio.sleep(0), qos=1)
+                got: list[Message] = []
+
+                async def on(msg: Message) -> None:
+                    got.append(msg)
+
+                await bus.subscribe("open/+", on, qos=1, order=OrderKey(1))
+                await rig.pub.publish("open/d1", b"yes", qos=1)
+                await rig.until(lambda: [m.payload for m in got] == [b"yes"])
+                assert bus.connected and rig.ingress.connected() == [0]
+        asyncio.run(main())
+    finally:
+        broker.kill()

@@ -60,6 +60,8 @@ class _Feed:
     qos: int
     order: OrderKey
     sub: Subscription | None = None
+    #: done once the broker confirmed the subscription (a second worker asking waits for it)
+    made: asyncio.Future[None] | None = None
     #: worker index → the worker's subscription id
     members: dict[int, int] = field(default_factory=dict)
     #: workers that unsubscribed (their messages are dropped, as the broker would not send them)
@@ -170,8 +172,11 @@ class Ingress:
             if feed.order != order:
                 log.warning("ingress: %r asked with order %s, already keyed by %s; keeping the first",
                             topic_filter, order, feed.order)
+            assert feed.made is not None
+            await asyncio.shield(feed.made)
             return feed
         feed = self.feeds[key] = _Feed(topic_filter, queue, qos, order)
+        feed.made = asyncio.get_running_loop().create_future()
 
         def take(msg: Message, settlement: Settlement) -> bool:
             k = self.worker_of(feed, msg.topic)
@@ -204,10 +209,13 @@ class Ingress:
 
         try:
             feed.sub = await self.upstream.subscribe(topic_filter, handler, qos=qos, queue=queue)
-        except BaseException:
+        except BaseException as e:
             del self.feeds[key]
+            feed.made.set_exception(e if isinstance(e, Exception) else ConfigError("cancelled"))
+            feed.made.exception()   # retrieved: a second worker may never have asked
             raise
         feed.sub.fast = take
+        feed.made.set_result(None)
         return feed
 
     async def _maybe_unsubscribe(self, feed: _Feed) -> None:
@@ -352,9 +360,9 @@ class _Link(asyncio.Protocol):
         assert k is not None
         try:
             feed = await ing._feed(topic_filter, queue, qos, order)
-        except Exception as e:
+        except Exception as e:   # this subscription fails, as it would on the broker's bus
             log.warning("ingress: worker %d: subscribing to %r failed: %s", k, topic_filter, e)
-            self._refuse(f"subscribing to {topic_filter!r} failed: {e}")
+            self._write(wire.sub_failed(sid, f"{type(e).__name__}: {e}"))
             return
         if self.transport is None:
             return

@@ -21,7 +21,7 @@ from ..message import Envelope
 #: buses refuse messages over 16 MiB long before one reaches an ingress
 MAX_FRAME = 17 * 1024 * 1024
 
-HELLO, WELCOME, REFUSED, SUB, SUBOK, UNSUB, DETACH, DELIVER, SETTLE, READY = range(1, 11)
+HELLO, WELCOME, REFUSED, SUB, SUBOK, UNSUB, DETACH, DELIVER, SETTLE, READY, SUBFAILED = range(1, 12)
 
 _LEN = struct.Struct(">I")
 _HELLO = struct.Struct(">BHH")            # kind, worker, workers; then the token
@@ -83,6 +83,10 @@ def sub(sid: int, topic_filter: str, qos: int, level: int | None, rest: bool, qu
 
 def sid_frame(kind: int, sid: int) -> bytes:
     return _frame(_SID.pack(kind, sid))
+
+
+def sub_failed(sid: int, why: str) -> bytes:
+    return _frame(_SID.pack(SUBFAILED, sid) + why.encode()[:1000])
 
 
 def deliver(sid: int, mid: int, topic: str, payload: bytes, timestamp_ms: int,
@@ -151,6 +155,8 @@ def decode(body: bytes) -> tuple[int, tuple[Any, ...]]:
             return kind, (sid, body[at + qlen:].decode(), qos, None if level < 0 else level, bool(rest), queue)
         if kind in (SUBOK, UNSUB, DETACH):
             return kind, (_SID.unpack_from(body)[1],)
+        if kind == SUBFAILED:
+            return kind, (_SID.unpack_from(body)[1], body[_SID.size:].decode(errors="replace"))
         if kind == DELIVER:
             _, sid, mid, ts, tlen, elen = _DELIVER.unpack_from(body)
             at = _DELIVER.size

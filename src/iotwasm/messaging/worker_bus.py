@@ -33,7 +33,7 @@ from .bus import (
     Subscription,
     check_qos,
 )
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, SubscribeDenied
 from .topics import validate_filter
 
 log = logging.getLogger("iotwasm.messaging.worker")
@@ -212,6 +212,10 @@ class WorkerBus(Bus):
             fut = self._subok.pop(fields[0], None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        elif kind == wire.SUBFAILED:
+            fut = self._subok.pop(fields[0], None)
+            if fut is not None and not fut.done():
+                fut.set_exception(SubscribeDenied(f"ingress: {fields[1]}"))
         elif kind == wire.WELCOME:
             if self._welcome is not None and not self._welcome.done():
                 self._welcome.set_result(None)
