@@ -16,7 +16,7 @@ from iotwasm.errors import ConfigError
 from iotwasm.message import Message
 from iotwasm.messaging import MqttBus
 from iotwasm.messaging import ingress_wire as wire
-from iotwasm.messaging.bus import OrderKey
+from iotwasm.messaging.topics import OrderKey
 from iotwasm.messaging.errors import BrokerUnavailable, SubscribeDenied
 from iotwasm.messaging.ingress import Ingress
 from iotwasm.messaging.worker_bus import WorkerBus

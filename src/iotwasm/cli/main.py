@@ -300,18 +300,18 @@ def up(
             parse_size(max_memory)
         except IotwasmError as e:
             _fail(IotwasmError(f"--max-memory: {e}"))
-    from .workers import check_stranded
+    from .workers import check_stranded, up_workers
 
     try:
         check_stranded(data, workers)
+        if workers > 1:
+            up_workers(workers, path, broker, data, name, out, seconds, fleet=fleet, no_api=no_api,
+                       extra=["--max-timeout", max_timeout, "--device-silence", device_silence,
+                              *(["--max-instances", str(max_instances)] if max_instances else []),
+                              *(["--max-memory", max_memory] if max_memory else []), *(["-v"] if verbose else [])])
+            return
     except IotwasmError as e:
         _fail(e)
-    if workers > 1:
-        _up_workers(workers, path, broker, data, name, fleet, no_api, seconds,
-                    ["--max-timeout", max_timeout, "--device-silence", device_silence,
-                     *(["--max-instances", str(max_instances)] if max_instances else []),
-                     *(["--max-memory", max_memory] if max_memory else []), *(["-v"] if verbose else [])])
-        return
     cfg = NodeConfig(data_dir=data, manifests=path, broker=broker, http=http, max_timeout_ms=max_timeout_ms,
                      device_silence_s=silence_s, max_instances=max_instances, max_memory=max_memory)
     if name:
@@ -344,29 +344,6 @@ def up(
     try:
         asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, otlp=otlp, fleet=fleet_opts,
                              controller=controller))
-    except IotwasmError as e:
-        _fail(e)
-
-
-def _up_workers(count: int, path: Optional[Path], broker: Optional[str], data: Path, name: Optional[str],
-                fleet: Optional[str], no_api: bool, seconds: float, extra: list[str]) -> None:
-    """`up --workers N`: an ingress here, N nodes as worker processes (cli/workers.py)."""
-    import asyncio
-    import socket
-
-    from .workers import WorkerOptions, check_broker, run_workers
-
-    try:
-        if fleet:
-            raise IotwasmError("--workers and --fleet do not go together yet: a fleet member is one process")
-        if not no_api:
-            raise IotwasmError("--workers runs without the management API (each worker keeps its own "
-                               "state); add --no-api")
-        if path is None:
-            raise IotwasmError("--workers needs a manifest file or directory")
-        opts = WorkerOptions(path.resolve(), data.resolve(), name or socket.gethostname().split(".")[0] or "node",
-                             check_broker(broker), extra)
-        asyncio.run(run_workers(opts, count, out, seconds))
     except IotwasmError as e:
         _fail(e)
 

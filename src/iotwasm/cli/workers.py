@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,22 @@ class Workers:
                 log.warning("worker pid %d did not stop in %.0fs; killed", p.pid, grace)
                 p.kill()
                 await asyncio.to_thread(p.wait)
+
+
+def up_workers(count: int, path: Path | None, broker: str | None, data: Path, name: str | None,
+               console: Console, seconds: float, *, fleet: str | None, no_api: bool, extra: list[str]) -> None:
+    """`up --workers N`: check what the workers cannot do, then run the ingress here and
+    the workers as child processes until stopped."""
+    if fleet:
+        raise IotwasmError("--workers and --fleet do not go together yet: a fleet member is one process")
+    if not no_api:
+        raise IotwasmError("--workers runs without the management API (each worker keeps its own "
+                           "state); add --no-api")
+    if path is None:
+        raise IotwasmError("--workers needs a manifest file or directory")
+    opts = WorkerOptions(path.resolve(), data.resolve(), name or socket.gethostname().split(".")[0] or "node",
+                         check_broker(broker), extra)
+    asyncio.run(run_workers(opts, count, console, seconds))
 
 
 async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds: float = 0.0,

@@ -36,6 +36,7 @@ from .errors import (
     SubscribeDenied,
 )
 from .topics import (
+    OrderKey,
     covers,
     from_nats_subject,
     matches,
@@ -52,7 +53,7 @@ __all__ = [
     "MqttBus", "NatsBus",
     "BrokerUnavailable", "InvalidTopic", "MessageTooLarge", "MessagingError", "PublishDenied",
     "PublishRefused", "PublishTimeout", "SubscribeDenied",
-    "covers", "from_nats_subject", "matches", "nats_subjects_for_filter", "to_nats_subject",
+    "OrderKey", "covers", "from_nats_subject", "matches", "nats_subjects_for_filter", "to_nats_subject",
     "validate_filter", "validate_topic",
 ]
 

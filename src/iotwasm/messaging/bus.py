@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..message import Envelope, Message
 from ..supervise import cancel_and_wait
 from .errors import BrokerUnavailable
-from .topics import matches, validate_filter, validate_topic
+from .topics import OrderKey, matches, validate_filter, validate_topic
 
 log = logging.getLogger("iotwasm.messaging")
 
@@ -63,26 +63,6 @@ class Will:
         validate_topic(self.topic)
         if self.qos not in (0, 1, 2):
             raise ConfigError(f"will qos must be 0, 1 or 2, not {self.qos!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class OrderKey:
-    """The part of a topic that keys the order a subscriber needs (a route's per-device
-    order): the topic level at `level` (from 0), with `rest` that level and all after it;
-    `level` None: the whole topic. A bus that spreads one subscription's messages over
-    several consumers (`WorkerBus` behind an `Ingress`) gives all messages with one key to
-    the same consumer, so their order holds; the other buses have one consumer and ignore it."""
-
-    level: int | None = None
-    rest: bool = False
-
-    def of(self, topic: str) -> str:
-        if self.level is None:
-            return topic
-        if self.rest:
-            return "/".join(topic.split("/")[self.level:])
-        levels = topic.split("/", self.level + 1)
-        return levels[self.level] if self.level < len(levels) else topic
 
 
 @dataclass(slots=True)

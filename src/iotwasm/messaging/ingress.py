@@ -30,7 +30,8 @@ from typing import Any, Protocol
 from ..errors import ConfigError
 from ..message import Message
 from . import ingress_wire as wire
-from .bus import Bus, OrderKey, Settlement, Subscription
+from .bus import Bus, Settlement, Subscription
+from .topics import OrderKey
 
 log = logging.getLogger("iotwasm.messaging.ingress")
 

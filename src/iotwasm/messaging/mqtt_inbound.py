@@ -17,10 +17,10 @@ from ..errors import ConfigError
 from ..message import Envelope, Message
 from . import mqtt_codec as codec
 from . import mqtt_props as mp
-from .bus import OK, RELEASED, Handler, OrderKey, Subscription, check_qos
+from .bus import OK, RELEASED, Handler, Subscription, check_qos
 from .errors import BrokerUnavailable, SubscribeDenied
 from .mqtt_state import Incoming, MqttState
-from .topics import matches, validate_filter
+from .topics import OrderKey, matches, validate_filter
 
 log = logging.getLogger("iotwasm.messaging.mqtt")
 

@@ -25,9 +25,10 @@ from nats.js import api as js_api
 from ..backoff import Backoff
 from ..errors import ConfigError
 from ..message import Message
-from .bus import FAILED, OK, Bus, BusState, Handler, OrderKey, Subscription, as_payload, check_qos
+from .bus import FAILED, OK, Bus, BusState, Handler, Subscription, as_payload, check_qos
 from .errors import BrokerUnavailable, MessageTooLarge, PublishTimeout
 from .topics import (
+    OrderKey,
     from_nats_subject,
     matches,
     nats_covers,

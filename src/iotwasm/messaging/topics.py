@@ -29,6 +29,8 @@ subscribes with it keeps the MQTT meaning.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import InvalidTopic
 
 MAX_TOPIC_BYTES = 65535
@@ -235,3 +237,23 @@ def nats_covers(granted: str, requested: str) -> bool:
         elif gt != "*" and gt != rt:
             return False
     return len(g) == len(r)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderKey:
+    """The part of a topic that keys the order a subscriber needs (a route's per-device
+    order): the topic level at `level` (from 0), with `rest` that level and all after it;
+    `level` None: the whole topic. A bus that spreads one subscription's messages over
+    several consumers (`WorkerBus` behind an `Ingress`) gives all messages with one key to
+    the same consumer, so their order holds; the other buses have one consumer and ignore it."""
+
+    level: int | None = None
+    rest: bool = False
+
+    def of(self, topic: str) -> str:
+        if self.level is None:
+            return topic
+        if self.rest:
+            return "/".join(topic.split("/")[self.level:])
+        levels = topic.split("/", self.level + 1)
+        return levels[self.level] if self.level < len(levels) else topic

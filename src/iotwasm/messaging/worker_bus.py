@@ -28,13 +28,12 @@ from .bus import (
     Bus,
     BusState,
     Handler,
-    OrderKey,
     Outgoing,
     Subscription,
     check_qos,
 )
 from .errors import BrokerUnavailable, SubscribeDenied
-from .topics import validate_filter
+from .topics import OrderKey, validate_filter
 
 log = logging.getLogger("iotwasm.messaging.worker")
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..messaging.bus import OrderKey
+from ..messaging.topics import OrderKey
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(\*?)\}")
 
