@@ -171,11 +171,15 @@ def test_a_worker_that_goes_away_gets_its_messages_again_in_its_next_process(mos
 
 
 def test_a_worker_without_the_token_is_refused(mosquitto, sock):
+    """Refused, and told so: a worker that cannot join stops rather than idle unseen."""
     async def main():
         async with Rig(mosquitto.url, sock, 1):
             bad = WorkerBus(sock, 0, 1, b"x" * 16, MqttBus(mosquitto.url))
+            lost: list[int] = []
+            bad.on_lost = lambda: lost.append(1)
             with pytest.raises(BrokerUnavailable, match="wrong token"):
                 await bad.connect(timeout=5)
+            assert lost, "a worker that cannot join says so (its node stops, its parent starts it again)"
             wrong = WorkerBus(sock, 3, 1, TOKEN, MqttBus(mosquitto.url))
             with pytest.raises(BrokerUnavailable, match="worker 3 of 1"):
                 await wrong.connect(timeout=5)

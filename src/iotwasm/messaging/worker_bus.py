@@ -85,16 +85,26 @@ class WorkerBus(Bus):
     async def connect(self, *, timeout: float = 10.0) -> None:
         self._check_open()
         if self._transport is None:
-            loop = asyncio.get_running_loop()
-            self._welcome = loop.create_future()
             try:
-                await asyncio.wait_for(loop.create_unix_connection(lambda: _WorkerProtocol(self), self.path),
-                                       timeout)
-            except (OSError, TimeoutError) as e:
-                raise BrokerUnavailable(f"ingress {self.path}: {e}") from None
-            self._write(wire.hello(self.worker, self.workers, self.token))
-            await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
+                await self._join(timeout)
+            except (BrokerUnavailable, OSError, TimeoutError) as e:
+                # no reconnecting to an ingress: without it this worker has no work, and its
+                # parent starts it again
+                if self._transport is not None:
+                    self._transport.close()
+                if self.on_lost is not None:
+                    self.on_lost()
+                if isinstance(e, BrokerUnavailable):
+                    raise
+                raise BrokerUnavailable(f"ingress {self.path}: {e or type(e).__name__}") from None
         await self.publisher.connect(timeout=timeout)
+
+    async def _join(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._welcome = loop.create_future()
+        await asyncio.wait_for(loop.create_unix_connection(lambda: _WorkerProtocol(self), self.path), timeout)
+        self._write(wire.hello(self.worker, self.workers, self.token))
+        await asyncio.wait_for(asyncio.shield(self._welcome), timeout)
 
     async def close(self, *, timeout: float = 5.0) -> None:
         if self._closed:
