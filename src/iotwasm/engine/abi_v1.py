@@ -13,7 +13,7 @@ one, and the rest of the batch goes on.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Sequence, cast
+from typing import TYPE_CHECKING, Callable, Sequence, cast
 
 import wasmtime
 
@@ -24,6 +24,7 @@ from .fastcall import (FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory
                        StoreControl, signature)
 from .host import WASI_MODULES, HostContext, call_budget, check_imports, define_host
 from .limits import Limits, format_size
+from .snapshot import Snapshots
 from .traps import classify
 # the framing, re-exported: tools and tests import it from here
 from .v1_framing import (IN_RECORD, KIND_ERROR, KIND_MESSAGE, OUT_HEADER,  # noqa: F401
@@ -90,6 +91,8 @@ class V1Factory:
         #: a module that may wait on the network learns its calls' deadlines (host.call_budget)
         self.budgeted = any(i.module == "iot" and i.name == "http_request" for i in module.imports)
         self.budget_s = (limits.timeout_ms or self.runtime.max_timeout_ms) / 1000
+        # WASI calls do not pass through the host functions that watch a start-up
+        self.snapshots = Snapshots(compiled.snapshot, "imports WASI" if self.needs_wasi else None)
 
     def new_guest(self) -> "V1Guest":
         return V1Guest(self)
@@ -124,39 +127,55 @@ class V1Guest:
         self._armed_epoch = -1
         self.mem = None  # type: ignore[assignment]
         self._arm()
+        rec = f.snapshots.record()
+        exports = None
         try:
-            instance = f.pre.instantiate(store)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            err = classify(e, module=f.name, function="instantiate", limits=f.limits)
-            raise InitError(str(err), module=None) from None
-        ctx = self.ctl.ctx  # one context pointer for every handle of this store
-        exports = Exports(store, instance, ctx)
-        # the factory checked every export's presence and type: get() finds them all
-        self.mem = GuestMemory(store, exports.get(b"memory", MEMORY), ctx)  # type: ignore[arg-type]
-        opt = f.optional
+            try:
+                instance = f.pre.instantiate(store)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+                err = classify(e, module=f.name, function="instantiate", limits=f.limits)
+                raise InitError(str(err), module=None) from None
+            ctx = self.ctl.ctx  # one context pointer for every handle of this store
+            exports = Exports(store, instance, ctx)
+            # the factory checked every export's presence and type: get() finds them all
+            self.mem = GuestMemory(store, exports.get(b"memory", MEMORY), ctx)  # type: ignore[arg-type]
+            slots = CallSlots(5)
 
-        slots = CallSlots(5)
+            def bind(n: str, params: int, results: tuple[str, ...] = ("i32",)) -> RawFunc:
+                return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False,  # type: ignore[arg-type,union-attr]
+                               ctx=ctx, slots=slots)
 
-        def bind(n: str, params: int, results: tuple[str, ...] = ("i32",)) -> RawFunc:
-            return RawFunc(store, exports.get(n.encode(), FUNC), n, params, results, verify=False,  # type: ignore[arg-type]
-                           ctx=exports.ctx, slots=slots)
+            self._alloc = bind("iot_alloc", 1)
+            self._process_fn = bind("iot_process", 5)
+            self._free = None  # bound when a buffer is first replaced (_grow): few guests ever do
+            self._bind = bind
+            snap = f.snapshots.snapshot
+            if snap is not None:
+                snap.restore(exports, self.mem)  # what version check and init left, copied
+            else:
+                if rec is not None and f.snapshots.plan is not None:
+                    rec.instantiated(f.snapshots.plan, exports, self.mem)
+                self._initialise(bind)
+        except BaseException:
+            exports = None
+            raise
+        finally:
+            if rec is not None:
+                f.snapshots.finish(rec, exports, self.mem)
+        self.in_ptr = self.in_cap = self.out_ptr = self.out_cap = 0
 
-        version_fn = bind("iot_abi_version", 0)
-        self._alloc = bind("iot_alloc", 1)
-        self._process_fn = bind("iot_process", 5)
-        self._free = None  # bound when a buffer is first replaced (_grow): few guests ever do
-        self._bind = bind
-        init_hooks = [bind(n, 0, r) for n, r in (("_initialize", ()), ("iot_init", ("i32",)))
-                      if n in opt]
-        version = self._call_init(version_fn)  # before any guest code with side effects
+    def _initialise(self, bind: Callable[..., RawFunc]) -> None:
+        """Check the ABI version, then run the module's init hooks."""
+        f = self.f
+        version = self._call_init(bind("iot_abi_version", 0))  # before guest code with side effects
         if version != ABI_VERSION:
             raise AbiError(f"speaks iotwasm ABI v{version}; this host supports v{ABI_VERSION}",
                            module=f.name)
-        for hook in init_hooks:
-            rc = self._call_init(hook)
-            if rc:
-                raise InitError(f"{hook.name} returned {rc}", module=f.name, function=hook.name)
-        self.in_ptr = self.in_cap = self.out_ptr = self.out_cap = 0
+        for n, r in (("_initialize", ()), ("iot_init", ("i32",))):
+            if n in f.optional:
+                rc = self._call_init(hook := bind(n, 0, r))
+                if rc:
+                    raise InitError(f"{n} returned {rc}", module=f.name, function=hook.name)
 
     def _invoke(self, fn: RawFunc, *args: int) -> int | None:
         """Call into the guest with fresh budgets; raise its failure as a typed error."""

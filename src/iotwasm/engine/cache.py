@@ -35,8 +35,9 @@ import wasmtime.component as wc
 
 log = logging.getLogger("iotwasm.engine.cache")
 
-_MAGIC = b"IOTWASM-CWASM-2\n"
-_OLD_MAGICS = (b"IOTWASM-CWASM-1\n",)
+_MAGIC = b"IOTWASM-CWASM-3\n"
+#: -2 entries hold code compiled without the exports a snapshot reads (engine/snapshot.py)
+_OLD_MAGICS = (b"IOTWASM-CWASM-1\n", b"IOTWASM-CWASM-2\n")
 _U32 = struct.Struct("<I")
 
 #: a wasmtime.Module or a wasmtime.component.Component: both serialize the same way

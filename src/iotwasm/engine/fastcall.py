@@ -63,6 +63,9 @@ _memory_data_fast = _fast("wasmtime_memory_data", ctypes.c_void_p)
 _memory_data_size_fast = _fast("wasmtime_memory_data_size", ctypes.c_size_t)
 _set_epoch_deadline_fast = _fast("wasmtime_context_set_epoch_deadline", None)
 _set_fuel = _fast("wasmtime_context_set_fuel", ctypes.c_void_p)
+_global_get = _fast("wasmtime_global_get", None)
+_global_set = _fast("wasmtime_global_set", ctypes.c_void_p)
+_memory_grow = _fast("wasmtime_memory_grow", ctypes.c_void_p)
 _get_fuel = _fast("wasmtime_context_get_fuel", ctypes.c_void_p)
 
 _TrapPtr = ctypes.POINTER(ffi.wasm_trap_t)
@@ -208,6 +211,31 @@ class Exports:
 
 FUNC = _ffi.WASMTIME_EXTERN_FUNC.value
 MEMORY = _ffi.WASMTIME_EXTERN_MEMORY.value
+GLOBAL = _ffi.WASMTIME_EXTERN_GLOBAL.value
+#: value type -> (wasmtime_val_t kind, field of its union)
+_VAL_KINDS = {"i32": (0, "i32"), "i64": (1, "i64"), "f32": (2, "f32"), "f64": (3, "f64")}
+
+
+def global_value(ctx: ctypes.c_void_p, item: ffi.wasmtime_extern_t, ty: str) -> int | float:
+    """The value of a numeric global (a raw extern from `Exports.get`) of type `ty`."""
+    val = ffi.wasmtime_val_t()
+    _global_get(ctx, ctypes.byref(item.of.global_), ctypes.byref(val))
+    return getattr(val.of, _VAL_KINDS[ty][1])  # type: ignore[no-any-return]
+
+
+def global_setter(ty: str, value: int | float) -> ffi.wasmtime_val_t:
+    """A ready value for `set_global`: made once, set into any number of instances."""
+    kind, fld = _VAL_KINDS[ty]
+    val = ffi.wasmtime_val_t()
+    val.kind = kind  # type: ignore[assignment]  # a c_uint8 field takes an int
+    setattr(val.of, fld, value)
+    return val
+
+
+def set_global(ctx: ctypes.c_void_p, item: ffi.wasmtime_extern_t, val: ffi.wasmtime_val_t) -> None:
+    err = _global_set(ctx, ctypes.byref(item.of.global_), ctypes.byref(val))
+    if err:
+        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
 
 
 class GuestMemory:
@@ -248,6 +276,18 @@ class GuestMemory:
 
     def size(self) -> int:
         return self._size
+
+    def grow(self, pages: int) -> None:
+        """Grow by `pages` (64 KiB each) as `memory.grow` would, within the store's limits."""
+        prev = ctypes.c_uint64(0)
+        err = _memory_grow(self._ctx, self._mem, ctypes.c_uint64(pages), ctypes.byref(prev))
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+        self.refresh()
+
+    def view(self) -> memoryview:
+        """The whole memory, valid until the guest next runs (or the memory grows)."""
+        return self._view
 
     def release(self) -> None:
         self._view.release()

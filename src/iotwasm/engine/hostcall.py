@@ -89,6 +89,9 @@ RawHostFn: TypeAlias = Callable[..., int | float | None]
 _raw_functions: dict[int, tuple[RawHostFn, tuple[str, ...], str | None, str]] = {}
 _raw_ids = iter(range(1, 1 << 62))
 _raw_lock = threading.Lock()
+#: `watch.calls`, when a list, gets the name of every host call this thread makes (a guest's
+#: start-up is watched this way before it is snapshotted: engine/snapshot.py)
+watch = threading.local()
 
 
 def _trap(text: str) -> int:
@@ -101,6 +104,9 @@ def _trap(text: str) -> int:
 def _raw_trampoline(env: int, caller: int, vals: ctypes._Pointer[ffi.wasmtime_val_raw],
                     n: int) -> int:  # pragma: no branch - every path returns
     fn, fields, result, name = _raw_functions[env]
+    calls = getattr(watch, "calls", None)
+    if calls is not None:
+        calls.append(name)
     try:
         out = fn(CallerMemory(caller), *[getattr(vals[i], f) for i, f in enumerate(fields)])
         if result is not None:

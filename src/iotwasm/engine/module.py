@@ -152,9 +152,11 @@ def _type_str(ty: object) -> tuple[str, str]:
 
 
 def describe(name: str, wasm: bytes, module: wasmtime.Module | wc.Component,
-             engine: wasmtime.Engine | None = None) -> ModuleInfo:
+             engine: wasmtime.Engine | None = None, *, hidden: frozenset[str] = frozenset()
+             ) -> ModuleInfo:
     """Build ModuleInfo from the binary and its compiled form (a wasmtime.Module, or a
-    wasmtime.component.Component with the engine it was compiled for)."""
+    wasmtime.component.Component with the engine it was compiled for); exports named in
+    `hidden` were added by the host (engine/wasm_scan.py) and are not the module's."""
     digest = digest_of(wasm)
     if wasm[4:8] == COMPONENT_VERSION:
         from .component import describe_component
@@ -170,6 +172,8 @@ def describe(name: str, wasm: bytes, module: wasmtime.Module | wc.Component,
     exports = []
     mem_min = mem_max = None
     for exp in module.exports:
+        if exp.name in hidden:
+            continue
         kind, ty = _type_str(exp.type)
         exports.append(ExportInfo(exp.name, kind, ty))
         if isinstance(exp.type, wasmtime.MemoryType) and mem_min is None:  # kind == "memory"

@@ -23,6 +23,7 @@ from .fastcall import WASMTIME_VERSION, enable_pooling
 from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      info_from_record, info_to_record, read_source)
+from .wasm_scan import SnapshotPlan, Unplannable, plan
 
 #: a small reservation keeps thousands of instances within the address space; memory can
 #: still grow beyond it (wasmtime then moves it), bounds checks become explicit.
@@ -81,6 +82,8 @@ class CompiledModule:
     engine: wasmtime.Engine
     settings: EngineSettings
     runtime: "Runtime"
+    #: how a ready instance can be snapshotted (engine/snapshot.py); None: it cannot
+    snapshot: SnapshotPlan | None = None
 
     @property
     def name(self) -> str:
@@ -116,6 +119,8 @@ class Runtime:
         self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
         #: descriptions by hex digest (they depend on the bytes only, not on engine settings)
         self._infos: dict[str, ModuleInfo] = {}
+        #: snapshot plans by hex digest, None for a module that cannot be snapshotted
+        self._plans: dict[str, SnapshotPlan | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
@@ -195,12 +200,13 @@ class Runtime:
                                          info)
             with self._lock:
                 module = self._modules.setdefault(key, module)
+        snapshot = self._plans.get(info_digest)
         if info is None:
-            info = describe(name, wasm, module, engine)
+            info = describe(name, wasm, module, engine, hidden=_hidden(snapshot))
         self._infos.setdefault(info_digest, info)
         if info.name != name:
             info = dataclasses.replace(info, name=name)
-        return CompiledModule(info, wasm, module, engine, settings, self)
+        return CompiledModule(info, wasm, module, engine, settings, self, snapshot)
 
     def _compile(self, name: str, wasm: bytes, engine: wasmtime.Engine, digest: str,
                  settings: EngineSettings, info: ModuleInfo | None,
@@ -210,22 +216,37 @@ class Runtime:
         also holds the module's description, so a hit inspects nothing."""
         kind = wc.Component if wasm[4:8] == COMPONENT_VERSION else wasmtime.Module
         fp = settings.fingerprint()
+        hexd = digest.split(":", 1)[1]
         if self.cache is not None:
             hit = self.cache.load_entry(engine, digest, fp, kind.deserialize)
             if hit is not None:
                 module, record = hit
                 try:
+                    snap = record.get("snapshot")
+                    self._plans[hexd] = None if snap is None else SnapshotPlan.from_record(snap)
                     return module, info or info_from_record(name, record)
                 except (KeyError, TypeError, ValueError):
-                    return module, info  # an unreadable description: describe it again
+                    pass  # an unreadable description: compile and describe again
+        snapshot, source = self._plan(hexd, wasm) if kind is wasmtime.Module else (None, wasm)
         try:
-            module = kind(engine, wasm)
+            module = kind(engine, source)
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid wasm: {_first_cause(e)}", module=name) from None
-        info = info or describe(name, wasm, module, engine)
+        info = info or describe(name, wasm, module, engine, hidden=_hidden(snapshot))
         if self.cache is not None:
-            self.cache.store(module, digest, fp, info_to_record(info))
+            self.cache.store(module, digest, fp, info_to_record(info)
+                             | {"snapshot": snapshot and snapshot.to_record()})
         return module, info
+
+    def _plan(self, hexd: str, wasm: bytes) -> tuple[SnapshotPlan | None, bytes]:
+        """(plan, the bytes to compile): the module with its mutable globals exported when its
+        ready state can be snapshotted, else (None, the module as it is)."""
+        try:
+            snapshot, source = plan(wasm)
+        except Unplannable:
+            snapshot, source = None, wasm
+        self._plans[hexd] = snapshot
+        return snapshot, source
 
     def forget(self, digest: str) -> None:
         """Drop in-memory compiled code of a module (the disk cache stays)."""
@@ -242,6 +263,10 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _hidden(snapshot: SnapshotPlan | None) -> frozenset[str]:
+    return frozenset(n for n, _ in snapshot.globals) if snapshot else frozenset()
 
 
 def _first_cause(e: Exception) -> str:
