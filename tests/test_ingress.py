@@ -186,20 +186,32 @@ def test_a_worker_without_the_token_is_refused(mosquitto, sock):
     asyncio.run(main())
 
 
-def test_frames_are_bounded_and_checked():
-    buf = bytearray(struct.pack(">I", wire.MAX_FRAME + 1) + b"\x08")
-    with pytest.raises(ConfigError, match="at most"):
-        wire.frames(buf)
-    buf = bytearray(wire.deliver(1, 2, "in/d1", b"x" * 10, 5, None) + wire.settle(wire.settled(2, "ok"))[:3])
-    (body,) = wire.frames(buf)
-    assert wire.decode(body) == (wire.DELIVER, (1, 2, "in/d1", b"x" * 10, 5, None))
-    assert len(buf) == 3, "the incomplete frame stays"
-    (body,) = wire.frames(bytearray(wire.settle(wire.settled(2, "ok") + wire.settled(9, "released"))))
-    assert wire.decode(body) == (wire.SETTLE, ((2, "ok"), (9, "released")))
-    with pytest.raises(ConfigError, match="malformed"):
-        wire.decode(bytes([wire.SUB, 1]))
-    with pytest.raises(ConfigError, match="unknown frame kind"):
-        wire.decode(bytes([99]))
+def test_a_reader_takes_whole_frames_bounded_and_checked():
+    deliver = wire.deliver(1, 2, "in/d1", b"x" * 10, 5, None)
+    settle = wire.settle(wire.settled(2, "ok") + wire.settled(9, "released"))
+    reader = wire.Reader()
+    # a frame split across feeds comes out once it is whole, the rest waits for its bytes
+    assert list(reader.feed(deliver[:3])) == []
+    assert list(reader.feed(deliver[3:-1])) == []
+    assert list(reader.feed(deliver[-1:] + settle[:5])) == [
+        (wire.DELIVER, (1, 2, "in/d1", b"x" * 10, 5, None))]
+    # several frames in one feed, in order
+    assert list(reader.feed(settle[5:] + wire.welcome() + wire.sid_frame(wire.SUBOK, 7))) == [
+        (wire.SETTLE, ((2, "ok"), (9, "released"))), (wire.WELCOME, ()), (wire.SUBOK, (7,))]
+    # a length over the bound is refused from its four bytes, before any body is waited for
+    bound = rf"a frame of {wire.MAX_FRAME + 1} bytes \(at most {wire.MAX_FRAME}\)"
+    with pytest.raises(ConfigError, match=bound):
+        wire.Reader().feed(struct.pack(">I", wire.MAX_FRAME + 1))
+    with pytest.raises(ConfigError, match="a frame of 0 bytes"):
+        wire.Reader().feed(struct.pack(">I", 0))
+    # a bad kind, or a body too short for its kind; the frames before it are taken first
+    taken = []
+    with pytest.raises(ConfigError, match="unknown frame kind 99"):
+        for frame in wire.Reader().feed(wire.welcome() + struct.pack(">IB", 1, 99)):
+            taken.append(frame)
+    assert taken == [(wire.WELCOME, ())]
+    with pytest.raises(ConfigError, match=f"malformed frame of kind {wire.SUB}"):
+        list(wire.Reader().feed(struct.pack(">IBB", 2, wire.SUB, 1)))
 
 
 def test_order_key_picks_the_level_that_keys_the_order():

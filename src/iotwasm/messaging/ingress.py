@@ -245,7 +245,7 @@ class _Link(asyncio.Protocol):
         self.worker: int | None = None
         self.subs: dict[int, _Feed] = {}
         self.unsettled: dict[int, _Sent] = {}
-        self._buf = bytearray()
+        self._in = wire.Reader()
         self.out = wire.Writer()
         self._write = self.out.write
 
@@ -268,10 +268,9 @@ class _Link(asyncio.Protocol):
         self.out.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._buf += data
         try:
-            for body in wire.frames(self._buf):
-                self._on_frame(*wire.decode(body))
+            for kind, fields in self._in.feed(data):
+                self._on_frame(kind, fields)
         except ConfigError as e:
             log.warning("ingress: worker %s: %s; closing its link", self.worker, e)
             self._refuse(str(e))

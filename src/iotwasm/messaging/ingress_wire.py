@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import ConfigError
 from ..message import Envelope
@@ -53,6 +53,24 @@ class Writer:
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self._out))
         self._out.clear()
+
+
+class Reader:
+    """One side's way in: bytes as they arrive, taken apart into whole frames (what is left
+    of an incomplete one waits for the next bytes)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        """The (kind, fields) of each frame that `data` completes, in order. ConfigError, after
+        which the link is of no use: from the call, on a frame over `MAX_FRAME` (known from
+        its length: its body is never waited for); from the iteration, on a frame that does
+        not decode (those before it have been taken)."""
+        self._buf += data
+        return map(decode, frames(self._buf))
 
 
 def _frame(body: bytes) -> bytes:

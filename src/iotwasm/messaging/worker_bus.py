@@ -69,7 +69,6 @@ class WorkerBus(Bus):
         self._sid = 0
         self._link = wire.Writer()
         self._write = self._link.write
-        self._buf = bytearray()
         self._settled = bytearray()
         self._welcome: asyncio.Future[None] | None = None
         self._subok: dict[int, asyncio.Future[None]] = {}
@@ -293,6 +292,7 @@ class WorkerBus(Bus):
 class _WorkerProtocol(asyncio.Protocol):
     def __init__(self, bus: WorkerBus):
         self.bus = bus
+        self._in = wire.Reader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -300,10 +300,9 @@ class _WorkerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         bus = self.bus
-        bus._buf += data
         try:
-            for body in wire.frames(bus._buf):
-                bus._on_frame(*wire.decode(body))
+            for kind, fields in self._in.feed(data):
+                bus._on_frame(kind, fields)
         except ConfigError as e:
             log.error("worker %d: %s; closing the link", bus.worker, e)
             if bus._transport is not None:
