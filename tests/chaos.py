@@ -35,6 +35,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from iotwasm.message import Message
 from iotwasm.messaging import MqttBus
 from iotwasm.messaging.errors import MessagingError
@@ -350,6 +352,22 @@ class ChaosRig:
             assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{self.node.log_tail()}"
             await out.flush()
             return out.report(count)
+
+
+def rig_fixture(module_wat: str, **kw):
+    """A fixture giving each case a started `ChaosRig(tmp_path, module_wat, **kw)`, closed
+    after it (its node killed, its brokers stopped); assign it to the fixture's name:
+    ``rig = rig_fixture(ECHO_WAT, workers=2)``."""
+    @pytest.fixture
+    def fixture(tmp_path):
+        """A started `ChaosRig`, closed after the case."""
+        rig = ChaosRig(tmp_path, module_wat, **kw)
+        rig.start()
+        try:
+            yield rig
+        finally:
+            rig.close()
+    return fixture
 
 
 def _replace(path: Path, text: str) -> None:

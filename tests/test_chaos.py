@@ -20,7 +20,7 @@ import signal
 
 import pytest
 
-from chaos import ChaosRig, Report
+from chaos import ChaosRig, Report, rig_fixture
 from conftest import ECHO_WAT
 
 #: modest load: enough that messages are queued in the node when it is disturbed, small
@@ -61,24 +61,8 @@ def chaos_summary(request):
             reporter.write_line(f"  {case:<24} {report.line()}")
 
 
-@pytest.fixture
-def rig(tmp_path):
-    rig = ChaosRig(tmp_path, ECHO_WAT)
-    rig.start()
-    try:
-        yield rig
-    finally:
-        rig.close()
-
-
-@pytest.fixture
-def slow_rig(tmp_path):
-    rig = ChaosRig(tmp_path, SLOW_ECHO_WAT, batch=1)
-    rig.start()
-    try:
-        yield rig
-    finally:
-        rig.close()
+rig = rig_fixture(ECHO_WAT)
+slow_rig = rig_fixture(SLOW_ECHO_WAT, batch=1)
 
 
 def play(rig: ChaosRig, summary: list, case: str, disturb, **kw) -> Report:

@@ -13,21 +13,14 @@ import signal
 
 import pytest
 
-from chaos import ChaosRig
+from chaos import ChaosRig, rig_fixture
 from conftest import ECHO_WAT
 from test_chaos import play, restart_with
 
 COUNT, RATE, AT = 900, 300, 300
 
 
-@pytest.fixture
-def rig(tmp_path):
-    rig = ChaosRig(tmp_path, ECHO_WAT, workers=2)
-    rig.start()
-    try:
-        yield rig
-    finally:
-        rig.close()
+rig = rig_fixture(ECHO_WAT, workers=2)
 
 
 def children(pid: int) -> list[int]:
