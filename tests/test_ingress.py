@@ -153,7 +153,7 @@ def test_a_worker_that_goes_away_gets_its_messages_again_in_its_next_process(mos
             assert w0._transport is not None
             w0._transport.abort()                    # as if its process were killed
             rig.buses.remove(w0)
-            await rig.until(lambda: len(rig.ingress.held[0]) == len(mine))
+            await rig.until(lambda: len(rig.ingress.roster[0].held) == len(mine))
             # meanwhile worker 1's messages go on and 0's wait — as far as the broker's
             # in-flight window allows (here 100), since acknowledgements go in order
             await rig.publish(range(16, 24))
@@ -166,7 +166,7 @@ def test_a_worker_that_goes_away_gets_its_messages_again_in_its_next_process(mos
             await rig.until(lambda: len(rig.got[0]) == len(mine_all))
             assert [int(m.payload) for m in rig.got[0]] == mine_all, "the held ones first, in order"
             await rig.until(lambda: rig.ingress.settled == 32)
-            assert rig.ingress.held == [{}, {}]
+            assert [(w.held, w.held_on) for w in rig.ingress.roster] == [({}, {}), ({}, {})]
     asyncio.run(main())
 
 
@@ -262,7 +262,7 @@ def test_a_worker_node_runs_bus_routes_and_refuses_what_would_see_only_a_share(
                 problems = "\n".join(node.last_problems)
                 assert "runs only routes fed by the node's broker" in problems and "http source" in problems
                 assert "Rule hot: a worker of `iotwasm up --workers` sees only its share" in problems
-                assert ingress.ready == {0}
+                assert ingress.roster[0].ready
                 pub = MqttBus(mosquitto.url)
                 await pub.connect(timeout=10)
                 for i in range(5):

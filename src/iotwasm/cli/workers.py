@@ -190,7 +190,7 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
                 await asyncio.wait_for(stop.wait(), 0.1 if not online else 1.0)
             except TimeoutError:
                 pass
-            if not online and len(ingress.ready) == count:
+            if not online and all(w.ready for w in ingress.roster):
                 # as a single node: online once every route subscribed, in every worker
                 online = True
                 await _publish(upstream, status_topic, status("online"))
@@ -198,7 +198,7 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
                 break
             if time.monotonic() - last >= 5:
                 last = time.monotonic()
-                held = sum(len(h) for h in ingress.held)
+                held = sum(len(w.held) for w in ingress.roster)
                 console.print(f"workers joined {ingress.connected()} of {count}, restarts {sum(workers.restarts)}; "
                               f"messages handed {ingress.sent:,}, settled {ingress.settled:,}, waiting for a "
                               f"worker {held:,}", highlight=False)

@@ -67,8 +67,36 @@ class _Feed:
     members: dict[int, int] = field(default_factory=dict)
     #: workers that unsubscribed (their messages are dropped, as the broker would not send them)
     left: set[int] = field(default_factory=set)
-    #: worker index → how many of this feed's messages wait in `Ingress.held` for it
-    held: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False, slots=True)
+class _Worker:
+    """One worker index, whichever of its processes is joined now (if any): what is kept
+    here outlives a process and goes to the next one that joins as this worker."""
+
+    link: "_Link | None" = None
+    #: its node has started (its routes subscribed): see `WorkerBus.started`
+    ready: bool = False
+    #: messages waiting for it, by message id: those of a process that went away (they go
+    #: to its next process first) and those that came while it was away or not yet
+    #: subscribed (up to `Ingress.window`; beyond it, the broker's queue waits)
+    held: dict[int, _Sent] = field(default_factory=dict)
+    #: feed → how many of `held` are that feed's: `Ingress._ready` asks for every message
+    #: (a feed's new messages wait behind its held ones), and a count spares it a scan
+    held_on: dict[_Feed, int] = field(default_factory=dict)
+
+    def hold(self, mid: int, sent: _Sent) -> None:
+        self.held[mid] = sent
+        self.held_on[sent.feed] = self.held_on.get(sent.feed, 0) + 1
+
+    def unhold(self, mid: int) -> _Sent:
+        sent = self.held.pop(mid)
+        n = self.held_on[sent.feed] - 1
+        if n:
+            self.held_on[sent.feed] = n
+        else:
+            del self.held_on[sent.feed]
+        return sent
 
 
 class Ingress:
@@ -85,14 +113,9 @@ class Ingress:
         self.workers = workers
         self.token = token
         self.window = window
-        self.links: list[_Link | None] = [None] * workers
-        #: workers whose node has started (its routes subscribed): see `WorkerBus.started`
-        self.ready: set[int] = set()
+        #: worker index → what is known of it
+        self.roster = [_Worker() for _ in range(workers)]
         self.feeds: dict[tuple[str, str | None], _Feed] = {}
-        #: messages waiting for a worker, by message id: those of a process that went away
-        #: (they go to its next process first) and those that came while it was away or not
-        #: yet subscribed (up to `window`; beyond it, the broker's queue waits)
-        self.held: list[dict[int, _Sent]] = [{} for _ in range(workers)]
         self._mid = 0
         self._server: asyncio.AbstractServer | None = None
         self._change: asyncio.Future[None] | None = None
@@ -113,14 +136,14 @@ class Ingress:
         for feed in list(self.feeds.values()):
             if feed.sub is not None:
                 await feed.sub.detach(grace=grace)
-        for link in self.links:
-            if link is not None and link.transport is not None:
-                link.transport.close()
+        for w in self.roster:
+            if w.link is not None and w.link.transport is not None:
+                w.link.transport.close()
         self._pulse()
 
     def connected(self) -> list[int]:
         """The worker indexes with a process joined now."""
-        return [k for k, link in enumerate(self.links) if link is not None]
+        return [k for k, w in enumerate(self.roster) if w.link is not None]
 
     # ---- choosing a worker
 
@@ -139,30 +162,18 @@ class Ingress:
         await self._change
 
     def _ready(self, k: int, feed: _Feed) -> "_Link | None":
-        link = self.links[k]
+        w = self.roster[k]
+        link = w.link
         if (link is None or k not in feed.members or len(link.unsettled) >= self.window
-                or feed.held.get(k)):
+                or w.held_on.get(feed)):
             return None
         return link
-
-    def hold(self, k: int, mid: int, sent: _Sent) -> None:
-        self.held[k][mid] = sent
-        sent.feed.held[k] = sent.feed.held.get(k, 0) + 1
-
-    def unhold(self, k: int, mid: int) -> _Sent:
-        sent = self.held[k].pop(mid)
-        n = sent.feed.held[k] - 1
-        if n:
-            sent.feed.held[k] = n
-        else:
-            del sent.feed.held[k]
-        return sent
 
     def _absent(self, k: int, feed: _Feed) -> bool:
         """Worker `k` is away or not subscribed to `feed` (yet), and there is room to keep
         its messages here meanwhile."""
-        link = self.links[k]
-        return (link is None or k not in feed.members) and len(self.held[k]) < self.window
+        w = self.roster[k]
+        return (w.link is None or k not in feed.members) and len(w.held) < self.window
 
     # ---- the broker's side
 
@@ -181,14 +192,14 @@ class Ingress:
 
         def take(msg: Message, settlement: Settlement) -> bool:
             k = self.worker_of(feed, msg.topic)
-            if k in feed.left and self.links[k] is not None:
+            if k in feed.left and self.roster[k].link is not None:
                 settlement.set_result(True)   # its worker unsubscribed: nobody's message
                 return True
             link = self._ready(k, feed)
             if link is not None:
                 link.send(feed, msg, settlement)
             elif self._absent(k, feed):       # kept for it; the other workers' messages go on
-                self.hold(k, self._next_mid(), _Sent(feed, msg, settlement))
+                self.roster[k].hold(self._next_mid(), _Sent(feed, msg, settlement))
             else:
                 return False                  # queued: `handler` waits for the worker
             return True
@@ -196,7 +207,7 @@ class Ingress:
         async def handler(msg: Message) -> asyncio.Future[Any] | None:
             k = self.worker_of(feed, msg.topic)
             while True:
-                if k in feed.left and self.links[k] is not None:
+                if k in feed.left and self.roster[k].link is not None:
                     return None
                 link = self._ready(k, feed)
                 if link is not None or self._absent(k, feed):
@@ -204,7 +215,7 @@ class Ingress:
                     if link is not None:
                         link.send(feed, msg, fut)
                     else:
-                        self.hold(k, self._next_mid(), _Sent(feed, msg, fut))
+                        self.roster[k].hold(self._next_mid(), _Sent(feed, msg, fut))
                     return fut
                 await self._changed()
 
@@ -278,19 +289,20 @@ class _Link(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         ing, k = self.ingress, self.worker
         self.out.transport = None
-        if k is None or ing.links[k] is not self:
+        if k is None or ing.roster[k].link is not self:
             return
-        ing.links[k] = None
-        ing.ready.discard(k)
+        w = ing.roster[k]
+        w.link = None
+        w.ready = False
         for feed in self.subs.values():
             feed.members.pop(k, None)
         # what it had not settled goes to its next process first, in order
         for mid, sent in self.unsettled.items():
-            ing.hold(k, mid, sent)
+            w.hold(mid, sent)
         self.unsettled.clear()
-        if ing.held[k]:
+        if w.held:
             log.warning("ingress: worker %d went away with %d message(s) unsettled; they wait for it",
-                        k, len(ing.held[k]))
+                        k, len(w.held))
         ing._pulse()
 
     def _refuse(self, why: str) -> None:
@@ -310,10 +322,10 @@ class _Link(asyncio.Protocol):
                 raise ConfigError("wrong token")
             if workers != ing.workers or not 0 <= worker < workers:
                 raise ConfigError(f"worker {worker} of {workers}: this ingress has {ing.workers}")
-            if ing.links[worker] is not None:
+            if ing.roster[worker].link is not None:
                 raise ConfigError(f"worker {worker} is already joined")
             self.worker = worker
-            ing.links[worker] = self
+            ing.roster[worker].link = self
             self._write(wire.welcome())
             return
         k = self.worker
@@ -326,7 +338,7 @@ class _Link(asyncio.Protocol):
                 ing.settled += 1
                 if outcome == "released" and k not in sent.feed.left:
                     # given back unprocessed: again, to the worker's next subscription
-                    ing.hold(k, mid, sent)
+                    ing.roster[k].hold(mid, sent)
                     if sent.feed.members.get(k) is not None:
                         self._resend_held(sent.feed)
                 else:
@@ -334,7 +346,7 @@ class _Link(asyncio.Protocol):
             if full or not self.unsettled:
                 ing._pulse()
         elif kind == wire.READY:
-            ing.ready.add(k)
+            ing.roster[k].ready = True
         elif kind == wire.SUB:
             sid, topic_filter, qos, level, rest, queue = fields
             ing._spawn(self._subscribe(sid, topic_filter, qos, OrderKey(level, rest), queue))
@@ -346,9 +358,10 @@ class _Link(asyncio.Protocol):
             del feed.members[k]
             if kind == wire.UNSUB:
                 feed.left.add(k)
-                for mid, sent in list(ing.held[k].items()):
+                w = ing.roster[k]
+                for mid, sent in list(w.held.items()):
                     if sent.feed is feed:     # meant for a subscription that is gone
-                        ing.unhold(k, mid).target.set_result(True)
+                        w.unhold(mid).target.set_result(True)
                 ing._spawn(ing._maybe_unsubscribe(feed))
             ing._pulse()
         else:
@@ -377,9 +390,9 @@ class _Link(asyncio.Protocol):
         """What this worker's previous process (or subscription) left unsettled on `feed`
         goes again, in arrival order, before anything newer."""
         assert self.worker is not None
-        ing, k = self.ingress, self.worker
-        if not feed.held.get(k):
+        w = self.ingress.roster[self.worker]
+        if not w.held_on.get(feed):
             return
-        for mid in sorted(m for m, s in ing.held[k].items() if s.feed is feed):
-            sent = ing.unhold(k, mid)
+        for mid in sorted(m for m, s in w.held.items() if s.feed is feed):
+            sent = w.unhold(mid)
             self.send(feed, sent.msg, sent.target, mid)
