@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port  # noqa: F401  (re-exported: tests import it from here)
+
 READY_TIMEOUT = 10.0
 
 #: brokers started by this process, killed at exit if a test run is interrupted
@@ -37,13 +39,6 @@ def _kill_leftovers() -> None:
             broker.kill()
         except Exception:
             pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def find_binary(name: str, package: str) -> str:

@@ -5,7 +5,6 @@ path, oversize payload and a stopping route answered with their codes."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiocoap
@@ -13,13 +12,12 @@ import pytest
 
 from iotwasm.node.manifests import ManifestError, parse_documents
 
+from ports import free_port
 from test_node import started, wait_for, write
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # free for UDP as well as TCP
 
 
 def manifest(port: int, sink: str = "{store: {table: readings}}") -> str:

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def three_free_ports() -> int:
     """N such that N, N+1 and N+2 are free TCP ports on 127.0.0.1 (the demo's layout)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base > 65000:
-            continue
-        try:
-            for p in (base, base + 1, base + 2):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no three consecutive free ports")
+    return free_port(count=3)
 
 
 def test_the_plc_demo_fills_the_database(tmp_path: Path):
