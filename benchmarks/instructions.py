@@ -13,7 +13,8 @@ mapping memory is not counted, so instantiation looks cheaper than it is).
 
 Operations, on examples/modules/range_filter.wasm with its config:
   load   Runtime(cache_dir).load() of a cached module in a fresh runtime
-  ready  factory.new_guest(): instance, exports bound, iot_init run
+  ready  factory.new_guest(): instance, exports bound, init's state in place (a snapshot
+         of the first guest's, where the module allows it; iot_init run otherwise)
   b1c    container.process([m]): a batch of one through the container
   b1py   the same message through the plain-Python range filter
 """

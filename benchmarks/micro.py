@@ -1,6 +1,8 @@
 """Start-up and fixed-cost figures against their targets, in one run (`run.py --only micro`).
 
-    ready guest            factory.new_guest(): instance + exports bound + iot_init run  ≤ 50 µs
+    ready guest            factory.new_guest(): instance + exports bound + init's state  ≤ 50 µs
+                           (the factory's first guest ran iot_init; later ones get its
+                           snapshot when the module allows: docs/engine.md)
     bare instantiate       Store + InstancePre.instantiate                              ≤ 15 µs
     load from disk cache   Runtime(cache_dir).load() of a module compiled before        ≤ 100 µs
     batch of one           container.process([m]) / plain Python on the same message    ≤ 1.0×
@@ -147,7 +149,7 @@ def markdown(res: dict) -> list[str]:
              f"{res['pool_slots']})`.", "",
              "| figure | target | on demand | ratio | pooled | ratio |",
              "|---|---:|---:|---:|---:|---:|"]
-    names = {"ready_guest": "ready guest (`new_guest()`, `iot_init` run)",
+    names = {"ready_guest": "ready guest (`new_guest()`, init's state in place)",
              "instantiate": "bare instantiate (`Store` + `pre.instantiate`)",
              "cached_load": "load from the disk cache (fresh `Runtime`)"}
     for key, target in TARGETS_US.items():
