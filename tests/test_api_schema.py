@@ -10,11 +10,12 @@ are left out because they never end by design."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
                                  status_code_conformance)
 
@@ -77,6 +78,10 @@ def test_published_openapi_matches_the_app(api):
     assert published == served, "docs/openapi.json is stale: run scripts/openapi.py"
 
 
+#: a header value h11 takes: no NUL (schemathesis generates them; requests sends them)
+HEADER_VALUE = re.compile(r"[^\x00\r\n]*")
+
+
 def test_no_server_error_for_generated_requests(api):
     schemathesis.experimental.OPEN_API_3_1.enable()  # FastAPI publishes OpenAPI 3.1
     schema = schemathesis.from_uri(api.url + "/openapi.json")
@@ -92,6 +97,9 @@ def test_no_server_error_for_generated_requests(api):
                   suppress_health_check=list(HealthCheck))
         @given(case=strategy)
         def run(case):
+            # a header line with a NUL byte is not HTTP: uvicorn (h11) answers it with its
+            # own 400 text/plain before any of the API's code runs
+            assume(all(HEADER_VALUE.fullmatch(str(v)) for v in (case.headers or {}).values()))
             r = case.call(headers={"Authorization": f"Bearer {api.admin_token}"}, timeout=20)
             assert r.status_code < 500, f"{case.method} {case.formatted_path}: {r.status_code} {r.text}"
             if r.status_code >= 400:

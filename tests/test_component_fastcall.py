@@ -40,7 +40,7 @@ BATCHES = [
 ]
 
 
-@pytest.mark.parametrize("data", BATCHES)
+@pytest.mark.parametrize("data", BATCHES, ids=["empty", "one", "two-unicode", "boom", "not-a-batch"])
 def test_fast_call_agrees_with_the_public_api(guest, data):
     guest._arm()
     public = guest._process._func(guest.store, data.decode())  # wasmtime-py's Func.__call__
