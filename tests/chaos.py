@@ -135,6 +135,39 @@ async def wait_online(url: str, node: str, timeout: float = NODE_TIMEOUT) -> Non
         await bus.close()
 
 
+async def until(cond, timeout: float, what: str, node: subprocess.Popen | None = None):
+    """Wait until `cond()` (called on a thread) is true and return its value; fail after
+    `timeout` seconds, or at once when `node` (the process under test) has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(cond)
+        if value:
+            return value
+        if node is not None and node.poll() is not None:
+            raise AssertionError(f"the node exited ({node.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+class StatusWatch:
+    """The retained status of `node` on its broker (`+`: of every node, e.g. the workers of
+    `up --workers`), as a fleet or an operator sees it: what each said of its storage."""
+
+    def __init__(self, url: str, node: str):
+        self.bus = MqttBus(url)
+        self.node = node
+        self.storage_seen: list[str] = []
+
+    async def start(self) -> None:
+        await self.bus.connect(timeout=10)
+
+        async def on(msg: Message) -> None:
+            self.storage_seen += json.loads(msg.payload).get("storage", [])
+
+        await self.bus.subscribe(f"iotwasm/nodes/{self.node}/status", on, qos=1)
+
+
 class Publisher:
     """A device: `count` numbered messages (``{"seq": n}``) on ``in/d{n % devices}`` at QoS 1,
     `rate` a second, each retried until the broker acknowledged it — so every message is in

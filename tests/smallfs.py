@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -77,6 +78,24 @@ class SmallDisk:
 
     def read_write(self) -> None:
         _run("mount", "-o", "remount,rw", str(self.path))
+
+
+def rows(db: Path, sql: str) -> int:
+    """`sql`'s one value (a count), read from `db` without writing; -1 while it cannot be read."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return -1
+
+
+def truncate_wal(db: Path) -> bool:
+    """Checkpoint the WAL of `db` (an outbox) into the database and cut it to zero bytes, so
+    that the next write (an append, or a delete after the uplink's acknowledgement) must grow
+    it: on a disk filled after this, it fails."""
+    with sqlite3.connect(db, timeout=5) as c:
+        busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0 and Path(f"{db}-wal").stat().st_size == 0
 
 
 def _run(*cmd: str) -> None:

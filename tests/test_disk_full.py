@@ -17,15 +17,14 @@ import asyncio
 import json
 import signal
 import sqlite3
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from brokers import Mosquitto, free_port
+from chaos import StatusWatch, until
 from nodes import echo_route, echo_site, mqtt_sink, store_sink, up
-from smallfs import SmallDisk
+from smallfs import SmallDisk, rows, truncate_wal
 
 from iotwasm.message import Message
 from iotwasm.messaging import open_bus
@@ -98,51 +97,6 @@ def describe_route(port: int, data: Path, name: str) -> dict:
         return json.loads(r.read())
 
 
-class StatusWatch:
-    """The node's retained status on its broker, as a fleet or an operator sees it."""
-
-    def __init__(self, url: str):
-        self.bus = open_bus(url)
-        self.storage_seen: list[str] = []
-
-    async def start(self) -> None:
-        await self.bus.connect(timeout=10)
-
-        async def on(msg: Message) -> None:
-            self.storage_seen += json.loads(msg.payload).get("storage", [])
-
-        await self.bus.subscribe("iotwasm/nodes/edge1/status", on, qos=1)
-
-
-def rows(db: Path, sql: str) -> int:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-            return c.execute(sql).fetchone()[0]
-    except sqlite3.OperationalError:
-        return -1
-
-
-async def until(cond, timeout: float, what: str, node: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(cond)
-        if value:
-            return value
-        if node is not None and node.poll() is not None:
-            raise AssertionError(f"the node exited ({node.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def truncate_wal(db: Path) -> bool:
-    """Checkpoint the outbox's WAL into the database and cut it to zero bytes, so that the
-    next write (a delete after the uplink's acknowledgement) must grow it."""
-    with sqlite3.connect(db, timeout=5) as c:
-        busy, _, _ = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return busy == 0 and Path(f"{db}-wal").stat().st_size == 0
-
-
 def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosquitto):  # noqa: F811
     source = mosquitto
     uplink = Mosquitto(tmp_path / "uplink")
@@ -168,7 +122,7 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
     async def main():
         collector = Collector(uplink.url)
         await collector.start()
-        status = StatusWatch(source.url)
+        status = StatusWatch(source.url, "edge1")
         await status.start()
         await until(lambda: readiness(port)[0] == 200, 60, "the node ready", node)
 
