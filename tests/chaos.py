@@ -53,21 +53,24 @@ class NodeProcess:
     """
 
     def __init__(self, manifests: Path, data: Path, broker: str, *, name: str = "chaos",
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), log_path: Path | None = None):
         self.manifests = manifests
         self.data = data
         self.broker = broker
         self.name = name
         self.extra = extra
-        self.log_path = data.parent / f"node-{name}.log"
+        #: next to `data` unless given (a data directory on a small disk keeps its log elsewhere)
+        self.log_path = log_path or data.parent / f"node-{name}.log"
         self.proc: subprocess.Popen | None = None
         self.exit_codes: list[int] = []
 
     def start(self) -> "NodeProcess":
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
+        # off a terminal the node's console wraps at 80 columns, and folds a word (a file's
+        # path) longer than its column: wide enough for any path a case names
         self.proc = up(self.manifests, self.data, self.broker, name=self.name, log=self.log_path,
-                       extra=self.extra)
+                       extra=self.extra, env={"COLUMNS": "200"})
         return self
 
     @property
@@ -111,6 +114,11 @@ class NodeProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def log_words(self) -> str:
+        """The log with its white space folded to single spaces: a message the console
+        wrapped over several lines reads as one again."""
+        return " ".join(self.log_text().split())
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
@@ -169,15 +177,16 @@ class StatusWatch:
 
 
 class Publisher:
-    """A device: `count` numbered messages (``{"seq": n}``) on ``in/d{n % devices}`` at QoS 1,
-    `rate` a second, each retried until the broker acknowledged it — so every message is in
-    the broker's hands once `done()` returns (a retry after a lost PUBACK may add a duplicate,
-    which the collector counts like any other)."""
+    """A device: `count` numbered messages (``{"seq": n}``, n from `first`) on
+    ``in/d{n % devices}`` at QoS 1, `rate` a second, each retried until the broker acknowledged
+    it — so every message is in the broker's hands once `done()` returns (a retry after a lost
+    PUBACK may add a duplicate, which the collector counts like any other)."""
 
     def __init__(self, url: str, *, count: int, rate: float, devices: int = 4,
-                 topic: str = "in/d{device}"):
+                 topic: str = "in/d{device}", first: int = 0):
         self.url = url
         self.count = count
+        self.first = first
         self.rate = rate
         self.devices = devices
         self.topic = topic
@@ -201,8 +210,9 @@ class Publisher:
 
     async def _run(self) -> None:
         start = time.monotonic()
-        for seq in range(self.count):
-            delay = start + seq / self.rate - time.monotonic()
+        for n in range(self.count):
+            seq = self.first + n
+            delay = start + n / self.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the load, not waiting for an outcome
             topic = self.topic.format(device=seq % self.devices)
@@ -214,11 +224,11 @@ class Publisher:
                 except MessagingError:
                     self.retries += 1
                     await asyncio.sleep(0.05)
-            self.acknowledged = seq + 1
+            self.acknowledged = n + 1
             self._progress.set()
 
     async def reached(self, n: int, timeout: float = NODE_TIMEOUT) -> None:
-        """Wait until the broker acknowledged the first `n` messages."""
+        """Wait until the broker acknowledged the first `n` messages (of this publisher's)."""
         async with asyncio.timeout(timeout):
             while self.acknowledged < n:
                 if self._task.done():
@@ -344,7 +354,8 @@ class ChaosRig:
         self.data = data or workdir / "data"
         #: with workers > 1 the node is `iotwasm up --workers N`: an ingress and N worker processes
         self.node = NodeProcess(self.manifests, self.data, self.source.url,
-                                extra=("--workers", str(workers)) if workers > 1 else ())
+                                extra=("--workers", str(workers)) if workers > 1 else (),
+                                log_path=workdir / "node-chaos.log")
 
     def write_deployment(self, module: Path | None = None, replicas: int | None = None) -> None:
         text = echo_deployment(module or self.module, replicas=replicas or self.replicas)

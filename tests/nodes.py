@@ -16,9 +16,10 @@ serves), `up` as a child process, as a user starts it.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -118,14 +119,16 @@ async def running(manifests: Path, data: Path, *, name: str, broker: str | None 
 
 
 def up(manifests: Path, data: Path, broker: str, *, name: str = "edge1", api: str | None = None,
-       log: Path | None = None, extra: Sequence[str] = ()) -> subprocess.Popen:
+       log: Path | None = None, extra: Sequence[str] = (),
+       env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """``iotwasm up MANIFESTS --broker URL --data DIR -v`` as a child process, its API on
-    `api` (none unless given); its output is appended to `log` (default
-    ``node-<name>.log`` next to `data`)."""
+    `api` (none unless given), with `env` added to its environment; its output is appended
+    to `log` (default ``node-<name>.log`` next to `data`)."""
     log = log or data.parent / f"node-{name}.log"
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "iotwasm.cli.main", "up", str(manifests), "--broker", broker,
              "--data", str(data), "--name", name, *(["--api", api] if api else ["--no-api"]),
              "-v", *extra],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None)
