@@ -3,18 +3,23 @@
 The chaos cases of tests/test_chaos.py, run against a node with two workers: nothing lost
 and every device's messages in order through a graceful restart, a kill -9 of the whole node,
 a kill -9 of one worker (its unsettled messages wait for its next process), a route edit
-and a restart of the source broker."""
+and a restart of the source broker. And the workers' data directories on a small disk
+(tests/smallfs.py) filled to the last byte mid-stream and freed again: the workers hold what
+they cannot store, unacknowledged, and lose nothing, whether the node rides it out or is
+stopped (Ctrl-C, kill -9) meanwhile and started again once the space is back."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 
 import pytest
 
-from chaos import ChaosRig, rig_fixture
+from chaos import ChaosRig, Collector, Publisher, Report, StatusWatch, rig_fixture, until, wait_online
 from conftest import ECHO_WAT
+from smallfs import SmallDisk, rows, truncate_wal
 from test_chaos import play, restart_with
 
 COUNT, RATE, AT = 900, 300, 300
@@ -146,3 +151,162 @@ def test_a_node_does_not_strand_messages_kept_by_another_number_of_workers(tmp_p
                                       "--broker", "mqtt://127.0.0.1:1", *args])
     assert result.exit_code != 0
     assert f"{data / kept} holds 3 message(s)" in result.output and error in result.output
+
+
+#: devices d0..d3 fall to worker 0 (CRC-32 of the device, modulo 2), d4 and d5 to worker 1
+DEVICES = 6
+#: messages sent before the disk fills (kept in the outboxes: the uplink is away) and after
+A, B = 600, 900
+
+
+@pytest.fixture
+def disk_rig(tmp_path):
+    """A started two-worker `ChaosRig` whose data directory is on a small disk."""
+    disk = SmallDisk(tmp_path / "disk", "32m").mount()
+    rig = ChaosRig(tmp_path, ECHO_WAT, data=disk.path / "data", workers=2)
+    try:
+        rig.start()
+        yield rig, disk
+    finally:
+        rig.close()
+        disk.unmount()
+
+
+class FullDisk:
+    """The first half of a full-disk case under `up --workers 2`: the node started, the
+    uplink gone (A accumulates in each worker's outbox), the disk filled to the last byte while
+    B comes (each worker's outbox append fails: its route holds, and B stays unacknowledged
+    with the source broker). `--workers` runs without the API (no /readyz): what a user sees
+    is each worker's log line naming its file and the OS error, and the `storage` of each
+    worker's own retained status (`iotwasm/nodes/{name}-w{k}/status`)."""
+
+    def __init__(self, rig: ChaosRig, disk: SmallDisk):
+        self.rig, self.disk, self.node = rig, disk, rig.node
+        data = rig.data.resolve()
+        self.outboxes = [data / "workers" / str(k) / "outbox.db" for k in range(2)]
+        #: the devices' own retries (each may put a message in twice)
+        self.retries = 0
+
+    def kept(self) -> list[int]:
+        return [rows(db, "SELECT count(*) FROM outbox") for db in self.outboxes]
+
+    def logged(self, fmt: str) -> bool:
+        """Each worker's log names its outbox in `fmt`."""
+        text = self.node.log_words()
+        return all(fmt.format(db) in text for db in self.outboxes)
+
+    async def publish(self, count: int, first: int) -> None:
+        async with Publisher(self.rig.source.url, count=count, rate=RATE, devices=DEVICES, first=first) as pub:
+            await pub.done()
+        self.retries += pub.retries
+
+    async def fill(self) -> None:
+        rig, node = self.rig, self.node
+        node.start()
+        await wait_online(rig.source.url, node.name)
+        assert node.proc is not None
+        status = StatusWatch(rig.source.url, "+")
+        await status.start()
+        try:
+            # 1. the uplink goes away: A accumulates in both workers' outboxes
+            await asyncio.to_thread(rig.sink.stop)
+            await self.publish(A, 0)
+            await until(lambda: sum(self.kept()) >= A and min(self.kept()) > 0, 60,
+                        "A kept in both workers' outboxes", node.proc)
+            for db in self.outboxes:
+                await until(lambda: truncate_wal(db), 30, f"{db}'s WAL truncated", node.proc)
+
+            # 2. the disk fills up and B keeps coming: each worker's route holds, and says why
+            self.disk.fill()
+            publishing = asyncio.create_task(self.publish(B, A))
+            await until(lambda: self.logged("route uplink: outbox {}: database or disk is full"), 60,
+                        "each worker's log naming its full outbox", node.proc)
+            await publishing         # the source broker has all of B
+            await until(lambda: all(any(f"route uplink holds messages: outbox {db}: database or disk is full"
+                                        in s for s in status.storage_seen) for db in self.outboxes), 30,
+                        "each worker's status naming its full outbox", node.proc)
+            assert sum(self.kept()) < A + B      # B is held, not stored
+        finally:
+            await status.bus.close()
+
+
+def test_a_full_disk_under_workers_holds_messages_and_loses_none(disk_rig):
+    """A full disk under both workers (`FullDisk`); the uplink returns and acknowledges A,
+    which the outboxes cannot delete; the space comes back: every message reaches the uplink,
+    in each device's order, and neither the ingress nor a worker exits meanwhile."""
+    rig, disk = disk_rig
+    case = FullDisk(rig, disk)
+
+    async def main() -> Report:
+        node = rig.node
+        async with Collector(rig.sink.url, "out/#") as out:
+            await case.fill()
+
+            # 3. the uplink returns and acknowledges A, which the outboxes cannot delete yet
+            await asyncio.to_thread(rig.sink.start)
+            await until(lambda: case.logged("outbox forwarder uplink/0:mqtt: outbox {}: database or disk is full"),
+                        60, "each worker's forwarder logging a failed delete", node.proc)
+            assert min(case.kept()) > 0
+
+            # 4. space returns: everything goes through, no restart
+            disk.free()
+            assert await out.all_arrived(A + B, 120), out.report(A + B).line()
+            await until(lambda: case.kept() == [0, 0], 60, "both outboxes drained", node.proc)
+            assert node.alive(), node.log_tail()
+            rc = await asyncio.to_thread(node.stop, signal.SIGINT)
+            assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
+            await out.flush()
+            return out.report(A + B)
+
+    report = asyncio.run(main())
+    log = rig.node.log_text()
+    print(f"disk full, 2 workers: {report.line()}; publisher retries {case.retries}")
+    assert report.lost == [], f"{report.line()}; node log {rig.node.log_path}"
+    assert report.out_of_order == [], report.line()
+    # nothing here sends a message twice but a device's own retry: the uplink was away before
+    # A was sent, and A's deletes that failed were retried, not A sent again
+    assert report.duplicates <= case.retries, report.line()
+    assert "Traceback" not in log, log[-4000:]
+    assert " exited with " not in log, log[-4000:]           # no worker restarted
+    restarts = re.findall(r"workers joined \[0, 1\] of 2, restarts (\d+);", rig.node.log_words())
+    assert restarts and restarts[-1] == "0", restarts[-1:]
+    assert "storage writable again" in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_node_stopped_while_its_workers_hold_on_a_full_disk_loses_nothing(disk_rig, sig):
+    """What the workers hold on a full disk was never acknowledged: the node stopped then (a
+    Ctrl-C, or kill -9 of the ingress, which takes its workers with it) and started again
+    once the space is back gets it all from the broker's session."""
+    rig, disk = disk_rig
+    case = FullDisk(rig, disk)
+
+    async def main() -> Report:
+        node = rig.node
+        async with Collector(rig.sink.url, "out/#") as out:
+            await case.fill()
+            assert node.proc is not None
+            workers = children(node.proc.pid)
+            assert len(workers) == 2, workers
+            rc = await asyncio.to_thread(node.stop, sig)
+            if sig == signal.SIGINT:
+                assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
+            await until(lambda: all(exited(w) for w in workers), 60, "both workers gone")
+
+            disk.free()
+            await asyncio.to_thread(rig.sink.start)
+            node.start()
+            assert await out.all_arrived(A + B, 120), out.report(A + B).line()
+            rc = await asyncio.to_thread(node.stop, signal.SIGINT)
+            assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
+            await out.flush()
+            return out.report(A + B)
+
+    report = asyncio.run(main())
+    log = rig.node.log_text()
+    print(f"disk full, 2 workers, {signal.Signals(sig).name}: {report.line()}; "
+          f"publisher retries {case.retries}")
+    assert report.lost == [], f"{report.line()}; node log {rig.node.log_path}"
+    assert report.out_of_order == [], report.line()
+    assert "Traceback" not in log, log[-4000:]
+    assert " exited with " not in log, log[-4000:]           # no worker restarted
