@@ -336,10 +336,12 @@ class ChaosRig:
     `workers` > 1, an ingress and that many worker processes).
 
     `data` may be given (e.g. a directory on a small filesystem); it defaults to one under
-    `workdir`. `run` plays one case."""
+    `workdir`. `devices`: how many devices the case's publisher sends as (with workers, enough
+    that each worker has some: a device's messages all go to the one its name hashes to).
+    `run` plays one case."""
 
     def __init__(self, workdir: Path, module_wat: str, *, data: Path | None = None,
-                 replicas: int = 1, batch: int = 16, workers: int = 1):
+                 replicas: int = 1, batch: int = 16, workers: int = 1, devices: int = 4):
         from brokers import Mosquitto
 
         self.dir = workdir
@@ -351,6 +353,7 @@ class ChaosRig:
         self.module.write_text(module_wat)
         self.replicas = replicas
         self.batch = batch
+        self.devices = devices
         self.data = data or workdir / "data"
         #: with workers > 1 the node is `iotwasm up --workers N`: an ingress and N worker processes
         self.node = NodeProcess(self.manifests, self.data, self.source.url,
@@ -384,7 +387,7 @@ class ChaosRig:
         self.node.start()
         await wait_online(self.source.url, self.node.name)
         async with Collector(self.sink.url, "out/#") as out:
-            async with Publisher(self.source.url, count=count, rate=rate) as pub:
+            async with Publisher(self.source.url, count=count, rate=rate, devices=self.devices) as pub:
                 await pub.reached(at)
                 await disturb(self)
                 await pub.done()

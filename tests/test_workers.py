@@ -23,9 +23,11 @@ from smallfs import SmallDisk, rows, truncate_wal
 from test_chaos import play, restart_with
 
 COUNT, RATE, AT = 900, 300, 300
+#: devices d0..d3 fall to worker 0 (CRC-32 of the device, modulo 2), d4 and d5 to worker 1
+DEVICES = 6
 
 
-rig = rig_fixture(ECHO_WAT, workers=2)
+rig = rig_fixture(ECHO_WAT, workers=2, devices=DEVICES)
 
 
 def children(pid: int) -> list[int]:
@@ -153,8 +155,6 @@ def test_a_node_does_not_strand_messages_kept_by_another_number_of_workers(tmp_p
     assert f"{data / kept} holds 3 message(s)" in result.output and error in result.output
 
 
-#: devices d0..d3 fall to worker 0 (CRC-32 of the device, modulo 2), d4 and d5 to worker 1
-DEVICES = 6
 #: messages sent before the disk fills (kept in the outboxes: the uplink is away) and after
 A, B = 600, 900
 
@@ -163,7 +163,7 @@ A, B = 600, 900
 def disk_rig(tmp_path):
     """A started two-worker `ChaosRig` whose data directory is on a small disk."""
     disk = SmallDisk(tmp_path / "disk", "32m").mount()
-    rig = ChaosRig(tmp_path, ECHO_WAT, data=disk.path / "data", workers=2)
+    rig = ChaosRig(tmp_path, ECHO_WAT, data=disk.path / "data", workers=2, devices=DEVICES)
     try:
         rig.start()
         yield rig, disk
@@ -196,7 +196,8 @@ class FullDisk:
         return all(fmt.format(db) in text for db in self.outboxes)
 
     async def publish(self, count: int, first: int) -> None:
-        async with Publisher(self.rig.source.url, count=count, rate=RATE, devices=DEVICES, first=first) as pub:
+        async with Publisher(self.rig.source.url, count=count, rate=RATE, devices=self.rig.devices,
+                             first=first) as pub:
             await pub.done()
         self.retries += pub.retries
 
