@@ -230,6 +230,32 @@ class FullDisk:
         finally:
             await status.bus.close()
 
+    async def play(self, then) -> Report:
+        """`fill()`, `await then()`, then wait for every message at the uplink and both
+        outboxes drained, stop the node gracefully and count what arrived."""
+        rig, node = self.rig, self.node
+        async with Collector(rig.sink.url, "out/#") as out:
+            await self.fill()
+            await then()
+            assert await out.all_arrived(A + B, 120), out.report(A + B).line()
+            await until(lambda: self.kept() == [0, 0], 60, "both outboxes drained", node.proc)
+            assert node.alive(), node.log_tail()
+            rc = await asyncio.to_thread(node.stop, signal.SIGINT)
+            assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
+            await out.flush()
+            return out.report(A + B)
+
+    def check(self, report: Report, case: str) -> str:
+        """Nothing lost, each device's first arrivals in order, no worker restarted by its
+        ingress, no traceback; returns the log."""
+        log = self.node.log_text()
+        print(f"{case}: {report.line()}; publisher retries {self.retries}")
+        assert report.lost == [], f"{case}: {report.line()}; node log {self.node.log_path}"
+        assert report.out_of_order == [], report.line()
+        assert "Traceback" not in log, log[-4000:]
+        assert " exited with " not in log, log[-4000:]
+        return log
+
 
 def test_a_full_disk_under_workers_holds_messages_and_loses_none(disk_rig):
     """A full disk under both workers (`FullDisk`); the uplink returns and acknowledges A,
@@ -238,37 +264,20 @@ def test_a_full_disk_under_workers_holds_messages_and_loses_none(disk_rig):
     rig, disk = disk_rig
     case = FullDisk(rig, disk)
 
-    async def main() -> Report:
-        node = rig.node
-        async with Collector(rig.sink.url, "out/#") as out:
-            await case.fill()
+    async def then() -> None:
+        # 3. the uplink returns and acknowledges A, which the outboxes cannot delete yet
+        await asyncio.to_thread(rig.sink.start)
+        await until(lambda: case.logged("outbox forwarder uplink/0:mqtt: outbox {}: database or disk is full"),
+                    60, "each worker's forwarder logging a failed delete", rig.node.proc)
+        assert min(case.kept()) > 0
+        # 4. space returns: everything goes through, no restart
+        disk.free()
 
-            # 3. the uplink returns and acknowledges A, which the outboxes cannot delete yet
-            await asyncio.to_thread(rig.sink.start)
-            await until(lambda: case.logged("outbox forwarder uplink/0:mqtt: outbox {}: database or disk is full"),
-                        60, "each worker's forwarder logging a failed delete", node.proc)
-            assert min(case.kept()) > 0
-
-            # 4. space returns: everything goes through, no restart
-            disk.free()
-            assert await out.all_arrived(A + B, 120), out.report(A + B).line()
-            await until(lambda: case.kept() == [0, 0], 60, "both outboxes drained", node.proc)
-            assert node.alive(), node.log_tail()
-            rc = await asyncio.to_thread(node.stop, signal.SIGINT)
-            assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
-            await out.flush()
-            return out.report(A + B)
-
-    report = asyncio.run(main())
-    log = rig.node.log_text()
-    print(f"disk full, 2 workers: {report.line()}; publisher retries {case.retries}")
-    assert report.lost == [], f"{report.line()}; node log {rig.node.log_path}"
-    assert report.out_of_order == [], report.line()
+    report = asyncio.run(case.play(then))
+    log = case.check(report, "disk full, 2 workers")
     # nothing here sends a message twice but a device's own retry: the uplink was away before
     # A was sent, and A's deletes that failed were retried, not A sent again
     assert report.duplicates <= case.retries, report.line()
-    assert "Traceback" not in log, log[-4000:]
-    assert " exited with " not in log, log[-4000:]           # no worker restarted
     restarts = re.findall(r"workers joined \[0, 1\] of 2, restarts (\d+);", rig.node.log_words())
     assert restarts and restarts[-1] == "0", restarts[-1:]
     assert "storage writable again" in log
@@ -281,33 +290,19 @@ def test_a_node_stopped_while_its_workers_hold_on_a_full_disk_loses_nothing(disk
     once the space is back gets it all from the broker's session."""
     rig, disk = disk_rig
     case = FullDisk(rig, disk)
+    node = rig.node
 
-    async def main() -> Report:
-        node = rig.node
-        async with Collector(rig.sink.url, "out/#") as out:
-            await case.fill()
-            assert node.proc is not None
-            workers = children(node.proc.pid)
-            assert len(workers) == 2, workers
-            rc = await asyncio.to_thread(node.stop, sig)
-            if sig == signal.SIGINT:
-                assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
-            await until(lambda: all(exited(w) for w in workers), 60, "both workers gone")
-
-            disk.free()
-            await asyncio.to_thread(rig.sink.start)
-            node.start()
-            assert await out.all_arrived(A + B, 120), out.report(A + B).line()
-            rc = await asyncio.to_thread(node.stop, signal.SIGINT)
+    async def then() -> None:
+        assert node.proc is not None
+        workers = children(node.proc.pid)
+        assert len(workers) == 2, workers
+        rc = await asyncio.to_thread(node.stop, sig)
+        if sig == signal.SIGINT:
             assert rc == 0, f"node exited with {rc} on SIGINT; log:\n{node.log_tail()}"
-            await out.flush()
-            return out.report(A + B)
+        await until(lambda: all(exited(w) for w in workers), 60, "both workers gone")
+        disk.free()
+        await asyncio.to_thread(rig.sink.start)
+        node.start()
 
-    report = asyncio.run(main())
-    log = rig.node.log_text()
-    print(f"disk full, 2 workers, {signal.Signals(sig).name}: {report.line()}; "
-          f"publisher retries {case.retries}")
-    assert report.lost == [], f"{report.line()}; node log {rig.node.log_path}"
-    assert report.out_of_order == [], report.line()
-    assert "Traceback" not in log, log[-4000:]
-    assert " exited with " not in log, log[-4000:]           # no worker restarted
+    report = asyncio.run(case.play(then))
+    case.check(report, f"disk full, 2 workers, {signal.Signals(sig).name}")
