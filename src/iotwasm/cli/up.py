@@ -228,7 +228,15 @@ def default_manifests() -> Path | None:
 
 
 def configure_logging(verbose: bool, console: Console) -> None:
+    """Rich's columns on a terminal; elsewhere (systemd's journal, a pipe, a file) one plain
+    line per record, never wrapped, so the file, topic or error a line names can be searched."""
     from rich.logging import RichHandler
 
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+                        handlers=[handler])
