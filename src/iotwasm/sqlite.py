@@ -33,6 +33,10 @@ log = logging.getLogger("iotwasm.sqlite")
 
 #: SQLite primary result codes meaning the storage failed, not the statement: PERM, BUSY,
 #: LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB
+#: the largest integer SQLite stores: a larger one from outside (an id, a row number) is
+#: refused where it enters, not met as an OverflowError inside a query
+MAX_INTEGER = 2**63 - 1
+
 STORAGE_CODES = frozenset({3, 5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 #: codes whose message does not say why ("unable to open database file"): ask the file system
 _ASK_THE_OS = frozenset({3, 8, 10, 13, 14})

@@ -22,13 +22,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from ..messaging.topics import matches
 from ..pipeline.templates import TopicPattern
-from ..sqlite import open_db
+from ..sqlite import MAX_INTEGER, open_db
 
 #: payload bytes shown in a preview
 PREVIEW = 1024
@@ -41,7 +41,8 @@ _ORIGIN = re.compile(r"([^\s:]+):([A-Za-z_][\w.$-]*): (.*)", re.DOTALL)
 
 
 class ReplayBody(BaseModel):
-    ids: list[int] = Field(min_length=1, max_length=100, description="dead letter ids of this route")
+    ids: list[Annotated[int, Field(ge=1, le=MAX_INTEGER)]] = Field(
+        min_length=1, max_length=100, description="dead letter ids of this route")
 
 
 def preview(payload: bytes) -> dict:

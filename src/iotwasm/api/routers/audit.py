@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from ...sqlite import MAX_INTEGER
 from ..deps import Admin, Ctx, Role
 from ..guard import GuardedRoute
 from ..problems import invalid
@@ -34,7 +35,7 @@ async def audit_query(ctx: Ctx, who: Admin, since: float | None = None, until: f
 
 @router.get("/v1/audit/verify", summary="Verify the audit log's hash chain, optionally against an anchor")
 async def audit_verify(ctx: Ctx, who: NodeAdmin,
-                       seq: int | None = Query(None, ge=0, description="an anchor's row (with head)"),
+                       seq: int | None = Query(None, ge=0, le=MAX_INTEGER, description="an anchor's row (with head)"),
                        head: str | None = Query(None, pattern="^[0-9a-f]{64}$",
                                                 description="the hash the anchor pinned at that row")) -> dict:
     if (seq is None) != (head is None):

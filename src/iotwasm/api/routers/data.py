@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 
 from ...message import Message
 from ...node.manifests import Route, Rule
+from ...sqlite import MAX_INTEGER
 from ..data import (
     QUEUE_WAIT_S,
     REPLAY_WAIT_S,
@@ -53,7 +54,8 @@ def letter_view(ctx, d: dict, marks: dict[int, dict]) -> dict:
 async def dead_letters(ctx: Ctx, who: Viewer, route: str | None = Query(None, max_length=200),
                        step: str | None = Query(None, max_length=200, description="a step's deployment or "
                                                 "a sink's name"),
-                       before: int | None = Query(None, ge=1, description="only ids below this (paging)"),
+                       before: int | None = Query(None, ge=1, le=MAX_INTEGER,
+                                                  description="only ids below this (paging)"),
                        limit: int = Query(50, ge=1, le=500)) -> list[dict]:
     if route is not None:
         ctx.visible(who, "Route", route)
