@@ -177,8 +177,9 @@ class FullDisk:
     uplink gone (A accumulates in each worker's outbox), the disk filled to the last byte while
     B comes (each worker's outbox append fails: its route holds, and B stays unacknowledged
     with the source broker). `--workers` runs without the API (no /readyz): what a user sees
-    is each worker's log line naming its file and the OS error, and the `storage` of each
-    worker's own retained status (`iotwasm/nodes/{name}-w{k}/status`)."""
+    is each worker's log line naming its file and the OS error, the `storage` of each
+    worker's own retained status (`iotwasm/nodes/{name}-w{k}/status`) and the same lines,
+    `worker <k>: …`, in the node's status (`iotwasm/nodes/{name}/status`)."""
 
     def __init__(self, rig: ChaosRig, disk: SmallDisk):
         self.rig, self.disk, self.node = rig, disk, rig.node
@@ -207,7 +208,9 @@ class FullDisk:
         await wait_online(rig.source.url, node.name)
         assert node.proc is not None
         status = StatusWatch(rig.source.url, "+")
+        own = StatusWatch(rig.source.url, node.name)    # the node's, published by its ingress
         await status.start()
+        await own.start()
         try:
             # 1. the uplink goes away: A accumulates in both workers' outboxes
             await asyncio.to_thread(rig.sink.stop)
@@ -226,9 +229,14 @@ class FullDisk:
             await until(lambda: all(any(f"route uplink holds messages: outbox {db}: database or disk is full"
                                         in s for s in status.storage_seen) for db in self.outboxes), 30,
                         "each worker's status naming its full outbox", node.proc)
+            await until(lambda: all(any(f"worker {k}: route uplink holds messages: outbox {db}: database or "
+                                        "disk is full" in s for s in own.storage_seen)
+                                    for k, db in enumerate(self.outboxes)), 30,
+                        "the node's own status naming each worker's full outbox", node.proc)
             assert sum(self.kept()) < A + B      # B is held, not stored
         finally:
             await status.bus.close()
+            await own.bus.close()
 
     async def play(self, then) -> Report:
         """`fill()`, `await then()`, then wait for every message at the uplink and both

@@ -28,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import ConfigError, IotwasmError
+from ..message import Message
 from ..messaging import Will, open_bus
 from ..messaging.ingress import Ingress
 from ..messaging.transports import INGRESS_TOKEN_ENV
@@ -160,9 +161,16 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
                       grace: float = 30.0) -> None:
     """Run the ingress and `count` workers until SIGINT/SIGTERM (or `seconds`)."""
     status_topic = f"iotwasm/nodes/{opts.name}/status"
+    #: what each worker's own status says of its storage (a full disk, a failing file)
+    storage: dict[int, list[str]] = {}
+
+    def merged() -> list[str]:
+        return [f"worker {k}: {p}" for k in sorted(storage) for p in storage[k]]
 
     def status(state: str, reason: str = "") -> bytes:
+        held = merged()
         return json.dumps({"node": opts.name, "state": state, "workers": count,
+                           **({"storage": held} if held else {}),
                            **({"reason": reason} if reason else {})}).encode()
 
     upstream = open_bus(opts.broker, will=Will(status_topic, status("offline", "lost"), qos=1, retain=True),
@@ -176,6 +184,10 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
     token = secrets.token_bytes(16)
     ingress = Ingress(upstream, path, count, token)
     await ingress.start()
+    # its own connection: messages the workers hold keep the ingress's session's in-flight
+    # window full, and a status queued behind them would arrive only once they are through
+    watch = open_bus(opts.broker)
+    await _watch_workers(watch, opts.name, count, storage)
     workers = Workers(opts, count, path, token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,7 +196,7 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
     watcher = asyncio.create_task(workers.watch(), name="workers")
     console.print(f"node {opts.name}: {count} workers behind one ingress on {opts.broker}", highlight=False)
     try:
-        started, last, online = time.monotonic(), 0.0, False
+        started, last, online, said = time.monotonic(), 0.0, False, merged()
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 0.1 if not online else 1.0)
@@ -192,7 +204,10 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
                 pass
             if not online and all(w.ready for w in ingress.roster):
                 # as a single node: online once every route subscribed, in every worker
-                online = True
+                online, said = True, merged()
+                await _publish(upstream, status_topic, status("online"))
+            elif online and merged() != said:  # a worker's storage failed, or works again
+                said = merged()
                 await _publish(upstream, status_topic, status("online"))
             if seconds and time.monotonic() - started >= seconds:
                 break
@@ -208,12 +223,38 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
         await asyncio.gather(watcher, return_exceptions=True)
         await ingress.close()
         await _publish(upstream, status_topic, status("offline", "stopped"))
+        await watch.close()
         await upstream.close()
         try:
             os.unlink(path)
             os.rmdir(sock_dir)
         except OSError:
             pass
+
+
+async def _watch_workers(bus, name: str, count: int, storage: dict[int, list[str]]) -> None:
+    """Keep `storage[k]` as worker k's own retained status says (`iotwasm/nodes/{name}-w{k}/
+    status`): the node's status is what a fleet or an operator watches, and a worker's disk
+    problem must show there too."""
+    def on(k: int):
+        async def handle(msg: Message) -> None:
+            try:
+                body = json.loads(msg.payload)
+            except ValueError:
+                return
+            found = body.get("storage") if isinstance(body, dict) else None
+            storage[k] = [str(p) for p in found] if isinstance(found, list) else []
+        return handle
+
+    try:
+        await bus.connect(timeout=10)
+    except IotwasmError as e:
+        log.warning("workers' status not followed yet (%s); reconnecting in the background", e)
+    for k in range(count):
+        try:
+            await bus.subscribe(f"iotwasm/nodes/{name}-w{k}/status", on(k), qos=1, timeout=5)
+        except IotwasmError as e:
+            log.warning("worker %d's status not followed: %s", k, e)
 
 
 async def _publish(bus, topic: str, payload: bytes) -> None:
