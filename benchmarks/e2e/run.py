@@ -114,6 +114,8 @@ TITLES = {
 
 def _load_brokers():
     """tests/brokers.py, imported by path (it is not a package)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))   # its own imports (ports) are its neighbours
     spec = importlib.util.spec_from_file_location("e2e_brokers", ROOT / "tests" / "brokers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
