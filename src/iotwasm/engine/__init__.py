@@ -11,7 +11,8 @@ Public surface:
 from __future__ import annotations
 
 from ..errors import AbiError, ConfigError, InvalidModule
-from .abi_v1 import V1Factory, V1Guest
+from .abi_v1 import V1Guest
+from .abi_v1_factory import V1Factory
 from .capabilities import HOST_CAPABILITIES, Capabilities, Preopen
 from .component import ComponentFactory, ComponentGuest
 from .host import HostContext, KeyValue, MemoryKeyValue

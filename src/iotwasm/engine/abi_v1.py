@@ -1,4 +1,4 @@
-"""iotwasm ABI v1: batch-first calls into a reactor module (spec: docs/abi.md).
+"""iotwasm ABI v1: batch-first calls into a reactor module (spec: docs/abi.md); the guest.
 
 Per batch the host makes one copy in (framed records), one call (`iot_process`) and one copy
 out (framed outputs). No Python runs per message inside the guest call, which is what makes a
@@ -7,7 +7,8 @@ sandboxed pipeline faster than the same logic as plain Python.
 The guest keeps an 8-byte header (`used`, `inputs_done`) current while it works. That header
 is how a trap in the middle of a batch loses nothing: outputs of finished inputs are kept, the
 input being handled becomes a dead letter with the error, the instance is replaced by a fresh
-one, and the rest of the batch goes on.
+one, and the rest of the batch goes on. The factory that links a module and makes guests is
+abi_v1_factory.py.
 """
 
 from __future__ import annotations
@@ -20,82 +21,28 @@ import wasmtime
 from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
                       OutputLimitExceeded)
 from ..message import BatchResult, DeadLetter, Message
-from .fastcall import (FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc,
-                       StoreControl, signature)
-from .host import WASI_MODULES, HostContext, call_budget, check_imports, define_host
-from .limits import Limits, format_size
-from .snapshot import Snapshots
+from .fastcall import FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc, StoreControl
+from .host import call_budget
+from .limits import format_size
 from .traps import classify
 # the framing, re-exported: tools and tests import it from here
 from .v1_framing import (IN_RECORD, KIND_ERROR, KIND_MESSAGE, OUT_HEADER,  # noqa: F401
                          OUT_RECORD, pack_inputs, pack_outputs, parse_outputs, unpack_inputs)
 
 if TYPE_CHECKING:
-    from .runtime import CompiledModule
+    from .abi_v1_factory import V1Factory
 
 ABI_VERSION = 1
 
 IOT_OK = 0
 IOT_OUTPUT_FULL = 1
 ERROR_CODES: dict[int | None, str] = {-1: "IOT_ERR_FRAMING", -2: "IOT_ERR_INTERNAL"}
-EXPORT_SIGNATURES = {
-    "iot_abi_version": signature(0),
-    "iot_alloc": signature(1),
-    "iot_process": signature(5),
-    "iot_free": signature(2, ()),
-    "iot_init": signature(0),
-    "_initialize": signature(0, ()),
-}
 
 MIN_BUFFER = 64 * 1024
 #: what one `iot_process` call left: (failure, status, fuel used, output header or the AbiError
 #: reading it)
 _CallResult = tuple[IotwasmError | None, int | None, int, tuple[int, int] | AbiError]
 _ZERO_HEADER = bytes(OUT_HEADER.size)
-
-
-class V1Factory:
-    """Links a compiled module once per container; makes guests (instances) cheaply."""
-
-    def __init__(self, compiled: CompiledModule, limits: Limits, host: HostContext):
-        self.name = compiled.name
-        self.limits = limits
-        self.host = host
-        self.engine = compiled.engine
-        self.runtime = compiled.runtime
-        module = cast(wasmtime.Module, compiled.module)  # prepare() sends only core modules here
-        info = compiled.info
-        missing = [p for p in info.problems if p.startswith("missing export")]
-        if missing:
-            raise AbiError(missing[0], module=self.name)
-        # Signatures are checked once here, so instances can bind exports without re-checking.
-        for fn, want in EXPORT_SIGNATURES.items():
-            exp = info.export(fn)
-            if exp is not None and (exp.kind != "func" or exp.type != want):
-                raise AbiError(f"export {fn} has type {exp.type}, expected {want}", module=self.name)
-        memory = info.export("memory")  # present: a missing export is among the problems above
-        if memory is None or memory.kind != "memory":
-            raise AbiError("export 'memory' is not a memory", module=self.name)
-        self.optional = {fn for fn in ("iot_free", "_initialize", "iot_init") if info.export(fn)}
-        check_imports(module, self.name, host.capabilities)
-        linker = wasmtime.Linker(self.engine)
-        define_host(linker, host)
-        self.needs_wasi = any(i.module in WASI_MODULES for i in module.imports)
-        if self.needs_wasi:
-            linker.define_wasi()
-        try:
-            self.pre = linker.instantiate_pre(module)
-        except wasmtime.WasmtimeError as e:
-            raise AbiError(f"cannot link: {str(e).splitlines()[0]}", module=self.name) from None
-        self.ticks = self.runtime.timeout_ticks(limits.timeout_ms)
-        #: a module that may wait on the network learns its calls' deadlines (host.call_budget)
-        self.budgeted = any(i.module == "iot" and i.name == "http_request" for i in module.imports)
-        self.budget_s = (limits.timeout_ms or self.runtime.max_timeout_ms) / 1000
-        # WASI calls do not pass through the host functions that watch a start-up
-        self.snapshots = Snapshots(compiled.snapshot, "imports WASI" if self.needs_wasi else None)
-
-    def new_guest(self) -> "V1Guest":
-        return V1Guest(self)
 
 
 class V1Guest:
