@@ -51,6 +51,8 @@ def test_deployment_lifecycle_through_the_api(api):
     assert r.json()["problems"] == []
     d = c.get("/v1/deployments/echo").json()
     assert d["state"] == "running" and d["revision"] == 1 and d["source"] == "api"
+    # its instances after the first get the first one's start-up copied (engine/snapshot.py)
+    assert d["ready_guests"] == {"snapshot": True, "why_not": None, "bytes": 0}, d["ready_guests"]
     api.ingest("/in", "d1", [b"a", b"b", b"c"])
     wait_for(lambda: api.node.store.count("out") == 3, what="3 rows")
 

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..engine import (
     Capabilities,
@@ -351,6 +351,13 @@ class WasmContainer(PoolMixin):
                     self._failed_batches = 0
 
     # -- observability -------------------------------------------------------------------
+    def ready_guests(self) -> dict[str, Any] | None:
+        """How new instances get ready (iotwasm-v1 modules): from a snapshot of the first one's
+        init (`snapshot`), or running init each (`why_not` says why); None for other kinds
+        or before the container was brought up."""
+        snapshots = getattr(self._factory, "snapshots", None)
+        return None if snapshots is None else snapshots.describe()
+
     def stats(self) -> ContainerStats:
         with self._cond:
             instances = tuple(_copy(s.stats) for s in self._slots)

@@ -147,6 +147,8 @@ class Snapshots:
                 self._recording = False
 
     def describe(self) -> dict[str, Any]:
+        """{"snapshot": bool, "why_not": reason or None, "bytes": copied into each instance}."""
         snap = self.snapshot
-        return {"snapshot": snap is not None, "why_not": self.why_not,
+        why = self.why_not or (None if snap else "no instance has finished starting yet")
+        return {"snapshot": snap is not None, "why_not": why,
                 "bytes": sum(len(d) for _, d in snap.ranges) if snap else 0}

@@ -96,6 +96,7 @@ def deployment_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
                    last_error=last_error(node, name)[0], **{k: v for k, v in st.totals().items()})
         if full:
             out["instances"] = [i.to_dict() for i in st.instances]
+            out["ready_guests"] = rec.handle.current.ready_guests()
     if full:
         out["manifest"] = manifest.model_dump(mode="json", by_alias=True)
         out["events"] = node.state.events(name, limit=20)
