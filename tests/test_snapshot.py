@@ -175,3 +175,18 @@ def test_malformed_bytes_are_not_planned_and_fail_to_compile_as_before(runtime):
     for cut in (9, 20, len(wasm) // 2, len(wasm) - 1):
         with pytest.raises(Unplannable):
             plan(wasm[:cut])
+
+
+def test_a_snapshot_that_cannot_be_taken_never_fails_a_guest(runtime, monkeypatch):
+    from iotwasm.engine import snapshot
+
+    def broken(plan, exports):
+        raise RuntimeError("globals unreadable")
+
+    monkeypatch.setattr(snapshot, "_read_globals", broken)
+    f = factory(runtime)
+    guests = [f.new_guest() for _ in range(2)]
+    assert f.snapshots.snapshot is None
+    assert f.snapshots.why_not == "the snapshot could not be taken (RuntimeError)"
+    for g in guests:
+        assert outputs(g) == [b"hello5", b"hello5"]

@@ -23,6 +23,7 @@ changed. Budgets (epoch deadline, fuel) are per call and start afresh either way
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from wasmtime import _bindings as ffi
 from .fastcall import GLOBAL, Exports, GuestMemory, global_setter, global_value, set_global
 from .hostcall import watch
 from .wasm_scan import SnapshotPlan
+
+log = logging.getLogger("iotwasm.engine.snapshot")
 
 #: host functions whose answers during init are the same for every instance of a factory
 PURE_DURING_INIT = frozenset({"iot.config_get"})
@@ -86,18 +89,22 @@ class Recording:
     """The first guest's start-up, watched: the state of the fresh instance, and every host
     call made until `finish`."""
 
-    __slots__ = ("calls", "fresh", "fresh_globals", "_prev")
+    __slots__ = ("calls", "failed", "fresh", "fresh_globals", "_prev")
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.failed: Exception | None = None
         self.fresh = b""
         self.fresh_globals: list[int | float] = []
         self._prev = getattr(watch, "calls", None)
         watch.calls = self.calls
 
     def instantiated(self, plan: SnapshotPlan, exports: Exports, mem: GuestMemory) -> None:
-        self.fresh = mem.view().tobytes()
-        self.fresh_globals = _read_globals(plan, exports)
+        try:
+            self.fresh = mem.view().tobytes()
+            self.fresh_globals = _read_globals(plan, exports)
+        except Exception as e:  # noqa: BLE001 - reported by Snapshots.finish; the guest goes on
+            self.failed = e
 
     def stop(self) -> None:
         watch.calls = self._prev
@@ -138,10 +145,15 @@ class Snapshots:
             if impure:
                 self.why_not = f"init calls {', '.join(impure)}"
                 return
+            if rec.failed is not None:
+                raise rec.failed
             after = _read_globals(self.plan, exports)
             changed = tuple((n.encode(), global_setter(t, v)) for (n, t), v, v0
                             in zip(self.plan.globals, after, rec.fresh_globals) if v != v0)
             self.snapshot = Snapshot(mem.size() // _PAGE, _changed(rec.fresh, mem.view()), changed)
+        except Exception as e:  # noqa: BLE001 - a snapshot is an optimisation: never fail a guest for it
+            log.warning("no snapshot of a ready instance: %s: %s", type(e).__name__, e)
+            self.why_not = f"the snapshot could not be taken ({type(e).__name__})"
         finally:
             with self._lock:
                 self._recording = False
