@@ -108,7 +108,9 @@ def test_health_api_neighbour_route_and_rule_status_answer_while_modules_spin(tm
 
         # … and the spinning calls end, by their limit
         wait_for(lambda: slow.stats.dead_letters == 1, timeout=60, what="the spinning batch's dead letter")
-        assert [d["kind"] for d in node.state.dead_letters("slow")] == ["timeout"]
+        # counted when the route dead-letters it; stored in node.db by the writer just after
+        wait_for(lambda: [d["kind"] for d in node.state.dead_letters("slow")] == ["timeout"], timeout=30,
+                 what="the stored dead letter, kind timeout")
         answered.result(120)   # dead-lettered is through: the request got its 202
         wait_for(lambda: n.admin.get("/v1/rules/spinning").json()["functions"]["spin"]["errors"] == 1,
                  timeout=60, what="the spinning function's failed evaluation")
