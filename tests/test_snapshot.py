@@ -190,3 +190,19 @@ def test_a_snapshot_that_cannot_be_taken_never_fails_a_guest(runtime, monkeypatc
     assert f.snapshots.why_not == "the snapshot could not be taken (RuntimeError)"
     for g in guests:
         assert outputs(g) == [b"hello5", b"hello5"]
+
+
+def test_what_init_logs_is_logged_again_by_every_instance_that_gets_the_snapshot(runtime):
+    wat = INIT_STATE.replace(
+        '(import "iot" "now_ms" (func $now_ms (result i64)))',
+        '(import "iot" "now_ms" (func $now_ms (result i64)))\n'
+        '  (import "iot" "log" (func $log (param i32 i32 i32)))').replace(
+        ";;INIT-EXTRA", "(call $log (i32.const 1) (i32.const 64) (i32.const 8))")
+    lines: list[tuple[str, int, str]] = []
+    f = prepare(runtime.load(wat, name="state"), Limits(),
+                HostContext("state", CAPS, on_log=lambda *line: lines.append(line)))
+    guests = [f.new_guest() for _ in range(3)]
+    assert f.snapshots.snapshot is not None, f.snapshots.why_not
+    assert lines == [("state", 1, "greeting")] * 3   # as if each had run init
+    for g in guests:
+        assert outputs(g) == [b"hello5", b"hello5"]

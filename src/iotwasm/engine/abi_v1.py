@@ -99,6 +99,8 @@ class V1Guest:
             snap = f.snapshots.snapshot
             if snap is not None:
                 snap.restore(exports, self.mem)  # what version check and init left, copied
+                for level, line in snap.logs:    # and what init logged, logged again
+                    f.host.on_log(f.host.container, level, line)
             else:
                 if rec is not None and f.snapshots.plan is not None:
                     rec.instantiated(f.snapshots.plan, exports, self.mem)

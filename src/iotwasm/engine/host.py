@@ -23,7 +23,7 @@ from ..errors import AbiError, CapabilityDenied
 from ..message import now_ms
 from .capabilities import CAPABILITY_OF, WASI, Capabilities
 from .fastcall import host_failure
-from .hostcall import CallerMemory, RawHostFn, define_raw
+from .hostcall import CallerMemory, RawHostFn, define_raw, watch
 from .http_client import HttpRequestFailed, MAX_REQUEST, parse_request, request as http_request
 
 HOST_MODULE = "iot"
@@ -158,8 +158,11 @@ def define_host(linker: wasmtime.Linker, ctx: HostContext) -> None:
             define_raw(linker, HOST_MODULE, fn_name, wasmtime.FuncType(params, results), fn)
 
     def log(mem: CallerMemory, level: int, ptr: int, n: int) -> None:
-        text = mem.read(ptr, min(_i32(n), MAX_LOG_LINE), "iot.log")
-        ctx.on_log(name, level, text.decode("utf-8", "replace"))
+        line = mem.read(ptr, min(_i32(n), MAX_LOG_LINE), "iot.log").decode("utf-8", "replace")
+        lines = getattr(watch, "logs", None)
+        if lines is not None:   # a start-up being recorded: written again by every copy of it
+            lines.append((level, line))
+        ctx.on_log(name, level, line)
 
     def clock(mem: CallerMemory) -> int:
         return now_ms()

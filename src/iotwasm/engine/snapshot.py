@@ -12,8 +12,10 @@ What makes that exact:
   engine/wasm_scan.py; its mutable globals are exported so the host can read and set them);
 - the first guest's start, version check and init made no host call other than
   `iot.config_get`, whose answers are fixed for the factory's lifetime (its configuration
-  does not change): a call to the clock, randomness, the key-value store, a log line, WASI or
-  anything else means init might not do the same twice, and that factory never snapshots;
+  does not change), and `iot.log`, whose lines are recorded and logged again for every
+  instance that gets the snapshot: a call to the clock, randomness, the key-value store,
+  WASI or anything else means init might not do the same twice, and that factory never
+  snapshots;
 - init succeeded.
 
 A new guest is then: instantiate, grow memory to the recorded size, write the ranges init
@@ -36,19 +38,23 @@ from .wasm_scan import SnapshotPlan
 
 log = logging.getLogger("iotwasm.engine.snapshot")
 
-#: host functions whose answers during init are the same for every instance of a factory
-PURE_DURING_INIT = frozenset({"iot.config_get"})
+#: host functions init may call and still be the same for every instance of a factory:
+#: config answers are fixed for its lifetime, and the lines init logs are recorded and logged
+#: again for every instance that gets the snapshot
+PURE_DURING_INIT = frozenset({"iot.config_get", "iot.log"})
 _PAGE = 65536
 _BLOCK = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What init changed: memory size in pages, (offset, bytes) ranges, (export, value) globals."""
+    """What init changed: memory size in pages, (offset, bytes) ranges, (export, value)
+    globals, and the (level, text) lines it logged."""
 
     pages: int
     ranges: tuple[tuple[int, bytes], ...]
     globals: tuple[tuple[bytes, ffi.wasmtime_val_t], ...]
+    logs: tuple[tuple[int, str], ...] = ()
 
     def restore(self, exports: Exports, mem: GuestMemory) -> None:
         have = mem.size() // _PAGE
@@ -89,15 +95,16 @@ class Recording:
     """The first guest's start-up, watched: the state of the fresh instance, and every host
     call made until `finish`."""
 
-    __slots__ = ("calls", "failed", "fresh", "fresh_globals", "_prev")
+    __slots__ = ("calls", "failed", "fresh", "fresh_globals", "logs", "_prev")
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.logs: list[tuple[int, str]] = []
         self.failed: Exception | None = None
         self.fresh = b""
         self.fresh_globals: list[int | float] = []
-        self._prev = getattr(watch, "calls", None)
-        watch.calls = self.calls
+        self._prev = (getattr(watch, "calls", None), getattr(watch, "logs", None))
+        watch.calls, watch.logs = self.calls, self.logs
 
     def instantiated(self, plan: SnapshotPlan, exports: Exports, mem: GuestMemory) -> None:
         try:
@@ -107,7 +114,7 @@ class Recording:
             self.failed = e
 
     def stop(self) -> None:
-        watch.calls = self._prev
+        watch.calls, watch.logs = self._prev
 
 
 class Snapshots:
@@ -150,7 +157,8 @@ class Snapshots:
             after = _read_globals(self.plan, exports)
             changed = tuple((n.encode(), global_setter(t, v)) for (n, t), v, v0
                             in zip(self.plan.globals, after, rec.fresh_globals) if v != v0)
-            self.snapshot = Snapshot(mem.size() // _PAGE, _changed(rec.fresh, mem.view()), changed)
+            self.snapshot = Snapshot(mem.size() // _PAGE, _changed(rec.fresh, mem.view()), changed,
+                                     tuple(rec.logs))
         except Exception as e:  # noqa: BLE001 - a snapshot is an optimisation: never fail a guest for it
             log.warning("no snapshot of a ready instance: %s: %s", type(e).__name__, e)
             self.why_not = f"the snapshot could not be taken ({type(e).__name__})"
