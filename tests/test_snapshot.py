@@ -29,6 +29,14 @@ def outputs(guest, payloads=(b"a", b"b")) -> list[bytes]:
     return [o.payload for o in guest.process([Message("t", p) for p in payloads]).outputs]
 
 
+def runs_init_itself(f, why: str, n: int = 3) -> None:
+    """Every guest of `f` ran init itself (no snapshot, for `why`) and answers as init made it."""
+    guests = [f.new_guest() for _ in range(n)]
+    assert f.snapshots.snapshot is None and f.snapshots.why_not == why
+    for g in guests:
+        assert outputs(g) == [b"hello5", b"hello5"]
+
+
 def test_later_guests_get_the_state_init_made_without_running_it(runtime):
     f = factory(runtime)
     first = f.new_guest()  # runs init, and is recorded
@@ -56,12 +64,7 @@ def test_a_guest_replaced_after_a_trap_starts_from_the_snapshot(runtime):
 
 def test_init_with_a_call_that_may_differ_each_time_is_run_by_every_guest(runtime):
     wat = INIT_STATE.replace(";;INIT-EXTRA", "(drop (call $now_ms))")
-    f = factory(runtime, wat)
-    guests = [f.new_guest() for _ in range(3)]
-    assert f.snapshots.snapshot is None
-    assert f.snapshots.why_not == "init calls iot.now_ms"
-    for g in guests:
-        assert outputs(g) == [b"hello5", b"hello5"]
+    runs_init_itself(factory(runtime, wat), "init calls iot.now_ms")
 
 
 def test_a_failing_init_fails_every_guest_and_is_not_snapshotted(runtime):
@@ -184,12 +187,7 @@ def test_a_snapshot_that_cannot_be_taken_never_fails_a_guest(runtime, monkeypatc
         raise RuntimeError("globals unreadable")
 
     monkeypatch.setattr(snapshot, "_read_globals", broken)
-    f = factory(runtime)
-    guests = [f.new_guest() for _ in range(2)]
-    assert f.snapshots.snapshot is None
-    assert f.snapshots.why_not == "the snapshot could not be taken (RuntimeError)"
-    for g in guests:
-        assert outputs(g) == [b"hello5", b"hello5"]
+    runs_init_itself(factory(runtime), "the snapshot could not be taken (RuntimeError)")
 
 
 def test_what_init_logs_is_logged_again_by_every_instance_that_gets_the_snapshot(runtime):
