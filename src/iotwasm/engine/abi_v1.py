@@ -70,7 +70,7 @@ class V1Guest:
         if getattr(self, "mem", None) is not None:
             self.mem.release()  # the old store's memory goes away with it
         self.store = store
-        self.ctl = StoreControl(store)
+        self.ctl = StoreControl(store, ticker=f.runtime.ticker)
         self._armed_epoch = -1
         self.mem = None  # type: ignore[assignment]
         self._arm()

@@ -140,7 +140,7 @@ class ComponentGuest:
         store.set_limits(memory_size=f.limits.memory, table_elements=1_000_000,
                          instances=STORE_INSTANCES, tables=STORE_TABLES, memories=STORE_MEMORIES)
         self.store = store
-        self.ctl = StoreControl(store)
+        self.ctl = StoreControl(store, ticker=f.runtime.ticker)
         self._arm()
         try:
             instance = f.linker.instantiate(store, f.component)

@@ -34,6 +34,8 @@ from ..errors import AbiError
 if TYPE_CHECKING:
     from _ctypes import CFuncPtr
 
+    from .ticker import EpochTicker
+
 WASMTIME_VERSION = "50.0.1"
 
 
@@ -336,27 +338,53 @@ def enable_pooling(cfg: wasmtime.Config, slots: int, memory: int, *, tables: int
         ffi.wasmtime_pooling_allocation_config_delete(pc)
 
 
+class _NoTicker:
+    """The ticker of a store no runtime ticks (a test's own engine): never idle."""
+
+    __slots__ = ("armed",)
+    armed: bool
+    idle = False
+
+    def wake(self) -> None:
+        pass
+
+
+_NO_TICKER = _NoTicker()
+
+
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
-    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c")
+    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c", "_ticker")
 
-    def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None):
-        """`ctx`: the store's context when the caller has it (`StoreControl.ctx`)."""
+    def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None,
+                 ticker: EpochTicker | None = None):
+        """`ctx`: the store's context when the caller has it (`StoreControl.ctx`);
+        `ticker`: the runtime's (`Runtime.ticker`), told of every deadline armed here."""
         self._store = store
         self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._fuel_out = ctypes.c_uint64(0)
         self._ticks = -1
         self._ticks_c = ctypes.c_uint64(0)
+        self._ticker: EpochTicker | _NoTicker = ticker if ticker is not None else _NO_TICKER
 
     @property
     def ctx(self) -> ctypes.c_void_p:
         return self._ctx
 
     def set_deadline(self, ticks: int) -> None:
+        """Trap the next call once the epoch has advanced `ticks` past its value now.
+
+        Every guest kind arms here, so this is where the ticker learns a call may be running:
+        the flag is stored after the deadline (the ticker then reads an epoch no older than
+        the deadline's base), and an idle ticker is woken to its normal period."""
         if ticks != self._ticks:
             self._ticks, self._ticks_c = ticks, ctypes.c_uint64(ticks)
         _set_epoch_deadline_fast(self._ctx, self._ticks_c)
+        ticker = self._ticker
+        ticker.armed = True
+        if ticker.idle:
+            ticker.wake()
 
     def set_fuel(self, fuel: int) -> None:
         err = _set_fuel(self._ctx, ctypes.c_uint64(fuel))

@@ -2,7 +2,8 @@
 
 Engines are shared by every container whose limits need the same code generation (fuel
 metering on or off, wasm stack size). One daemon thread advances the epoch of every engine,
-which is what turns a per-call wall-clock timeout into a trap inside the guest.
+which is what turns a per-call wall-clock timeout into a trap inside the guest; it slows
+down while no call can be running (engine/ticker.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import dataclasses
 import hashlib
 import os
 import threading
-import weakref
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import wasmtime
@@ -23,6 +25,7 @@ from .fastcall import WASMTIME_VERSION, enable_pooling
 from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      info_from_record, info_to_record, read_source)
+from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_MARGIN_MS, EpochTicker
 from .wasm_scan import SnapshotPlan, Unplannable, plan
 
 #: a small reservation keeps thousands of instances within the address space; memory can
@@ -95,9 +98,16 @@ class Runtime:
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, *, epoch_tick_ms: float = 1.0,
                  opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION,
-                 max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS, pool_slots: int = 0):
+                 max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS, pool_slots: int = 0,
+                 idle_tick_ms: float = DEFAULT_IDLE_TICK_MS,
+                 idle_clock: Callable[[], float] = time.monotonic):
         """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
         for more are refused (`bounded`).
+
+        The epoch advances every `epoch_tick_ms`, and only every `idle_tick_ms` once no call
+        has started for longer than `max_timeout_ms` plus a margin; the first call after
+        that brings the normal period back at once (`EpochTicker`). `idle_clock` (monotonic
+        seconds) measures that idle window; tests pass their own.
 
         `pool_slots` > 0 switches each engine to wasmtime's pooling allocator with that many
         instances (memories, tables) reserved up front: an instance starts in about half the
@@ -109,6 +119,8 @@ class Runtime:
             raise ConfigError(f"pool size {pool_slots!r} must be 0 (no pool) or more")
         if not max_timeout_ms > 0:
             raise ConfigError(f"maximum timeout {max_timeout_ms!r} must be a positive number of ms")
+        if not idle_tick_ms > 0:
+            raise ConfigError(f"idle tick {idle_tick_ms!r} must be a positive number of ms")
         self.max_timeout_ms = float(max_timeout_ms)
         self.epoch_tick_ms = epoch_tick_ms
         self.epoch = 0
@@ -122,11 +134,12 @@ class Runtime:
         #: snapshot plans by hex digest, None for a module that cannot be snapshotted
         self._plans: dict[str, SnapshotPlan | None] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker = threading.Thread(target=_tick, args=(weakref.ref(self), self._stop,
-                                                            epoch_tick_ms / 1000),
-                                        name="iotwasm-epoch", daemon=True)
-        self._ticker.start()
+        #: advances the epochs; every arm of a deadline tells it (`StoreControl`)
+        self.ticker = EpochTicker(self, period_s=epoch_tick_ms / 1000,
+                                  idle_period_s=idle_tick_ms / 1000,
+                                  idle_after_s=(self.max_timeout_ms + IDLE_MARGIN_MS) / 1000,
+                                  max_ticks=self.timeout_ticks(None), clock=idle_clock)
+        self._stop = self.ticker.stopped
 
     # -- engines -------------------------------------------------------------------------
     def engine(self, settings: EngineSettings) -> wasmtime.Engine:
@@ -256,7 +269,7 @@ class Runtime:
                 del self._modules[key]
 
     def close(self) -> None:
-        self._stop.set()
+        self.ticker.stop()
 
     def __enter__(self) -> "Runtime":
         return self
@@ -275,13 +288,3 @@ def _first_cause(e: Exception) -> str:
     # cause is the most useful single line
     causes = [ln.split(":", 1)[1].strip() for ln in lines if ln[:1].isdigit() and ":" in ln]
     return causes[-1] if causes else (lines[0] if lines else "unknown error")
-
-
-def _tick(runtime_ref: "weakref.ref[Runtime]", stop: threading.Event, period: float) -> None:
-    # Holds only a weak reference so an abandoned Runtime can be collected; the thread then ends.
-    while not stop.wait(period):
-        rt = runtime_ref()
-        if rt is None:
-            return
-        rt._increment_all()
-        del rt

@@ -51,6 +51,7 @@ class WasiFactory:
         except wasmtime.WasmtimeError as e:
             raise AbiError(f"cannot link: {str(e).splitlines()[0]}", module=self.name) from None
         self.ticks = compiled.runtime.timeout_ticks(limits.timeout_ms)
+        self.ticker = compiled.runtime.ticker
 
     def new_guest(self) -> "WasiGuest":
         return WasiGuest(self)
@@ -123,7 +124,7 @@ class WasiGuest:
         store.set_limits(memory_size=f.limits.memory, table_elements=100_000, instances=1,
                          tables=4, memories=1)
         store.set_wasi(wasi)
-        ctl = StoreControl(store)
+        ctl = StoreControl(store, ticker=f.ticker)
         ctl.set_deadline(f.ticks)
         if f.limits.fuel is not None:
             ctl.set_fuel(f.limits.fuel)
