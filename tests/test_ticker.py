@@ -1,0 +1,146 @@
+"""The epoch ticker slows down when no call can be running, and never lets a deadline slip.
+
+The idle window is measured on an injected clock, so no test waits for it to pass; the waits
+below are for the ticker thread to act, with generous limits, and nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+
+import pytest
+import wasmtime
+
+from iotwasm.engine import HostContext, Limits, Runtime, prepare
+from iotwasm.engine.fastcall import StoreControl
+from iotwasm.errors import ConfigError, TimeoutExceeded
+from iotwasm.message import Message
+
+from conftest import module_path
+
+#: an idle period no test outlives: only a wake brings the ticker back before it is over
+HOUR_MS = 3_600_000.0
+
+WASI_SPIN_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_for(cond, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.001)
+
+
+def make_runtime(**kw) -> tuple[Runtime, FakeClock]:
+    clock = FakeClock()
+    kw.setdefault("max_timeout_ms", 20)
+    return Runtime(idle_clock=clock, **kw), clock
+
+
+def go_idle(rt: Runtime, clock: FakeClock) -> None:
+    """Move the clock past the idle window and wait for the ticker to slow down.
+
+    The ticker dates an arm when it notices it, at its next tick, so the clock is moved on
+    at every look: an arm noticed after the first move is left behind by the next."""
+    def idle() -> bool:
+        clock.now += rt.ticker.idle_after + 1
+        return rt.ticker.idle
+
+    wait_for(idle, "the ticker to go idle")
+
+
+def arm(rt: Runtime) -> None:
+    store = wasmtime.Store(rt.engine(rt.settings_for(Limits())))
+    StoreControl(store, ticker=rt.ticker).set_deadline(5)
+
+
+def test_a_fresh_runtime_goes_idle_only_after_the_window():
+    rt, clock = make_runtime()
+    with rt:
+        assert not rt.ticker.idle
+        # far more ticks than any deadline, but the clock has not left the window
+        wait_for(lambda: rt.epoch > 3 * rt.ticker.max_ticks, "ticks")
+        assert not rt.ticker.idle
+        go_idle(rt, clock)
+
+
+def test_idle_also_waits_for_the_longest_deadline_in_ticks():
+    # the clock is past the window from the start: the epoch must still advance by the
+    # longest deadline first (a late-running ticker counts fewer ticks than wall time)
+    rt, clock = make_runtime(max_timeout_ms=200)
+    with rt:
+        clock.now = 1e6
+        wait_for(lambda: rt.ticker.idle, "the ticker to go idle")
+        assert rt.epoch >= rt.ticker.max_ticks == rt.timeout_ticks(None)
+
+
+def test_an_arm_wakes_an_idle_ticker_and_restarts_the_window():
+    rt, clock = make_runtime(idle_tick_ms=HOUR_MS)
+    with rt:
+        go_idle(rt, clock)
+        epoch = rt.epoch
+        arm(rt)
+        # an idle period is an hour: only the wake can bring the normal period back
+        wait_for(lambda: not rt.ticker.idle, "the arm to wake the ticker")
+        wait_for(lambda: rt.epoch > epoch + 3 * rt.ticker.max_ticks, "normal ticks again")
+        assert not rt.ticker.idle  # the clock has not moved since the arm
+        go_idle(rt, clock)
+
+
+@pytest.mark.parametrize("kind", ["iotwasm-v1", "wasi-command"])
+def test_a_spinning_guest_armed_while_idle_is_stopped_by_its_timeout(kind):
+    rt, clock = make_runtime(idle_tick_ms=HOUR_MS, max_timeout_ms=200)
+    with rt:
+        limits = Limits(timeout_ms=30)
+        source = module_path("infinite_loop.wat") if kind == "iotwasm-v1" else WASI_SPIN_WAT
+        compiled = rt.load(source, name="spin", limits=limits)
+        assert compiled.info.abi == kind
+        guest = prepare(compiled, limits, HostContext("spin")).new_guest()  # arms: wakes
+        go_idle(rt, clock)
+        results: list = []
+        call = threading.Thread(target=lambda: results.append(guest.process([Message("t", b"x")])),
+                                daemon=True)
+        call.start()
+        call.join(60)  # a guard against a hang only: with the ticker asleep it would spin on
+        assert not call.is_alive(), "the spinning call was never stopped"
+        (result,) = results
+        assert not result.outputs
+        assert isinstance(result.dead_letters[0].error, TimeoutExceeded)
+        assert "timeout 30ms exceeded" in str(result.dead_letters[0].error)
+
+
+@pytest.mark.parametrize("idle", [False, True])
+def test_close_stops_the_thread(idle):
+    rt, clock = make_runtime(idle_tick_ms=HOUR_MS)
+    if idle:
+        go_idle(rt, clock)
+    rt.close()
+    rt.ticker.thread.join(30)
+    assert not rt.ticker.thread.is_alive()
+
+
+def test_an_abandoned_idle_runtime_is_collected_and_its_thread_ends():
+    rt, clock = make_runtime(idle_tick_ms=5)
+    go_idle(rt, clock)
+    ticker, alive = rt.ticker, weakref.ref(rt)
+    del rt
+    wait_for(lambda: gc.collect() is not None and alive() is None, "the runtime to be collected")
+    ticker.thread.join(30)
+    assert not ticker.thread.is_alive()
+
+
+def test_an_idle_tick_must_be_positive():
+    with pytest.raises(ConfigError, match="idle tick 0 must be a positive number of ms"):
+        Runtime(idle_tick_ms=0)
