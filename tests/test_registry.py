@@ -428,7 +428,7 @@ def test_private_runtime_is_created_lazily_and_closed(tmp_path):
     rt = s._own_runtime
     assert rt is not None
     s.close()
-    assert rt._stop.is_set()
+    assert rt.ticker.stopped.is_set()
     with pytest.raises(ConfigError, match="closed"):
         s.resolve("anything")
 

@@ -928,17 +928,10 @@ def summarize_profile(raw: Path, out: Path, cores: dict[int, float], top: int = 
 
 
 # -- hot update under load -------------------------------------------------------------------
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def with_custom_section(wasm: bytes, name: bytes, data: bytes) -> bytes:
     """The module plus a custom section: a new digest, the same code."""
+    from iotwasm.engine.wasm_scan import leb128
+
     body = leb128(len(name)) + name + data
     return wasm + b"\x00" + leb128(len(body)) + body
 

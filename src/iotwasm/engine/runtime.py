@@ -139,7 +139,6 @@ class Runtime:
                                   idle_period_s=idle_tick_ms / 1000,
                                   idle_after_s=(self.max_timeout_ms + IDLE_MARGIN_MS) / 1000,
                                   max_ticks=self.timeout_ticks(None), clock=idle_clock)
-        self._stop = self.ticker.stopped
 
     # -- engines -------------------------------------------------------------------------
     def engine(self, settings: EngineSettings) -> wasmtime.Engine:

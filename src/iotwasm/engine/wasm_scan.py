@@ -108,7 +108,8 @@ class _Reader:
         return self.b[start:self.pos]
 
 
-def _leb(n: int) -> bytes:
+def leb128(n: int) -> bytes:
+    """`n` (unsigned) as LEB128, the encoding of every size and index in a wasm binary."""
     out = bytearray()
     while True:
         v, n = n & 0x7F, n >> 7
@@ -254,11 +255,11 @@ def plan(wasm: bytes) -> tuple[SnapshotPlan, bytes]:
         raise Unplannable("no exports")
     count, entries, end = exports
     added = [(EXPORT_PREFIX + str(i), t) for i, t in mutable]
-    body = bytearray(_leb(count + len(added)) + wasm[entries:end])
+    body = bytearray(leb128(count + len(added)) + wasm[entries:end])
     for (name, _), (index, _) in zip(added, mutable):
         raw = name.encode()
-        body += _leb(len(raw)) + raw + b"\x03" + _leb(index)  # 3: a global
+        body += leb128(len(raw)) + raw + b"\x03" + leb128(index)  # 3: a global
     out = bytearray(wasm[:8])
     for sid, head, _, end in sections:
-        out += (b"\x07" + _leb(len(body)) + body) if sid == 7 else wasm[head:end]
+        out += (b"\x07" + leb128(len(body)) + body) if sid == 7 else wasm[head:end]
     return SnapshotPlan(tuple(added)), bytes(out)
