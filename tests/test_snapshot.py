@@ -204,3 +204,15 @@ def test_what_init_logs_is_logged_again_by_every_instance_that_gets_the_snapshot
     assert lines == [("state", 1, "greeting")] * 3   # as if each had run init
     for g in guests:
         assert outputs(g) == [b"hello5", b"hello5"]
+
+
+def test_bytes_compiled_for_a_second_engine_setting_are_not_checked_again(runtime, monkeypatch):
+    from iotwasm.engine import wasm_scan
+
+    first = runtime.load(INIT_STATE, name="state")
+    decoded: list[int] = []
+    real = wasm_scan._code
+    monkeypatch.setattr(wasm_scan, "_code", lambda r: decoded.append(1) or real(r))
+    fuel = runtime.load(INIT_STATE, name="state", limits=Limits(fuel=10_000_000))
+    assert fuel.engine is not first.engine and fuel.snapshot == first.snapshot
+    assert decoded == []

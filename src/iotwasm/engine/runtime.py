@@ -252,9 +252,12 @@ class Runtime:
 
     def _plan(self, hexd: str, wasm: bytes) -> tuple[SnapshotPlan | None, bytes]:
         """(plan, the bytes to compile): the module with its mutable globals exported when its
-        ready state can be snapshotted, else (None, the module as it is)."""
+        ready state can be snapshotted, else (None, the module as it is). Bytes planned before
+        (compiled for another engine setting) are not checked again."""
+        if hexd in self._plans and self._plans[hexd] is None:
+            return None, wasm
         try:
-            snapshot, source = plan(wasm)
+            snapshot, source = plan(wasm, check_code=hexd not in self._plans)
         except Unplannable:
             snapshot, source = None, wasm
         self._plans[hexd] = snapshot
