@@ -216,3 +216,30 @@ def test_bytes_compiled_for_a_second_engine_setting_are_not_checked_again(runtim
     fuel = runtime.load(INIT_STATE, name="state", limits=Limits(fuel=10_000_000))
     assert fuel.engine is not first.engine and fuel.snapshot == first.snapshot
     assert decoded == []
+
+
+def test_two_tenants_deploying_the_same_module_each_get_their_own_state(runtime):
+    """A snapshot belongs to its factory (one deployment, its configuration), never to the
+    module's digest: another deployment of the same bytes with other config starts from its
+    own init."""
+    compiled = runtime.load(INIT_STATE, name="state")
+    mine = prepare(compiled, Limits(), HostContext("acme/state", CAPS))
+    theirs = prepare(compiled, Limits(), HostContext(
+        "other/state", Capabilities.grant("config", "clock", config={"greeting": "bye"})))
+    for _ in range(2):
+        assert outputs(mine.new_guest()) == [b"hello5", b"hello5"]
+        assert outputs(theirs.new_guest()) == [b"bye5", b"bye5"]
+    assert mine.snapshots.snapshot is not theirs.snapshots.snapshot
+
+
+def test_guests_made_at_once_on_several_threads_all_start_from_init_s_state(runtime):
+    """Scale-up makes instances on several threads while the first may still be recording:
+    one records, the others run init themselves, every one answers the same."""
+    import concurrent.futures
+
+    f = factory(runtime)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        guests = list(pool.map(lambda _: f.new_guest(), range(16)))
+    assert f.snapshots.snapshot is not None
+    for g in guests + [f.new_guest()]:
+        assert outputs(g) == [b"hello5", b"hello5"]
