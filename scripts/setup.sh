@@ -90,6 +90,17 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
+# the native epoch ticker (src/iotwasm/engine/native, loaded with ctypes): rebuilt when its
+# source changes; without it the engine ticks from a Python thread
+tick_dir=src/iotwasm/engine/native
+tick_want="$(sha256sum "$tick_dir/epoch_ticker.c" | cut -c1-16)"
+if [ ! -f "$tick_dir/libiotwasm_ticker.so" ] || [ "$(cat "$tick_dir/.built" 2>/dev/null)" != "$tick_want" ]; then
+  echo "setup: building the native epoch ticker"
+  clang -O2 -Wall -Wextra -shared -fPIC -pthread -o "$tick_dir/libiotwasm_ticker.so.tmp" "$tick_dir/epoch_ticker.c"
+  mv -f "$tick_dir/libiotwasm_ticker.so.tmp" "$tick_dir/libiotwasm_ticker.so"
+  echo "$tick_want" > "$tick_dir/.built"
+fi
+
 # --- components: the JavaScript toolchain (componentize-qjs) --------------------------------
 # Project-local and pinned by sdk/js/toolchain/package-lock.json; never installed globally.
 # The package ships its native binding inside the npm registry (no download at build time).

@@ -860,7 +860,7 @@ CATEGORIES = (
      ("Subscription.", "BusSource.", "MqttBus._on_message")),
     ("event loop: node status and sync", ("Node.",)),
     ("event loop: other asyncio machinery", ("BaseEventLoop", "Handle._run")),
-    ("wasmtime epoch ticker thread", ("Runtime._increment_all", "_tick")),
+    ("wasmtime epoch ticker thread (Python; the native one is not sampled)", ("ThreadTicker._run",)),
 )
 
 

@@ -152,7 +152,7 @@ class V1Guest:
         The deadline is relative to the engine's epoch when it is set; while the epoch has not
         moved since (calls closer together than one tick) it still stands, so it is not reset.
         """
-        epoch = self.f.runtime.epoch
+        epoch = self.f.epoch_cell.value
         if epoch != self._armed_epoch:
             self.ctl.set_deadline(self.f.ticks)
             self._armed_epoch = epoch
@@ -251,7 +251,7 @@ class V1Guest:
         status = None
         f = self.f
         metered = f.limits.fuel is not None
-        if metered or f.runtime.epoch != self._armed_epoch:
+        if metered or f.epoch_cell.value != self._armed_epoch:
             self._arm()
         if f.budgeted:
             call_budget.at = self._deadline_at

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import wasmtime
 from wasmtime import _bindings as ffi
@@ -338,24 +338,14 @@ def enable_pooling(cfg: wasmtime.Config, slots: int, memory: int, *, tables: int
         ffi.wasmtime_pooling_allocation_config_delete(pc)
 
 
-class _NoTicker:
-    """The ticker of a store no runtime ticks (a test's own engine): never idle."""
-
-    __slots__ = ("armed",)
-    armed: bool
-    idle = False
-
-    def wake(self) -> None:
-        pass
-
-
-_NO_TICKER = _NoTicker()
+def _no_ticker() -> None:
+    """The arm of a store no runtime ticks (a test's own engine)."""
 
 
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
-    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c", "_ticker")
+    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c", "_arm")
 
     def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None,
                  ticker: EpochTicker | None = None):
@@ -366,7 +356,7 @@ class StoreControl:
         self._fuel_out = ctypes.c_uint64(0)
         self._ticks = -1
         self._ticks_c = ctypes.c_uint64(0)
-        self._ticker: EpochTicker | _NoTicker = ticker if ticker is not None else _NO_TICKER
+        self._arm: Callable[[], None] = ticker.arm if ticker is not None else _no_ticker
 
     @property
     def ctx(self) -> ctypes.c_void_p:
@@ -381,10 +371,7 @@ class StoreControl:
         if ticks != self._ticks:
             self._ticks, self._ticks_c = ticks, ctypes.c_uint64(ticks)
         _set_epoch_deadline_fast(self._ctx, self._ticks_c)
-        ticker = self._ticker
-        ticker.armed = True
-        if ticker.idle:
-            ticker.wake()
+        self._arm()
 
     def set_fuel(self, fuel: int) -> None:
         err = _set_fuel(self._ctx, ctypes.c_uint64(fuel))

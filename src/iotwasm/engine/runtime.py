@@ -13,6 +13,7 @@ import hashlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from .fastcall import WASMTIME_VERSION, enable_pooling
 from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      info_from_record, info_to_record, read_source)
-from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_MARGIN_MS, EpochTicker
+from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_MARGIN_MS, EpochTicker, start_ticker
 from .wasm_scan import SnapshotPlan, Unplannable, plan
 
 #: a small reservation keeps thousands of instances within the address space; memory can
@@ -100,14 +101,16 @@ class Runtime:
                  opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION,
                  max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS, pool_slots: int = 0,
                  idle_tick_ms: float = DEFAULT_IDLE_TICK_MS,
-                 idle_clock: Callable[[], float] = time.monotonic):
+                 idle_clock: Callable[[], float] = time.monotonic, ticker: str = "auto"):
         """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
         for more are refused (`bounded`).
 
         The epoch advances every `epoch_tick_ms`, and only every `idle_tick_ms` once no call
         has started for longer than `max_timeout_ms` plus a margin; the first call after
-        that brings the normal period back at once (`EpochTicker`). `idle_clock` (monotonic
-        seconds) measures that idle window; tests pass their own.
+        that brings the normal period back at once (engine/ticker.py). `idle_clock` (monotonic
+        seconds) measures that idle window; tests pass a `ManualClock`. `ticker`: "native"
+        (a thread in C that never takes the GIL), "thread" (a Python thread), or "auto" (the
+        native one when its library is built).
 
         `pool_slots` > 0 switches each engine to wasmtime's pooling allocator with that many
         instances (memories, tables) reserved up front: an instance starts in about half the
@@ -123,7 +126,6 @@ class Runtime:
             raise ConfigError(f"idle tick {idle_tick_ms!r} must be a positive number of ms")
         self.max_timeout_ms = float(max_timeout_ms)
         self.epoch_tick_ms = epoch_tick_ms
-        self.epoch = 0
         self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation,
                                    pool_slots=pool_slots)
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
@@ -135,10 +137,12 @@ class Runtime:
         self._plans: dict[str, SnapshotPlan | None] = {}
         self._lock = threading.Lock()
         #: advances the epochs; every arm of a deadline tells it (`StoreControl`)
-        self.ticker = EpochTicker(self, period_s=epoch_tick_ms / 1000,
-                                  idle_period_s=idle_tick_ms / 1000,
-                                  idle_after_s=(self.max_timeout_ms + IDLE_MARGIN_MS) / 1000,
-                                  max_ticks=self.timeout_ticks(None), clock=idle_clock)
+        self.ticker: EpochTicker = start_ticker(
+            ticker, period_s=epoch_tick_ms / 1000, idle_period_s=idle_tick_ms / 1000,
+            idle_after_s=(self.max_timeout_ms + IDLE_MARGIN_MS) / 1000,
+            max_ticks=self.timeout_ticks(None), clock=idle_clock)
+        # an abandoned runtime's ticker stops when the runtime is collected (and at exit)
+        weakref.finalize(self, self.ticker.stop)
 
     # -- engines -------------------------------------------------------------------------
     def engine(self, settings: EngineSettings) -> wasmtime.Engine:
@@ -146,6 +150,7 @@ class Runtime:
             eng = self._engines.get(settings)
             if eng is None:
                 eng = self._engines[settings] = settings.make_engine()
+                self.ticker.add_engine(eng)
             return eng
 
     def settings_for(self, limits: Limits) -> EngineSettings:
@@ -173,12 +178,11 @@ class Runtime:
             timeout_ms = self.max_timeout_ms
         return max(1, int(timeout_ms / self.epoch_tick_ms + 0.999)) + 1
 
-    def _increment_all(self) -> None:
-        for eng in list(self._engines.values()):
-            eng.increment_epoch()
-        # Python-side mirror of the epoch, bumped after the engines': a guest whose deadline
-        # was set at the current value can skip resetting it (one FFI call per batch saved).
-        self.epoch += 1
+    @property
+    def epoch(self) -> int:
+        """Ticks so far, bumped after every engine's epoch: a guest whose deadline was set at
+        the current value can skip resetting it (one FFI call per batch saved)."""
+        return self.ticker.epoch_cell.value
 
     # -- modules -------------------------------------------------------------------------
     def load(self, source: ModuleSource, *, name: str | None = None,

@@ -32,34 +32,104 @@ it skipped (say 100 at once), a deadline armed just before would see its epoch j
 trap its call long before its time limit. Waking does not increment either: the first
 normal tick comes one period after the wake, and `Runtime.timeout_ticks` already counts the
 current tick as partly over.
+
+Two implementations follow these rules. `NativeTicker` (the default) runs them in a thread
+of its own written in C (`native/epoch_ticker.c`, built by scripts/setup.sh into
+`native/libiotwasm_ticker.so`): it never takes the GIL, so its 1,000 ticks a second neither
+wake the interpreter nor force the event loop's thread to hand the GIL over. `ThreadTicker`
+is the same in a Python thread, used when the library is not built (a package installed
+without scripts/setup.sh) or when asked for (`Runtime(ticker="thread")`). Both read the idle
+window on `time.monotonic` or on a `ManualClock` a test moves by hand.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import threading
 import time
-import weakref
-from typing import TYPE_CHECKING, Callable
+from pathlib import Path
+from typing import Callable, Protocol
 
-if TYPE_CHECKING:
-    from .runtime import Runtime
+import wasmtime
+from wasmtime import _ffi
+
+from ..errors import ConfigError
 
 #: added to the maximum call time before the ticker may slow down
 IDLE_MARGIN_MS = 1000.0
 #: the period of one increment while idle
 DEFAULT_IDLE_TICK_MS = 100.0
+#: the native ticker's library, built from native/epoch_ticker.c by scripts/setup.sh
+NATIVE_LIBRARY = Path(__file__).parent / "native" / "libiotwasm_ticker.so"
+TICKER_KINDS = ("auto", "native", "thread")
 
 
-class EpochTicker:
-    """The daemon thread that advances a runtime's epochs; see the module docstring."""
+class ManualClock:
+    """A monotonic clock (seconds) that only moves when told: tests measure the idle window
+    on it. Its time lives in a native cell, so the native ticker reads it too."""
 
-    def __init__(self, runtime: Runtime, *, period_s: float, idle_period_s: float,
-                 idle_after_s: float, max_ticks: int,
-                 clock: Callable[[], float] = time.monotonic):
-        """`clock` (seconds, monotonic) measures the idle window only; tests inject one.
-        The thread holds the runtime weakly: an abandoned Runtime is collected and the
-        thread then ends."""
-        #: set by every arm (StoreControl.set_deadline), cleared when the ticker notes it
+    def __init__(self, now: float = 0.0):
+        self.cell = ctypes.c_int64(round(now * 1e9))
+
+    @property
+    def now(self) -> float:
+        return self.cell.value / 1e9
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.cell.value = round(value * 1e9)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class EpochTicker(Protocol):
+    """What the runtime and every store's control need of a ticker."""
+
+    #: the number of increments so far, bumped after every engine's
+    epoch_cell: ctypes.c_int64
+    idle_after: float
+    max_ticks: int
+    #: set once the ticker's thread has been told to stop
+    stopped: threading.Event
+
+    @property
+    def idle(self) -> bool: ...
+
+    def add_engine(self, engine: wasmtime.Engine) -> None: ...
+
+    def arm(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def start_ticker(kind: str, *, period_s: float, idle_period_s: float, idle_after_s: float,
+                 max_ticks: int, clock: Callable[[], float]) -> EpochTicker:
+    """The native ticker when built (`kind` "auto" or "native"), else the Python thread."""
+    if kind not in TICKER_KINDS:
+        raise ConfigError(f"ticker {kind!r} must be one of {', '.join(TICKER_KINDS)}")
+    native_clock = clock is time.monotonic or isinstance(clock, ManualClock)
+    lib = None if kind == "thread" else _native_library()
+    if kind == "native" and (lib is None or not native_clock):
+        why = (f"{NATIVE_LIBRARY} is not built (run scripts/setup.sh)" if lib is None
+               else "its idle clock must be time.monotonic or a ManualClock")
+        raise ConfigError(f"native epoch ticker unavailable: {why}")
+    if lib is None or not native_clock:
+        return ThreadTicker(period_s=period_s, idle_period_s=idle_period_s,
+                            idle_after_s=idle_after_s, max_ticks=max_ticks, clock=clock)
+    return NativeTicker(lib, period_s=period_s, idle_period_s=idle_period_s,
+                        idle_after_s=idle_after_s, max_ticks=max_ticks, clock=clock)
+
+
+class ThreadTicker:
+    """The ticker as a Python daemon thread; see the module docstring."""
+
+    def __init__(self, *, period_s: float, idle_period_s: float, idle_after_s: float,
+                 max_ticks: int, clock: Callable[[], float] = time.monotonic):
+        """`clock` (seconds, monotonic) measures the idle window only; tests inject one."""
+        self.epoch_cell = ctypes.c_int64(0)
+        #: set by every arm (`arm`), cleared when the ticker notes it
         self.armed = False
         #: True while the ticker runs at `idle_period`
         self.idle = False
@@ -68,26 +138,34 @@ class EpochTicker:
         self.idle_after = idle_after_s
         self.max_ticks = max_ticks
         self._clock = clock
+        self._engines: list[wasmtime.Engine] = []
         self._wake = threading.Event()
-        #: set once the ticker is told to stop (`stop`)
         self.stopped = threading.Event()
-        # a new runtime counts as just armed: it starts at the normal period
+        # a new ticker counts as just armed: it starts at the normal period
         self._seen_at = clock()
-        self._seen_epoch = runtime.epoch
-        self.thread = threading.Thread(target=self._run, args=(weakref.ref(runtime),),
-                                       name="iotwasm-epoch", daemon=True)
+        self._seen_epoch = 0
+        self.thread = threading.Thread(target=self._run, name="iotwasm-epoch", daemon=True)
         self.thread.start()
 
-    def wake(self) -> None:
-        """Back to the normal period now (an arm found the ticker idle)."""
-        self._wake.set()
+    def add_engine(self, engine: wasmtime.Engine) -> None:
+        self._engines.append(engine)
+
+    def arm(self) -> None:
+        """A deadline was armed: note it, and back to the normal period now if idle."""
+        self.armed = True
+        if self.idle:
+            self._wake.set()
 
     def stop(self) -> None:
         self.stopped.set()
         self._wake.set()
 
-    def _run(self, runtime_ref: weakref.ref[Runtime]) -> None:
-        stop, wake = self.stopped, self._wake
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _run(self) -> None:
+        stop, wake, cell, engines = self.stopped, self._wake, self.epoch_cell, self._engines
         while True:
             if self.idle:
                 woken = wake.wait(self.idle_period)
@@ -96,16 +174,14 @@ class EpochTicker:
                 if woken or self.armed:
                     wake.clear()
                     self.idle = False
-                    self._note_arm(runtime_ref)  # the arm that woke us, not yet noted
+                    self._note_arm()  # the arm that woke us, not yet noted
                     continue  # no increment: the next comes one normal period from now
             elif stop.wait(self.period):
                 return
-            rt = runtime_ref()
-            if rt is None:
-                return
-            rt._increment_all()
-            epoch = rt.epoch
-            del rt  # never held across a wait: an abandoned Runtime is collected
+            for engine in engines:
+                engine.increment_epoch()
+            cell.value += 1
+            epoch = cell.value
             if self.idle:
                 continue
             if self.armed:
@@ -118,9 +194,103 @@ class EpochTicker:
                 if self.armed:  # an arm that read `idle` before it was set: stay normal
                     self.idle = False
 
-    def _note_arm(self, runtime_ref: weakref.ref[Runtime]) -> None:
-        rt = runtime_ref()
+    def _note_arm(self) -> None:
         self.armed = False
         self._seen_at = self._clock()
-        if rt is not None:
-            self._seen_epoch = rt.epoch
+        self._seen_epoch = self.epoch_cell.value
+
+
+class _Library:
+    """native/epoch_ticker.c's functions, and its `iw_shared` as a ctypes structure."""
+
+    def __init__(self, path: Path):
+        cdll = ctypes.CDLL(str(path))  # releases the GIL: stop waits for the thread
+        size = cdll.iw_shared_size
+        size.restype = ctypes.c_size_t
+        public = [("epoch", ctypes.c_int64), ("armed", ctypes.c_int32), ("idle", ctypes.c_int32),
+                  ("manual_clock", ctypes.c_void_p)]
+        # owned by Python: the epoch stays readable and an arm safe once the ticker is freed
+        self.Shared = type("Shared", (ctypes.Structure,), {"_fields_": public + [
+            ("private", ctypes.c_byte * (size() - 24))]})
+        self.start = cdll.iw_ticker_start
+        self.start.restype = ctypes.c_void_p
+        self.start.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4
+        self.add_engine = cdll.iw_ticker_add_engine
+        self.add_engine.restype = ctypes.c_int
+        self.add_engine.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.stop = cdll.iw_ticker_stop
+        self.stop.restype = None
+        self.stop.argtypes = [ctypes.c_void_p]
+        # keeps the GIL: an arm is a few atomic operations, cheaper than releasing it
+        self.arm = ctypes.PyDLL(str(path)).iw_ticker_arm
+        self.arm.restype = None
+        self.arm.argtypes = [ctypes.c_void_p]
+        self.increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p)
+
+
+_library: _Library | None | bool = False  # False: not looked for yet
+
+
+def _native_library() -> _Library | None:
+    global _library
+    if _library is False:
+        try:
+            _library = _Library(NATIVE_LIBRARY) if NATIVE_LIBRARY.exists() else None
+        except (OSError, AttributeError):
+            _library = None  # built for another machine, or from an older source
+    return _library  # type: ignore[return-value]
+
+
+class NativeTicker:
+    """The ticker as a native thread that never takes the GIL; see the module docstring."""
+
+    def __init__(self, lib: _Library, *, period_s: float, idle_period_s: float,
+                 idle_after_s: float, max_ticks: int, clock: Callable[[], float] = time.monotonic):
+        """`clock` is `time.monotonic` or a `ManualClock` (`start_ticker` checks)."""
+        self._lib = lib
+        self._shared = shared = lib.Shared()
+        self._shared_ptr = ctypes.c_void_p(ctypes.addressof(shared))
+        self._clock = clock  # a ManualClock's cell must outlive the thread reading it
+        if isinstance(clock, ManualClock):
+            shared.manual_clock = ctypes.addressof(clock.cell)
+        self.epoch_cell = ctypes.c_int64.from_buffer(shared)  # `epoch` is the first field
+        self.idle_after = idle_after_s
+        self.max_ticks = max_ticks
+        self.stopped = threading.Event()
+        self._engines: list[wasmtime.Engine] = []  # kept alive until the thread has ended
+        self._lock = threading.Lock()
+        ptr = lib.start(self._shared_ptr, lib.increment, round(period_s * 1e9),
+                        round(idle_period_s * 1e9), round(idle_after_s * 1e9), max_ticks)
+        if not ptr:
+            raise ConfigError("native epoch ticker: its thread could not be started")
+        self._ptr: ctypes.c_void_p | None = ctypes.c_void_p(ptr)
+        self.arm = functools.partial(lib.arm, self._shared_ptr)
+
+    @property
+    def idle(self) -> bool:
+        return bool(self._shared.idle)
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._shared.armed)
+
+    @property
+    def alive(self) -> bool:
+        return self._ptr is not None
+
+    def add_engine(self, engine: wasmtime.Engine) -> None:
+        with self._lock:
+            if self._ptr is None:
+                return
+            self._engines.append(engine)
+            if self._lib.add_engine(self._ptr, ctypes.cast(engine.ptr(), ctypes.c_void_p)):
+                raise MemoryError("native epoch ticker: no memory for another engine")
+
+    def stop(self) -> None:
+        """Ends the thread (waiting for it): no engine is touched after this returns."""
+        with self._lock:
+            ptr, self._ptr = self._ptr, None
+            if ptr is not None:
+                self._lib.stop(ptr)
+                self._engines.clear()
+        self.stopped.set()
