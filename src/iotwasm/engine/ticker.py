@@ -18,8 +18,8 @@ So it has two modes:
   traps as soon as it is back in wasm. The count of ticks matters as well as the wall clock
   because the epoch runs slower than wall time when the thread is scheduled late.
 
-Every arm stores `armed = True` (one attribute store) and reads `idle` (one bool check);
-the ticker clears the flag when it takes note of the arm. An arm that finds the ticker idle
+Every arm (`arm`) sets `armed` and reads `idle`; the ticker clears the flag when it takes
+note of the arm. An arm that finds the ticker idle
 wakes it at once (`wake`), so the new call's deadline counts normal ticks from its start.
 The ticker publishes `idle = True` before it looks at `armed` one last time, and an arm
 stores `armed` before it reads `idle`: one of the two always sees the other, so an arm never
