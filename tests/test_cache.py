@@ -106,11 +106,12 @@ def test_a_hit_describes_the_module_exactly_as_inspecting_it(tmp_path):
     assert hits[0].abi == "iotwasm-v1" and hits[2].abi == "wasi-command"
 
 
-def test_an_entry_of_the_older_format_is_replaced(tmp_path, caplog):
+@pytest.mark.parametrize("old", [b"IOTWASM-CWASM-1\n", b"IOTWASM-CWASM-3\n"])
+def test_an_entry_of_an_older_format_is_replaced(tmp_path, caplog, old):
     with Runtime(tmp_path) as rt:
         echo_once(rt)
     path = tmp_path / entries(tmp_path)[0]
-    path.write_bytes(b"IOTWASM-CWASM-1\n" + bytes(32) + b"old artifact")
+    path.write_bytes(old + bytes(32) + b"old artifact" + b"IOTWASM-CWASM-4\n")
     with Runtime(tmp_path) as rt:
         assert echo_once(rt) == b"ping"
         assert rt.cache.rejected == 1

@@ -15,8 +15,12 @@ An entry also carries the module's description (imports, exports, ABI: `ModuleIn
 its name), which depends only on the bytes: describing a module through wasmtime-py's type
 objects costs more than deserializing it, so a cache hit reads both and inspects nothing.
 
-Entry layout: magic, u32 CRC-32 of everything after it, u32 length of the description, the
-description (JSON), the artifact.
+Entry layout (format 4): the artifact exactly as wasmtime serialized it, the description
+(JSON), u32 length of the description, u32 CRC-32 of everything before it, magic. The
+artifact comes first so that wasmtime maps the file itself (`deserialize_file`: no copy of the
+code into a fresh mapping, 45 against 109 µs for the range filter's 36 KB) and ignores what
+follows its ELF image; the checksum is checked on one read of the file before that.
+Formats 1–3 (magic first) are replaced by a recompile.
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ import wasmtime.component as wc
 
 log = logging.getLogger("iotwasm.engine.cache")
 
-_MAGIC = b"IOTWASM-CWASM-3\n"
-#: -2 entries hold code compiled without the exports a snapshot reads (engine/snapshot.py)
-_OLD_MAGICS = (b"IOTWASM-CWASM-1\n", b"IOTWASM-CWASM-2\n")
+#: the last bytes of an entry
+_MAGIC = b"IOTWASM-CWASM-4\n"
+#: the first bytes of entries of older formats (-2 hold code compiled without the exports a
+#: snapshot reads, engine/snapshot.py; -3 put the artifact last)
+_OLD_MAGICS = (b"IOTWASM-CWASM-1\n", b"IOTWASM-CWASM-2\n", b"IOTWASM-CWASM-3\n")
+#: before the magic: length of the description, CRC-32 of everything before the CRC
+_TRAILER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 
 #: a wasmtime.Module or a wasmtime.component.Component: both serialize the same way
@@ -56,15 +64,15 @@ class CompileCache:
         return self.directory / f"{digest.replace(':', '-')}.{fingerprint}.cwasm"
 
     def load(self, engine: wasmtime.Engine, digest: str, fingerprint: str,
-             deserialize: Callable[[wasmtime.Engine, bytes], Compiled] = wasmtime.Module.deserialize,
+             deserialize: Callable[[wasmtime.Engine, str], Compiled] = wasmtime.Module.deserialize_file,
              ) -> Compiled | None:
-        """The cached compiled form of `digest`, or None; `deserialize` is the loader of its
-        kind (`wasmtime.component.Component.deserialize` for components)."""
+        """The cached compiled form of `digest`, or None; `deserialize` is the file loader of
+        its kind (`wasmtime.component.Component.deserialize_file` for components)."""
         hit = self.load_entry(engine, digest, fingerprint, deserialize)
         return None if hit is None else hit[0]
 
     def load_entry(self, engine: wasmtime.Engine, digest: str, fingerprint: str,
-                   deserialize: Callable[[wasmtime.Engine, bytes], Compiled] = wasmtime.Module.deserialize,
+                   deserialize: Callable[[wasmtime.Engine, str], Compiled] = wasmtime.Module.deserialize_file,
                    ) -> tuple[Compiled, dict[str, Any]] | None:
         """(compiled module, description record) of `digest`, or None on a miss."""
         path = self.path_for(digest, fingerprint)
@@ -78,27 +86,27 @@ class CompileCache:
             log.warning("compile cache: cannot read %s: %s; recompiling", path, e)
             self.misses += 1
             return None
-        magic = blob[: len(_MAGIC)]
-        if magic in _OLD_MAGICS:
+        if blob[: len(_MAGIC)] in _OLD_MAGICS:
             self._reject(path, "written in an older entry format")
             return None
-        head = len(_MAGIC) + _U32.size
-        body = memoryview(blob)[head:]
-        if (magic != _MAGIC or len(blob) < head + _U32.size
-                or zlib.crc32(body) != _U32.unpack_from(blob, len(_MAGIC))[0]):
+        end = len(blob) - len(_MAGIC) - _TRAILER.size  # where the description ends
+        if end < 0 or blob[-len(_MAGIC):] != _MAGIC:
             self._reject(path, "checksum mismatch (corrupt or truncated entry)")
             return None
-        (n,) = _U32.unpack_from(body, 0)
+        n, crc = _TRAILER.unpack_from(blob, end)
+        if n > end or zlib.crc32(memoryview(blob)[:end + 4]) != crc:
+            self._reject(path, "checksum mismatch (corrupt or truncated entry)")
+            return None
         try:
-            record = json.loads(bytes(body[_U32.size:_U32.size + n]))
+            record = json.loads(blob[end - n:end])
             if not isinstance(record, dict) or record.get("digest") != digest:
                 raise ValueError("description of another module")
         except ValueError as e:
             self._reject(path, f"bad description: {e}")
             return None
-        artifact = bytes(body[_U32.size + n:])
         try:
-            module = deserialize(engine, artifact)
+            # wasmtime maps the file; entries are replaced by rename, never rewritten in place
+            module = deserialize(engine, str(path))
         except wasmtime.WasmtimeError as e:
             self._reject(path, f"wasmtime refused it: {str(e).splitlines()[0]}")
             return None
@@ -116,8 +124,8 @@ class CompileCache:
         """Write the entry of `digest`: compiled `module` and its description `record`
         (`module.info_to_record`)."""
         desc = json.dumps(record, separators=(",", ":")).encode()
-        body = _U32.pack(len(desc)) + desc + bytes(module.serialize())
-        blob = _MAGIC + _U32.pack(zlib.crc32(body)) + body
+        body = bytes(module.serialize()) + desc + _U32.pack(len(desc))
+        blob = body + _U32.pack(zlib.crc32(body)) + _MAGIC
         path = self.path_for(digest, fingerprint)
         # write-then-rename: a crash mid-write never leaves a half entry under the real name
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")

@@ -9,6 +9,7 @@ down while no call can be running (engine/ticker.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import threading
@@ -39,6 +40,13 @@ DEFAULT_MEMORY_GUARD = 64 * 1024
 DEFAULT_MAX_TIMEOUT_MS = 10_000.0
 
 
+@functools.lru_cache(maxsize=64)
+def _fingerprint(settings: EngineSettings) -> str:
+    """Once per setting and process (a cache hit asks for it on every load)."""
+    text = f"wasmtime={WASMTIME_VERSION};{settings!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     fuel: bool = False
@@ -57,8 +65,7 @@ class EngineSettings:
 
     def fingerprint(self) -> str:
         """Changes whenever compiled code from another setting would not be valid here."""
-        text = f"wasmtime={WASMTIME_VERSION};{self!r}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _fingerprint(self)
 
     def make_engine(self) -> wasmtime.Engine:
         cfg = wasmtime.Config()
@@ -234,7 +241,7 @@ class Runtime:
         fp = settings.fingerprint()
         hexd = digest.split(":", 1)[1]
         if self.cache is not None:
-            hit = self.cache.load_entry(engine, digest, fp, kind.deserialize)
+            hit = self.cache.load_entry(engine, digest, fp, kind.deserialize_file)
             if hit is not None:
                 module, record = hit
                 try:
