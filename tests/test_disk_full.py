@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import sqlite3
 import urllib.error
 import urllib.request
@@ -182,4 +183,71 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
     print(f"disk full: 0 lost of {len(everything)}, {duplicates} duplicate(s) at the uplink "
           f"(at-least-once); readiness reasons seen: {seen_reasons}")
     assert any("route uplink" in r for r in seen_reasons), seen_reasons
+    assert log.count("Traceback") == 0, log[-5000:]
+
+
+def test_a_node_restarted_on_a_full_disk_starts_and_loses_none(tmp_path, mosquitto):  # noqa: F811
+    """Stopped, then started again while its disk has not a byte left: the node releases its
+    disk reserve, opens its databases, fills the room that gave it and holds the rest (more
+    than the reserve holds), and stores everything once space returns."""
+    source = mosquitto
+    disk = SmallDisk(tmp_path / "disk", "16m").mount()
+    data = disk.path / "data"
+    mdir = echo_site(tmp_path, echo_route("local", [store_sink("out")]))
+    port = free_port()
+    log_path = tmp_path / "node.log"
+    store, reserve = data / "store.db", data / ".disk-reserve"
+    a, b = range(200), range(200, 3200)   # B: ~3 MB, the reserve 1 MiB
+
+    def stored() -> set[int]:
+        try:
+            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+            try:
+                return {json.loads(p)["seq"] for (p,) in db.execute("SELECT payload FROM out")}
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return set()
+
+    def start() -> subprocess.Popen:
+        return up(mdir, data, source.url, name="edge1", api=f"127.0.0.1:{port}", log=log_path)
+
+    node = start()
+    try:
+        async def before() -> None:
+            await until(lambda: readiness(port)[0] == 200, 60, "the node ready", node)
+            await until(lambda: reserve.exists() and reserve.stat().st_size >= 1 << 20, 30,
+                        "the disk reserve made", node)
+            await publish(source.url, a)
+            await until(lambda: stored() == set(a), 60, "A stored", node)
+
+        asyncio.run(before())
+        node.send_signal(signal.SIGINT)
+        assert node.wait(60) == 0
+        disk.fill()                        # not a byte left, the reserve still in place
+        asyncio.run(publish(source.url, b))   # the broker keeps B for the node's session
+
+        node = start()
+
+        async def after() -> None:
+            await until(lambda: "released the" in log_path.read_text(errors="replace"), 60,
+                        "the reserve released", node)
+            await until(lambda: any(f"{store}: database or disk is full" in r
+                                    for r in readiness(port, data)[1].get("reasons", [])), 60,
+                        "readiness naming the full store", node)
+            assert len(stored()) < len(a) + len(b)
+            disk.free()
+            await until(lambda: stored() == set(a) | set(b), 120, "every message stored", node)
+            await until(lambda: reserve.exists(), 60, "the disk reserve made again", node)
+
+        asyncio.run(after())
+        assert node.poll() is None, "the node restarted or died"
+        node.send_signal(signal.SIGINT)
+        assert node.wait(60) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(10)
+        disk.unmount()
+    log = log_path.read_text(errors="replace")
     assert log.count("Traceback") == 0, log[-5000:]

@@ -49,6 +49,7 @@ from .applied import AppliedManifests
 from .binding import ModuleBinding
 from .logs import GuestLogs
 from .datadir import secure_data_dir
+from .reserve import DiskReserve
 from .manifests import Deployment, ManifestError, Route, Rule, digest_of_manifest, load_path
 from .deployments import DeploymentLifecycle, DeploymentRecord
 from .routes import BuildContext, RouteLifecycle, RouteRecord
@@ -101,6 +102,9 @@ class Node(DeploymentLifecycle, RouteLifecycle):
         d = Path(config.data_dir)
         try:
             secure_data_dir(d)
+            #: disk space kept so that a restart on a full disk still opens its databases
+            self.reserve = DiskReserve(d)
+            self.reserve.settle()
             self.runtime = Runtime(cache_dir=d / "cache", max_timeout_ms=config.max_timeout_ms)
             self.registry = ModuleStore(d / "modules", runtime=self.runtime)
         except OSError as e:
@@ -210,6 +214,8 @@ class Node(DeploymentLifecycle, RouteLifecycle):
                 await asyncio.to_thread(self.maintain_instances)
                 if self.state.write_error is not None:
                     await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
+                if self.reserve.missing:   # released at a start on a full disk, or never made
+                    await asyncio.to_thread(self.reserve.restore)
                 try:
                     await self.device_link.sweep()
                 except StorageError as e:   # flagged at a later turn

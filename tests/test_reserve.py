@@ -1,0 +1,44 @@
+"""The disk reserve: made with real blocks when there is room, released only on a full disk.
+
+The node-level behaviour (a restart on a full disk) is in tests/test_disk_full.py; these
+check the reserve itself on a small real file system (tests/smallfs.py).
+"""
+
+from __future__ import annotations
+
+from smallfs import SmallDisk
+
+from iotwasm.node.reserve import MIN_RESERVE, RESERVE_NAME, DiskReserve
+
+
+def test_the_reserve_takes_real_blocks_and_stays_while_there_is_room(tmp_path):
+    disk = SmallDisk(tmp_path / "disk", "8m").mount()
+    try:
+        reserve = DiskReserve(disk.path)
+        assert reserve.size == MIN_RESERVE   # 1 % of 8 MiB is below the minimum
+        free = reserve.free_bytes()
+        assert reserve.settle() is False and not reserve.missing
+        st = (disk.path / RESERVE_NAME).stat()
+        assert st.st_size == reserve.size and st.st_blocks * 512 >= reserve.size   # not sparse
+        assert reserve.free_bytes() <= free - reserve.size
+        again = DiskReserve(disk.path)       # the next start: room left, so it stays
+        assert again.settle() is False and (disk.path / RESERVE_NAME).exists()
+    finally:
+        disk.unmount()
+
+
+def test_released_only_on_a_full_disk_and_made_again_once_there_is_room_twice_over(tmp_path):
+    disk = SmallDisk(tmp_path / "disk", "8m").mount()
+    try:
+        DiskReserve(disk.path).settle()
+        disk.fill()
+        reserve = DiskReserve(disk.path)
+        assert reserve.settle() is True and reserve.missing
+        assert not (disk.path / RESERVE_NAME).exists()
+        assert reserve.restore() is False            # the room it freed is not enough twice
+        assert sorted(p.name for p in disk.path.iterdir() if RESERVE_NAME in p.name) == []
+        disk.free()
+        assert reserve.restore() is True and not reserve.missing
+        assert (disk.path / RESERVE_NAME).stat().st_size == reserve.size
+    finally:
+        disk.unmount()
