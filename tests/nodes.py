@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -132,3 +133,17 @@ def up(manifests: Path, data: Path, broker: str, *, name: str = "edge1", api: st
              "-v", *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **env} if env else None)
+
+
+def stop_up(node: subprocess.Popen) -> None:
+    """SIGINT a node started by `up` that must still be running; it must exit 0."""
+    assert node.poll() is None, "the node restarted or died"
+    node.send_signal(signal.SIGINT)
+    assert node.wait(60) == 0
+
+
+def kill_up(node: subprocess.Popen) -> None:
+    """Kill a node started by `up` if it still runs (a test's clean-up)."""
+    if node.poll() is None:
+        node.kill()
+        node.wait(10)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sqlite3
 import urllib.error
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from brokers import Mosquitto, free_port
 from chaos import StatusWatch, until
-from nodes import echo_route, echo_site, mqtt_sink, store_sink, up
+from nodes import echo_route, echo_site, kill_up, mqtt_sink, stop_up, store_sink, up
 from smallfs import SmallDisk, rows, truncate_wal
 
 from iotwasm.message import Message
@@ -170,13 +169,9 @@ def test_a_full_disk_holds_messages_unacknowledged_and_loses_none(tmp_path, mosq
 
     try:
         duplicates = asyncio.run(main())
-        assert node.poll() is None, "the node restarted or died"
-        node.send_signal(signal.SIGINT)
-        assert node.wait(60) == 0
+        stop_up(node)
     finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait(10)
+        kill_up(node)
         uplink.kill()
         disk.unmount()
     log = log_path.read_text(errors="replace")
@@ -222,8 +217,7 @@ def test_a_node_restarted_on_a_full_disk_starts_and_loses_none(tmp_path, mosquit
             await until(lambda: stored() == set(a), 60, "A stored", node)
 
         asyncio.run(before())
-        node.send_signal(signal.SIGINT)
-        assert node.wait(60) == 0
+        stop_up(node)
         disk.fill()                        # not a byte left, the reserve still in place
         asyncio.run(publish(source.url, b))   # the broker keeps B for the node's session
 
@@ -241,13 +235,9 @@ def test_a_node_restarted_on_a_full_disk_starts_and_loses_none(tmp_path, mosquit
             await until(lambda: reserve.exists(), 60, "the disk reserve made again", node)
 
         asyncio.run(after())
-        assert node.poll() is None, "the node restarted or died"
-        node.send_signal(signal.SIGINT)
-        assert node.wait(60) == 0
+        stop_up(node)
     finally:
-        if node.poll() is None:
-            node.kill()
-            node.wait(10)
+        kill_up(node)
         disk.unmount()
     log = log_path.read_text(errors="replace")
     assert log.count("Traceback") == 0, log[-5000:]
