@@ -107,12 +107,13 @@ def test_a_group_that_fails_on_a_full_disk_stores_nothing_and_fails_every_caller
     asyncio.run(main())
 
 
-def test_a_closed_outbox_fails_its_callers_instead_of_leaving_them_waiting(tmp_path):
+@pytest.mark.parametrize("rows", [1, INLINE_ROWS + 1])   # written on the loop, on the outbox's thread
+def test_a_closed_outbox_fails_its_callers_instead_of_leaving_them_waiting(tmp_path, rows):
     async def main():
         outbox = Outbox(tmp_path / "outbox.db")
         outbox.close()
         with pytest.raises(Exception, match="closed"):
-            await asyncio.wait_for(outbox.append_soon("s", items(1)), timeout=10)
+            await asyncio.wait_for(outbox.append_soon("s", items(rows)), timeout=10)
 
     asyncio.run(main())
 

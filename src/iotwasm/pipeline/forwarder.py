@@ -159,7 +159,7 @@ class Forwarder:
     async def _db(self, fn, *args, rows: int):
         if rows <= INLINE_ROWS:
             return fn(*args)
-        return await asyncio.to_thread(fn, *args)
+        return await self.outbox.off_loop(fn, *args)
 
     async def _peek(self, after: int, busy: bool) -> list[tuple]:
         """The next window. With nothing in flight (a quiet uplink) it is read on the loop;
@@ -172,7 +172,7 @@ class Forwarder:
             return self.outbox.peek(self.sink, self.batch, after)
         rows, from_memory = self.outbox.peek_window(self.sink, self.batch, after, disk_limit=INLINE_ROWS)
         if not from_memory and len(rows) == INLINE_ROWS:
-            rows += await asyncio.to_thread(self.outbox.peek, self.sink, self.batch - INLINE_ROWS, rows[-1][0])
+            rows += await self.outbox.off_loop(self.outbox.peek, self.sink, self.batch - INLINE_ROWS, rows[-1][0])
         return rows
 
     async def _rejected(self, row: tuple, why: SinkRejected) -> None:

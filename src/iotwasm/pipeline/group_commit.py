@@ -66,7 +66,10 @@ class GroupCommit:
             return [e] * len(requests)
 
     async def _write_off_loop(self, group: list, requests: list[tuple[str, list[tuple]]]) -> None:
-        results = await asyncio.to_thread(self._write, requests)
+        try:
+            results = await self.outbox.off_loop(self._write, requests)
+        except Exception as e:   # the outbox was closed meanwhile: every caller learns it
+            results = [e] * len(requests)
         self._settle(group, results)
 
     def _settle(self, group: list, results: list[int | BaseException]) -> None:

@@ -22,15 +22,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from ..errors import ConfigError, IotwasmError
 from ..sqlite import Checkpointer, open_db
 from .forwarder import ACK_FLUSH_S, INLINE_ROWS, Forwarder, SubmitWindow, send_in_order
 from .group_commit import GroupCommit
 from .outbox_recent import RECENT_ROWS, RecentRows
+from .worker import Worker
 
 __all__ = ["ACK_FLUSH_S", "INLINE_ROWS", "Forwarder", "GroupCommit", "Outbox", "OutboxFull", "OutboxStats",
            "SubmitWindow", "send_in_order"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("iotwasm.outbox")
 
@@ -93,6 +97,10 @@ class Outbox:
             "+ coalesce(length(envelope), 0)), 0) FROM outbox").fetchone()
         self._rows, self._bytes = rows, size
         self._writer: GroupCommit | None = None
+        #: the thread that runs this outbox's larger reads and writes off the event loop
+        #: (`off_loop`): one long-lived thread with a cheap hand-off, where the shared default
+        #: executor cost a work item, a chained future and a wake of one of several threads
+        self._worker = Worker(f"outbox-{self.path.stem}")
         #: per sink: the acknowledged rows not deleted yet, and the highest acknowledged id
         #: (`ack_later`)
         self._acked: dict[str, _Acked] = {}
@@ -116,6 +124,16 @@ class Outbox:
         if self._writer is None or self._writer.loop is not loop:
             self._writer = GroupCommit(self, loop)
         return self._writer.add(sink, items)
+
+    def off_loop(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn(*args)`` (an outbox read or write too large for the loop) on the outbox's
+        thread; calls run one at a time, in order (SQLite writes one at a time anyway)."""
+        try:
+            return self._worker.run(fn, *args)
+        except RuntimeError as e:   # closed: the caller learns it where it awaits
+            fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            fut.set_exception(e)
+            return fut
 
     def _st(self, sink: str) -> OutboxStats:
         return self.stats.setdefault(sink, OutboxStats())
@@ -370,5 +388,6 @@ class Outbox:
         except Exception as e:  # noqa: BLE001 - closing goes on; the rows are only sent again
             log.warning("outbox %s: acknowledged rows not deleted at close (sent again): %s", self.path.name, e)
         self.checkpoints.close()
+        self._worker.close()
         with self._lock:
             self._db.close()
