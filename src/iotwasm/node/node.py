@@ -55,7 +55,7 @@ from .deployments import DeploymentLifecycle, DeploymentRecord
 from .routes import BuildContext, RouteLifecycle, RouteRecord
 from .rules import NodeRules
 from .state import NodeState
-from .traffic import traffic_view
+from .views import NodeViews
 from .watch import ManifestWatch
 
 log = logging.getLogger("iotwasm.node")
@@ -96,7 +96,7 @@ class NodeConfig:
     clock: Callable[[], float] = time.monotonic
 
 
-class Node(DeploymentLifecycle, RouteLifecycle):
+class Node(DeploymentLifecycle, RouteLifecycle, NodeViews):
     def __init__(self, config: NodeConfig):
         self.config = config
         d = Path(config.data_dir)
@@ -154,10 +154,6 @@ class Node(DeploymentLifecycle, RouteLifecycle):
         self.invocations = Invocations(self)
 
     # -- life ------------------------------------------------------------------------------
-    @property
-    def status_topic(self) -> str:
-        return f"iotwasm/nodes/{self.config.name}/status"
-
     async def start(self) -> None:
         will = Will(self.status_topic, json.dumps({"node": self.config.name, "state": "offline",
                                                     "reason": "lost"}).encode(), qos=1, retain=True)
@@ -267,22 +263,6 @@ class Node(DeploymentLifecycle, RouteLifecycle):
         self.outbox.close()
         self.store.close()
         self.state.close()
-
-    async def _publish_status(self, state: str, reason: str = "") -> None:
-        if self.bus is None:
-            return
-        body = {"node": self.config.name, "state": state, "started": self.started, "time": time.time(),
-                "deployments": {n: str(r.handle.current.state) for n, r in self.deployments.items()},
-                "routes": list(self.routes)}
-        storage = self.storage_problems()
-        if storage:
-            body["storage"] = storage
-        if reason:
-            body["reason"] = reason
-        try:
-            await self.bus.publish(self.status_topic, json.dumps(body).encode(), qos=1, retain=True)
-        except IotwasmError as e:
-            log.debug("status not published: %s", e)
 
     # -- desired state ---------------------------------------------------------------------
     def _stamp(self) -> tuple | None:
@@ -434,43 +414,3 @@ class Node(DeploymentLifecycle, RouteLifecycle):
             except IotwasmError as e:
                 log.warning("bus %s not reachable yet (%s); reconnecting in background", url, e)
         return bus
-
-    # -- views -----------------------------------------------------------------------------
-    def storage_problems(self) -> list[str]:
-        """What is held because the storage fails, and why (one line each, naming the file and
-        the reason); empty when every write goes through."""
-        out = []
-        for name, rec in self.routes.items():
-            if rec.runner.storage.error is not None:
-                out.append(f"route {name} holds messages: {rec.runner.storage.error}")
-            for sink in rec.sinks:
-                fwd = getattr(sink, "forwarder", None)
-                if fwd is not None and fwd.storage.error is not None:
-                    out.append(f"outbox forwarder {sink.name} cannot delete delivered messages: {fwd.storage.error}")
-        if self.rules is not None:
-            out += self.rules.runner.storage_problems()
-        if self.state.write_error is not None:
-            out.append(f"events not recorded: {self.state.write_error}")
-        return out
-
-    def snapshot(self) -> dict:
-        deps = {}
-        for name, rec in self.deployments.items():
-            st = rec.handle.current.stats()
-            deps[name] = {"state": st.state, "revision": rec.handle.revision, "replicas": st.replicas,
-                          "module": rec.module_digest, "restarts": st.restarts,
-                          "rollbacks": rec.handle.rollbacks, **st.totals(), "last_error": st.last_error,
-                          "min_replicas": st.min_replicas, "max_replicas": st.max_replicas,
-                          "evictions": st.scaling.evictions}
-        routes = {}
-        for name, route_rec in self.routes.items():
-            s = route_rec.runner.stats
-            routes[name] = {"received": s.received, "delivered": s.delivered, "dead_letters": s.dead_letters,
-                            "dropped": s.dropped, "acl_denied": s.acl_denied, "queued": route_rec.runner.depth(),
-                            "p50_ms": round(s.percentile(0.5), 3), "p99_ms": round(s.percentile(0.99), 3),
-                            "backlog": sum(getattr(k, "backlog", lambda: 0)() for k in route_rec.sinks),
-                            **traffic_view(route_rec.runner, route_rec.sinks)}
-        return {"node": self.config.name, "ready": self.ready, "deployments": deps, "routes": routes,
-                "rules": self.rules.status() if self.rules is not None else {},
-                "outbox_backlog": self.outbox.backlog(), "manifest_error": self.last_manifest_error,
-                "storage": self.storage_problems()}
