@@ -187,3 +187,19 @@ def test_engines_made_later_are_ticked_too(kind):
         assert not call.is_alive(), "the spinning call on the later engine was never stopped"
         (dead,) = results[0].dead_letters
         assert isinstance(dead.error, TimeoutExceeded)
+
+
+def test_an_arm_held_past_its_runtime_keeps_the_memory_it_writes_to():
+    # a store's control keeps `ticker.arm`, and may outlive the runtime and its ticker: what
+    # the arm writes to must stay allocated for as long as the arm exists
+    rt = Runtime(ticker="native")
+    arm = rt.ticker.arm
+    shared = weakref.ref(rt.ticker._shared)
+    rt.close()
+    del rt
+    gc.collect()
+    assert shared() is not None
+    arm()   # after the thread ended: sets the flag, wakes nobody
+    del arm
+    gc.collect()
+    assert shared() is None   # and it is freed once nothing can arm any more

@@ -249,7 +249,9 @@ class NativeTicker:
         """`clock` is `time.monotonic` or a `ManualClock` (`start_ticker` checks)."""
         self._lib = lib
         self._shared = shared = lib.Shared()
-        self._shared_ptr = ctypes.c_void_p(ctypes.addressof(shared))
+        # a pointer object keeps `shared` alive as long as anything holds `arm` (a store's
+        # control may outlive this ticker: its arms then still write to live memory)
+        self._shared_ptr = ctypes.pointer(shared)
         self._clock = clock  # a ManualClock's cell must outlive the thread reading it
         if isinstance(clock, ManualClock):
             shared.manual_clock = ctypes.addressof(clock.cell)
