@@ -31,12 +31,12 @@ from .errors import StorageError
 
 log = logging.getLogger("iotwasm.sqlite")
 
-#: SQLite primary result codes meaning the storage failed, not the statement: PERM, BUSY,
-#: LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB
 #: the largest integer SQLite stores: a larger one from outside (an id, a row number) is
 #: refused where it enters, not met as an OverflowError inside a query
 MAX_INTEGER = 2**63 - 1
 
+#: SQLite primary result codes meaning the storage failed, not the statement: PERM, BUSY,
+#: LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB
 STORAGE_CODES = frozenset({3, 5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 #: codes whose message does not say why ("unable to open database file"): ask the file system
 _ASK_THE_OS = frozenset({3, 8, 10, 13, 14})
@@ -56,6 +56,12 @@ def storage_error(what: str, path: str | Path, e: sqlite3.Error) -> StorageError
     return StorageError(what, path, reason)
 
 
+def writable_bytes(st: os.statvfs_result) -> int:
+    """What this process may still write to the file system `st` describes: root may also use
+    the blocks the file system keeps for root."""
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
 def os_reason(path: Path) -> str | None:
     """Why the file system refuses writes to `path`, in the operating system's words, or None
     when it sees no reason (then SQLite's message is all there is)."""
@@ -65,7 +71,7 @@ def os_reason(path: Path) -> str | None:
         return e.strerror
     if st.f_flag & os.ST_RDONLY:
         return os.strerror(errno.EROFS)
-    if (st.f_bfree if os.geteuid() == 0 else st.f_bavail) == 0:
+    if writable_bytes(st) == 0:
         return os.strerror(errno.ENOSPC)
     for p, mode in ((path, os.R_OK | os.W_OK), (path.parent, os.W_OK | os.X_OK)):
         if p.exists() and not os.access(p, mode):

@@ -33,6 +33,7 @@ from ..messaging import Will, open_bus
 from ..messaging.ingress import Ingress
 from ..messaging.transports import INGRESS_TOKEN_ENV
 from ..node.datadir import stranded_outboxes
+from ..node.views import status_topic
 
 log = logging.getLogger("iotwasm.workers")
 
@@ -93,7 +94,7 @@ class Workers:
         url = (f"ingress://{self.socket_path}?worker={k}&workers={self.count}"
                f"&publish={urllib.parse.quote(o.broker, safe='')}")
         return [sys.executable, "-m", "iotwasm.cli.main", "up", str(o.manifests), "--data",
-                str(o.data / "workers" / str(k)), "--broker", url, "--name", f"{o.name}-w{k}",
+                str(o.data / "workers" / str(k)), "--broker", url, "--name", worker_name(o.name, k),
                 "--no-api", *o.extra]
 
     def start(self, k: int) -> None:
@@ -160,7 +161,7 @@ def up_workers(count: int, path: Path | None, broker: str | None, data: Path, na
 async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds: float = 0.0,
                       grace: float = 30.0) -> None:
     """Run the ingress and `count` workers until SIGINT/SIGTERM (or `seconds`)."""
-    status_topic = f"iotwasm/nodes/{opts.name}/status"
+    own_topic = status_topic(opts.name)
     #: what each worker's own status says of its storage (a full disk, a failing file)
     storage: dict[int, list[str]] = {}
 
@@ -173,7 +174,7 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
                            **({"storage": held} if held else {}),
                            **({"reason": reason} if reason else {})}).encode()
 
-    upstream = open_bus(opts.broker, will=Will(status_topic, status("offline", "lost"), qos=1, retain=True),
+    upstream = open_bus(opts.broker, will=Will(own_topic, status("offline", "lost"), qos=1, retain=True),
                         client_id=f"iotwasm-node-{opts.name}")
     try:
         await upstream.connect(timeout=10)
@@ -205,10 +206,10 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
             if not online and all(w.ready for w in ingress.roster):
                 # as a single node: online once every route subscribed, in every worker
                 online, said = True, merged()
-                await _publish(upstream, status_topic, status("online"))
+                await _publish(upstream, own_topic, status("online"))
             elif online and merged() != said:  # a worker's storage failed, or works again
                 said = merged()
-                await _publish(upstream, status_topic, status("online"))
+                await _publish(upstream, own_topic, status("online"))
             if seconds and time.monotonic() - started >= seconds:
                 break
             if time.monotonic() - last >= 5:
@@ -222,7 +223,7 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await ingress.close()
-        await _publish(upstream, status_topic, status("offline", "stopped"))
+        await _publish(upstream, own_topic, status("offline", "stopped"))
         await watch.close()
         await upstream.close()
         try:
@@ -230,6 +231,11 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
             os.rmdir(sock_dir)
         except OSError:
             pass
+
+
+def worker_name(node: str, k: int) -> str:
+    """The name worker `k` of node `node` runs under (its own status topic, its logs)."""
+    return f"{node}-w{k}"
 
 
 async def _watch_workers(bus, name: str, count: int, storage: dict[int, list[str]]) -> None:
@@ -252,7 +258,7 @@ async def _watch_workers(bus, name: str, count: int, storage: dict[int, list[str
         log.warning("workers' status not followed yet (%s); reconnecting in the background", e)
     for k in range(count):
         try:
-            await bus.subscribe(f"iotwasm/nodes/{name}-w{k}/status", on(k), qos=1, timeout=5)
+            await bus.subscribe(status_topic(worker_name(name, k)), on(k), qos=1, timeout=5)
         except IotwasmError as e:
             log.warning("worker %d's status not followed: %s", k, e)
 

@@ -21,6 +21,8 @@ import logging
 import os
 from pathlib import Path
 
+from ..sqlite import writable_bytes
+
 log = logging.getLogger("iotwasm.node")
 
 RESERVE_NAME = ".disk-reserve"
@@ -44,9 +46,8 @@ class DiskReserve:
         self.missing = True
 
     def free_bytes(self) -> int:
-        """What the node may still write (root may also use the blocks kept for root)."""
-        st = os.statvfs(self.path.parent)
-        return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        """What the node may still write to the file system."""
+        return writable_bytes(os.statvfs(self.path.parent))
 
     def settle(self) -> bool:
         """At start, before any database opens: release the reserve when the disk is full,

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("iotwasm.node")
 
 
+def status_topic(node: str) -> str:
+    """Where node `node` publishes its retained status (and its last will)."""
+    return f"iotwasm/nodes/{node}/status"
+
+
 class NodeViews:
     """The node's status, storage problems and snapshot (a mixin of `Node`)."""
 
@@ -40,7 +45,7 @@ class NodeViews:
 
     @property
     def status_topic(self) -> str:
-        return f"iotwasm/nodes/{self.config.name}/status"
+        return status_topic(self.config.name)
 
     async def _publish_status(self, state: str, reason: str = "") -> None:
         if self.bus is None:
