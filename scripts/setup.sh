@@ -101,6 +101,24 @@ if [ ! -f "$tick_dir/libiotwasm_ticker.so" ] || [ "$(cat "$tick_dir/.built" 2>/d
   echo "$tick_want" > "$tick_dir/.built"
 fi
 
+# the native batch call of iotwasm-v1 guests (engine/v1_native.py), a CPython extension for the
+# venv's interpreter: rebuilt when its source or the interpreter changes; without it (no
+# Python headers, say) guests frame and call from Python
+read -r py_inc py_ext < <("$VENV/bin/python" -c \
+  "import sysconfig as s; print(s.get_paths()['include'], s.get_config_var('EXT_SUFFIX'))")
+batch_so="$tick_dir/iotwasm_v1_batch$py_ext"
+batch_want="$(cat "$tick_dir/v1_batch.c" "$py_inc/patchlevel.h" 2>/dev/null | sha256sum | cut -c1-16)"
+if [ ! -f "$batch_so" ] || [ "$(cat "$tick_dir/.built-batch" 2>/dev/null)" != "$batch_want" ]; then
+  if [ -f "$py_inc/Python.h" ]; then
+    echo "setup: building the native batch call"
+    clang -O2 -Wall -Wextra -Werror -shared -fPIC -I"$py_inc" -o "$batch_so.tmp" "$tick_dir/v1_batch.c"
+    mv -f "$batch_so.tmp" "$batch_so"
+    echo "$batch_want" > "$tick_dir/.built-batch"
+  else
+    echo "setup: no Python.h in $py_inc; guests make their batch calls from Python"
+  fi
+fi
+
 # --- components: the JavaScript toolchain (componentize-qjs) --------------------------------
 # Project-local and pinned by sdk/js/toolchain/package-lock.json; never installed globally.
 # The package ships its native binding inside the npm registry (no download at build time).

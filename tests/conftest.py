@@ -28,8 +28,9 @@ def module_path(name: str) -> Path:
 # A minimal iotwasm-v1 echo module in WAT, independent of the SDK: each input comes back
 # unchanged on its own topic; a payload starting with '!' traps, one starting with '?' is
 # rejected with an error record. It keeps the output header current, as docs/abi.md asks.
-ECHO_WAT = r'''
-(module
+# What every WAT test module of the v1 ABI starts with: its memory, the ABI version, and a
+# bump allocator that grows memory as it needs to (returns 0 when it cannot).
+V1_WAT_PRELUDE = r'''
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 1024))
   (func (export "iot_abi_version") (result i32) i32.const 1)
@@ -44,6 +45,9 @@ ECHO_WAT = r'''
         br $g))
     local.get $need global.set $heap
     local.get $p)
+'''
+
+ECHO_WAT = "(module" + V1_WAT_PRELUDE + r'''
   (func (export "iot_process") (param $in i32) (param $len i32) (param $count i32)
         (param $out i32) (param $cap i32) (result i32)
     (local $i i32) (local $p i32) (local $tl i32) (local $pl i32) (local $w i32) (local $pay i32)

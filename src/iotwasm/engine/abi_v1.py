@@ -21,10 +21,12 @@ import wasmtime
 from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
                       OutputLimitExceeded)
 from ..message import BatchResult, DeadLetter, Message
-from .fastcall import FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc, StoreControl
+from .fastcall import (FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc, StoreControl,
+                       call_failure)
 from .host import call_budget
 from .limits import format_size
 from .traps import classify
+from .v1_native import BatchCall, batch_call
 # the framing, re-exported: tools and tests import it from here
 from .v1_framing import (IN_RECORD, KIND_ERROR, KIND_MESSAGE, OUT_HEADER,  # noqa: F401
                          OUT_RECORD, pack_inputs, pack_outputs, parse_outputs, unpack_inputs)
@@ -94,6 +96,9 @@ class V1Guest:
 
             self._alloc = bind("iot_alloc", 1)
             self._process_fn = bind("iot_process", 5)
+            self._native: BatchCall | None = (
+                batch_call(self._process_fn, self.mem, MIN_BUFFER, f.limits.max_output)
+                if f.native_batch else None)
             self._free = None  # bound when a buffer is first replaced (_grow): few guests ever do
             self._bind = bind
             snap = f.snapshots.snapshot
@@ -208,6 +213,8 @@ class V1Guest:
             self.in_ptr, self.in_cap = new_ptr, size
         else:
             self.out_ptr, self.out_cap = new_ptr, size
+        if self._native is not None:
+            self._native.buffers(self.in_ptr, self.in_cap, self.out_ptr, self.out_cap)
 
     # -- the batch call ------------------------------------------------------------------
     def process(self, messages: Sequence[Message]) -> BatchResult:
@@ -219,6 +226,8 @@ class V1Guest:
         other outcome continues in the general loop from the call already made."""
         n = len(messages)
         if self.broken is None and n:
+            if self._native is not None:
+                return self._process_native(messages, self._native)
             data = pack_inputs(messages)
             size = len(data)
             if size <= self.in_cap and self.out_cap >= min(max(MIN_BUFFER, size * 2),
@@ -239,35 +248,58 @@ class V1Guest:
                 return self._process(messages, (n, call))
         return self._process(messages, None)
 
-    def _call(self, data: bytes, count: int) -> _CallResult:
-        """Copy one chunk in and run `iot_process` on it (buffers must be big enough).
-
-        Returns (failure, status, fuel used, output header or the AbiError reading it)."""
-        mem = self.mem
-        out_ptr = self.out_ptr
-        mem.write(self.in_ptr, data)
-        mem.write(out_ptr, _ZERO_HEADER)
-        failure: IotwasmError | None = None
-        status = None
+    def _process_native(self, messages: Sequence[Message], native: BatchCall) -> BatchResult:
+        """The straight line of `process` in one native call (engine/v1_native.py); what it
+        leaves (inputs that do not fit, any other outcome) goes on as in Python."""
         f = self.f
         metered = f.limits.fuel is not None
         if metered or f.epoch_cell.value != self._armed_epoch:
             self._arm()
         if f.budgeted:
             call_budget.at = self._deadline_at
+        got = native.run(messages)
+        if got is None:  # nothing was called
+            return self._process(messages, None)
+        if native.size != self.mem.size():
+            self.mem.refresh()  # the call grew (and may have moved) memory
+        if type(got) is list:
+            return BatchResult(got, [], self._fuel_used() if metered else 0)
+        status, err, trap = cast(tuple[int, int, int], got)
+        failed = call_failure(err, trap) if err or trap else None
+        return self._process(messages, (len(messages), self._outcome(
+            None if failed else status, failed)))
+
+    def _call(self, data: bytes, count: int) -> _CallResult:
+        """Copy one chunk in and run `iot_process` on it (buffers must be big enough)."""
+        mem = self.mem
+        mem.write(self.in_ptr, data)
+        mem.write(self.out_ptr, _ZERO_HEADER)
+        f = self.f
+        if f.limits.fuel is not None or f.epoch_cell.value != self._armed_epoch:
+            self._arm()
+        if f.budgeted:
+            call_budget.at = self._deadline_at
         # what _invoke does, inline: this runs once per batch
         try:
-            status = self._process_fn(self.in_ptr, len(data), count, out_ptr, self.out_cap)
+            status = self._process_fn(self.in_ptr, len(data), count, self.out_ptr, self.out_cap)
         except CallFailed as e:
-            mem.refresh()
-            failure = classify(e.cause, module=f.name, function="iot_process", limits=f.limits,
-                               memory_bytes=mem.size())
-        else:
-            mem.refresh()  # the call may have grown (and moved) memory
-        fuel = self._fuel_used() if metered else 0
+            return self._outcome(None, e)
+        return self._outcome(status, None)
+
+    def _outcome(self, status: int | None, failed: CallFailed | None) -> _CallResult:
+        """What a call of `iot_process` left: (failure, status, fuel used, output header or
+        the AbiError reading it)."""
+        mem = self.mem
+        f = self.f
+        mem.refresh()  # the call may have grown (and moved) memory
+        failure: IotwasmError | None = None
+        if failed is not None:
+            failure = classify(failed.cause, module=f.name, function="iot_process",
+                               limits=f.limits, memory_bytes=mem.size())
+        fuel = self._fuel_used() if f.limits.fuel is not None else 0
         header: tuple[int, int] | AbiError
         try:
-            header = mem.unpack_from(OUT_HEADER, out_ptr)
+            header = mem.unpack_from(OUT_HEADER, self.out_ptr)
         except AbiError as e:
             header = e
         return failure, status, fuel, header

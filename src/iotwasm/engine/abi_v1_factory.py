@@ -68,6 +68,8 @@ class V1Factory:
         self.ticks = self.runtime.timeout_ticks(limits.timeout_ms)
         #: the runtime's epoch count (`Runtime.epoch`), read once per batch without a property
         self.epoch_cell = self.runtime.ticker.epoch_cell
+        #: batch calls through the native extension (engine/v1_native.py)
+        self.native_batch = self.runtime.native_batch
         #: a module that may wait on the network learns its calls' deadlines (host.call_budget)
         self.budgeted = any(i.module == "iot" and i.name == "http_request" for i in module.imports)
         self.budget_s = (limits.timeout_ms or self.runtime.max_timeout_ms) / 1000

@@ -125,8 +125,8 @@ _NVALS = tuple(ctypes.c_size_t(i) for i in range(17))  # read-only: passed by va
 class RawFunc:
     """A wasm export bound once and called many times with i32 arguments."""
 
-    __slots__ = ("name", "_store", "_ctx", "_keep", "_func", "_vals", "_args", "_nvals", "_trap",
-                 "_trap_ref", "_result")
+    __slots__ = ("name", "_store", "_ctx", "_keep", "_struct", "_func", "_vals", "_args", "_nvals",
+                 "_trap", "_trap_ref", "_result")
 
     def __init__(self, store: wasmtime.Store, func: wasmtime.Func | ffi.wasmtime_extern_t, name: str,
                  params: int, results: tuple[str, ...] = (_I32,), *, verify: bool = True,
@@ -149,7 +149,8 @@ class RawFunc:
         self._store = store  # the context pointer below is only valid while the Store lives
         self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._keep = func  # the struct must outlive the reference to it
-        self._func = ctypes.byref(func._func if isinstance(func, wasmtime.Func) else func.of.func)
+        self._struct = func._func if isinstance(func, wasmtime.Func) else func.of.func
+        self._func = ctypes.byref(self._struct)
         n = max(params, len(results), 1)
         if slots is None or len(slots.args) < n:
             slots = CallSlots(n)
@@ -177,6 +178,25 @@ class RawFunc:
         if self._result == "i64":
             return self._vals[0].i64
         return self._vals[0].i32
+
+
+    def addresses(self) -> tuple[int, int, int]:
+        """(store context, function, value array): what a native caller passes to
+        `wasmtime_func_call_unchecked`, valid while this object lives."""
+        return (cast_int(self._ctx), ctypes.addressof(self._struct), ctypes.addressof(self._vals))
+
+
+def cast_int(p: ctypes.c_void_p) -> int:
+    """The address a c_void_p holds (0 for NULL)."""
+    return p.value or 0
+
+
+def call_failure(err: int, trap: int) -> CallFailed:
+    """The CallFailed of a raw call made outside RawFunc (engine/v1_native.py), from the error
+    or trap pointer it returned; the Python objects take ownership of them."""
+    if err:
+        return CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(ctypes.c_void_p(err), _ErrPtr)))
+    return CallFailed(wasmtime.Trap._from_ptr(ctypes.cast(ctypes.c_void_p(trap), _TrapPtr)))
 
 
 def signature(params: int, results: tuple[str, ...] = (_I32,)) -> str:
@@ -249,7 +269,7 @@ class GuestMemory:
     write is checked against that size: a raw memmove past the end would take the node down.
     """
 
-    __slots__ = ("_store", "_ctx", "_mem", "_keep", "_size", "_view")
+    __slots__ = ("_store", "_ctx", "_mem", "_raw", "_keep", "_size", "_view")
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory | ffi.wasmtime_extern_t,
                  ctx: ctypes.c_void_p | None = None):
@@ -259,6 +279,7 @@ class GuestMemory:
         self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         raw = memory._memory if isinstance(memory, wasmtime.Memory) else memory.of.memory
         self._keep = memory  # the struct must outlive the reference to it
+        self._raw = raw
         self._mem = ctypes.byref(raw)
         self._size = -1
         self._view = memoryview(b"")
@@ -278,6 +299,11 @@ class GuestMemory:
 
     def size(self) -> int:
         return self._size
+
+    def addresses(self) -> tuple[int, int]:
+        """(store context, memory): what a native reader passes to `wasmtime_memory_data`,
+        valid while this object lives."""
+        return cast_int(self._ctx), ctypes.addressof(self._raw)
 
     def grow(self, pages: int) -> None:
         """Grow by `pages` (64 KiB each) as `memory.grow` would, within the store's limits."""

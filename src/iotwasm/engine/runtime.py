@@ -27,6 +27,7 @@ from .fastcall import WASMTIME_VERSION, enable_pooling
 from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      info_from_record, info_to_record, read_source)
+from .v1_native import use_native
 from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_MARGIN_MS, EpochTicker, start_ticker
 from .wasm_scan import SnapshotPlan, Unplannable, plan
 
@@ -108,7 +109,8 @@ class Runtime:
                  opt_level: str = "speed", memory_reservation: int = DEFAULT_MEMORY_RESERVATION,
                  max_timeout_ms: float = DEFAULT_MAX_TIMEOUT_MS, pool_slots: int = 0,
                  idle_tick_ms: float = DEFAULT_IDLE_TICK_MS,
-                 idle_clock: Callable[[], float] = time.monotonic, ticker: str = "auto"):
+                 idle_clock: Callable[[], float] = time.monotonic, ticker: str = "auto",
+                 batch_calls: str = "auto"):
         """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
         for more are refused (`bounded`).
 
@@ -117,7 +119,9 @@ class Runtime:
         that brings the normal period back at once (engine/ticker.py). `idle_clock` (monotonic
         seconds) measures that idle window; tests pass a `ManualClock`. `ticker`: "native"
         (a thread in C that never takes the GIL), "thread" (a Python thread), or "auto" (the
-        native one when its library is built).
+        native one when its library is built). `batch_calls`: "native" (an iotwasm-v1 guest
+        frames, calls and reads the common case of a batch in one call into the extension
+        engine/v1_native.py loads), "python", or "auto" (native when built).
 
         `pool_slots` > 0 switches each engine to wasmtime's pooling allocator with that many
         instances (memories, tables) reserved up front: an instance starts in about half the
@@ -132,6 +136,7 @@ class Runtime:
         if not idle_tick_ms > 0:
             raise ConfigError(f"idle tick {idle_tick_ms!r} must be a positive number of ms")
         self.max_timeout_ms = float(max_timeout_ms)
+        self.native_batch = use_native(batch_calls)
         self.epoch_tick_ms = epoch_tick_ms
         self.base = EngineSettings(opt_level=opt_level, memory_reservation=memory_reservation,
                                    pool_slots=pool_slots)

@@ -1,0 +1,95 @@
+"""The native batch call of iotwasm-v1 guests (native/v1_batch.c): loading it, choosing it.
+
+At a batch of one, the Python around a guest call costs more than the call: framing through
+`struct`, two memory writes, a ctypes call with five arguments, the header read, a copy of the
+outputs and their parse. The extension does the common case of all of that in one call (see
+the C file for what it does and what it leaves to Python). It is built by scripts/setup.sh
+for the interpreter of the project's venv; without it, or with `Runtime(batch_calls=
+"python")`, every call takes the Python path, which stays the reference: the same tests run
+against both.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import importlib.util
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol, Sequence
+
+from wasmtime import _ffi
+
+from ..errors import ConfigError
+from ..message import Message, Output
+from .fastcall import GuestMemory, RawFunc
+
+BATCH_CALL_KINDS = ("auto", "native", "python")
+EXTENSION = Path(__file__).parent / "native" / f"iotwasm_v1_batch{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+
+class BatchCall(Protocol):
+    """What the extension's BatchCall offers (engine/native/v1_batch.c)."""
+
+    #: the guest memory's size after the last call
+    size: int
+
+    def run(self, messages: Sequence[Message]) -> list[Output] | tuple[int, int, int] | None:
+        """Outputs (the common case); None when nothing was called; (status, error address,
+        trap address) of a call whose outcome the caller reads itself."""
+
+    def buffers(self, in_ptr: int, in_cap: int, out_ptr: int, out_cap: int) -> None: ...
+
+
+_module: ModuleType | None | bool = False  # False: not looked for yet
+
+
+def _extension() -> ModuleType | None:
+    global _module
+    if _module is False:
+        _module = None
+        if EXTENSION.exists():
+            try:
+                loader = importlib.machinery.ExtensionFileLoader("iotwasm_v1_batch", str(EXTENSION))
+                spec = importlib.util.spec_from_loader("iotwasm_v1_batch", loader)
+                assert spec is not None
+                mod = importlib.util.module_from_spec(spec)
+                loader.exec_module(mod)
+                mod.bind(*(_address(f) for f in ("wasmtime_func_call_unchecked",
+                                                 "wasmtime_memory_data",
+                                                 "wasmtime_memory_data_size")))
+                _module = mod
+            except (ImportError, OSError, AttributeError):
+                _module = None  # built for another interpreter, or from an older source
+    return _module  # type: ignore[return-value]
+
+
+def _address(symbol: str) -> int:
+    return ctypes.cast(getattr(_ffi.dll, symbol), ctypes.c_void_p).value or 0
+
+
+def use_native(kind: str) -> bool:
+    """Whether guests of a runtime asking for `kind` make their batch calls natively."""
+    if kind not in BATCH_CALL_KINDS:
+        raise ConfigError(f"batch calls {kind!r} must be one of {', '.join(BATCH_CALL_KINDS)}")
+    if kind == "python":
+        return False
+    if _extension() is None:
+        if kind == "native":
+            raise ConfigError(f"native batch calls unavailable: {EXTENSION} is not built "
+                              "(run scripts/setup.sh)")
+        return False
+    return True
+
+
+def batch_call(process: RawFunc, mem: GuestMemory, min_buffer: int, max_output: int) -> BatchCall:
+    """A native caller of `process` (iot_process) on `mem`'s instance. It holds both handles,
+    and so the store, for as long as it lives."""
+    mod = _extension()
+    assert mod is not None, "use_native() said yes"
+    ctx, func, vals = process.addresses()
+    _, memory = mem.addresses()
+    call: Any = mod.BatchCall(keep=(process, mem), output=Output, ctx=ctx, func=func, mem=memory,
+                              vals=vals, min_buffer=min_buffer, max_output=max_output)
+    return call  # type: ignore[no-any-return]
