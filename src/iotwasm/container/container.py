@@ -251,19 +251,19 @@ class WasmContainer(PoolMixin):
         if self.lifecycle.state is not State.RUNNING:
             self._ensure_running()
         slot = self._acquire()
+        guest = slot.guest
         t0 = time.perf_counter()
         lost: IotwasmError | None = None
         try:
             try:
-                result = slot.guest.process(messages)
+                result = guest.process(messages)
             except Exception as e:  # a bug, not a guest failure: never take the caller down
                 log.exception("container %s: unexpected failure in batch", self.name)
                 err = GuestTrap(f"internal error: {e!r}", module=self.name)
-                slot.guest.broken = err
+                guest.broken = err
                 result = BatchResult(dead_letters=[DeadLetter(i, m, err) for i, m in enumerate(messages)])
-            elapsed = time.perf_counter() - t0
-            self._account(slot, messages, result, elapsed)
-            if slot.guest.broken is not None:
+            self._account(slot, messages, result, time.perf_counter() - t0)
+            if guest.broken is not None:
                 lost = self._replace(slot)
         finally:
             self._release(slot, time.perf_counter() - t0)
@@ -272,7 +272,8 @@ class WasmContainer(PoolMixin):
             with self._admin:
                 if not slot.retired:
                     self._fail(lost)
-        self._watch_health(messages, result)
+        if result.dead_letters or self._failed_batches or self._backoff.failures:
+            self._watch_health(messages, result)  # nothing to watch in a clean batch otherwise
         return result
 
     def _ensure_running(self) -> None:
@@ -299,7 +300,8 @@ class WasmContainer(PoolMixin):
             for d in dead:
                 st.errors[d.error.kind] += 1
                 st.faults += isinstance(d.error, SANDBOX_FAULTS)
-        st.fuel_used += result.fuel_used
+        if result.fuel_used:
+            st.fuel_used += result.fuel_used
         guest = slot.guest
         pages = guest.memory_pages()
         if pages != st.memory_pages:
@@ -308,7 +310,8 @@ class WasmContainer(PoolMixin):
             if pages > self._pages_hint:
                 self._pages_hint = pages
             self._recount(slot)
-        st.recycles = guest.recycled
+        if guest.recycled != st.recycles:
+            st.recycles = guest.recycled
         ms = elapsed * 1000
         st.last_latency_ms = ms
         st.total_latency_ms += ms

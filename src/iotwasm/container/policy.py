@@ -40,6 +40,10 @@ class RestartPolicy:
     def __post_init__(self) -> None:
         if self.mode not in ("always", "on-failure", "never"):
             raise ConfigError(f"restart policy {self.mode!r} is not one of always, on-failure, never")
+        if isinstance(self.crash_loop_batches, bool) or not isinstance(self.crash_loop_batches, int) \
+                or self.crash_loop_batches < 1:
+            raise ConfigError(f"restart policy: crash_loop_batches {self.crash_loop_batches!r} "
+                              "must be a whole number of batches, at least 1")
         try:
             self.backoff(random.Random(0))
         except ValueError as e:

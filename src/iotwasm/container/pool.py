@@ -26,6 +26,9 @@ from .stats import PAGE, InstanceStats, ScalingStats, Slot, add_up
 if TYPE_CHECKING:
     from ..engine import GuestFactory, Limits
     from .balancing import Strategy
+    from .lifecycle import Lifecycle
+
+_TERMINATED = State.TERMINATED
 
 
 class PoolMixin:
@@ -35,6 +38,7 @@ class PoolMixin:
     limits: Limits
     strategy: Strategy
     _factory: GuestFactory | None
+    lifecycle: Lifecycle
     _slots: list[Slot]
     _retired: list[Slot]
     #: a plain Lock under the Condition (no path takes it twice); `with _lock` holds `_cond`
@@ -136,6 +140,12 @@ class PoolMixin:
 
     # -- taking and giving back ----------------------------------------------------------
     def _acquire(self) -> Slot:
+        with self._lock:  # the common case first: one instance, idle, no strategy to ask
+            slots = self._slots
+            if len(slots) == 1 and not (slot := slots[0]).busy and self._factory is not None \
+                    and self.lifecycle.state is not _TERMINATED:
+                slot.busy = True
+                return slot
         grow = True
         while True:
             with self._lock:
@@ -226,11 +236,12 @@ class PoolMixin:
             self._waiters -= 1
 
     def _release(self, slot: Slot, busy: float) -> None:
+        # the slot is still this caller's alone: only `busy` needs the lock
+        slot.busy_seconds += busy
+        slot.last_used = self._clock()
+        slot.stats.last_used = time.time()
         with self._lock:
             slot.busy = False
-            slot.busy_seconds += busy
-            slot.last_used = self._clock()
-            slot.stats.last_used = time.time()
             if slot.retired:
                 self._retired.remove(slot)
                 add_up(self._past, slot.stats)

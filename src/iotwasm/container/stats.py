@@ -53,6 +53,9 @@ class InstanceStats:
 class Slot:
     """One instance in the pool; the attributes the balancing strategies read."""
 
+    __slots__ = ("index", "guest", "weight", "current_weight", "busy", "retired", "busy_seconds",
+                 "last_used", "stats", "counted")
+
     def __init__(self, index: int, guest: Guest, weight: int, now: float = 0.0):
         self.index = index
         self.guest = guest
