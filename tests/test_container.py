@@ -183,6 +183,9 @@ def test_restart_policy_refuses_a_backoff_it_cannot_follow():
         RestartPolicy(backoff_s=0)
     with pytest.raises(ConfigError, match="restart policy: backoff jitter"):
         RestartPolicy(jitter=2)
+    for bad in (0, -1, 2.5, True):  # a crash loop of no batches would fail every batch
+        with pytest.raises(ConfigError, match=f"crash_loop_batches {bad!r} must be a whole number"):
+            RestartPolicy(crash_loop_batches=bad)
 
 
 def test_permanent_errors_are_not_retried_on_failure(runtime):

@@ -248,11 +248,14 @@ class WasmContainer(PoolMixin):
         """
         if not messages:
             return BatchResult()
-        if self.lifecycle.state is not State.RUNNING:
-            self._ensure_running()
-        slot = self._acquire()
+        slot = self._take_idle()
+        if slot is None:
+            if self.lifecycle.state is not State.RUNNING:
+                self._ensure_running()
+            slot = self._acquire()
         guest = slot.guest
         t0 = time.perf_counter()
+        busy = 0.0
         lost: IotwasmError | None = None
         try:
             try:
@@ -262,11 +265,13 @@ class WasmContainer(PoolMixin):
                 err = GuestTrap(f"internal error: {e!r}", module=self.name)
                 guest.broken = err
                 result = BatchResult(dead_letters=[DeadLetter(i, m, err) for i, m in enumerate(messages)])
-            self._account(slot, messages, result, time.perf_counter() - t0)
+            busy = time.perf_counter() - t0
+            self._account(slot, messages, result, busy)
             if guest.broken is not None:
                 lost = self._replace(slot)
+                busy = time.perf_counter() - t0
         finally:
-            self._release(slot, time.perf_counter() - t0)
+            self._release(slot, busy)
         if lost is not None:
             # after the release: stop() holds _admin while it waits for busy instances
             with self._admin:

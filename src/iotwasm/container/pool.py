@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .balancing import Strategy
     from .lifecycle import Lifecycle
 
-_TERMINATED = State.TERMINATED
+_RUNNING = State.RUNNING
 
 
 class PoolMixin:
@@ -139,13 +139,17 @@ class PoolMixin:
                 self._count_out(s)
 
     # -- taking and giving back ----------------------------------------------------------
-    def _acquire(self) -> Slot:
-        with self._lock:  # the common case first: one instance, idle, no strategy to ask
+    def _take_idle(self) -> Slot | None:
+        """The common case of taking an instance, in one step: the only instance of a running
+        container, idle. None: anything else (`_acquire` then decides)."""
+        with self._lock:
             slots = self._slots
-            if len(slots) == 1 and not (slot := slots[0]).busy and self._factory is not None \
-                    and self.lifecycle.state is not _TERMINATED:
+            if len(slots) == 1 and not (slot := slots[0]).busy and self.lifecycle.state is _RUNNING:
                 slot.busy = True
                 return slot
+        return None
+
+    def _acquire(self) -> Slot:
         grow = True
         while True:
             with self._lock:

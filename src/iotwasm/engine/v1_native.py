@@ -90,6 +90,6 @@ def batch_call(process: RawFunc, mem: GuestMemory, min_buffer: int, max_output: 
     assert mod is not None, "use_native() said yes"
     ctx, func, vals = process.addresses()
     _, memory = mem.addresses()
-    call: Any = mod.BatchCall(keep=(process, mem), output=Output, ctx=ctx, func=func, mem=memory,
-                              vals=vals, min_buffer=min_buffer, max_output=max_output)
+    # keep, output type, store context, function, memory, value array, buffer sizing
+    call: Any = mod.BatchCall((process, mem), Output, ctx, func, memory, vals, min_buffer, max_output)
     return call  # type: ignore[no-any-return]

@@ -75,10 +75,12 @@ static void *address(PyObject *o, const char *what) {
 static int BatchCall_init(BatchCall *self, PyObject *args, PyObject *kwds) {
     PyObject *keep, *output, *ctx, *func, *mem, *vals;
     unsigned long long min_buffer, max_output;
-    static char *kw[] = {"keep", "output", "ctx", "func", "mem", "vals", "min_buffer",
-                         "max_output", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOKK", kw, &keep, &output, &ctx, &func,
-                                     &mem, &vals, &min_buffer, &max_output))
+    if (kwds && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "BatchCall takes positional arguments only");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOOKK:BatchCall", &keep, &output, &ctx, &func, &mem, &vals,
+                          &min_buffer, &max_output))
         return -1;
     if (!PyType_Check(output) || !PyType_IsSubtype((PyTypeObject *)output, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "output must be a tuple subclass");
