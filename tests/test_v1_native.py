@@ -170,6 +170,8 @@ def test_the_native_batch_call_is_built_and_the_default():
     with Runtime() as rt:
         assert rt.native_batch
         g = prepare(rt.load(ECHO_WAT, name="echo"), Limits(), HostContext("echo")).new_guest()
+        assert g._native is None  # made with the buffers, by the first batch
+        assert [o.payload for o in g.process([Message("t", b"x")]).outputs] == [b"x"]
         assert g._native is not None
 
 

@@ -96,9 +96,9 @@ class V1Guest:
 
             self._alloc = bind("iot_alloc", 1)
             self._process_fn = bind("iot_process", 5)
-            self._native: BatchCall | None = (
-                batch_call(self._process_fn, self.mem, MIN_BUFFER, f.limits.max_output)
-                if f.native_batch else None)
+            # the native batch call, made with the first buffers (`_grow`): until then every
+            # batch takes the Python path, and a guest that never runs one costs nothing more
+            self._native: BatchCall | None = None
             self._free = None  # bound when a buffer is first replaced (_grow): few guests ever do
             self._bind = bind
             snap = f.snapshots.snapshot
@@ -213,7 +213,10 @@ class V1Guest:
             self.in_ptr, self.in_cap = new_ptr, size
         else:
             self.out_ptr, self.out_cap = new_ptr, size
-        if self._native is not None:
+        if self.f.native_batch:
+            if self._native is None:
+                self._native = batch_call(self._process_fn, self.mem, MIN_BUFFER,
+                                          self.f.limits.max_output)
             self._native.buffers(self.in_ptr, self.in_cap, self.out_ptr, self.out_cap)
 
     # -- the batch call ------------------------------------------------------------------
