@@ -145,6 +145,21 @@ def test_inputs_python_would_refuse_are_refused_alike(factories):
         (0, None, b"ok")]
 
 
+def test_messages_of_other_types_are_framed_by_python_alike(factories):
+    # only an exact Message with an int timestamp is read natively (its attributes run no
+    # Python code); a subclass, or a timestamp that is an int subclass, goes the Python way
+    class Tagged(Message):
+        __slots__ = ("tag",)
+
+    body = pack_outputs([(0, 0, b"", b"ok")])
+    payload = raw(0, header(len(body), 1) + body)
+    native = ready(factories["native"])._native
+    for msg in (Tagged("t", payload), Message("t", payload, True)):
+        assert native.run([msg]) is None  # nothing called: left to Python
+        assert both(factories, [msg])[:2] == ([(0, None, b"ok")], [])
+    assert native.run([Message("t", payload)]) == [(0, None, b"ok")]
+
+
 def test_inputs_larger_than_the_buffers_take_the_python_path(factories):
     big = b"z" * 200_000  # beyond the first input buffer: the guest allocates a larger one
     body = pack_outputs([(0, 0, b"", b"big")])

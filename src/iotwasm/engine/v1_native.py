@@ -90,6 +90,7 @@ def batch_call(process: RawFunc, mem: GuestMemory, min_buffer: int, max_output: 
     assert mod is not None, "use_native() said yes"
     ctx, func, vals = process.addresses()
     _, memory = mem.addresses()
-    # keep, output type, store context, function, memory, value array, buffer sizing
-    call: Any = mod.BatchCall((process, mem), Output, ctx, func, memory, vals, min_buffer, max_output)
+    # keep, output and message types, store context, function, memory, value array, sizing
+    call: Any = mod.BatchCall((process, mem), Output, Message, ctx, func, memory, vals, min_buffer,
+                              max_output)
     return call  # type: ignore[no-any-return]

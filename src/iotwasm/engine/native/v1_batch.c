@@ -50,6 +50,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *keep;        /* what keeps the store and the handles below alive */
     PyTypeObject *output;  /* iotwasm.message.Output, a tuple subclass */
+    PyTypeObject *message; /* iotwasm.message.Message: only exactly these are framed here */
     void *ctx, *func, *mem;
     raw_val *vals;         /* at least 5 */
     uint64_t in_ptr, in_cap, out_ptr, out_cap, min_buffer, max_output;
@@ -73,17 +74,21 @@ static void *address(PyObject *o, const char *what) {
 }
 
 static int BatchCall_init(BatchCall *self, PyObject *args, PyObject *kwds) {
-    PyObject *keep, *output, *ctx, *func, *mem, *vals;
+    PyObject *keep, *output, *message, *ctx, *func, *mem, *vals;
     unsigned long long min_buffer, max_output;
     if (kwds && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "BatchCall takes positional arguments only");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOKK:BatchCall", &keep, &output, &ctx, &func, &mem, &vals,
-                          &min_buffer, &max_output))
+    if (!PyArg_ParseTuple(args, "OOOOOOOKK:BatchCall", &keep, &output, &message, &ctx, &func,
+                          &mem, &vals, &min_buffer, &max_output))
         return -1;
     if (!PyType_Check(output) || !PyType_IsSubtype((PyTypeObject *)output, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "output must be a tuple subclass");
+        return -1;
+    }
+    if (!PyType_Check(message)) {
+        PyErr_SetString(PyExc_TypeError, "message must be a type");
         return -1;
     }
     if (call_unchecked == NULL) {
@@ -97,6 +102,8 @@ static int BatchCall_init(BatchCall *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->keep, keep);
     Py_INCREF(output);
     Py_XSETREF(self->output, (PyTypeObject *)output);
+    Py_INCREF(message);
+    Py_XSETREF(self->message, (PyTypeObject *)message);
     self->min_buffer = min_buffer;
     self->max_output = max_output;
     self->in_ptr = self->in_cap = self->out_ptr = self->out_cap = 0;
@@ -107,6 +114,7 @@ static int BatchCall_init(BatchCall *self, PyObject *args, PyObject *kwds) {
 static void BatchCall_dealloc(BatchCall *self) {
     Py_XDECREF(self->keep);
     Py_XDECREF(self->output);
+    Py_XDECREF(self->message);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -140,9 +148,14 @@ static void release_inputs(Input *in, Py_ssize_t n) {
 }
 
 /* What a message would frame to, or -1 when Python should frame it (it then raises the
- * same error it always did, or handles a payload that is not bytes). */
-static int read_input(PyObject *m, Input *in) {
+ * same error it always did, or handles a payload that is not bytes). Only an exact Message
+ * with an exact int timestamp is read here: its attributes are slots, so no Python code runs
+ * while the batch is framed (none could change the sequence being read). */
+static int read_input(BatchCall *self, PyObject *m, Input *in) {
     PyObject *ts;
+    in->topic_obj = in->payload_obj = NULL;
+    if (!Py_IS_TYPE(m, self->message))
+        return -1;
     in->topic_obj = PyObject_GetAttr(m, s_topic);
     in->payload_obj = in->topic_obj ? PyObject_GetAttr(m, s_payload) : NULL;
     if (!in->payload_obj || !PyUnicode_Check(in->topic_obj) || !PyBytes_Check(in->payload_obj))
@@ -157,6 +170,10 @@ static int read_input(PyObject *m, Input *in) {
     ts = PyObject_GetAttr(m, s_timestamp_ms);
     if (!ts)
         goto python;
+    if (!PyLong_CheckExact(ts)) {  /* its __index__ would be Python code */
+        Py_DECREF(ts);
+        return -1;
+    }
     in->timestamp_ms = PyLong_AsLongLong(ts);
     Py_DECREF(ts);
     if (in->timestamp_ms == -1 && PyErr_Occurred())
@@ -248,7 +265,7 @@ static PyObject *BatchCall_run(BatchCall *self, PyObject *messages) {
     uint64_t total = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (; got < n; got++) {
-        if (read_input(items[got], &in[got])) {
+        if (read_input(self, items[got], &in[got])) {
             got++;  /* its references, if any, are released below */
             result = Py_NewRef(Py_None);
             goto out;
