@@ -42,3 +42,35 @@ def test_released_only_on_a_full_disk_and_made_again_once_there_is_room_twice_ov
         assert (disk.path / RESERVE_NAME).stat().st_size == reserve.size
     finally:
         disk.unmount()
+
+
+def test_the_check_for_stranded_outboxes_starts_on_a_full_disk(tmp_path):
+    # `up --workers 2` on a data directory whose outbox.db (a run without workers) still holds
+    # messages must say so, also when the disk is full: opening the outbox even read-only
+    # creates its WAL index, which the reserves make room for, as they do for a node's start
+    import sqlite3
+
+    import pytest
+
+    from iotwasm.cli.workers import check_stranded
+    from iotwasm.errors import ConfigError
+
+    disk = SmallDisk(tmp_path / "disk", "8m").mount()
+    try:
+        db = sqlite3.connect(disk.path / "outbox.db")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, body BLOB)")
+        db.executemany("INSERT INTO outbox (body) VALUES (?)", [(b"m",)] * 3)
+        db.commit()
+        db.close()   # the last connection: its -wal and -shm files go
+        assert not (disk.path / "outbox.db-shm").exists()
+        for k in range(2):
+            (disk.path / "workers" / str(k)).mkdir(parents=True)
+            DiskReserve(disk.path / "workers" / str(k)).settle()
+        disk.fill()
+        with pytest.raises(ConfigError, match=r"outbox.db holds 3 message\(s\) for uplinks"):
+            check_stranded(disk.path, 2)
+        # one reserve released was room enough; the other stays for its worker's start
+        assert sorted(p.parent.name for p in disk.path.rglob(RESERVE_NAME)) == ["1"]
+    finally:
+        disk.unmount()

@@ -33,6 +33,7 @@ from ..messaging import Will, open_bus
 from ..messaging.ingress import Ingress
 from ..messaging.transports import INGRESS_TOKEN_ENV
 from ..node.datadir import stranded_outboxes
+from ..node.reserve import RESERVE_NAME, DiskReserve
 from ..node.views import status_topic
 
 log = logging.getLogger("iotwasm.workers")
@@ -62,7 +63,13 @@ def check_broker(broker: str | None) -> str:
 def check_stranded(data: Path, workers: int) -> None:
     """Refuse to start when an outbox this node would not use still holds messages: they
     were kept for uplinks by a run with another number of workers (or without them), and
-    would never be sent."""
+    would never be sent.
+
+    Opening an outbox, even read-only, creates its WAL index: on a full disk the reserves of
+    the directory and of its workers are released first, as each node's own start would."""
+    for d in (data, *sorted((data / "workers").glob("[0-9]*"))):
+        if (d / RESERVE_NAME).exists():
+            DiskReserve(d).release_if_full()
     stranded = stranded_outboxes(data, workers)
     if not stranded:
         return

@@ -52,20 +52,28 @@ class DiskReserve:
     def settle(self) -> bool:
         """At start, before any database opens: release the reserve when the disk is full,
         make it when it is missing and there is room. Returns True if it was released."""
-        try:
-            present = self.path.stat().st_size >= self.size
-        except FileNotFoundError:
-            present = False
-        if present and self.free_bytes() < self.size:
-            self.path.unlink()
-            log.warning("disk full: released the %d KiB reserve (%s) to start; it is made again "
-                        "once there is room", self.size >> 10, self.path)
+        if self.release_if_full():
             return True
-        if present:
+        if self.path.exists():
             self.missing = False
         else:
             self.restore()
         return False
+
+    def release_if_full(self) -> bool:
+        """Delete the reserve when the file system has less room than it: True if it did.
+        What `settle` does first; also for whoever opens a database of this directory before
+        its node starts (`iotwasm up --workers` looking for stranded outboxes)."""
+        try:
+            present = self.path.stat().st_size >= self.size
+        except FileNotFoundError:
+            return False
+        if not present or self.free_bytes() >= self.size:
+            return False
+        self.path.unlink()
+        log.warning("disk full: released the %d KiB reserve (%s) to start; it is made again "
+                    "once there is room", self.size >> 10, self.path)
+        return True
 
     def restore(self) -> bool:
         """Make the reserve when the file system has room for it twice over; True if made."""
