@@ -193,3 +193,18 @@ def test_the_native_batch_call_is_built_and_the_default():
 def test_a_batch_call_kind_is_checked():
     with pytest.raises(ConfigError, match="batch calls 'fast' must be one of auto, native, python"):
         Runtime(batch_calls="fast")
+
+
+def test_fuel_is_metered_alike_on_both_paths():
+    # a metered guest: fuel set before every call, what it used read after, on either path
+    used = {}
+    for kind in ("native", "python"):
+        with Runtime(batch_calls=kind) as rt:
+            metered = Limits(fuel=10_000_000)
+            g = prepare(rt.load(ECHO_WAT, name="echo", limits=metered), metered,
+                        HostContext("echo")).new_guest()
+            runs = [g.process([Message("t", b"x" * k)]) for k in (1, 1, 50, 500)]
+            assert [o.payload for r in runs for o in r.outputs] == [b"x", b"x", b"x" * 50, b"x" * 500]
+            used[kind] = [r.fuel_used for r in runs]
+            assert g._native is not None if kind == "native" else g._native is None
+    assert used["native"] == used["python"] and all(u > 0 for u in used["native"])
