@@ -7,7 +7,8 @@ import wasmtime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotwasm.engine.fastcall import WASMTIME_VERSION, CallFailed, GuestMemory, RawFunc
+from iotwasm.engine.fastcall import WASMTIME_VERSION, CallFailed, RawFunc
+from iotwasm.engine.guest_memory import GuestMemory
 from iotwasm.errors import AbiError
 
 WAT = """

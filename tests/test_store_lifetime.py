@@ -21,7 +21,8 @@ import wasmtime
 
 from iotwasm.container import RestartPolicy, State, WasmContainer
 from iotwasm.engine import Capabilities, Runtime
-from iotwasm.engine.fastcall import FUNC, MEMORY, Exports, GuestMemory, RawFunc, StoreControl
+from iotwasm.engine.fastcall import FUNC, MEMORY, Exports, RawFunc, StoreControl
+from iotwasm.engine.guest_memory import GuestMemory
 from iotwasm.message import Message
 
 HERE = Path(__file__).resolve().parent

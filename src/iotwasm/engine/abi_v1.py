@@ -21,8 +21,8 @@ import wasmtime
 from ..errors import (AbiError, GuestError, InitError, IotwasmError, MemoryLimitExceeded,
                       OutputLimitExceeded)
 from ..message import BatchResult, DeadLetter, Message
-from .fastcall import (FUNC, MEMORY, CallFailed, CallSlots, Exports, GuestMemory, RawFunc, StoreControl,
-                       call_failure)
+from .fastcall import FUNC, MEMORY, CallFailed, CallSlots, Exports, RawFunc, StoreControl, call_failure
+from .guest_memory import GuestMemory
 from .host import call_budget
 from .limits import format_size
 from .traps import classify

@@ -1,4 +1,4 @@
-"""The fast call path: typed, cached entries into wasm and bounds-checked guest memory access.
+"""The fast call path: typed, cached entries into wasm (guest memory: engine/guest_memory.py).
 
 wasmtime-py's public `Func.__call__` rebuilds the function type through FFI on every call
 (~30 µs). The hot path instead calls `wasmtime_func_call_unchecked` through ctypes with a
@@ -7,21 +7,21 @@ the signature, so `RawFunc` checks the export's type once, when it is bound, and
 passes i32 arguments. ctypes releases the GIL for the duration of the call, so wasm runs in
 parallel with other Python threads.
 
-Every handle here (RawFunc, Exports, GuestMemory, StoreControl) keeps a raw pointer into its
+Every handle here (RawFunc, Exports, StoreControl, and GuestMemory) keeps a raw pointer into its
 Store's context, so each also holds a strong reference to the Store: the Store cannot be freed
 while anyone can still call through a handle. Dropping a Store while a call runs in it makes
 wasmtime abort the process; the container pool's other half of that rule is never to close an
 instance that is in use (see docs/engine.md, "Store lifetime").
 
-This module, with engine/hostcall.py (host functions the same way), is the only place that
-touches wasmtime's C API directly. It relies on the bindings of wasmtime-py 50.0.1 (pinned in
+This module, with engine/guest_memory.py, engine/hostcall.py (host functions the same way)
+and the native batch call (engine/v1_native.py), is the only place that touches wasmtime's C
+API directly. It relies on the bindings of wasmtime-py 50.0.1 (pinned in
 pyproject.toml); tests/test_fastcall.py proves it agrees with the public API.
 """
 
 from __future__ import annotations
 
 import ctypes
-import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -258,88 +258,6 @@ def set_global(ctx: ctypes.c_void_p, item: ffi.wasmtime_extern_t, val: ffi.wasmt
     err = _global_set(ctx, ctypes.byref(item.of.global_), ctypes.byref(val))
     if err:
         raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
-
-
-class GuestMemory:
-    """Bounds-checked access to an instance's linear memory, without an FFI call per access.
-
-    A memoryview over the guest's memory is kept between calls. Linear memory can only grow
-    (and move) while the guest runs, so `refresh()` must be called after every call into the
-    guest: it re-reads the size (one FFI call) and rebuilds the view when it changed. Every
-    write is checked against that size: a raw memmove past the end would take the node down.
-    """
-
-    __slots__ = ("_store", "_ctx", "_mem", "_raw", "_keep", "_size", "_view")
-
-    def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory | ffi.wasmtime_extern_t,
-                 ctx: ctypes.c_void_p | None = None):
-        """`memory` is a wasmtime.Memory or a raw extern from `Exports.get`; `ctx` the
-        store's context when the caller has it."""
-        self._store = store
-        self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
-        raw = memory._memory if isinstance(memory, wasmtime.Memory) else memory.of.memory
-        self._keep = memory  # the struct must outlive the reference to it
-        self._raw = raw
-        self._mem = ctypes.byref(raw)
-        self._size = -1
-        self._view = memoryview(b"")
-        self.refresh()
-
-    def refresh(self) -> int:
-        size: int = _memory_data_size_fast(self._ctx, self._mem)
-        if size != self._size:
-            self._view.release()
-            self._size = size
-            if size:
-                base = _memory_data_fast(self._ctx, self._mem)
-                self._view = memoryview((ctypes.c_char * size).from_address(base)).cast("B")
-            else:
-                self._view = memoryview(b"")
-        return size
-
-    def size(self) -> int:
-        return self._size
-
-    def addresses(self) -> tuple[int, int]:
-        """(store context, memory): what a native reader passes to `wasmtime_memory_data`,
-        valid while this object lives."""
-        return cast_int(self._ctx), ctypes.addressof(self._raw)
-
-    def grow(self, pages: int) -> None:
-        """Grow by `pages` (64 KiB each) as `memory.grow` would, within the store's limits."""
-        prev = ctypes.c_uint64(0)
-        err = _memory_grow(self._ctx, self._mem, ctypes.c_uint64(pages), ctypes.byref(prev))
-        if err:
-            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
-        self.refresh()
-
-    def view(self) -> memoryview:
-        """The whole memory, valid until the guest next runs (or the memory grows)."""
-        return self._view
-
-    def release(self) -> None:
-        self._view.release()
-        self._size = 0
-
-    def write(self, offset: int, data: bytes) -> None:
-        end = offset + len(data)
-        if offset < 0 or end > self._size:
-            raise AbiError(f"write of {len(data)} bytes at {offset} is outside guest memory "
-                           f"({self._size} bytes)")
-        self._view[offset:end] = data
-
-    def unpack_from(self, st: struct.Struct, offset: int) -> tuple[Any, ...]:
-        """`st.unpack_from` (a struct.Struct) at `offset`, checked, without copying first."""
-        if offset < 0 or offset + st.size > self._size:
-            raise AbiError(f"read of {st.size} bytes at {offset} is outside guest memory "
-                           f"({self._size} bytes)")
-        return st.unpack_from(self._view, offset)
-
-    def read(self, offset: int, n: int) -> bytes:
-        if offset < 0 or n < 0 or offset + n > self._size:
-            raise AbiError(f"read of {n} bytes at {offset} is outside guest memory "
-                           f"({self._size} bytes)")
-        return self._view[offset:offset + n].tobytes()
 
 
 def enable_pooling(cfg: wasmtime.Config, slots: int, memory: int, *, tables: int = 4,

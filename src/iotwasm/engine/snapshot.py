@@ -32,7 +32,8 @@ from typing import Any
 
 from wasmtime import _bindings as ffi
 
-from .fastcall import GLOBAL, Exports, GuestMemory, global_setter, global_value, set_global
+from .fastcall import GLOBAL, Exports, global_setter, global_value, set_global
+from .guest_memory import GuestMemory
 from .hostcall import watch
 from .wasm_scan import SnapshotPlan
 

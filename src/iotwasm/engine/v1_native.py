@@ -23,7 +23,8 @@ from wasmtime import _ffi
 
 from ..errors import ConfigError
 from ..message import Message, Output
-from .fastcall import GuestMemory, RawFunc
+from .fastcall import RawFunc
+from .guest_memory import GuestMemory
 
 BATCH_CALL_KINDS = ("auto", "native", "python")
 EXTENSION = Path(__file__).parent / "native" / f"iotwasm_v1_batch{sysconfig.get_config_var('EXT_SUFFIX')}"
