@@ -542,7 +542,13 @@ def bench_per_message(work: Workload, quick: bool, log) -> dict:
         log(f"  batch {bs:>4}: " + ", ".join(f"{name} {fmt_us(median(per[name]))}"
                                              for name in impls))
 
-    parts = breakdown(guest, msgs, 1000, repeats, log)
+    # the steps are those of the Python batch path (a runtime without the native batch call),
+    # next to the whole call on the native path the other rows use
+    with Runtime(batch_calls="python") as py_rt:
+        py_guest = prepare(py_rt.load(work.wasm, name="bench"), Limits(),
+                           HostContext("bench", work.caps)).new_guest()
+        parts = breakdown(py_guest, guest, msgs, 1000, repeats, log)
+        py_guest.close()
     pyw = bench_pywasm(work, msgs, quick, rows, log)
     container.stop()
     guest.close()
@@ -553,8 +559,12 @@ def bench_per_message(work: Workload, quick: bool, log) -> dict:
             "pass_rate": pass_rate, "rows": rows, "breakdown": parts, "pywasm": pyw}
 
 
-def breakdown(guest, msgs, bs: int, repeats: int, log) -> dict:
-    """Where an engine guest's time goes per message, step by step (uses engine internals)."""
+NATIVE_ROW = "whole guest.process(), native batch call (framing, call and outputs in C)"
+
+
+def breakdown(guest, native, msgs, bs: int, repeats: int, log) -> dict:
+    """Where an engine guest's time goes per message, step by step, on the Python batch path
+    (`guest`; uses engine internals), and the whole call on the native one (`native`)."""
     from iotwasm.engine.abi_v1 import OUT_HEADER as HDR
     from iotwasm.engine.abi_v1 import pack_inputs, parse_outputs
 
@@ -591,10 +601,14 @@ def breakdown(guest, msgs, bs: int, repeats: int, log) -> dict:
         "parse_outputs (validation + Output tuples)": each(
             parse_outputs, [(x, len(b), len(b), 0) for x, b in zip(bodies, batches)]),
         "whole guest.process()": each(guest.process, [(b,) for b in batches]),
+        NATIVE_ROW: each(native.process, [(b,) for b in batches]),
     }
+    for b in batches:
+        native.process(b)  # buffers at their final size
     out = {name: median(ns) / 1000 / len(msgs) for name, ns in interleaved(steps, repeats).items()}
     out["rest of process() (loop, checks, BatchResult)"] = (
-        out["whole guest.process()"] - sum(v for k, v in out.items() if k != "whole guest.process()"))
+        out["whole guest.process()"] - sum(v for k, v in out.items()
+                                           if k not in ("whole guest.process()", NATIVE_ROW)))
     log(f"  breakdown at batch {bs}: " + ", ".join(f"{k.split(' (')[0]} {v:.3f}" for k, v in out.items()))
     return {"batch": bs, "us_per_msg": out}
 
@@ -882,8 +896,9 @@ def markdown(res: dict) -> str:
                          f"{r['messages']:,} |")
         bd = pm.get("breakdown")
         if bd:
-            lines += ["", f"Where an engine guest's time goes at batch {bd['batch']} (each step "
-                          "timed on its own):", "", "| step | µs/msg |", "|---|---:|"]
+            lines += ["", f"Where an engine guest's time goes at batch {bd['batch']} on the "
+                          "Python batch path (each step timed on its own), and the whole call on "
+                          "the native one:", "", "| step | µs/msg |", "|---|---:|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in bd["us_per_msg"].items()]
         p = pm["pywasm"]
         lines.append("")
