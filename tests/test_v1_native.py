@@ -208,3 +208,15 @@ def test_fuel_is_metered_alike_on_both_paths():
             used[kind] = [r.fuel_used for r in runs]
             assert g._native is not None if kind == "native" else g._native is None
     assert used["native"] == used["python"] and all(u > 0 for u in used["native"])
+
+
+def test_a_closed_guest_runs_nothing_more():
+    with Runtime(batch_calls="native") as rt:
+        g = prepare(rt.load(ECHO_WAT, name="echo"), Limits(), HostContext("echo")).new_guest()
+        assert [o.payload for o in g.process([Message("t", b"a")]).outputs] == [b"a"]
+        native = g._native
+        assert native is not None
+        g.close()
+        assert g._native is None and g.store is None
+        # the caller it dropped still holds its store: running it is safe, not a crash
+        assert native.run([Message("t", b"c")]) == [(0, "t", b"c")]

@@ -174,6 +174,7 @@ class V1Guest(V1Batches):
             self.mem.release()
         self.mem = None  # type: ignore[assignment]
         self.store = None  # type: ignore[assignment]
+        self._native = None  # it holds the store too: a closed guest runs nothing more
 
     # -- buffers -------------------------------------------------------------------------
     def _grow(self, which: str, need: int) -> None:
