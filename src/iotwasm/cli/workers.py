@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError, IotwasmError, StorageError
 from ..message import Message
 from ..messaging import Will, open_bus
 from ..messaging.ingress import Ingress
@@ -65,12 +65,18 @@ def check_stranded(data: Path, workers: int) -> None:
     were kept for uplinks by a run with another number of workers (or without them), and
     would never be sent.
 
-    Opening an outbox, even read-only, creates its WAL index: on a full disk the reserves of
-    the directory and of its workers are released first, as each node's own start would."""
-    for d in (data, *sorted((data / "workers").glob("[0-9]*"))):
-        if (d / RESERVE_NAME).exists():
-            DiskReserve(d).release_if_full()
-    stranded = stranded_outboxes(data, workers)
+    Opening an outbox, even read-only, creates its WAL index: when that fails on a full disk,
+    the reserves of the directory and of its workers are released one at a time (as each
+    node's own start would release its own) until the outboxes open."""
+    reserves = [DiskReserve(d) for d in (data, *sorted((data / "workers").glob("[0-9]*")))
+                if (d / RESERVE_NAME).exists()]
+    while True:
+        try:
+            stranded = stranded_outboxes(data, workers)
+            break
+        except StorageError:
+            if not any(r.release_if_full() for r in reserves):  # the first that frees room
+                raise
     if not stranded:
         return
     where = "; ".join(f"{p} holds {n:,}" for p, n in stranded)
