@@ -23,7 +23,6 @@ from ..errors import AbiError, InitError, IotwasmError, MemoryLimitExceeded
 from .abi_v1_batch import ERROR_CODES, IOT_OK, IOT_OUTPUT_FULL, MIN_BUFFER, V1Batches  # noqa: F401
 from .fastcall import FUNC, MEMORY, CallFailed, CallSlots, Exports, RawFunc, StoreControl
 from .guest_memory import GuestMemory
-from .host import call_budget
 from .limits import format_size
 from .traps import classify
 from .v1_native import BatchCall, batch_call
@@ -123,9 +122,7 @@ class V1Guest(V1Batches):
 
     def _invoke(self, fn: RawFunc, *args: int) -> int | None:
         """Call into the guest with fresh budgets; raise its failure as a typed error."""
-        self._arm()
-        if self.f.budgeted:
-            call_budget.at = self._deadline_at
+        self._budget_call()
         try:
             return fn(*args)
         except CallFailed as e:

@@ -92,22 +92,27 @@ class V1Batches:
                 return self._process(messages, (n, call))
         return self._process(messages, None)
 
-    def _process_native(self, messages: Sequence[Message], native: BatchCall) -> BatchResult:
-        """The straight line of `process` in one native call (engine/v1_native.py); what it
-        leaves (inputs that do not fit, any other outcome) goes on as in Python."""
+    def _budget_call(self) -> None:
+        """Fresh budgets before any call into the guest: `_arm` when they may be spent (fuel
+        always, the deadline once the epoch moved), and the deadline outbound requests may
+        wait until (host.call_budget) for a module that makes them."""
         f = self.f
-        metered = f.limits.fuel is not None
-        if metered or f.epoch_cell.value != self._armed_epoch:
+        if f.limits.fuel is not None or f.epoch_cell.value != self._armed_epoch:
             self._arm()
         if f.budgeted:
             call_budget.at = self._deadline_at
+
+    def _process_native(self, messages: Sequence[Message], native: BatchCall) -> BatchResult:
+        """The straight line of `process` in one native call (engine/v1_native.py); what it
+        leaves (inputs that do not fit, any other outcome) goes on as in Python."""
+        self._budget_call()
         got = native.run(messages)
         if got is None:  # nothing was called
             return self._process(messages, None)
         if native.size != self.mem.size():
             self.mem.refresh()  # the call grew (and may have moved) memory
         if type(got) is list:
-            return BatchResult(got, [], self._fuel_used() if metered else 0)
+            return BatchResult(got, [], self._fuel_used() if self.f.limits.fuel is not None else 0)
         status, err, trap = cast(tuple[int, int, int], got)
         failed = call_failure(err, trap) if err or trap else None
         return self._process(messages, (len(messages), self._outcome(
@@ -118,12 +123,7 @@ class V1Batches:
         mem = self.mem
         mem.write(self.in_ptr, data)
         mem.write(self.out_ptr, _ZERO_HEADER)
-        f = self.f
-        if f.limits.fuel is not None or f.epoch_cell.value != self._armed_epoch:
-            self._arm()
-        if f.budgeted:
-            call_budget.at = self._deadline_at
-        # what _invoke does, inline: this runs once per batch
+        self._budget_call()
         try:
             status = self._process_fn(self.in_ptr, len(data), count, self.out_ptr, self.out_cap)
         except CallFailed as e:
@@ -174,11 +174,7 @@ class V1Batches:
                     self._grow("in", len(data))
                     self._grow("out", min(max(MIN_BUFFER, len(data) * 2), self.f.limits.max_output))
                 except MemoryLimitExceeded as e:
-                    if len(chunk) == 1:
-                        dead.append(DeadLetter(start, chunk[0], e))
-                        start += 1
-                    else:
-                        one_by_one = True
+                    start, one_by_one = _alone_or_one_by_one(dead, chunk, start, e, one_by_one)
                     continue
                 except IotwasmError as e:  # the allocator itself trapped or misbehaved
                     dead.append(DeadLetter(start, chunk[0], e))
@@ -202,11 +198,7 @@ class V1Batches:
                 # rest one message at a time on a fresh instance.
                 err = failure or AbiError(str(e), module=name, function="iot_process")
                 self._recycle_or_break()
-                if len(chunk) == 1:
-                    dead.append(DeadLetter(start, chunk[0], err))
-                    start += 1
-                else:
-                    one_by_one = True
+                start, one_by_one = _alone_or_one_by_one(dead, chunk, start, err, one_by_one)
                 continue
             result.outputs.extend(outs)
             dead.extend(DeadLetter(i, messages[i], GuestError(text, module=name, function="iot_process"))
@@ -254,3 +246,14 @@ class V1Batches:
             self.recycle()
         except IotwasmError as e:
             self.broken = e
+
+
+def _alone_or_one_by_one(dead: list[DeadLetter], chunk: Sequence[Message], start: int,
+                         err: IotwasmError, one_by_one: bool) -> tuple[int, bool]:
+    """A failure no message of a chunk can be told from: a chunk of one message becomes its
+    dead letter (the loop goes on after it); a larger one is retried one message at a time.
+    Returns the loop's next (start, one_by_one)."""
+    if len(chunk) == 1:
+        dead.append(DeadLetter(start, chunk[0], err))
+        return start + 1, one_by_one
+    return start, True

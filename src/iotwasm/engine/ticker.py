@@ -228,17 +228,13 @@ class _Library:
         self.increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p)
 
 
-_library: _Library | None | bool = False  # False: not looked for yet
-
-
+@functools.cache
 def _native_library() -> _Library | None:
-    global _library
-    if _library is False:
-        try:
-            _library = _Library(NATIVE_LIBRARY) if NATIVE_LIBRARY.exists() else None
-        except (OSError, AttributeError):
-            _library = None  # built for another machine, or from an older source
-    return _library  # type: ignore[return-value]
+    """The library, loaded once per process; None when it is not built or will not load."""
+    try:
+        return _Library(NATIVE_LIBRARY) if NATIVE_LIBRARY.exists() else None
+    except (OSError, AttributeError):
+        return None  # built for another machine, or from an older source
 
 
 class NativeTicker:

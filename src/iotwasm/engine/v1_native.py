@@ -12,6 +12,7 @@ against both.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import importlib.util
 import sysconfig
@@ -43,27 +44,23 @@ class BatchCall(Protocol):
     def buffers(self, in_ptr: int, in_cap: int, out_ptr: int, out_cap: int) -> None: ...
 
 
-_module: ModuleType | None | bool = False  # False: not looked for yet
-
-
+@functools.cache
 def _extension() -> ModuleType | None:
-    global _module
-    if _module is False:
-        _module = None
-        if EXTENSION.exists():
-            try:
-                loader = importlib.machinery.ExtensionFileLoader("iotwasm_v1_batch", str(EXTENSION))
-                spec = importlib.util.spec_from_loader("iotwasm_v1_batch", loader)
-                assert spec is not None
-                mod = importlib.util.module_from_spec(spec)
-                loader.exec_module(mod)
-                mod.bind(*(_address(f) for f in ("wasmtime_func_call_unchecked",
-                                                 "wasmtime_memory_data",
-                                                 "wasmtime_memory_data_size")))
-                _module = mod
-            except (ImportError, OSError, AttributeError):
-                _module = None  # built for another interpreter, or from an older source
-    return _module  # type: ignore[return-value]
+    """The extension, loaded and bound once per process; None when it is not built or will
+    not load (built for another interpreter, or from an older source)."""
+    if not EXTENSION.exists():
+        return None
+    try:
+        loader = importlib.machinery.ExtensionFileLoader("iotwasm_v1_batch", str(EXTENSION))
+        spec = importlib.util.spec_from_loader("iotwasm_v1_batch", loader)
+        assert spec is not None
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+        mod.bind(*(_address(f) for f in ("wasmtime_func_call_unchecked", "wasmtime_memory_data",
+                                         "wasmtime_memory_data_size")))
+    except (ImportError, OSError, AttributeError):
+        return None
+    return mod
 
 
 def _address(symbol: str) -> int:
