@@ -27,13 +27,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import ConfigError, IotwasmError, StorageError
+from ..errors import ConfigError, IotwasmError
 from ..message import Message
 from ..messaging import Will, open_bus
 from ..messaging.ingress import Ingress
 from ..messaging.transports import INGRESS_TOKEN_ENV
 from ..node.datadir import stranded_outboxes
-from ..node.reserve import RESERVE_NAME, DiskReserve
 from ..node.views import status_topic
 
 log = logging.getLogger("iotwasm.workers")
@@ -63,20 +62,8 @@ def check_broker(broker: str | None) -> str:
 def check_stranded(data: Path, workers: int) -> None:
     """Refuse to start when an outbox this node would not use still holds messages: they
     were kept for uplinks by a run with another number of workers (or without them), and
-    would never be sent.
-
-    Opening an outbox, even read-only, creates its WAL index: when that fails on a full disk,
-    the reserves of the directory and of its workers are released one at a time (as each
-    node's own start would release its own) until the outboxes open."""
-    reserves = [DiskReserve(d) for d in (data, *sorted((data / "workers").glob("[0-9]*")))
-                if (d / RESERVE_NAME).exists()]
-    while True:
-        try:
-            stranded = stranded_outboxes(data, workers)
-            break
-        except StorageError:
-            if not any(r.release_if_full() for r in reserves):  # the first that frees room
-                raise
+    would never be sent (a full disk included: `stranded_outboxes`)."""
+    stranded = stranded_outboxes(data, workers)
     if not stranded:
         return
     where = "; ".join(f"{p} holds {n:,}" for p, n in stranded)

@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from ..errors import StorageError
+from .reserve import RESERVE_NAME, DiskReserve
 
 log = logging.getLogger("iotwasm.node")
 
@@ -67,16 +68,28 @@ def stranded_outboxes(root: Path, workers: int) -> list[tuple[Path, int]]:
                 candidates.append(d / "outbox.db")
     out = []
     for path in sorted(candidates):
-        if not path.exists():
-            continue
+        if path.exists() and (n := _held(path, root)):
+            out.append((path, n))
+    return out
+
+
+def _held(path: Path, root: Path) -> int:
+    """The messages an outbox holds, read without writing a row. Opening it still creates its
+    WAL index: when that fails on a full disk, the disk reserves of `root` and of its workers
+    are released one at a time (as each node's own start would release its own) until it
+    opens; a start with nothing to open leaves every reserve where it is."""
+    reserves: list[DiskReserve] | None = None
+    while True:
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
             try:
-                n = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+                n: int = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+                return n
             finally:
                 db.close()
         except sqlite3.Error as e:
-            raise StorageError("outbox", path, str(e)) from None
-        if n:
-            out.append((path, n))
-    return out
+            if reserves is None:
+                reserves = [DiskReserve(d) for d in (root, *sorted((root / "workers").glob("[0-9]*")))
+                            if (d / RESERVE_NAME).exists()]
+            if not any(r.release_if_full() for r in reserves):  # the first that frees room
+                raise StorageError("outbox", path, str(e)) from None
