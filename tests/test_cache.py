@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import struct
+import zlib
 
 import pytest
 
@@ -131,3 +134,50 @@ def test_a_description_of_another_module_is_refused(tmp_path):
     with Runtime(tmp_path) as rt:
         assert echo_once(rt) == b"ping"
         assert (rt.cache.hits, rt.cache.rejected) == (0, 1)
+
+
+def _rewrite_description(path, desc: bytes, magic: bytes = b"IOTWASM-CWASM-5\n") -> None:
+    """Replace an entry's description, keeping its artifact, with a checksum that matches."""
+    blob = path.read_bytes()
+    end = len(blob) - 16 - 8
+    (n,) = struct.unpack_from("<I", blob, end)
+    body = blob[:end - n] + desc + struct.pack("<I", len(desc))
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)) + magic)
+
+
+def test_an_entry_of_format_4_with_a_json_description_is_replaced(tmp_path, caplog):
+    with Runtime(tmp_path) as rt:
+        record = info_to_record(rt.load(ECHO_WAT, name="echo").info)
+    path = tmp_path / entries(tmp_path)[0]
+    _rewrite_description(path, json.dumps(record).encode(), b"IOTWASM-CWASM-4\n")
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert (rt.cache.hits, rt.cache.rejected) == (0, 1)
+    assert "older entry format" in caplog.text
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert (rt.cache.hits, rt.cache.rejected) == (1, 0)
+
+
+@pytest.mark.parametrize("desc", [b"", b"\xff\x00garbage", b"[", b"N"])
+def test_an_unreadable_description_with_a_good_checksum_is_refused(tmp_path, caplog, desc):
+    """marshal refuses bytes it did not write; JSON text, truncation and a None are not a record."""
+    with Runtime(tmp_path) as rt:
+        echo_once(rt)
+    _rewrite_description(tmp_path / entries(tmp_path)[0], desc)
+    with Runtime(tmp_path) as rt:
+        assert echo_once(rt) == b"ping"
+        assert (rt.cache.hits, rt.cache.rejected) == (0, 1)
+    assert "bad description" in caplog.text
+
+
+def test_a_file_read_whole_even_when_its_size_says_less(tmp_path):
+    """read_file trusts the size only for its first read: a file that reports 0 bytes (as
+    /proc files do) or grew since is still read to its end."""
+    from iotwasm.engine.module import read_file
+
+    with open("/proc/self/mounts", "rb") as f:
+        assert read_file("/proc/self/mounts") == f.read()
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    assert read_file(str(big)) == big.read_bytes()

@@ -142,6 +142,9 @@ class Runtime:
                                    pool_slots=pool_slots)
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._engines: dict[EngineSettings, wasmtime.Engine] = {}
+        #: the settings of each (fuel metered, stack) limits ask for: one object each, made
+        #: once, since every load and every container start looks them up
+        self._settings: dict[tuple[bool, int], EngineSettings] = {}
         self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
         #: descriptions by hex digest (they depend on the bytes only, not on engine settings)
         self._infos: dict[str, ModuleInfo] = {}
@@ -166,7 +169,11 @@ class Runtime:
             return eng
 
     def settings_for(self, limits: Limits) -> EngineSettings:
-        return EngineSettings.for_limits(limits, self.base)
+        key = (limits.fuel is not None, limits.stack)
+        settings = self._settings.get(key)
+        if settings is None:
+            settings = self._settings.setdefault(key, EngineSettings.for_limits(limits, self.base))
+        return settings
 
     def bounded(self, limits: Limits) -> Limits:
         """`limits` with the time limit every call gets: the runtime's maximum when they name
