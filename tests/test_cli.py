@@ -87,3 +87,16 @@ def test_up_refuses_a_device_silence_that_is_no_duration(tmp_path):
 def test_run_honours_a_long_timeout_given_on_its_command_line(echo_path):
     r = run("run", str(echo_path), "--timeout", "30s", input=b"x\n")
     assert r.returncode == 0 and r.stdout == b"x\n", r.stderr
+
+
+def test_up_freezes_what_it_built_before_the_first_message(tmp_path):
+    """The objects a node process builds at start (modules, the node, its stores) are frozen out
+    of the garbage collector's full collections (cli/heap.py); it says how many with -v."""
+    (tmp_path / "m").mkdir()
+    r = run("up", str(tmp_path / "m"), "--no-api", "--data", str(tmp_path / "d"), "--seconds", "0.2",
+            "-v")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    line = next(ln for ln in err.splitlines() if "frozen out of the garbage collector's sight" in ln)
+    frozen = int(line.split(" objects built at start")[0].split()[-1].replace(",", ""))
+    assert frozen > 10_000   # imports alone are tens of thousands of objects

@@ -343,7 +343,7 @@ def up(
             _fail(e)
     try:
         asyncio.run(run_node(cfg, out, seconds, api=settings, otel=otel, otlp=otlp, fleet=fleet_opts,
-                             controller=controller))
+                             controller=controller, own_process=True))
     except IotwasmError as e:
         _fail(e)
 

@@ -17,8 +17,11 @@ from rich.text import Text
 
 from ..errors import IotwasmError
 from ..node import Node, NodeConfig
+from .heap import freeze_heap
 
 ALERT_TABLE = "alerts"
+
+log = logging.getLogger("iotwasm.node")
 
 
 def render(node: Node, started: float) -> Group:
@@ -82,10 +85,12 @@ def dead_letter_lines(node: Node) -> list[str]:
 
 async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, api=None,
                    otel: bool = False, fleet: dict | None = None, controller: bool = False,
-                   otlp: str | None = None) -> Node:
+                   otlp: str | None = None, own_process: bool = False) -> Node:
     """Run `config`'s node until it stops; with `fleet` ({url, labels, taints, memory,
     instances}) it joins that fleet, and with `controller` it is also a candidate controller
-    (leader election: only the lease holder of the fleet places work)."""
+    (leader election: only the lease holder of the fleet places work). `own_process`: the
+    process is this node's alone (`iotwasm up`), so what is built before it runs is frozen
+    out of the garbage collector's sight (cli/heap.py)."""
     node = Node(config)
     from ..api import otlp as otlp_export
 
@@ -138,6 +143,8 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             loop.add_signal_handler(sig, node.stop)
         except (NotImplementedError, RuntimeError):
             pass
+    if own_process:
+        log.info("%s objects built at start frozen out of the garbage collector's sight", f"{freeze_heap():,}")
     started = time.monotonic()
     final = None
     task = asyncio.create_task(node.run())

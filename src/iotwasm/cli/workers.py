@@ -34,6 +34,7 @@ from ..messaging.ingress import Ingress
 from ..messaging.transports import INGRESS_TOKEN_ENV
 from ..node.datadir import stranded_outboxes
 from ..node.views import status_topic
+from .heap import freeze_heap
 
 log = logging.getLogger("iotwasm.workers")
 
@@ -194,6 +195,8 @@ async def run_workers(opts: WorkerOptions, count: int, console: Console, seconds
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # the ingress, its buses and the workers' handles live as long as this process (cli/heap.py)
+    log.info("ingress: %s objects frozen out of the garbage collector's sight", f"{freeze_heap():,}")
     watcher = asyncio.create_task(workers.watch(), name="workers")
     console.print(f"node {opts.name}: {count} workers behind one ingress on {opts.broker}", highlight=False)
     try:
