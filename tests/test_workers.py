@@ -297,8 +297,10 @@ def test_a_node_stopped_while_its_workers_hold_on_a_full_disk_loses_nothing(disk
     """What the workers hold on a full disk was never acknowledged: the node stopped then (a
     Ctrl-C, or kill -9 of the ingress, which takes its workers with it) and started again
     gets it all from the broker's session — started once the space is back, or still on the
-    full disk (each worker releases its disk reserve to open its databases, node/reserve.py)
-    and the space freed after."""
+    full disk (a worker that finds the disk full releases its disk reserve to open its
+    databases, node/reserve.py) and the space freed after. The workers start together: the
+    first to release its reserve may leave the other room enough to start without releasing
+    its own, so one release is what every restart on the full disk shows."""
     rig, disk = disk_rig
     case = FullDisk(rig, disk)
     node = rig.node
@@ -314,9 +316,9 @@ def test_a_node_stopped_while_its_workers_hold_on_a_full_disk_loses_nothing(disk
         if restart == "on the full disk":
             released = node.log_words().count("disk full: released the")
             node.start()
-            await until(lambda: node.log_words().count("disk full: released the") >= released + 2, 60,
-                        "both workers releasing their reserves", node.proc)
-            await wait_online(rig.source.url, node.name)
+            await until(lambda: node.log_words().count("disk full: released the") >= released + 1, 60,
+                        "a worker releasing its reserve", node.proc)
+            await wait_online(rig.source.url, node.name)   # both workers took their routes
             disk.free()
             await asyncio.to_thread(rig.sink.start)
         else:
