@@ -104,14 +104,19 @@ def digest_of(wasm: bytes) -> str:
 
 
 def read_file(path: str) -> bytes:
-    """The whole file at `path`: open, size, one read (more only if it grew), close. A load
-    reads two files (the module and its compiled entry), and the file object's extra
-    system calls and buffering cost more than the reads themselves."""
+    """The whole file at `path`: open, size, one read, close. A load reads two files (the
+    module and its compiled entry), and the file object's extra system calls and buffering
+    cost more than the reads themselves.
+
+    The one read asks for a byte more than the size: getting exactly the size means the end
+    was reached. Anything else (a file that grew or shrank meanwhile, a file whose size says
+    0 as in /proc, a short read of a network file system or of more than 2 GiB) is read on
+    until the end."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        want = os.fstat(fd).st_size + 1  # one byte more: a file that grew is read to its end
-        data = os.read(fd, want)
-        if len(data) < want:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)
+        if len(data) == size:
             return data
         parts = [data]
         while chunk := os.read(fd, 1 << 20):
