@@ -46,7 +46,8 @@ def test_a_tenant_scrapes_only_its_own_series(shared):
     assert 'deployment="globex-x"' in globex and "iotwasm_node_ready 0.0" in globex
     assert "acme" not in globex, [ln for ln in globex.splitlines() if "acme" in ln][:3]
     for node_wide in ("iotwasm_api_requests_total", "iotwasm_node_outbox_backlog", "iotwasm_node_dead_letters",
-                      "iotwasm_guest_log_lines_suppressed"):
+                      "iotwasm_guest_log_lines_suppressed", "process_cpu_seconds_total",
+                      "python_gc_collections_total"):
         assert node_wide not in globex
     acme = shared.acme.get("/metrics").text
     for series in ('iotwasm_route_delivered_total{namespace="acme",route="acme-in"} 2.0',
@@ -58,6 +59,9 @@ def test_a_tenant_scrapes_only_its_own_series(shared):
     everything = shared.admin.get("/metrics").text
     assert 'deployment="globex-x"' in everything and 'route="acme-in"' in everything
     assert "iotwasm_api_requests_total" in everything
+    # the process and its garbage collector, for whoever sees the whole node
+    assert "process_cpu_seconds_total" in everything and "process_resident_memory_bytes" in everything
+    assert 'python_gc_collections_total{generation="2"}' in everything
 
 
 def test_readiness_says_why_as_far_as_the_caller_may_see(shared):

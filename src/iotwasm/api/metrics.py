@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -338,4 +338,9 @@ def exposition(node: Node, extra=None, histograms: LatencyHistograms | None = No
     windows change there)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(NodeCollector(node, extra, histograms, who))
+    if who is None or who.tenant is None:
+        # the process as a whole (CPU, memory, descriptors) and the garbage collector's
+        # collections per generation: every tenant's work together, so not for a tenant
+        ProcessCollector(registry=reg)
+        GCCollector(registry=reg)
     return generate_latest(reg)
