@@ -137,7 +137,7 @@ class CompileCache:
         desc = marshal.dumps(record)
         body = bytes(module.serialize()) + desc + _U32.pack(len(desc))
         blob = body + _U32.pack(zlib.crc32(body)) + _MAGIC
-        path = self.path_for(digest, fingerprint)
+        path = self._entry(digest, fingerprint)
         # write-then-rename: a crash mid-write never leaves a half entry under the real name
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:

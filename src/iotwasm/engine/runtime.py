@@ -58,9 +58,15 @@ class EngineSettings:
     #: instances of wasmtime's pooling allocator (0: allocate on demand, the default)
     pool_slots: int = 0
 
+    @staticmethod
+    def shape(limits: Limits) -> tuple[bool, int]:
+        """What of `limits` decides the engine: fuel metered or not, and the stack size."""
+        return limits.fuel is not None, limits.stack
+
     @classmethod
     def for_limits(cls, limits: Limits, base: "EngineSettings") -> "EngineSettings":
-        return cls(fuel=limits.fuel is not None, stack=limits.stack, opt_level=base.opt_level,
+        fuel, stack = cls.shape(limits)
+        return cls(fuel=fuel, stack=stack, opt_level=base.opt_level,
                    memory_reservation=base.memory_reservation, memory_guard=base.memory_guard,
                    pool_slots=base.pool_slots)
 
@@ -142,8 +148,8 @@ class Runtime:
                                    pool_slots=pool_slots)
         self.cache = CompileCache(cache_dir) if cache_dir is not None else None
         self._engines: dict[EngineSettings, wasmtime.Engine] = {}
-        #: the settings of each (fuel metered, stack) limits ask for: one object each, made
-        #: once, since every load and every container start looks them up
+        #: the settings of each `EngineSettings.shape` of limits: one object each, made once,
+        #: since every load and every container start looks them up
         self._settings: dict[tuple[bool, int], EngineSettings] = {}
         self._modules: dict[tuple[str, EngineSettings], wasmtime.Module | wc.Component] = {}
         #: descriptions by hex digest (they depend on the bytes only, not on engine settings)
@@ -169,7 +175,7 @@ class Runtime:
             return eng
 
     def settings_for(self, limits: Limits) -> EngineSettings:
-        key = (limits.fuel is not None, limits.stack)
+        key = EngineSettings.shape(limits)
         settings = self._settings.get(key)
         if settings is None:
             settings = self._settings.setdefault(key, EngineSettings.for_limits(limits, self.base))
