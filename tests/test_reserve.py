@@ -74,3 +74,13 @@ def test_the_check_for_stranded_outboxes_starts_on_a_full_disk(tmp_path):
         assert sorted(p.parent.name for p in disk.path.rglob(RESERVE_NAME)) == ["1"]
     finally:
         disk.unmount()
+
+
+def test_a_reserve_smaller_than_it_should_be_is_made_again(tmp_path):
+    """A reserve made when the file system was smaller (1 % of it) is short of today's size:
+    a start with room makes it again at its full size, as it does a missing one."""
+    (tmp_path / RESERVE_NAME).write_bytes(b"\0" * 1024)
+    reserve = DiskReserve(tmp_path, size=MIN_RESERVE)
+    assert reserve.settle() is False
+    assert (tmp_path / RESERVE_NAME).stat().st_size == MIN_RESERVE
+    assert reserve.missing is False

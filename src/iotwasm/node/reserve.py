@@ -54,21 +54,25 @@ class DiskReserve:
         make it when it is missing and there is room. Returns True if it was released."""
         if self.release_if_full():
             return True
-        if self.path.exists():
+        if self._present():
             self.missing = False
         else:
             self.restore()
         return False
 
+    def _present(self) -> bool:
+        """The reserve is there at its full size (one made when the file system was smaller
+        is not: it is made again)."""
+        try:
+            return self.path.stat().st_size >= self.size
+        except FileNotFoundError:
+            return False
+
     def release_if_full(self) -> bool:
         """Delete the reserve when the file system has less room than it: True if it did.
         What `settle` does first; also for whoever opens a database of this directory before
         its node starts (`iotwasm up --workers` looking for stranded outboxes)."""
-        try:
-            present = self.path.stat().st_size >= self.size
-        except FileNotFoundError:
-            return False
-        if not present or self.free_bytes() >= self.size:
+        if not self._present() or self.free_bytes() >= self.size:
             return False
         self.path.unlink()
         log.warning("disk full: released the %d KiB reserve (%s) to start; it is made again "
