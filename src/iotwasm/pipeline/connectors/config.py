@@ -1,7 +1,7 @@
 """Configuration models of the built-in connectors (the manifest schema is made of them).
 
 They live with the connectors rather than with the manifests so a connector and the shape of
-its configuration are defined in one place; node/manifests.py assembles them into a route's
+its configuration are defined in one place; node/manifest_route.py assembles them into a route's
 ``source`` and ``sinks``. Every model forbids unknown fields, so a typo is a problem naming the
 field rather than a setting silently ignored.
 """
