@@ -1,8 +1,9 @@
 """`open_bus`: a bus from a URL, beside the transports it chooses between.
 
-The abstract `Bus` (bus.py) knows no transport; this module is the one place that imports the
-MQTT and NATS buses, the way httpx keeps its transports apart from its client. The NATS bus
-needs nats-py, so it is imported only when a ``nats://`` URL asks for it.
+The abstract `Bus` (bus_interface.py, re-exported by bus.py) knows no transport; this module
+is the one place that imports the MQTT and NATS buses, the way httpx keeps its transports apart
+from its client. The NATS bus needs nats-py, so it is imported only when a ``nats://`` URL asks
+for it.
 """
 
 from __future__ import annotations
