@@ -855,7 +855,9 @@ CATEGORIES = (
     ("event loop: publishing results (MqttBus.send_many / publish)", ("MqttBus.send_many",
                                                                       "MqttBus.publish")),
     ("event loop: waking up on the self-pipe (_read_from_self)", ("_read_from_self",)),
-    ("event loop: route (RouteRunner: queue, lanes, batching, to_thread)", ("RouteRunner.",)),
+    # py-spy names a method by its class of definition: the runner's halves are mixins
+    ("event loop: route (RouteRunner: queue, lanes, batching, to_thread)", ("RouteRunner.", "RouteSteps.",
+                                                                           "RouteSinks.")),
     ("event loop: subscription queue and handler (Subscription, BusSource)",
      ("Subscription.", "BusSource.", "MqttBus._on_message")),
     ("event loop: node status and sync", ("Node.",)),

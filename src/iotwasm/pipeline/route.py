@@ -29,26 +29,33 @@ here, and every queued message — with the acknowledgement its source waits for
 successor, in order, ahead of what the successor got meanwhile. Stopping (`stop`) drains
 first; what is still queued after the drain timeout is given back to the source
 unacknowledged.
+
+The runner is in four files: intake, lanes, batching and hand-over here; the steps of a
+batch on the lane's thread in `route_steps`; sinks, confirmations and dead letters in
+`route_sinks`; and what they share (the protocols, policies, counters and a lane's items) in
+`route_state`. This module re-exports their public names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import zlib
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol, Sequence, Union
+from typing import Awaitable, Sequence
 
-from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError, StorageError
-from ..message import BatchResult, DeadLetter, Message
-from ..messaging.acl import TopicACL
-from ..messaging.bus import Settlement, settled
+from ..errors import IotwasmError
+from ..message import DeadLetter, Message
 from ..supervise import Repeats, StorageHold, cancel_and_wait
 from .worker import Worker
 from .lanes import Lane
+from .route_sinks import RouteSinks, _kept
+from .route_state import (BatchPolicy, BatchTrace, DeadLetterHandler, QueuePolicy, RouteStats, Settled, Sink,
+                          Step, _Flow, _Item, _settle)
+from .route_steps import RouteSteps, _allowed  # noqa: F401 - re-exported: the route's helpers stay importable here
+
+__all__ = ["LINGER_FROM", "MAX_UNCONFIRMED", "BatchPolicy", "BatchTrace", "DeadLetterHandler", "QueuePolicy",
+           "RouteRunner", "RouteStats", "Settled", "Sink", "Step"]
 
 log = logging.getLogger("iotwasm.pipeline")
 
@@ -57,104 +64,7 @@ log = logging.getLogger("iotwasm.pipeline")
 MAX_UNCONFIRMED = 32
 
 
-class Step(Protocol):
-    """What a route needs of a deployment: a name, topic grants and a (blocking) batch call."""
-
-    name: str
-    acl: TopicACL
-
-    def process(self, messages: Sequence[Message]) -> BatchResult: ...
-
-
-class Sink(Protocol):
-    """Where a route's results go. A sink may also offer ``submit(messages, variables)``:
-    hand the batch on in order and return an awaitable of `deliver`'s result, so the lane
-    can process its next batch while an uplink is still acknowledging this one."""
-
-    name: str
-
-    async def deliver(self, messages: list[Message], variables: list[dict[str, str]]
-                      ) -> list[tuple[int, IotwasmError]]:
-        """Take the messages; return the ones it could not take, with the reason."""
-        ...
-
-
-DeadLetterHandler = Callable[[str, str, DeadLetter, dict[str, str]], Awaitable[None]]
-
-
-class BatchTrace(Protocol):
-    """Spans of a route's batches (`api.tracing` makes them; the pipeline stays free of any
-    tracing library). A batch's span is opened when its lane takes it and closed when its
-    sinks confirmed it; its steps run inside it on the lane's thread (`enter`/`leave`), and
-    each sink's hand-over and confirmation is a span of its own under it."""
-
-    def batch(self, route: str, messages: int) -> object: ...
-    def enter(self, span: object) -> object: ...
-    def leave(self, token: object) -> None: ...
-    def sink(self, span: object, sink: str, messages: int) -> object: ...
-    def end_sink(self, span: object, failures: int) -> None: ...
-    def end(self, span: object, delivered: int, dead: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_size: int = 100
-    max_linger_s: float = 0.001
-
-
-@dataclass(frozen=True)
-class QueuePolicy:
-    capacity: int = 10_000
-    overflow: str = "block"  # or "drop-oldest"
-
-
-@dataclass
-class RouteStats:
-    received: int = 0
-    dropped: int = 0
-    processed: int = 0
-    delivered: int = 0
-    dead_letters: int = 0
-    acl_denied: int = 0
-    batches: int = 0
-    step_retries: int = 0
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=10_000))
-    #: dead letters by where they arose (a step's deployment, a sink, or "route"), and the
-    #: (wall-clock time, error) of the latest there: what failed, counted per dead letter
-    dead_by: Counter = field(default_factory=Counter)
-    last_dead: dict = field(default_factory=dict)
-
-    def percentile(self, q: float) -> float:
-        data = sorted(self.latencies_ms)
-        if not data:
-            return 0.0
-        return data[min(len(data) - 1, int(q * len(data)))]
-
-
-@dataclass(slots=True)
-class _Flow:
-    """A batch between steps: messages with their topic variables and arrival times."""
-
-    msgs: list[Message]
-    vars: list[dict[str, str]]
-    arrived: list[float]
-
-
-#: how a message's source hears that the route is through with it: a future, or a bus's
-#: `Settlement` (the same calls, reported at once)
-Settled = Union[asyncio.Future, Settlement]
-
-
-@dataclass(slots=True)
-class _Item:
-    msg: Message
-    vars: dict[str, str]
-    arrived: float
-    settled: Settled | None = None
-    start: int = 0     # the step it enters at: 0, or later for a replayed dead letter
-
-
-class RouteRunner:
+class RouteRunner(RouteSteps, RouteSinks):
     def __init__(self, name: str, steps: Sequence[Step], sinks: Sequence[Sink], *,
                  batch: BatchPolicy = BatchPolicy(), queue: QueuePolicy = QueuePolicy(),
                  lanes: int = 1, order_key: str = "device",
@@ -425,175 +335,6 @@ class RouteRunner:
         task.add_done_callback(self._confirming.discard)
         return True
 
-    async def _hand_to(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
-        """Give the batch to one sink; returns what confirms it. A storage error holds the
-        batch right here and retries this sink (not those that took it already) until it
-        took the batch; any other error of the sink fails the batch's messages there."""
-        submit = getattr(sink, "submit", None)
-
-        async def attempt():
-            if submit is None:
-                return settled(await sink.deliver(msgs, variables))
-            return await submit(msgs, variables)
-
-        try:
-            return await self.storage.run(attempt)
-        except IotwasmError as e:
-            return settled([(i, e) for i in range(len(msgs))])
-
-    async def _taken(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
-        return await (await self._hand_to(sink, msgs, variables))
-
-    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item], trace: BatchTrace | None,
-                       span: object | None) -> None:
-        try:
-            await self._confirmed(flow, confirms, trace)
-        except asyncio.CancelledError:
-            _settle(items, cancel=True)
-            raise
-        finally:
-            if trace is not None:
-                trace.end(span, len(flow.msgs), self._span_dead.pop(id(span), 0))
-        _settle(items)
-
-    async def _confirmed(self, flow: "_Flow", confirms: list, trace: BatchTrace | None = None) -> None:
-        msgs, variables = flow.msgs, flow.vars
-        for sink, confirm, sink_span in confirms:
-            try:
-                try:
-                    failures = await confirm
-                except StorageError:   # the sink could not keep it after all: again, held
-                    failures = await self.storage.run(functools.partial(self._taken, sink, msgs, variables))
-            except IotwasmError as e:
-                failures = [(i, e) for i in range(len(msgs))]
-            except Exception as e:  # noqa: BLE001 - kept as dead letters, not counted as delivered
-                self._faults.failed(e)
-                err = IotwasmError(f"sink {sink.name} failed unexpectedly: {type(e).__name__}: {e}")
-                failures = [(i, err) for i in range(len(msgs))]
-            if trace is not None:
-                trace.end_sink(sink_span, len(failures))
-            for i, failure in failures:
-                log.warning("route %s: sink %s: %s", self.name, sink.name, failure)
-                await self.dead_letter(sink.name, DeadLetter(i, msgs[i], failure), variables[i])
-        self._delivered(flow)
-
-    def _delivered(self, flow: "_Flow") -> None:
-        self.stats.delivered += len(flow.msgs)
-        now = time.monotonic()
-        self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
-
-    def _chain(self, first: int, flow: "_Flow", trace: BatchTrace | None = None, span: object | None = None):
-        """Run steps[first:] on a batch (on the lane's worker thread, never on the loop),
-        inside the batch's span when it is traced, so each step's span is a child of it.
-
-        Returns the final flow, the dead letters to report, the number of ACL denials, and
-        (step index, error) when a step was unavailable — the flow is then that step's input.
-        """
-        if trace is None:
-            return self._steps(first, flow)
-        token = trace.enter(span)
-        try:
-            return self._steps(first, flow)
-        finally:
-            trace.leave(token)
-
-    def _steps(self, first: int, flow: "_Flow"):
-        dead: list[tuple[str, DeadLetter, dict]] = []
-        denied = 0
-        for k in range(first, len(self.steps)):
-            if not flow.msgs:
-                break
-            step = self.steps[k]
-            acl = step.acl
-            can_receive = self._checker(step, "subscribe")
-            can_emit = self._checker(step, "publish")
-            msgs, variables, arrived = flow.msgs, flow.vars, flow.arrived
-            keep = [i for i, m in enumerate(msgs) if can_receive(m.topic)]
-            if len(keep) != len(msgs):
-                for i in sorted(set(range(len(msgs))) - set(keep)):
-                    denied += 1
-                    acl.stats.subscribe_denied += 1
-                    err = CapabilityDenied(f"may not receive {msgs[i].topic!r} (subscribe grants: "
-                                           f"{', '.join(acl.subscribe) or 'none'})", module=step.name)
-                    log.warning("route %s: %s", self.name, err)
-                    dead.append((step.name, DeadLetter(i, msgs[i], err), variables[i]))
-                flow = _Flow([msgs[i] for i in keep], [variables[i] for i in keep], [arrived[i] for i in keep])
-                msgs, variables, arrived = flow.msgs, flow.vars, flow.arrived
-                if not msgs:
-                    break
-            try:
-                result = step.process(msgs)
-            except ContainerUnavailable as e:
-                return flow, dead, denied, (k, e)
-            for d in result.dead_letters:
-                dead.append((step.name, d, variables[d.index]))
-            out = _Flow([], [], [])
-            for o in result.outputs:
-                src = msgs[o.index]
-                topic = o.topic or src.topic
-                if not can_emit(topic):
-                    denied += 1
-                    acl.stats.publish_denied += 1
-                    err = CapabilityDenied(f"may not emit on {topic!r} (publish grants: "
-                                           f"{', '.join(acl.publish) or 'none'})", module=step.name)
-                    log.warning("route %s: %s", self.name, err)
-                    dead.append((step.name, DeadLetter(o.index, Message(topic, o.payload, src.timestamp_ms), err),
-                                 variables[o.index]))
-                    continue
-                # the envelope (headers, MQTT 5 properties) of the input goes with what it
-                # produced: a route passes a device's headers on to its sinks unchanged
-                out.msgs.append(Message(topic, o.payload, src.timestamp_ms, src.envelope))
-                out.vars.append(variables[o.index])
-                out.arrived.append(arrived[o.index])
-            flow = out
-        return flow, dead, denied, None
-
-    def _checker(self, step: Step, direction: str) -> Callable[[str], bool]:
-        """A per-step, per-direction memo of ACL decisions: devices repeat their topics, and
-        matching every message against every grant would cost more than the wasm call."""
-        key = (id(step.acl), direction)
-        entry = self._acl_memo.get(key)
-        if entry is None or entry[0] is not step.acl:
-            check = step.acl.can_subscribe if direction == "subscribe" else step.acl.can_publish
-            memo: dict[str, bool] = {}
-
-            def allowed(topic: str) -> bool:
-                hit = memo.get(topic)
-                if hit is None:
-                    if len(memo) > 50_000:
-                        memo.clear()
-                    hit = memo[topic] = _allowed(check, topic)
-                return hit
-
-            entry = self._acl_memo[key] = (step.acl, allowed)
-        return entry[1]
-
-    async def dead_letter(self, where: str, dl: DeadLetter, variables: dict[str, str]) -> None:
-        """Make `dl` a dead letter of this route that arose at `where` (a step's deployment, a
-        sink, or "route"): counted once in `stats`, then written by the route's handler —
-        held and retried while that fails on storage, as a sink's batch is. The route's own
-        dead letters come here, and so do (through the node) the messages an uplink refused
-        for good after they were stored in the outbox."""
-        self.stats.dead_letters += 1
-        self.stats.dead_by[where] += 1
-        self.stats.last_dead[where] = (time.time(), str(dl.error))
-        handler = self._on_dead
-        if handler is not None:
-            try:   # a dead letter that cannot be written yet holds the batch, as a sink would
-                await self.storage.run(lambda: handler(self.name, where, dl, variables))
-            except Exception as e:  # noqa: BLE001 - logged once; the batch goes on
-                self._faults.failed(e)
-
-
-def _settle(items: list[_Item], cancel: bool = False) -> None:
-    for it in items:
-        fut = it.settled
-        if fut is not None and not fut.done():
-            if cancel:
-                fut.cancel()
-            else:
-                fut.set_result(True)
-
 
 #: a lane lingers once at least this many messages are expected within its linger time
 LINGER_FROM = 2
@@ -613,17 +354,3 @@ def _busy(last: int, waiting: int, since: float, linger: float) -> bool:
     if last > 1 or waiting > 1:
         return True
     return waiting * linger >= LINGER_FROM * since
-
-
-def _kept(confirm: Awaitable) -> bool:
-    """Whether a sink's confirmation is already in, without a failure (`Sink.submit`)."""
-    return (isinstance(confirm, asyncio.Future) and confirm.done() and not confirm.cancelled()
-            and confirm.exception() is None and not confirm.result())
-
-
-def _allowed(check: Callable[[str], bool], topic: str) -> bool:
-    """An ACL check where a malformed topic (a module can emit anything) counts as denied."""
-    try:
-        return check(topic)
-    except IotwasmError:
-        return False
