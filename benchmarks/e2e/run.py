@@ -851,15 +851,16 @@ CATEGORIES = (
     ("wasm: DeploymentHandle.process (both modules, in worker threads)", ("DeploymentHandle.process",)),
     ("outbox: SQLite append/peek/ack", ("Outbox.",)),
     ("event loop: MQTT packets in (decoding, dispatch)", ("_Connection.data_received",)),
-    ("event loop: MQTT packets out (one send per loop pass)", ("MqttBus._flush",)),
-    ("event loop: publishing results (MqttBus.send_many / publish)", ("MqttBus.send_many",
-                                                                      "MqttBus.publish")),
+    # py-spy names a method by the class that defines it: MqttBus's and RouteRunner's parts
+    # are mixins, so their rows name the mixins
+    ("event loop: MQTT packets out (one send per loop pass)", ("MqttSession._flush",)),
+    ("event loop: publishing results (MqttOutbound.send_many / publish)", ("MqttOutbound.send_many",
+                                                                           "MqttOutbound.publish")),
     ("event loop: waking up on the self-pipe (_read_from_self)", ("_read_from_self",)),
-    # py-spy names a method by its class of definition: the runner's halves are mixins
-    ("event loop: route (RouteRunner: queue, lanes, batching, to_thread)", ("RouteRunner.", "RouteSteps.",
-                                                                           "RouteSinks.")),
+    ("event loop: route (RouteRunner: queue, lanes, batching, the hop to the lane's worker)",
+     ("RouteRunner.", "RouteSteps.", "RouteSinks.")),
     ("event loop: subscription queue and handler (Subscription, BusSource)",
-     ("Subscription.", "BusSource.", "MqttBus._on_message")),
+     ("Subscription.", "BusSource.", "MqttInbound._on_message")),
     ("event loop: node status and sync", ("Node.",)),
     ("event loop: other asyncio machinery", ("BaseEventLoop", "Handle._run")),
     ("wasmtime epoch ticker thread (Python; the native one is not sampled)", ("ThreadTicker._run",)),
