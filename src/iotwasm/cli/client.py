@@ -40,10 +40,6 @@ CONTEXT = typer.Option(None, "--context", help="context of the config file (defa
 OUTPUT = typer.Option("table", "--output", "-o", help="table or json")
 
 
-class ClientError(Exception):
-    pass
-
-
 def fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)

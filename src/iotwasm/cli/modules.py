@@ -38,7 +38,7 @@ def modules_push(path: Path = typer.Argument(..., help=".wasm file"),
     sig = sig or (path.with_name(path.name + ".sig") if path.with_name(path.name + ".sig").exists() else None)
     params: dict[str, Any] = {"force": str(force).lower()}
     if name:
-        params["name"] = name if version else name
+        params["name"] = name
     if version:
         params["version"] = version
     if namespace:
