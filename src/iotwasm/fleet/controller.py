@@ -55,6 +55,10 @@ ROLLOUT_STEP_S = 0.5
 
 
 class Controller(ControllerWatchers, ControllerRollouts):
+    """Binds the fleet's deployments to live nodes, one assignment per node, from the KV
+    state its watchers keep current; only the holder of the lease writes (see the module's
+    doc)."""
+
     def __init__(self, url: str, *, dead_after_s: float = 3.0, interval_s: float = 0.5,
                  node_ttl_s: float = 4.0, resync_s: float = 5.0, election: bool = True,
                  id: str | None = None, lease_ttl_s: float = 3.0):
