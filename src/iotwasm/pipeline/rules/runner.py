@@ -22,145 +22,40 @@ once). A storage error (disk full) holds the action or alert that met it and ret
 so the worker stops taking and the queue fills (backpressure) instead of emissions being
 dropped; a checkpoint that cannot be written is tried again at the next interval.
 `storage_problems()` says what is held and why.
+
+The runner is in four files: its life, rule changes and views here; the message path (the
+hop to the runner's thread, the queue's worker, the clock and checkpoints, emissions out to
+actions and alerts) in `runner_work`; the actions in `actions`; and what they share (a rule's
+definition and what runs of it, the runner's state) in `runner_state`. This module
+re-exports their public names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
-from ...errors import ConfigError, IotwasmError, StorageError
+from ...errors import IotwasmError, StorageError
 from ...message import Message
 from ...supervise import Repeats, StorageHold, cancel_and_wait, supervise
 from ..outbox import Outbox
-from ..sinks import BusSink, LocalStore, StoreSink, WebhookSink
+from ..sinks import LocalStore
 from ..worker import Worker
-from .alerts import AlertDispatcher, AlertPolicy, AlertTracker, fill
-from .engine import Emission, RuleEngine, RuleSpec
+from .actions import Action, _ActionRunner
+from .alerts import AlertDispatcher, AlertTracker
+from .engine import RuleEngine
+from .runner_state import RuleDefinition, _policy_digest, _RuleRuntime
+from .runner_work import RunnerWork
+
+__all__ = ["Action", "RuleDefinition", "RuleRunner"]
 
 log = logging.getLogger("iotwasm.rules")
 
 
-@dataclass
-class Action:
-    type: str                     # publish command webhook store invoke
-    topic: str = ""
-    payload: str = ""             # template; empty = the output row as JSON
-    qos: int = 1
-    url: str = ""
-    table: str = "rules"
-    deployment: str = ""
-    #: a ``sink`` action: makes the sink (a connector, docs/connectors.md) given its name
-    build: Callable[[str], Awaitable[Any]] | None = None
-
-
-@dataclass
-class RuleDefinition:
-    spec: RuleSpec
-    actions: list[Action] = field(default_factory=list)
-    alert: AlertPolicy | None = None
-    tags: list[str] = field(default_factory=list)
-    enabled: bool = True
-
-
-class _ActionRunner:
-    def __init__(self, rule: str, i: int, action: Action, runner: "RuleRunner"):
-        self.runner = runner
-        self.action = action
-        self.rule = rule
-        self.sent = 0
-        self.failed = 0
-        name = self.name = f"rule:{rule}/{i}:{action.type}"
-        self.sink: Any = None
-        if action.type in ("publish", "command"):
-            topic = action.topic or ("devices/{device}/commands" if action.type == "command" else "")
-            if not topic:
-                raise ConfigError(f"rule {rule}: action {i} ({action.type}) needs a topic")
-            self.sink = BusSink(name, runner.bus, "{topic}", qos=action.qos, outbox=runner.outbox)
-            self.topic = topic
-        elif action.type == "webhook":
-            self.sink = WebhookSink(name, action.url, outbox=runner.outbox)
-            self.topic = f"rules/{rule}"
-        elif action.type == "store":
-            if runner.store is None:
-                raise ConfigError(f"rule {rule}: action {i}: no local store on this node")
-            self.sink = StoreSink(name, runner.store, action.table, f"rule:{rule}")
-            self.topic = f"rules/{rule}"
-        elif action.type == "sink":
-            if action.build is None:
-                raise ConfigError(f"rule {rule}: action {i} (sink) has no connector")
-            self.topic = action.topic or f"rules/{rule}"   # the sink is made in `build_sink`
-        elif action.type == "invoke":
-            self.processor = runner.processors(action.deployment)
-            if self.processor is None:
-                raise ConfigError(f"rule {rule}: action {i}: deployment {action.deployment!r} is not on this node")
-            self.sink = BusSink(name, runner.bus, "{topic}", qos=action.qos, outbox=runner.outbox)
-            self.topic = action.topic or f"rules/{rule}/{action.deployment}"
-        else:
-            raise ConfigError(f"rule {rule}: unknown action type {action.type!r}")
-
-    async def build_sink(self) -> None:
-        if self.action.type == "sink" and self.sink is None and self.action.build is not None:
-            self.sink = await self.action.build(self.name)
-
-    async def start(self) -> None:
-        if hasattr(self.sink, "start"):
-            await self.sink.start()
-
-    async def stop(self, drain: float) -> None:
-        if hasattr(self.sink, "stop"):
-            await self.sink.stop(drain_timeout=drain)
-
-    def backlog(self) -> int:
-        return self.sink.backlog() if hasattr(self.sink, "backlog") else 0
-
-    async def run(self, emissions: list[Emission]) -> None:
-        a = self.action
-        msgs: list[Message] = []
-        variables: list[dict[str, str]] = []
-        for em in emissions:
-            values = {**{k: v for k, v in (em.source or {}).items() if k[:1] != "\x00"}, **em.row,
-                      "rule": self.rule}
-            payload = fill(a.payload, values).encode() if a.payload else \
-                json.dumps(em.row, separators=(",", ":")).encode()
-            topic = fill(self.topic, values)
-            msgs.append(Message(topic, payload, em.ts))
-            variables.append({})
-        if a.type == "invoke":
-            result = await self.runner.offload(self.processor.process, msgs)
-            self.failed += len(result.dead_letters)
-            outs = [Message(o.topic or msgs[o.index].topic, o.payload, msgs[o.index].timestamp_ms)
-                    for o in result.outputs]
-            msgs, variables = outs, [{} for _ in outs]
-            if not msgs:
-                return
-        failures = await self.sink.deliver(msgs, variables)
-        self.failed += len(failures)
-        self.sent += len(msgs) - len(failures)
-        for _, err in failures[:1]:
-            log.warning("rule %s: %s action failed: %s", self.rule, a.type, err)
-
-
-def _policy_digest(policy: AlertPolicy) -> str:
-    return json.dumps(policy.__dict__, sort_keys=True)
-
-
-class _RuleRuntime:
-    def __init__(self, definition: RuleDefinition):
-        self.definition = definition
-        self.actions: list[_ActionRunner] = []
-        self.tracker: AlertTracker | None = None
-        self.dispatcher: AlertDispatcher | None = None
-
-
-class RuleRunner:
+class RuleRunner(RunnerWork):
     def __init__(self, bus, *, outbox: Outbox, store: LocalStore | None = None, state=None,
                  processors: Callable[[str], Any] = lambda name: None, batch: int = 1000,
                  queue: int = 10_000, checkpoint_s: float = 1.0, tick_s: float = 0.1,
@@ -215,19 +110,6 @@ class RuleRunner:
             await self._teardown(self.rules.pop(name), drain_timeout)
         self._worker.close()
         self._worker = Worker("rules")  # a runner started again gets a fresh thread
-
-    def offload(self, fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
-        """Run `fn(*args)` on the runner's thread (guest code and the engine never run on the
-        loop); await the result."""
-        return self._worker.run(fn, *args)
-
-    def _engine_call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """On the runner's thread: `fn` with the engine to itself, then note its counters for
-        `status()` (rule changes and clock ticks; batches leave that to the next tick)."""
-        with self._lock:
-            out = fn(*args)
-            self._engine_stats = self.engine.stats()
-            return out
 
     # -- management --------------------------------------------------------------------------
     async def put(self, d: RuleDefinition) -> None:
@@ -308,100 +190,6 @@ class RuleRunner:
                 await sub.unsubscribe()
             except IotwasmError as e:
                 log.warning("rules: unsubscribing %s: %s", f, e)
-
-    # -- work --------------------------------------------------------------------------------
-    async def offer(self, msg: Message) -> None:
-        """Feed a message that did not come from the bus (a local source): every enabled
-        rule whose FROM matches it sees it once."""
-        for f in self.engine.filters_for(msg.topic):
-            await self._queue.put((f, msg))
-
-    async def idle(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued was evaluated and dispatched."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-
-    async def _work(self) -> None:
-        q = self._queue
-        while True:
-            first = await q.get()
-            self._busy = True
-            items = [first]
-            while len(items) < self.batch and not q.empty():
-                items.append(q.get_nowait())
-            by_filter: dict[str, list[Message]] = {}
-            for f, m in items:
-                by_filter.setdefault(f, []).append(m)
-            try:
-                out = await self.offload(self._process, by_filter)
-                await self.dispatch(out)
-            except Exception as e:  # noqa: BLE001 - logged once (repeats counted); the worker goes on
-                self._faults.failed(e)
-            finally:
-                self._busy = False
-                for _ in items:
-                    q.task_done()
-
-    def _checkpoint(self) -> None:
-        """Window state and alert state (dedup, FOR and cooldown clocks) to SQLite."""
-        with self._lock:
-            self.engine.checkpoint()
-            store = self.engine.store
-            if store is not None:
-                store.save([(f"alert:{n}", _policy_digest(rt.tracker.policy), rt.tracker.dump())
-                            for n, rt in list(self.rules.items()) if rt.tracker is not None])
-
-    def _process(self, by_filter: dict[str, list[Message]]) -> list[Emission]:
-        out: list[Emission] = []
-        with self._lock:
-            for f, msgs in by_filter.items():
-                out += self.engine.process(msgs, only=f)
-        return out
-
-    async def _clock(self) -> None:
-        last_cp = time.monotonic()
-        while True:
-            await asyncio.sleep(self.tick_s)
-            out = await self.offload(self._engine_call, self.engine.tick)
-            if out:
-                await self.dispatch(out)
-            if time.monotonic() - last_cp >= self.checkpoint_s:
-                last_cp = time.monotonic()
-                try:
-                    await self.offload(self._checkpoint)
-                except StorageError as e:   # the state stays in memory; tried again next time
-                    if self.checkpoint_error is None:
-                        log.warning("rules: checkpoint not written (tried again every %ss): %s",
-                                    self.checkpoint_s, e)
-                    self.checkpoint_error = e
-                else:
-                    if self.checkpoint_error is not None:
-                        log.warning("rules: checkpoints written again")
-                    self.checkpoint_error = None
-
-    async def dispatch(self, emissions: list[Emission]) -> None:
-        by_rule: dict[str, list[Emission]] = {}
-        for em in emissions:
-            by_rule.setdefault(em.rule, []).append(em)
-        for name, ems in by_rule.items():
-            rt = self.rules.get(name)
-            if rt is None:
-                continue
-            ok = [e for e in ems if e.ok]
-            for a in rt.actions:
-                if ok:
-                    try:   # a full disk holds the action (backpressure), it does not drop it
-                        await self.storage.run(functools.partial(a.run, ok))
-                    except IotwasmError as e:
-                        a.failed += len(ok)
-                        self.action_errors += 1
-                        log.warning("rule %s: %s action failed: %s", name, a.action.type, e)
-            if rt.tracker is not None:
-                alerts = [x for x in (rt.tracker.observe(e.ok, e.ts, e.row, e.source) for e in ems) if x]
-                if alerts:
-                    dispatcher = rt.dispatcher
-                    assert dispatcher is not None  # put() makes it with the tracker
-                    await self.storage.run(functools.partial(dispatcher.raise_alerts, alerts))
 
     # -- views -------------------------------------------------------------------------------
     def storage_problems(self) -> list[str]:
