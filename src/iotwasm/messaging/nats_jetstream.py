@@ -250,7 +250,7 @@ class NatsJetStream(NatsState):
         )
         try:
             psub = await self._jetstream().pull_subscribe(subject, durable=durable, stream=self.stream,
-                                                 config=config)
+                                                          config=config)
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
                 nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
             raise BrokerUnavailable(
