@@ -47,14 +47,7 @@ def _length(n: int) -> bytes:
         raise ValueError(f"MQTT packet of {n} bytes exceeds the protocol's limit")
     if n < 128:
         return bytes((n,))
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    return props.varint(n)
 
 
 def _str(s: str | bytes) -> bytes:
