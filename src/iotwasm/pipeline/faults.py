@@ -58,8 +58,9 @@ class Faults:
         return ", ".join(parts) or "none"
 
 
-class FaultyStep:
-    """A route step with injected delays and failures in front of it."""
+class _Injector:
+    """What a step and a sink with injected faults share: the thing wrapped, its faults, a
+    random source seeded by them (a seed makes a run repeatable) and what was injected."""
 
     def __init__(self, inner: Any, faults: Faults):
         self.inner = inner
@@ -67,6 +68,13 @@ class FaultyStep:
         self.name = inner.name
         self._rng = random.Random(faults.seed)
         self.stats = {"delayed": 0, "failed": 0}
+
+    def describe(self) -> dict:
+        return {"faults": self.faults.describe(), **self.stats}
+
+
+class FaultyStep(_Injector):
+    """A route step with injected delays and failures in front of it."""
 
     @property
     def acl(self):
@@ -91,20 +99,10 @@ class FaultyStep:
             _merge(result, self.inner.process([messages[i] for i in keep]), keep)
         return result
 
-    def describe(self) -> dict:
-        return {"faults": self.faults.describe(), **self.stats}
 
-
-class FaultySink:
+class FaultySink(_Injector):
     """A sink with injected delays and failures in front of it; everything else (start,
     stop, backlog, breaker) is the sink's own."""
-
-    def __init__(self, inner: Any, faults: Faults):
-        self.inner = inner
-        self.faults = faults
-        self.name = inner.name
-        self._rng = random.Random(faults.seed)
-        self.stats = {"delayed": 0, "failed": 0}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -134,6 +132,3 @@ class FaultySink:
         if submit is None:
             return settled(await self.inner.deliver(messages, variables))
         return await submit(messages, variables)
-
-    def describe(self) -> dict:
-        return {"faults": self.faults.describe(), **self.stats}
