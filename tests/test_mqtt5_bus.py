@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 from brokers import Mosquitto, mosquitto  # noqa: F401
-from test_messaging_bus import Inbox, run
+from buses import Inbox, run
 
 from iotwasm.errors import ConfigError
 from iotwasm.message import Envelope

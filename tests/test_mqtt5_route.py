@@ -13,7 +13,7 @@ from brokers import mosquitto  # noqa: F401  (fixture)
 from iotwasm.message import Envelope
 from iotwasm.messaging.mqtt_bus import MqttBus
 from nodes import echo_route, echo_site, mqtt_sink, mqtt_source, running, store_sink
-from test_messaging_bus import Inbox, run
+from buses import Inbox, run
 
 HEADERS = (("trace-id", "4bf92f35"), ("tenant", "acme"), ("tenant", "acme-eu"), ("x", ""))
 
