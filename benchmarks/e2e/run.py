@@ -104,7 +104,7 @@ def main() -> int:
                                     f"{','.join(map(str, RATES))})")
     ap.add_argument("--no-hot-update", action="store_true", help="skip the hot-update step")
     ap.add_argument("--profile", action="store_true",
-                    help="py-spy the iotwasm node during the 10k/s and max steps")
+                    help="py-spy the iotwasm node during the 1k/s, 5k/s and max steps")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help=f"another checkout of iotwasm: system {BASELINE} runs the node from its src")
     ap.add_argument("--baseline-saf", action="store_true",
