@@ -7,17 +7,25 @@ suite has here; without it a test fails saying so — it never skips.
 Use from a test module:
 
     from smallfs import small_disk  # noqa: F401  (pytest fixture)
+
+And what the storage tests share besides: `wait_for` (polls a condition in the event loop) and
+`fill_to_the_last_dead_letter` (fills the disk and the slack of a node database).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+
+from iotwasm.errors import StorageError
+from iotwasm.node.state import NodeState
 
 CHUNKS = (1 << 20, 64 << 10, 4 << 10, 512)
 
@@ -112,3 +120,20 @@ def small_disk(tmp_path):
         yield disk
     finally:
         disk.unmount()
+
+
+async def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def fill_to_the_last_dead_letter(disk, state: NodeState) -> None:
+    """Fill `disk` and the slack SQLite had in `state`'s file: a dead letter of more than
+    1,000 bytes no longer fits."""
+    disk.fill()
+    with pytest.raises(StorageError):
+        for _ in range(1000):
+            state.dead_letter("", "filler", "s", "k", "e", "t", b"f" * 1000)

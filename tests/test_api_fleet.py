@@ -20,7 +20,7 @@ from apinode import ECHO_WASM, ApiNode, wait_for
 from conftest import ECHO_WAT
 from iotwasm.fleet import Controller, FleetAgent, FleetDeployment
 from iotwasm.node import Node, NodeConfig
-from test_fleet import fleet_deployment
+from fleets import fleet_deployment
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
 VIEWS = ("/v1/fleet", "/v1/fleet/nodes", "/v1/fleet/deployments", "/v1/fleet/rollouts")

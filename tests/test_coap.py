@@ -13,7 +13,7 @@ import pytest
 from iotwasm.node.manifests import ManifestError, parse_documents
 
 from ports import free_port
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 
 def free_udp_port() -> int:

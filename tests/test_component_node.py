@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from components import cached_runtime, example, seed_compile_cache
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 
 def deployment(name: str, module: Path, lo: int, hi: int) -> str:

@@ -16,7 +16,7 @@ from iotwasm.errors import ConfigError
 from iotwasm.node.manifests import ManifestError, parse_documents
 from iotwasm.pipeline import connectors
 
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 PLUGIN = '''
 """acme-counter: a source that offers `count` JSON messages, and a sink that needs a package

@@ -14,7 +14,7 @@ import sys
 from iotwasm.fleet import Controller, FleetStore, Lease, NodeInfo
 
 from brokers import stop_processes
-from test_fleet import ECHO, Member, fleet_deployment, wait_for
+from fleets import ECHO, Member, fleet_deployment, wait_for
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
 

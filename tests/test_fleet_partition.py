@@ -22,7 +22,7 @@ from iotwasm.fleet import FleetDeployment, FleetStore
 from iotwasm.messaging import open_bus
 from iotwasm.messaging.errors import MessagingError
 from tcpproxy import TcpProxy
-from test_fleet import fleet_deployment, wait_for
+from fleets import fleet_deployment, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]

@@ -20,7 +20,7 @@ from iotwasm.fleet.invoke import invoke
 
 from brokers import stop_processes
 from conftest import ECHO_WAT
-from test_fleet import wait_for
+from fleets import wait_for
 
 CLI = [sys.executable, "-m", "iotwasm.cli.main"]
 TRAPS = ECHO_WAT.replace("    local.get $in local.set $p\n", "    unreachable\n", 1)

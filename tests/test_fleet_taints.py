@@ -14,7 +14,7 @@ from iotwasm.errors import ConfigError
 from iotwasm.fleet import Controller, NodeInfo, Taint, schedule
 
 
-from test_fleet import ECHO, Member, fleet_deployment, wait_for
+from fleets import ECHO, Member, fleet_deployment, wait_for
 
 ANY = "sha256:" + "0" * 64
 

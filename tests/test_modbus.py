@@ -17,7 +17,7 @@ from pymodbus.server import ModbusTcpServer
 from iotwasm.pipeline.connectors.modbus import ModbusRegister, decode, plan_reads
 
 from brokers import free_port
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 
 class Plc:

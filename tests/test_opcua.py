@@ -15,7 +15,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from iotwasm.node.manifests import ManifestError, parse_documents
 
 from brokers import free_port
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 
 class OnlyOperator:

@@ -16,7 +16,7 @@ from iotwasm.node.manifests import ManifestError, parse_documents
 
 from brokers import free_port
 from pg import PostgresServer
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 TABLE = "CREATE TABLE readings (id bigserial PRIMARY KEY, device text, n int, temp double precision, " \
         "topic text, meta jsonb)"

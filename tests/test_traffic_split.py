@@ -13,7 +13,7 @@ from iotwasm.message import Message
 from iotwasm.node.manifests import ManifestError, parse_documents
 
 from conftest import ECHO_WAT
-from test_node import started, wait_for, write
+from nodesite import started, wait_for, write
 
 CANARY_WAT = ECHO_WAT.replace("(global $heap (mut i32) (i32.const 1024))",
                               "(global $heap (mut i32) (i32.const 2048))")  # same behaviour, new digest

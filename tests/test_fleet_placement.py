@@ -1,5 +1,8 @@
-"""The fleet on a real nats-server with JetStream: joining, placement, compare-and-set desired
-state, failover of a dead node, artifact checks and edge autonomy."""
+"""Placement and failover on a real nats-server with JetStream: deployments placed by labels
+and a dead node's work bound elsewhere (in this process, and with real `iotwasm up --fleet`
+and `iotwasm controller` processes, one of them killed); a hung server that costs no node its
+work, and the liveness rule behind it on its own; fleet pipelines (a bundled route,
+examples/fleet/decode.yaml) that run where they are placed."""
 
 from __future__ import annotations
 
@@ -10,63 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-import wasmtime
 
 from iotwasm.errors import ConfigError
-from iotwasm.fleet import (ArtifactError, ConflictError, Controller, FleetAgent, FleetDeployment,
-                           FleetStore, NodeInfo, schedule)
-from iotwasm.node import Node, NodeConfig
-from iotwasm.registry.signing import generate_key, key_id, load_private, load_public, sign_digest
+from iotwasm.fleet import Controller, FleetDeployment, FleetStore, NodeInfo
 
 from brokers import stop_processes
 from conftest import ECHO_WAT
-
-ECHO = wasmtime.wat2wasm(ECHO_WAT)
-OTHER = wasmtime.wat2wasm(ECHO_WAT.replace("(global $heap (mut i32) (i32.const 1024))",
-                                           "(global $heap (mut i32) (i32.const 2048))"))
-
-
-def fleet_deployment(name: str, module: str, placement: dict, memory: str = "16Mi",
-                     replicas: int = 1) -> FleetDeployment:
-    return FleetDeployment.parse({
-        "deployment": {"apiVersion": "iotwasm.io/v1", "kind": "Deployment", "metadata": {"name": name},
-                       "spec": {"module": module, "replicas": replicas, "resources": {"memory": memory}}},
-        "placement": placement})
-
-
-async def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Member:
-    """A node with its fleet agent, run in this event loop."""
-
-    def __init__(self, root: Path, name: str, url: str, labels: dict, **kw):
-        self.node = Node(NodeConfig(data_dir=root / name, manifests=None, name=name, sync_interval_s=0.2))
-        self.agent = FleetAgent(self.node, url, labels=labels, heartbeat_s=0.3, **kw)
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> "Member":
-        self.task = asyncio.create_task(self.node.run())
-        await wait_for(lambda: self.node.ready, what="node ready")
-        self.agent.start()
-        return self
-
-    async def stop(self, leave: bool = True) -> None:
-        await asyncio.wait_for(self.agent.stop(leave=leave), 10)
-        self.node.stop()
-        await asyncio.wait_for(self.task, 20)
-
-    def running(self) -> set[str]:
-        return set(self.node.deployments)
+from fleets import ECHO, Member, fleet_deployment, wait_for
 
 
 @contextlib.asynccontextmanager
@@ -83,46 +36,6 @@ async def running_fleet(root: Path, url: str, nodes: list[tuple[str, dict]], **c
         for m in members:
             await m.stop()
         await asyncio.wait_for(ctl.stop(), 10)
-
-
-# -- the scheduler on its own ------------------------------------------------------------------
-def nodes(*specs) -> dict[str, NodeInfo]:
-    return {i: NodeInfo(i, labels, memory, inst) for i, labels, memory, inst in specs}
-
-
-def test_schedule_filters_by_labels_and_capacity_and_spreads():
-    live = nodes(("a1", {"site": "a", "gpio": "true"}, 64 << 20, 8), ("a2", {"site": "a"}, 64 << 20, 8),
-                 ("b1", {"site": "b", "gpio": "true"}, 64 << 20, 8), ("b2", {"site": "b"}, 16 << 20, 8))
-    gpio = fleet_deployment("gpio", "sha256:" + "0" * 64, {"nodeSelector": {"gpio": "true"}, "perNode": True})
-    spread = fleet_deployment("spread", "sha256:" + "0" * 64, {"replicas": 2, "spreadBy": "site"}, memory="32Mi")
-    plan = schedule([gpio, spread], live, {})
-    on = {n: set(v) for n, v in plan.assignments.items()}
-    assert {n for n, v in on.items() if "gpio" in v} == {"a1", "b1"}
-    sites = {live[n].labels["site"] for n, v in on.items() if "spread" in v}
-    assert sites == {"a", "b"}          # one copy per site
-    assert "spread" not in on["b2"]     # 32Mi does not fit in 16Mi
-    assert not plan.problems
-
-
-def test_schedule_is_sticky_and_reports_what_it_cannot_place():
-    live = nodes(("n1", {}, 1 << 30, 2), ("n2", {}, 1 << 30, 2), ("n3", {}, 1 << 30, 2))
-    d = fleet_deployment("d", "sha256:" + "0" * 64, {"replicas": 2})
-    plan = schedule([d], live, {"n3": {"d"}})
-    assert "d" in plan.assignments["n3"]          # kept where it runs
-    big = fleet_deployment("big", "sha256:" + "0" * 64, {"replicas": 1}, replicas=3)
-    plan = schedule([big], live, {})
-    assert plan.problems and "lack capacity" in plan.problems[0]
-    none = fleet_deployment("x", "sha256:" + "0" * 64, {"nodeSelector": {"site": "mars"}})
-    assert "no live node matches site=mars" in schedule([none], live, {}).problems[0]
-
-
-def test_placement_block_is_validated():
-    with pytest.raises(ConfigError, match="either replicas or perNode"):
-        fleet_deployment("d", "sha256:" + "0" * 64, {"replicas": 2, "perNode": True})
-    with pytest.raises(ConfigError, match="placement.nodeSelctor"):
-        fleet_deployment("d", "sha256:" + "0" * 64, {"nodeSelctor": {}})
-    with pytest.raises(ConfigError, match="must be a sha256:<64 hex> digest"):
-        fleet_deployment("d", "filter:1.0.0", {})
 
 
 # -- against nats-server -------------------------------------------------------------------------
@@ -269,113 +182,6 @@ def test_time_in_which_the_controller_hears_nobody_does_not_count_against_nodes(
     assert set(ctl.live()) == {"a"}
 
 
-def test_concurrent_writers_are_resolved_by_compare_and_set(nats_server):  # noqa: F811
-    async def main():
-        stores = [await FleetStore.connect(nats_server.url) for _ in range(8)]
-        try:
-            base = fleet_deployment("shared", "sha256:" + "1" * 64, {"nodeSelector": {}})
-            await stores[0].put_deployment(base, None)
-            with pytest.raises(ConflictError, match="changed since revision none"):
-                await stores[1].put_deployment(base, None)   # create twice: the second loses
-
-            async def add_label(store: FleetStore, i: int) -> int:
-                conflicts = 0
-                while True:
-                    fd, rev = await store.deployment("shared")
-                    fd.placement.node_selector[f"w{i}"] = "yes"
-                    try:
-                        await store.put_deployment(fd, rev)
-                        return conflicts
-                    except ConflictError:
-                        conflicts += 1
-
-            conflicts = await asyncio.gather(*(add_label(s, i) for i, s in enumerate(stores)))
-            fd, _ = await stores[0].deployment("shared")
-            assert fd.placement.node_selector == {f"w{i}": "yes" for i in range(8)}   # no write lost
-            assert sum(conflicts) > 0   # they did collide, and CAS resolved it
-            # a stale revision is refused outright, for a write and for a delete
-            with pytest.raises(ConflictError):
-                await stores[0].put_deployment(fd, 1)
-            with pytest.raises(ConflictError, match="changed since revision 1"):
-                await stores[0].delete_deployment("shared", 1)
-            assert await stores[0].deployment("shared") is not None
-        finally:
-            for s in stores:
-                await s.close()
-
-    asyncio.run(main())
-
-
-def test_wrong_digest_and_unsigned_modules_are_refused(nats_server, tmp_path):  # noqa: F811
-    async def main():
-        ctl = Controller(nats_server.url, interval_s=0.2)
-        await ctl.start()
-        priv_pem, pub_pem = generate_key()
-        pub = load_public(pub_pem)
-        plain = await Member(tmp_path, "plain", nats_server.url, {"site": "a"}).start()
-        strict = await Member(tmp_path, "strict", nats_server.url, {"site": "a"},
-                              trusted={key_id(pub): pub}).start()
-        try:
-            good = await ctl.store.put_module(ECHO)
-            forged = await ctl.store.put_module(OTHER)
-            await ctl.store.put_object(forged, ECHO)   # the stored bytes do not match the name
-            with pytest.raises(ArtifactError, match="hashes to"):
-                await ctl.store.fetch_module(forged)
-            await ctl.store.put_deployment(fleet_deployment("forged", forged, {"perNode": True}), None)
-            await ctl.store.put_deployment(fleet_deployment("good", good, {"perNode": True}), None)
-            await wait_for(lambda: "good" in plain.running(), what="good module on the plain node")
-            for m in (plain, strict):
-                await wait_for(lambda m=m: "forged" in m.agent.problems, what="refusal")
-                assert "corrupt or tampered" in m.agent.problems["forged"]
-                assert "forged" not in m.running()
-                assert not any(r.digest == forged for r in m.node.registry.list())
-            # the strict node wants a signature from a trusted key for the good module
-            await wait_for(lambda: "good" in strict.agent.problems, what="unsigned refusal")
-            assert "not signed" in strict.agent.problems["good"] and "good" not in strict.running()
-            await ctl.store.put_signature(sign_digest(load_private(priv_pem), good))
-            await wait_for(lambda: "good" in strict.running(), what="signed module runs")
-            nodes = await ctl.store.nodes()
-            assert any("forged" in p for p in nodes["strict"][0].problems)
-        finally:
-            for m in (plain, strict):
-                await m.stop()
-            await asyncio.wait_for(ctl.stop(), 10)
-
-    asyncio.run(main())
-
-
-def test_node_keeps_its_assignment_while_the_fleet_is_down_and_resyncs(nats_server, tmp_path):  # noqa: F811
-    async def main():
-        ctl = Controller(nats_server.url, interval_s=0.2)
-        await ctl.start()
-        m = await Member(tmp_path, "edge1", nats_server.url, {"site": "a"}).start()
-        digest = await ctl.store.put_module(ECHO)
-        await ctl.store.put_deployment(fleet_deployment("keep", digest, {"perNode": True}), None)
-        await wait_for(lambda: "keep" in m.running(), what="first placement")
-        await ctl.stop()
-        nats_server.stop()
-        await wait_for(lambda: not m.agent.connected, what="link down")
-        await asyncio.sleep(3 * m.agent.heartbeat_s)   # the spell offline is the point: heartbeats fail
-        assert "keep" in m.running()
-        # a restart while the fleet is unreachable comes back with the same work
-        await m.stop(leave=False)
-        m = await Member(tmp_path, "edge1", nats_server.url, {"site": "a"}).start()
-        try:
-            await wait_for(lambda: "keep" in m.running(), what="work after restart offline")
-            # the fleet returns with a changed desired state: the node picks it up
-            nats_server.start()
-            ctl = Controller(nats_server.url, interval_s=0.2)
-            await ctl.start()
-            await ctl.store.put_deployment(fleet_deployment("later", digest, {"perNode": True}), None)
-            await ctl.store.delete_deployment("keep")
-            await wait_for(lambda: m.running() == {"later"}, what="resync")
-            await ctl.stop()
-        finally:
-            await m.stop()
-
-    asyncio.run(main())
-
-
 def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path):  # noqa: F811
     """Real `iotwasm up --fleet` processes and an `iotwasm controller` process; SIGKILL leaves
     the killed node no chance to say goodbye."""
@@ -458,20 +264,6 @@ def test_three_node_processes_one_killed_its_work_rebound(nats_server, tmp_path)
 async def _placed(running) -> bool:
     now = await running()
     return len(now) == 3 and all("all" in v for v in now.values()) and sum("one" in v for v in now.values()) == 1
-
-
-def test_the_fleet_view_sums_up_each_nodes_health():
-    from iotwasm.fleet import FleetView
-
-    view = FleetView(
-        nodes={"a": (NodeInfo("a", running=["x"], health={"x": {"state": "running"}}), 1),
-               "b": (NodeInfo("b", running=["x"], problems=["y: module refused"],
-                              health={"x": {"state": "error"}, "y": {}}), 1)},
-        deployments={}, rollouts={},
-        assignments={"a": ({"deployments": {"x": {}}}, 1), "b": ({"deployments": {"x": {}, "y": {}}}, 1)})
-    rows = {r["id"]: r for r in view.node_rows()}
-    assert rows["a"]["health"] == "ok"
-    assert rows["b"]["health"] == "not running y; x error; 1 problem(s)"
 
 
 def test_the_example_fleet_pipeline_applies_and_runs_where_it_is_placed(nats_server, tmp_path):  # noqa: F811
