@@ -6,8 +6,9 @@ import pytest
 
 from iotwasm.engine import Runtime
 
-# the broker fixtures (`mosquitto`, `nats_server`) for every test module
-pytest_plugins = ["brokers"]
+# the broker fixtures (`mosquitto`, `nats_server`) and the browser's (`browser`, `page`) for every
+# test module
+pytest_plugins = ["brokers", "dashboard"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODULES = ROOT / "tests" / "modules"
