@@ -123,6 +123,16 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def push(client, wasm=ECHO_WASM, **params):
+    """Push a module to the node as `client` (POST /v1/modules); the response, whatever it is."""
+    return client.post("/v1/modules", content=wasm, params=params, headers={"Content-Type": "application/wasm"})
+
+
+def apply(client, text):
+    """Apply manifests as `client` (POST /v1/apply); the response, whatever it is."""
+    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
+
+
 def deployment(name: str, module: str, namespace: str = "default", replicas: int = 1,
                publish: str = "#", subscribe: str = "#", memory: str = "16Mi", host: str = "log") -> str:
     return f"""apiVersion: iotwasm.io/v1

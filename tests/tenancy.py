@@ -1,25 +1,19 @@
 """Helpers for the tenancy tests (tests/test_tenancy_names.py, tests/test_tenancy_storage.py),
 through the real API: a module told apart from echo (`COUNTER_WASM`), a module pushed and
-manifests applied as a client (`push`, `apply`), confined tenants each with an operator client
+manifests applied as a client (`push`, `apply`, from apinode), confined tenants each with an operator client
 (`tenants`), and a deployment awaited until it runs (`running`)."""
 
 from __future__ import annotations
 
 import wasmtime
 
-from apinode import ECHO_WASM, wait_for
+from apinode import apply, push, wait_for
 from conftest import module_path
 
 # a module that answers every input with a counter kept in its own memory: told apart from echo
 COUNTER_WASM = bytes(wasmtime.wat2wasm(module_path("counter_state.wat").read_text()))
 
-
-def push(client, wasm=ECHO_WASM, **params):
-    return client.post("/v1/modules", content=wasm, params=params, headers={"Content-Type": "application/wasm"})
-
-
-def apply(client, text):
-    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
+__all__ = ["COUNTER_WASM", "apply", "push", "running", "tenants"]
 
 
 def tenants(api, *names: str) -> dict:

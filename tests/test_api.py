@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
+from apinode import ECHO_WASM, ApiNode, apply, deployment, http_route, wait_for
 
 
 @pytest.fixture()
@@ -25,10 +25,6 @@ def push(client: httpx.Client, wasm: bytes = ECHO_WASM, **params) -> dict:
                     headers={"Content-Type": "application/wasm"})
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def apply(client: httpx.Client, text: str) -> httpx.Response:
-    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
 
 
 def test_admin_token_created_on_first_start_and_stored_hashed(api):

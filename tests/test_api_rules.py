@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from apinode import ApiNode, wait_for
+from apinode import ApiNode, apply, wait_for
 
 
 @pytest.fixture()
@@ -33,10 +33,6 @@ spec:
 
 
 HOT = 'SELECT d, v FROM "climate/{d}" WHERE v > 10'
-
-
-def apply(client, text: str):
-    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
 
 
 def send(api: ApiNode, topic: str, *values: float) -> None:

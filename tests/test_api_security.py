@@ -10,7 +10,7 @@ import httpx
 import pytest
 import wasmtime
 
-from apinode import ECHO_WASM, ApiNode, deployment, http_route, wait_for
+from apinode import ECHO_WASM, ApiNode, apply, deployment, http_route, push, wait_for
 from conftest import ECHO_WAT
 from iotwasm.api.audit import AuditLog, DenialThrottle
 from iotwasm.api.security import SecurityStore, hash_token, utc
@@ -90,14 +90,6 @@ def api(tmp_path):
     n = ApiNode(tmp_path).start()
     yield n
     n.stop()
-
-
-def push(client, wasm=ECHO_WASM, **params):
-    return client.post("/v1/modules", content=wasm, params=params, headers={"Content-Type": "application/wasm"})
-
-
-def apply(client, text):
-    return client.post("/v1/apply", content=text, headers={"Content-Type": "application/yaml"})
 
 
 def denied_total(api) -> float:
