@@ -7,7 +7,6 @@ test's event loop.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import wasmtime
@@ -16,6 +15,7 @@ from iotwasm.fleet import FleetAgent, FleetDeployment
 from iotwasm.node import Node, NodeConfig
 
 from conftest import ECHO_WAT
+from waiting import wait_for
 
 ECHO = wasmtime.wat2wasm(ECHO_WAT)
 
@@ -26,18 +26,6 @@ def fleet_deployment(name: str, module: str, placement: dict, memory: str = "16M
         "deployment": {"apiVersion": "iotwasm.io/v1", "kind": "Deployment", "metadata": {"name": name},
                        "spec": {"module": module, "replicas": replicas, "resources": {"memory": memory}}},
         "placement": placement})
-
-
-async def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Member:

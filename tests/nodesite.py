@@ -14,7 +14,6 @@ A test module takes the fixture with an explicit re-export (its tests name it as
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 from iotwasm.node import Node, NodeConfig
 
 from conftest import ECHO_WAT
+from waiting import wait_for as wait_for  # for the tests that wait through this module
 
 TRAP_ALL_WAT = ECHO_WAT.replace("local.get $first i32.const 33 i32.eq (if (then unreachable))",
                                 "unreachable")
@@ -79,15 +79,6 @@ async def started(tmp: Path, mdir: Path) -> Node:
     node = Node(NodeConfig(data_dir=tmp / "data", manifests=mdir, sync_interval_s=0.05))
     await node.start()
     return node
-
-
-async def wait_for(cond, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def publish(node: Node, n: int, start: int = 0, devices: int = 5) -> None:

@@ -14,18 +14,17 @@ And what the storage tests share besides: `wait_for` (polls a condition in the e
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from iotwasm.errors import StorageError
 from iotwasm.node.state import NodeState
+from waiting import wait_for as wait_for  # for the tests that wait through this module
 
 CHUNKS = (1 << 20, 64 << 10, 4 << 10, 512)
 
@@ -120,14 +119,6 @@ def small_disk(tmp_path):
         yield disk
     finally:
         disk.unmount()
-
-
-async def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def fill_to_the_last_dead_letter(disk, state: NodeState) -> None:

@@ -17,6 +17,7 @@ from iotwasm.pipeline import LocalStore, Outbox
 from iotwasm.pipeline.rules import (Action, AlertPolicy, EventTime, RuleDefinition, RuleRunner,
                                     RuleSpec, RuleStateStore)
 from iotwasm.pipeline.rules.alerts import AlertTracker
+from waiting import wait_for
 
 
 
@@ -48,15 +49,6 @@ class Webhook:
 
 def hot(device: str, t: float, ts: int = 0) -> Message:
     return Message(f"sensors/{device}/t", json.dumps({"t": t, "ts": ts}).encode())
-
-
-async def wait_for(cond, timeout=10.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def test_tracker_dedup_cooldown_and_for():

@@ -15,6 +15,7 @@ from iotwasm.node import Node, NodeConfig
 from iotwasm.node.manifests import ManifestError, parse_documents
 
 from conftest import TEST_MODULES
+from waiting import wait_for
 
 CHECK = f"""
 apiVersion: iotwasm.io/v1
@@ -54,15 +55,6 @@ def write(mdir: Path, name: str, text: str) -> None:
     p.write_text(text)
     t = time.time_ns() + 1_000_000
     os.utime(p, ns=(t, t))
-
-
-async def wait_for(cond, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def send(node: Node, device: str, *readings) -> None:
