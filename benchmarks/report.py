@@ -8,11 +8,10 @@ stands apart from the sections so that they are not tied to how it lays their ta
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 
 from helpers import fmt_rate, fmt_ratio, fmt_us
+from machine import machine_basics, package_version
 
 
 def cpu_times() -> list[int]:
@@ -25,44 +24,11 @@ def cpu_times() -> list[int]:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_total = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem_total = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(pkg):
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_bytes": mem_total,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "wasmtime": ver("wasmtime"),
-        "pywasm": ver("pywasm"),
-        "iotwasm": ver("iotwasm"),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "loadavg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    return {**machine_basics(),
+            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "wasmtime": package_version("wasmtime"), "pywasm": package_version("pywasm"),
+            "iotwasm": package_version("iotwasm"),
+            "loadavg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def machine_line(m: dict) -> str:

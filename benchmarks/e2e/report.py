@@ -7,36 +7,19 @@ what is measured.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 from pathlib import Path
 
 import harness
+from machine import machine_basics, package_version
 from harness import BASELINE, PASS_FRACTION, ROOT, TARGET_P99_MS, TARGET_RATIO, TITLES, brokers
 
 
 # -- report ----------------------------------------------------------------------------------
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(pkg):
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
     def cmd_ver(cmd):
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
@@ -44,21 +27,12 @@ def machine_info() -> dict:
         except (OSError, subprocess.TimeoutExpired, IndexError):
             return None
 
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "iotwasm": ver("iotwasm"), "wasmtime": ver("wasmtime"), "paho-mqtt": ver("paho-mqtt"),
+        **machine_basics(),
+        "iotwasm": package_version("iotwasm"), "wasmtime": package_version("wasmtime"),
+        "paho-mqtt": package_version("paho-mqtt"),
         "mosquitto": cmd_ver([brokers.find_binary("mosquitto", "mosquitto"), "-h"]),
         "node": cmd_ver(["node", "--version"]) if shutil.which("node") else None,
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "code": code_version(),
         "loadavg_at_start": round(os.getloadavg()[0], 2),
     }

@@ -83,6 +83,7 @@ from pathlib import Path
 
 # the harness's modules are this file's neighbours, whatever the working directory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent))   # benchmarks/machine.py, shared with run.py there
 
 import harness
 from harness import (BASELINE, PASS_FRACTION, PROCS, PY, RATES, RESULTS, ROOT, SUT_CPUS, SYSTEMS, TITLES, Config,
