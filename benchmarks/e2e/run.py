@@ -65,7 +65,8 @@ The harness, in this directory: run.py (this command line and the order of a run
 (paths, settings, the processes and brokers), phases.py (a measured load step, the collector,
 CPU from /proc), systems.py (the systems under test), load_steps.py (one system's steps),
 profiler.py (--profile), hot_update.py, probes.py (the bus and the floor, run as children of
-this file), report.py (the summary and the tables); loadgen.py and plain_python.py run as
+this file), report.py (the summary and the tables, the machine read by ../machine.py, which
+benchmarks/run.py shares); loadgen.py and plain_python.py run as
 processes of their own.
 """
 
