@@ -61,14 +61,19 @@ def store_blob(blob_dir: Path, digest: str, wasm: bytes) -> None:
     _fsync_dir(blob_dir)
 
 
+def missing_blob(blob_dir: Path, digest: str) -> ModuleNotFound:
+    """The error for a blob the index lists but the blob directory no longer holds."""
+    return ModuleNotFound(f"blob of {digest} is missing from {blob_dir} "
+                          "(the index lists it; add the module again)")
+
+
 def read_verified(blob_dir: Path, digest: str) -> bytes:
     """The blob's bytes, refused when they no longer hash to `digest`."""
     path = blob_path(blob_dir, digest)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ModuleNotFound(f"blob of {digest} is missing from {blob_dir} "
-                             "(the index lists it; add the module again)") from None
+        raise missing_blob(blob_dir, digest) from None
     if digest_of(data) != digest:
         raise InvalidModule(f"blob {path} does not match its digest {digest} (corrupted or "
                             "modified on disk; add the module again to repair it)")

@@ -33,13 +33,13 @@ def resolve_ref(db: sqlite3.Connection, ref: str) -> str:
         row = db.execute("SELECT digest FROM tags WHERE name=? AND version=?",
                          (name, version)).fetchone()
         if row is None:
-            have = _versions_locked(db, name)
+            have = tag_versions(db, name)
             hint = f" ({name} has {', '.join(have)})" if have else ""
             raise ModuleNotFound(f"no module {ref!r} in the module store{hint}")
         return row[0]
     lowered = ref.lower()
     if len(ref) >= MIN_PREFIX and _HEX.fullmatch(lowered):
-        named = bool(_versions_locked(db, ref))
+        named = bool(tag_versions(db, ref))
         matches = _prefix_matches(db, lowered)
         if named and matches:
             raise ModuleNotFound(f"module reference {ref!r} is ambiguous: it is both a name "
@@ -74,7 +74,9 @@ def _by_prefix(db: sqlite3.Connection, ref: str, hexpart: str,
     return matches[0]
 
 
-def _versions_locked(db: sqlite3.Connection, name: str) -> list[str]:
+def tag_versions(db: sqlite3.Connection, name: str) -> list[str]:
+    """Every version tagged under `name`, lowest first (see `version_key`); the caller holds
+    the store's lock."""
     rows = db.execute("SELECT version FROM tags WHERE name=?", (name,)).fetchall()
     return sorted((r[0] for r in rows), key=version_key)
 

@@ -43,7 +43,7 @@ from . import blobs
 from .blobs import BLOB_MODE
 from .index import SCHEMA_VERSION, ModuleRecord, _info_from_json, _info_to_json, create_schema
 from .names import _check_name, _check_version, name_namespace, version_key
-from .refs import MIN_PREFIX, resolve_ref
+from .refs import MIN_PREFIX, resolve_ref, tag_versions
 
 __all__ = ["BLOB_MODE", "MIN_PREFIX", "SCHEMA_VERSION", "ModuleRecord", "ModuleStore",
            "name_namespace", "version_key"]
@@ -191,8 +191,8 @@ class ModuleStore:
 
     def versions(self, name: str) -> list[str]:
         """Every version tagged under `name`, lowest first (see `version_key`)."""
-        rows = self._query("SELECT version FROM tags WHERE name=?", (name,))
-        return sorted((r[0] for r in rows), key=version_key)
+        with self._open():
+            return tag_versions(self._db, name)
 
     # -- resolving -----------------------------------------------------------------------
     def resolve(self, ref: str) -> str:
@@ -235,8 +235,7 @@ class ModuleStore:
         digest = self.resolve(ref)
         path = self.blob_path(digest)
         if not path.exists():
-            raise ModuleNotFound(f"blob of {digest} is missing from {self.blob_dir} "
-                                 "(the index lists it; add the module again)")
+            raise blobs.missing_blob(self.blob_dir, digest)
         return path
 
     def read(self, ref: str) -> bytes:
