@@ -1,4 +1,4 @@
-"""The epoch ticker slows down when no call can be running, and never lets a deadline slip.
+"""The epoch ticker slows down when no call is running, and never lets a deadline slip.
 
 Every test runs against both tickers: the native thread (the default) and the Python one.
 The idle window is measured on an injected clock, so no test waits for it to pass; the waits
@@ -15,18 +15,27 @@ import weakref
 import pytest
 import wasmtime
 
-from iotwasm.engine import HostContext, Limits, Runtime, prepare
+from iotwasm.engine import Capabilities, HostContext, Limits, Runtime, prepare
 from iotwasm.engine.fastcall import StoreControl
 from iotwasm.engine.ticker import NATIVE_LIBRARY, ManualClock, NativeTicker, ThreadTicker
-from iotwasm.errors import ConfigError, TimeoutExceeded
+from iotwasm.errors import ConfigError, InitError, TimeoutExceeded
 from iotwasm.message import Message
 
+from components import component
 from conftest import module_path
 
 #: an idle period no test outlives: only a wake brings the ticker back before it is over
 HOUR_MS = 3_600_000.0
 
 WASI_SPIN_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
+#: an iotwasm-v1 module whose start function (run by instantiation) never returns
+START_SPIN_WASM = wasmtime.wat2wasm(module_path("infinite_loop.wat").read_text().replace(
+    '(func (export "iot_process")', '(func $spin (loop $l (br $l))) (start $spin)\n  (func (export "iot_process")'))
+#: an iotwasm-v1 module that echoes, and spins on a payload starting with '!'
+SPIN_ON_MARKER_WASM = wasmtime.wat2wasm(module_path("trap_on_marker.wat").read_text().replace(
+    "(then unreachable)", "(then (loop $spin (br $spin)))"))
+#: enough increments to tell that the ticker runs at its normal period
+TICKS = 50
 
 
 @pytest.fixture(params=["native", "thread"])
@@ -71,20 +80,44 @@ def test_a_fresh_runtime_goes_idle_only_after_the_window(kind):
     rt, clock = make_runtime(kind)
     with rt:
         assert not rt.ticker.idle
-        # far more ticks than any deadline, but the clock has not left the window
-        wait_for(lambda: rt.epoch > 3 * rt.ticker.max_ticks, "ticks")
+        # many ticks, but the clock has not left the window
+        wait_for(lambda: rt.epoch > TICKS, "ticks")
         assert not rt.ticker.idle
         go_idle(rt, clock)
 
 
-def test_idle_also_waits_for_the_longest_deadline_in_ticks(kind):
-    # the clock is past the window from the start: the epoch must still advance by the
-    # longest deadline first (a late-running ticker counts fewer ticks than wall time)
-    rt, clock = make_runtime(kind, max_timeout_ms=200)
+def test_a_running_call_keeps_the_normal_period_however_long_it_takes(kind):
+    rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS)
     with rt:
-        clock.now = 1e6
-        wait_for(lambda: rt.ticker.idle, "the ticker to go idle")
-        assert rt.epoch >= rt.ticker.max_ticks == rt.timeout_ticks(None)
+        rt.ticker.enter()
+        assert rt.ticker.running == 1
+        epoch = rt.epoch
+
+        def ticking_past_the_window() -> bool:
+            clock.now += rt.ticker.idle_after + 1
+            return rt.epoch > epoch + TICKS
+
+        # with the clock far past the window at every look, only the running call keeps the
+        # ticker at its normal period (an idle tick is an hour)
+        wait_for(ticking_past_the_window, "normal ticks while the call runs")
+        assert not rt.ticker.idle
+        rt.ticker.leave()
+        assert rt.ticker.running == 0
+        go_idle(rt, clock)
+
+
+def test_a_call_that_starts_wakes_an_idle_ticker(kind):
+    rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS)
+    with rt:
+        go_idle(rt, clock)
+        epoch = rt.epoch
+        rt.ticker.enter()
+        try:
+            wait_for(lambda: not rt.ticker.idle, "the start to wake the ticker")
+            wait_for(lambda: rt.epoch > epoch + TICKS, "normal ticks again")
+        finally:
+            rt.ticker.leave()
+        go_idle(rt, clock)
 
 
 def test_an_arm_wakes_an_idle_ticker_and_restarts_the_window(kind):
@@ -95,7 +128,7 @@ def test_an_arm_wakes_an_idle_ticker_and_restarts_the_window(kind):
         arm(rt)
         # an idle period is an hour: only the wake can bring the normal period back
         wait_for(lambda: not rt.ticker.idle, "the arm to wake the ticker")
-        wait_for(lambda: rt.epoch > epoch + 3 * rt.ticker.max_ticks, "normal ticks again")
+        wait_for(lambda: rt.epoch > epoch + TICKS, "normal ticks again")
         assert not rt.ticker.idle  # the clock has not moved since the arm
         go_idle(rt, clock)
 
@@ -117,6 +150,73 @@ def test_a_spinning_guest_armed_while_idle_is_stopped_by_its_timeout(kind, guest
         call.join(60)  # a guard against a hang only: with the ticker asleep it would spin on
         assert not call.is_alive(), "the spinning call was never stopped"
         (result,) = results
+        assert not result.outputs
+        assert isinstance(result.dead_letters[0].error, TimeoutExceeded)
+        assert "timeout 30ms exceeded" in str(result.dead_letters[0].error)
+
+
+def with_the_clock_running(rt: Runtime, clock: ManualClock, fn):
+    """`fn()` on a thread of its own while the clock is moved past the idle window at every
+    look: a call the ticker did not know to be running would see it go idle (an hour a tick)
+    and spin on. Returns what `fn` returned, raises what it raised."""
+    out: list = []
+
+    def call() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out.append(e)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    give_up = time.monotonic() + 60   # a guard against a hang only
+    while thread.is_alive() and time.monotonic() < give_up:
+        clock.now += rt.ticker.idle_after + 1
+        time.sleep(0.001)
+    assert not thread.is_alive(), "the spinning call was never stopped"
+    assert rt.ticker.running == 0, "a call left without telling the ticker"
+    (result,) = out
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+SPINNERS = ["iotwasm-v1 native batch", "iotwasm-v1 python batch", "iotwasm-v1 start function",
+            "wasi-command", "component"]
+
+
+@pytest.mark.parametrize("spinner", SPINNERS)
+def test_every_kind_of_call_keeps_the_ticker_awake_until_its_limit(kind, spinner):
+    # every way into guest code brackets itself as running: with the clock far past the
+    # idle window, a spinning call still ends at its time limit, not an idle hour a tick later
+    rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS, max_timeout_ms=200,
+                             batch_calls="python" if spinner == "iotwasm-v1 python batch" else "auto")
+    with rt:
+        limits = Limits(timeout_ms=30)
+        if spinner == "iotwasm-v1 start function":
+            factory = prepare(rt.load(START_SPIN_WASM, name="spin", limits=limits), limits,
+                              HostContext("spin"))
+            with pytest.raises(InitError, match="timeout 30ms exceeded"):
+                with_the_clock_running(rt, clock, factory.new_guest)
+            return
+        if spinner == "component":
+            compiled = rt.load(component("python", "misbehave"), limits=limits)
+            guest = prepare(compiled, limits, HostContext(
+                "spin", Capabilities.grant("log", "kv", "config"))).new_guest()
+            message = Message("in/d1", b"loop")
+        elif spinner == "wasi-command":
+            guest = prepare(rt.load(WASI_SPIN_WAT, name="spin", limits=limits), limits,
+                            HostContext("spin")).new_guest()
+            message = Message("t", b"x")
+        else:
+            guest = prepare(rt.load(SPIN_ON_MARKER_WASM, name="spin", limits=limits), limits,
+                            HostContext("spin")).new_guest()
+            # a first batch grows the buffers: the next goes the way the spinner names
+            assert [o.payload for o in guest.process([Message("t", b"ok")]).outputs] == [b"ok"]
+            assert (guest._native is not None) == (spinner == "iotwasm-v1 native batch")
+            message = Message("t", b"!spin")
+        go_idle(rt, clock)   # the call has to wake the ticker, then keep it awake
+        result = with_the_clock_running(rt, clock, lambda: guest.process([message]))
         assert not result.outputs
         assert isinstance(result.dead_letters[0].error, TimeoutExceeded)
         assert "timeout 30ms exceeded" in str(result.dead_letters[0].error)

@@ -68,11 +68,14 @@ class V1Guest(V1Batches):
         rec = f.snapshots.record()
         exports = None
         try:
+            self.ctl.enter()  # the start function, if any, is a call too
             try:
                 instance = f.pre.instantiate(store)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
                 err = classify(e, module=f.name, function="instantiate", limits=f.limits)
                 raise InitError(str(err), module=None) from None
+            finally:
+                self.ctl.leave()
             ctx = self.ctl.ctx  # one context pointer for every handle of this store
             exports = Exports(store, instance, ctx)
             # the factory checked every export's presence and type: get() finds them all
@@ -123,8 +126,13 @@ class V1Guest(V1Batches):
     def _invoke(self, fn: RawFunc, *args: int) -> int | None:
         """Call into the guest with fresh budgets; raise its failure as a typed error."""
         self._budget_call()
+        ctl = self.ctl
         try:
-            return fn(*args)
+            ctl.enter()
+            try:
+                return fn(*args)
+            finally:
+                ctl.leave()
         except CallFailed as e:
             self.mem.refresh()
             raise classify(e.cause, module=self.f.name, function=fn.name, limits=self.f.limits,
@@ -204,5 +212,5 @@ class V1Guest(V1Batches):
         if self.f.native_batch:
             if self._native is None:
                 self._native = batch_call(self._process_fn, self.mem, MIN_BUFFER,
-                                          self.f.limits.max_output)
+                                          self.f.limits.max_output, self.ctl)
             self._native.buffers(self.in_ptr, self.in_cap, self.out_ptr, self.out_cap)

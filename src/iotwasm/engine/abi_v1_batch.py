@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence, cast
 
 from ..errors import AbiError, GuestError, IotwasmError, MemoryLimitExceeded, OutputLimitExceeded
 from ..message import BatchResult, DeadLetter, Message
-from .fastcall import CallFailed, RawFunc, call_failure
+from .fastcall import CallFailed, RawFunc, StoreControl, call_failure
 from .guest_memory import GuestMemory
 from .host import call_budget
 from .limits import format_size
@@ -49,6 +49,7 @@ class V1Batches:
     out_cap: int
     _native: BatchCall | None
     _process_fn: RawFunc
+    ctl: StoreControl
     _armed_epoch: int
     _deadline_at: float
 
@@ -106,7 +107,14 @@ class V1Batches:
         """The straight line of `process` in one native call (engine/v1_native.py); what it
         leaves (inputs that do not fit, any other outcome) goes on as in Python."""
         self._budget_call()
-        got = native.run(messages)
+        if self.ctl.native_hooks is None:   # the call cannot tell the ticker itself
+            self.ctl.enter()
+            try:
+                got = native.run(messages)
+            finally:
+                self.ctl.leave()
+        else:
+            got = native.run(messages)
         if got is None:  # nothing was called
             return self._process(messages, None)
         if native.size != self.mem.size():
@@ -124,8 +132,13 @@ class V1Batches:
         mem.write(self.in_ptr, data)
         mem.write(self.out_ptr, _ZERO_HEADER)
         self._budget_call()
+        ctl = self.ctl
         try:
-            status = self._process_fn(self.in_ptr, len(data), count, self.out_ptr, self.out_cap)
+            ctl.enter()
+            try:
+                status = self._process_fn(self.in_ptr, len(data), count, self.out_ptr, self.out_cap)
+            finally:
+                ctl.leave()
         except CallFailed as e:
             return self._outcome(None, e)
         return self._outcome(status, None)

@@ -289,7 +289,8 @@ def _no_ticker() -> None:
 class StoreControl:
     """Per-call budgets on a store: epoch deadline and fuel, set through the raw C API."""
 
-    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c", "_arm")
+    __slots__ = ("_store", "_ctx", "_fuel_out", "_ticks", "_ticks_c", "_arm", "enter", "leave",
+                 "native_hooks")
 
     def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None,
                  ticker: EpochTicker | None = None):
@@ -301,6 +302,13 @@ class StoreControl:
         self._ticks = -1
         self._ticks_c = ctypes.c_uint64(0)
         self._arm: Callable[[], None] = ticker.arm if ticker is not None else _no_ticker
+        #: around every call into the guest (its start function too): while one runs, the
+        #: ticker keeps its normal period, so the call's deadline comes on time
+        #: (engine/ticker.py); a `try`/`finally` pairs them
+        self.enter: Callable[[], None] = ticker.enter if ticker is not None else _no_ticker
+        self.leave: Callable[[], None] = ticker.leave if ticker is not None else _no_ticker
+        #: what the native batch call needs to do the same itself (`EpochTicker.native_hooks`)
+        self.native_hooks = ticker.native_hooks if ticker is not None else None
 
     @property
     def ctx(self) -> ctypes.c_void_p:

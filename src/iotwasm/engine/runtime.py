@@ -28,7 +28,7 @@ from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      info_from_record, info_to_record, read_source)
 from .v1_native import use_native
-from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_MARGIN_MS, EpochTicker, start_ticker
+from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_AFTER_TICKS, EpochTicker, start_ticker
 from .wasm_scan import SnapshotPlan, Unplannable, plan
 
 #: a small reservation keeps thousands of instances within the address space; memory can
@@ -120,10 +120,10 @@ class Runtime:
         """`max_timeout_ms` bounds every call: limits without a timeout get it, limits asking
         for more are refused (`bounded`).
 
-        The epoch advances every `epoch_tick_ms`, and only every `idle_tick_ms` once no call
-        has started for longer than `max_timeout_ms` plus a margin; the first call after
-        that brings the normal period back at once (engine/ticker.py). `idle_clock` (monotonic
-        seconds) measures that idle window; tests pass a `ManualClock`. `ticker`: "native"
+        The epoch advances every `epoch_tick_ms` while a call runs or one started within the
+        last two ticks, and only every `idle_tick_ms` otherwise; a call's start brings the
+        normal period back at once (engine/ticker.py). `idle_clock` (monotonic seconds)
+        measures that idle window; tests pass a `ManualClock`. `ticker`: "native"
         (a thread in C that never takes the GIL), "thread" (a Python thread), or "auto" (the
         native one when its library is built). `batch_calls`: "native" (an iotwasm-v1 guest
         frames, calls and reads the common case of a batch in one call into the extension
@@ -160,8 +160,7 @@ class Runtime:
         #: advances the epochs; every arm of a deadline tells it (`StoreControl`)
         self.ticker: EpochTicker = start_ticker(
             ticker, period_s=epoch_tick_ms / 1000, idle_period_s=idle_tick_ms / 1000,
-            idle_after_s=(self.max_timeout_ms + IDLE_MARGIN_MS) / 1000,
-            max_ticks=self.timeout_ticks(None), clock=idle_clock)
+            idle_after_s=IDLE_AFTER_TICKS * epoch_tick_ms / 1000, clock=idle_clock)
         # an abandoned runtime's ticker stops when the runtime is collected (and at exit)
         weakref.finalize(self, self.ticker.stop)
 

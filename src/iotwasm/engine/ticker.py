@@ -1,29 +1,30 @@
-"""The epoch ticker: the thread that advances every engine's epoch, and slows down when idle.
+"""The epoch ticker: the thread that advances every engine's epoch, and sleeps between calls.
 
 A call's time limit is an epoch deadline: `StoreControl.set_deadline` tells wasmtime to trap
 the guest once its engine's epoch has advanced that many ticks past its value at the arm.
-The ticker normally increments every engine's epoch once per `epoch_tick_ms` (1 ms), which
-costs a few per cent of a core on a node doing nothing.
+The ticker increments every engine's epoch once per `epoch_tick_ms` (1 ms). Only a running
+call needs those ticks, and a node that handles a message now and then runs guest code for
+microseconds a second: ticking all the time woke its process 1,000 times a second, which at
+10 messages a second was most of the node's CPU.
 
-So it has two modes:
+So the ticker knows which calls are running. Every call into a guest is bracketed by
+`enter` and `leave` (`StoreControl.enter`/`leave`; the native batch call does the same in C),
+and the ticker has two modes:
 
-- **normal**: one increment per `period` (`epoch_tick_ms`), as long as any guest call might
-  be running;
-- **idle**: one increment per `idle_period` (100 ms by default), once no deadline has been
-  armed for longer than the runtime's maximum call time plus a margin (`idle_after`) *and*
-  the epoch has advanced by at least the largest deadline (`max_ticks`) since the last arm
-  it saw. Every call's deadline is at most `max_ticks` (`Runtime.bounded` refuses longer
-  limits), so by then every call armed before has either returned or been trapped: the epoch
-  is past its deadline and only ever grows, so a guest that is still in a host function
-  traps as soon as it is back in wasm. The count of ticks matters as well as the wall clock
-  because the epoch runs slower than wall time when the thread is scheduled late.
+- **normal**: one increment per `period` (`epoch_tick_ms`), while a call is running or one
+  was armed or started within the last `idle_after` (`IDLE_AFTER_TICKS` periods, so that
+  calls that follow one another closely do not each pay for a wake);
+- **idle**: one increment per `idle_period` (100 ms by default), once no call is running
+  and none was armed or started for `idle_after`.
 
-Every arm (`arm`) sets `armed` and reads `idle`; the ticker clears the flag when it takes
-note of the arm. An arm that finds the ticker idle
-wakes it at once (`wake`), so the new call's deadline counts normal ticks from its start.
-The ticker publishes `idle = True` before it looks at `armed` one last time, and an arm
-stores `armed` before it reads `idle`: one of the two always sees the other, so an arm never
-leaves the ticker asleep.
+No call can be running while the ticker is idle: it goes idle only when it sees none
+running, and a call's `enter` brings it back. Every `enter` (and every arm) sets `armed`
+and reads `idle`; the ticker clears the flag when it takes note of it. One that finds the
+ticker idle wakes it at once (`wake`), so the call's deadline counts normal ticks from its
+start. The ticker publishes `idle = True` before it looks at `armed` and `running` one last
+time, and an `enter` stores both before it reads `idle`: one of the two always sees the
+other, so no call is left with the ticker asleep. The idle ticks are a second line of
+defence: an idle ticker that finds a call running at its next idle tick goes back to normal.
 
 Slowing down never makes a deadline fire early. A deadline counts increments, not time: in
 idle mode the epoch advances by exactly one per idle period, never in a burst to catch up
@@ -35,11 +36,11 @@ current tick as partly over.
 
 Two implementations follow these rules. `NativeTicker` (the default) runs them in a thread
 of its own written in C (`native/epoch_ticker.c`, built by scripts/setup.sh into
-`native/libiotwasm_ticker.so`): it never takes the GIL, so its 1,000 ticks a second neither
-wake the interpreter nor force the event loop's thread to hand the GIL over. `ThreadTicker`
-is the same in a Python thread, used when the library is not built (a package installed
-without scripts/setup.sh) or when asked for (`Runtime(ticker="thread")`). Both read the idle
-window on `time.monotonic` or on a `ManualClock` a test moves by hand.
+`native/libiotwasm_ticker.so`): it never takes the GIL, so its ticks neither wake the
+interpreter nor force the event loop's thread to hand the GIL over. `ThreadTicker` is the
+same in a Python thread, used when the library is not built (a package installed without
+scripts/setup.sh) or when asked for (`Runtime(ticker="thread")`). Both read the idle window
+on `time.monotonic` or on a `ManualClock` a test moves by hand.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ from wasmtime import _ffi
 
 from ..errors import ConfigError
 
-#: added to the maximum call time before the ticker may slow down
-IDLE_MARGIN_MS = 1000.0
+#: normal periods without a call before the ticker slows down (`idle_after`)
+IDLE_AFTER_TICKS = 2
 #: the period of one increment while idle
 DEFAULT_IDLE_TICK_MS = 100.0
 #: the native ticker's library, built from native/epoch_ticker.c by scripts/setup.sh
@@ -90,22 +91,35 @@ class EpochTicker(Protocol):
     #: the number of increments so far, bumped after every engine's
     epoch_cell: ctypes.c_int64
     idle_after: float
-    max_ticks: int
     #: set once the ticker's thread has been told to stop
     stopped: threading.Event
 
     @property
     def idle(self) -> bool: ...
 
+    @property
+    def running(self) -> int:
+        """Calls between `enter` and `leave` now."""
+
+    @property
+    def native_hooks(self) -> tuple[int, int, int] | None:
+        """For native code that calls guests itself: the addresses of the shared state and
+        of `iw_ticker_enter` and `iw_ticker_leave` (engine/native/epoch_ticker.c); None for a
+        ticker that is not native (the caller then brackets its calls in Python)."""
+
     def add_engine(self, engine: wasmtime.Engine) -> None: ...
 
     def arm(self) -> None: ...
+
+    def enter(self) -> None: ...
+
+    def leave(self) -> None: ...
 
     def stop(self) -> None: ...
 
 
 def start_ticker(kind: str, *, period_s: float, idle_period_s: float, idle_after_s: float,
-                 max_ticks: int, clock: Callable[[], float]) -> EpochTicker:
+                 clock: Callable[[], float]) -> EpochTicker:
     """The native ticker when built (`kind` "auto" or "native"), else the Python thread."""
     if kind not in TICKER_KINDS:
         raise ConfigError(f"ticker {kind!r} must be one of {', '.join(TICKER_KINDS)}")
@@ -117,33 +131,36 @@ def start_ticker(kind: str, *, period_s: float, idle_period_s: float, idle_after
         raise ConfigError(f"native epoch ticker unavailable: {why}")
     if lib is None or not native_clock:
         return ThreadTicker(period_s=period_s, idle_period_s=idle_period_s,
-                            idle_after_s=idle_after_s, max_ticks=max_ticks, clock=clock)
+                            idle_after_s=idle_after_s, clock=clock)
     return NativeTicker(lib, period_s=period_s, idle_period_s=idle_period_s,
-                        idle_after_s=idle_after_s, max_ticks=max_ticks, clock=clock)
+                        idle_after_s=idle_after_s, clock=clock)
 
 
 class ThreadTicker:
     """The ticker as a Python daemon thread; see the module docstring."""
 
+    #: calls bracket themselves in Python (`enter`, `leave`)
+    native_hooks = None
+
     def __init__(self, *, period_s: float, idle_period_s: float, idle_after_s: float,
-                 max_ticks: int, clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic):
         """`clock` (seconds, monotonic) measures the idle window only; tests inject one."""
         self.epoch_cell = ctypes.c_int64(0)
-        #: set by every arm (`arm`), cleared when the ticker notes it
+        #: set by every arm and every call's start, cleared when the ticker notes it
         self.armed = False
+        #: calls running now (`enter` to `leave`); changed and read under the GIL
+        self.running = 0
         #: True while the ticker runs at `idle_period`
         self.idle = False
         self.period = period_s
         self.idle_period = idle_period_s
         self.idle_after = idle_after_s
-        self.max_ticks = max_ticks
         self._clock = clock
         self._engines: list[wasmtime.Engine] = []
         self._wake = threading.Event()
         self.stopped = threading.Event()
         # a new ticker counts as just armed: it starts at the normal period
         self._seen_at = clock()
-        self._seen_epoch = 0
         self.thread = threading.Thread(target=self._run, name="iotwasm-epoch", daemon=True)
         self.thread.start()
 
@@ -155,6 +172,14 @@ class ThreadTicker:
         self.armed = True
         if self.idle:
             self._wake.set()
+
+    def enter(self) -> None:
+        """A call into a guest starts: it counts as running until `leave`."""
+        self.running += 1
+        self.arm()
+
+    def leave(self) -> None:
+        self.running -= 1
 
     def stop(self) -> None:
         self.stopped.set()
@@ -171,7 +196,7 @@ class ThreadTicker:
                 woken = wake.wait(self.idle_period)
                 if stop.is_set():
                     return
-                if woken or self.armed:
+                if woken or self.armed or self.running:
                     wake.clear()
                     self.idle = False
                     self._note_arm()  # the arm that woke us, not yet noted
@@ -181,23 +206,19 @@ class ThreadTicker:
             for engine in engines:
                 engine.increment_epoch()
             cell.value += 1
-            epoch = cell.value
             if self.idle:
                 continue
-            if self.armed:
-                self.armed = False
-                self._seen_at, self._seen_epoch = self._clock(), epoch
-            elif (self._clock() - self._seen_at > self.idle_after
-                  and epoch - self._seen_epoch >= self.max_ticks):
+            if self.armed or self.running:
+                self._note_arm()
+            elif self._clock() - self._seen_at > self.idle_after:
                 wake.clear()
                 self.idle = True
-                if self.armed:  # an arm that read `idle` before it was set: stay normal
+                if self.armed or self.running:  # a start that read `idle` before it was set
                     self.idle = False
 
     def _note_arm(self) -> None:
         self.armed = False
         self._seen_at = self._clock()
-        self._seen_epoch = self.epoch_cell.value
 
 
 class _Library:
@@ -208,23 +229,30 @@ class _Library:
         size = cdll.iw_shared_size
         size.restype = ctypes.c_size_t
         public = [("epoch", ctypes.c_int64), ("armed", ctypes.c_int32), ("idle", ctypes.c_int32),
+                  ("running", ctypes.c_int32), ("reserved", ctypes.c_int32),
                   ("manual_clock", ctypes.c_void_p)]
         # owned by Python: the epoch stays readable and an arm safe once the ticker is freed
         self.Shared = type("Shared", (ctypes.Structure,), {"_fields_": public + [
-            ("private", ctypes.c_byte * (size() - 24))]})
+            ("private", ctypes.c_byte * (size() - 32))]})
         self.start = cdll.iw_ticker_start
         self.start.restype = ctypes.c_void_p
-        self.start.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4
+        self.start.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3
         self.add_engine = cdll.iw_ticker_add_engine
         self.add_engine.restype = ctypes.c_int
         self.add_engine.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self.stop = cdll.iw_ticker_stop
         self.stop.restype = None
         self.stop.argtypes = [ctypes.c_void_p]
-        # keeps the GIL: an arm is a few atomic operations, cheaper than releasing it
-        self.arm = ctypes.PyDLL(str(path)).iw_ticker_arm
-        self.arm.restype = None
-        self.arm.argtypes = [ctypes.c_void_p]
+        # keep the GIL: an arm, an enter or a leave is a few atomic operations, cheaper than
+        # releasing it
+        pydll = ctypes.PyDLL(str(path))
+        self.arm, self.enter, self.leave = pydll.iw_ticker_arm, pydll.iw_ticker_enter, pydll.iw_ticker_leave
+        for fn in (self.arm, self.enter, self.leave):
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p]
+        #: for the native batch call, which brackets its calls itself
+        self.enter_address = ctypes.cast(self.enter, ctypes.c_void_p).value or 0
+        self.leave_address = ctypes.cast(self.leave, ctypes.c_void_p).value or 0
         self.increment = ctypes.cast(_ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p)
 
 
@@ -241,7 +269,7 @@ class NativeTicker:
     """The ticker as a native thread that never takes the GIL; see the module docstring."""
 
     def __init__(self, lib: _Library, *, period_s: float, idle_period_s: float,
-                 idle_after_s: float, max_ticks: int, clock: Callable[[], float] = time.monotonic):
+                 idle_after_s: float, clock: Callable[[], float] = time.monotonic):
         """`clock` is `time.monotonic` or a `ManualClock` (`start_ticker` checks)."""
         self._lib = lib
         self._shared = shared = lib.Shared()
@@ -253,16 +281,18 @@ class NativeTicker:
             shared.manual_clock = ctypes.addressof(clock.cell)
         self.epoch_cell = ctypes.c_int64.from_buffer(shared)  # `epoch` is the first field
         self.idle_after = idle_after_s
-        self.max_ticks = max_ticks
         self.stopped = threading.Event()
         self._engines: list[wasmtime.Engine] = []  # kept alive until the thread has ended
         self._lock = threading.Lock()
         ptr = lib.start(self._shared_ptr, lib.increment, round(period_s * 1e9),
-                        round(idle_period_s * 1e9), round(idle_after_s * 1e9), max_ticks)
+                        round(idle_period_s * 1e9), round(idle_after_s * 1e9))
         if not ptr:
             raise ConfigError("native epoch ticker: its thread could not be started")
         self._ptr: ctypes.c_void_p | None = ctypes.c_void_p(ptr)
         self.arm = functools.partial(lib.arm, self._shared_ptr)
+        self.enter = functools.partial(lib.enter, self._shared_ptr)
+        self.leave = functools.partial(lib.leave, self._shared_ptr)
+        self.native_hooks = (ctypes.addressof(shared), lib.enter_address, lib.leave_address)
 
     @property
     def idle(self) -> bool:
@@ -271,6 +301,10 @@ class NativeTicker:
     @property
     def armed(self) -> bool:
         return bool(self._shared.armed)
+
+    @property
+    def running(self) -> int:
+        return int(self._shared.running)
 
     @property
     def alive(self) -> bool:

@@ -24,10 +24,13 @@ from wasmtime import _ffi
 
 from ..errors import ConfigError
 from ..message import Message, Output
-from .fastcall import RawFunc
+from .fastcall import RawFunc, StoreControl
 from .guest_memory import GuestMemory
 
 BATCH_CALL_KINDS = ("auto", "native", "python")
+#: the extension's interface this code speaks (its `INTERFACE`): a build from an older source
+#: is not used
+INTERFACE = 2
 EXTENSION = Path(__file__).parent / "native" / f"iotwasm_v1_batch{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
@@ -56,6 +59,8 @@ def _extension() -> ModuleType | None:
         assert spec is not None
         mod = importlib.util.module_from_spec(spec)
         loader.exec_module(mod)
+        if getattr(mod, "INTERFACE", 1) != INTERFACE:
+            return None   # built from an older source: setup.sh rebuilds it
         mod.bind(*(_address(f) for f in ("wasmtime_func_call_unchecked", "wasmtime_memory_data",
                                          "wasmtime_memory_data_size")))
     except (ImportError, OSError, AttributeError):
@@ -81,14 +86,17 @@ def use_native(kind: str) -> bool:
     return True
 
 
-def batch_call(process: RawFunc, mem: GuestMemory, min_buffer: int, max_output: int) -> BatchCall:
+def batch_call(process: RawFunc, mem: GuestMemory, min_buffer: int, max_output: int,
+               ctl: StoreControl) -> BatchCall:
     """A native caller of `process` (iot_process) on `mem`'s instance. It holds both handles,
-    and so the store, for as long as it lives."""
+    and so the store, for as long as it lives. With the native ticker (`ctl.native_hooks`)
+    each call brackets itself as running, as `StoreControl.enter`/`leave` do; without it the
+    caller brackets `run` itself. `ctl` is held too: it keeps the ticker's state alive."""
     mod = _extension()
     assert mod is not None, "use_native() said yes"
     ctx, func, vals = process.addresses()
     _, memory = mem.addresses()
     # keep, output and message types, store context, function, memory, value array, sizing
-    call: Any = mod.BatchCall((process, mem), Output, Message, ctx, func, memory, vals, min_buffer,
-                              max_output)
+    call: Any = mod.BatchCall((process, mem, ctl), Output, Message, ctx, func, memory, vals,
+                              min_buffer, max_output, *(ctl.native_hooks or ()))
     return call  # type: ignore[no-any-return]

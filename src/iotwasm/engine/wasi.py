@@ -131,6 +131,7 @@ class WasiGuest:
         exit_code = 0
         failure: IotwasmError | None = None
         memory = None
+        ctl.enter()  # the instance's start function and `_start`: one call, as the ticker sees it
         try:
             instance = f.pre.instantiate(store)
             exports = instance.exports(store)
@@ -146,6 +147,8 @@ class WasiGuest:
                                    memory_bytes=size)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             failure = classify(e, module=f.name, function="instantiate", limits=f.limits)
+        finally:
+            ctl.leave()
         if isinstance(memory, wasmtime.Memory):
             self._last_pages = memory.size(store)
         used = 0

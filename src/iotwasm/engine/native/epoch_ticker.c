@@ -10,13 +10,16 @@
  *
  *  - normal: one increment per `period_ns`, measured from the end of the last one (a thread
  *    scheduled late makes the epoch run slow, never burst to catch up);
- *  - idle: one increment per `idle_period_ns` once no deadline was armed for `idle_after_ns`
- *    and the epoch advanced by `max_ticks` since the last arm it noted;
- *  - an arm (iw_ticker_arm) sets `armed` and, finding the ticker idle, wakes it; the ticker
- *    publishes `idle` before it reads `armed` a last time (both sequentially consistent), so
- *    one of the two always sees the other.
+ *  - idle: one increment per `idle_period_ns` once no call is running (`running`) and none
+ *    was armed or started for `idle_after_ns`;
+ *  - an arm (iw_ticker_arm) or a call's start (iw_ticker_enter) sets `armed` and, finding
+ *    the ticker idle, wakes it; the ticker publishes `idle` before it reads `armed` and
+ *    `running` a last time (all sequentially consistent), so one of the two always sees the
+ *    other.
  *
- * Python reads and writes only `iw_shared`; it calls iw_ticker_arm for every deadline.
+ * Python reads and writes only `iw_shared`; it calls iw_ticker_arm for every deadline and
+ * iw_ticker_enter / iw_ticker_leave around every call into a guest (the native batch call
+ * does so itself, through the addresses Python hands it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +38,8 @@ typedef struct {
     int64_t epoch;                /* increments done so far; written after every engine's */
     int32_t armed;                /* set by every arm, cleared when the ticker notes it */
     int32_t idle;                 /* 1 while ticking at the idle period */
+    int32_t running;              /* calls into guests in progress (iw_ticker_enter/leave) */
+    int32_t reserved;
     const int64_t *manual_clock;  /* NULL: CLOCK_MONOTONIC; else the idle window's clock (ns) */
     /* below: only under `lock` */
     int32_t woken, stop;
@@ -45,8 +50,8 @@ typedef struct {
 typedef struct {
     iw_shared *s;
     iw_increment_fn increment;
-    int64_t period_ns, idle_period_ns, idle_after_ns, max_ticks;
-    int64_t seen_at, seen_epoch;
+    int64_t period_ns, idle_period_ns, idle_after_ns;
+    int64_t seen_at;
     int n_engines, cap_engines;
     void **engines;
     pthread_t thread;
@@ -84,7 +89,12 @@ static int wait_locked(iw_ticker *t, int64_t ns, int wakeable) {
 static void note_arm(iw_ticker *t) {
     __atomic_store_n(&t->s->armed, 0, __ATOMIC_SEQ_CST);
     t->seen_at = window_now(t);
-    t->seen_epoch = __atomic_load_n(&t->s->epoch, __ATOMIC_ACQUIRE);
+}
+
+/* Whether a call was armed or started since the ticker last looked, or is running now. */
+static int busy(iw_ticker *t) {
+    return __atomic_load_n(&t->s->armed, __ATOMIC_SEQ_CST)
+           || __atomic_load_n(&t->s->running, __ATOMIC_SEQ_CST) > 0;
 }
 
 static void *run(void *arg) {
@@ -95,7 +105,7 @@ static void *run(void *arg) {
             int woken = wait_locked(t, t->idle_period_ns, 1);
             if (t->s->stop)
                 break;
-            if (woken || __atomic_load_n(&t->s->armed, __ATOMIC_SEQ_CST)) {
+            if (woken || busy(t)) {
                 __atomic_store_n(&t->s->idle, 0, __ATOMIC_SEQ_CST);
                 note_arm(t);
                 continue; /* no increment: the next comes one normal period from now */
@@ -107,16 +117,15 @@ static void *run(void *arg) {
         }
         for (int i = 0; i < t->n_engines; i++)
             t->increment(t->engines[i]);
-        int64_t epoch = __atomic_add_fetch(&t->s->epoch, 1, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&t->s->epoch, 1, __ATOMIC_RELEASE);
         if (__atomic_load_n(&t->s->idle, __ATOMIC_SEQ_CST))
             continue;
-        if (__atomic_load_n(&t->s->armed, __ATOMIC_SEQ_CST)) {
+        if (busy(t)) {
             note_arm(t);
-        } else if (window_now(t) - t->seen_at > t->idle_after_ns
-                   && epoch - t->seen_epoch >= t->max_ticks) {
+        } else if (window_now(t) - t->seen_at > t->idle_after_ns) {
             t->s->woken = 0;
             __atomic_store_n(&t->s->idle, 1, __ATOMIC_SEQ_CST);
-            if (__atomic_load_n(&t->s->armed, __ATOMIC_SEQ_CST)) /* an arm that read idle == 0 */
+            if (busy(t)) /* an arm or a start that read idle == 0 */
                 __atomic_store_n(&t->s->idle, 0, __ATOMIC_SEQ_CST);
         }
     }
@@ -126,7 +135,7 @@ static void *run(void *arg) {
 
 /* Starts a ticker; NULL if the thread could not be made. */
 iw_ticker *iw_ticker_start(iw_shared *shared, iw_increment_fn increment, int64_t period_ns,
-                           int64_t idle_period_ns, int64_t idle_after_ns, int64_t max_ticks) {
+                           int64_t idle_period_ns, int64_t idle_after_ns) {
     iw_ticker *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
@@ -135,7 +144,6 @@ iw_ticker *iw_ticker_start(iw_shared *shared, iw_increment_fn increment, int64_t
     t->period_ns = period_ns;
     t->idle_period_ns = idle_period_ns;
     t->idle_after_ns = idle_after_ns;
-    t->max_ticks = max_ticks;
     t->seen_at = window_now(t); /* a new ticker counts as just armed */
     /* never destroyed: an arm may use them after the ticker is freed (Python frees them) */
     pthread_condattr_t ca;
@@ -172,6 +180,20 @@ int iw_ticker_add_engine(iw_ticker *t, void *engine) {
 }
 
 /* What every deadline armed does: note it, and wake an idle ticker. Never blocks for long. */
+void iw_ticker_arm(iw_shared *s);
+
+/* A call into a guest starts: counted as running until iw_ticker_leave, so the ticker keeps
+ * its normal period however long the call takes; an idle ticker is woken. */
+void iw_ticker_enter(iw_shared *s) {
+    __atomic_add_fetch(&s->running, 1, __ATOMIC_SEQ_CST);
+    iw_ticker_arm(s);
+}
+
+/* The call started by the matching iw_ticker_enter has returned (or trapped). */
+void iw_ticker_leave(iw_shared *s) {
+    __atomic_sub_fetch(&s->running, 1, __ATOMIC_SEQ_CST);
+}
+
 void iw_ticker_arm(iw_shared *s) {
     __atomic_store_n(&s->armed, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->idle, __ATOMIC_SEQ_CST)) {

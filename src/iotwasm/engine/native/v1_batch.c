@@ -14,7 +14,9 @@
  * arithmetic, before a byte is read. Guest memory cannot change while this runs: the pool
  * hands an instance to one caller at a time and only its own call runs guest code.
  * The wasmtime functions are passed in as addresses by the caller (the library wasmtime-py
- * loaded), so this links against nothing but Python.
+ * loaded), so this links against nothing but Python; so are the epoch ticker's
+ * iw_ticker_enter and iw_ticker_leave (engine/native/epoch_ticker.c), which bracket the call
+ * so that the ticker keeps its normal period while it runs (engine/ticker.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,6 +37,7 @@ typedef union {
 typedef void *(*call_unchecked_fn)(void *ctx, const void *func, raw_val *vals, size_t n,
                                    void **trap);
 typedef uint8_t *(*memory_data_fn)(const void *ctx, const void *mem);
+typedef void (*ticker_fn)(void *shared);
 typedef size_t (*memory_size_fn)(const void *ctx, const void *mem);
 
 static call_unchecked_fn call_unchecked;
@@ -55,6 +58,8 @@ typedef struct {
     raw_val *vals;         /* at least 5 */
     uint64_t in_ptr, in_cap, out_ptr, out_cap, min_buffer, max_output;
     uint64_t size;         /* memory size after the last call */
+    void *ticker;          /* the ticker's shared state, and its enter and leave: NULL when */
+    ticker_fn enter, leave;  /* the caller brackets the call itself */
 } BatchCall;
 
 typedef struct {
@@ -75,14 +80,18 @@ static void *address(PyObject *o, const char *what) {
 
 static int BatchCall_init(BatchCall *self, PyObject *args, PyObject *kwds) {
     PyObject *keep, *output, *message, *ctx, *func, *mem, *vals;
-    unsigned long long min_buffer, max_output;
+    unsigned long long min_buffer, max_output, ticker = 0, enter = 0, leave = 0;
     if (kwds && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "BatchCall takes positional arguments only");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOOKK:BatchCall", &keep, &output, &message, &ctx, &func,
-                          &mem, &vals, &min_buffer, &max_output))
+    if (!PyArg_ParseTuple(args, "OOOOOOOKK|KKK:BatchCall", &keep, &output, &message, &ctx, &func,
+                          &mem, &vals, &min_buffer, &max_output, &ticker, &enter, &leave))
         return -1;
+    if ((ticker || enter || leave) && !(ticker && enter && leave)) {
+        PyErr_SetString(PyExc_ValueError, "the ticker's state, enter and leave go together");
+        return -1;
+    }
     if (!PyType_Check(output) || !PyType_IsSubtype((PyTypeObject *)output, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "output must be a tuple subclass");
         return -1;
@@ -106,6 +115,9 @@ static int BatchCall_init(BatchCall *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->message, (PyTypeObject *)message);
     self->min_buffer = min_buffer;
     self->max_output = max_output;
+    self->ticker = (void *)(uintptr_t)ticker;
+    self->enter = (ticker_fn)(uintptr_t)enter;
+    self->leave = (ticker_fn)(uintptr_t)leave;
     self->in_ptr = self->in_cap = self->out_ptr = self->out_cap = 0;
     self->size = memory_size(self->ctx, self->mem);
     return 0;
@@ -300,9 +312,13 @@ static PyObject *BatchCall_run(BatchCall *self, PyObject *messages) {
     v[3].i32 = (int32_t)(uint32_t)self->out_ptr;
     v[4].i32 = (int32_t)(uint32_t)self->out_cap;
     void *trap = NULL, *err;
+    if (self->enter)
+        self->enter(self->ticker);
     Py_BEGIN_ALLOW_THREADS
     err = call_unchecked(self->ctx, self->func, v, 5, &trap);
     Py_END_ALLOW_THREADS
+    if (self->leave)
+        self->leave(self->ticker);
     msize = memory_size(self->ctx, self->mem);  /* the call may have grown (and moved) it */
     self->size = msize;
     int32_t status = v[0].i32;
@@ -396,6 +412,11 @@ PyMODINIT_FUNC PyInit_iotwasm_v1_batch(void) {
     Py_INCREF(&BatchCallType);
     if (PyModule_AddObject(m, "BatchCall", (PyObject *)&BatchCallType) < 0) {
         Py_DECREF(&BatchCallType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* what engine/v1_native.py checks before it uses a build: 2 takes the ticker's hooks */
+    if (PyModule_AddIntConstant(m, "INTERFACE", 2) < 0) {
         Py_DECREF(m);
         return NULL;
     }
