@@ -182,6 +182,11 @@ class RuleEngine:
                 fn.end_batch()
         return out
 
+    def needs_ticks(self) -> bool:
+        """Whether `tick` can do anything: an enabled rule with windows (only those close by
+        processing time). Safe to call from another thread than the engine's."""
+        return any(r.windows is not None and r.enabled for r in list(self.rules.values()))
+
     def tick(self, now_ms: int | None = None) -> list[Emission]:
         now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         out: list[Emission] = []

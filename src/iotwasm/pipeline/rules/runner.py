@@ -85,9 +85,15 @@ class RuleRunner(RunnerWork):
         self._lock = threading.Lock()
         self._worker = Worker("rules")
         self._engine_stats: dict[str, dict] = {}
+        #: set while any rule is deployed: without one the clock has nothing to tick or to
+        #: checkpoint, and waits on this instead of waking ten times a second (made by `start`,
+        #: on the loop that runs the clock)
+        self._deployed: asyncio.Event | None = None
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
+        self._deployed = asyncio.Event()
+        self._rules_changed()
         self._tasks = [supervise("rules worker", self._work, log=log),
                        supervise("rules clock", self._clock, log=log)]
 
@@ -140,15 +146,25 @@ class RuleRunner(RunnerWork):
         for ar in rt.actions:
             await ar.start()
         self.rules[name] = rt
+        self._rules_changed()
         await self.offload(self._engine_call, self.engine.set_enabled, name, d.enabled)
         await self._resubscribe()
 
     async def remove(self, name: str) -> None:
         rt = self.rules.pop(name, None)
+        self._rules_changed()
         await self.offload(self._engine_call, self.engine.remove, name)
         if rt is not None:
             await self._teardown(rt, 1.0)
         await self._resubscribe()
+
+    def _rules_changed(self) -> None:
+        """Wake the clock when the first rule comes, let it sleep when the last one goes."""
+        if self._deployed is not None:
+            if self.rules:
+                self._deployed.set()
+            else:
+                self._deployed.clear()
 
     async def set_enabled(self, enabled: bool, *, names: list[str] | None = None,
                           tag: str | None = None) -> list[str]:

@@ -53,6 +53,7 @@ class RunnerState:
     checkpoint_s: float
     tick_s: float
     rules: dict[str, _RuleRuntime]
+    _deployed: asyncio.Event | None
     _queue: asyncio.Queue
     action_errors: int
     _busy: bool

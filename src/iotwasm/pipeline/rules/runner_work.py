@@ -92,12 +92,20 @@ class RunnerWork(RunnerState):
         return out
 
     async def _clock(self) -> None:
+        """Close windows that are due every `tick_s`, and checkpoint every `checkpoint_s`.
+        With no rule deployed it sleeps until one is (`_deployed`); with rules but none that
+        has windows it makes no tick (no hop to the engine's thread), only the checkpoints."""
         last_cp = time.monotonic()
         while True:
+            deployed = self._deployed
+            if deployed is not None and not self.rules:
+                await deployed.wait()
+                last_cp = time.monotonic()
             await asyncio.sleep(self.tick_s)
-            out = await self.offload(self._engine_call, self.engine.tick)
-            if out:
-                await self.dispatch(out)
+            if self.engine.needs_ticks():
+                out = await self.offload(self._engine_call, self.engine.tick)
+                if out:
+                    await self.dispatch(out)
             if time.monotonic() - last_cp >= self.checkpoint_s:
                 last_cp = time.monotonic()
                 try:
