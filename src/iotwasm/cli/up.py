@@ -20,6 +20,8 @@ from ..node import Node, NodeConfig
 from .heap import freeze_heap
 
 ALERT_TABLE = "alerts"
+#: seconds between the status lines a node without a live table prints
+STATUS_LINE_S = 5.0
 
 log = logging.getLogger("iotwasm.node")
 
@@ -161,11 +163,17 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
     live = Live(console=console, refresh_per_second=4) if console.is_terminal and not worker else None
     if live:
         live.start()
+    # the live table is redrawn four times a second; without it (a service, a log file) the
+    # node is looked at only for its line every 5 s, or for the end of `--seconds`
+    period = 0.25 if live else STATUS_LINE_S
     try:
         last_line = 0.0
         while not task.done():
-            await asyncio.sleep(0.25)
-            if not node.ready:
+            wait = period
+            if seconds:
+                wait = min(wait, max(0.01, seconds - (time.monotonic() - started)))
+            await asyncio.wait({task}, timeout=wait)
+            if task.done() or not node.ready:
                 continue
             if seconds and time.monotonic() - started >= seconds and not node._stop.is_set():
                 final = render(node, started)  # before shutdown empties the tables
@@ -173,7 +181,7 @@ async def run_node(config: NodeConfig, console: Console, seconds: float = 0.0, a
             if live and not node._stop.is_set():
                 final = render(node, started)
                 live.update(final)
-            elif time.monotonic() - last_line >= 5:
+            elif time.monotonic() - last_line >= 0.9 * STATUS_LINE_S:   # timers come a hair early
                 last_line = time.monotonic()
                 snap = node.snapshot()
                 # a worker of `up --workers` shares its parent's terminal: say whose line it is
