@@ -70,6 +70,9 @@ class Config:
     hot_seconds: float
     hot_swap_at: float
     rates: tuple[int, ...] = RATES
+    #: the system at rest after the warm-up: settle, then measure
+    rest_settle: float = 2.0
+    rest_seconds: float = 10.0
     drain_quiet: float = 2.0
     drain_timeout: float = 8.0
     flood_drain: float = 3.0
@@ -78,7 +81,8 @@ class Config:
     def make(cls, quick: bool) -> Config:
         if quick:
             return cls(True, rate_seconds=2, max_seconds=2, warmup_seconds=1, hot_seconds=4,
-                       hot_swap_at=1.5, drain_timeout=6, flood_drain=2)
+                       hot_swap_at=1.5, drain_timeout=6, flood_drain=2, rest_settle=0.5,
+                       rest_seconds=2)
         return cls(False, rate_seconds=10, max_seconds=5, warmup_seconds=1, hot_seconds=9,
                    hot_swap_at=3)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import harness
 from harness import BASELINE, PROCS, TITLES, WINDOW, Config
-from phases import Phase
+from phases import CpuMeter, Phase
 from profiler import Profiler
 from systems import SUT, IotwasmNode, NodeRed, PlainPython, wait_flowing
 
@@ -62,6 +62,9 @@ def run_system(key: str, cfg: Config, tmp: Path, profile: bool) -> dict:
 
     try:
         sut, broker, out["startup"] = fresh()
+        out["at_rest"] = at_rest(cfg, sut, broker)
+        print(f"  at rest: {out['at_rest']['cores']:.4f} cores, "
+              f"{out['at_rest']['ctx_switches_per_s']:,.1f} context switches/s", flush=True)
         steps = [(f"{r // 1000}k/s" if r % 1000 == 0 else f"{r}/s", r, cfg.rate_seconds, 0, None)
                  for r in cfg.rates]
         # as fast as the system takes it: closed loop, WINDOW passing messages on their way
@@ -108,6 +111,19 @@ def run_system(key: str, cfg: Config, tmp: Path, profile: bool) -> dict:
             state["broker"].kill()
         out["wall_s"] = round(time.monotonic() - t0, 1)
     return out
+
+
+def at_rest(cfg: Config, sut: SUT, broker) -> dict:
+    """What the system costs with nothing to do: `rest_seconds` with no message offered,
+    from `rest_settle` after the warm-up's last one (a gateway's usual state between its
+    sensors' readings)."""
+    time.sleep(cfg.rest_settle)
+    meter = CpuMeter(sut.pid, broker.proc.pid)
+    time.sleep(cfg.rest_seconds)
+    m = meter.stop()
+    return {"settle_s": cfg.rest_settle, "wall_s": m["wall_s"],
+            "cores": round(m["sut_cpu_s"] / m["wall_s"], 4),
+            "ctx_switches_per_s": round(m["sut_ctx_switches"] / m["wall_s"], 1)}
 
 
 def phase_line(r: dict) -> str:

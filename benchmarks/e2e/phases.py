@@ -117,6 +117,7 @@ class CpuMeter:
         own = sut + br + lg + (time.process_time() - self.me0)
         main = proc_cpu_s(self.sut_pid, alone=True) - self.main0
         return {"wall_s": round(wall, 2), "sut_cores": round(sut / wall, 2),
+                "sut_cpu_s": round(sut, 4),
                 # the system's first process alone (with --workers: the ingress)
                 "sut_main_cores": round(main / wall, 3),
                 "sut_ctx_switches": ctx_switches(self.sut_pid) - self.cs0,

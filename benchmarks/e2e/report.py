@@ -167,6 +167,13 @@ def markdown(results: dict) -> str:
         lines += ["", f"**{r['title']} failed**: {r['error']}"]
         if r.get("log_tail"):
             lines += ["", "```", r["log_tail"], "```"]
+    rest = {k: r["at_rest"] for k, r in results["systems"].items() if r.get("at_rest")}
+    if rest:
+        some = next(iter(rest.values()))
+        lines += ["", (f"At rest (no message offered for {some['wall_s']:.0f} s, from "
+                       f"{some['settle_s']:g} s after the warm-up's last one):")]
+        lines += [f"- {TITLES[k]}: {v['cores']:.4f} cores, {v['ctx_switches_per_s']:,.1f} context "
+                  "switches/s" for k, v in rest.items()]
     su = results["summary"]
     lines += ["", ("Sustained throughput, input msg/s (= delivered ÷ 0.8): the better of the "
                    "closed-loop `max` step and the highest load step kept up with (nothing lost, "

@@ -33,7 +33,12 @@ tests/brokers.py) on a free loopback port:
   — this environment, the modules, the broker, the load — is the same), so that a change is
   measured before and after in one run, on the same machine at the same time.
 
-Load: loadgen.py (a separate process) offers 1,000 / 5,000 / 10,000 msg/s for N seconds each;
+At rest first: after start-up and a warm-up, nothing is offered for 10 s (from 2 s after the
+warm-up's last message) and the system's CPU and context switches are read, as a gateway
+spends most of its time between its sensors' readings.
+
+Load: loadgen.py (a separate process) offers 1,000 / 5,000 / 10,000 msg/s for N seconds each
+(``--rates``, down to 10 msg/s for a quiet gateway);
 every message carries its seq and time.time_ns(). A collector (another process) subscribed to
 ``out/#`` computes what was delivered, lost (expected passing seqs not received), duplicated,
 and the latency (receive time − send time). Then two "as fast as possible" steps:
