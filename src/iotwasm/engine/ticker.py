@@ -148,8 +148,10 @@ class ThreadTicker:
         self.epoch_cell = ctypes.c_int64(0)
         #: set by every arm and every call's start, cleared when the ticker notes it
         self.armed = False
-        #: calls running now (`enter` to `leave`); changed and read under the GIL
+        #: calls running now (`enter` to `leave`); `+=` is no atomic step between threads,
+        #: so both change it under `_count`
         self.running = 0
+        self._count = threading.Lock()
         #: True while the ticker runs at `idle_period`
         self.idle = False
         self.period = period_s
@@ -175,11 +177,13 @@ class ThreadTicker:
 
     def enter(self) -> None:
         """A call into a guest starts: it counts as running until `leave`."""
-        self.running += 1
+        with self._count:
+            self.running += 1
         self.arm()
 
     def leave(self) -> None:
-        self.running -= 1
+        with self._count:
+            self.running -= 1
 
     def stop(self) -> None:
         self.stopped.set()
