@@ -68,14 +68,11 @@ class V1Guest(V1Batches):
         rec = f.snapshots.record()
         exports = None
         try:
-            self.ctl.enter()  # the start function, if any, is a call too
-            try:
-                instance = f.pre.instantiate(store)
+            try:   # the start function, if any, is a call too
+                instance = self.ctl.call(f.pre.instantiate, store)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
                 err = classify(e, module=f.name, function="instantiate", limits=f.limits)
                 raise InitError(str(err), module=None) from None
-            finally:
-                self.ctl.leave()
             ctx = self.ctl.ctx  # one context pointer for every handle of this store
             exports = Exports(store, instance, ctx)
             # the factory checked every export's presence and type: get() finds them all
@@ -126,13 +123,8 @@ class V1Guest(V1Batches):
     def _invoke(self, fn: RawFunc, *args: int) -> int | None:
         """Call into the guest with fresh budgets; raise its failure as a typed error."""
         self._budget_call()
-        ctl = self.ctl
         try:
-            ctl.enter()
-            try:
-                return fn(*args)
-            finally:
-                ctl.leave()
+            return self.ctl.call(fn, *args)
         except CallFailed as e:
             self.mem.refresh()
             raise classify(e.cause, module=self.f.name, function=fn.name, limits=self.f.limits,

@@ -107,14 +107,8 @@ class V1Batches:
         """The straight line of `process` in one native call (engine/v1_native.py); what it
         leaves (inputs that do not fit, any other outcome) goes on as in Python."""
         self._budget_call()
-        if self.ctl.native_hooks is None:   # the call cannot tell the ticker itself
-            self.ctl.enter()
-            try:
-                got = native.run(messages)
-            finally:
-                self.ctl.leave()
-        else:
-            got = native.run(messages)
+        # with the native ticker the call tells it itself; without, it is told from here
+        got = native.run(messages) if self.ctl.native_hooks else self.ctl.call(native.run, messages)
         if got is None:  # nothing was called
             return self._process(messages, None)
         if native.size != self.mem.size():
@@ -132,13 +126,9 @@ class V1Batches:
         mem.write(self.in_ptr, data)
         mem.write(self.out_ptr, _ZERO_HEADER)
         self._budget_call()
-        ctl = self.ctl
         try:
-            ctl.enter()
-            try:
-                status = self._process_fn(self.in_ptr, len(data), count, self.out_ptr, self.out_cap)
-            finally:
-                ctl.leave()
+            status = self.ctl.call(self._process_fn, self.in_ptr, len(data), count, self.out_ptr,
+                                   self.out_cap)
         except CallFailed as e:
             return self._outcome(None, e)
         return self._outcome(status, None)

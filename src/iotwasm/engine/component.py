@@ -142,9 +142,8 @@ class ComponentGuest:
         self.store = store
         self.ctl = StoreControl(store, ticker=f.runtime.ticker)
         self._arm()
-        self.ctl.enter()  # start functions and the adapter's set-up are calls too
-        try:
-            instance = f.linker.instantiate(store, f.component)
+        try:   # start functions and the adapter's set-up are calls too
+            instance = self.ctl.call(f.linker.instantiate, store, f.component)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else "failed"
             if "matching implementation was not found" in text or "wrong type" in str(e):
@@ -152,8 +151,6 @@ class ComponentGuest:
             err = classify(e, module=f.name, function="instantiate", limits=f.limits)
             raise InitError(str(err).split(": ", 1)[-1], module=f.name,
                             function="instantiate") from None
-        finally:
-            self.ctl.leave()
         # both present: a component missing either is refused when described (info.problems)
         self._process = StringCall(store, instance.get_func(store, "process"), "process", 1)  # type: ignore[arg-type]
         setup = StringCall(store, instance.get_func(store, "setup"), "setup", 0)  # type: ignore[arg-type]
@@ -173,15 +170,13 @@ class ComponentGuest:
     def _invoke(self, fn: StringCall, data: bytes | None) -> tuple[bool, bytes | None]:
         self._arm()
         active.guest = self
-        self.ctl.enter()
         try:
-            return fn(data)
+            return self.ctl.call(fn, data)
         except CallFailed as e:
             wc._enter.LAST_EXCEPTION = None  # a failed host function parked it there too
             raise classify(e.cause, module=self.f.name, function=fn.name,
                            limits=self.f.limits) from None
         finally:
-            self.ctl.leave()
             active.guest = None
 
     def commit(self, done: int, outputs: str) -> None:

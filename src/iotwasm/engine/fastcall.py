@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import wasmtime
 from wasmtime import _bindings as ffi
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .ticker import EpochTicker
 
 WASMTIME_VERSION = "50.0.1"
+T = TypeVar("T")
 
 
 # The same library, called without releasing the GIL: for the short accessors below a GIL
@@ -313,6 +314,15 @@ class StoreControl:
     @property
     def ctx(self) -> ctypes.c_void_p:
         return self._ctx
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, a call into the guest (or an instantiation, which runs its start
+        function), counted as running by the ticker from `enter` to `leave`."""
+        self.enter()
+        try:
+            return fn(*args)
+        finally:
+            self.leave()
 
     def set_deadline(self, ticks: int) -> None:
         """Trap the next call once the epoch has advanced `ticks` past its value now.

@@ -131,13 +131,12 @@ class WasiGuest:
         exit_code = 0
         failure: IotwasmError | None = None
         memory = None
-        ctl.enter()  # the instance's start function and `_start`: one call, as the ticker sees it
-        try:
-            instance = f.pre.instantiate(store)
+        try:   # instantiation runs the start function: a call too
+            instance = ctl.call(f.pre.instantiate, store)
             exports = instance.exports(store)
             memory = exports["memory"] if "memory" in [e.name for e in f.pre.module.exports] else None
             # RawFunc checks the export is a func of this signature (verify)
-            RawFunc(store, exports["_start"], "_start", 0, ())()  # type: ignore[arg-type]
+            ctl.call(RawFunc(store, exports["_start"], "_start", 0, ()))  # type: ignore[arg-type]
         except CallFailed as e:
             if isinstance(e.cause, wasmtime.ExitTrap):
                 exit_code = e.cause.code
@@ -147,8 +146,6 @@ class WasiGuest:
                                    memory_bytes=size)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             failure = classify(e, module=f.name, function="instantiate", limits=f.limits)
-        finally:
-            ctl.leave()
         if isinstance(memory, wasmtime.Memory):
             self._last_pages = memory.size(store)
         used = 0

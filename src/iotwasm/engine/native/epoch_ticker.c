@@ -180,7 +180,15 @@ int iw_ticker_add_engine(iw_ticker *t, void *engine) {
 }
 
 /* What every deadline armed does: note it, and wake an idle ticker. Never blocks for long. */
-void iw_ticker_arm(iw_shared *s);
+void iw_ticker_arm(iw_shared *s) {
+    __atomic_store_n(&s->armed, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->idle, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&s->lock);
+        s->woken = 1;
+        pthread_cond_signal(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+    }
+}
 
 /* A call into a guest starts: counted as running until iw_ticker_leave, so the ticker keeps
  * its normal period however long the call takes; an idle ticker is woken. */
@@ -192,16 +200,6 @@ void iw_ticker_enter(iw_shared *s) {
 /* The call started by the matching iw_ticker_enter has returned (or trapped). */
 void iw_ticker_leave(iw_shared *s) {
     __atomic_sub_fetch(&s->running, 1, __ATOMIC_SEQ_CST);
-}
-
-void iw_ticker_arm(iw_shared *s) {
-    __atomic_store_n(&s->armed, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&s->idle, __ATOMIC_SEQ_CST)) {
-        pthread_mutex_lock(&s->lock);
-        s->woken = 1;
-        pthread_cond_signal(&s->cond);
-        pthread_mutex_unlock(&s->lock);
-    }
 }
 
 size_t iw_shared_size(void) { return sizeof(iw_shared); }
