@@ -224,6 +224,27 @@ def test_every_kind_of_call_keeps_the_ticker_awake_until_its_limit(kind, spinner
         assert "timeout 300ms exceeded" in str(result.dead_letters[0].error)
 
 
+def test_calls_on_two_lanes_at_once_are_counted_not_flagged(kind):
+    # two lanes' calls overlap: the short one ends first, and the ticker must go on counting
+    # the long one as running (a flag cleared by the first leave would let it sleep)
+    rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS, max_timeout_ms=2000)
+    with rt:
+        guests = {}
+        for ms in (200, 1000):
+            limits = Limits(timeout_ms=ms)
+            guests[ms] = prepare(rt.load(module_path("infinite_loop.wat"), name=f"spin{ms}", limits=limits),
+                                 limits, HostContext("spin")).new_guest()
+        go_idle(rt, clock)
+        out: dict[int, object] = {}
+        short = threading.Thread(target=lambda: out.__setitem__(
+            200, guests[200].process([Message("t", b"x")])), daemon=True)
+        short.start()
+        result = with_the_clock_running(rt, clock, lambda: guests[1000].process([Message("t", b"x")]))
+        short.join(60)
+        assert "timeout 1000ms exceeded" in str(result.dead_letters[0].error)
+        assert "timeout 200ms exceeded" in str(out[200].dead_letters[0].error)  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("idle", [False, True])
 def test_close_stops_the_thread(kind, idle):
     rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS)
