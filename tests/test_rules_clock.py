@@ -55,3 +55,30 @@ def test_the_clock_ticks_only_while_a_rule_has_windows(tmp_path):
             await bus.close()
 
     asyncio.run(main())
+
+
+def test_a_rule_put_before_the_runner_starts_is_ticked_once_it_does(tmp_path):
+    # a node deploys its rules, then starts the runner: the clock must not wait for a rule
+    # that is already there
+    async def main():
+        bus = open_bus(None)
+        await bus.connect()
+        runner = RuleRunner(bus, outbox=Outbox(tmp_path / "outbox.db"), store=LocalStore(tmp_path / "store.db"),
+                            state=RuleStateStore(tmp_path / "rules.db"), tick_s=0.001)
+        ticks: list[int] = []
+        tick = runner.engine.tick
+
+        def counted(*args):
+            ticks.append(1)
+            return tick(*args)
+
+        runner.engine.tick = counted  # type: ignore[method-assign]
+        await runner.put(RuleDefinition(RuleSpec("windowed", WINDOWED, EventTime())))
+        await runner.start()
+        try:
+            await wait_for(lambda: len(ticks) >= 5)
+        finally:
+            await runner.stop()
+            await bus.close()
+
+    asyncio.run(main())

@@ -92,8 +92,7 @@ class RuleRunner(RunnerWork):
 
     # -- life --------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._deployed = asyncio.Event()
-        self._rules_changed()
+        self._deployed = asyncio.Event()   # set by the next rule deployed; `_clock` looks at `rules`
         self._tasks = [supervise("rules worker", self._work, log=log),
                        supervise("rules clock", self._clock, log=log)]
 
