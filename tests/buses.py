@@ -15,6 +15,7 @@ import time
 from iotwasm.backoff import Backoff
 from iotwasm.message import Message
 from iotwasm.messaging import BrokerUnavailable, BusState, PublishTimeout
+from waiting import until_set
 
 TEST_TIMEOUT = 30.0
 
@@ -87,16 +88,11 @@ class States:
         self._changed.set()
 
     async def wait(self, predicate, what: str, timeout: float = 15.0) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
+        if not await until_set(self._changed, predicate, timeout):
             raise AssertionError(
                 f"timed out after {timeout}s waiting for {what}; states seen: "
                 f"{[s.value for s in self.seen]}"
-            ) from None
+            )
 
     async def until_connected(self, timeout: float = 15.0) -> None:
         await self.wait(lambda: self.bus.connected, "the bus to be connected", timeout)

@@ -41,6 +41,7 @@ from iotwasm.message import Message
 from iotwasm.messaging import MqttBus
 from iotwasm.messaging.errors import MessagingError
 from nodes import echo_deployment, echo_route, mqtt_sink, up
+from waiting import until_set
 
 #: how long a node may take to start or to stop gracefully before the case fails
 NODE_TIMEOUT = 60.0
@@ -300,14 +301,7 @@ class Collector:
                       sum(n - 1 for n in self.seen.values() if n > 1), disorder)
 
     async def _until(self, predicate, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await until_set(self._changed, predicate, timeout)
 
     async def all_arrived(self, expected: int, timeout: float = 60.0) -> bool:
         """Wait until every sequence number below `expected` arrived; False after `timeout`."""
