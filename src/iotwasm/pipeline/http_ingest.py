@@ -29,6 +29,8 @@ import asyncio
 import json
 import logging
 import socket
+import time
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -69,22 +71,76 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 def node_server(config: uvicorn.Config) -> uvicorn.Server:
-    """A uvicorn server that leaves SIGINT and SIGTERM to the node. uvicorn's own `serve()`
-    replaces the process's handlers while it runs (in the main thread) and raises the signal
-    again when it stops, so a Ctrl-C would stop the HTTP server before the node had drained its
-    routes, and a second one after that would meet Python's default handler. The node stops
-    its servers itself, after its routes."""
+    """A uvicorn server run the node's way: it leaves the signals to the node, and it sleeps
+    between requests.
+
+    - uvicorn's own `serve()` replaces the process's SIGINT and SIGTERM handlers while it runs
+      (in the main thread) and raises the signal again when it stops, so a Ctrl-C would stop
+      the HTTP server before the node had drained its routes, and a second one after that
+      would meet Python's default handler. The node stops its servers itself, after its
+      routes.
+    - uvicorn's main loop wakes ten times a second, to look at `should_exit` and to refresh
+      the ``Date`` header once a second: on a quiet node that is most of the event loop's
+      wake-ups. Here setting `should_exit` wakes the loop, and the ``Date`` header is made
+      when a response asks for it, at most once a second (`_DatedState`).
+    """
     import contextlib
     from collections.abc import Iterator
 
     import uvicorn
+    from uvicorn.server import ServerState
+
+    class _DatedState(ServerState):
+        """uvicorn's shared state, whose default headers carry the ``Date`` of the second in
+        which a response asks for them (uvicorn's main loop would set them every second)."""
+
+        def __init__(self) -> None:
+            self._second = -1
+            self._headers: list[tuple[bytes, bytes]] = []
+            super().__init__()
+
+        @property
+        def default_headers(self) -> list[tuple[bytes, bytes]]:
+            second = int(_wall_clock())
+            if second != self._second:
+                date = [(b"date", formatdate(second, usegmt=True).encode())] if config.date_header else []
+                self._headers, self._second = date + config.encoded_headers, second
+            return self._headers
+
+        @default_headers.setter
+        def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+            pass   # made on demand above
 
     class NodeServer(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config) -> None:
+            self._exit = asyncio.Event()
+            super().__init__(config)
+            self.server_state = _DatedState()
+
+        @property
+        def should_exit(self) -> bool:
+            return self._exit.is_set()
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:
+            if value:
+                self._exit.set()   # set on the node's loop (ApiServer.stop, HttpIngest.stop)
+            else:
+                self._exit.clear()
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
 
+        async def main_loop(self) -> None:
+            await self._exit.wait()
+
     return NodeServer(config)
+
+
+def _wall_clock() -> float:
+    """The time a response's ``Date`` header states (tests move it)."""
+    return time.time()
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
