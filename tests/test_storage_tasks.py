@@ -110,3 +110,19 @@ def test_the_manifest_watch_follows_a_replaced_directory(tmp_path):
         watch.stop()
 
     asyncio.run(main())
+
+
+def test_periodic_jobs_sleep_until_the_same_beat():
+    """`until_beat`: jobs of the same period fall due at the same instant of the loop's clock,
+    whenever each went to sleep, so a quiet node wakes once per period for all of them."""
+    from iotwasm.supervise import until_beat
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = []
+        for now in (12.25, 12.75, 13.0):
+            loop.time = lambda now=now: now   # type: ignore[method-assign]
+            seen.append((now + until_beat(1.0), now + until_beat(0.5)))
+        return seen
+
+    assert asyncio.run(main()) == [(13.0, 12.5), (13.0, 13.0), (14.0, 13.5)]

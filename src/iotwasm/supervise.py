@@ -1,7 +1,7 @@
 """Work that must go on: background tasks restarted after failures, and storage failures held.
 
 Two helpers, for the two ways a node keeps going when something below it fails (and
-`cancel_and_wait`, for stopping the tasks they run):
+`cancel_and_wait`, for stopping the tasks they run, and `until_beat`, for pacing them):
 
 * `supervise` runs a background task that must live as long as its owner (an outbox
   forwarder, the manifest watch, the rules' worker and clock, the metric alerts). An
@@ -56,6 +56,16 @@ async def cancel_and_wait(*tasks: asyncio.Task | None) -> None:
         if e is not None:
             _log.error("task %s had ended with an error when it was stopped: %s: %s",
                        t.get_name(), type(e).__name__, e, exc_info=e)
+
+
+def until_beat(period_s: float) -> float:
+    """Seconds from now to the next whole multiple of `period_s` on the running loop's clock.
+
+    Why: a node's periodic jobs (the manifest sync and instance upkeep, the dashboard's
+    samples, the alert evaluation) each kept a timer of its own, and a quiet node woke once
+    per job per second. Jobs that sleep this long fall due at the same instant, and the loop
+    runs them in one turn: one wake-up per period between them all."""
+    return period_s - asyncio.get_running_loop().time() % period_s
 
 
 class Repeats:

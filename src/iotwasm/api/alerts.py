@@ -33,7 +33,7 @@ import httpx
 from ..errors import IotwasmError
 from ..node.node import Node
 from ..sqlite import open_db
-from ..supervise import Repeats, supervise
+from ..supervise import Repeats, supervise, until_beat
 
 log = logging.getLogger("iotwasm.alerts")
 
@@ -175,7 +175,7 @@ class AlertEvaluator:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(until_beat(self.interval_s))   # with the node's other upkeep
             try:
                 await self.evaluate()
                 for hook in list(self.after_evaluation):

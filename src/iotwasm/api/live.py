@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..node.node import Node
-from ..supervise import Repeats, supervise
+from ..supervise import Repeats, supervise, until_beat
 
 log = logging.getLogger("iotwasm.api.live")
 
@@ -265,7 +265,7 @@ class History:
     # -- running -------------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(until_beat(self.interval_s))   # with the node's other upkeep
             try:
                 self.sample()
                 self._maybe_read_fleet()

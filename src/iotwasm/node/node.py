@@ -41,6 +41,7 @@ from ..messaging.worker_bus import WorkerBus
 from ..pipeline import LocalStore, Outbox
 from ..pipeline.connectors.builtin import subject_to_topic  # noqa: F401 - part of this module's API
 from ..registry import ModuleStore
+from ..supervise import until_beat
 from ..pipeline.http_ingest import IngestServer
 from .device_link import DeviceLink
 from .devices import DeviceRegistry, Twin
@@ -193,7 +194,8 @@ class Node(DeploymentLifecycle, RouteLifecycle, NodeViews):
         try:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.sync_interval_s)
+                    # on the beat the dashboard's samples and the alerts keep: one wake-up for all
+                    await asyncio.wait_for(self._wake.wait(), timeout=until_beat(self.config.sync_interval_s))
                 except asyncio.TimeoutError:
                     pass
                 if self._stop.is_set():
@@ -207,7 +209,8 @@ class Node(DeploymentLifecycle, RouteLifecycle, NodeViews):
                         # a restart instantiates (guest init code): never on the loop
                         await asyncio.to_thread(rec.handle.current.tick)
                 # instances on demand: idle ones closed after their cool-down, spares made
-                await asyncio.to_thread(self.maintain_instances)
+                if self.instances_need_upkeep():
+                    await asyncio.to_thread(self.maintain_instances)
                 if self.state.write_error is not None:
                     await asyncio.to_thread(self.state.flush)   # events kept while the disk was full
                 if self.reserve.missing:   # released at a start on a full disk, or never made
