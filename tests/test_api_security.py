@@ -383,10 +383,13 @@ def test_denial_summaries_are_written_when_the_window_ends(tmp_path):
         # 3 of the first group; 2 of the second before the window's total of 5 is reached
         assert [r["target"] for r in log.query(limit=100)].count("GET /v1/node") == 2
         assert len(log.query(limit=100)) == 5
+        assert not throttle.sweep_due()
         throttle.sweep()
         assert len(log.query(limit=100)) == 5  # the window has not ended yet
         now[0] += 60
+        assert throttle.sweep_due()
         throttle.sweep()
+        assert not throttle.sweep_due()
         summaries = {r["target"]: r["detail"] for r in log.query(limit=100) if "suppressed" in r["detail"]}
         assert summaries["GET /v1/deployments/{name}"].startswith("no bearer token … and 17 more denials "
                                                                    "suppressed in 60 s from ")

@@ -123,6 +123,33 @@ def test_what_a_namespace_can_make_the_registry_hold_is_bounded(tmp_path, monkey
         state.close()
 
 
+def test_the_node_looks_for_silence_every_sixtieth_of_the_limit(registry):
+    """DeviceLink.sweep, which the node calls every second, hands the registry a sweep only
+    once a sixtieth of the silence limit has passed on the registry's clock since the last."""
+    import asyncio
+
+    from iotwasm.node.device_link import DeviceLink
+
+    clock = registry.test_clock
+    link = DeviceLink(registry, lambda kind, twin, message: None)
+    registry.report("default", [("a", {})])
+    clock.t += 0.7
+    registry.report("default", [("b", {})])
+
+    async def sweep() -> list[str]:
+        return [t.device for t in await link.sweep()]
+
+    async def main():
+        clock.t += 59.8            # a: 60.5 s silent, b: 59.8 s
+        assert await sweep() == ["a"]
+        clock.t += 0.5             # b: 60.3 s silent, but the last look was 0.5 s ago (< 60 s / 60)
+        assert await sweep() == []
+        clock.t += 0.5
+        assert await sweep() == ["b"]
+
+    asyncio.run(main())
+
+
 def test_a_device_silent_past_the_limit_is_flagged_once_and_its_return_is_noticed(registry):
     clock = registry.test_clock
     [r] = registry.report("default", [("d1", {"on": True})])

@@ -55,11 +55,14 @@ def test_min_zero_idles_to_no_instance_and_serves_the_next_message(runtime):
     ok(c)
     assert c.instances == 1 and c.scaling_stats.from_zero == 1
     clock.now += 29
+    assert not c.upkeep_due()   # the node asks on its loop, and hands `maintain` to a thread only then
     c.maintain()
     assert c.instances == 1, "closed before its cool-down"
     clock.now += 1
+    assert c.upkeep_due()
     c.maintain()
     assert c.instances == 0 and c.scaling_stats.scale_downs == 1
+    assert not c.upkeep_due()
     ok(c, b"again")
     st = c.stats()
     assert st.replicas == 1 and st.scaling.from_zero == 2
@@ -84,16 +87,22 @@ def test_grows_while_every_instance_is_busy_up_to_max(runtime):
 def test_a_prewarmed_deployment_s_first_message_does_not_instantiate(runtime):
     clock, h = Clock(), Held()
     c = held(runtime, "p", Scaling(0, 4, prewarm=1), clock, h)
-    c.maintain()   # the node does this once per sync interval
+    assert c.upkeep_due()   # a spare is missing
+    c.maintain()   # the node does this when `upkeep_due` says so
     assert c.instances == 1 and c.scaling_stats.prewarmed == 1
+    assert not c.upkeep_due()
     t = hold(c, h)
     assert c.scaling_stats.scale_ups == 0, "the first message instantiated"
+    assert c.upkeep_due()
     c.maintain()   # the spare is in use: another one is made
     assert c.instances == 2 and c.scaling_stats.prewarmed == 2
     done([t], h)
+    assert not c.upkeep_due()   # two idle, within their cool-down
     clock.now += 3600
+    assert c.upkeep_due()
     c.maintain()   # idle: one spare is all it keeps
     assert c.instances == 1
+    assert not c.upkeep_due()
     c.stop()
 
 

@@ -240,12 +240,20 @@ class DenialThrottle:
         if write:
             self.log.append(actor, "auth.denied", target, "denied", reason, tenant=tenant)
 
+    def sweep_due(self) -> bool:
+        """Whether a window has ended with summaries to write (asked every second on the
+        node's loop, so that `sweep` is handed to the log's thread only when it has work)."""
+        with self._lock:
+            return self._ended()
+
     def sweep(self) -> None:
         """Write the summaries of a window that has ended."""
         with self._lock:
-            ended = self._start is not None and self._clock() - self._start >= self.window_s
-            summaries = self._end_window(self._clock()) if ended else []
+            summaries = self._end_window(self._clock()) if self._ended() else []
         self._write(summaries)
+
+    def _ended(self) -> bool:
+        return self._start is not None and self._clock() - self._start >= self.window_s
 
     def flush(self) -> None:
         """End the current window now and write its summaries."""

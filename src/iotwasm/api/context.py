@@ -53,7 +53,7 @@ class ApiContext:
         self._invoked: dict[tuple[str, str, str], list[int]] = {}
         self.alerts.after_evaluation.append(self._sweep_acl_denials)
         self.alerts.after_evaluation.append(self._sweep_invocations)
-        self.alerts.after_evaluation.append(lambda: self.audit.submit(self.denials.sweep))
+        self.alerts.after_evaluation.append(self._sweep_denials)
         node.admission = LoadPolicy(node, self.security, self.signatures, self._refused_at_load)
         node.state.listeners.append(self._node_event)
         # the dashboard's samples (the server starts them), streams and dead-letter replays
@@ -98,6 +98,10 @@ class ApiContext:
         return ns, m
 
     # -- what the node tells the audit log (written on the log's thread, in order) ------------
+    def _sweep_denials(self) -> None:
+        if self.denials.sweep_due():   # else no hop to the log's thread for nothing
+            self.audit.submit(self.denials.sweep)
+
     def _sweep_acl_denials(self) -> None:
         """ACL denials happen per message on the hot path; the audit gets one row per route and
         sweep that saw new ones, with the count, instead of one per message."""

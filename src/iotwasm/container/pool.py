@@ -262,25 +262,17 @@ class PoolMixin:
     def maintain(self) -> None:
         """Close instances idle for the cool-down beyond what is needed (`min`, or the busy
         ones plus `prewarm` spares), and make the spares that are missing. Instantiates: call
-        it off any event loop (the node does, once per sync interval)."""
-        sc = self._scaling
+        it off any event loop (the node does, when `upkeep_due` says so)."""
         with self._cond:
-            if self.state not in (State.RUNNING, State.SUSPENDED) or self._factory is None:
-                return
-            now = self._clock()
-            busy = sum(1 for s in self._slots if s.busy)
-            target = min(sc.max, max(sc.min, busy + sc.prewarm))
-            excess = len(self._slots) - target
-            if excess > 0:
-                idle = sorted((s for s in self._slots if not s.busy and now - s.last_used >= sc.cooldown_s),
-                              key=lambda s: s.last_used)[:excess]
-                if idle:
-                    self._slots = [s for s in self._slots if s not in idle]
-                    self._retire(idle)
-                    self._reindex()
-                    self.scaling_stats.scale_downs += len(idle)
-            missing = target - len(self._slots) - self._growing
             factory = self._factory
+            if factory is None or not self._kept_up():
+                return
+            idle, missing = self._upkeep(self._clock())
+            if idle:
+                self._slots = [s for s in self._slots if s not in idle]
+                self._retire(idle)
+                self._reindex()
+                self.scaling_stats.scale_downs += len(idle)
             if missing > 0:
                 self._growing += missing
         for made in range(max(0, missing)):
@@ -291,6 +283,32 @@ class PoolMixin:
                     self._growing -= missing - made - 1
                     self._cond.notify_all()
                 return
+
+    def upkeep_due(self) -> bool:
+        """Whether `maintain` has anything to do now. It never instantiates, so a node asks on
+        its event loop and hands `maintain` to a thread only when the answer is yes: a quiet
+        node's instances need nothing most seconds, and the hop cost more than the look."""
+        with self._cond:
+            if not self._kept_up():
+                return False
+            idle, missing = self._upkeep(self._clock())
+            return bool(idle) or missing > 0
+
+    def _kept_up(self) -> bool:
+        return self.state in (State.RUNNING, State.SUSPENDED) and self._factory is not None
+
+    def _upkeep(self, now: float) -> tuple[list[Slot], int]:
+        """Under `_cond`: the instances idle past their cool-down to close, oldest first, and
+        the number of spares missing once they are closed."""
+        sc = self._scaling
+        busy = sum(1 for s in self._slots if s.busy)
+        target = min(sc.max, max(sc.min, busy + sc.prewarm))
+        excess = len(self._slots) - target
+        idle: list[Slot] = []
+        if excess > 0:
+            idle = sorted((s for s in self._slots if not s.busy and now - s.last_used >= sc.cooldown_s),
+                          key=lambda s: s.last_used)[:excess]
+        return idle, target - (len(self._slots) - len(idle)) - self._growing
 
     def holding(self) -> tuple[int, int]:
         """(instances, bytes of linear memory as last seen) this container holds now."""

@@ -63,6 +63,17 @@ class DeploymentLifecycle:
         def _event(self, kind: str, obj: str, message: str, *, of: str | None = None,
                    uid: str | None = None, namespace: str | None = None) -> None: ...
 
+    def instances_need_upkeep(self) -> bool:
+        """Whether `maintain_instances` has anything to do now (asked on the event loop: it
+        only looks)."""
+        for rec in list(self.deployments.values()):
+            try:
+                if rec.handle.current.upkeep_due():
+                    return True
+            except Exception:   # `maintain_instances` meets it again and logs it
+                return True
+        return False
+
     def maintain_instances(self) -> None:
         """Each deployment's instances: close those idle past their cool-down, make missing
         spares (instantiates: call it off the event loop)."""
