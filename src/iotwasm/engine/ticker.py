@@ -14,7 +14,7 @@ and the ticker has two modes:
 - **normal**: one increment per `period` (`epoch_tick_ms`), while a call is running or one
   was armed or started within the last `idle_after` (`IDLE_AFTER_TICKS` periods, so that
   calls that follow one another closely do not each pay for a wake);
-- **idle**: one increment per `idle_period` (100 ms by default), once no call is running
+- **idle**: one increment per `idle_period` (1 s by default), once no call is running
   and none was armed or started for `idle_after`.
 
 No call can be running while the ticker is idle: it goes idle only when it sees none
@@ -60,7 +60,7 @@ from ..errors import ConfigError
 #: normal periods without a call before the ticker slows down (`idle_after`)
 IDLE_AFTER_TICKS = 2
 #: the period of one increment while idle
-DEFAULT_IDLE_TICK_MS = 100.0
+DEFAULT_IDLE_TICK_MS = 1000.0
 #: the native ticker's library, built from native/epoch_ticker.c by scripts/setup.sh
 NATIVE_LIBRARY = Path(__file__).parent / "native" / "libiotwasm_ticker.so"
 TICKER_KINDS = ("auto", "native", "thread")
