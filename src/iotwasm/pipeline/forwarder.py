@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from ..backoff import Backoff
 from ..breaker import CLOSED, CircuitBreaker
 from ..errors import IotwasmError, SinkRejected
-from ..supervise import StorageHold, cancel_and_wait, supervise
+from ..supervise import StorageHold, cancel_and_wait, supervise, until_beat
 
 if TYPE_CHECKING:
     from .outbox import Outbox
@@ -34,6 +34,10 @@ INLINE_ROWS = 16
 #: acknowledged rows are deleted with the next append's transaction; a forwarder idle this
 #: long deletes them in one of their own
 ACK_FLUSH_S = 0.05
+
+#: an idle forwarder looks at its outbox this often unnotified (a safety net: appends notify
+#: it), on the beat of the node's other upkeep (`until_beat`): no wake-up of its own
+POLL_S = 1.0
 
 
 async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
@@ -212,7 +216,7 @@ class Forwarder:
                     continue
                 if not inflight:
                     pending = self.outbox.pending_acks()
-                    if not await self._idle(ACK_FLUSH_S if pending else 1.0) and pending:
+                    if not await self._idle(ACK_FLUSH_S if pending else until_beat(POLL_S)) and pending:
                         # no append took the deletes along: they go alone
                         await self.storage.run(functools.partial(self._db, self.outbox.flush_acks, rows=1))
                     continue
