@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from .client import CONTEXT, OUTPUT, Client, _table, _ts, emit, err, fail, out
+from .client import CONTEXT, OUTPUT, Client, make_table, fmt_time, emit, err, fail, out
 
 audit_app = typer.Typer(help="The node's hash-chained audit log.")
 
@@ -31,8 +31,8 @@ def audit_ls(ctx: typer.Context, actor: Optional[str] = typer.Option(None), tena
     if since:
         params["since"] = time.time() - since
     data = Client(context).call("GET", "/v1/audit", params=params)
-    emit(data, output, _table(None, ["#", "time", "actor", "tenant", "action", "target", "outcome", "detail"],
-                              [[r["id"], _ts(r["ts"]), r["actor"], r["tenant"] or "-", r["action"], r["target"],
+    emit(data, output, make_table(None, ["#", "time", "actor", "tenant", "action", "target", "outcome", "detail"],
+                              [[r["id"], fmt_time(r["ts"]), r["actor"], r["tenant"] or "-", r["action"], r["target"],
                                 r["outcome"], r["detail"][:80]] for r in data]))
 
 
@@ -52,13 +52,13 @@ def _anchors(source: str, node: str | None, c: "Client | None") -> list[dict]:
     from ..api.audit import check_anchor
 
     if source.startswith(("nats://", "tls://")):
-        from .fleet import _with_store
+        from .fleet import with_store
 
         if node is None:
             if c is None:
                 fail("--anchor nats://… with --data needs --node ID (the node's id in the fleet)")
             node = c.call("GET", "/v1/node")["name"]
-        records = asyncio.run(_with_store(source, lambda store: store.audit_anchors(node)))
+        records = asyncio.run(with_store(source, lambda store: store.audit_anchors(node)))
         if not records:
             fail(f"{source}: no audit anchor of node {node!r} in the fleet")
         where = [f"{source} anchor {i + 1} of node {node}" for i in range(len(records))]

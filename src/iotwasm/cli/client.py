@@ -149,17 +149,18 @@ def show(table: Table) -> None:
     sys.stdout.flush()
 
 
-def _without_nulls(v: Any) -> Any:
+def without_nulls(v: Any) -> Any:
     """`v` without null entries at any depth (a describe shows what is set, not every unset
     optional field)."""
     if isinstance(v, dict):
-        return {k: _without_nulls(x) for k, x in v.items() if x is not None}
+        return {k: without_nulls(x) for k, x in v.items() if x is not None}
     if isinstance(v, list):
-        return [_without_nulls(x) for x in v]
+        return [without_nulls(x) for x in v]
     return v
 
 
-def _table(title: str | None, cols: list[str], rows: list[list[Any]]) -> Table:
+def make_table(title: str | None, cols: list[str], rows: list[list[Any]]) -> Table:
+    """The table every `iotwasm` listing prints, so that all of them look alike."""
     t = Table(title=title, header_style="bold", title_justify="left")
     for c in cols:
         t.add_column(c)
@@ -168,11 +169,13 @@ def _table(title: str | None, cols: list[str], rows: list[list[Any]]) -> Table:
     return t
 
 
-def _mib(n: int | None) -> str:
+def fmt_mib(n: int | None) -> str:
+    """Bytes as the listings show them ("-" for unknown)."""
     return "-" if n is None else f"{n / 1048576:.1f} MiB"
 
 
-def _ts(t: float | None) -> str:
+def fmt_time(t: float | None) -> str:
+    """A Unix time as the listings show it, in local time ("-" for never)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from .client import OUTPUT, _table, config_path, emit, fail, load_config, out, save_config
+from .client import OUTPUT, make_table, config_path, emit, fail, load_config, out, save_config
 
 
 context_app = typer.Typer(no_args_is_help=True, help="Nodes and tokens this CLI talks to (config file).")
@@ -66,4 +66,4 @@ def context_ls(output: str = OUTPUT) -> None:
     rows = [[("* " if n == cfg.get("current-context") else "  ") + n, c.get("url"), "yes" if c.get("token") else "no"]
             for n, c in cfg["contexts"].items()]
     emit({n: {"url": c.get("url")} for n, c in cfg["contexts"].items()}, output,
-         _table(None, ["context", "url", "token"], rows))
+         make_table(None, ["context", "url", "token"], rows))

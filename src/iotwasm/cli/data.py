@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import typer
 
-from .client import _table, emit, fail
+from .client import make_table, emit, fail
 
 data_app = typer.Typer(no_args_is_help=True,
                        help="Read a node's local store (results, dead letters, kv, outbox) without sqlite3.")
@@ -105,7 +105,7 @@ def summary(data: Path = DATA, output: str = OUTPUT) -> None:
             + [["dead letters", f"{d['route']} / {d['step']}", d["count"]] for d in doc["dead_letters"]]
             + [["kv", n, c] for n, c in doc["kv"].items()]
             + [["outbox backlog", s, n] for s, n in doc["outbox"].items()])
-    emit(doc, output, _table(f"store of {data}", ["what", "where", "rows"], rows or [["(empty)", "-", 0]]))
+    emit(doc, output, make_table(f"store of {data}", ["what", "where", "rows"], rows or [["(empty)", "-", 0]]))
 
 
 @data_app.command("results")
@@ -116,14 +116,14 @@ def results(table: Optional[str] = typer.Argument(None, help="a store sink's tab
         tables = _result_tables(db)
         if table is None:
             counts = {t: _rows(db, "store.db", f'SELECT count(*) FROM "{t}"')[0][0] for t in tables}
-            emit(counts, output, _table(None, ["table", "rows"], [[t, n] for t, n in counts.items()]))
+            emit(counts, output, make_table(None, ["table", "rows"], [[t, n] for t, n in counts.items()]))
             return
         if table not in tables:
             fail(f"no results table {table!r} in {data / 'store.db'}; there are: {', '.join(tables) or 'none'}")
         got = _rows(db, "store.db", f'SELECT id, route, topic, payload, stored FROM "{table}" '
                                     "ORDER BY id DESC LIMIT ?", (limit,))
     items = [{"id": r[0], "route": r[1], "topic": r[2], "payload": _payload(r[3]), "stored": r[4]} for r in got]
-    emit(items, output, _table(None, ["id", "stored", "route", "topic", "payload"],
+    emit(items, output, make_table(None, ["id", "stored", "route", "topic", "payload"],
                                [[i["id"], _ts(i["stored"]), i["route"], i["topic"], _preview(i["payload"])]
                                 for i in items]))
 
@@ -142,7 +142,7 @@ def dead_letters(route: Optional[str] = typer.Option(None, "--route", help="only
         got = _rows(db, "node.db", sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
     items = [{"id": r[0], "ts": r[1], "route": r[2], "step": r[3], "kind": r[4], "error": r[5], "topic": r[6],
               "payload": _payload(r[7])} for r in got]
-    emit(items, output, _table(None, ["id", "time", "route", "step", "kind", "error", "topic", "payload"],
+    emit(items, output, make_table(None, ["id", "time", "route", "step", "kind", "error", "topic", "payload"],
                                [[i["id"], _ts(i["ts"]), i["route"], i["step"], i["kind"], i["error"], i["topic"],
                                  _preview(i["payload"], 40)] for i in items]))
 
@@ -161,7 +161,7 @@ def kv(deployment: Optional[str] = typer.Argument(None, help="only this deployme
     with closing(_open(data, "node.db")) as db:
         got = _rows(db, "node.db", sql + " ORDER BY 1, kv.key LIMIT ?", [*args, limit])
     items = [{"deployment": r[0], "key": _payload(r[1]), "value": _payload(r[2])} for r in got]
-    emit(items, output, _table(None, ["deployment", "key", "value"],
+    emit(items, output, make_table(None, ["deployment", "key", "value"],
                                [[i["deployment"], _preview(i["key"], 40), _preview(i["value"])] for i in items]))
 
 
@@ -172,6 +172,6 @@ def outbox(data: Path = DATA, output: str = OUTPUT) -> None:
         got = _rows(db, "outbox.db", "SELECT sink, count(*), coalesce(sum(length(payload)), 0), min(created) "
                                      "FROM outbox GROUP BY sink ORDER BY sink")
     items = [{"sink": r[0], "messages": r[1], "bytes": r[2], "oldest": r[3]} for r in got]
-    emit(items, output, _table(None, ["sink", "messages", "bytes", "oldest"],
+    emit(items, output, make_table(None, ["sink", "messages", "bytes", "oldest"],
                                [[i["sink"], i["messages"], i["bytes"], _ts(i["oldest"])] for i in items]
                                or [["(empty)", 0, 0, "-"]]))

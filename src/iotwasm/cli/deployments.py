@@ -16,11 +16,12 @@ import typer
 from rich import markup
 from rich.table import Table
 
-from .client import CONTEXT, OUTPUT, Client, _table, _ts, emit, fail, out
+from .client import CONTEXT, OUTPUT, Client, make_table, fmt_time, emit, fail, out
 
 
-def _deployments_table(items: list[dict]) -> Table:
-    return _table(None, ["name", "namespace", "state", "rev", "replicas", "messages", "outputs", "errors",
+def deployments_table(items: list[dict]) -> Table:
+    """Deployments as `iotwasm get deployments` and `iotwasm get all` list them."""
+    return make_table(None, ["name", "namespace", "state", "rev", "replicas", "messages", "outputs", "errors",
                          "restarts", "module"],
                   [[d["name"], d["namespace"], d["state"], d.get("revision"), d.get("replicas"),
                     d.get("messages", 0), d.get("outputs", 0),
@@ -31,7 +32,7 @@ def _deployments_table(items: list[dict]) -> Table:
 def ps(context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Deployments (WASM containers) with their state and counters."""
     data = Client(context).call("GET", "/v1/deployments")
-    emit(data, output, _deployments_table(data))
+    emit(data, output, deployments_table(data))
 
 
 def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = typer.Option(False, "--follow", "-f"),
@@ -49,7 +50,7 @@ def logs(name: str = typer.Argument(..., help="deployment"), follow: bool = type
         if output == "json":
             print(json.dumps(line), flush=True)
         else:
-            out.print(f"[dim]{_ts(line['ts'])}[/] {line['level']:<7} {markup.escape(printable(line['text']))}",
+            out.print(f"[dim]{fmt_time(line['ts'])}[/] {line['level']:<7} {markup.escape(printable(line['text']))}",
                       highlight=False)
             sys.stdout.flush()
 
@@ -72,19 +73,19 @@ def scale(name: str, replicas: str = typer.Argument(..., help="a number (fixed),
         fail(f"replicas {replicas!r}: a number, or MIN..MAX such as 0..8")
     body = {"min": int(low), "max": int(high)} if sep else {"replicas": int(low)}
     data = Client(context).call("POST", f"/v1/deployments/{name}/scale", json=body)
-    emit(data, output, _deployments_table([data]))
+    emit(data, output, deployments_table([data]))
 
 
 def suspend(name: str, context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Stop a deployment taking batches (messages wait in its routes)."""
     data = Client(context).call("POST", f"/v1/deployments/{name}/suspend")
-    emit(data, output, _deployments_table([data]))
+    emit(data, output, deployments_table([data]))
 
 
 def resume(name: str, context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """Resume a suspended deployment."""
     data = Client(context).call("POST", f"/v1/deployments/{name}/resume")
-    emit(data, output, _deployments_table([data]))
+    emit(data, output, deployments_table([data]))
 
 
 def rollback(name: str, to: Optional[int] = typer.Option(None, "--to", help="revision (default: the previous one)"),
@@ -92,12 +93,12 @@ def rollback(name: str, to: Optional[int] = typer.Option(None, "--to", help="rev
     """Roll a deployment back to an earlier revision (applied as a new revision)."""
     c = Client(context)
     data = c.call("POST", f"/v1/deployments/{name}/rollback", json={"revision": to})
-    emit(data, output, _deployments_table([data]))
+    emit(data, output, deployments_table([data]))
 
 
 def history(name: str, context: Optional[str] = CONTEXT, output: str = OUTPUT) -> None:
     """A deployment's revisions."""
     data = Client(context).call("GET", f"/v1/deployments/{name}/history")
-    emit(data, output, _table(None, ["revision", "status", "module", "created", "reason"],
-                              [[h["revision"], h["status"], h["module_digest"][:19], _ts(h["created"]), h["reason"]]
+    emit(data, output, make_table(None, ["revision", "status", "module", "created", "reason"],
+                              [[h["revision"], h["status"], h["module_digest"][:19], fmt_time(h["created"]), h["reason"]]
                                for h in data]))

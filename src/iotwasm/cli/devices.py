@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from .client import CONTEXT, OUTPUT, Client, _table, _ts, emit, fail, out
+from .client import CONTEXT, OUTPUT, Client, make_table, fmt_time, emit, fail, out
 
 devices_app = typer.Typer(no_args_is_help=True, help="Devices: twins (reported, desired, delta) and commands.")
 
@@ -43,9 +43,9 @@ def devices_list(namespace: Optional[str] = typer.Option(None, "--namespace", "-
     if silent is not None:
         params["silent"] = str(silent).lower()
     data = Client(context).call("GET", "/v1/devices", params=params)
-    emit(data, output, _table(None, ["namespace", "device", "reported", "desired", "delta", "last seen", "silent"],
+    emit(data, output, make_table(None, ["namespace", "device", "reported", "desired", "delta", "last seen", "silent"],
                               [[d["namespace"], d["device"], f"v{d['reported_version']}", f"v{d['desired_version']}",
-                                _short(d["delta"]) if d["delta"] else "-", _ts(d["last_seen"]),
+                                _short(d["delta"]) if d["delta"] else "-", fmt_time(d["last_seen"]),
                                 "yes" if d["silent"] else "no"] for d in data]))
 
 
@@ -61,7 +61,7 @@ def devices_get(device: str = typer.Argument(..., help="NAMESPACE/ID or ID (name
         twin["commands"] = c.call("GET", f"/v1/devices/{ns}/{dev}/commands")
     if output == "json":
         return emit(twin, output)
-    out.print(f"[bold]{ns}/{dev}[/]  last seen {_ts(twin['last_seen'])}"
+    out.print(f"[bold]{ns}/{dev}[/]  last seen {fmt_time(twin['last_seen'])}"
               f"{'  [yellow]silent[/]' if twin['silent'] else ''}", highlight=False)
     for key in ("reported", "desired", "delta"):
         version = f" (v{twin[key + '_version']})" if key != "delta" else ""
@@ -71,8 +71,8 @@ def devices_get(device: str = typer.Argument(..., help="NAMESPACE/ID or ID (name
 
 
 def _commands_table(rows: list[dict]):
-    return _table("commands", ["id", "command", "status", "attempts", "sent", "by", "result / error"],
-                  [[r["id"][:12], r["name"], r["status"], r["attempts"], _ts(r["created"]), r["by"],
+    return make_table("commands", ["id", "command", "status", "attempts", "sent", "by", "result / error"],
+                  [[r["id"][:12], r["name"], r["status"], r["attempts"], fmt_time(r["created"]), r["by"],
                     r["error"] or _short(r["result"])] for r in rows])
 
 

@@ -32,7 +32,8 @@ def _fail(e: Exception) -> NoReturn:
     raise typer.Exit(1)
 
 
-async def _with_store(url: str, fn):
+async def with_store(url: str, fn):
+    """`fn(store)` on a fleet store connected for it and closed after, whatever happens."""
     from ..fleet import FleetStore
 
     store = await FleetStore.connect(url)
@@ -83,7 +84,7 @@ def controller(fleet: str = FLEET,
 def _read_view(url: str):
     from ..fleet import FleetView
 
-    return asyncio.run(_with_store(url, lambda store: FleetView.read(store, url, timeout=10)))
+    return asyncio.run(with_store(url, lambda store: FleetView.read(store, url, timeout=10)))
 
 
 def nodes(fleet: Optional[str] = typer.Option(None, "--fleet", help="the fleet's NATS server (default: ask "
@@ -156,7 +157,7 @@ def apply(file: Path = typer.Argument(..., help="YAML: {deployment: <Deployment>
         return fd, rev
 
     try:
-        fd, rev = asyncio.run(_with_store(fleet, put))
+        fd, rev = asyncio.run(with_store(fleet, put))
     except (IotwasmError, OSError) as e:
         _fail(e)
     out.print(f"fleet deployment {fd.name} at revision {rev} (module {fd.deployment.spec.module[:19]})",
@@ -174,7 +175,7 @@ def delete(name: str, fleet: str = FLEET) -> None:
         return got[1]
 
     try:
-        rev = asyncio.run(_with_store(fleet, remove))
+        rev = asyncio.run(with_store(fleet, remove))
     except IotwasmError as e:
         _fail(e)
     out.print(f"fleet deployment {name} (revision {rev}) deleted", highlight=False)
@@ -187,7 +188,7 @@ def list_(fleet: str = FLEET) -> None:
         return await store.deployments(), await store.rollouts()
 
     try:
-        deps, rollouts = asyncio.run(_with_store(fleet, collect))
+        deps, rollouts = asyncio.run(with_store(fleet, collect))
     except IotwasmError as e:
         _fail(e)
     for name, (fd, rev) in sorted(deps.items()):
@@ -233,7 +234,7 @@ def status(context: Optional[str] = typer.Option(None, "--context", help="API co
 def leader(fleet: str = FLEET, output: str = typer.Option("text", "--output", "-o", help="text or json")) -> None:
     """Which controller leads (holds the lease) and since when; exit 4 when none does."""
     try:
-        got = asyncio.run(_with_store(fleet, lambda s: s.lease_holder()))
+        got = asyncio.run(with_store(fleet, lambda s: s.lease_holder()))
     except IotwasmError as e:
         _fail(e)
     holder = {"id": got[0].get("id"), "since": got[0].get("since"), "revision": got[1]} if got else None
@@ -344,7 +345,7 @@ def rollout_status(name: Optional[str] = typer.Argument(None, help="one deployme
         return {name: got[0]}
 
     try:
-        records = asyncio.run(_with_store(fleet, collect))
+        records = asyncio.run(with_store(fleet, collect))
     except IotwasmError as e:
         _fail(e)
     if output == "json":
@@ -368,7 +369,7 @@ def rollout_status(name: Optional[str] = typer.Argument(None, help="one deployme
 def _control(action: str):
     def command(name: str = typer.Argument(..., help="the fleet deployment"), fleet: str = FLEET) -> None:
         try:
-            r = asyncio.run(_with_store(fleet, lambda s: s.control_rollout(name, action)))
+            r = asyncio.run(with_store(fleet, lambda s: s.control_rollout(name, action)))
         except IotwasmError as e:
             _fail(e)
         out.print(f"rollout of {name} (revision {r.revision}): {r.state}", highlight=False)

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from .client import CONTEXT, OUTPUT, Client, _table, emit, err, fail, out
+from .client import CONTEXT, OUTPUT, Client, make_table, emit, err, fail, out
 from .objects import get, rm
 
 
@@ -59,7 +59,7 @@ def modules_push(path: Path = typer.Argument(..., help=".wasm file"),
 
     data = c.call("POST", "/v1/modules", params=params, content=chunks(),
                   headers={"Content-Type": "application/wasm", "Content-Length": str(size)})
-    emit(data, output, _table(None, ["digest", "tags", "signed by"],
+    emit(data, output, make_table(None, ["digest", "tags", "signed by"],
                               [[data["digest"], ", ".join(data["tags"]) or "-", ", ".join(data["signed_by"]) or "-"]]))
 
 

@@ -19,9 +19,9 @@ from rich import markup
 from rich.progress import BarColumn, Progress
 from rich.table import Table
 
-from .client import CONTEXT, OUTPUT, Client, _mib, _table, _ts, _without_nulls, emit, err, fail, out, show
-from .deployments import _deployments_table
-from .rules import _rules_table
+from .client import CONTEXT, OUTPUT, Client, fmt_mib, make_table, fmt_time, without_nulls, emit, err, fail, out, show
+from .deployments import deployments_table
+from .rules import rules_table
 
 
 def apply(files: List[Path] = typer.Option(..., "--filename", "-f", help="manifest file or directory (repeatable)"),
@@ -40,7 +40,7 @@ def apply(files: List[Path] = typer.Option(..., "--filename", "-f", help="manife
     body = "\n---\n".join(texts)
     res = Client(context).call("POST", "/v1/apply", content=body.encode(),
                                headers={"Content-Type": "application/yaml"})
-    emit(res, output, _table(None, ["kind", "name", "namespace", "action"],
+    emit(res, output, make_table(None, ["kind", "name", "namespace", "action"],
                              [[a["kind"], a["name"], a["namespace"], a["action"]] for a in res["applied"]]))
     for p in res["problems"]:
         err.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
@@ -102,32 +102,32 @@ def get(kind: str = typer.Argument(..., help="deployments, routes, rules, module
         return
     data = c.call("GET", f"/v1/{k}")
     if k == "deployments":
-        t = _deployments_table(data)
+        t = deployments_table(data)
     elif k == "routes":
-        t = _table(None, ["name", "namespace", "state", "source", "steps", "sinks", "received", "delivered",
+        t = make_table(None, ["name", "namespace", "state", "source", "steps", "sinks", "received", "delivered",
                           "dead letters", "queued"],
                    [[r["name"], r["namespace"], r["state"], r["source"], " → ".join(r["steps"]) or "-",
                      ", ".join(r["sinks"]), r.get("received"), r.get("delivered"), r.get("dead_letters"),
                      r.get("queued")] for r in data])
     elif k == "rules":
-        t = _rules_table(data)
+        t = rules_table(data)
     elif k == "modules":
-        t = _table(None, ["digest", "name", "tags", "abi", "size", "signed by", "used by"],
+        t = make_table(None, ["digest", "name", "tags", "abi", "size", "signed by", "used by"],
                    [[m["digest"][:19], m["name"], ", ".join(m["tags"]) or "-", m["abi"], f"{m['size']:,}",
                      ", ".join(m["signed_by"]) or "-", ", ".join(m["used_by"]) or "-"] for m in data])
     elif k == "tenants":
-        t = _table(None, ["name", "topic prefix", "memory", "instances", "deployments", "signatures", "keys"],
+        t = make_table(None, ["name", "topic prefix", "memory", "instances", "deployments", "signatures", "keys"],
                    [[x["name"], x["topic_prefix"] or "-", x["max_memory"], x["max_instances"],
                      x["max_deployments"], "required" if x["require_signatures"] else "-",
                      ", ".join(x["trusted_keys"]) or "-"] for x in data])
     elif k == "tokens":
-        t = _table(None, ["id", "name", "role", "tenant", "created", "expires", "revoked"],
-                   [[x["id"], x["name"], x["role"], x["tenant"], _ts(x["created"]),
-                     _ts(x.get("expires")) + (" (expired)" if x.get("expired") else ""), x["revoked"]]
+        t = make_table(None, ["id", "name", "role", "tenant", "created", "expires", "revoked"],
+                   [[x["id"], x["name"], x["role"], x["tenant"], fmt_time(x["created"]),
+                     fmt_time(x.get("expires")) + (" (expired)" if x.get("expired") else ""), x["revoked"]]
                     for x in data])
     else:
-        t = _table(None, ["time", "kind", "object", "message"],
-                   [[_ts(e["ts"]), e["kind"], e["object"], e["message"]] for e in data])
+        t = make_table(None, ["time", "kind", "object", "message"],
+                   [[fmt_time(e["ts"]), e["kind"], e["object"], e["message"]] for e in data])
     emit(data, output, t)
 
 
@@ -149,26 +149,26 @@ def describe(kind: str = typer.Argument(..., help="deployment, route, rule, modu
     for key, v in data.items():
         if key in ("manifest", "events", "instances", "dead_letters_recent", "info") or v is None:
             continue
-        v = _without_nulls(v)
+        v = without_nulls(v)
         t.add_row(key, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     show(t)
     if data.get("instances"):
-        show(_table("instances", ["#", "calls", "messages", "outputs", "dead letters", "memory",
+        show(make_table("instances", ["#", "calls", "messages", "outputs", "dead letters", "memory",
                                        "peak", "fuel", "avg ms", "exec ms", "last used"],
                          [[i["index"], i["calls"], i["messages"], i["outputs"], i["dead_letters"],
-                           _mib(i.get("memory_bytes")), _mib(i.get("peak_memory_bytes")), i["fuel_used"],
-                           i["avg_latency_ms"], i.get("execution_ms"), _ts(i.get("last_used"))]
+                           fmt_mib(i.get("memory_bytes")), fmt_mib(i.get("peak_memory_bytes")), i["fuel_used"],
+                           i["avg_latency_ms"], i.get("execution_ms"), fmt_time(i.get("last_used"))]
                           for i in data["instances"]]))
     if data.get("dead_letters_recent"):
-        show(_table("recent dead letters", ["id", "time", "step", "kind", "error", "topic", "payload"],
-                    [[d.get("id"), _ts(d["ts"]), d.get("step") or "-", d["kind"], d["error"], d["topic"],
+        show(make_table("recent dead letters", ["id", "time", "step", "kind", "error", "topic", "payload"],
+                    [[d.get("id"), fmt_time(d["ts"]), d.get("step") or "-", d["kind"], d["error"], d["topic"],
                       _preview(d.get("payload", ""))] for d in data["dead_letters_recent"]]))
     if data.get("events"):
-        show(_table("events", ["time", "kind", "message"],
-                    [[_ts(e["ts"]), e["kind"], e["message"]] for e in data["events"]]))
+        show(make_table("events", ["time", "kind", "message"],
+                    [[fmt_time(e["ts"]), e["kind"], e["message"]] for e in data["events"]]))
     if data.get("manifest"):
         out.print("[bold]manifest[/]")
-        out.print(markup.escape(yaml.safe_dump(_without_nulls(data["manifest"]), sort_keys=False)),
+        out.print(markup.escape(yaml.safe_dump(without_nulls(data["manifest"]), sort_keys=False)),
                   highlight=False, soft_wrap=True)
 
 
@@ -204,4 +204,4 @@ def rm(kind: str = typer.Argument(..., help="deployment, route, rule or module")
     if k not in ("deployments", "routes", "rules", "modules"):
         fail(f"cannot delete {kind}")
     data = Client(context).call("DELETE", f"/v1/{k}/{name}")
-    emit(data, output, _table(None, ["deleted"], [[name]]))
+    emit(data, output, make_table(None, ["deleted"], [[name]]))

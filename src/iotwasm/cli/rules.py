@@ -13,11 +13,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .client import CONTEXT, OUTPUT, Client, _table, emit, fail
+from .client import CONTEXT, OUTPUT, Client, make_table, emit, fail
 
 
-def _rules_table(items: list[dict]) -> Table:
-    return _table(None, ["name", "namespace", "state", "tags", "received", "matched", "emitted", "errors",
+def rules_table(items: list[dict]) -> Table:
+    """Rules as `iotwasm rules list` and `iotwasm get all` list them."""
+    return make_table(None, ["name", "namespace", "state", "tags", "received", "matched", "emitted", "errors",
                          "late", "last error"],
                   [[r["name"], r["namespace"], r["state"], ", ".join(r["tags"]) or "-", r["received"],
                     r["matched"], r["emitted"], r["errors"] + r["udf_errors"] + r["decode_errors"], r["late"],
@@ -35,10 +36,10 @@ def _switch_rules(enabled: bool, name: str | None, tag: str | None, context: str
     c = Client(context)
     if name is not None:
         data = c.call("POST", f"/v1/rules/{name}/{verb}")
-        emit(data, output, _rules_table([data]))
+        emit(data, output, rules_table([data]))
         return
     data = c.call("POST", f"/v1/rules/{verb}", json={"tag": tag})
-    emit(data, output, _table(None, [f"{verb}d (tag {tag})"], [[n] for n in data["changed"]] or [["none"]]))
+    emit(data, output, make_table(None, [f"{verb}d (tag {tag})"], [[n] for n in data["changed"]] or [["none"]]))
 
 
 @rules_app.command("enable")

@@ -23,32 +23,21 @@ tests/test_component_fastcall.py proves it agrees with the public API.
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import wasmtime
 from wasmtime import _bindings as ffi
 from wasmtime import _ffi
 
-from .fastcall import CallFailed
+from .fastcall import CallFailed, ErrPtr, c_entry
 
 if TYPE_CHECKING:
-    from _ctypes import CFuncPtr
-
     import wasmtime.component
 
-_ErrPtr = ctypes.POINTER(ffi.wasmtime_error_t)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
 
-
-def _fast(symbol: str, restype: type[Any] | None) -> CFuncPtr:
-    fn: CFuncPtr = type(_ffi.dll.wasmtime_component_func_call)((symbol, _ffi.dll))
-    fn.restype = restype
-    fn.argtypes = None  # type: ignore[assignment]  # None is what ctypes takes for "no conversion"; every argument is passed as a ready-made ctypes object
-    return fn
-
-
-_func_call = _fast("wasmtime_component_func_call", ctypes.c_void_p)
-_val_delete = _fast("wasmtime_component_val_delete", None)
+_func_call = c_entry("wasmtime_component_func_call", ctypes.c_void_p, release_gil=True)   # runs the guest
+_val_delete = c_entry("wasmtime_component_val_delete", None)
 
 _STRING = _ffi.WASMTIME_COMPONENT_STRING.value
 _RESULT = _ffi.WASMTIME_COMPONENT_RESULT.value
@@ -100,7 +89,7 @@ class StringCall:
             s.data = ctypes.cast(data, _U8P)  # type: ignore[arg-type]  # ctypes takes bytes as char*; borrowed for the call; `data` stays referenced
         err = _func_call(self._fref, self._ctx, self._argref, self._nargs, self._resref, self._one)
         if err:
-            raise CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr)))
+            raise CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr)))
         res = self._res
         try:
             if res.kind != _RESULT:

@@ -46,7 +46,7 @@ T = TypeVar("T")
 _held = ctypes.PyDLL(_ffi.dll._name, handle=_ffi.dll._handle)
 
 
-def _fast(symbol: str, restype: type[Any] | None, *, release_gil: bool = False) -> CFuncPtr:
+def c_entry(symbol: str, restype: type[Any] | None, *, release_gil: bool = False) -> CFuncPtr:
     """The C symbol with no argtypes: callers pass ready-made ctypes values, nothing is guessed.
 
     Only a call that runs guest code releases the GIL (`release_gil`): wasm then runs in
@@ -60,19 +60,19 @@ def _fast(symbol: str, restype: type[Any] | None, *, release_gil: bool = False) 
 
 # Without argtypes ctypes skips per-argument conversion, which is most of the cost of a call.
 # Every argument is passed as a ready-made ctypes object of the right C type.
-_call_unchecked = _fast("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
+_call_unchecked = c_entry("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
 
-_memory_data_fast = _fast("wasmtime_memory_data", ctypes.c_void_p)
-_memory_data_size_fast = _fast("wasmtime_memory_data_size", ctypes.c_size_t)
-_set_epoch_deadline_fast = _fast("wasmtime_context_set_epoch_deadline", None)
-_set_fuel = _fast("wasmtime_context_set_fuel", ctypes.c_void_p)
-_global_get = _fast("wasmtime_global_get", None)
-_global_set = _fast("wasmtime_global_set", ctypes.c_void_p)
-_memory_grow = _fast("wasmtime_memory_grow", ctypes.c_void_p)
-_get_fuel = _fast("wasmtime_context_get_fuel", ctypes.c_void_p)
+memory_data_fast = c_entry("wasmtime_memory_data", ctypes.c_void_p)
+memory_data_size_fast = c_entry("wasmtime_memory_data_size", ctypes.c_size_t)
+_set_epoch_deadline_fast = c_entry("wasmtime_context_set_epoch_deadline", None)
+_set_fuel = c_entry("wasmtime_context_set_fuel", ctypes.c_void_p)
+_global_get = c_entry("wasmtime_global_get", None)
+_global_set = c_entry("wasmtime_global_set", ctypes.c_void_p)
+memory_grow = c_entry("wasmtime_memory_grow", ctypes.c_void_p)
+_get_fuel = c_entry("wasmtime_context_get_fuel", ctypes.c_void_p)
 
 _TrapPtr = ctypes.POINTER(ffi.wasm_trap_t)
-_ErrPtr = ctypes.POINTER(ffi.wasmtime_error_t)
+ErrPtr = ctypes.POINTER(ffi.wasmtime_error_t)
 
 _I32 = "i32"
 
@@ -167,7 +167,7 @@ class RawFunc:
             slot.i32 = a
         err = _call_unchecked(self._ctx, self._func, self._vals, self._nvals, self._trap_ref)
         if err:
-            raise CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr)))
+            raise CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr)))
         if self._trap:
             # hand the trap to its own pointer object and null ours in place, so the
             # preallocated reference stays valid for the next call
@@ -196,7 +196,7 @@ def call_failure(err: int, trap: int) -> CallFailed:
     """The CallFailed of a raw call made outside RawFunc (engine/v1_native.py), from the error
     or trap pointer it returned; the Python objects take ownership of them."""
     if err:
-        return CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(ctypes.c_void_p(err), _ErrPtr)))
+        return CallFailed(wasmtime.WasmtimeError._from_ptr(ctypes.cast(ctypes.c_void_p(err), ErrPtr)))
     return CallFailed(wasmtime.Trap._from_ptr(ctypes.cast(ctypes.c_void_p(trap), _TrapPtr)))
 
 
@@ -205,7 +205,7 @@ def signature(params: int, results: tuple[str, ...] = (_I32,)) -> str:
     return f"({', '.join([_I32] * params)}) -> ({', '.join(results)})"
 
 
-_export_get = _fast("wasmtime_instance_export_get", ctypes.c_bool)
+_export_get = c_entry("wasmtime_instance_export_get", ctypes.c_bool)
 
 
 class Exports:
@@ -258,7 +258,7 @@ def global_setter(ty: str, value: int | float) -> ffi.wasmtime_val_t:
 def set_global(ctx: ctypes.c_void_p, item: ffi.wasmtime_extern_t, val: ffi.wasmtime_val_t) -> None:
     err = _global_set(ctx, ctypes.byref(item.of.global_), ctypes.byref(val))
     if err:
-        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr))
 
 
 def enable_pooling(cfg: wasmtime.Config, slots: int, memory: int, *, tables: int = 4,
@@ -338,10 +338,10 @@ class StoreControl:
     def set_fuel(self, fuel: int) -> None:
         err = _set_fuel(self._ctx, ctypes.c_uint64(fuel))
         if err:
-            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr))
 
     def get_fuel(self) -> int:
         err = _get_fuel(self._ctx, ctypes.byref(self._fuel_out))
         if err:
-            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr))
         return self._fuel_out.value

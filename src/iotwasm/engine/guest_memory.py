@@ -16,7 +16,7 @@ import wasmtime
 from wasmtime import _bindings as ffi
 
 from ..errors import AbiError
-from .fastcall import _ErrPtr, _memory_data_fast, _memory_data_size_fast, _memory_grow, cast_int
+from .fastcall import ErrPtr, memory_data_fast, memory_data_size_fast, memory_grow, cast_int
 
 
 class GuestMemory:
@@ -45,12 +45,12 @@ class GuestMemory:
         self.refresh()
 
     def refresh(self) -> int:
-        size: int = _memory_data_size_fast(self._ctx, self._mem)
+        size: int = memory_data_size_fast(self._ctx, self._mem)
         if size != self._size:
             self._view.release()
             self._size = size
             if size:
-                base = _memory_data_fast(self._ctx, self._mem)
+                base = memory_data_fast(self._ctx, self._mem)
                 self._view = memoryview((ctypes.c_char * size).from_address(base)).cast("B")
             else:
                 self._view = memoryview(b"")
@@ -67,9 +67,9 @@ class GuestMemory:
     def grow(self, pages: int) -> None:
         """Grow by `pages` (64 KiB each) as `memory.grow` would, within the store's limits."""
         prev = ctypes.c_uint64(0)
-        err = _memory_grow(self._ctx, self._mem, ctypes.c_uint64(pages), ctypes.byref(prev))
+        err = memory_grow(self._ctx, self._mem, ctypes.c_uint64(pages), ctypes.byref(prev))
         if err:
-            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+            raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr))
         self.refresh()
 
     def view(self) -> memoryview:

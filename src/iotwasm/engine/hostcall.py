@@ -21,12 +21,12 @@ import wasmtime
 from wasmtime import _bindings as ffi
 
 from ..errors import AbiError
-from .fastcall import MEMORY, _ErrPtr, _fast, _memory_data_fast, _memory_data_size_fast, host_failure
+from .fastcall import MEMORY, ErrPtr, c_entry, memory_data_fast, memory_data_size_fast, host_failure
 
-_caller_export_get = _fast("wasmtime_caller_export_get", ctypes.c_bool)
-_caller_context = _fast("wasmtime_caller_context", ctypes.c_void_p)
-_trap_new = _fast("wasmtime_trap_new", ctypes.c_void_p)
-_define_unchecked = _fast("wasmtime_linker_define_func_unchecked", ctypes.c_void_p)
+_caller_export_get = c_entry("wasmtime_caller_export_get", ctypes.c_bool)
+_caller_context = c_entry("wasmtime_caller_context", ctypes.c_void_p)
+_trap_new = c_entry("wasmtime_trap_new", ctypes.c_void_p)
+_define_unchecked = c_entry("wasmtime_linker_define_func_unchecked", ctypes.c_void_p)
 _MEMORY_NAME = b"memory"
 _MEMORY_NAME_LEN = ctypes.c_size_t(len(_MEMORY_NAME))
 
@@ -53,8 +53,8 @@ class CallerMemory:
             raise AbiError("host call from a module without an exported memory")
         ctx = ctypes.c_void_p(_caller_context(self._caller))
         mem = ctypes.byref(item.of.memory)
-        self._size = _memory_data_size_fast(ctx, mem)
-        self._base = _memory_data_fast(ctx, mem) or 0
+        self._size = memory_data_size_fast(ctx, mem)
+        self._base = memory_data_fast(ctx, mem) or 0
 
     def size(self) -> int:
         if self._size < 0:
@@ -150,4 +150,4 @@ def define_raw(linker: wasmtime.Linker, module: str, name: str, ty: wasmtime.Fun
     if err:
         with _raw_lock:
             _raw_functions.pop(env, None)
-        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, _ErrPtr))
+        raise wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ErrPtr))

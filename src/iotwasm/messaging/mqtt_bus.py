@@ -39,7 +39,7 @@ from .bus import BusState, Subscription, Will
 from .errors import BrokerUnavailable
 from .mqtt_inbound import MqttInbound, MqttSubscription
 from .mqtt_outbound import MqttOutbound
-from .mqtt_session import MqttSession, _Connection, parse_mqtt_url
+from .mqtt_session import MqttSession, BrokerConnection, parse_mqtt_url
 from .mqtt_state import BrokerLimits, InFlight, Incoming
 
 
@@ -129,7 +129,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
         self._backoff = backoff or Backoff(reconnect_min, reconnect_max)
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: _Connection | None = None
+        self._conn: BrokerConnection | None = None
         self._generation = 0
         self._connected = False
         self._ever_connected = False
@@ -163,7 +163,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
 
     # ------------------------------------------------------------------ packets in
 
-    def _on_packet(self, conn: _Connection, ptype: int, flags: int, body: bytes) -> None:
+    def _on_packet(self, conn: BrokerConnection, ptype: int, flags: int, body: bytes) -> None:
         """The client's state machine: each packet the broker may send goes to its half.
         Anything else is a protocol error and drops the connection (then reconnects)."""
         if ptype == codec.PUBLISH:

@@ -1,6 +1,6 @@
 """MQTT connection and session: the socket, CONNECT/CONNACK, keep-alive and reconnects.
 
-`_Connection` is the asyncio protocol of one TCP (or TLS) connection; it decodes packets and
+`BrokerConnection` is the asyncio protocol of one TCP (or TLS) connection; it decodes packets and
 hands them to the bus. `MqttSession` is the part of `MqttBus` that makes connections and
 keeps them: connect with backoff, renew the subscriptions and resend the unacknowledged
 publishes when the broker accepts (in the order a session expects), send PINGREQ when idle,
@@ -49,7 +49,7 @@ class _Refused(Exception):
     pass
 
 
-class _Connection(asyncio.Protocol):
+class BrokerConnection(asyncio.Protocol):
     """One TCP (or TLS) connection to the broker; hands decoded packets to its bus."""
 
     def __init__(self, bus: MqttState):
@@ -183,10 +183,10 @@ class MqttSession(MqttState):
                     self._backoff.reset()
             await asyncio.sleep(self._backoff.next())
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> BrokerConnection:
         loop = self._bound_loop()
         async with asyncio.timeout(self.connect_timeout):
-            transport, conn = await loop.create_connection(lambda: _Connection(self), self.host,
+            transport, conn = await loop.create_connection(lambda: BrokerConnection(self), self.host,
                                                            self.port, ssl=self.tls)
             try:
                 will = None
@@ -219,7 +219,7 @@ class MqttSession(MqttState):
             found[mp.RECEIVE_MAXIMUM] = self.receive_maximum
         return found
 
-    def _on_connack(self, conn: _Connection, body: bytes) -> None:
+    def _on_connack(self, conn: BrokerConnection, body: bytes) -> None:
         if self.version == 5:
             session_present, code, found = codec.parse_connack5(body)
             reason = mp.reason_text(code)
@@ -241,7 +241,7 @@ class MqttSession(MqttState):
             self._inflight_cap = min(self.max_inflight, self.broker.receive_maximum)
             self._accepted(conn, session_present)
 
-    def _on_disconnect(self, conn: _Connection, body: bytes) -> None:
+    def _on_disconnect(self, conn: BrokerConnection, body: bytes) -> None:
         """MQTT 5: the broker closes the connection and says why (session taken over, keep
         alive timeout, ...): the reason goes into the log and the next error."""
         code, found = codec.parse_disconnect5(body)
@@ -254,7 +254,7 @@ class MqttSession(MqttState):
         if self._conn is conn:
             self._on_lost(f"the broker disconnected: {reason}")
 
-    def _accepted(self, conn: _Connection, session_present: bool) -> None:
+    def _accepted(self, conn: BrokerConnection, session_present: bool) -> None:
         """The broker accepted `conn` (CONNACK). Runs while the CONNACK is decoded: a
         session's messages often arrive in the same read, right behind it, and belong to
         this connection — they are acknowledged on it."""

@@ -21,7 +21,7 @@ from .bus import Bus, Subscription, Will
 from .errors import BrokerUnavailable
 
 if TYPE_CHECKING:
-    from .mqtt_session import _Connection
+    from .mqtt_session import BrokerConnection
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,7 +190,7 @@ class MqttState(Bus):
     _aliases: dict[str, int]
     _alias_limit: int
     _loop: asyncio.AbstractEventLoop | None
-    _conn: _Connection | None
+    _conn: BrokerConnection | None
     _generation: int
     _connected: bool
     _ever_connected: bool
@@ -228,7 +228,7 @@ class MqttState(Bus):
             raise BrokerUnavailable(f"{self.url}: not connected (call connect first)")
         return self._changed
 
-    def _live_conn(self) -> _Connection:
+    def _live_conn(self) -> BrokerConnection:
         if self._conn is None:
             raise BrokerUnavailable(
                 f"{self.url}: not connected ({self._last_failure or 'not yet connected'})")
@@ -236,7 +236,7 @@ class MqttState(Bus):
 
     if TYPE_CHECKING:
         # what one half calls on another
-        def _on_packet(self, conn: _Connection, ptype: int, flags: int, body: bytes) -> None: ...
+        def _on_packet(self, conn: BrokerConnection, ptype: int, flags: int, body: bytes) -> None: ...
         def _write(self, packet: bytes) -> None: ...
         def _flush(self) -> None: ...
         def _new_mid(self) -> int: ...

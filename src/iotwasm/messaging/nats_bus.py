@@ -27,7 +27,7 @@ from ..backoff import Backoff
 from ..errors import ConfigError
 from .bus import as_payload, check_qos
 from .errors import BrokerUnavailable, MessageTooLarge, PublishTimeout
-from .nats_connection import NatsConnection, _flush
+from .nats_connection import NatsConnection, flush_within
 from .nats_inbound import NatsInbound, NatsSubscription
 from .nats_jetstream import JetStreamSubscription, NatsJetStream
 from .topics import nats_subjects_for_filter, to_nats_subject, validate_topic
@@ -120,7 +120,7 @@ class NatsBus(NatsConnection, NatsInbound, NatsJetStream):
                 await self._js.publish(subject, payload, timeout=wait, stream=self.stream)
             else:
                 await nc.publish(subject, payload)
-                await _flush(nc, wait)
+                await flush_within(nc, wait)
         except nats.errors.TimeoutError:
             raise PublishTimeout(
                 f"{self.url}: no acknowledgement for {topic!r} within {wait}s") from None

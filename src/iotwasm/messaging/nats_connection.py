@@ -23,7 +23,7 @@ from .nats_state import NatsState
 log = logging.getLogger("iotwasm.messaging.nats")
 
 
-async def _flush(nc: NatsClient, timeout: float) -> None:
+async def flush_within(nc: NatsClient, timeout: float) -> None:
     """`nc.flush`: nats-py annotates its timeout as int, but waits for float seconds."""
     await nc.flush(timeout=timeout)  # type: ignore[arg-type]
 
@@ -115,7 +115,7 @@ class NatsConnection(NatsState):
         nc = self._nc
         if nc is not None and self.connected:
             try:
-                await _flush(nc, timeout)
+                await flush_within(nc, timeout)
             except nats.errors.TimeoutError:
                 raise PublishTimeout(f"{self.url}: flush not answered within {timeout}s") from None
 
@@ -140,7 +140,7 @@ class NatsConnection(NatsState):
         if self._nc is not None:
             if self._nc.is_connected:
                 try:
-                    await _flush(self._nc, timeout)
+                    await flush_within(self._nc, timeout)
                 except Exception as exc:
                     log.warning("nats %s: flush on close failed: %s", self.url, exc)
             self._closed = True

@@ -19,12 +19,13 @@ gone are closed at the next invocation.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError
 from ..message import BatchResult, DeadLetter, Message, Output
+from ..pipeline.route_steps import acl_allows
 from ..pipeline.worker import Worker
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def run_once(handle, messages: list[Message]) -> Invocation:
     dead: list[DeadLetter] = []
     keep: list[int] = []
     for i, m in enumerate(messages):
-        if _allowed(acl.can_subscribe, m.topic):
+        if acl_allows(acl.can_subscribe, m.topic):
             keep.append(i)
         else:
             acl.stats.subscribe_denied += 1
@@ -139,7 +140,7 @@ def run_once(handle, messages: list[Message]) -> Invocation:
         index = keep[o.index]
         src = messages[index]
         topic = o.topic or src.topic
-        if _allowed(acl.can_publish, topic):
+        if acl_allows(acl.can_publish, topic):
             outputs.append(Output(index, topic, o.payload))
         else:
             acl.stats.publish_denied += 1
@@ -149,14 +150,6 @@ def run_once(handle, messages: list[Message]) -> Invocation:
     dead += [DeadLetter(keep[d.index], d.message, d.error) for d in result.dead_letters]
     dead.sort(key=lambda d: d.index)
     return Invocation(handle.name, revision, outputs, dead)
-
-
-def _allowed(check: Callable[[str], bool], topic: str) -> bool:
-    """An ACL check where a malformed topic counts as denied."""
-    try:
-        return check(topic)
-    except IotwasmError:
-        return False
 
 
 __all__ = ["MAX_MESSAGES", "ContainerUnavailable", "Invocation", "Invocations", "NotInvocable", "run_once"]

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from ..errors import IotwasmError
 from ..message import BatchResult, DeadLetter, Message
 from ..messaging.bus import settled
-from .split import _merge
+from .split import merge_share
 
 
 class FaultInjected(IotwasmError):
@@ -96,7 +96,7 @@ class FaultyStep(_Injector):
         self.stats["failed"] += sum(fail)
         keep = [i for i, x in enumerate(fail) if not x]
         if keep:
-            _merge(result, self.inner.process([messages[i] for i in keep]), keep)
+            merge_share(result, self.inner.process([messages[i] for i in keep]), keep)
         return result
 
 

@@ -49,10 +49,10 @@ from ..message import DeadLetter, Message
 from ..supervise import Repeats, StorageHold, cancel_and_wait
 from .worker import Worker
 from .lanes import Lane
-from .route_sinks import RouteSinks, _kept
+from .route_sinks import RouteSinks, confirmed_ok
 from .route_state import (BatchPolicy, BatchTrace, DeadLetterHandler, QueuePolicy, RouteStats, Settled, Sink,
-                          Step, _Flow, _Item, _settle)
-from .route_steps import RouteSteps, _allowed  # noqa: F401 - re-exported: the route's helpers stay importable here
+                          Step, Flow, Item, settle)
+from .route_steps import RouteSteps
 
 __all__ = ["LINGER_FROM", "MAX_UNCONFIRMED", "BatchPolicy", "BatchTrace", "DeadLetterHandler", "QueuePolicy",
            "RouteRunner", "RouteStats", "Settled", "Sink", "Step"]
@@ -87,7 +87,7 @@ class RouteRunner(RouteSteps, RouteSinks):
         #: the route that replaced this one: offers go there (see `hand_over`)
         self._successor: RouteRunner | None = None
         #: batches held for an unavailable step when the route was handed over
-        self._returned: list[_Item] = []
+        self._returned: list[Item] = []
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -121,7 +121,7 @@ class RouteRunner(RouteSteps, RouteSinks):
         if self.offer_nowait(msg, variables, settled, start):
             return
         variables = variables or {}
-        item = _Item(msg, variables, time.monotonic(), settled, start)
+        item = Item(msg, variables, time.monotonic(), settled, start)
         lane = self._lane_for(item)
         self.stats.received += 1
         if not await lane.put(item):  # closed while waiting for room
@@ -129,7 +129,7 @@ class RouteRunner(RouteSteps, RouteSinks):
             if self._successor is not None:
                 await self._successor.offer(msg, variables, settled, start)
             else:
-                _settle([item], cancel=True)
+                settle([item], cancel=True)
 
     def offer_nowait(self, msg: Message, variables: dict[str, str] | None = None,
                      settled: Settled | None = None, start: int = 0) -> bool:
@@ -139,14 +139,14 @@ class RouteRunner(RouteSteps, RouteSinks):
         subscription's fast path (`Subscription.fast`) comes in here."""
         if self._successor is not None:
             return self._successor.offer_nowait(msg, variables, settled, start)
-        item = _Item(msg, variables or {}, time.monotonic(), settled, start)
+        item = Item(msg, variables or {}, time.monotonic(), settled, start)
         lane = self._lane_for(item)
         if self._stopping or lane.closed:
-            _settle([item], cancel=True)
+            settle([item], cancel=True)
             return True
         if self.queue.overflow == "drop-oldest":
             while lane.full():
-                _settle([lane.get_nowait()])
+                settle([lane.get_nowait()])
                 self.stats.dropped += 1
         elif not lane.has_room():
             return False
@@ -154,7 +154,7 @@ class RouteRunner(RouteSteps, RouteSinks):
         lane.put_nowait(item)
         return True
 
-    def _lane_for(self, item: _Item) -> Lane:
+    def _lane_for(self, item: Item) -> Lane:
         if len(self._lanes) == 1:
             return self._lanes[0]
         key = item.vars.get(self.order_key) or item.msg.topic
@@ -181,10 +181,10 @@ class RouteRunner(RouteSteps, RouteSinks):
         if items:
             log.info("route %s: %d queued message(s) handed to the new version", self.name, len(items))
 
-    def _adopt(self, items: list[_Item]) -> None:
+    def _adopt(self, items: list[Item]) -> None:
         """Take a predecessor's queued messages in front of this route's own (each lane
         keeps their order), beyond the queue's capacity if need be: they were admitted."""
-        fronts: dict[int, list[_Item]] = {}
+        fronts: dict[int, list[Item]] = {}
         for it in items:
             fronts.setdefault(id(self._lane_for(it)), []).append(it)
         for lane in self._lanes:
@@ -218,7 +218,7 @@ class RouteRunner(RouteSteps, RouteSinks):
             await self.drain(drain_timeout)
         self._stopping = True
         for lane in self._lanes:  # not taken in time: given back to the source unacknowledged
-            _settle(lane.close(), cancel=True)
+            settle(lane.close(), cancel=True)
         await cancel_and_wait(*self._tasks, *self._confirming)
         for w in self._workers:
             w.close()  # a call still running finishes on its thread (bounded by its time limit)
@@ -252,7 +252,7 @@ class RouteRunner(RouteSteps, RouteSinks):
                 else:
                     await self._run(items, worker)
             except asyncio.CancelledError:
-                _settle(items, cancel=True)
+                settle(items, cancel=True)
                 raise
             except Exception as e:  # noqa: BLE001 - a bug must not kill the lane and strand the queue
                 self._faults.failed(e)
@@ -260,11 +260,11 @@ class RouteRunner(RouteSteps, RouteSinks):
                 err = IotwasmError(f"route {self.name}: batch failed unexpectedly: {type(e).__name__}: {e}")
                 for i, it in enumerate(items):
                     await self.dead_letter("route", DeadLetter(i, it.msg, err), it.vars)
-                _settle(items)
+                settle(items)
             finally:
                 self._inflight -= 1
 
-    async def _run(self, items: list[_Item], worker: Worker) -> None:
+    async def _run(self, items: list[Item], worker: Worker) -> None:
         trace = self.trace
         if trace is None:
             await self._batch(items, worker, None, None)
@@ -277,13 +277,13 @@ class RouteRunner(RouteSteps, RouteSinks):
             if not handed:   # no sink confirmation will close it
                 trace.end(span, 0, self._span_dead.pop(id(span), 0))
 
-    async def _batch(self, items: list[_Item], worker: Worker, trace: BatchTrace | None,
+    async def _batch(self, items: list[Item], worker: Worker, trace: BatchTrace | None,
                      span: object | None) -> bool:
         """Run one batch through the steps and hand it to the sinks; True when a confirmation
         task took it over (and with it the batch's span; `trace` and `span` are both None when
         the batch is not traced)."""
         self.stats.batches += 1
-        flow = _Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
+        flow = Flow([it.msg for it in items], [it.vars for it in items], [it.arrived for it in items])
         self.stats.processed += len(flow.msgs)
         first, delay = items[0].start, 0.05
         while True:
@@ -305,7 +305,7 @@ class RouteRunner(RouteSteps, RouteSinks):
                 self._returned.extend(items)
                 return False
             if self._stopping:
-                _settle(items, cancel=True)  # not acknowledged: the broker has it again
+                settle(items, cancel=True)  # not acknowledged: the broker has it again
                 raise err
             # the step's container is unavailable (suspended, restarting): hold the batch
             self.stats.step_retries += 1
@@ -314,7 +314,7 @@ class RouteRunner(RouteSteps, RouteSinks):
             delay = min(2.0, delay * 2)
         msgs, variables = flow.msgs, flow.vars
         if not msgs:
-            _settle(items)
+            settle(items)
             return False
         # Sinks take the batch in order here; their confirmations (an uplink's acks) are
         # awaited off the lane, so the next batch does not wait for this one's round trip.
@@ -322,11 +322,11 @@ class RouteRunner(RouteSteps, RouteSinks):
         for sink in self.sinks:
             sink_span = trace.sink(span, sink.name, len(msgs)) if trace is not None else None
             confirms.append((sink, await self._hand_to(sink, msgs, variables), sink_span))
-        if trace is None and all(_kept(c) for _, c, _ in confirms):
+        if trace is None and all(confirmed_ok(c) for _, c, _ in confirms):
             # every sink has the whole batch for good already (an outbox commit): settled
             # here, without a confirmation task and the loop turns it takes
             self._delivered(flow)
-            _settle(items)
+            settle(items)
             return False
         while len(self._confirming) >= MAX_UNCONFIRMED:
             await asyncio.wait(self._confirming, return_when=asyncio.FIRST_COMPLETED)

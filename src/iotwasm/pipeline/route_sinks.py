@@ -1,6 +1,6 @@
 """A route's batch out to its sinks: hand-over, confirmation, dead letters.
 
-Split from `route` (`RouteRunner`: intake, lanes, batching); `route` re-exports `_kept`.
+Split from `route` (`RouteRunner`: intake, lanes, batching); `route` re-exports `confirmed_ok`.
 `RouteSinks` is a mixin of `RouteRunner`: it gives a batch to each sink in order,
 holding and retrying a sink that fails on storage, awaits the sinks' confirmations (an
 uplink's acknowledgements) off the lane, and only then settles the batch's messages with
@@ -20,7 +20,7 @@ from typing import Awaitable
 from ..errors import IotwasmError, StorageError
 from ..message import DeadLetter, Message
 from ..messaging.bus import settled
-from .route_state import BatchTrace, RouteState, Sink, _Flow, _Item, _settle
+from .route_state import BatchTrace, RouteState, Sink, Flow, Item, settle
 
 log = logging.getLogger("iotwasm.pipeline")
 
@@ -47,19 +47,19 @@ class RouteSinks(RouteState):
     async def _taken(self, sink: Sink, msgs: list[Message], variables: list[dict[str, str]]):
         return await (await self._hand_to(sink, msgs, variables))
 
-    async def _confirm(self, flow: "_Flow", confirms: list, items: list[_Item], trace: BatchTrace | None,
+    async def _confirm(self, flow: "Flow", confirms: list, items: list[Item], trace: BatchTrace | None,
                        span: object | None) -> None:
         try:
             await self._confirmed(flow, confirms, trace)
         except asyncio.CancelledError:
-            _settle(items, cancel=True)
+            settle(items, cancel=True)
             raise
         finally:
             if trace is not None:
                 trace.end(span, len(flow.msgs), self._span_dead.pop(id(span), 0))
-        _settle(items)
+        settle(items)
 
-    async def _confirmed(self, flow: "_Flow", confirms: list, trace: BatchTrace | None = None) -> None:
+    async def _confirmed(self, flow: "Flow", confirms: list, trace: BatchTrace | None = None) -> None:
         msgs, variables = flow.msgs, flow.vars
         for sink, confirm, sink_span in confirms:
             try:
@@ -80,7 +80,7 @@ class RouteSinks(RouteState):
                 await self.dead_letter(sink.name, DeadLetter(i, msgs[i], failure), variables[i])
         self._delivered(flow)
 
-    def _delivered(self, flow: "_Flow") -> None:
+    def _delivered(self, flow: "Flow") -> None:
         self.stats.delivered += len(flow.msgs)
         now = time.monotonic()
         self.stats.latencies_ms.extend((now - a) * 1000 for a in flow.arrived)
@@ -102,7 +102,7 @@ class RouteSinks(RouteState):
                 self._faults.failed(e)
 
 
-def _kept(confirm: Awaitable) -> bool:
+def confirmed_ok(confirm: Awaitable) -> bool:
     """Whether a sink's confirmation is already in, without a failure (`Sink.submit`)."""
     return (isinstance(confirm, asyncio.Future) and confirm.done() and not confirm.cancelled()
             and confirm.exception() is None and not confirm.result())

@@ -3,7 +3,7 @@
 Split from `route` (the runner: intake, lanes, batching, hand-over); `route` re-exports it.
 Here: what a route needs of its steps, sinks and tracing (`Step`, `Sink`, `BatchTrace`), its
 policies and counters, and the items its lanes carry with the way their sources hear that a
-message is through (`_settle`). The steps of a batch (`route_steps`) and its sinks
+message is through (`settle`). The steps of a batch (`route_steps`) and its sinks
 (`route_sinks`) are mixins of `RouteRunner`: the state lives on the runner (set in
 `RouteRunner.__init__`), and `RouteState` names what they share so that each file
 type-checks on its own; it adds nothing at run time.
@@ -98,7 +98,7 @@ class RouteStats:
 
 
 @dataclass(slots=True)
-class _Flow:
+class Flow:
     """A batch between steps: messages with their topic variables and arrival times."""
 
     msgs: list[Message]
@@ -112,7 +112,7 @@ Settled = Union[asyncio.Future, Settlement]
 
 
 @dataclass(slots=True)
-class _Item:
+class Item:
     msg: Message
     vars: dict[str, str]
     arrived: float
@@ -120,7 +120,8 @@ class _Item:
     start: int = 0     # the step it enters at: 0, or later for a replayed dead letter
 
 
-def _settle(items: list[_Item], cancel: bool = False) -> None:
+def settle(items: list[Item], cancel: bool = False) -> None:
+    """Tell each item's source it is done with (or, with `cancel`, given back unprocessed)."""
     for it in items:
         fut = it.settled
         if fut is not None and not fut.done():

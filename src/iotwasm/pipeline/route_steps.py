@@ -1,6 +1,6 @@
 """The steps of a route's batch, run on its lane's worker thread.
 
-Split from `route` (`RouteRunner`: intake, lanes, batching); `route` re-exports `_allowed`.
+Split from `route` (`RouteRunner`: intake, lanes, batching).
 `RouteSteps` is a mixin of `RouteRunner`: one call (`_chain`) runs every step of a batch
 in one hop to the lane's thread, checks each message a step would receive and each
 output it would emit against the step's topic grants (decisions memoised per step and
@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..errors import CapabilityDenied, ContainerUnavailable, IotwasmError
 from ..message import DeadLetter, Message
-from .route_state import BatchTrace, RouteState, Step, _Flow
+from .route_state import BatchTrace, RouteState, Step, Flow
 
 log = logging.getLogger("iotwasm.pipeline")
 
@@ -23,7 +23,7 @@ log = logging.getLogger("iotwasm.pipeline")
 class RouteSteps(RouteState):
     """The steps of `RouteRunner`'s batches (a mixin: the state lives on the runner)."""
 
-    def _chain(self, first: int, flow: "_Flow", trace: BatchTrace | None = None, span: object | None = None):
+    def _chain(self, first: int, flow: "Flow", trace: BatchTrace | None = None, span: object | None = None):
         """Run steps[first:] on a batch (on the lane's worker thread, never on the loop),
         inside the batch's span when it is traced, so each step's span is a child of it.
 
@@ -38,7 +38,7 @@ class RouteSteps(RouteState):
         finally:
             trace.leave(token)
 
-    def _steps(self, first: int, flow: "_Flow"):
+    def _steps(self, first: int, flow: "Flow"):
         dead: list[tuple[str, DeadLetter, dict]] = []
         denied = 0
         for k in range(first, len(self.steps)):
@@ -58,7 +58,7 @@ class RouteSteps(RouteState):
                                            f"{', '.join(acl.subscribe) or 'none'})", module=step.name)
                     log.warning("route %s: %s", self.name, err)
                     dead.append((step.name, DeadLetter(i, msgs[i], err), variables[i]))
-                flow = _Flow([msgs[i] for i in keep], [variables[i] for i in keep], [arrived[i] for i in keep])
+                flow = Flow([msgs[i] for i in keep], [variables[i] for i in keep], [arrived[i] for i in keep])
                 msgs, variables, arrived = flow.msgs, flow.vars, flow.arrived
                 if not msgs:
                     break
@@ -68,7 +68,7 @@ class RouteSteps(RouteState):
                 return flow, dead, denied, (k, e)
             for d in result.dead_letters:
                 dead.append((step.name, d, variables[d.index]))
-            out = _Flow([], [], [])
+            out = Flow([], [], [])
             for o in result.outputs:
                 src = msgs[o.index]
                 topic = o.topic or src.topic
@@ -103,14 +103,14 @@ class RouteSteps(RouteState):
                 if hit is None:
                     if len(memo) > 50_000:
                         memo.clear()
-                    hit = memo[topic] = _allowed(check, topic)
+                    hit = memo[topic] = acl_allows(check, topic)
                 return hit
 
             entry = self._acl_memo[key] = (step.acl, allowed)
         return entry[1]
 
 
-def _allowed(check: Callable[[str], bool], topic: str) -> bool:
+def acl_allows(check: Callable[[str], bool], topic: str) -> bool:
     """An ACL check where a malformed topic (a module can emit anything) counts as denied."""
     try:
         return check(topic)

@@ -87,7 +87,7 @@ def stored_envelope(blob: bytes) -> Envelope | None:
     return mp.read_envelope(blob, 0)[0]
 
 
-class _Uplink(abc.ABC):
+class UplinkSink(abc.ABC):
     """What bus and webhook sinks share: an optional outbox drained by a forwarder."""
 
     name: str
@@ -133,7 +133,7 @@ class _Uplink(abc.ABC):
             await self.forwarder.stop(drain_timeout)
 
 
-class BusSink(_Uplink):
+class BusSink(UplinkSink):
     """Publish to a bus topic template; with an outbox, store-and-forward with QoS 1 acks."""
 
     def __init__(self, name: str, bus, topic: str, *, qos: int = 1, retain: bool = False,
@@ -223,7 +223,7 @@ class BusSink(_Uplink):
         return confirmed()
 
 
-class WebhookSink(_Uplink):
+class WebhookSink(UplinkSink):
     """POST each message as JSON to a URL; through the outbox, so outages are retried."""
 
     def __init__(self, name: str, url: str, *, timeout_s: float = 5.0, outbox: Outbox | None = None,

@@ -198,7 +198,7 @@ class SplitStep:
         # the stable share first: if the stable deployment is unavailable, nothing has run yet
         # when the route holds the batch and tries the step again
         if stable_idx:
-            _merge(result, self.stable.process([messages[i] for i in stable_idx]), stable_idx)
+            merge_share(result, self.stable.process([messages[i] for i in stable_idx]), stable_idx)
             self._count(self.stable.name, len(stable_idx))
         if canary_idx:
             share = [messages[i] for i in canary_idx]
@@ -211,7 +211,7 @@ class SplitStep:
             except ContainerUnavailable:
                 part = self.stable.process(share)
                 self._count("fallback", len(canary_idx))
-            _merge(result, part, canary_idx)
+            merge_share(result, part, canary_idx)
         if canary_idx and stable_idx:
             result.outputs.sort(key=itemgetter(0))   # stable: each input's outputs keep their order
         return result
@@ -249,7 +249,7 @@ class SplitStep:
         return out
 
 
-def _merge(into: BatchResult, part: BatchResult, index: list[int]) -> None:
+def merge_share(into: BatchResult, part: BatchResult, index: list[int]) -> None:
     """Add a share's result, its indices mapped back to the whole batch's (one tuple built
     per output, without the named tuple's constructor: this runs per message)."""
     new = tuple.__new__

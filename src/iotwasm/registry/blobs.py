@@ -18,7 +18,7 @@ from pathlib import Path
 from ..engine.module import digest_of
 from ..errors import InvalidModule, ModuleNotFound, StorageError
 
-_HEX = re.compile(r"[0-9a-f]+")
+HEX = re.compile(r"[0-9a-f]+")
 
 _TMP_PREFIX = ".tmp-"
 #: blobs are read-only, and only to the user the store belongs to
@@ -93,7 +93,7 @@ def remove_orphans(blob_dir: Path, known: set[str]) -> int:
         name = entry.name
         # while we hold the write lock no add() is mid-write, so any temp file is stale
         orphan = (name.startswith(_TMP_PREFIX)
-                  or (len(name) == 64 and _HEX.fullmatch(name) and name not in known))
+                  or (len(name) == 64 and HEX.fullmatch(name) and name not in known))
         if orphan and entry.is_file():
             _unlink(entry)
             removed += 1

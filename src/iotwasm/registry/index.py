@@ -72,11 +72,12 @@ class ModuleRecord:
         return self.digest.split(":", 1)[1][:12]
 
 
-def _info_to_json(info: ModuleInfo) -> str:
+def info_to_json(info: ModuleInfo) -> str:
+    """A module's description as the index stores it, read back by `info_from_json`."""
     return json.dumps(dataclasses.asdict(info), sort_keys=True)
 
 
-def _info_from_json(text: str) -> ModuleInfo | None:
+def info_from_json(text: str) -> ModuleInfo | None:
     """Rebuild ModuleInfo from the index; None when the stored shape no longer fits."""
     try:
         d = json.loads(text)

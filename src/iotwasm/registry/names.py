@@ -49,7 +49,8 @@ def version_key(version: str) -> tuple:
     return (0, core, pre_key, version)
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Refuse a malformed module name, or one a reference would read as a digest."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"invalid module name {name!r} (letters, digits, '.', '_', '-', '/'; "
                           "must start with a letter or digit; no ':')")
@@ -57,7 +58,8 @@ def _check_name(name: str) -> None:
         raise ConfigError("'sha256' cannot be a module name: 'sha256:...' refers to a digest")
 
 
-def _check_version(version: str) -> None:
+def check_version(version: str) -> None:
+    """Refuse a malformed version, or "latest", which a reference reads as the highest."""
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise ConfigError(f"invalid version {version!r} (letters, digits, '.', '_', '-', '+'; "
                           "must start with a letter or digit)")

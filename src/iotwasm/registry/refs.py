@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import ModuleNotFound
-from .blobs import _HEX
+from .blobs import HEX
 from .names import version_key
 
 #: digest prefixes shorter than this are refused: with few hex characters a prefix that is
@@ -38,7 +38,7 @@ def resolve_ref(db: sqlite3.Connection, ref: str) -> str:
             raise ModuleNotFound(f"no module {ref!r} in the module store{hint}")
         return row[0]
     lowered = ref.lower()
-    if len(ref) >= MIN_PREFIX and _HEX.fullmatch(lowered):
+    if len(ref) >= MIN_PREFIX and HEX.fullmatch(lowered):
         named = bool(tag_versions(db, ref))
         matches = _prefix_matches(db, lowered)
         if named and matches:
@@ -59,7 +59,7 @@ def _prefix_matches(db: sqlite3.Connection, hexpart: str) -> list[str]:
 def _by_prefix(db: sqlite3.Connection, ref: str, hexpart: str,
                matches: list[str] | None = None) -> str:
     hexpart = hexpart.lower()
-    if not _HEX.fullmatch(hexpart) or len(hexpart) > 64:
+    if not HEX.fullmatch(hexpart) or len(hexpart) > 64:
         raise ModuleNotFound(f"module reference {ref!r} is not a valid sha256 digest")
     if len(hexpart) < MIN_PREFIX:
         raise ModuleNotFound(f"digest prefix {ref!r} is too short (need at least "

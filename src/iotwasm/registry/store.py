@@ -41,8 +41,8 @@ from ..errors import ConfigError, ModuleNotFound
 from ..sqlite import open_db, write_transaction
 from . import blobs
 from .blobs import BLOB_MODE
-from .index import SCHEMA_VERSION, ModuleRecord, _info_from_json, _info_to_json, create_schema
-from .names import _check_name, _check_version, name_namespace, version_key
+from .index import SCHEMA_VERSION, ModuleRecord, info_from_json, info_to_json, create_schema
+from .names import check_name, check_version, name_namespace, version_key
 from .refs import MIN_PREFIX, resolve_ref, tag_versions
 
 __all__ = ["BLOB_MODE", "MIN_PREFIX", "SCHEMA_VERSION", "ModuleRecord", "ModuleStore",
@@ -134,10 +134,10 @@ class ModuleStore:
         if version is not None:
             if name is None:
                 raise ConfigError(f"version {version!r} given without a name to tag")
-            _check_name(name)
-            _check_version(version)
+            check_name(name)
+            check_version(version)
         elif name is not None:
-            _check_name(name)
+            check_name(name)
         mod_name, wasm = read_source(source, name)
         # compiling is the validation: whatever wasmtime refuses raises InvalidModule here,
         # before anything touches the disk
@@ -149,7 +149,7 @@ class ModuleStore:
             blobs.store_blob(self.blob_dir, digest, wasm)
             db.execute("INSERT OR IGNORE INTO modules(digest, size, abi, name, added_at, info_json)"
                        " VALUES (?, ?, ?, ?, ?, ?)",
-                       (digest, len(wasm), info.abi, mod_name, time.time(), _info_to_json(info)))
+                       (digest, len(wasm), info.abi, mod_name, time.time(), info_to_json(info)))
             if version is not None and name is not None:
                 self._set_tag(db, name, version, digest)
         return self.get(digest)
@@ -174,8 +174,8 @@ class ModuleStore:
 
         Re-tagging to the same digest is a no-op; to a different digest it needs `force=True`.
         """
-        _check_name(name)
-        _check_version(version)
+        check_name(name)
+        check_version(version)
         with self._write() as db:
             digest = self._resolve(ref)
             self._check_retag(db, name, version, digest, force)
@@ -221,7 +221,7 @@ class ModuleStore:
 
     def _record(self, row: tuple, tags: list[tuple]) -> ModuleRecord:
         digest, size, abi, name, added_at, info_json = row
-        info = _info_from_json(info_json)
+        info = info_from_json(info_json)
         if info is None:
             # recorded by an iotwasm whose ModuleInfo had another shape: inspect again
             info = self._runtime_for_validation().load_bytes(

@@ -38,7 +38,7 @@ from ...errors import IotwasmError, SinkRejected
 from ...message import Message
 from ...messaging.bus import settled
 from ..outbox import Forwarder
-from ..sinks import Failures, SinkError, _Uplink
+from ..sinks import Failures, SinkError, UplinkSink
 from .base import Connector, registry, require
 from .config import Strict
 
@@ -111,7 +111,7 @@ def row_of(cfg: PostgresSink, m: Message) -> list:
     return out
 
 
-class PostgresTableSink(_Uplink):
+class PostgresTableSink(UplinkSink):
     def __init__(self, name: str, cfg: PostgresSink, outbox=None):
         from psycopg import sql
 

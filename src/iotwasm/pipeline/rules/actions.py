@@ -39,7 +39,7 @@ class Action:
     build: Callable[[str], Awaitable[Any]] | None = None
 
 
-class _ActionRunner:
+class ActionRunner:
     def __init__(self, rule: str, i: int, action: Action, runner: "RuleRunner"):
         self.runner = runner
         self.action = action

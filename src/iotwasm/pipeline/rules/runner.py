@@ -44,10 +44,10 @@ from ...supervise import Repeats, StorageHold, cancel_and_wait, supervise
 from ..outbox import Outbox
 from ..sinks import LocalStore
 from ..worker import Worker
-from .actions import Action, _ActionRunner
+from .actions import Action, ActionRunner
 from .alerts import AlertDispatcher, AlertTracker
 from .engine import RuleEngine
-from .runner_state import RuleDefinition, _policy_digest, _RuleRuntime
+from .runner_state import RuleDefinition, RuleRuntime, policy_digest
 from .runner_work import RunnerWork
 
 __all__ = ["Action", "RuleDefinition", "RuleRunner"]
@@ -69,7 +69,7 @@ class RuleRunner(RunnerWork):
         self.checkpoint_s = checkpoint_s
         self.tick_s = tick_s
         self.alert_publish_timeout = alert_publish_timeout
-        self.rules: dict[str, _RuleRuntime] = {}
+        self.rules: dict[str, RuleRuntime] = {}
         self._queue: asyncio.Queue = asyncio.Queue(queue)
         self._subs: dict[str, Any] = {}
         self._tasks: list[asyncio.Task] = []
@@ -121,9 +121,9 @@ class RuleRunner(RunnerWork):
         """Create or update a rule (compiled first: a rule that does not compile changes nothing)."""
         name = d.spec.name
         d.spec.alert = d.alert is not None
-        rt = _RuleRuntime(d)
+        rt = RuleRuntime(d)
         for i, a in enumerate(d.actions):
-            rt.actions.append(_ActionRunner(name, i, a, self))
+            rt.actions.append(ActionRunner(name, i, a, self))
         for ar in rt.actions:   # a connector's sink is made here, before anything changed
             await ar.build_sink()
         # raises RuleSyntaxError before anything changed
@@ -137,7 +137,7 @@ class RuleRunner(RunnerWork):
                 rt.tracker.keys = old.tracker.keys
             elif old is None and self.engine.store is not None:
                 saved = self.engine.store.load(f"alert:{name}")
-                if saved is not None and saved[0] == _policy_digest(d.alert):
+                if saved is not None and saved[0] == policy_digest(d.alert):
                     rt.tracker.load(saved[1])
             rt.dispatcher = AlertDispatcher(name, d.alert, self.outbox, self.bus,
                                             publish_timeout=self.alert_publish_timeout)
@@ -181,7 +181,7 @@ class RuleRunner(RunnerWork):
         await self._resubscribe()
         return changed
 
-    async def _teardown(self, rt: _RuleRuntime, drain: float) -> None:
+    async def _teardown(self, rt: RuleRuntime, drain: float) -> None:
         for a in rt.actions:
             await a.stop(drain)
         if rt.dispatcher is not None:

@@ -3,8 +3,8 @@ its message path.
 
 Split from `runner` (`RuleRunner`: life, rule changes, views); `runner` re-exports
 `RuleDefinition`. Here: a rule as it is given (`RuleDefinition`), its actions and alert
-state while it runs (`_RuleRuntime`), and the digest that ties saved alert state to its
-policy (`_policy_digest`). `RunnerWork` (`runner_work`) is a mixin of `RuleRunner`: the
+state while it runs (`RuleRuntime`), and the digest that ties saved alert state to its
+policy (`policy_digest`). `RunnerWork` (`runner_work`) is a mixin of `RuleRunner`: the
 state lives on the runner (set in `RuleRunner.__init__`), and `RunnerState` names what the
 two share so that each file type-checks on its own; it adds nothing at run time.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ...errors import StorageError
 from ...supervise import Repeats, StorageHold
 from ..worker import Worker
-from .actions import Action, _ActionRunner
+from .actions import Action, ActionRunner
 from .alerts import AlertDispatcher, AlertPolicy, AlertTracker
 from .engine import RuleEngine, RuleSpec
 
@@ -33,14 +33,15 @@ class RuleDefinition:
     enabled: bool = True
 
 
-def _policy_digest(policy: AlertPolicy) -> str:
+def policy_digest(policy: AlertPolicy) -> str:
+    """What an alert's saved tracker state is valid for: a changed policy starts afresh."""
     return json.dumps(policy.__dict__, sort_keys=True)
 
 
-class _RuleRuntime:
+class RuleRuntime:
     def __init__(self, definition: RuleDefinition):
         self.definition = definition
-        self.actions: list[_ActionRunner] = []
+        self.actions: list[ActionRunner] = []
         self.tracker: AlertTracker | None = None
         self.dispatcher: AlertDispatcher | None = None
 
@@ -52,7 +53,7 @@ class RunnerState:
     batch: int
     checkpoint_s: float
     tick_s: float
-    rules: dict[str, _RuleRuntime]
+    rules: dict[str, RuleRuntime]
     _deployed: asyncio.Event | None
     _queue: asyncio.Queue
     action_errors: int

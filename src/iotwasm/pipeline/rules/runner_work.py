@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ...errors import IotwasmError, StorageError
 from ...message import Message
 from .engine import Emission
-from .runner_state import RunnerState, _policy_digest
+from .runner_state import RunnerState, policy_digest
 
 log = logging.getLogger("iotwasm.rules")
 
@@ -81,7 +81,7 @@ class RunnerWork(RunnerState):
             self.engine.checkpoint()
             store = self.engine.store
             if store is not None:
-                store.save([(f"alert:{n}", _policy_digest(rt.tracker.policy), rt.tracker.dump())
+                store.save([(f"alert:{n}", policy_digest(rt.tracker.policy), rt.tracker.dump())
                             for n, rt in list(self.rules.items()) if rt.tracker is not None])
 
     def _process(self, by_filter: dict[str, list[Message]]) -> list[Emission]:
