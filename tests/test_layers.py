@@ -1,8 +1,8 @@
 """The shape of the package, checked: lower layers never import higher ones (DESIGN: engine <
 registry < container < messaging < pipeline < node < fleet < toolchain < api < cli);
 foundation modules (backoff, breaker, errors, message, sensors, sqlite, supervise) import no layer; every
-module of the package belongs to a layer or the foundation; and no modules import each other in a
-circle when loaded (an import inside a function is the deliberate way out of one and does not
+module of the package belongs to a layer or the foundation; no module imports another's private
+names; and no modules import each other in a circle when loaded (an import inside a function is the deliberate way out of one and does not
 count; neither do imports under `if TYPE_CHECKING:`). docs/architecture.md explains the layers."""
 
 from __future__ import annotations
@@ -158,3 +158,15 @@ def test_the_checks_see_relative_and_package_imports():
     assert layers_of(every) == {"api", "engine", "node"}
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_imports_another_s_private_names():
+    """A name another module needs is part of its module's surface and is named so: an
+    underscore says "only here", and a reader changing such a helper must be able to trust it."""
+    found = []
+    for path in all_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("iotwasm")):
+                found += [f"{path.relative_to(SRC)}: {a.name} from {'.' * node.level}{node.module or ''}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "private names imported across modules:\n" + "\n".join(found)
