@@ -19,20 +19,27 @@ PLAIN = 'SELECT device, t FROM "s/{device}" WHERE t > 30'
 WINDOWED = 'SELECT device, avg(t) AS t FROM "s/{device}" GROUP BY device, TUMBLINGWINDOW(ms, 1000)'
 
 
+async def _counting_runner(tmp_path) -> tuple[RuleRunner, list[int]]:
+    """A rule runner on an in-process bus whose clock's period is 1 ms, and the list its
+    engine's ticks are counted in (one entry per tick)."""
+    bus = open_bus(None)
+    await bus.connect()
+    runner = RuleRunner(bus, outbox=Outbox(tmp_path / "outbox.db"), store=LocalStore(tmp_path / "store.db"),
+                        state=RuleStateStore(tmp_path / "rules.db"), tick_s=0.001)
+    ticks: list[int] = []
+    tick = runner.engine.tick
+
+    def counted(*args):
+        ticks.append(1)
+        return tick(*args)
+
+    runner.engine.tick = counted  # type: ignore[method-assign]
+    return runner, ticks
+
+
 def test_the_clock_ticks_only_while_a_rule_has_windows(tmp_path):
     async def main():
-        bus = open_bus(None)
-        await bus.connect()
-        runner = RuleRunner(bus, outbox=Outbox(tmp_path / "outbox.db"), store=LocalStore(tmp_path / "store.db"),
-                            state=RuleStateStore(tmp_path / "rules.db"), tick_s=0.001)
-        ticks: list[int] = []
-        tick = runner.engine.tick
-
-        def counted(*args):
-            ticks.append(1)
-            return tick(*args)
-
-        runner.engine.tick = counted  # type: ignore[method-assign]
+        runner, ticks = await _counting_runner(tmp_path)
         await runner.start()
         try:
             await asyncio.sleep(0.05)
@@ -52,7 +59,7 @@ def test_the_clock_ticks_only_while_a_rule_has_windows(tmp_path):
             await wait_for(lambda: len(ticks) >= again + 5)   # and woken by the next one
         finally:
             await runner.stop()
-            await bus.close()
+            await runner.bus.close()
 
     asyncio.run(main())
 
@@ -61,24 +68,13 @@ def test_a_rule_put_before_the_runner_starts_is_ticked_once_it_does(tmp_path):
     # a node deploys its rules, then starts the runner: the clock must not wait for a rule
     # that is already there
     async def main():
-        bus = open_bus(None)
-        await bus.connect()
-        runner = RuleRunner(bus, outbox=Outbox(tmp_path / "outbox.db"), store=LocalStore(tmp_path / "store.db"),
-                            state=RuleStateStore(tmp_path / "rules.db"), tick_s=0.001)
-        ticks: list[int] = []
-        tick = runner.engine.tick
-
-        def counted(*args):
-            ticks.append(1)
-            return tick(*args)
-
-        runner.engine.tick = counted  # type: ignore[method-assign]
+        runner, ticks = await _counting_runner(tmp_path)
         await runner.put(RuleDefinition(RuleSpec("windowed", WINDOWED, EventTime())))
         await runner.start()
         try:
             await wait_for(lambda: len(ticks) >= 5)
         finally:
             await runner.stop()
-            await bus.close()
+            await runner.bus.close()
 
     asyncio.run(main())
