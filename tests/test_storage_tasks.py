@@ -123,6 +123,7 @@ def test_periodic_jobs_sleep_until_the_same_beat():
         for now in (12.25, 12.75, 13.0):
             loop.time = lambda now=now: now   # type: ignore[method-assign]
             seen.append((now + until_beat(1.0), now + until_beat(0.5)))
+        assert until_beat(0.0) == 0.0   # no period: no wait, never a division by zero
         return seen
 
     assert asyncio.run(main()) == [(13.0, 12.5), (13.0, 13.0), (14.0, 13.5)]

@@ -64,7 +64,10 @@ def until_beat(period_s: float) -> float:
     Why: a node's periodic jobs (the manifest sync and instance upkeep, the dashboard's
     samples, the alert evaluation) each kept a timer of its own, and a quiet node woke once
     per job per second. Jobs that sleep this long fall due at the same instant, and the loop
-    runs them in one turn: one wake-up per period between them all."""
+    runs them in one turn: one wake-up per period between them all. A period that is not
+    positive is no wait (as `asyncio.sleep(0)` was)."""
+    if not period_s > 0:
+        return 0.0
     return period_s - asyncio.get_running_loop().time() % period_s
 
 
