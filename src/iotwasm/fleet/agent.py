@@ -28,6 +28,7 @@ from ..errors import IotwasmError
 from ..node import Node
 from ..node.manifests import Deployment, Route, to_document
 from ..registry.signing import verify_any
+from ..supervise import until_beat
 from .devices import DeviceMirror
 from .model import NodeInfo, Taint
 from .store import FleetStore, check_key
@@ -145,7 +146,8 @@ class FleetAgent:
                     log.debug("fleet sync: %s: %s", type(e).__name__, e)
                     self._beats = 0
             try:
-                await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
+                # on the node's beat (its sync, samples and alerts): no wake-up of its own
+                await asyncio.wait_for(self._wake.wait(), until_beat(self.heartbeat_s))
             except asyncio.TimeoutError:
                 pass
 

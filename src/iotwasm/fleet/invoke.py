@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 
 from ..breaker import CircuitBreaker
 from ..errors import IotwasmError
-from ..supervise import cancel_and_wait
+from ..supervise import cancel_and_wait, until_beat
 from ..message import Message
 from ..node import Node
 from ..pipeline.worker import Worker
@@ -66,9 +66,9 @@ def _payload_of(item: dict) -> bytes:
 
 class InvokeServer:
     """Answers invocations of this node's deployments; follows the node as deployments come
-    and go (checked every `interval_s`)."""
+    and go (checked every `interval_s`, on the node's beat: `until_beat`)."""
 
-    def __init__(self, node: Node, nc, *, interval_s: float = 0.5):
+    def __init__(self, node: Node, nc, *, interval_s: float = 1.0):
         self.node = node
         self.nc = nc
         self.interval_s = interval_s
@@ -83,7 +83,7 @@ class InvokeServer:
 
     async def _follow(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(until_beat(self.interval_s))
             try:
                 await self.sync()
             except Exception as e:  # the link is down: try again next time
