@@ -125,3 +125,26 @@ def test_node_keeps_its_assignment_while_the_fleet_is_down_and_resyncs(nats_serv
             await m.stop()
 
     asyncio.run(main())
+
+
+def test_a_written_assignment_is_read_at_once_not_at_the_next_resync(nats_server, tmp_path):  # noqa: F811
+    """The agent reads its assignment key when something writes it (a core subscription to
+    the key's subject), not only every `resync_every` heartbeats: here those re-reads never
+    come after the first, so only the write can bring the change in."""
+    async def main():
+        ctl = Controller(nats_server.url, interval_s=0.2)
+        await ctl.start()
+        m = await Member(tmp_path, "edge1", nats_server.url, {"site": "a"}, resync_every=10**9).start()
+        try:
+            await wait_for(lambda: m.agent.connected and m.agent._watch_task is not None, what="following")
+            digest = await ctl.store.put_module(ECHO)
+            await ctl.store.put_deployment(fleet_deployment("first", digest, {"perNode": True}), None)
+            await wait_for(lambda: m.running() == {"first"}, what="the first assignment")
+            await ctl.store.put_deployment(fleet_deployment("second", digest, {"perNode": True}), None)
+            await ctl.store.delete_deployment("first")
+            await wait_for(lambda: m.running() == {"second"}, what="the changed assignment")
+        finally:
+            await m.stop()
+            await ctl.stop()
+
+    asyncio.run(main())

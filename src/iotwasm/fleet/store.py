@@ -342,8 +342,11 @@ class FleetStore:
         """A watcher over every key of `bucket`: current values first, then each change."""
         return await self._kv[bucket].watchall()
 
-    async def watch_assignment(self, node_id: str):
-        return await self._kv[ASSIGNMENTS].watch(check_key("node id", node_id))
+    async def follow_assignment(self, node_id: str, written):
+        """A subscription that calls `written(msg)` on every write to the node's assignment
+        key (puts, deletes, purges: the key-value store's subject for it); read the key for
+        what it holds."""
+        return await self.nc.subscribe(f"$KV.{ASSIGNMENTS}.{check_key('node id', node_id)}", cb=written)
 
     # -- artifacts -------------------------------------------------------------------------
     @staticmethod
