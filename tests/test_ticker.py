@@ -11,6 +11,7 @@ import gc
 import threading
 import time
 import weakref
+from collections.abc import Callable
 
 import pytest
 import wasmtime
@@ -106,15 +107,21 @@ def test_a_running_call_keeps_the_normal_period_however_long_it_takes(kind):
         go_idle(rt, clock)
 
 
+def wakes_an_idle_ticker(rt, clock, wake: Callable[[], None], what: str) -> None:
+    """Send the ticker idle, `wake()` it, and see it woken and back at its normal period (an
+    idle period is an hour here: only the wake can bring the normal period back)."""
+    go_idle(rt, clock)
+    epoch = rt.epoch
+    wake()
+    wait_for(lambda: not rt.ticker.idle, f"{what} to wake the ticker")
+    wait_for(lambda: rt.epoch > epoch + TICKS, "normal ticks again")
+
+
 def test_a_call_that_starts_wakes_an_idle_ticker(kind):
     rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS)
     with rt:
-        go_idle(rt, clock)
-        epoch = rt.epoch
-        rt.ticker.enter()
         try:
-            wait_for(lambda: not rt.ticker.idle, "the start to wake the ticker")
-            wait_for(lambda: rt.epoch > epoch + TICKS, "normal ticks again")
+            wakes_an_idle_ticker(rt, clock, rt.ticker.enter, "the start")
         finally:
             rt.ticker.leave()
         go_idle(rt, clock)
@@ -123,12 +130,7 @@ def test_a_call_that_starts_wakes_an_idle_ticker(kind):
 def test_an_arm_wakes_an_idle_ticker_and_restarts_the_window(kind):
     rt, clock = make_runtime(kind, idle_tick_ms=HOUR_MS)
     with rt:
-        go_idle(rt, clock)
-        epoch = rt.epoch
-        arm(rt)
-        # an idle period is an hour: only the wake can bring the normal period back
-        wait_for(lambda: not rt.ticker.idle, "the arm to wake the ticker")
-        wait_for(lambda: rt.epoch > epoch + TICKS, "normal ticks again")
+        wakes_an_idle_ticker(rt, clock, lambda: arm(rt), "the arm")
         assert not rt.ticker.idle  # the clock has not moved since the arm
         go_idle(rt, clock)
 
