@@ -136,7 +136,7 @@ def test_a_written_assignment_is_read_at_once_not_at_the_next_resync(nats_server
         await ctl.start()
         m = await Member(tmp_path, "edge1", nats_server.url, {"site": "a"}, resync_every=10**9).start()
         try:
-            await wait_for(lambda: m.agent.connected and m.agent._watch_task is not None, what="following")
+            await wait_for(lambda: m.agent.connected and m.agent._follow_task is not None, what="following")
             digest = await ctl.store.put_module(ECHO)
             await ctl.store.put_deployment(fleet_deployment("first", digest, {"perNode": True}), None)
             await wait_for(lambda: m.running() == {"first"}, what="the first assignment")

@@ -4,9 +4,9 @@ The agent registers the node (stable id, labels, capacity) and heartbeats into t
 bucket. It follows the node's assignment key (a core subscription to its subject: every write
 wakes it to read the key) and reads the key as well after (re)connecting and every
 `resync_every` heartbeats, so a hundred idle nodes cost the server one small write each per
-heartbeat, and a write missed while the link was down is still picked up. It applies the assignment through the node's
-own API path: fleet deployments become applied manifests, reconciled by the same code as
-files and API calls. Before that, every module is fetched from the object store by digest and
+heartbeat, and a write missed while the link was down is still picked up. It applies the
+assignment through the node's own API path: fleet deployments become applied manifests,
+reconciled by the same code as files and API calls. Before that, every module is fetched from the object store by digest and
 checked (digest always, signatures when trusted keys are configured): nothing unchecked is
 loaded.
 
@@ -66,7 +66,7 @@ class FleetAgent:
         self.problems: dict[str, str] = {}
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self._watch_task: asyncio.Task | None = None
+        self._follow_task: asyncio.Task | None = None
         self._closing = False
         #: the node's device twins, mirrored into the fleet's bucket (fleet/devices.py)
         self.devices = DeviceMirror(self)
@@ -107,7 +107,7 @@ class FleetAgent:
         self._closing = True
         self._wake.set()
         await self.devices.stop()
-        for task in (self._task, self._watch_task):
+        for task in (self._task, self._follow_task):
             if task is not None:
                 task.cancel()
                 try:
@@ -159,7 +159,7 @@ class FleetAgent:
             raise RuntimeError("the fleet store is not connected")
         return self.store
 
-    async def _watch(self) -> None:
+    async def _follow(self) -> None:
         """Follow the assignment key: every write to it reaches a core subscription to its
         subject and makes the next sync read the key, at once (`_wake`).
 
@@ -180,7 +180,7 @@ class FleetAgent:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sub.unsubscribe(), 1)
-        self._watch_task = None
+        self._follow_task = None
 
     async def _written(self, _msg) -> None:
         self._reread = True
@@ -190,17 +190,17 @@ class FleetAgent:
         """Heartbeat, then apply the assignment if it changed."""
         assert self.store is not None
         reconnects = self.store.nc.stats.get("reconnects", 0)
-        if reconnects != self._reconnects or self._watch_task is None:
-            # (re)start the watcher: after a reconnect its consumer may be gone with the server
-            if self._watch_task is not None:
-                self._watch_task.cancel()
+        if reconnects != self._reconnects or self._follow_task is None:
+            # (re)subscribe: writes made while the link was down are read below
+            if self._follow_task is not None:
+                self._follow_task.cancel()
             self._reconnects = reconnects
-            self._watch_task = asyncio.create_task(self._watch())
+            self._follow_task = asyncio.create_task(self._follow())
             self._beats = 0
         await self.store.heartbeat(self.info())
         reread, self._reread = self._reread, False   # a write during the read reads again
         got = None
-        if reread or self._beats % self.resync_every == 0 or self._watch_task is None:
+        if reread or self._beats % self.resync_every == 0 or self._follow_task is None:
             got = await self.store.assignment(self.id)
         self._beats += 1
         if got is not None and got[1] != self.applied_revision:
