@@ -126,3 +126,18 @@ def test_scaling_through_the_api_sets_a_number_or_a_range(node):
     for bad in ({"replicas": 2, "min": 0}, {"min": 1}, {"min": 3, "max": 2}, {}):
         r = node.admin.post("/v1/deployments/s/scale", json=bad)
         assert r.status_code == 422, (bad, r.text)
+
+
+def test_past_the_inline_look_the_upkeep_thread_still_closes_idle_instances(node, monkeypatch):
+    """With more deployments than the node looks at on its loop (`INLINE_UPKEEP`, here 0),
+    the upkeep goes to its thread every beat without looking first, and closes idle instances
+    all the same."""
+    from iotwasm.node import deployments
+
+    monkeypatch.setattr(deployments, "INLINE_UPKEEP", 0)
+    apply(node, elastic("many", "{min: 0, max: 2, cooldown: 10s}"))
+    assert node.node.instances_need_upkeep()   # nothing due, but no look: the thread looks
+    invoke(node, "many")
+    assert view(node, "many")["replicas"] == 1
+    node.clock.now += 10
+    wait_for(lambda: view(node, "many")["replicas"] == 0, what="the idle instance closed after its cool-down")

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotwasm.node")
 
+#: up to this many deployments the node looks on its loop whether any needs instance upkeep
+#: (~2.4 µs a look: a thread hop costs more); beyond, the upkeep thread looks every second
+INLINE_UPKEEP = 64
+
 
 @dataclass
 class DeploymentRecord:
@@ -64,8 +68,12 @@ class DeploymentLifecycle:
                    uid: str | None = None, namespace: str | None = None) -> None: ...
 
     def instances_need_upkeep(self) -> bool:
-        """Whether `maintain_instances` has anything to do now (asked on the event loop: it
-        only looks)."""
+        """Whether `maintain_instances` has anything to do now. Asked on the event loop, where
+        a look costs a few µs per deployment: beyond `INLINE_UPKEEP` deployments it answers yes
+        without looking, and the thread that maintains them looks instead (as every second
+        before), so that a node with thousands of deployments does not hold its loop."""
+        if len(self.deployments) > INLINE_UPKEEP:
+            return True
         for rec in list(self.deployments.values()):
             try:
                 if rec.handle.current.upkeep_due():
