@@ -93,6 +93,12 @@ class Lease:
             rev = await self._call(self._bucket.create(self.key, self._value()))
         except nats.js.errors.KeyWrongLastSequenceError:
             return await self._recover()
+        except nats.js.errors.KeyNotFoundError:
+            # nats-py's create, refused because the key existed, reads it to tell a deleted key
+            # from a held one; a key that aged out in between is neither and escapes as this
+            self.leader = None
+            self._drop("the lease aged out while it was being taken")   # the next try creates it
+            return False
         self._hold(rev, sent)
         return True
 
