@@ -8,7 +8,8 @@
   ones marked as timed out while their packets stay in flight);
 * WAL checkpoints of the outbox on a thread of their own (`sqlite.Checkpointer`), never in a
   commit;
-* a lane lingers for company only under load (`route._busy`).
+* a lane lingers for company only under load (`route._busy`), and only until its batch is
+  big enough (`route.LINGER_ENOUGH`) or the route is handed over.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from iotwasm.messaging import InProcessBus, MqttBus, PublishTimeout
 from iotwasm.messaging.acl import TopicACL
 from iotwasm.messaging.bus import FAILED, OK, RELEASED, Settlement, Subscription
 from iotwasm.pipeline.outbox import Outbox
-from iotwasm.pipeline.route import BatchPolicy, QueuePolicy, RouteRunner, _busy
+from iotwasm.pipeline.route import LINGER_ENOUGH, BatchPolicy, QueuePolicy, RouteRunner, _busy
 from iotwasm.pipeline.sources import BusSource
 from iotwasm.sqlite import Checkpointer, open_db
 
@@ -288,3 +289,57 @@ def test_a_failing_checkpoint_is_logged_once_and_commits_go_on(tmp_path, caplog)
 ])
 def test_a_lane_lingers_only_under_load(last, waiting, since_ms, lingers):
     assert _busy(last, waiting, since_ms / 1000, 0.001) is lingers
+
+
+class _Sizes(_Echo):
+    """Echoes, and notes the size of every batch it was given."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+
+    def process(self, msgs):
+        self.sizes.append(len(msgs))
+        return super().process(msgs)
+
+
+async def _lingering(runner: RouteRunner, step: _Sizes) -> None:
+    """Offer two messages at once (company: the lane lingers) and wait until it does."""
+    for p in (b"0", b"1"):
+        assert runner.offer_nowait(Message("t", p), {})
+    while runner.depth() or not runner._inflight:   # taken, and held: lingering
+        await asyncio.sleep(0)
+    assert step.sizes == []
+
+
+def test_a_lingering_lane_goes_on_as_soon_as_its_batch_is_big_enough():
+    async def main():
+        step, keep = _Sizes(), _Keep()
+        runner = RouteRunner("r", [step], [keep], batch=BatchPolicy(max_size=100, max_linger_s=3600))
+        runner.start()
+        await _lingering(runner, step)
+        for i in range(2, LINGER_ENOUGH - 1):
+            assert runner.offer_nowait(Message("t", b"%d" % i), {})
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert step.sizes == []               # one short of enough: still lingering
+        assert runner.offer_nowait(Message("t", b"last"), {})
+        while len(keep.got) < LINGER_ENOUGH:   # well before the hour's linger is out
+            await asyncio.sleep(0.001)
+        assert step.sizes == [LINGER_ENOUGH]
+        await runner.stop()
+    run(main())
+
+
+def test_a_route_handed_over_while_its_lane_lingers_does_not_wait_out_the_linger():
+    async def main():
+        step, keep = _Sizes(), _Keep()
+        batch = BatchPolicy(max_size=100, max_linger_s=3600)
+        runner = RouteRunner("r", [step], [keep], batch=batch)
+        runner.start()
+        await _lingering(runner, step)
+        successor = RouteRunner("r", [step], [keep], batch=batch)
+        await runner.hand_over(successor)      # would take the hour if the linger were slept out
+        assert step.sizes == [2] and keep.got == [b"0", b"1"]
+        await runner.stop()
+        await successor.stop()
+    run(main())

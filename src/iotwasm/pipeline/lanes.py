@@ -16,13 +16,15 @@ class Lane(Generic[T]):
     Unlike `asyncio.Queue`, what is queued can be taken out whole (`close`) and put back in
     front (`items.extendleft`) — what a route's hand-over does."""
 
-    __slots__ = ("_getter", "_putters", "capacity", "closed", "items")
+    __slots__ = ("_getter", "_putters", "_want", "capacity", "closed", "items")
 
     def __init__(self, capacity: int):
         self.items: deque[T] = deque()
         self.capacity = capacity
         self.closed = False
         self._getter: asyncio.Future | None = None
+        #: how many queued items wake `_getter` (more than one while `gather` waits)
+        self._want = 1
         self._putters: deque[asyncio.Future] = deque()
 
     def qsize(self) -> int:
@@ -40,8 +42,9 @@ class Lane(Generic[T]):
 
     def put_nowait(self, item: T) -> None:
         self.items.append(item)
-        if self._getter is not None and not self._getter.done():
-            self._getter.set_result(None)
+        getter = self._getter
+        if getter is not None and len(self.items) >= self._want and not getter.done():
+            getter.set_result(None)
 
     async def put(self, item: T) -> bool:
         """Queue `item`, waiting for room; False (not queued) once the lane is closed."""
@@ -74,6 +77,23 @@ class Lane(Generic[T]):
                 self._getter = None
         return self.get_nowait()
 
+    async def gather(self, want: int, timeout: float) -> None:
+        """Wait until `want` items are queued, at most `timeout` seconds (ends at once when
+        closed): a lane lingering for company stops lingering as soon as its batch is big
+        enough, instead of sleeping out the whole linger time."""
+        if len(self.items) >= want or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._want = want
+        getter = self._getter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, getter)
+        try:
+            await getter
+        finally:
+            timer.cancel()
+            self._getter = None
+            self._want = 1
+
     def close(self) -> list[T]:
         """Take no more work; returns what was queued (in order) and wakes every waiter."""
         self.closed = True
@@ -91,3 +111,8 @@ class Lane(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -225,6 +225,7 @@ class RouteRunner(RouteSteps, RouteSinks):
 
     async def _lane(self, q: Lane, worker: Worker) -> None:
         max_size, linger = self.batch.max_size, self.batch.max_linger_s
+        enough = min(max_size, LINGER_ENOUGH)
         last = 1
         clock = time.monotonic
         taken = clock()   # when the lane last took a batch
@@ -239,7 +240,7 @@ class RouteRunner(RouteSteps, RouteSinks):
                     items.append(q.get_nowait())
                 now = clock()
                 if len(items) < max_size and linger > 0 and _busy(last, len(items), now - taken, linger):
-                    await asyncio.sleep(linger)
+                    await q.gather(enough - len(items), linger)
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
                 taken = now
@@ -338,6 +339,9 @@ class RouteRunner(RouteSteps, RouteSinks):
 
 #: a lane lingers once at least this many messages are expected within its linger time
 LINGER_FROM = 2
+#: a lingering lane goes on as soon as its batch has this many messages: the batch's fixed
+#: cost is shared well enough, and waiting longer only adds latency
+LINGER_ENOUGH = 16
 
 
 def _busy(last: int, waiting: int, since: float, linger: float) -> bool:
