@@ -166,7 +166,7 @@ def _kind_of(m: Source | Sink, kinds: tuple[str, ...]) -> str:
 
 class BatchSpec(Strict):
     max_size: int = Field(100, alias="maxSize", ge=1, le=100_000)
-    max_linger: str = Field("1ms", alias="maxLinger")
+    max_linger: str = Field("2ms", alias="maxLinger")
 
 
 class QueueSpec(Strict):

@@ -350,8 +350,8 @@ def _busy(last: int, waiting: int, since: float, linger: float) -> bool:
     A batch pays a fixed cost — a hop to the lane's thread and back, a loop turn per sink, an
     outbox commit, a window to the uplink and its acknowledgement — which a batch of one pays
     per message. Under load (the last batch had company, or this one has, or messages came in
-    at a rate that brings at least `LINGER_FROM` within the linger time: 2,000/s for the
-    default 1 ms) waiting up to the linger time shares that cost among the batch; a quiet
+    at a rate that brings at least `LINGER_FROM` within the linger time: 1,000/s for the
+    default 2 ms) waiting up to the linger time shares that cost among the batch; a quiet
     route's lone message goes through at once. At a steady 5k msg/s every batch was of one
     message, as each went through before the next arrived; lingering there adds at most the
     linger time to a message's latency (docs/benchmarks.md, "Batching under moderate load")."""

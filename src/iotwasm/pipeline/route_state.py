@@ -65,7 +65,7 @@ class BatchTrace(Protocol):
 @dataclass(frozen=True)
 class BatchPolicy:
     max_size: int = 100
-    max_linger_s: float = 0.001
+    max_linger_s: float = 0.002
 
 
 @dataclass(frozen=True)
