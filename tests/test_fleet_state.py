@@ -148,3 +148,46 @@ def test_a_written_assignment_is_read_at_once_not_at_the_next_resync(nats_server
             await ctl.stop()
 
     asyncio.run(main())
+
+
+def test_an_assignment_written_while_the_agent_reads_the_key_is_read_again(nats_server, tmp_path):  # noqa: F811
+    """A write whose notice lands while the agent is reading the key (after it took note of
+    the writes before) must not wait for the next resync, which here never comes: the read
+    returns the value from before that write, and the notice makes the agent read again.
+    The controller is stopped first, so that nothing else writes the key meanwhile."""
+    async def main():
+        ctl = Controller(nats_server.url, interval_s=0.2)
+        await ctl.start()
+        m = await Member(tmp_path, "edge1", nats_server.url, {"site": "a"}, resync_every=10**9).start()
+        writer = await FleetStore.connect(nats_server.url)
+        try:
+            await wait_for(lambda: m.agent.connected and m.agent._follow_task is not None, what="following")
+            digest = await ctl.store.put_module(ECHO)
+            for name in ("first", "second"):
+                await ctl.store.put_deployment(fleet_deployment(name, digest, {"perNode": True}), None)
+            await wait_for(lambda: m.running() == {"first", "second"}, what="both deployments")
+            await ctl.stop()
+            both, revision = await writer.assignment("edge1")
+            first_only = {**both, "deployments": {"first": both["deployments"]["first"]}}
+            store = m.agent.store
+            read = store.assignment
+            raced: list[int] = []
+
+            async def read_while_written(node_id):
+                got = await read(node_id)
+                if not raced:
+                    raced.append(got[1])
+                    await writer.put_assignment("edge1", first_only, got[1])   # lands during the read
+                    await wait_for(lambda: m.agent._reread, what="the write's notice during the read")
+                return got
+
+            store.assignment = read_while_written
+            await writer.put_assignment("edge1", both, revision)   # the same, at a new revision: read
+            await wait_for(lambda: m.running() == {"first"}, what="the assignment written during the read")
+            assert raced and m.agent.applied_revision > raced[0]
+        finally:
+            await writer.close()
+            await m.stop()
+            await ctl.stop()
+
+    asyncio.run(main())
