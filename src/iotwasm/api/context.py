@@ -20,7 +20,7 @@ from .audit import AuditLog, DenialThrottle
 from .data import ReplayLog
 from .live import History
 from .metrics import LatencyHistograms
-from .policy import LoadPolicy, PolicyError, namespace_of
+from .policy import LoadPolicy, PolicyError, desired, namespace_of
 from .problems import Problem, not_found
 from .security import Principal, SecurityStore
 from .stream import read_fleet
@@ -77,6 +77,12 @@ class ApiContext:
         self.denied += 1
         await self.record(who, action, target, str(e), "denied", tenant)
         raise e
+
+    def visible_names(self, who: Principal, kind: str) -> list[str]:
+        """The names of the node's objects of `kind` (running or applied) that `who` may see,
+        sorted: what a listing shows, filtered by the caller's namespaces in one place."""
+        return sorted(n for (k, n), m in desired(self.node).items()
+                      if k == kind and who.may_see(m.metadata.namespace))
 
     def visible(self, who: Principal, kind: str, name: str) -> str:
         """The object's namespace, or 404 when it does not exist or is not the caller's."""

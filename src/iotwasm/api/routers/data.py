@@ -25,14 +25,8 @@ from ..guard import GuardedRoute
 from ..openapi import errors
 from ..policy import desired
 from ..problems import Problem
-from ..security import Principal
 
 router = APIRouter(tags=["data"], route_class=GuardedRoute)
-
-
-def routes_of(ctx, who: Principal) -> list[str]:
-    return sorted(n for (k, n), m in desired(ctx.node).items()
-                  if k == "Route" and who.may_see(m.metadata.namespace))
 
 
 def letter_view(ctx, d: dict, marks: dict[int, dict]) -> dict:
@@ -59,7 +53,7 @@ async def dead_letters(ctx: Ctx, who: Viewer, route: str | None = Query(None, ma
                        limit: int = Query(50, ge=1, le=500)) -> list[dict]:
     if route is not None:
         ctx.visible(who, "Route", route)
-    names = [route] if route is not None else routes_of(ctx, who)
+    names = [route] if route is not None else ctx.visible_names(who, "Route")
 
     def read() -> list[dict]:
         rows = [d for n in names for d in ctx.node.state.dead_letters(n, limit=limit, step=step, before=before)]

@@ -23,7 +23,7 @@ from ..guard import BodyLimit, GuardedRoute
 from ..live import last_error
 from ..metrics import subject_of
 from ..openapi import errors
-from ..policy import PolicyError, QuotaExceeded, admit_manifests, desired
+from ..policy import PolicyError, QuotaExceeded, admit_manifests
 from ..problems import Problem, not_found
 from ..security import Principal
 
@@ -110,9 +110,7 @@ def scaling_view(st) -> dict:
 
 @router.get("/v1/deployments", summary="List deployments")
 async def list_deployments(ctx: Ctx, who: Viewer) -> list[dict]:
-    names = {n for (k, n), m in desired(ctx.node).items()
-             if k == "Deployment" and who.may_see(m.metadata.namespace)}
-    return [deployment_view(ctx, n) for n in sorted(names)]
+    return [deployment_view(ctx, n) for n in ctx.visible_names(who, "Deployment")]
 
 
 @router.get("/v1/deployments/{name}", summary="Describe a deployment")

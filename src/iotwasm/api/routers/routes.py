@@ -11,7 +11,6 @@ from ..context import ApiContext
 from ..deps import Ctx, Operator, Viewer
 from ..guard import GuardedRoute
 from ..openapi import errors
-from ..policy import desired
 from ..problems import not_found
 
 router = APIRouter(tags=["routes"], route_class=GuardedRoute)
@@ -48,8 +47,7 @@ def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
 
 @router.get("/v1/routes", summary="List routes")
 async def list_routes(ctx: Ctx, who: Viewer) -> list[dict]:
-    names = {n for (k, n), m in desired(ctx.node).items() if k == "Route" and who.may_see(m.metadata.namespace)}
-    return [route_view(ctx, n) for n in sorted(names)]
+    return [route_view(ctx, n) for n in ctx.visible_names(who, "Route")]
 
 
 @router.get("/v1/routes/{name}", summary="Describe a route")

@@ -87,9 +87,8 @@ def rule_view(node: Node, name: str, full: bool = False, status: dict | None = N
 @router.get("/v1/rules", summary="List rules with their state and counters")
 async def list_rules(ctx: Ctx, who: Viewer) -> list[dict]:
     node = ctx.node
-    names = {n for (k, n), m in desired(node).items() if k == "Rule" and who.may_see(m.metadata.namespace)}
     status = node.rules.status() if node.rules is not None else {}
-    return [rule_view(node, n, status=status) for n in sorted(names)]
+    return [rule_view(node, n, status=status) for n in ctx.visible_names(who, "Rule")]
 
 
 @router.get("/v1/rules/{name}", summary="Describe a rule: SQL, state, counters, last error")
