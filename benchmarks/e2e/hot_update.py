@@ -30,7 +30,9 @@ def with_custom_section(wasm: bytes, name: bytes, data: bytes) -> bytes:
 def pick_hot_rate(iot: dict | None) -> tuple[int, str]:
     """The highest load step iotwasm kept up with, so that a loss during the swap can only
     come from the swap (at a rate it cannot sustain, the broker drops what queues up)."""
-    ok = [int(ph["rate_asked"]) for ph in (iot or {}).get("phases", []) if kept_up(ph)]
+    if iot is None:   # the hot update's own system (storeAndForward: false) was not run
+        return 500, "500 msg/s: iotwasm (storeAndForward: false) ran no load step here"
+    ok = [int(ph["rate_asked"]) for ph in iot.get("phases", []) if kept_up(ph)]
     if ok:
         return max(ok), f"{max(ok):,} msg/s, the highest load step iotwasm kept up with"
     return 500, "500 msg/s: iotwasm kept up with none of the load steps"
