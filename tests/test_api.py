@@ -221,6 +221,9 @@ def test_metrics_move_when_messages_flow_and_readiness_means_something(api):
     wait_for(lambda: api.node.store.count("out") == 10, what="10 rows")
     wait_for(lambda: value(c.get("/metrics").text, "iotwasm_route_delivered_total") == 10, what="10 delivered")
     assert value(c.get("/metrics").text, "iotwasm_route_latency_ms_count") == 10
+    # each message was posted after the one before was through: a batch each
+    d = c.get("/v1/routes/r").json()
+    assert (d["batches"], d["messages_per_batch"]) == (11, 1.0)
 
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(api.url + "/readyz").status_code == 200

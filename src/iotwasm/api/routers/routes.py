@@ -33,7 +33,10 @@ def route_view(ctx: ApiContext, name: str, full: bool = False) -> dict:
         s = rec.runner.stats
         out.update(received=s.received, delivered=s.delivered, dead_letters=s.dead_letters,
                    dropped=s.dropped, acl_denied=s.acl_denied, queued=rec.runner.depth(),
-                   p50_ms=round(s.percentile(0.5), 3), p99_ms=round(s.percentile(0.99), 3))
+                   p50_ms=round(s.percentile(0.5), 3), p99_ms=round(s.percentile(0.99), 3),
+                   # what lingering gathers (`batch.maxLinger`): messages per call of the steps
+                   batches=s.batches,
+                   messages_per_batch=round(s.processed / s.batches, 1) if s.batches else None)
         out.update(traffic_view(rec.runner, rec.sinks))   # breakers by sink, splits by step, faults
         out["connectors"] = rec.connectors()
         if rec.runner.storage.error is not None:   # held: the storage cannot take its results
