@@ -8,8 +8,9 @@
   ones marked as timed out while their packets stay in flight);
 * WAL checkpoints of the outbox on a thread of their own (`sqlite.Checkpointer`), never in a
   commit;
-* a lane lingers for company only under load (`route._busy`), and only until its batch is
-  big enough (`route.LINGER_ENOUGH`) or the route is handed over.
+* a lane lingers for company only under load (`route._busy`), only until its batch is big
+  enough (`route.LINGER_ENOUGH`) or the route is handed over, and ever less often while its
+  lingering gathers nothing (`lanes.LingerBackoff`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from iotwasm.message import BatchResult, Message, Output
 from iotwasm.messaging import InProcessBus, MqttBus, PublishTimeout
 from iotwasm.messaging.acl import TopicACL
 from iotwasm.messaging.bus import FAILED, OK, RELEASED, Settlement, Subscription
+from iotwasm.pipeline.lanes import Lane, LingerBackoff
 from iotwasm.pipeline.outbox import Outbox
 from iotwasm.pipeline.route import LINGER_ENOUGH, BatchPolicy, QueuePolicy, RouteRunner, _busy
 from iotwasm.pipeline.sources import BusSource
@@ -343,3 +345,48 @@ def test_a_route_handed_over_while_its_lane_lingers_does_not_wait_out_the_linger
         await runner.stop()
         await successor.stop()
     run(main())
+
+
+def test_lingering_backs_off_while_it_gathers_nothing_and_resumes_with_company():
+    b = LingerBackoff()
+    lingered = []
+    for batch in range(200):   # every linger gathers nothing
+        if b.allows():
+            lingered.append(batch)
+            b.gathered(False)
+    gaps = [y - x - 1 for x, y in zip(lingered, lingered[1:])]
+    assert gaps == [1, 3, 7, 15, 31, 63, 63]   # batches run at once in between; capped at 63
+    while not b.allows():
+        pass
+    b.gathered(True)          # this linger had company: lingering every time again
+    for _ in range(5):
+        assert b.allows()
+        b.gathered(True)
+
+
+def test_a_source_that_waits_for_each_answer_is_not_held_by_lingering(monkeypatch):
+    """A client that sends its next message only once the last is through (one in flight)
+    never gives a linger company: lingering would hold every message for the linger time.
+    The lane backs off, so of 100 such messages only a few wait."""
+    lingers = []
+    gather = Lane.gather
+
+    async def counted(self, want, timeout):
+        lingers.append(want)
+        await gather(self, want, timeout)
+
+    monkeypatch.setattr(Lane, "gather", counted)
+
+    async def main():
+        step, keep = _Sizes(), _Keep()
+        runner = RouteRunner("r", [step], [keep], batch=BatchPolicy(max_size=100, max_linger_s=0.05))
+        runner.start()
+        loop = asyncio.get_running_loop()
+        for i in range(100):
+            done = loop.create_future()
+            assert runner.offer_nowait(Message("t", b"%d" % i), {}, done)
+            await done
+        await runner.stop()
+        assert step.sizes == [1] * 100 and len(keep.got) == 100
+    run(main())
+    assert 1 <= len(lingers) <= 10    # without the backoff: every other message, 50

@@ -1,4 +1,4 @@
-"""The queue of one route lane (see `iotwasm.pipeline.route`)."""
+"""The queue of one route lane, and when its lingering backs off (see `iotwasm.pipeline.route`)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,45 @@ class Lane(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+#: consecutive lingers that gathered nothing after which the backoff stops growing: a lane
+#: then lingers once in 2**6 = 64 batches while it still gathers nothing
+MAX_EMPTY_LINGERS = 6
+
+
+class LingerBackoff:
+    """Whether a lane that would linger for company may, judged by what its lingering gathered.
+
+    A linger that gathered nothing says the source sends no more until this batch is through:
+    a client that waits for each answer before it sends the next, or a window of in-flight
+    messages that is all in this batch already. Lingering then only delays every message
+    (a client posting one at a time went from 15,000 to 900 messages a second with a 2 ms
+    linger). So after n such lingers in a row the lane runs the next 2**n - 1 batches at once
+    (n at most `MAX_EMPTY_LINGERS`), and the first linger that gathers company ends the
+    backoff. A steady stream whose messages come on their own fills every linger and never
+    backs off."""
+
+    __slots__ = ("_empty", "_skip")
+
+    def __init__(self) -> None:
+        self._empty = 0
+        self._skip = 0
+
+    def allows(self) -> bool:
+        """May the lane linger now? (Called only when it would; a no counts as a skipped batch.)"""
+        if self._skip:
+            self._skip -= 1
+            return False
+        return True
+
+    def gathered(self, company: bool) -> None:
+        """What the lane's linger brought: `company` when anything arrived during it."""
+        if company:
+            self._empty = 0
+        else:
+            self._empty = min(self._empty + 1, MAX_EMPTY_LINGERS)
+            self._skip = (1 << self._empty) - 1
 
 
 def _wake(fut: asyncio.Future) -> None:

@@ -48,7 +48,7 @@ from ..errors import IotwasmError
 from ..message import DeadLetter, Message
 from ..supervise import Repeats, StorageHold, cancel_and_wait
 from .worker import Worker
-from .lanes import Lane
+from .lanes import Lane, LingerBackoff
 from .route_sinks import RouteSinks, confirmed_ok
 from .route_state import (BatchPolicy, BatchTrace, DeadLetterHandler, QueuePolicy, RouteStats, Settled, Sink,
                           Step, Flow, Item, settle)
@@ -226,6 +226,7 @@ class RouteRunner(RouteSteps, RouteSinks):
     async def _lane(self, q: Lane, worker: Worker) -> None:
         max_size, linger = self.batch.max_size, self.batch.max_linger_s
         enough = min(max_size, LINGER_ENOUGH)
+        backoff = LingerBackoff()
         last = 1
         clock = time.monotonic
         taken = clock()   # when the lane last took a batch
@@ -239,8 +240,10 @@ class RouteRunner(RouteSteps, RouteSinks):
                 while len(items) < max_size and not q.empty():
                     items.append(q.get_nowait())
                 now = clock()
-                if len(items) < max_size and linger > 0 and _busy(last, len(items), now - taken, linger):
+                if (len(items) < enough and linger > 0 and _busy(last, len(items), now - taken, linger)
+                        and backoff.allows()):
                     await q.gather(enough - len(items), linger)
+                    backoff.gathered(not q.empty())   # the queue was empty when it began
                     while len(items) < max_size and not q.empty():
                         items.append(q.get_nowait())
                 taken = now
