@@ -357,7 +357,9 @@ def _busy(last: int, waiting: int, since: float, linger: float) -> bool:
     default 2 ms) waiting up to the linger time shares that cost among the batch; a quiet
     route's lone message goes through at once. At a steady 5k msg/s every batch was of one
     message, as each went through before the next arrived; lingering there adds at most the
-    linger time to a message's latency (docs/benchmarks.md, "Batching under moderate load")."""
+    linger time to a message's latency (docs/benchmarks.md, "Batching under moderate load").
+    A source that sends no more until its message is through also looks busy here; the
+    lane's `LingerBackoff` notices that its lingers gather nothing and stops paying them."""
     if last > 1 or waiting > 1:
         return True
     return waiting * linger >= LINGER_FROM * since
