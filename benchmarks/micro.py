@@ -6,6 +6,8 @@
     bare instantiate       Store + InstancePre.instantiate                              ≤ 15 µs
     load from disk cache   Runtime(cache_dir).load() of a module compiled before        ≤ 100 µs
     batch of one           container.process([m]) / plain Python on the same message    ≤ 1.0×
+    one at a time          a route fed by a client that waits for each message to be
+                           through: default linger / no linger, messages a second       ≥ 0.9×
 
 Each start-up figure is taken with the default (on-demand) allocator and with
 `Runtime(pool_slots=...)`, the pooling allocator, side by side. Every figure is reported as
@@ -23,7 +25,9 @@ from pathlib import Path
 
 TARGETS_US = {"ready_guest": 50.0, "instantiate": 15.0, "cached_load": 100.0}
 SIZES = {"ops": (1_000, 300), "repeats": (9, 5), "loads": (60, 20), "b1_msgs": (3_000, 1_000),
-         "b1_repeats": (15, 7)}
+         "b1_repeats": (15, 7), "closed_msgs": (3_000, 500), "closed_repeats": (5, 3)}
+#: a route's default lingering may cost a one-at-a-time client at most this share of its rate
+CLOSED_LOOP_TARGET = 0.9
 
 
 def _size(name: str, quick: bool) -> int:
@@ -118,6 +122,53 @@ def _batch_of_one(work, path: str, quick: bool, make_messages, interleaved) -> d
             for name in wall}
 
 
+def _one_at_a_time(quick: bool) -> dict:
+    """Messages a second through a route (a no-op step, a sink that keeps nothing) from a
+    client that offers the next message only once the last is through, with the default
+    `BatchPolicy` and with lingering off, alternated: such a client can never give a linger
+    company, so the lane must not make it wait (`pipeline.lanes.LingerBackoff`)."""
+    import asyncio
+
+    from iotwasm.message import BatchResult, Message, Output
+    from iotwasm.messaging.acl import TopicACL
+    from iotwasm.pipeline.route import BatchPolicy, RouteRunner
+
+    class Step:
+        name = "noop"
+        acl = TopicACL(subscribe=["#"], publish=["#"])
+
+        def process(self, msgs):
+            return BatchResult([Output(i, None, m.payload) for i, m in enumerate(msgs)], [])
+
+    class Sink:
+        name = "none"
+
+        async def deliver(self, msgs, variables):
+            return []
+
+    n = _size("closed_msgs", quick)
+
+    async def rate(batch: BatchPolicy) -> float:
+        runner = RouteRunner("bench", [Step()], [Sink()], batch=batch)
+        runner.start()
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            done = loop.create_future()
+            await runner.offer(Message("t", b"x"), {}, done)
+            await done
+        dt = time.perf_counter() - t0
+        await runner.stop()
+        return n / dt
+
+    policies = {"default linger": BatchPolicy(), "no linger": BatchPolicy(max_linger_s=0.0)}
+    rates: dict[str, list[float]] = {k: [] for k in policies}
+    for _ in range(_size("closed_repeats", quick)):
+        for name, batch in policies.items():
+            rates[name].append(asyncio.run(rate(batch)))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
 def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> dict:
     from iotwasm.engine import Runtime
 
@@ -131,7 +182,8 @@ def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> 
     res = {"on_demand": _startup(work, path, cache_dir, 0, quick),
            "pooled": _startup(work, path, cache_dir, slots, quick),
            "pool_slots": slots,
-           "batch_of_one": _batch_of_one(work, path, quick, make_messages, interleaved)}
+           "batch_of_one": _batch_of_one(work, path, quick, make_messages, interleaved),
+           "one_at_a_time": _one_at_a_time(quick)}
     for mode in ("on_demand", "pooled"):
         r = res[mode]
         log(f"  {mode}: " + ", ".join(f"{k} {r[k][1]:.1f} µs CPU ({r[k][0]:.1f} wall)"
@@ -139,6 +191,8 @@ def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> 
     b1 = res["batch_of_one"]
     log("  batch of one: " + ", ".join(f"{k} {v[1]:.2f} µs CPU ({v[0]:.2f} wall)"
                                        for k, v in b1.items()))
+    one = res["one_at_a_time"]
+    log("  one at a time through a route: " + ", ".join(f"{k} {v:,.0f} msg/s" for k, v in one.items()))
     return res
 
 
@@ -164,4 +218,12 @@ def markdown(res: dict) -> list[str]:
               "| path | µs/msg CPU | wall | × plain Python (CPU) |", "|---|---:|---:|---:|"]
     for name, (wall, cpu) in b1.items():
         lines.append(f"| {name} | {cpu:.2f} | {wall:.2f} | {cpu / py[1]:.2f} |")
+    one = res["one_at_a_time"]
+    ratio = one["default linger"] / one["no linger"]
+    lines += ["", "One at a time (a client that sends its next message once the last is through a "
+              f"route; target: the default linger ≥ {CLOSED_LOOP_TARGET}× no linger):", "",
+              "| route batching | msg/s | × no linger |", "|---|---:|---:|"]
+    for name, r in one.items():
+        lines.append(f"| {name} | {r:,.0f} | {r / one['no linger']:.2f} |")
+    lines.append(f"\nratio {ratio:.2f}: target {'met' if ratio >= CLOSED_LOOP_TARGET else 'not met'}")
     return lines + [""]

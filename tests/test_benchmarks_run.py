@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: section → the key of its results and figures it must report
 SECTIONS = {
     "cold-start": ("cold_start", ("compile_ms", "deserialize_ms", "deserialize_raw_ms", "instantiate_us")),
-    "micro": ("micro", ("on_demand", "pooled", "batch_of_one")),
+    "micro": ("micro", ("on_demand", "pooled", "batch_of_one", "one_at_a_time")),
     "density": ("density", ("guests", "cases")),
     "per-message": ("per_message", ("rows", "breakdown")),
 }
