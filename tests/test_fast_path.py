@@ -390,3 +390,24 @@ def test_a_source_that_waits_for_each_answer_is_not_held_by_lingering(monkeypatc
         assert step.sizes == [1] * 100 and len(keep.got) == 100
     run(main())
     assert 1 <= len(lingers) <= 10    # without the backoff: every other message, 50
+
+
+def test_a_route_stopped_while_its_lane_lingers_gives_the_batch_back_or_delivers_it():
+    """Stopping does not wait out an hour's linger, and the batch the lane held is accounted
+    for: each message either reached the sink (and its source heard so) or was given back
+    unacknowledged (its future cancelled) — none left waiting, none both."""
+    async def main():
+        step, keep = _Sizes(), _Keep()
+        runner = RouteRunner("r", [step], [keep], batch=BatchPolicy(max_size=100, max_linger_s=3600))
+        runner.start()
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in range(2)]
+        for i, f in enumerate(futs):
+            assert runner.offer_nowait(Message("t", b"%d" % i), {}, f)
+        while runner.depth() or not runner._inflight:   # taken, and held: lingering
+            await asyncio.sleep(0)
+        await runner.stop(drain_timeout=0.05)          # the drain gives up; the stop does not wait
+        assert all(f.done() for f in futs)
+        delivered = [f for f in futs if not f.cancelled()]
+        assert len(keep.got) == len(delivered) and step.sizes in ([], [2])
+    run(main())
