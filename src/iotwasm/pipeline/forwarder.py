@@ -16,6 +16,7 @@ from ..backoff import Backoff
 from ..breaker import CLOSED, CircuitBreaker
 from ..errors import IotwasmError, SinkRejected
 from ..supervise import StorageHold, cancel_and_wait, supervise, until_beat
+from .worker import resolve
 
 if TYPE_CHECKING:
     from .outbox import Outbox
@@ -57,11 +58,6 @@ async def send_in_order(send: Callable[[str, bytes], Awaitable[None]],
             return results + [e] * (len(items) - len(results))
         results.append(None)
     return results
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
 
 
 def _failed(confirm: asyncio.Future) -> bool:
@@ -139,7 +135,7 @@ class Forwarder:
             return True
         loop = asyncio.get_running_loop()
         w = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, w)
+        timer = loop.call_later(timeout, resolve, w, False)
         try:
             return await w
         finally:

@@ -6,6 +6,8 @@ import asyncio
 from collections import deque
 from typing import Generic, TypeVar
 
+from .worker import resolve
+
 T = TypeVar("T")
 
 
@@ -86,7 +88,7 @@ class Lane(Generic[T]):
         loop = asyncio.get_running_loop()
         self._want = want
         getter = self._getter = loop.create_future()
-        timer = loop.call_later(timeout, _wake, getter)
+        timer = loop.call_later(timeout, resolve, getter, None)
         try:
             await getter
         finally:
@@ -150,8 +152,3 @@ class LingerBackoff:
         else:
             self._empty = min(self._empty + 1, MAX_EMPTY_LINGERS)
             self._skip = (1 << self._empty) - 1
-
-
-def _wake(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)

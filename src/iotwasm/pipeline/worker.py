@@ -26,8 +26,10 @@ T = TypeVar("T")
 _STOP = None
 
 
-def _resolve(fut: asyncio.Future, result: Any) -> None:
-    if not fut.done():  # the awaiting task may have been cancelled meanwhile
+def resolve(fut: asyncio.Future, result: Any) -> None:
+    """Set `fut`'s result unless it is done already: a callback that may come after the
+    awaiting task was cancelled, or after another wake-up (a timer racing a put) settled it."""
+    if not fut.done():
         fut.set_result(result)
 
 
@@ -77,7 +79,7 @@ class Worker:
             except BaseException as e:  # handed to the awaiting task, whatever it is
                 callback, value = _reject, e
             else:
-                callback, value = _resolve, result
+                callback, value = resolve, result
             del job, fn, args
             try:
                 loop.call_soon_threadsafe(callback, fut, value)
