@@ -298,7 +298,8 @@ def test_shared_subscription_shares_the_load_on_mqtt5(mosquitto):  # noqa: F811
     async def main():
         members = [MqttBus(mosquitto.url, version=5) for _ in range(3)]
         pub = MqttBus(mosquitto.url, version=5)
-        inboxes = [Inbox() for _ in members]
+        changed = asyncio.Event()   # shared: the wait below looks at every member's inbox
+        inboxes = [Inbox(changed=changed) for _ in members]
         for bus, inbox in zip(members, inboxes):
             await bus.connect()
             await bus.subscribe("work/+", inbox, qos=1, queue="workers")
