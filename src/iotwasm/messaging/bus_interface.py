@@ -66,6 +66,9 @@ class BusStats:
     reconnects: int = 0
     #: qos 0 messages dropped because a subscription's queue was full
     dropped: int = 0
+    #: gathered reads (messaging/gather.py): the cycles, and the messages they read
+    gathers: int = 0
+    gathered: int = 0
 
 
 def as_payload(payload: Any) -> bytes:

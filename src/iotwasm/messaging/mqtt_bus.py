@@ -70,7 +70,7 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
                  park_timeout: float = 30.0, max_packet_size: int = codec.DEFAULT_MAX_PACKET,
                  backoff: Backoff | None = None, version: int = 4,
                  session_expiry: int | None = None, receive_maximum: int | None = None,
-                 topic_aliases: int = 0):
+                 topic_aliases: int = 0, gather_ms: int = 1):
         super().__init__()
         if version not in (4, 5):
             raise ConfigError(f"{url}: MQTT version must be 4 (3.1.1) or 5, not {version!r}")
@@ -87,6 +87,9 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
                                       or not (name == "session_expiry" or value) or not 0 <= value <= top):
                 raise ConfigError(f"{url}: {name} must be a whole number from "
                                   f"{0 if name == 'session_expiry' else 1} to {top}, not {value!r}")
+        if isinstance(gather_ms, bool) or not isinstance(gather_ms, int) or not 0 <= gather_ms <= 100:
+            raise ConfigError(f"{url}: gather_ms must be whole milliseconds from 0 (off) to 100, "
+                              f"not {gather_ms!r}")
         if max_packet_size < 1024:
             raise ConfigError(f"{url}: max_packet_size {max_packet_size} is below 1024 bytes")
         if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= 0xFFFF:
@@ -108,6 +111,9 @@ class MqttBus(MqttSession, MqttInbound, MqttOutbound):
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
         self.max_packet_size = max_packet_size
+        #: how long a busy connection's messages may wait in the kernel to be read together
+        #: (gather.py); 0 reads each the moment it arrives
+        self.gather_window = gather_ms / 1000
         #: protocol level: 4 is MQTT 3.1.1, 5 is MQTT 5
         self.version = version
         #: MQTT 5: how long the broker keeps the session after a disconnect; a persistent

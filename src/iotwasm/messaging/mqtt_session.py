@@ -24,6 +24,7 @@ from . import mqtt_codec as codec
 from . import mqtt_props as mp
 from .bus import BusState
 from .errors import BrokerUnavailable
+from .gather import ReadGathering
 from .mqtt_state import BrokerLimits, MqttState
 
 
@@ -62,6 +63,8 @@ class BrokerConnection(asyncio.Protocol):
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.writable = asyncio.Event()
         self.writable.set()
+        #: the socket's low-water mark while messages come close together (gather.py)
+        self.gathering: ReadGathering | None = None
 
     def wire(self) -> asyncio.Transport:
         """The transport; asyncio sets it before the first byte arrives or leaves."""
@@ -77,10 +80,11 @@ class BrokerConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if hasattr(socket, "TCP_QUICKACK"):
                 self._quickack = sock
+        self.gathering = ReadGathering.of(transport, self.bus.gather_window, self.bus.stats)
 
     def data_received(self, data: bytes) -> None:
         bus = self.bus
-        bus._last_recv = time.monotonic()
+        bus._last_recv = now = time.monotonic()
         if self._quickack is not None:
             # Linux falls back to delayed ACKs after a while; a broker that leaves Nagle on
             # (mosquitto's default) would then hold its next packet for up to 40 ms
@@ -90,8 +94,11 @@ class BrokerConnection(asyncio.Protocol):
             packets = self.decoder.feed(data)
         except codec.ProtocolError as exc:
             packets, failure = exc.packets, exc  # what came before the bad bytes still counts
+        messages = 0
         try:
             for ptype, flags, body in packets:
+                if ptype == codec.PUBLISH:
+                    messages += 1
                 try:
                     bus._on_packet(self, ptype, flags, body)
                 except (codec.ProtocolError, IndexError):
@@ -102,6 +109,8 @@ class BrokerConnection(asyncio.Protocol):
         except (codec.ProtocolError, IndexError) as exc:
             failure = exc
         if failure is None:
+            if self.gathering is not None:
+                self.gathering.read(messages, len(data), len(packets), now)
             return
         bus.stats.errors += 1
         if isinstance(failure, codec.PacketTooLarge):
@@ -114,6 +123,8 @@ class BrokerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()
+        if self.gathering is not None:
+            self.gathering.close()
         reason = str(exc) if exc else "connection closed by the broker"
         if not self.connack.done():
             self.connack.set_exception(ConnectionError(reason))

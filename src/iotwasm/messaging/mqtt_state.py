@@ -211,6 +211,7 @@ class MqttState(Bus):
     _out: bytearray
     _flush_scheduled: bool
     _last_recv: float
+    gather_window: float
     _last_sent: float
     _topic_bytes: dict[str, bytes]
     _match_cache: dict[str, list[Subscription]]

@@ -17,7 +17,7 @@ from .bus import Bus, InProcessBus
 
 #: integer options an ``mqtt://`` URL may carry in its query string
 _MQTT_INT_OPTIONS = ("keepalive", "max_packet_size", "session_expiry", "receive_maximum",
-                     "topic_aliases")
+                     "topic_aliases", "gather_ms")
 #: how an ``mqtt://`` URL may name the protocol version: MQTT 3.1.1 is protocol level 4
 _MQTT_VERSIONS = {"4": 4, "3.1.1": 4, "311": 4, "5": 5, "5.0": 5}
 
@@ -31,7 +31,7 @@ def open_bus(url: str | None = None, **options: Any) -> Bus:
 
     * ``None`` or ``memory://`` -> `InProcessBus`
     * ``mqtt://[user:password@]host[:port][?client_id=ID&keepalive=S&max_packet_size=B
-      &version=5&session_expiry=S&receive_maximum=N&topic_aliases=N]`` -> `MqttBus`
+      &version=5&session_expiry=S&receive_maximum=N&topic_aliases=N&gather_ms=MS]`` -> `MqttBus`
       (``mqtts://`` for TLS with the system's trusted CAs, port 8883; ``version`` is
       ``3.1.1``, the default, or ``5``; the last three options need 5)
     * ``nats://[user:password@]host[:port][?jetstream=1&stream=NAME]`` -> `NatsBus`

@@ -343,8 +343,11 @@ class RouteRunner(RouteSteps, RouteSinks):
 #: a lane lingers once at least this many messages are expected within its linger time
 LINGER_FROM = 2
 #: a lingering lane goes on as soon as its batch has this many messages: the batch's fixed
-#: cost is shared well enough, and waiting longer only adds latency
-LINGER_ENOUGH = 16
+#: cost is shared well enough, and waiting longer only adds latency. (With an MQTT broker's
+#: reads gathered, ~6 messages at a time every 1–2 ms at 5k msg/s, 16 was reached only by the
+#: linger's timer, which asyncio fires up to a millisecond late; 14 is reached by the second
+#: read, at the same CPU per message: docs/benchmarks.md, "Gathered reads".)
+LINGER_ENOUGH = 14
 
 
 def _busy(last: int, waiting: int, since: float, linger: float) -> bool:
