@@ -71,16 +71,17 @@ def run_bus_probe(tmp: Path, quick: bool) -> dict:
 
 
 # -- the floor: receiving alone ---------------------------------------------------------------
-def floor_probe_child(port: int) -> None:
+def floor_probe_child(port: int, gather_ms: int) -> None:
     """(Runs in a child process.) An MqttBus subscriber at QoS 1 whose handler does nothing:
     each message is received, decoded, handed to the subscription and acknowledged. Prints
-    "ready" once subscribed, then sleeps until killed."""
+    "ready" once subscribed, then sleeps until killed. `gather_ms` 0 reads each message as
+    it arrives; the default gathers a busy connection's reads (messaging/gather.py)."""
     import asyncio
 
     from iotwasm.messaging.mqtt_bus import MqttBus
 
     async def main() -> None:
-        bus = MqttBus(f"mqtt://127.0.0.1:{port}")
+        bus = MqttBus(f"mqtt://127.0.0.1:{port}", gather_ms=gather_ms)
         await bus.connect()
 
         async def nothing(msg) -> None:
@@ -95,12 +96,26 @@ def floor_probe_child(port: int) -> None:
 
 def run_floor_probe(tmp: Path, quick: bool, rate: int = 5000) -> dict:
     """CPU per message of the floor subscriber (`floor_probe_child`) with the load generator
-    paced at `rate`: what any asyncio process pays on this machine to be woken for, read and
-    acknowledge a message arriving alone, before it does anything with it."""
-    broker = PROCS.broker(tmp / "floor-probe" / "broker")
+    paced at `rate`, reading each message as it arrives (`per_message`: what any asyncio
+    process pays on this machine to be woken for, read and acknowledge a message arriving
+    alone) and with the bus's default gathered reads (`gathered`)."""
+    res: dict = {"status": "ok", "rate": rate}
+    for key, gather_ms in (("per_message", 0), ("gathered", 1)):
+        one = _floor_run(tmp / f"floor-probe-{key}", quick, rate, gather_ms)
+        if one.get("status") != "ok":
+            return one
+        res[key] = one
+        print(f"  {rate:,} msg/s received and acknowledged, nothing else, gather_ms={gather_ms}: "
+              f"{one['cpu_us_per_msg']} µs CPU and {one['ctx_switches_per_msg']} context switches "
+              "per message", flush=True)
+    return res
+
+
+def _floor_run(tmp: Path, quick: bool, rate: int, gather_ms: int) -> dict:
+    broker = PROCS.broker(tmp / "broker")
     try:
-        p = PROCS.spawn([PY, str(RUN_PY), "--floor-probe", str(broker.port)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, sut=True)
+        p = PROCS.spawn([PY, str(RUN_PY), "--floor-probe", str(broker.port), "--floor-gather",
+                         str(gather_ms)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, sut=True)
         if _readline(p, 30).strip() != "ready":
             return {"status": "failed", "error": (p.stderr.read() if p.poll() is not None else "")[-500:]}
         secs = 3 if quick else 8
@@ -110,12 +125,10 @@ def run_floor_probe(tmp: Path, quick: bool, rate: int = 5000) -> dict:
                              capture_output=True, text=True, timeout=secs + 60)
         time.sleep(0.5)   # the last acknowledgements
         n = json.loads(gen.stdout.strip().splitlines()[-1])["sent"]
-        res = {"status": "ok", "rate": rate, "messages": n,
+        res = {"status": "ok", "messages": n,
                "cpu_us_per_msg": round((proc_cpu_s(p.pid) - c0) / n * 1e6, 1),
                "ctx_switches_per_msg": round((ctx_switches(p.pid) - x0) / n, 2)}
         Processes.end(p)
-        print(f"  {rate:,} msg/s received and acknowledged, nothing else: {res['cpu_us_per_msg']} µs "
-              f"CPU and {res['ctx_switches_per_msg']} context switches per message", flush=True)
         return res
     finally:
         broker.kill()

@@ -61,8 +61,9 @@ rewriting the manifest; lost and duplicate messages, the receive stream around t
 the time from the manifest write to the node's 'updated' event (node.db, table events) are
 reported. Last, iotwasm's MqttBus alone: QoS 1 publishes awaited one at a time (the round
 trip) and 100 at a time (how the sinks and the outbox forwarder send a batch); and the floor,
-an MqttBus subscriber that receives 5k msg/s paced and only acknowledges them: what being
-woken for each message alone costs before any work is done.
+an MqttBus subscriber that receives 5k msg/s paced and only acknowledges them, reading each
+message as it arrives (what being woken for each message alone costs before any work is done)
+and with the bus's default gathered reads.
 
 Every process this starts is killed at the end, also on failure or Ctrl-C.
 
@@ -120,13 +121,14 @@ def main() -> int:
     ap.add_argument("--bus-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--bus-probe-n", type=int, default=3000, help=argparse.SUPPRESS)
     ap.add_argument("--floor-probe", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--floor-gather", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--pin", metavar="CPUS", help="run each system under test on these CPUs "
                     "(e.g. 1) and the harness, broker, load generator and collector on the others")
     ap.add_argument("--out", type=Path, help="result file (default: results/e2e.json, "
                                              "results/e2e-quick.json with --quick)")
     args = ap.parse_args()
     if args.floor_probe:
-        floor_probe_child(args.floor_probe)
+        floor_probe_child(args.floor_probe, args.floor_gather)
         return 0
     if args.bus_probe:
         bus_probe_child(args.bus_probe, args.bus_probe_n)
