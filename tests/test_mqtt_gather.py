@@ -16,9 +16,9 @@ import socket
 
 import pytest
 
-from buses import Inbox, run
+from buses import Inbox, States, run
 from iotwasm.errors import ConfigError
-from iotwasm.messaging import MqttBus, open_bus
+from iotwasm.messaging import BusState, MqttBus, open_bus
 from iotwasm.messaging.bus_interface import BusStats
 from iotwasm.messaging.gather import TARGET_PACKETS, ReadGathering
 
@@ -265,3 +265,39 @@ def test_gather_ms_outside_its_range_is_refused(value):
 def test_gather_ms_in_a_url_must_be_a_number():
     with pytest.raises(ConfigError, match="gather_ms in 'mqtt://h:1\\?gather_ms=soon'"):
         open_bus("mqtt://h:1?gather_ms=soon")
+
+
+def test_a_connection_lost_while_gathering_is_made_again_and_nothing_is_lost(mosquitto):
+    """The broker restarts (persistence on, so it keeps the session) in the middle of a
+    burst, with the subscriber's mark raised: the old connection's timer dies with it, the
+    new connection starts with the mark at one byte, and every message arrives (QoS 1 from a
+    persistent session: at least once, so duplicates are allowed)."""
+
+    async def main():
+        sub = MqttBus(mosquitto.url, client_id="gatherer-restarted", reconnect_max=0.5)
+        pub = MqttBus(mosquitto.url, client_id="burster", reconnect_max=0.5)
+        sub_states, pub_states = States(sub), States(pub)
+        await sub.connect()
+        inbox = Inbox()
+        await sub.subscribe("burst/#", inbox, qos=1, durable="gatherer-restarted")
+        await pub.connect()
+        n, sent = 4000, 0
+        while sub.stats.gathers == 0 and sent < n:   # until the subscriber gathers
+            await pub.publish_many([("burst/0", str(i).encode()) for i in range(sent, sent + 100)], qos=1)
+            sent += 100
+        assert sub.stats.gathers > 0
+        first = sub._conn
+        await asyncio.to_thread(mosquitto.restart)
+        await sub_states.until_seen(BusState.CONNECTED, 2)
+        await pub_states.until_seen(BusState.CONNECTED, 2)
+        assert sub._conn is not first and first.gathering is not None and first.gathering.timer is None
+        while sent < n:
+            await pub.publish_many([("burst/0", str(i).encode()) for i in range(sent, sent + 100)], qos=1)
+            sent += 100
+        await inbox.wait_until(lambda i: {int(m.payload) for m in i.messages} >= set(range(n)),
+                               f"all {n} messages", timeout=20)
+        assert sub.stats.reconnects >= 1
+        await pub.close()
+        await sub.close()
+
+    run(main())
