@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import ssl
+import subprocess
 
 import pytest
 
+from brokers import Mosquitto
 from buses import Inbox, States, run
 from iotwasm.errors import ConfigError
 from iotwasm.messaging import BusState, MqttBus, open_bus
@@ -301,3 +304,38 @@ def test_a_connection_lost_while_gathering_is_made_again_and_nothing_is_lost(mos
         await sub.close()
 
     run(main())
+
+
+def test_a_tls_connection_gathers_too(tmp_path):
+    """Over TLS the mark counts encrypted bytes on the socket under asyncio's TLS layer; a
+    burst still arrives whole and in order, gathered, and the message after it is read."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    broker = Mosquitto(tmp_path / "broker", options={"certfile": cert, "keyfile": key})
+    broker.start()
+    tls = ssl.create_default_context(cafile=str(cert))
+    url = f"mqtts://127.0.0.1:{broker.port}"
+
+    async def main():
+        sub, pub = MqttBus(url, tls=tls), MqttBus(url, tls=tls)
+        await sub.connect()
+        inbox = Inbox()
+        await sub.subscribe("burst/#", inbox, qos=1)
+        await pub.connect()
+        n = 3000
+        for start in range(0, n, 100):
+            await pub.publish_many([("burst/0", str(i).encode()) for i in range(start, start + 100)], qos=1)
+        await inbox.wait_count(n)
+        assert [int(m.payload) for m in inbox.messages] == list(range(n))
+        assert sub.stats.gathers > 0
+        await pub.publish("burst/last", b"after", qos=1)
+        await inbox.wait_count(n + 1, timeout=5)
+        await pub.close()
+        await sub.close()
+
+    try:
+        run(main())
+    finally:
+        broker.kill()
