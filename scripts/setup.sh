@@ -29,6 +29,8 @@ done
 # brokers: the tests start their own processes on free ports
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || missing+=(mosquitto)
 { command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || missing+=(nats-server)
+# a TLS test makes its broker's self-signed certificate with the openssl command
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # the PostgreSQL sink's tests and the PLC demo start their own server from Debian's binaries
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # the web dashboard's tests drive Debian's browser (never a browser downloaded at run time)
