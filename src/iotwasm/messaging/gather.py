@@ -13,8 +13,10 @@ is waiting — the reads in between never wake the process. A timer bounds the w
 after the mark was raised it lowers it to one byte, and Linux then reports at once whatever
 has arrived (`tcp_set_rcvlowat` wakes the waiter itself). The connection gathers while
 messages keep coming close together: it starts when a read of messages follows the last
-within `window`, and stops when a read brings fewer than two, so a quiet connection — or one
-that only carries the replies to its own requests — is read the moment a byte arrives, as
+within half a window, and stops when nothing came for a window after the mark came down, or
+when a cycle's reads never brought two messages at once (then it passes up ever more chances
+before it tries again). So a quiet connection — or one that only carries the replies to its
+own requests, or a peer that waits for each answer — is read the moment a byte arrives, as
 before. A connection that closes or fails is reported at once whatever the mark.
 
 The cost is latency: a message may wait up to `window` (rounded up to asyncio's millisecond,
