@@ -339,3 +339,35 @@ def test_a_tls_connection_gathers_too(tmp_path):
         run(main())
     finally:
         broker.kill()
+
+
+def test_closing_the_bus_in_the_middle_of_a_gathered_burst_keeps_what_it_had_not_taken(mosquitto):
+    """A graceful close while the subscriber gathers, with messages still below the mark in
+    the kernel: close cancels the timer and nothing it had not acknowledged is lost — the
+    persistent session hands those over to the next connection (at least once)."""
+
+    async def main():
+        sub = MqttBus(mosquitto.url, client_id="gatherer-closed")
+        await sub.connect()
+        first = Inbox()
+        await sub.subscribe("burst/#", first, qos=1, durable="gatherer-closed")
+        pub = MqttBus(mosquitto.url)
+        await pub.connect()
+        n = 3000
+        publishing = asyncio.create_task(
+            pub.publish_many([("burst/0", str(i).encode()) for i in range(n)], qos=1))
+        await first.wait_until(lambda _: sub.stats.gathers > 0, "the subscriber to gather")
+        gathering = sub._conn.gathering
+        await sub.close()                      # mid-burst
+        assert gathering is not None and gathering.timer is None and not gathering.gathering
+        await publishing
+        back = MqttBus(mosquitto.url, client_id="gatherer-closed")
+        again = Inbox()
+        await back.subscribe("burst/#", again, qos=1, durable="gatherer-closed")
+        await back.connect()
+        got = lambda _: {int(m.payload) for m in first.messages + again.messages}  # noqa: E731
+        await again.wait_until(lambda i: got(i) >= set(range(n)), f"all {n} messages", timeout=20)
+        await pub.close()
+        await back.close()
+
+    run(main())

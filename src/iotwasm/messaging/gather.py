@@ -61,8 +61,8 @@ class ReadGathering:
     them as one segment right after that read; taking that segment at once keeps a
     message's wait to one window rather than two."""
 
-    __slots__ = ("sock", "loop", "window", "stats", "target", "clock", "phase", "raised", "mark",
-                 "cycle", "best", "fruitless", "skip", "avg_size", "last_read", "lowered_at", "timer")
+    __slots__ = ("sock", "loop", "window", "stats", "target", "clock", "phase", "mark", "cycle",
+                 "best", "fruitless", "skip", "avg_size", "last_read", "lowered_at", "timer")
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, window: float, stats: BusStats,
                  target: int = TARGET_PACKETS, clock: Callable[[], float] = time.monotonic) -> None:
@@ -74,8 +74,7 @@ class ReadGathering:
         self.target = target
         self.clock = clock
         self.phase = _IDLE
-        #: whether the socket's mark is above one byte now, and what it is
-        self.raised = False
+        #: the socket's mark now, in bytes (1: every byte wakes the process)
         self.mark = 1
         #: messages read since the mark was last raised, and the most in one read
         self.cycle = self.best = 0
@@ -144,9 +143,7 @@ class ReadGathering:
                 self._stop()
 
     def _raise(self) -> None:
-        mark = min(MAX_MARK, max(2, int(self.avg_size * self.target)))
-        if (not self.raised or mark != self.mark) and self._set(mark):
-            self.raised, self.mark = True, mark
+        self._set(min(MAX_MARK, max(2, int(self.avg_size * self.target))))
         self.phase, self.cycle, self.best = _RAISED, 0, 0
         if self.timer is None:
             self.timer = self.loop.call_later(self.window, self._lower)
@@ -155,27 +152,24 @@ class ReadGathering:
         """The window is over: whatever has arrived is read now."""
         self.timer = None
         self.phase, self.lowered_at = _OPEN, self.clock()
-        if self.raised and self._set(1):
-            self.raised, self.mark = False, 1
+        self._set(1)
 
     def _stop(self) -> None:
+        self.close()
+        self._set(1)
+
+    def _set(self, mark: int) -> None:
+        if mark != self.mark:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+            except OSError:   # the socket is closing; its connection_lost follows
+                return
+            self.mark = mark
+
+    def close(self) -> None:
+        """Back to reading every byte as it comes, with no timer left (the connection is
+        gone, or `_stop` lowers the mark next)."""
         self.phase = _IDLE
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.raised and self._set(1):
-            self.raised, self.mark = False, 1
-
-    def _set(self, mark: int) -> bool:
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
-            return True
-        except OSError:   # the socket is closing; its connection_lost follows
-            return False
-
-    def close(self) -> None:
-        """The connection is gone: no timer outlives it."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.phase, self.raised = _IDLE, False

@@ -211,10 +211,10 @@ class MqttState(Bus):
     _out: bytearray
     _flush_scheduled: bool
     _last_recv: float
-    gather_window: float
     _last_sent: float
     _topic_bytes: dict[str, bytes]
     _match_cache: dict[str, list[Subscription]]
+    gather_window: float
 
     # `connect` binds the loop and the event, `_accepted` sets the connection: what runs
     # before would be a bug or a call made too early, and says so instead of failing on None
