@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import bisect
 
-#: rows kept per sink; beyond this the oldest are read from SQLite again
+#: messages kept per sink; beyond this the oldest are read from SQLite again
 RECENT_ROWS = 4096
 
 
 class RecentRows:
-    """One sink's newest rows, oldest first (see the module's doc)."""
+    """One sink's newest messages, oldest first (see the module's doc)."""
 
     __slots__ = ("ids", "rows", "head", "start", "limit")
 
