@@ -221,11 +221,14 @@ def test_a_burst_is_gathered_in_order_and_the_message_after_it_is_not_left_waiti
         await sub.subscribe("burst/#", inbox, qos=1)
         pub = MqttBus(mosquitto.url)
         await pub.connect()
-        n = 3000
-        for start in range(0, n, 100):
-            await pub.publish_many([(f"burst/{i % 4}", str(i).encode()) for i in range(start, start + 100)],
-                                   qos=1)
-        await inbox.wait_count(n)
+        n = 0
+        # bursts of 3,000 until one is gathered: a loaded machine may read the first too slowly
+        while sub.stats.gathers == 0 and n < 5 * 3000:
+            for start in range(n, n + 3000, 100):
+                await pub.publish_many([(f"burst/{i % 4}", str(i).encode())
+                                        for i in range(start, start + 100)], qos=1)
+            n += 3000
+            await inbox.wait_count(n)
         for dev in range(4):   # every message, each device's in order
             got = [int(m.payload) for m in inbox.messages if m.topic == f"burst/{dev}"]
             assert got == list(range(dev, n, 4))
@@ -324,10 +327,12 @@ def test_a_tls_connection_gathers_too(tmp_path):
         inbox = Inbox()
         await sub.subscribe("burst/#", inbox, qos=1)
         await pub.connect()
-        n = 3000
-        for start in range(0, n, 100):
-            await pub.publish_many([("burst/0", str(i).encode()) for i in range(start, start + 100)], qos=1)
-        await inbox.wait_count(n)
+        n = 0
+        while sub.stats.gathers == 0 and n < 5 * 3000:   # bursts until one is gathered (as above)
+            for start in range(n, n + 3000, 100):
+                await pub.publish_many([("burst/0", str(i).encode()) for i in range(start, start + 100)], qos=1)
+            n += 3000
+            await inbox.wait_count(n)
         assert [int(m.payload) for m in inbox.messages] == list(range(n))
         assert sub.stats.gathers > 0
         await pub.publish("burst/last", b"after", qos=1)
