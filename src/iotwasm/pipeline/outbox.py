@@ -6,9 +6,9 @@ it returns they are delivered in the order they were stored. A kill -9 of the no
 nothing that was stored: SQLite in WAL mode has it on disk before `append` returns.
 
 Delivery is at-least-once: a crash between the broker's ack and the delete re-sends that
-message after restart. A batch of small messages is stored as one row (`outbox_rows`); a row
-is deleted once all of its messages were acknowledged, so a crash may also re-send the
-acknowledged part of a row. (A sample gateway that marks rows sent *before* publishing loses data
+message after restart. A batch of small messages is stored as one row (`outbox_rows`); the
+acknowledged messages of a row are deleted together (the row, or its acknowledged part) in
+the next write. (A sample gateway that marks rows sent *before* publishing loses data
 on every outage; this one never marks a row before the ack.)
 
 The outbox is bounded by rows and bytes, with an explicit overflow policy:
@@ -100,12 +100,12 @@ class Outbox:
         #: (`off_loop`): one long-lived thread with a cheap hand-off, where the shared default
         #: executor cost a work item, a chained future and a wake of one of several threads
         self._worker = Worker(f"outbox-{self.path.stem}")
-        #: per sink: the highest acknowledged id whose rows may not be deleted yet, and the
-        #: highest acknowledged id (`ack_later`)
+        #: per sink: the highest acknowledged id whose messages wait for their delete
+        #: (`ack_later`), and the highest acknowledged id ever (`peek` starts above it)
         self._acked: dict[str, int] = {}
         self._through: dict[str, int] = {}
-        #: per sink: the rows appended lately, for the forwarder (`outbox_recent`), at most
-        #: `recent_rows` of them
+        #: per sink: the messages appended lately, for the forwarder (`outbox_recent`), at
+        #: most `recent_rows` of them
         self._recent: dict[str, RecentRows] = {}
         self.recent_rows = RECENT_ROWS
         seq = 0
@@ -250,9 +250,9 @@ class Outbox:
         next write of this outbox — an append's transaction, or `flush_acks` when none comes —
         instead of a commit of their own. Only for messages acknowledged whole and in order:
         the forwarder's acknowledged prefix is that, since it hands on every message of the
-        sink above its last window, oldest first. A row is deleted once all of its messages
-        were acknowledged. A crash before the delete sends them again after the restart
-        (at-least-once, as a crash between ack and delete always did)."""
+        sink above its last window, oldest first. A row acknowledged in part is written
+        again with the rest (`_delete_acked`). A crash before the delete sends them again
+        after the restart (at-least-once, as a crash between ack and delete always did)."""
         with self._lock:
             self._through[sink] = max(self._through.get(sink, 0), last)
             recent = self._recent.get(sink)
