@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -122,6 +123,31 @@ def summary(results: dict) -> dict:
                     "cpu_per_msg": _ratio(ph["cpu"]["sut_us_per_input_msg"], b["cpu"]["sut_us_per_input_msg"]),
                     "p50": _ratio(ph["p50_ms"], b["p50_ms"]), "p99": _ratio(ph["p99_ms"], b["p99_ms"])}
         out["vs_baseline"] = cmp
+    if results.get("more_rounds"):
+        out["rounds"] = round_ratios(results)
+    return out
+
+
+def round_ratios(results: dict) -> dict:
+    """With `--rounds`: per step, each round's CPU per message of the iotwasm system compared
+    with the baseline (the same system before a change) and with Node-RED, and their
+    medians. One run moves by more than a small change saves; several rounds, the order
+    reversed each time, show whether a ratio holds."""
+    rounds = [results["systems"], *results.get("more_rounds", [])]
+    mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
+    out: dict = {}
+    for other in (BASELINE, "node-red"):
+        if not all(mine in r and other in r for r in rounds):
+            continue
+        steps: dict[str, list[float | None]] = {}
+        for r in rounds:
+            for ph in r[mine].get("phases", []):
+                b = phase_of(r[other], ph["label"])
+                if b is not None and ph["label"] not in ("flood",):
+                    steps.setdefault(ph["label"], []).append(
+                        _ratio(ph["cpu"]["sut_us_per_input_msg"], b["cpu"]["sut_us_per_input_msg"]))
+        out[other] = {label: {"rounds": xs, "median": statistics.median([x for x in xs if x is not None])
+                              if any(x is not None for x in xs) else None} for label, xs in steps.items()}
     return out
 
 
@@ -199,6 +225,15 @@ def markdown(results: dict) -> str:
         mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
         lines += ["", (f"{TITLES[mine]} against {TITLES[BASELINE]}, same run: sustained throughput "
                        f"{fmt_x(vb['sustained'])}; {steps} (below 1× is less).")]
+    if su.get("rounds"):
+        mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
+        n = 1 + len(results["more_rounds"])
+        lines += ["", f"CPU per message of {TITLES[mine]} over {n} rounds (the order of the systems "
+                      "reversed each round; the tables above are the first round):"]
+        for other, steps in su["rounds"].items():
+            per = "; ".join(f"{label} {', '.join(fmt_x(x) for x in v['rounds'])} (median {fmt_x(v['median'])})"
+                            for label, v in steps.items())
+            lines.append(f"- ÷ {TITLES[other]}: {per}")
     for hu in results.get("hot_update") or []:
         lines.append("")
         if hu.get("load"):

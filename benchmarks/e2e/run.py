@@ -10,6 +10,9 @@
         --baseline-saf --rates 5000,10000 --no-hot-update     # the durable default, before/after
     .venv/bin/python benchmarks/e2e/run.py --only iotwasm-saf,node-red --pin 1 --no-hot-update
         # each system alone on CPU 1; harness, broker, load generator and collector on the rest
+    .venv/bin/python benchmarks/e2e/run.py --only iotwasm-baseline,iotwasm-saf,node-red --baseline ../base \
+        --baseline-saf --rates 5000,10000 --no-hot-update --rounds 3
+        # three rounds, the order reversed each time: each round's ratios and their medians
 
 Partial runs (--only, --rates, --no-hot-update) write results/e2e-partial.json, or --out PATH.
 
@@ -124,6 +127,10 @@ def main() -> int:
     ap.add_argument("--floor-gather", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--pin", metavar="CPUS", help="run each system under test on these CPUs "
                     "(e.g. 1) and the harness, broker, load generator and collector on the others")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="run every system N times, the order reversed each round, and print each "
+                         "round's CPU per message against the others and the medians (the tables "
+                         "show the first round)")
     ap.add_argument("--out", type=Path, help="result file (default: results/e2e.json, "
                                              "results/e2e-quick.json with --quick)")
     args = ap.parse_args()
@@ -147,6 +154,8 @@ def main() -> int:
             TITLES[BASELINE] = "iotwasm baseline (storeAndForward: true, default)"
         if not (harness.BASELINE_SRC / "iotwasm" / "__init__.py").exists():
             ap.error(f"--baseline {args.baseline}: no src/iotwasm there")
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: at least 1")
     cfg = Config.make(args.quick)
     if args.rates:
         cfg.rates = tuple(int(r) for r in args.rates.split(","))
@@ -180,9 +189,18 @@ def main() -> int:
                      "systems": {}}
     tmp = Path(tempfile.mkdtemp(prefix="iotwasm-e2e-"))
     try:
-        for key in only:
-            print(f"{TITLES[key]}:", flush=True)
-            results["systems"][key] = run_system(key, cfg, tmp, args.profile)
+        rounds: list[dict] = []
+        for r in range(args.rounds):
+            rounds.append({})
+            for key in (only if r % 2 == 0 else only[::-1]):   # drift hits each order alike
+                print(f"{TITLES[key]}:" + (f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""),
+                      flush=True)
+                where = tmp / f"round{r + 1}" if args.rounds > 1 else tmp
+                where.mkdir(exist_ok=True)
+                rounds[r][key] = run_system(key, cfg, where, args.profile)
+        results["systems"] = rounds[0]
+        if args.rounds > 1:
+            results["more_rounds"] = rounds[1:]
         machine["node-red"] = node_red_version()
         if not args.no_hot_update:
             rate, why = pick_hot_rate(results["systems"].get("iotwasm"))
@@ -221,7 +239,8 @@ def main() -> int:
     print()
     print(markdown(results))
     print(f"\nresults: {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
-    return 0 if all(r["status"] == "ok" for r in results["systems"].values()) else 1
+    every = [results["systems"], *results.get("more_rounds", [])]
+    return 0 if all(r["status"] == "ok" for rnd in every for r in rnd.values()) else 1
 
 
 if __name__ == "__main__":
