@@ -25,10 +25,7 @@ from pathlib import Path
 
 TARGETS_US = {"ready_guest": 50.0, "instantiate": 15.0, "cached_load": 100.0}
 SIZES = {"ops": (1_000, 300), "repeats": (9, 5), "loads": (60, 20), "b1_msgs": (3_000, 1_000),
-         "b1_repeats": (15, 7), "closed_msgs": (3_000, 500), "closed_repeats": (5, 3),
-         "commit_batches": (2_000, 300), "commit_repeats": (9, 5)}
-#: messages per batch in the outbox commit figure: what a lane gathers at 5k msg/s
-COMMIT_BATCH = 14
+         "b1_repeats": (15, 7), "closed_msgs": (3_000, 500), "closed_repeats": (5, 3)}
 #: a route's default lingering may cost a one-at-a-time client at most this share of its rate
 CLOSED_LOOP_TARGET = 0.9
 
@@ -172,57 +169,6 @@ def _one_at_a_time(quick: bool) -> dict:
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def _outbox_commit(tmp: Path, quick: bool, interleaved) -> dict:
-    """CPU per message of the durable path's commit, as a node under load makes it: a batch's
-    results appended to the outbox and the batch before it deleted as acknowledged — through
-    `Outbox` (a batch in one row; the forwarder's read of the new batch, from memory,
-    included), against the same transaction in plain `sqlite3` with one row per message (the
-    same table, index and settings: the layout the outbox had before it packed batches, and
-    what store-and-forward written plainly does; no read). Checkpoints are off in both (the
-    outbox runs them on a thread of its own)."""
-    import sqlite3
-
-    from iotwasm.pipeline.outbox import Outbox
-
-    batches, per = _size("commit_batches", quick), COMMIT_BATCH
-    items = [(f"e2e/out/dev{i}", b'{"device": "dev%d", "t": 21.5, "unit": "C", "ts": 1765100000000}' % i)
-             for i in range(per)]
-    ob = Outbox(tmp / "outbox.db")
-    plain = sqlite3.connect(tmp / "plain.db", isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
-        plain.execute(f"PRAGMA {pragma}")
-    plain.executescript("""
-        CREATE TABLE outbox (id INTEGER PRIMARY KEY, sink TEXT NOT NULL, topic TEXT NOT NULL,
-            payload BLOB NOT NULL, created REAL NOT NULL, envelope BLOB);
-        CREATE INDEX outbox_sink ON outbox(sink, id);""")
-    next_id = [1]
-
-    def outbox() -> None:
-        for _ in range(batches):
-            ob.append("up", items)
-            ob.ack_later("up", ob.peek("up", 100)[-1][0])
-
-    def one_row_each() -> None:
-        for _ in range(batches):
-            first = next_id[0]
-            plain.execute("BEGIN")
-            plain.execute("DELETE FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", ("up", first - per, first - 1))
-            now = time.time()
-            plain.executemany("INSERT INTO outbox(id, sink, topic, payload, created, envelope) VALUES (?,?,?,?,?,?)",
-                              [(first + k, "up", t, p, now, None) for k, (t, p) in enumerate(items)])
-            plain.execute("COMMIT")
-            next_id[0] = first + per
-
-    cpu: dict = {}
-    wall = interleaved({"outbox (a batch in one row)": outbox, "plain sqlite3, a row per message": one_row_each},
-                       _size("commit_repeats", quick), cpu)
-    ob.close()
-    plain.close()
-    n = batches * per
-    return {name: (statistics.median(wall[name]) / 1000 / n, statistics.median(cpu[name]) / 1000 / n)
-            for name in wall}
-
-
 def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> dict:
     from iotwasm.engine import Runtime
 
@@ -237,8 +183,7 @@ def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> 
            "pooled": _startup(work, path, cache_dir, slots, quick),
            "pool_slots": slots,
            "batch_of_one": _batch_of_one(work, path, quick, make_messages, interleaved),
-           "one_at_a_time": _one_at_a_time(quick),
-           "outbox_commit": _outbox_commit(tmp, quick, interleaved)}
+           "one_at_a_time": _one_at_a_time(quick)}
     for mode in ("on_demand", "pooled"):
         r = res[mode]
         log(f"  {mode}: " + ", ".join(f"{k} {r[k][1]:.1f} µs CPU ({r[k][0]:.1f} wall)"
@@ -248,8 +193,6 @@ def bench_micro(work, quick: bool, log, scratch, make_messages, interleaved) -> 
                                        for k, v in b1.items()))
     one = res["one_at_a_time"]
     log("  one at a time through a route: " + ", ".join(f"{k} {v:,.0f} msg/s" for k, v in one.items()))
-    log("  outbox commit, per message: " + ", ".join(f"{k} {v[1]:.2f} µs CPU ({v[0]:.2f} wall)"
-                                                    for k, v in res["outbox_commit"].items()))
     return res
 
 
@@ -283,12 +226,4 @@ def markdown(res: dict) -> list[str]:
     for name, r in one.items():
         lines.append(f"| {name} | {r:,.0f} | {r / one['no linger']:.2f} |")
     lines.append(f"\nratio {ratio:.2f}: target {'met' if ratio >= CLOSED_LOOP_TARGET else 'not met'}")
-    commit = res.get("outbox_commit")
-    if commit:
-        plain = commit["plain sqlite3, a row per message"][1]
-        lines += ["", f"The durable path's commit (batches of {COMMIT_BATCH}: append, delete the batch before "
-                  "as acknowledged), per message:", "",
-                  "| path | µs/msg CPU | wall | × a row per message (CPU) |", "|---|---:|---:|---:|"]
-        for name, (wall, cpu) in commit.items():
-            lines.append(f"| {name} | {cpu:.2f} | {wall:.2f} | {cpu / plain:.2f} |")
     return lines + [""]

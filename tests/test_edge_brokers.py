@@ -83,7 +83,7 @@ def outbox_rows(data: Path) -> int:
         return 0
     try:
         with sqlite3.connect(path, timeout=5) as db:
-            return db.execute("SELECT coalesce(sum(n), 0) FROM outbox").fetchone()[0]
+            return db.execute("SELECT count(*) FROM outbox").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
 

@@ -76,7 +76,7 @@ def test_a_request_refused_mid_group_fails_alone(tmp_path):
         assert isinstance(results[2], OutboxFull) and "4 message(s) refused" in str(results[2])
         assert seqs(outbox, "s") == [0, 1, 2, 3, 10, 11, 12, 13, 30, 31]
         assert outbox.stats["s"].rejected == 4 and outbox.stats["s"].stored == 10
-        assert outbox.backlog() == 10 == outbox._db.execute("SELECT sum(n) FROM outbox").fetchone()[0]
+        assert outbox.backlog() == 10 == outbox._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         outbox.close()
 
     asyncio.run(main())
@@ -98,7 +98,7 @@ def test_a_group_that_fails_on_a_full_disk_stores_nothing_and_fails_every_caller
                 break
         assert failed is not None, "the disk never filled"
         assert all(isinstance(r, StorageError) for r in failed)   # all or nothing
-        assert outbox.backlog() == before == outbox._db.execute("SELECT sum(n) FROM outbox").fetchone()[0]
+        assert outbox.backlog() == before == outbox._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         small_disk.free()
         assert await outbox.append_soon("s", items(2, start=10**6)) == 2
         assert seqs(outbox, "s")[-2:] == [10**6, 10**6 + 1]
@@ -170,13 +170,13 @@ def test_acknowledged_rows_are_never_handed_out_again_and_go_with_the_next_appen
     outbox.append("up", items(5))
     outbox.append("other", items(2, start=100))
     rows = outbox.peek("up", limit=3)
-    outbox.ack_later("up", rows[-1][0])
+    outbox.ack_later("up", rows[0][0], rows[-1][0])
     assert outbox.pending_acks()
     assert seqs(outbox, "up") == [3, 4]          # even from the start (after a failed window)
     assert outbox.backlog("up") == 5             # still in the file until a write deletes them
     outbox.append("other", items(1, start=200))  # the append's transaction takes the delete along
     assert not outbox.pending_acks()
-    assert outbox._db.execute("SELECT sum(n) FROM outbox WHERE sink = 'up'").fetchone()[0] == 2
+    assert outbox._db.execute("SELECT count(*) FROM outbox WHERE sink = 'up'").fetchone()[0] == 2
     assert outbox.backlog() == 5 and outbox.stats["up"].sent == 3
     assert seqs(outbox, "other") == [100, 101, 200]
     outbox.close()
@@ -186,7 +186,7 @@ def test_a_crash_before_the_delete_sends_the_acknowledged_rows_again_and_loses_n
     outbox = Outbox(tmp_path / "outbox.db")
     outbox.append("up", items(4))
     rows = outbox.peek("up", limit=2)
-    outbox.ack_later("up", rows[-1][0])
+    outbox.ack_later("up", rows[0][0], rows[-1][0])
     # killed here: no close, no later write; another process opens the file
     again = Outbox(tmp_path / "outbox.db")
     assert seqs(again, "up") == [0, 1, 2, 3]   # at-least-once: sent again, none lost
@@ -203,7 +203,7 @@ def test_acknowledgements_held_on_a_full_disk_are_deleted_once_space_returns(sma
     outbox._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # the next write must grow the WAL
     rows = outbox.peek("up", limit=50)
     small_disk.fill()
-    outbox.ack_later("up", rows[-1][0])
+    outbox.ack_later("up", rows[0][0], rows[-1][0])
     with pytest.raises(StorageError):
         outbox.flush_acks()
     assert outbox.pending_acks() and seqs(outbox, "up") == [] and outbox.backlog("up") == 50

@@ -22,7 +22,6 @@ from iotwasm.messaging.bus import settled
 from iotwasm.node.state import NodeState
 from iotwasm.pipeline import LocalStore, Outbox
 from iotwasm.pipeline.outbox import Forwarder
-from iotwasm.pipeline.outbox_rows import messages
 
 
 def items(n: int, start: int = 0, size: int = 1000) -> list[tuple[str, bytes]]:
@@ -39,7 +38,7 @@ def test_outbox_append_on_a_full_disk_raises_and_works_again_once_space_returns(
             outbox.append("s", items(20, start=10 * k * 100))
     assert str(e.value).startswith(f"outbox {small_disk.path / 'outbox.db'}: database or disk is full")
     stored = outbox.backlog()
-    assert stored == outbox._db.execute("SELECT coalesce(sum(n), 0) FROM outbox").fetchone()[0]  # counters match
+    assert stored == outbox._db.execute("SELECT count(*) FROM outbox").fetchone()[0]  # counters match
     small_disk.free()
     outbox.append("s", items(5, start=10**6))   # no "transaction within a transaction"
     assert outbox.backlog() == stored + 5
@@ -120,8 +119,7 @@ def test_a_refusal_for_good_is_held_while_its_dead_letter_cannot_be_written(smal
             return settled([SinkRejected("refused: seq 3") if s == 3 else None for s in seqs])
 
         async def reject(topic: str, payload: bytes, why: SinkRejected) -> None:
-            stored = outbox._db.execute("SELECT id, n, topic, payload, envelope FROM outbox").fetchall()
-            attempts.append([m[1] for r in stored for m in messages(r)].count("t/3") == 1)
+            attempts.append(outbox._db.execute("SELECT count(*) FROM outbox WHERE topic = 't/3'").fetchone()[0] == 1)
             await asyncio.to_thread(state.dead_letter, "", "r", "up", why.kind, str(why), topic,
                                     payload + b"x" * 50_000)   # more than any filler left room for
 

@@ -189,7 +189,7 @@ class FullDisk:
         self.retries = 0
 
     def kept(self) -> list[int]:
-        return [rows(db, "SELECT coalesce(sum(n), 0) FROM outbox") for db in self.outboxes]
+        return [rows(db, "SELECT count(*) FROM outbox") for db in self.outboxes]
 
     def logged(self, fmt: str) -> bool:
         """Each worker's log names its outbox in `fmt`."""

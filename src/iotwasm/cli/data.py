@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import typer
 
-from ..pipeline.outbox_rows import count_expr
 from .client import make_table, emit, fail
 
 data_app = typer.Typer(no_args_is_help=True,
@@ -50,14 +49,6 @@ def _rows(db: sqlite3.Connection, path: str, sql: str, args: tuple | list = ()) 
     except sqlite3.Error as e:
         fail(f"{path}: {e}")
     return []
-
-
-def _outbox_count(db: sqlite3.Connection) -> str:
-    """How to count an outbox's messages (a row may hold several; `outbox_rows`)."""
-    try:
-        return count_expr(db)
-    except sqlite3.Error:
-        return "count(*)"   # the query that follows says what is wrong with the file
 
 
 def _payload(raw: bytes | str | None) -> Any:
@@ -108,8 +99,8 @@ def summary(data: Path = DATA, output: str = OUTPUT) -> None:
                            "ON o.uid = kv.uid GROUP BY kv.uid ORDER BY 1")}
     if (data / "outbox.db").is_file():
         with closing(_open(data, "outbox.db")) as db:
-            doc["outbox"] = {r[0]: r[1] for r in _rows(db, "outbox.db", f"SELECT sink, {_outbox_count(db)} "
-                                                                        "FROM outbox GROUP BY sink ORDER BY sink")}
+            doc["outbox"] = {r[0]: r[1] for r in _rows(db, "outbox.db", "SELECT sink, count(*) FROM outbox "
+                                                                        "GROUP BY sink ORDER BY sink")}
     rows = ([["results", t, n] for t, n in doc["results"].items()]
             + [["dead letters", f"{d['route']} / {d['step']}", d["count"]] for d in doc["dead_letters"]]
             + [["kv", n, c] for n, c in doc["kv"].items()]
@@ -178,9 +169,8 @@ def kv(deployment: Optional[str] = typer.Argument(None, help="only this deployme
 def outbox(data: Path = DATA, output: str = OUTPUT) -> None:
     """What waits to be sent per sink (store-and-forward while a broker is away)."""
     with closing(_open(data, "outbox.db")) as db:
-        got = _rows(db, "outbox.db", f"SELECT sink, {_outbox_count(db)}, coalesce(sum(length(payload) + length(topic) "
-                                     "+ coalesce(length(envelope), 0)), 0), "
-                                     "min(created) FROM outbox GROUP BY sink ORDER BY sink")
+        got = _rows(db, "outbox.db", "SELECT sink, count(*), coalesce(sum(length(payload)), 0), min(created) "
+                                     "FROM outbox GROUP BY sink ORDER BY sink")
     items = [{"sink": r[0], "messages": r[1], "bytes": r[2], "oldest": r[3]} for r in got]
     emit(items, output, make_table(None, ["sink", "messages", "bytes", "oldest"],
                                [[i["sink"], i["messages"], i["bytes"], _ts(i["oldest"])] for i in items]

@@ -17,7 +17,6 @@ import stat
 from pathlib import Path
 
 from ..errors import StorageError
-from ..pipeline.outbox_rows import count_expr
 from .reserve import RESERVE_NAME, DiskReserve
 
 log = logging.getLogger("iotwasm.node")
@@ -84,7 +83,7 @@ def _held(path: Path, root: Path) -> int:
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
             try:
-                n: int = db.execute(f"SELECT {count_expr(db)} FROM outbox").fetchone()[0]
+                n: int = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
                 return n
             finally:
                 db.close()

@@ -232,7 +232,7 @@ class Forwarder:
                 while failure is None and inflight and _clean(inflight[0][1]):
                     done.extend(r[0] for r in inflight.popleft()[0])
                 if done:   # deleted with the next append, or by the flush below when idle
-                    self.outbox.ack_later(self.sink, done[-1])
+                    self.outbox.ack_later(self.sink, done[0], done[-1])
                 if self.breaker is not None:
                     if failure is None:
                         self.breaker.success()
