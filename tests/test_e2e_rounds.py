@@ -1,0 +1,44 @@
+"""The e2e benchmark's `--rounds` report (benchmarks/e2e/report.py): each round's CPU per
+message of the iotwasm system against the baseline and Node-RED, and the medians, computed
+from the rounds' results as run.py stores them. Run in a child process: the benchmark's
+modules (`report`, `harness`) would shadow others of the same name in this one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/benchmarks/e2e")
+sys.path.append(sys.argv[1] + "/benchmarks")
+import harness, report
+harness.BASELINE_SAF = True
+
+def system(cpu5, cpu10):
+    return {"status": "ok", "phases": [
+        {"label": "5k/s", "cpu": {"sut_us_per_input_msg": cpu5}},
+        {"label": "10k/s", "cpu": {"sut_us_per_input_msg": cpu10}},
+        {"label": "flood", "cpu": {"sut_us_per_input_msg": None}}]}
+
+rounds = [{"iotwasm-baseline": system(80, 60), "iotwasm-saf": system(40, 60), "node-red": system(100, 50)},
+          {"node-red": system(90, 60), "iotwasm-saf": system(45, 30), "iotwasm-baseline": system(90, 60)},
+          {"iotwasm-baseline": system(50, 50), "iotwasm-saf": system(50, 25), "node-red": system(50, 100)}]
+results = {"systems": rounds[0], "more_rounds": rounds[1:]}
+print(json.dumps(report.round_ratios(results)))
+"""
+
+
+def test_rounds_give_each_rounds_ratio_and_the_median():
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    assert got["iotwasm-baseline"]["5k/s"] == {"rounds": [0.5, 0.5, 1.0], "median": 0.5}
+    assert got["iotwasm-baseline"]["10k/s"] == {"rounds": [1.0, 0.5, 0.5], "median": 0.5}
+    assert got["node-red"]["5k/s"] == {"rounds": [0.4, 0.5, 1.0], "median": 0.5}
+    assert got["node-red"]["10k/s"] == {"rounds": [1.2, 0.5, 0.25], "median": 0.5}
+    assert "flood" not in got["node-red"]   # no CPU per message in a step that overflows
