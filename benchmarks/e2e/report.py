@@ -112,7 +112,7 @@ def summary(results: dict) -> dict:
                                            else out[k]["vs_node_red"] >= TARGET_RATIO)
         out[k]["p99_target_met"] = (None if out[k]["p99_at_5k_ms"] is None
                                     else out[k]["p99_at_5k_ms"] <= TARGET_P99_MS and ph5["lost"] == 0)
-    mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"   # compared with the baseline
+    mine = compared()
     if BASELINE in s and mine in s:   # the same system before and after a change
         base, now = s[BASELINE], s[mine]
         cmp: dict = {"sustained": _ratio(sustained(now), sustained(base)), "steps": {}}
@@ -134,7 +134,7 @@ def round_ratios(results: dict) -> dict:
     medians. One run moves by more than a small change saves; several rounds, the order
     reversed each time, show whether a ratio holds."""
     rounds = [results["systems"], *results.get("more_rounds", [])]
-    mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
+    mine = compared()
     out: dict = {}
     for other in (BASELINE, "node-red"):
         if not all(mine in r and other in r for r in rounds):
@@ -143,12 +143,22 @@ def round_ratios(results: dict) -> dict:
         for r in rounds:
             for ph in r[mine].get("phases", []):
                 b = phase_of(r[other], ph["label"])
-                if b is not None and ph["label"] not in ("flood",):
+                if b is not None and ph["label"] != "flood":
                     steps.setdefault(ph["label"], []).append(
                         _ratio(ph["cpu"]["sut_us_per_input_msg"], b["cpu"]["sut_us_per_input_msg"]))
-        out[other] = {label: {"rounds": xs, "median": statistics.median([x for x in xs if x is not None])
-                              if any(x is not None for x in xs) else None} for label, xs in steps.items()}
+        out[other] = {label: {"rounds": xs, "median": _median(xs)} for label, xs in steps.items()}
     return out
+
+
+def compared() -> str:
+    """The iotwasm system a baseline run is compared with: the one of the same storeAndForward
+    setting."""
+    return "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
+
+
+def _median(xs: list[float | None]) -> float | None:
+    known = [x for x in xs if x is not None]
+    return statistics.median(known) if known else None
 
 
 def _ratio(a, b) -> float | None:
@@ -222,11 +232,11 @@ def markdown(results: dict) -> str:
     if vb:
         steps = "; ".join(f"{label}: CPU/msg {fmt_x(r['cpu_per_msg'])}, p50 {fmt_x(r['p50'])}, "
                           f"p99 {fmt_x(r['p99'])}" for label, r in vb["steps"].items())
-        mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
+        mine = compared()
         lines += ["", (f"{TITLES[mine]} against {TITLES[BASELINE]}, same run: sustained throughput "
                        f"{fmt_x(vb['sustained'])}; {steps} (below 1× is less).")]
     if su.get("rounds"):
-        mine = "iotwasm-saf" if harness.BASELINE_SAF else "iotwasm"
+        mine = compared()
         n = 1 + len(results["more_rounds"])
         lines += ["", f"CPU per message of {TITLES[mine]} over {n} rounds (the order of the systems "
                       "reversed each round; the tables above are the first round):"]

@@ -34,8 +34,9 @@ from collections.abc import Callable
 
 from .bus_interface import BusStats
 
-#: how many packets' worth of bytes the mark asks for: about a route lane's full batch
-#: (`LINGER_ENOUGH`), so that at high rates the mark, not the timer, ends a wait
+#: how many packets' worth of bytes the mark asks for: a little more than a route lane's
+#: batch (`pipeline.route.LINGER_ENOUGH`, 14), so that at high rates the mark, not the timer,
+#: ends a wait
 TARGET_PACKETS = 16
 #: the mark never asks for more than this (a few large messages are read as they come)
 MAX_MARK = 64 * 1024
