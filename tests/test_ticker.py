@@ -57,6 +57,7 @@ def make_runtime(kind: str, **kw) -> tuple[Runtime, ManualClock]:
     kw.setdefault("max_timeout_ms", 20)
     rt = Runtime(idle_clock=clock, ticker=kind, **kw)
     rt.engine(rt.settings_for(Limits()))  # something to tick
+    rt.ticker.start()  # what the first store does
     return rt, clock
 
 
@@ -284,8 +285,33 @@ def test_the_native_ticker_is_built_and_the_default():
     assert NATIVE_LIBRARY.exists(), f"{NATIVE_LIBRARY} missing: run scripts/setup.sh"
     with Runtime() as rt:
         assert isinstance(rt.ticker, NativeTicker)
-        rt.engine(rt.settings_for(Limits()))
+        arm(rt)
         wait_for(lambda: rt.epoch > 3, "native ticks")
+
+
+def test_the_thread_starts_with_the_first_store_not_with_the_runtime(kind):
+    # a process that only loads modules (the CLI, an upload's check) runs no ticker thread
+    before = {t.ident for t in threading.enumerate()}
+    with Runtime(ticker=kind) as rt:
+        rt.load(module_path("infinite_loop.wat"), name="spin")
+        assert not rt.ticker.alive and rt.epoch == 0
+        assert {t.ident for t in threading.enumerate()} == before
+        arm(rt)   # a store: from now on its deadlines must come
+        assert rt.ticker.alive
+        wait_for(lambda: rt.epoch > 3, "ticks after the first store")
+        rt.ticker.start()   # a second start changes nothing
+    ticker = rt.ticker
+    if isinstance(ticker, ThreadTicker):
+        ticker.thread.join(30)
+    assert ticker.stopped.is_set() and not ticker.alive
+
+
+def test_a_runtime_closed_before_any_store_never_starts_its_thread(kind):
+    rt = Runtime(ticker=kind)
+    rt.engine(rt.settings_for(Limits()))
+    rt.close()
+    arm(rt)   # a store made after the close: the ticker stays stopped
+    assert rt.ticker.stopped.is_set() and not rt.ticker.alive
 
 
 def test_a_ticker_kind_is_checked():

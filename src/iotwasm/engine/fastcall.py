@@ -296,7 +296,10 @@ class StoreControl:
     def __init__(self, store: wasmtime.Store, ctx: ctypes.c_void_p | None = None,
                  ticker: EpochTicker | None = None):
         """`ctx`: the store's context when the caller has it (`StoreControl.ctx`);
-        `ticker`: the runtime's (`Runtime.ticker`), told of every deadline armed here."""
+        `ticker`: the runtime's (`Runtime.ticker`), told of every deadline armed here, and
+        started by the first store (nothing before a store runs guest code)."""
+        if ticker is not None:
+            ticker.start()
         self._store = store
         self._ctx = ctx if ctx is not None else ctypes.cast(store._context(), ctypes.c_void_p)
         self._fuel_out = ctypes.c_uint64(0)

@@ -2,8 +2,8 @@
 
 Engines are shared by every container whose limits need the same code generation (fuel
 metering on or off, wasm stack size). One daemon thread advances the epoch of every engine,
-which is what turns a per-call wall-clock timeout into a trap inside the guest; it slows
-down while no call can be running (engine/ticker.py).
+which is what turns a per-call wall-clock timeout into a trap inside the guest; it starts
+with the first store and slows down while no call can be running (engine/ticker.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .limits import Limits, format_duration_ms, format_size
 from .module import (COMPONENT_VERSION, ModuleInfo, ModuleSource, check_header, describe,
                      info_from_record, info_to_record, read_source)
 from .v1_native import use_native
-from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_AFTER_TICKS, EpochTicker, start_ticker
+from .ticker import DEFAULT_IDLE_TICK_MS, IDLE_AFTER_TICKS, EpochTicker, make_ticker
 from .wasm_scan import SnapshotPlan, Unplannable, plan
 
 #: a small reservation keeps thousands of instances within the address space; memory can
@@ -157,8 +157,9 @@ class Runtime:
         #: snapshot plans by hex digest, None for a module that cannot be snapshotted
         self._plans: dict[str, SnapshotPlan | None] = {}
         self._lock = threading.Lock()
-        #: advances the epochs; every arm of a deadline tells it (`StoreControl`)
-        self.ticker: EpochTicker = start_ticker(
+        #: advances the epochs; every arm of a deadline tells it, and the first store starts
+        #: its thread (`StoreControl`)
+        self.ticker: EpochTicker = make_ticker(
             ticker, period_s=epoch_tick_ms / 1000, idle_period_s=idle_tick_ms / 1000,
             idle_after_s=IDLE_AFTER_TICKS * epoch_tick_ms / 1000, clock=idle_clock)
         # an abandoned runtime's ticker stops when the runtime is collected (and at exit)

@@ -34,6 +34,11 @@ trap its call long before its time limit. Waking does not increment either: the 
 normal tick comes one period after the wake, and `Runtime.timeout_ticks` already counts the
 current tick as partly over.
 
+The thread starts with the first store (`StoreControl`, `start`), not with the runtime: a
+process that only loads and inspects modules (the CLI, an upload's validation) never starts
+one, and a load is not slowed by a thread that ticks beside it (changing code mappings
+interrupts the process's other running threads; docs/benchmarks.md, "Cached load").
+
 Two implementations follow these rules. `NativeTicker` (the default) runs them in a thread
 of its own written in C (`native/epoch_ticker.c`, built by scripts/setup.sh into
 `native/libiotwasm_ticker.so`): it never takes the GIL, so its ticks neither wake the
@@ -107,6 +112,9 @@ class EpochTicker(Protocol):
         of `iw_ticker_enter` and `iw_ticker_leave` (engine/native/epoch_ticker.c); None for a
         ticker that is not native (the caller then brackets its calls in Python)."""
 
+    def start(self) -> None:
+        """Start the thread, if it has not started (or been stopped) yet."""
+
     def add_engine(self, engine: wasmtime.Engine) -> None: ...
 
     def arm(self) -> None: ...
@@ -118,9 +126,10 @@ class EpochTicker(Protocol):
     def stop(self) -> None: ...
 
 
-def start_ticker(kind: str, *, period_s: float, idle_period_s: float, idle_after_s: float,
+def make_ticker(kind: str, *, period_s: float, idle_period_s: float, idle_after_s: float,
                  clock: Callable[[], float]) -> EpochTicker:
-    """The native ticker when built (`kind` "auto" or "native"), else the Python thread."""
+    """The native ticker when built (`kind` "auto" or "native"), else the Python thread; its
+    thread starts with `start`."""
     if kind not in TICKER_KINDS:
         raise ConfigError(f"ticker {kind!r} must be one of {', '.join(TICKER_KINDS)}")
     native_clock = clock is time.monotonic or isinstance(clock, ManualClock)
@@ -161,10 +170,18 @@ class ThreadTicker:
         self._engines: list[wasmtime.Engine] = []
         self._wake = threading.Event()
         self.stopped = threading.Event()
-        # a new ticker counts as just armed: it starts at the normal period
         self._seen_at = clock()
+        self._start = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="iotwasm-epoch", daemon=True)
-        self.thread.start()
+
+    def start(self) -> None:
+        if self.thread.ident is not None or self.stopped.is_set():
+            return
+        with self._start:
+            if self.thread.ident is None and not self.stopped.is_set():
+                # a new ticker counts as just armed: it starts at the normal period
+                self._seen_at = self._clock()
+                self.thread.start()
 
     def add_engine(self, engine: wasmtime.Engine) -> None:
         self._engines.append(engine)
@@ -274,7 +291,7 @@ class NativeTicker:
 
     def __init__(self, lib: _Library, *, period_s: float, idle_period_s: float,
                  idle_after_s: float, clock: Callable[[], float] = time.monotonic):
-        """`clock` is `time.monotonic` or a `ManualClock` (`start_ticker` checks)."""
+        """`clock` is `time.monotonic` or a `ManualClock` (`make_ticker` checks)."""
         self._lib = lib
         self._shared = shared = lib.Shared()
         # a pointer object keeps `shared` alive as long as anything holds `arm` (a store's
@@ -288,11 +305,9 @@ class NativeTicker:
         self.stopped = threading.Event()
         self._engines: list[wasmtime.Engine] = []  # kept alive until the thread has ended
         self._lock = threading.Lock()
-        ptr = lib.start(self._shared_ptr, lib.increment, round(period_s * 1e9),
-                        round(idle_period_s * 1e9), round(idle_after_s * 1e9))
-        if not ptr:
-            raise ConfigError("native epoch ticker: its thread could not be started")
-        self._ptr: ctypes.c_void_p | None = ctypes.c_void_p(ptr)
+        self._periods = (round(period_s * 1e9), round(idle_period_s * 1e9), round(idle_after_s * 1e9))
+        #: the native ticker once started, None before and after
+        self._ptr: ctypes.c_void_p | None = None
         self.arm = functools.partial(lib.arm, self._shared_ptr)
         self.enter = functools.partial(lib.enter, self._shared_ptr)
         self.leave = functools.partial(lib.leave, self._shared_ptr)
@@ -314,19 +329,36 @@ class NativeTicker:
     def alive(self) -> bool:
         return self._ptr is not None
 
+    def start(self) -> None:
+        if self._ptr is not None or self.stopped.is_set():
+            return
+        with self._lock:
+            if self._ptr is not None or self.stopped.is_set():
+                return
+            ptr = self._lib.start(self._shared_ptr, self._lib.increment, *self._periods)
+            if not ptr:
+                raise ConfigError("native epoch ticker: its thread could not be started")
+            self._ptr = ctypes.c_void_p(ptr)
+            for engine in self._engines:   # made before the first store
+                self._add(engine)
+
     def add_engine(self, engine: wasmtime.Engine) -> None:
         with self._lock:
-            if self._ptr is None:
+            if self.stopped.is_set():
                 return
             self._engines.append(engine)
-            if self._lib.add_engine(self._ptr, ctypes.cast(engine.ptr(), ctypes.c_void_p)):
-                raise MemoryError("native epoch ticker: no memory for another engine")
+            if self._ptr is not None:
+                self._add(engine)
+
+    def _add(self, engine: wasmtime.Engine) -> None:
+        if self._lib.add_engine(self._ptr, ctypes.cast(engine.ptr(), ctypes.c_void_p)):
+            raise MemoryError("native epoch ticker: no memory for another engine")
 
     def stop(self) -> None:
         """Ends the thread (waiting for it): no engine is touched after this returns."""
         with self._lock:
             ptr, self._ptr = self._ptr, None
+            self.stopped.set()
             if ptr is not None:
                 self._lib.stop(ptr)
-                self._engines.clear()
-        self.stopped.set()
+            self._engines.clear()
