@@ -36,6 +36,9 @@ WINDOW = 2_000            # closed-loop "max" step: passing messages on their wa
 PASS_FRACTION = 0.8
 TARGET_RATIO = 1.0        # sustained throughput ≥ Node-RED's, with the durable default
 TARGET_P99_MS = 5.0       # p99 at 5k msg/s
+TARGET_CPU_RATIO = 0.5    # CPU per message ÷ Node-RED's at 5k and 10k msg/s, durable default
+#: the paced steps goal 1 (CPU per message) is judged at
+CPU_TARGET_STEPS = ("5k/s", "10k/s")
 SYSTEMS = ("iotwasm", "iotwasm-saf", "iotwasm-workers", "python", "node-red")
 BASELINE = "iotwasm-baseline"   # only with --baseline DIR
 TITLES = {

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import harness
 from machine import machine_basics, package_version
-from harness import BASELINE, PASS_FRACTION, ROOT, TARGET_P99_MS, TARGET_RATIO, TITLES, brokers
+from harness import (BASELINE, CPU_TARGET_STEPS, PASS_FRACTION, ROOT, TARGET_CPU_RATIO, TARGET_P99_MS,
+                     TARGET_RATIO, TITLES, brokers)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -112,6 +113,11 @@ def summary(results: dict) -> dict:
                                            else out[k]["vs_node_red"] >= TARGET_RATIO)
         out[k]["p99_target_met"] = (None if out[k]["p99_at_5k_ms"] is None
                                     else out[k]["p99_at_5k_ms"] <= TARGET_P99_MS and ph5["lost"] == 0)
+        cpu = {label: _cpu_ratio(phase_of(s.get(k), label), phase_of(s.get("node-red"), label))
+               for label in CPU_TARGET_STEPS}
+        out[k]["cpu_vs_node_red"] = cpu
+        out[k]["cpu_target_met"] = (None if None in cpu.values()
+                                    else all(r <= TARGET_CPU_RATIO for r in cpu.values()))
     mine = compared()
     if BASELINE in s and mine in s:   # the same system before and after a change
         base, now = s[BASELINE], s[mine]
@@ -163,6 +169,13 @@ def _median(xs: list[float | None]) -> float | None:
 
 def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a and b else None
+
+
+def _cpu_ratio(step: dict | None, node_red: dict | None) -> float | None:
+    """CPU per input message in `step` ÷ Node-RED's in the same step (None: either missing)."""
+    if step is None or node_red is None:
+        return None
+    return _ratio(step["cpu"]["sut_us_per_input_msg"], node_red["cpu"]["sut_us_per_input_msg"])
 
 
 def fmt_ms(x) -> str:
@@ -225,9 +238,13 @@ def markdown(results: dict) -> str:
         r2 = "–" if t["vs_python"] is None else f"{t['vs_python']:.2f}×"
         met1 = {True: "met", False: "NOT met", None: "not measured"}[t["throughput_target_met"]]
         met2 = {True: "met", False: "NOT met", None: "not measured"}[t["p99_target_met"]]
+        met3 = {True: "met", False: "NOT met", None: "not measured"}[t["cpu_target_met"]]
+        cpu = ", ".join(f"{fmt_x(r)} at {label}" for label, r in t["cpu_vs_node_red"].items())
+        goal = f"target ≤ {TARGET_CPU_RATIO:g}×: {met3}" if k == "iotwasm-saf" else "the target is the durable default's"
         lines.append(f"- {TITLES[k]}: {r1} Node-RED's sustained throughput (target ≥ {TARGET_RATIO:.0f}×: "
                      f"{met1}), {r2} plain Python's; p99 at 5k msg/s {fmt_ms(t['p99_at_5k_ms'])} ms "
-                     f"(target ≤ {TARGET_P99_MS:.0f} ms: {met2})")
+                     f"(target ≤ {TARGET_P99_MS:.0f} ms: {met2}); CPU per message {cpu} of Node-RED's "
+                     f"({goal})")
     vb = su.get("vs_baseline")
     if vb:
         steps = "; ".join(f"{label}: CPU/msg {fmt_x(r['cpu_per_msg'])}, p50 {fmt_x(r['p50'])}, "
