@@ -1,7 +1,8 @@
-"""The e2e benchmark's `--rounds` report (benchmarks/e2e/report.py): each round's CPU per
-message of the iotwasm system against the baseline and Node-RED, and the medians, computed
-from the rounds' results as run.py stores them. Run in a child process: the benchmark's
-modules (`report`, `harness`) would shadow others of the same name in this one."""
+"""The e2e benchmark's report (benchmarks/e2e/report.py) on made-up results: with `--rounds`,
+each round's CPU per message of the iotwasm system against the baseline and Node-RED, and the
+medians; and the verdict on goal 1, CPU per message against half of Node-RED's. Run in a
+child process: the benchmark's modules (`report`, `harness`) would shadow others of the same
+name in this one."""
 
 from __future__ import annotations
 
@@ -12,10 +13,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CHILD = """
+#: what every child runs first: the benchmark's modules importable as it imports them
+PREAMBLE = """
 import json, sys
 sys.path.insert(0, sys.argv[1] + "/benchmarks/e2e")
 sys.path.append(sys.argv[1] + "/benchmarks")
+"""
+
+
+def in_child(code: str):
+    """What `code` prints as JSON, run in a child process with the benchmark's modules."""
+    proc = subprocess.run([sys.executable, "-c", PREAMBLE + code, str(ROOT)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+ROUNDS = """
 import harness, report
 harness.BASELINE_SAF = True
 
@@ -34,9 +48,7 @@ print(json.dumps(report.round_ratios(results)))
 
 
 def test_rounds_give_each_rounds_ratio_and_the_median():
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout)
+    got = in_child(ROUNDS)
     assert got["iotwasm-baseline"]["5k/s"] == {"rounds": [0.5, 0.5, 1.0], "median": 0.5}
     assert got["iotwasm-baseline"]["10k/s"] == {"rounds": [1.0, 0.5, 0.5], "median": 0.5}
     assert got["node-red"]["5k/s"] == {"rounds": [0.4, 0.5, 1.0], "median": 0.5}
@@ -45,9 +57,6 @@ def test_rounds_give_each_rounds_ratio_and_the_median():
 
 
 VERDICT = """
-import json, sys
-sys.path.insert(0, sys.argv[1] + "/benchmarks/e2e")
-sys.path.append(sys.argv[1] + "/benchmarks")
 import report
 
 def step(label, cpu, p99=3.0):
@@ -68,9 +77,7 @@ print(json.dumps(out))
 
 
 def test_the_summary_judges_cpu_per_message_against_half_of_node_reds():
-    proc = subprocess.run([sys.executable, "-c", VERDICT, str(ROOT)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout)
+    got = in_child(VERDICT)
     assert got["half"] == [{"5k/s": 0.5, "10k/s": 0.5}, True]
     assert got["over"] == [{"5k/s": 0.5, "10k/s": 0.517}, False]   # both steps must be within it
     assert got["no 10k"] == [{"5k/s": 0.5, "10k/s": None}, None]   # not measured: no verdict

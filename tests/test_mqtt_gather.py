@@ -15,6 +15,7 @@ import select
 import socket
 import ssl
 import subprocess
+from collections.abc import Callable
 
 import pytest
 
@@ -213,6 +214,20 @@ def test_the_kernel_keeps_a_socket_below_its_mark_quiet_and_wakes_it_when_the_ma
         receiver.close()
 
 
+async def bursts_until_gathered(pub: MqttBus, sub: MqttBus, inbox: Inbox, topic: Callable[[int], str],
+                                burst: int = 3000, tries: int = 5) -> int:
+    """Publish bursts of `burst` messages (payloads 0, 1, 2, …, topic `topic(i)`) until `sub`
+    has gathered a read, at most `tries` of them: a loaded machine may read the first too
+    slowly to gather it. Returns how many were sent, all of them in `inbox` by then."""
+    n = 0
+    while sub.stats.gathers == 0 and n < tries * burst:
+        for start in range(n, n + burst, 100):
+            await pub.publish_many([(topic(i), str(i).encode()) for i in range(start, start + 100)], qos=1)
+        n += burst
+        await inbox.wait_count(n)
+    return n
+
+
 def test_a_burst_is_gathered_in_order_and_the_message_after_it_is_not_left_waiting(mosquitto):
     async def main():
         sub = MqttBus(mosquitto.url, client_id="gatherer")
@@ -221,14 +236,7 @@ def test_a_burst_is_gathered_in_order_and_the_message_after_it_is_not_left_waiti
         await sub.subscribe("burst/#", inbox, qos=1)
         pub = MqttBus(mosquitto.url)
         await pub.connect()
-        n = 0
-        # bursts of 3,000 until one is gathered: a loaded machine may read the first too slowly
-        while sub.stats.gathers == 0 and n < 5 * 3000:
-            for start in range(n, n + 3000, 100):
-                await pub.publish_many([(f"burst/{i % 4}", str(i).encode())
-                                        for i in range(start, start + 100)], qos=1)
-            n += 3000
-            await inbox.wait_count(n)
+        n = await bursts_until_gathered(pub, sub, inbox, lambda i: f"burst/{i % 4}")
         for dev in range(4):   # every message, each device's in order
             got = [int(m.payload) for m in inbox.messages if m.topic == f"burst/{dev}"]
             assert got == list(range(dev, n, 4))
@@ -327,12 +335,7 @@ def test_a_tls_connection_gathers_too(tmp_path):
         inbox = Inbox()
         await sub.subscribe("burst/#", inbox, qos=1)
         await pub.connect()
-        n = 0
-        while sub.stats.gathers == 0 and n < 5 * 3000:   # bursts until one is gathered (as above)
-            for start in range(n, n + 3000, 100):
-                await pub.publish_many([("burst/0", str(i).encode()) for i in range(start, start + 100)], qos=1)
-            n += 3000
-            await inbox.wait_count(n)
+        n = await bursts_until_gathered(pub, sub, inbox, lambda i: "burst/0")
         assert [int(m.payload) for m in inbox.messages] == list(range(n))
         assert sub.stats.gathers > 0
         await pub.publish("burst/last", b"after", qos=1)

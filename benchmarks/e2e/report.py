@@ -126,7 +126,7 @@ def summary(results: dict) -> dict:
             b = phase_of(base, ph["label"])
             if b is not None and ph["label"] != "flood":
                 cmp["steps"][ph["label"]] = {
-                    "cpu_per_msg": _ratio(ph["cpu"]["sut_us_per_input_msg"], b["cpu"]["sut_us_per_input_msg"]),
+                    "cpu_per_msg": _cpu_ratio(ph, b),
                     "p50": _ratio(ph["p50_ms"], b["p50_ms"]), "p99": _ratio(ph["p99_ms"], b["p99_ms"])}
         out["vs_baseline"] = cmp
     if results.get("more_rounds"):
@@ -150,8 +150,7 @@ def round_ratios(results: dict) -> dict:
             for ph in r[mine].get("phases", []):
                 b = phase_of(r[other], ph["label"])
                 if b is not None and ph["label"] != "flood":
-                    steps.setdefault(ph["label"], []).append(
-                        _ratio(ph["cpu"]["sut_us_per_input_msg"], b["cpu"]["sut_us_per_input_msg"]))
+                    steps.setdefault(ph["label"], []).append(_cpu_ratio(ph, b))
         out[other] = {label: {"rounds": xs, "median": _median(xs)} for label, xs in steps.items()}
     return out
 
@@ -167,15 +166,20 @@ def _median(xs: list[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+#: a target's verdict: met, not met, or not measured (a system or a step missing)
+VERDICT = {True: "met", False: "NOT met", None: "not measured"}
+
+
 def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def _cpu_ratio(step: dict | None, node_red: dict | None) -> float | None:
-    """CPU per input message in `step` ÷ Node-RED's in the same step (None: either missing)."""
-    if step is None or node_red is None:
+def _cpu_ratio(step: dict | None, other: dict | None) -> float | None:
+    """CPU per input message in `step` ÷ that in another system's same step (None: either
+    is missing or has none)."""
+    if step is None or other is None:
         return None
-    return _ratio(step["cpu"]["sut_us_per_input_msg"], node_red["cpu"]["sut_us_per_input_msg"])
+    return _ratio(step["cpu"]["sut_us_per_input_msg"], other["cpu"]["sut_us_per_input_msg"])
 
 
 def fmt_ms(x) -> str:
@@ -236,9 +240,8 @@ def markdown(results: dict) -> str:
         t = su[k]
         r1 = "–" if t["vs_node_red"] is None else f"{t['vs_node_red']:.2f}×"
         r2 = "–" if t["vs_python"] is None else f"{t['vs_python']:.2f}×"
-        met1 = {True: "met", False: "NOT met", None: "not measured"}[t["throughput_target_met"]]
-        met2 = {True: "met", False: "NOT met", None: "not measured"}[t["p99_target_met"]]
-        met3 = {True: "met", False: "NOT met", None: "not measured"}[t["cpu_target_met"]]
+        met1, met2, met3 = (VERDICT[t[key]] for key in
+                            ("throughput_target_met", "p99_target_met", "cpu_target_met"))
         cpu = ", ".join(f"{fmt_x(r)} at {label}" for label, r in t["cpu_vs_node_red"].items())
         goal = f"target ≤ {TARGET_CPU_RATIO:g}×: {met3}" if k == "iotwasm-saf" else "the target is the durable default's"
         lines.append(f"- {TITLES[k]}: {r1} Node-RED's sustained throughput (target ≥ {TARGET_RATIO:.0f}×: "
