@@ -310,6 +310,32 @@ def test_the_thread_starts_with_the_first_store_not_with_the_runtime(kind):
     assert ticker.stopped.is_set() and not ticker.alive
 
 
+def test_first_stores_made_at_once_start_one_thread(kind):
+    # lanes start their guests on their own threads: racing first stores share one ticker
+    before = set(os.listdir("/proc/self/task"))
+    with Runtime(ticker=kind) as rt:
+        rt.engine(rt.settings_for(Limits()))
+        go = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def first_store() -> None:
+            go.wait()
+            try:
+                arm(rt)
+            except BaseException as e:   # noqa: BLE001 - a racer's failure is the test's
+                errors.append(e)
+
+        racers = [threading.Thread(target=first_store) for _ in range(8)]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join(30)
+        # a joined racer may linger in /proc a moment while its OS thread exits
+        new = set(os.listdir("/proc/self/task")) - before - {str(t.native_id) for t in racers}
+        assert not errors and len(new) == 1 and rt.ticker.alive
+        wait_for(lambda: rt.epoch > 3, "ticks")
+
+
 def test_a_runtime_closed_before_any_store_never_starts_its_thread(kind):
     rt = Runtime(ticker=kind)
     rt.engine(rt.settings_for(Limits()))
