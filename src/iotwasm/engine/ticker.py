@@ -171,13 +171,13 @@ class ThreadTicker:
         self._wake = threading.Event()
         self.stopped = threading.Event()
         self._seen_at = clock()
-        self._start = threading.Lock()
+        self._starting = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="iotwasm-epoch", daemon=True)
 
     def start(self) -> None:
         if self.thread.ident is not None or self.stopped.is_set():
             return
-        with self._start:
+        with self._starting:
             if self.thread.ident is None and not self.stopped.is_set():
                 # a new ticker counts as just armed: it starts at the normal period
                 self._seen_at = self._clock()
