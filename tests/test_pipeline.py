@@ -179,6 +179,44 @@ def test_topic_patterns_and_templates():
         TopicTemplate("alerts/{device}").fill({})
 
 
+def test_topics_remembered_per_device_give_what_a_fresh_fill_gives(monkeypatch):
+    """Patterns and templates remember what they computed per topic and per set of values;
+    what they return must not depend on it: each device its own topic, a missing value an
+    error every time, captures a fresh dict per call, a payload field read from each payload,
+    and a full memo starts over rather than growing."""
+    from iotwasm.pipeline import templates
+
+    p = TopicPattern.parse("devices/{device}/sensors/{rest*}")
+    first = p.capture("devices/d1/sensors/t")
+    first["device"] = "changed by a caller"
+    assert p.capture("devices/d1/sensors/t") == {"device": "d1", "rest": "t"}
+    assert p.capture("devices/d2/sensors/h/2") == {"device": "d2", "rest": "h/2"}
+
+    t = TopicTemplate("alerts/{device}/{topic}")
+    for _ in range(3):
+        assert t.fill({"device": "d1"}, None, "a") == "alerts/d1/a"
+        assert t.fill({"device": "d2"}, None, "a") == "alerts/d2/a"
+        assert t.fill({"device": "d1"}, None, "b") == "alerts/d1/b"
+        assert t.fill({"device": "d1", "topic": "b"}) == "alerts/d1/b"
+        with pytest.raises(KeyError, match="no value for {device}"):
+            t.fill({}, None, "a")
+    assert t.fill({"device": ["not", "hashable"]}, None, "a") == "alerts/['not', 'hashable']/a"
+
+    by_payload = TopicTemplate("alerts/{device}/{payload.sensor}")
+    assert by_payload.fill({"device": "d1"}, b'{"sensor": "t"}') == "alerts/d1/t"
+    assert by_payload.fill({"device": "d1"}, b'{"sensor": "h"}') == "alerts/d1/h"
+
+    monkeypatch.setattr(templates, "MEMO_SIZE", 4)
+    small = TopicTemplate("x/{device}")
+    for i in range(10):
+        assert small.fill({"device": f"d{i}"}) == f"x/d{i}"
+    assert len(small._memo) <= 4
+    assert small.fill({"device": "d0"}) == "x/d0"
+    for i in range(10):
+        assert p.capture(f"devices/e{i}/sensors/x") == {"device": f"e{i}", "rest": "x"}
+    assert len(p._memo) <= 4
+
+
 def test_mqtt_sink_keeps_order_while_batches_are_confirmed_off_the_lane(runtime, mosquitto):
     """Lanes hand batches to the MQTT sink without waiting for the previous batch's PUBACKs;
     with an in-flight window smaller than a batch, publishers queue for room. Everything must

@@ -171,7 +171,7 @@ class Subscription:
             return
         try:
             result = done(outcome)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):   # a bus's own acks are plain calls
                 ack = asyncio.ensure_future(result)
                 self._acks.add(ack)
                 ack.add_done_callback(self._acks.discard)

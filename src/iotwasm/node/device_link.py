@@ -322,7 +322,7 @@ class TwinSink:
         updates: list[tuple[str, dict]] = []
         for i, (m, v) in enumerate(zip(messages, variables)):
             try:
-                device = self.template.fill({**v, "topic": m.topic}, m.payload)
+                device = self.template.fill(v, m.payload, m.topic)
                 check_device(self.namespace, device)
                 if len(m.payload) > MAX_DOCUMENT:
                     raise ConfigError(f"message of {len(m.payload)} bytes is larger than a twin "

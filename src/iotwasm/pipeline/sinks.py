@@ -58,7 +58,7 @@ def _topics(template: TopicTemplate, messages: list[Message], variables: list[di
     failures: Failures = []
     for i, (m, v) in enumerate(zip(messages, variables)):
         try:
-            topics.append(template.fill({**v, "topic": m.topic}, m.payload))
+            topics.append(template.fill(v, m.payload, m.topic))
         except KeyError as e:
             topics.append(None)
             failures.append((i, SinkError(str(e.args[0]))))

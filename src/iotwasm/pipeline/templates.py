@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..messaging.topics import OrderKey
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(\*?)\}")
+
+#: how many distinct topics (patterns) or value sets (templates) one remembers before it
+#: starts over: devices repeat their topics, so a route's working set is its devices
+MEMO_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class TopicPattern:
     filter: str                       # the MQTT filter to subscribe to
     names: tuple[tuple[int, str], ...]  # (segment index, name); index -1 = the '#' remainder
     rest_at: int | None
+    #: topic -> its captures, for `capture` (not part of the pattern's identity)
+    _memo: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> "TopicPattern":
@@ -57,8 +63,20 @@ class TopicPattern:
         return OrderKey()
 
     def capture(self, topic: str) -> dict[str, str]:
+        """The named segments of `topic` (a new dict each time: the caller may keep or change
+        it). Every message of a route comes through here; a device repeats its topic, so the
+        split is done once per topic."""
         if not self.names:
             return {}
+        memo = self._memo
+        hit = memo.get(topic)
+        if hit is None:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            hit = memo[topic] = self._split(topic)
+        return hit.copy()
+
+    def _split(self, topic: str) -> dict[str, str]:
         segs = topic.split("/")
         vals = {}
         for i, name in self.names:
@@ -70,9 +88,13 @@ class TopicPattern:
 
 
 class TopicTemplate:
-    """`alerts/{device}` → a topic, given variables. Unknown variables raise at fill time."""
+    """`alerts/{device}` → a topic, given variables. Unknown variables raise at fill time.
 
-    __slots__ = ("text", "_parts", "_needs_payload")
+    A sink fills its template for every message it sends. Unless the template reads the
+    payload, the topic depends only on the values of the variables it names, which repeat
+    with the devices; filled topics (and missing values) are remembered by those values."""
+
+    __slots__ = ("text", "_parts", "_needs_payload", "_names", "_memo")
 
     def __init__(self, text: str):
         self.text = text
@@ -86,14 +108,45 @@ class TopicTemplate:
             pos = m.end()
         self._parts.append((False, text[pos:]))
         self._needs_payload = any(v and n.startswith("payload.") for v, n in self._parts)
+        #: the variables the template names, in order, and what their values filled in
+        #: (a topic, or the KeyError of a missing value)
+        self._names = tuple(n for v, n in self._parts if v)
+        self._memo: dict[tuple, str | KeyError] = {}
 
     @property
     def static(self) -> bool:
         return len(self._parts) == 1
 
-    def fill(self, variables: dict[str, str], payload: bytes | None = None) -> str:
+    def fill(self, variables: dict[str, str], payload: bytes | None = None,
+             topic: str | None = None) -> str:
+        """The topic for these variables (and, for `{payload.…}`, this payload); `topic`, when
+        given, is `{topic}` (the topic a module emitted), whatever `variables` hold."""
         if self.static:
             return self.text
+        if self._needs_payload:
+            return self._fill(variables if topic is None else {**variables, "topic": topic}, payload)
+        if topic is None:
+            key = tuple([variables.get(n) for n in self._names])
+        else:
+            key = tuple([topic if n == "topic" else variables.get(n) for n in self._names])
+        memo = self._memo
+        try:
+            hit = memo.get(key)
+        except TypeError:   # a value that cannot be a key (not from a topic): not remembered
+            return self._fill(variables if topic is None else {**variables, "topic": topic}, None)
+        if hit is None:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            try:
+                hit = self._fill(variables if topic is None else {**variables, "topic": topic}, None)
+            except KeyError as e:
+                hit = e
+            memo[key] = hit
+        if isinstance(hit, KeyError):
+            raise KeyError(hit.args[0])
+        return hit
+
+    def _fill(self, variables: dict[str, str], payload: bytes | None) -> str:
         fields: dict = {}
         if self._needs_payload and payload is not None:
             try:
