@@ -178,3 +178,33 @@ def test_mqtt_shared_subscription_gives_each_message_to_one_member(mosquitto):
         assert max(got.values()) == 1, got
 
     run(main())
+
+
+def test_reads_go_through_one_kept_buffer_and_messages_larger_than_it_arrive_whole(mosquitto):
+    """The connection reads into one buffer it keeps (messaging/reads.py), not a new 256 KiB
+    one per read; a message several times that buffer's size, and the small ones around it
+    (split across reads wherever the buffer fills), arrive whole and in order."""
+    from iotwasm.messaging.reads import READ_SIZE
+
+    big = bytes(range(256)) * (3 * READ_SIZE // 256 + 7)
+
+    async def main():
+        sub = MqttBus(mosquitto.url, client_id="kept-buffer")
+        await sub.connect()
+        inbox = Inbox()
+        await sub.subscribe("kept/#", inbox, qos=1)
+        conn = sub._conn
+        assert isinstance(conn, asyncio.BufferedProtocol)
+        pub = MqttBus(mosquitto.url)
+        await pub.connect()
+        sent = [str(i).encode() * 40 for i in range(2000)]
+        sent[700] = big
+        await pub.publish_many([("kept/a", p) for p in sent], qos=1)
+        await inbox.wait_count(len(sent))
+        assert inbox.payloads == sent
+        assert sub._conn is conn and conn._read_view is not None
+        assert len(conn._read_view) == READ_SIZE   # the one buffer, still the same size
+        await pub.close()
+        await sub.close()
+
+    run(main())

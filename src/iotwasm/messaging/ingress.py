@@ -32,6 +32,7 @@ from ..message import Message
 from . import ingress_wire as wire
 from .bus import Bus, Settlement, Subscription
 from .topics import OrderKey
+from .reads import BufferedReads
 
 log = logging.getLogger("iotwasm.messaging.ingress")
 
@@ -248,7 +249,7 @@ class Ingress:
         task.add_done_callback(self._tasks.discard)
 
 
-class _Link(asyncio.Protocol):
+class _Link(BufferedReads):
     """One worker process's connection."""
 
     def __init__(self, ingress: Ingress):

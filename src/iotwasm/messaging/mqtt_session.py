@@ -26,6 +26,7 @@ from .bus import BusState
 from .errors import BrokerUnavailable
 from .gather import ReadGathering
 from .mqtt_state import BrokerLimits, MqttState
+from .reads import BufferedReads
 
 
 log = logging.getLogger("iotwasm.messaging.mqtt")
@@ -50,7 +51,7 @@ class _Refused(Exception):
     pass
 
 
-class BrokerConnection(asyncio.Protocol):
+class BrokerConnection(BufferedReads):
     """One TCP (or TLS) connection to the broker; hands decoded packets to its bus."""
 
     def __init__(self, bus: MqttState):

@@ -34,6 +34,7 @@ from .bus import (
 )
 from .errors import BrokerUnavailable, SubscribeDenied
 from .topics import OrderKey, validate_filter
+from .reads import BufferedReads
 
 log = logging.getLogger("iotwasm.messaging.worker")
 
@@ -289,7 +290,7 @@ class WorkerBus(Bus):
             self.on_lost()
 
 
-class _WorkerProtocol(asyncio.Protocol):
+class _WorkerProtocol(BufferedReads):
     def __init__(self, bus: WorkerBus):
         self.bus = bus
         self._in = wire.Reader()
