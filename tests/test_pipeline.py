@@ -201,6 +201,8 @@ def test_topics_remembered_per_device_give_what_a_fresh_fill_gives(monkeypatch):
         with pytest.raises(KeyError, match="no value for {device}"):
             t.fill({}, None, "a")
     assert t.fill({"device": ["not", "hashable"]}, None, "a") == "alerts/['not', 'hashable']/a"
+    numbered = TopicTemplate("x/{n}")
+    assert [numbered.fill({"n": v}) for v in (1, True, 1.0, "1")] == ["x/1", "x/True", "x/1.0", "x/1"]
 
     by_payload = TopicTemplate("alerts/{device}/{payload.sensor}")
     assert by_payload.fill({"device": "d1"}, b'{"sensor": "t"}') == "alerts/d1/t"

@@ -125,6 +125,7 @@ class TopicTemplate:
             return self.text
         if self._needs_payload:
             return self._fill(variables if topic is None else {**variables, "topic": topic}, payload)
+        key: tuple | None
         if topic is None:
             key = tuple([variables.get(n) for n in self._names])
         else:
@@ -132,16 +133,18 @@ class TopicTemplate:
         memo = self._memo
         try:
             hit = memo.get(key)
-        except TypeError:   # a value that cannot be a key (not from a topic): not remembered
-            return self._fill(variables if topic is None else {**variables, "topic": topic}, None)
+        except TypeError:   # a value that cannot be a key: filled every time
+            hit, key = None, None
         if hit is None:
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()
             try:
                 hit = self._fill(variables if topic is None else {**variables, "topic": topic}, None)
             except KeyError as e:
                 hit = e
-            memo[key] = hit
+            # only text is remembered: 1, 1.0 and True are one key but three topics
+            if key is not None and all(v is None or type(v) is str for v in key):
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()
+                memo[key] = hit
         if isinstance(hit, KeyError):
             raise KeyError(hit.args[0])
         return hit
