@@ -76,7 +76,8 @@ CPU from /proc), systems.py (the systems under test), load_steps.py (one system'
 profiler.py (--profile), hot_update.py, probes.py (the bus and the floor, run as children of
 this file), report.py (the summary and the tables, the machine read by ../machine.py, which
 benchmarks/run.py shares); loadgen.py and plain_python.py run as
-processes of their own.
+processes of their own. replay.py is a command of its own: the node's CPU per message on the
+same route without the broker and the network, to compare two versions of the node.
 """
 
 from __future__ import annotations
