@@ -38,3 +38,15 @@ def test_a_benchmark_section_runs_to_the_end_and_reports_its_figures(section, tm
     results = json.loads(out.read_text())[key]
     missing = [f for f in figures if f not in results]
     assert not missing, f"{section}: no {missing} in {sorted(results)}"
+
+
+def test_the_replay_of_the_e2e_route_runs_to_the_end_and_reports_its_figures(tmp_path):
+    """benchmarks/e2e/replay.py stands a node's broker connection in for the broker: a change
+    to the MQTT session or the route could leave it waiting forever or counting wrong."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e" / "replay.py"), "--child",
+                           "--work", str(tmp_path), "--messages", "1000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["outputs"] == 2400   # 80 % of the 2,000 warm-up and 1,000 measured messages
+    assert {"cpu_us_per_msg", "batch", "threads"} <= set(res)
