@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import MODULES, PROCS  # noqa: E402
-from loadgen import PAYLOAD, celsius, expected_passing  # noqa: E402
+from loadgen import PAYLOAD, celsius, expected_passing, varint  # noqa: E402
 from systems import ROUTE, write_deployments  # noqa: E402
 
 
@@ -113,22 +113,13 @@ def _chunks(n: int, per_read: int) -> list[bytes]:
         topic = f"in/dev-{d:04d}".encode()
         payload = (PAYLOAD % (d, repr(celsius(seq)), seq, 0)).encode()
         body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", seq % 65535 + 1) + payload
-        parts.append(b"\x32" + _varint(len(body)) + body)
+        parts.append(b"\x32" + varint(len(body)) + body)
         if len(parts) == per_read:
             out.append(b"".join(parts))
             parts = []
     if parts:
         out.append(b"".join(parts))
     return out
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: int,
