@@ -12,7 +12,7 @@ buffer").
 
 `BufferedReads` makes the protocol a `BufferedProtocol`: the transport reads into the one
 buffer (`recv_into`; TLS transports too) and `data_received` gets a copy of just the bytes that
-arrived, the size of the read, which the small-object allocator serves without a system call.
+arrived, the size of the read, which the allocator serves from memory it already has.
 The buffer also bounds a read: `READ_SIZE` bytes at most.
 """
 
