@@ -114,6 +114,15 @@ def test_a_gathering_cycle_raises_the_mark_lowers_it_on_time_and_stops_when_traf
 
         g.read(1, 100, 1, now=10.0101)       # stopped by silence, not by a fruitless cycle
         assert g.gathering
+        clock[0] = 10.0112
+        timers.fire()
+        g.read(6, 600, 6, now=10.0113)                             # what waited, several
+        g.read(1, 100, 1, now=10.0130)       # the loop came back to the socket after the window
+        assert not g.gathering and mark(receiver) == 1
+        assert (stats.gathers, stats.gathered) == (4, 22)          # the cycle did gather
+
+        g.read(1, 100, 1, now=10.0131)
+        assert g.gathering
         g.close()                                                  # the connection is gone
         assert not [h for _, _, h in timers.pending if not h.cancelled()]
     finally:

@@ -127,21 +127,26 @@ class ReadGathering:
 
     def _after_window(self, phase: int, now: float) -> None:
         """A read after the timer lowered the mark: the first takes what waited, the second
-        what the peer sent on seeing it; then the cycle is judged."""
-        if now - self.lowered_at > self.window:
-            self._stop()   # nothing for a window after the mark came down: traffic stopped
-        elif phase == _OPEN:
+        what the peer sent on seeing it; then the cycle is judged. A cycle whose reads held
+        several messages at once counts as gathered however it ends: a loop busy with the
+        first read may come to the second after the window."""
+        late = now - self.lowered_at > self.window
+        if phase == _OPEN and not late:
             self.phase = _RELEASE
-        else:
+            return
+        fruitful = self.best >= 2   # the kernel held several at once: worth it
+        if fruitful or not late:
             self.stats.gathers += 1
             self.stats.gathered += self.cycle
-            if self.best >= 2:   # the kernel held several at once: worth it
-                self.fruitless = 0
-                self._raise()
-            else:                # each came alone: a peer that waits for our answers
-                self.fruitless = min(self.fruitless + 1, MAX_FRUITLESS)
-                self.skip = (1 << (self.fruitless - 1)) - 1   # one alone is forgiven
-                self._stop()
+        if late:
+            self._stop()   # nothing for a window after the mark came down: traffic stopped
+        elif fruitful:
+            self.fruitless = 0
+            self._raise()
+        else:                # each came alone: a peer that waits for our answers
+            self.fruitless = min(self.fruitless + 1, MAX_FRUITLESS)
+            self.skip = (1 << (self.fruitless - 1)) - 1   # one alone is forgiven
+            self._stop()
 
     def _raise(self) -> None:
         self._set(min(MAX_MARK, max(2, int(self.avg_size * self.target))))
