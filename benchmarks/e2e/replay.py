@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -138,6 +139,8 @@ async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: i
                            http="127.0.0.1:0"))
     await node.start()
     try:
+        from iotwasm.cli.heap import freeze_heap
+        freeze_heap()   # as `iotwasm up` does once its node is built
         conn = node.bus._conn
         conn.gathering, conn._quickack = None, None
         replay = Replay(conn, codec)
@@ -161,6 +164,7 @@ async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: i
             import cProfile
             prof = cProfile.Profile()
             prof.enable()
+        g0 = [g["collections"] for g in gc.get_stats()]
         c0, w0 = time.process_time(), loop.time()
         for i, c in enumerate(chunks):
             delay = w0 + (i + 1) * per_read / rate - loop.time()
@@ -169,6 +173,7 @@ async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: i
             conn.data_received(c)
         await asyncio.wait_for(replay.done.wait(), 60)
         cpu, wall = time.process_time() - c0, loop.time() - w0
+        collections = [g["collections"] - before for g, before in zip(gc.get_stats(), g0)]
         if prof is not None:
             prof.disable()
             prof.dump_stats(os.environ["REPLAY_PROFILE"])
@@ -177,7 +182,7 @@ async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: i
                    if v - t0.get(k, 0.0) > 0}
         batches = runner.stats.batches - b0
         return {"cpu_us_per_msg": round(cpu / n * 1e6, 2), "seconds": round(wall, 2),
-                "batch": round(n / max(batches, 1), 1),
+                "batch": round(n / max(batches, 1), 1), "collections": collections,
                 "offered_per_s": round(n / wall), "outputs": replay.outputs, "threads": threads}
     finally:
         await node.shutdown()
@@ -232,7 +237,7 @@ def main() -> None:
             threads = ", ".join(f"{k} {v}" for k, v in sorted(res["threads"].items(), key=lambda kv: -kv[1]))
             print(f"  round {r + 1}, {name}: {res['cpu_us_per_msg']} µs CPU per message "
                   f"({res['offered_per_s']:,}/s offered over {res['seconds']} s, {res['batch']} per "
-                  f"batch; by thread: {threads})",
+                  f"batch; by thread: {threads}; collections by generation: {res['collections']})",
                   flush=True)
     for name, vals in got.items():
         print(f"{name}: median {statistics.median(vals)} µs CPU per message ({', '.join(map(str, vals))})")
