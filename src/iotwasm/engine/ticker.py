@@ -12,8 +12,10 @@ So the ticker knows which calls are running. Every call into a guest is brackete
 and the ticker has two modes:
 
 - **normal**: one increment per `period` (`epoch_tick_ms`), while a call is running or one
-  was armed or started within the last `idle_after` (`IDLE_AFTER_TICKS` periods, so that
-  calls that follow one another closely do not each pay for a wake);
+  was armed or started within the last `idle_after` (`IDLE_AFTER_TICKS` periods: none, so
+  the ticker slows at the first tick that finds no call running and none started since the
+  tick before; a wake costs no more than the ticks it saves, docs/benchmarks.md, "The ticker
+  slows at the first quiet tick");
 - **idle**: one increment per `idle_period` (1 s by default), once no call is running
   and none was armed or started for `idle_after`.
 
@@ -62,8 +64,9 @@ from wasmtime import _ffi
 
 from ..errors import ConfigError
 
-#: normal periods without a call before the ticker slows down (`idle_after`)
-IDLE_AFTER_TICKS = 2
+#: normal periods without a call before the ticker slows down (`idle_after`): none, it slows
+#: at the first tick with no call running and none armed or started since the tick before
+IDLE_AFTER_TICKS = 0
 #: the period of one increment while idle
 DEFAULT_IDLE_TICK_MS = 1000.0
 #: the native ticker's library, built from native/epoch_ticker.c by scripts/setup.sh
