@@ -55,6 +55,8 @@ class Replay:
         self.done = asyncio.Event()
         #: (outputs, input acknowledgements) that end a phase
         self.want: tuple[int, int] = (1 << 62, 0)
+        #: the measurement is over: the node's shutdown may close the connection
+        self.ending = False
 
     def write(self, data: bytes) -> None:
         codec = self.codec
@@ -85,7 +87,8 @@ class Replay:
         return default
 
     def abort(self) -> None:
-        raise RuntimeError("the node dropped the replayed connection")
+        if not self.ending:
+            raise RuntimeError("the node dropped the replayed connection")
 
     close = abort
 
@@ -185,6 +188,9 @@ async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: i
                 "batch": round(n / max(batches, 1), 1), "collections": collections,
                 "offered_per_s": round(n / wall), "outputs": replay.outputs, "threads": threads}
     finally:
+        transport = getattr(node.bus._conn, "transport", None)
+        if isinstance(transport, Replay):
+            transport.ending = True
         await node.shutdown()
 
 
