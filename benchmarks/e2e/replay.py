@@ -25,7 +25,6 @@ import gc
 import json
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import MODULES, PROCS  # noqa: E402
-from loadgen import PAYLOAD, celsius, expected_passing, varint  # noqa: E402
+from loadgen import PAYLOAD, celsius, expected_passing  # noqa: E402
+from profiler import thread_cpu  # noqa: E402
 from systems import ROUTE, write_deployments  # noqa: E402
 
 
@@ -62,11 +62,11 @@ class Replay:
         codec = self.codec
         for ptype, flags, body in self.decoder.feed(bytes(data)):
             if ptype == codec.PUBLISH:
-                tl = (body[0] << 8) | body[1]
-                if body[2:2 + tl].startswith(b"out/"):   # not the node's own status
+                topic, qos, mid, _ = codec.parse_publish(flags, body)
+                if topic.startswith(b"out/"):   # not the node's own status
                     self.outputs += 1
-                if flags & 0x06:
-                    self.pending.append((body[2 + tl] << 8) | body[3 + tl])
+                if qos:
+                    self.pending.append(mid)
             elif ptype == codec.PUBACK:
                 self.inputs_acked += 1
         if self.pending:
@@ -94,36 +94,24 @@ class Replay:
 
 
 def _threads_cpu() -> dict[str, float]:
-    """CPU seconds of each of this process's threads, by Python thread name (Linux)."""
+    """CPU seconds of this process's threads, summed by Python thread name."""
     import threading
 
     names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            f = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        name = names.get(int(task.name), "native thread")
-        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / tick
+    for tid, cpu in thread_cpu(os.getpid()).items():
+        name = names.get(tid, "native thread")
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
-def _chunks(n: int, per_read: int) -> list[bytes]:
-    out, parts = [], []
-    for seq in range(n):
-        d = seq % 100
-        topic = f"in/dev-{d:04d}".encode()
-        payload = (PAYLOAD % (d, repr(celsius(seq)), seq, 0)).encode()
-        body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", seq % 65535 + 1) + payload
-        parts.append(b"\x32" + varint(len(body)) + body)
-        if len(parts) == per_read:
-            out.append(b"".join(parts))
-            parts = []
-    if parts:
-        out.append(b"".join(parts))
-    return out
+def _chunks(codec, n: int, per_read: int) -> list[bytes]:
+    """The load generator's n QoS 1 PUBLISHes (100 devices, its payloads), per_read a read."""
+    packets = [codec.publish(f"in/dev-{seq % 100:04d}".encode(),
+                             (PAYLOAD % (seq % 100, repr(celsius(seq)), seq, 0)).encode(),
+                             1, False, seq % 65535 + 1)
+               for seq in range(n)]
+    return [b"".join(packets[i:i + per_read]) for i in range(0, n, per_read)]
 
 
 async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: int,
@@ -148,7 +136,7 @@ async def _measure(broker_url: str, work: Path, n: int, rate: float, per_read: i
         conn.gathering, conn._quickack = None, None
         replay = Replay(conn, codec)
         conn.transport = replay
-        chunks = _chunks(n + 2000, per_read)
+        chunks = _chunks(codec, n + 2000, per_read)
         warm, chunks = chunks[: 2000 // per_read], chunks[2000 // per_read:]
         loop = asyncio.get_running_loop()
         # warm up: the instances made, the outbox's first pages, the lanes' backoff settled
