@@ -103,23 +103,34 @@ if [ ! -f "$tick_dir/libiotwasm_ticker.so" ] || [ "$(cat "$tick_dir/.built" 2>/d
   echo "$tick_want" > "$tick_dir/.built"
 fi
 
-# the native batch call of iotwasm-v1 guests (engine/v1_native.py), a CPython extension for the
-# venv's interpreter: rebuilt when its source or the interpreter changes; without it (no
-# Python headers, say) guests frame and call from Python
+# CPython extensions for the venv's interpreter, each the common case of a hot path whose
+# reference stays in Python: rebuilt when its source or the interpreter changes; without them
+# (no Python headers, say) the Python path runs
 read -r py_inc py_ext < <("$VENV/bin/python" -c \
   "import sysconfig as s; print(s.get_paths()['include'], s.get_config_var('EXT_SUFFIX'))")
-batch_so="$tick_dir/iotwasm_v1_batch$py_ext"
-batch_want="$(cat "$tick_dir/v1_batch.c" "$py_inc/patchlevel.h" 2>/dev/null | sha256sum | cut -c1-16)"
-if [ ! -f "$batch_so" ] || [ "$(cat "$tick_dir/.built-batch" 2>/dev/null)" != "$batch_want" ]; then
-  if [ -f "$py_inc/Python.h" ]; then
-    echo "setup: building the native batch call"
-    clang -O2 -Wall -Wextra -Werror -shared -fPIC -I"$py_inc" -o "$batch_so.tmp" "$tick_dir/v1_batch.c"
-    mv -f "$batch_so.tmp" "$batch_so"
-    echo "$batch_want" > "$tick_dir/.built-batch"
-  else
-    echo "setup: no Python.h in $py_inc; guests make their batch calls from Python"
+build_extension() {   # directory, source, module name, stamp file, what it is, what runs without it
+  local dir=$1 src=$2 name=$3 stamp=$4 what=$5 without=$6
+  local so="$dir/$name$py_ext" want
+  want="$(cat "$dir/$src" "$py_inc/patchlevel.h" 2>/dev/null | sha256sum | cut -c1-16)"
+  if [ -f "$so" ] && [ "$(cat "$dir/$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
   fi
-fi
+  if [ -f "$py_inc/Python.h" ]; then
+    echo "setup: building $what"
+    clang -O2 -Wall -Wextra -Werror -shared -fPIC -I"$py_inc" -o "$so.tmp" "$dir/$src"
+    mv -f "$so.tmp" "$so"
+    echo "$want" > "$dir/$stamp"
+  else
+    echo "setup: no Python.h in $py_inc; $without"
+  fi
+}
+# the native batch call of iotwasm-v1 guests (engine/v1_native.py)
+build_extension "$tick_dir" v1_batch.c iotwasm_v1_batch .built-batch "the native batch call" \
+  "guests make their batch calls from Python"
+# the outbox's group commit without the GIL (pipeline/outbox_native.py), calling the SQLite of
+# Python's sqlite3 module
+build_extension src/iotwasm/pipeline/native outbox_writer.c iotwasm_outbox_writer .built \
+  "the outbox's native group commit" "the outbox writes through Python's sqlite3"
 
 # --- components: the JavaScript toolchain (componentize-qjs) --------------------------------
 # Project-local and pinned by sdk/js/toolchain/package-lock.json; never installed globally.

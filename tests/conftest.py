@@ -81,3 +81,14 @@ ECHO_WAT = "(module" + V1_WAT_PRELUDE + r'''
       br $l))
     i32.const 0))
 '''
+
+
+@pytest.fixture(params=["native", "python"])
+def both_outbox_writes(request, monkeypatch):
+    """The outbox's group commit both ways: the native one (pipeline/outbox_native.py, what a
+    node built by setup.sh uses) and the Python one it stands in for. "native" fails, never
+    skips, when the extension is not built."""
+    from iotwasm.pipeline import outbox, outbox_native
+
+    monkeypatch.setattr(outbox, "use_native", lambda kind: outbox_native.use_native(request.param))
+    return request.param

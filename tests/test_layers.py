@@ -1,6 +1,6 @@
 """The shape of the package, checked: lower layers never import higher ones (DESIGN: engine <
 registry < container < messaging < pipeline < node < fleet < toolchain < api < cli);
-foundation modules (backoff, breaker, errors, message, sensors, sqlite, supervise) import no layer; every
+foundation modules (backoff, breaker, errors, extensions, message, sensors, sqlite, supervise) import no layer; every
 module of the package belongs to a layer or the foundation; no module imports another's private
 names; and no modules import each other in a circle when loaded (an import inside a function is the deliberate way out of one and does not
 count; neither do imports under `if TYPE_CHECKING:`). docs/architecture.md explains the layers."""
@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "iotwasm"
 ORDER = ["engine", "registry", "container", "messaging", "pipeline", "node", "fleet", "toolchain", "api",
          "cli"]
-FOUNDATION = {"backoff", "breaker", "errors", "message", "sensors", "sqlite", "supervise"}
+FOUNDATION = {"backoff", "breaker", "errors", "extensions", "message", "sensors", "sqlite", "supervise"}
 #: entries of the package that are neither: the package itself and its marker
 OUTSIDE = {"__init__", "__main__", "py.typed"}
 

@@ -19,6 +19,9 @@ from iotwasm.errors import StorageError
 from iotwasm.messaging.bus import settled
 from iotwasm.pipeline.outbox import INLINE_ROWS, Forwarder, Outbox, OutboxFull
 
+#: every test here runs with the native group commit and with the Python one
+pytestmark = pytest.mark.usefixtures("both_outbox_writes")
+
 
 def items(n: int, start: int = 0, size: int = 10) -> list[tuple[str, bytes]]:
     return [(f"t/{i}", json.dumps({"seq": i, "pad": "x" * size}).encode()) for i in range(start, start + n)]

@@ -15,6 +15,9 @@ import pytest
 from iotwasm.pipeline.outbox import Outbox
 from iotwasm.pipeline.outbox_recent import RecentRows
 
+#: every test here runs with the native group commit and with the Python one
+pytestmark = pytest.mark.usefixtures("both_outbox_writes")
+
 
 def disk_peek(path, sink: str, after: int, limit: int) -> list[tuple]:
     db = sqlite3.connect(path)

@@ -23,6 +23,9 @@ from iotwasm.node.state import NodeState
 from iotwasm.pipeline import LocalStore, Outbox
 from iotwasm.pipeline.outbox import Forwarder
 
+#: every test here runs with the native group commit and with the Python one
+pytestmark = pytest.mark.usefixtures("both_outbox_writes")
+
 
 def items(n: int, start: int = 0, size: int = 1000) -> list[tuple[str, bytes]]:
     return [(f"t/{i}", json.dumps({"seq": i, "pad": "x" * size}).encode()) for i in range(start, start + n)]

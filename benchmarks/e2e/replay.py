@@ -234,7 +234,7 @@ def main() -> None:
                   f"batch; by thread: {threads}; collections by generation: {res['collections']})",
                   flush=True)
     for name, vals in got.items():
-        print(f"{name}: median {statistics.median(vals)} µs CPU per message ({', '.join(map(str, vals))})")
+        print(f"{name}: median {statistics.median(vals):.1f} µs CPU per message ({', '.join(map(str, vals))})")
     if args.baseline:
         a, b = statistics.median(got["this checkout"]), statistics.median(got["baseline"])
         print(f"this checkout ÷ baseline: {a / b:.3f}×")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.machinery
-import importlib.util
 import sysconfig
 from pathlib import Path
 from types import ModuleType
@@ -22,12 +20,11 @@ from typing import Any, Protocol, Sequence
 
 from wasmtime import _ffi
 
-from ..errors import ConfigError
+from ..extensions import choose_native, load_extension
 from ..message import Message, Output
 from .fastcall import RawFunc, StoreControl
 from .guest_memory import GuestMemory
 
-BATCH_CALL_KINDS = ("auto", "native", "python")
 #: the extension's interface this code speaks (its `INTERFACE`): a build from an older source
 #: is not used
 INTERFACE = 2
@@ -51,19 +48,13 @@ class BatchCall(Protocol):
 def _extension() -> ModuleType | None:
     """The extension, loaded and bound once per process; None when it is not built or will
     not load (built for another interpreter, or from an older source)."""
-    if not EXTENSION.exists():
+    mod = load_extension(EXTENSION, "iotwasm_v1_batch", INTERFACE)
+    if mod is None:
         return None
     try:
-        loader = importlib.machinery.ExtensionFileLoader("iotwasm_v1_batch", str(EXTENSION))
-        spec = importlib.util.spec_from_loader("iotwasm_v1_batch", loader)
-        assert spec is not None
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
-        if getattr(mod, "INTERFACE", 1) != INTERFACE:
-            return None   # built from an older source: setup.sh rebuilds it
         mod.bind(*(_address(f) for f in ("wasmtime_func_call_unchecked", "wasmtime_memory_data",
                                          "wasmtime_memory_data_size")))
-    except (ImportError, OSError, AttributeError):
+    except (OSError, AttributeError):
         return None
     return mod
 
@@ -74,16 +65,7 @@ def _address(symbol: str) -> int:
 
 def use_native(kind: str) -> bool:
     """Whether guests of a runtime asking for `kind` make their batch calls natively."""
-    if kind not in BATCH_CALL_KINDS:
-        raise ConfigError(f"batch calls {kind!r} must be one of {', '.join(BATCH_CALL_KINDS)}")
-    if kind == "python":
-        return False
-    if _extension() is None:
-        if kind == "native":
-            raise ConfigError(f"native batch calls unavailable: {EXTENSION} is not built "
-                              "(run scripts/setup.sh)")
-        return False
-    return True
+    return choose_native(kind, "batch calls", EXTENSION, _extension)
 
 
 def batch_call(process: RawFunc, mem: GuestMemory, min_buffer: int, max_output: int,

@@ -19,16 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..errors import ConfigError, IotwasmError
+from ..errors import ConfigError
 from ..sqlite import Checkpointer, open_db
 from .forwarder import ACK_FLUSH_S, INLINE_ROWS, Forwarder, SubmitWindow, send_in_order
 from .group_commit import GroupCommit
+from .outbox_native import NativeWriter, use_native
 from .outbox_recent import RECENT_ROWS, RecentRows
+from .outbox_writes import AckedRange, OutboxFull, OutboxStats, OutboxWrites
 from .worker import Worker
 
 __all__ = ["ACK_FLUSH_S", "INLINE_ROWS", "Forwarder", "GroupCommit", "Outbox", "OutboxFull", "OutboxStats",
@@ -38,28 +38,8 @@ T = TypeVar("T")
 
 log = logging.getLogger("iotwasm.outbox")
 
-class OutboxFull(IotwasmError):
-    kind = "outbox_full"
-
-
-@dataclass(frozen=True, slots=True)
-class _Acked:
-    """A sink's acknowledged rows not deleted yet: ids `lo` to `hi` (`Outbox.ack_later`),
-    and their count and bytes when all of them were in memory — None: read them back
-    before the delete."""
-
-    lo: int
-    hi: int
-    size: tuple[int, int] | None
-
-
-@dataclass
-class OutboxStats:
-    stored: int = 0
-    sent: int = 0
-    dropped: int = 0
-    rejected: int = 0
-    send_failures: int = 0
+#: how long a write waits for another connection's (another process's) write lock
+BUSY_TIMEOUT_S = 30.0
 
 
 #: ids are given by the outbox (`Outbox._next_id`, above every id the file ever held), not by
@@ -73,11 +53,11 @@ CREATE INDEX IF NOT EXISTS outbox_sink ON outbox(sink, id);
 """
 
 
-class Outbox:
+class Outbox(OutboxWrites):
     """A durable FIFO per sink name, shared by every sink of a node (one SQLite file)."""
 
     def __init__(self, path: str | Path, *, max_rows: int = 1_000_000, max_bytes: int = 512 * 2**20,
-                 overflow: str = "drop-oldest"):
+                 overflow: str = "drop-oldest", writes: str = "auto"):
         if overflow not in ("drop-oldest", "reject"):
             raise ConfigError(f"outbox overflow policy {overflow!r} is not drop-oldest or reject")
         self.path = Path(path)
@@ -85,7 +65,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.overflow = overflow
         self._lock = threading.Lock()
-        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA, what="outbox")
+        native = use_native(writes)
+        self._db = open_db(self.path, synchronous="NORMAL", schema=SCHEMA, what="outbox",
+                           timeout_s=BUSY_TIMEOUT_S)
         #: commits happen on the event loop (small groups): checkpoints never do
         self.checkpoints = Checkpointer(self._db)
         self.stats: dict[str, OutboxStats] = {}
@@ -103,7 +85,7 @@ class Outbox:
         self._worker = Worker(f"outbox-{self.path.stem}")
         #: per sink: the acknowledged rows not deleted yet, and the highest acknowledged id
         #: (`ack_later`)
-        self._acked: dict[str, _Acked] = {}
+        self._acked: dict[str, AckedRange] = {}
         self._through: dict[str, int] = {}
         #: per sink: the rows appended lately, for the forwarder (`outbox_recent`), at most
         #: `recent_rows` of them
@@ -115,6 +97,9 @@ class Outbox:
                                    "WHERE name = 'outbox'").fetchone()[0]
         top = self._db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
         self._next_id = max(seq, top) + 1
+        #: writes the common group commit without the GIL (outbox_native; `writes`: "auto",
+        #: "native" or "python"); the rest goes through `_db`
+        self._native = NativeWriter(self.path, BUSY_TIMEOUT_S) if native else None
 
     def append_soon(self, sink: str, items: list[tuple]) -> asyncio.Future:
         """`append` from the event loop, group-committed with every other append of this
@@ -135,9 +120,6 @@ class Outbox:
             fut.set_exception(e)
             return fut
 
-    def _st(self, sink: str) -> OutboxStats:
-        return self.stats.setdefault(sink, OutboxStats())
-
     def append(self, sink: str, items: list[tuple]) -> int:
         """Store (topic, payload) or (topic, payload, envelope bytes) items durably; returns
         how many were stored. The envelope is the sink's to encode; it counts toward the
@@ -146,104 +128,6 @@ class Outbox:
         if isinstance(res, BaseException):
             raise res
         return res
-
-    def append_many(self, requests: list[tuple[str, list[tuple]]]) -> list[int | BaseException]:
-        """Store several callers' (sink, items) in one transaction (group commit: one commit
-        instead of one per caller). Each request gets its own result: the number stored, or
-        `OutboxFull` for a request the ``reject`` policy refused (the others are stored).
-        A write that fails stores none of them, and each request gets that error. The same
-        transaction deletes the rows acknowledged since the last write (`ack_later`)."""
-        if not any(items for _, items in requests):
-            return [0] * len(requests)
-        results: list[int | BaseException] = []
-        rows: list[tuple] = []
-        stored: list[tuple[str, int]] = []
-        with self._lock:
-            try:
-                self._db.execute("BEGIN")
-                acked = self._delete_acked()
-                base_rows = self._rows - acked[0]
-                base_bytes = self._bytes - acked[1]
-                dropped: list[str] = []
-                now = time.time()
-                for sink, items in requests:
-                    if not items:
-                        results.append(0)
-                        continue
-                    size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
-                    over_rows = base_rows + len(items) - self.max_rows
-                    over_bytes = base_bytes + size - self.max_bytes
-                    if over_rows > 0 or over_bytes > 0:
-                        if self.overflow == "reject":
-                            self._st(sink).rejected += len(items)
-                            results.append(OutboxFull(
-                                f"outbox {self.path.name} full ({base_rows} rows, {base_bytes} bytes); "
-                                f"{len(items)} message(s) refused"))
-                            continue
-                        n, freed, sinks = self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
-                        base_rows -= n
-                        base_bytes -= freed
-                        dropped += sinks
-                    first = self._next_id
-                    self._next_id += len(items)
-                    rows.extend((first + k, sink, i[0], i[1], now, i[2] if len(i) > 2 else None)
-                                for k, i in enumerate(items))
-                    base_rows += len(items)
-                    base_bytes += size
-                    stored.append((sink, len(items)))
-                    results.append(len(items))
-                if rows:
-                    self._db.executemany("INSERT INTO outbox(id, sink, topic, payload, created, envelope) "
-                                         "VALUES (?,?,?,?,?,?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException as e:
-                if self._db.in_transaction:
-                    try:
-                        self._db.execute("ROLLBACK")
-                    except Exception:
-                        pass   # the error that failed the write is the one to report
-                return [e] * len(requests)
-            self.checkpoints.committed()
-            self._acked_done(acked)
-            self._rows, self._bytes = base_rows, base_bytes
-            for sink in dropped:     # deleted under the forwarder: read from disk again
-                self._recent.pop(sink, None)
-            self._remember(rows)
-        for sink in dropped:   # counted once deleted: a delete that failed dropped nothing
-            self._st(sink).dropped += 1
-        if dropped:
-            log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, len(dropped))
-        for sink, n in stored:
-            self._st(sink).stored += n
-        return results
-
-    def _remember(self, rows: list[tuple]) -> None:
-        """Keep rows just committed (id, sink, topic, payload, created, envelope) in memory."""
-        for row_id, sink, topic, payload, _, envelope in rows:
-            recent = self._recent.get(sink)
-            if recent is None:   # older rows of the sink, if any, are below this id
-                recent = self._recent[sink] = RecentRows(row_id, self.recent_rows)
-            size = len(topic) + len(payload)
-            if envelope is None:
-                recent.add(row_id, (row_id, topic, payload), size)
-            else:
-                recent.add(row_id, (row_id, topic, payload, envelope), size + len(envelope))
-
-    def _drop_oldest(self, rows: int, nbytes: int) -> tuple[int, int, list[str]]:
-        """Delete the oldest rows (inside the caller's transaction) until `rows` rows and
-        `nbytes` bytes are freed; returns how many, how many bytes, and whose they were."""
-        dropped = freed = 0
-        cur = self._db.execute("SELECT id, sink, length(payload) + length(topic) + coalesce(length(envelope), 0) FROM outbox ORDER BY id")
-        ids, sinks = [], []
-        for row_id, sink, size in cur:
-            if dropped >= rows and freed >= nbytes:
-                break
-            ids.append(row_id)
-            sinks.append(sink)
-            dropped += 1
-            freed += size
-        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-        return dropped, freed, sinks
 
     def ack_later(self, sink: str, first: int, last: int) -> None:
         """The uplink acknowledged `sink`'s rows with ids from `first` to `last`: they are
@@ -260,9 +144,9 @@ class Outbox:
             size = (known[0], known[1]) if known is not None and known[2] else None
             before = self._acked.get(sink)
             if before is None:
-                self._acked[sink] = _Acked(first, last, size)
+                self._acked[sink] = AckedRange(first, last, size)
             else:
-                self._acked[sink] = _Acked(min(before.lo, first), max(before.hi, last),
+                self._acked[sink] = AckedRange(min(before.lo, first), max(before.hi, last),
                                           None if before.size is None or size is None else
                                           (before.size[0] + size[0], before.size[1] + size[1]))
 
@@ -291,32 +175,6 @@ class Outbox:
             self._acked_done(acked)
             self._rows -= acked[0]
             self._bytes -= acked[1]
-
-    def _delete_acked(self) -> tuple[int, int, dict[str, _Acked], dict[str, int]]:
-        """Inside the caller's transaction: delete the acknowledged ranges; returns rows,
-        bytes, the ranges deleted and rows per sink, to account for once it committed."""
-        ranges = dict(self._acked)
-        total = size = 0
-        per_sink: dict[str, int] = {}
-        for sink, acked in ranges.items():
-            first, last = acked.lo, acked.hi
-            if acked.size is not None:    # all of the range was in memory: no read back
-                n, nbytes = acked.size
-            else:
-                nbytes, n = self._db.execute(
-                    "SELECT coalesce(sum(length(payload) + length(topic) + coalesce(length(envelope), 0)), 0), "
-                    "count(*) FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last)).fetchone()
-            self._db.execute("DELETE FROM outbox WHERE sink = ? AND id BETWEEN ? AND ?", (sink, first, last))
-            total += n
-            size += nbytes
-            per_sink[sink] = n
-        return total, size, ranges, per_sink
-
-    def _acked_done(self, acked: tuple[int, int, dict[str, _Acked], dict[str, int]]) -> None:
-        for sink, rng in acked[2].items():
-            if self._acked.get(sink) == rng:
-                del self._acked[sink]
-            self._st(sink).sent += acked[3][sink]
 
     def peek(self, sink: str, limit: int = 100, after: int = 0) -> list[tuple]:
         """The oldest stored messages of `sink` with an id above `after`: (id, topic,
@@ -390,4 +248,7 @@ class Outbox:
         self.checkpoints.close()
         self._worker.close()
         with self._lock:
+            if self._native is not None:
+                self._native.close()
+                self._native = None
             self._db.close()
