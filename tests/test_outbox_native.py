@@ -115,3 +115,22 @@ def test_a_closed_writer_says_so(tmp_path):
     writer.close()
     with pytest.raises(RuntimeError, match="closed"):
         writer.append([], [])
+
+
+def test_a_writer_that_cannot_open_leaves_the_writes_to_python_unless_it_was_required(tmp_path, monkeypatch, caplog):
+    from iotwasm.pipeline import outbox as outbox_module
+
+    class Unopenable:
+        def __init__(self, path, timeout_s):
+            raise OSError(f"cannot open the outbox writer on {path}: unable to open database file (14)")
+
+    monkeypatch.setattr(outbox_module, "NativeWriter", Unopenable)
+    outbox = Outbox(tmp_path / "outbox.db")
+    try:
+        assert outbox._native is None
+        assert "every write through Python's sqlite3" in caplog.text
+        assert outbox.append("s", [("t", b"p")]) == 1 and outbox.backlog("s") == 1
+    finally:
+        outbox.close()
+    with pytest.raises(OSError, match="cannot open the outbox writer"):
+        Outbox(tmp_path / "other.db", writes="native")

@@ -99,7 +99,20 @@ class Outbox(OutboxWrites):
         self._next_id = max(seq, top) + 1
         #: writes the common group commit without the GIL (outbox_native; `writes`: "auto",
         #: "native" or "python"); the rest goes through `_db`
-        self._native = NativeWriter(self.path, BUSY_TIMEOUT_S) if native else None
+        self._native = self._open_native(writes == "native") if native else None
+
+    def _open_native(self, required: bool) -> NativeWriter | None:
+        """The native writer's connection; when it cannot be opened and was not required,
+        None (every write goes through Python's sqlite3), said once."""
+        try:
+            return NativeWriter(self.path, BUSY_TIMEOUT_S)
+        except OSError as e:
+            if required:
+                self.checkpoints.close()
+                self._db.close()
+                raise
+            log.warning("outbox %s: every write through Python's sqlite3: %s", self.path.name, e)
+            return None
 
     def append_soon(self, sink: str, items: list[tuple]) -> asyncio.Future:
         """`append` from the event loop, group-committed with every other append of this
