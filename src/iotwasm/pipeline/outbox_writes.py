@@ -12,8 +12,9 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import IotwasmError
 from ..sqlite import Checkpointer, storage_error
@@ -45,6 +46,20 @@ class OutboxStats:
     dropped: int = 0
     rejected: int = 0
     send_failures: int = 0
+
+
+@dataclass(slots=True)
+class _Plan:
+    """An append worked out before it is written (`OutboxWrites._plan`)."""
+
+    next_id: int
+    results: list[int | BaseException] = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)
+    stored: list[tuple[str, int]] = field(default_factory=list)
+    refused: list[tuple[str, int]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    rows_after: int = 0
+    bytes_after: int = 0
 
 
 class OutboxWrites:
@@ -94,115 +109,109 @@ class OutboxWrites:
         sizes = {sink: a.size or (0, 0) for sink, a in ranges.items()}
         acked = (sum(n for n, _ in sizes.values()), sum(b for _, b in sizes.values()), ranges,
                  {sink: n for sink, (n, _) in sizes.items()})
-        base_rows, base_bytes = self._rows - acked[0], self._bytes - acked[1]
-        results: list[int | BaseException] = []
-        rows: list[tuple] = []
-        stored: list[tuple[str, int]] = []
-        refused: list[tuple[str, int]] = []
-        now, next_id = time.time(), self._next_id
-        for sink, items in requests:
-            if not items:
-                results.append(0)
-                continue
-            size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
-            if base_rows + len(items) > self.max_rows or base_bytes + size > self.max_bytes:
-                if self.overflow != "reject":
-                    return None   # the oldest rows go, read inside the transaction: Python's
-                refused.append((sink, len(items)))
-                results.append(self._full(base_rows, base_bytes, len(items)))
-                continue
-            rows.extend((next_id + k, sink, i[0], i[1], now, i[2] if len(i) > 2 else None)
-                        for k, i in enumerate(items))
-            next_id += len(items)
-            base_rows += len(items)
-            base_bytes += size
-            stored.append((sink, len(items)))
-            results.append(len(items))
+        plan = self._plan(requests, self._rows - acked[0], self._bytes - acked[1], None)
+        if plan is None:
+            return None   # the oldest rows go, read inside the transaction: Python's
         deletes = [(sink, a.lo, a.hi) for sink, a in ranges.items()]
         try:
-            if (rows or deletes) and not native.append(deletes, rows):
+            if (plan.rows or deletes) and not native.append(deletes, plan.rows):
                 return None
         except Exception as e:   # stored none of it: every request learns why
             err = (storage_error("outbox", self.path, e) if isinstance(e, sqlite3.Error) else None) or e
-            results = [err] * len(requests)
-        else:
-            self._committed(acked, base_rows, base_bytes, rows, [])
-            for sink, n in stored:
-                self._st(sink).stored += n
-        self._next_id = next_id
-        for sink, n in refused:
-            self._st(sink).rejected += n
-        return results
-
-    def _full(self, rows: int, nbytes: int, refused: int) -> OutboxFull:
-        return OutboxFull(f"outbox {self.path.name} full ({rows} rows, {nbytes} bytes); "
-                          f"{refused} message(s) refused")
-
-    def _committed(self, acked: tuple[int, int, dict[str, AckedRange], dict[str, int]], rows_now: int,
-                   bytes_now: int, rows: list[tuple], dropped: list[str]) -> None:
-        """What follows a committed append: the accounts, and its rows kept in memory."""
-        self.checkpoints.committed()
-        self._acked_done(acked)
-        self._rows, self._bytes = rows_now, bytes_now
-        for sink in dropped:     # deleted under the forwarder: read from disk again
-            self._recent.pop(sink, None)
-        self._remember(rows)
+            return self._failed(plan, err, len(requests))
+        return self._committed(plan, acked)
 
     def _append_python(self, requests: list[tuple[str, list[tuple]]]) -> list[int | BaseException]:
         """`append_many` through Python's sqlite3 (under the lock): every case."""
-        results: list[int | BaseException] = []
-        rows: list[tuple] = []
-        stored: list[tuple[str, int]] = []
+        plan = None
         try:
             self._db.execute("BEGIN")
             acked = self._delete_acked()
-            base_rows = self._rows - acked[0]
-            base_bytes = self._bytes - acked[1]
-            dropped: list[str] = []
-            now = time.time()
-            for sink, items in requests:
-                if not items:
-                    results.append(0)
-                    continue
-                size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
-                over_rows = base_rows + len(items) - self.max_rows
-                over_bytes = base_bytes + size - self.max_bytes
-                if over_rows > 0 or over_bytes > 0:
-                    if self.overflow == "reject":
-                        self._st(sink).rejected += len(items)
-                        results.append(self._full(base_rows, base_bytes, len(items)))
-                        continue
-                    n, freed, sinks = self._drop_oldest(max(over_rows, 0), max(over_bytes, 0))
-                    base_rows -= n
-                    base_bytes -= freed
-                    dropped += sinks
-                first = self._next_id
-                self._next_id += len(items)
-                rows.extend((first + k, sink, i[0], i[1], now, i[2] if len(i) > 2 else None)
-                            for k, i in enumerate(items))
-                base_rows += len(items)
-                base_bytes += size
-                stored.append((sink, len(items)))
-                results.append(len(items))
-            if rows:
+            plan = self._plan(requests, self._rows - acked[0], self._bytes - acked[1], self._drop_oldest)
+            assert plan is not None, "dropping the oldest rows is possible here"
+            if plan.rows:
                 self._db.executemany("INSERT INTO outbox(id, sink, topic, payload, created, envelope) "
-                                     "VALUES (?,?,?,?,?,?)", rows)
+                                     "VALUES (?,?,?,?,?,?)", plan.rows)
             self._db.execute("COMMIT")
         except BaseException as e:
-            if self._db.in_transaction:
-                try:
+            try:
+                if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                except Exception:
-                    pass   # the error that failed the write is the one to report
-            return [e] * len(requests)
-        self._committed(acked, base_rows, base_bytes, rows, dropped)
-        for sink in dropped:   # counted once deleted: a delete that failed dropped nothing
+            except Exception:
+                pass   # the error that failed the write is the one to report (a closed file too)
+            return self._failed(plan, e, len(requests))
+        return self._committed(plan, acked)
+
+    def _plan(self, requests: list[tuple[str, list[tuple]]], base_rows: int, base_bytes: int,
+              make_room: Callable[[int, int], tuple[int, int, list[str]]] | None) -> _Plan | None:
+        """The rows of `requests` with their ids, and what each request gets, given `base_rows`
+        and `base_bytes` stored once the acknowledged rows are gone. A request over the bound
+        is refused (``reject``) or makes room with `make_room(rows, bytes)` (``drop-oldest``,
+        inside the transaction); without `make_room` that ends the plan: None."""
+        plan = _Plan(self._next_id)
+        now = time.time()
+        for sink, items in requests:
+            if not items:
+                plan.results.append(0)
+                continue
+            size = sum(len(i[0]) + len(i[1]) + (len(i[2]) if len(i) > 2 else 0) for i in items)
+            over_rows = base_rows + len(items) - self.max_rows
+            over_bytes = base_bytes + size - self.max_bytes
+            if over_rows > 0 or over_bytes > 0:
+                if self.overflow == "reject":
+                    plan.refused.append((sink, len(items)))
+                    plan.results.append(OutboxFull(
+                        f"outbox {self.path.name} full ({base_rows} rows, {base_bytes} bytes); "
+                        f"{len(items)} message(s) refused"))
+                    continue
+                if make_room is None:
+                    return None
+                n, freed, sinks = make_room(max(over_rows, 0), max(over_bytes, 0))
+                base_rows -= n
+                base_bytes -= freed
+                plan.dropped += sinks
+            first = plan.next_id
+            plan.rows.extend((first + k, sink, i[0], i[1], now, i[2] if len(i) > 2 else None)
+                             for k, i in enumerate(items))
+            plan.next_id += len(items)
+            base_rows += len(items)
+            base_bytes += size
+            plan.stored.append((sink, len(items)))
+            plan.results.append(len(items))
+        plan.rows_after, plan.bytes_after = base_rows, base_bytes
+        return plan
+
+    def _failed(self, plan: _Plan | None, error: BaseException, requests: int) -> list[int | BaseException]:
+        """A write that stored nothing: every request gets `error`; the ids it gave out and
+        the requests it refused still count."""
+        if plan is not None:
+            self._next_id = plan.next_id
+            self._count_refused(plan)
+        return [error] * requests
+
+    def _committed(self, plan: _Plan, acked: tuple[int, int, dict[str, AckedRange], dict[str, int]]
+                   ) -> list[int | BaseException]:
+        """What follows a committed append: the accounts, its rows kept in memory, the stats."""
+        self._next_id = plan.next_id
+        self.checkpoints.committed()
+        self._acked_done(acked)
+        self._rows, self._bytes = plan.rows_after, plan.bytes_after
+        for sink in plan.dropped:     # deleted under the forwarder: read from disk again
+            self._recent.pop(sink, None)
+        self._remember(plan.rows)
+        self._count_refused(plan)
+        for sink in plan.dropped:   # counted once deleted: a delete that failed dropped nothing
             self._st(sink).dropped += 1
-        if dropped:
-            log.warning("outbox %s over its bound: dropped the %d oldest message(s)", self.path.name, len(dropped))
-        for sink, n in stored:
+        if plan.dropped:
+            log.warning("outbox %s over its bound: dropped the %d oldest message(s)",
+                        self.path.name, len(plan.dropped))
+        for sink, n in plan.stored:
             self._st(sink).stored += n
-        return results
+        return plan.results
+
+    def _count_refused(self, plan: _Plan) -> None:
+        for sink, n in plan.refused:
+            self._st(sink).rejected += n
 
     def _remember(self, rows: list[tuple]) -> None:
         """Keep rows just committed (id, sink, topic, payload, created, envelope) in memory."""

@@ -12,7 +12,7 @@
  * Scope: only that transaction, on the outbox's table, with values of the plain types the
  * outbox stores (int, float, str, bytes, None). Anything else makes `append` answer
  * NotImplemented before it touches the database, and the caller writes in Python
- * (pipeline/outbox.py), which stays the reference. An SQLite error rolls the transaction back
+ * (pipeline/outbox_writes.py), which stays the reference. An SQLite error rolls the transaction back
  * and comes back as (extended error code, message); the caller turns it into the error its
  * Python path would raise.
  *
